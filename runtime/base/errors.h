@@ -1,0 +1,41 @@
+// Error categories and the exit codes `launch/` maps them to (DESIGN.md §7).
+//
+// A Status produced anywhere in tessera may carry an error category as a
+// payload; `launch/` reads it to pick the process exit code. Statuses without
+// a category exit with kExitInternal.
+#pragma once
+
+#include <string_view>
+
+#include "absl/status/status.h"
+
+namespace tessera {
+
+enum class ErrorCategory : int {
+  kUsage = 2,          // bad command line or config
+  kData = 3,           // missing, truncated or malformed data
+  kCheckpoint = 4,     // missing, corrupt or incompatible checkpoint
+  kCommunication = 5,  // a collective failed or timed out
+  kNumerical = 6,      // NaN/Inf in loss or gradients
+};
+
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitInternal = 1;
+inline constexpr int kExitSavedRequeue = 75;
+
+// Attaches `category` to `status` (no-op for OK).
+absl::Status WithCategory(absl::Status status, ErrorCategory category);
+
+// Constructors for the common cases; the message should name the field, file
+// or rank involved.
+absl::Status UsageError(std::string_view message);
+absl::Status DataError(std::string_view message);
+absl::Status CheckpointError(std::string_view message);
+absl::Status CommunicationError(std::string_view message);
+absl::Status NumericalError(std::string_view message);
+
+// The exit code for a status: 0 for OK, the category's code when present,
+// kExitInternal otherwise.
+int ExitCodeFor(const absl::Status& status);
+
+}  // namespace tessera

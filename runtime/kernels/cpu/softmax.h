@@ -1,0 +1,12 @@
+// Row softmax over the last dimension of [rows, dim].
+#pragma once
+
+#include <cstdint>
+
+namespace tessera::cpu {
+
+void SoftmaxForward(const float* x, float* y, int64_t rows, int64_t dim);
+// dx = y * (dy - sum(dy * y)); dx overwritten.
+void SoftmaxBackward(const float* dy, const float* y, float* dx, int64_t rows, int64_t dim);
+
+}  // namespace tessera::cpu

@@ -1,0 +1,100 @@
+#include "runtime/nn/parameter.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "runtime/base/random.h"
+#include "runtime/base/status.h"
+
+namespace tessera {
+
+ParamInit ParamInit::XavierUniform(int64_t fan_in, int64_t fan_out) {
+  return Uniform(static_cast<float>(std::sqrt(6.0 / static_cast<double>(fan_in + fan_out))));
+}
+
+ParameterStore::Id ParameterStore::Register(std::string name, Shape global_shape,
+                                            ParamInit init, bool weight_decay,
+                                            ParallelSpec spec) {
+  TESSERA_CHECK(!finalized_);
+  for (const ParamInfo& info : infos_) TESSERA_CHECK(info.name != name);
+  ParamInfo info;
+  info.name = std::move(name);
+  info.global_shape = global_shape;
+  info.local_shape = global_shape;  // the whole tensor until a parallel layout shards it
+  info.local_offset.assign(global_shape.rank(), 0);
+  info.init = init;
+  info.spec = spec;
+  info.weight_decay = weight_decay;
+  infos_.push_back(std::move(info));
+  return static_cast<Id>(infos_.size() - 1);
+}
+
+namespace {
+// Row-major global index of local element `i` of a piece.
+int64_t GlobalIndex(const ParamInfo& info, int64_t i) {
+  int64_t global = 0;
+  int64_t rest = i;
+  int64_t stride_local = info.local_shape.numel();
+  int64_t stride_global = info.global_shape.numel();
+  for (int d = 0; d < info.global_shape.rank(); ++d) {
+    stride_local /= info.local_shape[d];
+    stride_global /= info.global_shape[d];
+    const int64_t coord = rest / stride_local;
+    rest %= stride_local;
+    global += (coord + info.local_offset[d]) * stride_global;
+  }
+  return global;
+}
+}  // namespace
+
+void ParameterStore::Finalize(uint64_t seed) {
+  TESSERA_CHECK(!finalized_);
+  constexpr int64_t kAlignElements = 16;  // 64-byte aligned views
+  numel_ = 0;
+  for (ParamInfo& info : infos_) {
+    info.offset = numel_;
+    numel_ += (info.local_shape.numel() + kAlignElements - 1) / kAlignElements * kAlignElements;
+  }
+  values_ = Tensor::Empty(DType::kF32, Shape{numel_});
+  grads_ = Tensor::Empty(DType::kF32, Shape{numel_});
+  for (const ParamInfo& info : infos_) {
+    float* out = values_.data<float>() + info.offset;
+    const int64_t n = info.local_shape.numel();
+    const uint64_t key = Mix64(seed) ^ HashName(info.name);
+    for (int64_t i = 0; i < n; ++i) {
+      const uint64_t counter = static_cast<uint64_t>(GlobalIndex(info, i));
+      switch (info.init.kind) {
+        case ParamInit::Kind::kZeros: out[i] = 0; break;
+        case ParamInit::Kind::kOnes: out[i] = 1; break;
+        case ParamInit::Kind::kNormal: out[i] = info.init.scale * CounterNormal(key, counter); break;
+        case ParamInit::Kind::kUniform:
+          out[i] = info.init.scale * (2 * CounterUniform(key, counter) - 1);
+          break;
+      }
+    }
+  }
+  finalized_ = true;
+}
+
+Tensor ParameterStore::param(Id id) const {
+  TESSERA_CHECK(finalized_);
+  const ParamInfo& info = infos_[id];
+  return values_.View(info.offset, info.local_shape);
+}
+
+Tensor ParameterStore::grad(Id id) const {
+  TESSERA_CHECK(finalized_);
+  const ParamInfo& info = infos_[id];
+  return grads_.View(info.offset, info.local_shape);
+}
+
+absl::StatusOr<ParameterStore::Id> ParameterStore::Find(std::string_view name) const {
+  for (size_t i = 0; i < infos_.size(); ++i)
+    if (infos_[i].name == name) return static_cast<Id>(i);
+  return absl::NotFoundError(absl::StrCat("no parameter named '", name, "'"));
+}
+
+void ParameterStore::ZeroGrads() { std::memset(grads_.raw(), 0, grads_.bytes()); }
+
+}  // namespace tessera

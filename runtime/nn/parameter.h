@@ -1,0 +1,100 @@
+// Parameters: registered once with their global name, shape, init and
+// parallel spec, then laid out in flat buffers (values, gradients).
+//
+// The ParamInfo record is the single source of truth about a parameter's
+// sharding: gradient reduction, ZeRO partitioning, checkpoint offsets and the
+// checkpoint CLI all read it; nothing re-derives it.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "runtime/tensor/tensor.h"
+
+namespace tessera {
+
+struct ParamInit {
+  enum class Kind { kZeros, kOnes, kNormal, kUniform };
+  Kind kind = Kind::kZeros;
+  float scale = 0;  // std for kNormal, bound for kUniform (values in [-scale, scale))
+
+  static ParamInit Zeros() { return {Kind::kZeros, 0}; }
+  static ParamInit Ones() { return {Kind::kOnes, 0}; }
+  static ParamInit Normal(float std) { return {Kind::kNormal, std}; }
+  static ParamInit Uniform(float bound) { return {Kind::kUniform, bound}; }
+  // Xavier/Glorot uniform for a [fan_out, fan_in] weight.
+  static ParamInit XavierUniform(int64_t fan_in, int64_t fan_out);
+};
+
+// How a parameter is spread over the process mesh (DESIGN.md §2-3).
+struct ParallelSpec {
+  enum class Kind {
+    kReplicated,  // every rank of the tp group holds all of it
+    kSplit,       // split along `split_dim` over the tp (or etp) group
+    kExpert,      // belongs to expert `expert_index`, owned by one ep rank
+  };
+  // Which group sums its gradient.
+  enum class ReduceGroup {
+    kDataSequence,  // dp x sp: dense parameters
+    kExpertData,    // edp: expert parameters
+  };
+  Kind kind = Kind::kReplicated;
+  int split_dim = -1;
+  int expert_index = -1;
+  ReduceGroup reduce_group = ReduceGroup::kDataSequence;
+
+  static ParallelSpec Replicated() { return {}; }
+  static ParallelSpec Expert(int expert) {
+    return {Kind::kExpert, -1, expert, ReduceGroup::kExpertData};
+  }
+};
+
+struct ParamInfo {
+  std::string name;    // global, e.g. "blocks.3.moe.experts.5.w_up"
+  Shape global_shape;  // of the whole parameter over all ranks
+  Shape local_shape;   // of this rank's piece
+  std::vector<int64_t> local_offset;  // hyperslab start of the piece in the global tensor
+  ParamInit init;
+  ParallelSpec spec;
+  bool weight_decay = true;  // false for norms, biases, embeddings
+  int64_t offset = 0;        // elements into the flat buffers
+};
+
+// Owns the flat parameter and gradient buffers.
+class ParameterStore {
+ public:
+  using Id = int;
+
+  // Registration, before Finalize(). Names must be unique.
+  Id Register(std::string name, Shape global_shape, ParamInit init, bool weight_decay,
+              ParallelSpec spec = ParallelSpec::Replicated());
+
+  // Lays out and allocates the buffers, and fills values from `seed`. Each
+  // element's initial value depends only on (seed, name, global index), so
+  // every layout starts from the same weights.
+  void Finalize(uint64_t seed);
+  bool finalized() const { return finalized_; }
+
+  Tensor param(Id id) const;
+  Tensor grad(Id id) const;
+  const ParamInfo& info(Id id) const { return infos_[id]; }
+  const std::vector<ParamInfo>& infos() const { return infos_; }
+  int size() const { return static_cast<int>(infos_.size()); }
+  absl::StatusOr<Id> Find(std::string_view name) const;
+
+  Tensor values() const { return values_; }     // [numel] flat
+  Tensor grads() const { return grads_; }       // [numel] flat
+  int64_t numel() const { return numel_; }
+  void ZeroGrads();
+
+ private:
+  std::vector<ParamInfo> infos_;
+  Tensor values_;
+  Tensor grads_;
+  int64_t numel_ = 0;
+  bool finalized_ = false;
+};
+
+}  // namespace tessera
