@@ -9,7 +9,7 @@ namespace tessera {
 namespace {
 constexpr char kCategoryUrl[] = "tessera/error_category";
 
-absl::Status Make(absl::StatusCode code, std::string_view message, ErrorCategory category) {
+absl::Status Make(absl::StatusCode code, absl::string_view message, ErrorCategory category) {
   return WithCategory(absl::Status(code, message), category);
 }
 }  // namespace
@@ -20,19 +20,19 @@ absl::Status WithCategory(absl::Status status, ErrorCategory category) {
   return status;
 }
 
-absl::Status UsageError(std::string_view m) {
+absl::Status UsageError(absl::string_view m) {
   return Make(absl::StatusCode::kInvalidArgument, m, ErrorCategory::kUsage);
 }
-absl::Status DataError(std::string_view m) {
+absl::Status DataError(absl::string_view m) {
   return Make(absl::StatusCode::kDataLoss, m, ErrorCategory::kData);
 }
-absl::Status CheckpointError(std::string_view m) {
+absl::Status CheckpointError(absl::string_view m) {
   return Make(absl::StatusCode::kDataLoss, m, ErrorCategory::kCheckpoint);
 }
-absl::Status CommunicationError(std::string_view m) {
+absl::Status CommunicationError(absl::string_view m) {
   return Make(absl::StatusCode::kUnavailable, m, ErrorCategory::kCommunication);
 }
-absl::Status NumericalError(std::string_view m) {
+absl::Status NumericalError(absl::string_view m) {
   return Make(absl::StatusCode::kOutOfRange, m, ErrorCategory::kNumerical);
 }
 

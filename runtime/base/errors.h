@@ -5,7 +5,7 @@
 // a category exit with kExitInternal.
 #pragma once
 
-#include <string_view>
+#include "absl/strings/string_view.h"
 
 #include "absl/status/status.h"
 
@@ -28,11 +28,11 @@ absl::Status WithCategory(absl::Status status, ErrorCategory category);
 
 // Constructors for the common cases; the message should name the field, file
 // or rank involved.
-absl::Status UsageError(std::string_view message);
-absl::Status DataError(std::string_view message);
-absl::Status CheckpointError(std::string_view message);
-absl::Status CommunicationError(std::string_view message);
-absl::Status NumericalError(std::string_view message);
+absl::Status UsageError(absl::string_view message);
+absl::Status DataError(absl::string_view message);
+absl::Status CheckpointError(absl::string_view message);
+absl::Status CommunicationError(absl::string_view message);
+absl::Status NumericalError(absl::string_view message);
 
 // The exit code for a status: 0 for OK, the category's code when present,
 // kExitInternal otherwise.
