@@ -89,7 +89,7 @@ Tensor ParameterStore::grad(Id id) const {
   return grads_.View(info.offset, info.local_shape);
 }
 
-absl::StatusOr<ParameterStore::Id> ParameterStore::Find(std::string_view name) const {
+absl::StatusOr<ParameterStore::Id> ParameterStore::Find(absl::string_view name) const {
   for (size_t i = 0; i < infos_.size(); ++i)
     if (infos_[i].name == name) return static_cast<Id>(i);
   return absl::NotFoundError(absl::StrCat("no parameter named '", name, "'"));

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "runtime/tensor/tensor.h"
 
 namespace tessera {
@@ -82,7 +83,7 @@ class ParameterStore {
   const ParamInfo& info(Id id) const { return infos_[id]; }
   const std::vector<ParamInfo>& infos() const { return infos_; }
   int size() const { return static_cast<int>(infos_.size()); }
-  absl::StatusOr<Id> Find(std::string_view name) const;
+  absl::StatusOr<Id> Find(absl::string_view name) const;
 
   Tensor values() const { return values_; }     // [numel] flat
   Tensor grads() const { return grads_; }       // [numel] flat
