@@ -1,0 +1,32 @@
+// A small command-line parser for the subcommands: `--name value`,
+// `--name=value` and boolean `--flag`, with errors that name the option.
+#pragma once
+
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace tessera {
+
+struct ParsedArguments {
+  std::map<std::string, std::vector<std::string>> values;  // option -> values in order
+  std::set<std::string> flags;                              // boolean options given
+  std::vector<std::string> positional;
+
+  bool Has(const std::string& name) const { return values.count(name) || flags.count(name); }
+  // The last value of `name`, or `fallback`.
+  std::string Get(const std::string& name, const std::string& fallback = "") const;
+  absl::StatusOr<int64_t> GetInt(const std::string& name, int64_t fallback) const;
+  absl::StatusOr<double> GetDouble(const std::string& name, double fallback) const;
+};
+
+// `value_options`: options that take a value; `flag_options`: boolean ones.
+// Anything else starting with "--" is a UsageError naming it.
+absl::StatusOr<ParsedArguments> ParseArguments(const std::vector<std::string>& args,
+                                               const std::set<std::string>& value_options,
+                                               const std::set<std::string>& flag_options);
+
+}  // namespace tessera

@@ -1,0 +1,39 @@
+// tessera: train, sample and manage data for DiT-MoE (and, later, Mamba-2
+// hybrids and HSTU) on one process or many.
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "launch/commands.h"
+#include "runtime/base/errors.h"
+
+namespace {
+constexpr char kUsage[] = R"(usage: tessera <command> [options]
+
+commands:
+  train     train a model from a run config        (tessera train --help)
+  sample    generate images from a trained run     (tessera sample --help)
+  data      import, synthesize and verify data     (tessera data --help)
+
+exit codes: 0 done, 2 usage or config error, 3 data error, 4 checkpoint error,
+            5 communication failure, 6 numerical failure (NaN/Inf), 1 internal error
+)";
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fputs(kUsage, stderr);
+    return tessera::ExitCodeFor(tessera::UsageError("no command"));
+  }
+  const std::string command = argv[1];
+  const std::vector<std::string> args(argv + 2, argv + argc);
+  if (command == "--help" || command == "-h" || command == "help") {
+    std::fputs(kUsage, stdout);
+    return 0;
+  }
+  if (command == "train") return tessera::TrainCommand(args);
+  if (command == "sample") return tessera::SampleCommand(args);
+  if (command == "data") return tessera::DataCommand(args);
+  std::fprintf(stderr, "tessera: error: unknown command \"%s\"\n\n%s", command.c_str(), kUsage);
+  return 2;
+}

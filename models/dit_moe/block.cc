@@ -1,0 +1,133 @@
+#include "models/dit_moe/block.h"
+
+#include <cstring>
+
+#include "runtime/kernels/cpu/activation.h"
+#include "runtime/kernels/cpu/modulate.h"
+
+namespace tessera::dit_moe {
+namespace {
+Linear::Options ZeroInit() {
+  return Linear::Options{.weight_init = ParamInit::Zeros()};
+}
+
+Tensor Copy(Arena& arena, const Tensor& x) {
+  Tensor out = arena.AllocateUninitialized(x.dtype(), x.shape());
+  std::memcpy(out.raw(), x.raw(), x.bytes());
+  return out;
+}
+}  // namespace
+
+DitBlock::DitBlock(ParameterStore& store, const std::string& name, int64_t hidden, int64_t heads,
+                   const MoeLayer::Options& moe)
+    : hidden_(hidden),
+      ada_ln_(store, name + ".adaLN_modulation", hidden, 6 * hidden, ZeroInit()),
+      norm1_(store, name + ".norm1", hidden, /*affine=*/false),
+      norm2_(store, name + ".norm2", hidden, /*affine=*/false),
+      attn_(store, name + ".attn", hidden, heads),
+      moe_(store, name + ".moe", hidden, moe) {}
+
+Tensor DitBlock::Forward(Arena& arena, const Tensor& x, const Tensor& cond_silu, int64_t batch,
+                         int64_t seq) {
+  batch_ = batch;
+  seq_ = seq;
+  const int64_t D = hidden_, stride = 6 * hidden_;
+  saved_mod_ = ada_ln_.Forward(arena, cond_silu);  // [B, 6D]
+  const float* mod = saved_mod_.data<float>();
+
+  saved_h1_ = norm1_.Forward(arena, x);
+  Tensor m1 = arena.AllocateUninitialized(DType::kF32, x.shape());
+  cpu::ModulateForward(saved_h1_.data<float>(), mod + 0 * D, mod + 1 * D, m1.data<float>(), batch,
+                       seq, D, stride);
+  saved_attn_ = attn_.Forward(arena, m1, batch, seq);
+  Tensor x1 = Copy(arena, x);
+  cpu::GatedResidualForward(x1.data<float>(), saved_attn_.data<float>(), mod + 2 * D, batch, seq,
+                            D, stride);
+
+  saved_h2_ = norm2_.Forward(arena, x1);
+  Tensor m2 = arena.AllocateUninitialized(DType::kF32, x.shape());
+  cpu::ModulateForward(saved_h2_.data<float>(), mod + 3 * D, mod + 4 * D, m2.data<float>(), batch,
+                       seq, D, stride);
+  saved_moe_ = moe_.Forward(arena, m2);
+  Tensor x2 = x1;  // the residual stream is updated in place from here on
+  cpu::GatedResidualForward(x2.data<float>(), saved_moe_.data<float>(), mod + 5 * D, batch, seq, D,
+                            stride);
+  return x2;
+}
+
+Tensor DitBlock::Backward(Arena& arena, const Tensor& dy, const Tensor& dcond_silu,
+                          float loss_scale) {
+  const int64_t D = hidden_, stride = 6 * hidden_, B = batch_, S = seq_;
+  const float* mod = saved_mod_.data<float>();
+  Tensor dmod = arena.Allocate(DType::kF32, Shape{B, 6 * D});
+  float* dm = dmod.data<float>();
+
+  // x2 = x1 + gate2 * moe
+  Tensor dmoe = arena.AllocateUninitialized(DType::kF32, dy.shape());
+  cpu::GatedResidualBackward(dy.data<float>(), saved_moe_.data<float>(), mod + 5 * D,
+                             dmoe.data<float>(), dm + 5 * D, B, S, D, stride);
+  Tensor dm2 = moe_.Backward(arena, dmoe, loss_scale);
+  Tensor dh2 = arena.AllocateUninitialized(DType::kF32, dy.shape());
+  cpu::ModulateBackward(dm2.data<float>(), saved_h2_.data<float>(), mod + 4 * D,
+                        dh2.data<float>(), dm + 3 * D, dm + 4 * D, B, S, D, stride);
+  Tensor dx1 = norm2_.Backward(arena, dh2);
+  cpu::AddInPlace(dx1.data<float>(), dy.data<float>(), dy.numel());
+
+  // x1 = x + gate1 * attn
+  Tensor dattn = arena.AllocateUninitialized(DType::kF32, dy.shape());
+  cpu::GatedResidualBackward(dx1.data<float>(), saved_attn_.data<float>(), mod + 2 * D,
+                             dattn.data<float>(), dm + 2 * D, B, S, D, stride);
+  Tensor dm1 = attn_.Backward(arena, dattn);
+  Tensor dh1 = arena.AllocateUninitialized(DType::kF32, dy.shape());
+  cpu::ModulateBackward(dm1.data<float>(), saved_h1_.data<float>(), mod + 1 * D,
+                        dh1.data<float>(), dm + 0 * D, dm + 1 * D, B, S, D, stride);
+  Tensor dx = norm1_.Backward(arena, dh1);
+  cpu::AddInPlace(dx.data<float>(), dx1.data<float>(), dx1.numel());
+
+  Tensor dcond = ada_ln_.Backward(arena, dmod);
+  cpu::AddInPlace(dcond_silu.data<float>(), dcond.data<float>(), dcond.numel());
+  saved_mod_ = saved_h1_ = saved_attn_ = saved_h2_ = saved_moe_ = Tensor();
+  return dx;
+}
+
+double DitBlock::ForwardFlops(int64_t batch, int64_t seq) const {
+  return ada_ln_.ForwardFlops(batch) + attn_.ForwardFlops(batch, seq) +
+         moe_.ForwardFlops(batch * seq);
+}
+
+FinalLayer::FinalLayer(ParameterStore& store, const std::string& name, int64_t hidden,
+                       int64_t out_dim)
+    : hidden_(hidden),
+      ada_ln_(store, name + ".adaLN_modulation", hidden, 2 * hidden, ZeroInit()),
+      norm_(store, name + ".norm_final", hidden, /*affine=*/false),
+      linear_(store, name + ".linear", hidden, out_dim, ZeroInit()) {}
+
+Tensor FinalLayer::Forward(Arena& arena, const Tensor& x, const Tensor& cond_silu, int64_t batch,
+                           int64_t seq) {
+  batch_ = batch;
+  seq_ = seq;
+  saved_mod_ = ada_ln_.Forward(arena, cond_silu);  // [B, 2D]: shift, scale
+  saved_h_ = norm_.Forward(arena, x);
+  Tensor m = arena.AllocateUninitialized(DType::kF32, x.shape());
+  const float* mod = saved_mod_.data<float>();
+  cpu::ModulateForward(saved_h_.data<float>(), mod, mod + hidden_, m.data<float>(), batch, seq,
+                       hidden_, 2 * hidden_);
+  return linear_.Forward(arena, m);
+}
+
+Tensor FinalLayer::Backward(Arena& arena, const Tensor& dy, const Tensor& dcond_silu) {
+  Tensor dm = linear_.Backward(arena, dy);
+  Tensor dmod = arena.Allocate(DType::kF32, Shape{batch_, 2 * hidden_});
+  Tensor dh = arena.AllocateUninitialized(DType::kF32, dm.shape());
+  float* dmo = dmod.data<float>();
+  cpu::ModulateBackward(dm.data<float>(), saved_h_.data<float>(),
+                        saved_mod_.data<float>() + hidden_, dh.data<float>(), dmo, dmo + hidden_,
+                        batch_, seq_, hidden_, 2 * hidden_);
+  Tensor dx = norm_.Backward(arena, dh);
+  Tensor dcond = ada_ln_.Backward(arena, dmod);
+  cpu::AddInPlace(dcond_silu.data<float>(), dcond.data<float>(), dcond.numel());
+  saved_mod_ = saved_h_ = Tensor();
+  return dx;
+}
+
+}  // namespace tessera::dit_moe

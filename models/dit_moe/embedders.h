@@ -1,0 +1,88 @@
+// DiT's input embedders: patches, timesteps and class labels.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "runtime/nn/linear.h"
+
+namespace tessera::dit_moe {
+
+// Image [B, C, H, W] -> patch rows [B*T, C*p*p] (T = (H/p)*(W/p), patches in
+// row-major grid order, each patch flattened as (c, py, px) like a conv weight).
+void Patchify(const float* images, float* patches, int64_t batch, int64_t channels,
+              int64_t size, int64_t patch);
+// Adjoint of Patchify.
+void PatchifyBackward(const float* dpatches, float* dimages, int64_t batch, int64_t channels,
+                      int64_t size, int64_t patch);
+// Output rows [B*T, p*p*C] (each flattened as (py, px, c), DiT's final layer
+// order) -> image [B, C, H, W].
+void Unpatchify(const float* rows, float* images, int64_t batch, int64_t channels, int64_t size,
+                int64_t patch);
+void UnpatchifyBackward(const float* dimages, float* drows, int64_t batch, int64_t channels,
+                        int64_t size, int64_t patch);
+
+// Fixed 2-D sine-cosine position embedding [grid*grid, dim] (MAE/DiT): the
+// first half encodes the column, the second the row; dim % 4 == 0.
+std::vector<float> SinCosPositionEmbedding2D(int64_t dim, int64_t grid);
+
+// Sinusoidal timestep features [B, dim] = [cos(t f_k), sin(t f_k)],
+// f_k = 10000^(-k/(dim/2)).
+void TimestepFrequencies(const float* t, float* out, int64_t batch, int64_t dim);
+
+// Patch embedding: a linear map of each flattened patch plus the fixed
+// position embedding.
+class PatchEmbed {
+ public:
+  PatchEmbed(ParameterStore& store, const std::string& name, int64_t channels, int64_t size,
+             int64_t patch, int64_t hidden);
+  // images [B, C, H, W] -> tokens [B*T, hidden]
+  Tensor Forward(Arena& arena, const Tensor& images);
+  // Accumulates the projection's gradients (inputs are data: no dx).
+  void Backward(Arena& arena, const Tensor& dtokens);
+  int64_t num_tokens() const { return (size_ / patch_) * (size_ / patch_); }
+  double ForwardFlops(int64_t batch) const { return proj_.ForwardFlops(batch * num_tokens()); }
+
+ private:
+  int64_t channels_, size_, patch_, hidden_;
+  Linear proj_;
+  std::vector<float> position_;  // [T, hidden]
+};
+
+// t -> MLP(sinusoidal(t)): Linear(freq, D), SiLU, Linear(D, D).
+class TimestepEmbedder {
+ public:
+  TimestepEmbedder(ParameterStore& store, const std::string& name, int64_t hidden,
+                   int64_t frequency_dim);
+  // t: [B] -> [B, hidden]
+  Tensor Forward(Arena& arena, const float* t, int64_t batch);
+  void Backward(Arena& arena, const Tensor& demb);
+  double ForwardFlops(int64_t batch) const {
+    return fc1_.ForwardFlops(batch) + fc2_.ForwardFlops(batch);
+  }
+
+ private:
+  int64_t frequency_dim_;
+  Linear fc1_, fc2_;
+  Tensor saved_hidden_;  // pre-activation of fc1
+};
+
+// Class label -> row of a table with one extra "null" row (index
+// num_classes) used when the label is dropped for classifier-free guidance.
+class LabelEmbedder {
+ public:
+  LabelEmbedder(ParameterStore& store, const std::string& name, int64_t num_classes,
+                int64_t hidden);
+  // labels: [B] in [0, num_classes] -> [B, hidden]
+  Tensor Forward(Arena& arena, const int32_t* labels, int64_t batch);
+  void Backward(const Tensor& demb);
+  int64_t null_label() const { return num_classes_; }
+
+ private:
+  ParameterStore& store_;
+  int64_t num_classes_, hidden_;
+  ParameterStore::Id table_;
+  std::vector<int32_t> saved_labels_;
+};
+
+}  // namespace tessera::dit_moe

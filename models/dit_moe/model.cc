@@ -1,0 +1,211 @@
+#include "models/dit_moe/model.h"
+
+#include <cstring>
+
+#include "absl/strings/str_format.h"
+#include "runtime/base/errors.h"
+#include "runtime/kernels/cpu/activation.h"
+
+namespace tessera::dit_moe {
+namespace {
+Tensor CopyInto(Arena& arena, const Tensor& x) {
+  Tensor out = arena.AllocateUninitialized(x.dtype(), x.shape());
+  std::memcpy(out.raw(), x.raw(), x.bytes());
+  return out;
+}
+}  // namespace
+
+DitMoeDims ResolveDims(const DitMoeConfig& c) {
+  DitMoeDims d;
+  d.input_size = c.input_size();
+  d.channels = c.in_channels();
+  d.patch = c.patch_size();
+  d.hidden = c.hidden_size();
+  d.depth = c.depth();
+  d.heads = c.num_heads();
+  d.num_classes = c.num_classes();
+  d.num_experts = c.num_experts();
+  d.top_k = c.experts_per_token();
+  d.expert_hidden = c.expert_hidden() > 0 ? c.expert_hidden() : 4 * d.hidden;
+  d.shared_expert_hidden = c.shared_expert_hidden() == 0   ? 2 * d.hidden
+                           : c.shared_expert_hidden() < 0 ? 0
+                                                          : c.shared_expert_hidden();
+  d.frequency_dim = c.frequency_embedding_size();
+  return d;
+}
+
+absl::StatusOr<std::unique_ptr<DitMoe>> DitMoe::Create(const DitMoeConfig& config,
+                                                       ParameterStore& store) {
+  const DitMoeDims dims = ResolveDims(config);
+  if (dims.hidden % 4 != 0) {
+    return UsageError(absl::StrFormat(
+        "model.dit_moe.hidden_size=%d must be a multiple of 4 (2-D sin-cos positions)",
+        dims.hidden));
+  }
+  if (dims.patch <= 0 || dims.input_size % dims.patch != 0) {
+    return UsageError(absl::StrFormat("model.dit_moe.patch_size=%d must divide input_size=%d",
+                                      dims.patch, dims.input_size));
+  }
+  if (dims.heads <= 0 || dims.hidden % dims.heads != 0) {
+    return UsageError(absl::StrFormat("model.dit_moe.num_heads=%d must divide hidden_size=%d",
+                                      dims.heads, dims.hidden));
+  }
+  if (dims.top_k < 1 || dims.top_k > dims.num_experts) {
+    return UsageError(absl::StrFormat(
+        "model.dit_moe.experts_per_token=%d must be in [1, num_experts=%d]", dims.top_k,
+        dims.num_experts));
+  }
+  return std::unique_ptr<DitMoe>(new DitMoe(config, dims, store));
+}
+
+DitMoe::DitMoe(const DitMoeConfig& config, const DitMoeDims& dims, ParameterStore& store)
+    : config_(config),
+      dims_(dims),
+      x_embedder_(store, "x_embedder", dims.channels, dims.input_size, dims.patch, dims.hidden),
+      t_embedder_(store, "t_embedder", dims.hidden, dims.frequency_dim),
+      y_embedder_(store, "y_embedder", dims.num_classes, dims.hidden),
+      final_layer_(store, "final_layer", dims.hidden, dims.patch_dim()) {
+  MoeLayer::Options moe;
+  moe.num_experts = dims.num_experts;
+  moe.top_k = dims.top_k;
+  moe.expert_hidden = dims.expert_hidden;
+  moe.shared_expert_hidden = dims.shared_expert_hidden;
+  moe.balance_loss_coef = config.balance_loss_coef();
+  moe.renormalize_topk = config.renormalize_topk();
+  moe.capacity_factor = config.capacity_factor();
+  for (int64_t i = 0; i < dims.depth; ++i) {
+    blocks_.push_back(std::make_unique<DitBlock>(store, "blocks." + std::to_string(i),
+                                                 dims.hidden, dims.heads, moe));
+  }
+}
+
+Tensor DitMoe::Forward(Arena& arena, const Tensor& x, const float* t, const int32_t* labels,
+                       bool record) {
+  const int64_t B = x.dim(0), T = dims_.tokens(), D = dims_.hidden;
+  TESSERA_CHECK(x.rank() == 4 && x.dim(1) == dims_.channels && x.dim(2) == dims_.input_size &&
+                x.dim(3) == dims_.input_size);
+  batch_ = B;
+  tape_.Clear();
+  const bool recompute = config_.recompute();
+
+  Tensor stream = x_embedder_.Forward(arena, x);  // [B*T, D]
+  Tensor t_emb = t_embedder_.Forward(arena, t, B);
+  Tensor y_emb = y_embedder_.Forward(arena, labels, B);
+  cond_ = t_emb;  // c = t_emb + y_emb, in place
+  cpu::AddInPlace(cond_.data<float>(), y_emb.data<float>(), B * D);
+  cond_silu_ = arena.AllocateUninitialized(DType::kF32, Shape{B, D});
+  cpu::SiluForward(cond_.data<float>(), cond_silu_.data<float>(), B * D);
+  if (record) {
+    tape_.Record([this, &arena] {
+      // c = t_emb + y_emb: both embedders receive dc.
+      Tensor dcond = arena.AllocateUninitialized(DType::kF32, cond_.shape());
+      cpu::SiluBackward(dcond_silu_.data<float>(), cond_.data<float>(), dcond.data<float>(),
+                        dcond.numel());
+      y_embedder_.Backward(dcond);
+      t_embedder_.Backward(arena, dcond);
+      x_embedder_.Backward(arena, dstream_);
+    });
+  }
+
+  block_inputs_.assign(blocks_.size(), Tensor());
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    DitBlock& block = *blocks_[i];
+    if (recompute && record) {
+      block_inputs_[i] = stream;
+      Tensor out = block.Forward(scratch_, stream, cond_silu_, B, T);
+      stream = CopyInto(arena, out);
+      scratch_.Reset();
+    } else {
+      stream = block.Forward(arena, stream, cond_silu_, B, T);
+    }
+    if (record) {
+      tape_.Record([this, &arena, &block, i, recompute, B, T] {
+        if (recompute) block.Forward(scratch_, block_inputs_[i], cond_silu_, B, T);
+        Tensor dx = block.Backward(scratch_, dstream_, dcond_silu_, loss_scale_);
+        dstream_ = CopyInto(arena, dx);
+        scratch_.Reset();
+      });
+    }
+  }
+
+  Tensor rows = final_layer_.Forward(arena, stream, cond_silu_, B, T);  // [B*T, p*p*C]
+  Tensor out = arena.AllocateUninitialized(DType::kF32, x.shape());
+  Unpatchify(rows.data<float>(), out.data<float>(), B, dims_.channels, dims_.input_size,
+             dims_.patch);
+  if (record) {
+    tape_.Record([this, &arena] {
+      Tensor dx = final_layer_.Backward(scratch_, dstream_, dcond_silu_);
+      dstream_ = CopyInto(arena, dx);
+      scratch_.Reset();
+    });
+  }
+  return out;
+}
+
+void DitMoe::Backward(Arena& arena, const Tensor& dout, float loss_scale) {
+  const int64_t B = batch_, T = dims_.tokens();
+  loss_scale_ = loss_scale;
+  dcond_silu_ = arena.Allocate(DType::kF32, Shape{B, dims_.hidden});
+  dstream_ = arena.AllocateUninitialized(DType::kF32, Shape{B * T, dims_.patch_dim()});
+  UnpatchifyBackward(dout.data<float>(), dstream_.data<float>(), B, dims_.channels,
+                     dims_.input_size, dims_.patch);
+  tape_.Backward();
+  dstream_ = dcond_silu_ = cond_ = cond_silu_ = Tensor();
+  block_inputs_.clear();
+}
+
+double DitMoe::balance_loss() const {
+  double total = 0;
+  for (const auto& block : blocks_) total += block->moe().balance_loss();
+  return total;
+}
+
+std::vector<std::vector<double>> DitMoe::expert_load() const {
+  std::vector<std::vector<double>> load;
+  for (const auto& block : blocks_) load.push_back(block->moe().expert_load());
+  return load;
+}
+
+int64_t DitMoe::dropped_assignments() const {
+  int64_t dropped = 0;
+  for (const auto& block : blocks_) dropped += block->moe().dropped_assignments();
+  return dropped;
+}
+
+double DitMoe::ForwardFlops(int64_t batch) const {
+  const int64_t T = dims_.tokens();
+  double flops = x_embedder_.ForwardFlops(batch) + t_embedder_.ForwardFlops(batch) +
+                 final_layer_.ForwardFlops(batch, T);
+  for (const auto& block : blocks_) flops += block->ForwardFlops(batch, T);
+  return flops;
+}
+
+size_t DitMoe::PredictActivationBytes(int64_t batch) const {
+  // Counted in floats, from the tensors each layer saves (see the Forward
+  // methods); every arena allocation is rounded up to 64 bytes, which is
+  // negligible at these sizes.
+  const double B = static_cast<double>(batch), T = static_cast<double>(dims_.tokens());
+  const double D = static_cast<double>(dims_.hidden), R = B * T;
+  const double E = static_cast<double>(dims_.num_experts), k = static_cast<double>(dims_.top_k);
+  const double He = static_cast<double>(dims_.expert_hidden);
+  const double Hs = static_cast<double>(dims_.shared_expert_hidden);
+  const double P = static_cast<double>(dims_.patch_dim());
+  // One block's forward: modulation, norm1 (in, out, stats), modulated input,
+  // qkv, attention out + lse, proj out, x1, norm2, modulated input, the MoE
+  // (logits, probs, routing ints, permuted rows, expert gate/up/act and
+  // outputs, shared expert, combine output).
+  const double attention = R * 3 * D + R * D + B * dims_.heads * T + R * D;
+  const double moe = R * E * 2 + R * k * 6 + R * k * D * 2 + R * k * He * 3 + R * Hs * 3 +
+                     (Hs > 0 ? R * D : 0) + R * D;
+  const double block = B * 6 * D + 2 * (R * D + 2 * R) + 2 * R * D + attention + R * D + moe;
+  // The largest block backward (scratch arena): roughly its forward again.
+  const double block_backward = block + R * D * 4;
+  const double embed = R * P * 2 + R * D + B * (dims_.frequency_dim + 4 * D);
+  const double final_layer = B * 2 * D + R * D * 3 + R * P * 2;
+  const double per_block_saved = config_.recompute() ? R * D : block;
+  const double floats = embed + dims_.depth * per_block_saved + final_layer +
+                        block_backward * (config_.recompute() ? 2 : 1) + R * D * 2;
+  return static_cast<size_t>(floats * sizeof(float));
+}
+
+}  // namespace tessera::dit_moe

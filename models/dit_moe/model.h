@@ -1,0 +1,82 @@
+// DiT-MoE ("Scaling Diffusion Transformers to 16 Billion Parameters"):
+// patch embedding + fixed 2-D sin-cos positions, timestep and label
+// embedders summed into the condition c, `depth` adaLN-Zero blocks with an
+// attention and a MoE FFN each, and the final adaLN layer + unpatchify.
+//
+// Activations come from the caller's per-step arena. Each block's backward
+// pass runs in a scratch arena that is reset after the block, and with
+// `recompute` the block's forward activations live there too (only its input
+// is kept), re-created in Backward.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "models/dit_moe/block.h"
+#include "models/dit_moe/embedders.h"
+#include "runtime/config/config.pb.h"
+#include "runtime/nn/tape.h"
+
+namespace tessera::dit_moe {
+
+// Effective sizes after defaults (expert_hidden 0 -> 4D, shared 0 -> 2D).
+struct DitMoeDims {
+  int64_t input_size, channels, patch, hidden, depth, heads, num_classes;
+  int64_t num_experts, top_k, expert_hidden, shared_expert_hidden, frequency_dim;
+  int64_t tokens() const { return (input_size / patch) * (input_size / patch); }
+  int64_t patch_dim() const { return channels * patch * patch; }
+};
+DitMoeDims ResolveDims(const DitMoeConfig& config);
+
+class DitMoe {
+ public:
+  // Registers every parameter in `store` (which the caller then finalizes).
+  static absl::StatusOr<std::unique_ptr<DitMoe>> Create(const DitMoeConfig& config,
+                                                        ParameterStore& store);
+
+  // x: [B, C, H, W] noisy images; t: [B] timestep in model units; labels: [B]
+  // in [0, num_classes] (num_classes = the null label). Returns the
+  // prediction [B, C, H, W]. With `record` the tape remembers what ran.
+  Tensor Forward(Arena& arena, const Tensor& x, const float* t, const int32_t* labels,
+                 bool record = true);
+  // dout: [B, C, H, W] gradient of the loss w.r.t. the prediction; the MoE
+  // balance losses enter with `loss_scale`. Accumulates parameter gradients.
+  void Backward(Arena& arena, const Tensor& dout, float loss_scale);
+
+  // Of the last Forward.
+  double balance_loss() const;
+  std::vector<std::vector<double>> expert_load() const;  // [depth][experts]
+  int64_t dropped_assignments() const;
+
+  const DitMoeDims& dims() const { return dims_; }
+  int64_t null_label() const { return dims_.num_classes; }
+  // Forward FLOPs for a batch (training step = 3x).
+  double ForwardFlops(int64_t batch) const;
+  // Activation bytes one training micro-batch keeps in the arena (forward
+  // saves, the largest block backward, the embedder gradients).
+  size_t PredictActivationBytes(int64_t batch) const;
+
+ private:
+  DitMoe(const DitMoeConfig& config, const DitMoeDims& dims, ParameterStore& store);
+
+  DitMoeConfig config_;
+  DitMoeDims dims_;
+  PatchEmbed x_embedder_;
+  TimestepEmbedder t_embedder_;
+  LabelEmbedder y_embedder_;
+  std::vector<std::unique_ptr<DitBlock>> blocks_;
+  FinalLayer final_layer_;
+
+  Tape tape_;
+  Arena scratch_;
+  int64_t batch_ = 0;
+  Tensor cond_;        // [B, D] c = t_emb + y_emb
+  Tensor cond_silu_;   // [B, D]
+  std::vector<Tensor> block_inputs_;  // kept for recompute
+  // Backward state, read and written by the tape's closures.
+  Tensor dstream_;      // [B*T, D] gradient of the residual stream
+  Tensor dcond_silu_;   // [B, D]
+  float loss_scale_ = 1;
+};
+
+}  // namespace tessera::dit_moe

@@ -1,0 +1,144 @@
+#include "models/dit_moe/task.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "runtime/base/errors.h"
+#include "runtime/kernels/cpu/loss.h"
+
+namespace tessera::dit_moe {
+
+absl::StatusOr<std::unique_ptr<DitMoeTask>> DitMoeTask::Create(const RunConfig& config,
+                                                               DitMoe& model, int replica,
+                                                               int num_replicas,
+                                                               int64_t micro_batch) {
+  ImageReaderOptions options;
+  options.dir = config.data().dir();
+  options.global_batch = config.train().global_batch();
+  options.replica = replica;
+  options.num_replicas = num_replicas;
+  options.seed = config.train().seed();
+  options.prefetch = config.data().prefetch();
+  options.pad_to = static_cast<int>(model.dims().input_size);
+  TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<ImageReader> reader, ImageReader::Open(options));
+  const DitMoeDims& dims = model.dims();
+  if (reader->channels() != dims.channels || reader->height() != dims.input_size ||
+      reader->width() != dims.input_size) {
+    return UsageError(absl::StrFormat(
+        "data.dir \"%s\" holds %dx%dx%d images (after padding), but model.dit_moe expects "
+        "in_channels=%d, input_size=%d",
+        options.dir, reader->channels(), reader->height(), reader->width(), dims.channels,
+        dims.input_size));
+  }
+  if (reader->num_classes() > dims.num_classes) {
+    return UsageError(absl::StrFormat(
+        "data.dir \"%s\" has %d classes, but model.dit_moe.num_classes=%d", options.dir,
+        reader->num_classes(), dims.num_classes));
+  }
+  return std::unique_ptr<DitMoeTask>(
+      new DitMoeTask(config, model, std::move(reader), replica, num_replicas, micro_batch));
+}
+
+DitMoeTask::DitMoeTask(const RunConfig& config, DitMoe& model,
+                       std::unique_ptr<ImageReader> reader, int replica, int num_replicas,
+                       int64_t micro_batch)
+    : config_(config),
+      model_(model),
+      diffusion_(config.dit_moe()),
+      reader_(std::move(reader)),
+      replica_(replica),
+      num_replicas_(num_replicas),
+      micro_batch_(micro_batch) {}
+
+absl::StatusOr<MicroBatchResult> DitMoeTask::RunMicroBatch(Arena& arena, int64_t step, int micro,
+                                                           float loss_scale) {
+  if (micro == 0) {
+    TESSERA_ASSIGN_OR_RETURN(batch_, reader_->Next());
+    step_load_sum_.clear();
+    step_micro_batches_ = 0;
+    step_dropped_ = 0;
+    balance_loss_ = 0;
+  }
+  const int64_t begin = micro * micro_batch_;
+  const int64_t end = std::min<int64_t>(begin + micro_batch_, batch_.images.dim(0));
+  TESSERA_CHECK(begin < end);
+  Tensor images = batch_.images.Slice(begin, end);
+  // Position of each sample in the global batch: replica r holds j % R == r.
+  std::vector<int64_t> positions(end - begin);
+  for (int64_t i = begin; i < end; ++i) positions[i - begin] = i * num_replicas_ + replica_;
+  const DitMoeConfig& c = config_.dit_moe();
+  DiffusionExample ex = diffusion_.MakeExample(
+      arena, images, batch_.labels.data<int32_t>() + begin, positions.data(),
+      c.class_dropout_prob(), static_cast<int32_t>(model_.null_label()), config_.train().seed(),
+      step);
+
+  Tensor prediction = model_.Forward(arena, ex.noisy, ex.t.data(), ex.labels.data());
+  const int64_t n = prediction.numel();
+  MicroBatchResult result;
+  result.loss = cpu::MseForward(prediction.data<float>(), ex.target.data<float>(), n);
+  result.aux_loss = model_.balance_loss();
+  result.samples = end - begin;
+  Tensor dprediction = arena.AllocateUninitialized(DType::kF32, prediction.shape());
+  cpu::MseBackward(prediction.data<float>(), ex.target.data<float>(), dprediction.data<float>(),
+                   n, loss_scale);
+  model_.Backward(arena, dprediction, loss_scale);
+
+  // Per-step statistics for the log.
+  const auto load = model_.expert_load();
+  if (step_load_sum_.empty()) {
+    step_load_sum_ = load;
+  } else {
+    for (size_t l = 0; l < load.size(); ++l)
+      for (size_t e = 0; e < load[l].size(); ++e) step_load_sum_[l][e] += load[l][e];
+  }
+  balance_loss_ += result.aux_loss;
+  step_dropped_ += model_.dropped_assignments();
+  ++step_micro_batches_;
+  return result;
+}
+
+void DitMoeTask::EndStep() {
+  expert_load_ = step_load_sum_;
+  for (auto& layer : expert_load_)
+    for (double& share : layer) share /= std::max(1, step_micro_batches_);
+  balance_loss_ /= std::max(1, step_micro_batches_);
+  dropped_ = step_dropped_;
+}
+
+double DitMoeTask::TrainingFlopsPerSample() const {
+  // Backward costs twice the forward (two GEMMs per forward GEMM).
+  return 3.0 * model_.ForwardFlops(1);
+}
+
+size_t DitMoeTask::PredictActivationBytes() const {
+  return model_.PredictActivationBytes(micro_batch_);
+}
+
+std::string DitMoeTask::MetricsJsonFields() const {
+  std::string load = "[";
+  double max_share = 0;
+  for (size_t l = 0; l < expert_load_.size(); ++l) {
+    absl::StrAppend(&load, l ? ",[" : "[");
+    for (size_t e = 0; e < expert_load_[l].size(); ++e) {
+      absl::StrAppend(&load, e ? "," : "", absl::StrFormat("%.4f", expert_load_[l][e]));
+      max_share = std::max(max_share, expert_load_[l][e]);
+    }
+    absl::StrAppend(&load, "]");
+  }
+  absl::StrAppend(&load, "]");
+  const double experts = static_cast<double>(model_.dims().num_experts);
+  return absl::StrFormat(
+      "\"balance_loss\":%.9g,\"expert_load_max\":%.6g,\"dropped_assignments\":%d,"
+      "\"expert_load\":%s",
+      balance_loss_, max_share * experts, dropped_, load);
+}
+
+std::string DitMoeTask::LogSuffix() const {
+  double max_share = 0;
+  for (const auto& layer : expert_load_)
+    for (double share : layer) max_share = std::max(max_share, share);
+  return absl::StrFormat(" | max expert load %.2fx", max_share * model_.dims().num_experts);
+}
+
+}  // namespace tessera::dit_moe

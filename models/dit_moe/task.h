@@ -1,0 +1,52 @@
+// The DiT-MoE training task: image batches from the data reader, the
+// diffusion objective, the model's forward and backward.
+#pragma once
+
+#include <memory>
+
+#include "data/reader.h"
+#include "models/dit_moe/diffusion.h"
+#include "models/dit_moe/model.h"
+#include "runtime/train/train_task.h"
+
+namespace tessera::dit_moe {
+
+class DitMoeTask : public TrainTask {
+ public:
+  // `replica` of `num_replicas` data-parallel replicas; each step this
+  // process trains on its share of train.global_batch in micro-batches of
+  // `micro_batch` samples.
+  static absl::StatusOr<std::unique_ptr<DitMoeTask>> Create(const RunConfig& config,
+                                                            DitMoe& model, int replica,
+                                                            int num_replicas,
+                                                            int64_t micro_batch);
+
+  absl::StatusOr<MicroBatchResult> RunMicroBatch(Arena& arena, int64_t step, int micro,
+                                                 float loss_scale) override;
+  double TrainingFlopsPerSample() const override;
+  int64_t TokensPerSample() const override { return model_.dims().tokens(); }
+  size_t PredictActivationBytes() const override;
+  std::string MetricsJsonFields() const override;
+  std::string LogSuffix() const override;
+  void EndStep() override;
+
+ private:
+  DitMoeTask(const RunConfig& config, DitMoe& model, std::unique_ptr<ImageReader> reader,
+             int replica, int num_replicas, int64_t micro_batch);
+
+  const RunConfig& config_;
+  DitMoe& model_;
+  Diffusion diffusion_;
+  std::unique_ptr<ImageReader> reader_;
+  int replica_, num_replicas_;
+  int64_t micro_batch_;
+  ImageBatch batch_;  // this step's share of the global batch
+  // Means over the micro-batches of the last step.
+  double balance_loss_ = 0;
+  std::vector<std::vector<double>> expert_load_;
+  std::vector<std::vector<double>> step_load_sum_;
+  int step_micro_batches_ = 0;
+  int64_t dropped_ = 0, step_dropped_ = 0;
+};
+
+}  // namespace tessera::dit_moe

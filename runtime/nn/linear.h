@@ -1,0 +1,49 @@
+// Linear: y = x W^T + b, with W stored [out, in] (PyTorch's layout, so exported
+// checkpoints read naturally elsewhere).
+#pragma once
+
+#include <optional>
+#include <string>
+
+#include "runtime/nn/parameter.h"
+#include "runtime/tensor/arena.h"
+
+namespace tessera {
+
+class Linear {
+ public:
+  struct Options {
+    bool bias = true;
+    std::optional<ParamInit> weight_init;  // default: Xavier uniform
+    ParamInit bias_init = ParamInit::Zeros();
+    bool weight_decay = true;
+  };
+
+  Linear(ParameterStore& store, const std::string& name, int64_t in_features,
+         int64_t out_features, const Options& options);
+  Linear(ParameterStore& store, const std::string& name, int64_t in_features,
+         int64_t out_features)
+      : Linear(store, name, in_features, out_features, Options()) {}
+
+  // x: [rows, in] -> [rows, out]. Keeps a view of x for Backward.
+  Tensor Forward(Arena& arena, const Tensor& x);
+  // dy: [rows, out] -> dx [rows, in]; dW, db accumulate. With need_dx false
+  // returns an undefined tensor and skips that GEMM.
+  Tensor Backward(Arena& arena, const Tensor& dy, bool need_dx = true);
+
+  int64_t in_features() const { return in_; }
+  int64_t out_features() const { return out_; }
+  ParameterStore::Id weight_id() const { return weight_; }
+  ParameterStore::Id bias_id() const { return bias_; }
+  // Multiply-adds of one forward pass over `rows` rows.
+  double ForwardFlops(int64_t rows) const { return 2.0 * rows * in_ * out_; }
+
+ private:
+  ParameterStore& store_;
+  int64_t in_, out_;
+  ParameterStore::Id weight_ = -1;
+  ParameterStore::Id bias_ = -1;
+  Tensor saved_x_;
+};
+
+}  // namespace tessera

@@ -1,0 +1,189 @@
+#include "runtime/nn/moe.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "runtime/kernels/cpu/activation.h"
+#include "runtime/kernels/cpu/routing.h"
+#include "runtime/kernels/cpu/softmax.h"
+
+namespace tessera {
+namespace {
+Linear::Options RouterOptions(int64_t dim) {
+  Linear::Options options;
+  options.bias = false;
+  // kaiming_uniform(a=sqrt(5)) as the reference router: bound 1/sqrt(fan_in).
+  options.weight_init = ParamInit::Uniform(1.0f / std::sqrt(static_cast<float>(dim)));
+  return options;
+}
+}  // namespace
+
+MoeLayer::MoeLayer(ParameterStore& store, const std::string& name, int64_t dim,
+                   const Options& options)
+    : dim_(dim), options_(options), router_(store, name + ".router", dim, options.num_experts,
+                                            RouterOptions(dim)) {
+  TESSERA_CHECK(options.top_k >= 1 && options.top_k <= options.num_experts);
+  for (int64_t e = 0; e < options.num_experts; ++e) {
+    experts_.push_back(std::make_unique<SwigluMlp>(
+        store, name + ".experts." + std::to_string(e), dim, options.expert_hidden,
+        ParallelSpec::Expert(static_cast<int>(e))));
+  }
+  if (options.shared_expert_hidden > 0) {
+    shared_ = std::make_unique<SwigluMlp>(store, name + ".shared_expert", dim,
+                                          options.shared_expert_hidden);
+  }
+}
+
+Tensor MoeLayer::Forward(Arena& arena, const Tensor& x) {
+  const int64_t T = x.dim(0), E = options_.num_experts, k = options_.top_k;
+  tokens_ = T;
+  // Router in fp32: logits [T, E] -> probs -> top-k.
+  Tensor logits = router_.Forward(arena, x);
+  probs_ = arena.AllocateUninitialized(DType::kF32, Shape{T, E});
+  cpu::SoftmaxForward(logits.data<float>(), probs_.data<float>(), T, E);
+  expert_index_ = arena.AllocateUninitialized(DType::kI32, Shape{T * k});
+  raw_weights_ = arena.AllocateUninitialized(DType::kF32, Shape{T * k});
+  cpu::TopKForward(probs_.data<float>(), expert_index_.data<int32_t>(), raw_weights_.data<float>(),
+                   T, E, k);
+  int32_t* index = expert_index_.data<int32_t>();
+  const float* probs = probs_.data<float>();
+
+  // Balance loss and load over the greedy top-k choice (before any drop).
+  std::vector<int64_t> counts(E, 0);
+  for (int64_t a = 0; a < T * k; ++a) ++counts[index[a]];
+  std::vector<double> mean_prob(E, 0.0);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t e = 0; e < E; ++e) mean_prob[e] += probs[t * E + e];
+  balance_f_.assign(E, 0.0);
+  expert_load_.assign(E, 0.0);
+  balance_loss_ = 0;
+  for (int64_t e = 0; e < E; ++e) {
+    const double share = T == 0 ? 0.0 : static_cast<double>(counts[e]) / static_cast<double>(T * k);
+    expert_load_[e] = share;
+    balance_f_[e] = share * static_cast<double>(E);
+    if (T > 0) mean_prob[e] /= static_cast<double>(T);
+    balance_loss_ += options_.balance_loss_coef * balance_f_[e] * mean_prob[e];
+  }
+
+  // Combine weights.
+  weights_ = raw_weights_;
+  if (options_.renormalize_topk && k > 1) {
+    weights_ = arena.AllocateUninitialized(DType::kF32, Shape{T * k});
+    const float* raw = raw_weights_.data<float>();
+    float* w = weights_.data<float>();
+    for (int64_t t = 0; t < T; ++t) {
+      float sum = 1e-20f;
+      for (int64_t s = 0; s < k; ++s) sum += raw[t * k + s];
+      for (int64_t s = 0; s < k; ++s) w[t * k + s] = raw[t * k + s] / sum;
+    }
+  }
+
+  // Capacity: first come, first served in token order.
+  dropped_ = 0;
+  chosen_index_ = expert_index_;
+  if (options_.capacity_factor > 0) {
+    chosen_index_ = arena.AllocateUninitialized(DType::kI32, Shape{T * k});
+    std::memcpy(chosen_index_.raw(), expert_index_.raw(), expert_index_.bytes());
+    const int64_t capacity = static_cast<int64_t>(
+        std::ceil(options_.capacity_factor * static_cast<double>(T * k) / static_cast<double>(E)));
+    std::vector<int64_t> taken(E, 0);
+    for (int64_t a = 0; a < T * k; ++a) {
+      if (taken[index[a]] >= capacity) {
+        index[a] = -1;
+        ++dropped_;
+      } else {
+        ++taken[index[a]];
+      }
+    }
+  }
+
+  // Permute token rows into expert order and run each expert on its rows.
+  expert_offsets_ = arena.AllocateUninitialized(DType::kI64, Shape{E + 1});
+  row_of_assignment_ = arena.AllocateUninitialized(DType::kI32, Shape{T * k});
+  Tensor assignment_of_row = arena.AllocateUninitialized(DType::kI32, Shape{T * k});
+  cpu::SortByExpert(index, T * k, E, expert_offsets_.data<int64_t>(),
+                    row_of_assignment_.data<int32_t>(), assignment_of_row.data<int32_t>());
+  const int64_t* offsets = expert_offsets_.data<int64_t>();
+  const int64_t rows = offsets[E];
+  Tensor permuted = arena.AllocateUninitialized(DType::kF32, Shape{rows, dim_});  // [rows, dim]
+  cpu::PermuteForward(x.data<float>(), assignment_of_row.data<int32_t>(), permuted.data<float>(),
+                      rows, dim_, k);
+  expert_out_ = arena.AllocateUninitialized(DType::kF32, Shape{rows, dim_});
+  for (int64_t e = 0; e < E; ++e) {
+    experts_[e]->ForwardInto(arena, permuted.Slice(offsets[e], offsets[e + 1]),
+                             expert_out_.Slice(offsets[e], offsets[e + 1]));
+  }
+
+  Tensor y = shared_ ? shared_->Forward(arena, x) : arena.Allocate(DType::kF32, Shape{T, dim_});
+  cpu::UnpermuteCombineForward(expert_out_.data<float>(), row_of_assignment_.data<int32_t>(),
+                               weights_.data<float>(), y.data<float>(), T, dim_, k);
+  return y;
+}
+
+Tensor MoeLayer::Backward(Arena& arena, const Tensor& dy, float loss_scale) {
+  const int64_t T = tokens_, E = options_.num_experts, k = options_.top_k;
+  const int64_t* offsets = expert_offsets_.data<int64_t>();
+  const int64_t rows = offsets[E];
+
+  Tensor dexpert_out = arena.AllocateUninitialized(DType::kF32, Shape{rows, dim_});
+  Tensor dweights = arena.AllocateUninitialized(DType::kF32, Shape{T * k});
+  cpu::UnpermuteCombineBackward(dy.data<float>(), expert_out_.data<float>(),
+                                row_of_assignment_.data<int32_t>(), weights_.data<float>(),
+                                dexpert_out.data<float>(), dweights.data<float>(), T, dim_, k);
+  Tensor dpermuted = arena.AllocateUninitialized(DType::kF32, Shape{rows, dim_});
+  for (int64_t e = 0; e < E; ++e) {
+    experts_[e]->BackwardInto(arena, dexpert_out.Slice(offsets[e], offsets[e + 1]),
+                              dpermuted.Slice(offsets[e], offsets[e + 1]));
+  }
+  Tensor dx = arena.AllocateUninitialized(DType::kF32, Shape{T, dim_});
+  cpu::PermuteBackward(dpermuted.data<float>(), row_of_assignment_.data<int32_t>(),
+                       dx.data<float>(), T, dim_, k);
+  if (shared_) {
+    Tensor dshared = shared_->Backward(arena, dy);
+    cpu::AddInPlace(dx.data<float>(), dshared.data<float>(), T * dim_);
+  }
+
+  // Through the renormalization: w = r / s  =>  dr = (dw - sum(dw * w)) / s.
+  float* dw = dweights.data<float>();
+  if (options_.renormalize_topk && k > 1) {
+    const float* raw = raw_weights_.data<float>();
+    const float* w = weights_.data<float>();
+    for (int64_t t = 0; t < T; ++t) {
+      float sum = 1e-20f, dot = 0;
+      for (int64_t s = 0; s < k; ++s) {
+        sum += raw[t * k + s];
+        dot += dw[t * k + s] * w[t * k + s];
+      }
+      for (int64_t s = 0; s < k; ++s) dw[t * k + s] = (dw[t * k + s] - dot) / sum;
+    }
+  }
+  // Top-k weights were read from the probabilities of the router's choice
+  // (dropped assignments included: their weight got zero gradient above).
+  Tensor dprobs = arena.Allocate(DType::kF32, Shape{T, E});
+  cpu::TopKBackward(dw, chosen_index_.data<int32_t>(), dprobs.data<float>(), T, E, k);
+  // Balance loss: d/dp[t, i] of alpha * sum_i f_i * mean_t p[t, i] = alpha f_i / T.
+  if (options_.balance_loss_coef > 0 && T > 0) {
+    float* dp = dprobs.data<float>();
+    for (int64_t e = 0; e < E; ++e) {
+      const float g = static_cast<float>(loss_scale * options_.balance_loss_coef * balance_f_[e] /
+                                         static_cast<double>(T));
+      for (int64_t t = 0; t < T; ++t) dp[t * E + e] += g;
+    }
+  }
+  Tensor dlogits = arena.AllocateUninitialized(DType::kF32, Shape{T, E});
+  cpu::SoftmaxBackward(dprobs.data<float>(), probs_.data<float>(), dlogits.data<float>(), T, E);
+  Tensor drouter = router_.Backward(arena, dlogits);
+  cpu::AddInPlace(dx.data<float>(), drouter.data<float>(), T * dim_);
+  probs_ = expert_index_ = chosen_index_ = raw_weights_ = weights_ = expert_offsets_ = row_of_assignment_ =
+      expert_out_ = Tensor();
+  return dx;
+}
+
+double MoeLayer::ForwardFlops(int64_t tokens) const {
+  double flops = router_.ForwardFlops(tokens);
+  if (!experts_.empty()) flops += experts_[0]->ForwardFlops(tokens * options_.top_k);
+  if (shared_) flops += shared_->ForwardFlops(tokens);
+  return flops;
+}
+
+}  // namespace tessera

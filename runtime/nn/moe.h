@@ -1,0 +1,83 @@
+// Mixture-of-experts FFN as in DiT-MoE (and DeepSeek-MoE): a linear router
+// with fp32 softmax and top-k, E routed SwiGLU experts, and an optional shared
+// SwiGLU expert applied to every token.
+//
+//   y = shared(x) + sum_{e in topk(x)} p_e(x) * expert_e(x)
+//
+// Weights are the raw softmax probabilities of the chosen experts (no
+// renormalization unless asked). The expert-level balance loss is
+// alpha * sum_i f_i * P_i with f_i = E * (assignments to i) / (tokens * k) and
+// P_i the mean router probability of expert i over the forward's tokens;
+// f_i carries no gradient (as in the reference code).
+//
+// Dispatch: assignments are sorted by expert (stable), token rows gathered
+// into expert-contiguous order, each expert runs one GEMM chain over its rows,
+// and the results are scattered back weighted. With a capacity factor c > 0
+// each expert keeps at most ceil(c * tokens * k / E) assignments; the drop
+// policy is "first come, first served" in token order, and a dropped
+// assignment contributes nothing (its token still gets the shared expert and
+// its other experts).
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "runtime/nn/linear.h"
+#include "runtime/nn/swiglu_mlp.h"
+
+namespace tessera {
+
+class MoeLayer {
+ public:
+  struct Options {
+    int64_t num_experts = 8;
+    int64_t top_k = 2;
+    int64_t expert_hidden = 0;         // per routed expert
+    int64_t shared_expert_hidden = 0;  // 0: no shared expert
+    float balance_loss_coef = 0.01f;
+    bool renormalize_topk = false;
+    float capacity_factor = 0;         // 0: dropless
+  };
+
+  MoeLayer(ParameterStore& store, const std::string& name, int64_t dim, const Options& options);
+
+  // x: [tokens, dim] -> [tokens, dim]. Computes the balance loss of these tokens.
+  Tensor Forward(Arena& arena, const Tensor& x);
+  // loss_scale: the factor this forward's losses enter the total loss with
+  // (1/micro-batches); applied to the balance loss gradient.
+  Tensor Backward(Arena& arena, const Tensor& dy, float loss_scale);
+
+  // Of the last Forward.
+  double balance_loss() const { return balance_loss_; }
+  // Fraction of assignments routed to each expert (sums to 1), before drops.
+  const std::vector<double>& expert_load() const { return expert_load_; }
+  int64_t dropped_assignments() const { return dropped_; }
+
+  double ForwardFlops(int64_t tokens) const;
+  int64_t num_experts() const { return options_.num_experts; }
+
+ private:
+  int64_t dim_;
+  Options options_;
+  Linear router_;
+  std::vector<std::unique_ptr<SwigluMlp>> experts_;
+  std::unique_ptr<SwigluMlp> shared_;
+
+  // Saved by Forward for Backward.
+  int64_t tokens_ = 0;
+  Tensor probs_;             // [T, E] router softmax
+  Tensor chosen_index_;      // i32 [T*k] the router's top-k
+  Tensor expert_index_;      // i32 [T*k] the same, -1 where capacity dropped it
+  Tensor raw_weights_;       // [T*k] top-k probabilities
+  Tensor weights_;           // [T*k] combine weights (renormalized if asked)
+  Tensor expert_offsets_;    // i64 [E+1]
+  Tensor row_of_assignment_; // i32 [T*k]
+  Tensor expert_out_;        // [rows, dim]
+  std::vector<double> balance_f_;  // f_i
+  double balance_loss_ = 0;
+  std::vector<double> expert_load_;
+  int64_t dropped_ = 0;
+};
+
+}  // namespace tessera

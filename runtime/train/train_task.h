@@ -1,0 +1,47 @@
+// TrainTask: what the step loop needs from a model + its data + its objective.
+//
+// runtime/train knows nothing of models or data formats; a model's task
+// (e.g. models/dit_moe/task.h) fetches its micro-batches, runs forward and
+// backward, and reports the numbers the loop logs.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "runtime/tensor/arena.h"
+
+namespace tessera {
+
+struct MicroBatchResult {
+  double loss = 0;      // the objective's loss (mean over the micro-batch)
+  double aux_loss = 0;  // auxiliary losses included in the gradient (e.g. MoE balance)
+  int64_t samples = 0;
+};
+
+class TrainTask {
+ public:
+  virtual ~TrainTask() = default;
+
+  // Forward and backward of micro-batch `micro` of optimizer step `step`,
+  // accumulating parameter gradients scaled by `loss_scale`. Activations come
+  // from `arena`, which the caller resets between micro-batches.
+  virtual absl::StatusOr<MicroBatchResult> RunMicroBatch(Arena& arena, int64_t step, int micro,
+                                                         float loss_scale) = 0;
+
+  // Training FLOPs (forward + backward) per sample, and tokens per sample.
+  virtual double TrainingFlopsPerSample() const = 0;
+  virtual int64_t TokensPerSample() const = 0;
+  // Bytes of activations one micro-batch keeps alive at its peak.
+  virtual size_t PredictActivationBytes() const = 0;
+
+  // Per-model fields for metrics.jsonl as `"name":value` pairs joined by
+  // commas (may be empty), and a short suffix for the log line; both about
+  // the last optimizer step.
+  virtual std::string MetricsJsonFields() const { return ""; }
+  virtual std::string LogSuffix() const { return ""; }
+  // Called once per optimizer step after the last micro-batch.
+  virtual void EndStep() {}
+};
+
+}  // namespace tessera

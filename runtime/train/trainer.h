@@ -1,0 +1,76 @@
+// The step loop: micro-batches with gradient accumulation, global grad-norm
+// clipping, the learning-rate schedule, AdamW, EMA, NaN/Inf detection, and
+// what each step reports (log line, metrics.jsonl, progress bar).
+#pragma once
+
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "runtime/config/config.pb.h"
+#include "runtime/nn/parameter.h"
+#include "runtime/optim/adamw.h"
+#include "runtime/optim/ema.h"
+#include "runtime/train/train_task.h"
+
+namespace tessera {
+
+// Memory the runtime expects to hold, predicted before the first step.
+struct MemoryPlan {
+  size_t parameters = 0, gradients = 0, optimizer = 0, ema = 0, activations = 0;
+  size_t total() const { return parameters + gradients + optimizer + ema + activations; }
+};
+
+struct TrainSummary {
+  int64_t steps = 0;
+  double first_loss = 0, last_loss = 0;
+  double mean_samples_per_s = 0;
+  double peak_fraction = 0;  // achieved FLOP/s over the same-run GEMM peak
+  size_t peak_rss_bytes = 0;
+  MemoryPlan plan;
+};
+
+class Trainer {
+ public:
+  // `micro_batches`: micro-batches per optimizer step on this process.
+  Trainer(const RunConfig& config, ParameterStore& store, TrainTask& task, int micro_batches);
+
+  // Trains config.train.steps steps. Writes <run_dir>/metrics.jsonl.
+  // Returns a NumericalError if the loss or the gradients stop being finite.
+  absl::Status Run();
+
+  const TrainSummary& summary() const { return summary_; }
+  const MemoryPlan& memory_plan() const { return plan_; }
+  // The EMA of the weights (or the weights themselves when EMA is off).
+  const float* inference_weights() const;
+
+  // Measures this process's fp32 GEMM rate (FLOP/s) with oneDNN: the
+  // reference that peak_fraction is reported against.
+  static double MeasureGemmPeak();
+
+ private:
+  absl::Status Step(int64_t step);
+  void Report(int64_t step, double loss, double aux, double lr, double grad_norm,
+              double step_seconds, int64_t samples);
+
+  const RunConfig& config_;
+  ParameterStore& store_;
+  TrainTask& task_;
+  int micro_batches_;
+  AdamW optimizer_;
+  std::unique_ptr<Ema> ema_;
+  Arena arena_;
+  MemoryPlan plan_;
+  TrainSummary summary_;
+  double gemm_peak_ = 0;
+  std::FILE* metrics_ = nullptr;
+  bool progress_ = false;
+  // Accumulated between log lines.
+  double window_seconds_ = 0;
+  int64_t window_samples_ = 0;
+  double total_seconds_ = 0;
+  int64_t total_samples_ = 0;
+};
+
+}  // namespace tessera
