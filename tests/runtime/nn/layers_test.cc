@@ -1,0 +1,253 @@
+// Every layer's Backward against finite differences of its Forward, for the
+// input and for every parameter.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <functional>
+#include <vector>
+
+#include "runtime/nn/attention.h"
+#include "runtime/nn/layer_norm.h"
+#include "runtime/nn/linear.h"
+#include "runtime/nn/moe.h"
+#include "runtime/nn/swiglu_mlp.h"
+#include "tests/testing/gradient_check.h"
+
+namespace tessera {
+namespace {
+using testing::CheckGradient;
+using testing::GradientCheckOptions;
+using testing::RandomTensor;
+using testing::WeightedSum;
+
+// Replaces every parameter by N(0, scale^2) so zero-initialized ones do not
+// hide bugs.
+void RandomizeParameters(ParameterStore& store, uint64_t seed, float scale = 0.5f) {
+  testing::FillNormal(store.values().data<float>(), store.numel(), seed, scale);
+}
+
+struct LayerUnderTest {
+  std::function<Tensor(Arena&, const Tensor&)> forward;
+  std::function<Tensor(Arena&, const Tensor&)> backward;  // dy -> dx
+  std::function<double()> extra_loss = [] { return 0.0; };  // e.g. a balance loss
+};
+
+void CheckLayer(ParameterStore& store, const LayerUnderTest& layer, Tensor x, Shape out_shape,
+                const GradientCheckOptions& options = {}) {
+  Tensor r = RandomTensor(out_shape, 99);
+  Arena arena;
+  auto loss = [&] {
+    arena.Reset();
+    const double value = WeightedSum(layer.forward(arena, x), r) + layer.extra_loss();
+    return value;
+  };
+  store.ZeroGrads();
+  arena.Reset();
+  Tensor y = layer.forward(arena, x);
+  ASSERT_EQ(y.shape(), out_shape);
+  Tensor dx = layer.backward(arena, r);
+  std::vector<float> dx_copy(dx.data<float>(), dx.data<float>() + dx.numel());
+  std::vector<float> grads(store.grads().data<float>(),
+                           store.grads().data<float>() + store.numel());
+  CheckGradient("dx", x.data<float>(), dx_copy.data(), x.numel(), loss, options);
+  for (const ParamInfo& info : store.infos()) {
+    CheckGradient(info.name, store.values().data<float>() + info.offset,
+                  grads.data() + info.offset, info.local_shape.numel(), loss, options);
+  }
+}
+
+TEST(Linear, BackwardMatchesFiniteDifferences) {
+  ParameterStore store;
+  Linear linear(store, "linear", 7, 5);
+  store.Finalize(1);
+  RandomizeParameters(store, 2);
+  CheckLayer(store,
+             {[&](Arena& a, const Tensor& x) { return linear.Forward(a, x); },
+              [&](Arena& a, const Tensor& dy) { return linear.Backward(a, dy); }},
+             RandomTensor(Shape{6, 7}, 3), Shape{6, 5});
+}
+
+TEST(Linear, ParameterGradientsAccumulateOverCalls) {
+  ParameterStore store;
+  Linear linear(store, "linear", 4, 3);
+  store.Finalize(1);
+  Tensor x = RandomTensor(Shape{5, 4}, 3), dy = RandomTensor(Shape{5, 3}, 4);
+  Arena arena;
+  linear.Forward(arena, x);
+  linear.Backward(arena, dy);
+  std::vector<float> once(store.grads().data<float>(), store.grads().data<float>() + store.numel());
+  linear.Forward(arena, x);
+  linear.Backward(arena, dy);
+  for (int64_t i = 0; i < store.numel(); ++i)
+    EXPECT_FLOAT_EQ(store.grads().data<float>()[i], 2 * once[i]);
+}
+
+TEST(LayerNorm, AffineBackwardMatchesFiniteDifferences) {
+  ParameterStore store;
+  LayerNorm norm(store, "norm", 9, /*affine=*/true);
+  store.Finalize(1);
+  RandomizeParameters(store, 2);
+  CheckLayer(store,
+             {[&](Arena& a, const Tensor& x) { return norm.Forward(a, x); },
+              [&](Arena& a, const Tensor& dy) { return norm.Backward(a, dy); }},
+             RandomTensor(Shape{4, 9}, 3), Shape{4, 9});
+}
+
+TEST(LayerNorm, WithoutAffineRegistersNoParameters) {
+  ParameterStore store;
+  LayerNorm norm(store, "norm", 9, /*affine=*/false);
+  EXPECT_EQ(store.size(), 0);
+}
+
+TEST(MultiHeadAttention, BackwardMatchesFiniteDifferences) {
+  ParameterStore store;
+  constexpr int64_t kBatch = 2, kSeq = 5, kHidden = 8, kHeads = 2;
+  MultiHeadAttention attention(store, "attn", kHidden, kHeads);
+  store.Finalize(1);
+  RandomizeParameters(store, 2);
+  CheckLayer(store,
+             {[&](Arena& a, const Tensor& x) { return attention.Forward(a, x, kBatch, kSeq); },
+              [&](Arena& a, const Tensor& dy) { return attention.Backward(a, dy); }},
+             RandomTensor(Shape{kBatch * kSeq, kHidden}, 3), Shape{kBatch * kSeq, kHidden});
+}
+
+TEST(SwigluMlp, BackwardMatchesFiniteDifferences) {
+  ParameterStore store;
+  SwigluMlp mlp(store, "mlp", 6, 10);
+  store.Finalize(1);
+  RandomizeParameters(store, 2);
+  CheckLayer(store,
+             {[&](Arena& a, const Tensor& x) { return mlp.Forward(a, x); },
+              [&](Arena& a, const Tensor& dy) { return mlp.Backward(a, dy); }},
+             RandomTensor(Shape{7, 6}, 3), Shape{7, 6});
+}
+
+MoeLayer::Options SmallMoe() {
+  MoeLayer::Options options;
+  options.num_experts = 4;
+  options.top_k = 2;
+  options.expert_hidden = 8;
+  options.shared_expert_hidden = 6;
+  options.balance_loss_coef = 0.5f;  // large, so its gradient is visible
+  return options;
+}
+
+void CheckMoe(const MoeLayer::Options& options) {
+  ParameterStore store;
+  MoeLayer moe(store, "moe", 6, options);
+  store.Finalize(1);
+  RandomizeParameters(store, 2);
+  // A small step keeps finite differences from flipping the top-k choice.
+  GradientCheckOptions check;
+  check.step = 2e-3f;
+  check.tolerance = 3e-2;
+  check.floor = 3e-2;  // fp32 loss noise is ~3e-4 absolute at this step
+  CheckLayer(store,
+             {[&](Arena& a, const Tensor& x) { return moe.Forward(a, x); },
+              [&](Arena& a, const Tensor& dy) { return moe.Backward(a, dy, 1.0f); },
+              [&] { return moe.balance_loss(); }},
+             RandomTensor(Shape{9, 6}, 3), Shape{9, 6}, check);
+}
+
+TEST(MoeLayer, BackwardMatchesFiniteDifferencesIncludingBalanceLoss) { CheckMoe(SmallMoe()); }
+
+TEST(MoeLayer, RenormalizedTopKBackwardMatchesFiniteDifferences) {
+  MoeLayer::Options options = SmallMoe();
+  options.renormalize_topk = true;
+  CheckMoe(options);
+}
+
+TEST(MoeLayer, CapacityDropsBackwardMatchesFiniteDifferences) {
+  MoeLayer::Options options = SmallMoe();
+  options.capacity_factor = 0.5f;  // forces drops
+  CheckMoe(options);
+}
+
+TEST(MoeLayer, WithoutSharedExpertBackwardMatchesFiniteDifferences) {
+  MoeLayer::Options options = SmallMoe();
+  options.shared_expert_hidden = 0;
+  CheckMoe(options);
+}
+
+// Naive reference: every token through its top-k experts, weighted, plus the
+// shared expert, computed with independent SwigluMlp forwards per token.
+TEST(MoeLayer, ForwardMatchesPerTokenReference) {
+  ParameterStore store;
+  MoeLayer::Options options = SmallMoe();
+  MoeLayer moe(store, "moe", 6, options);
+  store.Finalize(1);
+  RandomizeParameters(store, 2);
+  Tensor x = RandomTensor(Shape{9, 6}, 3);
+  Arena arena;
+  Tensor y = moe.Forward(arena, x);
+  std::vector<float> got(y.data<float>(), y.data<float>() + y.numel());
+
+  const float* router = store.param(*store.Find("moe.router.weight")).data<float>();
+  auto mlp = [&](const std::string& prefix, const float* in, int64_t hidden, double* out) {
+    const float* wg = store.param(*store.Find(prefix + ".w_gate")).data<float>();
+    const float* wu = store.param(*store.Find(prefix + ".w_up")).data<float>();
+    const float* wd = store.param(*store.Find(prefix + ".w_down")).data<float>();
+    std::vector<double> act(hidden);
+    for (int64_t h = 0; h < hidden; ++h) {
+      double g = 0, u = 0;
+      for (int64_t d = 0; d < 6; ++d) {
+        g += static_cast<double>(wg[h * 6 + d]) * in[d];
+        u += static_cast<double>(wu[h * 6 + d]) * in[d];
+      }
+      act[h] = g / (1 + std::exp(-g)) * u;
+    }
+    for (int64_t d = 0; d < 6; ++d) {
+      out[d] = 0;
+      for (int64_t h = 0; h < hidden; ++h) out[d] += static_cast<double>(wd[d * hidden + h]) * act[h];
+    }
+  };
+  std::vector<double> balance_count(4, 0), mean_prob(4, 0);
+  for (int64_t t = 0; t < 9; ++t) {
+    const float* in = x.data<float>() + t * 6;
+    double logits[4], probs[4], total = 0, max_logit = -1e30;
+    for (int e = 0; e < 4; ++e) {
+      logits[e] = 0;
+      for (int d = 0; d < 6; ++d) logits[e] += static_cast<double>(router[e * 6 + d]) * in[d];
+      max_logit = std::max(max_logit, logits[e]);
+    }
+    for (int e = 0; e < 4; ++e) total += probs[e] = std::exp(logits[e] - max_logit);
+    for (int e = 0; e < 4; ++e) {
+      probs[e] /= total;
+      mean_prob[e] += probs[e] / 9;
+    }
+    int first = 0, second = -1;
+    for (int e = 1; e < 4; ++e) if (probs[e] > probs[first]) first = e;
+    for (int e = 0; e < 4; ++e)
+      if (e != first && (second < 0 || probs[e] > probs[second])) second = e;
+    double expected[6], part[6];
+    mlp("moe.shared_expert", in, 6, expected);
+    for (int chosen : {first, second}) {
+      balance_count[chosen] += 1;
+      mlp("moe.experts." + std::to_string(chosen), in, 8, part);
+      for (int d = 0; d < 6; ++d) expected[d] += probs[chosen] * part[d];
+    }
+    for (int d = 0; d < 6; ++d) EXPECT_NEAR(got[t * 6 + d], expected[d], 1e-4) << t << "," << d;
+  }
+  double balance = 0;
+  for (int e = 0; e < 4; ++e) balance += 0.5 * (balance_count[e] / 18.0 * 4) * mean_prob[e];
+  EXPECT_NEAR(moe.balance_loss(), balance, 1e-6);
+}
+
+TEST(MoeLayer, ExpertsWithoutTokensAreANormalCase) {
+  ParameterStore store;
+  MoeLayer::Options options = SmallMoe();
+  options.num_experts = 8;
+  MoeLayer moe(store, "moe", 6, options);
+  store.Finalize(1);
+  Tensor x = RandomTensor(Shape{1, 6}, 3);  // one token: 6 of 8 experts idle
+  Arena arena;
+  Tensor y = moe.Forward(arena, x);
+  Tensor dx = moe.Backward(arena, RandomTensor(Shape{1, 6}, 4), 1.0f);
+  int idle = 0;
+  for (double share : moe.expert_load()) idle += share == 0;
+  EXPECT_EQ(idle, 6);
+  for (int64_t i = 0; i < dx.numel(); ++i) EXPECT_TRUE(std::isfinite(dx.data<float>()[i]));
+}
+
+}  // namespace
+}  // namespace tessera
