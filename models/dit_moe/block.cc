@@ -49,7 +49,8 @@ Tensor DitBlock::Forward(Arena& arena, const Tensor& x, const Tensor& cond_silu,
   cpu::ModulateForward(saved_h2_.data<float>(), mod + 3 * D, mod + 4 * D, m2.data<float>(), batch,
                        seq, D, stride);
   saved_moe_ = moe_.Forward(arena, m2);
-  Tensor x2 = x1;  // the residual stream is updated in place from here on
+  // A new tensor: norm2 saved x1 for its backward pass.
+  Tensor x2 = Copy(arena, x1);
   cpu::GatedResidualForward(x2.data<float>(), saved_moe_.data<float>(), mod + 5 * D, batch, seq, D,
                             stride);
   return x2;
