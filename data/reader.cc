@@ -45,7 +45,7 @@ absl::StatusOr<std::unique_ptr<ImageReader>> ImageReader::Open(const ImageReader
   if (::stat(manifest_path.c_str(), &info) != 0) {
     return DataError(absl::StrCat(
         "data.dir \"", options.dir, "\": no ", kManifestFile,
-        " (run `tessera data import-fashion-mnist` or `tessera data synth-images` to make a "
+        " (run `tessera data import-fashion-mnist` or `tessera data synth --schema images` to make a "
         "data set, or point data.dir at one)"));
   }
   TESSERA_ASSIGN_OR_RETURN(DataManifest manifest, ReadManifest(options.dir));

@@ -5,7 +5,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "data/hdf5_util.h"
+#include "runtime/hdf5/hdf5_util.h"
 #include "runtime/base/errors.h"
 #include "runtime/base/status.h"
 

@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "data/hdf5_util.h"
+#include "runtime/hdf5/hdf5_util.h"
 #include "data/manifest.h"
 #include "runtime/tensor/dtype.h"
 

@@ -4,7 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "data/file_util.h"
-#include "data/hdf5_util.h"
+#include "runtime/hdf5/hdf5_util.h"
 #include "runtime/base/errors.h"
 #include "runtime/base/status.h"
 

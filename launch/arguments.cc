@@ -3,6 +3,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "runtime/base/errors.h"
+#include "runtime/base/status.h"
 
 namespace tessera {
 

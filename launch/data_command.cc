@@ -8,6 +8,7 @@
 #include "launch/arguments.h"
 #include "launch/commands.h"
 #include "runtime/base/errors.h"
+#include "runtime/base/status.h"
 
 namespace tessera {
 namespace {

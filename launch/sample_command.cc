@@ -6,6 +6,7 @@
 #include "launch/commands.h"
 #include "launch/model_setup.h"
 #include "runtime/base/errors.h"
+#include "runtime/base/status.h"
 #include "runtime/checkpoint/weights_file.h"
 #include "runtime/config/config.h"
 

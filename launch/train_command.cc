@@ -9,6 +9,7 @@
 #include "launch/model_setup.h"
 #include "models/dit_moe/task.h"
 #include "runtime/base/errors.h"
+#include "runtime/base/status.h"
 #include "runtime/checkpoint/weights_file.h"
 #include "runtime/config/config.h"
 #include "runtime/train/trainer.h"

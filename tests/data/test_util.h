@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "data/hdf5_util.h"
+#include "runtime/hdf5/hdf5_util.h"
 #include "gtest/gtest.h"
 
 namespace tessera::testing_util {

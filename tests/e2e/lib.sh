@@ -19,7 +19,7 @@ expect_exit() {
   local got=$?
   if [ "$got" -ne "$code" ]; then
     fail "$name: exit $got, expected $code; stderr: $(cat "$WORK/err.txt")"
-  elif ! grep -qE "$pattern" "$WORK/err.txt"; then
+  elif ! grep -qE -e "$pattern" "$WORK/err.txt"; then
     fail "$name: stderr does not match /$pattern/: $(cat "$WORK/err.txt")"
   else
     pass "$name (exit $code: $(head -c 200 "$WORK/err.txt"))"

@@ -1,4 +1,4 @@
-#include "data/hdf5_util.h"
+#include "runtime/hdf5/hdf5_util.h"
 
 #include <algorithm>
 #include <cstring>
