@@ -12,6 +12,7 @@
 #include "runtime/base/status.h"
 #include "runtime/checkpoint/weights_file.h"
 #include "runtime/config/config.h"
+#include "runtime/train/memory.h"
 #include "runtime/train/trainer.h"
 
 namespace tessera {
@@ -43,6 +44,10 @@ absl::Status Train(const ParsedArguments& args) {
   TESSERA_RETURN_IF_ERROR(ValidateRunConfig(config, kWorldSize));
   ConfigureThreads(config);
 
+  // The GEMM reference first, so its buffers count in the baseline.
+  Trainer::Options options;
+  options.gemm_peak = Trainer::MeasureGemmPeak();
+  options.baseline_rss = CurrentRssBytes();
   TESSERA_ASSIGN_OR_RETURN(BuiltModel built, BuildModel(config));
   const int64_t micro_batch = MicroBatch(config, kWorldSize);
   const int64_t per_replica = config.train().global_batch() / DataParallelSize(config, kWorldSize);
@@ -73,7 +78,8 @@ absl::Status Train(const ParsedArguments& args) {
   std::fwrite(text.data(), 1, text.size(), file);
   std::fclose(file);
 
-  Trainer trainer(config, *built.store, *task, micro_batches);
+  options.micro_batches = micro_batches;
+  Trainer trainer(config, *built.store, *task, options);
   absl::Status status = trainer.Run();
   TESSERA_RETURN_IF_ERROR(status);
 

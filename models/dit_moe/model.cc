@@ -180,7 +180,7 @@ double DitMoe::ForwardFlops(int64_t batch) const {
   return flops;
 }
 
-size_t DitMoe::PredictActivationBytes(int64_t batch) const {
+DitMoe::ActivationPlan DitMoe::PlanActivations(int64_t batch) const {
   // Counted in floats, from the tensors each layer saves (see the Forward
   // methods); every arena allocation is rounded up to 64 bytes, which is
   // negligible at these sizes.
@@ -203,9 +203,16 @@ size_t DitMoe::PredictActivationBytes(int64_t batch) const {
   const double embed = R * P * 2 + R * D + B * (dims_.frequency_dim + 4 * D);
   const double final_layer = B * 2 * D + R * D * 3 + R * P * 2;
   const double per_block_saved = config_.recompute() ? R * D : block;
-  const double floats = embed + dims_.depth * per_block_saved + final_layer +
-                        block_backward * (config_.recompute() ? 2 : 1) + R * D * 2;
-  return static_cast<size_t>(floats * sizeof(float));
+  ActivationPlan plan;
+  plan.step_arena = static_cast<size_t>(
+      (embed + dims_.depth * per_block_saved + final_layer + R * D * 2) * sizeof(float));
+  plan.scratch_arena = static_cast<size_t>(block_backward * (config_.recompute() ? 2 : 1) *
+                                           sizeof(float));
+  return plan;
+}
+
+void DitMoe::ReserveScratch(int64_t batch) {
+  scratch_ = Arena(PlanActivations(batch).scratch_arena);
 }
 
 }  // namespace tessera::dit_moe

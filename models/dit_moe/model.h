@@ -52,9 +52,20 @@ class DitMoe {
   int64_t null_label() const { return dims_.num_classes; }
   // Forward FLOPs for a batch (training step = 3x).
   double ForwardFlops(int64_t batch) const;
-  // Activation bytes one training micro-batch keeps in the arena (forward
-  // saves, the largest block backward, the embedder gradients).
-  size_t PredictActivationBytes(int64_t batch) const;
+  // Activation bytes of one training micro-batch, predicted from shapes: the
+  // caller's step arena (forward saves, embedder gradients) and the model's
+  // block-wise scratch arena.
+  struct ActivationPlan {
+    size_t step_arena = 0, scratch_arena = 0;
+    size_t total() const { return step_arena + scratch_arena; }
+  };
+  ActivationPlan PlanActivations(int64_t batch) const;
+  size_t PredictActivationBytes(int64_t batch) const { return PlanActivations(batch).total(); }
+  // Sizes the scratch arena for `batch` up front, so training never grows it.
+  void ReserveScratch(int64_t batch);
+  // Bytes the block-wise scratch arena holds (measured).
+  size_t scratch_capacity_bytes() const { return scratch_.capacity_bytes(); }
+  size_t scratch_peak_bytes() const { return scratch_.peak_bytes(); }
 
  private:
   DitMoe(const DitMoeConfig& config, const DitMoeDims& dims, ParameterStore& store);

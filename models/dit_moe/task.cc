@@ -49,7 +49,9 @@ DitMoeTask::DitMoeTask(const RunConfig& config, DitMoe& model,
       reader_(std::move(reader)),
       replica_(replica),
       num_replicas_(num_replicas),
-      micro_batch_(micro_batch) {}
+      micro_batch_(micro_batch) {
+  model_.ReserveScratch(micro_batch_);
+}
 
 absl::StatusOr<MicroBatchResult> DitMoeTask::RunMicroBatch(Arena& arena, int64_t step, int micro,
                                                            float loss_scale) {
@@ -112,7 +114,11 @@ double DitMoeTask::TrainingFlopsPerSample() const {
 }
 
 size_t DitMoeTask::PredictActivationBytes() const {
-  return model_.PredictActivationBytes(micro_batch_);
+  return model_.PlanActivations(micro_batch_).total();
+}
+
+size_t DitMoeTask::PredictStepArenaBytes() const {
+  return model_.PlanActivations(micro_batch_).step_arena;
 }
 
 std::string DitMoeTask::MetricsJsonFields() const {

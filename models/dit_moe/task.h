@@ -26,6 +26,7 @@ class DitMoeTask : public TrainTask {
   double TrainingFlopsPerSample() const override;
   int64_t TokensPerSample() const override { return model_.dims().tokens(); }
   size_t PredictActivationBytes() const override;
+  size_t PredictStepArenaBytes() const override;
   std::string MetricsJsonFields() const override;
   std::string LogSuffix() const override;
   void EndStep() override;

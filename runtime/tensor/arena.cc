@@ -26,7 +26,9 @@ Tensor Arena::AllocateUninitialized(DType dtype, Shape shape) {
   const size_t bytes = AlignUp(static_cast<size_t>(shape.numel()) * DTypeSize(dtype));
   if (blocks_.empty() || offset_ + bytes > blocks_.back()->bytes()) {
     if (!blocks_.empty()) used_in_full_blocks_ += offset_;
-    const size_t block_bytes = std::max({bytes, kMinBlockBytes, capacity_bytes()});
+    // Grow by a quarter of what we have: the first step overshoots its peak
+    // by at most ~25% (plus one block) before Reset() merges to the peak.
+    const size_t block_bytes = std::max({bytes, kMinBlockBytes, capacity_bytes() / 4});
     blocks_.push_back(Storage::Allocate(block_bytes));
     ++block_allocations_;
     offset_ = 0;

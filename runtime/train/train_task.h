@@ -32,8 +32,11 @@ class TrainTask {
   // Training FLOPs (forward + backward) per sample, and tokens per sample.
   virtual double TrainingFlopsPerSample() const = 0;
   virtual int64_t TokensPerSample() const = 0;
-  // Bytes of activations one micro-batch keeps alive at its peak.
+  // Bytes of activations one micro-batch keeps alive at its peak, and the
+  // part of them that lives in the caller's step arena (which the caller
+  // allocates up front).
   virtual size_t PredictActivationBytes() const = 0;
+  virtual size_t PredictStepArenaBytes() const { return PredictActivationBytes(); }
 
   // Per-model fields for metrics.jsonl as `"name":value` pairs joined by
   // commas (may be empty), and a short suffix for the log line; both about

@@ -45,7 +45,7 @@ double Trainer::MeasureGemmPeak() {
   std::vector<float> a(n * n, 0.5f), b(n * n, 0.25f), c(n * n);
   cpu::Gemm(false, false, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);  // warm up
   double best = 0;
-  for (int rep = 0; rep < 3; ++rep) {
+  for (int rep = 0; rep < 10; ++rep) {
     const auto start = Clock::now();
     cpu::Gemm(false, false, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
     const double seconds = Seconds(start, Clock::now());
@@ -55,15 +55,17 @@ double Trainer::MeasureGemmPeak() {
 }
 
 Trainer::Trainer(const RunConfig& config, ParameterStore& store, TrainTask& task,
-                 int micro_batches)
+                 const Options& options)
     : config_(config),
       store_(store),
       task_(task),
-      micro_batches_(micro_batches),
-      optimizer_(store, config.optim()) {
+      options_(options),
+      optimizer_(store, config.optim()),
+      arena_(task.PredictStepArenaBytes()) {
   if (config.optim().ema_decay() > 0) {
     ema_ = std::make_unique<Ema>(store.values().data<float>(), store.numel());
   }
+  plan_.baseline = options.baseline_rss;
   plan_.parameters = store.values().bytes();
   plan_.gradients = store.grads().bytes();
   plan_.optimizer = optimizer_.StateBytes();
@@ -90,10 +92,10 @@ absl::Status Trainer::Run() {
   if (metrics_ == nullptr) {
     return UsageError(absl::StrCat("cannot write ", metrics_path, ": ", std::strerror(errno)));
   }
-  gemm_peak_ = MeasureGemmPeak();
-  std::printf("memory plan: parameters %s, gradients %s, optimizer %s, ema %s, activations %s "
-              "= %s\n",
-              HumanBytes(plan_.parameters).c_str(), HumanBytes(plan_.gradients).c_str(),
+  gemm_peak_ = options_.gemm_peak > 0 ? options_.gemm_peak : MeasureGemmPeak();
+  std::printf("memory plan: baseline %s, parameters %s, gradients %s, optimizer %s, ema %s, "
+              "activations %s = %s\n",
+              HumanBytes(plan_.baseline).c_str(), HumanBytes(plan_.parameters).c_str(), HumanBytes(plan_.gradients).c_str(),
               HumanBytes(plan_.optimizer).c_str(), HumanBytes(plan_.ema).c_str(),
               HumanBytes(plan_.activations).c_str(), HumanBytes(plan_.total()).c_str());
   std::printf("gemm peak (oneDNN sgemm, n=1024, %d threads): %.1f GFLOP/s\n", cpu::NumThreads(),
@@ -118,10 +120,10 @@ absl::Status Trainer::Run() {
 absl::Status Trainer::Step(int64_t step) {
   const auto start = Clock::now();
   store_.ZeroGrads();
-  const float loss_scale = 1.0f / static_cast<float>(micro_batches_);
+  const float loss_scale = 1.0f / static_cast<float>(options_.micro_batches);
   double loss = 0, aux = 0;
   int64_t samples = 0;
-  for (int micro = 0; micro < micro_batches_; ++micro) {
+  for (int micro = 0; micro < options_.micro_batches; ++micro) {
     arena_.Reset();
     TESSERA_ASSIGN_OR_RETURN(MicroBatchResult result,
                              task_.RunMicroBatch(arena_, step, micro, loss_scale));

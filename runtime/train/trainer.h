@@ -18,8 +18,12 @@ namespace tessera {
 
 // Memory the runtime expects to hold, predicted before the first step.
 struct MemoryPlan {
-  size_t parameters = 0, gradients = 0, optimizer = 0, ema = 0, activations = 0;
-  size_t total() const { return parameters + gradients + optimizer + ema + activations; }
+  // `baseline`: the process before the model existed (code, libraries, the
+  // data reader), measured; the rest predicted from shapes.
+  size_t baseline = 0, parameters = 0, gradients = 0, optimizer = 0, ema = 0, activations = 0;
+  size_t total() const {
+    return baseline + parameters + gradients + optimizer + ema + activations;
+  }
 };
 
 struct TrainSummary {
@@ -33,8 +37,13 @@ struct TrainSummary {
 
 class Trainer {
  public:
-  // `micro_batches`: micro-batches per optimizer step on this process.
-  Trainer(const RunConfig& config, ParameterStore& store, TrainTask& task, int micro_batches);
+  struct Options {
+    int micro_batches = 1;    // per optimizer step on this process
+    size_t baseline_rss = 0;  // resident bytes before the model was built (0: unknown)
+    double gemm_peak = 0;     // FLOP/s reference; 0: measure at the start of Run()
+  };
+  Trainer(const RunConfig& config, ParameterStore& store, TrainTask& task,
+          const Options& options);
 
   // Trains config.train.steps steps. Writes <run_dir>/metrics.jsonl.
   // Returns a NumericalError if the loss or the gradients stop being finite.
@@ -57,7 +66,7 @@ class Trainer {
   const RunConfig& config_;
   ParameterStore& store_;
   TrainTask& task_;
-  int micro_batches_;
+  Options options_;
   AdamW optimizer_;
   std::unique_ptr<Ema> ema_;
   Arena arena_;

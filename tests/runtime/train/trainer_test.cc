@@ -86,7 +86,7 @@ std::vector<float> TrainAndReturnWeights(int64_t micro_batch, const std::string&
   RegressionTask task(store, micro_batch);
   store.Finalize(3);
   Trainer trainer(config, store, task,
-                  static_cast<int>(RegressionTask::kGlobalBatch / micro_batch));
+                  {.micro_batches = static_cast<int>(RegressionTask::kGlobalBatch / micro_batch)});
   EXPECT_TRUE(trainer.Run().ok());
   return std::vector<float>(store.values().data<float>(),
                             store.values().data<float>() + store.numel());
@@ -106,7 +106,7 @@ TEST(Trainer, NanLossStopsWithTheNumericalExitCode) {
   RegressionTask task(store, 8);
   task.poison_at_step_ = 3;
   store.Finalize(3);
-  Trainer trainer(config, store, task, 1);
+  Trainer trainer(config, store, task, {.micro_batches = 1});
   const absl::Status status = trainer.Run();
   ASSERT_FALSE(status.ok());
   EXPECT_EQ(ExitCodeFor(status), 6);
@@ -119,7 +119,7 @@ TEST(Trainer, WritesOneMetricsLinePerLoggedStepWithTheDocumentedFields) {
   ParameterStore store;
   RegressionTask task(store, 4);
   store.Finalize(3);
-  Trainer trainer(config, store, task, 2);
+  Trainer trainer(config, store, task, {.micro_batches = 2});
   ASSERT_TRUE(trainer.Run().ok());
   std::ifstream in(dir + "/metrics.jsonl");
   std::vector<std::string> lines;
@@ -141,7 +141,7 @@ TEST(Trainer, EmaFollowsTheWeights) {
   store.Finalize(3);
   std::vector<float> initial(store.values().data<float>(),
                              store.values().data<float>() + store.numel());
-  Trainer trainer(config, store, task, 1);
+  Trainer trainer(config, store, task, {.micro_batches = 1});
   ASSERT_TRUE(trainer.Run().ok());
   // With decay 0.5 the EMA lies strictly between the start and the end for a
   // weight that moved monotonically; at least it differs from both.
