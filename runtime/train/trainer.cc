@@ -154,7 +154,13 @@ absl::Status Trainer::Step(int64_t step) {
   }
   const double lr = LearningRate(config_.optim(), step - 1, config_.train().steps());
   optimizer_.Step(static_cast<float>(lr), store_.values().data<float>(), grads);
-  if (ema_) ema_->Update(store_.values().data<float>(), config_.optim().ema_decay());
+  if (ema_) {
+    double decay = config_.optim().ema_decay();
+    if (config_.optim().ema_warmup()) {
+      decay = std::min(decay, (1.0 + static_cast<double>(step)) / (10.0 + static_cast<double>(step)));
+    }
+    ema_->Update(store_.values().data<float>(), decay);
+  }
 
   const double seconds = Seconds(start, Clock::now());
   if (step == 1) summary_.first_loss = loss;
