@@ -8,65 +8,53 @@
 
 namespace tessera::dit_moe {
 
-void Patchify(const float* images, float* patches, int64_t batch, int64_t channels, int64_t size,
-              int64_t patch) {
+namespace {
+// Calls visit(image_index, row_index) for every pixel: image_index into
+// [B, C, H, W], row_index into patch rows [B*T, C*p*p] flattened (c, py, px)
+// or, with channel_last, (py, px, c).
+template <typename Visit>
+void ForEachPatchPixel(int64_t batch, int64_t channels, int64_t size, int64_t patch,
+                       bool channel_last, Visit visit) {
   const int64_t grid = size / patch, cols = channels * patch * patch;
   for (int64_t b = 0; b < batch; ++b)
     for (int64_t gy = 0; gy < grid; ++gy)
       for (int64_t gx = 0; gx < grid; ++gx) {
-        float* row = patches + ((b * grid + gy) * grid + gx) * cols;
+        const int64_t row = ((b * grid + gy) * grid + gx) * cols;
         for (int64_t c = 0; c < channels; ++c)
           for (int64_t py = 0; py < patch; ++py)
-            for (int64_t px = 0; px < patch; ++px)
-              row[(c * patch + py) * patch + px] =
-                  images[((b * channels + c) * size + gy * patch + py) * size + gx * patch + px];
+            for (int64_t px = 0; px < patch; ++px) {
+              const int64_t column = channel_last ? (py * patch + px) * channels + c
+                                                  : (c * patch + py) * patch + px;
+              visit(((b * channels + c) * size + gy * patch + py) * size + gx * patch + px,
+                    row + column);
+            }
       }
+}
+}  // namespace
+
+void Patchify(const float* images, float* patches, int64_t batch, int64_t channels, int64_t size,
+              int64_t patch) {
+  ForEachPatchPixel(batch, channels, size, patch, false,
+                    [&](int64_t i, int64_t r) { patches[r] = images[i]; });
 }
 
 void PatchifyBackward(const float* dpatches, float* dimages, int64_t batch, int64_t channels,
                       int64_t size, int64_t patch) {
   // Patchify is a permutation, so its adjoint is the inverse permutation.
-  const int64_t grid = size / patch, cols = channels * patch * patch;
-  for (int64_t b = 0; b < batch; ++b)
-    for (int64_t gy = 0; gy < grid; ++gy)
-      for (int64_t gx = 0; gx < grid; ++gx) {
-        const float* row = dpatches + ((b * grid + gy) * grid + gx) * cols;
-        for (int64_t c = 0; c < channels; ++c)
-          for (int64_t py = 0; py < patch; ++py)
-            for (int64_t px = 0; px < patch; ++px)
-              dimages[((b * channels + c) * size + gy * patch + py) * size + gx * patch + px] =
-                  row[(c * patch + py) * patch + px];
-      }
+  ForEachPatchPixel(batch, channels, size, patch, false,
+                    [&](int64_t i, int64_t r) { dimages[i] = dpatches[r]; });
 }
 
 void Unpatchify(const float* rows, float* images, int64_t batch, int64_t channels, int64_t size,
                 int64_t patch) {
-  const int64_t grid = size / patch, cols = channels * patch * patch;
-  for (int64_t b = 0; b < batch; ++b)
-    for (int64_t gy = 0; gy < grid; ++gy)
-      for (int64_t gx = 0; gx < grid; ++gx) {
-        const float* row = rows + ((b * grid + gy) * grid + gx) * cols;
-        for (int64_t py = 0; py < patch; ++py)
-          for (int64_t px = 0; px < patch; ++px)
-            for (int64_t c = 0; c < channels; ++c)
-              images[((b * channels + c) * size + gy * patch + py) * size + gx * patch + px] =
-                  row[(py * patch + px) * channels + c];
-      }
+  ForEachPatchPixel(batch, channels, size, patch, true,
+                    [&](int64_t i, int64_t r) { images[i] = rows[r]; });
 }
 
 void UnpatchifyBackward(const float* dimages, float* drows, int64_t batch, int64_t channels,
                         int64_t size, int64_t patch) {
-  const int64_t grid = size / patch, cols = channels * patch * patch;
-  for (int64_t b = 0; b < batch; ++b)
-    for (int64_t gy = 0; gy < grid; ++gy)
-      for (int64_t gx = 0; gx < grid; ++gx) {
-        float* row = drows + ((b * grid + gy) * grid + gx) * cols;
-        for (int64_t py = 0; py < patch; ++py)
-          for (int64_t px = 0; px < patch; ++px)
-            for (int64_t c = 0; c < channels; ++c)
-              row[(py * patch + px) * channels + c] =
-                  dimages[((b * channels + c) * size + gy * patch + py) * size + gx * patch + px];
-      }
+  ForEachPatchPixel(batch, channels, size, patch, true,
+                    [&](int64_t i, int64_t r) { drows[r] = dimages[i]; });
 }
 
 namespace {

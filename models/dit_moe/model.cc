@@ -73,6 +73,7 @@ DitMoe::DitMoe(const DitMoeConfig& config, const DitMoeDims& dims, ParameterStor
   moe.balance_loss_coef = config.balance_loss_coef();
   moe.renormalize_topk = config.renormalize_topk();
   moe.capacity_factor = config.capacity_factor();
+  recompute_.assign(dims.depth, config.recompute());
   for (int64_t i = 0; i < dims.depth; ++i) {
     blocks_.push_back(std::make_unique<DitBlock>(store, "blocks." + std::to_string(i),
                                                  dims.hidden, dims.heads, moe));
@@ -86,7 +87,6 @@ Tensor DitMoe::Forward(Arena& arena, const Tensor& x, const float* t, const int3
                 x.dim(3) == dims_.input_size);
   batch_ = B;
   tape_.Clear();
-  const bool recompute = config_.recompute();
 
   Tensor stream = x_embedder_.Forward(arena, x);  // [B*T, D]
   Tensor t_emb = t_embedder_.Forward(arena, t, B);
@@ -110,6 +110,7 @@ Tensor DitMoe::Forward(Arena& arena, const Tensor& x, const float* t, const int3
   block_inputs_.assign(blocks_.size(), Tensor());
   for (size_t i = 0; i < blocks_.size(); ++i) {
     DitBlock& block = *blocks_[i];
+    const bool recompute = recompute_[i];
     if (recompute && record) {
       block_inputs_[i] = stream;
       Tensor out = block.Forward(scratch_, stream, cond_silu_, B, T);
@@ -202,11 +203,14 @@ DitMoe::ActivationPlan DitMoe::PlanActivations(int64_t batch) const {
   const double block_backward = block + R * D * 4;
   const double embed = R * P * 2 + R * D + B * (dims_.frequency_dim + 4 * D);
   const double final_layer = B * 2 * D + R * D * 3 + R * P * 2;
-  const double per_block_saved = config_.recompute() ? R * D : block;
+  int64_t recomputed = 0;
+  for (bool r : recompute_) recomputed += r;
+  const double saved = static_cast<double>(dims_.depth - recomputed) * block +
+                       static_cast<double>(recomputed) * R * D;
   ActivationPlan plan;
   plan.step_arena = static_cast<size_t>(
-      (embed + dims_.depth * per_block_saved + final_layer + R * D * 2) * sizeof(float));
-  plan.scratch_arena = static_cast<size_t>(block_backward * (config_.recompute() ? 2 : 1) *
+      (embed + saved + final_layer + R * D * 2) * sizeof(float));
+  plan.scratch_arena = static_cast<size_t>(block_backward * (recomputed > 0 ? 2 : 1) *
                                            sizeof(float));
   return plan;
 }

@@ -48,6 +48,9 @@ class DitMoe {
   std::vector<std::vector<double>> expert_load() const;  // [depth][experts]
   int64_t dropped_assignments() const;
 
+  // Per-block recomputation switch (model.dit_moe.recompute sets all blocks).
+  void set_recompute(int64_t block, bool on) { recompute_[block] = on; }
+
   const DitMoeDims& dims() const { return dims_; }
   int64_t null_label() const { return dims_.num_classes; }
   // Forward FLOPs for a batch (training step = 3x).
@@ -83,6 +86,7 @@ class DitMoe {
   int64_t batch_ = 0;
   Tensor cond_;        // [B, D] c = t_emb + y_emb
   Tensor cond_silu_;   // [B, D]
+  std::vector<bool> recompute_;       // per block
   std::vector<Tensor> block_inputs_;  // kept for recompute
   // Backward state, read and written by the tape's closures.
   Tensor dstream_;      // [B*T, D] gradient of the residual stream

@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "runtime/kernels/cpu/parallel_loops.h"
+#include "runtime/kernels/cpu/softmax.h"
 #include "runtime/kernels/cpu/vector_math.h"
 
 namespace tessera::cpu {
@@ -55,22 +56,10 @@ double CrossEntropyForward(const float* logits, const int32_t* targets, float* p
     double sum_loss = 0.0;
     for (int64_t r = begin; r < end; ++r) {
       const float* xr = logits + r * classes;
-      float* pr = probs + r * classes;
-      float max = -std::numeric_limits<float>::infinity();
-#pragma omp simd reduction(max : max)
-      for (int64_t j = 0; j < classes; ++j) max = xr[j] > max ? xr[j] : max;
-      float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t j = 0; j < classes; ++j) {
-        pr[j] = FastExp(xr[j] - max);
-        sum += pr[j];
-      }
-      const float inv_sum = 1.0f / sum;
-#pragma omp simd
-      for (int64_t j = 0; j < classes; ++j) pr[j] *= inv_sum;
-      // -log p_t from the logits (log-sum-exp), finite even where p_t
+      // -log p_t = log-sum-exp - x_t, from the logits: finite even where p_t
       // underflows to 0 in float.
-      sum_loss += std::log(static_cast<double>(sum)) - (static_cast<double>(xr[targets[r]]) - max);
+      const float lse = SoftmaxRow(xr, probs + r * classes, classes);
+      sum_loss += static_cast<double>(lse) - static_cast<double>(xr[targets[r]]);
     }
     return sum_loss;
   });

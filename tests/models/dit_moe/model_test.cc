@@ -121,19 +121,22 @@ TEST(DitMoe, GradientsMatchFiniteDifferences) {
 TEST(DitMoe, RecomputeGivesBitIdenticalGradients) {
   DitMoeConfig with = TinyConfig();
   with.set_recompute(true);
-  Fixture a(TinyConfig()), b(with);
+  Fixture a(TinyConfig()), b(with), c(TinyConfig());
+  c.model->set_recompute(1, true);  // only the second block
   testing::FillNormal(a.store.values().data<float>(), a.store.numel(), 5, 0.3f);
   std::memcpy(b.store.values().raw(), a.store.values().raw(), a.store.values().bytes());
+  std::memcpy(c.store.values().raw(), a.store.values().raw(), a.store.values().bytes());
   Tensor x = RandomTensor(Shape{3, 1, 8, 8}, 1), r = RandomTensor(Shape{3, 1, 8, 8}, 2);
   std::vector<float> t = {1, 500, 999};
   std::vector<int32_t> labels = {0, 1, 2};
-  for (Fixture* f : {&a, &b}) {
+  for (Fixture* f : {&a, &b, &c}) {
     Arena arena;
     f->store.ZeroGrads();
     f->model->Forward(arena, x, t.data(), labels.data());
     f->model->Backward(arena, r, 1.0f);
   }
   ASSERT_EQ(std::memcmp(a.store.grads().raw(), b.store.grads().raw(), a.store.grads().bytes()), 0);
+  ASSERT_EQ(std::memcmp(a.store.grads().raw(), c.store.grads().raw(), a.store.grads().bytes()), 0);
 }
 
 TEST(DitMoe, SteadyStateStepsAllocateNoNewArenaBlocks) {
