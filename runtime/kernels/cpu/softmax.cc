@@ -30,22 +30,6 @@ void SoftmaxForward(const float* x, float* y, int64_t rows, int64_t dim) {
   for (int64_t r = 0; r < rows; ++r) SoftmaxRow(x + r * dim, y + r * dim, dim);
 }
 
-// Subtracting the row max keeps every exponent <= 0: no overflow.
-    float max = -std::numeric_limits<float>::infinity();
-#pragma omp simd reduction(max : max)
-    for (int64_t j = 0; j < dim; ++j) max = xr[j] > max ? xr[j] : max;
-    float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t j = 0; j < dim; ++j) {
-      yr[j] = FastExp(xr[j] - max);
-      sum += yr[j];
-    }
-    const float inv_sum = 1.0f / sum;
-#pragma omp simd
-    for (int64_t j = 0; j < dim; ++j) yr[j] *= inv_sum;
-  }
-}
-
 void SoftmaxBackward(const float* dy, const float* y, float* dx, int64_t rows, int64_t dim) {
 #pragma omp parallel for schedule(static) if (ShouldParallelize(rows * dim))
   for (int64_t r = 0; r < rows; ++r) {
