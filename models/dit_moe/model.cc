@@ -63,8 +63,8 @@ DitMoe::DitMoe(const DitMoeConfig& config, const DitMoeDims& dims, ParameterStor
       dims_(dims),
       x_embedder_(store, "x_embedder", dims.channels, dims.input_size, dims.patch, dims.hidden),
       t_embedder_(store, "t_embedder", dims.hidden, dims.frequency_dim),
-      y_embedder_(store, "y_embedder", dims.num_classes, dims.hidden),
-      final_layer_(store, "final_layer", dims.hidden, dims.patch_dim()) {
+      y_embedder_(store, "y_embedder", dims.num_classes, dims.hidden) {
+  param_ranges_.emplace_back(0, store.size());
   MoeLayer::Options moe;
   moe.num_experts = dims.num_experts;
   moe.top_k = dims.top_k;
@@ -75,9 +75,14 @@ DitMoe::DitMoe(const DitMoeConfig& config, const DitMoeDims& dims, ParameterStor
   moe.capacity_factor = config.capacity_factor();
   recompute_.assign(dims.depth, config.recompute());
   for (int64_t i = 0; i < dims.depth; ++i) {
+    const int first = store.size();
     blocks_.push_back(std::make_unique<DitBlock>(store, "blocks." + std::to_string(i),
                                                  dims.hidden, dims.heads, moe));
+    param_ranges_.emplace_back(first, store.size());
   }
+  const int first = store.size();
+  final_layer_ = std::make_unique<FinalLayer>(store, "final_layer", dims.hidden, dims.patch_dim());
+  param_ranges_.emplace_back(first, store.size());
 }
 
 Tensor DitMoe::Forward(Arena& arena, const Tensor& x, const float* t, const int32_t* labels,
@@ -104,7 +109,7 @@ Tensor DitMoe::Forward(Arena& arena, const Tensor& x, const float* t, const int3
       y_embedder_.Backward(dcond);
       t_embedder_.Backward(arena, dcond);
       x_embedder_.Backward(arena, dstream_);
-    });
+    }, param_ranges_[0].first, param_ranges_[0].second);
   }
 
   block_inputs_.assign(blocks_.size(), Tensor());
@@ -125,20 +130,20 @@ Tensor DitMoe::Forward(Arena& arena, const Tensor& x, const float* t, const int3
         Tensor dx = block.Backward(scratch_, dstream_, dcond_silu_, loss_scale_);
         dstream_ = CopyInto(arena, dx);
         scratch_.Reset();
-      });
+      }, param_ranges_[1 + i].first, param_ranges_[1 + i].second);
     }
   }
 
-  Tensor rows = final_layer_.Forward(arena, stream, cond_silu_, B, T);  // [B*T, p*p*C]
+  Tensor rows = final_layer_->Forward(arena, stream, cond_silu_, B, T);  // [B*T, p*p*C]
   Tensor out = arena.AllocateUninitialized(DType::kF32, x.shape());
   Unpatchify(rows.data<float>(), out.data<float>(), B, dims_.channels, dims_.input_size,
              dims_.patch);
   if (record) {
     tape_.Record([this, &arena] {
-      Tensor dx = final_layer_.Backward(scratch_, dstream_, dcond_silu_);
+      Tensor dx = final_layer_->Backward(scratch_, dstream_, dcond_silu_);
       dstream_ = CopyInto(arena, dx);
       scratch_.Reset();
-    });
+    }, param_ranges_.back().first, param_ranges_.back().second);
   }
   return out;
 }
@@ -176,7 +181,7 @@ int64_t DitMoe::dropped_assignments() const {
 double DitMoe::ForwardFlops(int64_t batch) const {
   const int64_t T = dims_.tokens();
   double flops = x_embedder_.ForwardFlops(batch) + t_embedder_.ForwardFlops(batch) +
-                 final_layer_.ForwardFlops(batch, T);
+                 final_layer_->ForwardFlops(batch, T);
   for (const auto& block : blocks_) flops += block->ForwardFlops(batch, T);
   return flops;
 }

@@ -9,6 +9,7 @@
 // is kept), re-created in Backward.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -48,6 +49,12 @@ class DitMoe {
   std::vector<std::vector<double>> expert_load() const;  // [depth][experts]
   int64_t dropped_assignments() const;
 
+  // Called during Backward as each layer's parameter gradients are complete
+  // (parameter ids [first, end)): data parallelism starts reducing them.
+  void set_on_gradients_ready(std::function<void(int, int)> callback) {
+    tape_.set_on_gradients_ready(std::move(callback));
+  }
+
   // Per-block recomputation switch (model.dit_moe.recompute sets all blocks).
   void set_recompute(int64_t block, bool on) { recompute_[block] = on; }
 
@@ -79,7 +86,10 @@ class DitMoe {
   TimestepEmbedder t_embedder_;
   LabelEmbedder y_embedder_;
   std::vector<std::unique_ptr<DitBlock>> blocks_;
-  FinalLayer final_layer_;
+  std::unique_ptr<FinalLayer> final_layer_;
+  // Parameter ids of each tape entry, for gradient-ready notifications:
+  // [0] embedders, [1 + i] block i, [1 + depth] the final layer.
+  std::vector<std::pair<int, int>> param_ranges_;
 
   Tape tape_;
   Arena scratch_;

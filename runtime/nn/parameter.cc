@@ -1,5 +1,6 @@
 #include "runtime/nn/parameter.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -48,13 +49,41 @@ int64_t GlobalIndex(const ParamInfo& info, int64_t i) {
 }
 }  // namespace
 
-void ParameterStore::Finalize(uint64_t seed) {
+void ParameterStore::Finalize(uint64_t seed, const ParameterLayout& layout) {
   TESSERA_CHECK(!finalized_);
   constexpr int64_t kAlignElements = 16;  // 64-byte aligned views
+  auto round_up = [](int64_t n, int64_t m) { return (n + m - 1) / m * m; };
+  const int n_params = static_cast<int>(infos_.size());
+  // Bucket boundaries, walking backwards from the last parameter.
+  std::vector<std::pair<int, int>> ranges;  // [first, end) parameter ids, descending
+  for (int end = n_params; end > 0;) {
+    int first = end - 1;
+    int64_t elements = infos_[first].local_shape.numel();
+    while (first > 0 && infos_[first - 1].spec.reduce_group == infos_[end - 1].spec.reduce_group &&
+           (layout.bucket_elements == 0 ||
+            elements + infos_[first - 1].local_shape.numel() <= layout.bucket_elements)) {
+      --first;
+      elements += infos_[first].local_shape.numel();
+    }
+    ranges.emplace_back(first, end);
+    end = first;
+  }
+  const int64_t bucket_align = kAlignElements * std::max<int64_t>(1, layout.shard_multiple);
   numel_ = 0;
-  for (ParamInfo& info : infos_) {
-    info.offset = numel_;
-    numel_ += (info.local_shape.numel() + kAlignElements - 1) / kAlignElements * kAlignElements;
+  buckets_.clear();
+  for (auto it = ranges.rbegin(); it != ranges.rend(); ++it) {
+    GradBucket bucket;
+    bucket.first_param = it->first;
+    bucket.end_param = it->second;
+    bucket.group = infos_[it->first].spec.reduce_group;
+    bucket.begin = numel_;
+    for (int id = it->first; id < it->second; ++id) {
+      infos_[id].offset = numel_;
+      numel_ += round_up(infos_[id].local_shape.numel(), kAlignElements);
+    }
+    numel_ = round_up(numel_, bucket_align);
+    bucket.end = numel_;
+    buckets_.push_back(bucket);
   }
   values_ = Tensor::Empty(DType::kF32, Shape{numel_});
   grads_ = Tensor::Empty(DType::kF32, Shape{numel_});

@@ -63,6 +63,27 @@ struct ParamInfo {
   int64_t offset = 0;        // elements into the flat buffers
 };
 
+// A contiguous range of the flat buffers whose gradients are reduced together
+// (data parallelism): parameters [first_param, end_param) of one reduce
+// group, padded so its length divides into `shard_multiple` equal shards.
+struct GradBucket {
+  int64_t begin = 0, end = 0;  // elements of the flat buffers
+  int first_param = 0, end_param = 0;
+  ParallelSpec::ReduceGroup group = ParallelSpec::ReduceGroup::kDataSequence;
+  int64_t size() const { return end - begin; }
+};
+
+// How Finalize lays out the flat buffers.
+struct ParameterLayout {
+  // Target bucket size in elements; 0 puts each run of same-group parameters
+  // in one bucket. Buckets are filled from the last parameter backwards (the
+  // order in which backward produces gradients) and never mix reduce groups.
+  int64_t bucket_elements = 0;
+  // Every bucket starts at, and is padded to, a multiple of
+  // 16 * shard_multiple elements (ZeRO shards stay 64-byte aligned).
+  int64_t shard_multiple = 1;
+};
+
 // Owns the flat parameter and gradient buffers.
 class ParameterStore {
  public:
@@ -75,7 +96,7 @@ class ParameterStore {
   // Lays out and allocates the buffers, and fills values from `seed`. Each
   // element's initial value depends only on (seed, name, global index), so
   // every layout starts from the same weights.
-  void Finalize(uint64_t seed);
+  void Finalize(uint64_t seed, const ParameterLayout& layout = {});
   bool finalized() const { return finalized_; }
 
   Tensor param(Id id) const;
@@ -85,6 +106,9 @@ class ParameterStore {
   int size() const { return static_cast<int>(infos_.size()); }
   absl::StatusOr<Id> Find(absl::string_view name) const;
 
+  // In ascending order of `begin`; together they cover the flat buffers.
+  const std::vector<GradBucket>& buckets() const { return buckets_; }
+
   Tensor values() const { return values_; }     // [numel] flat
   Tensor grads() const { return grads_; }       // [numel] flat
   int64_t numel() const { return numel_; }
@@ -92,6 +116,7 @@ class ParameterStore {
 
  private:
   std::vector<ParamInfo> infos_;
+  std::vector<GradBucket> buckets_;
   Tensor values_;
   Tensor grads_;
   int64_t numel_ = 0;

@@ -13,17 +13,34 @@ namespace tessera {
 
 class Tape {
  public:
-  void Record(std::function<void()> backward) { entries_.push_back(std::move(backward)); }
+  // `first_param`..`end_param`: the parameter ids whose gradients are
+  // complete once this entry's backward has run (empty range: none).
+  void Record(std::function<void()> backward, int first_param = 0, int end_param = 0) {
+    entries_.push_back({std::move(backward), first_param, end_param});
+  }
+  // Called after each entry's backward with its parameter range, so that
+  // gradient reduction can start while the rest of backward runs.
+  void set_on_gradients_ready(std::function<void(int, int)> callback) {
+    on_ready_ = std::move(callback);
+  }
   // Runs every recorded closure, newest first, and empties the tape.
   void Backward() {
-    for (auto it = entries_.rbegin(); it != entries_.rend(); ++it) (*it)();
+    for (auto it = entries_.rbegin(); it != entries_.rend(); ++it) {
+      it->backward();
+      if (on_ready_ && it->end_param > it->first_param) on_ready_(it->first_param, it->end_param);
+    }
     entries_.clear();
   }
   void Clear() { entries_.clear(); }
   size_t size() const { return entries_.size(); }
 
  private:
-  std::vector<std::function<void()>> entries_;
+  struct Entry {
+    std::function<void()> backward;
+    int first_param, end_param;
+  };
+  std::vector<Entry> entries_;
+  std::function<void(int, int)> on_ready_;
 };
 
 }  // namespace tessera

@@ -60,7 +60,9 @@ Trainer::Trainer(const RunConfig& config, ParameterStore& store, TrainTask& task
       store_(store),
       task_(task),
       options_(options),
-      optimizer_(store, config.optim()),
+      local_sync_(options.sync ? nullptr
+                               : std::make_unique<LocalGradientSync>(store, config.optim())),
+      sync_(options.sync ? options.sync : local_sync_.get()),
       arena_(task.PredictStepArenaBytes()) {
   if (config.optim().ema_decay() > 0) {
     ema_ = std::make_unique<Ema>(store.values().data<float>(), store.numel());
@@ -68,11 +70,12 @@ Trainer::Trainer(const RunConfig& config, ParameterStore& store, TrainTask& task
   plan_.baseline = options.baseline_rss;
   plan_.parameters = store.values().bytes();
   plan_.gradients = store.grads().bytes();
-  plan_.optimizer = optimizer_.StateBytes();
+  plan_.optimizer = sync_->OptimizerStateBytes();
   plan_.ema = ema_ ? static_cast<size_t>(ema_->size()) * sizeof(float) : 0;
   plan_.activations = task.PredictActivationBytes();
   const std::string& progress = config.train().progress();
-  progress_ = progress == "on" || (progress == "auto" && isatty(STDOUT_FILENO));
+  progress_ = sync_->is_logging_rank() &&
+              (progress == "on" || (progress == "auto" && isatty(STDOUT_FILENO)));
 }
 
 const float* Trainer::inference_weights() const {
@@ -87,32 +90,37 @@ absl::Status Trainer::Run() {
     return UsageError(absl::StrCat("train.run_dir \"", train.run_dir(),
                                    "\": cannot create: ", error.message()));
   }
+  const bool logging = sync_->is_logging_rank();
   const std::string metrics_path = train.run_dir() + "/metrics.jsonl";
-  metrics_ = std::fopen(metrics_path.c_str(), "w");
-  if (metrics_ == nullptr) {
-    return UsageError(absl::StrCat("cannot write ", metrics_path, ": ", std::strerror(errno)));
+  if (logging) {
+    metrics_ = std::fopen(metrics_path.c_str(), "w");
+    if (metrics_ == nullptr) {
+      return UsageError(absl::StrCat("cannot write ", metrics_path, ": ", std::strerror(errno)));
+    }
   }
   gemm_peak_ = options_.gemm_peak > 0 ? options_.gemm_peak : MeasureGemmPeak();
-  std::printf("memory plan: baseline %s, parameters %s, gradients %s, optimizer %s, ema %s, "
+  if (logging) {
+    std::printf("memory plan: baseline %s, parameters %s, gradients %s, optimizer %s, ema %s, "
               "activations %s = %s\n",
               HumanBytes(plan_.baseline).c_str(), HumanBytes(plan_.parameters).c_str(), HumanBytes(plan_.gradients).c_str(),
               HumanBytes(plan_.optimizer).c_str(), HumanBytes(plan_.ema).c_str(),
               HumanBytes(plan_.activations).c_str(), HumanBytes(plan_.total()).c_str());
-  std::printf("gemm peak (oneDNN sgemm, n=1024, %d threads): %.1f GFLOP/s\n", cpu::NumThreads(),
-              gemm_peak_ / 1e9);
-  std::fflush(stdout);
+    std::printf("gemm peak (oneDNN sgemm, n=1024, %d threads): %.1f GFLOP/s per process\n",
+                cpu::NumThreads(), gemm_peak_ / 1e9);
+    std::fflush(stdout);
+  }
 
   absl::Status status;
   for (int64_t step = 1; step <= train.steps() && status.ok(); ++step) status = Step(step);
   if (progress_) std::printf("\r\033[K");
-  std::fclose(metrics_);
+  if (metrics_ != nullptr) std::fclose(metrics_);
   metrics_ = nullptr;
   summary_.peak_rss_bytes = PeakRssBytes();
   summary_.plan = plan_;
   if (total_seconds_ > 0) {
     summary_.mean_samples_per_s = static_cast<double>(total_samples_) / total_seconds_;
-    summary_.peak_fraction =
-        summary_.mean_samples_per_s * task_.TrainingFlopsPerSample() / gemm_peak_;
+    summary_.peak_fraction = summary_.mean_samples_per_s * task_.TrainingFlopsPerSample() /
+                             (gemm_peak_ * sync_->num_replicas());
   }
   return status;
 }
@@ -125,35 +133,39 @@ absl::Status Trainer::Step(int64_t step) {
   int64_t samples = 0;
   for (int micro = 0; micro < options_.micro_batches; ++micro) {
     arena_.Reset();
+    sync_->BeginMicroBatch(micro + 1 == options_.micro_batches);
     TESSERA_ASSIGN_OR_RETURN(MicroBatchResult result,
                              task_.RunMicroBatch(arena_, step, micro, loss_scale));
-    if (!std::isfinite(result.loss) || !std::isfinite(result.aux_loss)) {
-      return NumericalError(absl::StrFormat(
-          "loss is %s at step %d (micro-batch %d): training diverged; lower optim.lr or "
-          "check the data",
-          std::isnan(result.loss + result.aux_loss) ? "NaN" : "Inf", step, micro));
-    }
     loss += result.loss * loss_scale;
     aux += result.aux_loss * loss_scale;
     samples += result.samples;
   }
   arena_.Reset();
   task_.EndStep();
+  TESSERA_RETURN_IF_ERROR(sync_->FinishBackward());
+  // Every replica sees the same averages, so all stop together on a NaN.
+  std::vector<double> averaged = {loss, aux};
+  TESSERA_RETURN_IF_ERROR(sync_->AverageOverReplicas(&averaged));
+  loss = averaged[0];
+  aux = averaged[1];
+  samples *= sync_->num_replicas();
+  if (!std::isfinite(loss) || !std::isfinite(aux)) {
+    return NumericalError(absl::StrFormat(
+        "loss is %s at step %d: training diverged; lower optim.lr or check the data",
+        std::isnan(loss + aux) ? "NaN" : "Inf", step));
+  }
 
-  const int64_t n = store_.numel();
-  float* grads = store_.grads().data<float>();
-  const double grad_norm = std::sqrt(GradNormSquaredPartial(grads, n));
+  TESSERA_ASSIGN_OR_RETURN(const double norm_squared, sync_->GradNormSquared());
+  const double grad_norm = std::sqrt(norm_squared);
   if (!std::isfinite(grad_norm)) {
     return NumericalError(absl::StrFormat(
         "gradient norm is %s at step %d: training diverged; lower optim.lr or check the data",
         std::isnan(grad_norm) ? "NaN" : "Inf", step));
   }
-  if (config_.optim().grad_clip() > 0) {
-    const double scale = ClipScale(grad_norm, config_.optim().grad_clip());
-    if (scale < 1) ScaleInPlace(grads, n, static_cast<float>(scale));
-  }
+  double scale = 1;
+  if (config_.optim().grad_clip() > 0) scale = ClipScale(grad_norm, config_.optim().grad_clip());
   const double lr = LearningRate(config_.optim(), step - 1, config_.train().steps());
-  optimizer_.Step(static_cast<float>(lr), store_.values().data<float>(), grads);
+  TESSERA_RETURN_IF_ERROR(sync_->Step(static_cast<float>(lr), static_cast<float>(scale)));
   if (ema_) {
     double decay = config_.optim().ema_decay();
     if (config_.optim().ema_warmup()) {
@@ -181,12 +193,13 @@ void Trainer::Report(int64_t step, double loss, double aux, double lr, double gr
   }
   window_seconds_ += step_seconds;
   window_samples_ += samples;
-  const bool log = step == 1 || step % train.log_every() == 0 || step == train.steps();
+  const bool log = sync_->is_logging_rank() &&
+                   (step == 1 || step % train.log_every() == 0 || step == train.steps());
   if (log) {
     const double samples_per_s = static_cast<double>(window_samples_) / window_seconds_;
     const double tokens_per_s = samples_per_s * static_cast<double>(task_.TokensPerSample());
     const double flops_per_s = samples_per_s * task_.TrainingFlopsPerSample();
-    const double peak_fraction = flops_per_s / gemm_peak_;
+    const double peak_fraction = flops_per_s / (gemm_peak_ * sync_->num_replicas());
     const size_t rss = CurrentRssBytes();
     std::string extras = task_.MetricsJsonFields();
     std::fprintf(metrics_,

@@ -10,8 +10,8 @@
 #include "absl/status/status.h"
 #include "runtime/config/config.pb.h"
 #include "runtime/nn/parameter.h"
-#include "runtime/optim/adamw.h"
 #include "runtime/optim/ema.h"
+#include "runtime/train/gradient_sync.h"
 #include "runtime/train/train_task.h"
 
 namespace tessera {
@@ -41,6 +41,8 @@ class Trainer {
     int micro_batches = 1;    // per optimizer step on this process
     size_t baseline_rss = 0;  // resident bytes before the model was built (0: unknown)
     double gemm_peak = 0;     // FLOP/s reference; 0: measure at the start of Run()
+    // Data parallelism; null: this process alone (LocalGradientSync).
+    GradientSync* sync = nullptr;
   };
   Trainer(const RunConfig& config, ParameterStore& store, TrainTask& task,
           const Options& options);
@@ -67,7 +69,8 @@ class Trainer {
   ParameterStore& store_;
   TrainTask& task_;
   Options options_;
-  AdamW optimizer_;
+  std::unique_ptr<LocalGradientSync> local_sync_;
+  GradientSync* sync_;
   std::unique_ptr<Ema> ema_;
   Arena arena_;
   MemoryPlan plan_;

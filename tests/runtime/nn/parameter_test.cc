@@ -42,3 +42,54 @@ TEST(ParameterStore, NormalInitHasTheRequestedSpread) {
 
 }  // namespace
 }  // namespace tessera
+
+namespace tessera {
+namespace {
+
+TEST(ParameterStore, BucketsFollowBackwardOrderNeverMixGroupsAndDivideIntoShards) {
+  ParameterStore store;
+  store.Register("a", Shape{10}, ParamInit::Ones(), true);
+  store.Register("b", Shape{40}, ParamInit::Ones(), true);
+  store.Register("e0", Shape{30}, ParamInit::Ones(), true, ParallelSpec::Expert(0));
+  store.Register("e1", Shape{30}, ParamInit::Ones(), true, ParallelSpec::Expert(1));
+  store.Register("c", Shape{50}, ParamInit::Ones(), true);
+  store.Register("d", Shape{20}, ParamInit::Ones(), true);
+  ParameterLayout layout;
+  layout.bucket_elements = 80;
+  layout.shard_multiple = 3;
+  store.Finalize(1, layout);
+  const auto& buckets = store.buckets();
+  // Backwards: {c, d} (70), {e0, e1} (expert group), {b} then {a} (10 + 40 <= 80: one bucket).
+  ASSERT_EQ(buckets.size(), 3u);
+  EXPECT_EQ(buckets[0].first_param, 0);
+  EXPECT_EQ(buckets[0].end_param, 2);
+  EXPECT_EQ(buckets[1].first_param, 2);
+  EXPECT_EQ(buckets[1].end_param, 4);
+  EXPECT_EQ(buckets[1].group, ParallelSpec::ReduceGroup::kExpertData);
+  EXPECT_EQ(buckets[2].first_param, 4);
+  EXPECT_EQ(buckets[2].end_param, 6);
+  int64_t expected_begin = 0;
+  for (const GradBucket& bucket : buckets) {
+    EXPECT_EQ(bucket.begin, expected_begin);
+    EXPECT_EQ(bucket.size() % (16 * 3), 0);
+    for (int id = bucket.first_param; id < bucket.end_param; ++id) {
+      const ParamInfo& info = store.info(id);
+      EXPECT_GE(info.offset, bucket.begin);
+      EXPECT_LE(info.offset + info.local_shape.numel(), bucket.end);
+    }
+    expected_begin = bucket.end;
+  }
+  EXPECT_EQ(expected_begin, store.numel());
+}
+
+TEST(ParameterStore, DefaultLayoutIsOneBucketPerGroupRun) {
+  ParameterStore store;
+  store.Register("a", Shape{10}, ParamInit::Ones(), true);
+  store.Register("b", Shape{40}, ParamInit::Ones(), true);
+  store.Finalize(1);
+  ASSERT_EQ(store.buckets().size(), 1u);
+  EXPECT_EQ(store.buckets()[0].end, store.numel());
+}
+
+}  // namespace
+}  // namespace tessera

@@ -1,0 +1,69 @@
+// GradientSync: what the step loop asks of data parallelism.
+//
+// runtime/ knows no ranks: one process uses LocalGradientSync (below);
+// parallel/data_parallel implements the same interface over communicators
+// (bucketed, overlapped reduction; ZeRO-1). The trainer drives either the
+// same way, so the single process is the parallel case with one replica.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "runtime/config/config.pb.h"
+#include "runtime/nn/parameter.h"
+#include "runtime/optim/adamw.h"
+
+namespace tessera {
+
+class GradientSync {
+ public:
+  virtual ~GradientSync() = default;
+
+  virtual int replica() const = 0;
+  virtual int num_replicas() const = 0;
+  // The rank that prints and writes metrics.
+  virtual bool is_logging_rank() const = 0;
+
+  // Before each micro-batch of a step; `last` marks the one whose backward
+  // pass produces the step's final gradients (and may start reductions).
+  virtual void BeginMicroBatch(bool last) = 0;
+  // From the backward pass: the gradients of parameters [first, end) are
+  // complete for this micro-batch.
+  virtual void OnGradientsReady(int first_param, int end_param) = 0;
+  // After the last backward: every gradient this rank needs is averaged over
+  // the replicas (all of them, or this rank's ZeRO shard).
+  virtual absl::Status FinishBackward() = 0;
+  // Squared L2 norm of the averaged gradient, the same on every rank.
+  virtual absl::StatusOr<double> GradNormSquared() = 0;
+  // Multiplies the gradients by `grad_scale` (clipping), applies AdamW with
+  // `lr`, and leaves every rank with the full updated parameters.
+  virtual absl::Status Step(float lr, float grad_scale) = 0;
+  // Replaces each value by its mean over the replicas.
+  virtual absl::Status AverageOverReplicas(std::vector<double>* values) = 0;
+  virtual size_t OptimizerStateBytes() const = 0;
+};
+
+// One process: no communication, AdamW over the whole flat buffer.
+class LocalGradientSync : public GradientSync {
+ public:
+  LocalGradientSync(ParameterStore& store, const OptimConfig& optim);
+
+  int replica() const override { return 0; }
+  int num_replicas() const override { return 1; }
+  bool is_logging_rank() const override { return true; }
+  void BeginMicroBatch(bool) override {}
+  void OnGradientsReady(int, int) override {}
+  absl::Status FinishBackward() override { return absl::OkStatus(); }
+  absl::StatusOr<double> GradNormSquared() override;
+  absl::Status Step(float lr, float grad_scale) override;
+  absl::Status AverageOverReplicas(std::vector<double>*) override { return absl::OkStatus(); }
+  size_t OptimizerStateBytes() const override { return optimizer_.StateBytes(); }
+
+ private:
+  ParameterStore& store_;
+  AdamW optimizer_;
+};
+
+}  // namespace tessera
