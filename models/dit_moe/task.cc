@@ -1,6 +1,7 @@
 #include "models/dit_moe/task.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -62,25 +63,37 @@ absl::StatusOr<MicroBatchResult> DitMoeTask::RunMicroBatch(Arena& arena, int64_t
     step_dropped_ = 0;
     balance_loss_ = 0;
   }
-  const int64_t begin = micro * micro_batch_;
-  const int64_t end = std::min<int64_t>(begin + micro_batch_, batch_.images.dim(0));
-  TESSERA_CHECK(begin < end);
-  Tensor images = batch_.images.Slice(begin, end);
-  // Position of each sample in the global batch: replica r holds j % R == r.
-  std::vector<int64_t> positions(end - begin);
-  for (int64_t i = begin; i < end; ++i) positions[i - begin] = i * num_replicas_ + replica_;
+  // Micro-batch m takes this replica's rows i with i % M == m, and replica r
+  // holds global positions j = i * R + r: so the forward passes of any layout
+  // see the same sample sets, residues of j modulo R * M (and the MoE balance
+  // loss, computed per forward, agrees with one process's).
+  const int64_t share = batch_.images.dim(0);
+  const int64_t micro_batches = share / micro_batch_;
+  TESSERA_CHECK(micro_batches * micro_batch_ == share && micro < micro_batches);
+  Tensor images = arena.AllocateUninitialized(
+      DType::kF32, Shape{micro_batch_, batch_.images.dim(1), batch_.images.dim(2),
+                         batch_.images.dim(3)});
+  const size_t image_bytes = images.bytes() / static_cast<size_t>(micro_batch_);
+  std::vector<int32_t> labels(micro_batch_);
+  std::vector<int64_t> positions(micro_batch_);
+  for (int64_t k = 0; k < micro_batch_; ++k) {
+    const int64_t i = k * micro_batches + micro;
+    std::memcpy(static_cast<char*>(images.raw()) + k * image_bytes,
+                static_cast<const char*>(batch_.images.raw()) + i * image_bytes, image_bytes);
+    labels[k] = batch_.labels.data<int32_t>()[i];
+    positions[k] = i * num_replicas_ + replica_;
+  }
   const DitMoeConfig& c = config_.dit_moe();
   DiffusionExample ex = diffusion_.MakeExample(
-      arena, images, batch_.labels.data<int32_t>() + begin, positions.data(),
-      c.class_dropout_prob(), static_cast<int32_t>(model_.null_label()), config_.train().seed(),
-      step);
+      arena, images, labels.data(), positions.data(), c.class_dropout_prob(),
+      static_cast<int32_t>(model_.null_label()), config_.train().seed(), step);
 
   Tensor prediction = model_.Forward(arena, ex.noisy, ex.t.data(), ex.labels.data());
   const int64_t n = prediction.numel();
   MicroBatchResult result;
   result.loss = cpu::MseForward(prediction.data<float>(), ex.target.data<float>(), n);
   result.aux_loss = model_.balance_loss();
-  result.samples = end - begin;
+  result.samples = micro_batch_;
   Tensor dprediction = arena.AllocateUninitialized(DType::kF32, prediction.shape());
   cpu::MseBackward(prediction.data<float>(), ex.target.data<float>(), dprediction.data<float>(),
                    n, loss_scale);

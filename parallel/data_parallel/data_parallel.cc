@@ -1,0 +1,188 @@
+#include "parallel/data_parallel/data_parallel.h"
+
+#include <chrono>
+#include <cstring>
+
+#include "absl/strings/str_format.h"
+#include "runtime/base/errors.h"
+#include "runtime/optim/clip.h"
+
+namespace tessera::parallel {
+
+absl::StatusOr<std::unique_ptr<DataParallel>> DataParallel::Create(
+    ParameterStore& store, const OptimConfig& optim, int zero_stage, Communicator* dense,
+    Communicator* expert, bool logging_rank) {
+  if (zero_stage != 0 && zero_stage != 1) {
+    return UsageError(absl::StrFormat("parallel.zero_stage=%d: only 0 and 1 exist", zero_stage));
+  }
+  if (dense == nullptr || expert == nullptr || !store.finalized()) {
+    return absl::FailedPreconditionError("DataParallel needs both groups and a finalized store");
+  }
+  if (zero_stage == 1) {
+    for (const GradBucket& bucket : store.buckets()) {
+      Communicator* comm =
+          bucket.group == ParallelSpec::ReduceGroup::kExpertData ? expert : dense;
+      if (bucket.size() % comm->size() != 0) {
+        return absl::FailedPreconditionError(absl::StrFormat(
+            "bucket [%d, %d) does not split into %d ZeRO shards: finalize the store with "
+            "ParameterLayout::shard_multiple",
+            bucket.begin, bucket.end, comm->size()));
+      }
+    }
+  }
+  return std::unique_ptr<DataParallel>(
+      new DataParallel(store, optim, zero_stage, dense, expert, logging_rank));
+}
+
+DataParallel::DataParallel(ParameterStore& store, const OptimConfig& optim, int zero_stage,
+                           Communicator* dense, Communicator* expert, bool logging_rank)
+    : store_(store),
+      zero_stage_(zero_stage),
+      dense_(dense),
+      expert_(expert),
+      logging_rank_(logging_rank) {
+  bucket_of_param_.assign(store.size(), -1);
+  for (const GradBucket& range : store.buckets()) {
+    Bucket bucket;
+    bucket.range = range;
+    bucket.comm = range.group == ParallelSpec::ReduceGroup::kExpertData ? expert : dense;
+    for (int id = range.first_param; id < range.end_param; ++id)
+      bucket_of_param_[id] = static_cast<int>(buckets_.size());
+    if (zero_stage == 1) {
+      bucket.shard_grads = Tensor::Empty(DType::kF32, Shape{bucket.shard_size()});
+      bucket.shard_optimizer = std::make_unique<AdamW>(
+          store, optim, bucket.shard_begin(), bucket.shard_begin() + bucket.shard_size());
+    }
+    buckets_.push_back(std::move(bucket));
+  }
+  if (zero_stage == 0) optimizer_ = std::make_unique<AdamW>(store, optim);
+}
+
+void DataParallel::BeginMicroBatch(bool last) {
+  last_micro_batch_ = last;
+  if (!last) return;
+  for (Bucket& bucket : buckets_) {
+    bucket.pending = bucket.range.end_param - bucket.range.first_param;
+    bucket.work.reset();
+  }
+  launch_status_ = absl::OkStatus();
+}
+
+absl::Status DataParallel::Launch(Bucket& bucket) {
+  float* grads = store_.grads().data<float>() + bucket.range.begin;
+  absl::StatusOr<std::unique_ptr<Work>> work =
+      zero_stage_ == 0
+          ? bucket.comm->AllReduce(grads, bucket.range.size(), DType::kF32, ReduceOp::kAvg)
+          : bucket.comm->ReduceScatter(grads, bucket.shard_grads.raw(), bucket.shard_size(),
+                                       DType::kF32, ReduceOp::kAvg);
+  if (!work.ok()) return work.status();
+  bucket.work = std::move(*work);
+  bucket.pending = -1;  // launched
+  return absl::OkStatus();
+}
+
+void DataParallel::OnGradientsReady(int first_param, int end_param) {
+  if (!last_micro_batch_ || !launch_status_.ok()) return;
+  for (int id = first_param; id < end_param; ++id) {
+    Bucket& bucket = buckets_[bucket_of_param_[id]];
+    if (bucket.pending > 0 && --bucket.pending == 0) {
+      launch_status_ = Launch(bucket);
+      if (!launch_status_.ok()) return;
+    }
+  }
+}
+
+absl::Status DataParallel::FinishBackward() {
+  TESSERA_RETURN_IF_ERROR(launch_status_);
+  const auto start = std::chrono::steady_clock::now();
+  // Buckets the backward pass did not report (none for a well-formed model)
+  // start now, last first, the same on every rank.
+  for (auto it = buckets_.rbegin(); it != buckets_.rend(); ++it) {
+    if (it->pending >= 0) TESSERA_RETURN_IF_ERROR(Launch(*it));
+  }
+  for (auto it = buckets_.rbegin(); it != buckets_.rend(); ++it) {
+    TESSERA_RETURN_IF_ERROR(it->work->Wait(it->comm->timeout()));
+    it->work.reset();
+  }
+  last_wait_seconds_ =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<double> DataParallel::GradNormSquared() {
+  if (zero_stage_ == 0) {
+    // Every rank holds the same averaged gradient.
+    return GradNormSquaredPartial(store_.grads().data<float>(), store_.numel());
+  }
+  // Shards partition each group's buckets: sum the partial norms per group.
+  double partial[2] = {0, 0};  // dense, expert
+  for (const Bucket& bucket : buckets_) {
+    partial[bucket.comm == dense_ ? 0 : 1] +=
+        GradNormSquaredPartial(bucket.shard_grads.data<float>(), bucket.shard_size());
+  }
+  if (expert_ == dense_) {
+    partial[0] += partial[1];
+    partial[1] = 0;
+  }
+  double total = 0;
+  for (int g = 0; g < (expert_ == dense_ ? 1 : 2); ++g) {
+    Communicator* comm = g == 0 ? dense_ : expert_;
+    // Exact and order-independent: gather every rank's double, sum in rank order.
+    std::vector<double> all(comm->size());
+    TESSERA_RETURN_IF_ERROR(
+        comm->Complete(comm->AllGather(&partial[g], all.data(), sizeof(double), DType::kU8)));
+    for (double value : all) total += value;
+  }
+  return total;
+}
+
+absl::Status DataParallel::Step(float lr, float grad_scale) {
+  if (zero_stage_ == 0) {
+    float* grads = store_.grads().data<float>();
+    if (grad_scale != 1.0f) ScaleInPlace(grads, store_.numel(), grad_scale);
+    optimizer_->Step(lr, store_.values().data<float>(), grads);
+    return absl::OkStatus();
+  }
+  std::vector<Tensor> sends;
+  std::vector<std::unique_ptr<Work>> gathers;
+  for (Bucket& bucket : buckets_) {
+    float* shard_grads = bucket.shard_grads.data<float>();
+    if (grad_scale != 1.0f) ScaleInPlace(shard_grads, bucket.shard_size(), grad_scale);
+    float* shard_values = store_.values().data<float>() + bucket.shard_begin();
+    bucket.shard_optimizer->Step(lr, shard_values, shard_grads);
+    // All-gather needs distinct send and receive buffers.
+    Tensor send = Tensor::Empty(DType::kF32, Shape{bucket.shard_size()});
+    std::memcpy(send.raw(), shard_values, send.bytes());
+    TESSERA_ASSIGN_OR_RETURN(
+        auto work, bucket.comm->AllGather(send.raw(), store_.values().data<float>() + bucket.range.begin,
+                                          bucket.shard_size(), DType::kF32));
+    sends.push_back(std::move(send));
+    gathers.push_back(std::move(work));
+  }
+  for (size_t i = 0; i < gathers.size(); ++i) {
+    TESSERA_RETURN_IF_ERROR(gathers[i]->Wait(buckets_[i].comm->timeout()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status DataParallel::AverageOverReplicas(std::vector<double>* values) {
+  const size_t n = values->size();
+  std::vector<double> all(n * dense_->size());
+  TESSERA_RETURN_IF_ERROR(dense_->Complete(
+      dense_->AllGather(values->data(), all.data(), n * sizeof(double), DType::kU8)));
+  for (size_t i = 0; i < n; ++i) {
+    double sum = 0;
+    for (int r = 0; r < dense_->size(); ++r) sum += all[r * n + i];
+    (*values)[i] = sum / dense_->size();
+  }
+  return absl::OkStatus();
+}
+
+size_t DataParallel::OptimizerStateBytes() const {
+  if (optimizer_) return optimizer_->StateBytes();
+  size_t bytes = 0;
+  for (const Bucket& bucket : buckets_) bytes += bucket.shard_optimizer->StateBytes();
+  return bytes;
+}
+
+}  // namespace tessera::parallel

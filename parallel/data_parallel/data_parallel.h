@@ -1,0 +1,84 @@
+// Data parallelism with overlapped, bucketed gradient reduction and ZeRO-1.
+//
+// The ParameterStore lays parameters out in buckets (ParameterLayout): each a
+// contiguous range of the flat buffers, filled in the order backward produces
+// gradients and never mixing reduce groups. As the model's backward pass
+// reports parameters complete (GradientSync::OnGradientsReady), a bucket whose
+// last gradient arrived starts its reduction at once, on the bucket's group
+// (dense parameters over dp x sp, expert parameters over edp, as each
+// parameter's ParallelSpec says), and the rest of backward runs meanwhile.
+//
+//   zero_stage 0: all-reduce (average) each bucket; every rank runs AdamW on
+//                 the whole buffer.
+//   zero_stage 1: reduce-scatter (average) each bucket; rank r keeps shard r
+//                 of every bucket with its fp32 AdamW moments, updates it, and
+//                 all-gathers the updated parameters.
+//
+// Reductions are issued in the same order on every rank (bucket order is a
+// function of the model alone), as the Communicator contract requires.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "parallel/comm/communicator.h"
+#include "runtime/train/gradient_sync.h"
+
+namespace tessera::parallel {
+
+class DataParallel : public GradientSync {
+ public:
+  // `dense` reduces dense gradients (dp x sp), `expert` expert gradients
+  // (edp); they may be the same communicator. The store must have been
+  // finalized with shard_multiple = the groups' sizes under ZeRO-1.
+  static absl::StatusOr<std::unique_ptr<DataParallel>> Create(ParameterStore& store,
+                                                              const OptimConfig& optim,
+                                                              int zero_stage, Communicator* dense,
+                                                              Communicator* expert,
+                                                              bool logging_rank);
+
+  int replica() const override { return dense_->rank(); }
+  int num_replicas() const override { return dense_->size(); }
+  bool is_logging_rank() const override { return logging_rank_; }
+  void BeginMicroBatch(bool last) override;
+  void OnGradientsReady(int first_param, int end_param) override;
+  absl::Status FinishBackward() override;
+  absl::StatusOr<double> GradNormSquared() override;
+  absl::Status Step(float lr, float grad_scale) override;
+  absl::Status AverageOverReplicas(std::vector<double>* values) override;
+  size_t OptimizerStateBytes() const override;
+
+  // Seconds the last FinishBackward spent waiting for reductions (the part
+  // of communication that backward did not hide).
+  double last_wait_seconds() const { return last_wait_seconds_; }
+
+ private:
+  struct Bucket {
+    GradBucket range;
+    Communicator* comm = nullptr;
+    int pending = 0;                       // gradients not yet complete this step
+    std::unique_ptr<Work> work;            // the bucket's reduction in flight
+    Tensor shard_grads;                    // ZeRO-1: [size / group size]
+    std::unique_ptr<AdamW> shard_optimizer;  // ZeRO-1: over this rank's shard
+    int64_t shard_begin() const { return range.begin + comm->rank() * shard_size(); }
+    int64_t shard_size() const { return range.size() / comm->size(); }
+  };
+
+  DataParallel(ParameterStore& store, const OptimConfig& optim, int zero_stage,
+               Communicator* dense, Communicator* expert, bool logging_rank);
+  absl::Status Launch(Bucket& bucket);
+
+  ParameterStore& store_;
+  int zero_stage_;
+  Communicator* dense_;
+  Communicator* expert_;
+  bool logging_rank_;
+  std::vector<Bucket> buckets_;
+  std::vector<int> bucket_of_param_;
+  std::unique_ptr<AdamW> optimizer_;  // zero_stage 0: the whole buffer
+  bool last_micro_batch_ = false;
+  absl::Status launch_status_;
+  double last_wait_seconds_ = 0;
+};
+
+}  // namespace tessera::parallel
