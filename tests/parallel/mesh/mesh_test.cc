@@ -2,6 +2,8 @@
 // every world size from 1 to 16: coordinates are assigned by nested loops in
 // the documented order (tp fastest, then sp, then dp; etp, then ep, then edp),
 // and a group is "every rank whose other coordinates equal mine".
+#include "parallel/mesh/mesh.h"
+
 #include <algorithm>
 #include <array>
 #include <set>
@@ -9,7 +11,6 @@
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "parallel/mesh/mesh.h"
 #include "runtime/config/config.pb.h"
 
 namespace tessera::parallel {
@@ -114,8 +115,7 @@ std::vector<int> OracleGroup(const std::vector<Coordinates>& coords, int rank, G
   return members;
 }
 
-std::set<int> UnionOfGroups(const MeshShape& shape, const std::vector<int>& ranks,
-                            GroupKind kind) {
+std::set<int> UnionOfGroups(const MeshShape& shape, const std::vector<int>& ranks, GroupKind kind) {
   std::set<int> all;
   for (int q : ranks) {
     for (int member : Mesh::GroupOf(shape, q, kind)) all.insert(member);
@@ -184,7 +184,9 @@ TEST(Mesh, EveryValidLayoutMatchesTheBruteForceOracle) {
             // Colors identify groups exactly; members agree on the group.
             const bool same_group = std::count(expected.begin(), expected.end(), q) == 1;
             EXPECT_EQ(Mesh::ColorOf(shape, q, kind) == color, same_group) << "q " << q;
-            if (same_group) EXPECT_EQ(Mesh::GroupOf(shape, q, kind), group) << "q " << q;
+            if (same_group) {
+              EXPECT_EQ(Mesh::GroupOf(shape, q, kind), group) << "q " << q;
+            }
           }
         }
       }
