@@ -17,8 +17,10 @@ struct BuiltModel {
   std::unique_ptr<dit_moe::DitMoe> model;
 };
 
-// Registers the model's parameters and initializes them from train.seed.
-absl::StatusOr<BuiltModel> BuildModel(const RunConfig& config);
+// Registers the model's parameters, lays them out (`layout`: gradient buckets
+// for data parallelism) and initializes them from train.seed.
+absl::StatusOr<BuiltModel> BuildModel(const RunConfig& config,
+                                      const ParameterLayout& layout = {});
 
 // Samples `per_class` images of every class with the model's current
 // weights and writes them as a grid (one row per class) to `path`.

@@ -2,9 +2,12 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <numeric>
 
 #include "absl/strings/str_format.h"
 #include "launch/arguments.h"
+#include "launch/distributed.h"
+#include "parallel/comm/watchdog.h"
 #include "launch/commands.h"
 #include "launch/model_setup.h"
 #include "models/dit_moe/task.h"
@@ -31,39 +34,92 @@ Writes to train.run_dir: config.textproto (the effective config), metrics.jsonl
 samples.png (a class-conditional sample grid).
 )";
 
+// Gradient bucket size for data parallelism: 4 Mi elements (16 MiB in fp32),
+// the order of PyTorch DDP's 25 MB default.
+constexpr int64_t kBucketElements = int64_t{1} << 22;
+
 double Gib(size_t bytes) { return static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0); }
 
-absl::Status Train(const ParsedArguments& args) {
+absl::Status Train(const ParsedArguments& args, Distributed& distributed) {
   if (!args.Has("config")) return UsageError("train: --config FILE is required (see --help)");
   TESSERA_ASSIGN_OR_RETURN(RunConfig config, LoadRunConfig(args.Get("config")));
   std::vector<std::string> overrides;
   if (args.values.count("set")) overrides = args.values.at("set");
   if (args.flags.count("resume")) overrides.push_back("checkpoint.resume=latest");
   TESSERA_RETURN_IF_ERROR(ApplyOverrides(&config, overrides));
-  constexpr int kWorldSize = 1;
-  TESSERA_RETURN_IF_ERROR(ValidateRunConfig(config, kWorldSize));
+  const int world_size = distributed.mpi ? distributed.mpi->world_size() : 1;
+  // Every rank validates the same config against the same world size, so
+  // every rank fails with the same message before any data is read.
+  TESSERA_RETURN_IF_ERROR(ValidateRunConfig(config, world_size));
+  if (distributed.mpi) TESSERA_RETURN_IF_ERROR(BuildGroups(config, distributed));
   ConfigureThreads(config);
+  const bool leader = distributed.rank() == 0;
 
   // The GEMM reference first, so its buffers count in the baseline.
   Trainer::Options options;
   options.gemm_peak = Trainer::MeasureGemmPeak();
   options.baseline_rss = CurrentRssBytes();
-  TESSERA_ASSIGN_OR_RETURN(BuiltModel built, BuildModel(config));
-  const int64_t micro_batch = MicroBatch(config, kWorldSize);
-  const int64_t per_replica = config.train().global_batch() / DataParallelSize(config, kWorldSize);
-  TESSERA_ASSIGN_OR_RETURN(
-      auto task, dit_moe::DitMoeTask::Create(config, *built.model, /*replica=*/0,
-                                             /*num_replicas=*/1, micro_batch));
-  const int micro_batches = static_cast<int>((per_replica + micro_batch - 1) / micro_batch);
+  ParameterLayout layout;
+  if (distributed.dense) {
+    layout.bucket_elements = kBucketElements;
+    // ZeRO shards of dense and expert buckets must both come out even.
+    layout.shard_multiple = std::lcm(distributed.dense->size(),
+                                     distributed.expert ? distributed.expert->size() : 1);
+  }
+  TESSERA_ASSIGN_OR_RETURN(BuiltModel built, BuildModel(config, layout));
+  const int64_t micro_batch = MicroBatch(config, world_size);
+  const int64_t dp = DataParallelSize(config, world_size);
+  const int64_t per_replica = config.train().global_batch() / dp;
+  const int replica = distributed.mesh ? distributed.mesh->coordinates().dp : 0;
+  TESSERA_ASSIGN_OR_RETURN(auto task,
+                           dit_moe::DitMoeTask::Create(config, *built.model, replica,
+                                                       static_cast<int>(dp), micro_batch));
+  const int micro_batches = static_cast<int>(per_replica / micro_batch);
+
+  std::unique_ptr<parallel::DataParallel> data_parallel;
+  if (distributed.dense) {
+    parallel::Communicator* dense = distributed.dense.get();
+    parallel::Communicator* expert = distributed.expert ? distributed.expert.get() : dense;
+    TESSERA_ASSIGN_OR_RETURN(data_parallel,
+                             parallel::DataParallel::Create(*built.store, config.optim(),
+                                                            config.parallel().zero_stage(), dense,
+                                                            expert, leader));
+    built.model->set_on_gradients_ready([sync = data_parallel.get()](int first, int end) {
+      sync->OnGradientsReady(first, end);
+    });
+    options.sync = data_parallel.get();
+  }
 
   const std::string& run_dir = config.train().run_dir();
-  std::printf("tessera train: DiT-MoE, %lld parameters, %.2f GFLOP per training sample, "
-              "global batch %lld (%d micro-batch%s of %lld), %lld steps -> %s\n",
-              static_cast<long long>(built.store->numel()),
-              task->TrainingFlopsPerSample() / 1e9,
-              static_cast<long long>(config.train().global_batch()), micro_batches,
-              micro_batches == 1 ? "" : "es", static_cast<long long>(micro_batch),
-              static_cast<long long>(config.train().steps()), run_dir.c_str());
+  if (leader) {
+    std::printf("tessera train: DiT-MoE, %lld parameters, %.2f GFLOP per training sample, "
+                "global batch %lld over %lld replica%s (%d micro-batch%s of %lld each), "
+                "%lld steps -> %s\n",
+                static_cast<long long>(built.store->numel()),
+                task->TrainingFlopsPerSample() / 1e9,
+                static_cast<long long>(config.train().global_batch()), static_cast<long long>(dp),
+                dp == 1 ? "" : "s", micro_batches, micro_batches == 1 ? "" : "es",
+                static_cast<long long>(micro_batch),
+                static_cast<long long>(config.train().steps()), run_dir.c_str());
+    if (distributed.dense) {
+      std::printf("data parallel: %d ranks, ZeRO stage %d, %zu gradient buckets\n", world_size,
+                  config.parallel().zero_stage(), built.store->buckets().size());
+    }
+  }
+  options.micro_batches = micro_batches;
+  const FaultConfig& fault = config.fault();
+  if (fault.kill_rank() == distributed.rank() || fault.hang_rank() == distributed.rank()) {
+    options.fault.action = fault.kill_rank() == distributed.rank()
+                               ? Trainer::Options::Fault::Action::kKill
+                               : Trainer::Options::Fault::Action::kHang;
+    options.fault.step = fault.at_step();
+    if (!fault.at_phase().empty()) options.fault.phase = fault.at_phase();
+  }
+  if (!leader) {
+    // Only rank 0 writes into the run directory.
+    Trainer trainer(config, *built.store, *task, options);
+    return trainer.Run();
+  }
 
   // Everything is validated and the data is open: only now touch the run directory.
   std::error_code error;
@@ -78,7 +134,6 @@ absl::Status Train(const ParsedArguments& args) {
   std::fwrite(text.data(), 1, text.size(), file);
   std::fclose(file);
 
-  options.micro_batches = micro_batches;
   Trainer trainer(config, *built.store, *task, options);
   absl::Status status = trainer.Run();
   TESSERA_RETURN_IF_ERROR(status);
@@ -124,8 +179,23 @@ int TrainCommand(const std::vector<std::string>& raw) {
     std::fputs(kTrainUsage, stdout);
     return 0;
   }
-  const absl::Status status = Train(*args);
-  return status.ok() ? 0 : ReportError(status);
+  if (!LaunchedUnderMpi()) {
+    Distributed alone;
+    const absl::Status status = Train(*args, alone);
+    return status.ok() ? 0 : ReportError(status);
+  }
+  auto distributed = StartMpi();
+  if (!distributed.ok()) return ReportError(distributed.status());
+  const absl::Status status = Train(*args, *distributed);
+  if (status.ok()) return 0;
+  // A config error is the same on every rank: each says so and exits 2. Any
+  // other error may be this rank's alone; end the whole job with its code so
+  // that no rank is left waiting in a collective.
+  if (ExitCodeFor(status) == ExitCodeFor(UsageError(""))) {
+    std::fprintf(stderr, "[rank %d] ", distributed->mpi->world_rank());
+    return ReportError(status);
+  }
+  parallel::AbortJob(status);
 }
 
 }  // namespace tessera

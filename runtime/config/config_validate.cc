@@ -79,11 +79,25 @@ void CheckUnsupported(const RunConfig& config, Checker& check) {
     check.Expect(!DiffersFromDefault(config.checkpoint(), field),
                  absl::StrCat("checkpoint.", name, " is not supported yet"));
   }
-  const pb::Descriptor* fault = FaultConfig::descriptor();
-  for (int i = 0; i < fault->field_count(); ++i) {
-    check.Expect(!DiffersFromDefault(config.fault(), fault->field(i)),
-                 absl::StrCat("fault.", fault->field(i)->name(), " is not supported yet"));
+}
+
+// Test-only fault injection: a rank, a step and a phase.
+void CheckFault(const FaultConfig& f, int world_size, Checker& check) {
+  for (const auto& [name, rank] : {std::pair<const char*, int>{"kill_rank", f.kill_rank()},
+                                   {"hang_rank", f.hang_rank()}}) {
+    check.Expect(rank >= -1 && rank < world_size,
+                 absl::StrCat("fault.", name, "=", rank, " must be -1 (off) or a rank below the "
+                              "world size ", world_size));
   }
+  const bool armed = f.kill_rank() >= 0 || f.hang_rank() >= 0;
+  check.Expect(!armed || f.at_step() >= 1,
+               absl::StrCat("fault.at_step=", f.at_step(),
+                            " must be >= 1 when fault.kill_rank or fault.hang_rank is set"));
+  const std::string& phase = f.at_phase();
+  check.Expect(phase.empty() || phase == "forward" || phase == "reduce" || phase == "optimizer",
+               absl::StrCat("fault.at_phase=\"", phase,
+                            "\" must be one of \"forward\" (the default), \"reduce\", "
+                            "\"optimizer\""));
 }
 
 void CheckDitMoe(const DitMoeConfig& m, Checker& check) {
@@ -286,6 +300,7 @@ absl::Status ValidateRunConfig(const RunConfig& config, int world_size) {
   CheckOptim(config.optim(), check);
   CheckData(config, check);
   CheckUnsupported(config, check);
+  CheckFault(config.fault(), world_size, check);
   return check.Result();
 }
 

@@ -21,7 +21,7 @@ constexpr size_t DTypeSize(DType dtype) {
   return 0;
 }
 
-constexpr std::string_view DTypeName(DType dtype) {
+constexpr const char* DTypeName(DType dtype) {
   switch (dtype) {
     case DType::kF32: return "f32";
     case DType::kBF16: return "bf16";

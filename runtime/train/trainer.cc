@@ -2,6 +2,8 @@
 
 #include <unistd.h>
 
+#include <csignal>
+
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -125,7 +127,21 @@ absl::Status Trainer::Run() {
   return status;
 }
 
+void Trainer::MaybeInjectFault(int64_t step, const char* phase) const {
+  const Options::Fault& fault = options_.fault;
+  if (fault.action == Options::Fault::Action::kNone || fault.step != step || fault.phase != phase) {
+    return;
+  }
+  std::fprintf(stderr, "tessera: fault injection: %s at step %lld, phase %s\n",
+               fault.action == Options::Fault::Action::kKill ? "killing this process" : "hanging",
+               static_cast<long long>(step), phase);
+  std::fflush(stderr);
+  if (fault.action == Options::Fault::Action::kKill) raise(SIGKILL);
+  for (;;) pause();
+}
+
 absl::Status Trainer::Step(int64_t step) {
+  MaybeInjectFault(step, "forward");
   const auto start = Clock::now();
   store_.ZeroGrads();
   const float loss_scale = 1.0f / static_cast<float>(options_.micro_batches);
@@ -142,6 +158,7 @@ absl::Status Trainer::Step(int64_t step) {
   }
   arena_.Reset();
   task_.EndStep();
+  MaybeInjectFault(step, "reduce");
   TESSERA_RETURN_IF_ERROR(sync_->FinishBackward());
   // Every replica sees the same averages, so all stop together on a NaN.
   std::vector<double> averaged = {loss, aux};
@@ -165,6 +182,7 @@ absl::Status Trainer::Step(int64_t step) {
   double scale = 1;
   if (config_.optim().grad_clip() > 0) scale = ClipScale(grad_norm, config_.optim().grad_clip());
   const double lr = LearningRate(config_.optim(), step - 1, config_.train().steps());
+  MaybeInjectFault(step, "optimizer");
   TESSERA_RETURN_IF_ERROR(sync_->Step(static_cast<float>(lr), static_cast<float>(scale)));
   if (ema_) {
     double decay = config_.optim().ema_decay();

@@ -43,6 +43,14 @@ class Trainer {
     double gemm_peak = 0;     // FLOP/s reference; 0: measure at the start of Run()
     // Data parallelism; null: this process alone (LocalGradientSync).
     GradientSync* sync = nullptr;
+    // Test-only fault injection for this process (fault.* in the config,
+    // resolved for this rank by launch/).
+    struct Fault {
+      enum class Action { kNone, kKill, kHang };
+      Action action = Action::kNone;
+      int64_t step = -1;
+      std::string phase = "forward";
+    } fault;
   };
   Trainer(const RunConfig& config, ParameterStore& store, TrainTask& task,
           const Options& options);
@@ -62,6 +70,7 @@ class Trainer {
 
  private:
   absl::Status Step(int64_t step);
+  void MaybeInjectFault(int64_t step, const char* phase) const;
   void Report(int64_t step, double loss, double aux, double lr, double grad_norm,
               double step_seconds, int64_t samples);
 

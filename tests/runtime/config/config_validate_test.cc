@@ -154,10 +154,10 @@ const std::vector<RuleCase>& RuleCases() {
       {{"checkpoint.resume=latest"}, 1, "checkpoint.resume is not supported yet"},
       {{"checkpoint.load=runs/x/step_00000010"}, 1, "checkpoint.load is not supported yet"},
       {{"checkpoint.async=true"}, 1, "checkpoint.async is not supported yet"},
-      {{"fault.kill_rank=0"}, 1, "fault.kill_rank is not supported yet"},
-      {{"fault.hang_rank=1"}, 1, "fault.hang_rank is not supported yet"},
-      {{"fault.at_step=3"}, 1, "fault.at_step is not supported yet"},
-      {{"fault.at_phase=backward"}, 1, "fault.at_phase is not supported yet"},
+      {{"fault.kill_rank=1"}, 1, "fault.kill_rank=1 must be -1 (off) or a rank below the world size 1"},
+      {{"fault.hang_rank=-2"}, 1, "fault.hang_rank=-2 must be -1 (off) or a rank below the world size 1"},
+      {{"fault.kill_rank=0"}, 1, "fault.at_step=-1 must be >= 1 when fault.kill_rank or fault.hang_rank is set"},
+      {{"fault.at_phase=backward"}, 1, "fault.at_phase=\"backward\" must be one of \"forward\" (the default), \"reduce\", \"optimizer\""},
   };
   return *cases;
 }

@@ -30,7 +30,7 @@ TEST(Tensor, ReportsSizesPerDType) {
   EXPECT_EQ(Tensor::Empty(DType::kBF16, Shape{3, 5}).bytes(), 30u);
   EXPECT_EQ(Tensor::Empty(DType::kI64, Shape{3}).bytes(), 24u);
   EXPECT_EQ(Tensor::Empty(DType::kU8, Shape{7}).bytes(), 7u);
-  EXPECT_EQ(DTypeName(DType::kF16), "f16");
+  EXPECT_EQ(std::string(DTypeName(DType::kF16)), "f16");
 }
 
 TEST(DType, Bf16RoundsToNearestEven) {

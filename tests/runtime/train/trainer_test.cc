@@ -74,6 +74,12 @@ RunConfig ToyConfig(const std::string& run_dir) {
   return config;
 }
 
+Trainer::Options MicroBatches(int n) {
+  Trainer::Options options;
+  options.micro_batches = n;
+  return options;
+}
+
 std::string TempRunDir(const std::string& name) {
   const std::string dir = ::testing::TempDir() + "/tessera_trainer_" + name;
   std::filesystem::remove_all(dir);
@@ -86,7 +92,7 @@ std::vector<float> TrainAndReturnWeights(int64_t micro_batch, const std::string&
   RegressionTask task(store, micro_batch);
   store.Finalize(3);
   Trainer trainer(config, store, task,
-                  {.micro_batches = static_cast<int>(RegressionTask::kGlobalBatch / micro_batch)});
+                  MicroBatches(static_cast<int>(RegressionTask::kGlobalBatch / micro_batch)));
   EXPECT_TRUE(trainer.Run().ok());
   return std::vector<float>(store.values().data<float>(),
                             store.values().data<float>() + store.numel());
@@ -106,7 +112,7 @@ TEST(Trainer, NanLossStopsWithTheNumericalExitCode) {
   RegressionTask task(store, 8);
   task.poison_at_step_ = 3;
   store.Finalize(3);
-  Trainer trainer(config, store, task, {.micro_batches = 1});
+  Trainer trainer(config, store, task, MicroBatches(1));
   const absl::Status status = trainer.Run();
   ASSERT_FALSE(status.ok());
   EXPECT_EQ(ExitCodeFor(status), 6);
@@ -119,7 +125,7 @@ TEST(Trainer, WritesOneMetricsLinePerLoggedStepWithTheDocumentedFields) {
   ParameterStore store;
   RegressionTask task(store, 4);
   store.Finalize(3);
-  Trainer trainer(config, store, task, {.micro_batches = 2});
+  Trainer trainer(config, store, task, MicroBatches(2));
   ASSERT_TRUE(trainer.Run().ok());
   std::ifstream in(dir + "/metrics.jsonl");
   std::vector<std::string> lines;
@@ -141,7 +147,7 @@ TEST(Trainer, EmaFollowsTheWeights) {
   store.Finalize(3);
   std::vector<float> initial(store.values().data<float>(),
                              store.values().data<float>() + store.numel());
-  Trainer trainer(config, store, task, {.micro_batches = 1});
+  Trainer trainer(config, store, task, MicroBatches(1));
   ASSERT_TRUE(trainer.Run().ok());
   // With decay 0.5 the EMA lies strictly between the start and the end for a
   // weight that moved monotonically; at least it differs from both.
