@@ -1,5 +1,6 @@
 #include "launch/model_setup.h"
 
+#include <cstdlib>
 #include <thread>
 #include <vector>
 
@@ -43,7 +44,13 @@ absl::Status WriteSampleGrid(dit_moe::DitMoe& model, const RunConfig& config,
 
 void ConfigureThreads(const RunConfig& config) {
   int threads = config.train().threads();
-  if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (threads <= 0) {
+    // The cores of this host, shared among the ranks an MPI launcher put on it.
+    int local_ranks = 1;
+    if (const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE")) local_ranks = std::atoi(local);
+    const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    threads = std::max(1, cores / std::max(1, local_ranks));
+  }
   cpu::SetNumThreads(threads);
 }
 

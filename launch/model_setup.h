@@ -28,7 +28,8 @@ absl::Status WriteSampleGrid(dit_moe::DitMoe& model, const RunConfig& config,
                              const std::string& path, int per_class, int steps, float cfg_scale,
                              uint64_t seed);
 
-// Sets the CPU threads from train.threads (0: all available cores).
+// Sets the CPU threads from train.threads (0: this host's cores divided among
+// the MPI ranks on it).
 void ConfigureThreads(const RunConfig& config);
 
 }  // namespace tessera

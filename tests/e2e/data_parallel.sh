@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The oracle for data parallelism: DiT-MoE (tiny) for 6 steps with
+# micro-batches of 2 at dp2, dp4 and dp4 + ZeRO-1 under mpirun reaches the
+# same losses (relative 1e-5) and final parameters (absolute 1e-6) as one
+# process on the same global batch of 8 (which accumulates 4 micro-batches).
+# A world size that does not fit fails on every rank with exit code 2.
+source "$(dirname "$0")/lib.sh"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+export OMP_NUM_THREADS=1
+command -v mpirun > /dev/null || { fail "mpirun not found"; finish; }
+command -v h5diff > /dev/null || { fail "h5diff not found (hdf5-tools)"; finish; }
+make_data "$WORK/data"
+common=(--set train.steps=6 --set train.micro_batch=2 --set optim.ema_decay=0
+        --set train.sample_grid_per_class=0 --set parallel.collective_timeout_s=60)
+
+tiny "$WORK/single" "$WORK/data" "${common[@]}" > "$WORK/single.log" 2>&1 || fail "single process"
+losses() { grep -oE '"loss":[^,]*' "$1/metrics.jsonl" | cut -d: -f2; }
+
+run_layout() {  # NAME NP [--set ...]
+  local name=$1 np=$2
+  shift 2
+  timeout 300 mpirun --oversubscribe --bind-to none -np "$np" "$TESSERA" train \
+    --config "$SOURCE/configs/dit_moe_tiny.textproto" --set train.run_dir="$WORK/$name" \
+    --set data.dir="$WORK/data" "${common[@]}" "$@" > "$WORK/$name.log" 2>&1
+  local rc=$?
+  if [ $rc -ne 0 ]; then fail "$name: mpirun exited $rc"; tail -20 "$WORK/$name.log"; return; fi
+  if paste <(losses "$WORK/single") <(losses "$WORK/$name") |
+      awk '{ d = $1 - $2; if (d < 0) d = -d; if (d > 1e-5 * ($1 < 0 ? -$1 : $1)) bad = 1 } END { exit bad }' \
+      && [ "$(losses "$WORK/$name" | wc -l)" -eq 6 ]; then
+    pass "$name: the 6 losses match one process ($(losses "$WORK/$name" | tail -1))"
+  else
+    fail "$name: losses differ"; paste <(losses "$WORK/single") <(losses "$WORK/$name")
+  fi
+  if h5diff -d 1e-6 "$WORK/single/weights.h5" "$WORK/$name/weights.h5" > "$WORK/$name.diff" 2>&1; then
+    pass "$name: final parameters match one process (h5diff -d 1e-6)"
+  else
+    fail "$name: final parameters differ"; head "$WORK/$name.diff"
+  fi
+}
+run_layout dp2 2
+run_layout dp4 4
+run_layout dp4_zero1 4 --set parallel.zero_stage=1
+opt_plain=$(grep -oE 'optimizer [0-9.]+ KiB' "$WORK/dp4.log" | head -1 | grep -oE '[0-9.]+')
+opt_zero=$(grep -oE 'optimizer [0-9.]+ KiB' "$WORK/dp4_zero1.log" | head -1 | grep -oE '[0-9.]+')
+if awk -v a="$opt_plain" -v b="$opt_zero" 'BEGIN { exit !(b > 0 && b <= a / 4 * 1.01) }'; then
+  pass "ZeRO-1 at dp4 keeps a quarter of the optimizer state ($opt_plain KiB -> $opt_zero KiB)"
+else
+  fail "ZeRO-1 optimizer state: $opt_plain KiB -> $opt_zero KiB"
+fi
+
+timeout 120 mpirun --oversubscribe --bind-to none -np 3 "$TESSERA" train \
+  --config "$SOURCE/configs/dit_moe_tiny.textproto" --set train.run_dir="$WORK/np3" \
+  --set data.dir="$WORK/data" > "$WORK/np3.log" 2>&1
+rc=$?
+same=$(grep -c "must be divisible by the data-parallel size dp = world size / (tp \* sp) = 3" "$WORK/np3.log")
+if [ $rc -eq 2 ] && [ "$same" -eq 3 ] && [ ! -e "$WORK/np3" ]; then
+  pass "world size 3 refused on every rank with exit code 2, nothing written"
+else
+  fail "world size 3: exit $rc, $same ranks reported"; cat "$WORK/np3.log" | head
+fi
+finish
