@@ -90,6 +90,11 @@ void DataParallel::OnGradientsReady(int first_param, int end_param) {
       if (!launch_status_.ok()) return;
     }
   }
+  // MPI progresses non-blocking collectives only inside MPI calls: poke the
+  // ones in flight between layers so they advance during backward.
+  for (Bucket& bucket : buckets_) {
+    if (bucket.work) bucket.work->Test();
+  }
 }
 
 absl::Status DataParallel::FinishBackward() {
