@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# A rank that stalls or dies ends the whole job within the collective timeout,
+# with the watchdog's message and exit code 5 — never a hang.
+source "$(dirname "$0")/lib.sh"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+export OMP_NUM_THREADS=1
+make_data "$WORK/data"
+
+run4() {  # NAME [--set ...]: 4 ranks, 5 s collective timeout; the job must end within 60 s
+  local name=$1
+  shift
+  local start=$SECONDS
+  timeout 60 mpirun --oversubscribe --bind-to none -np 4 "$TESSERA" train \
+    --config "$SOURCE/configs/dit_moe_tiny.textproto" --set train.run_dir="$WORK/$name" \
+    --set data.dir="$WORK/data" --set train.steps=6 --set train.sample_grid_per_class=0 \
+    --set parallel.collective_timeout_s=5 "$@" > "$WORK/$name.log" 2>&1
+  RC=$?
+  ELAPSED=$((SECONDS - start))
+}
+
+run4 hang_forward --set fault.hang_rank=2 --set fault.at_step=3
+if [ $RC -eq 5 ] && grep -q "ranks that never arrived (world ranks): 2" "$WORK/hang_forward.log"; then
+  pass "rank 2 hangs before a step: exit 5 in ${ELAPSED}s, the others name rank 2"
+else
+  fail "hang before a step: exit $RC after ${ELAPSED}s"; grep -v "^step" "$WORK/hang_forward.log" | head
+fi
+
+run4 hang_reduce --set fault.hang_rank=1 --set fault.at_step=2 --set fault.at_phase=reduce
+if [ $RC -eq 5 ] && grep -qE "\[rank [023]\] watchdog: AllReduce.*did not complete within 5s" "$WORK/hang_reduce.log"; then
+  pass "rank 1 hangs with reductions in flight: exit 5 in ${ELAPSED}s with the watchdog's message"
+else
+  fail "hang during reduction: exit $RC after ${ELAPSED}s"; grep -v "^step" "$WORK/hang_reduce.log" | head
+fi
+finish
