@@ -93,9 +93,11 @@ TYPED_TEST(CollectiveTest, AllReduceMatchesNaiveReferenceForEveryOpAndSize) {
       ++salt;
       std::vector<T> data(count);
       for (size_t i = 0; i < count; ++i) data[i] = Input<T>(me, i, salt);
-      const absl::Status status = comm->Complete(comm->AllReduce(data.data(), count, DTypeOf<T>(), op));
+      const absl::Status status =
+          comm->Complete(comm->AllReduce(data.data(), count, DTypeOf<T>(), op));
       ASSERT_TRUE(status.ok()) << status;
-      for (size_t i = 0; i < count; ++i) ExpectClose(data[i], Reference<T>(op, n, i, salt), "all-reduce", i);
+      for (size_t i = 0; i < count; ++i)
+        ExpectClose(data[i], Reference<T>(op, n, i, salt), "all-reduce", i);
     }
   }
 }
@@ -131,7 +133,8 @@ TYPED_TEST(CollectiveTest, AllGatherConcatenatesBlocksInRankOrder) {
         comm->Complete(comm->AllGather(send.data(), recv.data(), count, DTypeOf<T>()));
     ASSERT_TRUE(status.ok()) << status;
     for (int r = 0; r < n; ++r) {
-      for (size_t i = 0; i < count; ++i) ExpectClose(recv[r * count + i], Input<T>(r, i, 7) * 1.0, "all-gather", i);
+      for (size_t i = 0; i < count; ++i)
+        ExpectClose(recv[r * count + i], Input<T>(r, i, 7) * 1.0, "all-gather", i);
     }
   }
 }
@@ -196,7 +199,8 @@ TYPED_TEST(CollectiveTest, BroadcastCopiesTheRootsBufferFromEveryRoot) {
       const absl::Status status =
           comm->Complete(comm->Broadcast(data.data(), count, DTypeOf<T>(), root));
       ASSERT_TRUE(status.ok()) << status;
-      for (size_t i = 0; i < count; ++i) ExpectClose(data[i], Input<T>(root, i, 13) * 1.0, "broadcast", i);
+      for (size_t i = 0; i < count; ++i)
+        ExpectClose(data[i], Input<T>(root, i, 13) * 1.0, "broadcast", i);
     }
   }
 }

@@ -105,7 +105,8 @@ TEST(Watchdog, SkippedCollectiveTimesOutNamingTheRankThatNeverArrived) {
                         "ranks), sequence #2 did not complete within 300ms",
                         n)))
         << status;
-    EXPECT_EQ(LateList(status.message()), absl::StrCat(late, " (last recorded entering #1)")) << status;
+    EXPECT_EQ(LateList(status.message()), absl::StrCat(late, " (last recorded entering #1)"))
+        << status;
     int token = 1;
     ASSERT_EQ(MPI_Send(&token, 1, MPI_INT, late, 0, control), MPI_SUCCESS);
     // The late rank joins; the same Work now completes.

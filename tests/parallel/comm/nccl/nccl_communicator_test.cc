@@ -76,7 +76,8 @@ TEST_F(NcclCommunicatorTest, AllReduceMatchesNaiveReferenceForEveryOpAndSize) {
       for (size_t i = 0; i < count; ++i) {
         double want = op == ReduceOp::kMax ? -INFINITY : 0.0;
         for (int r = 0; r < n; ++r) {
-          want = op == ReduceOp::kMax ? std::max<double>(want, Input(r, i, 1)) : want + Input(r, i, 1);
+          want =
+              op == ReduceOp::kMax ? std::max<double>(want, Input(r, i, 1)) : want + Input(r, i, 1);
         }
         if (op == ReduceOp::kAvg) want /= n;
         EXPECT_NEAR(got[i], want, 1e-6 * std::max(1.0, std::abs(want))) << i;
@@ -135,7 +136,8 @@ TEST_F(NcclCommunicatorTest, AllToAllVSkipsEmptyPairs) {
   const std::vector<float> got = Download(recv, recv_total);
   size_t offset = 0;
   for (int q = 0; q < n; ++q) {
-    for (size_t j = 0; j < recv_counts[q]; ++j) EXPECT_EQ(got[offset + j], Input(q, me * 1000 + j, 3));
+    for (size_t j = 0; j < recv_counts[q]; ++j)
+      EXPECT_EQ(got[offset + j], Input(q, me * 1000 + j, 3));
     offset += recv_counts[q];
   }
 }

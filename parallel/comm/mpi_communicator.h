@@ -1,0 +1,106 @@
+// The MPI backend of Communicator: host buffers, one MPI communicator per
+// group (MPI_Comm_split), every operation a non-blocking MPI call whose Work
+// polls MPI_Test until it completes or its deadline passes.
+//
+// Types: f32, i32, i64 and u8 for everything; bf16 and f16 only for data
+// movement (all-gather, all-to-all(v), broadcast, send/recv) — MPI has no
+// 16-bit float reductions, so reducing them is an InvalidArgument error
+// (reduce in f32). kAvg is the sum divided by size() in f32 and is rejected
+// for integer types rather than silently truncated.
+//
+// In-place forms follow NCCL's convention: ReduceScatter with
+// recv == send + rank() * recv_count elements, AllGather with
+// send == recv + rank() * send_count elements. Any other overlap is an error.
+//
+// Counts must fit in MPI's `int` (per call, and for AllToAllV the prefix
+// sums too); larger counts are an InvalidArgument error.
+//
+// Sequence numbers: each collective (not Send/Recv, whose order is per pair
+// of ranks, not per group) takes the next number of the group's watchdog
+// counter; a timeout names it and the ranks that never reached it.
+//
+// Destroying a Work before it completed leaves its MPI request pending (MPI
+// forbids freeing an active collective request): only do that on the way to
+// AbortJob. A Wait that timed out may be called again and still succeed.
+#pragma once
+
+#include <mpi.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "parallel/comm/communicator.h"
+#include "parallel/comm/watchdog.h"
+
+namespace tessera::parallel {
+
+// What the communicator and its pending Work share; outlives whichever goes last.
+struct MpiGroup {
+  MPI_Comm comm = MPI_COMM_NULL;
+  std::string name;
+  std::vector<int> world_ranks;
+  int rank = 0;
+  absl::Duration timeout;
+  std::shared_ptr<Watchdog> watchdog;
+  std::shared_ptr<WatchdogGroup> counter;
+  ~MpiGroup();
+};
+
+class MpiCommunicator final : public Communicator {
+ public:
+  // Collective over every rank of `parent`. Each rank passes the world ranks
+  // of the group it joins, in group-rank order (ranks of different groups
+  // pass different, disjoint lists in the same call, as Megatron builds its
+  // groups); a rank not in its own list gets nullptr. Fails if the members
+  // of a group passed different lists.
+  static absl::StatusOr<std::unique_ptr<MpiCommunicator>> Create(
+      MPI_Comm parent, const std::vector<int>& world_ranks_of_group, std::string name,
+      absl::Duration timeout, std::shared_ptr<Watchdog> watchdog);
+  // All of MPI_COMM_WORLD (duplicated), named "world". Collective.
+  static absl::StatusOr<std::unique_ptr<MpiCommunicator>> CreateWorld(
+      absl::Duration timeout, std::shared_ptr<Watchdog> watchdog);
+  // Create() over this group's ranks, with this group's timeout and watchdog.
+  absl::StatusOr<std::unique_ptr<MpiCommunicator>> CreateSubgroup(
+      const std::vector<int>& world_ranks_of_group, std::string name) const;
+
+  int rank() const override { return group_->rank; }
+  int size() const override { return static_cast<int>(group_->world_ranks.size()); }
+  const std::string& name() const override { return group_->name; }
+  const std::vector<int>& world_ranks() const override { return group_->world_ranks; }
+  absl::Duration timeout() const override { return group_->timeout; }
+  MPI_Comm comm() const { return group_->comm; }
+  const std::shared_ptr<Watchdog>& watchdog() const { return group_->watchdog; }
+  // Sequence number of the last collective this rank issued on the group.
+  int64_t last_sequence() const { return group_->counter->last_entered(); }
+
+  absl::StatusOr<std::unique_ptr<Work>> AllReduce(void* data, size_t count, DType dtype,
+                                                  ReduceOp op) override;
+  absl::StatusOr<std::unique_ptr<Work>> ReduceScatter(const void* send, void* recv,
+                                                      size_t recv_count, DType dtype,
+                                                      ReduceOp op) override;
+  absl::StatusOr<std::unique_ptr<Work>> AllGather(const void* send, void* recv, size_t send_count,
+                                                  DType dtype) override;
+  absl::StatusOr<std::unique_ptr<Work>> AllToAll(const void* send, void* recv,
+                                                 size_t count_per_rank, DType dtype) override;
+  absl::StatusOr<std::unique_ptr<Work>> AllToAllV(const void* send,
+                                                  const std::vector<size_t>& send_counts,
+                                                  void* recv,
+                                                  const std::vector<size_t>& recv_counts,
+                                                  DType dtype) override;
+  absl::StatusOr<std::unique_ptr<Work>> Broadcast(void* data, size_t count, DType dtype,
+                                                  int root) override;
+  absl::StatusOr<std::unique_ptr<Work>> Send(const void* data, size_t count, DType dtype, int peer,
+                                             int tag) override;
+  absl::StatusOr<std::unique_ptr<Work>> Recv(void* data, size_t count, DType dtype, int peer,
+                                             int tag) override;
+  absl::StatusOr<std::unique_ptr<Work>> Barrier() override;
+
+ private:
+  explicit MpiCommunicator(std::shared_ptr<MpiGroup> group) : group_(std::move(group)) {}
+  std::shared_ptr<MpiGroup> group_;
+};
+
+}  // namespace tessera::parallel

@@ -1,0 +1,43 @@
+#include "parallel/comm/mpi_runtime.h"
+
+#include "absl/strings/str_format.h"
+#include "parallel/comm/mpi_check.h"
+#include "runtime/base/errors.h"
+#include "runtime/base/status.h"
+
+namespace tessera::parallel {
+
+absl::StatusOr<std::unique_ptr<MpiRuntime>> MpiRuntime::Init(int* argc, char*** argv) {
+  std::unique_ptr<MpiRuntime> runtime(new MpiRuntime());
+  int initialized = 0;
+  TESSERA_MPI(MPI_Initialized(&initialized));
+  if (!initialized) {
+    int provided = 0;
+    TESSERA_MPI(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided));
+    runtime->owns_mpi_ = true;
+    if (provided < MPI_THREAD_FUNNELED) {
+      return CommunicationError(
+          absl::StrFormat("MPI provides thread level %d; tessera needs MPI_THREAD_FUNNELED (%d)",
+                          provided, MPI_THREAD_FUNNELED));
+    }
+  }
+  TESSERA_RETURN_IF_ERROR(SetErrorsReturn(MPI_COMM_WORLD));
+  TESSERA_MPI(MPI_Comm_rank(MPI_COMM_WORLD, &runtime->world_rank_));
+  TESSERA_MPI(MPI_Comm_size(MPI_COMM_WORLD, &runtime->world_size_));
+  TESSERA_ASSIGN_OR_RETURN(runtime->watchdog_, Watchdog::Create(MPI_COMM_WORLD));
+  return runtime;
+}
+
+MpiRuntime::~MpiRuntime() {
+  watchdog_.reset();
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (owns_mpi_ && !finalized) MPI_Finalize();
+}
+
+absl::StatusOr<std::unique_ptr<MpiCommunicator>> MpiRuntime::CreateWorld(
+    absl::Duration timeout) const {
+  return MpiCommunicator::CreateWorld(timeout, watchdog_);
+}
+
+}  // namespace tessera::parallel

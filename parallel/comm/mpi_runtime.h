@@ -1,0 +1,46 @@
+// MPI for the lifetime of one object: MPI_Init_thread on creation,
+// MPI_Finalize on destruction, and the job's hang watchdog in between.
+//
+//   TESSERA_ASSIGN_OR_RETURN(auto mpi, MpiRuntime::Init(&argc, &argv));
+//   TESSERA_ASSIGN_OR_RETURN(auto world, mpi->CreateWorld(absl::Seconds(300)));
+//
+// Asks for MPI_THREAD_FUNNELED (only the main thread calls MPI; the
+// watchdog's publisher thread never does) and fails if MPI offers less.
+// When MPI was already initialised (a test harness), it is neither
+// initialised nor finalised again. Communicators must be destroyed before
+// the runtime.
+#pragma once
+
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "parallel/comm/mpi_communicator.h"
+#include "parallel/comm/watchdog.h"
+
+namespace tessera::parallel {
+
+class MpiRuntime {
+ public:
+  // Collective over MPI_COMM_WORLD (the watchdog agrees on its directory).
+  static absl::StatusOr<std::unique_ptr<MpiRuntime>> Init(int* argc, char*** argv);
+  ~MpiRuntime();
+  MpiRuntime(const MpiRuntime&) = delete;
+  MpiRuntime& operator=(const MpiRuntime&) = delete;
+
+  int world_rank() const { return world_rank_; }
+  int world_size() const { return world_size_; }
+  const std::shared_ptr<Watchdog>& watchdog() const { return watchdog_; }
+
+  // MpiCommunicator::CreateWorld with this runtime's watchdog.
+  absl::StatusOr<std::unique_ptr<MpiCommunicator>> CreateWorld(absl::Duration timeout) const;
+
+ private:
+  MpiRuntime() = default;
+  bool owns_mpi_ = false;
+  int world_rank_ = 0;
+  int world_size_ = 1;
+  std::shared_ptr<Watchdog> watchdog_;
+};
+
+}  // namespace tessera::parallel

@@ -1,0 +1,99 @@
+// The NCCL backend of Communicator: CUDA buffers, one ncclComm and one CUDA
+// stream per group, Work = a CUDA event recorded on that stream after the
+// operation. Same sequence numbers and watchdog records as the MPI backend.
+//
+// Creation is collective over an MpiCommunicator of the same ranks: group
+// rank 0 creates the ncclUniqueId, broadcasts it over MPI, and every member
+// joins with ncclCommInitRank on its current CUDA device (select it first,
+// by local rank). The NCCL communicator takes that group's name, ranks,
+// timeout and watchdog.
+//
+// Differences from the MPI backend, all NCCL's own:
+//  - every dtype reduces, bf16 and f16 included (kAvg is ncclAvg, f32/bf16/f16
+//    only, as for MPI: integer averages are rejected);
+//  - Send/Recv match by order between a pair of ranks, not by tag (the tag is
+//    checked to be non-negative and otherwise only shows in messages), and
+//    run one after the other on the stream: a ring must alternate (even
+//    ranks send first, odd ranks receive first) or it deadlocks;
+//  - Barrier is a one-element all-reduce on the stream;
+//  - when Wait's deadline passes, or NCCL reports an asynchronous error, the
+//    communicator is aborted (ncclCommAbort, so that no kernel spins forever)
+//    and every later operation on it fails: the job must end (AbortJob).
+// In-place forms follow NCCL: ReduceScatter recv == send + rank()*recv_count,
+// AllGather send == recv + rank()*send_count.
+//
+// Operations are enqueued on stream(); buffers must be ready there (callers
+// on other streams make stream() wait on an event first).
+#pragma once
+
+#include <cuda_runtime_api.h>
+#include <nccl.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "parallel/comm/communicator.h"
+#include "parallel/comm/mpi_communicator.h"
+#include "parallel/comm/watchdog.h"
+
+namespace tessera::parallel {
+
+// What the communicator and its pending Work share.
+struct NcclGroup {
+  ncclComm_t comm = nullptr;
+  cudaStream_t stream = nullptr;
+  int device = 0;
+  int* barrier_word = nullptr;  // device memory for Barrier
+  std::string name;
+  std::vector<int> world_ranks;
+  int rank = 0;
+  absl::Duration timeout;
+  std::shared_ptr<Watchdog> watchdog;
+  std::shared_ptr<WatchdogGroup> counter;
+  bool aborted = false;
+  absl::Status Abort();  // ncclCommAbort once
+  ~NcclGroup();
+};
+
+class NcclCommunicator final : public Communicator {
+ public:
+  // Collective over the members of `group`.
+  static absl::StatusOr<std::unique_ptr<NcclCommunicator>> Create(MpiCommunicator& group);
+
+  int rank() const override { return group_->rank; }
+  int size() const override { return static_cast<int>(group_->world_ranks.size()); }
+  const std::string& name() const override { return group_->name; }
+  const std::vector<int>& world_ranks() const override { return group_->world_ranks; }
+  absl::Duration timeout() const override { return group_->timeout; }
+  cudaStream_t stream() const { return group_->stream; }
+
+  absl::StatusOr<std::unique_ptr<Work>> AllReduce(void* data, size_t count, DType dtype,
+                                                  ReduceOp op) override;
+  absl::StatusOr<std::unique_ptr<Work>> ReduceScatter(const void* send, void* recv,
+                                                      size_t recv_count, DType dtype,
+                                                      ReduceOp op) override;
+  absl::StatusOr<std::unique_ptr<Work>> AllGather(const void* send, void* recv, size_t send_count,
+                                                  DType dtype) override;
+  absl::StatusOr<std::unique_ptr<Work>> AllToAll(const void* send, void* recv,
+                                                 size_t count_per_rank, DType dtype) override;
+  absl::StatusOr<std::unique_ptr<Work>> AllToAllV(const void* send,
+                                                  const std::vector<size_t>& send_counts,
+                                                  void* recv,
+                                                  const std::vector<size_t>& recv_counts,
+                                                  DType dtype) override;
+  absl::StatusOr<std::unique_ptr<Work>> Broadcast(void* data, size_t count, DType dtype,
+                                                  int root) override;
+  absl::StatusOr<std::unique_ptr<Work>> Send(const void* data, size_t count, DType dtype, int peer,
+                                             int tag) override;
+  absl::StatusOr<std::unique_ptr<Work>> Recv(void* data, size_t count, DType dtype, int peer,
+                                             int tag) override;
+  absl::StatusOr<std::unique_ptr<Work>> Barrier() override;
+
+ private:
+  explicit NcclCommunicator(std::shared_ptr<NcclGroup> group) : group_(std::move(group)) {}
+  std::shared_ptr<NcclGroup> group_;
+};
+
+}  // namespace tessera::parallel
