@@ -25,6 +25,10 @@ absl::StatusOr<std::unique_ptr<MpiRuntime>> MpiRuntime::Init(int* argc, char*** 
   TESSERA_MPI(MPI_Comm_rank(MPI_COMM_WORLD, &runtime->world_rank_));
   TESSERA_MPI(MPI_Comm_size(MPI_COMM_WORLD, &runtime->world_size_));
   TESSERA_ASSIGN_OR_RETURN(runtime->watchdog_, Watchdog::Create(MPI_COMM_WORLD));
+  // Every rank has written its first record before any may leave: the last
+  // rank out removes the shared directory once it is empty, which must not
+  // happen under a rank still creating its record.
+  TESSERA_MPI(MPI_Barrier(MPI_COMM_WORLD));
   return runtime;
 }
 
