@@ -55,9 +55,15 @@ absl::Status Train(const ParsedArguments& args, Distributed& distributed) {
   ConfigureThreads(config);
   const bool leader = distributed.rank() == 0;
 
-  // The GEMM reference first, so its buffers count in the baseline.
+  // The GEMM reference first, so its buffers count in the baseline; likewise
+  // a first collective, which maps the MPI transport's shared memory.
   Trainer::Options options;
   options.gemm_peak = Trainer::MeasureGemmPeak();
+  if (distributed.dense) {
+    std::vector<float> warm_up(size_t{1} << 20);
+    TESSERA_RETURN_IF_ERROR(distributed.dense->Complete(distributed.dense->AllReduce(
+        warm_up.data(), warm_up.size(), DType::kF32, parallel::ReduceOp::kSum)));
+  }
   options.baseline_rss = CurrentRssBytes();
   ParameterLayout layout;
   if (distributed.dense) {

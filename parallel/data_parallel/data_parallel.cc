@@ -50,6 +50,7 @@ DataParallel::DataParallel(ParameterStore& store, const OptimConfig& optim, int 
       bucket_of_param_[id] = static_cast<int>(buckets_.size());
     if (zero_stage == 1) {
       bucket.shard_grads = Tensor::Empty(DType::kF32, Shape{bucket.shard_size()});
+      bucket.shard_send = Tensor::Empty(DType::kF32, Shape{bucket.shard_size()});
       bucket.shard_optimizer = std::make_unique<AdamW>(
           store, optim, bucket.shard_begin(), bucket.shard_begin() + bucket.shard_size());
     }
@@ -148,7 +149,6 @@ absl::Status DataParallel::Step(float lr, float grad_scale) {
     optimizer_->Step(lr, store_.values().data<float>(), grads);
     return absl::OkStatus();
   }
-  std::vector<Tensor> sends;
   std::vector<std::unique_ptr<Work>> gathers;
   for (Bucket& bucket : buckets_) {
     float* shard_grads = bucket.shard_grads.data<float>();
@@ -156,12 +156,12 @@ absl::Status DataParallel::Step(float lr, float grad_scale) {
     float* shard_values = store_.values().data<float>() + bucket.shard_begin();
     bucket.shard_optimizer->Step(lr, shard_values, shard_grads);
     // All-gather needs distinct send and receive buffers.
-    Tensor send = Tensor::Empty(DType::kF32, Shape{bucket.shard_size()});
-    std::memcpy(send.raw(), shard_values, send.bytes());
+    std::memcpy(bucket.shard_send.raw(), shard_values, bucket.shard_send.bytes());
     TESSERA_ASSIGN_OR_RETURN(
-        auto work, bucket.comm->AllGather(send.raw(), store_.values().data<float>() + bucket.range.begin,
-                                          bucket.shard_size(), DType::kF32));
-    sends.push_back(std::move(send));
+        auto work,
+        bucket.comm->AllGather(bucket.shard_send.raw(),
+                               store_.values().data<float>() + bucket.range.begin,
+                               bucket.shard_size(), DType::kF32));
     gathers.push_back(std::move(work));
   }
   for (size_t i = 0; i < gathers.size(); ++i) {
@@ -181,6 +181,15 @@ absl::Status DataParallel::AverageOverReplicas(std::vector<double>* values) {
     (*values)[i] = sum / dense_->size();
   }
   return absl::OkStatus();
+}
+
+size_t DataParallel::CommunicationBufferBytes() const {
+  if (zero_stage_ == 0) return 0;  // all-reduce works in place
+  size_t bytes = 0;
+  for (const Bucket& bucket : buckets_) {
+    bytes += bucket.shard_grads.bytes() + bucket.shard_send.bytes();
+  }
+  return bytes;
 }
 
 size_t DataParallel::OptimizerStateBytes() const {

@@ -47,6 +47,7 @@ class DataParallel : public GradientSync {
   absl::Status Step(float lr, float grad_scale) override;
   absl::Status AverageOverReplicas(std::vector<double>* values) override;
   size_t OptimizerStateBytes() const override;
+  size_t CommunicationBufferBytes() const override;
 
   // Seconds the last FinishBackward spent waiting for reductions (the part
   // of communication that backward did not hide).
@@ -59,6 +60,7 @@ class DataParallel : public GradientSync {
     int pending = 0;                       // gradients not yet complete this step
     std::unique_ptr<Work> work;            // the bucket's reduction in flight
     Tensor shard_grads;                    // ZeRO-1: [size / group size]
+    Tensor shard_send;                     // ZeRO-1: the updated shard, all-gathered
     std::unique_ptr<AdamW> shard_optimizer;  // ZeRO-1: over this rank's shard
     int64_t shard_begin() const { return range.begin + comm->rank() * shard_size(); }
     int64_t shard_size() const { return range.size() / comm->size(); }

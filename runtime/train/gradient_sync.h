@@ -43,6 +43,8 @@ class GradientSync {
   // Replaces each value by its mean over the replicas.
   virtual absl::Status AverageOverReplicas(std::vector<double>* values) = 0;
   virtual size_t OptimizerStateBytes() const = 0;
+  // Buffers the reductions keep besides the gradients (e.g. ZeRO shards).
+  virtual size_t CommunicationBufferBytes() const { return 0; }
 };
 
 // One process: no communication, AdamW over the whole flat buffer.

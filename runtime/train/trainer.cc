@@ -73,6 +73,7 @@ Trainer::Trainer(const RunConfig& config, ParameterStore& store, TrainTask& task
   plan_.parameters = store.values().bytes();
   plan_.gradients = store.grads().bytes();
   plan_.optimizer = sync_->OptimizerStateBytes();
+  plan_.communication = sync_->CommunicationBufferBytes();
   plan_.ema = ema_ ? static_cast<size_t>(ema_->size()) * sizeof(float) : 0;
   plan_.activations = task.PredictActivationBytes();
   const std::string& progress = config.train().progress();
@@ -103,10 +104,11 @@ absl::Status Trainer::Run() {
   gemm_peak_ = options_.gemm_peak > 0 ? options_.gemm_peak : MeasureGemmPeak();
   if (logging) {
     std::printf("memory plan: baseline %s, parameters %s, gradients %s, optimizer %s, ema %s, "
-              "activations %s = %s\n",
+              "activations %s, communication %s = %s\n",
               HumanBytes(plan_.baseline).c_str(), HumanBytes(plan_.parameters).c_str(), HumanBytes(plan_.gradients).c_str(),
               HumanBytes(plan_.optimizer).c_str(), HumanBytes(plan_.ema).c_str(),
-              HumanBytes(plan_.activations).c_str(), HumanBytes(plan_.total()).c_str());
+              HumanBytes(plan_.activations).c_str(), HumanBytes(plan_.communication).c_str(),
+              HumanBytes(plan_.total()).c_str());
     std::printf("gemm peak (oneDNN sgemm, n=1024, %d threads): %.1f GFLOP/s per process\n",
                 cpu::NumThreads(), gemm_peak_ / 1e9);
     std::fflush(stdout);
