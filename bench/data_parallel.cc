@@ -45,12 +45,7 @@ int main(int argc, char** argv) {
   cpu::SetNumThreads(std::max(1, 2 / local));
 
   auto comm = *(*mpi)->CreateWorld(absl::Seconds(600));
-  DitMoeConfig config;
-  config.set_hidden_size(384);
-  config.set_depth(12);
-  config.set_num_heads(6);
-  config.set_num_experts(8);
-  config.set_experts_per_token(2);
+  const DitMoeConfig config;  // config.proto's defaults are S/2-8E2A at 32x32x1
   ParameterStore store;
   auto model = *dit_moe::DitMoe::Create(config, store);
   ParameterLayout layout;

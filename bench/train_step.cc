@@ -52,12 +52,7 @@ int main(int argc, char** argv) {
   const int steps = argc > 2 ? std::atoi(argv[2]) : 5;
   constexpr int64_t kBatch = 8;
 
-  DitMoeConfig config;  // the defaults are S/2-8E2A at 32x32x1
-  config.set_hidden_size(384);
-  config.set_depth(12);
-  config.set_num_heads(6);
-  config.set_num_experts(8);
-  config.set_experts_per_token(2);
+  const DitMoeConfig config;  // config.proto's defaults are S/2-8E2A at 32x32x1
   ParameterStore store;
   auto model = *dit_moe::DitMoe::Create(config, store);
   store.Finalize(0);
