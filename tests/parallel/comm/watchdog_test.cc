@@ -84,7 +84,9 @@ TEST(Watchdog, EveryRankReadsEveryPeersLastSequence) {
 TEST(Watchdog, SkippedCollectiveTimesOutNamingTheRankThatNeverArrived) {
   const int me = MpiForTests()->world_rank(), n = MpiForTests()->world_size();
   if (n < 2) GTEST_SKIP() << "needs a second rank to skip";
-  auto comm = WorldNamed("skip-test", absl::Milliseconds(300));
+  // Long enough that every rank's watchdog publisher (every 20 ms) has run
+  // even on a loaded, oversubscribed CI machine.
+  auto comm = WorldNamed("skip-test", absl::Seconds(2));
   MPI_Comm control;  // tells the late rank when the others have seen the timeout
   ASSERT_EQ(MPI_Comm_dup(MPI_COMM_WORLD, &control), MPI_SUCCESS);
   const int late = n - 1;
@@ -102,7 +104,7 @@ TEST(Watchdog, SkippedCollectiveTimesOutNamingTheRankThatNeverArrived) {
     EXPECT_TRUE(absl::StrContains(
         status.message(),
         absl::StrFormat("watchdog: AllReduce(sum) of 4 x f32 (16 bytes) on group 'skip-test' (%d "
-                        "ranks), sequence #2 did not complete within 300ms",
+                        "ranks), sequence #2 did not complete within 2s",
                         n)))
         << status;
     EXPECT_EQ(LateList(status.message()), absl::StrCat(late, " (last recorded entering #1)"))
