@@ -31,6 +31,22 @@ ParameterStore::Id ParameterStore::Register(std::string name, Shape global_shape
   return static_cast<Id>(infos_.size() - 1);
 }
 
+ParameterStore::Id ParameterStore::RegisterPiece(std::string name, Shape global_shape,
+                                                 Shape local_shape,
+                                                 std::vector<int64_t> local_offset,
+                                                 ParamInit init, bool weight_decay,
+                                                 ParallelSpec spec) {
+  TESSERA_CHECK(local_shape.rank() == global_shape.rank() &&
+                static_cast<int>(local_offset.size()) == global_shape.rank());
+  for (int d = 0; d < global_shape.rank(); ++d) {
+    TESSERA_CHECK(local_offset[d] >= 0 && local_offset[d] + local_shape[d] <= global_shape[d]);
+  }
+  const Id id = Register(std::move(name), global_shape, init, weight_decay, spec);
+  infos_[id].local_shape = local_shape;
+  infos_[id].local_offset = std::move(local_offset);
+  return id;
+}
+
 namespace {
 // Row-major global index of local element `i` of a piece.
 int64_t GlobalIndex(const ParamInfo& info, int64_t i) {

@@ -93,6 +93,12 @@ class ParameterStore {
   Id Register(std::string name, Shape global_shape, ParamInit init, bool weight_decay,
               ParallelSpec spec = ParallelSpec::Replicated());
 
+  // Registers this rank's piece [local_offset, local_offset + local_shape) of
+  // a parameter whose whole shape is global_shape (tensor parallelism).
+  Id RegisterPiece(std::string name, Shape global_shape, Shape local_shape,
+                   std::vector<int64_t> local_offset, ParamInit init, bool weight_decay,
+                   ParallelSpec spec);
+
   // Lays out and allocates the buffers, and fills values from `seed`. Each
   // element's initial value depends only on (seed, name, global index), so
   // every layout starts from the same weights.

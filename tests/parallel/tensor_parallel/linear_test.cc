@@ -122,8 +122,8 @@ TEST_P(ColumnParallelTest, ForwardAndBackwardEqualSlicesOfSingleRankLinear) {
   const Tensor dx_ref = ref.Backward(ref_arena, dy);
 
   ParameterStore store;
-  auto layer = ColumnParallelLinear::Create(store, *tp, "up", in, out,
-                                            ParallelOptions(bias, sequence_parallel, gather_output));
+  auto layer = ColumnParallelLinear::Create(
+      store, *tp, "up", in, out, ParallelOptions(bias, sequence_parallel, gather_output));
   ASSERT_TRUE(layer.ok()) << layer.status();
   store.Finalize(kSeed);
   store.ZeroGrads();
@@ -147,8 +147,7 @@ TEST_P(ColumnParallelTest, ForwardAndBackwardEqualSlicesOfSingleRankLinear) {
       gather_output ? dy : FromVector(Slice(dy, rows, out, 1, rank, size), rows, out / size);
   auto dx = (*layer)->Backward(arena, dy_in);
   ASSERT_TRUE(dx.ok()) << dx.status();
-  ExpectNear(sequence_parallel ? Slice(dx_ref, rows, in, 0, rank, size) : Whole(dx_ref), *dx,
-             "dx");
+  ExpectNear(sequence_parallel ? Slice(dx_ref, rows, in, 0, rank, size) : Whole(dx_ref), *dx, "dx");
   ExpectNear(Slice(ref_store.grad(ref.weight_id()), out, in, 0, rank, size),
              store.grad((*layer)->weight_id()), "dW");
   if (bias) {
@@ -279,16 +278,14 @@ TEST_P(MlpPairTest, ColumnThenRowEqualsSingleRankMlp) {
   auto dx = (*up)->Backward(arena, dh);
   ASSERT_TRUE(dx.ok()) << dx.status();
 
-  ExpectNear(sequence_parallel ? Slice(dx_ref, rows, in, 0, rank, size) : Whole(dx_ref), *dx,
-             "dx");
+  ExpectNear(sequence_parallel ? Slice(dx_ref, rows, in, 0, rank, size) : Whole(dx_ref), *dx, "dx");
   ExpectNear(Slice(ref_store.grad(ref_up.weight_id()), hidden, in, 0, rank, size),
              store.grad((*up)->weight_id()), "up dW");
   ExpectNear(Slice(ref_store.grad(ref_up.bias_id()), 1, hidden, 1, rank, size),
              store.grad((*up)->bias_id()), "up db");
   ExpectNear(Slice(ref_store.grad(ref_down.weight_id()), out, hidden, 1, rank, size),
              store.grad((*down)->weight_id()), "down dW");
-  ExpectNear(Whole(ref_store.grad(ref_down.bias_id())), store.grad((*down)->bias_id()),
-             "down db");
+  ExpectNear(Whole(ref_store.grad(ref_down.bias_id())), store.grad((*down)->bias_id()), "down db");
 }
 
 INSTANTIATE_TEST_SUITE_P(SequenceParallel, MlpPairTest, ::testing::Bool());
@@ -301,7 +298,8 @@ TEST(TensorParallelLinearTest, ZeroRowsGiveEmptyOutputsAndZeroGradients) {
   ParameterStore store;
   auto up = ColumnParallelLinear::Create(store, *tp, "up", 3, 4 * size,
                                          ParallelOptions(true, false, /*gather_output=*/true));
-  auto down = RowParallelLinear::Create(store, *tp, "down", 4 * size, 3, ParallelOptions(true, true));
+  auto down =
+      RowParallelLinear::Create(store, *tp, "down", 4 * size, 3, ParallelOptions(true, true));
   ASSERT_TRUE(up.ok() && down.ok());
   store.Finalize(kSeed);
   store.ZeroGrads();
@@ -321,12 +319,14 @@ TEST(TensorParallelLinearTest, ZeroRowsGiveEmptyOutputsAndZeroGradients) {
   for (int64_t i = 0; i < store.numel(); ++i) ASSERT_EQ(store.grads().data<float>()[i], 0.0f);
 }
 
-TEST(TensorParallelLinearTest, RegistersGlobalShapesSplitSpecsAndSingleRankInitAtTp1) {
+TEST(TensorParallelLinearTest, RegistersGlobalShapesSplitSpecsAndSlicesOfSingleRankInit) {
   auto tp = World();
   const int size = tp->size();
   ParameterStore store;
-  auto up = ColumnParallelLinear::Create(store, *tp, "up", 3, 2 * size, ParallelOptions(true, false));
-  auto down = RowParallelLinear::Create(store, *tp, "down", 2 * size, 5, ParallelOptions(true, false));
+  auto up =
+      ColumnParallelLinear::Create(store, *tp, "up", 3, 2 * size, ParallelOptions(true, false));
+  auto down =
+      RowParallelLinear::Create(store, *tp, "down", 2 * size, 5, ParallelOptions(true, false));
   ASSERT_TRUE(up.ok() && down.ok());
   store.Finalize(kSeed);
   const ParamInfo& w_up = store.info((*up)->weight_id());
@@ -343,24 +343,33 @@ TEST(TensorParallelLinearTest, RegistersGlobalShapesSplitSpecsAndSingleRankInitA
   EXPECT_EQ(b_down.spec.kind, ParallelSpec::Kind::kReplicated);
   EXPECT_EQ(b_down.name, "down.bias");
   EXPECT_EQ(b_down.global_shape, (Shape{5}));
-  if (size > 1) return;  // pieces need ParameterStore support, see RegisterSplitParameter
   EXPECT_EQ(w_up.name, "up.weight");
-  EXPECT_EQ(w_down.global_shape, (Shape{5, 2}));
+  EXPECT_EQ(w_up.global_shape, (Shape{2 * size, 3}));
+  EXPECT_EQ(w_up.local_offset, (std::vector<int64_t>{2 * tp->rank(), 0}));
+  EXPECT_EQ(w_down.global_shape, (Shape{5, 2 * size}));
+  EXPECT_EQ(w_down.local_offset, (std::vector<int64_t>{0, 2 * tp->rank()}));
   ParameterStore ref_store;
-  Linear ref_up(ref_store, "up", 3, 2, ReferenceOptions(true));
-  Linear ref_down(ref_store, "down", 2, 5, ReferenceOptions(true));
+  Linear ref_up(ref_store, "up", 3, 2 * size, ReferenceOptions(true));
+  Linear ref_down(ref_store, "down", 2 * size, 5, ReferenceOptions(true));
   ref_store.Finalize(kSeed);
-  ExpectNear(Whole(ref_store.param(ref_up.weight_id())), store.param((*up)->weight_id()), "up W");
-  ExpectNear(Whole(ref_store.param(ref_up.bias_id())), store.param((*up)->bias_id()), "up b");
-  ExpectNear(Whole(ref_store.param(ref_down.weight_id())), store.param((*down)->weight_id()),
-             "down W");
+  // No copying: each rank's piece starts as its slice of the single-rank init.
+  const int rank = tp->rank();
+  ExpectNear(Slice(ref_store.param(ref_up.weight_id()), 2 * size, 3, 0, rank, size),
+             store.param((*up)->weight_id()), "up W");
+  ExpectNear(Slice(ref_store.param(ref_up.bias_id()), 1, 2 * size, 1, rank, size),
+             store.param((*up)->bias_id()), "up b");
+  ExpectNear(Slice(ref_store.param(ref_down.weight_id()), 5, 2 * size, 1, rank, size),
+             store.param((*down)->weight_id()), "down W");
+  ExpectNear(Whole(ref_store.param(ref_down.bias_id())), store.param((*down)->bias_id()),
+             "down b");
 }
 
 TEST(TensorParallelLinearTest, IndivisibleSizesAreUsageErrorsNamingTheQuantity) {
   auto tp = World();
   const int size = tp->size();
   ParameterStore store;
-  auto row_gather = RowParallelLinear::Create(store, *tp, "r", 4, 4, ParallelOptions(true, false, true));
+  auto row_gather =
+      RowParallelLinear::Create(store, *tp, "r", 4, 4, ParallelOptions(true, false, true));
   EXPECT_EQ(ExitCodeFor(row_gather.status()), 2);
   EXPECT_NE(row_gather.status().message().find("gather_output"), std::string::npos);
   EXPECT_EQ(ExitCodeFor(ColumnParallelLinear::Create(store, *tp, "c", 0, 4, {}).status()), 2);
@@ -368,10 +377,9 @@ TEST(TensorParallelLinearTest, IndivisibleSizesAreUsageErrorsNamingTheQuantity) 
 
   auto column = ColumnParallelLinear::Create(store, *tp, "c", 4, 2 * size + 1, {});
   EXPECT_EQ(ExitCodeFor(column.status()), 2);
-  EXPECT_NE(column.status().message().find("out_features of a column-parallel linear (" +
-                                           std::to_string(2 * size + 1) +
-                                           ") must be divisible by the tensor-parallel size " +
-                                           std::to_string(size)),
+  EXPECT_NE(column.status().message().find(
+                "out_features of a column-parallel linear (" + std::to_string(2 * size + 1) +
+                ") must be divisible by the tensor-parallel size " + std::to_string(size)),
             std::string::npos)
       << column.status();
   auto row = RowParallelLinear::Create(store, *tp, "r", 2 * size + 1, 4, {});
@@ -380,7 +388,8 @@ TEST(TensorParallelLinearTest, IndivisibleSizesAreUsageErrorsNamingTheQuantity) 
 
   // Tokens not divisible by tp under sequence parallelism: every rank fails
   // before any collective.
-  auto sp_row = RowParallelLinear::Create(store, *tp, "sp", 2 * size, 3, ParallelOptions(true, true));
+  auto sp_row =
+      RowParallelLinear::Create(store, *tp, "sp", 2 * size, 3, ParallelOptions(true, true));
   ASSERT_TRUE(sp_row.ok()) << sp_row.status();
   store.Finalize(kSeed);
   Arena arena;

@@ -93,3 +93,25 @@ TEST(ParameterStore, DefaultLayoutIsOneBucketPerGroupRun) {
 
 }  // namespace
 }  // namespace tessera
+
+namespace tessera {
+namespace {
+
+TEST(ParameterStore, APieceStartsAsItsSliceOfTheWholeParameter) {
+  ParameterStore whole, piece;
+  whole.Register("w", Shape{4, 6}, ParamInit::Normal(1.0f), true);
+  ParallelSpec spec;
+  spec.kind = ParallelSpec::Kind::kSplit;
+  spec.split_dim = 1;
+  piece.RegisterPiece("w", Shape{4, 6}, Shape{4, 2}, {0, 4}, ParamInit::Normal(1.0f), true, spec);
+  whole.Finalize(5);
+  piece.Finalize(5);
+  const float* w = whole.param(0).data<float>();
+  const float* p = piece.param(0).data<float>();
+  for (int r = 0; r < 4; ++r)
+    for (int c = 0; c < 2; ++c) EXPECT_EQ(p[r * 2 + c], w[r * 6 + 4 + c]);
+  EXPECT_EQ(piece.info(0).global_shape, (Shape{4, 6}));
+}
+
+}  // namespace
+}  // namespace tessera
