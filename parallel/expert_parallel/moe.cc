@@ -1,0 +1,317 @@
+#include "parallel/expert_parallel/moe.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "runtime/base/errors.h"
+#include "runtime/base/status.h"
+#include "runtime/kernels/cpu/activation.h"
+#include "runtime/kernels/cpu/routing.h"
+#include "runtime/kernels/cpu/softmax.h"
+
+namespace tessera::parallel {
+namespace {
+
+// As MoeLayer's router: no bias, kaiming_uniform(a=sqrt(5)), bound 1/sqrt(fan_in).
+Linear::Options RouterOptions(int64_t dim) {
+  Linear::Options options;
+  options.bias = false;
+  options.weight_init = ParamInit::Uniform(1.0f / std::sqrt(static_cast<float>(dim)));
+  return options;
+}
+
+absl::Status CheckRows(absl::string_view what, const Tensor& t, int64_t cols) {
+  if (t.defined() && t.dtype() == DType::kF32 && t.rank() == 2 && t.dim(1) == cols) {
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(absl::StrCat(what, " must be f32 [tokens, ", cols, "], got ",
+                                                 t.defined() ? t.DebugString() : "undefined"));
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<ExpertParallelMoe>> ExpertParallelMoe::Create(
+    ParameterStore& store, Communicator& ep, const std::string& name, int64_t dim,
+    const Options& options) {
+  if (options.num_experts < 1 || ep.size() < 1 || options.num_experts % ep.size() != 0) {
+    return UsageError(absl::StrCat("num_experts (", options.num_experts,
+                                   ") must be a positive multiple of parallel.ep (", ep.size(),
+                                   ", group ", ep.name(), ") for ", name));
+  }
+  if (options.top_k < 1 || options.top_k > options.num_experts) {
+    return UsageError(absl::StrCat("top_k (", options.top_k, ") must be in [1, num_experts = ",
+                                   options.num_experts, "] for ", name));
+  }
+  if (options.expert_hidden < 1 || dim < 1) {
+    return UsageError(absl::StrCat("dim (", dim, ") and expert_hidden (", options.expert_hidden,
+                                   ") must be positive for ", name));
+  }
+  if (options.capacity_factor != 0) {
+    return UsageError(absl::StrCat("capacity_factor ", options.capacity_factor,
+                                   " is not supported yet with parallel.ep > 1 layers (",
+                                   name, "): expert parallelism is dropless, use 0"));
+  }
+  return std::unique_ptr<ExpertParallelMoe>(new ExpertParallelMoe(store, ep, name, dim, options));
+}
+
+ExpertParallelMoe::ExpertParallelMoe(ParameterStore& store, Communicator& ep,
+                                     const std::string& name, int64_t dim,
+                                     const Options& options)
+    : ep_(ep),
+      dim_(dim),
+      options_(options),
+      local_experts_(options.num_experts / ep.size()),
+      first_expert_(ep.rank() * local_experts_),
+      router_(store, name + ".router", dim, options.num_experts, RouterOptions(dim)) {
+  // Whole parameters under their global names: the store initializes by
+  // (seed, name, index), so they equal the single-rank layer's.
+  for (int64_t e = first_expert_; e < first_expert_ + local_experts_; ++e) {
+    experts_.push_back(std::make_unique<SwigluMlp>(store, name + ".experts." + std::to_string(e),
+                                                   dim, options.expert_hidden,
+                                                   ParallelSpec::Expert(static_cast<int>(e))));
+  }
+  if (options.shared_expert_hidden > 0) {
+    shared_ = std::make_unique<SwigluMlp>(store, name + ".shared_expert", dim,
+                                          options.shared_expert_hidden);
+  }
+}
+
+void ExpertParallelMoe::Regroup(const Tensor& from, const Tensor& to,
+                                bool to_expert_order) const {
+  const int64_t P = ep_.size(), L = local_experts_;
+  // Start row of (q, e) in source order and in expert order.
+  std::vector<int64_t> source_start(P * L), expert_start(P * L);
+  int64_t row = 0;
+  for (int64_t q = 0; q < P; ++q)
+    for (int64_t e = 0; e < L; ++e) {
+      source_start[q * L + e] = row;
+      row += recv_counts_[q * L + e];
+    }
+  row = 0;
+  for (int64_t e = 0; e < L; ++e)
+    for (int64_t q = 0; q < P; ++q) {
+      expert_start[q * L + e] = row;
+      row += recv_counts_[q * L + e];
+    }
+  const float* src = from.data<float>();
+  float* dst = to.data<float>();
+  for (int64_t i = 0; i < P * L; ++i) {
+    const int64_t from_row = to_expert_order ? source_start[i] : expert_start[i];
+    const int64_t to_row = to_expert_order ? expert_start[i] : source_start[i];
+    std::memcpy(dst + to_row * dim_, src + from_row * dim_,
+                static_cast<size_t>(recv_counts_[i] * dim_) * sizeof(float));
+  }
+}
+
+absl::StatusOr<Tensor> ExpertParallelMoe::ExchangeRows(Arena& arena, const Tensor& rows,
+                                                       const std::vector<int64_t>& send_rows,
+                                                       const std::vector<int64_t>& recv_rows) {
+  std::vector<size_t> send_counts(send_rows.size()), recv_counts(recv_rows.size());
+  int64_t total = 0;
+  for (size_t r = 0; r < send_rows.size(); ++r) {
+    send_counts[r] = static_cast<size_t>(send_rows[r] * dim_);
+    recv_counts[r] = static_cast<size_t>(recv_rows[r] * dim_);
+    total += recv_rows[r];
+  }
+  Tensor out = arena.AllocateUninitialized(DType::kF32, Shape{total, dim_});  // [received, dim]
+  TESSERA_RETURN_IF_ERROR(ep_.Complete(ep_.AllToAllV(rows.data<float>(), send_counts,
+                                                     out.data<float>(), recv_counts,
+                                                     DType::kF32)));
+  return out;
+}
+
+absl::StatusOr<Tensor> ExpertParallelMoe::Forward(Arena& arena, const Tensor& x) {
+  TESSERA_RETURN_IF_ERROR(CheckRows("ExpertParallelMoe input", x, dim_));
+  const int64_t T = x.dim(0), E = options_.num_experts, k = options_.top_k;
+  const int64_t P = ep_.size(), L = local_experts_;
+  tokens_ = T;
+
+  // Router in fp32 on the local tokens: logits [T, E] -> probs -> top-k.
+  Tensor logits = router_.Forward(arena, x);
+  probs_ = arena.AllocateUninitialized(DType::kF32, Shape{T, E});
+  cpu::SoftmaxForward(logits.data<float>(), probs_.data<float>(), T, E);
+  expert_index_ = arena.AllocateUninitialized(DType::kI32, Shape{T * k});
+  raw_weights_ = arena.AllocateUninitialized(DType::kF32, Shape{T * k});
+  cpu::TopKForward(probs_.data<float>(), expert_index_.data<int32_t>(),
+                   raw_weights_.data<float>(), T, E, k);
+  const int32_t* index = expert_index_.data<int32_t>();
+  const float* probs = probs_.data<float>();
+
+  // One all-gather of every rank's [E assignment counts | E probability sums
+  // (double, bit-copied) | tokens] gives both the global balance statistics
+  // (summed in rank order, identically on every rank) and the per-expert row
+  // counts each owner will receive, so no separate count all-to-all is needed.
+  const int64_t width = 2 * E + 1;
+  std::vector<int64_t> stats(width, 0), all_stats(P * width);
+  for (int64_t a = 0; a < T * k; ++a) ++stats[index[a]];
+  for (int64_t e = 0; e < E; ++e) {
+    double sum = 0;
+    for (int64_t t = 0; t < T; ++t) sum += probs[t * E + e];
+    std::memcpy(&stats[E + e], &sum, sizeof(double));
+  }
+  stats[2 * E] = T;
+  TESSERA_RETURN_IF_ERROR(ep_.Complete(
+      ep_.AllGather(stats.data(), all_stats.data(), static_cast<size_t>(width), DType::kI64)));
+
+  std::vector<int64_t> global_counts(E, 0);
+  std::vector<double> mean_prob(E, 0.0);
+  global_tokens_ = 0;
+  for (int64_t q = 0; q < P; ++q) {
+    const int64_t* s = all_stats.data() + q * width;
+    for (int64_t e = 0; e < E; ++e) {
+      global_counts[e] += s[e];
+      double sum;
+      std::memcpy(&sum, &s[E + e], sizeof(double));
+      mean_prob[e] += sum;
+    }
+    global_tokens_ += s[2 * E];
+  }
+  const int64_t TG = global_tokens_;
+  balance_f_.assign(E, 0.0);
+  expert_load_.assign(E, 0.0);
+  balance_loss_ = 0;
+  for (int64_t e = 0; e < E; ++e) {
+    const double share =
+        TG == 0 ? 0.0 : static_cast<double>(global_counts[e]) / static_cast<double>(TG * k);
+    expert_load_[e] = share;
+    balance_f_[e] = share * static_cast<double>(E);
+    if (TG > 0) mean_prob[e] /= static_cast<double>(TG);
+    balance_loss_ += options_.balance_loss_coef * balance_f_[e] * mean_prob[e];
+  }
+
+  // Combine weights.
+  weights_ = raw_weights_;
+  if (options_.renormalize_topk && k > 1) {
+    weights_ = arena.AllocateUninitialized(DType::kF32, Shape{T * k});
+    const float* raw = raw_weights_.data<float>();
+    float* w = weights_.data<float>();
+    for (int64_t t = 0; t < T; ++t) {
+      float sum = 1e-20f;
+      for (int64_t s = 0; s < k; ++s) sum += raw[t * k + s];
+      for (int64_t s = 0; s < k; ++s) w[t * k + s] = raw[t * k + s] / sum;
+    }
+  }
+
+  // Expert order: the rows bound for rank r (its experts) are contiguous.
+  std::vector<int64_t> offsets(E + 1);
+  row_of_assignment_ = arena.AllocateUninitialized(DType::kI32, Shape{T * k});
+  Tensor assignment_of_row = arena.AllocateUninitialized(DType::kI32, Shape{T * k});
+  cpu::SortByExpert(index, T * k, E, offsets.data(), row_of_assignment_.data<int32_t>(),
+                    assignment_of_row.data<int32_t>());
+  send_rows_.assign(P, 0);
+  recv_rows_.assign(P, 0);
+  recv_counts_.assign(P * L, 0);
+  for (int64_t r = 0; r < P; ++r) send_rows_[r] = offsets[(r + 1) * L] - offsets[r * L];
+  for (int64_t q = 0; q < P; ++q)
+    for (int64_t e = 0; e < L; ++e) {
+      recv_counts_[q * L + e] = all_stats[q * width + first_expert_ + e];
+      recv_rows_[q] += recv_counts_[q * L + e];
+    }
+
+  Tensor permuted = arena.AllocateUninitialized(DType::kF32, Shape{T * k, dim_});  // [T*k, dim]
+  cpu::PermuteForward(x.data<float>(), assignment_of_row.data<int32_t>(), permuted.data<float>(),
+                      T * k, dim_, k);
+  TESSERA_ASSIGN_OR_RETURN(Tensor received,
+                           ExchangeRows(arena, permuted, send_rows_, recv_rows_));  // [R, dim]
+  const int64_t R = received.dim(0);
+  Tensor expert_in = arena.AllocateUninitialized(DType::kF32, Shape{R, dim_});
+  Regroup(received, expert_in, /*to_expert_order=*/true);
+  Tensor expert_out = arena.AllocateUninitialized(DType::kF32, Shape{R, dim_});
+  int64_t begin = 0;
+  for (int64_t e = 0; e < L; ++e) {
+    int64_t end = begin;
+    for (int64_t q = 0; q < P; ++q) end += recv_counts_[q * L + e];
+    experts_[e]->ForwardInto(arena, expert_in.Slice(begin, end), expert_out.Slice(begin, end));
+    begin = end;
+  }
+  Tensor back = arena.AllocateUninitialized(DType::kF32, Shape{R, dim_});
+  Regroup(expert_out, back, /*to_expert_order=*/false);
+  TESSERA_ASSIGN_OR_RETURN(returned_out_,
+                           ExchangeRows(arena, back, recv_rows_, send_rows_));  // [T*k, dim]
+
+  Tensor y = shared_ ? shared_->Forward(arena, x) : arena.Allocate(DType::kF32, Shape{T, dim_});
+  cpu::UnpermuteCombineForward(returned_out_.data<float>(), row_of_assignment_.data<int32_t>(),
+                               weights_.data<float>(), y.data<float>(), T, dim_, k);
+  return y;
+}
+
+absl::StatusOr<Tensor> ExpertParallelMoe::Backward(Arena& arena, const Tensor& dy,
+                                                   float loss_scale) {
+  TESSERA_RETURN_IF_ERROR(CheckRows("ExpertParallelMoe output gradient", dy, dim_));
+  if (!probs_.defined() || dy.dim(0) != tokens_) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("ExpertParallelMoe::Backward needs a Forward of ", dy.dim(0),
+                     " tokens before it (last Forward: ",
+                     probs_.defined() ? absl::StrCat(tokens_, " tokens") : "none", ")"));
+  }
+  const int64_t T = tokens_, E = options_.num_experts, k = options_.top_k;
+  const int64_t P = ep_.size(), L = local_experts_;
+
+  // Adjoint of combine: gradients of the returned expert outputs (home,
+  // expert order) and of the weights.
+  Tensor dreturned = arena.AllocateUninitialized(DType::kF32, Shape{T * k, dim_});
+  Tensor dweights = arena.AllocateUninitialized(DType::kF32, Shape{T * k});
+  cpu::UnpermuteCombineBackward(dy.data<float>(), returned_out_.data<float>(),
+                                row_of_assignment_.data<int32_t>(), weights_.data<float>(),
+                                dreturned.data<float>(), dweights.data<float>(), T, dim_, k);
+  // To the owners, through the experts, and back.
+  TESSERA_ASSIGN_OR_RETURN(Tensor dreceived,
+                           ExchangeRows(arena, dreturned, send_rows_, recv_rows_));  // [R, dim]
+  const int64_t R = dreceived.dim(0);
+  Tensor dexpert_out = arena.AllocateUninitialized(DType::kF32, Shape{R, dim_});
+  Regroup(dreceived, dexpert_out, /*to_expert_order=*/true);
+  Tensor dexpert_in = arena.AllocateUninitialized(DType::kF32, Shape{R, dim_});
+  int64_t begin = 0;
+  for (int64_t e = 0; e < L; ++e) {
+    int64_t end = begin;
+    for (int64_t q = 0; q < P; ++q) end += recv_counts_[q * L + e];
+    experts_[e]->BackwardInto(arena, dexpert_out.Slice(begin, end), dexpert_in.Slice(begin, end));
+    begin = end;
+  }
+  Tensor dback = arena.AllocateUninitialized(DType::kF32, Shape{R, dim_});
+  Regroup(dexpert_in, dback, /*to_expert_order=*/false);
+  TESSERA_ASSIGN_OR_RETURN(Tensor dpermuted,
+                           ExchangeRows(arena, dback, recv_rows_, send_rows_));  // [T*k, dim]
+  Tensor dx = arena.AllocateUninitialized(DType::kF32, Shape{T, dim_});
+  cpu::PermuteBackward(dpermuted.data<float>(), row_of_assignment_.data<int32_t>(),
+                       dx.data<float>(), T, dim_, k);
+  if (shared_) {
+    Tensor dshared = shared_->Backward(arena, dy);
+    cpu::AddInPlace(dx.data<float>(), dshared.data<float>(), T * dim_);
+  }
+
+  // Through the renormalization: w = r / s  =>  dr = (dw - sum(dw * w)) / s.
+  float* dw = dweights.data<float>();
+  if (options_.renormalize_topk && k > 1) {
+    const float* raw = raw_weights_.data<float>();
+    const float* w = weights_.data<float>();
+    for (int64_t t = 0; t < T; ++t) {
+      float sum = 1e-20f, dot = 0;
+      for (int64_t s = 0; s < k; ++s) {
+        sum += raw[t * k + s];
+        dot += dw[t * k + s] * w[t * k + s];
+      }
+      for (int64_t s = 0; s < k; ++s) dw[t * k + s] = (dw[t * k + s] - dot) / sum;
+    }
+  }
+  Tensor dprobs = arena.Allocate(DType::kF32, Shape{T, E});
+  cpu::TopKBackward(dw, expert_index_.data<int32_t>(), dprobs.data<float>(), T, E, k);
+  // Balance loss over the global tokens: d/dp[t, i] = alpha * f_i / T_global.
+  if (options_.balance_loss_coef > 0 && global_tokens_ > 0) {
+    float* dp = dprobs.data<float>();
+    for (int64_t e = 0; e < E; ++e) {
+      const float g = static_cast<float>(loss_scale * options_.balance_loss_coef *
+                                         balance_f_[e] / static_cast<double>(global_tokens_));
+      for (int64_t t = 0; t < T; ++t) dp[t * E + e] += g;
+    }
+  }
+  Tensor dlogits = arena.AllocateUninitialized(DType::kF32, Shape{T, E});
+  cpu::SoftmaxBackward(dprobs.data<float>(), probs_.data<float>(), dlogits.data<float>(), T, E);
+  Tensor drouter = router_.Backward(arena, dlogits);
+  cpu::AddInPlace(dx.data<float>(), drouter.data<float>(), T * dim_);
+  probs_ = expert_index_ = raw_weights_ = weights_ = row_of_assignment_ = returned_out_ = Tensor();
+  return dx;
+}
+
+}  // namespace tessera::parallel

@@ -1,0 +1,119 @@
+// Expert-parallel mixture-of-experts FFN (GShard / Megatron-style dispatch)
+// over one ep Communicator.
+//
+// Computes the single-rank tessera::MoeLayer with its E routed experts
+// partitioned over the ep group: rank r owns experts [r*E/ep, (r+1)*E/ep) and
+// registers only their parameters; the router and the shared expert are
+// replicated. Each ep rank brings its OWN tokens (the ep ranks are different
+// data-parallel replicas, as in Megatron's folding of ep into dp), so the
+// layer computes, on every rank, that rank's rows of the single-rank layer
+// applied to the concatenation of all ranks' tokens.
+//
+// Forward:
+//   router (fp32 softmax, top-k) on the local tokens
+//   -> stable sort of assignments by expert (rows bound for rank r are then
+//      contiguous: experts of r in order)
+//   -> all-to-all of the per-expert row counts
+//   -> permute rows, all-to-all-v to the owning ranks
+//   -> received rows regrouped from (source rank, expert) to (expert, source
+//      rank) order, so that each local expert runs one GEMM chain on a
+//      contiguous slice
+//   -> expert outputs regrouped back, all-to-all-v home
+//   -> unpermute and combine with the weights, + shared expert.
+// Backward is the exact reverse; router and shared-expert gradients stay
+// local (they are summed over the data-parallel group like any dense
+// parameter), expert gradients are complete on the owner for the tokens of
+// all ep ranks.
+//
+// The balance loss alpha * sum_i f_i * P_i and the expert load are computed
+// over the GLOBAL token set (assignment counts, probability sums and token
+// counts all-reduced over ep), so they equal the single-rank values on the
+// concatenated tokens; dP_i/dp[t, i] = 1/T_global.
+//
+// Dropless only: capacity_factor > 0 is rejected (UsageError). A rank with
+// zero tokens and an expert that receives none are normal. Every ep rank must
+// call Forward/Backward in the same order (collectives match by order).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "parallel/comm/communicator.h"
+#include "runtime/nn/linear.h"
+#include "runtime/nn/moe.h"
+#include "runtime/nn/swiglu_mlp.h"
+#include "runtime/tensor/arena.h"
+
+namespace tessera::parallel {
+
+class ExpertParallelMoe {
+ public:
+  using Options = MoeLayer::Options;
+
+  // Fails (UsageError) unless num_experts % ep.size() == 0, 1 <= top_k <=
+  // num_experts, expert_hidden > 0 and capacity_factor == 0. Parameter names
+  // are the single-rank MoeLayer's (`name.router.weight`,
+  // `name.experts.<global e>.w_gate`, `name.shared_expert.w_up`, ...), so are
+  // their initial values. `store` and `ep` must outlive the layer.
+  static absl::StatusOr<std::unique_ptr<ExpertParallelMoe>> Create(ParameterStore& store,
+                                                                   Communicator& ep,
+                                                                   const std::string& name,
+                                                                   int64_t dim,
+                                                                   const Options& options);
+
+  // x: this rank's tokens [tokens, dim] (any count, 0 included) -> [tokens, dim].
+  absl::StatusOr<Tensor> Forward(Arena& arena, const Tensor& x);
+  // dy: [tokens, dim] -> dx [tokens, dim]. loss_scale: the factor the balance
+  // loss enters the total loss with (as MoeLayer::Backward).
+  absl::StatusOr<Tensor> Backward(Arena& arena, const Tensor& dy, float loss_scale);
+
+  // Of the last Forward, over all ep ranks' tokens.
+  double balance_loss() const { return balance_loss_; }
+  const std::vector<double>& expert_load() const { return expert_load_; }
+
+  int64_t num_experts() const { return options_.num_experts; }
+  int64_t local_experts() const { return local_experts_; }
+  int64_t first_expert() const { return first_expert_; }  // global index of local expert 0
+
+ private:
+  ExpertParallelMoe(ParameterStore& store, Communicator& ep, const std::string& name,
+                    int64_t dim, const Options& options);
+
+  // Moves rows between the (source rank, local expert) order of the
+  // all-to-all-v buffers and the (local expert, source rank) order the
+  // experts run in. to_expert_order: true for the former -> the latter.
+  void Regroup(const Tensor& from, const Tensor& to, bool to_expert_order) const;
+  // Sends `rows` ([sum send_rows, dim], blocks in rank order) and returns
+  // the received [sum recv_rows, dim].
+  absl::StatusOr<Tensor> ExchangeRows(Arena& arena, const Tensor& rows,
+                                      const std::vector<int64_t>& send_rows,
+                                      const std::vector<int64_t>& recv_rows);
+
+  Communicator& ep_;
+  int64_t dim_;
+  Options options_;
+  int64_t local_experts_, first_expert_;
+  Linear router_;
+  std::vector<std::unique_ptr<SwigluMlp>> experts_;  // the local ones
+  std::unique_ptr<SwigluMlp> shared_;
+
+  // Saved by Forward for Backward.
+  int64_t tokens_ = 0, global_tokens_ = 0;
+  Tensor probs_;              // [T, E]
+  Tensor expert_index_;       // i32 [T*k]
+  Tensor raw_weights_;        // [T*k]
+  Tensor weights_;            // [T*k]
+  Tensor row_of_assignment_;  // i32 [T*k]
+  Tensor returned_out_;       // [T*k, dim] expert outputs, back home, in expert order
+  std::vector<int64_t> send_rows_, recv_rows_;  // per ep rank
+  // recv_counts_[q * local + e]: rows from rank q for local expert e.
+  std::vector<int64_t> recv_counts_;
+  std::vector<double> balance_f_;
+  double balance_loss_ = 0;
+  std::vector<double> expert_load_;
+};
+
+}  // namespace tessera::parallel
