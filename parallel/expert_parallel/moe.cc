@@ -281,33 +281,12 @@ absl::StatusOr<Tensor> ExpertParallelMoe::Backward(Arena& arena, const Tensor& d
     cpu::AddInPlace(dx.data<float>(), dshared.data<float>(), T * dim_);
   }
 
-  // Through the renormalization: w = r / s  =>  dr = (dw - sum(dw * w)) / s.
-  float* dw = dweights.data<float>();
-  if (options_.renormalize_topk && k > 1) {
-    const float* raw = raw_weights_.data<float>();
-    const float* w = weights_.data<float>();
-    for (int64_t t = 0; t < T; ++t) {
-      float sum = 1e-20f, dot = 0;
-      for (int64_t s = 0; s < k; ++s) {
-        sum += raw[t * k + s];
-        dot += dw[t * k + s] * w[t * k + s];
-      }
-      for (int64_t s = 0; s < k; ++s) dw[t * k + s] = (dw[t * k + s] - dot) / sum;
-    }
-  }
-  Tensor dprobs = arena.Allocate(DType::kF32, Shape{T, E});
-  cpu::TopKBackward(dw, expert_index_.data<int32_t>(), dprobs.data<float>(), T, E, k);
   // Balance loss over the global tokens: d/dp[t, i] = alpha * f_i / T_global.
-  if (options_.balance_loss_coef > 0 && global_tokens_ > 0) {
-    float* dp = dprobs.data<float>();
-    for (int64_t e = 0; e < E; ++e) {
-      const float g = static_cast<float>(loss_scale * options_.balance_loss_coef *
-                                         balance_f_[e] / static_cast<double>(global_tokens_));
-      for (int64_t t = 0; t < T; ++t) dp[t * E + e] += g;
-    }
-  }
-  Tensor dlogits = arena.AllocateUninitialized(DType::kF32, Shape{T, E});
-  cpu::SoftmaxBackward(dprobs.data<float>(), probs_.data<float>(), dlogits.data<float>(), T, E);
+  RouterGradientInputs router{raw_weights_.data<float>(), weights_.data<float>(),
+                              expert_index_.data<int32_t>(), probs_.data<float>(), &balance_f_,
+                              T, E, k, global_tokens_, options_.renormalize_topk && k > 1,
+                              options_.balance_loss_coef, loss_scale};
+  Tensor dlogits = RouterLogitsGradient(arena, router, dweights.data<float>());
   Tensor drouter = router_.Backward(arena, dlogits);
   cpu::AddInPlace(dx.data<float>(), drouter.data<float>(), T * dim_);
   probs_ = expert_index_ = raw_weights_ = weights_ = row_of_assignment_ = returned_out_ = Tensor();

@@ -143,40 +143,47 @@ Tensor MoeLayer::Backward(Arena& arena, const Tensor& dy, float loss_scale) {
     cpu::AddInPlace(dx.data<float>(), dshared.data<float>(), T * dim_);
   }
 
-  // Through the renormalization: w = r / s  =>  dr = (dw - sum(dw * w)) / s.
-  float* dw = dweights.data<float>();
-  if (options_.renormalize_topk && k > 1) {
-    const float* raw = raw_weights_.data<float>();
-    const float* w = weights_.data<float>();
-    for (int64_t t = 0; t < T; ++t) {
-      float sum = 1e-20f, dot = 0;
-      for (int64_t s = 0; s < k; ++s) {
-        sum += raw[t * k + s];
-        dot += dw[t * k + s] * w[t * k + s];
-      }
-      for (int64_t s = 0; s < k; ++s) dw[t * k + s] = (dw[t * k + s] - dot) / sum;
-    }
-  }
-  // Top-k weights were read from the probabilities of the router's choice
-  // (dropped assignments included: their weight got zero gradient above).
-  Tensor dprobs = arena.Allocate(DType::kF32, Shape{T, E});
-  cpu::TopKBackward(dw, chosen_index_.data<int32_t>(), dprobs.data<float>(), T, E, k);
-  // Balance loss: d/dp[t, i] of alpha * sum_i f_i * mean_t p[t, i] = alpha f_i / T.
-  if (options_.balance_loss_coef > 0 && T > 0) {
-    float* dp = dprobs.data<float>();
-    for (int64_t e = 0; e < E; ++e) {
-      const float g = static_cast<float>(loss_scale * options_.balance_loss_coef * balance_f_[e] /
-                                         static_cast<double>(T));
-      for (int64_t t = 0; t < T; ++t) dp[t * E + e] += g;
-    }
-  }
-  Tensor dlogits = arena.AllocateUninitialized(DType::kF32, Shape{T, E});
-  cpu::SoftmaxBackward(dprobs.data<float>(), probs_.data<float>(), dlogits.data<float>(), T, E);
+  RouterGradientInputs router{raw_weights_.data<float>(), weights_.data<float>(),
+                              chosen_index_.data<int32_t>(), probs_.data<float>(), &balance_f_,
+                              T, E, k, T, options_.renormalize_topk && k > 1,
+                              options_.balance_loss_coef, loss_scale};
+  Tensor dlogits = RouterLogitsGradient(arena, router, dweights.data<float>());
   Tensor drouter = router_.Backward(arena, dlogits);
   cpu::AddInPlace(dx.data<float>(), drouter.data<float>(), T * dim_);
   probs_ = expert_index_ = chosen_index_ = raw_weights_ = weights_ = expert_offsets_ = row_of_assignment_ =
       expert_out_ = Tensor();
   return dx;
+}
+
+Tensor RouterLogitsGradient(Arena& arena, const RouterGradientInputs& in, float* dw) {
+  const int64_t T = in.tokens, E = in.experts, k = in.top_k;
+  // Through the renormalization: w = r / s  =>  dr = (dw - sum(dw * w)) / s.
+  if (in.renormalize) {
+    for (int64_t t = 0; t < T; ++t) {
+      float sum = 1e-20f, dot = 0;
+      for (int64_t s = 0; s < k; ++s) {
+        sum += in.raw_weights[t * k + s];
+        dot += dw[t * k + s] * in.weights[t * k + s];
+      }
+      for (int64_t s = 0; s < k; ++s) dw[t * k + s] = (dw[t * k + s] - dot) / sum;
+    }
+  }
+  // Top-k weights were read from the probabilities of the router's choice
+  // (dropped assignments included: their weight got zero gradient before).
+  Tensor dprobs = arena.Allocate(DType::kF32, Shape{T, E});
+  cpu::TopKBackward(dw, in.chosen, dprobs.data<float>(), T, E, k);
+  // Balance loss: d/dp[t, i] of alpha * sum_i f_i * mean_t p[t, i] = alpha f_i / T.
+  if (in.balance_coef > 0 && in.balance_tokens > 0) {
+    float* dp = dprobs.data<float>();
+    for (int64_t e = 0; e < E; ++e) {
+      const float g = static_cast<float>(in.loss_scale * in.balance_coef * (*in.balance_f)[e] /
+                                         static_cast<double>(in.balance_tokens));
+      for (int64_t t = 0; t < T; ++t) dp[t * E + e] += g;
+    }
+  }
+  Tensor dlogits = arena.AllocateUninitialized(DType::kF32, Shape{T, E});
+  cpu::SoftmaxBackward(dprobs.data<float>(), in.probs, dlogits.data<float>(), T, E);
+  return dlogits;
 }
 
 double MoeLayer::ForwardFlops(int64_t tokens) const {

@@ -28,6 +28,25 @@
 
 namespace tessera {
 
+// The router's backward pass, shared by MoeLayer and the expert-parallel
+// layer: from the gradient of the combine weights (dweights [T*k], modified
+// in place) through the optional top-k renormalization, the top-k selection
+// of `chosen` [T*k] and the balance loss (averaged over `balance_tokens`
+// tokens, alpha * f_i each, scaled by loss_scale) to the gradient of the
+// router logits [T, E], allocated in `arena`.
+struct RouterGradientInputs {
+  const float* raw_weights;  // [T*k] top-k probabilities
+  const float* weights;      // [T*k] combine weights (renormalized or raw)
+  const int32_t* chosen;     // [T*k] the router's top-k experts
+  const float* probs;        // [T, E] router softmax
+  const std::vector<double>* balance_f;  // f_i
+  int64_t tokens, experts, top_k, balance_tokens;
+  bool renormalize;
+  double balance_coef;
+  float loss_scale;
+};
+Tensor RouterLogitsGradient(Arena& arena, const RouterGradientInputs& in, float* dweights);
+
 class MoeLayer {
  public:
   struct Options {
