@@ -42,6 +42,11 @@ absl::Status ApplyOverrides(RunConfig* config, const std::vector<std::string>& a
 // "model.dit_moe.num_heads=5 must divide model.dit_moe.hidden_size=384".
 absl::Status ValidateRunConfig(const RunConfig& config, int world_size);
 
+// The subset of ValidateRunConfig about the layout: parallel sizes against
+// the world size, the model's splits over tp, sp, ep and etp, and the global
+// batch over dp. The process mesh (parallel/mesh) relies on exactly these.
+absl::Status ValidateLayout(const RunConfig& config, int world_size);
+
 // Text format with every field present (unset fields show their defaults),
 // for <run_dir>/config.textproto. Of the model oneof only the chosen member
 // is printed.

@@ -213,10 +213,47 @@ void CheckParallel(const RunConfig& config, int world_size, Checker& check) {
         absl::StrCat("tokens per image (", Field("model.dit_moe.input_size", m.input_size()), " / ",
                      Field("model.dit_moe.patch_size", m.patch_size()), ")^2 = ", tokens,
                      " must be divisible by ", Field("parallel.sp", p.sp())));
+    // Megatron SP shards each sp rank's tokens / sp again over tp.
+    if (tokens % p.sp() == 0 && p.sequence_parallel() && p.tp() > 1) {
+      check.Expect(tokens % tp_sp == 0,
+                   absl::StrCat("tokens per image (",
+                                Field("model.dit_moe.input_size", m.input_size()), " / ",
+                                Field("model.dit_moe.patch_size", m.patch_size()), ")^2 = ",
+                                tokens, " must be divisible by parallel.tp * parallel.sp = ",
+                                tp_sp, " when parallel.sequence_parallel is on"));
+    }
+  }
+  if (m.hidden_size() <= 0) return;
+  const int64_t hidden = m.hidden_size();
+  // adaLN modulation is column-parallel: its hidden-wide chunks split over tp.
+  check.Expect(hidden % p.tp() == 0,
+               absl::StrCat(Field("model.dit_moe.hidden_size", hidden), " must be divisible by ",
+                            Field("parallel.tp", p.tp())));
+  // Routed experts' SwiGLU hidden width splits over etp.
+  if (m.expert_hidden() >= 0) {
+    const int64_t width = m.expert_hidden() > 0 ? m.expert_hidden() : 4 * hidden;
+    const std::string name =
+        m.expert_hidden() > 0
+            ? Field("model.dit_moe.expert_hidden", width)
+            : absl::StrCat("expert hidden width 4 * ", Field("model.dit_moe.hidden_size", hidden),
+                           " = ", width, " (model.dit_moe.expert_hidden=0)");
+    check.Expect(width % p.etp() == 0,
+                 absl::StrCat(name, " must be divisible by ", Field("parallel.etp", p.etp())));
+  }
+  // The shared expert is a dense SwiGLU: its hidden width splits over tp.
+  if (m.shared_expert_hidden() >= 0) {
+    const int64_t width = m.shared_expert_hidden() > 0 ? m.shared_expert_hidden() : 2 * hidden;
+    const std::string name = m.shared_expert_hidden() > 0
+                                 ? Field("model.dit_moe.shared_expert_hidden", width)
+                                 : absl::StrCat("shared expert hidden width 2 * ",
+                                                Field("model.dit_moe.hidden_size", hidden), " = ",
+                                                width, " (model.dit_moe.shared_expert_hidden=0)");
+    check.Expect(width % p.tp() == 0,
+                 absl::StrCat(name, " must be divisible by ", Field("parallel.tp", p.tp())));
   }
 }
 
-void CheckTrain(const RunConfig& config, int world_size, Checker& check) {
+void CheckTrain(const RunConfig& config, Checker& check) {
   const TrainConfig& t = config.train();
   check.Expect(!t.run_dir().empty(), "train.run_dir must not be empty");
   check.Expect(t.steps() >= 1, absl::StrCat(Field("train.steps", t.steps()), " must be >= 1"));
@@ -234,6 +271,11 @@ void CheckTrain(const RunConfig& config, int world_size, Checker& check) {
                absl::StrCat(Field("train.sample_grid_per_class", t.sample_grid_per_class()),
                             " must be >= 0"));
 
+}
+
+// How the global batch splits over the data-parallel replicas.
+void CheckBatchSplit(const RunConfig& config, int world_size, Checker& check) {
+  const TrainConfig& t = config.train();
   const ParallelConfig& p = config.parallel();
   if (p.tp() < 1 || p.sp() < 1 || world_size % (static_cast<int64_t>(p.tp()) * p.sp()) != 0 ||
       t.global_batch() < 1) {
@@ -296,11 +338,22 @@ absl::Status ValidateRunConfig(const RunConfig& config, int world_size) {
                "--set model.dit_moe.depth=12)");
   if (config.has_dit_moe()) CheckDitMoe(config.dit_moe(), check);
   CheckParallel(config, world_size, check);
-  CheckTrain(config, world_size, check);
+  CheckTrain(config, check);
+  CheckBatchSplit(config, world_size, check);
   CheckOptim(config.optim(), check);
   CheckData(config, check);
   CheckUnsupported(config, check);
   CheckFault(config.fault(), world_size, check);
+  return check.Result();
+}
+
+absl::Status ValidateLayout(const RunConfig& config, int world_size) {
+  if (world_size < 1) {
+    return UsageError(absl::StrCat("world size ", world_size, " must be >= 1"));
+  }
+  Checker check;
+  CheckParallel(config, world_size, check);
+  CheckBatchSplit(config, world_size, check);
   return check.Result();
 }
 
