@@ -155,7 +155,7 @@ absl::StatusOr<Tensor> ExpertParallelMoe::Forward(Arena& arena, const Tensor& x)
       ep_.AllGather(stats.data(), all_stats.data(), static_cast<size_t>(width), DType::kI64)));
 
   std::vector<int64_t> global_counts(E, 0);
-  std::vector<double> mean_prob(E, 0.0);
+  std::vector<double> prob_sums(E, 0.0);
   global_tokens_ = 0;
   for (int64_t q = 0; q < P; ++q) {
     const int64_t* s = all_stats.data() + q * width;
@@ -163,35 +163,17 @@ absl::StatusOr<Tensor> ExpertParallelMoe::Forward(Arena& arena, const Tensor& x)
       global_counts[e] += s[e];
       double sum;
       std::memcpy(&sum, &s[E + e], sizeof(double));
-      mean_prob[e] += sum;
+      prob_sums[e] += sum;
     }
     global_tokens_ += s[2 * E];
   }
-  const int64_t TG = global_tokens_;
-  balance_f_.assign(E, 0.0);
-  expert_load_.assign(E, 0.0);
-  balance_loss_ = 0;
-  for (int64_t e = 0; e < E; ++e) {
-    const double share =
-        TG == 0 ? 0.0 : static_cast<double>(global_counts[e]) / static_cast<double>(TG * k);
-    expert_load_[e] = share;
-    balance_f_[e] = share * static_cast<double>(E);
-    if (TG > 0) mean_prob[e] /= static_cast<double>(TG);
-    balance_loss_ += options_.balance_loss_coef * balance_f_[e] * mean_prob[e];
-  }
+  BalanceStatistics balance =
+      ComputeBalance(global_counts, prob_sums, global_tokens_, k, options_.balance_loss_coef);
+  balance_f_ = std::move(balance.f);
+  expert_load_ = std::move(balance.load);
+  balance_loss_ = balance.loss;
 
-  // Combine weights.
-  weights_ = raw_weights_;
-  if (options_.renormalize_topk && k > 1) {
-    weights_ = arena.AllocateUninitialized(DType::kF32, Shape{T * k});
-    const float* raw = raw_weights_.data<float>();
-    float* w = weights_.data<float>();
-    for (int64_t t = 0; t < T; ++t) {
-      float sum = 1e-20f;
-      for (int64_t s = 0; s < k; ++s) sum += raw[t * k + s];
-      for (int64_t s = 0; s < k; ++s) w[t * k + s] = raw[t * k + s] / sum;
-    }
-  }
+  weights_ = CombineWeights(arena, raw_weights_, T, k, options_.renormalize_topk);
 
   // Expert order: the rows bound for rank r (its experts) are contiguous.
   std::vector<int64_t> offsets(E + 1);

@@ -51,32 +51,16 @@ Tensor MoeLayer::Forward(Arena& arena, const Tensor& x) {
   // Balance loss and load over the greedy top-k choice (before any drop).
   std::vector<int64_t> counts(E, 0);
   for (int64_t a = 0; a < T * k; ++a) ++counts[index[a]];
-  std::vector<double> mean_prob(E, 0.0);
+  std::vector<double> prob_sums(E, 0.0);
   for (int64_t t = 0; t < T; ++t)
-    for (int64_t e = 0; e < E; ++e) mean_prob[e] += probs[t * E + e];
-  balance_f_.assign(E, 0.0);
-  expert_load_.assign(E, 0.0);
-  balance_loss_ = 0;
-  for (int64_t e = 0; e < E; ++e) {
-    const double share = T == 0 ? 0.0 : static_cast<double>(counts[e]) / static_cast<double>(T * k);
-    expert_load_[e] = share;
-    balance_f_[e] = share * static_cast<double>(E);
-    if (T > 0) mean_prob[e] /= static_cast<double>(T);
-    balance_loss_ += options_.balance_loss_coef * balance_f_[e] * mean_prob[e];
-  }
+    for (int64_t e = 0; e < E; ++e) prob_sums[e] += probs[t * E + e];
+  BalanceStatistics balance =
+      ComputeBalance(counts, prob_sums, T, k, options_.balance_loss_coef);
+  balance_f_ = std::move(balance.f);
+  expert_load_ = std::move(balance.load);
+  balance_loss_ = balance.loss;
 
-  // Combine weights.
-  weights_ = raw_weights_;
-  if (options_.renormalize_topk && k > 1) {
-    weights_ = arena.AllocateUninitialized(DType::kF32, Shape{T * k});
-    const float* raw = raw_weights_.data<float>();
-    float* w = weights_.data<float>();
-    for (int64_t t = 0; t < T; ++t) {
-      float sum = 1e-20f;
-      for (int64_t s = 0; s < k; ++s) sum += raw[t * k + s];
-      for (int64_t s = 0; s < k; ++s) w[t * k + s] = raw[t * k + s] / sum;
-    }
-  }
+  weights_ = CombineWeights(arena, raw_weights_, T, k, options_.renormalize_topk);
 
   // Capacity: first come, first served in token order.
   dropped_ = 0;
@@ -153,6 +137,38 @@ Tensor MoeLayer::Backward(Arena& arena, const Tensor& dy, float loss_scale) {
   probs_ = expert_index_ = chosen_index_ = raw_weights_ = weights_ = expert_offsets_ = row_of_assignment_ =
       expert_out_ = Tensor();
   return dx;
+}
+
+BalanceStatistics ComputeBalance(const std::vector<int64_t>& counts,
+                                 const std::vector<double>& prob_sums, int64_t tokens,
+                                 int64_t k, double coef) {
+  const int64_t E = static_cast<int64_t>(counts.size());
+  BalanceStatistics out;
+  out.f.assign(E, 0.0);
+  out.load.assign(E, 0.0);
+  for (int64_t e = 0; e < E; ++e) {
+    const double share =
+        tokens == 0 ? 0.0 : static_cast<double>(counts[e]) / static_cast<double>(tokens * k);
+    out.load[e] = share;
+    out.f[e] = share * static_cast<double>(E);
+    const double mean_prob = tokens > 0 ? prob_sums[e] / static_cast<double>(tokens) : prob_sums[e];
+    out.loss += coef * out.f[e] * mean_prob;
+  }
+  return out;
+}
+
+Tensor CombineWeights(Arena& arena, const Tensor& raw_weights, int64_t tokens, int64_t k,
+                      bool renormalize) {
+  if (!renormalize || k <= 1) return raw_weights;
+  Tensor weights = arena.AllocateUninitialized(DType::kF32, Shape{tokens * k});
+  const float* raw = raw_weights.data<float>();
+  float* w = weights.data<float>();
+  for (int64_t t = 0; t < tokens; ++t) {
+    float sum = 1e-20f;
+    for (int64_t s = 0; s < k; ++s) sum += raw[t * k + s];
+    for (int64_t s = 0; s < k; ++s) w[t * k + s] = raw[t * k + s] / sum;
+  }
+  return weights;
 }
 
 Tensor RouterLogitsGradient(Arena& arena, const RouterGradientInputs& in, float* dw) {

@@ -28,6 +28,24 @@
 
 namespace tessera {
 
+// Balance statistics of a set of `tokens` tokens routed top-k: from the
+// assignments per expert and the sums of router probabilities per expert,
+// f_i = E * counts_i / (tokens * k), the load counts_i / (tokens * k), and
+// the loss alpha * sum_i f_i * (prob_sums_i / tokens). Shared by MoeLayer
+// (its own tokens) and the expert-parallel layer (all ranks' tokens).
+struct BalanceStatistics {
+  std::vector<double> f, load;
+  double loss = 0;
+};
+BalanceStatistics ComputeBalance(const std::vector<int64_t>& counts,
+                                 const std::vector<double>& prob_sums, int64_t tokens,
+                                 int64_t k, double coef);
+
+// The combine weights [T*k]: the raw top-k probabilities, or (renormalize,
+// k > 1) those divided by their sum per token.
+Tensor CombineWeights(Arena& arena, const Tensor& raw_weights, int64_t tokens, int64_t k,
+                      bool renormalize);
+
 // The router's backward pass, shared by MoeLayer and the expert-parallel
 // layer: from the gradient of the combine weights (dweights [T*k], modified
 // in place) through the optional top-k renormalization, the top-k selection
