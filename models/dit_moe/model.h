@@ -73,8 +73,7 @@ class DitMoe {
   size_t PredictActivationBytes(int64_t batch) const { return PlanActivations(batch).total(); }
   // Sizes the scratch arena for `batch` up front, so training never grows it.
   void ReserveScratch(int64_t batch);
-  // Bytes the block-wise scratch arena holds (measured).
-  size_t scratch_capacity_bytes() const { return scratch_.capacity_bytes(); }
+  // Peak bytes the block-wise scratch arena held (measured).
   size_t scratch_peak_bytes() const { return scratch_.peak_bytes(); }
 
  private:
