@@ -12,12 +12,13 @@
 
 namespace tessera {
 
-absl::StatusOr<BuiltModel> BuildModel(const RunConfig& config, const ParameterLayout& layout) {
+absl::StatusOr<BuiltModel> BuildModel(const RunConfig& config, const ParameterLayout& layout,
+                                      const dit_moe::ModelParallel* mp) {
   if (!config.has_dit_moe()) return UsageError("model: the config names no model (set dit_moe)");
   BuiltModel built;
   built.store = std::make_unique<ParameterStore>();
   TESSERA_ASSIGN_OR_RETURN(built.model,
-                           dit_moe::DitMoe::Create(config.dit_moe(), *built.store));
+                           dit_moe::DitMoe::Create(config.dit_moe(), *built.store, mp));
   built.store->Finalize(config.train().seed(), layout);
   return built;
 }

@@ -19,8 +19,10 @@ struct BuiltModel {
 
 // Registers the model's parameters, lays them out (`layout`: gradient buckets
 // for data parallelism) and initializes them from train.seed.
+// `mp`: the model-parallel layout, if any (launch/model_parallel.h).
 absl::StatusOr<BuiltModel> BuildModel(const RunConfig& config,
-                                      const ParameterLayout& layout = {});
+                                      const ParameterLayout& layout = {},
+                                      const dit_moe::ModelParallel* mp = nullptr);
 
 // Samples `per_class` images of every class with the model's current
 // weights and writes them as a grid (one row per class) to `path`.

@@ -9,6 +9,7 @@
 #include "launch/distributed.h"
 #include "parallel/comm/watchdog.h"
 #include "launch/commands.h"
+#include "launch/model_parallel.h"
 #include "launch/model_setup.h"
 #include "models/dit_moe/task.h"
 #include "runtime/base/errors.h"
@@ -52,6 +53,10 @@ absl::Status Train(const ParsedArguments& args, Distributed& distributed) {
   // every rank fails with the same message before any data is read.
   TESSERA_RETURN_IF_ERROR(ValidateRunConfig(config, world_size));
   if (distributed.mpi) TESSERA_RETURN_IF_ERROR(BuildGroups(config, distributed));
+  std::unique_ptr<ModelParallelGroups> model_parallel;
+  if (distributed.mesh && NeedsModelParallel(distributed.mesh->shape())) {
+    TESSERA_ASSIGN_OR_RETURN(model_parallel, BuildModelParallelGroups(config, distributed));
+  }
   ConfigureThreads(config);
   const bool leader = distributed.rank() == 0;
 
@@ -71,8 +76,12 @@ absl::Status Train(const ParsedArguments& args, Distributed& distributed) {
     // ZeRO shards of dense and expert buckets must both come out even.
     layout.shard_multiple = std::lcm(distributed.dense->size(),
                                      distributed.expert ? distributed.expert->size() : 1);
+    // tp-partial gradients reduce (and shard) over the world.
+    if (model_parallel) layout.shard_multiple = std::lcm(layout.shard_multiple, world_size);
   }
-  TESSERA_ASSIGN_OR_RETURN(BuiltModel built, BuildModel(config, layout));
+  TESSERA_ASSIGN_OR_RETURN(
+      BuiltModel built,
+      BuildModel(config, layout, model_parallel ? &model_parallel->view : nullptr));
   const int64_t micro_batch = MicroBatch(config, world_size);
   const int64_t dp = DataParallelSize(config, world_size);
   const int64_t per_replica = config.train().global_batch() / dp;
@@ -84,12 +93,20 @@ absl::Status Train(const ParsedArguments& args, Distributed& distributed) {
 
   std::unique_ptr<parallel::DataParallel> data_parallel;
   if (distributed.dense) {
-    parallel::Communicator* dense = distributed.dense.get();
-    parallel::Communicator* expert = distributed.expert ? distributed.expert.get() : dense;
+    parallel::GradientGroups groups;
+    groups.dense = distributed.dense.get();
+    groups.expert = distributed.expert ? distributed.expert.get() : groups.dense;
+    if (model_parallel) {
+      const parallel::MeshShape& shape = distributed.mesh->shape();
+      groups.world = distributed.world.get();
+      groups.divisor = shape.dp * shape.sp;
+      groups.tp = shape.tp;
+      groups.ep = shape.ep;
+    }
     TESSERA_ASSIGN_OR_RETURN(data_parallel,
                              parallel::DataParallel::Create(*built.store, config.optim(),
-                                                            config.parallel().zero_stage(), dense,
-                                                            expert, leader));
+                                                            config.parallel().zero_stage(), groups,
+                                                            leader));
     built.model->set_on_gradients_ready([sync = data_parallel.get()](int first, int end) {
       sync->OnGradientsReady(first, end);
     });
@@ -108,8 +125,14 @@ absl::Status Train(const ParsedArguments& args, Distributed& distributed) {
                 static_cast<long long>(micro_batch),
                 static_cast<long long>(config.train().steps()), run_dir.c_str());
     if (distributed.dense) {
-      std::printf("data parallel: %d ranks, ZeRO stage %d, %zu gradient buckets\n", world_size,
-                  config.parallel().zero_stage(), built.store->buckets().size());
+      const parallel::MeshShape& shape = distributed.mesh->shape();
+      std::printf("layout: %d ranks = tp %d x sp %d x dp %d (experts: ep %d x edp %d), "
+                  "Megatron SP %s, ZeRO stage %d, %zu gradient buckets, %lld parameters on "
+                  "rank 0\n",
+                  world_size, shape.tp, shape.sp, shape.dp, shape.ep, shape.edp,
+                  config.parallel().sequence_parallel() && shape.tp > 1 ? "on" : "off",
+                  config.parallel().zero_stage(), built.store->buckets().size(),
+                  static_cast<long long>(built.store->numel()));
     }
   }
   options.micro_batches = micro_batches;
@@ -124,7 +147,10 @@ absl::Status Train(const ParsedArguments& args, Distributed& distributed) {
   if (!leader) {
     // Only rank 0 writes into the run directory.
     Trainer trainer(config, *built.store, *task, options);
-    return trainer.Run();
+    TESSERA_RETURN_IF_ERROR(trainer.Run());
+    if (!model_parallel) return absl::OkStatus();
+    return GatherWeights(*distributed.world, *distributed.mesh, *built.store,
+                         trainer.inference_weights(), nullptr);
   }
 
   // Everything is validated and the data is open: only now touch the run directory.
@@ -153,11 +179,20 @@ absl::Status Train(const ParsedArguments& args, Distributed& distributed) {
               100.0 * (static_cast<double>(summary.peak_rss_bytes) /
                            static_cast<double>(summary.plan.total()) - 1));
 
-  // Save and sample with the EMA weights.
-  std::memcpy(built.store->values().raw(), trainer.inference_weights(),
-              built.store->values().bytes());
+  // Save and sample with the EMA weights, assembled from every rank's pieces
+  // into the single-process model under model parallelism.
+  if (model_parallel) {
+    TESSERA_ASSIGN_OR_RETURN(BuiltModel whole, BuildModel(config));
+    TESSERA_RETURN_IF_ERROR(GatherWeights(*distributed.world, *distributed.mesh, *built.store,
+                                          trainer.inference_weights(), whole.store.get()));
+    built = std::move(whole);
+  } else {
+    std::memcpy(built.store->values().raw(), trainer.inference_weights(),
+                built.store->values().bytes());
+  }
   const std::string weights_path = run_dir + "/weights.h5";
-  TESSERA_RETURN_IF_ERROR(SaveWeights(weights_path, *built.store, trainer.inference_weights()));
+  TESSERA_RETURN_IF_ERROR(
+      SaveWeights(weights_path, *built.store, built.store->values().data<float>()));
   std::printf("wrote %s\n", weights_path.c_str());
   const int per_class = config.train().sample_grid_per_class();
   if (per_class > 0) {

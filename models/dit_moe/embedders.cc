@@ -95,23 +95,44 @@ void TimestepFrequencies(const float* t, float* out, int64_t batch, int64_t dim)
 }
 
 PatchEmbed::PatchEmbed(ParameterStore& store, const std::string& name, int64_t channels,
-                       int64_t size, int64_t patch, int64_t hidden)
+                       int64_t size, int64_t patch, int64_t hidden, ParallelSpec spec)
     : channels_(channels),
       size_(size),
       patch_(patch),
       hidden_(hidden),
-      proj_(store, name + ".proj", channels * patch * patch, hidden),
+      proj_(store, name + ".proj", channels * patch * patch, hidden, ProjOptions(spec)),
       position_(SinCosPositionEmbedding2D(hidden, size / patch)) {}
 
-Tensor PatchEmbed::Forward(Arena& arena, const Tensor& images) {
-  const int64_t batch = images.dim(0), tokens = num_tokens();
+Linear::Options PatchEmbed::ProjOptions(ParallelSpec spec) {
+  Linear::Options options;
+  options.spec = spec;
+  return options;
+}
+
+Tensor PatchEmbed::Forward(Arena& arena, const Tensor& images, int64_t first_token,
+                           int64_t count) {
+  const int64_t batch = images.dim(0), tokens = num_tokens(), width = channels_ * patch_ * patch_;
+  if (count < 0) count = tokens - first_token;
+  TESSERA_CHECK(first_token >= 0 && first_token + count <= tokens);
   Tensor patches = arena.AllocateUninitialized(
-      DType::kF32, Shape{batch * tokens, channels_ * patch_ * patch_});  // [B*T, C*p*p]
+      DType::kF32, Shape{batch * tokens, width});  // [B*T, C*p*p]
   Patchify(images.data<float>(), patches.data<float>(), batch, channels_, size_, patch_);
-  Tensor out = proj_.Forward(arena, patches);  // [B*T, hidden]
+  if (count < tokens) {
+    // This rank's tokens of each sample: [B*count, C*p*p].
+    Tensor mine = arena.AllocateUninitialized(DType::kF32, Shape{batch * count, width});
+    for (int64_t b = 0; b < batch; ++b) {
+      std::memcpy(mine.data<float>() + b * count * width,
+                  patches.data<float>() + (b * tokens + first_token) * width,
+                  static_cast<size_t>(count * width) * sizeof(float));
+    }
+    patches = mine;
+  }
+  Tensor out = proj_.Forward(arena, patches);  // [B*count, hidden]
   float* o = out.data<float>();
-  for (int64_t b = 0; b < batch; ++b)
-    cpu::AddInPlace(o + b * tokens * hidden_, position_.data(), tokens * hidden_);
+  for (int64_t b = 0; b < batch; ++b) {
+    cpu::AddInPlace(o + b * count * hidden_, position_.data() + first_token * hidden_,
+                    count * hidden_);
+  }
   return out;
 }
 

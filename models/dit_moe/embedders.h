@@ -34,16 +34,20 @@ void TimestepFrequencies(const float* t, float* out, int64_t batch, int64_t dim)
 // position embedding.
 class PatchEmbed {
  public:
+  // `spec`: of the projection (TensorPartial when it runs on a tp shard of
+  // the tokens).
   PatchEmbed(ParameterStore& store, const std::string& name, int64_t channels, int64_t size,
-             int64_t patch, int64_t hidden);
-  // images [B, C, H, W] -> tokens [B*T, hidden]
-  Tensor Forward(Arena& arena, const Tensor& images);
+             int64_t patch, int64_t hidden, ParallelSpec spec = ParallelSpec::Replicated());
+  // images [B, C, H, W] -> tokens [first_token, first_token + count) of each
+  // image, [B*count, hidden] (count < 0: to the last token).
+  Tensor Forward(Arena& arena, const Tensor& images, int64_t first_token = 0, int64_t count = -1);
   // Accumulates the projection's gradients (inputs are data: no dx).
   void Backward(Arena& arena, const Tensor& dtokens);
   int64_t num_tokens() const { return (size_ / patch_) * (size_ / patch_); }
   double ForwardFlops(int64_t batch) const { return proj_.ForwardFlops(batch * num_tokens()); }
 
  private:
+  static Linear::Options ProjOptions(ParallelSpec spec);
   int64_t channels_, size_, patch_, hidden_;
   Linear proj_;
   std::vector<float> position_;  // [T, hidden]

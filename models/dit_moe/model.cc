@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_format.h"
 #include "runtime/base/errors.h"
+#include "runtime/base/status.h"
 #include "runtime/kernels/cpu/activation.h"
 
 namespace tessera::dit_moe {
@@ -35,7 +36,8 @@ DitMoeDims ResolveDims(const DitMoeConfig& c) {
 }
 
 absl::StatusOr<std::unique_ptr<DitMoe>> DitMoe::Create(const DitMoeConfig& config,
-                                                       ParameterStore& store) {
+                                                       ParameterStore& store,
+                                                       const ModelParallel* mp) {
   const DitMoeDims dims = ResolveDims(config);
   if (dims.hidden % 4 != 0) {
     return UsageError(absl::StrFormat(
@@ -55,45 +57,82 @@ absl::StatusOr<std::unique_ptr<DitMoe>> DitMoe::Create(const DitMoeConfig& confi
         "model.dit_moe.experts_per_token=%d must be in [1, num_experts=%d]", dims.top_k,
         dims.num_experts));
   }
-  return std::unique_ptr<DitMoe>(new DitMoe(config, dims, store));
+  auto model = std::unique_ptr<DitMoe>(new DitMoe(config, dims, store, mp));
+  TESSERA_RETURN_IF_ERROR(model->Build(store));
+  return model;
 }
 
-DitMoe::DitMoe(const DitMoeConfig& config, const DitMoeDims& dims, ParameterStore& store)
+namespace {
+// Under Megatron SP the patch embedding and the final linear run on a tp
+// shard of the tokens: their gradients are partial sums over tp.
+ParallelSpec TokenShardSpec(const ModelParallel* mp) {
+  return mp && mp->sequence_parallel && mp->tp_size() > 1 ? ParallelSpec::TensorPartial()
+                                                            : ParallelSpec::Replicated();
+}
+}  // namespace
+
+DitMoe::DitMoe(const DitMoeConfig& config, const DitMoeDims& dims, ParameterStore& store,
+               const ModelParallel* mp)
     : config_(config),
       dims_(dims),
-      x_embedder_(store, "x_embedder", dims.channels, dims.input_size, dims.patch, dims.hidden),
+      x_embedder_(store, "x_embedder", dims.channels, dims.input_size, dims.patch, dims.hidden,
+                  TokenShardSpec(mp)),
       t_embedder_(store, "t_embedder", dims.hidden, dims.frequency_dim),
       y_embedder_(store, "y_embedder", dims.num_classes, dims.hidden) {
+  const int64_t T = dims.tokens();
+  local_tokens_ = T;
+  if (mp != nullptr) {
+    parallel_ = true;
+    mp_ = *mp;
+    // Chunk sp_rank of T/sp tokens, and under Megatron SP chunk tp_rank of
+    // that (sublayers.h). The layout checks (ValidateLayout) made these exact.
+    const int64_t per_sp = T / mp->sp_size();
+    first_token_ = mp->sp->rank() * per_sp;
+    local_tokens_ = per_sp;
+    if (mp->sequence_parallel && mp->tp_size() > 1) {
+      local_tokens_ = per_sp / mp->tp_size();
+      first_token_ += mp->tp->rank() * local_tokens_;
+      loss_share_ = 1.0 / mp->tp_size();
+    }
+  }
+}
+
+absl::Status DitMoe::Build(ParameterStore& store) {
+  const ModelParallel* mp = parallel_ ? &mp_ : nullptr;
   param_ranges_.emplace_back(0, store.size());
   MoeLayer::Options moe;
-  moe.num_experts = dims.num_experts;
-  moe.top_k = dims.top_k;
-  moe.expert_hidden = dims.expert_hidden;
-  moe.shared_expert_hidden = dims.shared_expert_hidden;
-  moe.balance_loss_coef = config.balance_loss_coef();
-  moe.renormalize_topk = config.renormalize_topk();
-  moe.capacity_factor = config.capacity_factor();
-  recompute_.assign(dims.depth, config.recompute());
-  for (int64_t i = 0; i < dims.depth; ++i) {
+  moe.num_experts = dims_.num_experts;
+  moe.top_k = dims_.top_k;
+  moe.expert_hidden = dims_.expert_hidden;
+  moe.shared_expert_hidden = dims_.shared_expert_hidden;
+  moe.balance_loss_coef = config_.balance_loss_coef();
+  moe.renormalize_topk = config_.renormalize_topk();
+  moe.capacity_factor = config_.capacity_factor();
+  recompute_.assign(dims_.depth, config_.recompute());
+  for (int64_t i = 0; i < dims_.depth; ++i) {
     const int first = store.size();
-    blocks_.push_back(std::make_unique<DitBlock>(store, "blocks." + std::to_string(i),
-                                                 dims.hidden, dims.heads, moe));
+    TESSERA_ASSIGN_OR_RETURN(auto block,
+                             DitBlock::Create(store, "blocks." + std::to_string(i), dims_.hidden,
+                                              dims_.heads, moe, mp));
+    blocks_.push_back(std::move(block));
     param_ranges_.emplace_back(first, store.size());
   }
   const int first = store.size();
-  final_layer_ = std::make_unique<FinalLayer>(store, "final_layer", dims.hidden, dims.patch_dim());
+  TESSERA_ASSIGN_OR_RETURN(final_layer_, FinalLayer::Create(store, "final_layer", dims_.hidden,
+                                                            dims_.patch_dim(), mp));
   param_ranges_.emplace_back(first, store.size());
+  return absl::OkStatus();
 }
 
-Tensor DitMoe::Forward(Arena& arena, const Tensor& x, const float* t, const int32_t* labels,
-                       bool record) {
-  const int64_t B = x.dim(0), T = dims_.tokens(), D = dims_.hidden;
+absl::StatusOr<Tensor> DitMoe::ForwardRows(Arena& arena, const Tensor& x, const float* t,
+                                           const int32_t* labels, bool record) {
+  const int64_t B = x.dim(0), S = local_tokens_, D = dims_.hidden;
   TESSERA_CHECK(x.rank() == 4 && x.dim(1) == dims_.channels && x.dim(2) == dims_.input_size &&
                 x.dim(3) == dims_.input_size);
   batch_ = B;
   tape_.Clear();
 
-  Tensor stream = x_embedder_.Forward(arena, x);  // [B*T, D]
+  Tensor stream = x_embedder_.Forward(arena, x, first_token_, S);  // [B*S, D]
   Tensor t_emb = t_embedder_.Forward(arena, t, B);
   Tensor y_emb = y_embedder_.Forward(arena, labels, B);
   cond_ = t_emb;  // c = t_emb + y_emb, in place
@@ -109,6 +148,7 @@ Tensor DitMoe::Forward(Arena& arena, const Tensor& x, const float* t, const int3
       y_embedder_.Backward(dcond);
       t_embedder_.Backward(arena, dcond);
       x_embedder_.Backward(arena, dstream_);
+      return absl::OkStatus();
     }, param_ranges_[0].first, param_ranges_[0].second);
   }
 
@@ -118,46 +158,92 @@ Tensor DitMoe::Forward(Arena& arena, const Tensor& x, const float* t, const int3
     const bool recompute = recompute_[i];
     if (recompute && record) {
       block_inputs_[i] = stream;
-      Tensor out = block.Forward(scratch_, stream, cond_silu_, B, T);
+      TESSERA_ASSIGN_OR_RETURN(Tensor out, block.Forward(scratch_, stream, cond_silu_, B, S));
       stream = CopyInto(arena, out);
       scratch_.Reset();
     } else {
-      stream = block.Forward(arena, stream, cond_silu_, B, T);
+      TESSERA_ASSIGN_OR_RETURN(stream, block.Forward(arena, stream, cond_silu_, B, S));
     }
     if (record) {
-      tape_.Record([this, &arena, &block, i, recompute, B, T] {
-        if (recompute) block.Forward(scratch_, block_inputs_[i], cond_silu_, B, T);
-        Tensor dx = block.Backward(scratch_, dstream_, dcond_silu_, loss_scale_);
+      tape_.Record([this, &arena, &block, i, recompute, B, S]() -> absl::Status {
+        if (recompute) {
+          TESSERA_RETURN_IF_ERROR(
+              block.Forward(scratch_, block_inputs_[i], cond_silu_, B, S).status());
+        }
+        TESSERA_ASSIGN_OR_RETURN(Tensor dx,
+                                 block.Backward(scratch_, dstream_, dcond_silu_, loss_scale_));
         dstream_ = CopyInto(arena, dx);
         scratch_.Reset();
+        return absl::OkStatus();
       }, param_ranges_[1 + i].first, param_ranges_[1 + i].second);
     }
   }
 
-  Tensor rows = final_layer_->Forward(arena, stream, cond_silu_, B, T);  // [B*T, p*p*C]
-  Tensor out = arena.AllocateUninitialized(DType::kF32, x.shape());
-  Unpatchify(rows.data<float>(), out.data<float>(), B, dims_.channels, dims_.input_size,
-             dims_.patch);
+  TESSERA_ASSIGN_OR_RETURN(Tensor rows, final_layer_->Forward(arena, stream, cond_silu_, B, S));
   if (record) {
-    tape_.Record([this, &arena] {
-      Tensor dx = final_layer_->Backward(scratch_, dstream_, dcond_silu_);
+    tape_.Record([this, &arena]() -> absl::Status {
+      TESSERA_ASSIGN_OR_RETURN(Tensor dx, final_layer_->Backward(scratch_, dstream_, dcond_silu_));
       dstream_ = CopyInto(arena, dx);
       scratch_.Reset();
+      return absl::OkStatus();
     }, param_ranges_.back().first, param_ranges_.back().second);
   }
+  return rows;  // [B*S, p*p*C]
+}
+
+absl::Status DitMoe::BackwardRows(Arena& arena, const Tensor& drows, float loss_scale) {
+  loss_scale_ = loss_scale;
+  dcond_silu_ = arena.Allocate(DType::kF32, Shape{batch_, dims_.hidden});
+  dstream_ = drows;
+  absl::Status status = tape_.Backward();
+  dstream_ = dcond_silu_ = cond_ = cond_silu_ = Tensor();
+  block_inputs_.clear();
+  return status;
+}
+
+Tensor DitMoe::LocalRows(Arena& arena, const Tensor& images) const {
+  const int64_t B = images.dim(0), T = dims_.tokens(), P = dims_.patch_dim();
+  Tensor rows = arena.AllocateUninitialized(DType::kF32, Shape{B * T, P});
+  // Unpatchify's adjoint is its inverse: images -> rows in output order.
+  UnpatchifyBackward(images.data<float>(), rows.data<float>(), B, dims_.channels,
+                     dims_.input_size, dims_.patch);
+  if (local_tokens_ == T) return rows;
+  Tensor mine = arena.AllocateUninitialized(DType::kF32, Shape{B * local_tokens_, P});
+  for (int64_t b = 0; b < B; ++b) {
+    std::memcpy(mine.data<float>() + b * local_tokens_ * P,
+                rows.data<float>() + (b * T + first_token_) * P,
+                static_cast<size_t>(local_tokens_ * P) * sizeof(float));
+  }
+  return mine;
+}
+
+absl::Status DitMoe::SumLossOverTensorGroup(double* loss) const {
+  if (loss_share_ == 1) return absl::OkStatus();
+  std::vector<double> all(mp_.tp_size());
+  TESSERA_RETURN_IF_ERROR(
+      mp_.tp->Complete(mp_.tp->AllGather(loss, all.data(), sizeof(double), DType::kU8)));
+  *loss = 0;
+  for (double value : all) *loss += value;  // rank order: the same on every rank
+  return absl::OkStatus();
+}
+
+Tensor DitMoe::Forward(Arena& arena, const Tensor& x, const float* t, const int32_t* labels,
+                       bool record) {
+  TESSERA_CHECK(local_tokens_ == dims_.tokens());
+  absl::StatusOr<Tensor> rows = ForwardRows(arena, x, t, labels, record);
+  TESSERA_CHECK(rows.ok());
+  Tensor out = arena.AllocateUninitialized(DType::kF32, x.shape());
+  Unpatchify(rows->data<float>(), out.data<float>(), x.dim(0), dims_.channels, dims_.input_size,
+             dims_.patch);
   return out;
 }
 
 void DitMoe::Backward(Arena& arena, const Tensor& dout, float loss_scale) {
   const int64_t B = batch_, T = dims_.tokens();
-  loss_scale_ = loss_scale;
-  dcond_silu_ = arena.Allocate(DType::kF32, Shape{B, dims_.hidden});
-  dstream_ = arena.AllocateUninitialized(DType::kF32, Shape{B * T, dims_.patch_dim()});
-  UnpatchifyBackward(dout.data<float>(), dstream_.data<float>(), B, dims_.channels,
+  Tensor drows = arena.AllocateUninitialized(DType::kF32, Shape{B * T, dims_.patch_dim()});
+  UnpatchifyBackward(dout.data<float>(), drows.data<float>(), B, dims_.channels,
                      dims_.input_size, dims_.patch);
-  tape_.Backward();
-  dstream_ = dcond_silu_ = cond_ = cond_silu_ = Tensor();
-  block_inputs_.clear();
+  TESSERA_CHECK(BackwardRows(arena, drows, loss_scale).ok());
 }
 
 double DitMoe::balance_loss() const {
@@ -179,7 +265,7 @@ int64_t DitMoe::dropped_assignments() const {
 }
 
 double DitMoe::ForwardFlops(int64_t batch) const {
-  const int64_t T = dims_.tokens();
+  const int64_t T = local_tokens_;
   double flops = x_embedder_.ForwardFlops(batch) + t_embedder_.ForwardFlops(batch) +
                  final_layer_->ForwardFlops(batch, T);
   for (const auto& block : blocks_) flops += block->ForwardFlops(batch, T);
@@ -190,7 +276,7 @@ DitMoe::ActivationPlan DitMoe::PlanActivations(int64_t batch) const {
   // Counted in floats, from the tensors each layer saves (see the Forward
   // methods); every arena allocation is rounded up to 64 bytes, which is
   // negligible at these sizes.
-  const double B = static_cast<double>(batch), T = static_cast<double>(dims_.tokens());
+  const double B = static_cast<double>(batch), T = static_cast<double>(local_tokens_);
   const double D = static_cast<double>(dims_.hidden), R = B * T;
   const double E = static_cast<double>(dims_.num_experts), k = static_cast<double>(dims_.top_k);
   const double He = static_cast<double>(dims_.expert_hidden);

@@ -32,17 +32,40 @@ DitMoeDims ResolveDims(const DitMoeConfig& config);
 class DitMoe {
  public:
   // Registers every parameter in `store` (which the caller then finalizes).
+  // `mp`: the model-parallel layout (sublayers.h); null for one process or
+  // data parallelism alone. The model keeps a copy.
   static absl::StatusOr<std::unique_ptr<DitMoe>> Create(const DitMoeConfig& config,
-                                                        ParameterStore& store);
+                                                        ParameterStore& store,
+                                                        const ModelParallel* mp = nullptr);
 
-  // x: [B, C, H, W] noisy images; t: [B] timestep in model units; labels: [B]
-  // in [0, num_classes] (num_classes = the null label). Returns the
-  // prediction [B, C, H, W]. With `record` the tape remembers what ran.
+  // x: [B, C, H, W] noisy images (whole on every rank); t: [B] timestep in
+  // model units; labels: [B] in [0, num_classes] (num_classes = the null
+  // label). Returns the prediction for this rank's tokens as output rows
+  // [B * local_tokens(), patch_dim()] in Unpatchify's (py, px, c) order.
+  // With `record` the tape remembers what ran.
+  absl::StatusOr<Tensor> ForwardRows(Arena& arena, const Tensor& x, const float* t,
+                                     const int32_t* labels, bool record = true);
+  // drows: gradient of the loss w.r.t. ForwardRows' output; the MoE balance
+  // losses enter with `loss_scale`. Accumulates parameter gradients.
+  absl::Status BackwardRows(Arena& arena, const Tensor& drows, float loss_scale);
+  // `images` [B, C, H, W] (e.g. the target) -> this rank's rows, laid out as
+  // ForwardRows' output.
+  Tensor LocalRows(Arena& arena, const Tensor& images) const;
+
+  // Whole-image forms, for a model that holds every token (no sp, no
+  // Megatron SP): the prediction [B, C, H, W] and its gradient.
   Tensor Forward(Arena& arena, const Tensor& x, const float* t, const int32_t* labels,
                  bool record = true);
-  // dout: [B, C, H, W] gradient of the loss w.r.t. the prediction; the MoE
-  // balance losses enter with `loss_scale`. Accumulates parameter gradients.
   void Backward(Arena& arena, const Tensor& dout, float loss_scale);
+
+  // This rank's tokens of each sample: [first_token(), + local_tokens()).
+  int64_t first_token() const { return first_token_; }
+  int64_t local_tokens() const { return local_tokens_; }
+  // Under Megatron SP the tp ranks of a replica hold different tokens of the
+  // same samples: each rank's loss is its share (1/tp) of the replica's, and
+  // the replica's is their sum. 1 and no-op otherwise.
+  double loss_share() const { return loss_share_; }
+  absl::Status SumLossOverTensorGroup(double* loss) const;
 
   // Of the last Forward.
   double balance_loss() const;
@@ -77,10 +100,16 @@ class DitMoe {
   size_t scratch_peak_bytes() const { return scratch_.peak_bytes(); }
 
  private:
-  DitMoe(const DitMoeConfig& config, const DitMoeDims& dims, ParameterStore& store);
+  DitMoe(const DitMoeConfig& config, const DitMoeDims& dims, ParameterStore& store,
+         const ModelParallel* mp);
+  absl::Status Build(ParameterStore& store);
 
   DitMoeConfig config_;
   DitMoeDims dims_;
+  bool parallel_ = false;
+  ModelParallel mp_;
+  int64_t first_token_ = 0, local_tokens_ = 0;
+  double loss_share_ = 1;
   PatchEmbed x_embedder_;
   TimestepEmbedder t_embedder_;
   LabelEmbedder y_embedder_;

@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "runtime/base/errors.h"
+#include "runtime/base/status.h"
 #include "runtime/kernels/cpu/loss.h"
 
 namespace tessera::dit_moe {
@@ -88,16 +89,23 @@ absl::StatusOr<MicroBatchResult> DitMoeTask::RunMicroBatch(Arena& arena, int64_t
       arena, images, labels.data(), positions.data(), c.class_dropout_prob(),
       static_cast<int32_t>(model_.null_label()), config_.train().seed(), step);
 
-  Tensor prediction = model_.Forward(arena, ex.noisy, ex.t.data(), ex.labels.data());
+  // The prediction and the target as this rank's output rows (all of them
+  // on one process; a sequence shard under sp or Megatron SP).
+  TESSERA_ASSIGN_OR_RETURN(Tensor prediction,
+                           model_.ForwardRows(arena, ex.noisy, ex.t.data(), ex.labels.data()));
+  const Tensor target = model_.LocalRows(arena, ex.target);
   const int64_t n = prediction.numel();
+  // Under Megatron SP this rank's loss is its share of the replica's.
+  const double loss_share = model_.loss_share();
   MicroBatchResult result;
-  result.loss = cpu::MseForward(prediction.data<float>(), ex.target.data<float>(), n);
+  result.loss = loss_share * cpu::MseForward(prediction.data<float>(), target.data<float>(), n);
+  TESSERA_RETURN_IF_ERROR(model_.SumLossOverTensorGroup(&result.loss));
   result.aux_loss = model_.balance_loss();
   result.samples = micro_batch_;
   Tensor dprediction = arena.AllocateUninitialized(DType::kF32, prediction.shape());
-  cpu::MseBackward(prediction.data<float>(), ex.target.data<float>(), dprediction.data<float>(),
-                   n, loss_scale);
-  model_.Backward(arena, dprediction, loss_scale);
+  cpu::MseBackward(prediction.data<float>(), target.data<float>(), dprediction.data<float>(), n,
+                   static_cast<float>(loss_scale * loss_share));
+  TESSERA_RETURN_IF_ERROR(model_.BackwardRows(arena, dprediction, loss_scale));
 
   // Per-step statistics for the log.
   const auto load = model_.expert_load();

@@ -1,6 +1,7 @@
 #include "parallel/data_parallel/data_parallel.h"
 
 #include <chrono>
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/str_format.h"
@@ -10,53 +11,88 @@
 namespace tessera::parallel {
 
 absl::StatusOr<std::unique_ptr<DataParallel>> DataParallel::Create(
-    ParameterStore& store, const OptimConfig& optim, int zero_stage, Communicator* dense,
-    Communicator* expert, bool logging_rank) {
+    ParameterStore& store, const OptimConfig& optim, int zero_stage, const GradientGroups& groups,
+    bool logging_rank) {
   if (zero_stage != 0 && zero_stage != 1) {
     return UsageError(absl::StrFormat("parallel.zero_stage=%d: only 0 and 1 exist", zero_stage));
   }
-  if (dense == nullptr || expert == nullptr || !store.finalized()) {
+  if (groups.dense == nullptr || groups.expert == nullptr || !store.finalized()) {
     return absl::FailedPreconditionError("DataParallel needs both groups and a finalized store");
   }
+  for (const GradBucket& bucket : store.buckets()) {
+    if (bucket.group == ParallelSpec::ReduceGroup::kTensorDataSequence && !groups.world) {
+      return absl::FailedPreconditionError(
+          "DataParallel: tp-partial gradients need GradientGroups::world");
+    }
+  }
+  auto dp = std::unique_ptr<DataParallel>(
+      new DataParallel(store, optim, zero_stage, groups, logging_rank));
   if (zero_stage == 1) {
-    for (const GradBucket& bucket : store.buckets()) {
-      Communicator* comm =
-          bucket.group == ParallelSpec::ReduceGroup::kExpertData ? expert : dense;
-      if (bucket.size() % comm->size() != 0) {
+    for (const Bucket& bucket : dp->buckets_) {
+      if (bucket.range.size() % bucket.comm->size() != 0) {
         return absl::FailedPreconditionError(absl::StrFormat(
             "bucket [%d, %d) does not split into %d ZeRO shards: finalize the store with "
             "ParameterLayout::shard_multiple",
-            bucket.begin, bucket.end, comm->size()));
+            bucket.range.begin, bucket.range.end, bucket.comm->size()));
       }
     }
+    dp->AllocateShards(optim);
   }
-  return std::unique_ptr<DataParallel>(
-      new DataParallel(store, optim, zero_stage, dense, expert, logging_rank));
+  return dp;
+}
+
+Communicator* DataParallel::GroupOf(ParallelSpec::ReduceGroup group) const {
+  switch (group) {
+    case ParallelSpec::ReduceGroup::kExpertData:
+      return groups_.expert;
+    case ParallelSpec::ReduceGroup::kTensorDataSequence:
+      return groups_.world;
+    case ParallelSpec::ReduceGroup::kDataSequence:
+      break;
+  }
+  return groups_.dense;
 }
 
 DataParallel::DataParallel(ParameterStore& store, const OptimConfig& optim, int zero_stage,
-                           Communicator* dense, Communicator* expert, bool logging_rank)
+                           const GradientGroups& groups, bool logging_rank)
     : store_(store),
       zero_stage_(zero_stage),
-      dense_(dense),
-      expert_(expert),
+      groups_(groups),
+      dense_(groups.dense),
+      expert_(groups.expert),
       logging_rank_(logging_rank) {
+  if (groups_.divisor <= 0) groups_.divisor = dense_->size();
   bucket_of_param_.assign(store.size(), -1);
   for (const GradBucket& range : store.buckets()) {
     Bucket bucket;
     bucket.range = range;
-    bucket.comm = range.group == ParallelSpec::ReduceGroup::kExpertData ? expert : dense;
+    bucket.comm = GroupOf(range.group);
+    if (bucket.comm) bucket.scale = 1.0f / static_cast<float>(groups_.divisor);
     for (int id = range.first_param; id < range.end_param; ++id)
       bucket_of_param_[id] = static_cast<int>(buckets_.size());
-    if (zero_stage == 1) {
-      bucket.shard_grads = Tensor::Empty(DType::kF32, Shape{bucket.shard_size()});
-      bucket.shard_send = Tensor::Empty(DType::kF32, Shape{bucket.shard_size()});
-      bucket.shard_optimizer = std::make_unique<AdamW>(
-          store, optim, bucket.shard_begin(), bucket.shard_begin() + bucket.shard_size());
-    }
     buckets_.push_back(std::move(bucket));
   }
+  // How many ranks hold the same piece of each parameter, for the norm.
+  const int world = groups_.world ? groups_.world->size() : dense_->size();
+  norm_weight_.resize(store.size());
+  for (int id = 0; id < store.size(); ++id) {
+    const ParallelSpec& spec = store.info(id).spec;
+    int copies = world;
+    if (spec.kind == ParallelSpec::Kind::kExpert) copies = world / groups_.ep;
+    if (spec.kind == ParallelSpec::Kind::kSplit) copies = world / groups_.tp;
+    if (!groups_.world) copies = GroupOf(spec.reduce_group)->size();
+    norm_weight_[id] = 1.0 / copies;
+  }
   if (zero_stage == 0) optimizer_ = std::make_unique<AdamW>(store, optim);
+}
+
+void DataParallel::AllocateShards(const OptimConfig& optim) {
+  for (Bucket& bucket : buckets_) {
+    bucket.shard_grads = Tensor::Empty(DType::kF32, Shape{bucket.shard_size()});
+    bucket.shard_send = Tensor::Empty(DType::kF32, Shape{bucket.shard_size()});
+    bucket.shard_optimizer = std::make_unique<AdamW>(
+        store_, optim, bucket.shard_begin(), bucket.shard_begin() + bucket.shard_size());
+  }
 }
 
 void DataParallel::BeginMicroBatch(bool last) {
@@ -71,11 +107,14 @@ void DataParallel::BeginMicroBatch(bool last) {
 
 absl::Status DataParallel::Launch(Bucket& bucket) {
   float* grads = store_.grads().data<float>() + bucket.range.begin;
+  // An average when the group is exactly the loss's dp x sp ranks; otherwise
+  // a sum, scaled once it arrives (FinishBackward).
+  const ReduceOp op = bucket.comm->size() == groups_.divisor ? ReduceOp::kAvg : ReduceOp::kSum;
   absl::StatusOr<std::unique_ptr<Work>> work =
       zero_stage_ == 0
-          ? bucket.comm->AllReduce(grads, bucket.range.size(), DType::kF32, ReduceOp::kAvg)
+          ? bucket.comm->AllReduce(grads, bucket.range.size(), DType::kF32, op)
           : bucket.comm->ReduceScatter(grads, bucket.shard_grads.raw(), bucket.shard_size(),
-                                       DType::kF32, ReduceOp::kAvg);
+                                       DType::kF32, op);
   if (!work.ok()) return work.status();
   bucket.work = std::move(*work);
   bucket.pending = -1;  // launched
@@ -109,13 +148,53 @@ absl::Status DataParallel::FinishBackward() {
   for (auto it = buckets_.rbegin(); it != buckets_.rend(); ++it) {
     TESSERA_RETURN_IF_ERROR(it->work->Wait(it->comm->timeout()));
     it->work.reset();
+    if (it->comm->size() != groups_.divisor) {
+      if (zero_stage_ == 0) {
+        ScaleInPlace(store_.grads().data<float>() + it->range.begin, it->range.size(), it->scale);
+      } else {
+        ScaleInPlace(it->shard_grads.data<float>(), it->shard_size(), it->scale);
+      }
+    }
   }
   last_wait_seconds_ =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return absl::OkStatus();
 }
 
+double DataParallel::WeightedNormSquared() const {
+  const float* grads = store_.grads().data<float>();
+  double total = 0;
+  for (const Bucket& bucket : buckets_) {
+    // Zero 0: the whole bucket; ZeRO-1: this rank's shard, one of the
+    // group's size() disjoint parts, so each holds 1/size of the copies.
+    const int64_t begin = zero_stage_ == 0 ? bucket.range.begin : bucket.shard_begin();
+    const int64_t end = zero_stage_ == 0 ? bucket.range.end : begin + bucket.shard_size();
+    const float* base = zero_stage_ == 0 ? grads : bucket.shard_grads.data<float>() - begin;
+    const double group = zero_stage_ == 0 ? 1.0 : bucket.comm->size();
+    for (int id = bucket.range.first_param; id < bucket.range.end_param; ++id) {
+      const ParamInfo& info = store_.info(id);
+      const int64_t lo = std::max(begin, info.offset);
+      const int64_t hi = std::min(end, info.offset + info.local_shape.numel());
+      if (lo >= hi) continue;
+      total += norm_weight_[id] * group * GradNormSquaredPartial(base + lo, hi - lo);
+    }
+  }
+  return total;
+}
+
 absl::StatusOr<double> DataParallel::GradNormSquared() {
+  if (groups_.world) {
+    // Model parallelism: every rank's weighted part, summed over the world
+    // in rank order (exact and the same everywhere).
+    double partial = WeightedNormSquared();
+    Communicator* world = groups_.world;
+    std::vector<double> all(world->size());
+    TESSERA_RETURN_IF_ERROR(
+        world->Complete(world->AllGather(&partial, all.data(), sizeof(double), DType::kU8)));
+    double total = 0;
+    for (double value : all) total += value;
+    return total;
+  }
   if (zero_stage_ == 0) {
     // Every rank holds the same averaged gradient.
     return GradNormSquaredPartial(store_.grads().data<float>(), store_.numel());

@@ -26,16 +26,42 @@
 
 namespace tessera::parallel {
 
+// The groups gradients are reduced over, one per ParallelSpec::ReduceGroup,
+// and what the sums are divided by.
+//
+// Each rank's loss is the mean over its own tokens, and the global loss is
+// the mean of those over the dp x sp ranks, so every gradient is a sum of
+// per-rank contributions divided by `divisor` = dp * sp: for dense
+// parameters that sum runs over dp x sp (an average); for expert parameters
+// over edp (each owner already holds the contributions of its ep group's
+// tokens); for tp-partial parameters over the world.
+struct GradientGroups {
+  Communicator* dense = nullptr;   // dp x sp
+  Communicator* expert = nullptr;  // edp; may be `dense`
+  // The world: tp-partial gradients and the global gradient norm. Null when
+  // there is no model parallelism (tp = ep = 1): the norm is then dense's.
+  Communicator* world = nullptr;
+  int divisor = 0;  // dp * sp; 0: dense->size()
+  int tp = 1, ep = 1;  // to count the copies of a parameter in the world
+};
+
 class DataParallel : public GradientSync {
  public:
-  // `dense` reduces dense gradients (dp x sp), `expert` expert gradients
-  // (edp); they may be the same communicator. The store must have been
-  // finalized with shard_multiple = the groups' sizes under ZeRO-1.
+  // The store must have been finalized with shard_multiple = a multiple of
+  // every group's size under ZeRO-1.
+  static absl::StatusOr<std::unique_ptr<DataParallel>> Create(ParameterStore& store,
+                                                              const OptimConfig& optim,
+                                                              int zero_stage,
+                                                              const GradientGroups& groups,
+                                                              bool logging_rank);
+  // Data parallelism alone: dense over dp x sp, experts over edp, averaged.
   static absl::StatusOr<std::unique_ptr<DataParallel>> Create(ParameterStore& store,
                                                               const OptimConfig& optim,
                                                               int zero_stage, Communicator* dense,
                                                               Communicator* expert,
-                                                              bool logging_rank);
+                                                              bool logging_rank) {
+    return Create(store, optim, zero_stage, GradientGroups{dense, expert}, logging_rank);
+  }
 
   int replica() const override { return dense_->rank(); }
   int num_replicas() const override { return dense_->size(); }
@@ -62,18 +88,26 @@ class DataParallel : public GradientSync {
     Tensor shard_grads;                    // ZeRO-1: [size / group size]
     Tensor shard_send;                     // ZeRO-1: the updated shard, all-gathered
     std::unique_ptr<AdamW> shard_optimizer;  // ZeRO-1: over this rank's shard
+    float scale = 1;                       // applied to the summed gradients
     int64_t shard_begin() const { return range.begin + comm->rank() * shard_size(); }
     int64_t shard_size() const { return range.size() / comm->size(); }
   };
 
   DataParallel(ParameterStore& store, const OptimConfig& optim, int zero_stage,
-               Communicator* dense, Communicator* expert, bool logging_rank);
+               const GradientGroups& groups, bool logging_rank);
+  Communicator* GroupOf(ParallelSpec::ReduceGroup group) const;
+  void AllocateShards(const OptimConfig& optim);
   absl::Status Launch(Bucket& bucket);
+  // Squared norm of this rank's (shard of the) reduced gradients, each
+  // parameter weighted by 1 / (its copies among the ranks that sum it).
+  double WeightedNormSquared() const;
 
   ParameterStore& store_;
   int zero_stage_;
+  GradientGroups groups_;
   Communicator* dense_;
   Communicator* expert_;
+  std::vector<double> norm_weight_;  // per parameter
   bool logging_rank_;
   std::vector<Bucket> buckets_;
   std::vector<int> bucket_of_param_;

@@ -1,5 +1,7 @@
 #include "parallel/expert_parallel/moe.h"
 
+#include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 
@@ -13,9 +15,24 @@
 namespace tessera::parallel {
 namespace {
 
+// Wall-clock laps, for the exchange / expert time split.
+class Stopwatch {
+ public:
+  double Lap() {
+    const auto now = std::chrono::steady_clock::now();
+    const double seconds = std::chrono::duration<double>(now - last_).count();
+    last_ = now;
+    return seconds;
+  }
+
+ private:
+  std::chrono::steady_clock::time_point last_ = std::chrono::steady_clock::now();
+};
+
 // As MoeLayer's router: no bias, kaiming_uniform(a=sqrt(5)), bound 1/sqrt(fan_in).
-Linear::Options RouterOptions(int64_t dim) {
+Linear::Options RouterOptions(int64_t dim, const ParallelSpec& spec) {
   Linear::Options options;
+  options.spec = spec;
   options.bias = false;
   options.weight_init = ParamInit::Uniform(1.0f / std::sqrt(static_cast<float>(dim)));
   return options;
@@ -33,7 +50,7 @@ absl::Status CheckRows(absl::string_view what, const Tensor& t, int64_t cols) {
 
 absl::StatusOr<std::unique_ptr<ExpertParallelMoe>> ExpertParallelMoe::Create(
     ParameterStore& store, Communicator& ep, const std::string& name, int64_t dim,
-    const Options& options) {
+    const Options& options, const Groups& groups) {
   if (options.num_experts < 1 || ep.size() < 1 || options.num_experts % ep.size() != 0) {
     return UsageError(absl::StrCat("num_experts (", options.num_experts,
                                    ") must be a positive multiple of parallel.ep (", ep.size(),
@@ -47,23 +64,25 @@ absl::StatusOr<std::unique_ptr<ExpertParallelMoe>> ExpertParallelMoe::Create(
     return UsageError(absl::StrCat("dim (", dim, ") and expert_hidden (", options.expert_hidden,
                                    ") must be positive for ", name));
   }
-  if (options.capacity_factor != 0) {
-    return UsageError(absl::StrCat("capacity_factor ", options.capacity_factor,
-                                   " is not supported yet with parallel.ep > 1 layers (",
-                                   name, "): expert parallelism is dropless, use 0"));
+  if (options.capacity_factor < 0) {
+    return UsageError(absl::StrCat("capacity_factor ", options.capacity_factor, " of ", name,
+                                   " must be >= 0 (0: dropless)"));
   }
-  return std::unique_ptr<ExpertParallelMoe>(new ExpertParallelMoe(store, ep, name, dim, options));
+  return std::unique_ptr<ExpertParallelMoe>(
+      new ExpertParallelMoe(store, ep, name, dim, options, groups));
 }
 
 ExpertParallelMoe::ExpertParallelMoe(ParameterStore& store, Communicator& ep,
                                      const std::string& name, int64_t dim,
-                                     const Options& options)
+                                     const Options& options, const Groups& groups)
     : ep_(ep),
+      balance_(groups.balance),
       dim_(dim),
       options_(options),
       local_experts_(options.num_experts / ep.size()),
       first_expert_(ep.rank() * local_experts_),
-      router_(store, name + ".router", dim, options.num_experts, RouterOptions(dim)) {
+      router_(store, name + ".router", dim, options.num_experts,
+              RouterOptions(dim, groups.dense_spec)) {
   // Whole parameters under their global names: the store initializes by
   // (seed, name, index), so they equal the single-rank layer's.
   for (int64_t e = first_expert_; e < first_expert_ + local_experts_; ++e) {
@@ -73,7 +92,7 @@ ExpertParallelMoe::ExpertParallelMoe(ParameterStore& store, Communicator& ep,
   }
   if (options.shared_expert_hidden > 0) {
     shared_ = std::make_unique<SwigluMlp>(store, name + ".shared_expert", dim,
-                                          options.shared_expert_hidden);
+                                          options.shared_expert_hidden, groups.dense_spec);
   }
 }
 
@@ -135,15 +154,14 @@ absl::StatusOr<Tensor> ExpertParallelMoe::Forward(Arena& arena, const Tensor& x)
   raw_weights_ = arena.AllocateUninitialized(DType::kF32, Shape{T * k});
   cpu::TopKForward(probs_.data<float>(), expert_index_.data<int32_t>(),
                    raw_weights_.data<float>(), T, E, k);
-  const int32_t* index = expert_index_.data<int32_t>();
+  int32_t* index = expert_index_.data<int32_t>();
   const float* probs = probs_.data<float>();
+  chosen_index_ = expert_index_;
 
-  // One all-gather of every rank's [E assignment counts | E probability sums
-  // (double, bit-copied) | tokens] gives both the global balance statistics
-  // (summed in rank order, identically on every rank) and the per-expert row
-  // counts each owner will receive, so no separate count all-to-all is needed.
+  // This rank's balance statistics, over the router's choice before drops:
+  // [E assignment counts | E probability sums (double, bit-copied) | tokens].
   const int64_t width = 2 * E + 1;
-  std::vector<int64_t> stats(width, 0), all_stats(P * width);
+  std::vector<int64_t> stats(width, 0);
   for (int64_t a = 0; a < T * k; ++a) ++stats[index[a]];
   for (int64_t e = 0; e < E; ++e) {
     double sum = 0;
@@ -151,21 +169,51 @@ absl::StatusOr<Tensor> ExpertParallelMoe::Forward(Arena& arena, const Tensor& x)
     std::memcpy(&stats[E + e], &sum, sizeof(double));
   }
   stats[2 * E] = T;
-  TESSERA_RETURN_IF_ERROR(ep_.Complete(
-      ep_.AllGather(stats.data(), all_stats.data(), static_cast<size_t>(width), DType::kI64)));
 
+  // Capacity drops (per source rank), then the rows this rank sends to each
+  // expert. One all-gather over ep of [dispatch counts | balance stats] tells
+  // every owner what it receives and, when the balance group is ep, gives
+  // the balance statistics too.
+  dropped_ = 0;
+  if (options_.capacity_factor > 0) {
+    chosen_index_ = arena.AllocateUninitialized(DType::kI32, Shape{T * k});
+    std::memcpy(chosen_index_.raw(), expert_index_.raw(), expert_index_.bytes());
+    dropped_ = ApplyCapacity(options_.capacity_factor, T, k, E, index);
+  }
+  const int64_t row_width = E + width;
+  std::vector<int64_t> row(row_width, 0), all_rows(P * row_width);
+  for (int64_t a = 0; a < T * k; ++a) {
+    if (index[a] >= 0) ++row[index[a]];
+  }
+  std::copy(stats.begin(), stats.end(), row.begin() + E);
+  TESSERA_RETURN_IF_ERROR(ep_.Complete(ep_.AllGather(
+      row.data(), all_rows.data(), static_cast<size_t>(row_width), DType::kI64)));
+
+  // Balance statistics summed in group-rank order, identically on every rank.
+  std::vector<int64_t> group_stats;
+  int64_t group_size = P;
+  if (balance_ == nullptr) {
+    group_stats.resize(P * width);
+    for (int64_t q = 0; q < P; ++q)
+      std::copy_n(all_rows.begin() + q * row_width + E, width, group_stats.begin() + q * width);
+  } else {
+    group_size = balance_->size();
+    group_stats.resize(group_size * width);
+    TESSERA_RETURN_IF_ERROR(balance_->Complete(balance_->AllGather(
+        stats.data(), group_stats.data(), static_cast<size_t>(width), DType::kI64)));
+  }
   std::vector<int64_t> global_counts(E, 0);
   std::vector<double> prob_sums(E, 0.0);
   global_tokens_ = 0;
-  for (int64_t q = 0; q < P; ++q) {
-    const int64_t* s = all_stats.data() + q * width;
+  for (int64_t q = 0; q < group_size; ++q) {
+    const int64_t* st = group_stats.data() + q * width;
     for (int64_t e = 0; e < E; ++e) {
-      global_counts[e] += s[e];
+      global_counts[e] += st[e];
       double sum;
-      std::memcpy(&sum, &s[E + e], sizeof(double));
+      std::memcpy(&sum, &st[E + e], sizeof(double));
       prob_sums[e] += sum;
     }
-    global_tokens_ += s[2 * E];
+    global_tokens_ += st[2 * E];
   }
   BalanceStatistics balance =
       ComputeBalance(global_counts, prob_sums, global_tokens_, k, options_.balance_loss_coef);
@@ -187,18 +235,22 @@ absl::StatusOr<Tensor> ExpertParallelMoe::Forward(Arena& arena, const Tensor& x)
   for (int64_t r = 0; r < P; ++r) send_rows_[r] = offsets[(r + 1) * L] - offsets[r * L];
   for (int64_t q = 0; q < P; ++q)
     for (int64_t e = 0; e < L; ++e) {
-      recv_counts_[q * L + e] = all_stats[q * width + first_expert_ + e];
+      recv_counts_[q * L + e] = all_rows[q * row_width + first_expert_ + e];
       recv_rows_[q] += recv_counts_[q * L + e];
     }
 
-  Tensor permuted = arena.AllocateUninitialized(DType::kF32, Shape{T * k, dim_});  // [T*k, dim]
+  const int64_t kept = offsets[E];  // T*k less the dropped assignments
+  Tensor permuted = arena.AllocateUninitialized(DType::kF32, Shape{kept, dim_});  // [kept, dim]
   cpu::PermuteForward(x.data<float>(), assignment_of_row.data<int32_t>(), permuted.data<float>(),
-                      T * k, dim_, k);
+                      kept, dim_, k);
+  Stopwatch watch;
   TESSERA_ASSIGN_OR_RETURN(Tensor received,
                            ExchangeRows(arena, permuted, send_rows_, recv_rows_));  // [R, dim]
+  exchange_seconds_ = watch.Lap();
   const int64_t R = received.dim(0);
   Tensor expert_in = arena.AllocateUninitialized(DType::kF32, Shape{R, dim_});
   Regroup(received, expert_in, /*to_expert_order=*/true);
+  watch.Lap();
   Tensor expert_out = arena.AllocateUninitialized(DType::kF32, Shape{R, dim_});
   int64_t begin = 0;
   for (int64_t e = 0; e < L; ++e) {
@@ -207,10 +259,13 @@ absl::StatusOr<Tensor> ExpertParallelMoe::Forward(Arena& arena, const Tensor& x)
     experts_[e]->ForwardInto(arena, expert_in.Slice(begin, end), expert_out.Slice(begin, end));
     begin = end;
   }
+  expert_seconds_ = watch.Lap();
   Tensor back = arena.AllocateUninitialized(DType::kF32, Shape{R, dim_});
   Regroup(expert_out, back, /*to_expert_order=*/false);
+  watch.Lap();
   TESSERA_ASSIGN_OR_RETURN(returned_out_,
-                           ExchangeRows(arena, back, recv_rows_, send_rows_));  // [T*k, dim]
+                           ExchangeRows(arena, back, recv_rows_, send_rows_));  // [kept, dim]
+  exchange_seconds_ += watch.Lap();
 
   Tensor y = shared_ ? shared_->Forward(arena, x) : arena.Allocate(DType::kF32, Shape{T, dim_});
   cpu::UnpermuteCombineForward(returned_out_.data<float>(), row_of_assignment_.data<int32_t>(),
@@ -232,14 +287,17 @@ absl::StatusOr<Tensor> ExpertParallelMoe::Backward(Arena& arena, const Tensor& d
 
   // Adjoint of combine: gradients of the returned expert outputs (home,
   // expert order) and of the weights.
-  Tensor dreturned = arena.AllocateUninitialized(DType::kF32, Shape{T * k, dim_});
+  const int64_t kept = returned_out_.dim(0);
+  Tensor dreturned = arena.AllocateUninitialized(DType::kF32, Shape{kept, dim_});
   Tensor dweights = arena.AllocateUninitialized(DType::kF32, Shape{T * k});
   cpu::UnpermuteCombineBackward(dy.data<float>(), returned_out_.data<float>(),
                                 row_of_assignment_.data<int32_t>(), weights_.data<float>(),
                                 dreturned.data<float>(), dweights.data<float>(), T, dim_, k);
   // To the owners, through the experts, and back.
+  Stopwatch watch;
   TESSERA_ASSIGN_OR_RETURN(Tensor dreceived,
                            ExchangeRows(arena, dreturned, send_rows_, recv_rows_));  // [R, dim]
+  exchange_seconds_ += watch.Lap();
   const int64_t R = dreceived.dim(0);
   Tensor dexpert_out = arena.AllocateUninitialized(DType::kF32, Shape{R, dim_});
   Regroup(dreceived, dexpert_out, /*to_expert_order=*/true);
@@ -253,8 +311,10 @@ absl::StatusOr<Tensor> ExpertParallelMoe::Backward(Arena& arena, const Tensor& d
   }
   Tensor dback = arena.AllocateUninitialized(DType::kF32, Shape{R, dim_});
   Regroup(dexpert_in, dback, /*to_expert_order=*/false);
+  expert_seconds_ += watch.Lap();
   TESSERA_ASSIGN_OR_RETURN(Tensor dpermuted,
-                           ExchangeRows(arena, dback, recv_rows_, send_rows_));  // [T*k, dim]
+                           ExchangeRows(arena, dback, recv_rows_, send_rows_));  // [kept, dim]
+  exchange_seconds_ += watch.Lap();
   Tensor dx = arena.AllocateUninitialized(DType::kF32, Shape{T, dim_});
   cpu::PermuteBackward(dpermuted.data<float>(), row_of_assignment_.data<int32_t>(),
                        dx.data<float>(), T, dim_, k);
@@ -263,15 +323,15 @@ absl::StatusOr<Tensor> ExpertParallelMoe::Backward(Arena& arena, const Tensor& d
     cpu::AddInPlace(dx.data<float>(), dshared.data<float>(), T * dim_);
   }
 
-  // Balance loss over the global tokens: d/dp[t, i] = alpha * f_i / T_global.
+  // Balance loss over the group's tokens: d/dp[t, i] = alpha * f_i / T_group.
   RouterGradientInputs router{raw_weights_.data<float>(), weights_.data<float>(),
-                              expert_index_.data<int32_t>(), probs_.data<float>(), &balance_f_,
+                              chosen_index_.data<int32_t>(), probs_.data<float>(), &balance_f_,
                               T, E, k, global_tokens_, options_.renormalize_topk && k > 1,
                               options_.balance_loss_coef, loss_scale};
   Tensor dlogits = RouterLogitsGradient(arena, router, dweights.data<float>());
   Tensor drouter = router_.Backward(arena, dlogits);
   cpu::AddInPlace(dx.data<float>(), drouter.data<float>(), T * dim_);
-  probs_ = expert_index_ = raw_weights_ = weights_ = row_of_assignment_ = returned_out_ = Tensor();
+  probs_ = chosen_index_ = expert_index_ = raw_weights_ = weights_ = row_of_assignment_ = returned_out_ = Tensor();
   return dx;
 }
 

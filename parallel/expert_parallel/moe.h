@@ -26,13 +26,24 @@
 // all ep ranks.
 //
 // The balance loss alpha * sum_i f_i * P_i and the expert load are computed
-// over the GLOBAL token set (assignment counts, probability sums and token
-// counts all-reduced over ep), so they equal the single-rank values on the
-// concatenated tokens; dP_i/dp[t, i] = 1/T_global.
+// over the token set of a `balance` group (assignment counts, probability
+// sums and token counts summed over it; the ep group by default), so they
+// equal the single-rank values on the concatenation of that group's tokens;
+// dP_i/dp[t, i] = 1/T_group. The DiT-MoE model passes the tp x sp group: the
+// tokens of one data-parallel micro-batch, which is what one process
+// computes the balance loss over (Megatron-Core's aux loss, likewise).
 //
-// Dropless only: capacity_factor > 0 is rejected (UsageError). A rank with
-// zero tokens and an expert that receives none are normal. Every ep rank must
-// call Forward/Backward in the same order (collectives match by order).
+// Dropless by default. With capacity_factor c > 0 the drop policy is
+// per source rank (GShard's per-group capacity): each rank's assignments to
+// an expert beyond ceil(c * T_local * k / E) are dropped, first come, first
+// served in its token order (ApplyCapacity, runtime/nn/moe.h), before
+// dispatch. A rank's outputs thus equal the single-rank layer with the same
+// c applied to that rank's tokens alone. The balance loss and the load
+// count the router's choice before drops, as in the single-rank layer.
+//
+// A rank with zero tokens and an expert that receives none are normal. Every
+// ep rank must call Forward/Backward in the same order (collectives match by
+// order).
 #pragma once
 
 #include <cstdint>
@@ -49,20 +60,31 @@
 
 namespace tessera::parallel {
 
+struct ExpertParallelGroups {
+  // Whose tokens the balance loss and load cover; null: the ep group.
+  Communicator* balance = nullptr;
+  // Spec of the router and the shared expert (ParallelSpec::TensorPartial
+  // when each tp rank brings a different shard of the tokens).
+  ParallelSpec dense_spec = ParallelSpec::Replicated();
+};
+
 class ExpertParallelMoe {
  public:
   using Options = MoeLayer::Options;
+  using Groups = ExpertParallelGroups;
 
   // Fails (UsageError) unless num_experts % ep.size() == 0, 1 <= top_k <=
-  // num_experts, expert_hidden > 0 and capacity_factor == 0. Parameter names
+  // num_experts, expert_hidden > 0 and capacity_factor >= 0. Parameter names
   // are the single-rank MoeLayer's (`name.router.weight`,
   // `name.experts.<global e>.w_gate`, `name.shared_expert.w_up`, ...), so are
-  // their initial values. `store` and `ep` must outlive the layer.
+  // their initial values. `store`, `ep` and the balance group must outlive
+  // the layer.
   static absl::StatusOr<std::unique_ptr<ExpertParallelMoe>> Create(ParameterStore& store,
                                                                    Communicator& ep,
                                                                    const std::string& name,
                                                                    int64_t dim,
-                                                                   const Options& options);
+                                                                   const Options& options,
+                                                                   const Groups& groups = {});
 
   // x: this rank's tokens [tokens, dim] (any count, 0 included) -> [tokens, dim].
   absl::StatusOr<Tensor> Forward(Arena& arena, const Tensor& x);
@@ -70,9 +92,15 @@ class ExpertParallelMoe {
   // loss enters the total loss with (as MoeLayer::Backward).
   absl::StatusOr<Tensor> Backward(Arena& arena, const Tensor& dy, float loss_scale);
 
-  // Of the last Forward, over all ep ranks' tokens.
+  // Of the last Forward, over the balance group's tokens.
   double balance_loss() const { return balance_loss_; }
   const std::vector<double>& expert_load() const { return expert_load_; }
+  // Assignments of this rank's tokens that capacity dropped.
+  int64_t dropped_assignments() const { return dropped_; }
+  // Seconds the last Forward + Backward spent in the token all-to-all-v
+  // exchanges and in the expert FFNs (benchmarks).
+  double exchange_seconds() const { return exchange_seconds_; }
+  double expert_seconds() const { return expert_seconds_; }
 
   int64_t num_experts() const { return options_.num_experts; }
   int64_t local_experts() const { return local_experts_; }
@@ -80,7 +108,7 @@ class ExpertParallelMoe {
 
  private:
   ExpertParallelMoe(ParameterStore& store, Communicator& ep, const std::string& name,
-                    int64_t dim, const Options& options);
+                    int64_t dim, const Options& options, const Groups& groups);
 
   // Moves rows between the (source rank, local expert) order of the
   // all-to-all-v buffers and the (local expert, source rank) order the
@@ -93,6 +121,7 @@ class ExpertParallelMoe {
                                       const std::vector<int64_t>& recv_rows);
 
   Communicator& ep_;
+  Communicator* balance_;  // null: ep_
   int64_t dim_;
   Options options_;
   int64_t local_experts_, first_expert_;
@@ -103,7 +132,8 @@ class ExpertParallelMoe {
   // Saved by Forward for Backward.
   int64_t tokens_ = 0, global_tokens_ = 0;
   Tensor probs_;              // [T, E]
-  Tensor expert_index_;       // i32 [T*k]
+  Tensor chosen_index_;       // i32 [T*k] the router's top-k
+  Tensor expert_index_;       // i32 [T*k] the same, -1 where capacity dropped it
   Tensor raw_weights_;        // [T*k]
   Tensor weights_;            // [T*k]
   Tensor row_of_assignment_;  // i32 [T*k]
@@ -114,6 +144,8 @@ class ExpertParallelMoe {
   std::vector<double> balance_f_;
   double balance_loss_ = 0;
   std::vector<double> expert_load_;
+  int64_t dropped_ = 0;
+  double exchange_seconds_ = 0, expert_seconds_ = 0;
 };
 
 }  // namespace tessera::parallel

@@ -70,19 +70,31 @@ absl::StatusOr<std::unique_ptr<ColumnParallelLinear>> ColumnParallelLinear::Crea
     return UsageError(absl::StrCat(name, ": column-parallel linear needs positive sizes, got in ",
                                    in_features, ", out ", out_features));
   }
+  const int64_t blocks = options.out_blocks;
+  if (blocks < 1 || out_features % blocks != 0 || (blocks > 1 && options.gather_output)) {
+    return UsageError(absl::StrCat(name, ": out_blocks ", blocks, " must divide out_features ",
+                                   out_features, " and excludes gather_output"));
+  }
   TESSERA_RETURN_IF_ERROR(CheckDivisible(
-      absl::StrCat(name, ": out_features of a column-parallel linear"), out_features, tp));
+      absl::StrCat(name, ": out_features per block of a column-parallel linear"),
+      out_features / blocks, tp));
   auto layer = std::unique_ptr<ColumnParallelLinear>(
       new ColumnParallelLinear(store, tp, in_features, out_features, options));
   const ParamInit weight_init =
       options.weight_init.value_or(ParamInit::XavierUniform(in_features, out_features));
-  layer->weight_ =
-      RegisterSplitParameter(store, tp, name + ".weight", Shape{out_features, in_features},
-                             /*split_dim=*/0, weight_init, options.weight_decay);
+  // One block: W [out, in] split along dim 0. Several: [blocks, out/blocks,
+  // in] split along dim 1; either way the local piece, read as a matrix, is
+  // this rank's [out/tp, in] rows in output order.
+  const Shape weight_shape = blocks == 1 ? Shape{out_features, in_features}
+                                         : Shape{blocks, out_features / blocks, in_features};
+  const int split_dim = blocks == 1 ? 0 : 1;
+  layer->weight_ = RegisterSplitParameter(store, tp, name + ".weight", weight_shape, split_dim,
+                                          weight_init, options.weight_decay);
   if (options.bias) {
-    layer->bias_ = RegisterSplitParameter(store, tp, name + ".bias", Shape{out_features},
-                                          /*split_dim=*/0, options.bias_init,
-                                          /*weight_decay=*/false);
+    const Shape bias_shape =
+        blocks == 1 ? Shape{out_features} : Shape{blocks, out_features / blocks};
+    layer->bias_ = RegisterSplitParameter(store, tp, name + ".bias", bias_shape, split_dim,
+                                          options.bias_init, /*weight_decay=*/false);
   }
   return layer;
 }

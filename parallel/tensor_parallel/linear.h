@@ -63,6 +63,13 @@ struct TensorParallelLinearOptions {
   // Column layer only: all-gather y along columns so the output is the full
   // [rows, out] (backward takes this rank's columns of dy).
   bool gather_output = false;
+  // Column layer only: the output features are `out_blocks` stacked blocks
+  // (3 for a fused q/k/v projection), each split over tp, so rank r holds
+  // block-rows [r*out/(blocks*tp), ...) of every block: its output is
+  // [rows, blocks, out/(blocks*tp)]. Registered as Linear::Options::out_blocks
+  // registers ([blocks, out/blocks, in], split along dim 1). Excludes
+  // gather_output.
+  int64_t out_blocks = 1;
 };
 
 class ColumnParallelLinear {

@@ -213,14 +213,15 @@ void CheckParallel(const RunConfig& config, int world_size, Checker& check) {
         absl::StrCat("tokens per image (", Field("model.dit_moe.input_size", m.input_size()), " / ",
                      Field("model.dit_moe.patch_size", m.patch_size()), ")^2 = ", tokens,
                      " must be divisible by ", Field("parallel.sp", p.sp())));
-    // Megatron SP shards each sp rank's tokens / sp again over tp.
-    if (tokens % p.sp() == 0 && p.sequence_parallel() && p.tp() > 1) {
+    // Under tp each sp rank's tokens shard again over tp: everywhere with
+    // Megatron SP, inside the MoE layers without it.
+    if (tokens % p.sp() == 0 && p.tp() > 1) {
       check.Expect(tokens % tp_sp == 0,
                    absl::StrCat("tokens per image (",
                                 Field("model.dit_moe.input_size", m.input_size()), " / ",
                                 Field("model.dit_moe.patch_size", m.patch_size()), ")^2 = ",
                                 tokens, " must be divisible by parallel.tp * parallel.sp = ",
-                                tp_sp, " when parallel.sequence_parallel is on"));
+                                tp_sp, " when parallel.tp > 1"));
     }
   }
   if (m.hidden_size() <= 0) return;

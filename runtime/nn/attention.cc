@@ -3,13 +3,21 @@
 #include "runtime/kernels/cpu/attention.h"
 
 namespace tessera {
+namespace {
+// q, k and v as three stacked blocks: W [3, hidden, hidden] (see Linear::Options).
+Linear::Options QkvOptions() {
+  Linear::Options options;
+  options.out_blocks = 3;
+  return options;
+}
+}  // namespace
 
 MultiHeadAttention::MultiHeadAttention(ParameterStore& store, const std::string& name,
                                        int64_t hidden, int64_t heads, bool causal)
     : hidden_(hidden),
       heads_(heads),
       causal_(causal),
-      qkv_(store, name + ".qkv", hidden, 3 * hidden),
+      qkv_(store, name + ".qkv", hidden, 3 * hidden, QkvOptions()),
       proj_(store, name + ".proj", hidden, hidden) {
   TESSERA_CHECK(hidden % heads == 0);
 }

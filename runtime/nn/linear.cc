@@ -10,11 +10,17 @@ Linear::Linear(ParameterStore& store, const std::string& name, int64_t in_featur
     : store_(store), in_(in_features), out_(out_features) {
   const ParamInit weight_init =
       options.weight_init.value_or(ParamInit::XavierUniform(in_features, out_features));
-  weight_ = store.Register(name + ".weight", Shape{out_features, in_features}, weight_init,
-                           options.weight_decay);
+  const int64_t blocks = options.out_blocks;
+  TESSERA_CHECK(blocks >= 1 && out_features % blocks == 0);
+  const Shape weight_shape = blocks == 1 ? Shape{out_features, in_features}
+                                         : Shape{blocks, out_features / blocks, in_features};
+  weight_ = store.Register(name + ".weight", weight_shape, weight_init, options.weight_decay,
+                           options.spec);
   if (options.bias) {
-    bias_ = store.Register(name + ".bias", Shape{out_features}, options.bias_init,
-                           /*weight_decay=*/false);
+    const Shape bias_shape =
+        blocks == 1 ? Shape{out_features} : Shape{blocks, out_features / blocks};
+    bias_ = store.Register(name + ".bias", bias_shape, options.bias_init,
+                           /*weight_decay=*/false, options.spec);
   }
 }
 

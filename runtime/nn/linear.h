@@ -17,6 +17,13 @@ class Linear {
     std::optional<ParamInit> weight_init;  // default: Xavier uniform
     ParamInit bias_init = ParamInit::Zeros();
     bool weight_decay = true;
+    // The output features are `out_blocks` stacked blocks (3 for a fused
+    // q/k/v projection): W is registered as [out_blocks, out/out_blocks, in]
+    // and b as [out_blocks, out/out_blocks] -- the same memory as [out, in],
+    // but a shape in which tensor parallelism splits every block alike
+    // (dim 1), so a checkpoint of either layout is the same tensor.
+    int64_t out_blocks = 1;
+    ParallelSpec spec = ParallelSpec::Replicated();  // of the weight and the bias
   };
 
   Linear(ParameterStore& store, const std::string& name, int64_t in_features,

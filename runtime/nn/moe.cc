@@ -68,17 +68,7 @@ Tensor MoeLayer::Forward(Arena& arena, const Tensor& x) {
   if (options_.capacity_factor > 0) {
     chosen_index_ = arena.AllocateUninitialized(DType::kI32, Shape{T * k});
     std::memcpy(chosen_index_.raw(), expert_index_.raw(), expert_index_.bytes());
-    const int64_t capacity = static_cast<int64_t>(
-        std::ceil(options_.capacity_factor * static_cast<double>(T * k) / static_cast<double>(E)));
-    std::vector<int64_t> taken(E, 0);
-    for (int64_t a = 0; a < T * k; ++a) {
-      if (taken[index[a]] >= capacity) {
-        index[a] = -1;
-        ++dropped_;
-      } else {
-        ++taken[index[a]];
-      }
-    }
+    dropped_ = ApplyCapacity(options_.capacity_factor, T, k, E, index);
   }
 
   // Permute token rows into expert order and run each expert on its rows.
@@ -137,6 +127,23 @@ Tensor MoeLayer::Backward(Arena& arena, const Tensor& dy, float loss_scale) {
   probs_ = expert_index_ = chosen_index_ = raw_weights_ = weights_ = expert_offsets_ = row_of_assignment_ =
       expert_out_ = Tensor();
   return dx;
+}
+
+int64_t ApplyCapacity(float capacity_factor, int64_t tokens, int64_t k, int64_t experts,
+                      int32_t* index) {
+  const int64_t capacity = static_cast<int64_t>(std::ceil(
+      capacity_factor * static_cast<double>(tokens * k) / static_cast<double>(experts)));
+  std::vector<int64_t> taken(experts, 0);
+  int64_t dropped = 0;
+  for (int64_t a = 0; a < tokens * k; ++a) {
+    if (taken[index[a]] >= capacity) {
+      index[a] = -1;
+      ++dropped;
+    } else {
+      ++taken[index[a]];
+    }
+  }
+  return dropped;
 }
 
 BalanceStatistics ComputeBalance(const std::vector<int64_t>& counts,

@@ -65,6 +65,13 @@ struct RouterGradientInputs {
 };
 Tensor RouterLogitsGradient(Arena& arena, const RouterGradientInputs& in, float* dweights);
 
+// The capacity drop policy (capacity_factor c > 0): each expert takes at most
+// ceil(c * tokens * k / E) of these tokens' assignments, first come, first
+// served in token order (then in top-k rank); the others are set to -1 in
+// `index` [tokens * k]. Returns how many were dropped.
+int64_t ApplyCapacity(float capacity_factor, int64_t tokens, int64_t k, int64_t experts,
+                      int32_t* index);
+
 class MoeLayer {
  public:
   struct Options {

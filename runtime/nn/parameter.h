@@ -40,6 +40,12 @@ struct ParallelSpec {
   enum class ReduceGroup {
     kDataSequence,  // dp x sp: dense parameters
     kExpertData,    // edp: expert parameters
+    // tp x dp x sp (the world): dense parameters replicated over tp whose
+    // layer runs on a tp-shard of the tokens (the MoE router and shared
+    // expert under tensor parallelism), so each tp rank's gradient is a
+    // partial sum (Megatron all-reduces these "sequence-parallel" gradients
+    // over tp).
+    kTensorDataSequence,
   };
   Kind kind = Kind::kReplicated;
   int split_dim = -1;
@@ -49,6 +55,9 @@ struct ParallelSpec {
   static ParallelSpec Replicated() { return {}; }
   static ParallelSpec Expert(int expert) {
     return {Kind::kExpert, -1, expert, ReduceGroup::kExpertData};
+  }
+  static ParallelSpec TensorPartial() {
+    return {Kind::kReplicated, -1, -1, ReduceGroup::kTensorDataSequence};
   }
 };
 

@@ -68,11 +68,11 @@ const std::vector<RuleCase>& RuleCases() {
        "tokens per image (model.dit_moe.input_size=32 / model.dit_moe.patch_size=2)^2 = 256 "
        "must be divisible by parallel.sp=3",
        true},
-      // (6 / 2)^2 = 9 tokens: fine for sp = 1, not for Megatron SP over tp = 2.
-      {{"parallel.tp=2", "parallel.sequence_parallel=true", "model.dit_moe.input_size=6"},
+      // (6 / 2)^2 = 9 tokens: fine for sp = 1, not for a token split over tp = 2.
+      {{"parallel.tp=2", "model.dit_moe.input_size=6"},
        2,
        "tokens per image (model.dit_moe.input_size=6 / model.dit_moe.patch_size=2)^2 = 9 "
-       "must be divisible by parallel.tp * parallel.sp = 2 when parallel.sequence_parallel is on",
+       "must be divisible by parallel.tp * parallel.sp = 2 when parallel.tp > 1",
        false},
       // hidden % tp only fails where num_heads does not divide hidden_size
       // (which ValidateRunConfig reports too).

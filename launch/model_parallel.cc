@@ -1,0 +1,171 @@
+#include "launch/model_parallel.h"
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "runtime/base/errors.h"
+#include "runtime/base/status.h"
+
+namespace tessera {
+namespace {
+
+using parallel::GroupKind;
+
+// Whether this rank is the one that sends piece `info` (its copies live on
+// every rank that differs only in the coordinates the piece is not split
+// over; the one with those coordinates at 0 sends it).
+bool SendsPiece(const ParamInfo& info, const parallel::Coordinates& c) {
+  switch (info.spec.kind) {
+    case ParallelSpec::Kind::kExpert:
+      return c.edp == 0 && c.etp == 0;
+    case ParallelSpec::Kind::kSplit:
+      return c.sp == 0 && c.dp == 0;
+    case ParallelSpec::Kind::kReplicated:
+      break;
+  }
+  return c.tp == 0 && c.sp == 0 && c.dp == 0;
+}
+
+template <typename T>
+void Put(std::string& out, const T& value) {
+  out.append(reinterpret_cast<const char*>(&value), sizeof(T));
+}
+
+template <typename T>
+bool Get(const std::string& in, size_t& at, T* value) {
+  if (at + sizeof(T) > in.size()) return false;
+  std::memcpy(value, in.data() + at, sizeof(T));
+  at += sizeof(T);
+  return true;
+}
+
+// One piece: name, rank, offset[], shape[], then the floats.
+void AppendPiece(std::string& out, const ParamInfo& info, const float* values) {
+  Put<int32_t>(out, static_cast<int32_t>(info.name.size()));
+  out.append(info.name);
+  Put<int32_t>(out, static_cast<int32_t>(info.local_shape.rank()));
+  for (int d = 0; d < info.local_shape.rank(); ++d) Put<int64_t>(out, info.local_offset[d]);
+  for (int d = 0; d < info.local_shape.rank(); ++d) Put<int64_t>(out, info.local_shape[d]);
+  out.append(reinterpret_cast<const char*>(values + info.offset),
+             static_cast<size_t>(info.local_shape.numel()) * sizeof(float));
+}
+
+// Copies a [shape] block at `offset` into the whole tensor `dst` [global].
+void CopyBlock(const float* src, const std::vector<int64_t>& offset,
+               const std::vector<int64_t>& shape, const Shape& global, float* dst) {
+  const int rank = static_cast<int>(shape.size());
+  if (rank == 0) {
+    dst[0] = src[0];
+    return;
+  }
+  const int64_t run = shape[rank - 1];
+  int64_t blocks = 1;
+  for (int d = 0; d + 1 < rank; ++d) blocks *= shape[d];
+  std::vector<int64_t> index(rank, 0);
+  for (int64_t b = 0; b < blocks; ++b) {
+    int64_t flat = 0;
+    for (int d = 0; d < rank; ++d) flat = flat * global[d] + offset[d] + index[d];
+    std::memcpy(dst + flat, src + b * run, static_cast<size_t>(run) * sizeof(float));
+    for (int d = rank - 2; d >= 0; --d) {
+      if (++index[d] < shape[d]) break;
+      index[d] = 0;
+    }
+  }
+}
+
+absl::Status ApplyPieces(const std::string& bytes, int from_rank, ParameterStore& full) {
+  size_t at = 0;
+  const auto corrupt = [from_rank] {
+    return absl::InternalError(absl::StrCat("weights from rank ", from_rank, " are malformed"));
+  };
+  while (at < bytes.size()) {
+    int32_t name_size = 0, rank = 0;
+    if (!Get(bytes, at, &name_size) || at + name_size > bytes.size()) return corrupt();
+    const std::string name = bytes.substr(at, name_size);
+    at += name_size;
+    if (!Get(bytes, at, &rank)) return corrupt();
+    std::vector<int64_t> offset(rank), shape(rank);
+    for (auto& v : offset)
+      if (!Get(bytes, at, &v)) return corrupt();
+    for (auto& v : shape)
+      if (!Get(bytes, at, &v)) return corrupt();
+    int64_t count = 1;
+    for (int64_t v : shape) count *= v;
+    TESSERA_ASSIGN_OR_RETURN(ParameterStore::Id id, full.Find(name));
+    const ParamInfo& info = full.info(id);
+    bool fits = info.global_shape.rank() == rank;
+    for (int d = 0; fits && d < rank; ++d) {
+      fits = offset[d] >= 0 && offset[d] + shape[d] <= info.global_shape[d];
+    }
+    if (!fits || at + count * sizeof(float) > bytes.size()) return corrupt();
+    CopyBlock(reinterpret_cast<const float*>(bytes.data() + at), offset, shape,
+              info.global_shape, full.param(id).data<float>());
+    at += count * sizeof(float);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+bool NeedsModelParallel(const parallel::MeshShape& shape) {
+  return shape.tp > 1 || shape.sp > 1 || shape.ep > 1;
+}
+
+absl::StatusOr<std::unique_ptr<ModelParallelGroups>> BuildModelParallelGroups(
+    const RunConfig& config, const Distributed& d) {
+  if (config.parallel().etp() != 1) {
+    return UsageError(absl::StrCat("parallel.etp=", config.parallel().etp(),
+                                   ": tensor parallelism inside the experts is not implemented; "
+                                   "set parallel.etp=1 (experts are split over ep only)"));
+  }
+  auto groups = std::make_unique<ModelParallelGroups>();
+  const parallel::Mesh& mesh = *d.mesh;
+  const auto make = [&](GroupKind kind) {
+    return d.world->CreateSubgroup(mesh.Group(kind), mesh.GroupName(kind));
+  };
+  TESSERA_ASSIGN_OR_RETURN(groups->tp, make(GroupKind::kTensor));
+  TESSERA_ASSIGN_OR_RETURN(groups->sp, make(GroupKind::kSequence));
+  TESSERA_ASSIGN_OR_RETURN(groups->ep, make(GroupKind::kExpert));
+  TESSERA_ASSIGN_OR_RETURN(groups->tp_sp, make(GroupKind::kTensorSequence));
+  groups->view.tp = groups->tp.get();
+  groups->view.sp = groups->sp.get();
+  groups->view.ep = groups->ep.get();
+  groups->view.tp_sp = groups->tp_sp.get();
+  groups->view.sequence_parallel = config.parallel().sequence_parallel();
+  return groups;
+}
+
+absl::Status GatherWeights(parallel::Communicator& world, const parallel::Mesh& mesh,
+                           const ParameterStore& local, const float* values,
+                           ParameterStore* full) {
+  constexpr int kSizeTag = 71, kDataTag = 72;
+  const parallel::Coordinates coordinates = mesh.coordinates();
+  std::string mine;
+  for (const ParamInfo& info : local.infos()) {
+    if (SendsPiece(info, coordinates)) AppendPiece(mine, info, values);
+  }
+  if (world.rank() != 0) {
+    int64_t size = static_cast<int64_t>(mine.size());
+    TESSERA_RETURN_IF_ERROR(world.Complete(world.Send(&size, 1, DType::kI64, 0, kSizeTag)));
+    if (size > 0) {
+      TESSERA_RETURN_IF_ERROR(
+          world.Complete(world.Send(mine.data(), mine.size(), DType::kU8, 0, kDataTag)));
+    }
+    return absl::OkStatus();
+  }
+  TESSERA_RETURN_IF_ERROR(ApplyPieces(mine, 0, *full));
+  for (int r = 1; r < world.size(); ++r) {
+    int64_t size = 0;
+    TESSERA_RETURN_IF_ERROR(world.Complete(world.Recv(&size, 1, DType::kI64, r, kSizeTag)));
+    if (size == 0) continue;
+    std::string bytes(static_cast<size_t>(size), '\0');
+    TESSERA_RETURN_IF_ERROR(
+        world.Complete(world.Recv(bytes.data(), bytes.size(), DType::kU8, r, kDataTag)));
+    TESSERA_RETURN_IF_ERROR(ApplyPieces(bytes, r, *full));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace tessera

@@ -1,0 +1,37 @@
+// The model-parallel side of `tessera train`: the tp, sp, ep and tp x sp
+// communicators a DiT-MoE layout needs, and gathering the sharded weights
+// onto rank 0 for the files a run ends with (weights.h5, samples.png).
+#pragma once
+
+#include <memory>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "launch/distributed.h"
+#include "models/dit_moe/sublayers.h"
+#include "runtime/nn/parameter.h"
+
+namespace tessera {
+
+// True when the layout splits the model (tp, sp or ep > 1); data
+// parallelism alone keeps the single-process layers.
+bool NeedsModelParallel(const parallel::MeshShape& shape);
+
+struct ModelParallelGroups {
+  std::unique_ptr<parallel::MpiCommunicator> tp, sp, ep, tp_sp;
+  dit_moe::ModelParallel view;  // points into the communicators above
+};
+
+// Collective over the world: every rank creates every group.
+absl::StatusOr<std::unique_ptr<ModelParallelGroups>> BuildModelParallelGroups(
+    const RunConfig& config, const Distributed& distributed);
+
+// Assembles the whole parameters from every rank's pieces (`values`, laid
+// out as `local`'s flat buffer) into `full` (a single-process store of the
+// same model) on world rank 0; `full` is ignored elsewhere. Each distinct
+// piece is sent once, by its lowest-coordinate holder. Collective.
+absl::Status GatherWeights(parallel::Communicator& world, const parallel::Mesh& mesh,
+                           const ParameterStore& local, const float* values,
+                           ParameterStore* full);
+
+}  // namespace tessera

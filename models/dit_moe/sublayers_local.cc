@@ -1,0 +1,117 @@
+// One process: the sub-layers are the runtime's layers.
+#include <cstring>
+
+#include "models/dit_moe/sublayers.h"
+#include "runtime/nn/attention.h"
+#include "runtime/nn/linear.h"
+
+namespace tessera::dit_moe {
+namespace {
+
+class LocalModulation : public ModulationSublayer {
+ public:
+  LocalModulation(ParameterStore& store, const std::string& name, int64_t hidden, int64_t blocks)
+      : linear_(store, name, hidden, blocks * hidden, ZeroInit()) {}
+  absl::StatusOr<Tensor> Forward(Arena& arena, const Tensor& cond_silu) override {
+    return linear_.Forward(arena, cond_silu);
+  }
+  absl::StatusOr<Tensor> Backward(Arena& arena, const Tensor& dmod) override {
+    return linear_.Backward(arena, dmod);
+  }
+  double ForwardFlops(int64_t batch) const override { return linear_.ForwardFlops(batch); }
+
+ private:
+  // adaLN-Zero: every block starts as the identity.
+  static Linear::Options ZeroInit() {
+    Linear::Options options;
+    options.weight_init = ParamInit::Zeros();
+    return options;
+  }
+  Linear linear_;
+};
+
+class LocalAttention : public AttentionSublayer {
+ public:
+  LocalAttention(ParameterStore& store, const std::string& name, int64_t hidden, int64_t heads)
+      : attn_(store, name, hidden, heads) {}
+  absl::StatusOr<Tensor> Forward(Arena& arena, const Tensor& x, int64_t batch,
+                                 int64_t seq) override {
+    return attn_.Forward(arena, x, batch, seq);
+  }
+  absl::StatusOr<Tensor> Backward(Arena& arena, const Tensor& dy) override {
+    return attn_.Backward(arena, dy);
+  }
+  double ForwardFlops(int64_t batch, int64_t seq) const override {
+    return attn_.ForwardFlops(batch, seq);
+  }
+
+ private:
+  MultiHeadAttention attn_;
+};
+
+class LocalMoe : public FfnSublayer {
+ public:
+  LocalMoe(ParameterStore& store, const std::string& name, int64_t hidden,
+           const MoeLayer::Options& options)
+      : moe_(store, name, hidden, options) {}
+  absl::StatusOr<Tensor> Forward(Arena& arena, const Tensor& x, int64_t, int64_t) override {
+    return moe_.Forward(arena, x);
+  }
+  absl::StatusOr<Tensor> Backward(Arena& arena, const Tensor& dy, float loss_scale) override {
+    return moe_.Backward(arena, dy, loss_scale);
+  }
+  double balance_loss() const override { return moe_.balance_loss(); }
+  const std::vector<double>& expert_load() const override { return moe_.expert_load(); }
+  int64_t dropped_assignments() const override { return moe_.dropped_assignments(); }
+  double ForwardFlops(int64_t rows) const override { return moe_.ForwardFlops(rows); }
+
+ private:
+  MoeLayer moe_;
+};
+
+}  // namespace
+
+std::unique_ptr<ModulationSublayer> MakeModulation(ParameterStore& store, const std::string& name,
+                                                   int64_t hidden, int64_t blocks) {
+  return std::make_unique<LocalModulation>(store, name, hidden, blocks);
+}
+
+std::unique_ptr<AttentionSublayer> MakeAttention(ParameterStore& store, const std::string& name,
+                                                 int64_t hidden, int64_t heads) {
+  return std::make_unique<LocalAttention>(store, name, hidden, heads);
+}
+
+std::unique_ptr<FfnSublayer> MakeMoe(ParameterStore& store, const std::string& name,
+                                     int64_t hidden, const MoeLayer::Options& options) {
+  return std::make_unique<LocalMoe>(store, name, hidden, options);
+}
+
+void ChunkMajorToSampleMajor(const float* src, float* dst, int64_t chunks, int64_t batch,
+                             int64_t seq, int64_t features) {
+  const size_t block = static_cast<size_t>(seq * features) * sizeof(float);
+  for (int64_t c = 0; c < chunks; ++c)
+    for (int64_t b = 0; b < batch; ++b) {
+      std::memcpy(dst + (b * chunks + c) * seq * features, src + (c * batch + b) * seq * features,
+                  block);
+    }
+}
+
+void SampleMajorToChunkMajor(const float* src, float* dst, int64_t chunks, int64_t batch,
+                             int64_t seq, int64_t features) {
+  const size_t block = static_cast<size_t>(seq * features) * sizeof(float);
+  for (int64_t c = 0; c < chunks; ++c)
+    for (int64_t b = 0; b < batch; ++b) {
+      std::memcpy(dst + (c * batch + b) * seq * features, src + (b * chunks + c) * seq * features,
+                  block);
+    }
+}
+
+void TakeChunk(const float* src, float* dst, int64_t chunk, int64_t chunks, int64_t batch,
+               int64_t seq, int64_t features) {
+  const size_t block = static_cast<size_t>(seq * features) * sizeof(float);
+  for (int64_t b = 0; b < batch; ++b) {
+    std::memcpy(dst + b * seq * features, src + (b * chunks + chunk) * seq * features, block);
+  }
+}
+
+}  // namespace tessera::dit_moe
