@@ -76,7 +76,8 @@ absl::StatusOr<std::unique_ptr<ColumnParallelLinear>> ColumnParallelLinear::Crea
                                    out_features, " and excludes gather_output"));
   }
   TESSERA_RETURN_IF_ERROR(CheckDivisible(
-      absl::StrCat(name, ": out_features per block of a column-parallel linear"),
+      absl::StrCat(name, ": out_features", blocks == 1 ? "" : " per block",
+                   " of a column-parallel linear"),
       out_features / blocks, tp));
   auto layer = std::unique_ptr<ColumnParallelLinear>(
       new ColumnParallelLinear(store, tp, in_features, out_features, options));

@@ -7,7 +7,8 @@
 // the balance loss and expert load must equal the reference's; each owned
 // expert's gradients must equal the reference's (the owner sees every token
 // routed to its experts); router and shared-expert gradients summed over the
-// ranks must equal the reference's.
+// ranks must equal the reference's. Capacity drops have their own oracle
+// (below): per rank, the single-rank layer on that rank's tokens.
 #include "parallel/expert_parallel/moe.h"
 
 #include <gtest/gtest.h>
@@ -227,6 +228,48 @@ TEST(ExpertParallelMoeEdgeTest, NoTokensAnywhereGivesEmptyOutputsAndZeroGradient
   for (int64_t i = 0; i < grads.numel(); ++i) ASSERT_EQ(grads.data<float>()[i], 0.0f) << i;
 }
 
+// Capacity drops are per source rank: each rank's outputs, input gradients
+// and drop count equal the single-rank layer with the same capacity factor
+// applied to that rank's tokens alone (balance loss off: it is the only term
+// that couples the ranks' router gradients). Factor 0.5 with top-2 of 4
+// experts drops a good share of the assignments.
+TEST(ExpertParallelMoeEdgeTest, CapacityDropsPerRankEqualSingleRankOnOwnTokens) {
+  auto ep = World();
+  const int rank = ep->rank();
+  MoeLayer::Options options;
+  options.num_experts = 4;
+  options.top_k = 2;
+  options.expert_hidden = 5;
+  options.shared_expert_hidden = 3;
+  options.balance_loss_coef = 0;
+  options.capacity_factor = 0.5f;
+  const Tensor x = Block(rank, 9 + rank, 3, false);
+  const Tensor dy = Block(rank, 9 + rank, 4, false);
+
+  ParameterStore ref_store;
+  MoeLayer ref(ref_store, "moe", kDim, options);
+  ref_store.Finalize(kSeed);
+  ref_store.ZeroGrads();
+  Arena ref_arena;
+  const Tensor y_ref = ref.Forward(ref_arena, x);
+  const Tensor dx_ref = ref.Backward(ref_arena, dy, 1.0f);
+  EXPECT_GT(ref.dropped_assignments(), 0);
+
+  ParameterStore store;
+  auto layer = ExpertParallelMoe::Create(store, *ep, "moe", kDim, options);
+  ASSERT_TRUE(layer.ok()) << layer.status();
+  store.Finalize(kSeed);
+  store.ZeroGrads();
+  Arena arena;
+  auto y = (*layer)->Forward(arena, x);
+  ASSERT_TRUE(y.ok()) << y.status();
+  auto dx = (*layer)->Backward(arena, dy, 1.0f);
+  ASSERT_TRUE(dx.ok()) << dx.status();
+  EXPECT_EQ((*layer)->dropped_assignments(), ref.dropped_assignments());
+  ExpectNear(y_ref.data<float>(), y->data<float>(), x.numel(), "y");
+  ExpectNear(dx_ref.data<float>(), dx->data<float>(), x.numel(), "dx");
+}
+
 TEST(ExpertParallelMoeEdgeTest, InvalidOptionsAreUsageErrorsNamingTheQuantity) {
   auto ep = World();
   MoeLayer::Options options;
@@ -235,11 +278,13 @@ TEST(ExpertParallelMoeEdgeTest, InvalidOptionsAreUsageErrorsNamingTheQuantity) {
   {
     ParameterStore store;
     MoeLayer::Options capacity = options;
-    capacity.capacity_factor = 1.25f;
+    capacity.capacity_factor = -1.0f;
     auto layer = ExpertParallelMoe::Create(store, *ep, "moe", kDim, capacity);
     ASSERT_FALSE(layer.ok());
     EXPECT_EQ(ExitCodeFor(layer.status()), 2);
-    EXPECT_NE(layer.status().message().find("not supported yet"), absl::string_view::npos);
+    EXPECT_NE(layer.status().message().find("capacity_factor -1 of moe must be >= 0"),
+              absl::string_view::npos)
+        << layer.status();
   }
   {
     ParameterStore store;

@@ -81,23 +81,26 @@ const std::vector<RuleCase>& RuleCases() {
        4,
        "model.dit_moe.hidden_size=30 must be divisible by parallel.tp=4",
        false},
-      {{"parallel.tp=3", "parallel.etp=3", "model.dit_moe.expert_hidden=100"},
+      // (24 / 2)^2 = 144 and (28 / 2)^2 = 196 tokens split over tp = 3 and 7.
+      {{"parallel.tp=3", "parallel.etp=3", "model.dit_moe.expert_hidden=100",
+        "model.dit_moe.input_size=24"},
        3,
        "model.dit_moe.expert_hidden=100 must be divisible by parallel.etp=3",
        false},
       {{"parallel.tp=7", "parallel.etp=7", "model.dit_moe.hidden_size=30",
-        "model.dit_moe.num_heads=7", "model.dit_moe.shared_expert_hidden=-1"},
+        "model.dit_moe.num_heads=7", "model.dit_moe.shared_expert_hidden=-1",
+        "model.dit_moe.input_size=28"},
        7,
        "model.dit_moe.hidden_size=30 must be divisible by parallel.tp=7; "
        "expert hidden width 4 * model.dit_moe.hidden_size=30 = 120 "
        "(model.dit_moe.expert_hidden=0) must be divisible by parallel.etp=7",
        false},
-      {{"parallel.tp=3", "model.dit_moe.shared_expert_hidden=100"},
+      {{"parallel.tp=3", "model.dit_moe.shared_expert_hidden=100", "model.dit_moe.input_size=24"},
        3,
        "model.dit_moe.shared_expert_hidden=100 must be divisible by parallel.tp=3",
        false},
       {{"parallel.tp=7", "model.dit_moe.hidden_size=30", "model.dit_moe.num_heads=7",
-        "model.dit_moe.expert_hidden=128"},
+        "model.dit_moe.expert_hidden=128", "model.dit_moe.input_size=28"},
        7,
        "model.dit_moe.hidden_size=30 must be divisible by parallel.tp=7; "
        "shared expert hidden width 2 * model.dit_moe.hidden_size=30 = 60 "
@@ -152,8 +155,8 @@ TEST(ResolveMesh, EveryRankOfAnInvalidLayoutFailsWithTheSameMessage) {
 }
 
 TEST(ResolveMesh, ValidLayoutsResolveToTheirSizes) {
-  // The Megatron SP case above without sequence_parallel: 9 % 1 == 0.
-  EXPECT_TRUE(ResolveMesh(With({"parallel.tp=2", "model.dit_moe.input_size=6"}), 2).ok());
+  // The token-split case above without tp: 9 % 1 == 0.
+  EXPECT_TRUE(ResolveMesh(With({"parallel.sp=1", "model.dit_moe.input_size=6"}), 2).ok());
   // Without a model only the mesh's own rules apply: ep = 3 needs no experts.
   RunConfig no_model;
   no_model.mutable_parallel()->set_ep(3);
