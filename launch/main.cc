@@ -14,6 +14,7 @@ commands:
   train     train a model from a run config        (tessera train --help)
   sample    generate images from a trained run     (tessera sample --help)
   data      import, synthesize and verify data     (tessera data --help)
+  ckpt      list, show, verify, diff and export checkpoints (tessera ckpt --help)
 
 exit codes: 0 done, 2 usage or config error, 3 data error, 4 checkpoint error,
             5 communication failure, 6 numerical failure (NaN/Inf), 1 internal error
@@ -34,6 +35,7 @@ int main(int argc, char** argv) {
   if (command == "train") return tessera::TrainCommand(args);
   if (command == "sample") return tessera::SampleCommand(args);
   if (command == "data") return tessera::DataCommand(args);
+  if (command == "ckpt") return tessera::CkptCommand(args);
   std::fprintf(stderr, "tessera: error: unknown command \"%s\"\n\n%s", command.c_str(), kUsage);
   return 2;
 }

@@ -10,6 +10,10 @@
 #include "parallel/comm/watchdog.h"
 #include "launch/commands.h"
 #include "launch/model_parallel.h"
+#include "parallel/comm/host_group_adapter.h"
+#include "runtime/checkpoint/checkpoint_tools.h"
+#include "runtime/checkpoint/sharded_checkpoint.h"
+#include "runtime/train/signals.h"
 #include "launch/model_setup.h"
 #include "models/dit_moe/task.h"
 #include "runtime/base/errors.h"
@@ -41,6 +45,48 @@ constexpr int64_t kBucketElements = int64_t{1} << 22;
 
 double Gib(size_t bytes) { return static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0); }
 
+// The checkpoint to continue from (checkpoint.resume), or "" to start fresh:
+// "latest" with no committed checkpoint yet starts fresh, so a job script
+// can always pass --resume. With checkpoint.fallback, a checkpoint that
+// fails verification gives way to the newest older one that passes.
+absl::StatusOr<std::string> ResolveResume(const RunConfig& config, bool leader) {
+  const CheckpointConfig& c = config.checkpoint();
+  if (c.resume().empty()) return std::string();
+  std::vector<std::string> candidates;
+  if (c.resume() == "latest") {
+    absl::StatusOr<std::string> latest = FindLatest(config.train().run_dir());
+    if (!latest.ok()) {
+      if (leader) {
+        std::printf("checkpoint.resume=latest: no committed checkpoint in %s yet, starting at "
+                    "step 1\n",
+                    CheckpointsRoot(config.train().run_dir()).c_str());
+      }
+      return std::string();
+    }
+    candidates.push_back(*latest);
+    if (c.fallback()) {
+      TESSERA_ASSIGN_OR_RETURN(auto listing, ListCheckpoints(config.train().run_dir()));
+      for (auto it = listing.rbegin(); it != listing.rend(); ++it) {
+        if (it->committed && it->path != *latest) candidates.push_back(it->path);
+      }
+    }
+  } else {
+    TESSERA_ASSIGN_OR_RETURN(std::string dir, ResolveCheckpoint(c.resume()));
+    candidates.push_back(dir);
+  }
+  if (!c.fallback()) return candidates.front();
+  for (const std::string& dir : candidates) {
+    TESSERA_ASSIGN_OR_RETURN(VerifyReport report, VerifyCheckpoint(dir));
+    if (report.problems.empty()) return dir;
+    if (leader) {
+      std::printf("checkpoint.fallback: %s fails verification (%s); trying an older one\n",
+                  dir.c_str(), report.problems.front().c_str());
+    }
+  }
+  return CheckpointError(absl::StrCat("checkpoint.resume=", c.resume(),
+                                      ": no committed checkpoint passes verification"));
+}
+
 absl::Status Train(const ParsedArguments& args, Distributed& distributed) {
   if (!args.Has("config")) return UsageError("train: --config FILE is required (see --help)");
   TESSERA_ASSIGN_OR_RETURN(RunConfig config, LoadRunConfig(args.Get("config")));
@@ -59,6 +105,15 @@ absl::Status Train(const ParsedArguments& args, Distributed& distributed) {
   }
   ConfigureThreads(config);
   const bool leader = distributed.rank() == 0;
+  InstallStopSignalHandlers();
+  // Every rank reads the same manifest, so all resume from the same step.
+  TESSERA_ASSIGN_OR_RETURN(const std::string resume_dir, ResolveResume(config, leader));
+  SamplerState start;
+  if (!resume_dir.empty()) {
+    TESSERA_ASSIGN_OR_RETURN(CheckpointManifest manifest, ReadCheckpointManifest(resume_dir));
+    start.epoch = manifest.sampler_epoch();
+    start.position = manifest.sampler_position();
+  }
 
   // The GEMM reference first, so its buffers count in the baseline; likewise
   // a first collective, which maps the MPI transport's shared memory.
@@ -88,7 +143,7 @@ absl::Status Train(const ParsedArguments& args, Distributed& distributed) {
   const int replica = distributed.mesh ? distributed.mesh->coordinates().dp : 0;
   TESSERA_ASSIGN_OR_RETURN(auto task,
                            dit_moe::DitMoeTask::Create(config, *built.model, replica,
-                                                       static_cast<int>(dp), micro_batch));
+                                                       static_cast<int>(dp), micro_batch, start));
   const int micro_batches = static_cast<int>(per_replica / micro_batch);
 
   std::unique_ptr<parallel::DataParallel> data_parallel;
@@ -136,6 +191,43 @@ absl::Status Train(const ParsedArguments& args, Distributed& distributed) {
     }
   }
   options.micro_batches = micro_batches;
+  // Checkpoints: committed over the world; a background save commits over a
+  // second world communicator of its own (MPI_THREAD_MULTIPLE).
+  options.resume_dir = resume_dir;
+  if (resume_dir.empty() && !config.checkpoint().load().empty()) {
+    TESSERA_ASSIGN_OR_RETURN(options.init_dir, ResolveCheckpoint(config.checkpoint().load()));
+  }
+  std::unique_ptr<HostGroup> group, async_group;
+  std::unique_ptr<parallel::MpiCommunicator> async_world;
+  if (distributed.world) {
+    group = std::make_unique<parallel::CommunicatorHostGroup>(distributed.world.get());
+    if (config.checkpoint().async()) {
+      if (distributed.mpi->multithreaded()) {
+        TESSERA_ASSIGN_OR_RETURN(async_world, distributed.mpi->CreateWorld(absl::Seconds(
+                                                  config.parallel().collective_timeout_s())));
+        async_group = std::make_unique<parallel::CommunicatorHostGroup>(async_world.get());
+      } else if (leader) {
+        std::printf("checkpoint.async: this MPI has no MPI_THREAD_MULTIPLE; saving "
+                    "synchronously\n");
+      }
+    }
+  } else if (config.checkpoint().async()) {
+    async_group = std::make_unique<LocalHostGroup>();
+  }
+  options.group = group.get();
+  options.async_group = async_group.get();
+  if (distributed.mesh) {
+    const parallel::MeshShape& shape = distributed.mesh->shape();
+    options.mesh.set_world(shape.world);
+    options.mesh.set_tp(shape.tp);
+    options.mesh.set_sp(shape.sp);
+    options.mesh.set_dp(shape.dp);
+    options.mesh.set_ep(shape.ep);
+    options.mesh.set_etp(shape.etp);
+    options.mesh.set_edp(shape.edp);
+    options.tp_rank = distributed.mesh->coordinates().tp;
+  }
+  options.mesh.set_zero_stage(config.parallel().zero_stage());
   const FaultConfig& fault = config.fault();
   if (fault.kill_rank() == distributed.rank() || fault.hang_rank() == distributed.rank()) {
     options.fault.action = fault.kill_rank() == distributed.rank()
@@ -213,6 +305,13 @@ int ReportError(const absl::Status& status) {
   return ExitCodeFor(status);
 }
 
+// A stop after a signal is not an error: say so once and exit 75.
+int ReportStop(const absl::Status& status, bool leader) {
+  if (leader) std::printf("tessera: %s\n", std::string(status.message()).c_str());
+  std::fflush(stdout);
+  return kExitSavedRequeue;
+}
+
 int TrainCommand(const std::vector<std::string>& raw) {
   auto args = ParseArguments(raw, {"config", "set"}, {"resume", "help"});
   if (!args.ok()) return ReportError(args.status());
@@ -223,12 +322,17 @@ int TrainCommand(const std::vector<std::string>& raw) {
   if (!LaunchedUnderMpi()) {
     Distributed alone;
     const absl::Status status = Train(*args, alone);
+    if (ExitCodeFor(status) == kExitSavedRequeue) return ReportStop(status, true);
     return status.ok() ? 0 : ReportError(status);
   }
   auto distributed = StartMpi();
   if (!distributed.ok()) return ReportError(distributed.status());
   const absl::Status status = Train(*args, *distributed);
   if (status.ok()) return 0;
+  // Every rank agreed to stop and the checkpoint is committed.
+  if (ExitCodeFor(status) == kExitSavedRequeue) {
+    return ReportStop(status, distributed->mpi->world_rank() == 0);
+  }
   // A config error is the same on every rank: each says so and exits 2. Any
   // other error may be this rank's alone; end the whole job with its code so
   // that no rank is left waiting in a collective.

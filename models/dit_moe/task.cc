@@ -14,7 +14,8 @@ namespace tessera::dit_moe {
 absl::StatusOr<std::unique_ptr<DitMoeTask>> DitMoeTask::Create(const RunConfig& config,
                                                                DitMoe& model, int replica,
                                                                int num_replicas,
-                                                               int64_t micro_batch) {
+                                                               int64_t micro_batch,
+                                                               SamplerState start) {
   ImageReaderOptions options;
   options.dir = config.data().dir();
   options.global_batch = config.train().global_batch();
@@ -23,6 +24,7 @@ absl::StatusOr<std::unique_ptr<DitMoeTask>> DitMoeTask::Create(const RunConfig& 
   options.seed = config.train().seed();
   options.prefetch = config.data().prefetch();
   options.pad_to = static_cast<int>(model.dims().input_size);
+  options.start = start;
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<ImageReader> reader, ImageReader::Open(options));
   const DitMoeDims& dims = model.dims();
   if (reader->channels() != dims.channels || reader->height() != dims.input_size ||
@@ -59,6 +61,7 @@ absl::StatusOr<MicroBatchResult> DitMoeTask::RunMicroBatch(Arena& arena, int64_t
                                                            float loss_scale) {
   if (micro == 0) {
     TESSERA_ASSIGN_OR_RETURN(batch_, reader_->Next());
+    position_ = batch_.state_after;
     step_load_sum_.clear();
     step_micro_batches_ = 0;
     step_dropped_ = 0;
@@ -105,6 +108,7 @@ absl::StatusOr<MicroBatchResult> DitMoeTask::RunMicroBatch(Arena& arena, int64_t
   Tensor dprediction = arena.AllocateUninitialized(DType::kF32, prediction.shape());
   cpu::MseBackward(prediction.data<float>(), target.data<float>(), dprediction.data<float>(), n,
                    static_cast<float>(loss_scale * loss_share));
+  BeforeBackward();
   TESSERA_RETURN_IF_ERROR(model_.BackwardRows(arena, dprediction, loss_scale));
 
   // Per-step statistics for the log.

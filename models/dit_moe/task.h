@@ -15,11 +15,11 @@ class DitMoeTask : public TrainTask {
  public:
   // `replica` of `num_replicas` data-parallel replicas; each step this
   // process trains on its share of train.global_batch in micro-batches of
-  // `micro_batch` samples.
+  // `micro_batch` samples. `start`: where the data stream resumes.
   static absl::StatusOr<std::unique_ptr<DitMoeTask>> Create(const RunConfig& config,
                                                             DitMoe& model, int replica,
-                                                            int num_replicas,
-                                                            int64_t micro_batch);
+                                                            int num_replicas, int64_t micro_batch,
+                                                            SamplerState start = {});
 
   absl::StatusOr<MicroBatchResult> RunMicroBatch(Arena& arena, int64_t step, int micro,
                                                  float loss_scale) override;
@@ -30,6 +30,9 @@ class DitMoeTask : public TrainTask {
   std::string MetricsJsonFields() const override;
   std::string LogSuffix() const override;
   void EndStep() override;
+  std::pair<int64_t, int64_t> DataPosition() const override {
+    return {position_.epoch, position_.position};
+  }
 
  private:
   DitMoeTask(const RunConfig& config, DitMoe& model, std::unique_ptr<ImageReader> reader,
@@ -42,6 +45,7 @@ class DitMoeTask : public TrainTask {
   int replica_, num_replicas_;
   int64_t micro_batch_;
   ImageBatch batch_;  // this step's share of the global batch
+  SamplerState position_;  // after the last batch read
   // Means over the micro-batches of the last step.
   double balance_loss_ = 0;
   std::vector<std::vector<double>> expert_load_;

@@ -165,12 +165,18 @@ absl::StatusOr<std::unique_ptr<MpiCommunicator>> MpiCommunicator::CreateSubgroup
                 group_->watchdog);
 }
 
+void MpiCommunicator::Count(size_t bytes) {
+  ++calls_;
+  if (size() > 1) bytes_sent_ += static_cast<int64_t>(bytes);
+}
+
 absl::StatusOr<std::unique_ptr<Work>> MpiCommunicator::AllReduce(void* data, size_t count,
                                                                  DType dtype, ReduceOp op) {
   TESSERA_ASSIGN_OR_RETURN(MPI_Datatype type, MpiType(dtype));
   TESSERA_ASSIGN_OR_RETURN(MPI_Op mpi_op, MpiOp(op, dtype));
   TESSERA_ASSIGN_OR_RETURN(int n, ToInt(count, "AllReduce count"));
   OpInfo info{"AllReduce", ReduceOpName(op), count, count * DTypeSize(dtype), dtype};
+  Count(info.bytes);
   info.seq = group_->counter->Enter();
   MPI_Request request = MPI_REQUEST_NULL;
   const int code = MPI_Iallreduce(MPI_IN_PLACE, data, n, type, mpi_op, group_->comm, &request);
@@ -195,6 +201,7 @@ absl::StatusOr<std::unique_ptr<Work>> MpiCommunicator::ReduceScatter(const void*
         "ReduceScatter: recv overlaps send other than as send + rank() * recv_count");
   }
   OpInfo info{"ReduceScatter", ReduceOpName(op), recv_count, send_bytes, dtype};
+  Count(send_bytes);
   info.seq = group_->counter->Enter();
   MPI_Request request = MPI_REQUEST_NULL;
   MpiFinish finish;
@@ -227,6 +234,7 @@ absl::StatusOr<std::unique_ptr<Work>> MpiCommunicator::AllGather(const void* sen
         "AllGather: send overlaps recv other than as recv + rank() * send_count");
   }
   OpInfo info{"AllGather", nullptr, send_count, block_bytes, dtype};
+  Count(block_bytes * size());
   info.seq = group_->counter->Enter();
   MPI_Request request = MPI_REQUEST_NULL;
   const int code = MPI_Iallgather(in_place ? MPI_IN_PLACE : send, n, type, recv, n, type,
@@ -244,6 +252,7 @@ absl::StatusOr<std::unique_ptr<Work>> MpiCommunicator::AllToAll(const void* send
     return absl::InvalidArgumentError("AllToAll: send and recv must not overlap");
   }
   OpInfo info{"AllToAll", nullptr, count_per_rank, bytes, dtype};
+  Count(count_per_rank * DTypeSize(dtype) * static_cast<size_t>(size() - 1));
   info.seq = group_->counter->Enter();
   MPI_Request request = MPI_REQUEST_NULL;
   const int code = MPI_Ialltoall(send, n, type, recv, n, type, group_->comm, &request);
@@ -277,6 +286,7 @@ absl::StatusOr<std::unique_ptr<Work>> MpiCommunicator::AllToAllV(
     return absl::InvalidArgumentError("AllToAllV: send and recv must not overlap");
   }
   OpInfo info{"AllToAllV", nullptr, send_total, send_total * element, dtype};
+  Count((send_total - send_counts[static_cast<size_t>(rank())]) * element);
   info.seq = group_->counter->Enter();
   MPI_Request request = MPI_REQUEST_NULL;
   const int code =
@@ -291,6 +301,7 @@ absl::StatusOr<std::unique_ptr<Work>> MpiCommunicator::Broadcast(void* data, siz
   TESSERA_ASSIGN_OR_RETURN(int n, ToInt(count, "Broadcast count"));
   TESSERA_RETURN_IF_ERROR(CheckRank(root, size(), "Broadcast root"));
   OpInfo info{"Broadcast", nullptr, count, count * DTypeSize(dtype), dtype};
+  Count(info.bytes);
   info.seq = group_->counter->Enter();
   MPI_Request request = MPI_REQUEST_NULL;
   const int code = MPI_Ibcast(data, n, type, root, group_->comm, &request);
@@ -306,6 +317,7 @@ absl::StatusOr<std::unique_ptr<Work>> MpiCommunicator::Send(const void* data, si
     return absl::InvalidArgumentError(absl::StrFormat("Send tag %d not in [0, %d]", tag, kMaxTag));
   }
   OpInfo info{"Send", nullptr, count, count * DTypeSize(dtype), dtype};
+  Count(info.bytes);
   info.peer = peer;
   info.tag = tag;
   MPI_Request request = MPI_REQUEST_NULL;
@@ -322,6 +334,7 @@ absl::StatusOr<std::unique_ptr<Work>> MpiCommunicator::Recv(void* data, size_t c
     return absl::InvalidArgumentError(absl::StrFormat("Recv tag %d not in [0, %d]", tag, kMaxTag));
   }
   OpInfo info{"Recv", nullptr, count, count * DTypeSize(dtype), dtype};
+  Count(0);
   info.peer = peer;
   info.tag = tag;
   MPI_Request request = MPI_REQUEST_NULL;
@@ -331,6 +344,7 @@ absl::StatusOr<std::unique_ptr<Work>> MpiCommunicator::Recv(void* data, size_t c
 
 absl::StatusOr<std::unique_ptr<Work>> MpiCommunicator::Barrier() {
   OpInfo info{"Barrier", nullptr, 0, 0, DType::kU8};
+  Count(0);
   info.seq = group_->counter->Enter();
   MPI_Request request = MPI_REQUEST_NULL;
   const int code = MPI_Ibarrier(group_->comm, &request);

@@ -19,6 +19,22 @@
 // of ranks, not per group) takes the next number of the group's watchdog
 // counter; a timeout names it and the ranks that never reached it.
 //
+// Traffic accounting (benchmarks; docs/parallelism.md, "Communication
+// volume"): each communicator counts the operations this rank issued on it
+// (calls(), Send/Recv/Barrier included) and their payload bytes from this
+// rank's point of view (bytes_sent()):
+//   AllReduce       count * element size (the buffer)
+//   ReduceScatter   size() * recv_count * element size (the send buffer)
+//   AllGather       size() * send_count * element size (the receive buffer)
+//   AllToAll        (size() - 1) * count_per_rank * element size (to the others)
+//   AllToAllV       sum of send_counts[r], r != rank(), * element size
+//   Broadcast       count * element size, on every rank
+//   Send            count * element size; Recv and Barrier: 0
+// On a group of one rank nothing leaves the process: every call counts 0
+// bytes. A call is counted once it passed its argument checks. Wire traffic
+// follows from the payload by the algorithm (a ring all-reduce sends
+// 2 (n - 1)/n of the buffer; ring all-gather and reduce-scatter (n - 1)/n).
+//
 // Destroying a Work before it completed leaves its MPI request pending (MPI
 // forbids freeing an active collective request): only do that on the way to
 // AbortJob. A Wait that timed out may be called again and still succeed.
@@ -98,9 +114,17 @@ class MpiCommunicator final : public Communicator {
                                              int tag) override;
   absl::StatusOr<std::unique_ptr<Work>> Barrier() override;
 
+  // Payload bytes and operations issued on this communicator by this rank
+  // since creation or the last ResetCounters() (see the file comment).
+  int64_t bytes_sent() const { return bytes_sent_; }
+  int64_t calls() const { return calls_; }
+  void ResetCounters() { bytes_sent_ = calls_ = 0; }
+
  private:
   explicit MpiCommunicator(std::shared_ptr<MpiGroup> group) : group_(std::move(group)) {}
+  void Count(size_t bytes);
   std::shared_ptr<MpiGroup> group_;
+  int64_t bytes_sent_ = 0, calls_ = 0;
 };
 
 }  // namespace tessera::parallel

@@ -12,15 +12,19 @@ absl::StatusOr<std::unique_ptr<MpiRuntime>> MpiRuntime::Init(int* argc, char*** 
   int initialized = 0;
   TESSERA_MPI(MPI_Initialized(&initialized));
   if (!initialized) {
+    // MULTIPLE lets a background checkpoint save commit over a communicator
+    // of its own; FUNNELED is all the step loop needs.
     int provided = 0;
-    TESSERA_MPI(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided));
+    TESSERA_MPI(MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &provided));
     runtime->owns_mpi_ = true;
+    runtime->thread_level_ = provided;
     if (provided < MPI_THREAD_FUNNELED) {
       return CommunicationError(
           absl::StrFormat("MPI provides thread level %d; tessera needs MPI_THREAD_FUNNELED (%d)",
                           provided, MPI_THREAD_FUNNELED));
     }
   }
+  if (!runtime->owns_mpi_) TESSERA_MPI(MPI_Query_thread(&runtime->thread_level_));
   TESSERA_RETURN_IF_ERROR(SetErrorsReturn(MPI_COMM_WORLD));
   TESSERA_MPI(MPI_Comm_rank(MPI_COMM_WORLD, &runtime->world_rank_));
   TESSERA_MPI(MPI_Comm_size(MPI_COMM_WORLD, &runtime->world_size_));

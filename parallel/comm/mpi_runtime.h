@@ -30,6 +30,8 @@ class MpiRuntime {
 
   int world_rank() const { return world_rank_; }
   int world_size() const { return world_size_; }
+  // True when MPI allows calls from several threads at once (MPI_THREAD_MULTIPLE).
+  bool multithreaded() const { return thread_level_ >= MPI_THREAD_MULTIPLE; }
   const std::shared_ptr<Watchdog>& watchdog() const { return watchdog_; }
 
   // MpiCommunicator::CreateWorld with this runtime's watchdog.
@@ -40,6 +42,7 @@ class MpiRuntime {
   bool owns_mpi_ = false;
   int world_rank_ = 0;
   int world_size_ = 1;
+  int thread_level_ = 0;
   std::shared_ptr<Watchdog> watchdog_;
 };
 

@@ -271,6 +271,13 @@ size_t DataParallel::CommunicationBufferBytes() const {
   return bytes;
 }
 
+std::vector<AdamW*> DataParallel::optimizers() {
+  if (optimizer_) return {optimizer_.get()};
+  std::vector<AdamW*> shards;
+  for (Bucket& bucket : buckets_) shards.push_back(bucket.shard_optimizer.get());
+  return shards;
+}
+
 size_t DataParallel::OptimizerStateBytes() const {
   if (optimizer_) return optimizer_->StateBytes();
   size_t bytes = 0;

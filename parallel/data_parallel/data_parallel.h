@@ -73,6 +73,7 @@ class DataParallel : public GradientSync {
   absl::Status Step(float lr, float grad_scale) override;
   absl::Status AverageOverReplicas(std::vector<double>* values) override;
   size_t OptimizerStateBytes() const override;
+  std::vector<AdamW*> optimizers() override;
   size_t CommunicationBufferBytes() const override;
 
   // Seconds the last FinishBackward spent waiting for reductions (the part

@@ -36,6 +36,10 @@ absl::Status NumericalError(absl::string_view m) {
   return Make(absl::StatusCode::kOutOfRange, m, ErrorCategory::kNumerical);
 }
 
+absl::Status SavedForRequeue(absl::string_view m) {
+  return Make(absl::StatusCode::kAborted, m, ErrorCategory::kSavedRequeue);
+}
+
 int ExitCodeFor(const absl::Status& status) {
   if (status.ok()) return kExitOk;
   auto payload = status.GetPayload(kCategoryUrl);

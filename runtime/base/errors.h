@@ -17,6 +17,7 @@ enum class ErrorCategory : int {
   kCheckpoint = 4,     // missing, corrupt or incompatible checkpoint
   kCommunication = 5,  // a collective failed or timed out
   kNumerical = 6,      // NaN/Inf in loss or gradients
+  kSavedRequeue = 75,  // stopped by a signal after saving: requeue me (not a failure)
 };
 
 inline constexpr int kExitOk = 0;
@@ -33,6 +34,8 @@ absl::Status DataError(absl::string_view message);
 absl::Status CheckpointError(absl::string_view message);
 absl::Status CommunicationError(absl::string_view message);
 absl::Status NumericalError(absl::string_view message);
+// SIGTERM/SIGUSR1 stopped training after a committed checkpoint (exit 75).
+absl::Status SavedForRequeue(absl::string_view message);
 
 // The exit code for a status: 0 for OK, the category's code when present,
 // kExitInternal otherwise.

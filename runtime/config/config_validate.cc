@@ -7,15 +7,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "google/protobuf/descriptor.h"
-#include "google/protobuf/message.h"
 #include "runtime/base/errors.h"
 #include "runtime/config/config.h"
 
 namespace tessera {
 namespace {
-
-namespace pb = ::google::protobuf;
 
 // "name=value", the form every message uses to point at a field.
 template <typename T>
@@ -42,43 +38,11 @@ class Checker {
   std::vector<std::string> failures_;
 };
 
-// True when `field` of `message` holds a value other than its default.
-bool DiffersFromDefault(const pb::Message& message, const pb::FieldDescriptor* field) {
-  const pb::Reflection* reflection = message.GetReflection();
-  switch (field->cpp_type()) {
-    case pb::FieldDescriptor::CPPTYPE_INT32:
-      return reflection->GetInt32(message, field) != field->default_value_int32();
-    case pb::FieldDescriptor::CPPTYPE_INT64:
-      return reflection->GetInt64(message, field) != field->default_value_int64();
-    case pb::FieldDescriptor::CPPTYPE_UINT32:
-      return reflection->GetUInt32(message, field) != field->default_value_uint32();
-    case pb::FieldDescriptor::CPPTYPE_UINT64:
-      return reflection->GetUInt64(message, field) != field->default_value_uint64();
-    case pb::FieldDescriptor::CPPTYPE_FLOAT:
-      return reflection->GetFloat(message, field) != field->default_value_float();
-    case pb::FieldDescriptor::CPPTYPE_DOUBLE:
-      return reflection->GetDouble(message, field) != field->default_value_double();
-    case pb::FieldDescriptor::CPPTYPE_BOOL:
-      return reflection->GetBool(message, field) != field->default_value_bool();
-    case pb::FieldDescriptor::CPPTYPE_ENUM:
-      return reflection->GetEnumValue(message, field) != field->default_value_enum()->number();
-    case pb::FieldDescriptor::CPPTYPE_STRING:
-      return reflection->GetString(message, field) != field->default_value_string();
-    case pb::FieldDescriptor::CPPTYPE_MESSAGE:
-      return reflection->HasField(message, field);
-  }
-  return false;
-}
-
-// Features whose fields exist in the schema but not yet in this build: a
-// non-default value is refused rather than silently ignored.
-void CheckUnsupported(const RunConfig& config, Checker& check) {
-  const pb::Descriptor* checkpoint = CheckpointConfig::descriptor();
-  for (const char* name : {"every", "resume", "load", "async"}) {
-    const pb::FieldDescriptor* field = checkpoint->FindFieldByName(name);
-    check.Expect(!DiffersFromDefault(config.checkpoint(), field),
-                 absl::StrCat("checkpoint.", name, " is not supported yet"));
-  }
+void CheckCheckpoint(const CheckpointConfig& c, Checker& check) {
+  check.Expect(c.every() >= 0,
+               absl::StrCat("checkpoint.every=", c.every(), " must be >= 0 (0: never)"));
+  check.Expect(c.keep_last() >= 0,
+               absl::StrCat("checkpoint.keep_last=", c.keep_last(), " must be >= 0 (0: all)"));
 }
 
 // Test-only fault injection: a rank, a step and a phase.
@@ -94,10 +58,11 @@ void CheckFault(const FaultConfig& f, int world_size, Checker& check) {
                absl::StrCat("fault.at_step=", f.at_step(),
                             " must be >= 1 when fault.kill_rank or fault.hang_rank is set"));
   const std::string& phase = f.at_phase();
-  check.Expect(phase.empty() || phase == "forward" || phase == "reduce" || phase == "optimizer",
+  check.Expect(phase.empty() || phase == "forward" || phase == "backward" ||
+                   phase == "reduce" || phase == "optimizer" || phase == "save",
                absl::StrCat("fault.at_phase=\"", phase,
-                            "\" must be one of \"forward\" (the default), \"reduce\", "
-                            "\"optimizer\""));
+                            "\" must be one of \"forward\" (the default), \"backward\", "
+                            "\"reduce\", \"optimizer\", \"save\""));
 }
 
 void CheckDitMoe(const DitMoeConfig& m, Checker& check) {
@@ -343,7 +308,7 @@ absl::Status ValidateRunConfig(const RunConfig& config, int world_size) {
   CheckBatchSplit(config, world_size, check);
   CheckOptim(config.optim(), check);
   CheckData(config, check);
-  CheckUnsupported(config, check);
+  CheckCheckpoint(config.checkpoint(), check);
   CheckFault(config.fault(), world_size, check);
   return check.Result();
 }

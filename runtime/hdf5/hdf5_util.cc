@@ -44,6 +44,10 @@ H5Lock::H5Lock() {
   Hdf5Mutex().lock();
   static bool silenced = false;
   if (!silenced) {
+    // No library shutdown at exit: a file whose write failed (a full disk)
+    // cannot be closed, and HDF5 1.10 crashes retrying that at exit. tessera
+    // closes every file it writes successfully itself.
+    H5dont_atexit();
     H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
     silenced = true;
   }

@@ -43,6 +43,9 @@ class GradientSync {
   // Replaces each value by its mean over the replicas.
   virtual absl::Status AverageOverReplicas(std::vector<double>* values) = 0;
   virtual size_t OptimizerStateBytes() const = 0;
+  // The AdamW instances holding this rank's optimizer state (each over a
+  // range of the flat buffer), for checkpoints.
+  virtual std::vector<AdamW*> optimizers() = 0;
   // Buffers the reductions keep besides the gradients (e.g. ZeRO shards).
   virtual size_t CommunicationBufferBytes() const { return 0; }
 };
@@ -62,6 +65,7 @@ class LocalGradientSync : public GradientSync {
   absl::Status Step(float lr, float grad_scale) override;
   absl::Status AverageOverReplicas(std::vector<double>*) override { return absl::OkStatus(); }
   size_t OptimizerStateBytes() const override { return optimizer_.StateBytes(); }
+  std::vector<AdamW*> optimizers() override { return {&optimizer_}; }
 
  private:
   ParameterStore& store_;

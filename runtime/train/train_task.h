@@ -6,7 +6,9 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
+#include <utility>
 
 #include "absl/status/statusor.h"
 #include "runtime/tensor/arena.h"
@@ -45,6 +47,21 @@ class TrainTask {
   virtual std::string LogSuffix() const { return ""; }
   // Called once per optimizer step after the last micro-batch.
   virtual void EndStep() {}
+  // The data stream's position after the last step, for checkpoints: the
+  // sampler's epoch and its position in global samples within that epoch.
+  virtual std::pair<int64_t, int64_t> DataPosition() const { return {0, 0}; }
+
+  // Called between each micro-batch's forward and backward pass (the
+  // trainer's test-only fault injection at phase "backward").
+  void set_backward_hook(std::function<void()> hook) { backward_hook_ = std::move(hook); }
+
+ protected:
+  void BeforeBackward() const {
+    if (backward_hook_) backward_hook_();
+  }
+
+ private:
+  std::function<void()> backward_hook_;
 };
 
 }  // namespace tessera

@@ -5,6 +5,8 @@
 #include <csignal>
 
 #include <chrono>
+#include <cstring>
+#include <tuple>
 #include <cmath>
 #include <filesystem>
 #include <vector>
@@ -15,7 +17,10 @@
 #include "runtime/kernels/cpu/gemm.h"
 #include "runtime/optim/clip.h"
 #include "runtime/optim/schedule.h"
+#include "runtime/config/config.h"
+#include "runtime/train/checkpointing.h"
 #include "runtime/train/memory.h"
+#include "runtime/train/signals.h"
 
 namespace tessera {
 namespace {
@@ -33,6 +38,29 @@ std::string HumanBytes(double bytes) {
     ++u;
   }
   return absl::StrFormat("%.1f %s", bytes, units[u]);
+}
+
+// Keeps the lines of metrics.jsonl with "step" <= last_step.
+absl::Status TrimMetrics(const std::string& path, int64_t last_step) {
+  std::FILE* in = std::fopen(path.c_str(), "r");
+  if (in == nullptr) return absl::OkStatus();  // nothing logged yet
+  std::string kept, line;
+  char buffer[4096];
+  while (std::fgets(buffer, sizeof(buffer), in) != nullptr) {
+    line += buffer;
+    if (line.back() != '\n' && !std::feof(in)) continue;
+    long long step = 0;
+    if (std::sscanf(line.c_str(), "{\"step\":%lld", &step) == 1 && step <= last_step) kept += line;
+    line.clear();
+  }
+  std::fclose(in);
+  const std::string temporary = path + ".tmp";
+  std::FILE* out = std::fopen(temporary.c_str(), "w");
+  if (out == nullptr || std::fwrite(kept.data(), 1, kept.size(), out) != kept.size() ||
+      std::fclose(out) != 0 || std::rename(temporary.c_str(), path.c_str()) != 0) {
+    return UsageError(absl::StrCat("cannot rewrite ", path, ": ", std::strerror(errno)));
+  }
+  return absl::OkStatus();
 }
 
 std::string HumanSeconds(double s) {
@@ -65,6 +93,7 @@ Trainer::Trainer(const RunConfig& config, ParameterStore& store, TrainTask& task
       local_sync_(options.sync ? nullptr
                                : std::make_unique<LocalGradientSync>(store, config.optim())),
       sync_(options.sync ? options.sync : local_sync_.get()),
+      group_(options.group ? options.group : &local_group_),
       arena_(task.PredictStepArenaBytes()) {
   if (config.optim().ema_decay() > 0) {
     ema_ = std::make_unique<Ema>(store.values().data<float>(), store.numel());
@@ -76,9 +105,14 @@ Trainer::Trainer(const RunConfig& config, ParameterStore& store, TrainTask& task
   plan_.communication = sync_->CommunicationBufferBytes();
   plan_.ema = ema_ ? static_cast<size_t>(ema_->size()) * sizeof(float) : 0;
   plan_.activations = task.PredictActivationBytes();
+  task_.set_backward_hook([this] { MaybeInjectFault(current_step_, "backward"); });
   const std::string& progress = config.train().progress();
   progress_ = sync_->is_logging_rank() &&
               (progress == "on" || (progress == "auto" && isatty(STDOUT_FILENO)));
+}
+
+Trainer::~Trainer() {
+  if (saver_.joinable()) saver_.join();
 }
 
 const float* Trainer::inference_weights() const {
@@ -95,8 +129,27 @@ absl::Status Trainer::Run() {
   }
   const bool logging = sync_->is_logging_rank();
   const std::string metrics_path = train.run_dir() + "/metrics.jsonl";
+  int64_t first_step = 1;
+  if (!options_.resume_dir.empty()) {
+    TESSERA_ASSIGN_OR_RETURN(const int64_t saved, Restore(options_.resume_dir, false));
+    first_step = saved + 1;
+    last_saved_step_ = saved;
+    if (logging) {
+      std::printf("resumed from %s: step %lld done, continuing at step %lld\n",
+                  options_.resume_dir.c_str(), static_cast<long long>(saved),
+                  static_cast<long long>(first_step));
+    }
+  } else if (!options_.init_dir.empty()) {
+    TESSERA_RETURN_IF_ERROR(Restore(options_.init_dir, true).status());
+    if (logging) std::printf("initialized the parameters from %s\n", options_.init_dir.c_str());
+  }
+  if (logging && first_step > 1) {
+    // Lines past the resumed step came from a run that did not get to save
+    // them: they are trained again.
+    TESSERA_RETURN_IF_ERROR(TrimMetrics(metrics_path, first_step - 1));
+  }
   if (logging) {
-    metrics_ = std::fopen(metrics_path.c_str(), "w");
+    metrics_ = std::fopen(metrics_path.c_str(), first_step > 1 ? "a" : "w");
     if (metrics_ == nullptr) {
       return UsageError(absl::StrCat("cannot write ", metrics_path, ": ", std::strerror(errno)));
     }
@@ -114,8 +167,30 @@ absl::Status Trainer::Run() {
     std::fflush(stdout);
   }
 
+  const int64_t every = config_.checkpoint().every();
   absl::Status status;
-  for (int64_t step = 1; step <= train.steps() && status.ok(); ++step) status = Step(step);
+  for (int64_t step = first_step; step <= train.steps() && status.ok(); ++step) {
+    status = Step(step);
+    if (!status.ok()) break;
+    absl::StatusOr<bool> stop = AgreeOnStop();
+    if (!stop.ok()) {
+      status = stop.status();
+      break;
+    }
+    if (*stop || (every > 0 && (step % every == 0 || step == train.steps()))) {
+      status = Save(step, /*blocking=*/*stop);
+    }
+    if (*stop && status.ok()) {
+      status = SavedForRequeue(absl::StrFormat(
+          "stopped by %s after step %d and saved checkpoint %s: resume with --resume",
+          StopSignal() == SIGTERM   ? "SIGTERM"
+          : StopSignal() == SIGUSR1 ? "SIGUSR1"
+                                    : "a stop request",
+          step, CheckpointDirName(step)));
+    }
+  }
+  const absl::Status saved = WaitForSave();
+  if (status.ok()) status = saved;
   if (progress_) std::printf("\r\033[K");
   if (metrics_ != nullptr) std::fclose(metrics_);
   metrics_ = nullptr;
@@ -127,6 +202,93 @@ absl::Status Trainer::Run() {
                              (gemm_peak_ * sync_->num_replicas());
   }
   return status;
+}
+
+absl::StatusOr<bool> Trainer::AgreeOnStop() {
+  TESSERA_ASSIGN_OR_RETURN(const int64_t any, group_->AllReduceMax(StopRequested() ? 1 : 0));
+  return any != 0;
+}
+
+absl::StatusOr<int64_t> Trainer::Restore(const std::string& dir, bool parameters_only) {
+  TrainingState state{&store_, ema_ ? ema_->values().data<float>() : nullptr,
+                      sync_->optimizers(), options_.tp_rank};
+  absl::StatusOr<int64_t> step = [&]() -> absl::StatusOr<int64_t> {
+    TESSERA_ASSIGN_OR_RETURN(CheckpointManifest manifest, ReadCheckpointManifest(dir));
+    LoadOptions load;
+    // One process holds the whole model: anything else stored is a mismatch.
+    load.require_all_tensors = group_->size() == 1;
+    TESSERA_RETURN_IF_ERROR(LoadPieces(dir, manifest, LoadTargets(state, parameters_only), load));
+    return manifest.step();
+  }();
+  // Every rank must know if any failed, or the others would wait for it in
+  // the first collective.
+  TESSERA_ASSIGN_OR_RETURN(const int64_t failed, group_->AllReduceMax(step.ok() ? 0 : 1));
+  if (!step.ok()) return step.status();
+  if (failed) {
+    return CheckpointError(
+        absl::StrCat("another rank failed to load checkpoint ", dir, " (its message says why)"));
+  }
+  if (parameters_only) {
+    if (ema_) std::memcpy(ema_->values().raw(), store_.values().raw(), store_.values().bytes());
+    return 0;
+  }
+  for (AdamW* adam : sync_->optimizers()) adam->set_step(*step);
+  return *step;
+}
+
+absl::Status Trainer::WaitForSave() {
+  if (saver_.joinable()) saver_.join();
+  saving_.reset();
+  absl::Status status = save_status_;
+  save_status_ = absl::OkStatus();
+  return status;
+}
+
+absl::Status Trainer::Save(int64_t step, bool blocking) {
+  if (step == last_saved_step_) return absl::OkStatus();  // a signal right after a save
+  // At most one save in flight: the previous one finishes first.
+  TESSERA_RETURN_IF_ERROR(WaitForSave());
+  const auto start = Clock::now();
+  auto snapshot = std::make_unique<CheckpointSnapshot>();
+  CheckpointMeta& meta = snapshot->meta;
+  meta.step = step;
+  meta.samples_seen = step * config_.train().global_batch();
+  meta.tokens_seen = meta.samples_seen * task_.TokensPerSample();
+  std::tie(meta.sampler_epoch, meta.sampler_position) = task_.DataPosition();
+  meta.optimizer_step = step;
+  meta.mesh = options_.mesh;
+  meta.run_config = RunConfigToText(config_);
+  // Every random draw is a counter-based function of (seed, step, sample).
+  meta.rng_state = absl::StrCat("counter seed=", config_.train().seed(), " step=", step);
+  TrainingState state{&store_, ema_ ? ema_->values().data<float>() : nullptr,
+                      sync_->optimizers(), options_.tp_rank};
+  snapshot->pieces = SnapshotPieces(state);
+  MaybeInjectFault(step, "save");
+  last_saved_step_ = step;
+  SaveOptions save;
+  save.keep_last = config_.checkpoint().keep_last();
+  const std::string run_dir = config_.train().run_dir();
+  const bool logging = sync_->is_logging_rank();
+  if (!config_.checkpoint().async() || blocking || options_.async_group == nullptr) {
+    TESSERA_RETURN_IF_ERROR(SaveCheckpoint(*group_, run_dir, *snapshot, save));
+    if (logging) {
+      std::printf("saved checkpoint %s/%s in %.2fs\n", CheckpointsRoot(run_dir).c_str(),
+                  CheckpointDirName(step).c_str(), Seconds(start, Clock::now()));
+      std::fflush(stdout);
+    }
+    return absl::OkStatus();
+  }
+  // Background: the copy above was the only pause of the step loop.
+  saving_ = std::move(snapshot);
+  if (logging) {
+    std::printf("saving checkpoint %s in the background (host copy %.3fs)\n",
+                CheckpointDirName(step).c_str(), Seconds(start, Clock::now()));
+    std::fflush(stdout);
+  }
+  saver_ = std::thread([this, run_dir, save] {
+    save_status_ = SaveCheckpoint(*options_.async_group, run_dir, *saving_, save);
+  });
+  return absl::OkStatus();
 }
 
 void Trainer::MaybeInjectFault(int64_t step, const char* phase) const {
@@ -143,6 +305,7 @@ void Trainer::MaybeInjectFault(int64_t step, const char* phase) const {
 }
 
 absl::Status Trainer::Step(int64_t step) {
+  current_step_ = step;
   MaybeInjectFault(step, "forward");
   const auto start = Clock::now();
   store_.ZeroGrads();

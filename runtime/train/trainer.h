@@ -6,8 +6,11 @@
 #include <cstdio>
 #include <memory>
 #include <string>
+#include <thread>
 
 #include "absl/status/status.h"
+#include "runtime/checkpoint/host_group.h"
+#include "runtime/checkpoint/sharded_checkpoint.h"
 #include "runtime/config/config.pb.h"
 #include "runtime/nn/parameter.h"
 #include "runtime/optim/ema.h"
@@ -52,12 +55,23 @@ class Trainer {
       int64_t step = -1;
       std::string phase = "forward";
     } fault;
+    // Checkpoints (checkpoint.* in the config; docs/checkpoints.md).
+    HostGroup* group = nullptr;        // the ranks that commit together; null: this process
+    HostGroup* async_group = nullptr;  // a second group for background saves; null: none
+    CheckpointMesh mesh;               // recorded in the manifest
+    int tp_rank = 0;                   // this rank's tp coordinate
+    std::string resume_dir;            // continue from this committed checkpoint
+    std::string init_dir;              // checkpoint.load: initial parameters only
   };
   Trainer(const RunConfig& config, ParameterStore& store, TrainTask& task,
           const Options& options);
+  ~Trainer();  // waits for a background save
 
-  // Trains config.train.steps steps. Writes <run_dir>/metrics.jsonl.
-  // Returns a NumericalError if the loss or the gradients stop being finite.
+  // Trains up to config.train.steps steps (from the step after a resumed
+  // checkpoint). Writes <run_dir>/metrics.jsonl and, every checkpoint.every
+  // steps, a checkpoint. Returns a NumericalError if the loss or the
+  // gradients stop being finite, and SavedForRequeue (exit 75) after saving
+  // when SIGTERM/SIGUSR1 asked it to stop.
   absl::Status Run();
 
   const TrainSummary& summary() const { return summary_; }
@@ -71,6 +85,16 @@ class Trainer {
 
  private:
   absl::Status Step(int64_t step);
+  // Loads `dir` into the parameters (and EMA and optimizer unless
+  // `parameters_only`) on every rank; fails everywhere if it fails anywhere.
+  // Returns the checkpoint's step.
+  absl::StatusOr<int64_t> Restore(const std::string& dir, bool parameters_only);
+  // Whether any rank received a stop signal (agreed over the group).
+  absl::StatusOr<bool> AgreeOnStop();
+  // Saves after `step`: in the background with checkpoint.async (unless
+  // `blocking`), else before returning.
+  absl::Status Save(int64_t step, bool blocking);
+  absl::Status WaitForSave();
   void MaybeInjectFault(int64_t step, const char* phase) const;
   void Report(int64_t step, double loss, double aux, double lr, double grad_norm,
               double step_seconds, int64_t samples);
@@ -82,6 +106,13 @@ class Trainer {
   std::unique_ptr<LocalGradientSync> local_sync_;
   GradientSync* sync_;
   std::unique_ptr<Ema> ema_;
+  LocalHostGroup local_group_;
+  HostGroup* group_;
+  std::thread saver_;  // at most one background save in flight
+  std::unique_ptr<CheckpointSnapshot> saving_;
+  absl::Status save_status_;
+  int64_t last_saved_step_ = -1;
+  int64_t current_step_ = 0;
   Arena arena_;
   MemoryPlan plan_;
   TrainSummary summary_;

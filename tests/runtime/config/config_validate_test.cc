@@ -149,15 +149,13 @@ const std::vector<RuleCase>& RuleCases() {
       {{"data.dir="}, 1, "data.dir must not be empty"},
       {{"data.schema=tokens"}, 1, "data.schema=\"tokens\" must be \"images\" for model.dit_moe"},
       {{"data.prefetch=0"}, 1, "data.prefetch=0 must be >= 1"},
-      // not implemented yet
-      {{"checkpoint.every=100"}, 1, "checkpoint.every is not supported yet"},
-      {{"checkpoint.resume=latest"}, 1, "checkpoint.resume is not supported yet"},
-      {{"checkpoint.load=runs/x/step_00000010"}, 1, "checkpoint.load is not supported yet"},
-      {{"checkpoint.async=true"}, 1, "checkpoint.async is not supported yet"},
+      // checkpoint
+      {{"checkpoint.every=-1"}, 1, "checkpoint.every=-1 must be >= 0 (0: never)"},
+      {{"checkpoint.keep_last=-2"}, 1, "checkpoint.keep_last=-2 must be >= 0 (0: all)"},
       {{"fault.kill_rank=1"}, 1, "fault.kill_rank=1 must be -1 (off) or a rank below the world size 1"},
       {{"fault.hang_rank=-2"}, 1, "fault.hang_rank=-2 must be -1 (off) or a rank below the world size 1"},
       {{"fault.kill_rank=0"}, 1, "fault.at_step=-1 must be >= 1 when fault.kill_rank or fault.hang_rank is set"},
-      {{"fault.at_phase=backward"}, 1, "fault.at_phase=\"backward\" must be one of \"forward\" (the default), \"reduce\", \"optimizer\""},
+      {{"fault.at_phase=loss"}, 1, "fault.at_phase=\"loss\" must be one of \"forward\" (the default), \"backward\", \"reduce\", \"optimizer\", \"save\""},
   };
   return *cases;
 }
