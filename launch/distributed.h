@@ -1,11 +1,14 @@
 // The distributed side of `tessera train`: MPI, the mesh, the communicators
 // and data parallelism, set up only when an MPI launcher started us, so the
-// single-process path never touches MPI.
+// single-process path never touches MPI. StartMpi also sets up the rank
+// environment: local rank and size from MPI, cross-checked against the
+// launcher's variables (launch/rank_environment.h), and the GPU by local rank.
 #pragma once
 
 #include <memory>
 
 #include "absl/status/statusor.h"
+#include "launch/rank_environment.h"
 #include "parallel/comm/mpi_communicator.h"
 #include "parallel/comm/mpi_runtime.h"
 #include "parallel/data_parallel/data_parallel.h"
@@ -14,18 +17,32 @@
 
 namespace tessera {
 
-// True when mpirun/mpiexec or srun (PMI/PMIx) started this process.
+// True when mpirun/mpiexec or srun (PMI/PMIx) started this process, and for
+// a task of a multi-task srun step even without PMI (`srun --mpi=none`):
+// rather than N independent runs writing one run directory, MPI_Init then
+// fails (Open MPI explains that srun needs --mpi=pmix) or gives a singleton
+// whose world size the rank check refuses.
 bool LaunchedUnderMpi();
 
 struct Distributed {
   std::unique_ptr<parallel::MpiRuntime> mpi;  // declared first: destroyed last
   std::unique_ptr<parallel::MpiCommunicator> world, dense, expert;
   std::unique_ptr<parallel::Mesh> mesh;
+  // Ranks on this node (MPI_COMM_TYPE_SHARED), ordered by world rank.
+  int local_rank = 0;
+  int local_size = 1;
+  Launcher launcher = Launcher::kNone;
+  int device = -1;  // the CUDA device this rank uses; -1: the CPU
   int rank() const { return mesh ? mesh->rank() : 0; }
   int size() const { return mesh ? mesh->shape().world : 1; }
 };
 
-// MPI_Init and the world size, before the config is validated against it.
+// MPI_Init and the world size, before the config is validated against it;
+// then the rank environment, agreed by every rank: when the launcher's
+// variables disagree with MPI on any rank (or a node has more ranks than
+// GPUs), every rank returns the same UsageError naming the variable, its
+// value, MPI's value and the world rank. Rank 0 prints one line: world size,
+// nodes, local size, launcher, device choice and the variables checked.
 absl::StatusOr<Distributed> StartMpi();
 
 // The mesh for `config` (validated on every rank, identical messages) and

@@ -43,12 +43,10 @@ absl::Status WriteSampleGrid(dit_moe::DitMoe& model, const RunConfig& config,
   return WritePngGrid(path, grid, classes, per_class);
 }
 
-void ConfigureThreads(const RunConfig& config) {
+void ConfigureThreads(const RunConfig& config, int local_ranks) {
   int threads = config.train().threads();
   if (threads <= 0) {
-    // The cores of this host, shared among the ranks an MPI launcher put on it.
-    int local_ranks = 1;
-    if (const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE")) local_ranks = std::atoi(local);
+    // The cores of this host, shared among the ranks a launcher put on it.
     const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     threads = std::max(1, cores / std::max(1, local_ranks));
   }

@@ -31,7 +31,7 @@ absl::Status WriteSampleGrid(dit_moe::DitMoe& model, const RunConfig& config,
                              uint64_t seed);
 
 // Sets the CPU threads from train.threads (0: this host's cores divided among
-// the MPI ranks on it).
-void ConfigureThreads(const RunConfig& config);
+// the `local_ranks` MPI ranks on it).
+void ConfigureThreads(const RunConfig& config, int local_ranks = 1);
 
 }  // namespace tessera

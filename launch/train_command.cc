@@ -103,7 +103,7 @@ absl::Status Train(const ParsedArguments& args, Distributed& distributed) {
   if (distributed.mesh && NeedsModelParallel(distributed.mesh->shape())) {
     TESSERA_ASSIGN_OR_RETURN(model_parallel, BuildModelParallelGroups(config, distributed));
   }
-  ConfigureThreads(config);
+  ConfigureThreads(config, distributed.local_size);
   const bool leader = distributed.rank() == 0;
   InstallStopSignalHandlers();
   // Every rank reads the same manifest, so all resume from the same step.

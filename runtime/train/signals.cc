@@ -19,6 +19,9 @@ void InstallStopSignalHandlers() {
   action.sa_flags = SA_RESTART;  // system calls in flight resume
   sigaction(SIGTERM, &action, nullptr);
   sigaction(SIGUSR1, &action, nullptr);
+  // Past a file size limit, writes fail with EFBIG (a checkpoint error,
+  // nothing committed) instead of killing the process.
+  std::signal(SIGXFSZ, SIG_IGN);
 }
 
 bool StopRequested() { return stop_signal.load() >= 0; }

@@ -133,7 +133,13 @@ absl::Status Trainer::Run() {
   if (!options_.resume_dir.empty()) {
     TESSERA_ASSIGN_OR_RETURN(const int64_t saved, Restore(options_.resume_dir, false));
     first_step = saved + 1;
-    last_saved_step_ = saved;
+    // Resumed from this run's own checkpoint: that step is saved already. (A
+    // checkpoint of another run, say another layout, is saved again here.)
+    if (std::filesystem::path(options_.resume_dir).parent_path() ==
+        std::filesystem::path(CheckpointsRoot(train.run_dir()))) {
+      last_saved_step_ = saved;
+      TESSERA_RETURN_IF_ERROR(SupersedeNewer(saved));
+    }
     if (logging) {
       std::printf("resumed from %s: step %lld done, continuing at step %lld\n",
                   options_.resume_dir.c_str(), static_cast<long long>(saved),
@@ -189,6 +195,11 @@ absl::Status Trainer::Run() {
           step, CheckpointDirName(step)));
     }
   }
+  // A run resumed at (or past) its last step still leaves that step saved.
+  const int64_t final_step = std::max(first_step - 1, train.steps());
+  if (status.ok() && every > 0 && last_saved_step_ != final_step && first_step > train.steps()) {
+    status = Save(final_step, /*blocking=*/true);
+  }
   const absl::Status saved = WaitForSave();
   if (status.ok()) status = saved;
   if (progress_) std::printf("\r\033[K");
@@ -202,6 +213,33 @@ absl::Status Trainer::Run() {
                              (gemm_peak_ * sync_->num_replicas());
   }
   return status;
+}
+
+absl::Status Trainer::SupersedeNewer(int64_t step) {
+  // This run continues from `step` (an explicit path, or checkpoint.fallback
+  // past a newer one that failed verification): its newer checkpoints are
+  // renamed step_N.superseded, out of the way of the saves to come and of
+  // `latest`, but kept for inspection.
+  if (group_->rank() == 0) {
+    const std::filesystem::path root = CheckpointsRoot(config_.train().run_dir());
+    std::error_code error;
+    for (const auto& entry : std::filesystem::directory_iterator(root, error)) {
+      const std::string name = entry.path().filename().string();
+      long long n = 0;
+      char rest = 0;
+      if (std::sscanf(name.c_str(), "step_%lld%c", &n, &rest) != 1 || n <= step) continue;
+      const std::filesystem::path moved = root / (name + ".superseded");
+      std::filesystem::remove_all(moved, error);
+      std::filesystem::rename(entry.path(), moved, error);
+      if (error) {
+        return CheckpointError(absl::StrCat("cannot move ", entry.path().string(), " aside: ",
+                                            error.message()));
+      }
+      std::printf("moved %s aside to %s: this run continues from step %lld\n",
+                  entry.path().c_str(), moved.c_str(), static_cast<long long>(step));
+    }
+  }
+  return group_->Barrier();
 }
 
 absl::StatusOr<bool> Trainer::AgreeOnStop() {

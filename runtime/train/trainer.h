@@ -91,6 +91,7 @@ class Trainer {
   absl::StatusOr<int64_t> Restore(const std::string& dir, bool parameters_only);
   // Whether any rank received a stop signal (agreed over the group).
   absl::StatusOr<bool> AgreeOnStop();
+  absl::Status SupersedeNewer(int64_t step);
   // Saves after `step`: in the background with checkpoint.async (unless
   // `blocking`), else before returning.
   absl::Status Save(int64_t step, bool blocking);

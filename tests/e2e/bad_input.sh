@@ -50,6 +50,6 @@ expect_exit "NaN loss" 6 "training diverged" -- \
   tiny "$WORK/run_nan" "$WORK/data" --set optim.lr=1e30 --set optim.grad_clip=0 --set train.steps=20
 [ -f "$WORK/run_nan/config.textproto" ] && pass "diverged run kept its config" || fail "diverged run lost its config"
 
-expect_exit "resume is not available yet" 2 "checkpoint.resume" -- \
-  tiny "$WORK/run_resume" "$WORK/data" --resume
+expect_exit "resume from a checkpoint that does not exist" 4 "$WORK/no_checkpoint" -- \
+  tiny "$WORK/run_resume" "$WORK/data" --set checkpoint.resume="$WORK/no_checkpoint"
 finish

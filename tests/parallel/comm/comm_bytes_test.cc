@@ -91,7 +91,9 @@ TEST(CommBytes, EachCollectiveCountsItsPayloadFromThisRanksView) {
     return world->AllToAllV(v_in.data(), send_counts, v_out.data(), recv_counts, DType::kF32);
   });
   // Hand check of the sum above at rank 0: 2 + 3 + ... + n floats.
-  if (me == 0) EXPECT_EQ(to_others, n * (n + 1) / 2 - 1);
+  if (me == 0) {
+    EXPECT_EQ(to_others, n * (n + 1) / 2 - 1);
+  }
 
   // The buffer, on the root and everyone else alike.
   std::vector<uint8_t> nine(9, 0);
