@@ -236,6 +236,7 @@ absl::Status Train(const ParsedArguments& args, Distributed& distributed) {
     options.fault.step = fault.at_step();
     if (!fault.at_phase().empty()) options.fault.phase = fault.at_phase();
   }
+  if (fault.corrupt_write() == distributed.rank()) options.fault.corrupt_step = fault.at_step();
   if (!leader) {
     // Only rank 0 writes into the run directory.
     Trainer trainer(config, *built.store, *task, options);

@@ -1,5 +1,6 @@
 // SaveCheckpoint: the writer and the commit protocol (sharded_checkpoint.h).
 #include <algorithm>
+#include <cstring>
 #include <ctime>
 #include <filesystem>
 #include <map>
@@ -168,7 +169,7 @@ absl::Status PrepareDirectory(const std::string& root, const std::string& final_
 absl::Status WriteRankFile(const std::string& tmp_dir, int rank, int64_t step,
                            const CheckpointSnapshot& snapshot,
                            const std::map<std::string, PiecePlan>& plans,
-                           CheckpointRankReport* written) {
+                           bool corrupt_first_piece, CheckpointRankReport* written) {
   const std::string file_name = RankFileName(rank);
   const std::string path = absl::StrCat(tmp_dir, "/", file_name);
   H5Id file;
@@ -197,9 +198,19 @@ absl::Status WriteRankFile(const std::string& tmp_dir, int rank, int64_t step,
     std::string dataset = absl::StrCat("/", d.kind, "/", d.name);
     const int count = per_tensor[dataset]++;
     if (count > 0) absl::StrAppend(&dataset, "#", count);
+    const SavePiece* data = &piece;
+    SavePiece corrupted;
+    if (corrupt_first_piece && written->pieces_size() == 0) {
+      corrupted = piece;
+      uint32_t bits;
+      std::memcpy(&bits, corrupted.data.data(), sizeof(bits));
+      bits ^= 1u << 30;
+      std::memcpy(corrupted.data.data(), &bits, sizeof(bits));
+      data = &corrupted;
+    }
     TESSERA_RETURN_IF_ERROR(
         AsCheckpointError(absl::StrCat(path, ": tensor ", d.name, " (", d.kind, ")"),
-                          WritePieceDataset(file.get(), dataset, piece, crc)));
+                          WritePieceDataset(file.get(), dataset, *data, crc)));
     CheckpointTensor* entry = written->add_pieces();
     *entry = ToProto(d);
     CheckpointPiece* stored = entry->mutable_pieces(0);
@@ -375,7 +386,8 @@ absl::Status SaveCheckpoint(HostGroup& group, const std::string& run_dir,
 
   // 2. Write and fsync this rank's file; the exchange doubles as the barrier.
   CheckpointRankReport written;
-  absl::Status write = WriteRankFile(tmp_dir, rank, step, snapshot, *plans, &written);
+  absl::Status write = WriteRankFile(tmp_dir, rank, step, snapshot, *plans,
+                                     options.corrupt_first_piece, &written);
   if (!write.ok()) {
     written.Clear();
     written.set_error(std::string(write.message()));

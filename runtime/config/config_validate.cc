@@ -53,10 +53,14 @@ void CheckFault(const FaultConfig& f, int world_size, Checker& check) {
                  absl::StrCat("fault.", name, "=", rank, " must be -1 (off) or a rank below the "
                               "world size ", world_size));
   }
-  const bool armed = f.kill_rank() >= 0 || f.hang_rank() >= 0;
+  check.Expect(f.corrupt_write() >= -1 && f.corrupt_write() < world_size,
+               absl::StrCat("fault.corrupt_write=", f.corrupt_write(),
+                            " must be -1 (off) or a rank below the world size ", world_size));
+  const bool armed = f.kill_rank() >= 0 || f.hang_rank() >= 0 || f.corrupt_write() >= 0;
   check.Expect(!armed || f.at_step() >= 1,
                absl::StrCat("fault.at_step=", f.at_step(),
-                            " must be >= 1 when fault.kill_rank or fault.hang_rank is set"));
+                            " must be >= 1 when fault.kill_rank, fault.hang_rank or "
+                            "fault.corrupt_write is set"));
   const std::string& phase = f.at_phase();
   check.Expect(phase.empty() || phase == "forward" || phase == "backward" ||
                    phase == "reduce" || phase == "optimizer" || phase == "save",

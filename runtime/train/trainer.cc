@@ -305,6 +305,7 @@ absl::Status Trainer::Save(int64_t step, bool blocking) {
   last_saved_step_ = step;
   SaveOptions save;
   save.keep_last = config_.checkpoint().keep_last();
+  save.corrupt_first_piece = options_.fault.corrupt_step == step;
   const std::string run_dir = config_.train().run_dir();
   const bool logging = sync_->is_logging_rank();
   if (!config_.checkpoint().async() || blocking || options_.async_group == nullptr) {

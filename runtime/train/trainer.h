@@ -54,6 +54,7 @@ class Trainer {
       Action action = Action::kNone;
       int64_t step = -1;
       std::string phase = "forward";
+      int64_t corrupt_step = -1;  // corrupt a piece of this step's checkpoint
     } fault;
     // Checkpoints (checkpoint.* in the config; docs/checkpoints.md).
     HostGroup* group = nullptr;        // the ranks that commit together; null: this process

@@ -154,7 +154,7 @@ const std::vector<RuleCase>& RuleCases() {
       {{"checkpoint.keep_last=-2"}, 1, "checkpoint.keep_last=-2 must be >= 0 (0: all)"},
       {{"fault.kill_rank=1"}, 1, "fault.kill_rank=1 must be -1 (off) or a rank below the world size 1"},
       {{"fault.hang_rank=-2"}, 1, "fault.hang_rank=-2 must be -1 (off) or a rank below the world size 1"},
-      {{"fault.kill_rank=0"}, 1, "fault.at_step=-1 must be >= 1 when fault.kill_rank or fault.hang_rank is set"},
+      {{"fault.kill_rank=0"}, 1, "fault.at_step=-1 must be >= 1 when fault.kill_rank, fault.hang_rank or fault.corrupt_write is set"},
       {{"fault.at_phase=loss"}, 1, "fault.at_phase=\"loss\" must be one of \"forward\" (the default), \"backward\", \"reduce\", \"optimizer\", \"save\""},
   };
   return *cases;
