@@ -12,6 +12,7 @@ packages=(
   libopenmpi-dev openmpi-bin
   libpng-dev zlib1g-dev
   dataset-fashion-mnist
+  python3            # tests: checking JSON output, flipping a byte in a file
 )
 
 missing=()

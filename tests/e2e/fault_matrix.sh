@@ -28,7 +28,7 @@ run4() {  # RUN_DIR [--set ...]: sets $rc and $seconds
     --config "$SOURCE/configs/dit_moe_tiny.textproto" --set data.dir="$WORK/data" \
     --set train.run_dir="$WORK/$dir" "${args[@]}" "$@" >> "$WORK/$dir.log" 2>&1
   rc=$?
-  seconds=$(echo "$(date +%s.%N) - $start" | bc)
+  seconds=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
 }
 
 run4 clean
