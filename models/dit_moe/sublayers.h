@@ -105,13 +105,12 @@ absl::StatusOr<std::unique_ptr<FfnSublayer>> MakeParallelMoe(ParameterStore& sto
                                                              int64_t hidden,
                                                              const MoeLayer::Options& options);
 
-// Row reorderings between the rank-major result of a gather over `chunks`
+// Row reordering between the rank-major result of a gather over `chunks`
 // ranks, [chunks, B, S, F], and sample-major rows [B, chunks * S, F] (chunk
-// c holds tokens [c*S, (c+1)*S) of each sample).
-void ChunkMajorToSampleMajor(const float* src, float* dst, int64_t chunks, int64_t batch,
-                             int64_t seq, int64_t features);
-void SampleMajorToChunkMajor(const float* src, float* dst, int64_t chunks, int64_t batch,
-                             int64_t seq, int64_t features);
+// c holds tokens [c*S, (c+1)*S) of each sample); `to_sample_major` picks the
+// direction.
+void ReorderChunks(const float* src, float* dst, int64_t chunks, int64_t batch, int64_t seq,
+                   int64_t features, bool to_sample_major);
 // Chunk `chunk` of every sample of [B, chunks * S, F] -> [B, S, F].
 void TakeChunk(const float* src, float* dst, int64_t chunk, int64_t chunks, int64_t batch,
                int64_t seq, int64_t features);

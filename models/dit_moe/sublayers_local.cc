@@ -86,23 +86,15 @@ std::unique_ptr<FfnSublayer> MakeMoe(ParameterStore& store, const std::string& n
   return std::make_unique<LocalMoe>(store, name, hidden, options);
 }
 
-void ChunkMajorToSampleMajor(const float* src, float* dst, int64_t chunks, int64_t batch,
-                             int64_t seq, int64_t features) {
-  const size_t block = static_cast<size_t>(seq * features) * sizeof(float);
+void ReorderChunks(const float* src, float* dst, int64_t chunks, int64_t batch, int64_t seq,
+                   int64_t features, bool to_sample_major) {
+  const int64_t block = seq * features;
   for (int64_t c = 0; c < chunks; ++c)
     for (int64_t b = 0; b < batch; ++b) {
-      std::memcpy(dst + (b * chunks + c) * seq * features, src + (c * batch + b) * seq * features,
-                  block);
-    }
-}
-
-void SampleMajorToChunkMajor(const float* src, float* dst, int64_t chunks, int64_t batch,
-                             int64_t seq, int64_t features) {
-  const size_t block = static_cast<size_t>(seq * features) * sizeof(float);
-  for (int64_t c = 0; c < chunks; ++c)
-    for (int64_t b = 0; b < batch; ++b) {
-      std::memcpy(dst + (c * batch + b) * seq * features, src + (b * chunks + c) * seq * features,
-                  block);
+      const int64_t chunk_major = (c * batch + b) * block, sample_major = (b * chunks + c) * block;
+      std::memcpy(dst + (to_sample_major ? sample_major : chunk_major),
+                  src + (to_sample_major ? chunk_major : sample_major),
+                  static_cast<size_t>(block) * sizeof(float));
     }
 }
 

@@ -29,11 +29,7 @@ absl::StatusOr<Tensor> GatherRows(Arena& arena, Communicator& group, const Tenso
 Tensor Reordered(Arena& arena, const Tensor& x, bool to_sample_major, int64_t chunks,
                  int64_t batch, int64_t seq) {
   Tensor out = arena.AllocateUninitialized(DType::kF32, x.shape());
-  if (to_sample_major) {
-    ChunkMajorToSampleMajor(x.data<float>(), out.data<float>(), chunks, batch, seq, x.dim(1));
-  } else {
-    SampleMajorToChunkMajor(x.data<float>(), out.data<float>(), chunks, batch, seq, x.dim(1));
-  }
+  ReorderChunks(x.data<float>(), out.data<float>(), chunks, batch, seq, x.dim(1), to_sample_major);
   return out;
 }
 

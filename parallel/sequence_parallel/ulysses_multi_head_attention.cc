@@ -5,16 +5,9 @@
 #include "absl/strings/str_format.h"
 #include "runtime/base/errors.h"
 #include "runtime/base/status.h"
+#include "runtime/nn/attention.h"
 
 namespace tessera::parallel {
-namespace {
-// As MultiHeadAttention: W [3, hidden, hidden] (Linear::Options::out_blocks).
-Linear::Options QkvOptions() {
-  Linear::Options options;
-  options.out_blocks = 3;
-  return options;
-}
-}  // namespace
 
 absl::StatusOr<std::unique_ptr<UlyssesMultiHeadAttention>> UlyssesMultiHeadAttention::Create(
     ParameterStore& store, const std::string& name, int64_t hidden, int64_t heads, Communicator& sp,
@@ -34,7 +27,7 @@ UlyssesMultiHeadAttention::UlyssesMultiHeadAttention(ParameterStore& store, cons
                                                      int64_t hidden, UlyssesAttention core)
     : hidden_(hidden),
       core_(std::move(core)),
-      qkv_(store, name + ".qkv", hidden, 3 * hidden, QkvOptions()),
+      qkv_(store, name + ".qkv", hidden, 3 * hidden, MultiHeadAttention::QkvOptions()),
       proj_(store, name + ".proj", hidden, hidden) {}
 
 absl::StatusOr<Tensor> UlyssesMultiHeadAttention::Forward(Arena& arena, const Tensor& x,

@@ -3,14 +3,11 @@
 #include "runtime/kernels/cpu/attention.h"
 
 namespace tessera {
-namespace {
-// q, k and v as three stacked blocks: W [3, hidden, hidden] (see Linear::Options).
-Linear::Options QkvOptions() {
+Linear::Options MultiHeadAttention::QkvOptions() {
   Linear::Options options;
   options.out_blocks = 3;
   return options;
 }
-}  // namespace
 
 MultiHeadAttention::MultiHeadAttention(ParameterStore& store, const std::string& name,
                                        int64_t hidden, int64_t heads, bool causal)

@@ -19,6 +19,11 @@ class MultiHeadAttention {
 
   double ForwardFlops(int64_t batch, int64_t seq) const;
 
+  // The fused q/k/v projection's options: three stacked output blocks, so W
+  // is registered as [3, hidden, hidden] (Linear::Options::out_blocks). Every
+  // attention layer that registers these weights uses it.
+  static Linear::Options QkvOptions();
+
  private:
   int64_t hidden_, heads_;
   bool causal_;

@@ -29,7 +29,6 @@ make_data "$WORK/data"
 common=(--set train.steps=20 --set train.micro_batch=2 --set checkpoint.every=10
         --set optim.schedule=COSINE --set optim.warmup_steps=3
         --set train.sample_grid_per_class=0 --set parallel.collective_timeout_s=30)
-losses() { grep -oE '"loss":[^,]*' "$1/metrics.jsonl" | cut -d: -f2; }
 train1() {  # RUN_DIR [--set ...]: one process
   local dir=$1
   shift

@@ -18,7 +18,6 @@ args=(--set train.steps=12 --set train.micro_batch=2 --set checkpoint.every=5
       --set optim.schedule=COSINE --set optim.warmup_steps=3 --set train.sample_grid_per_class=0
       --set parallel.collective_timeout_s=$timeout_s --set parallel.tp=2 --set parallel.ep=2
       --set parallel.zero_stage=1)
-losses() { grep -oE '"loss":[^,]*' "$1/metrics.jsonl" | cut -d: -f2; }
 run4() {  # RUN_DIR [--set ...]: sets $rc and $seconds
   local dir=$1
   shift

@@ -39,6 +39,42 @@ tiny() {  # tiny RUN_DIR DATA_DIR [--set ...]
     --set train.run_dir="$run_dir" --set data.dir="$data_dir" "$@"
 }
 
+# The losses a run logged, one per line.
+losses() { grep -oE '"loss":[^,]*' "$1/metrics.jsonl" | cut -d: -f2; }
+
+# Layout oracles (data_parallel.sh, model_parallel.sh). With the array
+# `common` (--set ... for every run) and the one-process baseline trained
+# into $WORK/single on $WORK/data:
+#   mpi_tiny NAME NP [--set ...]     the tiny config under mpirun into $WORK/NAME
+#   run_layout NAME NP [--set ...]   that, then its losses (relative 1e-5,
+#                                    $steps of them) and final weights
+#                                    (h5diff -d 1e-6) against the baseline
+mpi_tiny() {
+  local name=$1 np=$2
+  shift 2
+  timeout 300 mpirun --oversubscribe --bind-to none -np "$np" "$TESSERA" train \
+    --config "$SOURCE/configs/dit_moe_tiny.textproto" --set train.run_dir="$WORK/$name" \
+    --set data.dir="$WORK/data" "${common[@]}" "$@" > "$WORK/$name.log" 2>&1
+}
+run_layout() {
+  local name=$1 np=$2
+  mpi_tiny "$@"
+  local rc=$?
+  if [ $rc -ne 0 ]; then fail "$name: mpirun exited $rc"; tail -20 "$WORK/$name.log"; return; fi
+  if paste <(losses "$WORK/single") <(losses "$WORK/$name") |
+      awk '{ d = $1 - $2; if (d < 0) d = -d; if (d > 1e-5 * ($1 < 0 ? -$1 : $1)) bad = 1 } END { exit bad }' \
+      && [ "$(losses "$WORK/$name" | wc -l)" -eq "$steps" ]; then
+    pass "$name ($np ranks): the $steps losses match one process ($(losses "$WORK/$name" | tail -1))"
+  else
+    fail "$name: losses differ"; paste <(losses "$WORK/single") <(losses "$WORK/$name")
+  fi
+  if h5diff -d 1e-6 "$WORK/single/weights.h5" "$WORK/$name/weights.h5" > "$WORK/$name.diff" 2>&1; then
+    pass "$name: final parameters match one process (h5diff -d 1e-6)"
+  else
+    fail "$name: final parameters differ"; head "$WORK/$name.diff"
+  fi
+}
+
 finish() {
   if [ "$failures" -ne 0 ]; then echo "$failures check(s) failed"; exit 1; fi
   echo "all checks passed"

@@ -23,7 +23,6 @@ SOURCE=$(realpath "$SOURCE")
 CONFIG=$SOURCE/configs/dit_moe_tiny.textproto
 common=(--set data.dir="$WORK/data" --set train.sample_grid_per_class=0 --set train.micro_batch=2
         --set parallel.collective_timeout_s=60)
-losses() { grep -oE '"loss":[^,]*' "$1/metrics.jsonl" | cut -d: -f2; }
 same_losses() {  # DIR_A DIR_B: equal within 1e-5 relative, same count
   [ -s "$1/metrics.jsonl" ] && [ -s "$2/metrics.jsonl" ] &&
     [ "$(losses "$1" | wc -l)" -eq "$(losses "$2" | wc -l)" ] &&

@@ -51,18 +51,15 @@ TEST(CommBytes, EachCollectiveCountsItsPayloadFromThisRanksView) {
 
   std::vector<float> seven(7, 1.0f);
   // The buffer: 7 floats.
-  counted.Expect("AllReduce 7 x f32", many * 28, [&] {
-    return world->AllReduce(seven.data(), 7, DType::kF32, ReduceOp::kSum);
-  });
-  counted.Expect("AllReduce of nothing", 0, [&] {
-    return world->AllReduce(seven.data(), 0, DType::kF32, ReduceOp::kSum);
-  });
+  counted.Expect("AllReduce 7 x f32", many * 28,
+                 [&] { return world->AllReduce(seven.data(), 7, DType::kF32, ReduceOp::kSum); });
+  counted.Expect("AllReduce of nothing", 0,
+                 [&] { return world->AllReduce(seven.data(), 0, DType::kF32, ReduceOp::kSum); });
 
   // The receive buffer: n blocks of 5 int64.
   std::vector<int64_t> five(5, me), gathered(5 * n);
-  counted.Expect("AllGather 5 x i64", many * n * 5 * 8, [&] {
-    return world->AllGather(five.data(), gathered.data(), 5, DType::kI64);
-  });
+  counted.Expect("AllGather 5 x i64", many * n * 5 * 8,
+                 [&] { return world->AllGather(five.data(), gathered.data(), 5, DType::kI64); });
 
   // The send buffer: n blocks of 3 floats.
   std::vector<float> scatter_in(3 * n, 1.0f), scatter_out(3);
@@ -73,9 +70,8 @@ TEST(CommBytes, EachCollectiveCountsItsPayloadFromThisRanksView) {
 
   // The blocks for the other n - 1 ranks: 2 int32 each.
   std::vector<int32_t> a2a_in(2 * n, me), a2a_out(2 * n);
-  counted.Expect("AllToAll 2 x i32 per rank", (n - 1) * 2 * 4, [&] {
-    return world->AllToAll(a2a_in.data(), a2a_out.data(), 2, DType::kI32);
-  });
+  counted.Expect("AllToAll 2 x i32 per rank", (n - 1) * 2 * 4,
+                 [&] { return world->AllToAll(a2a_in.data(), a2a_out.data(), 2, DType::kI32); });
 
   // Rank q sends r + q + 1 floats to rank r; only blocks to others count.
   std::vector<size_t> send_counts(n), recv_counts(n);
@@ -97,15 +93,13 @@ TEST(CommBytes, EachCollectiveCountsItsPayloadFromThisRanksView) {
 
   // The buffer, on the root and everyone else alike.
   std::vector<uint8_t> nine(9, 0);
-  counted.Expect("Broadcast 9 x u8", many * 9, [&] {
-    return world->Broadcast(nine.data(), 9, DType::kU8, /*root=*/0);
-  });
+  counted.Expect("Broadcast 9 x u8", many * 9,
+                 [&] { return world->Broadcast(nine.data(), 9, DType::kU8, /*root=*/0); });
   counted.Expect("Barrier", 0, [&] { return world->Barrier(); });
 
   // The running totals over the eight calls.
   EXPECT_EQ(world->calls(), 8);
-  EXPECT_EQ(world->bytes_sent(),
-            many * (28 + n * 40 + n * 12 + 9) + (n - 1) * 8 + to_others * 4);
+  EXPECT_EQ(world->bytes_sent(), many * (28 + n * 40 + n * 12 + 9) + (n - 1) * 8 + to_others * 4);
 }
 
 TEST(CommBytes, SendCountsAtTheSenderAndRecvCountsNoBytes) {
@@ -127,8 +121,8 @@ TEST(CommBytes, GroupOfOneRankCountsCallsButNoBytes) {
   auto alone = world->CreateSubgroup({world->rank()}, "alone");
   ASSERT_TRUE(alone.ok());
   std::vector<float> data(100, 1.0f), gathered(100);
-  ASSERT_TRUE((*alone)->Complete((*alone)->AllReduce(data.data(), 100, DType::kF32,
-                                                     ReduceOp::kSum)).ok());
+  ASSERT_TRUE(
+      (*alone)->Complete((*alone)->AllReduce(data.data(), 100, DType::kF32, ReduceOp::kSum)).ok());
   ASSERT_TRUE(
       (*alone)->Complete((*alone)->AllGather(data.data(), gathered.data(), 100, DType::kF32)).ok());
   EXPECT_EQ((*alone)->bytes_sent(), 0);
