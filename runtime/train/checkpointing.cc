@@ -62,17 +62,21 @@ float* Source(const TrainingState& state, const PieceDesc& desc, const AdamW* ad
 
 }  // namespace
 
-std::vector<SavePiece> SnapshotPieces(const TrainingState& state) {
-  std::vector<SavePiece> pieces;
+void SnapshotPieces(const TrainingState& state, std::vector<SavePiece>* pieces) {
+  size_t next = 0;
   ForEachPiece(state, /*with_optimizer=*/true, /*all_tp_ranks=*/false,
                [&](PieceDesc desc, const AdamW* adam, int64_t flat_begin) {
                  const float* data = Source(state, desc, adam, flat_begin);
-                 SavePiece piece;
-                 piece.data.assign(data, data + desc.size());
+                 if (next == pieces->size()) pieces->emplace_back();
+                 SavePiece& piece = (*pieces)[next++];
+                 if (piece.data.size() == static_cast<size_t>(desc.size())) {
+                   std::copy(data, data + desc.size(), piece.data.begin());
+                 } else {
+                   piece.data.assign(data, data + desc.size());
+                 }
                  piece.desc = std::move(desc);
-                 pieces.push_back(std::move(piece));
                });
-  return pieces;
+  pieces->resize(next);
 }
 
 std::vector<LoadPiece> LoadTargets(const TrainingState& state, bool parameters_only) {

@@ -28,8 +28,10 @@ struct TrainingState {
   int tp_rank = 0;  // this rank's tp coordinate
 };
 
-// Copies of every piece this rank saves.
-std::vector<SavePiece> SnapshotPieces(const TrainingState& state);
+// Copies of every piece this rank saves, into `pieces`: when it already
+// holds the same pieces (the previous save's snapshot) their buffers are
+// reused, since touching fresh pages costs more than the copy itself.
+void SnapshotPieces(const TrainingState& state, std::vector<SavePiece>* pieces);
 
 // The pieces to fill on load: all of SnapshotPieces' (plus the tp-replicated
 // optimizer runs that only tp rank 0 saves), or with `parameters_only` the

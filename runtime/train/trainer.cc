@@ -276,7 +276,7 @@ absl::StatusOr<int64_t> Trainer::Restore(const std::string& dir, bool parameters
 
 absl::Status Trainer::WaitForSave() {
   if (saver_.joinable()) saver_.join();
-  saving_.reset();
+  saving_ = nullptr;
   absl::Status status = save_status_;
   save_status_ = absl::OkStatus();
   return status;
@@ -287,7 +287,11 @@ absl::Status Trainer::Save(int64_t step, bool blocking) {
   // At most one save in flight: the previous one finishes first.
   TESSERA_RETURN_IF_ERROR(WaitForSave());
   const auto start = Clock::now();
-  auto snapshot = std::make_unique<CheckpointSnapshot>();
+  // One snapshot buffer for the run, refilled by every save (no save is in
+  // flight now).
+  if (!snapshot_) snapshot_ = std::make_unique<CheckpointSnapshot>();
+  CheckpointSnapshot* snapshot = snapshot_.get();
+  snapshot->meta = CheckpointMeta();
   CheckpointMeta& meta = snapshot->meta;
   meta.step = step;
   meta.samples_seen = step * config_.train().global_batch();
@@ -300,7 +304,7 @@ absl::Status Trainer::Save(int64_t step, bool blocking) {
   meta.rng_state = absl::StrCat("counter seed=", config_.train().seed(), " step=", step);
   TrainingState state{&store_, ema_ ? ema_->values().data<float>() : nullptr,
                       sync_->optimizers(), options_.tp_rank};
-  snapshot->pieces = SnapshotPieces(state);
+  SnapshotPieces(state, &snapshot->pieces);
   MaybeInjectFault(step, "save");
   last_saved_step_ = step;
   SaveOptions save;
@@ -318,7 +322,7 @@ absl::Status Trainer::Save(int64_t step, bool blocking) {
     return absl::OkStatus();
   }
   // Background: the copy above was the only pause of the step loop.
-  saving_ = std::move(snapshot);
+  saving_ = snapshot;
   if (logging) {
     std::printf("saving checkpoint %s in the background (host copy %.3fs)\n",
                 CheckpointDirName(step).c_str(), Seconds(start, Clock::now()));

@@ -111,7 +111,8 @@ class Trainer {
   LocalHostGroup local_group_;
   HostGroup* group_;
   std::thread saver_;  // at most one background save in flight
-  std::unique_ptr<CheckpointSnapshot> saving_;
+  std::unique_ptr<CheckpointSnapshot> snapshot_;  // reused by every save
+  const CheckpointSnapshot* saving_ = nullptr;     // what the background save writes
   absl::Status save_status_;
   int64_t last_saved_step_ = -1;
   int64_t current_step_ = 0;
