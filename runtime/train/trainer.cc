@@ -1,5 +1,7 @@
 #include "runtime/train/trainer.h"
 
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <csignal>
@@ -105,6 +107,11 @@ Trainer::Trainer(const RunConfig& config, ParameterStore& store, TrainTask& task
   plan_.communication = sync_->CommunicationBufferBytes();
   plan_.ema = ema_ ? static_cast<size_t>(ema_->size()) * sizeof(float) : 0;
   plan_.activations = task.PredictActivationBytes();
+  // At most this rank's parameters, EMA and optimizer state (replicas that
+  // another rank writes are copied too).
+  if (config.checkpoint().every() > 0) {
+    plan_.checkpoint = plan_.parameters + plan_.ema + plan_.optimizer;
+  }
   task_.set_backward_hook([this] { MaybeInjectFault(current_step_, "backward"); });
   const std::string& progress = config.train().progress();
   progress_ = sync_->is_logging_rank() &&
@@ -163,11 +170,11 @@ absl::Status Trainer::Run() {
   gemm_peak_ = options_.gemm_peak > 0 ? options_.gemm_peak : MeasureGemmPeak();
   if (logging) {
     std::printf("memory plan: baseline %s, parameters %s, gradients %s, optimizer %s, ema %s, "
-              "activations %s, communication %s = %s\n",
+              "activations %s, communication %s, checkpoint snapshot %s = %s\n",
               HumanBytes(plan_.baseline).c_str(), HumanBytes(plan_.parameters).c_str(), HumanBytes(plan_.gradients).c_str(),
               HumanBytes(plan_.optimizer).c_str(), HumanBytes(plan_.ema).c_str(),
               HumanBytes(plan_.activations).c_str(), HumanBytes(plan_.communication).c_str(),
-              HumanBytes(plan_.total()).c_str());
+              HumanBytes(plan_.checkpoint).c_str(), HumanBytes(plan_.total()).c_str());
     std::printf("gemm peak (oneDNN sgemm, n=1024, %d threads): %.1f GFLOP/s per process\n",
                 cpu::NumThreads(), gemm_peak_ / 1e9);
     std::fflush(stdout);
@@ -329,6 +336,9 @@ absl::Status Trainer::Save(int64_t step, bool blocking) {
     std::fflush(stdout);
   }
   saver_ = std::thread([this, run_dir, save] {
+    // The lowest CPU priority: on a busy host the writer takes idle cycles
+    // rather than the step loop's (nice applies per thread on Linux).
+    setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), 19);
     save_status_ = SaveCheckpoint(*options_.async_group, run_dir, *saving_, save);
   });
   return absl::OkStatus();
@@ -401,7 +411,7 @@ absl::Status Trainer::Step(int64_t step) {
   }
 
   const double seconds = Seconds(start, Clock::now());
-  if (step == 1) summary_.first_loss = loss;
+  if (summary_.steps == 0) summary_.first_loss = loss;  // the first step this process ran
   summary_.last_loss = loss;
   summary_.steps = step;
   Report(step, loss, aux, lr, grad_norm, seconds, samples);

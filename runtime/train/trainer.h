@@ -25,8 +25,10 @@ struct MemoryPlan {
   // data reader), measured; the rest predicted from shapes.
   size_t baseline = 0, parameters = 0, gradients = 0, optimizer = 0, ema = 0, activations = 0;
   size_t communication = 0;  // reduction buffers besides the gradients (ZeRO-1 shards)
+  size_t checkpoint = 0;     // the host snapshot saves copy into (kept between saves)
   size_t total() const {
-    return baseline + parameters + gradients + optimizer + ema + activations + communication;
+    return baseline + parameters + gradients + optimizer + ema + activations + communication +
+           checkpoint;
   }
 };
 
