@@ -413,7 +413,7 @@ absl::Status Trainer::Step(int64_t step) {
   const double seconds = Seconds(start, Clock::now());
   if (summary_.steps == 0) summary_.first_loss = loss;  // the first step this process ran
   summary_.last_loss = loss;
-  summary_.steps = step;
+  ++summary_.steps;  // steps this process ran (fewer than `step` after a resume)
   Report(step, loss, aux, lr, grad_norm, seconds, samples);
   return absl::OkStatus();
 }
