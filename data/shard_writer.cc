@@ -32,13 +32,10 @@ absl::Status CheckAgainstSchema(const Schema& schema, const std::vector<DatasetD
 
 absl::Status WriteDataset(hid_t file, const DatasetSpec& spec, const DatasetData& dataset) {
   std::vector<hsize_t> dims(dataset.dims.begin(), dataset.dims.end());
-  TESSERA_ASSIGN_OR_RETURN(H5Id space, TESSERA_H5_ID(H5Screate_simple(static_cast<int>(dims.size()),
-                                                                      dims.data(), nullptr)));
   // Contiguous layout (the default): samples are read back by hyperslab at
   // random offsets, which chunking and compression would only slow down.
-  TESSERA_ASSIGN_OR_RETURN(
-      H5Id handle, TESSERA_H5_ID(H5Dcreate2(file, spec.name, h5::FileType(spec.dtype), space.get(),
-                                            H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT)));
+  TESSERA_ASSIGN_OR_RETURN(H5Id handle,
+                           h5::CreateDataset(file, spec.name, h5::FileType(spec.dtype), dims));
   int64_t numel = 1;
   for (int64_t d : dataset.dims) numel *= d;
   if (numel == 0) return absl::OkStatus();

@@ -318,20 +318,15 @@ absl::StatusOr<Tensor> ExpertParallelMoe::Backward(Arena& arena, const Tensor& d
   Tensor dx = arena.AllocateUninitialized(DType::kF32, Shape{T, dim_});
   cpu::PermuteBackward(dpermuted.data<float>(), row_of_assignment_.data<int32_t>(),
                        dx.data<float>(), T, dim_, k);
-  if (shared_) {
-    Tensor dshared = shared_->Backward(arena, dy);
-    cpu::AddInPlace(dx.data<float>(), dshared.data<float>(), T * dim_);
-  }
-
   // Balance loss over the group's tokens: d/dp[t, i] = alpha * f_i / T_group.
   RouterGradientInputs router{raw_weights_.data<float>(), weights_.data<float>(),
                               chosen_index_.data<int32_t>(), probs_.data<float>(), &balance_f_,
                               T, E, k, global_tokens_, options_.renormalize_topk && k > 1,
                               options_.balance_loss_coef, loss_scale};
-  Tensor dlogits = RouterLogitsGradient(arena, router, dweights.data<float>());
-  Tensor drouter = router_.Backward(arena, dlogits);
-  cpu::AddInPlace(dx.data<float>(), drouter.data<float>(), T * dim_);
-  probs_ = chosen_index_ = expert_index_ = raw_weights_ = weights_ = row_of_assignment_ = returned_out_ = Tensor();
+  AddSharedAndRouterGradients(arena, dy, shared_.get(), router_, router, dweights.data<float>(),
+                              dx);
+  probs_ = chosen_index_ = expert_index_ = raw_weights_ = weights_ = row_of_assignment_ =
+      returned_out_ = Tensor();
   return dx;
 }
 

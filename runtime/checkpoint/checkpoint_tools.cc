@@ -240,15 +240,8 @@ absl::Status ExportCheckpoint(const std::string& ckpt_dir, const std::string& ou
           options.weights_only ? t.name() : absl::StrCat(t.kind(), "/", t.name());
       std::vector<hsize_t> dims(t.global_shape().begin(), t.global_shape().end());
       TESSERA_ASSIGN_OR_RETURN(
-          H5Id space, dims.empty() ? TESSERA_H5_ID(H5Screate(H5S_SCALAR))
-                                   : TESSERA_H5_ID(H5Screate_simple(static_cast<int>(dims.size()),
-                                                                    dims.data(), nullptr)));
-      TESSERA_ASSIGN_OR_RETURN(H5Id link_props, TESSERA_H5_ID(H5Pcreate(H5P_LINK_CREATE)));
-      TESSERA_RETURN_IF_ERROR(TESSERA_H5(H5Pset_create_intermediate_group(link_props.get(), 1)));
-      TESSERA_ASSIGN_OR_RETURN(
-          H5Id dataset, TESSERA_H5_ID(H5Dcreate2(
-                            file.get(), path.c_str(), options.bf16 ? H5T_STD_U16LE : H5T_IEEE_F32LE,
-                            space.get(), link_props.get(), H5P_DEFAULT, H5P_DEFAULT)));
+          H5Id dataset, h5::CreateDataset(file.get(), path,
+                                          options.bf16 ? H5T_STD_U16LE : H5T_IEEE_F32LE, dims));
       if (options.bf16) {
         std::vector<uint16_t> bits(values.size());
         std::transform(values.begin(), values.end(), bits.begin(), FloatToBfloat16);

@@ -74,15 +74,7 @@ absl::Status WritePieceDataset(hid_t file, const std::string& path, const SavePi
   } else {
     dims.push_back(static_cast<hsize_t>(d.size()));
   }
-  TESSERA_ASSIGN_OR_RETURN(
-      H5Id space, dims.empty() ? TESSERA_H5_ID(H5Screate(H5S_SCALAR))
-                               : TESSERA_H5_ID(H5Screate_simple(static_cast<int>(dims.size()),
-                                                                dims.data(), nullptr)));
-  TESSERA_ASSIGN_OR_RETURN(H5Id link_props, TESSERA_H5_ID(H5Pcreate(H5P_LINK_CREATE)));
-  TESSERA_RETURN_IF_ERROR(TESSERA_H5(H5Pset_create_intermediate_group(link_props.get(), 1)));
-  TESSERA_ASSIGN_OR_RETURN(H5Id dataset,
-                           TESSERA_H5_ID(H5Dcreate2(file, path.c_str(), H5T_IEEE_F32LE, space.get(),
-                                                    link_props.get(), H5P_DEFAULT, H5P_DEFAULT)));
+  TESSERA_ASSIGN_OR_RETURN(H5Id dataset, h5::CreateDataset(file, path, H5T_IEEE_F32LE, dims));
   TESSERA_RETURN_IF_ERROR(TESSERA_H5(
       H5Dwrite(dataset.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, piece.data.data())));
   TESSERA_RETURN_IF_ERROR(h5::WriteStringAttribute(dataset.get(), "name", d.name));

@@ -29,13 +29,8 @@ absl::Status Write(const std::string& path, const ParameterStore& store, const f
   for (const ParamInfo& info : store.infos()) {
     // Parameter names contain dots, never slashes: one flat namespace.
     std::vector<hsize_t> dims(info.global_shape.begin(), info.global_shape.end());
-    TESSERA_ASSIGN_OR_RETURN(
-        H5Id space, TESSERA_H5_ID(H5Screate_simple(static_cast<int>(dims.size()), dims.data(),
-                                                   nullptr)));
-    TESSERA_ASSIGN_OR_RETURN(
-        H5Id dataset,
-        TESSERA_H5_ID(H5Dcreate2(file.get(), info.name.c_str(), H5T_IEEE_F32LE, space.get(),
-                                 H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT)));
+    TESSERA_ASSIGN_OR_RETURN(H5Id dataset,
+                             h5::CreateDataset(file.get(), info.name, H5T_IEEE_F32LE, dims));
     TESSERA_RETURN_IF_ERROR(TESSERA_H5(H5Dwrite(dataset.get(), H5T_NATIVE_FLOAT, H5S_ALL,
                                                 H5S_ALL, H5P_DEFAULT, flat + info.offset)));
   }

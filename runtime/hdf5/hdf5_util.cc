@@ -123,6 +123,18 @@ absl::StatusOr<H5Id> OpenFileReadOnly(const std::string& path) {
   return file;
 }
 
+absl::StatusOr<H5Id> CreateDataset(hid_t file, const std::string& path, hid_t file_type,
+                                   const std::vector<hsize_t>& dims) {
+  TESSERA_ASSIGN_OR_RETURN(
+      H5Id space, dims.empty() ? TESSERA_H5_ID(H5Screate(H5S_SCALAR))
+                               : TESSERA_H5_ID(H5Screate_simple(static_cast<int>(dims.size()),
+                                                                dims.data(), nullptr)));
+  TESSERA_ASSIGN_OR_RETURN(H5Id link_props, TESSERA_H5_ID(H5Pcreate(H5P_LINK_CREATE)));
+  TESSERA_RETURN_IF_ERROR(TESSERA_H5(H5Pset_create_intermediate_group(link_props.get(), 1)));
+  return TESSERA_H5_ID(H5Dcreate2(file, path.c_str(), file_type, space.get(), link_props.get(),
+                                  H5P_DEFAULT, H5P_DEFAULT));
+}
+
 absl::Status WriteStringAttribute(hid_t object, const char* name, absl::string_view value) {
   H5Lock lock;
   TESSERA_ASSIGN_OR_RETURN(H5Id type, TESSERA_H5_ID(H5Tcopy(H5T_C_S1)));

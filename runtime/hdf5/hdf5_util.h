@@ -86,6 +86,11 @@ absl::Status InFile(absl::string_view path, const absl::Status& status);
 // HDF5, truncated files included).
 absl::StatusOr<H5Id> OpenFileReadOnly(const std::string& path);
 
+// Creates dataset `path` in `file` (any groups on the path too) of
+// `file_type` and shape `dims` (a scalar when empty), contiguous.
+absl::StatusOr<H5Id> CreateDataset(hid_t file, const std::string& path, hid_t file_type,
+                                   const std::vector<hsize_t>& dims);
+
 // Root attributes. Strings are stored as fixed-length ASCII, integers as i64.
 absl::Status WriteStringAttribute(hid_t object, const char* name, absl::string_view value);
 absl::Status WriteIntAttribute(hid_t object, const char* name, int64_t value);

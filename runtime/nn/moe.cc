@@ -112,20 +112,14 @@ Tensor MoeLayer::Backward(Arena& arena, const Tensor& dy, float loss_scale) {
   Tensor dx = arena.AllocateUninitialized(DType::kF32, Shape{T, dim_});
   cpu::PermuteBackward(dpermuted.data<float>(), row_of_assignment_.data<int32_t>(),
                        dx.data<float>(), T, dim_, k);
-  if (shared_) {
-    Tensor dshared = shared_->Backward(arena, dy);
-    cpu::AddInPlace(dx.data<float>(), dshared.data<float>(), T * dim_);
-  }
-
   RouterGradientInputs router{raw_weights_.data<float>(), weights_.data<float>(),
                               chosen_index_.data<int32_t>(), probs_.data<float>(), &balance_f_,
                               T, E, k, T, options_.renormalize_topk && k > 1,
                               options_.balance_loss_coef, loss_scale};
-  Tensor dlogits = RouterLogitsGradient(arena, router, dweights.data<float>());
-  Tensor drouter = router_.Backward(arena, dlogits);
-  cpu::AddInPlace(dx.data<float>(), drouter.data<float>(), T * dim_);
-  probs_ = expert_index_ = chosen_index_ = raw_weights_ = weights_ = expert_offsets_ = row_of_assignment_ =
-      expert_out_ = Tensor();
+  AddSharedAndRouterGradients(arena, dy, shared_.get(), router_, router, dweights.data<float>(),
+                              dx);
+  probs_ = expert_index_ = chosen_index_ = raw_weights_ = weights_ = expert_offsets_ =
+      row_of_assignment_ = expert_out_ = Tensor();
   return dx;
 }
 
@@ -207,6 +201,19 @@ Tensor RouterLogitsGradient(Arena& arena, const RouterGradientInputs& in, float*
   Tensor dlogits = arena.AllocateUninitialized(DType::kF32, Shape{T, E});
   cpu::SoftmaxBackward(dprobs.data<float>(), in.probs, dlogits.data<float>(), T, E);
   return dlogits;
+}
+
+void AddSharedAndRouterGradients(Arena& arena, const Tensor& dy, SwigluMlp* shared,
+                                 Linear& router, const RouterGradientInputs& in, float* dweights,
+                                 const Tensor& dx) {
+  const int64_t n = dx.numel();
+  if (shared != nullptr) {
+    Tensor dshared = shared->Backward(arena, dy);
+    cpu::AddInPlace(dx.data<float>(), dshared.data<float>(), n);
+  }
+  Tensor dlogits = RouterLogitsGradient(arena, in, dweights);
+  Tensor drouter = router.Backward(arena, dlogits);
+  cpu::AddInPlace(dx.data<float>(), drouter.data<float>(), n);
 }
 
 double MoeLayer::ForwardFlops(int64_t tokens) const {

@@ -65,6 +65,13 @@ struct RouterGradientInputs {
 };
 Tensor RouterLogitsGradient(Arena& arena, const RouterGradientInputs& in, float* dweights);
 
+// The end of both MoE layers' backward pass: dx [tokens, dim] += the shared
+// expert's input gradient for dy (when there is one) and the router's, from
+// the combine weights' gradient through RouterLogitsGradient.
+void AddSharedAndRouterGradients(Arena& arena, const Tensor& dy, SwigluMlp* shared,
+                                 Linear& router, const RouterGradientInputs& in, float* dweights,
+                                 const Tensor& dx);
+
 // The capacity drop policy (capacity_factor c > 0): each expert takes at most
 // ceil(c * tokens * k / E) of these tokens' assignments, first come, first
 // served in token order (then in top-k rank); the others are set to -1 in
