@@ -25,7 +25,8 @@ constexpr char kCkptUsage[] = R"(usage: tessera ckpt <subcommand> [options]
 CKPT is a checkpoint directory (RUN_DIR/checkpoints/step_N) or a run
 directory (then its latest committed checkpoint).
 
-  list RUN_DIR            every step directory: committed or incomplete, size, latest
+  list RUN_DIR            every step directory: committed, incomplete, superseded
+                          or unparseable (a name not step_N), size, latest
   show CKPT               config, mesh, step, data position and the tensor table
   stats CKPT [--match RE] min, max, mean, std, L2 norm, NaN/Inf counts of each
                           assembled global tensor (RE: std::regex searched in
@@ -91,6 +92,12 @@ std::vector<int64_t> Shape(const CheckpointTensor& t) {
   return {t.global_shape().begin(), t.global_shape().end()};
 }
 
+const char* ListingState(const CheckpointListing& l) {
+  if (l.unparseable) return "unparseable";
+  if (l.superseded) return "superseded";
+  return l.committed ? "committed" : "incomplete";
+}
+
 absl::Status List(const ParsedArguments& args, bool json) {
   if (args.positional.size() != 2) return UsageError("ckpt list: expected one RUN_DIR");
   const std::string& run_dir = args.positional[1];
@@ -99,9 +106,10 @@ absl::Status List(const ParsedArguments& args, bool json) {
     std::vector<std::string> items;
     for (const auto& l : listings) {
       items.push_back(absl::StrFormat(
-          R"({"name": %s, "path": %s, "step": %d, "committed": %s, "latest": %s, "bytes": %d})",
-          Json(l.name), Json(l.path), l.step, l.committed ? "true" : "false",
-          l.latest ? "true" : "false", l.bytes));
+          R"({"name": %s, "path": %s, "step": %s, "state": %s, "committed": %s, "latest": %s, "bytes": %d})",
+          Json(l.name), Json(l.path), l.unparseable ? "null" : absl::StrCat(l.step),
+          Json(ListingState(l)), l.committed ? "true" : "false", l.latest ? "true" : "false",
+          l.bytes));
     }
     absl::PrintF("{\"run_dir\": %s, \"checkpoints\": [%s]}\n", Json(run_dir).c_str(),
                  absl::StrJoin(items, ", ").c_str());
@@ -109,8 +117,8 @@ absl::Status List(const ParsedArguments& args, bool json) {
   }
   absl::PrintF("%-10s %-22s %-11s %12s\n", "step", "directory", "state", "size");
   for (const auto& l : listings) {
-    absl::PrintF("%-10" PRId64 " %-22s %-11s %12s%s\n", l.step, l.name.c_str(),
-                 l.committed ? "committed" : "incomplete", HumanBytes(l.bytes).c_str(),
+    absl::PrintF("%-10s %-22s %-11s %12s%s\n", l.unparseable ? "-" : absl::StrCat(l.step),
+                 l.name.c_str(), ListingState(l), HumanBytes(l.bytes).c_str(),
                  l.latest ? "  <- latest" : "");
   }
   if (listings.empty()) absl::PrintF("(no checkpoints)\n");

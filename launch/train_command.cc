@@ -76,11 +76,14 @@ absl::StatusOr<std::string> ResolveResume(const RunConfig& config, bool leader) 
   }
   if (!c.fallback()) return candidates.front();
   for (const std::string& dir : candidates) {
-    TESSERA_ASSIGN_OR_RETURN(VerifyReport report, VerifyCheckpoint(dir));
-    if (report.problems.empty()) return dir;
+    // An inconsistent manifest fails verification like a bad piece does.
+    absl::StatusOr<VerifyReport> report = VerifyCheckpoint(dir);
+    if (report.ok() && report->problems.empty()) return dir;
     if (leader) {
       std::printf("checkpoint.fallback: %s fails verification (%s); trying an older one\n",
-                  dir.c_str(), report.problems.front().c_str());
+                  dir.c_str(),
+                  report.ok() ? report->problems.front().c_str()
+                              : std::string(report.status().message()).c_str());
     }
   }
   return CheckpointError(absl::StrCat("checkpoint.resume=", c.resume(),

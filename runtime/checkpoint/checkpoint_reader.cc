@@ -12,6 +12,7 @@
 #include "runtime/base/status.h"
 #include "runtime/checkpoint/checkpoint_files.h"
 #include "runtime/checkpoint/crc32c.h"
+#include "runtime/checkpoint/manifest_checks.h"
 #include "runtime/checkpoint/sharded_checkpoint.h"
 #include "runtime/hdf5/hdf5_util.h"
 
@@ -82,6 +83,117 @@ absl::StatusOr<H5Id> OpenRankFile(const std::string& path, const CheckpointTenso
   return file;
 }
 
+// The stored tensor each wanted piece comes from (by name, kind and global
+// shape); a CheckpointError listing every missing, mismatched and (with
+// require_all_tensors) unexpected tensor.
+absl::StatusOr<std::vector<const CheckpointTensor*>> MatchWantedTensors(
+    const std::string& dir, const CheckpointManifest& manifest,
+    const std::vector<LoadPiece>& wanted, const LoadOptions& options) {
+  std::map<std::pair<std::string, std::string>, const CheckpointTensor*> index;
+  for (const CheckpointTensor& t : manifest.tensors()) index[{t.name(), t.kind()}] = &t;
+  std::set<std::string> missing, mismatched, unexpected;
+  std::set<std::pair<std::string, std::string>> wanted_tensors;
+  std::set<std::string> wanted_kinds;
+  std::vector<const CheckpointTensor*> sources(wanted.size(), nullptr);
+  for (size_t w = 0; w < wanted.size(); ++w) {
+    const PieceDesc& d = wanted[w].desc;
+    TESSERA_RETURN_IF_ERROR(ValidatePiece(d));
+    wanted_tensors.insert({d.name, d.kind});
+    wanted_kinds.insert(d.kind);
+    auto it = index.find({d.name, d.kind});
+    if (it == index.end()) {
+      missing.insert(absl::StrCat(d.name, " (", d.kind, ")"));
+      continue;
+    }
+    const std::vector<int64_t> stored(it->second->global_shape().begin(),
+                                      it->second->global_shape().end());
+    if (stored != d.global_shape) {
+      mismatched.insert(absl::StrCat(d.name, " (", d.kind, "): checkpoint ", ShapeString(stored),
+                                     ", model ", ShapeString(d.global_shape)));
+      continue;
+    }
+    sources[w] = it->second;
+  }
+  if (options.require_all_tensors) {
+    for (const CheckpointTensor& t : manifest.tensors()) {
+      if (wanted_kinds.count(t.kind()) && !wanted_tensors.count({t.name(), t.kind()})) {
+        unexpected.insert(TensorLabel(t));
+      }
+    }
+  }
+  if (missing.empty() && mismatched.empty() && unexpected.empty()) return sources;
+  return CheckpointError(absl::StrCat(dir, " does not match the model: missing [",
+                                      absl::StrJoin(missing, ", "), "], unexpected [",
+                                      absl::StrJoin(unexpected, ", "), "], mismatched [",
+                                      absl::StrJoin(mismatched, ", "), "]"));
+}
+
+// One stored piece to read whole (its checksum covers all of it) and the
+// wanted pieces it feeds.
+struct ReadTask {
+  const CheckpointTensor* tensor;
+  const CheckpointPiece* piece;
+  std::vector<size_t> targets;  // indices into `wanted`
+};
+
+// The stored pieces that feed some wanted piece, grouped by rank file so
+// that each file is opened once.
+std::map<std::string, std::vector<ReadTask>> PlanReadsByFile(
+    const CheckpointManifest& manifest, const std::vector<LoadPiece>& wanted,
+    const std::vector<const CheckpointTensor*>& sources) {
+  std::map<std::string, std::vector<ReadTask>> by_file;
+  for (const CheckpointTensor& t : manifest.tensors()) {
+    for (const CheckpointPiece& p : t.pieces()) {
+      const PieceDesc stored = StoredPieceDesc(t, p);
+      ReadTask task{&t, &p, {}};
+      for (size_t w = 0; w < wanted.size(); ++w) {
+        if (sources[w] == &t && OverlapElements(stored, wanted[w].desc) > 0)
+          task.targets.push_back(w);
+      }
+      if (!task.targets.empty()) by_file[p.file()].push_back(std::move(task));
+    }
+  }
+  return by_file;
+}
+
+// Reads each task's piece from the rank file at `path` and copies its
+// overlap into every wanted piece it feeds, marking those elements covered.
+absl::Status ReadAndScatter(const std::string& path, const std::vector<ReadTask>& tasks,
+                            const std::vector<LoadPiece>& wanted,
+                            std::vector<std::vector<bool>>* covered) {
+  TESSERA_ASSIGN_OR_RETURN(H5Id file, OpenRankFile(path, *tasks.front().tensor));
+  for (const ReadTask& task : tasks) {
+    TESSERA_ASSIGN_OR_RETURN(std::vector<float> values,
+                             ReadPieceFrom(file.get(), path, *task.tensor, *task.piece));
+    const PieceDesc stored = StoredPieceDesc(*task.tensor, *task.piece);
+    for (size_t w : task.targets) {
+      float* out = wanted[w].data;
+      std::vector<bool>& mark = (*covered)[w];
+      ForEachOverlapSegment(stored, wanted[w].desc, [&](int64_t from, int64_t to, int64_t n) {
+        std::copy_n(values.data() + from, n, out + to);
+        std::fill_n(mark.begin() + to, n, true);
+      });
+    }
+  }
+  return absl::OkStatus();
+}
+
+// A CheckpointError naming the first wanted piece with elements no stored
+// piece holds.
+absl::Status CheckEveryElementCovered(const std::string& dir, const std::vector<LoadPiece>& wanted,
+                                      const std::vector<std::vector<bool>>& covered) {
+  for (size_t w = 0; w < wanted.size(); ++w) {
+    const auto first_gap = std::find(covered[w].begin(), covered[w].end(), false);
+    if (first_gap == covered[w].end()) continue;
+    const int64_t gaps = std::count(covered[w].begin(), covered[w].end(), false);
+    return CheckpointError(absl::StrCat(
+        dir, ": tensor ", wanted[w].desc.name, " (", wanted[w].desc.kind, "): ", gaps, " of ",
+        wanted[w].desc.size(), " wanted elements are not stored (first at element ",
+        first_gap - covered[w].begin(), " of piece ", wanted[w].desc.ToString(), ")"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 PieceDesc StoredPieceDesc(const CheckpointTensor& tensor, const CheckpointPiece& piece) {
@@ -114,14 +226,9 @@ absl::StatusOr<std::string> FindLatest(const std::string& run_dir) {
   for (auto it = fs::directory_iterator(root, error); !error && it != fs::directory_iterator();
        it.increment(error)) {
     const std::string name = it->path().filename().string();
-    long long step = 0;
-    int consumed = 0;
-    if (std::sscanf(name.c_str(), "step_%lld%n", &step, &consumed) != 1 ||
-        consumed != static_cast<int>(name.size())) {
-      continue;
-    }
-    if (step > best_step && IsCommittedCheckpoint(it->path().string())) {
-      best_step = step;
+    const std::optional<int64_t> step = ParseStepDirectoryName(name);
+    if (step && *step > best_step && IsCommittedCheckpoint(it->path().string())) {
+      best_step = *step;
       best = it->path().string();
     }
   }
@@ -153,6 +260,7 @@ absl::StatusOr<CheckpointManifest> ReadCheckpointManifest(const std::string& ckp
                      " is newer than this tessera reads (", kCheckpointFormatVersion,
                      "); use a newer tessera to load it"));
   }
+  TESSERA_RETURN_IF_ERROR(CheckManifest(dir, manifest));
   return manifest;
 }
 
@@ -167,99 +275,19 @@ absl::StatusOr<std::vector<float>> ReadStoredPiece(const std::string& ckpt_dir,
 absl::Status LoadPieces(const std::string& ckpt_dir, const CheckpointManifest& manifest,
                         const std::vector<LoadPiece>& wanted, const LoadOptions& options) {
   const std::string dir = StripSlashes(ckpt_dir);
-  std::map<std::pair<std::string, std::string>, const CheckpointTensor*> index;
-  for (const CheckpointTensor& t : manifest.tensors()) index[{t.name(), t.kind()}] = &t;
-
-  // Match the wanted tensors against the checkpoint's, by name, kind, shape.
-  std::set<std::string> missing, mismatched, unexpected;
-  std::set<std::pair<std::string, std::string>> wanted_tensors;
-  std::set<std::string> wanted_kinds;
-  std::vector<const CheckpointTensor*> source(wanted.size(), nullptr);
-  for (size_t w = 0; w < wanted.size(); ++w) {
-    const PieceDesc& d = wanted[w].desc;
-    TESSERA_RETURN_IF_ERROR(ValidatePiece(d));
-    wanted_tensors.insert({d.name, d.kind});
-    wanted_kinds.insert(d.kind);
-    auto it = index.find({d.name, d.kind});
-    if (it == index.end()) {
-      missing.insert(absl::StrCat(d.name, " (", d.kind, ")"));
-      continue;
-    }
-    const std::vector<int64_t> stored(it->second->global_shape().begin(),
-                                      it->second->global_shape().end());
-    if (stored != d.global_shape) {
-      mismatched.insert(absl::StrCat(d.name, " (", d.kind, "): checkpoint ", ShapeString(stored),
-                                     ", model ", ShapeString(d.global_shape)));
-      continue;
-    }
-    source[w] = it->second;
-  }
-  if (options.require_all_tensors) {
-    for (const CheckpointTensor& t : manifest.tensors()) {
-      if (wanted_kinds.count(t.kind()) && !wanted_tensors.count({t.name(), t.kind()})) {
-        unexpected.insert(TensorLabel(t));
-      }
-    }
-  }
-  if (!missing.empty() || !mismatched.empty() || !unexpected.empty()) {
-    return CheckpointError(absl::StrCat(dir, " does not match the model: missing [",
-                                        absl::StrJoin(missing, ", "), "], unexpected [",
-                                        absl::StrJoin(unexpected, ", "), "], mismatched [",
-                                        absl::StrJoin(mismatched, ", "), "]"));
-  }
-
-  // Which stored pieces feed which wanted pieces, grouped by rank file so
-  // each file is opened once; each stored piece is read whole (its checksum
-  // covers all of it) once, then scattered.
-  struct Task {
-    const CheckpointTensor* tensor;
-    const CheckpointPiece* piece;
-    std::vector<size_t> targets;
-  };
-  std::map<std::string, std::vector<Task>> by_file;
-  for (const CheckpointTensor& t : manifest.tensors()) {
-    for (const CheckpointPiece& p : t.pieces()) {
-      const PieceDesc stored = StoredPieceDesc(t, p);
-      Task task{&t, &p, {}};
-      for (size_t w = 0; w < wanted.size(); ++w) {
-        if (source[w] == &t && OverlapElements(stored, wanted[w].desc) > 0)
-          task.targets.push_back(w);
-      }
-      if (!task.targets.empty()) by_file[p.file()].push_back(std::move(task));
-    }
-  }
+  TESSERA_ASSIGN_OR_RETURN(const std::vector<const CheckpointTensor*> sources,
+                           MatchWantedTensors(dir, manifest, wanted, options));
+  const std::map<std::string, std::vector<ReadTask>> reads =
+      PlanReadsByFile(manifest, wanted, sources);
   std::vector<std::vector<bool>> covered(wanted.size());
   for (size_t w = 0; w < wanted.size(); ++w) {
     covered[w].assign(static_cast<size_t>(wanted[w].desc.size()), false);
   }
-  for (const auto& [file_name, tasks] : by_file) {
-    const std::string path = absl::StrCat(dir, "/", file_name);
-    TESSERA_ASSIGN_OR_RETURN(H5Id file, OpenRankFile(path, *tasks.front().tensor));
-    for (const Task& task : tasks) {
-      TESSERA_ASSIGN_OR_RETURN(std::vector<float> values,
-                               ReadPieceFrom(file.get(), path, *task.tensor, *task.piece));
-      const PieceDesc stored = StoredPieceDesc(*task.tensor, *task.piece);
-      for (size_t w : task.targets) {
-        float* out = wanted[w].data;
-        std::vector<bool>& mark = covered[w];
-        ForEachOverlapSegment(stored, wanted[w].desc, [&](int64_t from, int64_t to, int64_t n) {
-          std::copy_n(values.data() + from, n, out + to);
-          std::fill_n(mark.begin() + to, n, true);
-        });
-      }
-    }
+  for (const auto& [file_name, tasks] : reads) {
+    TESSERA_RETURN_IF_ERROR(ReadAndScatter(absl::StrCat(dir, "/", file_name), tasks, wanted,
+                                           &covered));
   }
-  for (size_t w = 0; w < wanted.size(); ++w) {
-    const auto first_gap = std::find(covered[w].begin(), covered[w].end(), false);
-    if (first_gap != covered[w].end()) {
-      const int64_t gaps = std::count(covered[w].begin(), covered[w].end(), false);
-      return CheckpointError(absl::StrCat(
-          dir, ": tensor ", wanted[w].desc.name, " (", wanted[w].desc.kind, "): ", gaps, " of ",
-          wanted[w].desc.size(), " wanted elements are not stored (first at element ",
-          first_gap - covered[w].begin(), " of piece ", wanted[w].desc.ToString(), ")"));
-    }
-  }
-  return absl::OkStatus();
+  return CheckEveryElementCovered(dir, wanted, covered);
 }
 
 }  // namespace tessera

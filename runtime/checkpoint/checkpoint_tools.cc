@@ -8,10 +8,13 @@
 #include <limits>
 #include <map>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "runtime/base/errors.h"
 #include "runtime/base/status.h"
 #include "runtime/checkpoint/checkpoint_files.h"
+#include "runtime/checkpoint/manifest_checks.h"
 #include "runtime/hdf5/hdf5_util.h"
 
 namespace tessera {
@@ -19,27 +22,101 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// "step_00000010" -> 10 (and tmp=false); "step_00000010.tmp" -> 10, tmp=true.
-bool ParseStepName(const std::string& name, int64_t* step, bool* tmp) {
-  long long value = 0;
-  int consumed = 0;
-  if (std::sscanf(name.c_str(), "step_%lld%n", &value, &consumed) != 1 || value < 0) return false;
-  const std::string rest = name.substr(static_cast<size_t>(consumed));
-  if (rest != "" && rest != ".tmp") return false;
-  *step = value;
-  *tmp = rest == ".tmp";
-  return true;
+// "step_00000010" -> 10, suffix ""; "step_00000010.tmp" -> 10, ".tmp";
+// likewise ".superseded". False for any other name.
+bool ParseListedName(absl::string_view name, int64_t* step, std::string* suffix) {
+  for (absl::string_view candidate : {".tmp", ".superseded", ""}) {
+    absl::string_view stem = name;
+    if (!absl::ConsumeSuffix(&stem, candidate)) continue;
+    if (std::optional<int64_t> parsed = ParseStepDirectoryName(stem)) {
+      *step = *parsed;
+      *suffix = std::string(candidate);
+      return true;
+    }
+  }
+  return false;
 }
 
 std::string Label(const CheckpointTensor& t) { return absl::StrCat(t.name(), " (", t.kind(), ")"); }
+
+// At most this many missing rank files are named one by one.
+constexpr int kMissingFilesNamed = 8;
+
+void ReportMissingRankFiles(const std::string& dir, const CheckpointManifest& manifest,
+                            VerifyReport* report) {
+  std::error_code error;
+  int missing = 0;
+  for (int r = 0; r < manifest.num_ranks(); ++r) {
+    const std::string path = absl::StrCat(dir, "/", RankFileName(r));
+    if (fs::exists(path, error)) continue;
+    if (++missing <= kMissingFilesNamed) {
+      report->problems.push_back(absl::StrCat("missing rank file ", path));
+    }
+  }
+  if (missing > kMissingFilesNamed) {
+    report->problems.push_back(absl::StrCat("missing rank files: ", missing, " of ",
+                                            manifest.num_ranks(), " in all"));
+  }
+}
+
+// The dataset's own name and kind attributes agree with the manifest.
+bool DatasetTaggedAs(const std::string& dir, const CheckpointTensor& t,
+                     const CheckpointPiece& p) {
+  H5Lock lock;
+  auto file = h5::OpenFileReadOnly(absl::StrCat(dir, "/", p.file()));
+  if (!file.ok()) return false;
+  auto dataset = TESSERA_H5_ID(H5Dopen2(file->get(), p.dataset().c_str(), H5P_DEFAULT));
+  if (!dataset.ok()) return false;
+  auto name = h5::ReadStringAttribute(dataset->get(), "name");
+  auto kind = h5::ReadStringAttribute(dataset->get(), "kind");
+  return name.ok() && kind.ok() && *name == t.name() && *kind == t.kind();
+}
+
+// Reads one stored piece (checksum checked) and its attributes.
+void VerifyStoredPiece(const std::string& dir, const CheckpointTensor& t,
+                       const CheckpointPiece& p, VerifyReport* report) {
+  ++report->pieces;
+  report->bytes += (p.run_end() - p.run_begin()) * static_cast<int64_t>(sizeof(float));
+  auto values = ReadStoredPiece(dir, t, p);
+  if (!values.ok()) {
+    report->problems.push_back(std::string(values.status().message()));
+  } else if (!DatasetTaggedAs(dir, t, p)) {
+    report->problems.push_back(absl::StrCat("tensor ", Label(t), ": dataset ", p.dataset(),
+                                            " of ", p.file(),
+                                            " is tagged with another name or kind"));
+  }
+}
+
+// Every element of the tensor in exactly one piece.
+void ReportCoverage(const CheckpointTensor& t, VerifyReport* report) {
+  const std::vector<int64_t> shape(t.global_shape().begin(), t.global_shape().end());
+  std::vector<uint8_t> counts(static_cast<size_t>(NumElements(shape)), 0);
+  const PieceDesc whole = PieceDesc::Whole(t.name(), t.kind(), shape);
+  for (const CheckpointPiece& p : t.pieces()) {
+    ForEachOverlapSegment(StoredPieceDesc(t, p), whole, [&](int64_t, int64_t at, int64_t n) {
+      for (int64_t i = at; i < at + n; ++i) counts[i] = counts[i] == 255 ? 255 : counts[i] + 1;
+    });
+  }
+  const int64_t gaps = std::count(counts.begin(), counts.end(), 0);
+  const int64_t doubles =
+      std::count_if(counts.begin(), counts.end(), [](uint8_t c) { return c > 1; });
+  if (gaps > 0) {
+    report->problems.push_back(absl::StrCat("tensor ", Label(t), ": ", gaps, " of ",
+                                            counts.size(), " elements are in no piece"));
+  }
+  if (doubles > 0) {
+    report->problems.push_back(
+        absl::StrCat("tensor ", Label(t), ": ", doubles, " elements are in more than one piece"));
+  }
+}
 
 }  // namespace
 
 absl::StatusOr<std::string> ResolveCheckpoint(const std::string& path) {
   std::error_code error;
   int64_t step;
-  bool tmp;
-  if (ParseStepName(fs::path(path).filename().string(), &step, &tmp) ||
+  std::string suffix;
+  if (ParseListedName(fs::path(path).filename().string(), &step, &suffix) ||
       fs::exists(path + "/manifest.pb", error)) {
     if (!fs::is_directory(path, error)) {
       return CheckpointError(absl::StrCat(path, ": no such checkpoint directory"));
@@ -63,16 +140,19 @@ absl::StatusOr<std::vector<CheckpointListing>> ListCheckpoints(const std::string
   for (auto it = fs::directory_iterator(root, error); !error && it != fs::directory_iterator();
        it.increment(error)) {
     CheckpointListing entry;
-    bool tmp = false;
+    std::string suffix;
     entry.name = it->path().filename().string();
-    if (!it->is_directory() || !ParseStepName(entry.name, &entry.step, &tmp)) continue;
+    if (!it->is_directory() || !absl::StartsWith(entry.name, "step_")) continue;
     entry.path = it->path().string();
-    entry.committed = IsCommittedCheckpoint(entry.path);
+    entry.unparseable = !ParseListedName(entry.name, &entry.step, &suffix);
+    entry.superseded = suffix == ".superseded";
+    entry.committed = suffix.empty() && !entry.unparseable && IsCommittedCheckpoint(entry.path);
     entry.latest = latest.ok() && fs::equivalent(*latest, entry.path, error);
     entry.bytes = DiskBytes(entry.path);
     listings.push_back(std::move(entry));
   }
   std::sort(listings.begin(), listings.end(), [](const auto& a, const auto& b) {
+    if (a.unparseable != b.unparseable) return b.unparseable;
     return a.step != b.step ? a.step < b.step : a.name < b.name;
   });
   return listings;
@@ -81,6 +161,8 @@ absl::StatusOr<std::vector<CheckpointListing>> ListCheckpoints(const std::string
 absl::StatusOr<std::vector<float>> ReadGlobalTensor(const std::string& ckpt_dir,
                                                     const CheckpointManifest& manifest,
                                                     const CheckpointTensor& tensor) {
+  TESSERA_RETURN_IF_ERROR(
+      CheckTensorFitsFiles(ckpt_dir, tensor, RankFileBytes(ckpt_dir, manifest)));
   LoadPiece whole;
   whole.desc = PieceDesc::Whole(tensor.name(), tensor.kind(),
                                 {tensor.global_shape().begin(), tensor.global_shape().end()});
@@ -144,59 +226,17 @@ TensorDiff DiffTensors(const std::vector<float>& a, const std::vector<float>& b)
 absl::StatusOr<VerifyReport> VerifyCheckpoint(const std::string& ckpt_dir) {
   TESSERA_ASSIGN_OR_RETURN(CheckpointManifest manifest, ReadCheckpointManifest(ckpt_dir));
   VerifyReport report;
-  std::error_code error;
-  for (int r = 0; r < manifest.num_ranks(); ++r) {
-    const std::string path = absl::StrCat(ckpt_dir, "/", RankFileName(r));
-    if (!fs::exists(path, error))
-      report.problems.push_back(absl::StrCat("missing rank file ", path));
-  }
+  ReportMissingRankFiles(ckpt_dir, manifest, &report);
+  const int64_t rank_file_bytes = RankFileBytes(ckpt_dir, manifest);
   for (const CheckpointTensor& t : manifest.tensors()) {
     ++report.tensors;
-    const std::vector<int64_t> shape(t.global_shape().begin(), t.global_shape().end());
-    std::vector<uint8_t> counts(static_cast<size_t>(NumElements(shape)), 0);
-    const PieceDesc whole = PieceDesc::Whole(t.name(), t.kind(), shape);
-    for (const CheckpointPiece& p : t.pieces()) {
-      ++report.pieces;
-      const PieceDesc stored = StoredPieceDesc(t, p);
-      if (absl::Status valid = ValidatePiece(stored); !valid.ok()) {
-        report.problems.push_back(std::string(valid.message()));
-        continue;
-      }
-      report.bytes += stored.size() * static_cast<int64_t>(sizeof(float));
-      auto values = ReadStoredPiece(ckpt_dir, t, p);
-      if (!values.ok()) {
-        report.problems.push_back(std::string(values.status().message()));
-      } else {
-        // The dataset's own attributes must agree with the manifest.
-        H5Lock lock;
-        auto file = h5::OpenFileReadOnly(absl::StrCat(ckpt_dir, "/", p.file()));
-        auto dataset = file.ok()
-                           ? TESSERA_H5_ID(H5Dopen2(file->get(), p.dataset().c_str(), H5P_DEFAULT))
-                           : absl::StatusOr<H5Id>(file.status());
-        auto name = dataset.ok() ? h5::ReadStringAttribute(dataset->get(), "name")
-                                 : absl::StatusOr<std::string>(dataset.status());
-        auto kind = dataset.ok() ? h5::ReadStringAttribute(dataset->get(), "kind")
-                                 : absl::StatusOr<std::string>(dataset.status());
-        if (!name.ok() || !kind.ok() || *name != t.name() || *kind != t.kind()) {
-          report.problems.push_back(absl::StrCat("tensor ", Label(t), ": dataset ", p.dataset(),
-                                                 " of ", p.file(),
-                                                 " is tagged with another name or kind"));
-        }
-      }
-      ForEachOverlapSegment(stored, whole, [&](int64_t, int64_t at, int64_t n) {
-        for (int64_t i = at; i < at + n; ++i) counts[i] = counts[i] == 255 ? 255 : counts[i] + 1;
-      });
-    }
-    const int64_t gaps = std::count(counts.begin(), counts.end(), 0);
-    const int64_t doubles =
-        std::count_if(counts.begin(), counts.end(), [](uint8_t c) { return c > 1; });
-    if (gaps > 0) {
-      report.problems.push_back(absl::StrCat("tensor ", Label(t), ": ", gaps, " of ", counts.size(),
-                                             " elements are in no piece"));
-    }
-    if (doubles > 0) {
-      report.problems.push_back(
-          absl::StrCat("tensor ", Label(t), ": ", doubles, " elements are in more than one piece"));
+    for (const CheckpointPiece& p : t.pieces()) VerifyStoredPiece(ckpt_dir, t, p, &report);
+    // The coverage count takes a byte per element: only for tensors the
+    // files can hold.
+    if (absl::Status fits = CheckTensorFitsFiles(ckpt_dir, t, rank_file_bytes); !fits.ok()) {
+      report.problems.push_back(std::string(fits.message()));
+    } else {
+      ReportCoverage(t, &report);
     }
   }
   return report;

@@ -20,15 +20,18 @@ namespace tessera {
 absl::StatusOr<std::string> ResolveCheckpoint(const std::string& path);
 
 struct CheckpointListing {
-  std::string name;  // "step_00000010" or "step_00000010.tmp"
+  std::string name;  // "step_00000010", "step_00000010.tmp", "step_00000010.superseded"
   std::string path;
-  int64_t step = 0;
-  bool committed = false;  // has manifest.pb and is not a .tmp directory
-  bool latest = false;     // what FindLatest returns
-  int64_t bytes = 0;       // on disk
+  int64_t step = -1;        // -1 when the name does not parse
+  bool committed = false;   // has manifest.pb and is named step_N
+  bool superseded = false;  // step_N.superseded: moved aside by a resume from an older step
+  bool unparseable = false; // named step_* but not step_N[.tmp|.superseded]: never loaded
+  bool latest = false;      // what FindLatest returns
+  int64_t bytes = 0;        // on disk
 };
-// Every step directory under <run_dir>/checkpoints, ascending by step, a
-// .tmp directory after the committed one of its step.
+// Every step_* directory under <run_dir>/checkpoints, ascending by step (a
+// .tmp or .superseded directory after the committed one of its step), the
+// unparseable ones last.
 absl::StatusOr<std::vector<CheckpointListing>> ListCheckpoints(const std::string& run_dir);
 
 // The whole global tensor, assembled from its pieces (checksums checked).
@@ -56,14 +59,17 @@ TensorDiff DiffTensors(const std::vector<float>& a, const std::vector<float>& b)
 
 // Everything `verify` checks: every rank file present; every piece's dataset
 // present with its element count, its name/kind attributes and its checksum;
-// every tensor covered exactly once (no gaps, no overlapping pieces).
+// every tensor covered exactly once (no gaps, no overlapping pieces); no
+// tensor larger than the rank files hold. The manifest's own consistency
+// (manifest_checks.h) is checked when it is read.
 struct VerifyReport {
   int64_t tensors = 0;
   int64_t pieces = 0;
   int64_t bytes = 0;  // of piece data
   std::vector<std::string> problems;
 };
-// Fails only when the manifest cannot be read; problems are in the report.
+// Fails only when the manifest cannot be read or is inconsistent (a
+// CheckpointError); problems with the data are in the report.
 absl::StatusOr<VerifyReport> VerifyCheckpoint(const std::string& ckpt_dir);
 
 struct ExportOptions {

@@ -1,6 +1,7 @@
 #include "runtime/checkpoint/piece.h"
 
 #include <algorithm>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -49,6 +50,15 @@ int64_t NumElements(const std::vector<int64_t>& dims) {
   return n;
 }
 
+std::optional<int64_t> CheckedNumElements(const std::vector<int64_t>& dims) {
+  constexpr int64_t kMaxElements = std::numeric_limits<int64_t>::max() / 4;
+  int64_t n = 1;
+  for (int64_t d : dims) {
+    if (d < 0 || __builtin_mul_overflow(n, d, &n) || n > kMaxElements) return std::nullopt;
+  }
+  return n;
+}
+
 std::string ShapeString(const std::vector<int64_t>& dims) {
   return absl::StrCat("[", absl::StrJoin(dims, ", "), "]");
 }
@@ -65,9 +75,12 @@ absl::Status ValidatePiece(const PieceDesc& p) {
   if (p.box_offset.size() != p.global_shape.size() || p.box_shape.size() != p.global_shape.size()) {
     return bad("box and global shape have different ranks");
   }
+  if (!CheckedNumElements(p.global_shape)) {
+    return bad("the global shape has a negative dimension or more elements than int64 holds");
+  }
   for (size_t k = 0; k < p.global_shape.size(); ++k) {
-    if (p.global_shape[k] < 0 || p.box_offset[k] < 0 || p.box_shape[k] < 0 ||
-        p.box_offset[k] + p.box_shape[k] > p.global_shape[k]) {
+    if (p.box_offset[k] < 0 || p.box_shape[k] < 0 || p.box_shape[k] > p.global_shape[k] ||
+        p.box_offset[k] > p.global_shape[k] - p.box_shape[k]) {
       return bad(absl::StrCat("box leaves the tensor in dimension ", k));
     }
   }

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -45,13 +46,17 @@ struct PieceDesc {
   std::string ToString() const;
 };
 
-// Product of dims (1 for a scalar).
+// Product of dims (1 for a scalar). Callers pass validated shapes.
 int64_t NumElements(const std::vector<int64_t>& dims);
+// Product of dims, for shapes not yet trusted: nullopt when a dimension is
+// negative or the product's bytes as fp32 (4 per element) overflow int64.
+std::optional<int64_t> CheckedNumElements(const std::vector<int64_t>& dims);
 // "[3, 8]"
 std::string ShapeString(const std::vector<int64_t>& dims);
 
 // The piece is well formed: non-empty name and kind without '/', ranks agree,
-// box inside the global shape, 0 <= run_begin <= run_end <= box elements.
+// box inside the global shape, 0 <= run_begin <= run_end <= box elements;
+// no product or sum overflows, whatever the numbers.
 absl::Status ValidatePiece(const PieceDesc& piece);
 
 // Calls fn(a_index, b_index, length) for each maximal contiguous segment of
