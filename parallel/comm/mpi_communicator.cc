@@ -94,9 +94,12 @@ absl::StatusOr<std::unique_ptr<Work>> Started(const std::shared_ptr<MpiGroup>& g
 }  // namespace
 
 MpiGroup::~MpiGroup() {
+  collective_thread.reset();  // every posted call has returned (see its header)
   int finalized = 0;
   MPI_Finalized(&finalized);
-  if (!finalized && comm != MPI_COMM_NULL) MPI_Comm_free(&comm);
+  if (finalized) return;
+  if (thread_comm != MPI_COMM_NULL) MPI_Comm_free(&thread_comm);
+  if (comm != MPI_COMM_NULL) MPI_Comm_free(&comm);
 }
 
 absl::StatusOr<std::unique_ptr<MpiCommunicator>> MpiCommunicator::Create(
@@ -142,6 +145,13 @@ absl::StatusOr<std::unique_ptr<MpiCommunicator>> MpiCommunicator::Create(
         name, world_rank, absl::StrJoin(world_ranks_of_group, ","), absl::StrJoin(formed, ",")));
   }
   TESSERA_MPI(MPI_Comm_rank(group->comm, &group->rank));
+  int thread_level = MPI_THREAD_SINGLE;
+  TESSERA_MPI(MPI_Query_thread(&thread_level));
+  if (thread_level == MPI_THREAD_MULTIPLE) {
+    TESSERA_MPI(MPI_Comm_dup(group->comm, &group->thread_comm));
+    TESSERA_RETURN_IF_ERROR(SetErrorsReturn(group->thread_comm));
+    group->collective_thread = std::make_unique<MpiCollectiveThread>(group->thread_comm);
+  }
   group->name = std::move(name);
   group->world_ranks = world_ranks_of_group;
   group->timeout = timeout;
@@ -178,6 +188,19 @@ absl::StatusOr<std::unique_ptr<Work>> MpiCommunicator::AllReduce(void* data, siz
   OpInfo info{"AllReduce", ReduceOpName(op), count, count * DTypeSize(dtype), dtype};
   Count(info.bytes);
   info.seq = group_->counter->Enter();
+  if (group_->collective_thread && info.bytes >= kThreadedAllReduceBytes) {
+    const float divisor = op == ReduceOp::kAvg ? static_cast<float>(size()) : 0.0f;
+    auto completion = group_->collective_thread->Post([=](MPI_Comm comm) {
+      const int code = MPI_Allreduce(MPI_IN_PLACE, data, n, type, mpi_op, comm);
+      if (code == MPI_SUCCESS && divisor != 0.0f) {
+        float* values = static_cast<float*>(data);
+        for (size_t i = 0; i < count; ++i) values[i] /= divisor;
+      }
+      return code;
+    });
+    return std::unique_ptr<Work>(
+        new MpiThreadWork(group_, info, "MPI_Allreduce", std::move(completion)));
+  }
   MPI_Request request = MPI_REQUEST_NULL;
   const int code = MPI_Iallreduce(MPI_IN_PLACE, data, n, type, mpi_op, group_->comm, &request);
   MpiFinish finish;

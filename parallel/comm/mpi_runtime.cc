@@ -12,8 +12,9 @@ absl::StatusOr<std::unique_ptr<MpiRuntime>> MpiRuntime::Init(int* argc, char*** 
   int initialized = 0;
   TESSERA_MPI(MPI_Initialized(&initialized));
   if (!initialized) {
-    // MULTIPLE lets a background checkpoint save commit over a communicator
-    // of its own; FUNNELED is all the step loop needs.
+    // MULTIPLE runs large all-reduces on collective threads and lets a
+    // background checkpoint save commit over a communicator of its own;
+    // FUNNELED is all the step loop strictly needs.
     int provided = 0;
     TESSERA_MPI(MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &provided));
     runtime->owns_mpi_ = true;

@@ -4,8 +4,12 @@
 //   TESSERA_ASSIGN_OR_RETURN(auto mpi, MpiRuntime::Init(&argc, &argv));
 //   TESSERA_ASSIGN_OR_RETURN(auto world, mpi->CreateWorld(absl::Seconds(300)));
 //
-// Asks for MPI_THREAD_FUNNELED (only the main thread calls MPI; the
-// watchdog's publisher thread never does) and fails if MPI offers less.
+// Asks for MPI_THREAD_MULTIPLE: each group's collective thread runs
+// blocking all-reduces while the main thread makes other MPI calls
+// (mpi_collective_thread.h), and a background checkpoint save commits over a
+// communicator of its own. Accepts MPI_THREAD_FUNNELED (all-reduces then stay
+// non-blocking calls polled by the main thread) and fails below it. The
+// watchdog's publisher thread never calls MPI.
 // When MPI was already initialised (a test harness), it is neither
 // initialised nor finalised again. Communicators must be destroyed before
 // the runtime.

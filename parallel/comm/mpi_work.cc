@@ -6,7 +6,6 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "parallel/comm/mpi_check.h"
 #include "runtime/base/errors.h"
 
@@ -17,13 +16,7 @@ bool MpiWork::Poll() {
   int flag = 0;
   const int code = MPI_Test(&request_, &flag, MPI_STATUS_IGNORE);
   if (code != MPI_SUCCESS) {
-    const absl::Status mpi = MpiStatus(code, "MPI_Test", __FILE__, __LINE__);
-    const std::string who =
-        info_.peer >= 0
-            ? group_->watchdog->DescribePeer(*group_->counter, group_->world_ranks[info_.peer])
-            : group_->watchdog->DescribeLateRanks(*group_->counter, group_->world_ranks, info_.seq);
-    error_ = CommunicationError(absl::StrCat(DescribeOp(group_->name, group_->world_ranks, info_),
-                                             " failed: ", mpi.message(), "; ", who));
+    error_ = MpiOperationFailed(*group_, info_, code, "MPI_Test");
     done_ = true;
     return true;
   }
@@ -46,7 +39,7 @@ absl::Status MpiWork::Wait(absl::Duration timeout) {
   for (uint64_t poll = 0; !Poll(); ++poll) {
     if (poll % 64 == 0) {  // the clock costs more than an idle MPI_Test
       const absl::Time now = absl::Now();
-      if (now >= deadline) return TimeoutError(timeout);
+      if (now >= deadline) return MpiOperationTimedOut(*group_, info_, timeout);
       elapsed = now - start;
     }
     if (elapsed > absl::Seconds(1)) {
@@ -58,14 +51,38 @@ absl::Status MpiWork::Wait(absl::Duration timeout) {
   return error_;
 }
 
-absl::Status MpiWork::TimeoutError(absl::Duration timeout) const {
-  const std::string who =
-      info_.peer >= 0
-          ? group_->watchdog->DescribePeer(*group_->counter, group_->world_ranks[info_.peer])
-          : group_->watchdog->DescribeLateRanks(*group_->counter, group_->world_ranks, info_.seq);
-  return CommunicationError(
-      absl::StrCat("watchdog: ", DescribeOp(group_->name, group_->world_ranks, info_),
-                   " did not complete within ", absl::FormatDuration(timeout), "; ", who));
+absl::Status MpiThreadWork::Wait(absl::Duration timeout) {
+  if (!completion_->WaitUntil(absl::Now() + timeout)) {
+    return MpiOperationTimedOut(*group_, info_, timeout);
+  }
+  const int code = completion_->code();
+  return code == MPI_SUCCESS ? absl::OkStatus() : MpiOperationFailed(*group_, info_, code, call_);
+}
+
+namespace {
+
+// Who to blame: the peer of a point-to-point operation, else the members
+// that never entered the collective's sequence number.
+std::string Blame(const MpiGroup& group, const OpInfo& info) {
+  return info.peer >= 0
+             ? group.watchdog->DescribePeer(*group.counter, group.world_ranks[info.peer])
+             : group.watchdog->DescribeLateRanks(*group.counter, group.world_ranks, info.seq);
+}
+
+}  // namespace
+
+absl::Status MpiOperationFailed(const MpiGroup& group, const OpInfo& info, int code,
+                                const char* call) {
+  const absl::Status mpi = MpiStatus(code, call, __FILE__, __LINE__);
+  return CommunicationError(absl::StrCat(DescribeOp(group.name, group.world_ranks, info),
+                                         " failed: ", mpi.message(), "; ", Blame(group, info)));
+}
+
+absl::Status MpiOperationTimedOut(const MpiGroup& group, const OpInfo& info,
+                                  absl::Duration timeout) {
+  return CommunicationError(absl::StrCat("watchdog: ", DescribeOp(group.name, group.world_ranks, info),
+                                         " did not complete within ",
+                                         absl::FormatDuration(timeout), "; ", Blame(group, info)));
 }
 
 }  // namespace tessera::parallel

@@ -1,6 +1,6 @@
-// The Work handle of the MPI backend: one MPI request, polled by MPI_Test.
+// The Work handles of the MPI backend.
 //
-// Open MPI progresses non-blocking collectives only inside MPI calls, so
+// MpiWork: one non-blocking MPI request, polled by MPI_Test. Open MPI progresses non-blocking collectives only inside MPI calls, so
 // Wait polls without sleeping at first; after 1 ms it yields the core
 // between polls (ranks may outnumber cores), and after 1 s — the operation
 // is then late, not slow — it sleeps 50 µs between polls so that a hung job
@@ -16,6 +16,7 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "parallel/comm/communicator.h"
+#include "parallel/comm/mpi_collective_thread.h"
 #include "parallel/comm/mpi_communicator.h"
 #include "parallel/comm/op_info.h"
 
@@ -45,7 +46,6 @@ class MpiWork final : public Work {
 
  private:
   bool Poll();  // one MPI_Test; true once complete or failed
-  absl::Status TimeoutError(absl::Duration timeout) const;
 
   std::shared_ptr<const MpiGroup> group_;
   OpInfo info_;
@@ -55,5 +55,32 @@ class MpiWork final : public Work {
   bool done_ = false;
   absl::Status error_;
 };
+
+// MpiThreadWork: a blocking call running on the group's MpiCollectiveThread
+// (which applies any kAvg division itself). Wait sleeps until the thread
+// reports the call returned or the deadline passes; errors and timeouts read
+// exactly as MpiWork's.
+class MpiThreadWork final : public Work {
+ public:
+  MpiThreadWork(std::shared_ptr<const MpiGroup> group, const OpInfo& info, const char* call,
+                std::shared_ptr<MpiCompletion> completion)
+      : group_(std::move(group)), info_(info), call_(call), completion_(std::move(completion)) {}
+
+  absl::Status Wait(absl::Duration timeout) override;
+  bool Test() override { return completion_->done(); }
+
+ private:
+  std::shared_ptr<const MpiGroup> group_;
+  OpInfo info_;
+  const char* call_;
+  std::shared_ptr<MpiCompletion> completion_;
+};
+
+// The CommunicationError for an operation MPI failed with `code` in `call`,
+// and for one whose deadline passed; both name the ranks the watchdog blames.
+absl::Status MpiOperationFailed(const MpiGroup& group, const OpInfo& info, int code,
+                                const char* call);
+absl::Status MpiOperationTimedOut(const MpiGroup& group, const OpInfo& info,
+                                  absl::Duration timeout);
 
 }  // namespace tessera::parallel

@@ -205,6 +205,45 @@ TYPED_TEST(CollectiveTest, BroadcastCopiesTheRootsBufferFromEveryRoot) {
   }
 }
 
+// All-reduces of at least kThreadedAllReduceBytes run as blocking calls on
+// the group's collective thread (its own duplicate communicator), the rest as
+// non-blocking calls: several of each in flight at once on one group, waited
+// for out of order, must each give the reference, including kAvg's division.
+TEST(Collectives, ThreadedAllReducesInterleaveWithNonBlockingCalls) {
+  auto comm = World();
+  const int me = comm->rank(), n = comm->size();
+  const size_t large = kThreadedAllReduceBytes / sizeof(float) + 5;
+  std::vector<float> a(large), b(large), small(7), gathered(7 * n);
+  for (size_t i = 0; i < large; ++i) {
+    a[i] = Input<float>(me, i, 31);
+    b[i] = Input<float>(me, i, 37);
+  }
+  for (size_t i = 0; i < small.size(); ++i) small[i] = Input<float>(me, i, 41);
+  auto first = comm->AllReduce(a.data(), large, DType::kF32, ReduceOp::kSum);
+  auto between = comm->AllGather(small.data(), gathered.data(), small.size(), DType::kF32);
+  auto second = comm->AllReduce(b.data(), large, DType::kF32, ReduceOp::kAvg);
+  auto last = comm->AllReduce(small.data(), small.size(), DType::kF32, ReduceOp::kMax);
+  ASSERT_TRUE(first.ok() && between.ok() && second.ok() && last.ok());
+  for (Work* work : {last->get(), second->get(), between->get(), first->get()}) {
+    const absl::Status status = work->Wait(comm->timeout());
+    ASSERT_TRUE(status.ok()) << status;
+    EXPECT_TRUE(work->Test());
+  }
+  for (size_t i = 0; i < large; ++i) {
+    ExpectClose(a[i], Reference<float>(ReduceOp::kSum, n, i, 31), "threaded sum", i);
+    ExpectClose(b[i], Reference<float>(ReduceOp::kAvg, n, i, 37), "threaded avg", i);
+  }
+  for (int r = 0; r < n; ++r) {
+    for (size_t i = 0; i < small.size(); ++i) {
+      EXPECT_EQ(gathered[r * small.size() + i], Input<float>(r, i, 41));
+    }
+  }
+  for (size_t i = 0; i < small.size(); ++i) {
+    ExpectClose(small[i], Reference<float>(ReduceOp::kMax, n, i, 41), "non-blocking max", i);
+  }
+  EXPECT_EQ(comm->bytes_sent(), n > 1 ? static_cast<int64_t>((2 * large + 7 + 7 * n) * 4) : 0);
+}
+
 TEST(Collectives, SendRecvRingPassesEachRanksBufferToItsSuccessor) {
   auto comm = World();
   const int me = comm->rank(), n = comm->size();

@@ -4,7 +4,7 @@
 #
 #   killed_rank.sh <parallel_comm_test binary> [mpirun]
 #
-# Runs FaultInjection.* of the test binary three times at -np 4, world rank 2
+# Runs FaultInjection.* of the test binary five times at -np 4, world rank 2
 # failing before its 21st all-reduce (sequence #21), timeout 2 s:
 #  1. stalled rank, default mpirun: the survivors' watchdog aborts the job;
 #     mpirun exits 5 and prints "[rank R] watchdog: ... ranks that never
@@ -18,6 +18,8 @@
 #     first, so each rank runs under a shell (this script) that turns the
 #     signal into exit status 137, which this setting ignores; MPI_Abort's 5
 #     is then mpirun's exit code.
+#  4./5. cases 1 and 3 with 64 KiB all-reduces, which run on the group's
+#     collective thread (blocking MPI_Allreduce) instead of MPI_Iallreduce.
 set -u
 
 if [[ "${1:-}" == "--as-rank" ]]; then
@@ -74,6 +76,22 @@ run 5 TESSERA_COMM_TEST_KILL_RANK=2 "$mpirun" --oversubscribe --bind-to none \
   --mca orte_abort_on_non_zero_status 0 -np 4 bash "$0" --as-rank "$binary" "$filter"
 grep -Eq "^\[rank [013]\] ${header}2 \([^)]*process [0-9]+ on [^ ]+ is gone\) \[watchdog" "$log" ||
   fail "no watchdog message naming rank 2 as gone"
+
+# 4./5. The same with all-reduces of 64 KiB, which run as blocking calls on
+# each group's collective thread: the survivors' threads stay blocked inside
+# MPI, and their Wait deadline still ends the job naming rank 2.
+threaded="watchdog: AllReduce\(max\) of 16384 x f32 \(65536 bytes\) on group 'world' \(4 ranks\), sequence #21 did not complete within 2s; ranks that never arrived \(world ranks\): "
+echo "== 4. stalled rank, all-reduces on the collective thread"
+run 5 TESSERA_COMM_TEST_HANG_RANK=2 TESSERA_COMM_TEST_ELEMENTS=16384 "$mpirun" --oversubscribe \
+  --bind-to none -np 4 "$binary" "$filter"
+grep -Eq "^\[rank [013]\] ${threaded}2 \(last recorded entering #20\) \[watchdog records in " "$log" ||
+  fail "no watchdog message naming rank 2 (threaded all-reduce)"
+
+echo "== 5. killed rank, survivors kept running, all-reduces on the collective thread"
+run 5 TESSERA_COMM_TEST_KILL_RANK=2 TESSERA_COMM_TEST_ELEMENTS=16384 "$mpirun" --oversubscribe \
+  --bind-to none --mca orte_abort_on_non_zero_status 0 -np 4 bash "$0" --as-rank "$binary" "$filter"
+grep -Eq "^\[rank [013]\] ${threaded}2 \([^)]*process [0-9]+ on [^ ]+ is gone\) \[watchdog" "$log" ||
+  fail "no watchdog message naming rank 2 as gone (threaded all-reduce)"
 
 # Only the "never arrived" list: a survivor that already aborted may rightly
 # show up afterwards as "entered but gone".

@@ -81,31 +81,33 @@ TEST(Watchdog, EveryRankReadsEveryPeersLastSequence) {
   MPI_Barrier(MPI_COMM_WORLD);  // nobody re-publishes before everyone has read
 }
 
-TEST(Watchdog, SkippedCollectiveTimesOutNamingTheRankThatNeverArrived) {
+// Rank n-1 skips the group's second all-reduce of `count` floats until the
+// others' Wait has timed out; the message names it, and the same Work then
+// completes once it arrives.
+void ExpectSkippedAllReduceTimesOutNamingTheLateRank(size_t count) {
   const int me = MpiForTests()->world_rank(), n = MpiForTests()->world_size();
-  if (n < 2) GTEST_SKIP() << "needs a second rank to skip";
   // Long enough that every rank's watchdog publisher (every 20 ms) has run
   // even on a loaded, oversubscribed CI machine.
   auto comm = WorldNamed("skip-test", absl::Seconds(2));
   MPI_Comm control;  // tells the late rank when the others have seen the timeout
   ASSERT_EQ(MPI_Comm_dup(MPI_COMM_WORLD, &control), MPI_SUCCESS);
   const int late = n - 1;
-  std::vector<float> data(4, 1.0f);
-  auto first = comm->AllReduce(data.data(), 4, DType::kF32, ReduceOp::kSum);  // #1, everyone
+  std::vector<float> data(count, 1.0f);
+  auto first = comm->AllReduce(data.data(), count, DType::kF32, ReduceOp::kSum);  // #1, everyone
   ASSERT_TRUE(first.ok() && (*first)->Wait(absl::Seconds(30)).ok());
 
-  for (size_t i = 0; i < 4; ++i) data[i] = static_cast<float>(me * 10 + i);
+  for (size_t i = 0; i < count; ++i) data[i] = static_cast<float>(me * 10 + i % 7);
   if (me != late) {
-    auto work = comm->AllReduce(data.data(), 4, DType::kF32, ReduceOp::kSum);  // #2
+    auto work = comm->AllReduce(data.data(), count, DType::kF32, ReduceOp::kSum);  // #2
     ASSERT_TRUE(work.ok());
     const absl::Status status = (*work)->Wait(comm->timeout());
     ASSERT_FALSE(status.ok());
     EXPECT_EQ(ExitCodeFor(status), 5);
     EXPECT_TRUE(absl::StrContains(
         status.message(),
-        absl::StrFormat("watchdog: AllReduce(sum) of 4 x f32 (16 bytes) on group 'skip-test' (%d "
+        absl::StrFormat("watchdog: AllReduce(sum) of %d x f32 (%d bytes) on group 'skip-test' (%d "
                         "ranks), sequence #2 did not complete within 2s",
-                        n)))
+                        count, 4 * count, n)))
         << status;
     EXPECT_EQ(LateList(status.message()), absl::StrCat(late, " (last recorded entering #1)"))
         << status;
@@ -119,15 +121,26 @@ TEST(Watchdog, SkippedCollectiveTimesOutNamingTheRankThatNeverArrived) {
       int token = 0;
       if (q != late) MPI_Recv(&token, 1, MPI_INT, q, 0, control, MPI_STATUS_IGNORE);
     }
-    auto work = comm->AllReduce(data.data(), 4, DType::kF32, ReduceOp::kSum);
+    auto work = comm->AllReduce(data.data(), count, DType::kF32, ReduceOp::kSum);
     ASSERT_TRUE(work.ok() && (*work)->Wait(absl::Seconds(30)).ok());
   }
-  for (size_t i = 0; i < 4; ++i) {
+  for (size_t i = 0; i < count; ++i) {
     double want = 0;
-    for (int r = 0; r < n; ++r) want += r * 10 + static_cast<double>(i);
-    EXPECT_EQ(data[i], want);
+    for (int r = 0; r < n; ++r) want += r * 10 + static_cast<double>(i % 7);
+    ASSERT_EQ(data[i], want) << "element " << i;
   }
   MPI_Comm_free(&control);
+}
+
+TEST(Watchdog, SkippedCollectiveTimesOutNamingTheRankThatNeverArrived) {
+  if (MpiForTests()->world_size() < 2) GTEST_SKIP() << "needs a second rank to skip";
+  ExpectSkippedAllReduceTimesOutNamingTheLateRank(4);
+}
+
+// The same for an all-reduce large enough to run on the collective thread.
+TEST(Watchdog, SkippedThreadedAllReduceTimesOutNamingTheRankThatNeverArrived) {
+  if (MpiForTests()->world_size() < 2) GTEST_SKIP() << "needs a second rank to skip";
+  ExpectSkippedAllReduceTimesOutNamingTheLateRank(kThreadedAllReduceBytes / sizeof(float));
 }
 
 TEST(Watchdog, LateSendMakesTheReceiveTimeOutNamingThePeer) {
@@ -178,8 +191,12 @@ TEST(FaultInjection, KilledOrStalledRankEndsTheJobWithTheWatchdogMessage) {
   if (const char* text = std::getenv("TESSERA_COMM_TEST_TIMEOUT_S")) {
     ASSERT_TRUE(absl::SimpleAtod(text, &timeout_s));
   }
+  size_t elements = 1024;  // TESSERA_COMM_TEST_ELEMENTS: e.g. one for the collective thread
+  if (const char* text = std::getenv("TESSERA_COMM_TEST_ELEMENTS")) {
+    ASSERT_TRUE(absl::SimpleAtoi(text, &elements));
+  }
   auto comm = WorldNamed("world", absl::Seconds(timeout_s));
-  std::vector<float> data(1024, 1.0f);
+  std::vector<float> data(elements, 1.0f);
   for (int step = 0; step < 1000; ++step) {
     if (MpiForTests()->world_rank() == victim && step == 20) {
       if (kill_rank != nullptr) raise(SIGKILL);
