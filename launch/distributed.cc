@@ -80,14 +80,17 @@ absl::Status PrintLayout(const Distributed& d, const RankLayout& layout,
 // This rank's check of the launcher variables and its device choice.
 absl::StatusOr<std::vector<std::string>> CheckThisRank(const RankLayout& layout,
                                                        const LauncherEnvironment& env,
-                                                       int& device) {
+                                                       bool uses_gpu, int& device) {
   TESSERA_ASSIGN_OR_RETURN(std::vector<std::string> checked, CheckRankEnvironment(layout, env));
-#ifdef TESSERA_HAVE_CUDA
-  TESSERA_ASSIGN_OR_RETURN(
-      device, DeviceForLocalRank(layout.local_rank, layout.local_size, cuda::DeviceCount()));
-  if (device >= 0) TESSERA_RETURN_IF_ERROR(cuda::SetDevice(device));
-#else
   device = -1;
+#ifdef TESSERA_HAVE_CUDA
+  if (uses_gpu) {
+    TESSERA_ASSIGN_OR_RETURN(device, DeviceForLocalRank(uses_gpu, layout.local_rank,
+                                                        layout.local_size, cuda::DeviceCount()));
+    if (device >= 0) TESSERA_RETURN_IF_ERROR(cuda::SetDevice(device));
+  }
+#else
+  (void)uses_gpu;
 #endif
   return checked;
 }
@@ -106,7 +109,7 @@ bool LaunchedUnderMpi() {
          absl::SimpleAtoi(tasks, &count) && count > 1;
 }
 
-absl::StatusOr<Distributed> StartMpi() {
+absl::StatusOr<Distributed> StartMpi(bool uses_gpu) {
   Distributed d;
   TESSERA_ASSIGN_OR_RETURN(d.mpi, parallel::MpiRuntime::Init(nullptr, nullptr));
   TESSERA_ASSIGN_OR_RETURN(const RankLayout layout, QueryLayout());
@@ -114,7 +117,7 @@ absl::StatusOr<Distributed> StartMpi() {
   d.launcher = DetectLauncher(env);
   d.local_rank = layout.local_rank;
   d.local_size = layout.local_size;
-  auto checked = CheckThisRank(layout, env, d.device);
+  auto checked = CheckThisRank(layout, env, uses_gpu, d.device);
   TESSERA_RETURN_IF_ERROR(
       AgreeOnRankEnvironment(checked.status(), layout.world_rank, layout.world_size));
   TESSERA_RETURN_IF_ERROR(PrintLayout(d, layout, *checked));

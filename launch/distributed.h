@@ -39,11 +39,14 @@ struct Distributed {
 
 // MPI_Init and the world size, before the config is validated against it;
 // then the rank environment, agreed by every rank: when the launcher's
-// variables disagree with MPI on any rank (or a node has more ranks than
-// GPUs), every rank returns the same UsageError naming the variable, its
-// value, MPI's value and the world rank. Rank 0 prints one line: world size,
-// nodes, local size, launcher, device choice and the variables checked.
-absl::StatusOr<Distributed> StartMpi();
+// variables disagree with MPI on any rank (or, for a run that `uses_gpu`, a
+// node has more ranks than GPUs), every rank returns the same UsageError
+// naming the variable, its value, MPI's value and the world rank. Only a run
+// that uses the GPU binds one (DeviceForLocalRank); training runs on the CPU
+// until the CUDA backend exists, hence the default. Rank 0 prints one line:
+// world size, nodes, local size, launcher, device choice and the variables
+// checked.
+absl::StatusOr<Distributed> StartMpi(bool uses_gpu = false);
 
 // The mesh for `config` (validated on every rank, identical messages) and
 // the gradient-reduction groups: dense over dp x sp, experts over edp.

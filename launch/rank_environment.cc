@@ -182,8 +182,9 @@ absl::StatusOr<std::vector<std::string>> CheckRankEnvironment(const RankLayout& 
   return checked;
 }
 
-absl::StatusOr<int> DeviceForLocalRank(int local_rank, int local_size, int device_count) {
-  if (device_count <= 0) return -1;
+absl::StatusOr<int> DeviceForLocalRank(bool uses_gpu, int local_rank, int local_size,
+                                       int device_count) {
+  if (!uses_gpu || device_count <= 0) return -1;
   if (local_size <= device_count) return local_rank;
   if (device_count == 1) return 0;
   return UsageError(absl::StrFormat(

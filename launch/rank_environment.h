@@ -67,11 +67,14 @@ absl::StatusOr<std::vector<std::string>> CheckRankEnvironment(const RankLayout& 
                                                               const LauncherEnvironment& env);
 
 // The CUDA device for a local rank when `device_count` devices are visible:
-// -1 (train on the CPU) without devices; the local rank when there is a
-// device per local rank; 0 when one device is visible (a launcher that binds
-// one GPU per task via CUDA_VISIBLE_DEVICES, e.g. `srun --gpus-per-task=1`).
-// More local ranks than several visible devices is a UsageError: two ranks
-// would share a GPU, which NCCL refuses.
-absl::StatusOr<int> DeviceForLocalRank(int local_rank, int local_size, int device_count);
+// -1 (the CPU) when the run does not use the GPU (`uses_gpu` false: no
+// device is bound, and any number of CPU ranks may share the node) or
+// without devices; the local rank when there is a device per local rank; 0
+// when one device is visible (a launcher that binds one GPU per task via
+// CUDA_VISIBLE_DEVICES, e.g. `srun --gpus-per-task=1`). A GPU run with more
+// local ranks than several visible devices is a UsageError: two ranks would
+// share a GPU, which NCCL refuses.
+absl::StatusOr<int> DeviceForLocalRank(bool uses_gpu, int local_rank, int local_size,
+                                       int device_count);
 
 }  // namespace tessera

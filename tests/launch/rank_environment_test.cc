@@ -143,15 +143,23 @@ TEST(CheckRankEnvironment, NoLauncherOrUnsetVariablesCheckNothing) {
 }
 
 TEST(DeviceForLocalRank, OneGpuPerLocalRankOrCpu) {
-  EXPECT_EQ(*DeviceForLocalRank(0, 4, 0), -1);  // no GPU: the CPU
-  EXPECT_EQ(*DeviceForLocalRank(3, 4, 4), 3);
-  EXPECT_EQ(*DeviceForLocalRank(1, 2, 8), 1);  // fewer ranks than GPUs
-  EXPECT_EQ(*DeviceForLocalRank(2, 4, 1), 0);  // one bound GPU per task
-  EXPECT_EQ(*DeviceForLocalRank(0, 1, 1), 0);
+  EXPECT_EQ(*DeviceForLocalRank(true, 0, 4, 0), -1);  // no GPU: the CPU
+  EXPECT_EQ(*DeviceForLocalRank(true, 3, 4, 4), 3);
+  EXPECT_EQ(*DeviceForLocalRank(true, 1, 2, 8), 1);  // fewer ranks than GPUs
+  EXPECT_EQ(*DeviceForLocalRank(true, 2, 4, 1), 0);  // one bound GPU per task
+  EXPECT_EQ(*DeviceForLocalRank(true, 0, 1, 1), 0);
+}
+
+// A CPU run binds no GPU, so any number of ranks may share a node with a
+// few GPUs (before, 5 CPU ranks beside 4 GPUs were refused).
+TEST(DeviceForLocalRank, RunWithoutGpuBindsNoneAndRefusesNoRankCount) {
+  EXPECT_EQ(*DeviceForLocalRank(false, 4, 5, 4), -1);
+  EXPECT_EQ(*DeviceForLocalRank(false, 3, 4, 4), -1);
+  EXPECT_EQ(*DeviceForLocalRank(false, 0, 1, 0), -1);
 }
 
 TEST(DeviceForLocalRank, MoreRanksThanSeveralGpusIsAUsageError) {
-  auto device = DeviceForLocalRank(4, 5, 4);
+  auto device = DeviceForLocalRank(true, 4, 5, 4);
   ASSERT_FALSE(device.ok());
   EXPECT_EQ(ExitCodeFor(device.status()), 2);
   EXPECT_NE(device.status().message().find("5 ranks on this node but 4 GPUs"),
