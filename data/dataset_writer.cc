@@ -45,6 +45,7 @@ absl::Status DatasetWriter::AddShard(const std::vector<DatasetData>& datasets) {
   shard->set_num_samples(info.num_samples);
   shard->set_checksum(FormatCrc32(checksum.crc32));
   shard->set_bytes(checksum.bytes);
+  if (info.schema == "tokens") shard->set_num_tokens(info.dims.at("tokens")[0]);
   manifest_.set_num_samples(manifest_.num_samples() + info.num_samples);
   return absl::OkStatus();
 }

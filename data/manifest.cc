@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "data/file_util.h"
+#include "data/value_checks.h"
 #include "google/protobuf/io/tokenizer.h"
 #include "google/protobuf/text_format.h"
 #include "runtime/base/errors.h"
@@ -21,6 +22,8 @@ namespace {
 // Attributes each schema's manifest must carry, as positive integers.
 std::vector<std::string> RequiredAttributes(absl::string_view schema) {
   if (schema == "images") return {"channels", "height", "width", "num_classes"};
+  if (schema == "tokens") return {"vocab_size"};
+  if (schema == "interactions") return {"num_items"};
   return {};
 }
 
@@ -47,7 +50,8 @@ bool IsPlainRelativePath(absl::string_view path) {
   return true;
 }
 
-absl::Status ValidateShardEntry(const ShardEntry& shard, int index, const std::string& dir) {
+absl::Status ValidateShardEntry(const ShardEntry& shard, absl::string_view schema, int index,
+                                const std::string& dir) {
   const std::string field = absl::StrCat("shards[", index, "]");
   if (!IsPlainRelativePath(shard.path())) {
     return ManifestError(dir, absl::StrCat(field, ".path \"", shard.path(),
@@ -55,6 +59,9 @@ absl::Status ValidateShardEntry(const ShardEntry& shard, int index, const std::s
   }
   if (!shard.has_num_samples() || shard.num_samples() < 0) {
     return ManifestError(dir, absl::StrCat(field, ".num_samples missing or negative"));
+  }
+  if (schema == "tokens" && (!shard.has_num_tokens() || shard.num_tokens() < 0)) {
+    return ManifestError(dir, absl::StrCat(field, ".num_tokens missing or negative"));
   }
   uint32_t crc = 0;
   if (!absl::StartsWith(shard.checksum(), "crc32:") || shard.checksum().size() != 14 ||
@@ -71,6 +78,29 @@ absl::Status ValidateShardEntry(const ShardEntry& shard, int index, const std::s
     return ManifestError(dir, absl::StrCat(field, ": shard file ", path, " has ", info.st_size,
                                            " bytes, the manifest says ", shard.bytes(),
                                            " (truncated or replaced?)"));
+  }
+  // Every sample and token takes at least one byte of the file: a larger
+  // count is forged, and would size the sampler's permutation before any
+  // shard is opened.
+  if (shard.num_samples() > info.st_size || shard.num_tokens() > info.st_size) {
+    return ManifestError(dir, absl::StrCat(field, " declares ", shard.num_samples(), " samples",
+                                           schema == "tokens"
+                                               ? absl::StrCat(" and ", shard.num_tokens(), " tokens")
+                                               : "",
+                                           " in a file of ", info.st_size, " bytes"));
+  }
+  return absl::OkStatus();
+}
+
+// tokens: `eod_token` (the end-of-document id the readers insert) must be a
+// token of the vocabulary.
+absl::Status CheckEodToken(const DataManifest& manifest, const std::string& dir) {
+  if (manifest.schema() != "tokens") return absl::OkStatus();
+  TESSERA_ASSIGN_OR_RETURN(int64_t vocab, IntAttribute(manifest, "vocab_size", dir));
+  TESSERA_ASSIGN_OR_RETURN(int64_t eod, IntAttribute(manifest, "eod_token", dir));
+  if (eod < 0 || eod >= vocab) {
+    return ManifestError(dir, absl::StrCat("attributes[\"eod_token\"] = ", eod,
+                                           " is outside [0, vocab_size ", vocab, ")"));
   }
   return absl::OkStatus();
 }
@@ -94,10 +124,11 @@ absl::Status ValidateManifest(const DataManifest& manifest, const std::string& d
       return ManifestError(dir, absl::StrCat("attributes[\"", key, "\"] must be positive"));
     }
   }
+  TESSERA_RETURN_IF_ERROR(CheckEodToken(manifest, dir));
   int64_t total = 0;
   for (int i = 0; i < manifest.shards_size(); ++i) {
-    TESSERA_RETURN_IF_ERROR(ValidateShardEntry(manifest.shards(i), i, dir));
-    total += manifest.shards(i).num_samples();
+    TESSERA_RETURN_IF_ERROR(ValidateShardEntry(manifest.shards(i), manifest.schema(), i, dir));
+    total += manifest.shards(i).num_samples();  // each bounded by its file's size: no overflow
   }
   if (!manifest.has_num_samples() || manifest.num_samples() != total) {
     return ManifestError(dir, absl::StrCat("num_samples is ", manifest.num_samples(),
@@ -163,11 +194,16 @@ absl::Status CheckShardAgainstManifest(const ShardInfo& info, const ShardEntry& 
       }
     }
   }
+  if (manifest.schema() == "tokens" && info.dims.at("tokens")[0] != shard.num_tokens()) {
+    return DataError(absl::StrCat(path, ": holds ", info.dims.at("tokens")[0], " tokens, ",
+                                  ManifestPath(dir), " says num_tokens ", shard.num_tokens()));
+  }
   return absl::OkStatus();
 }
 
 absl::Status VerifyDataset(const std::string& dir) {
   TESSERA_ASSIGN_OR_RETURN(DataManifest manifest, ReadManifest(dir));
+  TESSERA_ASSIGN_OR_RETURN(ValueLimits limits, ValueLimitsOf(manifest, dir));
   for (const ShardEntry& shard : manifest.shards()) {
     const std::string path = ShardPath(dir, shard);
     TESSERA_ASSIGN_OR_RETURN(FileChecksum checksum, ChecksumFile(path));
@@ -178,6 +214,7 @@ absl::Status VerifyDataset(const std::string& dir) {
     }
     TESSERA_ASSIGN_OR_RETURN(ShardInfo info, ValidateShard(path, manifest.schema()));
     TESSERA_RETURN_IF_ERROR(CheckShardAgainstManifest(info, shard, manifest, dir));
+    TESSERA_RETURN_IF_ERROR(VerifyShardValues(path, info, limits));
   }
   return absl::OkStatus();
 }

@@ -42,7 +42,8 @@ absl::Status CheckShardAgainstManifest(const ShardInfo& info, const ShardEntry& 
                                        const DataManifest& manifest, const std::string& dir);
 
 // Full check of a data set: the manifest, then every shard's size and crc32
-// checksum, then every shard against its schema and manifest entry. Slow (reads
+// checksum, then every shard against its schema and manifest entry, then
+// every value against the rules of data/value_checks.h. Slow (reads
 // everything), so readers do not call it; tests and `tessera data verify` do.
 absl::Status VerifyDataset(const std::string& dir);
 

@@ -31,7 +31,8 @@ const std::vector<Schema>& AllSchemas() {
        1,
        "D",
        {{"tokens", DType::kI32, 1, "T"},  // documents concatenated
-        {"doc_offsets", DType::kI64, 1, "D+1", false, "T"}}},
+        {"doc_offsets", DType::kI64, 1, "D+1", false, "T"},
+        {"loss_mask", DType::kU8, 1, "T", true}}},  // 1 where a token is a target that counts
       {"interactions",
        1,
        "U",
@@ -63,6 +64,40 @@ std::pair<std::string, int64_t> ParseRows(absl::string_view rows) {
   int64_t extra = 0;
   TESSERA_CHECK(absl::SimpleAtoi(rows.substr(plus + 1), &extra));
   return {std::string(rows.substr(0, plus)), extra};
+}
+
+// A dataset may not declare more bytes than the file can hold: its element
+// count times element size must not overflow, a contiguous dataset must have
+// all its bytes stored, and no layout may declare more than
+// kMaxDeclaredToFileRatio times the file's size (compression ratios beyond
+// that are not data, they are a forged header). Checked before anything is
+// read or allocated.
+constexpr int64_t kMaxDeclaredToFileRatio = 1024;
+
+absl::Status CheckDeclaredSize(hid_t file, hid_t dataset, const DatasetSpec& spec,
+                               const std::vector<int64_t>& dims) {
+  int64_t bytes = static_cast<int64_t>(DTypeSize(spec.dtype));
+  for (int64_t d : dims) {
+    if (d < 0 || __builtin_mul_overflow(bytes, d, &bytes)) {
+      return DataError(absl::StrCat("dataset \"", spec.name, "\" declares a shape [",
+                                    absl::StrJoin(dims, ", "), "] whose size overflows 64 bits"));
+    }
+  }
+  hsize_t file_size = 0;
+  TESSERA_RETURN_IF_ERROR(TESSERA_H5(H5Fget_filesize(file, &file_size)));
+  const auto declared = absl::StrCat("dataset \"", spec.name, "\" declares [",
+                                     absl::StrJoin(dims, ", "), "] = ", bytes, " bytes");
+  if (static_cast<uint64_t>(bytes) / kMaxDeclaredToFileRatio > file_size) {
+    return DataError(absl::StrCat(declared, ", but the file has only ", file_size, " bytes"));
+  }
+  TESSERA_ASSIGN_OR_RETURN(H5Id plist, TESSERA_H5_ID(H5Dget_create_plist(dataset)));
+  const H5D_layout_t layout = H5Pget_layout(plist.get());
+  TESSERA_RETURN_IF_ERROR(TESSERA_H5(layout));
+  const hsize_t stored = H5Dget_storage_size(dataset);
+  if (layout == H5D_CONTIGUOUS && stored != static_cast<hsize_t>(bytes)) {
+    return DataError(absl::StrCat(declared, ", but the file stores ", stored, " for it"));
+  }
+  return absl::OkStatus();
 }
 
 struct CountSource {
@@ -141,6 +176,7 @@ absl::StatusOr<ShardInfo> ValidateOpenShardImpl(hid_t file, absl::string_view ex
       return DataError(absl::StrCat("dataset \"", spec.name, "\" has rank ", dims.size(),
                                     ", expected ", spec.rank));
     }
+    TESSERA_RETURN_IF_ERROR(CheckDeclaredSize(file, dataset.get(), spec, dims));
     const auto [symbol, extra] = ParseRows(spec.rows);
     const int64_t count = dims[0] - extra;
     if (count < 0) {

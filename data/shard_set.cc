@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "data/hyperslab.h"
 #include "runtime/base/errors.h"
 #include "runtime/base/status.h"
 
@@ -25,14 +26,15 @@ absl::StatusOr<ShardSet::OpenShard*> ShardSet::Shard(int index) {
   const std::string path = ShardPath(dir_, entry);
   auto shard = std::make_unique<OpenShard>();
   TESSERA_ASSIGN_OR_RETURN(shard->file, h5::OpenFileReadOnly(path));
-  TESSERA_ASSIGN_OR_RETURN(ShardInfo info,
+  TESSERA_ASSIGN_OR_RETURN(shard->info,
                            ValidateOpenShard(shard->file.get(), path, manifest_.schema()));
-  TESSERA_RETURN_IF_ERROR(CheckShardAgainstManifest(info, entry, manifest_, dir_));
+  TESSERA_RETURN_IF_ERROR(CheckShardAgainstManifest(shard->info, entry, manifest_, dir_));
   return shards_.emplace(index, std::move(shard)).first->second.get();
 }
 
 absl::StatusOr<ShardSet::OpenDataset*> ShardSet::Dataset(int shard_index, const std::string& name,
-                                                         DType dtype, int64_t row_elements) {
+                                                         DType dtype, int64_t row_elements,
+                                                         bool read_whole) {
   TESSERA_ASSIGN_OR_RETURN(OpenShard * shard, Shard(shard_index));
   auto it = shard->datasets.find(name);
   if (it != shard->datasets.end()) return &it->second;
@@ -51,7 +53,7 @@ absl::StatusOr<ShardSet::OpenDataset*> ShardSet::Dataset(int shard_index, const 
   auto file_space = TESSERA_H5_ID(H5Dget_space(open.dataset.get()));
   if (!file_space.ok()) return h5::InFile(path, file_space.status());
   open.file_space = std::move(*file_space);
-  if (row_elements == 1 && dims[0] > 0) {
+  if (read_whole && dims[0] > 0) {
     open.whole.resize(static_cast<size_t>(dims[0]) * DTypeSize(dtype));
     TESSERA_RETURN_IF_ERROR(
         h5::InFile(path, TESSERA_H5(H5Dread(open.dataset.get(), h5::MemoryType(dtype), H5S_ALL,
@@ -83,6 +85,27 @@ absl::Status ShardSet::ReadRun(const OpenDataset& dataset, int shard, DType dtyp
                                file_space, H5P_DEFAULT, scratch_.data())));
 }
 
+absl::StatusOr<const ShardInfo*> ShardSet::Info(int shard) {
+  H5Lock lock;
+  TESSERA_ASSIGN_OR_RETURN(OpenShard * open, Shard(shard));
+  return &open->info;
+}
+
+absl::Status ShardSet::ReadRange(int shard, const std::string& name, DType dtype, int64_t begin,
+                                 int64_t count, void* out) {
+  H5Lock lock;
+  TESSERA_ASSIGN_OR_RETURN(OpenDataset * dataset, Dataset(shard, name, dtype, 1, false));
+  return h5::InFile(ShardFile(shard),
+                    ReadRange1D(dataset->dataset.get(), name.c_str(), dtype, begin, count, out));
+}
+
+std::pair<int, int64_t> ShardSet::Locate(int64_t index) const {
+  TESSERA_CHECK(0 <= index && index < num_samples());
+  const int shard = static_cast<int>(
+      std::upper_bound(shard_begin_.begin(), shard_begin_.end(), index) - shard_begin_.begin() - 1);
+  return {shard, index - shard_begin_[shard]};
+}
+
 absl::Status ShardSet::ReadRows(const std::string& name, DType dtype, int64_t row_elements,
                                 const std::vector<int64_t>& indices, void* out) {
   struct Row {
@@ -93,12 +116,8 @@ absl::Status ShardSet::ReadRows(const std::string& name, DType dtype, int64_t ro
   std::vector<Row> rows;
   rows.reserve(indices.size());
   for (size_t slot = 0; slot < indices.size(); ++slot) {
-    const int64_t index = indices[slot];
-    TESSERA_CHECK(0 <= index && index < num_samples());
-    const int shard =
-        static_cast<int>(std::upper_bound(shard_begin_.begin(), shard_begin_.end(), index) -
-                         shard_begin_.begin() - 1);
-    rows.push_back({shard, index - shard_begin_[shard], slot});
+    const auto [shard, local] = Locate(indices[slot]);
+    rows.push_back({shard, local, slot});
   }
   // File order, so runs of consecutive rows become one read.
   std::sort(rows.begin(), rows.end(), [](const Row& a, const Row& b) {
@@ -117,7 +136,8 @@ absl::Status ShardSet::ReadRows(const std::string& name, DType dtype, int64_t ro
     const int shard = rows[begin].shard;
     const int64_t first = rows[begin].local;
     const int64_t count = rows[end - 1].local - first + 1;
-    TESSERA_ASSIGN_OR_RETURN(OpenDataset * dataset, Dataset(shard, name, dtype, row_elements));
+    TESSERA_ASSIGN_OR_RETURN(OpenDataset * dataset,
+                             Dataset(shard, name, dtype, row_elements, row_elements == 1));
     const uint8_t* source;
     if (!dataset->whole.empty()) {
       source = dataset->whole.data() + static_cast<size_t>(first) * row_bytes;

@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <map>
+#include <utility>
 #include <memory>
 #include <string>
 #include <vector>
@@ -40,6 +41,18 @@ class ShardSet {
   // Closes every open shard (they reopen on the next read).
   void CloseAll() { shards_.clear(); }
 
+  // Shard-level access, for readers whose rows have variable length.
+  int num_shards() const { return manifest_.shards_size(); }
+  std::string ShardFile(int shard) const { return ShardPath(dir_, manifest_.shards(shard)); }
+  // What validating shard `shard` found (opening it on first use).
+  absl::StatusOr<const ShardInfo*> Info(int shard);
+  // Elements [begin, begin + count) of the rank-1 dataset `name` of `shard`,
+  // by hyperslab. Errors name the shard file.
+  absl::Status ReadRange(int shard, const std::string& name, DType dtype, int64_t begin,
+                         int64_t count, void* out);
+  // The (shard, row) of global sample `index`.
+  std::pair<int, int64_t> Locate(int64_t index) const;
+
  private:
   struct OpenDataset {
     H5Id dataset;
@@ -48,12 +61,14 @@ class ShardSet {
   };
   struct OpenShard {
     H5Id file;
+    ShardInfo info;
     std::map<std::string, OpenDataset> datasets;
   };
   // The open shard `index`, opening and validating it on first use.
   absl::StatusOr<OpenShard*> Shard(int index);
+  // `read_whole`: keep the whole dataset in memory (one element per row).
   absl::StatusOr<OpenDataset*> Dataset(int shard, const std::string& name, DType dtype,
-                                       int64_t row_elements);
+                                       int64_t row_elements, bool read_whole);
 
   // Reads rows [first, first + count) of `dataset` into scratch_.
   absl::Status ReadRun(const OpenDataset& dataset, int shard, DType dtype, int64_t row_elements,
