@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -26,6 +27,7 @@ namespace tessera::parallel {
 namespace {
 
 constexpr char kMagic[] = "tessera-watchdog 1";
+constexpr char kDirectoryPrefix[] = "tessera-watchdog-";
 // A record older than this (on another host) is worth mentioning.
 constexpr absl::Duration kStaleHeartbeat = absl::Seconds(3);
 constexpr absl::Duration kHeartbeatPeriod = absl::Seconds(1);
@@ -61,7 +63,6 @@ std::string HostName() {
 // rank 0's choice, broadcast to all: <base>/tessera-watchdog-<job>-<pid>-<time>.
 // The pid and time keep a rerun of the same job id away from stale records.
 std::string ChooseDirectory() {
-  const char* base = std::getenv("TESSERA_WATCHDOG_DIR");
   std::string job = "local";
   for (const char* variable : {"OMPI_MCA_orte_ess_jobid", "PMIX_NAMESPACE", "SLURM_JOB_ID"}) {
     if (const char* value = std::getenv(variable); value != nullptr && *value != '\0') {
@@ -69,8 +70,40 @@ std::string ChooseDirectory() {
       break;
     }
   }
-  return absl::StrFormat("%s/tessera-watchdog-%s-%d-%d", base && *base ? base : "/tmp", job,
+  return absl::StrFormat("%s/%s%s-%d-%d", WatchdogBaseDirectory(), kDirectoryPrefix, job,
                          static_cast<int>(getpid()), absl::ToUnixSeconds(absl::Now()));
+}
+
+std::string ReadFile(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  if (!in) return "";
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+// Whether no live job uses `dir` (see RemoveAbandonedWatchdogDirectories).
+bool Abandoned(const std::filesystem::path& dir, const std::string& host,
+               absl::Duration abandoned_after) {
+  const absl::Time now = absl::Now();
+  std::error_code error;
+  bool any_record = false;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, error)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind("rank-", 0) != 0 || name.find(".tmp") != std::string::npos) continue;
+    const PeerRecord record = ParsePeerRecord(ReadFile(entry.path()));
+    if (!record.found) return false;  // not ours, or being written: leave it
+    any_record = true;
+    const bool gone = record.host == host && kill(static_cast<pid_t>(record.pid), 0) != 0 &&
+                      errno == ESRCH;
+    const bool silent = now - absl::FromUnixMillis(record.heartbeat_unix_ms) > abandoned_after;
+    if (!gone && !silent) return false;
+  }
+  if (error) return false;
+  if (any_record) return true;
+  struct stat info;
+  return stat(dir.c_str(), &info) == 0 &&
+         now - absl::FromTimeT(info.st_mtime) > abandoned_after;
 }
 
 absl::Status MakeDirectories(const std::string& path) {
@@ -114,6 +147,25 @@ absl::Status WriteFileAtomically(const std::string& path, const std::string& tex
 
 }  // namespace
 
+std::string WatchdogBaseDirectory() {
+  const char* base = std::getenv("TESSERA_WATCHDOG_DIR");
+  return base != nullptr && *base != '\0' ? base : "/tmp";
+}
+
+int RemoveAbandonedWatchdogDirectories(const std::string& base, const std::string& host,
+                                       absl::Duration abandoned_after) {
+  int removed = 0;
+  std::error_code error;
+  for (const auto& entry : std::filesystem::directory_iterator(base, error)) {
+    if (entry.path().filename().string().rfind(kDirectoryPrefix, 0) != 0) continue;
+    if (!entry.is_directory(error) || entry.is_symlink(error)) continue;
+    if (!Abandoned(entry.path(), Sanitize(host), abandoned_after)) continue;
+    std::error_code ignored;  // another node may be removing it too
+    if (std::filesystem::remove_all(entry.path(), ignored) > 0) ++removed;
+  }
+  return removed;
+}
+
 PeerRecord ParsePeerRecord(const std::string& text) {
   PeerRecord record;
   std::vector<absl::string_view> lines = absl::StrSplit(text, '\n', absl::SkipEmpty());
@@ -147,6 +199,14 @@ absl::StatusOr<std::shared_ptr<Watchdog>> Watchdog::Create(MPI_Comm world,
   TESSERA_MPI(MPI_Bcast(&length, 1, MPI_INT, 0, world));
   dir.resize(static_cast<size_t>(length));
   TESSERA_MPI(MPI_Bcast(dir.data(), length, MPI_CHAR, 0, world));
+  // The first rank of each node clears what aborted jobs left under the base.
+  MPI_Comm node = MPI_COMM_NULL;
+  TESSERA_MPI(MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node));
+  int local_rank = 0;
+  const int code = MPI_Comm_rank(node, &local_rank);
+  MPI_Comm_free(&node);
+  TESSERA_MPI(code);
+  if (local_rank == 0) RemoveAbandonedWatchdogDirectories(dir.substr(0, dir.rfind('/')), HostName());
   TESSERA_RETURN_IF_ERROR(MakeDirectories(dir));
   int world_rank = 0;
   TESSERA_MPI(MPI_Comm_rank(MPI_COMM_WORLD, &world_rank));
@@ -231,11 +291,7 @@ void Watchdog::PublisherLoop() {
 }
 
 PeerRecord Watchdog::ReadRecord(int rank) const {
-  std::ifstream in(absl::StrCat(dir_, "/rank-", rank));
-  if (!in) return PeerRecord{};
-  std::stringstream text;
-  text << in.rdbuf();
-  return ParsePeerRecord(text.str());
+  return ParsePeerRecord(ReadFile(absl::StrCat(dir_, "/rank-", rank)));
 }
 
 bool Watchdog::ProcessGone(const PeerRecord& record) const {

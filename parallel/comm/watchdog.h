@@ -23,6 +23,11 @@
 //  - Across nodes the directory must be on a filesystem every node sees
 //    (TESSERA_WATCHDOG_DIR, e.g. inside the run directory); under /tmp (the
 //    default) a rank on another node shows as "no record".
+//  - A job that ends normally removes its directory. One that is aborted or
+//    killed leaves it (its records name the late ranks for a post-mortem)
+//    until the next job starting under the same base directory: at start-up
+//    the first rank of each node removes every abandoned one
+//    (RemoveAbandonedWatchdogDirectories).
 //  - "process gone" is only detectable for peers on the same host (kill(pid,
 //    0)); for others the heartbeat age is shown.
 //
@@ -71,6 +76,19 @@ struct PeerRecord {
 
 // Parses the text of a record file; found=false if it is not one.
 PeerRecord ParsePeerRecord(const std::string& text);
+
+// The base directory the job directories go under: TESSERA_WATCHDOG_DIR, or /tmp.
+std::string WatchdogBaseDirectory();
+
+// Removes the tessera-watchdog-* directories under `base` that no live job
+// uses: every record in it is of a process that is gone (a record written on
+// this host, `host`, whose pid no longer exists) or whose heartbeat (written
+// every second while the process lives) is older than `abandoned_after`; a
+// directory without records counts when it was last modified that long ago.
+// Best effort: what cannot be read or removed is left. Returns how many
+// directories were removed.
+int RemoveAbandonedWatchdogDirectories(const std::string& base, const std::string& host,
+                                       absl::Duration abandoned_after = absl::Minutes(10));
 
 class Watchdog {
  public:

@@ -6,8 +6,12 @@
 
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <numeric>
 #include <vector>
 
@@ -62,6 +66,53 @@ TEST(WatchdogRecord, ParsesWhatThePublisherWritesAndRejectsOtherText) {
   EXPECT_FALSE(ParsePeerRecord("something else\npid 1\n").found);
   EXPECT_FALSE(ParsePeerRecord("tessera-watchdog 1\ngroup dp@1\n").found);
   EXPECT_FALSE(ParsePeerRecord("tessera-watchdog 1\npid x\n").found);
+}
+
+// A pid that belonged to a process which has exited.
+int DeadPid() {
+  const pid_t child = fork();
+  if (child == 0) _exit(0);
+  waitpid(child, nullptr, 0);
+  return child;
+}
+
+void WriteRecord(const std::filesystem::path& dir, int rank, int64_t pid, const std::string& host,
+                 absl::Time heartbeat) {
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir / absl::StrCat("rank-", rank))
+      << "tessera-watchdog 1\npid " << pid << "\nhost " << host << "\nheartbeat_unix_ms "
+      << absl::ToUnixMillis(heartbeat) << "\ngroup world@00#0 7\n";
+}
+
+// What an aborted job leaves behind is removed by the next job; directories
+// of live jobs (here or on another node) and foreign files are not.
+TEST(Watchdog, AbandonedDirectoriesOfAbortedJobsAreRemoved) {
+  if (MpiForTests()->world_rank() != 0) GTEST_SKIP() << "one rank is enough";
+  const std::filesystem::path base =
+      std::filesystem::temp_directory_path() / absl::StrCat("watchdog-sweep-", getpid());
+  std::filesystem::remove_all(base);
+  const absl::Time now = absl::Now();
+  const int dead = DeadPid();
+  const int alive = getpid();
+  // Aborted here: every rank's process is gone (heartbeats still recent).
+  WriteRecord(base / "tessera-watchdog-1-a", 0, dead, "thishost", now);
+  WriteRecord(base / "tessera-watchdog-1-a", 1, dead, "thishost", now);
+  // Aborted on another node: heartbeats stopped an hour ago.
+  WriteRecord(base / "tessera-watchdog-2-b", 0, 1234, "othernode", now - absl::Hours(1));
+  // Live: one rank alive here; another node's fresh heartbeat.
+  WriteRecord(base / "tessera-watchdog-3-c", 0, dead, "thishost", now);
+  WriteRecord(base / "tessera-watchdog-3-c", 1, alive, "thishost", now);
+  WriteRecord(base / "tessera-watchdog-4-d", 0, 1234, "othernode", now);
+  // Not a watchdog directory at all.
+  WriteRecord(base / "something-else", 0, dead, "thishost", now);
+
+  EXPECT_EQ(RemoveAbandonedWatchdogDirectories(base.string(), "thishost"), 2);
+  EXPECT_FALSE(std::filesystem::exists(base / "tessera-watchdog-1-a"));
+  EXPECT_FALSE(std::filesystem::exists(base / "tessera-watchdog-2-b"));
+  EXPECT_TRUE(std::filesystem::exists(base / "tessera-watchdog-3-c"));
+  EXPECT_TRUE(std::filesystem::exists(base / "tessera-watchdog-4-d"));
+  EXPECT_TRUE(std::filesystem::exists(base / "something-else"));
+  std::filesystem::remove_all(base);
 }
 
 TEST(Watchdog, EveryRankReadsEveryPeersLastSequence) {
