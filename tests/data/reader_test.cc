@@ -188,7 +188,7 @@ TEST(ImageReader, RefusesOtherSchemas) {
   ASSERT_TRUE(
       writer->AddShard({{"tokens", tokens.data(), {2}}, {"doc_offsets", offsets.data(), {2}}})
           .ok());
-  ASSERT_TRUE(writer->Finish({}, "test").ok());
+  ASSERT_TRUE(writer->Finish({{"vocab_size", "3"}, {"eod_token", "0"}}, "test").ok());
   const absl::Status status = ImageReader::Open(Options(dir, 1)).status();
   EXPECT_EQ(ExitCodeFor(status), 3);
   EXPECT_THAT(std::string(status.message()), HasSubstr("schema is \"tokens\""));
