@@ -1,5 +1,7 @@
 #include "launch/arguments.h"
 
+#include <cmath>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "runtime/base/errors.h"
@@ -24,10 +26,25 @@ absl::StatusOr<int64_t> ParsedArguments::GetInt(const std::string& name, int64_t
 absl::StatusOr<double> ParsedArguments::GetDouble(const std::string& name, double fallback) const {
   if (!values.count(name)) return fallback;
   double value;
-  if (!absl::SimpleAtod(Get(name), &value)) {
-    return UsageError(absl::StrCat("--", name, "=", Get(name), " is not a number"));
+  if (!absl::SimpleAtod(Get(name), &value) || !std::isfinite(value)) {
+    return UsageError(absl::StrCat("--", name, "=", Get(name), " is not a finite number"));
   }
   return value;
+}
+
+absl::StatusOr<int64_t> ParsedArguments::GetIntInRange(const std::string& name, int64_t fallback,
+                                                       int64_t lo, int64_t hi) const {
+  auto value = GetInt(name, fallback);
+  if (value.ok() && (*value < lo || *value > hi)) {
+    return UsageError(absl::StrCat("--", name, "=", Get(name), " must be in [", lo, ", ", hi, "]"));
+  }
+  return value;
+}
+
+absl::Status ParsedArguments::ExpectNoPositional(const std::string& command) const {
+  if (positional.empty()) return absl::OkStatus();
+  return UsageError(absl::StrCat(command, ": unexpected argument \"", positional.front().substr(0, 120),
+                                 "\" (options start with --; see --help)"));
 }
 
 absl::StatusOr<ParsedArguments> ParseArguments(const std::vector<std::string>& args,

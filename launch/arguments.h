@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
 namespace tessera {
@@ -20,7 +21,13 @@ struct ParsedArguments {
   // The last value of `name`, or `fallback`.
   std::string Get(const std::string& name, const std::string& fallback = "") const;
   absl::StatusOr<int64_t> GetInt(const std::string& name, int64_t fallback) const;
+  // The value in [lo, hi], else a UsageError naming the range.
+  absl::StatusOr<int64_t> GetIntInRange(const std::string& name, int64_t fallback, int64_t lo,
+                                        int64_t hi) const;
+  // A finite number ("nan" and "inf" are UsageErrors).
   absl::StatusOr<double> GetDouble(const std::string& name, double fallback) const;
+  // UsageError naming the first positional argument when `command` takes none.
+  absl::Status ExpectNoPositional(const std::string& command) const;
 };
 
 // `value_options`: options that take a value; `flag_options`: boolean ones.

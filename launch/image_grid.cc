@@ -3,11 +3,14 @@
 #include <png.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "runtime/base/errors.h"
 
 namespace tessera {
 
@@ -39,14 +42,17 @@ absl::Status WritePngGrid(const std::string& path, const Tensor& images, int row
 
   const std::string temporary = path + ".tmp";
   std::FILE* file = std::fopen(temporary.c_str(), "wb");
-  if (file == nullptr) return absl::UnavailableError(absl::StrCat("cannot write ", temporary));
+  if (file == nullptr) {
+    return UsageError(absl::StrCat("cannot write ", temporary, ": ", std::strerror(errno)));
+  }
   png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr, nullptr);
   png_infop info = png ? png_create_info_struct(png) : nullptr;
   if (png == nullptr || info == nullptr || setjmp(png_jmpbuf(png))) {
     png_destroy_write_struct(&png, &info);
     std::fclose(file);
     std::remove(temporary.c_str());
-    return absl::InternalError(absl::StrCat("libpng failed writing ", path));
+    // libpng's writer stops here on a short write (a full disk, a file size limit).
+    return UsageError(absl::StrCat("cannot write ", path, " (libpng: write failed)"));
   }
   png_init_io(png, file);
   png_set_IHDR(png, info, static_cast<png_uint_32>(width), static_cast<png_uint_32>(height), 8,
@@ -56,9 +62,11 @@ absl::Status WritePngGrid(const std::string& path, const Tensor& images, int row
   for (int64_t y = 0; y < height; ++y) png_write_row(png, pixels.data() + y * width * channels);
   png_write_end(png, nullptr);
   png_destroy_write_struct(&png, &info);
-  if (std::fclose(file) != 0 || std::rename(temporary.c_str(), path.c_str()) != 0) {
+  const bool flushed = std::fflush(file) == 0;
+  if (std::fclose(file) != 0 || !flushed || std::rename(temporary.c_str(), path.c_str()) != 0) {
+    const std::string reason = std::strerror(errno);
     std::remove(temporary.c_str());
-    return absl::UnavailableError(absl::StrCat("cannot write ", path));
+    return UsageError(absl::StrCat("cannot write ", path, ": ", reason));
   }
   return absl::OkStatus();
 }

@@ -5,7 +5,9 @@
 #include <vector>
 
 #include "launch/commands.h"
+#include "launch/threading.h"
 #include "runtime/base/errors.h"
+#include "runtime/train/signals.h"
 
 namespace {
 constexpr char kUsage[] = R"(usage: tessera <command> [options]
@@ -17,11 +19,15 @@ commands:
   ckpt      list, show, verify, diff and export checkpoints (tessera ckpt --help)
 
 exit codes: 0 done, 2 usage or config error, 3 data error, 4 checkpoint error,
-            5 communication failure, 6 numerical failure (NaN/Inf), 1 internal error
+            5 communication failure, 6 numerical failure (NaN/Inf), 1 internal error,
+            75 stopped by SIGTERM/SIGUSR1 (after saving, or before there was
+            anything to save), 130 interrupted (SIGINT)
 )";
 }  // namespace
 
 int main(int argc, char** argv) {
+  tessera::EnsureThreadWaitPolicy(argv);  // may re-execute: first, before any OpenMP call
+  tessera::InstallStartupSignalHandlers();  // SIGTERM -> 75, SIGINT -> 130 until training
   if (argc < 2) {
     std::fputs(kUsage, stderr);
     return tessera::ExitCodeFor(tessera::UsageError("no command"));

@@ -1,9 +1,11 @@
 // tessera sample: class-conditional images from a finished training run.
 #include <cstdio>
+#include <filesystem>
 
 #include "absl/strings/str_cat.h"
 #include "launch/arguments.h"
 #include "launch/commands.h"
+#include "launch/memory_fit.h"
 #include "launch/model_setup.h"
 #include "runtime/base/errors.h"
 #include "runtime/base/status.h"
@@ -23,31 +25,69 @@ run saved (RUN_DIR/weights.h5) and the model in RUN_DIR/config.textproto.
   --steps N          sampler steps (default model.dit_moe.sample_steps)
   --cfg S            classifier-free guidance scale (default model.dit_moe.cfg_scale)
   --seed N           noise seed (default 0)
-  --threads N        CPU threads (default: all cores)
+  --threads N        CPU threads, 0 to 1024 (default 0: all cores)
+
+Limits: --per-class 1 to 1024, --steps 1 to 100000, --cfg finite and >= 0;
+the folder of --out must exist. Errors exit 2 (usage), 4 (weights).
 )";
 
+struct SampleOptions {
+  std::string out;
+  int64_t per_class = 8, steps = 0, seed = 0, threads = 0;
+  double cfg = 0;
+};
+
+// Every option checked before anything is built: ranges, finite numbers,
+// an output folder that exists.
+absl::StatusOr<SampleOptions> ParseSampleOptions(const ParsedArguments& args,
+                                                 const RunConfig& config,
+                                                 const std::string& run_dir) {
+  const DitMoeConfig& m = config.dit_moe();
+  SampleOptions o;
+  TESSERA_ASSIGN_OR_RETURN(o.threads, args.GetIntInRange("threads", 0, 0, 1024));
+  TESSERA_ASSIGN_OR_RETURN(o.per_class, args.GetIntInRange("per-class", 8, 1, 1024));
+  TESSERA_ASSIGN_OR_RETURN(o.steps, args.GetIntInRange("steps", m.sample_steps(), 1, 100000));
+  TESSERA_ASSIGN_OR_RETURN(o.cfg, args.GetDouble("cfg", m.cfg_scale()));
+  TESSERA_ASSIGN_OR_RETURN(o.seed, args.GetInt("seed", 0));
+  if (o.cfg < 0) return UsageError(absl::StrCat("sample: --cfg ", o.cfg, " must be >= 0"));
+  o.out = args.Get("out", run_dir + "/samples.png");
+  const std::filesystem::path folder = std::filesystem::path(o.out).parent_path();
+  std::error_code error;
+  if (!folder.empty() && !std::filesystem::is_directory(folder, error)) {
+    return UsageError(absl::StrCat("sample: --out ", o.out, ": folder ", folder.string(),
+                                   " does not exist"));
+  }
+  return o;
+}
+
+// The run's config as sample uses it: one process, validated like train's.
+absl::StatusOr<RunConfig> LoadSampleConfig(const std::string& run_dir) {
+  TESSERA_ASSIGN_OR_RETURN(RunConfig config, LoadRunConfig(run_dir + "/config.textproto"));
+  config.clear_parallel();  // sample builds the single-process model
+  config.clear_fault();
+  absl::Status valid = ValidateRunConfig(config, 1);
+  if (!valid.ok()) {
+    return UsageError(absl::StrCat(run_dir, "/config.textproto: ", valid.message()));
+  }
+  return config;
+}
+
 absl::Status Sample(const ParsedArguments& args) {
+  TESSERA_RETURN_IF_ERROR(args.ExpectNoPositional("sample"));
   if (!args.Has("run")) return UsageError("sample: --run RUN_DIR is required (see --help)");
   const std::string run_dir = args.Get("run");
-  TESSERA_ASSIGN_OR_RETURN(RunConfig config, LoadRunConfig(run_dir + "/config.textproto"));
-  TESSERA_ASSIGN_OR_RETURN(int64_t threads, args.GetInt("threads", 0));
-  config.mutable_train()->set_threads(static_cast<int>(threads));
+  TESSERA_ASSIGN_OR_RETURN(RunConfig config, LoadSampleConfig(run_dir));
+  TESSERA_ASSIGN_OR_RETURN(const SampleOptions o, ParseSampleOptions(args, config, run_dir));
+  TESSERA_RETURN_IF_ERROR(CheckSamplingMemoryFits(config, o.per_class));
+  config.mutable_train()->set_threads(static_cast<int>(o.threads));
   ConfigureThreads(config);
   TESSERA_ASSIGN_OR_RETURN(BuiltModel built, BuildModel(config));
   TESSERA_RETURN_IF_ERROR(LoadWeights(run_dir + "/weights.h5", *built.store));
-  const DitMoeConfig& m = config.dit_moe();
-  TESSERA_ASSIGN_OR_RETURN(int64_t per_class, args.GetInt("per-class", 8));
-  TESSERA_ASSIGN_OR_RETURN(int64_t steps, args.GetInt("steps", m.sample_steps()));
-  TESSERA_ASSIGN_OR_RETURN(double cfg, args.GetDouble("cfg", m.cfg_scale()));
-  TESSERA_ASSIGN_OR_RETURN(int64_t seed, args.GetInt("seed", 0));
-  if (per_class < 1 || steps < 1 || cfg < 0) {
-    return UsageError("sample: --per-class and --steps must be >= 1 and --cfg >= 0");
-  }
-  const std::string out = args.Get("out", run_dir + "/samples.png");
-  TESSERA_RETURN_IF_ERROR(WriteSampleGrid(*built.model, config, out, static_cast<int>(per_class),
-                                          static_cast<int>(steps), static_cast<float>(cfg),
-                                          static_cast<uint64_t>(seed)));
-  std::printf("wrote %s\n", out.c_str());
+  TESSERA_RETURN_IF_ERROR(WriteSampleGrid(*built.model, config, o.out,
+                                          static_cast<int>(o.per_class),
+                                          static_cast<int>(o.steps), static_cast<float>(o.cfg),
+                                          static_cast<uint64_t>(o.seed)));
+  std::printf("wrote %s\n", o.out.c_str());
   return absl::OkStatus();
 }
 }  // namespace

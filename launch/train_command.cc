@@ -1,4 +1,5 @@
 // tessera train: one process trains the model a run config describes.
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -9,6 +10,8 @@
 #include "launch/distributed.h"
 #include "parallel/comm/watchdog.h"
 #include "launch/commands.h"
+#include "launch/memory_fit.h"
+#include "launch/rank_agreement.h"
 #include "launch/model_parallel.h"
 #include "parallel/comm/host_group_adapter.h"
 #include "runtime/checkpoint/checkpoint_tools.h"
@@ -91,6 +94,7 @@ absl::StatusOr<std::string> ResolveResume(const RunConfig& config, bool leader) 
 }
 
 absl::Status Train(const ParsedArguments& args, Distributed& distributed) {
+  TESSERA_RETURN_IF_ERROR(args.ExpectNoPositional("train"));
   if (!args.Has("config")) return UsageError("train: --config FILE is required (see --help)");
   TESSERA_ASSIGN_OR_RETURN(RunConfig config, LoadRunConfig(args.Get("config")));
   std::vector<std::string> overrides;
@@ -98,9 +102,13 @@ absl::Status Train(const ParsedArguments& args, Distributed& distributed) {
   if (args.flags.count("resume")) overrides.push_back("checkpoint.resume=latest");
   TESSERA_RETURN_IF_ERROR(ApplyOverrides(&config, overrides));
   const int world_size = distributed.mpi ? distributed.mpi->world_size() : 1;
+  if (distributed.mpi) {
+    TESSERA_RETURN_IF_ERROR(AgreeOnRunConfig(config, distributed.mpi->world_rank(), world_size));
+  }
   // Every rank validates the same config against the same world size, so
   // every rank fails with the same message before any data is read.
   TESSERA_RETURN_IF_ERROR(ValidateRunConfig(config, world_size));
+  TESSERA_RETURN_IF_ERROR(CheckTrainingMemoryFits(config, world_size, distributed.local_size));
   if (distributed.mpi) TESSERA_RETURN_IF_ERROR(BuildGroups(config, distributed));
   std::unique_ptr<ModelParallelGroups> model_parallel;
   if (distributed.mesh && NeedsModelParallel(distributed.mesh->shape())) {
@@ -108,7 +116,6 @@ absl::Status Train(const ParsedArguments& args, Distributed& distributed) {
   }
   ConfigureThreads(config, distributed.local_size);
   const bool leader = distributed.rank() == 0;
-  InstallStopSignalHandlers();
   // Every rank reads the same manifest, so all resume from the same step.
   TESSERA_ASSIGN_OR_RETURN(const std::string resume_dir, ResolveResume(config, leader));
   SamplerState start;
@@ -240,6 +247,8 @@ absl::Status Train(const ParsedArguments& args, Distributed& distributed) {
     if (!fault.at_phase().empty()) options.fault.phase = fault.at_phase();
   }
   if (fault.corrupt_write() == distributed.rank()) options.fault.corrupt_step = fault.at_step();
+  // From here a stop signal is honoured at a step boundary (with a save).
+  InstallStopSignalHandlers();
   if (!leader) {
     // Only rank 0 writes into the run directory.
     Trainer trainer(config, *built.store, *task, options);
@@ -259,8 +268,11 @@ absl::Status Train(const ParsedArguments& args, Distributed& distributed) {
                                       config_path));
   }
   const std::string text = RunConfigToText(config);
-  std::fwrite(text.data(), 1, text.size(), file);
-  std::fclose(file);
+  const bool written = std::fwrite(text.data(), 1, text.size(), file) == text.size();
+  if (std::fclose(file) != 0 || !written) {  // a full disk or a file size limit
+    return UsageError(absl::StrFormat("train.run_dir \"%s\": cannot write %s: %s", run_dir,
+                                      config_path, std::strerror(errno)));
+  }
 
   Trainer trainer(config, *built.store, *task, options);
   absl::Status status = trainer.Run();

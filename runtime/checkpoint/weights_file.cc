@@ -1,5 +1,7 @@
 #include "runtime/checkpoint/weights_file.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <vector>
@@ -66,7 +68,7 @@ absl::Status LoadWeights(const std::string& path, ParameterStore& store) {
     return CheckpointError(absl::StrCat(path, ": not a tessera weights file (attribute format is ",
                                         format.ok() ? "\"" + *format + "\"" : "missing", ")"));
   }
-  std::vector<std::string> missing, mismatched;
+  std::vector<std::string> missing, mismatched, nonfinite;
   for (const ParamInfo& info : store.infos()) {
     if (H5Lexists(file->get(), info.name.c_str(), H5P_DEFAULT) <= 0) {
       missing.push_back(info.name);
@@ -86,6 +88,14 @@ absl::Status LoadWeights(const std::string& path, ParameterStore& store) {
     absl::Status read = TESSERA_H5(
         H5Dread(dataset->get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, out));
     if (!read.ok()) return AsCheckpointError(path, read);
+    const int64_t count = info.global_shape.numel();
+    if (!std::all_of(out, out + count, [](float v) { return std::isfinite(v); })) {
+      nonfinite.push_back(info.name);
+    }
+  }
+  if (!nonfinite.empty()) {
+    return CheckpointError(absl::StrCat(path, ": NaN or Inf in [", absl::StrJoin(nonfinite, ", "),
+                                        "] (weights of a diverged run?)"));
   }
   // Tensors in the file that the model does not have.
   std::vector<std::string> unexpected;

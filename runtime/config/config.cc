@@ -34,8 +34,12 @@ class LocatedErrors : public pb::io::ErrorCollector {
   void AddError(int line, pb::io::ColumnNumber column, const std::string& message) override {
     std::string error = absl::StrCat(filename_, ":", line + 1, ":", column + 1, ": ", message);
     if (line >= 0 && line < static_cast<int>(lines_.size())) {
-      const absl::string_view source = absl::StripAsciiWhitespace(lines_[line]);
-      if (!source.empty()) absl::StrAppend(&error, " (at `", source, "`)");
+      absl::string_view source = absl::StripAsciiWhitespace(lines_[line]);
+      // A quoted line stays one readable line, however long the source's.
+      constexpr size_t kQuoted = 120;
+      const bool cut = source.size() > kQuoted;
+      if (cut) source = source.substr(0, kQuoted);
+      if (!source.empty()) absl::StrAppend(&error, " (at `", source, cut ? "…" : "", "`)");
     }
     errors_.push_back(std::move(error));
   }
@@ -117,10 +121,21 @@ absl::StatusOr<RunConfig> LoadRunConfig(const std::string& path) {
   if (file == nullptr) {
     return UsageError(absl::StrCat("cannot open config file '", path, "': ", std::strerror(errno)));
   }
+  // A run config is a few kilobytes; a file past kMaxConfigBytes is not one
+  // (and parsing it would cost many times its size).
+  constexpr size_t kMaxConfigBytes = size_t{1} << 20;
   std::string text;
   char buffer[1 << 14];
   size_t got = 0;
-  while ((got = std::fread(buffer, 1, sizeof(buffer), file)) > 0) text.append(buffer, got);
+  while (text.size() <= kMaxConfigBytes &&
+         (got = std::fread(buffer, 1, sizeof(buffer), file)) > 0) {
+    text.append(buffer, got);
+  }
+  if (text.size() > kMaxConfigBytes) {
+    std::fclose(file);
+    return UsageError(absl::StrCat("config file '", path, "' is larger than ",
+                                   kMaxConfigBytes >> 20, " MiB: not a run config"));
+  }
   const bool failed = std::ferror(file) != 0;
   const int read_errno = errno;
   std::fclose(file);

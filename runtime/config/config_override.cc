@@ -48,7 +48,10 @@ std::string EnumNames(const pb::EnumDescriptor* descriptor) {
 }
 
 absl::Status BadValue(absl::string_view path, absl::string_view value, absl::string_view expected) {
-  return UsageError(absl::StrCat("override ", path, ": cannot use '", value, "' as ", expected));
+  constexpr size_t kQuoted = 120;  // the message stays one readable line
+  const absl::string_view shown = value.substr(0, kQuoted);
+  return UsageError(absl::StrCat("override ", path, ": cannot use '", shown,
+                                 value.size() > kQuoted ? "…" : "", "' as ", expected));
 }
 
 // Parses `value` for the scalar `field` and stores it in `message`.

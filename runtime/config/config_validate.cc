@@ -19,7 +19,9 @@ std::string Field(absl::string_view name, T value) {
   return absl::StrCat(name, "=", value);
 }
 std::string Field(absl::string_view name, const std::string& value) {
-  return absl::StrCat(name, "=\"", value, "\"");
+  constexpr size_t kQuoted = 120;  // a 50 MB value stays a one-line message
+  if (value.size() <= kQuoted) return absl::StrCat(name, "=\"", value, "\"");
+  return absl::StrCat(name, "=\"", value.substr(0, kQuoted), "…\" (", value.size(), " bytes)");
 }
 
 class Checker {
@@ -70,25 +72,33 @@ void CheckFault(const FaultConfig& f, int world_size, Checker& check) {
 }
 
 void CheckDitMoe(const DitMoeConfig& m, Checker& check) {
+  // Upper limits far above any model this runtime trains, so that a typo
+  // is a message rather than hours of allocation (docs/config.md).
   const struct {
     const char* name;
     int64_t value;
-  } sizes[] = {{"input_size", m.input_size()},
-               {"in_channels", m.in_channels()},
-               {"patch_size", m.patch_size()},
-               {"hidden_size", m.hidden_size()},
-               {"depth", m.depth()},
-               {"num_heads", m.num_heads()},
-               {"num_classes", m.num_classes()},
-               {"num_experts", m.num_experts()},
-               {"frequency_embedding_size", m.frequency_embedding_size()}};
+    int64_t limit;
+  } sizes[] = {{"input_size", m.input_size(), 4096},
+               {"in_channels", m.in_channels(), 1024},
+               {"patch_size", m.patch_size(), 4096},
+               {"hidden_size", m.hidden_size(), 65536},
+               {"depth", m.depth(), 1024},
+               {"num_heads", m.num_heads(), 1024},
+               {"num_classes", m.num_classes(), 1 << 20},
+               {"num_experts", m.num_experts(), 4096},
+               {"frequency_embedding_size", m.frequency_embedding_size(), 65536}};
   bool sizes_ok = true;
   for (const auto& size : sizes) {
     const bool ok = size.value > 0;
-    sizes_ok = sizes_ok && ok;
-    check.Expect(ok, absl::StrCat(Field(absl::StrCat("model.dit_moe.", size.name), size.value),
-                                  " must be positive"));
+    sizes_ok = sizes_ok && ok && size.value <= size.limit;
+    const std::string field = Field(absl::StrCat("model.dit_moe.", size.name), size.value);
+    check.Expect(ok, absl::StrCat(field, " must be positive"));
+    check.Expect(size.value <= size.limit, absl::StrCat(field, " must be <= ", size.limit));
   }
+  check.Expect(m.expert_hidden() <= (1 << 20) && m.shared_expert_hidden() <= (1 << 20),
+               absl::StrCat(Field("model.dit_moe.expert_hidden", m.expert_hidden()), " and ",
+                            Field("model.dit_moe.shared_expert_hidden", m.shared_expert_hidden()),
+                            " must be <= 1048576"));
   check.Expect(m.expert_hidden() >= 0,
                absl::StrCat(Field("model.dit_moe.expert_hidden", m.expert_hidden()),
                             " must be >= 0 (0 means 4 * hidden_size)"));
@@ -226,6 +236,15 @@ void CheckParallel(const RunConfig& config, int world_size, Checker& check) {
 void CheckTrain(const RunConfig& config, Checker& check) {
   const TrainConfig& t = config.train();
   check.Expect(!t.run_dir().empty(), "train.run_dir must not be empty");
+  check.Expect(t.run_dir().size() <= 4096, absl::StrCat(Field("train.run_dir", t.run_dir()),
+                                                        " must be at most 4096 bytes"));
+  check.Expect(t.global_batch() <= (int64_t{1} << 24),
+               absl::StrCat(Field("train.global_batch", t.global_batch()), " must be <= 16777216"));
+  check.Expect(t.threads() <= 1024,
+               absl::StrCat(Field("train.threads", t.threads()), " must be <= 1024"));
+  check.Expect(t.sample_grid_per_class() <= 1024,
+               absl::StrCat(Field("train.sample_grid_per_class", t.sample_grid_per_class()),
+                            " must be <= 1024"));
   check.Expect(t.steps() >= 1, absl::StrCat(Field("train.steps", t.steps()), " must be >= 1"));
   check.Expect(t.log_every() >= 1,
                absl::StrCat(Field("train.log_every", t.log_every()), " must be >= 1"));
@@ -294,6 +313,8 @@ void CheckData(const RunConfig& config, Checker& check) {
   }
   check.Expect(d.prefetch() >= 1,
                absl::StrCat(Field("data.prefetch", d.prefetch()), " must be >= 1"));
+  check.Expect(d.prefetch() <= 64,
+               absl::StrCat(Field("data.prefetch", d.prefetch()), " must be <= 64"));
 }
 
 }  // namespace

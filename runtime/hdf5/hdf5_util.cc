@@ -42,12 +42,19 @@ herr_t CollectDescription(unsigned n, const H5E_error2_t* error, void* data) {
 
 H5Lock::H5Lock() {
   Hdf5Mutex().lock();
-  static bool silenced = false;
-  if (!silenced) {
+  static bool atexit_off = false;
+  if (!atexit_off) {
     // No library shutdown at exit: a file whose write failed (a full disk)
     // cannot be closed, and HDF5 1.10 crashes retrying that at exit. tessera
     // closes every file it writes successfully itself.
     H5dont_atexit();
+    atexit_off = true;
+  }
+  // A thread-safe HDF5 keeps the automatic error printing per thread: turn
+  // it off on every thread that calls HDF5 (errors reach the user as one
+  // Status line naming the file instead of HDF5-DIAG stack dumps).
+  thread_local bool silenced = false;
+  if (!silenced) {
     H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
     silenced = true;
   }

@@ -23,9 +23,10 @@
 
 namespace tessera {
 
-// Holds the process-wide HDF5 lock for its lifetime. The first lock also turns
-// off HDF5's automatic printing of its error stack to stderr: errors reach the
-// user through our Status messages instead.
+// Holds the process-wide HDF5 lock for its lifetime. The first lock on each
+// thread also turns off HDF5's automatic printing of its error stack to
+// stderr (per thread in a thread-safe HDF5): errors reach the user through
+// our Status messages instead.
 class H5Lock {
  public:
   H5Lock();
