@@ -24,7 +24,8 @@
 # would fail again) end the loop; any other code (75 saved after a signal,
 # 5 communication failure or timeout, a killed rank, ...) re-runs with
 # --resume, which continues from `latest` (a no-op when nothing was saved).
-# The script exits with the last attempt's code.
+# The script exits with the last attempt's code. SIGTERM or SIGUSR1 to this
+# script reach every rank as SIGUSR1 (save, exit 75), and the script exits 75.
 set -uo pipefail
 
 usage() { sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 2; }
@@ -78,9 +79,22 @@ for attempt in $(seq 1 "$attempts"); do
   args=(train --config "$config" --set train.run_dir="$run_dir" "${sets[@]}" "${extra[@]}")
   [ "$attempt" -gt 1 ] || [ "$resume" -eq 1 ] && args+=(--resume)
   echo "[$(date -Is)] train.sh: attempt $attempt/$attempts: ${launch[*]} $tessera ${args[*]}"
-  "${launch[@]}" "$tessera" "${args[@]}"
-  rc=$?
+  # A SIGTERM to mpirun makes mpirun itself exit 1 even when every rank saved
+  # and exited 75; mpirun forwards SIGUSR1 to every rank without ending: so
+  # this script turns SIGTERM/SIGUSR1 into a SIGUSR1 for mpirun, and the job
+  # ends with the ranks' 75.
+  "${launch[@]}" "$tessera" "${args[@]}" &
+  mpirun_pid=$!
+  stopped=0
+  trap 'stopped=1; kill -USR1 "$mpirun_pid" 2>/dev/null' TERM USR1
+  while :; do
+    wait "$mpirun_pid"
+    rc=$?
+    kill -0 "$mpirun_pid" 2>/dev/null || break  # else a trapped signal ended the wait
+  done
+  trap - TERM USR1
   echo "[$(date -Is)] train.sh: attempt $attempt/$attempts exited with code $rc"
+  [ "$stopped" -eq 1 ] && { echo "train.sh: stopped by a signal: not retrying"; exit "$rc"; }
   case $rc in
     0) exit 0 ;;
     2) echo "train.sh: usage or config error: not retrying" >&2; exit 2 ;;

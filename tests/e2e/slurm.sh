@@ -40,8 +40,11 @@ timeout 120 mpirun --oversubscribe --bind-to none -np 3 bash -c \
   > "$WORK/forged_ompi.log" 2>&1
 rc=$?
 n=$(grep -c "OMPI_COMM_WORLD_LOCAL_SIZE=5, but MPI says local size 3 .*on world rank 1; 1 of 3" "$WORK/forged_ompi.log")
-if [ $rc -eq 2 ] && [ "$n" -eq 3 ]; then
-  pass "mpirun: a forged OMPI_COMM_WORLD_LOCAL_SIZE on rank 1 stops all 3 ranks with exit 2"
+# Every rank returns the same error, but mpirun ends the job as soon as the
+# first rank exits 2, so how many ranks get to print it is a race: ask for
+# at least one, and the exit code.
+if [ $rc -eq 2 ] && [ "$n" -ge 1 ]; then
+  pass "mpirun: a forged OMPI_COMM_WORLD_LOCAL_SIZE on rank 1 stops the job with exit 2 ($n of 3 ranks printed it before mpirun ended the job)"
 else
   fail "mpirun forged variable: exit $rc, $n ranks named it"; head -5 "$WORK/forged_ompi.log"
 fi
@@ -130,8 +133,8 @@ timeout 120 srun --mpi=pmix -n 3 --time=5 bash -c \
 rc=$?
 n=$(grep -c "SLURM_LOCALID=7, but MPI says local rank 2 (launcher: srun).*on world rank 2; 1 of 3" \
   "$WORK/forged_slurm.log")
-if [ $rc -eq 2 ] && [ "$n" -eq 3 ]; then
-  pass "srun: a forged SLURM_LOCALID on rank 2 stops all 3 ranks with exit 2"
+if [ $rc -eq 2 ] && [ "$n" -ge 1 ]; then  # at least one: as above, the launcher may end the rest first
+  pass "srun: a forged SLURM_LOCALID on rank 2 stops the job with exit 2 ($n of 3 ranks printed it)"
 else
   fail "srun forged variable: exit $rc, $n ranks named it"; head -5 "$WORK/forged_slurm.log"
 fi

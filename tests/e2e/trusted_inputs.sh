@@ -151,4 +151,19 @@ for sig in TERM:75:SIGTERM INT:130:SIGINT; do
   fi
 done
 
+# --- Ranks agree (MPMD: rank 1 runs other train.steps) ---
+printf '%s\n' '#!/usr/bin/env bash' 'steps=20; [ "$OMPI_COMM_WORLD_RANK" = 1 ] && steps=30' \
+  'exec "$@" --set train.steps=$steps' > "$WORK/mpmd.sh"
+OMP_NUM_THREADS=1 timeout 120 mpirun --oversubscribe --bind-to none -np 2 bash "$WORK/mpmd.sh" \
+  "$TESSERA" train --config "$SOURCE/configs/dit_moe_tiny.textproto" --set train.run_dir="$WORK/mpmd" \
+  --set data.dir="$WORK/data" > "$WORK/mpmd.log" 2>&1
+rc=$?
+# At least one rank names it: mpirun may end the job before the other prints.
+if [ $rc -eq 2 ] && grep -q "rank 0 has train.steps = 20, rank 1 has train.steps = 30" "$WORK/mpmd.log" &&
+   [ ! -e "$WORK/mpmd" ]; then
+  pass "ranks with different train.steps: exit 2 naming the field and both values, nothing written"
+else
+  fail "ranks with different configs: exit $rc: $(grep error "$WORK/mpmd.log" | head -2)"
+fi
+
 finish
