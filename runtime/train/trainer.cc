@@ -4,18 +4,18 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include <csignal>
-
 #include <chrono>
-#include <cstring>
-#include <tuple>
 #include <cmath>
+#include <csignal>
+#include <cstring>
 #include <filesystem>
+#include <tuple>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "runtime/base/errors.h"
+#include "runtime/base/human_units.h"
 #include "runtime/kernels/cpu/gemm.h"
 #include "runtime/optim/clip.h"
 #include "runtime/optim/schedule.h"
@@ -30,16 +30,6 @@ using Clock = std::chrono::steady_clock;
 
 double Seconds(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
-}
-
-std::string HumanBytes(double bytes) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  int u = 0;
-  while (bytes >= 1024 && u < 4) {
-    bytes /= 1024;
-    ++u;
-  }
-  return absl::StrFormat("%.1f %s", bytes, units[u]);
 }
 
 // Keeps the lines of metrics.jsonl with "step" <= last_step.
@@ -63,12 +53,6 @@ absl::Status TrimMetrics(const std::string& path, int64_t last_step) {
     return UsageError(absl::StrCat("cannot rewrite ", path, ": ", std::strerror(errno)));
   }
   return absl::OkStatus();
-}
-
-std::string HumanSeconds(double s) {
-  if (s < 60) return absl::StrFormat("%.0fs", s);
-  if (s < 3600) return absl::StrFormat("%dm%02ds", static_cast<int>(s) / 60, static_cast<int>(s) % 60);
-  return absl::StrFormat("%dh%02dm", static_cast<int>(s) / 3600, static_cast<int>(s) / 60 % 60);
 }
 }  // namespace
 
@@ -127,84 +111,108 @@ const float* Trainer::inference_weights() const {
 }
 
 absl::Status Trainer::Run() {
-  const TrainConfig& train = config_.train();
+  TESSERA_RETURN_IF_ERROR(CreateRunDirectory());
+  TESSERA_ASSIGN_OR_RETURN(const int64_t first_step, RestoreOrInitialize());
+  TESSERA_RETURN_IF_ERROR(OpenMetrics(first_step));
+  gemm_peak_ = options_.gemm_peak > 0 ? options_.gemm_peak : MeasureGemmPeak();
+  PrintMemoryPlan();
+  return FinishRun(TrainSteps(first_step), first_step);
+}
+
+absl::Status Trainer::CreateRunDirectory() const {
+  const std::string& run_dir = config_.train().run_dir();
   std::error_code error;
-  std::filesystem::create_directories(train.run_dir(), error);
+  std::filesystem::create_directories(run_dir, error);
   if (error) {
-    return UsageError(absl::StrCat("train.run_dir \"", train.run_dir(),
-                                   "\": cannot create: ", error.message()));
+    return UsageError(
+        absl::StrCat("train.run_dir \"", run_dir, "\": cannot create: ", error.message()));
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int64_t> Trainer::RestoreOrInitialize() {
   const bool logging = sync_->is_logging_rank();
-  const std::string metrics_path = train.run_dir() + "/metrics.jsonl";
-  int64_t first_step = 1;
   if (!options_.resume_dir.empty()) {
     TESSERA_ASSIGN_OR_RETURN(const int64_t saved, Restore(options_.resume_dir, false));
-    first_step = saved + 1;
     // Resumed from this run's own checkpoint: that step is saved already. (A
     // checkpoint of another run, say another layout, is saved again here.)
     if (std::filesystem::path(options_.resume_dir).parent_path() ==
-        std::filesystem::path(CheckpointsRoot(train.run_dir()))) {
+        std::filesystem::path(CheckpointsRoot(config_.train().run_dir()))) {
       last_saved_step_ = saved;
       TESSERA_RETURN_IF_ERROR(SupersedeNewer(saved));
     }
     if (logging) {
       std::printf("resumed from %s: step %lld done, continuing at step %lld\n",
                   options_.resume_dir.c_str(), static_cast<long long>(saved),
-                  static_cast<long long>(first_step));
+                  static_cast<long long>(saved + 1));
     }
-  } else if (!options_.init_dir.empty()) {
+    return saved + 1;
+  }
+  if (!options_.init_dir.empty()) {
     TESSERA_RETURN_IF_ERROR(Restore(options_.init_dir, true).status());
     if (logging) std::printf("initialized the parameters from %s\n", options_.init_dir.c_str());
   }
-  if (logging && first_step > 1) {
+  return 1;
+}
+
+absl::Status Trainer::OpenMetrics(int64_t first_step) {
+  first_step_ = first_step;
+  if (!sync_->is_logging_rank()) return absl::OkStatus();
+  const std::string path = config_.train().run_dir() + "/metrics.jsonl";
+  if (first_step > 1) {
     // Lines past the resumed step came from a run that did not get to save
     // them: they are trained again.
-    TESSERA_RETURN_IF_ERROR(TrimMetrics(metrics_path, first_step - 1));
+    TESSERA_RETURN_IF_ERROR(TrimMetrics(path, first_step - 1));
   }
-  if (logging) {
-    metrics_ = std::fopen(metrics_path.c_str(), first_step > 1 ? "a" : "w");
-    if (metrics_ == nullptr) {
-      return UsageError(absl::StrCat("cannot write ", metrics_path, ": ", std::strerror(errno)));
-    }
+  metrics_ = std::fopen(path.c_str(), first_step > 1 ? "a" : "w");
+  if (metrics_ == nullptr) {
+    return UsageError(absl::StrCat("cannot write ", path, ": ", std::strerror(errno)));
   }
-  gemm_peak_ = options_.gemm_peak > 0 ? options_.gemm_peak : MeasureGemmPeak();
-  if (logging) {
-    std::printf("memory plan: baseline %s, parameters %s, gradients %s, optimizer %s, ema %s, "
-              "activations %s, communication %s, checkpoint snapshot %s = %s\n",
-              HumanBytes(plan_.baseline).c_str(), HumanBytes(plan_.parameters).c_str(), HumanBytes(plan_.gradients).c_str(),
-              HumanBytes(plan_.optimizer).c_str(), HumanBytes(plan_.ema).c_str(),
-              HumanBytes(plan_.activations).c_str(), HumanBytes(plan_.communication).c_str(),
-              HumanBytes(plan_.checkpoint).c_str(), HumanBytes(plan_.total()).c_str());
-    std::printf("gemm peak (oneDNN sgemm, n=1024, %d threads): %.1f GFLOP/s per process\n",
-                cpu::NumThreads(), gemm_peak_ / 1e9);
-    std::fflush(stdout);
-  }
+  return absl::OkStatus();
+}
 
-  const int64_t every = config_.checkpoint().every();
-  absl::Status status;
-  for (int64_t step = first_step; step <= train.steps() && status.ok(); ++step) {
-    status = Step(step);
-    if (!status.ok()) break;
-    absl::StatusOr<bool> stop = AgreeOnStop();
-    if (!stop.ok()) {
-      status = stop.status();
-      break;
-    }
-    if (*stop || (every > 0 && (step % every == 0 || step == train.steps()))) {
-      status = Save(step, /*blocking=*/*stop);
-    }
-    if (*stop && status.ok()) {
-      status = SavedForRequeue(absl::StrFormat(
-          "stopped by %s after step %d and saved checkpoint %s: resume with --resume",
-          StopSignal() == SIGTERM   ? "SIGTERM"
-          : StopSignal() == SIGUSR1 ? "SIGUSR1"
-                                    : "a stop request",
-          step, CheckpointDirName(step)));
-    }
+void Trainer::PrintMemoryPlan() const {
+  if (!sync_->is_logging_rank()) return;
+  std::printf("memory plan: baseline %s, parameters %s, gradients %s, optimizer %s, ema %s, "
+              "activations %s, communication %s, checkpoint snapshot %s = %s\n",
+              HumanBytes(plan_.baseline).c_str(), HumanBytes(plan_.parameters).c_str(),
+              HumanBytes(plan_.gradients).c_str(), HumanBytes(plan_.optimizer).c_str(),
+              HumanBytes(plan_.ema).c_str(), HumanBytes(plan_.activations).c_str(),
+              HumanBytes(plan_.communication).c_str(), HumanBytes(plan_.checkpoint).c_str(),
+              HumanBytes(plan_.total()).c_str());
+  std::printf("gemm peak (oneDNN sgemm, n=1024, %d threads): %.1f GFLOP/s per process\n",
+              cpu::NumThreads(), gemm_peak_ / 1e9);
+  std::fflush(stdout);
+}
+
+absl::Status Trainer::TrainSteps(int64_t first_step) {
+  for (int64_t step = first_step; step <= config_.train().steps(); ++step) {
+    TESSERA_RETURN_IF_ERROR(Step(step));
+    TESSERA_ASSIGN_OR_RETURN(const bool stop, AgreeOnStop());
+    TESSERA_RETURN_IF_ERROR(SaveIfDue(step, stop));
   }
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::SaveIfDue(int64_t step, bool stop) {
+  const int64_t every = config_.checkpoint().every();
+  if (stop || (every > 0 && (step % every == 0 || step == config_.train().steps()))) {
+    TESSERA_RETURN_IF_ERROR(Save(step, /*blocking=*/stop));
+  }
+  if (!stop) return absl::OkStatus();
+  return SavedForRequeue(absl::StrFormat(
+      "stopped by %s after step %d and saved checkpoint %s: resume with --resume",
+      StopSignal() == SIGTERM   ? "SIGTERM"
+      : StopSignal() == SIGUSR1 ? "SIGUSR1"
+                                : "a stop request",
+      step, CheckpointDirName(step)));
+}
+
+absl::Status Trainer::FinishRun(absl::Status status, int64_t first_step) {
   // A run resumed at (or past) its last step still leaves that step saved.
-  const int64_t final_step = std::max(first_step - 1, train.steps());
-  if (status.ok() && every > 0 && last_saved_step_ != final_step && first_step > train.steps()) {
+  const int64_t final_step = std::max(first_step - 1, config_.train().steps());
+  if (status.ok() && config_.checkpoint().every() > 0 && last_saved_step_ != final_step &&
+      first_step > config_.train().steps()) {
     status = Save(final_step, /*blocking=*/true);
   }
   const absl::Status saved = WaitForSave();
@@ -216,8 +224,9 @@ absl::Status Trainer::Run() {
   summary_.plan = plan_;
   if (total_seconds_ > 0) {
     summary_.mean_samples_per_s = static_cast<double>(total_samples_) / total_seconds_;
+    // Every process of the job computes: the peak is one process's times their number.
     summary_.peak_fraction = summary_.mean_samples_per_s * task_.TrainingFlopsPerSample() /
-                             (gemm_peak_ * sync_->num_replicas());
+                             (gemm_peak_ * group_->size());
   }
   return status;
 }
@@ -383,7 +392,9 @@ absl::Status Trainer::Step(int64_t step) {
   TESSERA_RETURN_IF_ERROR(sync_->AverageOverReplicas(&averaged));
   loss = averaged[0];
   aux = averaged[1];
-  samples *= sync_->num_replicas();
+  // The step trained the global batch, however the ranks split it (dp
+  // replicas split the samples; sp and tp ranks share theirs).
+  samples = config_.train().global_batch();
   if (!std::isfinite(loss) || !std::isfinite(aux)) {
     return NumericalError(absl::StrFormat(
         "loss is %s at step %d: training diverged; lower optim.lr or check the data",
@@ -414,6 +425,7 @@ absl::Status Trainer::Step(int64_t step) {
   if (summary_.steps == 0) summary_.first_loss = loss;  // the first step this process ran
   summary_.last_loss = loss;
   ++summary_.steps;  // steps this process ran (fewer than `step` after a resume)
+  summary_.samples += samples;
   Report(step, loss, aux, lr, grad_norm, seconds, samples);
   return absl::OkStatus();
 }
@@ -421,12 +433,16 @@ absl::Status Trainer::Step(int64_t step) {
 void Trainer::Report(int64_t step, double loss, double aux, double lr, double grad_norm,
                      double step_seconds, int64_t samples) {
   const TrainConfig& train = config_.train();
-  // The first step pays one-time costs (arena growth, page faults); leave it
-  // out of the throughput figures unless it is the only one.
-  if (step > 1 || train.steps() == 1) {
+  // The first step this process runs pays one-time costs (arena growth, page
+  // faults); leave it out of the throughput and the ETA unless it is the only one.
+  if (step > first_step_ || first_step_ == train.steps()) {
     total_seconds_ += step_seconds;
     total_samples_ += samples;
+    ++timed_steps_;
   }
+  const double seconds_per_step =
+      timed_steps_ > 0 ? total_seconds_ / static_cast<double>(timed_steps_) : step_seconds;
+  eta_seconds_ = seconds_per_step * static_cast<double>(train.steps() - step);
   window_seconds_ += step_seconds;
   window_samples_ += samples;
   const bool log = sync_->is_logging_rank() &&
@@ -435,7 +451,7 @@ void Trainer::Report(int64_t step, double loss, double aux, double lr, double gr
     const double samples_per_s = static_cast<double>(window_samples_) / window_seconds_;
     const double tokens_per_s = samples_per_s * static_cast<double>(task_.TokensPerSample());
     const double flops_per_s = samples_per_s * task_.TrainingFlopsPerSample();
-    const double peak_fraction = flops_per_s / (gemm_peak_ * sync_->num_replicas());
+    const double peak_fraction = flops_per_s / (gemm_peak_ * group_->size());
     const size_t rss = CurrentRssBytes();
     std::string extras = task_.MetricsJsonFields();
     std::fprintf(metrics_,
@@ -459,11 +475,10 @@ void Trainer::Report(int64_t step, double loss, double aux, double lr, double gr
     constexpr int kWidth = 30;
     const double done = static_cast<double>(step) / static_cast<double>(train.steps());
     const int filled = static_cast<int>(done * kWidth);
-    const double rate = total_seconds_ > 0 ? total_seconds_ / static_cast<double>(step) : step_seconds;
     std::printf("\r[%s%s] %lld/%lld loss %.4f eta %s", std::string(filled, '#').c_str(),
                 std::string(kWidth - filled, '.').c_str(), static_cast<long long>(step),
                 static_cast<long long>(train.steps()), loss,
-                HumanSeconds(rate * static_cast<double>(train.steps() - step)).c_str());
+                HumanSeconds(eta_seconds_).c_str());
   }
   std::fflush(stdout);
 }

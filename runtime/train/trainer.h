@@ -33,7 +33,8 @@ struct MemoryPlan {
 };
 
 struct TrainSummary {
-  int64_t steps = 0;
+  int64_t steps = 0;     // optimizer steps this process ran (fewer than the last step after a resume)
+  int64_t samples = 0;   // samples those steps trained on, over all replicas (global_batch each)
   double first_loss = 0, last_loss = 0;
   double mean_samples_per_s = 0;
   double peak_fraction = 0;  // achieved FLOP/s over the same-run GEMM peak
@@ -78,6 +79,9 @@ class Trainer {
   absl::Status Run();
 
   const TrainSummary& summary() const { return summary_; }
+  // The time the remaining steps should take, estimated after each step from
+  // the steps this process ran (the progress bar shows it).
+  double eta_seconds() const { return eta_seconds_; }
   const MemoryPlan& memory_plan() const { return plan_; }
   // The EMA of the weights (or the weights themselves when EMA is off).
   const float* inference_weights() const;
@@ -87,6 +91,18 @@ class Trainer {
   static double MeasureGemmPeak();
 
  private:
+  // Run(), step by step.
+  absl::Status CreateRunDirectory() const;
+  // Restores a checkpoint (resume or init) and returns the first step to run.
+  absl::StatusOr<int64_t> RestoreOrInitialize();
+  absl::Status OpenMetrics(int64_t first_step);
+  void PrintMemoryPlan() const;
+  absl::Status TrainSteps(int64_t first_step);
+  // A checkpoint after `step` when one is due or a stop was agreed; then, for
+  // a stop, SavedForRequeue.
+  absl::Status SaveIfDue(int64_t step, bool stop);
+  absl::Status FinishRun(absl::Status status, int64_t first_step);
+
   absl::Status Step(int64_t step);
   // Loads `dir` into the parameters (and EMA and optimizer unless
   // `parameters_only`) on every rank; fails everywhere if it fails anywhere.
@@ -127,8 +143,13 @@ class Trainer {
   // Accumulated between log lines.
   double window_seconds_ = 0;
   int64_t window_samples_ = 0;
+  // Over the steps this process ran but its first (which pays one-time
+  // costs), unless that is its only one: throughput and the ETA.
+  int64_t first_step_ = 1;
   double total_seconds_ = 0;
   int64_t total_samples_ = 0;
+  int64_t timed_steps_ = 0;
+  double eta_seconds_ = 0;
 };
 
 }  // namespace tessera

@@ -1,18 +1,24 @@
 // The step loop on a toy task: gradient accumulation equals one big batch,
-// non-finite losses stop training with the numerical exit code, and every
-// logged step writes one metrics.jsonl line with the documented fields.
+// non-finite losses stop training with the numerical exit code, every
+// logged step writes one metrics.jsonl line with the documented fields, the
+// samples count once per replica of the data (not per rank sharing them),
+// and the ETA after a resume predicts the time the run then takes.
 #include "runtime/train/trainer.h"
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <functional>
+#include <thread>
 #include <fstream>
 #include <limits>
 #include <string>
 
 #include "runtime/base/errors.h"
 #include "runtime/base/random.h"
+#include "runtime/checkpoint/sharded_checkpoint.h"
 #include "runtime/kernels/cpu/loss.h"
 #include "runtime/nn/linear.h"
 
@@ -28,6 +34,7 @@ class RegressionTask : public TrainTask {
 
   absl::StatusOr<MicroBatchResult> RunMicroBatch(Arena& arena, int64_t step, int micro,
                                                  float loss_scale) override {
+    if (on_micro_batch_) on_micro_batch_(step, micro);
     Tensor x = arena.Allocate(DType::kF32, Shape{micro_batch_, kIn});
     Tensor target = arena.Allocate(DType::kF32, Shape{micro_batch_, kOut});
     for (int64_t i = 0; i < micro_batch_; ++i) {
@@ -57,6 +64,7 @@ class RegressionTask : public TrainTask {
 
   static constexpr int64_t kIn = 6, kOut = 3, kGlobalBatch = 8;
   int64_t poison_at_step_ = -1;
+  std::function<void(int64_t step, int micro)> on_micro_batch_;
 
  private:
   Linear linear_;
@@ -69,6 +77,7 @@ RunConfig ToyConfig(const std::string& run_dir) {
   config.mutable_train()->set_steps(6);
   config.mutable_train()->set_log_every(2);
   config.mutable_train()->set_progress("off");
+  config.mutable_train()->set_global_batch(RegressionTask::kGlobalBatch);
   config.mutable_optim()->set_lr(0.05);
   config.mutable_optim()->set_ema_decay(0.5);
   return config;
@@ -156,6 +165,69 @@ TEST(Trainer, EmaFollowsTheWeights) {
   for (int64_t i = 0; i < store.numel(); ++i)
     differs += ema[i] != store.values().data<float>()[i] && ema[i] != initial[i];
   EXPECT_GT(differs, 0);
+}
+
+// What sequence parallelism looks like to the step loop: the gradients are
+// averaged over sp ranks that all trained on the same samples (sp = 2, dp = 1).
+class SequenceParallelPairSync : public LocalGradientSync {
+ public:
+  using LocalGradientSync::LocalGradientSync;
+  int num_replicas() const override { return 2; }
+};
+
+TEST(Trainer, SamplesPerStepAreTheGlobalBatchWhateverRanksShareThem) {
+  RunConfig config = ToyConfig(TempRunDir("sp_samples"));
+  ParameterStore store;
+  RegressionTask task(store, 8);
+  store.Finalize(3);
+  SequenceParallelPairSync sync(store, config.optim());
+  Trainer::Options options = MicroBatches(1);
+  options.sync = &sync;
+  Trainer trainer(config, store, task, options);
+  ASSERT_TRUE(trainer.Run().ok());
+  // The same as one process (dp only) on the same 8 samples per step.
+  EXPECT_EQ(trainer.summary().steps, 6);
+  EXPECT_EQ(trainer.summary().samples, 6 * RegressionTask::kGlobalBatch);
+}
+
+// A run resumed at step 20 of 30 whose steps take ~40 ms: after step 25 the
+// ETA (from the steps this process ran, 22-25) must predict the time steps
+// 26-30 then take, within 20 %. Dividing by the absolute step (25) instead
+// gave a fifth of it.
+TEST(Trainer, EtaAfterAResumeMatchesTheRemainingTime) {
+  const std::string dir = TempRunDir("eta_resume");
+  {
+    RunConfig config = ToyConfig(dir);
+    config.mutable_train()->set_steps(20);
+    config.mutable_checkpoint()->set_every(20);
+    ParameterStore store;
+    RegressionTask task(store, 8);
+    store.Finalize(3);
+    Trainer trainer(config, store, task, MicroBatches(1));
+    ASSERT_TRUE(trainer.Run().ok());
+  }
+  RunConfig config = ToyConfig(dir);
+  config.mutable_train()->set_steps(30);
+  ParameterStore store;
+  RegressionTask task(store, 8);
+  store.Finalize(3);
+  Trainer::Options options = MicroBatches(1);
+  options.resume_dir = CheckpointsRoot(dir) + "/" + CheckpointDirName(20);
+  Trainer trainer(config, store, task, options);
+  using Clock = std::chrono::steady_clock;
+  double eta = -1;
+  Clock::time_point probe;
+  task.on_micro_batch_ = [&](int64_t step, int) {
+    if (step == 26) {
+      eta = trainer.eta_seconds();
+      probe = Clock::now();
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(40));
+  };
+  ASSERT_TRUE(trainer.Run().ok());
+  const double remaining = std::chrono::duration<double>(Clock::now() - probe).count();
+  EXPECT_EQ(trainer.summary().steps, 10);
+  EXPECT_NEAR(eta, remaining, 0.2 * remaining) << "ETA " << eta << " s, took " << remaining << " s";
 }
 
 }  // namespace
