@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "data/value_checks.h"
 #include "runtime/base/errors.h"
 #include "runtime/base/status.h"
 
@@ -55,10 +56,9 @@ absl::StatusOr<ImageBatch> ImageReader::Read(const std::vector<int64_t>& indices
       shards_.ReadRows("labels", DType::kI32, 1, indices, batch.labels.data<int32_t>()));
   const int32_t* labels = batch.labels.data<int32_t>();
   for (int64_t i = 0; i < b; ++i) {
-    if (labels[i] < 0 || labels[i] >= num_classes_) {
-      return DataError(absl::StrCat(options_.dir, ": sample ", indices[i], " has label ",
-                                    labels[i], ", outside [0, num_classes ", num_classes_, ")"));
-    }
+    const auto [shard, row] = shards_.Locate(indices[i]);
+    TESSERA_RETURN_IF_ERROR(CheckIdsBelow(labels + i, 1, num_classes_, "num_classes",
+                                          {shards_.ShardFile(shard), "labels", row}));
   }
   ToFloat(batch);
   return batch;

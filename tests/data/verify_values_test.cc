@@ -57,7 +57,8 @@ TEST(VerifyValues, LabelsOutsideTheClassesAreRefusedByVerifyAndTheReader) {
     ASSERT_TRUE(reader.ok()) << reader.status();
     const absl::Status status = (*reader)->Next().status();
     EXPECT_EQ(ExitCodeFor(status), 3);
-    EXPECT_THAT(std::string(status.message()), HasSubstr("label " + std::to_string(bad)));
+    EXPECT_THAT(std::string(status.message()),
+                HasSubstr("s.h5: dataset \"labels\" entry 2 is " + std::to_string(bad)));
   }
 }
 
