@@ -1,8 +1,7 @@
 #include "parallel/data_parallel/data_parallel.h"
 
-#include <chrono>
 #include <algorithm>
-#include <cstring>
+#include <chrono>
 
 #include "absl/strings/str_format.h"
 #include "runtime/base/errors.h"
@@ -67,7 +66,7 @@ DataParallel::DataParallel(ParameterStore& store, const OptimConfig& optim, int 
     Bucket bucket;
     bucket.range = range;
     bucket.comm = GroupOf(range.group);
-    if (bucket.comm) bucket.scale = 1.0f / static_cast<float>(groups_.divisor);
+    bucket.scale = 1.0f / static_cast<float>(groups_.divisor);
     for (int id = range.first_param; id < range.end_param; ++id)
       bucket_of_param_[id] = static_cast<int>(buckets_.size());
     buckets_.push_back(std::move(bucket));
@@ -89,7 +88,6 @@ DataParallel::DataParallel(ParameterStore& store, const OptimConfig& optim, int 
 void DataParallel::AllocateShards(const OptimConfig& optim) {
   for (Bucket& bucket : buckets_) {
     bucket.shard_grads = Tensor::Empty(DType::kF32, Shape{bucket.shard_size()});
-    bucket.shard_send = Tensor::Empty(DType::kF32, Shape{bucket.shard_size()});
     bucket.shard_optimizer = std::make_unique<AdamW>(
         store_, optim, bucket.shard_begin(), bucket.shard_begin() + bucket.shard_size());
   }
@@ -234,12 +232,10 @@ absl::Status DataParallel::Step(float lr, float grad_scale) {
     if (grad_scale != 1.0f) ScaleInPlace(shard_grads, bucket.shard_size(), grad_scale);
     float* shard_values = store_.values().data<float>() + bucket.shard_begin();
     bucket.shard_optimizer->Step(lr, shard_values, shard_grads);
-    // All-gather needs distinct send and receive buffers.
-    std::memcpy(bucket.shard_send.raw(), shard_values, bucket.shard_send.bytes());
+    // In place: this rank's shard already sits at its block of the bucket.
     TESSERA_ASSIGN_OR_RETURN(
         auto work,
-        bucket.comm->AllGather(bucket.shard_send.raw(),
-                               store_.values().data<float>() + bucket.range.begin,
+        bucket.comm->AllGather(shard_values, store_.values().data<float>() + bucket.range.begin,
                                bucket.shard_size(), DType::kF32));
     gathers.push_back(std::move(work));
   }
@@ -264,10 +260,9 @@ absl::Status DataParallel::AverageOverReplicas(std::vector<double>* values) {
 
 size_t DataParallel::CommunicationBufferBytes() const {
   if (zero_stage_ == 0) return 0;  // all-reduce works in place
+  // ZeRO-1: the reduced gradient shards (the parameter all-gather is in place).
   size_t bytes = 0;
-  for (const Bucket& bucket : buckets_) {
-    bytes += bucket.shard_grads.bytes() + bucket.shard_send.bytes();
-  }
+  for (const Bucket& bucket : buckets_) bytes += bucket.shard_grads.bytes();
   return bytes;
 }
 

@@ -87,7 +87,6 @@ class DataParallel : public GradientSync {
     int pending = 0;                       // gradients not yet complete this step
     std::unique_ptr<Work> work;            // the bucket's reduction in flight
     Tensor shard_grads;                    // ZeRO-1: [size / group size]
-    Tensor shard_send;                     // ZeRO-1: the updated shard, all-gathered
     std::unique_ptr<AdamW> shard_optimizer;  // ZeRO-1: over this rank's shard
     float scale = 1;                       // applied to the summed gradients
     int64_t shard_begin() const { return range.begin + comm->rank() * shard_size(); }

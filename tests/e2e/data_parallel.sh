@@ -3,7 +3,9 @@
 # micro-batches of 2 at dp2, dp4 and dp4 + ZeRO-1 under mpirun reaches the
 # same losses (relative 1e-5) and final parameters (absolute 1e-6) as one
 # process on the same global batch of 8 (which accumulates 4 micro-batches).
-# A world size that does not fit fails on every rank with exit code 2.
+# ZeRO-1 keeps a quarter of the optimizer state and, besides the gradients,
+# only the reduced shards. A world size that does not fit fails on every rank
+# with exit code 2.
 source "$(dirname "$0")/lib.sh"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 export OMP_NUM_THREADS=1
@@ -24,6 +26,20 @@ if awk -v a="$opt_plain" -v b="$opt_zero" 'BEGIN { exit !(b > 0 && b <= a / 4 * 
   pass "ZeRO-1 at dp4 keeps a quarter of the optimizer state ($opt_plain KiB -> $opt_zero KiB)"
 else
   fail "ZeRO-1 optimizer state: $opt_plain KiB -> $opt_zero KiB"
+fi
+
+# ZeRO-1's communication buffers are the reduced gradient shards alone (a
+# quarter of the gradients at dp4): the parameter all-gather runs in place.
+plan_bytes() {  # plan_bytes <log> <field>: that field of the memory plan line, in bytes
+  grep -m1 '^memory plan:' "$1" | grep -oE "$2 [0-9.]+ [KMG]?i?B" | awk '{
+    f = $3 == "KiB" ? 1024 : $3 == "MiB" ? 1048576 : $3 == "GiB" ? 1073741824 : 1; print $2 * f }'
+}
+grads=$(plan_bytes "$WORK/dp4_zero1.log" gradients)
+comm=$(plan_bytes "$WORK/dp4_zero1.log" communication)
+if awk -v g="$grads" -v c="$comm" 'BEGIN { exit !(g > 0 && c >= g / 4 * 0.99 && c <= g / 4 * 1.01) }'; then
+  pass "ZeRO-1 at dp4: communication buffers = a quarter of the gradients ($comm of $grads bytes)"
+else
+  fail "ZeRO-1 communication buffers: $comm bytes for $grads bytes of gradients (want a quarter)"
 fi
 
 timeout 120 mpirun --oversubscribe --bind-to none -np 3 "$TESSERA" train \
