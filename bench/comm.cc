@@ -7,13 +7,16 @@
 //   algbw  = size / time
 //   busbw  = algbw * 2(n-1)/n (all-reduce), (n-1)/n (reduce-scatter,
 //            all-gather, all-to-all), 1 (broadcast)
-// The time of one operation is the slowest rank's, best of three interleaved
-// rounds. "overhead" is our time over the raw blocking call's, minus one;
-// "nb" is the raw non-blocking call (MPI_I... + MPI_Wait) — what our Work
-// wraps — so that its own cost (Open MPI runs non-blocking collectives with
-// libnbc's algorithms, not the tuned blocking ones) is told apart from ours.
+// The time of one operation is the slowest rank's, best of `rounds` (default
+// 3) interleaved rounds. "overhead" is our time over the raw blocking call's,
+// minus one; "nb" is the raw non-blocking call (MPI_I... + MPI_Wait) — what
+// our Work wraps for every collective but the all-reduces of at least
+// kThreadedAllReduceBytes, which run as the blocking call on the group's
+// collective thread (Open MPI runs non-blocking collectives with libnbc's
+// algorithms, not the tuned blocking ones; the column tells that cost apart
+// from ours).
 //
-//   mpirun -np 4 bench_comm [max_bytes (default 64 MiB)]
+//   mpirun -np 4 bench_comm [max_bytes (default 64 MiB)] [rounds (default 3)]
 #include <mpi.h>
 
 #include <algorithm>
@@ -69,6 +72,7 @@ int main(int argc, char** argv) {
     return 5;
   }
   const size_t max_bytes = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : size_t{64} << 20;
+  const int rounds = argc > 2 ? std::max(1, std::atoi(argv[2])) : 3;
   auto world_or = (*runtime)->CreateWorld(absl::Seconds(600));
   if (!world_or.ok()) AbortJob(world_or.status());
   Communicator& comm = **world_or;
@@ -146,7 +150,8 @@ int main(int argc, char** argv) {
 
   std::vector<float> send(max_bytes / sizeof(float), 1.0f), recv(max_bytes / sizeof(float), 1.0f);
   if (comm.rank() == 0) {
-    std::printf("# %d ranks; GB/s = 1e9 bytes/s; time per op in us (slowest rank, best of 3)\n", n);
+    std::printf("# %d ranks; GB/s = 1e9 bytes/s; time per op in us (slowest rank, best of %d)\n", n,
+                rounds);
     std::printf("%-15s %8s | %10s %7s %7s | %10s %7s %7s | %9s | %10s\n", "collective", "size",
                 "ours us", "algbw", "busbw", "raw us", "algbw", "busbw", "overhead", "nb us");
   }
@@ -158,7 +163,7 @@ int main(int argc, char** argv) {
       const int iterations =
           static_cast<int>(std::clamp<size_t>((size_t{128} << 20) / size, 2, 100));
       double ours = 1e30, reference = 1e30, nonblocking = 1e30;
-      for (int round = 0; round < 3; ++round) {
+      for (int round = 0; round < rounds; ++round) {
         nonblocking = std::min(
             nonblocking,
             TimePerOp([&] { c.nonblocking(send.data(), recv.data(), elements); }, iterations));

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstdlib>
 #include <numeric>
 #include <set>
 
@@ -147,7 +148,11 @@ absl::StatusOr<std::unique_ptr<MpiCommunicator>> MpiCommunicator::Create(
   TESSERA_MPI(MPI_Comm_rank(group->comm, &group->rank));
   int thread_level = MPI_THREAD_SINGLE;
   TESSERA_MPI(MPI_Query_thread(&thread_level));
-  if (thread_level == MPI_THREAD_MULTIPLE) {
+  const char* disable = std::getenv("TESSERA_MPI_COLLECTIVE_THREAD");
+  // Agreed by the members, so that all of them reduce on the same communicator.
+  int threaded = thread_level == MPI_THREAD_MULTIPLE && !(disable && std::string(disable) == "0");
+  TESSERA_MPI(MPI_Allreduce(MPI_IN_PLACE, &threaded, 1, MPI_INT, MPI_MIN, group->comm));
+  if (threaded) {
     TESSERA_MPI(MPI_Comm_dup(group->comm, &group->thread_comm));
     TESSERA_RETURN_IF_ERROR(SetErrorsReturn(group->thread_comm));
     group->collective_thread = std::make_unique<MpiCollectiveThread>(group->thread_comm);

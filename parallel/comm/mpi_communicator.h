@@ -5,6 +5,9 @@
 // MPI_THREAD_MULTIPLE those are blocking MPI_Allreduce calls made by the
 // group's MpiCollectiveThread (Open MPI's non-blocking all-reduce is up to
 // 2.2x slower; mpi_collective_thread.h), with the same Work semantics.
+// TESSERA_MPI_COLLECTIVE_THREAD=0 in the environment of any member keeps the
+// group's all-reduces non-blocking (to compare, or for an MPI whose threads
+// misbehave); the members agree on it when the group is created.
 //
 // Types: f32, i32, i64 and u8 for everything; bf16 and f16 only for data
 // movement (all-gather, all-to-all(v), broadcast, send/recv) — MPI has no
