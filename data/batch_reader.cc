@@ -33,8 +33,8 @@ absl::Status ValidateReaderOptions(const ReaderOptions& options) {
                                    ") exceeds the limit of ", kMaxGlobalBatch));
   }
   if (options.prefetch < 1 || options.prefetch > kMaxPrefetch) {
-    return UsageError(absl::StrCat("data.prefetch must be in [1, ", kMaxPrefetch, "], got ",
-                                   options.prefetch));
+    return UsageError(
+        absl::StrCat("data.prefetch must be in [1, ", kMaxPrefetch, "], got ", options.prefetch));
   }
   return absl::OkStatus();
 }

@@ -86,7 +86,8 @@ class SampledBatches {
         num_replicas_(options.num_replicas),
         sampler_(num_units, options.seed, options.shuffle),
         read_(std::move(read)),
-        prefetcher_(options.prefetch, [this] { return Produce(); }, std::move(finish)) {}
+        prefetcher_(
+            options.prefetch, [this] { return Produce(); }, std::move(finish)) {}
 
   // Before the first Next(): continue from `state` (UsageError naming `dir`
   // when it lies outside the data set).
@@ -101,8 +102,8 @@ class SampledBatches {
 
  private:
   absl::StatusOr<Batch> Produce() {
-    std::vector<int64_t> indices = Sampler::ReplicaShare(sampler_.NextGlobalBatch(global_batch_),
-                                                         replica_, num_replicas_);
+    std::vector<int64_t> indices =
+        Sampler::ReplicaShare(sampler_.NextGlobalBatch(global_batch_), replica_, num_replicas_);
     absl::StatusOr<Batch> batch = read_(indices);
     if (!batch.ok()) return batch;
     batch->indices = std::move(indices);

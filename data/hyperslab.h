@@ -14,7 +14,7 @@ namespace tessera {
 // Reads elements [begin, begin + count) of the rank-1 `dataset` as `dtype`
 // into `out`. A range outside the dataset is a DataError naming `name`.
 // The caller holds H5Lock.
-absl::Status ReadRange1D(hid_t dataset, const char* name, DType dtype, int64_t begin,
-                         int64_t count, void* out);
+absl::Status ReadRange1D(hid_t dataset, const char* name, DType dtype, int64_t begin, int64_t count,
+                         void* out);
 
 }  // namespace tessera

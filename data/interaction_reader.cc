@@ -45,8 +45,7 @@ absl::StatusOr<std::unique_ptr<InteractionReader>> InteractionReader::Open(
   return reader;
 }
 
-InteractionReader::InteractionReader(const InteractionReaderOptions& options,
-                                     DataManifest manifest)
+InteractionReader::InteractionReader(const InteractionReaderOptions& options, DataManifest manifest)
     : options_(options),
       shards_(options.dir, manifest),
       batches_(
@@ -73,14 +72,14 @@ absl::StatusOr<bool> InteractionReader::HasRatings(int shard) {
   return has_ratings_ == 1;
 }
 
-absl::StatusOr<std::pair<int64_t, int64_t>> InteractionReader::EventRange(int shard,
-                                                                         int64_t user) {
+absl::StatusOr<std::pair<int64_t, int64_t>> InteractionReader::EventRange(int shard, int64_t user) {
   auto it = offsets_.find(shard);
   if (it == offsets_.end()) {
     TESSERA_ASSIGN_OR_RETURN(const ShardInfo* info, shards_.Info(shard));
     const int64_t rows = info->dims.at("offsets")[0];  // validated: starts at 0, monotone
     std::vector<int64_t> offsets(static_cast<size_t>(rows));
-    TESSERA_RETURN_IF_ERROR(shards_.ReadRange(shard, "offsets", DType::kI64, 0, rows, offsets.data()));
+    TESSERA_RETURN_IF_ERROR(
+        shards_.ReadRange(shard, "offsets", DType::kI64, 0, rows, offsets.data()));
     it = offsets_.emplace(shard, std::move(offsets)).first;
   }
   const int64_t begin = it->second[user], end = it->second[user + 1];
@@ -127,11 +126,12 @@ absl::StatusOr<InteractionBatch> InteractionReader::Read(const std::vector<int64
     offsets[i + 1] = offsets[i] + (range.second - range.first);
   }
   batch.num_events = offsets[b];
-  batch.item_ids = Tensor::Empty(DType::kI64, Shape{batch.num_events});    // [E]
-  batch.timestamps = Tensor::Empty(DType::kI64, Shape{batch.num_events});  // [E]
+  batch.item_ids = Tensor::Empty(DType::kI64, Shape{batch.num_events});              // [E]
+  batch.timestamps = Tensor::Empty(DType::kI64, Shape{batch.num_events});            // [E]
   if (ratings) batch.ratings = Tensor::Empty(DType::kF32, Shape{batch.num_events});  // [E]
   for (int64_t i = 0; i < b; ++i) {
-    TESSERA_RETURN_IF_ERROR(ReadEvents(rows[i].first, rows[i].second, ranges[i], offsets[i], batch));
+    TESSERA_RETURN_IF_ERROR(
+        ReadEvents(rows[i].first, rows[i].second, ranges[i], offsets[i], batch));
   }
   return batch;
 }

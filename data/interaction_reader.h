@@ -69,7 +69,7 @@ class InteractionReader : public BatchReader<InteractionBatch> {
   // Owned by the I/O thread once it has started.
   ShardSet shards_;
   std::map<int, std::vector<int64_t>> offsets_;  // each opened shard's offsets [U+1]
-  int has_ratings_ = -1;  // -1 until shard 0 is opened
+  int has_ratings_ = -1;                         // -1 until shard 0 is opened
   // Last, so its thread is joined first.
   SampledBatches<InteractionBatch> batches_;
 };

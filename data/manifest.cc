@@ -83,11 +83,11 @@ absl::Status ValidateShardEntry(const ShardEntry& shard, absl::string_view schem
   // count is forged, and would size the sampler's permutation before any
   // shard is opened.
   if (shard.num_samples() > info.st_size || shard.num_tokens() > info.st_size) {
-    return ManifestError(dir, absl::StrCat(field, " declares ", shard.num_samples(), " samples",
-                                           schema == "tokens"
-                                               ? absl::StrCat(" and ", shard.num_tokens(), " tokens")
-                                               : "",
-                                           " in a file of ", info.st_size, " bytes"));
+    return ManifestError(
+        dir,
+        absl::StrCat(field, " declares ", shard.num_samples(), " samples",
+                     schema == "tokens" ? absl::StrCat(" and ", shard.num_tokens(), " tokens") : "",
+                     " in a file of ", info.st_size, " bytes"));
   }
   return absl::OkStatus();
 }

@@ -5,9 +5,9 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "runtime/hdf5/hdf5_util.h"
 #include "runtime/base/errors.h"
 #include "runtime/base/status.h"
+#include "runtime/hdf5/hdf5_util.h"
 
 namespace tessera {
 

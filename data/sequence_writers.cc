@@ -32,8 +32,8 @@ absl::Status TokensDatasetBuilder::Add(const std::vector<int32_t>& tokens,
     return UsageError("tokens data set: every document or none must come with a loss mask");
   }
   if (with_loss_mask_ && loss_mask.size() != tokens.size()) {
-    return UsageError(absl::StrCat("tokens data set: document ", documents_, " has ",
-                                   tokens.size(), " tokens but a loss mask of ", loss_mask.size()));
+    return UsageError(absl::StrCat("tokens data set: document ", documents_, " has ", tokens.size(),
+                                   " tokens but a loss mask of ", loss_mask.size()));
   }
   tokens_.insert(tokens_.end(), tokens.begin(), tokens.end());
   loss_mask_.insert(loss_mask_.end(), loss_mask.begin(), loss_mask.end());
@@ -77,7 +77,8 @@ absl::Status InteractionsDatasetBuilder::Add(int64_t user_id, const std::vector<
                                              const std::vector<int64_t>& timestamps,
                                              const std::vector<float>& ratings) {
   if (timestamps.size() != item_ids.size() ||
-      (with_ratings_ && ratings.size() != item_ids.size()) || (!with_ratings_ && !ratings.empty())) {
+      (with_ratings_ && ratings.size() != item_ids.size()) ||
+      (!with_ratings_ && !ratings.empty())) {
     return UsageError(absl::StrCat("interactions data set: user ", user_id, " has ",
                                    item_ids.size(), " items, ", timestamps.size(),
                                    " timestamps and ", ratings.size(), " ratings"));

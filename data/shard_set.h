@@ -12,14 +12,14 @@
 
 #include <cstdint>
 #include <map>
-#include <utility>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
-#include "runtime/hdf5/hdf5_util.h"
 #include "data/manifest.h"
+#include "runtime/hdf5/hdf5_util.h"
 #include "runtime/tensor/dtype.h"
 
 namespace tessera {

@@ -38,7 +38,9 @@ int64_t ClusterSize(const ClusteredInteractionsSpec& spec, int64_t cluster) {
 
 History UserHistory(const ClusteredInteractionsSpec& spec, int64_t user) {
   Rng rng(spec.seed, static_cast<uint64_t>(user));
-  const auto below = [&rng](int64_t n) { return static_cast<int64_t>(rng.Below(static_cast<uint64_t>(n))); };
+  const auto below = [&rng](int64_t n) {
+    return static_cast<int64_t>(rng.Below(static_cast<uint64_t>(n)));
+  };
   const int64_t length = spec.min_length + below(spec.max_length - spec.min_length + 1);
   int64_t cluster = below(spec.num_clusters);
   int64_t position = below(ClusterSize(spec, cluster));
@@ -78,8 +80,7 @@ absl::Status SynthesizeInteractions(const std::string& out_dir,
                            InteractionsDatasetBuilder::Create(out_dir, spec.users_per_shard, true));
   for (int64_t user = 0; user < spec.num_users; ++user) {
     const History history = UserHistory(spec, user);
-    TESSERA_RETURN_IF_ERROR(
-        builder.Add(user, history.items, history.timestamps, history.ratings));
+    TESSERA_RETURN_IF_ERROR(builder.Add(user, history.items, history.timestamps, history.ratings));
   }
   return builder.Finish({{"num_items", absl::StrCat(spec.num_items)},
                          {"num_clusters", absl::StrCat(spec.num_clusters)},

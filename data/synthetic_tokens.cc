@@ -91,7 +91,8 @@ void RecallDocument(const AssociativeRecallSpec& spec, int64_t index, std::vecto
     mask.insert(mask.end(), {0, 0});
   }
   for (int64_t pair : DistinctBelow(spec.pairs, spec.queries, rng)) {
-    tokens.insert(tokens.end(), {static_cast<int32_t>(keys[pair]), static_cast<int32_t>(values[pair])});
+    tokens.insert(tokens.end(),
+                  {static_cast<int32_t>(keys[pair]), static_cast<int32_t>(values[pair])});
     mask.insert(mask.end(), {0, 1});
   }
 }
@@ -105,8 +106,8 @@ absl::Status SynthesizeMarkovLanguage(const std::string& out_dir, const MarkovLa
     Rng rng(spec.seed, kGrammarStream + static_cast<uint64_t>(token));
     successors.push_back(DistinctBelow(spec.vocab_size - 1, spec.branching, rng));
   }
-  TESSERA_ASSIGN_OR_RETURN(auto builder, TokensDatasetBuilder::Create(
-                                             out_dir, spec.documents_per_shard, false));
+  TESSERA_ASSIGN_OR_RETURN(auto builder,
+                           TokensDatasetBuilder::Create(out_dir, spec.documents_per_shard, false));
   for (int64_t i = 0; i < spec.num_documents; ++i) {
     TESSERA_RETURN_IF_ERROR(builder.Add(MarkovDocument(spec, successors, i)));
   }
@@ -120,8 +121,8 @@ absl::Status SynthesizeMarkovLanguage(const std::string& out_dir, const MarkovLa
 absl::Status SynthesizeAssociativeRecall(const std::string& out_dir,
                                          const AssociativeRecallSpec& spec) {
   TESSERA_RETURN_IF_ERROR(CheckRecall(spec));
-  TESSERA_ASSIGN_OR_RETURN(auto builder, TokensDatasetBuilder::Create(
-                                             out_dir, spec.documents_per_shard, true));
+  TESSERA_ASSIGN_OR_RETURN(auto builder,
+                           TokensDatasetBuilder::Create(out_dir, spec.documents_per_shard, true));
   std::vector<int32_t> tokens;
   std::vector<uint8_t> mask;
   for (int64_t i = 0; i < spec.num_documents; ++i) {

@@ -62,9 +62,7 @@ absl::Status AddDocument(const std::string& text, int64_t index, const TextImpor
   return builders.train.Add(tokens);
 }
 
-bool IsFortuneSeparator(absl::string_view line) {
-  return absl::StripAsciiWhitespace(line) == "%";
-}
+bool IsFortuneSeparator(absl::string_view line) { return absl::StripAsciiWhitespace(line) == "%"; }
 
 }  // namespace
 
@@ -89,20 +87,21 @@ std::vector<std::string> SplitDocuments(absl::string_view text) {
   }
   flush();
   // A fortune document may hold blank lines; drop documents that are only those.
-  documents.erase(std::remove_if(documents.begin(), documents.end(),
-                                 [](const std::string& d) {
-                                   return absl::StripAsciiWhitespace(d).empty();
-                                 }),
-                  documents.end());
+  documents.erase(
+      std::remove_if(documents.begin(), documents.end(),
+                     [](const std::string& d) { return absl::StripAsciiWhitespace(d).empty(); }),
+      documents.end());
   return documents;
 }
 
 absl::StatusOr<TextImportSummary> ImportText(const TextImportOptions& options) {
   TESSERA_ASSIGN_OR_RETURN(auto files, ListFiles(options.inputs));
-  TESSERA_ASSIGN_OR_RETURN(auto train, TokensDatasetBuilder::Create(options.out_dir + "/train",
-                                                                   options.documents_per_shard, false));
-  TESSERA_ASSIGN_OR_RETURN(auto eval, TokensDatasetBuilder::Create(options.out_dir + "/eval",
-                                                                  options.documents_per_shard, false));
+  TESSERA_ASSIGN_OR_RETURN(
+      auto train,
+      TokensDatasetBuilder::Create(options.out_dir + "/train", options.documents_per_shard, false));
+  TESSERA_ASSIGN_OR_RETURN(
+      auto eval,
+      TokensDatasetBuilder::Create(options.out_dir + "/eval", options.documents_per_shard, false));
   Builders builders{std::move(train), std::move(eval)};
   TextImportSummary summary;
   int64_t index = 0;
@@ -110,7 +109,8 @@ absl::StatusOr<TextImportSummary> ImportText(const TextImportOptions& options) {
     std::error_code error;
     const auto size = std::filesystem::file_size(path, error);
     if (error || size > static_cast<uintmax_t>(kMaxFileBytes)) {
-      return DataError(absl::StrCat(path, error ? ": cannot read its size" : ": larger than 1 GiB"));
+      return DataError(
+          absl::StrCat(path, error ? ": cannot read its size" : ": larger than 1 GiB"));
     }
     TESSERA_ASSIGN_OR_RETURN(std::string text, ReadFileToString(path));
     if (text.find('\0') != std::string::npos) {

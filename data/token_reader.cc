@@ -59,8 +59,9 @@ absl::StatusOr<std::unique_ptr<TokenReader>> TokenReader::Open(const TokenReader
                                                                 options.seq_len));
   }
   if (window_begin.back() == 0) {
-    return DataError(absl::StrCat("data.dir \"", options.dir, "\": no shard holds a window of seq_len + 1 = ",
-                                  options.seq_len + 1, " tokens (documents and end-of-document tokens)"));
+    return DataError(
+        absl::StrCat("data.dir \"", options.dir, "\": no shard holds a window of seq_len + 1 = ",
+                     options.seq_len + 1, " tokens (documents and end-of-document tokens)"));
   }
   auto reader = std::unique_ptr<TokenReader>(
       new TokenReader(options, std::move(manifest), std::move(window_begin)));
@@ -103,8 +104,8 @@ absl::Status TokenReader::ReadWindow(int shard, int64_t window, int32_t* tokens,
   TESSERA_ASSIGN_OR_RETURN(const Documents* docs, DocumentsOf(shard));
   const int64_t begin = window * options_.seq_len, end = begin + options_.seq_len + 1;
   // The document holding stream position `begin`.
-  size_t d = static_cast<size_t>(
-      std::upper_bound(docs->starts.begin(), docs->starts.end(), begin) - docs->starts.begin() - 1);
+  size_t d = static_cast<size_t>(std::upper_bound(docs->starts.begin(), docs->starts.end(), begin) -
+                                 docs->starts.begin() - 1);
   std::vector<Piece> pieces;
   for (int64_t position = begin; position < end;) {
     const int64_t length = docs->offsets[d + 1] - docs->offsets[d];
@@ -155,13 +156,13 @@ absl::Status TokenReader::ReadWindow(int shard, int64_t window, int32_t* tokens,
 absl::StatusOr<TokenBatch> TokenReader::Read(const std::vector<int64_t>& indices) {
   TokenBatch batch;
   const int64_t b = static_cast<int64_t>(indices.size()), width = options_.seq_len + 1;
-  batch.tokens = Tensor::Empty(DType::kI32, Shape{b, width});             // [B, seq_len + 1]
+  batch.tokens = Tensor::Empty(DType::kI32, Shape{b, width});                // [B, seq_len + 1]
   batch.loss_mask = Tensor::Empty(DType::kF32, Shape{b, options_.seq_len});  // [B, seq_len]
   std::vector<uint8_t> mask(static_cast<size_t>(width));
   for (int64_t i = 0; i < b; ++i) {
-    const int shard = static_cast<int>(std::upper_bound(window_begin_.begin(), window_begin_.end(),
-                                                        indices[i]) -
-                                       window_begin_.begin() - 1);
+    const int shard =
+        static_cast<int>(std::upper_bound(window_begin_.begin(), window_begin_.end(), indices[i]) -
+                         window_begin_.begin() - 1);
     TESSERA_RETURN_IF_ERROR(ReadWindow(shard, indices[i] - window_begin_[shard],
                                        batch.tokens.data<int32_t>() + i * width, mask.data()));
     float* targets = batch.loss_mask.data<float>() + i * options_.seq_len;

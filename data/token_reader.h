@@ -35,9 +35,9 @@ struct TokenReaderOptions : ReaderOptions {
 };
 
 struct TokenBatch {
-  Tensor tokens;     // i32 [B, seq_len + 1]: inputs tokens[:, :-1], targets tokens[:, 1:]
-  Tensor loss_mask;  // f32 [B, seq_len]: 1 where target tokens[:, j + 1] counts, else 0
-  int64_t num_targets = 0;       // sum of loss_mask: the elements the loss averages over
+  Tensor tokens;            // i32 [B, seq_len + 1]: inputs tokens[:, :-1], targets tokens[:, 1:]
+  Tensor loss_mask;         // f32 [B, seq_len]: 1 where target tokens[:, j + 1] counts, else 0
+  int64_t num_targets = 0;  // sum of loss_mask: the elements the loss averages over
   std::vector<int64_t> indices;  // global window indices
   SamplerState state_after;      // sampler state once this batch is consumed
 };

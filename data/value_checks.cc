@@ -27,8 +27,8 @@ absl::Status CheckBelow(const T* values, int64_t n, int64_t limit, const char* l
                         const ValueSource& source) {
   for (int64_t i = 0; i < n; ++i) {
     if (values[i] < 0 || values[i] >= limit) {
-      return ValueError(source, i,
-                        absl::StrCat("is ", values[i], ", outside [0, ", limit_name, " ", limit, ")"));
+      return ValueError(
+          source, i, absl::StrCat("is ", values[i], ", outside [0, ", limit_name, " ", limit, ")"));
     }
   }
   return absl::OkStatus();
@@ -66,10 +66,10 @@ absl::Status VerifyTimestamps(hid_t file, const std::string& path) {
           const int64_t event = first + i;
           while (offsets[user + 1] <= event) ++user;
           if (event > offsets[user] && values[i] < previous) {
-            return ValueError({path, "timestamps", first}, i,
-                              absl::StrCat("is ", values[i], ", before the user's previous event (",
-                                           previous, ") at row ", user,
-                                           ": timestamps must not decrease within a user"));
+            return ValueError(
+                {path, "timestamps", first}, i,
+                absl::StrCat("is ", values[i], ", before the user's previous event (", previous,
+                             ") at row ", user, ": timestamps must not decrease within a user"));
           }
           previous = values[i];
         }
@@ -80,11 +80,10 @@ absl::Status VerifyTimestamps(hid_t file, const std::string& path) {
 absl::Status VerifyValues(hid_t file, const std::string& path, const ShardInfo& info,
                           const ValueLimits& limits) {
   if (info.schema == "images") {
-    return ForEachChunk<int32_t>(file, "labels", DType::kI32,
-                                 [&](const int32_t* v, int64_t n, int64_t first) {
-                                   return CheckIdsBelow(v, n, limits.num_classes, "num_classes",
-                                                        {path, "labels", first});
-                                 });
+    return ForEachChunk<int32_t>(
+        file, "labels", DType::kI32, [&](const int32_t* v, int64_t n, int64_t first) {
+          return CheckIdsBelow(v, n, limits.num_classes, "num_classes", {path, "labels", first});
+        });
   }
   if (info.schema == "tokens") {
     TESSERA_RETURN_IF_ERROR(ForEachChunk<int32_t>(
@@ -123,13 +122,13 @@ absl::StatusOr<ValueLimits> ValueLimitsOf(const DataManifest& manifest, const st
   return limits;
 }
 
-absl::Status CheckIdsBelow(const int32_t* values, int64_t n, int64_t limit,
-                           const char* limit_name, const ValueSource& source) {
+absl::Status CheckIdsBelow(const int32_t* values, int64_t n, int64_t limit, const char* limit_name,
+                           const ValueSource& source) {
   return CheckBelow(values, n, limit, limit_name, source);
 }
 
-absl::Status CheckIdsBelow(const int64_t* values, int64_t n, int64_t limit,
-                           const char* limit_name, const ValueSource& source) {
+absl::Status CheckIdsBelow(const int64_t* values, int64_t n, int64_t limit, const char* limit_name,
+                           const ValueSource& source) {
   return CheckBelow(values, n, limit, limit_name, source);
 }
 
@@ -153,10 +152,10 @@ absl::Status CheckTimestampsOrdered(const int64_t* values, int64_t n, int64_t us
                                     const ValueSource& source) {
   for (int64_t i = 1; i < n; ++i) {
     if (values[i] < values[i - 1]) {
-      return ValueError(source, i,
-                        absl::StrCat("is ", values[i], ", before the user's previous event (",
-                                     values[i - 1], ") at row ", user,
-                                     ": timestamps must not decrease within a user"));
+      return ValueError(
+          source, i,
+          absl::StrCat("is ", values[i], ", before the user's previous event (", values[i - 1],
+                       ") at row ", user, ": timestamps must not decrease within a user"));
     }
   }
   return absl::OkStatus();

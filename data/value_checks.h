@@ -38,10 +38,10 @@ struct ValueSource {
 };
 
 // Each value in [0, limit); `limit_name` names the attribute ("vocab_size").
-absl::Status CheckIdsBelow(const int32_t* values, int64_t n, int64_t limit,
-                           const char* limit_name, const ValueSource& source);
-absl::Status CheckIdsBelow(const int64_t* values, int64_t n, int64_t limit,
-                           const char* limit_name, const ValueSource& source);
+absl::Status CheckIdsBelow(const int32_t* values, int64_t n, int64_t limit, const char* limit_name,
+                           const ValueSource& source);
+absl::Status CheckIdsBelow(const int64_t* values, int64_t n, int64_t limit, const char* limit_name,
+                           const ValueSource& source);
 absl::Status CheckLossMask(const uint8_t* values, int64_t n, const ValueSource& source);
 absl::Status CheckRatings(const float* values, int64_t n, const ValueSource& source);
 // The events of user row `user` (all of them, or a suffix): non-decreasing.

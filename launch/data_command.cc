@@ -73,8 +73,8 @@ absl::StatusOr<int64_t> BoundedInt(const ParsedArguments& args, const std::strin
                                    int64_t fallback, int64_t low, int64_t high) {
   TESSERA_ASSIGN_OR_RETURN(int64_t value, args.GetInt(name, fallback));
   if (value < low || value > high) {
-    return UsageError(absl::StrCat("data: --", name, " ", value, " is outside [", low, ", ", high,
-                                   "]"));
+    return UsageError(
+        absl::StrCat("data: --", name, " ", value, " is outside [", low, ", ", high, "]"));
   }
   return value;
 }
@@ -96,10 +96,9 @@ absl::Status SynthImages(const ParsedArguments& args, const std::string& out) {
   TESSERA_ASSIGN_OR_RETURN(int64_t shard, BoundedInt(args, "shard-size", 10000, 1, kMaxSamples));
   TESSERA_RETURN_IF_ERROR(
       CheckSynthSize(samples, channels * size * size, "--samples x --channels x --size^2"));
-  TESSERA_RETURN_IF_ERROR(SynthesizeImages(out, samples, static_cast<int>(channels),
-                                           static_cast<int>(size), static_cast<int>(size),
-                                           static_cast<int>(classes), static_cast<uint64_t>(seed),
-                                           shard));
+  TESSERA_RETURN_IF_ERROR(SynthesizeImages(
+      out, samples, static_cast<int>(channels), static_cast<int>(size), static_cast<int>(size),
+      static_cast<int>(classes), static_cast<uint64_t>(seed), shard));
   std::printf("wrote %lld synthetic images to %s\n", static_cast<long long>(samples), out.c_str());
   return absl::OkStatus();
 }
@@ -109,15 +108,16 @@ absl::Status SynthRecall(const ParsedArguments& args, const std::string& out) {
   TESSERA_ASSIGN_OR_RETURN(spec.num_documents, BoundedInt(args, "samples", 1024, 0, kMaxSamples));
   TESSERA_ASSIGN_OR_RETURN(spec.pairs, BoundedInt(args, "pairs", 8, 1, 4096));
   TESSERA_ASSIGN_OR_RETURN(spec.queries, BoundedInt(args, "queries", spec.pairs, 1, spec.pairs));
-  TESSERA_ASSIGN_OR_RETURN(spec.num_keys,
-                           BoundedInt(args, "keys", std::max<int64_t>(32, spec.pairs), spec.pairs,
-                                      1 << 20));
+  TESSERA_ASSIGN_OR_RETURN(
+      spec.num_keys,
+      BoundedInt(args, "keys", std::max<int64_t>(32, spec.pairs), spec.pairs, 1 << 20));
   TESSERA_ASSIGN_OR_RETURN(spec.num_values, BoundedInt(args, "values", 32, 1, 1 << 20));
   TESSERA_ASSIGN_OR_RETURN(int64_t seed, args.GetInt("seed", 0));
   spec.seed = static_cast<uint64_t>(seed);
   TESSERA_ASSIGN_OR_RETURN(spec.documents_per_shard,
                            BoundedInt(args, "shard-size", 10000, 1, kMaxSamples));
-  TESSERA_RETURN_IF_ERROR(CheckSynthSize(spec.num_documents, 5 * (2 * spec.pairs + 2 * spec.queries),
+  TESSERA_RETURN_IF_ERROR(CheckSynthSize(spec.num_documents,
+                                         5 * (2 * spec.pairs + 2 * spec.queries),
                                          "--samples x 5 x (2 --pairs + 2 --queries)"));
   TESSERA_RETURN_IF_ERROR(SynthesizeAssociativeRecall(out, spec));
   std::printf("wrote %lld associative-recall documents to %s (train with seq_len %lld)\n",
@@ -136,8 +136,8 @@ absl::Status SynthTokens(const ParsedArguments& args, const std::string& out) {
   MarkovLanguageSpec spec;
   TESSERA_ASSIGN_OR_RETURN(spec.num_documents, BoundedInt(args, "samples", 1024, 0, kMaxSamples));
   TESSERA_ASSIGN_OR_RETURN(spec.vocab_size, BoundedInt(args, "vocab", 64, 2, 1 << 16));
-  TESSERA_ASSIGN_OR_RETURN(spec.branching,
-                           BoundedInt(args, "branching", 4, 1, std::min<int64_t>(64, spec.vocab_size - 1)));
+  TESSERA_ASSIGN_OR_RETURN(spec.branching, BoundedInt(args, "branching", 4, 1,
+                                                      std::min<int64_t>(64, spec.vocab_size - 1)));
   TESSERA_ASSIGN_OR_RETURN(spec.min_length, BoundedInt(args, "min-length", 16, 1, kMaxLength));
   TESSERA_ASSIGN_OR_RETURN(spec.max_length,
                            BoundedInt(args, "max-length", std::max<int64_t>(256, spec.min_length),
@@ -146,11 +146,11 @@ absl::Status SynthTokens(const ParsedArguments& args, const std::string& out) {
   spec.seed = static_cast<uint64_t>(seed);
   TESSERA_ASSIGN_OR_RETURN(spec.documents_per_shard,
                            BoundedInt(args, "shard-size", 10000, 1, kMaxSamples));
-  TESSERA_RETURN_IF_ERROR(CheckSynthSize(spec.num_documents, 5 * spec.max_length,
-                                         "--samples x 5 x --max-length"));
+  TESSERA_RETURN_IF_ERROR(
+      CheckSynthSize(spec.num_documents, 5 * spec.max_length, "--samples x 5 x --max-length"));
   TESSERA_RETURN_IF_ERROR(SynthesizeMarkovLanguage(out, spec));
-  std::printf("wrote %lld synthetic documents to %s\n",
-              static_cast<long long>(spec.num_documents), out.c_str());
+  std::printf("wrote %lld synthetic documents to %s\n", static_cast<long long>(spec.num_documents),
+              out.c_str());
   return absl::OkStatus();
 }
 
@@ -158,7 +158,9 @@ absl::Status SynthInteractions(const ParsedArguments& args, const std::string& o
   ClusteredInteractionsSpec spec;
   TESSERA_ASSIGN_OR_RETURN(spec.num_users, BoundedInt(args, "samples", 1000, 0, kMaxSamples));
   TESSERA_ASSIGN_OR_RETURN(spec.num_items, BoundedInt(args, "items", 1000, 1, int64_t{1} << 31));
-  TESSERA_ASSIGN_OR_RETURN(spec.num_clusters, BoundedInt(args, "clusters", std::min<int64_t>(10, spec.num_items), 1, spec.num_items));
+  TESSERA_ASSIGN_OR_RETURN(
+      spec.num_clusters,
+      BoundedInt(args, "clusters", std::min<int64_t>(10, spec.num_items), 1, spec.num_items));
   TESSERA_ASSIGN_OR_RETURN(spec.min_length, BoundedInt(args, "min-length", 5, 1, kMaxLength));
   TESSERA_ASSIGN_OR_RETURN(spec.max_length,
                            BoundedInt(args, "max-length", std::max<int64_t>(50, spec.min_length),
@@ -167,11 +169,11 @@ absl::Status SynthInteractions(const ParsedArguments& args, const std::string& o
   spec.seed = static_cast<uint64_t>(seed);
   TESSERA_ASSIGN_OR_RETURN(spec.users_per_shard,
                            BoundedInt(args, "shard-size", 10000, 1, kMaxSamples));
-  TESSERA_RETURN_IF_ERROR(CheckSynthSize(spec.num_users, 20 * spec.max_length,
-                                         "--samples x 20 x --max-length"));
+  TESSERA_RETURN_IF_ERROR(
+      CheckSynthSize(spec.num_users, 20 * spec.max_length, "--samples x 20 x --max-length"));
   TESSERA_RETURN_IF_ERROR(SynthesizeInteractions(out, spec));
-  std::printf("wrote %lld synthetic user histories to %s\n",
-              static_cast<long long>(spec.num_users), out.c_str());
+  std::printf("wrote %lld synthetic user histories to %s\n", static_cast<long long>(spec.num_users),
+              out.c_str());
   return absl::OkStatus();
 }
 
@@ -188,8 +190,8 @@ absl::Status Synth(const ParsedArguments& args) {
   if (schema == "images") return SynthImages(args, out);
   if (schema == "tokens") return SynthTokens(args, out);
   if (schema == "interactions") return SynthInteractions(args, out);
-  return UsageError(absl::StrCat("data synth: --schema ", schema,
-                                 " is unknown (images, tokens, interactions)"));
+  return UsageError(
+      absl::StrCat("data synth: --schema ", schema, " is unknown (images, tokens, interactions)"));
 }
 
 absl::Status ImportText(const ParsedArguments& args) {
@@ -210,13 +212,14 @@ absl::Status ImportText(const ParsedArguments& args) {
   TESSERA_ASSIGN_OR_RETURN(options.documents_per_shard,
                            BoundedInt(args, "shard-size", 10000, 1, kMaxSamples));
   TESSERA_ASSIGN_OR_RETURN(TextImportSummary summary, ImportText(options));
-  std::printf("imported %lld files (%lld skipped as binary): %lld documents, %lld bytes -> %s/train "
-              "(%lld documents), %s/eval (%lld)\n",
-              static_cast<long long>(summary.files), static_cast<long long>(summary.skipped_files),
-              static_cast<long long>(summary.train_documents + summary.eval_documents),
-              static_cast<long long>(summary.bytes), options.out_dir.c_str(),
-              static_cast<long long>(summary.train_documents), options.out_dir.c_str(),
-              static_cast<long long>(summary.eval_documents));
+  std::printf(
+      "imported %lld files (%lld skipped as binary): %lld documents, %lld bytes -> %s/train "
+      "(%lld documents), %s/eval (%lld)\n",
+      static_cast<long long>(summary.files), static_cast<long long>(summary.skipped_files),
+      static_cast<long long>(summary.train_documents + summary.eval_documents),
+      static_cast<long long>(summary.bytes), options.out_dir.c_str(),
+      static_cast<long long>(summary.train_documents), options.out_dir.c_str(),
+      static_cast<long long>(summary.eval_documents));
   return absl::OkStatus();
 }
 
@@ -237,7 +240,8 @@ absl::Status Run(const std::string& sub, const ParsedArguments& args) {
     std::printf("%s: ok\n", args.positional[0].c_str());
     return absl::OkStatus();
   }
-  return UsageError(absl::StrCat("data: unknown subcommand \"", sub, "\" (see tessera data --help)"));
+  return UsageError(
+      absl::StrCat("data: unknown subcommand \"", sub, "\" (see tessera data --help)"));
 }
 }  // namespace
 
@@ -249,9 +253,9 @@ int DataCommand(const std::vector<std::string>& raw) {
   const std::string sub = raw[0];
   auto args = ParseArguments(
       {raw.begin() + 1, raw.end()},
-      {"source", "out", "shard-size", "schema", "samples", "channels", "size", "classes", "seed",
-       "task", "vocab", "branching", "min-length", "max-length", "pairs", "queries", "keys",
-       "values", "items", "clusters", "eval-fraction"},
+      {"source",  "out",     "shard-size", "schema", "samples",   "channels",   "size",
+       "classes", "seed",    "task",       "vocab",  "branching", "min-length", "max-length",
+       "pairs",   "queries", "keys",       "values", "items",     "clusters",   "eval-fraction"},
       {"help"});
   if (!args.ok()) return ReportError(args.status());
   if (args->flags.count("help")) {

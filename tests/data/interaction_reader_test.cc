@@ -213,8 +213,9 @@ TEST(InteractionReader, BadShardsAreDataErrorsNamingFileAndField) {
                   {"s.h5: dataset \"item_ids\" entry 2 is 50, outside [0, num_items 50)"});
   ExpectReadError(RawInteractions("negative", {0, 2, 4}, {1, 2, 3, -4}, times), 2,
                   {"s.h5: dataset \"item_ids\" entry 3 is -4"});
-  ExpectReadError(RawInteractions("time", {0, 2, 4}, items, {5, 6, 9, 8}), 2,
-                  {"s.h5: dataset \"timestamps\" entry 3 is 8, before the user's previous event (9) at row 1"});
+  ExpectReadError(
+      RawInteractions("time", {0, 2, 4}, items, {5, 6, 9, 8}), 2,
+      {"s.h5: dataset \"timestamps\" entry 3 is 8, before the user's previous event (9) at row 1"});
   // Equal timestamps, and a decrease across two users, are allowed.
   const std::string ok = RawInteractions("ties", {0, 2, 4}, items, {5, 5, 1, 1});
   auto reader = InteractionReader::Open(Options(ok, 2));

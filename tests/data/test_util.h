@@ -12,8 +12,8 @@
 #include <string>
 #include <vector>
 
-#include "runtime/hdf5/hdf5_util.h"
 #include "gtest/gtest.h"
+#include "runtime/hdf5/hdf5_util.h"
 
 namespace tessera::testing_util {
 
@@ -134,9 +134,9 @@ inline void WriteRawManifest(const std::string& dir, const std::string& schema,
   int64_t total = 0;
   for (const RawShardEntry& shard : shards) {
     const std::string path = dir + "/" + shard.path;
-    text += "shards { path: \"" + shard.path + "\" num_samples: " +
-            std::to_string(shard.num_samples) + " checksum: \"" + Crc32Of(path) + "\" bytes: " +
-            std::to_string(std::filesystem::file_size(path));
+    text += "shards { path: \"" + shard.path +
+            "\" num_samples: " + std::to_string(shard.num_samples) + " checksum: \"" +
+            Crc32Of(path) + "\" bytes: " + std::to_string(std::filesystem::file_size(path));
     if (shard.num_tokens >= 0) text += " num_tokens: " + std::to_string(shard.num_tokens);
     text += " }\n";
     total += shard.num_samples;

@@ -52,10 +52,11 @@ std::string WriteTokens(const std::string& name, const std::vector<Shard>& shard
     if (masks) datasets.push_back({"loss_mask", mask.data(), {t}});
     EXPECT_TRUE(writer->AddShard(datasets).ok());
   }
-  EXPECT_TRUE(writer->Finish({{"vocab_size", std::to_string(kVocab)},
-                              {"eod_token", std::to_string(kEod)}},
-                             "test")
-                  .ok());
+  EXPECT_TRUE(
+      writer
+          ->Finish({{"vocab_size", std::to_string(kVocab)}, {"eod_token", std::to_string(kEod)}},
+                   "test")
+          .ok());
   return dir;
 }
 
@@ -210,7 +211,8 @@ TEST(TokenReader, TokenOutsideTheVocabularyIsADataErrorNamingFileAndField) {
     ASSERT_TRUE(reader.ok()) << reader.status();
     const absl::Status status = (*reader)->Next().status();
     EXPECT_EQ(ExitCodeFor(status), 3) << status;
-    EXPECT_THAT(std::string(status.message()), HasSubstr("shard-00000.h5: dataset \"tokens\" entry 4 is " + std::to_string(bad)));
+    EXPECT_THAT(std::string(status.message()),
+                HasSubstr("shard-00000.h5: dataset \"tokens\" entry 4 is " + std::to_string(bad)));
     EXPECT_THAT(std::string(status.message()), HasSubstr("vocab_size 100"));
   }
 }
@@ -234,9 +236,10 @@ TEST(TokenReader, ManifestNeedsVocabularyEndOfDocumentAndTokenCounts) {
   const std::string dir = FreshDir("raw");
   const std::vector<int32_t> tokens = {1, 2, 3};
   const std::vector<int64_t> offsets = {0, 3};
-  testing_util::WriteRawShard(dir + "/s.h5", "tokens", 1,
-                              {{"tokens", H5T_STD_I32LE, H5T_NATIVE_INT32, {3}, tokens.data()},
-                               {"doc_offsets", H5T_STD_I64LE, H5T_NATIVE_INT64, {2}, offsets.data()}});
+  testing_util::WriteRawShard(
+      dir + "/s.h5", "tokens", 1,
+      {{"tokens", H5T_STD_I32LE, H5T_NATIVE_INT32, {3}, tokens.data()},
+       {"doc_offsets", H5T_STD_I64LE, H5T_NATIVE_INT64, {2}, offsets.data()}});
   auto expect_manifest_error = [&](const std::vector<testing_util::RawShardEntry>& shards,
                                    const std::vector<std::pair<std::string, std::string>>& attrs,
                                    const std::string& message) {
@@ -245,8 +248,10 @@ TEST(TokenReader, ManifestNeedsVocabularyEndOfDocumentAndTokenCounts) {
     EXPECT_EQ(ExitCodeFor(status), 3) << status;
     EXPECT_THAT(std::string(status.message()), HasSubstr(message));
   };
-  expect_manifest_error({{"s.h5", 1, 3}}, {{"eod_token", "0"}}, "attributes[\"vocab_size\"] is missing");
-  expect_manifest_error({{"s.h5", 1, 3}}, {{"vocab_size", "10"}}, "attributes[\"eod_token\"] is missing");
+  expect_manifest_error({{"s.h5", 1, 3}}, {{"eod_token", "0"}},
+                        "attributes[\"vocab_size\"] is missing");
+  expect_manifest_error({{"s.h5", 1, 3}}, {{"vocab_size", "10"}},
+                        "attributes[\"eod_token\"] is missing");
   expect_manifest_error({{"s.h5", 1, 3}}, {{"vocab_size", "10"}, {"eod_token", "10"}},
                         "eod_token\"] = 10 is outside [0, vocab_size 10)");
   expect_manifest_error({{"s.h5", 1}}, {{"vocab_size", "10"}, {"eod_token", "0"}},
