@@ -65,7 +65,8 @@ int main(int argc, char** argv) {
   const dit_moe::DitMoeDims d = model->dims();
   OptimConfig optim;
   AdamW adam(store, optim);
-  Ema ema(store.values().data<float>(), store.numel());
+  Backend& backend = store.backend();
+  Ema ema(backend, store.values().ptr<float>(), store.numel());
   dit_moe::Diffusion diffusion(config);
 
   const double peak = Trainer::MeasureGemmPeak();
@@ -84,13 +85,13 @@ int main(int argc, char** argv) {
     arena.Reset();
     store.ZeroGrads();
     auto ex = diffusion.MakeExample(arena, images, labels.data(), ids.data(), 0.1f, 10, 0, ++step);
-    Tensor out = model->Forward(arena, ex.noisy, ex.t.data(), ex.labels.data());
+    Tensor out = *model->Forward(arena, ex.noisy, ex.t.data(), ex.labels.data());
     Tensor dout = arena.AllocateUninitialized(DType::kF32, out.shape());
-    cpu::MseBackward(out.data<float>(), ex.target.data<float>(), dout.data<float>(), out.numel(),
-                     1.0f);
-    model->Backward(arena, dout, 1.0f);
-    const double norm = std::sqrt(GradNormSquaredPartial(store.grads().data<float>(), store.numel()));
-    ScaleInPlace(store.grads().data<float>(), store.numel(), static_cast<float>(ClipScale(norm, 1.0)));
+    backend.MseBackward(out.ptr<float>(), ex.target.ptr<float>(), dout.ptr<float>(), out.numel(),
+                        1.0f);
+    if (!model->Backward(arena, dout, 1.0f).ok()) std::abort();
+    const double norm = std::sqrt(backend.SumSquares(store.grads().ptr<float>(), store.numel()));
+    backend.Scale(store.grads().ptr<float>(), store.numel(), static_cast<float>(ClipScale(norm, 1.0)));
     adam.Step(1e-4f, store.values().data<float>(), store.grads().data<float>());
     ema.Update(store.values().data<float>(), 0.9999);
   };
@@ -153,7 +154,7 @@ int main(int argc, char** argv) {
   }
   {
     const double t = MedianSeconds([&] {
-      const double norm = std::sqrt(GradNormSquaredPartial(store.grads().data<float>(), store.numel()));
+      const double norm = std::sqrt(backend.SumSquares(store.grads().ptr<float>(), store.numel()));
       (void)norm;
       adam.Step(1e-4f, store.values().data<float>(), store.grads().data<float>());
       ema.Update(store.values().data<float>(), 0.9999);

@@ -1,14 +1,16 @@
 #include "launch/model_setup.h"
 
 #include <cstdlib>
+#include <cstring>
 #include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "launch/image_grid.h"
 #include "models/dit_moe/diffusion.h"
+#include "runtime/backend/cpu_backend.h"
 #include "runtime/base/errors.h"
-#include "runtime/kernels/cpu/gemm.h"
+#include "runtime/base/status.h"
 
 namespace tessera {
 
@@ -28,7 +30,7 @@ absl::Status WriteSampleGrid(dit_moe::DitMoe& model, const RunConfig& config,
                              uint64_t seed) {
   const int classes = static_cast<int>(model.dims().num_classes);
   dit_moe::Diffusion diffusion(config.dit_moe());
-  Arena arena;
+  Arena arena(model.backend());
   Rng rng(seed, /*stream=*/0x5a3d1e);
   // One class at a time keeps the batch (and memory) small.
   Tensor grid = Tensor::Empty(DType::kF32, Shape{classes * per_class, model.dims().channels,
@@ -37,7 +39,8 @@ absl::Status WriteSampleGrid(dit_moe::DitMoe& model, const RunConfig& config,
   const size_t row_bytes = grid.bytes() / classes;
   for (int c = 0; c < classes; ++c) {
     std::vector<int32_t> labels(per_class, c);
-    Tensor images = diffusion.Sample(model, arena, labels, steps, cfg_scale, rng);
+    TESSERA_ASSIGN_OR_RETURN(Tensor images,
+                             diffusion.Sample(model, arena, labels, steps, cfg_scale, rng));
     std::memcpy(static_cast<char*>(grid.raw()) + c * row_bytes, images.raw(), row_bytes);
   }
   return WritePngGrid(path, grid, classes, per_class);
@@ -50,7 +53,7 @@ void ConfigureThreads(const RunConfig& config, int local_ranks) {
     const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     threads = std::max(1, cores / std::max(1, local_ranks));
   }
-  cpu::SetNumThreads(threads);
+  SetHostThreads(threads);
 }
 
 }  // namespace tessera

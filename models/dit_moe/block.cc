@@ -1,10 +1,7 @@
 #include "models/dit_moe/block.h"
 
-#include <cstring>
 
 #include "runtime/base/status.h"
-#include "runtime/kernels/cpu/activation.h"
-#include "runtime/kernels/cpu/modulate.h"
 
 namespace tessera::dit_moe {
 namespace {
@@ -22,9 +19,15 @@ absl::StatusOr<std::unique_ptr<ModulationSublayer>> Modulation(ParameterStore& s
 
 Tensor Copy(Arena& arena, const Tensor& x) {
   Tensor out = arena.AllocateUninitialized(x.dtype(), x.shape());
-  std::memcpy(out.raw(), x.raw(), x.bytes());
+  arena.backend().Copy(out.address(), x.address(), x.bytes());
   return out;
 }
+
+// The six [B, D] chunks of a block's adaLN projection [B, 6D], in the
+// reference's order (shift, scale, gate for attention, then for the MLP),
+// and the two of the final layer's [B, 2D].
+enum BlockChunk : int64_t { kShiftAttn, kScaleAttn, kGateAttn, kShiftFfn, kScaleFfn, kGateFfn };
+enum FinalChunk : int64_t { kShiftFinal, kScaleFinal };
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<DitBlock>> DitBlock::Create(ParameterStore& store,
@@ -60,26 +63,27 @@ absl::StatusOr<Tensor> DitBlock::Forward(Arena& arena, const Tensor& x, const Te
   batch_ = batch;
   seq_ = seq;
   const int64_t D = hidden_, stride = 6 * hidden_;
+  Backend& backend = arena.backend();
   TESSERA_ASSIGN_OR_RETURN(saved_mod_, ada_ln_->Forward(arena, cond_silu));  // [B, 6D]
-  const float* mod = saved_mod_.data<float>();
+  const float* mod = saved_mod_.ptr<float>();
 
   saved_h1_ = norm1_.Forward(arena, x);
   Tensor m1 = arena.AllocateUninitialized(DType::kF32, x.shape());
-  cpu::ModulateForward(saved_h1_.data<float>(), mod + 0 * D, mod + 1 * D, m1.data<float>(), batch,
+  backend.ModulateForward(saved_h1_.ptr<float>(), mod + kShiftAttn * D, mod + kScaleAttn * D, m1.ptr<float>(), batch,
                        seq, D, stride);
   TESSERA_ASSIGN_OR_RETURN(saved_attn_, attn_->Forward(arena, m1, batch, seq));
   Tensor x1 = Copy(arena, x);
-  cpu::GatedResidualForward(x1.data<float>(), saved_attn_.data<float>(), mod + 2 * D, batch, seq,
+  backend.GatedResidualForward(x1.ptr<float>(), saved_attn_.ptr<float>(), mod + kGateAttn * D, batch, seq,
                             D, stride);
 
   saved_h2_ = norm2_.Forward(arena, x1);
   Tensor m2 = arena.AllocateUninitialized(DType::kF32, x.shape());
-  cpu::ModulateForward(saved_h2_.data<float>(), mod + 3 * D, mod + 4 * D, m2.data<float>(), batch,
+  backend.ModulateForward(saved_h2_.ptr<float>(), mod + kShiftFfn * D, mod + kScaleFfn * D, m2.ptr<float>(), batch,
                        seq, D, stride);
   TESSERA_ASSIGN_OR_RETURN(saved_moe_, moe_->Forward(arena, m2, batch, seq));
   // A new tensor: norm2 saved x1 for its backward pass.
   Tensor x2 = Copy(arena, x1);
-  cpu::GatedResidualForward(x2.data<float>(), saved_moe_.data<float>(), mod + 5 * D, batch, seq, D,
+  backend.GatedResidualForward(x2.ptr<float>(), saved_moe_.ptr<float>(), mod + kGateFfn * D, batch, seq, D,
                             stride);
   return x2;
 }
@@ -87,34 +91,35 @@ absl::StatusOr<Tensor> DitBlock::Forward(Arena& arena, const Tensor& x, const Te
 absl::StatusOr<Tensor> DitBlock::Backward(Arena& arena, const Tensor& dy,
                                           const Tensor& dcond_silu, float loss_scale) {
   const int64_t D = hidden_, stride = 6 * hidden_, B = batch_, S = seq_;
-  const float* mod = saved_mod_.data<float>();
+  Backend& backend = arena.backend();
+  const float* mod = saved_mod_.ptr<float>();
   Tensor dmod = arena.Allocate(DType::kF32, Shape{B, 6 * D});
-  float* dm = dmod.data<float>();
+  float* dm = dmod.ptr<float>();
 
   // x2 = x1 + gate2 * moe
   Tensor dmoe = arena.AllocateUninitialized(DType::kF32, dy.shape());
-  cpu::GatedResidualBackward(dy.data<float>(), saved_moe_.data<float>(), mod + 5 * D,
-                             dmoe.data<float>(), dm + 5 * D, B, S, D, stride);
+  backend.GatedResidualBackward(dy.ptr<float>(), saved_moe_.ptr<float>(), mod + kGateFfn * D,
+                             dmoe.ptr<float>(), dm + kGateFfn * D, B, S, D, stride);
   TESSERA_ASSIGN_OR_RETURN(Tensor dm2, moe_->Backward(arena, dmoe, loss_scale));
   Tensor dh2 = arena.AllocateUninitialized(DType::kF32, dy.shape());
-  cpu::ModulateBackward(dm2.data<float>(), saved_h2_.data<float>(), mod + 4 * D,
-                        dh2.data<float>(), dm + 3 * D, dm + 4 * D, B, S, D, stride);
+  backend.ModulateBackward(dm2.ptr<float>(), saved_h2_.ptr<float>(), mod + kScaleFfn * D,
+                        dh2.ptr<float>(), dm + kShiftFfn * D, dm + kScaleFfn * D, B, S, D, stride);
   Tensor dx1 = norm2_.Backward(arena, dh2);
-  cpu::AddInPlace(dx1.data<float>(), dy.data<float>(), dy.numel());
+  backend.AddInPlace(dx1.ptr<float>(), dy.ptr<float>(), dy.numel());
 
   // x1 = x + gate1 * attn
   Tensor dattn = arena.AllocateUninitialized(DType::kF32, dy.shape());
-  cpu::GatedResidualBackward(dx1.data<float>(), saved_attn_.data<float>(), mod + 2 * D,
-                             dattn.data<float>(), dm + 2 * D, B, S, D, stride);
+  backend.GatedResidualBackward(dx1.ptr<float>(), saved_attn_.ptr<float>(), mod + kGateAttn * D,
+                             dattn.ptr<float>(), dm + kGateAttn * D, B, S, D, stride);
   TESSERA_ASSIGN_OR_RETURN(Tensor dm1, attn_->Backward(arena, dattn));
   Tensor dh1 = arena.AllocateUninitialized(DType::kF32, dy.shape());
-  cpu::ModulateBackward(dm1.data<float>(), saved_h1_.data<float>(), mod + 1 * D,
-                        dh1.data<float>(), dm + 0 * D, dm + 1 * D, B, S, D, stride);
+  backend.ModulateBackward(dm1.ptr<float>(), saved_h1_.ptr<float>(), mod + kScaleAttn * D,
+                        dh1.ptr<float>(), dm + kShiftAttn * D, dm + kScaleAttn * D, B, S, D, stride);
   Tensor dx = norm1_.Backward(arena, dh1);
-  cpu::AddInPlace(dx.data<float>(), dx1.data<float>(), dx1.numel());
+  backend.AddInPlace(dx.ptr<float>(), dx1.ptr<float>(), dx1.numel());
 
   TESSERA_ASSIGN_OR_RETURN(Tensor dcond, ada_ln_->Backward(arena, dmod));
-  cpu::AddInPlace(dcond_silu.data<float>(), dcond.data<float>(), dcond.numel());
+  backend.AddInPlace(dcond_silu.ptr<float>(), dcond.ptr<float>(), dcond.numel());
   saved_mod_ = saved_h1_ = saved_attn_ = saved_h2_ = saved_moe_ = Tensor();
   return dx;
 }
@@ -151,8 +156,9 @@ absl::StatusOr<Tensor> FinalLayer::Forward(Arena& arena, const Tensor& x,
   TESSERA_ASSIGN_OR_RETURN(saved_mod_, ada_ln_->Forward(arena, cond_silu));  // [B, 2D]
   saved_h_ = norm_.Forward(arena, x);
   Tensor m = arena.AllocateUninitialized(DType::kF32, x.shape());
-  const float* mod = saved_mod_.data<float>();
-  cpu::ModulateForward(saved_h_.data<float>(), mod, mod + hidden_, m.data<float>(), batch, seq,
+  Backend& backend = arena.backend();
+  const float* mod = saved_mod_.ptr<float>();
+  backend.ModulateForward(saved_h_.ptr<float>(), mod + kShiftFinal * hidden_, mod + kScaleFinal * hidden_, m.ptr<float>(), batch, seq,
                        hidden_, 2 * hidden_);
   return linear_.Forward(arena, m);
 }
@@ -162,13 +168,14 @@ absl::StatusOr<Tensor> FinalLayer::Backward(Arena& arena, const Tensor& dy,
   Tensor dm = linear_.Backward(arena, dy);
   Tensor dmod = arena.Allocate(DType::kF32, Shape{batch_, 2 * hidden_});
   Tensor dh = arena.AllocateUninitialized(DType::kF32, dm.shape());
-  float* dmo = dmod.data<float>();
-  cpu::ModulateBackward(dm.data<float>(), saved_h_.data<float>(),
-                        saved_mod_.data<float>() + hidden_, dh.data<float>(), dmo, dmo + hidden_,
+  Backend& backend = arena.backend();
+  float* dmo = dmod.ptr<float>();
+  backend.ModulateBackward(dm.ptr<float>(), saved_h_.ptr<float>(),
+                        saved_mod_.ptr<float>() + hidden_, dh.ptr<float>(), dmo + kShiftFinal * hidden_, dmo + kScaleFinal * hidden_,
                         batch_, seq_, hidden_, 2 * hidden_);
   Tensor dx = norm_.Backward(arena, dh);
   TESSERA_ASSIGN_OR_RETURN(Tensor dcond, ada_ln_->Backward(arena, dmod));
-  cpu::AddInPlace(dcond_silu.data<float>(), dcond.data<float>(), dcond.numel());
+  backend.AddInPlace(dcond_silu.ptr<float>(), dcond.ptr<float>(), dcond.numel());
   saved_mod_ = saved_h_ = Tensor();
   return dx;
 }

@@ -2,7 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
+
+#include "runtime/tensor/host_access.h"
 
 namespace tessera::dit_moe {
 
@@ -25,9 +26,13 @@ DiffusionExample Diffusion::MakeExample(Arena& arena, const Tensor& images, cons
   ex.target = arena.AllocateUninitialized(DType::kF32, images.shape());
   ex.t.resize(B);
   ex.labels.resize(B);
-  const float* x = images.data<float>();
-  float* z = ex.noisy.data<float>();
-  float* target = ex.target.data<float>();
+  // Inputs are made on the host (counter-based draws), then moved to the
+  // arena's memory (no copy when that is host memory).
+  const Tensor host_images = HostReadable(images);
+  const Tensor host_noisy = HostReadable(ex.noisy), host_target = HostReadable(ex.target);
+  const float* x = host_images.data<float>();
+  float* z = host_noisy.data<float>();
+  float* target = host_target.data<float>();
   for (int64_t b = 0; b < B; ++b) {
     Rng rng(seed, Mix64(static_cast<uint64_t>(step)) ^ Mix64(~static_cast<uint64_t>(sample_ids[b])));
     ex.labels[b] = rng.Uniform() < class_dropout ? null_label : labels[b];
@@ -51,32 +56,37 @@ DiffusionExample Diffusion::MakeExample(Arena& arena, const Tensor& images, cons
       }
     }
   }
+  WriteBack(host_noisy, ex.noisy);
+  WriteBack(host_target, ex.target);
   return ex;
 }
 
-Tensor Diffusion::GuidedPrediction(DitMoe& model, Arena& arena, const Tensor& z,
+absl::StatusOr<Tensor> Diffusion::GuidedPrediction(DitMoe& model, Arena& arena, const Tensor& z,
                                    const std::vector<int32_t>& labels, float t,
                                    float cfg_scale) const {
   const int64_t n = z.dim(0), per_image = z.numel() / n;
   // One forward over [conditional; unconditional].
   Shape doubled = z.shape();
   doubled[0] = 2 * n;
-  Tensor input = arena.AllocateUninitialized(DType::kF32, doubled);
-  std::memcpy(input.raw(), z.raw(), z.bytes());
-  std::memcpy(static_cast<char*>(input.raw()) + z.bytes(), z.raw(), z.bytes());
+  Tensor input = arena.AllocateUninitialized(DType::kF32, doubled);  // z is host memory
+  Backend& backend = arena.backend();
+  backend.CopyToDevice(input.address(), z.raw(), z.bytes());
+  backend.CopyToDevice(static_cast<char*>(input.address()) + z.bytes(), z.raw(), z.bytes());
   std::vector<int32_t> all_labels(labels);
   all_labels.resize(2 * n, static_cast<int32_t>(model.null_label()));
   std::vector<float> times(2 * n, t);
-  Tensor out = model.Forward(arena, input, times.data(), all_labels.data(), /*record=*/false);
-  Tensor guided = arena.AllocateUninitialized(DType::kF32, z.shape());
-  const float* cond = out.data<float>();
+  TESSERA_ASSIGN_OR_RETURN(
+      Tensor out, model.Forward(arena, input, times.data(), all_labels.data(), /*record=*/false));
+  const Tensor host_out = HostReadable(out);
+  Tensor guided = Tensor::Empty(DType::kF32, z.shape());  // host
+  const float* cond = host_out.data<float>();
   const float* uncond = cond + n * per_image;
   float* g = guided.data<float>();
   for (int64_t i = 0; i < n * per_image; ++i) g[i] = uncond[i] + cfg_scale * (cond[i] - uncond[i]);
   return guided;
 }
 
-Tensor Diffusion::Sample(DitMoe& model, Arena& arena, const std::vector<int32_t>& labels,
+absl::StatusOr<Tensor> Diffusion::Sample(DitMoe& model, Arena& arena, const std::vector<int32_t>& labels,
                          int steps, float cfg_scale, Rng& rng) const {
   const DitMoeDims& d = model.dims();
   const int64_t n = static_cast<int64_t>(labels.size());
@@ -88,7 +98,9 @@ Tensor Diffusion::Sample(DitMoe& model, Arena& arena, const std::vector<int32_t>
   for (int i = 0; i < steps; ++i) {
     if (objective_ == DitMoeConfig::RECTIFIED_FLOW) {
       const double t = 1.0 - static_cast<double>(i) / steps, dt = 1.0 / steps;
-      Tensor v = GuidedPrediction(model, arena, z, labels, static_cast<float>(t * 1000), cfg_scale);
+      TESSERA_ASSIGN_OR_RETURN(Tensor v, GuidedPrediction(model, arena, z, labels,
+                                                          static_cast<float>(t * 1000),
+                                                          cfg_scale));
       const float* vp = v.data<float>();
       for (int64_t j = 0; j < numel; ++j) zp[j] -= static_cast<float>(dt) * vp[j];
     } else {
@@ -97,7 +109,9 @@ Tensor Diffusion::Sample(DitMoe& model, Arena& arena, const std::vector<int32_t>
           static_cast<int64_t>(i) * (kDdpmSteps - 1) / std::max(1, steps - 1));
       const int prev = i + 1 < steps ? (kDdpmSteps - 1) - static_cast<int>(
           static_cast<int64_t>(i + 1) * (kDdpmSteps - 1) / std::max(1, steps - 1)) : -1;
-      Tensor eps = GuidedPrediction(model, arena, z, labels, static_cast<float>(step), cfg_scale);
+      TESSERA_ASSIGN_OR_RETURN(
+          Tensor eps,
+          GuidedPrediction(model, arena, z, labels, static_cast<float>(step), cfg_scale));
       const float* ep = eps.data<float>();
       const double ab = alpha_bar_[step], ab_prev = prev >= 0 ? alpha_bar_[prev] : 1.0;
       for (int64_t j = 0; j < numel; ++j) {

@@ -39,15 +39,18 @@ class Diffusion {
 
   // Generates images [n, C, H, W] for `labels` (one per image), starting from
   // noise drawn from `rng`. Runs the model without recording.
-  Tensor Sample(DitMoe& model, Arena& arena, const std::vector<int32_t>& labels, int steps,
-                float cfg_scale, Rng& rng) const;
+  // The images are host memory whatever the model's device.
+  absl::StatusOr<Tensor> Sample(DitMoe& model, Arena& arena, const std::vector<int32_t>& labels,
+                                int steps, float cfg_scale, Rng& rng) const;
 
   static constexpr int kDdpmSteps = 1000;
 
  private:
   // The guided prediction for z at model time t (same for the whole batch).
-  Tensor GuidedPrediction(DitMoe& model, Arena& arena, const Tensor& z,
-                          const std::vector<int32_t>& labels, float t, float cfg_scale) const;
+  // z is host memory; so is the result.
+  absl::StatusOr<Tensor> GuidedPrediction(DitMoe& model, Arena& arena, const Tensor& z,
+                                          const std::vector<int32_t>& labels, float t,
+                                          float cfg_scale) const;
 
   DitMoeConfig::Objective objective_;
   std::vector<double> alpha_bar_;  // DDPM cumulative products, [1000]

@@ -8,19 +8,27 @@
 
 namespace tessera::dit_moe {
 
-// Image [B, C, H, W] -> patch rows [B*T, C*p*p] (T = (H/p)*(W/p), patches in
-// row-major grid order, each patch flattened as (c, py, px) like a conv weight).
-void Patchify(const float* images, float* patches, int64_t batch, int64_t channels,
-              int64_t size, int64_t patch);
-// Adjoint of Patchify.
-void PatchifyBackward(const float* dpatches, float* dimages, int64_t batch, int64_t channels,
-                      int64_t size, int64_t patch);
-// Output rows [B*T, p*p*C] (each flattened as (py, px, c), DiT's final layer
-// order) -> image [B, C, H, W].
-void Unpatchify(const float* rows, float* images, int64_t batch, int64_t channels, int64_t size,
-                int64_t patch);
-void UnpatchifyBackward(const float* dimages, float* drows, int64_t batch, int64_t channels,
-                        int64_t size, int64_t patch);
+// The permutation between images [B, C, H, W] and patch rows [B*T, cols]
+// (T = (H/p)*(W/p) patches in row-major grid order, cols = C*p*p), held as
+// an index map in a backend's memory so it runs on the model's device. Each
+// patch is flattened (c, py, px) -- a conv weight's order, the patch
+// embedding's input -- or, with channel_last, (py, px, c) -- DiT's final
+// layer output.
+class PatchLayout {
+ public:
+  PatchLayout(Backend& backend, int64_t channels, int64_t size, int64_t patch,
+              bool channel_last);
+  // images [B, C, H, W] -> rows [B*T, cols]
+  void ToRows(const float* images, float* rows, int64_t batch) const;
+  // rows [B*T, cols] -> images [B, C, H, W]: the inverse of ToRows, and
+  // (a permutation) also its adjoint.
+  void ToImages(const float* rows, float* images, int64_t batch) const;
+
+ private:
+  Backend* backend_;
+  int64_t pixels_;           // C*H*W, the elements of one image
+  Tensor pixel_of_element_;  // i32 [C*H*W]: row element r of an image is its pixel [r]
+};
 
 // Fixed 2-D sine-cosine position embedding [grid*grid, dim] (MAE/DiT): the
 // first half encodes the column, the second the row; dim % 4 == 0.
@@ -50,7 +58,8 @@ class PatchEmbed {
   static Linear::Options ProjOptions(ParallelSpec spec);
   int64_t channels_, size_, patch_, hidden_;
   Linear proj_;
-  std::vector<float> position_;  // [T, hidden]
+  PatchLayout layout_;           // images -> (c, py, px) rows
+  Tensor position_;             // [T, hidden], on the model's device
 };
 
 // t -> MLP(sinusoidal(t)): Linear(freq, D), SiLU, Linear(D, D).
@@ -79,14 +88,14 @@ class LabelEmbedder {
                 int64_t hidden);
   // labels: [B] in [0, num_classes] -> [B, hidden]
   Tensor Forward(Arena& arena, const int32_t* labels, int64_t batch);
-  void Backward(const Tensor& demb);
+  void Backward(Arena& arena, const Tensor& demb);
   int64_t null_label() const { return num_classes_; }
 
  private:
   ParameterStore& store_;
   int64_t num_classes_, hidden_;
   ParameterStore::Id table_;
-  std::vector<int32_t> saved_labels_;
+  Tensor saved_labels_;  // i32 [B], in the arena's memory
 };
 
 }  // namespace tessera::dit_moe

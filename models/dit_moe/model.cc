@@ -1,17 +1,14 @@
 #include "models/dit_moe/model.h"
 
-#include <cstring>
-
 #include "absl/strings/str_format.h"
 #include "runtime/base/errors.h"
 #include "runtime/base/status.h"
-#include "runtime/kernels/cpu/activation.h"
 
 namespace tessera::dit_moe {
 namespace {
 Tensor CopyInto(Arena& arena, const Tensor& x) {
   Tensor out = arena.AllocateUninitialized(x.dtype(), x.shape());
-  std::memcpy(out.raw(), x.raw(), x.bytes());
+  arena.backend().Copy(out.address(), x.address(), x.bytes());
   return out;
 }
 }  // namespace
@@ -77,8 +74,11 @@ DitMoe::DitMoe(const DitMoeConfig& config, const DitMoeDims& dims, ParameterStor
       dims_(dims),
       x_embedder_(store, "x_embedder", dims.channels, dims.input_size, dims.patch, dims.hidden,
                   TokenShardSpec(mp)),
+      output_layout_(store.backend(), dims.channels, dims.input_size, dims.patch,
+                     /*channel_last=*/true),
       t_embedder_(store, "t_embedder", dims.hidden, dims.frequency_dim),
-      y_embedder_(store, "y_embedder", dims.num_classes, dims.hidden) {
+      y_embedder_(store, "y_embedder", dims.num_classes, dims.hidden),
+      scratch_(store.backend()) {
   const int64_t T = dims.tokens();
   local_tokens_ = T;
   if (mp != nullptr) {
@@ -131,21 +131,22 @@ absl::StatusOr<Tensor> DitMoe::ForwardRows(Arena& arena, const Tensor& x, const 
                 x.dim(3) == dims_.input_size);
   batch_ = B;
   tape_.Clear();
+  Backend& backend = arena.backend();
 
   Tensor stream = x_embedder_.Forward(arena, x, first_token_, S);  // [B*S, D]
   Tensor t_emb = t_embedder_.Forward(arena, t, B);
   Tensor y_emb = y_embedder_.Forward(arena, labels, B);
   cond_ = t_emb;  // c = t_emb + y_emb, in place
-  cpu::AddInPlace(cond_.data<float>(), y_emb.data<float>(), B * D);
+  backend.AddInPlace(cond_.ptr<float>(), y_emb.ptr<float>(), B * D);
   cond_silu_ = arena.AllocateUninitialized(DType::kF32, Shape{B, D});
-  cpu::SiluForward(cond_.data<float>(), cond_silu_.data<float>(), B * D);
+  backend.SiluForward(cond_.ptr<float>(), cond_silu_.ptr<float>(), B * D);
   if (record) {
     tape_.Record([this, &arena] {
       // c = t_emb + y_emb: both embedders receive dc.
       Tensor dcond = arena.AllocateUninitialized(DType::kF32, cond_.shape());
-      cpu::SiluBackward(dcond_silu_.data<float>(), cond_.data<float>(), dcond.data<float>(),
-                        dcond.numel());
-      y_embedder_.Backward(dcond);
+      arena.backend().SiluBackward(dcond_silu_.ptr<float>(), cond_.ptr<float>(),
+                                   dcond.ptr<float>(), dcond.numel());
+      y_embedder_.Backward(arena, dcond);
       t_embedder_.Backward(arena, dcond);
       x_embedder_.Backward(arena, dstream_);
       return absl::OkStatus();
@@ -204,16 +205,12 @@ absl::Status DitMoe::BackwardRows(Arena& arena, const Tensor& drows, float loss_
 Tensor DitMoe::LocalRows(Arena& arena, const Tensor& images) const {
   const int64_t B = images.dim(0), T = dims_.tokens(), P = dims_.patch_dim();
   Tensor rows = arena.AllocateUninitialized(DType::kF32, Shape{B * T, P});
-  // Unpatchify's adjoint is its inverse: images -> rows in output order.
-  UnpatchifyBackward(images.data<float>(), rows.data<float>(), B, dims_.channels,
-                     dims_.input_size, dims_.patch);
+  output_layout_.ToRows(images.ptr<float>(), rows.ptr<float>(), B);
   if (local_tokens_ == T) return rows;
   Tensor mine = arena.AllocateUninitialized(DType::kF32, Shape{B * local_tokens_, P});
-  for (int64_t b = 0; b < B; ++b) {
-    std::memcpy(mine.data<float>() + b * local_tokens_ * P,
-                rows.data<float>() + (b * T + first_token_) * P,
-                static_cast<size_t>(local_tokens_ * P) * sizeof(float));
-  }
+  const size_t bytes = static_cast<size_t>(local_tokens_ * P) * sizeof(float);
+  arena.backend().Copy2D(mine.ptr<float>(), bytes, rows.ptr<float>() + first_token_ * P,
+                         T * P * sizeof(float), bytes, B);
   return mine;
 }
 
@@ -227,23 +224,24 @@ absl::Status DitMoe::SumLossOverTensorGroup(double* loss) const {
   return absl::OkStatus();
 }
 
-Tensor DitMoe::Forward(Arena& arena, const Tensor& x, const float* t, const int32_t* labels,
-                       bool record) {
-  TESSERA_CHECK(local_tokens_ == dims_.tokens());
-  absl::StatusOr<Tensor> rows = ForwardRows(arena, x, t, labels, record);
-  TESSERA_CHECK(rows.ok());
+absl::StatusOr<Tensor> DitMoe::Forward(Arena& arena, const Tensor& x, const float* t,
+                                       const int32_t* labels, bool record) {
+  if (local_tokens_ != dims_.tokens()) {
+    return absl::FailedPreconditionError(
+        "DitMoe::Forward needs every token on this rank; use ForwardRows under sp or Megatron SP");
+  }
+  TESSERA_ASSIGN_OR_RETURN(Tensor rows, ForwardRows(arena, x, t, labels, record));
   Tensor out = arena.AllocateUninitialized(DType::kF32, x.shape());
-  Unpatchify(rows->data<float>(), out.data<float>(), x.dim(0), dims_.channels, dims_.input_size,
-             dims_.patch);
+  output_layout_.ToImages(rows.ptr<float>(), out.ptr<float>(), x.dim(0));
   return out;
 }
 
-void DitMoe::Backward(Arena& arena, const Tensor& dout, float loss_scale) {
+absl::Status DitMoe::Backward(Arena& arena, const Tensor& dout, float loss_scale) {
   const int64_t B = batch_, T = dims_.tokens();
   Tensor drows = arena.AllocateUninitialized(DType::kF32, Shape{B * T, dims_.patch_dim()});
-  UnpatchifyBackward(dout.data<float>(), drows.data<float>(), B, dims_.channels,
-                     dims_.input_size, dims_.patch);
-  TESSERA_CHECK(BackwardRows(arena, drows, loss_scale).ok());
+  // Unpatchify is a permutation: its adjoint is its inverse.
+  output_layout_.ToRows(dout.ptr<float>(), drows.ptr<float>(), B);
+  return BackwardRows(arena, drows, loss_scale);
 }
 
 double DitMoe::balance_loss() const {
@@ -307,7 +305,7 @@ DitMoe::ActivationPlan DitMoe::PlanActivations(int64_t batch) const {
 }
 
 void DitMoe::ReserveScratch(int64_t batch) {
-  scratch_ = Arena(PlanActivations(batch).scratch_arena);
+  scratch_ = Arena(scratch_.backend(), PlanActivations(batch).scratch_arena);
 }
 
 }  // namespace tessera::dit_moe

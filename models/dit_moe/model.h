@@ -54,9 +54,9 @@ class DitMoe {
 
   // Whole-image forms, for a model that holds every token (no sp, no
   // Megatron SP): the prediction [B, C, H, W] and its gradient.
-  Tensor Forward(Arena& arena, const Tensor& x, const float* t, const int32_t* labels,
-                 bool record = true);
-  void Backward(Arena& arena, const Tensor& dout, float loss_scale);
+  absl::StatusOr<Tensor> Forward(Arena& arena, const Tensor& x, const float* t,
+                                 const int32_t* labels, bool record = true);
+  absl::Status Backward(Arena& arena, const Tensor& dout, float loss_scale);
 
   // This rank's tokens of each sample: [first_token(), + local_tokens()).
   int64_t first_token() const { return first_token_; }
@@ -82,6 +82,8 @@ class DitMoe {
   void set_recompute(int64_t block, bool on) { recompute_[block] = on; }
 
   const DitMoeDims& dims() const { return dims_; }
+  // The device the model's parameters and activations live on.
+  Backend& backend() const { return scratch_.backend(); }
   int64_t null_label() const { return dims_.num_classes; }
   // Forward FLOPs for a batch (training step = 3x).
   double ForwardFlops(int64_t batch) const;
@@ -111,6 +113,7 @@ class DitMoe {
   int64_t first_token_ = 0, local_tokens_ = 0;
   double loss_share_ = 1;
   PatchEmbed x_embedder_;
+  PatchLayout output_layout_;  // output rows (py, px, c) <-> images
   TimestepEmbedder t_embedder_;
   LabelEmbedder y_embedder_;
   std::vector<std::unique_ptr<DitBlock>> blocks_;

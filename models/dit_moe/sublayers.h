@@ -109,10 +109,10 @@ absl::StatusOr<std::unique_ptr<FfnSublayer>> MakeParallelMoe(ParameterStore& sto
 // ranks, [chunks, B, S, F], and sample-major rows [B, chunks * S, F] (chunk
 // c holds tokens [c*S, (c+1)*S) of each sample); `to_sample_major` picks the
 // direction.
-void ReorderChunks(const float* src, float* dst, int64_t chunks, int64_t batch, int64_t seq,
-                   int64_t features, bool to_sample_major);
+void ReorderChunks(Backend& backend, const float* src, float* dst, int64_t chunks,
+                   int64_t batch, int64_t seq, int64_t features, bool to_sample_major);
 // Chunk `chunk` of every sample of [B, chunks * S, F] -> [B, S, F].
-void TakeChunk(const float* src, float* dst, int64_t chunk, int64_t chunks, int64_t batch,
-               int64_t seq, int64_t features);
+void TakeChunk(Backend& backend, const float* src, float* dst, int64_t chunk, int64_t chunks,
+               int64_t batch, int64_t seq, int64_t features);
 
 }  // namespace tessera::dit_moe

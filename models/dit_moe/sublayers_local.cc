@@ -1,6 +1,4 @@
 // One process: the sub-layers are the runtime's layers.
-#include <cstring>
-
 #include "models/dit_moe/sublayers.h"
 #include "runtime/nn/attention.h"
 #include "runtime/nn/linear.h"
@@ -86,24 +84,29 @@ std::unique_ptr<FfnSublayer> MakeMoe(ParameterStore& store, const std::string& n
   return std::make_unique<LocalMoe>(store, name, hidden, options);
 }
 
-void ReorderChunks(const float* src, float* dst, int64_t chunks, int64_t batch, int64_t seq,
-                   int64_t features, bool to_sample_major) {
+void ReorderChunks(Backend& backend, const float* src, float* dst, int64_t chunks,
+                   int64_t batch, int64_t seq, int64_t features, bool to_sample_major) {
   const int64_t block = seq * features;
-  for (int64_t c = 0; c < chunks; ++c)
-    for (int64_t b = 0; b < batch; ++b) {
-      const int64_t chunk_major = (c * batch + b) * block, sample_major = (b * chunks + c) * block;
-      std::memcpy(dst + (to_sample_major ? sample_major : chunk_major),
-                  src + (to_sample_major ? chunk_major : sample_major),
-                  static_cast<size_t>(block) * sizeof(float));
+  const size_t block_bytes = static_cast<size_t>(block) * sizeof(float);
+  for (int64_t c = 0; c < chunks; ++c) {
+    // Chunk c of every sample: rows `block` apart chunk-major, `chunks * block`
+    // apart sample-major.
+    const int64_t chunk_major = c * batch * block, sample_major = c * block;
+    if (to_sample_major) {
+      backend.Copy2D(dst + sample_major, chunks * block_bytes, src + chunk_major, block_bytes,
+                     block_bytes, batch);
+    } else {
+      backend.Copy2D(dst + chunk_major, block_bytes, src + sample_major, chunks * block_bytes,
+                     block_bytes, batch);
     }
+  }
 }
 
-void TakeChunk(const float* src, float* dst, int64_t chunk, int64_t chunks, int64_t batch,
-               int64_t seq, int64_t features) {
-  const size_t block = static_cast<size_t>(seq * features) * sizeof(float);
-  for (int64_t b = 0; b < batch; ++b) {
-    std::memcpy(dst + b * seq * features, src + (b * chunks + chunk) * seq * features, block);
-  }
+void TakeChunk(Backend& backend, const float* src, float* dst, int64_t chunk, int64_t chunks,
+               int64_t batch, int64_t seq, int64_t features) {
+  const size_t block_bytes = static_cast<size_t>(seq * features) * sizeof(float);
+  backend.Copy2D(dst, block_bytes, src + chunk * seq * features, chunks * block_bytes,
+                 block_bytes, batch);
 }
 
 }  // namespace tessera::dit_moe

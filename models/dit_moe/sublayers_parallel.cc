@@ -8,7 +8,6 @@
 #include "parallel/tensor_parallel/linear.h"
 #include "runtime/base/errors.h"
 #include "runtime/base/status.h"
-#include "runtime/kernels/cpu/attention.h"
 
 namespace tessera::dit_moe {
 namespace {
@@ -22,14 +21,15 @@ using parallel::RowParallelLinear;
 absl::StatusOr<Tensor> GatherRows(Arena& arena, Communicator& group, const Tensor& x) {
   Tensor out = arena.AllocateUninitialized(DType::kF32, Shape{group.size() * x.dim(0), x.dim(1)});
   TESSERA_RETURN_IF_ERROR(group.Complete(
-      group.AllGather(x.data<float>(), out.data<float>(), x.numel(), DType::kF32)));
+      group.AllGather(x.ptr<float>(), out.ptr<float>(), x.numel(), DType::kF32)));
   return out;
 }
 
 Tensor Reordered(Arena& arena, const Tensor& x, bool to_sample_major, int64_t chunks,
                  int64_t batch, int64_t seq) {
   Tensor out = arena.AllocateUninitialized(DType::kF32, x.shape());
-  ReorderChunks(x.data<float>(), out.data<float>(), chunks, batch, seq, x.dim(1), to_sample_major);
+  ReorderChunks(arena.backend(), x.ptr<float>(), out.ptr<float>(), chunks, batch, seq, x.dim(1),
+                to_sample_major);
   return out;
 }
 
@@ -47,7 +47,7 @@ class ParallelModulation : public ModulationSublayer {
     // tokens: under Megatron SP the tp ranks hold different ones.
     if (sum_over_tp_) {
       TESSERA_RETURN_IF_ERROR(tp_.Complete(
-          tp_.AllReduce(dmod.data<float>(), dmod.numel(), DType::kF32, ReduceOp::kSum)));
+          tp_.AllReduce(dmod.ptr<float>(), dmod.numel(), DType::kF32, ReduceOp::kSum)));
     }
     return linear_->Backward(arena, dmod);
   }
@@ -88,7 +88,7 @@ class ParallelAttention : public AttentionSublayer {
     // gathered rank-major, are put back in sample order for the kernel.
     TESSERA_ASSIGN_OR_RETURN(Tensor qkv, qkv_->Forward(arena, x));
     saved_qkv_ = reorder_ ? Reordered(arena, qkv, true, tp_, batch_, chunk_) : qkv;
-    const float* q = saved_qkv_.data<float>();
+    const float* q = saved_qkv_.ptr<float>();
     if (core_) {
       TESSERA_ASSIGN_OR_RETURN(
           saved_out_, core_->Forward(arena, batch_, seq_ * sp_, 3 * width, q, q + width,
@@ -96,8 +96,8 @@ class ParallelAttention : public AttentionSublayer {
     } else {
       saved_out_ = arena.AllocateUninitialized(DType::kF32, Shape{batch_ * seq_, width});
       saved_lse_ = arena.AllocateUninitialized(DType::kF32, Shape{batch_, local_heads_, seq_});
-      cpu::AttentionForward(Shape4(), q, q + width, q + 2 * width, saved_out_.data<float>(),
-                            saved_lse_.data<float>());
+      arena.backend().AttentionForward(Shape4(), q, q + width, q + 2 * width, saved_out_.ptr<float>(),
+                            saved_lse_.ptr<float>());
     }
     const Tensor out = reorder_ ? Reordered(arena, saved_out_, false, tp_, batch_, chunk_)
                                 : saved_out_;
@@ -109,13 +109,13 @@ class ParallelAttention : public AttentionSublayer {
     TESSERA_ASSIGN_OR_RETURN(Tensor dout, proj_->Backward(arena, dy));
     if (reorder_) dout = Reordered(arena, dout, true, tp_, batch_, chunk_);
     Tensor dqkv = arena.AllocateUninitialized(DType::kF32, saved_qkv_.shape());
-    float* d = dqkv.data<float>();
+    float* d = dqkv.ptr<float>();
     if (core_) {
       TESSERA_RETURN_IF_ERROR(core_->Backward(arena, dout, d, d + width, d + 2 * width));
     } else {
-      const float* q = saved_qkv_.data<float>();
-      cpu::AttentionBackward(Shape4(), q, q + width, q + 2 * width, saved_out_.data<float>(),
-                             dout.data<float>(), saved_lse_.data<float>(), d, d + width,
+      const float* q = saved_qkv_.ptr<float>();
+      arena.backend().AttentionBackward(Shape4(), q, q + width, q + 2 * width, saved_out_.ptr<float>(),
+                             dout.ptr<float>(), saved_lse_.ptr<float>(), d, d + width,
                              d + 2 * width);
     }
     if (reorder_) dqkv = Reordered(arena, dqkv, false, tp_, batch_, chunk_);
@@ -134,8 +134,8 @@ class ParallelAttention : public AttentionSublayer {
   }
 
  private:
-  cpu::AttentionShape Shape4() const {
-    return cpu::AttentionShape{batch_, seq_, local_heads_, head_dim_, 3 * local_heads_ * head_dim_,
+  AttentionShape Shape4() const {
+    return AttentionShape{batch_, seq_, local_heads_, head_dim_, 3 * local_heads_ * head_dim_,
                                false};
   }
 
@@ -164,8 +164,8 @@ class ParallelMoe : public FfnSublayer {
     batch_ = batch;
     chunk_ = seq / tp_.size();
     Tensor mine = arena.AllocateUninitialized(DType::kF32, Shape{batch * chunk_, x.dim(1)});
-    TakeChunk(x.data<float>(), mine.data<float>(), tp_.rank(), tp_.size(), batch, chunk_,
-              x.dim(1));
+    TakeChunk(arena.backend(), x.ptr<float>(), mine.ptr<float>(), tp_.rank(), tp_.size(), batch,
+              chunk_, x.dim(1));
     TESSERA_ASSIGN_OR_RETURN(Tensor y, moe_->Forward(arena, mine));
     TESSERA_ASSIGN_OR_RETURN(Tensor all, GatherRows(arena, tp_, y));
     return Reordered(arena, all, true, tp_.size(), batch_, chunk_);
@@ -178,8 +178,8 @@ class ParallelMoe : public FfnSublayer {
     const float scale = loss_scale * static_cast<float>(sp_size_);
     if (!split_rows_) return moe_->Backward(arena, dy, scale);
     Tensor mine = arena.AllocateUninitialized(DType::kF32, Shape{batch_ * chunk_, dy.dim(1)});
-    TakeChunk(dy.data<float>(), mine.data<float>(), tp_.rank(), tp_.size(), batch_, chunk_,
-              dy.dim(1));
+    TakeChunk(arena.backend(), dy.ptr<float>(), mine.ptr<float>(), tp_.rank(), tp_.size(), batch_,
+              chunk_, dy.dim(1));
     TESSERA_ASSIGN_OR_RETURN(Tensor dx, moe_->Backward(arena, mine, scale));
     TESSERA_ASSIGN_OR_RETURN(Tensor all, GatherRows(arena, tp_, dx));
     return Reordered(arena, all, true, tp_.size(), batch_, chunk_);

@@ -7,7 +7,6 @@
 #include "absl/strings/str_format.h"
 #include "runtime/base/errors.h"
 #include "runtime/base/status.h"
-#include "runtime/kernels/cpu/loss.h"
 
 namespace tessera::dit_moe {
 
@@ -80,10 +79,12 @@ absl::StatusOr<MicroBatchResult> DitMoeTask::RunMicroBatch(Arena& arena, int64_t
   const size_t image_bytes = images.bytes() / static_cast<size_t>(micro_batch_);
   std::vector<int32_t> labels(micro_batch_);
   std::vector<int64_t> positions(micro_batch_);
+  Backend& backend = arena.backend();
   for (int64_t k = 0; k < micro_batch_; ++k) {
     const int64_t i = k * micro_batches + micro;
-    std::memcpy(static_cast<char*>(images.raw()) + k * image_bytes,
-                static_cast<const char*>(batch_.images.raw()) + i * image_bytes, image_bytes);
+    backend.CopyToDevice(static_cast<char*>(images.address()) + k * image_bytes,
+                         static_cast<const char*>(batch_.images.raw()) + i * image_bytes,
+                         image_bytes);
     labels[k] = batch_.labels.data<int32_t>()[i];
     positions[k] = i * num_replicas_ + replica_;
   }
@@ -101,12 +102,12 @@ absl::StatusOr<MicroBatchResult> DitMoeTask::RunMicroBatch(Arena& arena, int64_t
   // Under Megatron SP this rank's loss is its share of the replica's.
   const double loss_share = model_.loss_share();
   MicroBatchResult result;
-  result.loss = loss_share * cpu::MseForward(prediction.data<float>(), target.data<float>(), n);
+  result.loss = loss_share * backend.MseForward(prediction.ptr<float>(), target.ptr<float>(), n);
   TESSERA_RETURN_IF_ERROR(model_.SumLossOverTensorGroup(&result.loss));
   result.aux_loss = model_.balance_loss();
   result.samples = micro_batch_;
   Tensor dprediction = arena.AllocateUninitialized(DType::kF32, prediction.shape());
-  cpu::MseBackward(prediction.data<float>(), target.data<float>(), dprediction.data<float>(), n,
+  backend.MseBackward(prediction.ptr<float>(), target.ptr<float>(), dprediction.ptr<float>(), n,
                    static_cast<float>(loss_scale * loss_share));
   BeforeBackward();
   TESSERA_RETURN_IF_ERROR(model_.BackwardRows(arena, dprediction, loss_scale));

@@ -5,7 +5,6 @@
 
 #include "absl/strings/str_format.h"
 #include "runtime/base/errors.h"
-#include "runtime/optim/clip.h"
 
 namespace tessera::parallel {
 
@@ -148,9 +147,9 @@ absl::Status DataParallel::FinishBackward() {
     it->work.reset();
     if (it->comm->size() != groups_.divisor) {
       if (zero_stage_ == 0) {
-        ScaleInPlace(store_.grads().data<float>() + it->range.begin, it->range.size(), it->scale);
+        store_.backend().Scale(store_.grads().data<float>() + it->range.begin, it->range.size(), it->scale);
       } else {
-        ScaleInPlace(it->shard_grads.data<float>(), it->shard_size(), it->scale);
+        store_.backend().Scale(it->shard_grads.data<float>(), it->shard_size(), it->scale);
       }
     }
   }
@@ -174,7 +173,7 @@ double DataParallel::WeightedNormSquared() const {
       const int64_t lo = std::max(begin, info.offset);
       const int64_t hi = std::min(end, info.offset + info.local_shape.numel());
       if (lo >= hi) continue;
-      total += norm_weight_[id] * group * GradNormSquaredPartial(base + lo, hi - lo);
+      total += norm_weight_[id] * group * store_.backend().SumSquares(base + lo, hi - lo);
     }
   }
   return total;
@@ -195,13 +194,13 @@ absl::StatusOr<double> DataParallel::GradNormSquared() {
   }
   if (zero_stage_ == 0) {
     // Every rank holds the same averaged gradient.
-    return GradNormSquaredPartial(store_.grads().data<float>(), store_.numel());
+    return store_.backend().SumSquares(store_.grads().data<float>(), store_.numel());
   }
   // Shards partition each group's buckets: sum the partial norms per group.
   double partial[2] = {0, 0};  // dense, expert
   for (const Bucket& bucket : buckets_) {
     partial[bucket.comm == dense_ ? 0 : 1] +=
-        GradNormSquaredPartial(bucket.shard_grads.data<float>(), bucket.shard_size());
+        store_.backend().SumSquares(bucket.shard_grads.data<float>(), bucket.shard_size());
   }
   if (expert_ == dense_) {
     partial[0] += partial[1];
@@ -222,14 +221,14 @@ absl::StatusOr<double> DataParallel::GradNormSquared() {
 absl::Status DataParallel::Step(float lr, float grad_scale) {
   if (zero_stage_ == 0) {
     float* grads = store_.grads().data<float>();
-    if (grad_scale != 1.0f) ScaleInPlace(grads, store_.numel(), grad_scale);
+    if (grad_scale != 1.0f) store_.backend().Scale(grads, store_.numel(), grad_scale);
     optimizer_->Step(lr, store_.values().data<float>(), grads);
     return absl::OkStatus();
   }
   std::vector<std::unique_ptr<Work>> gathers;
   for (Bucket& bucket : buckets_) {
     float* shard_grads = bucket.shard_grads.data<float>();
-    if (grad_scale != 1.0f) ScaleInPlace(shard_grads, bucket.shard_size(), grad_scale);
+    if (grad_scale != 1.0f) store_.backend().Scale(shard_grads, bucket.shard_size(), grad_scale);
     float* shard_values = store_.values().data<float>() + bucket.shard_begin();
     bucket.shard_optimizer->Step(lr, shard_values, shard_grads);
     // In place: this rank's shard already sits at its block of the bucket.

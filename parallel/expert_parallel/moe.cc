@@ -8,9 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "runtime/base/errors.h"
 #include "runtime/base/status.h"
-#include "runtime/kernels/cpu/activation.h"
-#include "runtime/kernels/cpu/routing.h"
-#include "runtime/kernels/cpu/softmax.h"
+#include "runtime/tensor/host_access.h"
 
 namespace tessera::parallel {
 namespace {
@@ -99,6 +97,7 @@ ExpertParallelMoe::ExpertParallelMoe(ParameterStore& store, Communicator& ep,
 void ExpertParallelMoe::Regroup(const Tensor& from, const Tensor& to,
                                 bool to_expert_order) const {
   const int64_t P = ep_.size(), L = local_experts_;
+  Backend& backend = to.backend();
   // Start row of (q, e) in source order and in expert order.
   std::vector<int64_t> source_start(P * L), expert_start(P * L);
   int64_t row = 0;
@@ -113,13 +112,13 @@ void ExpertParallelMoe::Regroup(const Tensor& from, const Tensor& to,
       expert_start[q * L + e] = row;
       row += recv_counts_[q * L + e];
     }
-  const float* src = from.data<float>();
-  float* dst = to.data<float>();
+  const float* src = from.ptr<float>();
+  float* dst = to.ptr<float>();
   for (int64_t i = 0; i < P * L; ++i) {
     const int64_t from_row = to_expert_order ? source_start[i] : expert_start[i];
     const int64_t to_row = to_expert_order ? expert_start[i] : source_start[i];
-    std::memcpy(dst + to_row * dim_, src + from_row * dim_,
-                static_cast<size_t>(recv_counts_[i] * dim_) * sizeof(float));
+    backend.Copy(dst + to_row * dim_, src + from_row * dim_,
+                 static_cast<size_t>(recv_counts_[i] * dim_) * sizeof(float));
   }
 }
 
@@ -134,8 +133,8 @@ absl::StatusOr<Tensor> ExpertParallelMoe::ExchangeRows(Arena& arena, const Tenso
     total += recv_rows[r];
   }
   Tensor out = arena.AllocateUninitialized(DType::kF32, Shape{total, dim_});  // [received, dim]
-  TESSERA_RETURN_IF_ERROR(ep_.Complete(ep_.AllToAllV(rows.data<float>(), send_counts,
-                                                     out.data<float>(), recv_counts,
+  TESSERA_RETURN_IF_ERROR(ep_.Complete(ep_.AllToAllV(rows.ptr<float>(), send_counts,
+                                                     out.ptr<float>(), recv_counts,
                                                      DType::kF32)));
   return out;
 }
@@ -145,17 +144,21 @@ absl::StatusOr<Tensor> ExpertParallelMoe::Forward(Arena& arena, const Tensor& x)
   const int64_t T = x.dim(0), E = options_.num_experts, k = options_.top_k;
   const int64_t P = ep_.size(), L = local_experts_;
   tokens_ = T;
+  Backend& backend = arena.backend();
 
   // Router in fp32 on the local tokens: logits [T, E] -> probs -> top-k.
   Tensor logits = router_.Forward(arena, x);
   probs_ = arena.AllocateUninitialized(DType::kF32, Shape{T, E});
-  cpu::SoftmaxForward(logits.data<float>(), probs_.data<float>(), T, E);
+  backend.SoftmaxForward(logits.ptr<float>(), probs_.ptr<float>(), T, E);
   expert_index_ = arena.AllocateUninitialized(DType::kI32, Shape{T * k});
   raw_weights_ = arena.AllocateUninitialized(DType::kF32, Shape{T * k});
-  cpu::TopKForward(probs_.data<float>(), expert_index_.data<int32_t>(),
-                   raw_weights_.data<float>(), T, E, k);
-  int32_t* index = expert_index_.data<int32_t>();
-  const float* probs = probs_.data<float>();
+  backend.TopKForward(probs_.ptr<float>(), expert_index_.ptr<int32_t>(),
+                   raw_weights_.ptr<float>(), T, E, k);
+  // Routing bookkeeping runs on the host (it sizes the all-to-all).
+  Tensor index_host = HostReadable(expert_index_);
+  int32_t* index = index_host.data<int32_t>();
+  const Tensor probs_host = HostReadable(probs_);
+  const float* probs = probs_host.data<float>();
   chosen_index_ = expert_index_;
 
   // This rank's balance statistics, over the router's choice before drops:
@@ -177,8 +180,9 @@ absl::StatusOr<Tensor> ExpertParallelMoe::Forward(Arena& arena, const Tensor& x)
   dropped_ = 0;
   if (options_.capacity_factor > 0) {
     chosen_index_ = arena.AllocateUninitialized(DType::kI32, Shape{T * k});
-    std::memcpy(chosen_index_.raw(), expert_index_.raw(), expert_index_.bytes());
+    backend.Copy(chosen_index_.address(), expert_index_.address(), expert_index_.bytes());
     dropped_ = ApplyCapacity(options_.capacity_factor, T, k, E, index);
+    WriteBack(index_host, expert_index_);
   }
   const int64_t row_width = E + width;
   std::vector<int64_t> row(row_width, 0), all_rows(P * row_width);
@@ -224,11 +228,13 @@ absl::StatusOr<Tensor> ExpertParallelMoe::Forward(Arena& arena, const Tensor& x)
   weights_ = CombineWeights(arena, raw_weights_, T, k, options_.renormalize_topk);
 
   // Expert order: the rows bound for rank r (its experts) are contiguous.
-  std::vector<int64_t> offsets(E + 1);
+  Tensor expert_offsets = arena.AllocateUninitialized(DType::kI64, Shape{E + 1});
   row_of_assignment_ = arena.AllocateUninitialized(DType::kI32, Shape{T * k});
   Tensor assignment_of_row = arena.AllocateUninitialized(DType::kI32, Shape{T * k});
-  cpu::SortByExpert(index, T * k, E, offsets.data(), row_of_assignment_.data<int32_t>(),
-                    assignment_of_row.data<int32_t>());
+  backend.SortByExpert(expert_index_.ptr<int32_t>(), T * k, E, expert_offsets.ptr<int64_t>(),
+                       row_of_assignment_.ptr<int32_t>(), assignment_of_row.ptr<int32_t>());
+  const Tensor offsets_host = HostReadable(expert_offsets);
+  const int64_t* offsets = offsets_host.data<int64_t>();
   send_rows_.assign(P, 0);
   recv_rows_.assign(P, 0);
   recv_counts_.assign(P * L, 0);
@@ -241,7 +247,7 @@ absl::StatusOr<Tensor> ExpertParallelMoe::Forward(Arena& arena, const Tensor& x)
 
   const int64_t kept = offsets[E];  // T*k less the dropped assignments
   Tensor permuted = arena.AllocateUninitialized(DType::kF32, Shape{kept, dim_});  // [kept, dim]
-  cpu::PermuteForward(x.data<float>(), assignment_of_row.data<int32_t>(), permuted.data<float>(),
+  backend.PermuteForward(x.ptr<float>(), assignment_of_row.ptr<int32_t>(), permuted.ptr<float>(),
                       kept, dim_, k);
   Stopwatch watch;
   TESSERA_ASSIGN_OR_RETURN(Tensor received,
@@ -268,8 +274,8 @@ absl::StatusOr<Tensor> ExpertParallelMoe::Forward(Arena& arena, const Tensor& x)
   exchange_seconds_ += watch.Lap();
 
   Tensor y = shared_ ? shared_->Forward(arena, x) : arena.Allocate(DType::kF32, Shape{T, dim_});
-  cpu::UnpermuteCombineForward(returned_out_.data<float>(), row_of_assignment_.data<int32_t>(),
-                               weights_.data<float>(), y.data<float>(), T, dim_, k);
+  backend.UnpermuteCombineForward(returned_out_.ptr<float>(), row_of_assignment_.ptr<int32_t>(),
+                               weights_.ptr<float>(), y.ptr<float>(), T, dim_, k);
   return y;
 }
 
@@ -284,15 +290,16 @@ absl::StatusOr<Tensor> ExpertParallelMoe::Backward(Arena& arena, const Tensor& d
   }
   const int64_t T = tokens_, E = options_.num_experts, k = options_.top_k;
   const int64_t P = ep_.size(), L = local_experts_;
+  Backend& backend = arena.backend();
 
   // Adjoint of combine: gradients of the returned expert outputs (home,
   // expert order) and of the weights.
   const int64_t kept = returned_out_.dim(0);
   Tensor dreturned = arena.AllocateUninitialized(DType::kF32, Shape{kept, dim_});
   Tensor dweights = arena.AllocateUninitialized(DType::kF32, Shape{T * k});
-  cpu::UnpermuteCombineBackward(dy.data<float>(), returned_out_.data<float>(),
-                                row_of_assignment_.data<int32_t>(), weights_.data<float>(),
-                                dreturned.data<float>(), dweights.data<float>(), T, dim_, k);
+  backend.UnpermuteCombineBackward(dy.ptr<float>(), returned_out_.ptr<float>(),
+                                row_of_assignment_.ptr<int32_t>(), weights_.ptr<float>(),
+                                dreturned.ptr<float>(), dweights.ptr<float>(), T, dim_, k);
   // To the owners, through the experts, and back.
   Stopwatch watch;
   TESSERA_ASSIGN_OR_RETURN(Tensor dreceived,
@@ -316,8 +323,8 @@ absl::StatusOr<Tensor> ExpertParallelMoe::Backward(Arena& arena, const Tensor& d
                            ExchangeRows(arena, dback, recv_rows_, send_rows_));  // [kept, dim]
   exchange_seconds_ += watch.Lap();
   Tensor dx = arena.AllocateUninitialized(DType::kF32, Shape{T, dim_});
-  cpu::PermuteBackward(dpermuted.data<float>(), row_of_assignment_.data<int32_t>(),
-                       dx.data<float>(), T, dim_, k);
+  backend.PermuteBackward(dpermuted.ptr<float>(), row_of_assignment_.ptr<int32_t>(),
+                       dx.ptr<float>(), T, dim_, k);
   // Balance loss over the group's tokens: d/dp[t, i] = alpha * f_i / T_group.
   RouterGradientInputs router{raw_weights_.data<float>(), weights_.data<float>(),
                               chosen_index_.data<int32_t>(), probs_.data<float>(), &balance_f_,

@@ -1,11 +1,8 @@
 #include "parallel/sequence_parallel/ulysses_attention.h"
 
-#include <cstring>
-
 #include "absl/strings/str_format.h"
 #include "runtime/base/errors.h"
 #include "runtime/base/status.h"
-#include "runtime/kernels/cpu/attention.h"
 
 namespace tessera::parallel {
 namespace {
@@ -21,32 +18,29 @@ struct Blocks {
 // Packs `parts` token-major arrays (rows `stride` floats apart, all H heads)
 // into send blocks for the sequence -> heads exchange:
 //   send [sp, B, S/sp, parts, (H/sp) * Dh], block r = heads of rank r.
-void PackHeadBlocks(const Blocks& n, const float* const* src, int parts, int64_t stride,
-                    float* send) {
+void PackHeadBlocks(Backend& backend, const Blocks& n, const float* const* src, int parts,
+                    int64_t stride, float* send) {
   const size_t chunk_bytes = static_cast<size_t>(n.head_chunk) * sizeof(float);
   const int64_t tokens = n.batch * n.local_seq;
   for (int64_t r = 0; r < n.ranks; ++r) {
-    for (int64_t t = 0; t < tokens; ++t) {
-      for (int p = 0; p < parts; ++p) {
-        float* to = send + ((r * tokens + t) * parts + p) * n.head_chunk;
-        std::memcpy(to, src[p] + t * stride + r * n.head_chunk, chunk_bytes);
-      }
+    for (int p = 0; p < parts; ++p) {
+      backend.Copy2D(send + (r * tokens * parts + p) * n.head_chunk, parts * chunk_bytes,
+                     src[p] + r * n.head_chunk, stride * sizeof(float), chunk_bytes, tokens);
     }
   }
 }
 
 // The inverse of PackHeadBlocks: recv [sp, B, S/sp, parts, (H/sp) * Dh],
 // block r = heads of rank r, into `parts` token-major arrays.
-void UnpackHeadBlocks(const Blocks& n, const float* recv, int parts, int64_t stride,
-                      float* const* dst) {
+void UnpackHeadBlocks(Backend& backend, const Blocks& n, const float* recv, int parts,
+                      int64_t stride, float* const* dst) {
   const size_t chunk_bytes = static_cast<size_t>(n.head_chunk) * sizeof(float);
   const int64_t tokens = n.batch * n.local_seq;
   for (int64_t r = 0; r < n.ranks; ++r) {
-    for (int64_t t = 0; t < tokens; ++t) {
-      for (int p = 0; p < parts; ++p) {
-        const float* from = recv + ((r * tokens + t) * parts + p) * n.head_chunk;
-        std::memcpy(dst[p] + t * stride + r * n.head_chunk, from, chunk_bytes);
-      }
+    for (int p = 0; p < parts; ++p) {
+      backend.Copy2D(dst[p] + r * n.head_chunk, stride * sizeof(float),
+                     recv + (r * tokens * parts + p) * n.head_chunk, parts * chunk_bytes,
+                     chunk_bytes, tokens);
     }
   }
 }
@@ -55,12 +49,12 @@ void UnpackHeadBlocks(const Blocks& n, const float* recv, int parts, int64_t str
 // all-to-all the received blocks are [sp, B, S/sp * row]; attention wants
 // [B, sp * S/sp, row], i.e. (outer, inner) = (sp, B). The way back is the
 // same transpose with (outer, inner) = (B, sp).
-void SwapOuterDims(const float* src, int64_t outer, int64_t inner, int64_t block, float* dst) {
+void SwapOuterDims(Backend& backend, const float* src, int64_t outer, int64_t inner,
+                   int64_t block, float* dst) {
   const size_t block_bytes = static_cast<size_t>(block) * sizeof(float);
   for (int64_t o = 0; o < outer; ++o) {
-    for (int64_t i = 0; i < inner; ++i) {
-      std::memcpy(dst + (i * outer + o) * block, src + (o * inner + i) * block, block_bytes);
-    }
+    backend.Copy2D(dst + o * block, outer * block_bytes, src + o * inner * block, block_bytes,
+                   block_bytes, inner);
   }
 }
 
@@ -98,6 +92,7 @@ absl::StatusOr<Tensor> UlyssesAttention::Forward(Arena& arena, int64_t batch, in
   seq_ = seq;
   row_stride_ = row_stride;
   const int64_t sp = sp_->size();
+  Backend& backend = arena.backend();
   const Blocks n{sp, batch, seq / sp, local_heads() * head_dim_};
   const int64_t local_tokens = batch * n.local_seq;
 
@@ -105,31 +100,31 @@ absl::StatusOr<Tensor> UlyssesAttention::Forward(Arena& arena, int64_t batch, in
   const float* qkv[3] = {q, k, v};
   Tensor send = arena.AllocateUninitialized(DType::kF32, Shape{sp, local_tokens, 3, n.head_chunk});
   Tensor recv = arena.AllocateUninitialized(DType::kF32, send.shape());  // blocks from each rank
-  PackHeadBlocks(n, qkv, 3, row_stride, send.data<float>());
+  PackHeadBlocks(backend, n, qkv, 3, row_stride, send.ptr<float>());
   TESSERA_RETURN_IF_ERROR(sp_->Complete(sp_->AllToAll(
-      send.data<float>(), recv.data<float>(), local_tokens * 3 * n.head_chunk, DType::kF32)));
+      send.ptr<float>(), recv.ptr<float>(), local_tokens * 3 * n.head_chunk, DType::kF32)));
   saved_qkv_ = arena.AllocateUninitialized(DType::kF32, Shape{batch, seq, 3, n.head_chunk});
-  SwapOuterDims(recv.data<float>(), sp, batch, n.local_seq * 3 * n.head_chunk,
-                saved_qkv_.data<float>());
+  SwapOuterDims(backend, recv.ptr<float>(), sp, batch, n.local_seq * 3 * n.head_chunk,
+                saved_qkv_.ptr<float>());
 
   // Whole sequences, this rank's heads.
   saved_out_ = arena.AllocateUninitialized(DType::kF32, Shape{batch, seq, n.head_chunk});
   saved_lse_ = arena.AllocateUninitialized(DType::kF32, Shape{batch, local_heads(), seq});
-  const cpu::AttentionShape shape{batch, seq, local_heads(), head_dim_, 3 * n.head_chunk, causal_};
-  const float* heads_qkv = saved_qkv_.data<float>();
-  cpu::AttentionForward(shape, heads_qkv, heads_qkv + n.head_chunk, heads_qkv + 2 * n.head_chunk,
-                        saved_out_.data<float>(), saved_lse_.data<float>());
+  const AttentionShape shape{batch, seq, local_heads(), head_dim_, 3 * n.head_chunk, causal_};
+  const float* heads_qkv = saved_qkv_.ptr<float>();
+  backend.AttentionForward(shape, heads_qkv, heads_qkv + n.head_chunk, heads_qkv + 2 * n.head_chunk,
+                        saved_out_.ptr<float>(), saved_lse_.ptr<float>());
 
   // Heads shard -> sequence shard.
   Tensor out_send = arena.AllocateUninitialized(DType::kF32, Shape{sp, local_tokens, n.head_chunk});
   Tensor out_recv = arena.AllocateUninitialized(DType::kF32, out_send.shape());
-  SwapOuterDims(saved_out_.data<float>(), batch, sp, n.local_seq * n.head_chunk,
-                out_send.data<float>());
+  SwapOuterDims(backend, saved_out_.ptr<float>(), batch, sp, n.local_seq * n.head_chunk,
+                out_send.ptr<float>());
   TESSERA_RETURN_IF_ERROR(sp_->Complete(sp_->AllToAll(
-      out_send.data<float>(), out_recv.data<float>(), local_tokens * n.head_chunk, DType::kF32)));
+      out_send.ptr<float>(), out_recv.ptr<float>(), local_tokens * n.head_chunk, DType::kF32)));
   Tensor out = arena.AllocateUninitialized(DType::kF32, Shape{local_tokens, heads_ * head_dim_});
-  float* out_parts[1] = {out.data<float>()};
-  UnpackHeadBlocks(n, out_recv.data<float>(), 1, heads_ * head_dim_, out_parts);
+  float* out_parts[1] = {out.ptr<float>()};
+  UnpackHeadBlocks(backend, n, out_recv.ptr<float>(), 1, heads_ * head_dim_, out_parts);
   return out;
 }
 
@@ -137,6 +132,7 @@ absl::Status UlyssesAttention::Backward(Arena& arena, const Tensor& dout, float*
                                         float* dv) {
   TESSERA_CHECK(saved_qkv_.defined());
   const int64_t sp = sp_->size();
+  Backend& backend = arena.backend();
   const Blocks n{sp, batch_, seq_ / sp, local_heads() * head_dim_};
   const int64_t local_tokens = batch_ * n.local_seq;
   TESSERA_CHECK(dout.rank() == 2 && dout.dim(0) == local_tokens &&
@@ -145,32 +141,32 @@ absl::Status UlyssesAttention::Backward(Arena& arena, const Tensor& dout, float*
   // dout: sequence shard -> heads shard, as q, k, v went in Forward.
   Tensor send = arena.AllocateUninitialized(DType::kF32, Shape{sp, local_tokens, n.head_chunk});
   Tensor recv = arena.AllocateUninitialized(DType::kF32, send.shape());
-  const float* dout_parts[1] = {dout.data<float>()};
-  PackHeadBlocks(n, dout_parts, 1, heads_ * head_dim_, send.data<float>());
-  TESSERA_RETURN_IF_ERROR(sp_->Complete(sp_->AllToAll(send.data<float>(), recv.data<float>(),
+  const float* dout_parts[1] = {dout.ptr<float>()};
+  PackHeadBlocks(backend, n, dout_parts, 1, heads_ * head_dim_, send.ptr<float>());
+  TESSERA_RETURN_IF_ERROR(sp_->Complete(sp_->AllToAll(send.ptr<float>(), recv.ptr<float>(),
                                                       local_tokens * n.head_chunk, DType::kF32)));
   Tensor heads_dout = arena.AllocateUninitialized(DType::kF32, Shape{batch_, seq_, n.head_chunk});
-  SwapOuterDims(recv.data<float>(), sp, batch_, n.local_seq * n.head_chunk,
-                heads_dout.data<float>());
+  SwapOuterDims(backend, recv.ptr<float>(), sp, batch_, n.local_seq * n.head_chunk,
+                heads_dout.ptr<float>());
 
   // [B, S, 3, H/sp * Dh]: dq, dk, dv of this rank's heads.
   Tensor heads_dqkv = arena.AllocateUninitialized(DType::kF32, saved_qkv_.shape());
-  const cpu::AttentionShape shape{batch_,           seq_,   local_heads(), head_dim_,
+  const AttentionShape shape{batch_,           seq_,   local_heads(), head_dim_,
                                   3 * n.head_chunk, causal_};
-  const float* qkv = saved_qkv_.data<float>();
-  float* d = heads_dqkv.data<float>();
-  cpu::AttentionBackward(shape, qkv, qkv + n.head_chunk, qkv + 2 * n.head_chunk,
-                         saved_out_.data<float>(), heads_dout.data<float>(),
-                         saved_lse_.data<float>(), d, d + n.head_chunk, d + 2 * n.head_chunk);
+  const float* qkv = saved_qkv_.ptr<float>();
+  float* d = heads_dqkv.ptr<float>();
+  backend.AttentionBackward(shape, qkv, qkv + n.head_chunk, qkv + 2 * n.head_chunk,
+                         saved_out_.ptr<float>(), heads_dout.ptr<float>(),
+                         saved_lse_.ptr<float>(), d, d + n.head_chunk, d + 2 * n.head_chunk);
 
   // dq, dk, dv: heads shard -> sequence shard, together.
   Tensor dsend = arena.AllocateUninitialized(DType::kF32, Shape{sp, local_tokens, 3, n.head_chunk});
   Tensor drecv = arena.AllocateUninitialized(DType::kF32, dsend.shape());
-  SwapOuterDims(d, batch_, sp, n.local_seq * 3 * n.head_chunk, dsend.data<float>());
+  SwapOuterDims(backend, d, batch_, sp, n.local_seq * 3 * n.head_chunk, dsend.ptr<float>());
   TESSERA_RETURN_IF_ERROR(sp_->Complete(sp_->AllToAll(
-      dsend.data<float>(), drecv.data<float>(), local_tokens * 3 * n.head_chunk, DType::kF32)));
+      dsend.ptr<float>(), drecv.ptr<float>(), local_tokens * 3 * n.head_chunk, DType::kF32)));
   float* grads[3] = {dq, dk, dv};
-  UnpackHeadBlocks(n, drecv.data<float>(), 3, row_stride_, grads);
+  UnpackHeadBlocks(backend, n, drecv.ptr<float>(), 3, row_stride_, grads);
   saved_qkv_ = saved_out_ = saved_lse_ = Tensor();
   return absl::OkStatus();
 }

@@ -33,7 +33,7 @@ namespace tessera::parallel {
 absl::Status ValidateUlyssesLayout(int64_t heads, int64_t seq, int sp);
 
 // The attention core: no projections, just sequence <-> heads exchange
-// around cpu::AttentionForward / AttentionBackward.
+// around Backend::AttentionForward / AttentionBackward.
 class UlyssesAttention {
  public:
   // Fails (UsageError) unless heads % sp.size() == 0. `sp` must outlive this.

@@ -1,12 +1,9 @@
 #include "parallel/tensor_parallel/linear.h"
 
-#include <cstring>
-
 #include "absl/strings/str_cat.h"
 #include "runtime/base/errors.h"
 #include "runtime/base/status.h"
-#include "runtime/kernels/cpu/activation.h"
-#include "runtime/kernels/cpu/gemm.h"
+#include "runtime/nn/linear.h"
 
 namespace tessera::parallel {
 namespace {
@@ -30,14 +27,14 @@ absl::Status CheckMatrix(absl::string_view what, const Tensor& t, int64_t cols) 
 absl::StatusOr<Tensor> AllGatherRows(Arena& arena, Communicator& tp, const Tensor& x) {
   Tensor out = arena.AllocateUninitialized(DType::kF32, Shape{tp.size() * x.dim(0), x.dim(1)});
   TESSERA_RETURN_IF_ERROR(
-      tp.Complete(tp.AllGather(x.data<float>(), out.data<float>(), x.numel(), DType::kF32)));
+      tp.Complete(tp.AllGather(x.ptr<float>(), out.ptr<float>(), x.numel(), DType::kF32)));
   return out;
 }
 
 // [rows, cols] partial sums -> this rank's rows [rows / tp, cols] of the sum.
 absl::StatusOr<Tensor> ReduceScatterRows(Arena& arena, Communicator& tp, const Tensor& x) {
   Tensor out = arena.AllocateUninitialized(DType::kF32, Shape{x.dim(0) / tp.size(), x.dim(1)});
-  TESSERA_RETURN_IF_ERROR(tp.Complete(tp.ReduceScatter(x.data<float>(), out.data<float>(),
+  TESSERA_RETURN_IF_ERROR(tp.Complete(tp.ReduceScatter(x.ptr<float>(), out.ptr<float>(),
                                                        out.numel(), DType::kF32, ReduceOp::kSum)));
   return out;
 }
@@ -111,12 +108,10 @@ absl::StatusOr<Tensor> ColumnParallelLinear::Forward(Arena& arena, const Tensor&
     TESSERA_ASSIGN_OR_RETURN(x_full, AllGatherRows(arena, tp_, x));
   }
   const int64_t rows = x_full.dim(0);
+  Backend& backend = arena.backend();
   Tensor y = arena.AllocateUninitialized(DType::kF32, Shape{rows, out_local_});  // [rows, out/tp]
-  cpu::Gemm(false, true, rows, out_local_, in_, 1.0f, x_full.data<float>(), in_,
-            store_.param(weight_).data<float>(), in_, 0.0f, y.data<float>(), out_local_);
-  if (bias_ >= 0) {
-    cpu::AddBiasRows(y.data<float>(), store_.param(bias_).data<float>(), rows, out_local_);
-  }
+  LinearForward(backend, x_full, store_.param(weight_).ptr<float>(),
+                bias_ >= 0 ? store_.param(bias_).ptr<float>() : nullptr, y);
   saved_x_ = x_full;
   if (!options_.gather_output) return y;
 
@@ -124,13 +119,12 @@ absl::StatusOr<Tensor> ColumnParallelLinear::Forward(Arena& arena, const Tensor&
   // into the columns of [rows, out].
   Tensor blocks = arena.AllocateUninitialized(DType::kF32, Shape{tp_.size(), rows, out_local_});
   TESSERA_RETURN_IF_ERROR(
-      tp_.Complete(tp_.AllGather(y.data<float>(), blocks.data<float>(), y.numel(), DType::kF32)));
+      tp_.Complete(tp_.AllGather(y.ptr<float>(), blocks.ptr<float>(), y.numel(), DType::kF32)));
   Tensor full = arena.AllocateUninitialized(DType::kF32, Shape{rows, out_});  // [rows, out]
+  const size_t block_row = out_local_ * sizeof(float);
   for (int p = 0; p < tp_.size(); ++p) {
-    for (int64_t r = 0; r < rows; ++r) {
-      std::memcpy(full.data<float>() + r * out_ + p * out_local_,
-                  blocks.data<float>() + (p * rows + r) * out_local_, out_local_ * sizeof(float));
-    }
+    backend.Copy2D(full.ptr<float>() + p * out_local_, out_ * sizeof(float),
+                   blocks.ptr<float>() + p * rows * out_local_, block_row, block_row, rows);
   }
   return full;
 }
@@ -147,34 +141,28 @@ absl::StatusOr<Tensor> ColumnParallelLinear::Backward(Arena& arena, const Tensor
     return absl::InvalidArgumentError(
         absl::StrCat("column-parallel linear: dy has ", dy.dim(0), " rows, forward had ", rows));
   }
+  Backend& backend = arena.backend();
   Tensor dy_local = dy;  // [rows, out/tp]
   if (options_.gather_output) {
     // Backward of the all-gather: this rank's columns.
     dy_local = arena.AllocateUninitialized(DType::kF32, Shape{rows, out_local_});
-    for (int64_t r = 0; r < rows; ++r) {
-      std::memcpy(dy_local.data<float>() + r * out_local_,
-                  dy.data<float>() + r * out_ + tp_.rank() * out_local_,
-                  out_local_ * sizeof(float));
-    }
+    const size_t block_row = out_local_ * sizeof(float);
+    backend.Copy2D(dy_local.ptr<float>(), block_row, dy.ptr<float>() + tp_.rank() * out_local_,
+                   out_ * sizeof(float), block_row, rows);
   }
-  // dW[out/tp, in] += dy_local^T x
-  cpu::Gemm(true, false, out_local_, in_, rows, 1.0f, dy_local.data<float>(), out_local_,
-            saved_x_.data<float>(), in_, 1.0f, store_.grad(weight_).data<float>(), in_);
-  if (bias_ >= 0) {
-    cpu::SumRowsAccumulate(dy_local.data<float>(), store_.grad(bias_).data<float>(), rows,
-                           out_local_);
-  }
+  // dW[out/tp, in] += dy_local^T x; dx = dy_local W_local
   Tensor dx;
+  if (need_dx) dx = arena.AllocateUninitialized(DType::kF32, Shape{rows, in_});  // [rows, in]
+  LinearBackward(backend, dy_local, saved_x_, store_.param(weight_).ptr<float>(),
+                 store_.grad(weight_).ptr<float>(),
+                 bias_ >= 0 ? store_.grad(bias_).ptr<float>() : nullptr, dx);
   if (need_dx) {
     // Each rank holds the contribution of its output columns: sum them.
-    dx = arena.AllocateUninitialized(DType::kF32, Shape{rows, in_});  // [rows, in]
-    cpu::Gemm(false, false, rows, in_, out_local_, 1.0f, dy_local.data<float>(), out_local_,
-              store_.param(weight_).data<float>(), in_, 0.0f, dx.data<float>(), in_);
     if (options_.sequence_parallel) {
       TESSERA_ASSIGN_OR_RETURN(dx, ReduceScatterRows(arena, tp_, dx));
     } else {
       TESSERA_RETURN_IF_ERROR(
-          tp_.Complete(tp_.AllReduce(dx.data<float>(), dx.numel(), DType::kF32, ReduceOp::kSum)));
+          tp_.Complete(tp_.AllReduce(dx.ptr<float>(), dx.numel(), DType::kF32, ReduceOp::kSum)));
     }
   }
   saved_x_ = Tensor();
@@ -224,19 +212,19 @@ absl::StatusOr<Tensor> RowParallelLinear::Forward(Arena& arena, const Tensor& x)
         CheckDivisible("row-parallel linear with sequence parallelism: rows (tokens)", rows, tp_));
   }
   // Partial sums over this rank's input columns.
+  Backend& backend = arena.backend();
   Tensor partial = arena.AllocateUninitialized(DType::kF32, Shape{rows, out_});  // [rows, out]
-  cpu::Gemm(false, true, rows, out_, in_local_, 1.0f, x.data<float>(), in_local_,
-            store_.param(weight_).data<float>(), in_local_, 0.0f, partial.data<float>(), out_);
+  LinearForward(backend, x, store_.param(weight_).ptr<float>(), /*bias=*/nullptr, partial);
   Tensor y = partial;
   if (options_.sequence_parallel) {
     TESSERA_ASSIGN_OR_RETURN(y, ReduceScatterRows(arena, tp_, partial));  // [rows/tp, out]
   } else {
     TESSERA_RETURN_IF_ERROR(
-        tp_.Complete(tp_.AllReduce(y.data<float>(), y.numel(), DType::kF32, ReduceOp::kSum)));
+        tp_.Complete(tp_.AllReduce(y.ptr<float>(), y.numel(), DType::kF32, ReduceOp::kSum)));
   }
   // After the reduction, so the replicated bias counts once.
   if (bias_ >= 0) {
-    cpu::AddBiasRows(y.data<float>(), store_.param(bias_).data<float>(), y.dim(0), out_);
+    backend.AddBiasRows(y.ptr<float>(), store_.param(bias_).ptr<float>(), y.dim(0), out_);
   }
   saved_x_ = x;
   return y;
@@ -257,20 +245,14 @@ absl::StatusOr<Tensor> RowParallelLinear::Backward(Arena& arena, const Tensor& d
   if (options_.sequence_parallel) {
     TESSERA_ASSIGN_OR_RETURN(dy_full, AllGatherRows(arena, tp_, dy));
   }
-  // dW[out, in/tp] += dy^T x_local
-  cpu::Gemm(true, false, out_, in_local_, rows, 1.0f, dy_full.data<float>(), out_,
-            saved_x_.data<float>(), in_local_, 1.0f, store_.grad(weight_).data<float>(), in_local_);
-  // Summed over the gathered rows, db is already the whole-batch gradient on
-  // every rank (Megatron instead all-reduces it over tp later).
-  if (bias_ >= 0) {
-    cpu::SumRowsAccumulate(dy_full.data<float>(), store_.grad(bias_).data<float>(), rows, out_);
-  }
+  // dW[out, in/tp] += dy^T x_local; dx = dy W_local. Summed over the
+  // gathered rows, db is already the whole-batch gradient on every rank
+  // (Megatron instead all-reduces it over tp later).
   Tensor dx;
-  if (need_dx) {
-    dx = arena.AllocateUninitialized(DType::kF32, Shape{rows, in_local_});  // [rows, in/tp]
-    cpu::Gemm(false, false, rows, in_local_, out_, 1.0f, dy_full.data<float>(), out_,
-              store_.param(weight_).data<float>(), in_local_, 0.0f, dx.data<float>(), in_local_);
-  }
+  if (need_dx) dx = arena.AllocateUninitialized(DType::kF32, Shape{rows, in_local_});
+  LinearBackward(arena.backend(), dy_full, saved_x_, store_.param(weight_).ptr<float>(),
+                 store_.grad(weight_).ptr<float>(),
+                 bias_ >= 0 ? store_.grad(bias_).ptr<float>() : nullptr, dx);
   saved_x_ = Tensor();
   return dx;
 }

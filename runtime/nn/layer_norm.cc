@@ -1,6 +1,5 @@
 #include "runtime/nn/layer_norm.h"
 
-#include "runtime/kernels/cpu/layer_norm.h"
 
 namespace tessera {
 
@@ -19,10 +18,11 @@ Tensor LayerNorm::Forward(Arena& arena, const Tensor& x) {
   Tensor y = arena.AllocateUninitialized(DType::kF32, x.shape());
   saved_mean_ = arena.AllocateUninitialized(DType::kF32, Shape{rows});
   saved_rstd_ = arena.AllocateUninitialized(DType::kF32, Shape{rows});
-  const float* gamma = gamma_ >= 0 ? store_.param(gamma_).data<float>() : nullptr;
-  const float* beta = beta_ >= 0 ? store_.param(beta_).data<float>() : nullptr;
-  cpu::LayerNormForward(x.data<float>(), gamma, beta, y.data<float>(), saved_mean_.data<float>(),
-                        saved_rstd_.data<float>(), rows, dim_, eps_);
+  const float* gamma = gamma_ >= 0 ? store_.param(gamma_).ptr<float>() : nullptr;
+  const float* beta = beta_ >= 0 ? store_.param(beta_).ptr<float>() : nullptr;
+  Backend& backend = arena.backend();
+  backend.LayerNormForward(x.ptr<float>(), gamma, beta, y.ptr<float>(), saved_mean_.ptr<float>(),
+                        saved_rstd_.ptr<float>(), rows, dim_, eps_);
   saved_x_ = x;
   return y;
 }
@@ -30,11 +30,12 @@ Tensor LayerNorm::Forward(Arena& arena, const Tensor& x) {
 Tensor LayerNorm::Backward(Arena& arena, const Tensor& dy) {
   const int64_t rows = dy.dim(0);
   Tensor dx = arena.AllocateUninitialized(DType::kF32, dy.shape());
-  const float* gamma = gamma_ >= 0 ? store_.param(gamma_).data<float>() : nullptr;
-  float* dgamma = gamma_ >= 0 ? store_.grad(gamma_).data<float>() : nullptr;
-  float* dbeta = beta_ >= 0 ? store_.grad(beta_).data<float>() : nullptr;
-  cpu::LayerNormBackward(dy.data<float>(), saved_x_.data<float>(), gamma,
-                         saved_mean_.data<float>(), saved_rstd_.data<float>(), dx.data<float>(),
+  const float* gamma = gamma_ >= 0 ? store_.param(gamma_).ptr<float>() : nullptr;
+  float* dgamma = gamma_ >= 0 ? store_.grad(gamma_).ptr<float>() : nullptr;
+  float* dbeta = beta_ >= 0 ? store_.grad(beta_).ptr<float>() : nullptr;
+  Backend& backend = arena.backend();
+  backend.LayerNormBackward(dy.ptr<float>(), saved_x_.ptr<float>(), gamma,
+                         saved_mean_.ptr<float>(), saved_rstd_.ptr<float>(), dx.ptr<float>(),
                          dgamma, dbeta, rows, dim_);
   saved_x_ = saved_mean_ = saved_rstd_ = Tensor();
   return dx;

@@ -1,7 +1,5 @@
 #include "runtime/nn/linear.h"
 
-#include "runtime/kernels/cpu/activation.h"
-#include "runtime/kernels/cpu/gemm.h"
 
 namespace tessera {
 
@@ -24,13 +22,31 @@ Linear::Linear(ParameterStore& store, const std::string& name, int64_t in_featur
   }
 }
 
+void LinearForward(Backend& backend, const Tensor& x, const float* weight, const float* bias,
+                   const Tensor& y) {
+  const int64_t rows = x.dim(0), in = x.dim(1), out = y.dim(1);
+  backend.Gemm(false, true, rows, out, in, 1.0f, x.ptr<float>(), in, weight, in, 0.0f,
+               y.ptr<float>(), out);
+  if (bias != nullptr) backend.AddBiasRows(y.ptr<float>(), bias, rows, out);
+}
+
+void LinearBackward(Backend& backend, const Tensor& dy, const Tensor& x, const float* weight,
+                    float* dweight, float* dbias, const Tensor& dx) {
+  const int64_t rows = x.dim(0), in = x.dim(1), out = dy.dim(1);
+  backend.Gemm(true, false, out, in, rows, 1.0f, dy.ptr<float>(), out, x.ptr<float>(), in, 1.0f,
+               dweight, in);
+  if (dbias != nullptr) backend.SumRowsAccumulate(dy.ptr<float>(), dbias, rows, out);
+  if (dx.defined()) {
+    backend.Gemm(false, false, rows, in, out, 1.0f, dy.ptr<float>(), out, weight, in, 0.0f,
+                 dx.ptr<float>(), in);
+  }
+}
+
 Tensor Linear::Forward(Arena& arena, const Tensor& x) {
   TESSERA_CHECK(x.rank() == 2 && x.dim(1) == in_);
-  const int64_t rows = x.dim(0);
-  Tensor y = arena.AllocateUninitialized(DType::kF32, Shape{rows, out_});  // [rows, out]
-  cpu::Gemm(false, true, rows, out_, in_, 1.0f, x.data<float>(), in_,
-            store_.param(weight_).data<float>(), in_, 0.0f, y.data<float>(), out_);
-  if (bias_ >= 0) cpu::AddBiasRows(y.data<float>(), store_.param(bias_).data<float>(), rows, out_);
+  Tensor y = arena.AllocateUninitialized(DType::kF32, Shape{x.dim(0), out_});  // [rows, out]
+  LinearForward(arena.backend(), x, store_.param(weight_).ptr<float>(),
+                bias_ >= 0 ? store_.param(bias_).ptr<float>() : nullptr, y);
   saved_x_ = x;
   return y;
 }
@@ -38,16 +54,11 @@ Tensor Linear::Forward(Arena& arena, const Tensor& x) {
 Tensor Linear::Backward(Arena& arena, const Tensor& dy, bool need_dx) {
   const int64_t rows = dy.dim(0);
   TESSERA_CHECK(dy.rank() == 2 && dy.dim(1) == out_ && saved_x_.dim(0) == rows);
-  // dW[out, in] += dy^T x
-  cpu::Gemm(true, false, out_, in_, rows, 1.0f, dy.data<float>(), out_, saved_x_.data<float>(),
-            in_, 1.0f, store_.grad(weight_).data<float>(), in_);
-  if (bias_ >= 0) cpu::SumRowsAccumulate(dy.data<float>(), store_.grad(bias_).data<float>(), rows, out_);
   Tensor dx;
-  if (need_dx) {
-    dx = arena.AllocateUninitialized(DType::kF32, Shape{rows, in_});  // [rows, in]
-    cpu::Gemm(false, false, rows, in_, out_, 1.0f, dy.data<float>(), out_,
-              store_.param(weight_).data<float>(), in_, 0.0f, dx.data<float>(), in_);
-  }
+  if (need_dx) dx = arena.AllocateUninitialized(DType::kF32, Shape{rows, in_});  // [rows, in]
+  LinearBackward(arena.backend(), dy, saved_x_, store_.param(weight_).ptr<float>(),
+                 store_.grad(weight_).ptr<float>(),
+                 bias_ >= 0 ? store_.grad(bias_).ptr<float>() : nullptr, dx);
   saved_x_ = Tensor();
   return dx;
 }

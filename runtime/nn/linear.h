@@ -10,6 +10,17 @@
 
 namespace tessera {
 
+// The mathematics of every linear layer, single-process or tensor-parallel
+// (parallel/tensor_parallel adds only the communication around it). W is
+// [out, in] at `weight`, in the tensors' backend memory.
+//   y[rows, out] = x[rows, in] W^T (+ bias[out] when bias is non-null)
+void LinearForward(Backend& backend, const Tensor& x, const float* weight, const float* bias,
+                   const Tensor& y);
+//   dweight[out, in] += dy^T x;  dbias[out] += sum_rows dy (when non-null);
+//   dx[rows, in] = dy W (overwritten; skipped when dx is undefined).
+void LinearBackward(Backend& backend, const Tensor& dy, const Tensor& x, const float* weight,
+                    float* dweight, float* dbias, const Tensor& dx);
+
 class Linear {
  public:
   struct Options {

@@ -1,11 +1,9 @@
 #include "runtime/nn/moe.h"
 
 #include <cmath>
-#include <cstring>
 
-#include "runtime/kernels/cpu/activation.h"
-#include "runtime/kernels/cpu/routing.h"
-#include "runtime/kernels/cpu/softmax.h"
+#include "runtime/tensor/host_access.h"
+
 
 namespace tessera {
 namespace {
@@ -37,16 +35,20 @@ MoeLayer::MoeLayer(ParameterStore& store, const std::string& name, int64_t dim,
 Tensor MoeLayer::Forward(Arena& arena, const Tensor& x) {
   const int64_t T = x.dim(0), E = options_.num_experts, k = options_.top_k;
   tokens_ = T;
+  Backend& backend = arena.backend();
   // Router in fp32: logits [T, E] -> probs -> top-k.
   Tensor logits = router_.Forward(arena, x);
   probs_ = arena.AllocateUninitialized(DType::kF32, Shape{T, E});
-  cpu::SoftmaxForward(logits.data<float>(), probs_.data<float>(), T, E);
+  backend.SoftmaxForward(logits.ptr<float>(), probs_.ptr<float>(), T, E);
   expert_index_ = arena.AllocateUninitialized(DType::kI32, Shape{T * k});
   raw_weights_ = arena.AllocateUninitialized(DType::kF32, Shape{T * k});
-  cpu::TopKForward(probs_.data<float>(), expert_index_.data<int32_t>(), raw_weights_.data<float>(),
+  backend.TopKForward(probs_.ptr<float>(), expert_index_.ptr<int32_t>(), raw_weights_.ptr<float>(),
                    T, E, k);
-  int32_t* index = expert_index_.data<int32_t>();
-  const float* probs = probs_.data<float>();
+  // Routing bookkeeping (counts, capacity) runs on the host.
+  Tensor index_host = HostReadable(expert_index_);
+  int32_t* index = index_host.data<int32_t>();
+  const Tensor probs_host = HostReadable(probs_);
+  const float* probs = probs_host.data<float>();
 
   // Balance loss and load over the greedy top-k choice (before any drop).
   std::vector<int64_t> counts(E, 0);
@@ -67,20 +69,22 @@ Tensor MoeLayer::Forward(Arena& arena, const Tensor& x) {
   chosen_index_ = expert_index_;
   if (options_.capacity_factor > 0) {
     chosen_index_ = arena.AllocateUninitialized(DType::kI32, Shape{T * k});
-    std::memcpy(chosen_index_.raw(), expert_index_.raw(), expert_index_.bytes());
+    backend.Copy(chosen_index_.address(), expert_index_.address(), expert_index_.bytes());
     dropped_ = ApplyCapacity(options_.capacity_factor, T, k, E, index);
+    WriteBack(index_host, expert_index_);
   }
 
   // Permute token rows into expert order and run each expert on its rows.
   expert_offsets_ = arena.AllocateUninitialized(DType::kI64, Shape{E + 1});
   row_of_assignment_ = arena.AllocateUninitialized(DType::kI32, Shape{T * k});
   Tensor assignment_of_row = arena.AllocateUninitialized(DType::kI32, Shape{T * k});
-  cpu::SortByExpert(index, T * k, E, expert_offsets_.data<int64_t>(),
-                    row_of_assignment_.data<int32_t>(), assignment_of_row.data<int32_t>());
+  backend.SortByExpert(expert_index_.ptr<int32_t>(), T * k, E, expert_offsets_.ptr<int64_t>(),
+                    row_of_assignment_.ptr<int32_t>(), assignment_of_row.ptr<int32_t>());
+  expert_offsets_ = HostReadable(expert_offsets_);
   const int64_t* offsets = expert_offsets_.data<int64_t>();
   const int64_t rows = offsets[E];
   Tensor permuted = arena.AllocateUninitialized(DType::kF32, Shape{rows, dim_});  // [rows, dim]
-  cpu::PermuteForward(x.data<float>(), assignment_of_row.data<int32_t>(), permuted.data<float>(),
+  backend.PermuteForward(x.ptr<float>(), assignment_of_row.ptr<int32_t>(), permuted.ptr<float>(),
                       rows, dim_, k);
   expert_out_ = arena.AllocateUninitialized(DType::kF32, Shape{rows, dim_});
   for (int64_t e = 0; e < E; ++e) {
@@ -89,29 +93,30 @@ Tensor MoeLayer::Forward(Arena& arena, const Tensor& x) {
   }
 
   Tensor y = shared_ ? shared_->Forward(arena, x) : arena.Allocate(DType::kF32, Shape{T, dim_});
-  cpu::UnpermuteCombineForward(expert_out_.data<float>(), row_of_assignment_.data<int32_t>(),
-                               weights_.data<float>(), y.data<float>(), T, dim_, k);
+  backend.UnpermuteCombineForward(expert_out_.ptr<float>(), row_of_assignment_.ptr<int32_t>(),
+                               weights_.ptr<float>(), y.ptr<float>(), T, dim_, k);
   return y;
 }
 
 Tensor MoeLayer::Backward(Arena& arena, const Tensor& dy, float loss_scale) {
   const int64_t T = tokens_, E = options_.num_experts, k = options_.top_k;
+  Backend& backend = arena.backend();
   const int64_t* offsets = expert_offsets_.data<int64_t>();
   const int64_t rows = offsets[E];
 
   Tensor dexpert_out = arena.AllocateUninitialized(DType::kF32, Shape{rows, dim_});
   Tensor dweights = arena.AllocateUninitialized(DType::kF32, Shape{T * k});
-  cpu::UnpermuteCombineBackward(dy.data<float>(), expert_out_.data<float>(),
-                                row_of_assignment_.data<int32_t>(), weights_.data<float>(),
-                                dexpert_out.data<float>(), dweights.data<float>(), T, dim_, k);
+  backend.UnpermuteCombineBackward(dy.ptr<float>(), expert_out_.ptr<float>(),
+                                row_of_assignment_.ptr<int32_t>(), weights_.ptr<float>(),
+                                dexpert_out.ptr<float>(), dweights.ptr<float>(), T, dim_, k);
   Tensor dpermuted = arena.AllocateUninitialized(DType::kF32, Shape{rows, dim_});
   for (int64_t e = 0; e < E; ++e) {
     experts_[e]->BackwardInto(arena, dexpert_out.Slice(offsets[e], offsets[e + 1]),
                               dpermuted.Slice(offsets[e], offsets[e + 1]));
   }
   Tensor dx = arena.AllocateUninitialized(DType::kF32, Shape{T, dim_});
-  cpu::PermuteBackward(dpermuted.data<float>(), row_of_assignment_.data<int32_t>(),
-                       dx.data<float>(), T, dim_, k);
+  backend.PermuteBackward(dpermuted.ptr<float>(), row_of_assignment_.ptr<int32_t>(),
+                       dx.ptr<float>(), T, dim_, k);
   RouterGradientInputs router{raw_weights_.data<float>(), weights_.data<float>(),
                               chosen_index_.data<int32_t>(), probs_.data<float>(), &balance_f_,
                               T, E, k, T, options_.renormalize_topk && k > 1,
@@ -174,6 +179,7 @@ Tensor CombineWeights(Arena& arena, const Tensor& raw_weights, int64_t tokens, i
 
 Tensor RouterLogitsGradient(Arena& arena, const RouterGradientInputs& in, float* dw) {
   const int64_t T = in.tokens, E = in.experts, k = in.top_k;
+  Backend& backend = arena.backend();
   // Through the renormalization: w = r / s  =>  dr = (dw - sum(dw * w)) / s.
   if (in.renormalize) {
     for (int64_t t = 0; t < T; ++t) {
@@ -188,7 +194,7 @@ Tensor RouterLogitsGradient(Arena& arena, const RouterGradientInputs& in, float*
   // Top-k weights were read from the probabilities of the router's choice
   // (dropped assignments included: their weight got zero gradient before).
   Tensor dprobs = arena.Allocate(DType::kF32, Shape{T, E});
-  cpu::TopKBackward(dw, in.chosen, dprobs.data<float>(), T, E, k);
+  backend.TopKBackward(dw, in.chosen, dprobs.ptr<float>(), T, E, k);
   // Balance loss: d/dp[t, i] of alpha * sum_i f_i * mean_t p[t, i] = alpha f_i / T.
   if (in.balance_coef > 0 && in.balance_tokens > 0) {
     float* dp = dprobs.data<float>();
@@ -199,7 +205,7 @@ Tensor RouterLogitsGradient(Arena& arena, const RouterGradientInputs& in, float*
     }
   }
   Tensor dlogits = arena.AllocateUninitialized(DType::kF32, Shape{T, E});
-  cpu::SoftmaxBackward(dprobs.data<float>(), in.probs, dlogits.data<float>(), T, E);
+  backend.SoftmaxBackward(dprobs.ptr<float>(), in.probs, dlogits.ptr<float>(), T, E);
   return dlogits;
 }
 
@@ -207,13 +213,14 @@ void AddSharedAndRouterGradients(Arena& arena, const Tensor& dy, SwigluMlp* shar
                                  Linear& router, const RouterGradientInputs& in, float* dweights,
                                  const Tensor& dx) {
   const int64_t n = dx.numel();
+  Backend& backend = arena.backend();
   if (shared != nullptr) {
     Tensor dshared = shared->Backward(arena, dy);
-    cpu::AddInPlace(dx.data<float>(), dshared.data<float>(), n);
+    backend.AddInPlace(dx.ptr<float>(), dshared.ptr<float>(), n);
   }
   Tensor dlogits = RouterLogitsGradient(arena, in, dweights);
   Tensor drouter = router.Backward(arena, dlogits);
-  cpu::AddInPlace(dx.data<float>(), drouter.data<float>(), n);
+  backend.AddInPlace(dx.ptr<float>(), drouter.ptr<float>(), n);
 }
 
 double MoeLayer::ForwardFlops(int64_t tokens) const {

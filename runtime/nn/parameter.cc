@@ -67,6 +67,7 @@ int64_t GlobalIndex(const ParamInfo& info, int64_t i) {
 
 void ParameterStore::Finalize(uint64_t seed, const ParameterLayout& layout) {
   TESSERA_CHECK(!finalized_);
+  Backend& backend = *backend_;
   constexpr int64_t kAlignElements = 16;  // 64-byte aligned views
   auto round_up = [](int64_t n, int64_t m) { return (n + m - 1) / m * m; };
   const int n_params = static_cast<int>(infos_.size());
@@ -101,10 +102,12 @@ void ParameterStore::Finalize(uint64_t seed, const ParameterLayout& layout) {
     bucket.end = numel_;
     buckets_.push_back(bucket);
   }
-  values_ = Tensor::Empty(DType::kF32, Shape{numel_});
-  grads_ = Tensor::Empty(DType::kF32, Shape{numel_});
+  values_ = Tensor::Empty(DType::kF32, Shape{numel_}, backend);
+  grads_ = Tensor::Empty(DType::kF32, Shape{numel_}, backend);
+  // Initial values are made on the host, then copied to the run's device.
+  Tensor host_values = backend.host_accessible() ? values_ : Tensor::Empty(DType::kF32, Shape{numel_});
   for (const ParamInfo& info : infos_) {
-    float* out = values_.data<float>() + info.offset;
+    float* out = host_values.data<float>() + info.offset;
     const int64_t n = info.local_shape.numel();
     const uint64_t key = Mix64(seed) ^ HashName(info.name);
     for (int64_t i = 0; i < n; ++i) {
@@ -118,6 +121,9 @@ void ParameterStore::Finalize(uint64_t seed, const ParameterLayout& layout) {
           break;
       }
     }
+  }
+  if (!backend.host_accessible()) {
+    backend.CopyToDevice(values_.address(), host_values.data<float>(), values_.bytes());
   }
   finalized_ = true;
 }
@@ -140,6 +146,6 @@ absl::StatusOr<ParameterStore::Id> ParameterStore::Find(absl::string_view name) 
   return absl::NotFoundError(absl::StrCat("no parameter named '", name, "'"));
 }
 
-void ParameterStore::ZeroGrads() { std::memset(grads_.raw(), 0, grads_.bytes()); }
+void ParameterStore::ZeroGrads() { backend_->Memset(grads_.address(), 0, grads_.bytes()); }
 
 }  // namespace tessera

@@ -98,6 +98,8 @@ class ParameterStore {
  public:
   using Id = int;
 
+  explicit ParameterStore(Backend& backend = HostBackend()) : backend_(&backend) {}
+
   // Registration, before Finalize(). Names must be unique.
   Id Register(std::string name, Shape global_shape, ParamInit init, bool weight_decay,
               ParallelSpec spec = ParallelSpec::Replicated());
@@ -112,6 +114,10 @@ class ParameterStore {
   // element's initial value depends only on (seed, name, global index), so
   // every layout starts from the same weights.
   void Finalize(uint64_t seed, const ParameterLayout& layout = {});
+
+  // Where the parameters, gradients (and, following them, optimizer state,
+  // EMA and the layers' constant buffers) live: the run's device.
+  Backend& backend() const { return *backend_; }
   bool finalized() const { return finalized_; }
 
   Tensor param(Id id) const;
@@ -136,6 +142,7 @@ class ParameterStore {
   Tensor grads_;
   int64_t numel_ = 0;
   bool finalized_ = false;
+  Backend* backend_;
 };
 
 }  // namespace tessera

@@ -1,7 +1,5 @@
 #include "runtime/nn/swiglu_mlp.h"
 
-#include "runtime/kernels/cpu/activation.h"
-#include "runtime/kernels/cpu/gemm.h"
 
 namespace tessera {
 
@@ -29,14 +27,15 @@ void SwigluMlp::ForwardInto(Arena& arena, const Tensor& x, const Tensor& y) {
   saved_gate_up_ = arena.AllocateUninitialized(DType::kF32, Shape{rows, 2 * hidden_});
   saved_act_ = arena.AllocateUninitialized(DType::kF32, Shape{rows, hidden_});
   if (rows == 0) return;
-  float* gate_up = saved_gate_up_.data<float>();
-  cpu::Gemm(false, true, rows, hidden_, dim_, 1.0f, x.data<float>(), dim_,
-            store_.param(w_gate_).data<float>(), dim_, 0.0f, gate_up, 2 * hidden_);
-  cpu::Gemm(false, true, rows, hidden_, dim_, 1.0f, x.data<float>(), dim_,
-            store_.param(w_up_).data<float>(), dim_, 0.0f, gate_up + hidden_, 2 * hidden_);
-  cpu::SwigluForward(gate_up, saved_act_.data<float>(), rows, hidden_);
-  cpu::Gemm(false, true, rows, dim_, hidden_, 1.0f, saved_act_.data<float>(), hidden_,
-            store_.param(w_down_).data<float>(), hidden_, 0.0f, y.data<float>(), dim_);
+  Backend& backend = arena.backend();
+  float* gate_up = saved_gate_up_.ptr<float>();
+  backend.Gemm(false, true, rows, hidden_, dim_, 1.0f, x.ptr<float>(), dim_,
+            store_.param(w_gate_).ptr<float>(), dim_, 0.0f, gate_up, 2 * hidden_);
+  backend.Gemm(false, true, rows, hidden_, dim_, 1.0f, x.ptr<float>(), dim_,
+            store_.param(w_up_).ptr<float>(), dim_, 0.0f, gate_up + hidden_, 2 * hidden_);
+  backend.SwigluForward(gate_up, saved_act_.ptr<float>(), rows, hidden_);
+  backend.Gemm(false, true, rows, dim_, hidden_, 1.0f, saved_act_.ptr<float>(), hidden_,
+            store_.param(w_down_).ptr<float>(), hidden_, 0.0f, y.ptr<float>(), dim_);
 }
 
 Tensor SwigluMlp::Backward(Arena& arena, const Tensor& dy) {
@@ -49,27 +48,28 @@ void SwigluMlp::BackwardInto(Arena& arena, const Tensor& dy, const Tensor& dx) {
   const int64_t rows = dy.dim(0);
   TESSERA_CHECK(rows == saved_x_.dim(0) && dx.dim(0) == rows);
   if (rows > 0) {
-    const float* act = saved_act_.data<float>();
-    const float* x = saved_x_.data<float>();
+    Backend& backend = arena.backend();
+    const float* act = saved_act_.ptr<float>();
+    const float* x = saved_x_.ptr<float>();
     // dW_down[dim, hidden] += dy^T act
-    cpu::Gemm(true, false, dim_, hidden_, rows, 1.0f, dy.data<float>(), dim_, act, hidden_, 1.0f,
-              store_.grad(w_down_).data<float>(), hidden_);
+    backend.Gemm(true, false, dim_, hidden_, rows, 1.0f, dy.ptr<float>(), dim_, act, hidden_, 1.0f,
+              store_.grad(w_down_).ptr<float>(), hidden_);
     Tensor dact = arena.AllocateUninitialized(DType::kF32, Shape{rows, hidden_});
-    cpu::Gemm(false, false, rows, hidden_, dim_, 1.0f, dy.data<float>(), dim_,
-              store_.param(w_down_).data<float>(), hidden_, 0.0f, dact.data<float>(), hidden_);
+    backend.Gemm(false, false, rows, hidden_, dim_, 1.0f, dy.ptr<float>(), dim_,
+              store_.param(w_down_).ptr<float>(), hidden_, 0.0f, dact.ptr<float>(), hidden_);
     Tensor dgate_up = arena.AllocateUninitialized(DType::kF32, Shape{rows, 2 * hidden_});
-    float* dgu = dgate_up.data<float>();
-    cpu::SwigluBackward(dact.data<float>(), saved_gate_up_.data<float>(), dgu, rows, hidden_);
+    float* dgu = dgate_up.ptr<float>();
+    backend.SwigluBackward(dact.ptr<float>(), saved_gate_up_.ptr<float>(), dgu, rows, hidden_);
     // dW_gate += dgate^T x, dW_up += dup^T x
-    cpu::Gemm(true, false, hidden_, dim_, rows, 1.0f, dgu, 2 * hidden_, x, dim_, 1.0f,
-              store_.grad(w_gate_).data<float>(), dim_);
-    cpu::Gemm(true, false, hidden_, dim_, rows, 1.0f, dgu + hidden_, 2 * hidden_, x, dim_, 1.0f,
-              store_.grad(w_up_).data<float>(), dim_);
+    backend.Gemm(true, false, hidden_, dim_, rows, 1.0f, dgu, 2 * hidden_, x, dim_, 1.0f,
+              store_.grad(w_gate_).ptr<float>(), dim_);
+    backend.Gemm(true, false, hidden_, dim_, rows, 1.0f, dgu + hidden_, 2 * hidden_, x, dim_, 1.0f,
+              store_.grad(w_up_).ptr<float>(), dim_);
     // dx = dgate W_gate + dup W_up
-    cpu::Gemm(false, false, rows, dim_, hidden_, 1.0f, dgu, 2 * hidden_,
-              store_.param(w_gate_).data<float>(), dim_, 0.0f, dx.data<float>(), dim_);
-    cpu::Gemm(false, false, rows, dim_, hidden_, 1.0f, dgu + hidden_, 2 * hidden_,
-              store_.param(w_up_).data<float>(), dim_, 1.0f, dx.data<float>(), dim_);
+    backend.Gemm(false, false, rows, dim_, hidden_, 1.0f, dgu, 2 * hidden_,
+              store_.param(w_gate_).ptr<float>(), dim_, 0.0f, dx.ptr<float>(), dim_);
+    backend.Gemm(false, false, rows, dim_, hidden_, 1.0f, dgu + hidden_, 2 * hidden_,
+              store_.param(w_up_).ptr<float>(), dim_, 1.0f, dx.ptr<float>(), dim_);
   }
   saved_x_ = saved_gate_up_ = saved_act_ = Tensor();
 }

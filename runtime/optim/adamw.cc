@@ -6,10 +6,6 @@
 #include "runtime/base/status.h"
 
 namespace tessera {
-namespace {
-// Below this many elements a step is cheaper than waking the thread team.
-constexpr int64_t kParallelThreshold = 1 << 15;
-}  // namespace
 
 AdamW::AdamW(const ParameterStore& store, const OptimConfig& config)
     : AdamW(store, config, 0, store.numel()) {}
@@ -20,11 +16,12 @@ AdamW::AdamW(const ParameterStore& store, const OptimConfig& config, int64_t beg
       beta1_(config.beta1()),
       beta2_(config.beta2()),
       eps_(config.eps()),
-      weight_decay_(config.weight_decay()) {
+      weight_decay_(config.weight_decay()),
+      backend_(&store.backend()) {
   TESSERA_CHECK(store.finalized());
   TESSERA_CHECK(0 <= begin && begin <= end && end <= store.numel());
-  m_ = Tensor::Empty(DType::kF32, Shape{size()});  // [size()] zeros
-  v_ = Tensor::Empty(DType::kF32, Shape{size()});  // [size()] zeros
+  m_ = Tensor::Empty(DType::kF32, Shape{size()}, *backend_);  // [size()] zeros
+  v_ = Tensor::Empty(DType::kF32, Shape{size()}, *backend_);  // [size()] zeros
 
   // Decayed parameters clipped to the range, then merged where they touch.
   std::vector<std::pair<int64_t, int64_t>> ranges;
@@ -56,31 +53,16 @@ void AdamW::Step(float lr, float* params, const float* grads) {
   ++step_;
   // Scalars in double, then rounded once: the per-element loop stays fp32.
   const double t = static_cast<double>(step_);
-  const float step_size = static_cast<float>(lr / (1.0 - std::pow(beta1_, t)));
-  const float inv_sqrt_bias2 = static_cast<float>(1.0 / std::sqrt(1.0 - std::pow(beta2_, t)));
-  const float b1 = static_cast<float>(beta1_);
-  const float b2 = static_cast<float>(beta2_);
-  const float one_minus_b1 = static_cast<float>(1.0 - beta1_);
-  const float one_minus_b2 = static_cast<float>(1.0 - beta2_);
-  const float eps = static_cast<float>(eps_);
-  const float decay_keep = static_cast<float>(1.0 - static_cast<double>(lr) * weight_decay_);
-  float* m = m_.data<float>();
-  float* v = v_.data<float>();
-
-  // Segments are disjoint, so the threads need no barrier between them.
-#pragma omp parallel if (size() >= kParallelThreshold)
-  for (const Segment& segment : segments_) {
-    const float keep = segment.decay ? decay_keep : 1.0f;
-#pragma omp for simd schedule(static) nowait
-    for (int64_t i = segment.begin; i < segment.end; ++i) {
-      const float g = grads[i];
-      const float mi = b1 * m[i] + one_minus_b1 * g;
-      const float vi = b2 * v[i] + one_minus_b2 * (g * g);
-      m[i] = mi;
-      v[i] = vi;
-      params[i] = params[i] * keep - step_size * mi / (std::sqrt(vi) * inv_sqrt_bias2 + eps);
-    }
-  }
+  AdamWScalars scalars;
+  scalars.step_size = static_cast<float>(lr / (1.0 - std::pow(beta1_, t)));
+  scalars.inv_sqrt_bias2 = static_cast<float>(1.0 / std::sqrt(1.0 - std::pow(beta2_, t)));
+  scalars.beta1 = static_cast<float>(beta1_);
+  scalars.beta2 = static_cast<float>(beta2_);
+  scalars.one_minus_beta1 = static_cast<float>(1.0 - beta1_);
+  scalars.one_minus_beta2 = static_cast<float>(1.0 - beta2_);
+  scalars.eps = static_cast<float>(eps_);
+  scalars.decay_keep = static_cast<float>(1.0 - static_cast<double>(lr) * weight_decay_);
+  backend_->AdamWUpdate(scalars, segments_, params, grads, m_.ptr<float>(), v_.ptr<float>());
 }
 
 }  // namespace tessera

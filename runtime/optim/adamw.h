@@ -57,12 +57,6 @@ class AdamW {
   const std::vector<std::pair<int64_t, int64_t>>& decay_ranges() const { return decay_ranges_; }
 
  private:
-  struct Segment {
-    int64_t begin;
-    int64_t end;
-    bool decay;
-  };
-
   int64_t begin_;
   int64_t end_;
   double beta1_;
@@ -74,7 +68,8 @@ class AdamW {
   Tensor v_;
   std::vector<std::pair<int64_t, int64_t>> decay_ranges_;
   // [0, size()) cut into alternating decay / no-decay runs, for Step.
-  std::vector<Segment> segments_;
+  std::vector<AdamWSegment> segments_;
+  Backend* backend_;  // of the parameters; the moments live there too
 };
 
 }  // namespace tessera

@@ -15,8 +15,9 @@ namespace tessera {
 
 class Ema {
  public:
-  // Copies params[0, n).
-  Ema(const float* params, int64_t n);
+  // Copies params[0, n), which live in `backend`'s memory (the EMA is kept
+  // there too).
+  Ema(Backend& backend, const float* params, int64_t n);
 
   // Blends `params` (n floats, the same layout as at construction) in.
   void Update(const float* params, double decay);
@@ -26,6 +27,7 @@ class Ema {
 
  private:
   Tensor values_;
+  Backend* backend_;
 };
 
 }  // namespace tessera

@@ -1,7 +1,6 @@
 #include "runtime/tensor/arena.h"
 
 #include <algorithm>
-#include <cstring>
 
 namespace tessera {
 namespace {
@@ -9,9 +8,9 @@ constexpr size_t kMinBlockBytes = size_t{1} << 20;
 size_t AlignUp(size_t n) { return (n + Storage::kAlignment - 1) / Storage::kAlignment * Storage::kAlignment; }
 }  // namespace
 
-Arena::Arena(size_t initial_bytes) {
+Arena::Arena(Backend& backend, size_t initial_bytes) : backend_(&backend) {
   if (initial_bytes > 0) {
-    blocks_.push_back(Storage::Allocate(AlignUp(initial_bytes)));
+    blocks_.push_back(Storage::Allocate(AlignUp(initial_bytes), backend));
     ++block_allocations_;
   }
 }
@@ -29,7 +28,7 @@ Tensor Arena::AllocateUninitialized(DType dtype, Shape shape) {
     // Grow by a quarter of what we have: the first step overshoots its peak
     // by at most ~25% (plus one block) before Reset() merges to the peak.
     const size_t block_bytes = std::max({bytes, kMinBlockBytes, capacity_bytes() / 4});
-    blocks_.push_back(Storage::Allocate(block_bytes));
+    blocks_.push_back(Storage::Allocate(block_bytes, *backend_));
     ++block_allocations_;
     offset_ = 0;
   }
@@ -41,7 +40,7 @@ Tensor Arena::AllocateUninitialized(DType dtype, Shape shape) {
 
 Tensor Arena::Allocate(DType dtype, Shape shape) {
   Tensor out = AllocateUninitialized(dtype, shape);
-  std::memset(out.raw(), 0, out.bytes());
+  backend_->Memset(out.address(), 0, out.bytes());
   return out;
 }
 
@@ -49,7 +48,7 @@ void Arena::Reset() {
   if (blocks_.size() > 1) {
     const size_t peak = AlignUp(peak_bytes_);
     blocks_.clear();
-    blocks_.push_back(Storage::Allocate(peak));
+    blocks_.push_back(Storage::Allocate(peak, *backend_));
     ++block_allocations_;
   }
   offset_ = 0;

@@ -4,6 +4,10 @@
 // invalid at once and, if the step needed more than one block, replaces the
 // blocks by a single one as large as the peak, so a steady-state step
 // allocates nothing.
+//
+// An arena hands out one backend's memory and carries that backend, so a
+// layer reaches the ops for its activations through the arena it is given:
+// `arena.backend().Gemm(...)`.
 #pragma once
 
 #include <memory>
@@ -15,7 +19,11 @@ namespace tessera {
 
 class Arena {
  public:
-  explicit Arena(size_t initial_bytes = 0);
+  // Host memory (the CPU backend).
+  explicit Arena(size_t initial_bytes = 0) : Arena(HostBackend(), initial_bytes) {}
+  explicit Arena(Backend& backend, size_t initial_bytes = 0);
+
+  Backend& backend() const { return *backend_; }
 
   // A zero-filled tensor valid until the next Reset().
   Tensor Allocate(DType dtype, Shape shape);
@@ -32,6 +40,7 @@ class Arena {
   int64_t block_allocations() const { return block_allocations_; }
 
  private:
+  Backend* backend_;
   std::vector<std::shared_ptr<Storage>> blocks_;
   size_t offset_ = 0;                // into blocks_.back()
   size_t used_in_full_blocks_ = 0;   // bytes handed out from earlier blocks

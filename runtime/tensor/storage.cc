@@ -1,23 +1,26 @@
 #include "runtime/tensor/storage.h"
 
-#include <cstdlib>
-#include <cstring>
+#include <cstdio>
 #include <new>
-
-#include "runtime/base/status.h"
 
 namespace tessera {
 
-std::shared_ptr<Storage> Storage::Allocate(size_t bytes, Device device) {
-  // Device memory is owned by the CUDA runtime's own allocator, not by Storage.
-  TESSERA_CHECK(device == Device::kCpu);
-  const size_t rounded = (bytes + kAlignment - 1) / kAlignment * kAlignment;
-  void* data = std::aligned_alloc(kAlignment, rounded == 0 ? kAlignment : rounded);
-  if (data == nullptr) throw std::bad_alloc();
-  std::memset(data, 0, rounded == 0 ? kAlignment : rounded);
-  return std::shared_ptr<Storage>(new Storage(data, bytes, device));
+absl::StatusOr<std::shared_ptr<Storage>> Storage::TryAllocate(size_t bytes, Backend& backend) {
+  void* data = nullptr;
+  if (absl::Status status = backend.Allocate(bytes, &data); !status.ok()) return status;
+  backend.Memset(data, 0, bytes);
+  return std::shared_ptr<Storage>(new Storage(data, bytes, &backend));
 }
 
-Storage::~Storage() { std::free(data_); }
+std::shared_ptr<Storage> Storage::Allocate(size_t bytes, Backend& backend) {
+  absl::StatusOr<std::shared_ptr<Storage>> storage = TryAllocate(bytes, backend);
+  if (!storage.ok()) {
+    std::fprintf(stderr, "tessera: %s\n", std::string(storage.status().message()).c_str());
+    throw std::bad_alloc();
+  }
+  return *std::move(storage);
+}
+
+Storage::~Storage() { backend_->Free(data_); }
 
 }  // namespace tessera

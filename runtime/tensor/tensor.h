@@ -3,6 +3,11 @@
 // A Tensor never owns memory by itself; it shares ownership of the Storage it
 // views. Views are row-major and contiguous: slicing along the first
 // dimension and reshaping make new views without copying.
+//
+// Two accessors to the elements: data<T>() is for host code and checks that
+// the memory is host memory, so a host-only assumption fails loudly on the
+// first GPU run instead of misreading memory; ptr<T>() is the address in the
+// tensor's own memory, for passing to that memory's Backend ops.
 #pragma once
 
 #include <cstdint>
@@ -25,9 +30,9 @@ class Tensor {
   }
 
   // A fresh zero-filled tensor with its own storage.
-  static Tensor Empty(DType dtype, Shape shape, Device device = Device::kCpu) {
+  static Tensor Empty(DType dtype, Shape shape, Backend& backend = HostBackend()) {
     const size_t bytes = static_cast<size_t>(shape.numel()) * DTypeSize(dtype);
-    return Tensor(Storage::Allocate(bytes, device), 0, dtype, shape);
+    return Tensor(Storage::Allocate(bytes, backend), 0, dtype, shape);
   }
 
   bool defined() const { return storage_ != nullptr; }
@@ -41,11 +46,30 @@ class Tensor {
   const std::shared_ptr<Storage>& storage() const { return storage_; }
   size_t byte_offset() const { return byte_offset_; }
 
-  void* raw() const { return static_cast<char*>(storage_->data()) + byte_offset_; }
+  bool on_host() const { return storage_ == nullptr || storage_->device() == Device::kCpu; }
+  // The backend owning the memory (the host's for an undefined tensor).
+  Backend& backend() const { return storage_ ? storage_->backend() : HostBackend(); }
+
+  // Host code: the elements, checked to be in host memory.
   template <typename T>
   T* data() const {
     TESSERA_CHECK(DTypeOf<T>() == dtype_);
-    return static_cast<T*>(raw());
+    TESSERA_CHECK(on_host());
+    return static_cast<T*>(address());
+  }
+  void* raw() const {
+    TESSERA_CHECK(on_host());
+    return address();
+  }
+  // Backend ops: the address in the tensor's own memory (not dereferenceable
+  // by the host unless on_host()).
+  template <typename T>
+  T* ptr() const {
+    TESSERA_CHECK(DTypeOf<T>() == dtype_);
+    return static_cast<T*>(address());
+  }
+  void* address() const {
+    return storage_ ? static_cast<char*>(storage_->data()) + byte_offset_ : nullptr;
   }
 
   // Rows [begin, end) of the first dimension.

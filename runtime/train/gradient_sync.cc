@@ -1,20 +1,19 @@
 #include "runtime/train/gradient_sync.h"
 
-#include "runtime/optim/clip.h"
-
 namespace tessera {
 
 LocalGradientSync::LocalGradientSync(ParameterStore& store, const OptimConfig& optim)
     : store_(store), optimizer_(store, optim) {}
 
 absl::StatusOr<double> LocalGradientSync::GradNormSquared() {
-  return GradNormSquaredPartial(store_.grads().data<float>(), store_.numel());
+  return store_.backend().SumSquares(store_.grads().ptr<float>(), store_.numel());
 }
 
 absl::Status LocalGradientSync::Step(float lr, float grad_scale) {
-  float* grads = store_.grads().data<float>();
-  if (grad_scale != 1.0f) ScaleInPlace(grads, store_.numel(), grad_scale);
-  optimizer_.Step(lr, store_.values().data<float>(), grads);
+  Backend& backend = store_.backend();
+  float* grads = store_.grads().ptr<float>();
+  if (grad_scale != 1.0f) backend.Scale(grads, store_.numel(), grad_scale);
+  optimizer_.Step(lr, store_.values().ptr<float>(), grads);
   return absl::OkStatus();
 }
 

@@ -16,7 +16,7 @@
 #include "absl/strings/str_format.h"
 #include "runtime/base/errors.h"
 #include "runtime/base/human_units.h"
-#include "runtime/kernels/cpu/gemm.h"
+#include "runtime/backend/cpu_backend.h"
 #include "runtime/optim/clip.h"
 #include "runtime/optim/schedule.h"
 #include "runtime/config/config.h"
@@ -56,14 +56,21 @@ absl::Status TrimMetrics(const std::string& path, int64_t last_step) {
 }
 }  // namespace
 
-double Trainer::MeasureGemmPeak() {
+double Trainer::MeasureGemmPeak(Backend& backend) {
   constexpr int64_t n = 1024;
-  std::vector<float> a(n * n, 0.5f), b(n * n, 0.25f), c(n * n);
-  cpu::Gemm(false, false, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);  // warm up
+  Tensor a = Tensor::Empty(DType::kF32, Shape{n, n}, backend);
+  Tensor b = Tensor::Empty(DType::kF32, Shape{n, n}, backend);
+  Tensor c = Tensor::Empty(DType::kF32, Shape{n, n}, backend);
+  auto gemm = [&] {
+    backend.Gemm(false, false, n, n, n, 1.0f, a.ptr<float>(), n, b.ptr<float>(), n, 0.0f,
+                 c.ptr<float>(), n);
+  };
+  gemm();  // warm up
   double best = 0;
   for (int rep = 0; rep < 10; ++rep) {
     const auto start = Clock::now();
-    cpu::Gemm(false, false, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
+    gemm();
+    if (!backend.Synchronize().ok()) return 0;
     const double seconds = Seconds(start, Clock::now());
     best = std::max(best, 2.0 * n * n * n / seconds);
   }
@@ -80,9 +87,9 @@ Trainer::Trainer(const RunConfig& config, ParameterStore& store, TrainTask& task
                                : std::make_unique<LocalGradientSync>(store, config.optim())),
       sync_(options.sync ? options.sync : local_sync_.get()),
       group_(options.group ? options.group : &local_group_),
-      arena_(task.PredictStepArenaBytes()) {
+      arena_(store.backend(), task.PredictStepArenaBytes()) {
   if (config.optim().ema_decay() > 0) {
-    ema_ = std::make_unique<Ema>(store.values().data<float>(), store.numel());
+    ema_ = std::make_unique<Ema>(store.backend(), store.values().ptr<float>(), store.numel());
   }
   plan_.baseline = options.baseline_rss;
   plan_.parameters = store.values().bytes();
@@ -114,7 +121,7 @@ absl::Status Trainer::Run() {
   TESSERA_RETURN_IF_ERROR(CreateRunDirectory());
   TESSERA_ASSIGN_OR_RETURN(const int64_t first_step, RestoreOrInitialize());
   TESSERA_RETURN_IF_ERROR(OpenMetrics(first_step));
-  gemm_peak_ = options_.gemm_peak > 0 ? options_.gemm_peak : MeasureGemmPeak();
+  gemm_peak_ = options_.gemm_peak > 0 ? options_.gemm_peak : MeasureGemmPeak(store_.backend());
   PrintMemoryPlan();
   return FinishRun(TrainSteps(first_step), first_step);
 }
@@ -181,7 +188,7 @@ void Trainer::PrintMemoryPlan() const {
               HumanBytes(plan_.communication).c_str(), HumanBytes(plan_.checkpoint).c_str(),
               HumanBytes(plan_.total()).c_str());
   std::printf("gemm peak (oneDNN sgemm, n=1024, %d threads): %.1f GFLOP/s per process\n",
-              cpu::NumThreads(), gemm_peak_ / 1e9);
+              HostThreads(), gemm_peak_ / 1e9);
   std::fflush(stdout);
 }
 
@@ -418,7 +425,7 @@ absl::Status Trainer::Step(int64_t step) {
     if (config_.optim().ema_warmup()) {
       decay = std::min(decay, (1.0 + static_cast<double>(step)) / (10.0 + static_cast<double>(step)));
     }
-    ema_->Update(store_.values().data<float>(), decay);
+    ema_->Update(store_.values().ptr<float>(), decay);
   }
 
   const double seconds = Seconds(start, Clock::now());

@@ -86,9 +86,9 @@ class Trainer {
   // The EMA of the weights (or the weights themselves when EMA is off).
   const float* inference_weights() const;
 
-  // Measures this process's fp32 GEMM rate (FLOP/s) with oneDNN: the
+  // Measures the fp32 GEMM rate (FLOP/s) of `backend` (the run's device): the
   // reference that peak_fraction is reported against.
-  static double MeasureGemmPeak();
+  static double MeasureGemmPeak(Backend& backend = HostBackend());
 
  private:
   // Run(), step by step.

@@ -13,16 +13,11 @@
 
 #include <cstdint>
 
+#include "runtime/kernels/kernel_args.h"
+
 namespace tessera::cpu {
 
-struct AttentionShape {
-  int64_t batch = 0;
-  int64_t seq = 0;
-  int64_t heads = 0;
-  int64_t head_dim = 0;
-  int64_t row_stride = 0;  // of q, k, v (and dq, dk, dv)
-  bool causal = false;     // query i attends to keys j <= i
-};
+using ::tessera::AttentionShape;  // runtime/kernels/kernel_args.h
 
 // out: [B, S, H*Dh] contiguous. lse: [B, H, S] log-sum-exp of scaled scores.
 void AttentionForward(const AttentionShape& shape, const float* q, const float* k,

@@ -80,7 +80,7 @@ TEST(DitMoe, AdaLnZeroMakesTheInitialModelOutputZero) {
   std::vector<float> t = {100, 900};
   std::vector<int32_t> labels = {0, 3};
   Arena arena;
-  Tensor out = f.model->Forward(arena, x, t.data(), labels.data(), false);
+  Tensor out = *f.model->Forward(arena, x, t.data(), labels.data(), false);
   for (int64_t i = 0; i < out.numel(); ++i) ASSERT_EQ(out.data<float>()[i], 0.0f);
 }
 
@@ -99,12 +99,12 @@ TEST(DitMoe, GradientsMatchFiniteDifferences) {
   Arena arena;
   auto loss = [&] {
     arena.Reset();
-    Tensor out = f.model->Forward(arena, x, t.data(), labels.data(), false);
+    Tensor out = *f.model->Forward(arena, x, t.data(), labels.data(), false);
     return testing::WeightedSum(out, r) + f.model->balance_loss();
   };
   f.store.ZeroGrads();
-  f.model->Forward(arena, x, t.data(), labels.data());
-  f.model->Backward(arena, r, 1.0f);
+  ASSERT_TRUE(f.model->Forward(arena, x, t.data(), labels.data()).ok());
+  ASSERT_TRUE(f.model->Backward(arena, r, 1.0f).ok());
   std::vector<float> grads(f.store.grads().data<float>(),
                            f.store.grads().data<float>() + f.store.numel());
   testing::GradientCheckOptions options;
@@ -132,8 +132,8 @@ TEST(DitMoe, RecomputeGivesBitIdenticalGradients) {
   for (Fixture* f : {&a, &b, &c}) {
     Arena arena;
     f->store.ZeroGrads();
-    f->model->Forward(arena, x, t.data(), labels.data());
-    f->model->Backward(arena, r, 1.0f);
+    ASSERT_TRUE(f->model->Forward(arena, x, t.data(), labels.data()).ok());
+    ASSERT_TRUE(f->model->Backward(arena, r, 1.0f).ok());
   }
   ASSERT_EQ(std::memcmp(a.store.grads().raw(), b.store.grads().raw(), a.store.grads().bytes()), 0);
   ASSERT_EQ(std::memcmp(a.store.grads().raw(), c.store.grads().raw(), a.store.grads().bytes()), 0);
@@ -148,8 +148,8 @@ TEST(DitMoe, SteadyStateStepsAllocateNoNewArenaBlocks) {
   int64_t after_warmup = 0;
   for (int step = 0; step < 4; ++step) {
     arena.Reset();
-    f.model->Forward(arena, x, t.data(), labels.data());
-    f.model->Backward(arena, r, 1.0f);
+    ASSERT_TRUE(f.model->Forward(arena, x, t.data(), labels.data()).ok());
+    ASSERT_TRUE(f.model->Backward(arena, r, 1.0f).ok());
     if (step == 1) after_warmup = arena.block_allocations();
   }
   EXPECT_EQ(arena.block_allocations(), after_warmup);
@@ -159,26 +159,27 @@ TEST(Patchify, UnpatchifyOfPatchifyIsTheIdentityUpToChannelOrder) {
   // With one channel the (c, py, px) and (py, px, c) orders coincide.
   Tensor images = RandomTensor(Shape{2, 1, 6, 6}, 3);
   std::vector<float> rows(72), back(72);
-  Patchify(images.data<float>(), rows.data(), 2, 1, 6, 3);
-  Unpatchify(rows.data(), back.data(), 2, 1, 6, 3);
+  PatchLayout(HostBackend(), 1, 6, 3, false).ToRows(images.data<float>(), rows.data(), 2);
+  PatchLayout(HostBackend(), 1, 6, 3, true).ToImages(rows.data(), back.data(), 2);
   for (int i = 0; i < 72; ++i) EXPECT_EQ(back[i], images.data<float>()[i]);
 }
 
 TEST(Patchify, BackwardIsTheAdjoint) {
-  // <Patchify(x), y> == <x, PatchifyBackward(y)>, and the same for Unpatchify.
+  // <ToRows(x), y> == <x, ToImages(y)> for both layouts.
   constexpr int64_t B = 2, C = 3, S = 4, P = 2, N = B * C * S * S;
   Tensor x = RandomTensor(Shape{N}, 1), y = RandomTensor(Shape{N}, 2);
   std::vector<float> px(N), by(N);
-  Patchify(x.data<float>(), px.data(), B, C, S, P);
-  PatchifyBackward(y.data<float>(), by.data(), B, C, S, P);
+  const PatchLayout input(HostBackend(), C, S, P, false), output(HostBackend(), C, S, P, true);
+  input.ToRows(x.data<float>(), px.data(), B);
+  input.ToImages(y.data<float>(), by.data(), B);
   double lhs = 0, rhs = 0;
   for (int64_t i = 0; i < N; ++i) {
     lhs += static_cast<double>(px[i]) * y.data<float>()[i];
     rhs += static_cast<double>(x.data<float>()[i]) * by[i];
   }
   EXPECT_NEAR(lhs, rhs, 1e-4);
-  Unpatchify(x.data<float>(), px.data(), B, C, S, P);
-  UnpatchifyBackward(y.data<float>(), by.data(), B, C, S, P);
+  output.ToImages(x.data<float>(), px.data(), B);
+  output.ToRows(y.data<float>(), by.data(), B);
   lhs = rhs = 0;
   for (int64_t i = 0; i < N; ++i) {
     lhs += static_cast<double>(px[i]) * y.data<float>()[i];
@@ -193,7 +194,7 @@ TEST(Patchify, PatchRowsFollowConvWeightOrder) {
   std::vector<float> image(32);
   for (int i = 0; i < 32; ++i) image[i] = static_cast<float>(i);
   std::vector<float> rows(32);
-  Patchify(image.data(), rows.data(), 1, 2, 4, 2);
+  PatchLayout(HostBackend(), 2, 4, 2, false).ToRows(image.data(), rows.data(), 1);
   for (int c = 0; c < 2; ++c)
     for (int y = 0; y < 4; ++y)
       for (int x = 0; x < 4; ++x) {
@@ -283,12 +284,12 @@ TEST(DitMoe, OverfitsAFixedBatch) {
     f.store.ZeroGrads();
     // The same noise and timesteps every step: a fixed regression problem.
     DiffusionExample ex = diffusion.MakeExample(arena, x, labels, ids, 0.0f, 3, 1, 0);
-    Tensor out = f.model->Forward(arena, ex.noisy, ex.t.data(), ex.labels.data());
+    Tensor out = *f.model->Forward(arena, ex.noisy, ex.t.data(), ex.labels.data());
     const double loss = cpu::MseForward(out.data<float>(), ex.target.data<float>(), out.numel());
     Tensor dout = arena.AllocateUninitialized(DType::kF32, out.shape());
     cpu::MseBackward(out.data<float>(), ex.target.data<float>(), dout.data<float>(), out.numel(),
                      1.0f);
-    f.model->Backward(arena, dout, 1.0f);
+    ASSERT_TRUE(f.model->Backward(arena, dout, 1.0f).ok());
     adam.Step(3e-3f, f.store.values().data<float>(), f.store.grads().data<float>());
     if (step == 0) first = loss;
     last = loss;

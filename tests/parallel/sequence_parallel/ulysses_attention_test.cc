@@ -16,7 +16,6 @@
 
 #include "parallel/comm/mpi_communicator.h"
 #include "parallel/comm/mpi_runtime.h"
-#include "parallel/sequence_parallel/ulysses_multi_head_attention.h"
 #include "runtime/base/errors.h"
 #include "runtime/base/status.h"
 #include "runtime/kernels/cpu/attention.h"
@@ -102,7 +101,7 @@ void CheckCoreAgainstSingleRank(bool causal, Layout layout) {
   const std::vector<float> full_dout = Random(n, 4);
   std::vector<float> want_out(n), want_lse(kBatch * kHeads * kSeq), want_grad[3];
   for (auto& g : want_grad) g.resize(n);
-  const cpu::AttentionShape shape{kBatch, kSeq, kHeads, kHeadDim, kWidth, causal};
+  const AttentionShape shape{kBatch, kSeq, kHeads, kHeadDim, kWidth, causal};
   cpu::AttentionForward(shape, full[0].data(), full[1].data(), full[2].data(), want_out.data(),
                         want_lse.data());
   cpu::AttentionBackward(shape, full[0].data(), full[1].data(), full[2].data(), want_out.data(),
@@ -186,84 +185,6 @@ TEST(UlyssesAttention, EmptyBatchGivesEmptyOutputAndGradients) {
   EXPECT_TRUE(core->Backward(arena, dout, &unused, &unused, &unused).ok());
 }
 
-void CheckLayerAgainstMultiHeadAttention(bool causal) {
-  auto world = World();
-  const int rank = world->rank(), sp = world->size();
-  const int64_t local_seq = kSeq / sp, local_rows = kBatch * local_seq;
-
-  ParameterStore want_store, store;
-  MultiHeadAttention reference(want_store, "attn", kWidth, kHeads, causal);
-  auto layer = UlyssesMultiHeadAttention::Create(store, "attn", kWidth, kHeads, *world, causal);
-  ASSERT_TRUE(layer.ok()) << layer.status();
-  ASSERT_EQ(store.size(), want_store.size());
-  for (int i = 0; i < store.size(); ++i) {
-    EXPECT_EQ(store.info(i).name, want_store.info(i).name);
-    EXPECT_EQ(store.info(i).global_shape, want_store.info(i).global_shape);
-  }
-  // Same seed, same weights; then random ones so zero biases hide nothing.
-  for (ParameterStore* s : {&want_store, &store}) {
-    s->Finalize(5);
-    tessera::testing::FillNormal(s->values().data<float>(), s->numel(), 6, 0.5f);
-  }
-  ASSERT_EQ(store.numel(), want_store.numel());
-
-  Tensor x = tessera::testing::RandomTensor(Shape{kBatch * kSeq, kWidth}, 7);
-  Tensor dy = tessera::testing::RandomTensor(Shape{kBatch * kSeq, kWidth}, 8);
-  Arena want_arena;
-  Tensor want_y = reference.Forward(want_arena, x, kBatch, kSeq);
-  Tensor want_dx = reference.Backward(want_arena, dy);
-
-  Arena arena;
-  Tensor local_x = arena.AllocateUninitialized(DType::kF32, Shape{local_rows, kWidth});
-  Tensor local_dy = arena.AllocateUninitialized(DType::kF32, Shape{local_rows, kWidth});
-  for (int64_t b = 0; b < kBatch; ++b) {
-    const int64_t row = GlobalRow(b, 0, kSeq, rank, sp), bytes = local_seq * kWidth * 4;
-    std::memcpy(local_x.data<float>() + b * local_seq * kWidth, x.data<float>() + row * kWidth,
-                bytes);
-    std::memcpy(local_dy.data<float>() + b * local_seq * kWidth, dy.data<float>() + row * kWidth,
-                bytes);
-  }
-  auto y = (*layer)->Forward(arena, local_x, kBatch, kSeq);
-  ASSERT_TRUE(y.ok()) << y.status();
-  auto dx = (*layer)->Backward(arena, local_dy);
-  ASSERT_TRUE(dx.ok()) << dx.status();
-  for (int64_t b = 0; b < kBatch; ++b) {
-    for (int64_t s = 0; s < local_seq; ++s) {
-      const int64_t row = GlobalRow(b, s, kSeq, rank, sp), t = b * local_seq + s;
-      for (int64_t c = 0; c < kWidth; ++c) {
-        ExpectNear(y->data<float>()[t * kWidth + c], want_y.data<float>()[row * kWidth + c], "y",
-                   row * kWidth + c, kLayerTolerance);
-        ExpectNear(dx->data<float>()[t * kWidth + c], want_dx.data<float>()[row * kWidth + c], "dx",
-                   row * kWidth + c, kLayerTolerance);
-      }
-    }
-  }
-
-  // Each rank's parameter gradients cover its tokens; their sum over sp is
-  // the single-process gradient.
-  float* grads = store.grads().data<float>();
-  ASSERT_TRUE(world
-                  ->Complete(world->AllReduce(grads, static_cast<size_t>(store.numel()),
-                                              DType::kF32, ReduceOp::kSum))
-                  .ok());
-  for (int i = 0; i < store.size(); ++i) {
-    const ParamInfo& info = store.info(i);
-    const float* want = want_store.grads().data<float>() + want_store.info(i).offset;
-    for (int64_t j = 0; j < info.local_shape.numel(); ++j) {
-      EXPECT_NEAR(grads[info.offset + j], want[j],
-                  kLayerTolerance * std::max(1.0f, std::abs(want[j])))
-          << info.name << " element " << j;
-    }
-  }
-}
-
-TEST(UlyssesMultiHeadAttention, MatchesMultiHeadAttentionForwardAndBackward) {
-  CheckLayerAgainstMultiHeadAttention(/*causal=*/false);
-}
-TEST(UlyssesMultiHeadAttention, CausalMatchesMultiHeadAttentionForwardAndBackward) {
-  CheckLayerAgainstMultiHeadAttention(/*causal=*/true);
-}
-
 void ExpectUsageError(const absl::Status& status, const std::vector<std::string>& parts) {
   EXPECT_EQ(ExitCodeFor(status), 2) << status;
   for (const std::string& part : parts) {
@@ -283,14 +204,9 @@ TEST(UlyssesLayout, IndivisibleSizesFailOnEveryRankBeforeAnyExchange) {
   auto world = World();
   const int sp = world->size();
   if (sp == 1) GTEST_SKIP() << "every size divides into one rank";
-  // Heads: neither the core nor the layer is made, and nothing is registered.
+  // Heads: the core is not made.
   ExpectUsageError(UlyssesAttention::Create(*world, sp + 1, kHeadDim).status(),
                    {"parallel.sp", "heads"});
-  ParameterStore store;
-  ExpectUsageError(
-      UlyssesMultiHeadAttention::Create(store, "attn", (sp + 1) * 2, sp + 1, *world).status(),
-      {"parallel.sp", "heads"});
-  EXPECT_EQ(store.size(), 0);
 
   // Sequence: Forward refuses on every rank alike, before any collective.
   auto core = UlyssesAttention::Create(*world, kHeads, kHeadDim);

@@ -1,12 +1,11 @@
 #include "runtime/optim/clip.h"
 
-#include <omp.h>
-
 #include <cmath>
 #include <limits>
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "runtime/backend/backend.h"
 #include "runtime/base/random.h"
 
 namespace tessera {
@@ -25,27 +24,6 @@ double NaiveSquaredNorm(const std::vector<float>& x) {
   return sum;
 }
 
-TEST(GradNormSquaredPartial, MatchesDoubleSumForOddSizes) {
-  for (int64_t n : {0, 1, 17, 16385, 100003}) {
-    const std::vector<float> g = Random(n, static_cast<uint64_t>(n) + 1, 3.0f);
-    const double expected = NaiveSquaredNorm(g);
-    EXPECT_NEAR(GradNormSquaredPartial(g.data(), n), expected, 1e-12 * std::max(1.0, expected))
-        << "n=" << n;
-  }
-}
-
-TEST(GradNormSquaredPartial, IsBitIdenticalForAnyThreadCount) {
-  const int64_t n = 200001;
-  const std::vector<float> g = Random(n, 5, 1.0f);
-  const int saved = omp_get_max_threads();
-  omp_set_num_threads(1);
-  const double one = GradNormSquaredPartial(g.data(), n);
-  omp_set_num_threads(3);
-  const double three = GradNormSquaredPartial(g.data(), n);
-  omp_set_num_threads(saved);
-  EXPECT_EQ(one, three);
-}
-
 TEST(ClipScale, LeavesNormsAtOrBelowTheLimitAlone) {
   EXPECT_EQ(ClipScale(0.5, 1.0), 1.0);
   EXPECT_EQ(ClipScale(1.0, 1.0), 1.0);
@@ -61,9 +39,9 @@ TEST(ClipScale, ZeroMaxNormDisablesClippingAndNonFiniteNormsAreNotHidden) {
 TEST(ClipScale, SmallGradientsAreUnchangedByTheClipStep) {
   std::vector<float> g = Random(1001, 9, 1e-3f);
   const std::vector<float> before = g;
-  const double norm = std::sqrt(GradNormSquaredPartial(g.data(), 1001));
+  const double norm = std::sqrt(HostBackend().SumSquares(g.data(), 1001));
   ASSERT_LT(norm, 1.0);
-  ScaleInPlace(g.data(), 1001, static_cast<float>(ClipScale(norm, 1.0)));
+  HostBackend().Scale(g.data(), 1001, static_cast<float>(ClipScale(norm, 1.0)));
   EXPECT_EQ(g, before);
 }
 
@@ -73,24 +51,15 @@ TEST(ClipScale, LargeGradientsAreScaledToExactlyMaxNorm) {
   const int64_t n = 70001;
   std::vector<float> g = Random(n, 13, 10.0f);
   const int64_t split = 30011;
-  const double total = std::sqrt(GradNormSquaredPartial(g.data(), split) +
-                                 GradNormSquaredPartial(g.data() + split, n - split));
+  const double total = std::sqrt(HostBackend().SumSquares(g.data(), split) +
+                                 HostBackend().SumSquares(g.data() + split, n - split));
   ASSERT_NEAR(total, std::sqrt(NaiveSquaredNorm(g)), 1e-9 * total);
   const double max_norm = 2.5;
   const double scale = ClipScale(total, max_norm);
   EXPECT_DOUBLE_EQ(scale, max_norm / total);
-  ScaleInPlace(g.data(), split, static_cast<float>(scale));
-  ScaleInPlace(g.data() + split, n - split, static_cast<float>(scale));
+  HostBackend().Scale(g.data(), split, static_cast<float>(scale));
+  HostBackend().Scale(g.data() + split, n - split, static_cast<float>(scale));
   EXPECT_NEAR(std::sqrt(NaiveSquaredNorm(g)), max_norm, 1e-6 * max_norm);
-}
-
-TEST(ScaleInPlace, MultipliesEveryElementIncludingOddTails) {
-  for (int64_t n : {0, 1, 7, 40003}) {
-    std::vector<float> x = Random(n, 21, 1.0f);
-    const std::vector<float> before = x;
-    ScaleInPlace(x.data(), n, 0.375f);  // exact in binary: no rounding beyond the product
-    for (int64_t i = 0; i < n; ++i) ASSERT_EQ(x[i], before[i] * 0.375f);
-  }
 }
 
 }  // namespace

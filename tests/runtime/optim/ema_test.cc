@@ -18,7 +18,7 @@ std::vector<float> Random(int64_t n, uint64_t seed) {
 
 TEST(Ema, StartsAsACopyOfTheParameters) {
   const std::vector<float> p = Random(13, 1);
-  Ema ema(p.data(), 13);
+  Ema ema(HostBackend(), p.data(), 13);
   ASSERT_EQ(ema.size(), 13);
   for (int i = 0; i < 13; ++i) EXPECT_EQ(ema.values().data<float>()[i], p[i]);
 }
@@ -28,7 +28,7 @@ TEST(Ema, StartsAsACopyOfTheParameters) {
 void ExpectClosedForm(int64_t size, double decay, int updates) {
   const std::vector<float> a = Random(size, 2);
   const std::vector<float> b = Random(size, 3);
-  Ema ema(a.data(), size);
+  Ema ema(HostBackend(), a.data(), size);
   for (int k = 0; k < updates; ++k) ema.Update(b.data(), decay);
   const double dn = std::pow(decay, updates);
   for (int64_t i = 0; i < size; ++i) {
@@ -46,14 +46,14 @@ TEST(Ema, MatchesClosedFormAfterUpdatesWithConstantParameters) {
 
 TEST(Ema, DecayZeroTakesTheParameters) {
   const std::vector<float> a = Random(9, 4), b = Random(9, 5);
-  Ema ema(a.data(), 9);
+  Ema ema(HostBackend(), a.data(), 9);
   ema.Update(b.data(), 0.0);
   // Up to the rounding of a + (b - a).
   for (int i = 0; i < 9; ++i) EXPECT_NEAR(ema.values().data<float>()[i], b[i], 1e-6);
 }
 
 TEST(Ema, EmptyBufferIsANoOp) {
-  Ema ema(nullptr, 0);
+  Ema ema(HostBackend(), nullptr, 0);
   ema.Update(nullptr, 0.9);
   EXPECT_EQ(ema.size(), 0);
 }

@@ -1,0 +1,210 @@
+// Backend: one device's memory and its kernels, behind one small interface.
+//
+// In the spirit of ggml's backend boundary (buffer / backend / events),
+// without a graph: layers call one method per kernel family on the backend
+// that owns the memory they work on, and reach that backend through the
+// Arena they already receive (`arena.backend()`). One model source therefore
+// runs on every device; nothing outside runtime/backend/ calls a kernel
+// library directly.
+//
+// Memory contract: every pointer passed to an op lives in this backend's
+// memory (host memory for the CPU backend, device memory for CUDA). Ops are
+// ordered on the backend's own compute stream; they may return before the
+// work is done. Host code may read device memory only through CopyToHost;
+// `Synchronize()` at step boundaries is where a device's asynchronous
+// errors surface, as a Status naming the kernel.
+//
+// Op conventions (the same as runtime/kernels/cpu): gradients of inputs are
+// OVERWRITTEN, gradients of parameters ACCUMULATE (+=) so micro-batches add
+// up. The argument lists are those of the CPU kernels; no stream appears in
+// them (the backend owns its streams).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+
+#include "absl/status/status.h"
+#include "runtime/kernels/kernel_args.h"
+
+namespace tessera {
+
+enum class Device : uint8_t { kCpu, kCuda };
+
+constexpr const char* DeviceName(Device device) { return device == Device::kCpu ? "cpu" : "cuda"; }
+
+// Orders work between streams of one backend (and, for communicators,
+// between the compute stream and a communication stream).
+class Event {
+ public:
+  virtual ~Event() = default;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  virtual Device device() const = 0;
+  // True when the host may dereference this backend's pointers.
+  bool host_accessible() const { return device() == Device::kCpu; }
+
+  // ---- Memory ----------------------------------------------------------
+  // `bytes` of uninitialized memory aligned to 64 bytes; an error (not an
+  // abort) when the device cannot provide it.
+  virtual absl::Status Allocate(size_t bytes, void** out) = 0;
+  virtual void Free(void* ptr) = 0;
+  virtual void Memset(void* dst, int value, size_t bytes) = 0;
+  virtual void CopyToDevice(void* dst, const void* host_src, size_t bytes) = 0;
+  // Blocks until the bytes are on the host.
+  virtual void CopyToHost(void* host_dst, const void* src, size_t bytes) = 0;
+  virtual void Copy(void* dst, const void* src, size_t bytes) = 0;
+  // `rows` rows of `row_bytes` each, from src (rows `src_pitch` bytes apart)
+  // to dst (rows `dst_pitch` bytes apart), within this backend's memory: the
+  // strided copy behind chunk reorders and gathers of column blocks.
+  virtual void Copy2D(void* dst, size_t dst_pitch, const void* src, size_t src_pitch,
+                      size_t row_bytes, size_t rows) = 0;
+
+  // ---- Ordering ----------------------------------------------------------
+  virtual std::unique_ptr<Event> CreateEvent() = 0;
+  // Marks the point the compute stream has reached.
+  virtual void Record(Event& event) = 0;
+  // The compute stream waits (without blocking the host) for `event`.
+  virtual void StreamWait(const Event& event) = 0;
+  // The host blocks until `event` has passed.
+  virtual void HostWait(const Event& event) = 0;
+  // Waits for all queued work; reports asynchronous errors.
+  virtual absl::Status Synchronize() = 0;
+
+  // ---- GEMM (row-major) ----------------------------------------------------
+  //   C[m, n] = alpha * op(A) @ op(B) + beta * C
+  //   op(A) is [m, k]: A is [m, k] (lda >= k), or [k, m] when trans_a.
+  //   op(B) is [k, n]: B is [k, n] (ldb >= n), or [n, k] when trans_b.
+  virtual void Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                    const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+                    int64_t ldc) = 0;
+  // `batch` independent GEMMs; matrix i starts at a + i*stride_a (etc.).
+  virtual void GemmBatched(bool trans_a, bool trans_b, int64_t batch, int64_t m, int64_t n,
+                           int64_t k, float alpha, const float* a, int64_t lda, int64_t stride_a,
+                           const float* b, int64_t ldb, int64_t stride_b, float beta, float* c,
+                           int64_t ldc, int64_t stride_c) = 0;
+
+  // ---- Norms over the last dimension of [rows, dim] ------------------------
+  // y = (x - mean) * rstd [* gamma + beta]; gamma/beta may be null.
+  virtual void LayerNormForward(const float* x, const float* gamma, const float* beta, float* y,
+                                float* mean, float* rstd, int64_t rows, int64_t dim, float eps) = 0;
+  virtual void LayerNormBackward(const float* dy, const float* x, const float* gamma,
+                                 const float* mean, const float* rstd, float* dx, float* dgamma,
+                                 float* dbeta, int64_t rows, int64_t dim) = 0;
+  // y = x * rstd * gamma, rstd = 1/sqrt(mean(x^2) + eps); gamma may be null.
+  virtual void RmsNormForward(const float* x, const float* gamma, float* y, float* rstd,
+                              int64_t rows, int64_t dim, float eps) = 0;
+  virtual void RmsNormBackward(const float* dy, const float* x, const float* gamma,
+                               const float* rstd, float* dx, float* dgamma, int64_t rows,
+                               int64_t dim) = 0;
+
+  // ---- Elementwise ----------------------------------------------------------
+  virtual void SiluForward(const float* x, float* y, int64_t n) = 0;
+  virtual void SiluBackward(const float* dy, const float* x, float* dx, int64_t n) = 0;
+  // GELU, tanh approximation.
+  virtual void GeluForward(const float* x, float* y, int64_t n) = 0;
+  virtual void GeluBackward(const float* dy, const float* x, float* dx, int64_t n) = 0;
+  // x: [rows, 2*hidden], row = [gate | up]; y[rows, hidden] = silu(gate) * up.
+  virtual void SwigluForward(const float* x, float* y, int64_t rows, int64_t hidden) = 0;
+  virtual void SwigluBackward(const float* dy, const float* x, float* dx, int64_t rows,
+                              int64_t hidden) = 0;
+  // y += x
+  virtual void AddInPlace(float* y, const float* x, int64_t n) = 0;
+  // y[r, :] += bias[:]
+  virtual void AddBiasRows(float* y, const float* bias, int64_t rows, int64_t dim) = 0;
+  // dbias[:] += sum_r dy[r, :]
+  virtual void SumRowsAccumulate(const float* dy, float* dbias, int64_t rows, int64_t dim) = 0;
+  // x *= scale
+  virtual void Scale(float* x, int64_t n, float scale) = 0;
+  // sum of x[i]^2 in double, in an order independent of the thread count.
+  virtual double SumSquares(const float* x, int64_t n) = 0;
+  // out[i] = in[index[i]] (a permutation or gather of elements)
+  virtual void GatherElements(const float* in, const int32_t* index, float* out, int64_t n) = 0;
+  // out[index[i]] = in[i] (the inverse of GatherElements for a permutation)
+  virtual void ScatterElements(const float* in, const int32_t* index, float* out, int64_t n) = 0;
+
+  // ---- Softmax and attention ----------------------------------------------
+  virtual void SoftmaxForward(const float* x, float* y, int64_t rows, int64_t dim) = 0;
+  // dx = y * (dy - sum(dy * y)); dx overwritten.
+  virtual void SoftmaxBackward(const float* dy, const float* y, float* dx, int64_t rows,
+                               int64_t dim) = 0;
+  // out: [B, S, H*Dh] contiguous; lse: [B, H, S].
+  virtual void AttentionForward(const AttentionShape& shape, const float* q, const float* k,
+                                const float* v, float* out, float* lse) = 0;
+  // dq, dk, dv: the layout of q, k, v; overwritten.
+  virtual void AttentionBackward(const AttentionShape& shape, const float* q, const float* k,
+                                 const float* v, const float* out, const float* dout,
+                                 const float* lse, float* dq, float* dk, float* dv) = 0;
+
+  // ---- Embedding and losses -------------------------------------------------
+  // out[i, :] = table[ids[i], :]
+  virtual void EmbeddingForward(const int32_t* ids, const float* table, float* out, int64_t n,
+                                int64_t dim) = 0;
+  // dtable[ids[i], :] += dout[i, :]
+  virtual void EmbeddingBackward(const int32_t* ids, const float* dout, float* dtable, int64_t n,
+                                 int64_t dim) = 0;
+  // mean((pred - target)^2); the backward writes scale * d(mean)/dpred.
+  virtual double MseForward(const float* pred, const float* target, int64_t n) = 0;
+  virtual void MseBackward(const float* pred, const float* target, float* dpred, int64_t n,
+                           float scale) = 0;
+  // Mean over rows of -log softmax(logits[r])[targets[r]]; probs receives the softmax.
+  virtual double CrossEntropyForward(const float* logits, const int32_t* targets, float* probs,
+                                     int64_t rows, int64_t classes) = 0;
+  virtual void CrossEntropyBackward(const float* probs, const int32_t* targets, float* dlogits,
+                                    int64_t rows, int64_t classes, float scale) = 0;
+
+  // ---- adaLN modulation (x, y: [B, S, D]; conditions one row per sample,
+  // `cond_stride` apart) -------------------------------------------------------
+  virtual void ModulateForward(const float* x, const float* shift, const float* scale, float* y,
+                               int64_t batch, int64_t seq, int64_t dim, int64_t cond_stride) = 0;
+  virtual void ModulateBackward(const float* dy, const float* x, const float* scale, float* dx,
+                                float* dshift, float* dscale, int64_t batch, int64_t seq,
+                                int64_t dim, int64_t cond_stride) = 0;
+  virtual void GatedResidualForward(float* residual, const float* y, const float* gate,
+                                    int64_t batch, int64_t seq, int64_t dim,
+                                    int64_t cond_stride) = 0;
+  virtual void GatedResidualBackward(const float* dresidual, const float* y, const float* gate,
+                                     float* dy, float* dgate, int64_t batch, int64_t seq,
+                                     int64_t dim, int64_t cond_stride) = 0;
+
+  // ---- Mixture-of-experts routing (assignment a = token * k + slot) ---------
+  virtual void TopKForward(const float* probs, int32_t* expert_index, float* weights,
+                           int64_t tokens, int64_t experts, int64_t k) = 0;
+  // dprobs[t, expert_index[a]] += dweights[a]
+  virtual void TopKBackward(const float* dweights, const int32_t* expert_index, float* dprobs,
+                            int64_t tokens, int64_t experts, int64_t k) = 0;
+  // Stable counting sort of assignments by expert; negative experts are dropped.
+  virtual void SortByExpert(const int32_t* expert_index, int64_t assignments, int64_t experts,
+                            int64_t* expert_offsets, int32_t* row_of_assignment,
+                            int32_t* assignment_of_row) = 0;
+  virtual void PermuteForward(const float* x, const int32_t* assignment_of_row, float* out,
+                              int64_t rows, int64_t dim, int64_t k) = 0;
+  virtual void PermuteBackward(const float* dout, const int32_t* row_of_assignment, float* dx,
+                               int64_t tokens, int64_t dim, int64_t k) = 0;
+  virtual void UnpermuteCombineForward(const float* expert_out, const int32_t* row_of_assignment,
+                                       const float* weights, float* out, int64_t tokens,
+                                       int64_t dim, int64_t k) = 0;
+  virtual void UnpermuteCombineBackward(const float* dout, const float* expert_out,
+                                        const int32_t* row_of_assignment, const float* weights,
+                                        float* dexpert_out, float* dweights, int64_t tokens,
+                                        int64_t dim, int64_t k) = 0;
+
+  // ---- Optimizer and EMA over flat buffers -----------------------------------
+  // One AdamW step over the segments (disjoint, covering the buffers).
+  virtual void AdamWUpdate(const AdamWScalars& scalars, std::span<const AdamWSegment> segments,
+                           float* params, const float* grads, float* m, float* v) = 0;
+  // ema += (1 - decay) * (params - ema)
+  virtual void EmaUpdate(float* ema, const float* params, int64_t n, float blend) = 0;
+};
+
+// The process's CPU backend (runtime/backend/cpu_backend.cc): host memory is
+// one resource per process and the backend keeps no state, so one instance
+// serves every host buffer.
+Backend& HostBackend();
+
+}  // namespace tessera

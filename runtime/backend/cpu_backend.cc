@@ -1,0 +1,273 @@
+#include "runtime/backend/cpu_backend.h"
+
+#include <cstdlib>
+#include <cstring>
+
+#include "absl/strings/str_format.h"
+#include "runtime/kernels/cpu/activation.h"
+#include "runtime/kernels/cpu/attention.h"
+#include "runtime/kernels/cpu/embedding.h"
+#include "runtime/kernels/cpu/flat.h"
+#include "runtime/kernels/cpu/gemm.h"
+#include "runtime/kernels/cpu/layer_norm.h"
+#include "runtime/kernels/cpu/loss.h"
+#include "runtime/kernels/cpu/modulate.h"
+#include "runtime/kernels/cpu/optimizer.h"
+#include "runtime/kernels/cpu/routing.h"
+#include "runtime/kernels/cpu/softmax.h"
+
+namespace tessera {
+namespace {
+constexpr size_t kAlignment = 64;
+class CpuEvent final : public Event {};
+}  // namespace
+
+absl::Status CpuBackend::Allocate(size_t bytes, void** out) {
+  const size_t rounded = (bytes / kAlignment + 1) * kAlignment;  // never 0, no overflow
+  if (bytes > (size_t{1} << 48)) {
+    return absl::ResourceExhaustedError(
+        absl::StrFormat("cannot allocate %d bytes of host memory", bytes));
+  }
+  *out = std::aligned_alloc(kAlignment, rounded);
+  if (*out == nullptr) {
+    return absl::ResourceExhaustedError(
+        absl::StrFormat("out of host memory allocating %d bytes", bytes));
+  }
+  return absl::OkStatus();
+}
+
+void CpuBackend::Free(void* ptr) { std::free(ptr); }
+
+void CpuBackend::Memset(void* dst, int value, size_t bytes) {
+  if (bytes > 0) std::memset(dst, value, bytes);
+}
+void CpuBackend::CopyToDevice(void* dst, const void* host_src, size_t bytes) {
+  if (bytes > 0) std::memcpy(dst, host_src, bytes);
+}
+void CpuBackend::CopyToHost(void* host_dst, const void* src, size_t bytes) {
+  if (bytes > 0) std::memcpy(host_dst, src, bytes);
+}
+void CpuBackend::Copy(void* dst, const void* src, size_t bytes) {
+  if (bytes > 0 && dst != src) std::memmove(dst, src, bytes);
+}
+
+void CpuBackend::Copy2D(void* dst, size_t dst_pitch, const void* src, size_t src_pitch,
+                        size_t row_bytes, size_t rows) {
+  char* out = static_cast<char*>(dst);
+  const char* in = static_cast<const char*>(src);
+#pragma omp parallel for schedule(static) if (rows * row_bytes >= (size_t{1} << 17))
+  for (size_t r = 0; r < rows; ++r) std::memcpy(out + r * dst_pitch, in + r * src_pitch, row_bytes);
+}
+
+std::unique_ptr<Event> CpuBackend::CreateEvent() { return std::make_unique<CpuEvent>(); }
+
+void CpuBackend::Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                      const float* a, int64_t lda, const float* b, int64_t ldb, float beta,
+                      float* c, int64_t ldc) {
+  cpu::Gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+void CpuBackend::GemmBatched(bool trans_a, bool trans_b, int64_t batch, int64_t m, int64_t n,
+                             int64_t k, float alpha, const float* a, int64_t lda, int64_t stride_a,
+                             const float* b, int64_t ldb, int64_t stride_b, float beta, float* c,
+                             int64_t ldc, int64_t stride_c) {
+  cpu::GemmBatched(trans_a, trans_b, batch, m, n, k, alpha, a, lda, stride_a, b, ldb, stride_b,
+                   beta, c, ldc, stride_c);
+}
+
+void CpuBackend::LayerNormForward(const float* x, const float* gamma, const float* beta, float* y,
+                                  float* mean, float* rstd, int64_t rows, int64_t dim, float eps) {
+  cpu::LayerNormForward(x, gamma, beta, y, mean, rstd, rows, dim, eps);
+}
+
+void CpuBackend::LayerNormBackward(const float* dy, const float* x, const float* gamma,
+                                   const float* mean, const float* rstd, float* dx, float* dgamma,
+                                   float* dbeta, int64_t rows, int64_t dim) {
+  cpu::LayerNormBackward(dy, x, gamma, mean, rstd, dx, dgamma, dbeta, rows, dim);
+}
+
+void CpuBackend::RmsNormForward(const float* x, const float* gamma, float* y, float* rstd,
+                                int64_t rows, int64_t dim, float eps) {
+  cpu::RmsNormForward(x, gamma, y, rstd, rows, dim, eps);
+}
+
+void CpuBackend::RmsNormBackward(const float* dy, const float* x, const float* gamma,
+                                 const float* rstd, float* dx, float* dgamma, int64_t rows,
+                                 int64_t dim) {
+  cpu::RmsNormBackward(dy, x, gamma, rstd, dx, dgamma, rows, dim);
+}
+
+void CpuBackend::SiluForward(const float* x, float* y, int64_t n) { cpu::SiluForward(x, y, n); }
+
+void CpuBackend::SiluBackward(const float* dy, const float* x, float* dx, int64_t n) {
+  cpu::SiluBackward(dy, x, dx, n);
+}
+
+void CpuBackend::GeluForward(const float* x, float* y, int64_t n) { cpu::GeluForward(x, y, n); }
+
+void CpuBackend::GeluBackward(const float* dy, const float* x, float* dx, int64_t n) {
+  cpu::GeluBackward(dy, x, dx, n);
+}
+
+void CpuBackend::SwigluForward(const float* x, float* y, int64_t rows, int64_t hidden) {
+  cpu::SwigluForward(x, y, rows, hidden);
+}
+
+void CpuBackend::SwigluBackward(const float* dy, const float* x, float* dx, int64_t rows,
+                                int64_t hidden) {
+  cpu::SwigluBackward(dy, x, dx, rows, hidden);
+}
+
+void CpuBackend::AddInPlace(float* y, const float* x, int64_t n) { cpu::AddInPlace(y, x, n); }
+
+void CpuBackend::AddBiasRows(float* y, const float* bias, int64_t rows, int64_t dim) {
+  cpu::AddBiasRows(y, bias, rows, dim);
+}
+
+void CpuBackend::SumRowsAccumulate(const float* dy, float* dbias, int64_t rows, int64_t dim) {
+  cpu::SumRowsAccumulate(dy, dbias, rows, dim);
+}
+
+void CpuBackend::Scale(float* x, int64_t n, float scale) { cpu::Scale(x, n, scale); }
+
+double CpuBackend::SumSquares(const float* x, int64_t n) { return cpu::SumSquares(x, n); }
+
+void CpuBackend::GatherElements(const float* in, const int32_t* index, float* out, int64_t n) {
+  cpu::GatherElements(in, index, out, n);
+}
+
+void CpuBackend::ScatterElements(const float* in, const int32_t* index, float* out, int64_t n) {
+  cpu::ScatterElements(in, index, out, n);
+}
+
+void CpuBackend::SoftmaxForward(const float* x, float* y, int64_t rows, int64_t dim) {
+  cpu::SoftmaxForward(x, y, rows, dim);
+}
+
+void CpuBackend::SoftmaxBackward(const float* dy, const float* y, float* dx, int64_t rows,
+                                 int64_t dim) {
+  cpu::SoftmaxBackward(dy, y, dx, rows, dim);
+}
+
+void CpuBackend::AttentionForward(const AttentionShape& shape, const float* q, const float* k,
+                                  const float* v, float* out, float* lse) {
+  cpu::AttentionForward(shape, q, k, v, out, lse);
+}
+
+void CpuBackend::AttentionBackward(const AttentionShape& shape, const float* q, const float* k,
+                                   const float* v, const float* out, const float* dout,
+                                   const float* lse, float* dq, float* dk, float* dv) {
+  cpu::AttentionBackward(shape, q, k, v, out, dout, lse, dq, dk, dv);
+}
+
+void CpuBackend::EmbeddingForward(const int32_t* ids, const float* table, float* out, int64_t n,
+                                  int64_t dim) {
+  cpu::EmbeddingForward(ids, table, out, n, dim);
+}
+
+void CpuBackend::EmbeddingBackward(const int32_t* ids, const float* dout, float* dtable, int64_t n,
+                                   int64_t dim) {
+  cpu::EmbeddingBackward(ids, dout, dtable, n, dim);
+}
+
+double CpuBackend::MseForward(const float* pred, const float* target, int64_t n) {
+  return cpu::MseForward(pred, target, n);
+}
+
+void CpuBackend::MseBackward(const float* pred, const float* target, float* dpred, int64_t n,
+                             float scale) {
+  cpu::MseBackward(pred, target, dpred, n, scale);
+}
+
+double CpuBackend::CrossEntropyForward(const float* logits, const int32_t* targets, float* probs,
+                                       int64_t rows, int64_t classes) {
+  return cpu::CrossEntropyForward(logits, targets, probs, rows, classes);
+}
+
+void CpuBackend::CrossEntropyBackward(const float* probs, const int32_t* targets, float* dlogits,
+                                      int64_t rows, int64_t classes, float scale) {
+  cpu::CrossEntropyBackward(probs, targets, dlogits, rows, classes, scale);
+}
+
+void CpuBackend::ModulateForward(const float* x, const float* shift, const float* scale, float* y,
+                                 int64_t batch, int64_t seq, int64_t dim, int64_t cond_stride) {
+  cpu::ModulateForward(x, shift, scale, y, batch, seq, dim, cond_stride);
+}
+
+void CpuBackend::ModulateBackward(const float* dy, const float* x, const float* scale, float* dx,
+                                  float* dshift, float* dscale, int64_t batch, int64_t seq,
+                                  int64_t dim, int64_t cond_stride) {
+  cpu::ModulateBackward(dy, x, scale, dx, dshift, dscale, batch, seq, dim, cond_stride);
+}
+
+void CpuBackend::GatedResidualForward(float* residual, const float* y, const float* gate,
+                                      int64_t batch, int64_t seq, int64_t dim,
+                                      int64_t cond_stride) {
+  cpu::GatedResidualForward(residual, y, gate, batch, seq, dim, cond_stride);
+}
+
+void CpuBackend::GatedResidualBackward(const float* dresidual, const float* y, const float* gate,
+                                       float* dy, float* dgate, int64_t batch, int64_t seq,
+                                       int64_t dim, int64_t cond_stride) {
+  cpu::GatedResidualBackward(dresidual, y, gate, dy, dgate, batch, seq, dim, cond_stride);
+}
+
+void CpuBackend::TopKForward(const float* probs, int32_t* expert_index, float* weights,
+                             int64_t tokens, int64_t experts, int64_t k) {
+  cpu::TopKForward(probs, expert_index, weights, tokens, experts, k);
+}
+
+void CpuBackend::TopKBackward(const float* dweights, const int32_t* expert_index, float* dprobs,
+                              int64_t tokens, int64_t experts, int64_t k) {
+  cpu::TopKBackward(dweights, expert_index, dprobs, tokens, experts, k);
+}
+
+void CpuBackend::SortByExpert(const int32_t* expert_index, int64_t assignments, int64_t experts,
+                              int64_t* expert_offsets, int32_t* row_of_assignment,
+                              int32_t* assignment_of_row) {
+  cpu::SortByExpert(expert_index, assignments, experts, expert_offsets, row_of_assignment,
+                    assignment_of_row);
+}
+
+void CpuBackend::PermuteForward(const float* x, const int32_t* assignment_of_row, float* out,
+                                int64_t rows, int64_t dim, int64_t k) {
+  cpu::PermuteForward(x, assignment_of_row, out, rows, dim, k);
+}
+
+void CpuBackend::PermuteBackward(const float* dout, const int32_t* row_of_assignment, float* dx,
+                                 int64_t tokens, int64_t dim, int64_t k) {
+  cpu::PermuteBackward(dout, row_of_assignment, dx, tokens, dim, k);
+}
+
+void CpuBackend::UnpermuteCombineForward(const float* expert_out, const int32_t* row_of_assignment,
+                                         const float* weights, float* out, int64_t tokens,
+                                         int64_t dim, int64_t k) {
+  cpu::UnpermuteCombineForward(expert_out, row_of_assignment, weights, out, tokens, dim, k);
+}
+
+void CpuBackend::UnpermuteCombineBackward(const float* dout, const float* expert_out,
+                                          const int32_t* row_of_assignment, const float* weights,
+                                          float* dexpert_out, float* dweights, int64_t tokens,
+                                          int64_t dim, int64_t k) {
+  cpu::UnpermuteCombineBackward(dout, expert_out, row_of_assignment, weights, dexpert_out, dweights,
+                                tokens, dim, k);
+}
+
+void CpuBackend::AdamWUpdate(const AdamWScalars& scalars, std::span<const AdamWSegment> segments,
+                             float* params, const float* grads, float* m, float* v) {
+  cpu::AdamWUpdate(scalars, segments, params, grads, m, v);
+}
+
+void CpuBackend::EmaUpdate(float* ema, const float* params, int64_t n, float blend) {
+  cpu::EmaUpdate(ema, params, n, blend);
+}
+
+void SetHostThreads(int threads) { cpu::SetNumThreads(threads); }
+int HostThreads() { return cpu::NumThreads(); }
+
+Backend& HostBackend() {
+  static CpuBackend* backend = new CpuBackend();  // never destroyed: used until exit
+  return *backend;
+}
+
+}  // namespace tessera

@@ -1,0 +1,115 @@
+// CpuBackend: host memory and the kernels of runtime/kernels/cpu (oneDNN
+// GEMMs, vectorized OpenMP loops). Every op runs to completion before it
+// returns, so events and Synchronize() are trivially satisfied.
+#pragma once
+
+#include "runtime/backend/backend.h"
+
+namespace tessera {
+
+class CpuBackend final : public Backend {
+ public:
+  Device device() const override { return Device::kCpu; }
+
+  absl::Status Allocate(size_t bytes, void** out) override;
+  void Free(void* ptr) override;
+  void Memset(void* dst, int value, size_t bytes) override;
+  void CopyToDevice(void* dst, const void* host_src, size_t bytes) override;
+  void CopyToHost(void* host_dst, const void* src, size_t bytes) override;
+  void Copy(void* dst, const void* src, size_t bytes) override;
+  void Copy2D(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t row_bytes,
+              size_t rows) override;
+
+  std::unique_ptr<Event> CreateEvent() override;
+  void Record(Event&) override {}
+  void StreamWait(const Event&) override {}
+  void HostWait(const Event&) override {}
+  absl::Status Synchronize() override { return absl::OkStatus(); }
+
+  void Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+            const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+            int64_t ldc) override;
+  void GemmBatched(bool trans_a, bool trans_b, int64_t batch, int64_t m, int64_t n, int64_t k,
+                   float alpha, const float* a, int64_t lda, int64_t stride_a, const float* b,
+                   int64_t ldb, int64_t stride_b, float beta, float* c, int64_t ldc,
+                   int64_t stride_c) override;
+  void LayerNormForward(const float* x, const float* gamma, const float* beta, float* y,
+                        float* mean, float* rstd, int64_t rows, int64_t dim, float eps) override;
+  void LayerNormBackward(const float* dy, const float* x, const float* gamma, const float* mean,
+                         const float* rstd, float* dx, float* dgamma, float* dbeta, int64_t rows,
+                         int64_t dim) override;
+  void RmsNormForward(const float* x, const float* gamma, float* y, float* rstd, int64_t rows,
+                      int64_t dim, float eps) override;
+  void RmsNormBackward(const float* dy, const float* x, const float* gamma, const float* rstd,
+                       float* dx, float* dgamma, int64_t rows, int64_t dim) override;
+  void SiluForward(const float* x, float* y, int64_t n) override;
+  void SiluBackward(const float* dy, const float* x, float* dx, int64_t n) override;
+  void GeluForward(const float* x, float* y, int64_t n) override;
+  void GeluBackward(const float* dy, const float* x, float* dx, int64_t n) override;
+  void SwigluForward(const float* x, float* y, int64_t rows, int64_t hidden) override;
+  void SwigluBackward(const float* dy, const float* x, float* dx, int64_t rows,
+                      int64_t hidden) override;
+  void AddInPlace(float* y, const float* x, int64_t n) override;
+  void AddBiasRows(float* y, const float* bias, int64_t rows, int64_t dim) override;
+  void SumRowsAccumulate(const float* dy, float* dbias, int64_t rows, int64_t dim) override;
+  void Scale(float* x, int64_t n, float scale) override;
+  double SumSquares(const float* x, int64_t n) override;
+  void GatherElements(const float* in, const int32_t* index, float* out, int64_t n) override;
+  void ScatterElements(const float* in, const int32_t* index, float* out, int64_t n) override;
+  void SoftmaxForward(const float* x, float* y, int64_t rows, int64_t dim) override;
+  void SoftmaxBackward(const float* dy, const float* y, float* dx, int64_t rows,
+                       int64_t dim) override;
+  void AttentionForward(const AttentionShape& shape, const float* q, const float* k, const float* v,
+                        float* out, float* lse) override;
+  void AttentionBackward(const AttentionShape& shape, const float* q, const float* k,
+                         const float* v, const float* out, const float* dout, const float* lse,
+                         float* dq, float* dk, float* dv) override;
+  void EmbeddingForward(const int32_t* ids, const float* table, float* out, int64_t n,
+                        int64_t dim) override;
+  void EmbeddingBackward(const int32_t* ids, const float* dout, float* dtable, int64_t n,
+                         int64_t dim) override;
+  double MseForward(const float* pred, const float* target, int64_t n) override;
+  void MseBackward(const float* pred, const float* target, float* dpred, int64_t n,
+                   float scale) override;
+  double CrossEntropyForward(const float* logits, const int32_t* targets, float* probs,
+                             int64_t rows, int64_t classes) override;
+  void CrossEntropyBackward(const float* probs, const int32_t* targets, float* dlogits,
+                            int64_t rows, int64_t classes, float scale) override;
+  void ModulateForward(const float* x, const float* shift, const float* scale, float* y,
+                       int64_t batch, int64_t seq, int64_t dim, int64_t cond_stride) override;
+  void ModulateBackward(const float* dy, const float* x, const float* scale, float* dx,
+                        float* dshift, float* dscale, int64_t batch, int64_t seq, int64_t dim,
+                        int64_t cond_stride) override;
+  void GatedResidualForward(float* residual, const float* y, const float* gate, int64_t batch,
+                            int64_t seq, int64_t dim, int64_t cond_stride) override;
+  void GatedResidualBackward(const float* dresidual, const float* y, const float* gate, float* dy,
+                             float* dgate, int64_t batch, int64_t seq, int64_t dim,
+                             int64_t cond_stride) override;
+  void TopKForward(const float* probs, int32_t* expert_index, float* weights, int64_t tokens,
+                   int64_t experts, int64_t k) override;
+  void TopKBackward(const float* dweights, const int32_t* expert_index, float* dprobs,
+                    int64_t tokens, int64_t experts, int64_t k) override;
+  void SortByExpert(const int32_t* expert_index, int64_t assignments, int64_t experts,
+                    int64_t* expert_offsets, int32_t* row_of_assignment,
+                    int32_t* assignment_of_row) override;
+  void PermuteForward(const float* x, const int32_t* assignment_of_row, float* out, int64_t rows,
+                      int64_t dim, int64_t k) override;
+  void PermuteBackward(const float* dout, const int32_t* row_of_assignment, float* dx,
+                       int64_t tokens, int64_t dim, int64_t k) override;
+  void UnpermuteCombineForward(const float* expert_out, const int32_t* row_of_assignment,
+                               const float* weights, float* out, int64_t tokens, int64_t dim,
+                               int64_t k) override;
+  void UnpermuteCombineBackward(const float* dout, const float* expert_out,
+                                const int32_t* row_of_assignment, const float* weights,
+                                float* dexpert_out, float* dweights, int64_t tokens, int64_t dim,
+                                int64_t k) override;
+  void AdamWUpdate(const AdamWScalars& scalars, std::span<const AdamWSegment> segments,
+                   float* params, const float* grads, float* m, float* v) override;
+  void EmaUpdate(float* ema, const float* params, int64_t n, float blend) override;
+};
+
+// Threads of the CPU kernels (oneDNN and our OpenMP loops) in this process.
+void SetHostThreads(int threads);
+int HostThreads();
+
+}  // namespace tessera

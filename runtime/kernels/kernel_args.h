@@ -1,0 +1,39 @@
+// Argument records shared by the kernels of every device and the Backend
+// interface (runtime/backend/backend.h).
+#pragma once
+
+#include <cstdint>
+
+namespace tessera {
+
+// Multi-head attention geometry, token-major: Q, K, V hold for each (batch b,
+// position s) a row of heads*head_dim values, head h at columns
+// [h*head_dim, (h+1)*head_dim); consecutive tokens are `row_stride` floats
+// apart (so Q, K, V may point into one fused [B, S, 3, H, Dh] projection).
+struct AttentionShape {
+  int64_t batch = 0;
+  int64_t seq = 0;
+  int64_t heads = 0;
+  int64_t head_dim = 0;
+  int64_t row_stride = 0;  // of q, k, v (and dq, dk, dv)
+  bool causal = false;     // query i attends to keys j <= i
+};
+
+// One contiguous range [begin, end) of the flat optimizer buffers and
+// whether decoupled weight decay applies to it.
+struct AdamWSegment {
+  int64_t begin = 0, end = 0;
+  bool decay = false;
+};
+
+// The scalars of one AdamW step, computed in double by the optimizer and
+// rounded once, so the per-element loop is the same on every backend.
+struct AdamWScalars {
+  float beta1 = 0, beta2 = 0, one_minus_beta1 = 0, one_minus_beta2 = 0;
+  float step_size = 0;       // lr / (1 - beta1^t)
+  float inv_sqrt_bias2 = 0;  // 1 / sqrt(1 - beta2^t)
+  float eps = 0;
+  float decay_keep = 1;  // 1 - lr * weight_decay, for decayed segments
+};
+
+}  // namespace tessera
