@@ -47,8 +47,11 @@ timeout 120 mpirun --oversubscribe --bind-to none -np 3 "$TESSERA" train \
   --set data.dir="$WORK/data" > "$WORK/np3.log" 2>&1
 rc=$?
 same=$(grep -c "must be divisible by the data-parallel size dp = world size / (tp \* sp) = 3" "$WORK/np3.log")
-if [ $rc -eq 2 ] && [ "$same" -eq 3 ] && [ ! -e "$WORK/np3" ]; then
-  pass "world size 3 refused on every rank with exit code 2, nothing written"
+# Every rank returns the same error, but mpirun ends the job as soon as the
+# first rank exits 2, so how many ranks get to print it is a race: ask for
+# the exit code and at least one rank naming the problem.
+if [ $rc -eq 2 ] && [ "$same" -ge 1 ] && [ ! -e "$WORK/np3" ]; then
+  pass "world size 3 refused with exit code 2, nothing written ($same of 3 ranks printed it before mpirun ended the job)"
 else
   fail "world size 3: exit $rc, $same ranks reported"; cat "$WORK/np3.log" | head
 fi
