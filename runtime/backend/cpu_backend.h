@@ -7,7 +7,7 @@
 
 namespace tessera {
 
-class CpuBackend final : public Backend {
+class CpuBackend : public Backend {
  public:
   Device device() const override { return Device::kCpu; }
 

@@ -1,0 +1,606 @@
+// Every op of the Backend interface, run through the interface on every
+// backend present (the CPU always; CUDA joins when its backend exists and a
+// device is present), one test body per op, as ggml's test-backend-ops does.
+//
+// Each forward is compared with a naive double-precision reference; each
+// backward with central differences of that reference (so the oracle never
+// shares code with the backend). Outputs are poisoned (all bits set: NaN for
+// floats, -1 for integers) before every op, so an element an op forgets to
+// write fails the comparison.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "runtime/backend/backend.h"
+#include "runtime/tensor/tensor.h"
+#include "tests/runtime/kernels/cpu/attention_reference.h"
+#include "tests/runtime/kernels/cpu/reference.h"
+
+namespace tessera {
+namespace {
+
+using cpu::test::Dot;
+using cpu::test::NumericalGradient;
+using cpu::test::RandomFloats;
+using cpu::test::ToDouble;
+
+constexpr double kTolerance = 1e-5;      // fp32 against double, relative to max(1, |want|)
+constexpr double kGradTolerance = 2e-3;  // against central differences of the reference
+
+std::vector<Backend*> BackendsPresent() { return {&HostBackend()}; }
+
+class BackendOps : public ::testing::TestWithParam<Backend*> {
+ protected:
+  Backend& backend() { return *GetParam(); }
+
+  // A buffer of the backend holding `values`.
+  template <typename T>
+  Tensor Upload(const std::vector<T>& values) {
+    Tensor t = Tensor::Empty(DTypeOf<T>(), Shape{static_cast<int64_t>(values.size())}, backend());
+    backend().CopyToDevice(t.address(), values.data(), t.bytes());
+    return t;
+  }
+  // An output buffer of `n` elements, every bit set.
+  template <typename T>
+  Tensor Poisoned(int64_t n) {
+    Tensor t = Tensor::Empty(DTypeOf<T>(), Shape{n}, backend());
+    backend().Memset(t.address(), 0xff, t.bytes());
+    return t;
+  }
+  template <typename T>
+  std::vector<T> Download(const Tensor& t) {
+    std::vector<T> out(static_cast<size_t>(t.numel()));
+    backend().CopyToHost(out.data(), t.address(), t.bytes());
+    EXPECT_TRUE(backend().Synchronize().ok());
+    return out;
+  }
+};
+
+// got (fp32) against want (double), relative to max(1, |want|); NaN fails.
+void ExpectClose(const std::vector<float>& got, const std::vector<double>& want, double tol,
+                 const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double err = std::abs(got[i] - want[i]) / std::max(1.0, std::abs(want[i]));
+    ASSERT_TRUE(err <= tol) << what << "[" << i << "] = " << got[i] << ", want " << want[i];
+  }
+}
+
+// The gradient `got` of <w, f(x)> against central differences of the
+// double reference f.
+void ExpectGradient(const std::vector<float>& got,
+                    const std::function<std::vector<double>(const std::vector<double>&)>& f,
+                    const std::vector<float>& x, const std::vector<float>& w,
+                    const std::string& what) {
+  const std::vector<double> wd = ToDouble(w);
+  const std::vector<double> want =
+      NumericalGradient([&](const std::vector<double>& v) { return Dot(wd, f(v)); }, ToDouble(x));
+  ExpectClose(got, want, kGradTolerance, what);
+}
+
+// ---- GEMM -------------------------------------------------------------------
+
+std::vector<double> ReferenceGemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha,
+                                  const std::vector<double>& a, int64_t lda,
+                                  const std::vector<double>& b, int64_t ldb, double beta,
+                                  std::vector<double> c, int64_t ldc) {
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      double sum = 0;
+      for (int64_t p = 0; p < k; ++p) {
+        sum += (ta ? a[p * lda + i] : a[i * lda + p]) * (tb ? b[j * ldb + p] : b[p * ldb + j]);
+      }
+      c[i * ldc + j] = alpha * sum + (beta == 0 ? 0 : beta * c[i * ldc + j]);
+    }
+  return c;
+}
+
+TEST_P(BackendOps, GemmEveryTransposeWithPaddedLeadingDimensions) {
+  const int64_t m = 7, n = 9, k = 5;
+  for (bool ta : {false, true})
+    for (bool tb : {false, true}) {
+      const int64_t lda = (ta ? m : k) + 3, ldb = (tb ? k : n) + 2, ldc = n + 1;
+      const auto a = RandomFloats((ta ? k : m) * lda, 1), b = RandomFloats((tb ? n : k) * ldb, 2);
+      const auto c0 = RandomFloats(m * ldc, 3);
+      for (float beta : {0.0f, 0.5f}) {
+        Tensor c = Upload(c0);
+        backend().Gemm(ta, tb, m, n, k, 1.5f, Upload(a).ptr<float>(), lda, Upload(b).ptr<float>(),
+                       ldb, beta, c.ptr<float>(), ldc);
+        const auto want = ReferenceGemm(ta, tb, m, n, k, 1.5, ToDouble(a), lda, ToDouble(b), ldb,
+                                        beta, ToDouble(c0), ldc);
+        ExpectClose(Download<float>(c), want, kTolerance,
+                    "gemm ta=" + std::to_string(ta) + " tb=" + std::to_string(tb));
+      }
+    }
+}
+
+TEST_P(BackendOps, GemmBatchedIsIndependentGemms) {
+  const int64_t batch = 3, m = 4, n = 6, k = 5;
+  const auto a = RandomFloats(batch * m * k, 4), b = RandomFloats(batch * n * k, 5);
+  Tensor c = Poisoned<float>(batch * m * n);
+  backend().GemmBatched(false, true, batch, m, n, k, 1.0f, Upload(a).ptr<float>(), k, m * k,
+                        Upload(b).ptr<float>(), k, n * k, 0.0f, c.ptr<float>(), n, m * n);
+  std::vector<double> want;
+  for (int64_t i = 0; i < batch; ++i) {
+    const std::vector<double> ai(a.begin() + i * m * k, a.begin() + (i + 1) * m * k);
+    const std::vector<double> bi(b.begin() + i * n * k, b.begin() + (i + 1) * n * k);
+    const auto ci =
+        ReferenceGemm(false, true, m, n, k, 1, ai, k, bi, k, 0, std::vector<double>(m * n), n);
+    want.insert(want.end(), ci.begin(), ci.end());
+  }
+  ExpectClose(Download<float>(c), want, kTolerance, "batched gemm");
+}
+
+// ---- Norms --------------------------------------------------------------------
+
+std::vector<double> ReferenceNorm(const std::vector<double>& x, const std::vector<float>& gamma,
+                                  const std::vector<float>& beta, int64_t rows, int64_t dim,
+                                  bool rms) {
+  std::vector<double> y(x.size());
+  for (int64_t r = 0; r < rows; ++r) {
+    const double* xr = x.data() + r * dim;
+    double mean = 0, var = 0;
+    if (!rms) {
+      for (int64_t i = 0; i < dim; ++i) mean += xr[i] / dim;
+    }
+    for (int64_t i = 0; i < dim; ++i) var += (xr[i] - mean) * (xr[i] - mean) / dim;
+    const double rstd = 1 / std::sqrt(var + 1e-5);
+    for (int64_t i = 0; i < dim; ++i) {
+      double v = (xr[i] - mean) * rstd;
+      if (!gamma.empty()) v = v * gamma[i] + (beta.empty() ? 0.0 : beta[i]);
+      y[r * dim + i] = v;
+    }
+  }
+  return y;
+}
+
+TEST_P(BackendOps, LayerNormAndRmsNormForwardAndBackward) {
+  const int64_t rows = 5, dim = 37;
+  const auto x = RandomFloats(rows * dim, 6, -2, 2), dy = RandomFloats(rows * dim, 7);
+  const auto gamma = RandomFloats(dim, 8, 0.5f, 1.5f), beta = RandomFloats(dim, 9);
+  for (bool rms : {false, true}) {
+    const std::string what = rms ? "rmsnorm" : "layernorm";
+    Tensor xt = Upload(x), y = Poisoned<float>(rows * dim), mean = Poisoned<float>(rows),
+           rstd = Poisoned<float>(rows), g = Upload(gamma), b = Upload(beta);
+    if (rms) {
+      backend().RmsNormForward(xt.ptr<float>(), g.ptr<float>(), y.ptr<float>(), rstd.ptr<float>(),
+                               rows, dim, 1e-5f);
+    } else {
+      backend().LayerNormForward(xt.ptr<float>(), g.ptr<float>(), b.ptr<float>(), y.ptr<float>(),
+                                 mean.ptr<float>(), rstd.ptr<float>(), rows, dim, 1e-5f);
+    }
+    const std::vector<float> no_beta;
+    ExpectClose(Download<float>(y), ReferenceNorm(ToDouble(x), gamma, rms ? no_beta : beta, rows, dim, rms),
+                kTolerance, what);
+    Tensor dx = Poisoned<float>(rows * dim), dg = Upload(std::vector<float>(dim, 0.0f)),
+           db = Upload(std::vector<float>(dim, 0.0f)), dyt = Upload(dy);
+    if (rms) {
+      backend().RmsNormBackward(dyt.ptr<float>(), xt.ptr<float>(), g.ptr<float>(),
+                                rstd.ptr<float>(), dx.ptr<float>(), dg.ptr<float>(), rows, dim);
+    } else {
+      backend().LayerNormBackward(dyt.ptr<float>(), xt.ptr<float>(), g.ptr<float>(),
+                                  mean.ptr<float>(), rstd.ptr<float>(), dx.ptr<float>(),
+                                  dg.ptr<float>(), db.ptr<float>(), rows, dim);
+    }
+    ExpectGradient(Download<float>(dx), [&](const std::vector<double>& v) {
+      return ReferenceNorm(v, gamma, rms ? no_beta : beta, rows, dim, rms);
+    }, x, dy, what + " dx");
+    // dgamma = sum_r dy * normalized(x)
+    const auto normalized = ReferenceNorm(ToDouble(x), {}, {}, rows, dim, rms);
+    std::vector<double> want_dg(dim, 0.0);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t i = 0; i < dim; ++i) want_dg[i] += dy[r * dim + i] * normalized[r * dim + i];
+    ExpectClose(Download<float>(dg), want_dg, kTolerance, what + " dgamma");
+  }
+}
+
+// ---- Elementwise ----------------------------------------------------------------
+
+double Silu(double x) { return x / (1 + std::exp(-x)); }
+double Gelu(double x) {
+  return 0.5 * x * (1 + std::tanh(std::sqrt(2 / M_PI) * (x + 0.044715 * x * x * x)));
+}
+
+TEST_P(BackendOps, SiluGeluAndSwigluForwardAndBackward) {
+  const int64_t rows = 3, hidden = 41, n = rows * hidden;
+  const auto x = RandomFloats(n, 10, -4, 4), dy = RandomFloats(n, 11);
+  using Unary = void (Backend::*)(const float*, float*, int64_t);
+  using UnaryBackward = void (Backend::*)(const float*, const float*, float*, int64_t);
+  struct Case {
+    const char* name;
+    Unary forward;
+    UnaryBackward backward;
+    double (*f)(double);
+  };
+  for (const Case& c : {Case{"silu", &Backend::SiluForward, &Backend::SiluBackward, Silu},
+                        Case{"gelu", &Backend::GeluForward, &Backend::GeluBackward, Gelu}}) {
+    auto ref = [&](const std::vector<double>& v) {
+      std::vector<double> y(v.size());
+      std::transform(v.begin(), v.end(), y.begin(), c.f);
+      return y;
+    };
+    Tensor xt = Upload(x), y = Poisoned<float>(n), dx = Poisoned<float>(n);
+    (backend().*c.forward)(xt.ptr<float>(), y.ptr<float>(), n);
+    ExpectClose(Download<float>(y), ref(ToDouble(x)), kTolerance, c.name);
+    (backend().*c.backward)(Upload(dy).ptr<float>(), xt.ptr<float>(), dx.ptr<float>(), n);
+    ExpectGradient(Download<float>(dx), ref, x, dy, std::string(c.name) + " dx");
+  }
+  // SwiGLU over [rows, 2*hidden] -> [rows, hidden].
+  const auto gu = RandomFloats(2 * n, 12, -3, 3);
+  auto swiglu = [&](const std::vector<double>& v) {
+    std::vector<double> y(n);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t i = 0; i < hidden; ++i)
+        y[r * hidden + i] = Silu(v[r * 2 * hidden + i]) * v[r * 2 * hidden + hidden + i];
+    return y;
+  };
+  Tensor gut = Upload(gu), y = Poisoned<float>(n), dgu = Poisoned<float>(2 * n);
+  backend().SwigluForward(gut.ptr<float>(), y.ptr<float>(), rows, hidden);
+  ExpectClose(Download<float>(y), swiglu(ToDouble(gu)), kTolerance, "swiglu");
+  backend().SwigluBackward(Upload(dy).ptr<float>(), gut.ptr<float>(), dgu.ptr<float>(), rows,
+                           hidden);
+  ExpectGradient(Download<float>(dgu), swiglu, gu, dy, "swiglu dx");
+}
+
+TEST_P(BackendOps, AddBiasSumRowsScaleAndSumSquares) {
+  const int64_t rows = 6, dim = 19, n = rows * dim;
+  const auto x = RandomFloats(n, 13), y0 = RandomFloats(n, 14), bias = RandomFloats(dim, 15);
+  Tensor y = Upload(y0);
+  backend().AddInPlace(y.ptr<float>(), Upload(x).ptr<float>(), n);
+  backend().AddBiasRows(y.ptr<float>(), Upload(bias).ptr<float>(), rows, dim);
+  std::vector<double> want(n);
+  for (int64_t i = 0; i < n; ++i) want[i] = double(y0[i]) + x[i] + bias[i % dim];
+  ExpectClose(Download<float>(y), want, kTolerance, "add + bias");
+
+  const auto db0 = RandomFloats(dim, 16);
+  Tensor db = Upload(db0);
+  backend().SumRowsAccumulate(Upload(x).ptr<float>(), db.ptr<float>(), rows, dim);
+  std::vector<double> want_db(db0.begin(), db0.end());
+  for (int64_t i = 0; i < n; ++i) want_db[i % dim] += x[i];
+  ExpectClose(Download<float>(db), want_db, kTolerance, "sum rows (accumulates)");
+
+  Tensor s = Upload(x);
+  backend().Scale(s.ptr<float>(), n, 0.375f);
+  std::vector<double> scaled(n);
+  for (int64_t i = 0; i < n; ++i) scaled[i] = 0.375f * x[i];  // the one fp32 rounding
+  ExpectClose(Download<float>(s), scaled, 0, "scale");
+
+  for (int64_t len : {int64_t{0}, int64_t{1}, int64_t{100003}}) {
+    const auto g = RandomFloats(len, 17, -3, 3);
+    double want_sum = 0;
+    for (float v : g) want_sum += double(v) * v;
+    const double got = backend().SumSquares(len ? Upload(g).ptr<float>() : nullptr, len);
+    EXPECT_NEAR(got, want_sum, 1e-12 * std::max(1.0, want_sum)) << "sum of squares n=" << len;
+  }
+}
+
+TEST_P(BackendOps, GatherScatterCopy2DAndMemoryRoundTrip) {
+  const int64_t n = 50;
+  std::vector<int32_t> perm(n);
+  std::iota(perm.begin(), perm.end(), 0);
+  std::reverse(perm.begin(), perm.begin() + 20);
+  std::rotate(perm.begin() + 20, perm.begin() + 33, perm.end());
+  const auto x = RandomFloats(n, 18);
+  Tensor index = Upload(perm), gathered = Poisoned<float>(n), scattered = Poisoned<float>(n);
+  backend().GatherElements(Upload(x).ptr<float>(), index.ptr<int32_t>(), gathered.ptr<float>(), n);
+  backend().ScatterElements(gathered.ptr<float>(), index.ptr<int32_t>(), scattered.ptr<float>(),
+                            n);
+  const auto g = Download<float>(gathered);
+  for (int64_t i = 0; i < n; ++i) ASSERT_EQ(g[i], x[perm[i]]);
+  ASSERT_EQ(Download<float>(scattered), x);  // scatter inverts the gather
+
+  // Copy2D: a [4 x 3] block out of a [5 x 7] matrix into a [4 x 6] one.
+  const auto src = RandomFloats(35, 19);
+  Tensor dst = Poisoned<float>(24);
+  backend().Copy2D(dst.ptr<float>() + 1, 6 * sizeof(float), Upload(src).ptr<float>() + 7 + 2,
+                   7 * sizeof(float), 3 * sizeof(float), 4);
+  const auto d = Download<float>(dst);
+  for (int64_t r = 0; r < 4; ++r)
+    for (int64_t c = 0; c < 3; ++c) ASSERT_EQ(d[r * 6 + 1 + c], src[(r + 1) * 7 + 2 + c]);
+  EXPECT_TRUE(std::isnan(d[0]));  // untouched bytes stay as they were
+
+  Tensor copy = Poisoned<float>(n);
+  backend().Copy(copy.ptr<float>(), Upload(x).ptr<float>(), n * sizeof(float));
+  EXPECT_EQ(Download<float>(copy), x);
+  backend().Memset(copy.ptr<float>(), 0, n * sizeof(float));
+  EXPECT_EQ(Download<float>(copy), std::vector<float>(n, 0.0f));
+}
+
+// ---- Softmax and attention ---------------------------------------------------------
+
+std::vector<double> ReferenceSoftmax(const std::vector<double>& x, int64_t rows, int64_t dim) {
+  std::vector<double> y(x.size());
+  for (int64_t r = 0; r < rows; ++r) {
+    const double max = *std::max_element(x.begin() + r * dim, x.begin() + (r + 1) * dim);
+    double sum = 0;
+    for (int64_t i = 0; i < dim; ++i) sum += std::exp(x[r * dim + i] - max);
+    for (int64_t i = 0; i < dim; ++i) y[r * dim + i] = std::exp(x[r * dim + i] - max) / sum;
+  }
+  return y;
+}
+
+TEST_P(BackendOps, SoftmaxForwardAndBackward) {
+  const int64_t rows = 4, dim = 23;
+  const auto x = RandomFloats(rows * dim, 20, -5, 5), dy = RandomFloats(rows * dim, 21);
+  Tensor xt = Upload(x), y = Poisoned<float>(rows * dim), dx = Poisoned<float>(rows * dim);
+  backend().SoftmaxForward(xt.ptr<float>(), y.ptr<float>(), rows, dim);
+  ExpectClose(Download<float>(y), ReferenceSoftmax(ToDouble(x), rows, dim), kTolerance, "softmax");
+  backend().SoftmaxBackward(Upload(dy).ptr<float>(), y.ptr<float>(), dx.ptr<float>(), rows, dim);
+  ExpectGradient(Download<float>(dx),
+                 [&](const std::vector<double>& v) { return ReferenceSoftmax(v, rows, dim); }, x,
+                 dy, "softmax dx");
+}
+
+TEST_P(BackendOps, AttentionForwardAndBackwardFromAFusedProjection) {
+  for (bool causal : {false, true}) {
+    const AttentionShape s{2, 9, 3, 4, 3 * 3 * 4, causal};
+    const int64_t width = s.heads * s.head_dim, tokens = s.batch * s.seq;
+    const auto qkv = RandomFloats(tokens * s.row_stride, 22), dout = RandomFloats(tokens * width, 23);
+    auto forward = [&](const std::vector<double>& v) {
+      std::vector<double> out(tokens * width), lse(s.batch * s.heads * s.seq);
+      cpu::reference::ReferenceAttentionForward(s, v.data(), v.data() + width,
+                                                v.data() + 2 * width, out.data(), lse.data());
+      return out;
+    };
+    Tensor in = Upload(qkv), out = Poisoned<float>(tokens * width),
+           lse = Poisoned<float>(s.batch * s.heads * s.seq), d = Poisoned<float>(qkv.size());
+    const float* q = in.ptr<float>();
+    backend().AttentionForward(s, q, q + width, q + 2 * width, out.ptr<float>(), lse.ptr<float>());
+    const std::string what = causal ? "causal attention" : "attention";
+    ExpectClose(Download<float>(out), forward(ToDouble(qkv)), kTolerance, what);
+    float* dq = d.ptr<float>();
+    backend().AttentionBackward(s, q, q + width, q + 2 * width, out.ptr<float>(),
+                                Upload(dout).ptr<float>(), lse.ptr<float>(), dq, dq + width,
+                                dq + 2 * width);
+    ExpectGradient(Download<float>(d), forward, qkv, dout, what + " dqkv");
+  }
+}
+
+// ---- Embedding and losses ---------------------------------------------------------------
+
+TEST_P(BackendOps, EmbeddingForwardAndBackwardWithRepeatedIds) {
+  const int64_t rows = 7, dim = 5;
+  const std::vector<int32_t> ids = {3, 0, 3, 6, 1, 3, 0};
+  const auto table = RandomFloats(rows * dim, 24), dout = RandomFloats(ids.size() * dim, 25);
+  Tensor idt = Upload(ids), out = Poisoned<float>(ids.size() * dim);
+  backend().EmbeddingForward(idt.ptr<int32_t>(), Upload(table).ptr<float>(), out.ptr<float>(),
+                             ids.size(), dim);
+  std::vector<double> want(ids.size() * dim), want_dt(rows * dim, 0.0);
+  for (size_t i = 0; i < ids.size(); ++i)
+    for (int64_t c = 0; c < dim; ++c) {
+      want[i * dim + c] = table[ids[i] * dim + c];
+      want_dt[ids[i] * dim + c] += dout[i * dim + c];
+    }
+  ExpectClose(Download<float>(out), want, 0, "embedding");
+  Tensor dt = Upload(std::vector<float>(rows * dim, 0.0f));
+  backend().EmbeddingBackward(idt.ptr<int32_t>(), Upload(dout).ptr<float>(), dt.ptr<float>(),
+                              ids.size(), dim);
+  ExpectClose(Download<float>(dt), want_dt, kTolerance, "embedding backward");
+}
+
+TEST_P(BackendOps, MseAndCrossEntropyForwardAndBackward) {
+  const int64_t n = 33;
+  const auto pred = RandomFloats(n, 26), target = RandomFloats(n, 27);
+  auto mse = [&](const std::vector<double>& p) {
+    double sum = 0;
+    for (int64_t i = 0; i < n; ++i) sum += (p[i] - target[i]) * (p[i] - target[i]) / n;
+    return std::vector<double>{sum};
+  };
+  Tensor p = Upload(pred), t = Upload(target), dp = Poisoned<float>(n);
+  EXPECT_NEAR(backend().MseForward(p.ptr<float>(), t.ptr<float>(), n), mse(ToDouble(pred))[0],
+              1e-6);
+  backend().MseBackward(p.ptr<float>(), t.ptr<float>(), dp.ptr<float>(), n, 2.0f);
+  ExpectGradient(Download<float>(dp), mse, pred, {2.0f}, "mse dpred");
+
+  const int64_t rows = 5, classes = 11;
+  const auto logits = RandomFloats(rows * classes, 28, -4, 4);
+  const std::vector<int32_t> labels = {0, 10, 3, 3, 7};
+  auto ce = [&](const std::vector<double>& v) {
+    const auto probs = ReferenceSoftmax(v, rows, classes);
+    double sum = 0;
+    for (int64_t r = 0; r < rows; ++r) sum -= std::log(probs[r * classes + labels[r]]) / rows;
+    return std::vector<double>{sum};
+  };
+  Tensor lt = Upload(logits), lab = Upload(labels), probs = Poisoned<float>(rows * classes),
+         dl = Poisoned<float>(rows * classes);
+  EXPECT_NEAR(backend().CrossEntropyForward(lt.ptr<float>(), lab.ptr<int32_t>(), probs.ptr<float>(),
+                                            rows, classes),
+              ce(ToDouble(logits))[0], 1e-5);
+  backend().CrossEntropyBackward(probs.ptr<float>(), lab.ptr<int32_t>(), dl.ptr<float>(), rows,
+                                 classes, 0.5f);
+  ExpectGradient(Download<float>(dl), ce, logits, {0.5f}, "cross entropy dlogits");
+}
+
+// ---- adaLN modulation --------------------------------------------------------------------
+
+TEST_P(BackendOps, ModulateAndGatedResidualForwardAndBackward) {
+  const int64_t B = 2, S = 3, D = 8, stride = 3 * D, n = B * S * D;
+  const auto x = RandomFloats(n, 29), cond = RandomFloats(B * stride, 30), dy = RandomFloats(n, 31);
+  // shift = cond[:, 0:D], scale = cond[:, D:2D], gate = cond[:, 2D:3D]; the
+  // reference differentiates with respect to x and the whole cond row.
+  auto modulate = [&](const std::vector<double>& v) {  // v = [x | cond]
+    std::vector<double> y(n);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t s = 0; s < S; ++s)
+        for (int64_t d = 0; d < D; ++d) {
+          const double* c = v.data() + n + b * stride;
+          y[(b * S + s) * D + d] = v[(b * S + s) * D + d] * (1 + c[D + d]) + c[d];
+        }
+    return y;
+  };
+  std::vector<float> joint(x);
+  joint.insert(joint.end(), cond.begin(), cond.end());
+  Tensor xt = Upload(x), ct = Upload(cond), y = Poisoned<float>(n);
+  const float* c = ct.ptr<float>();
+  backend().ModulateForward(xt.ptr<float>(), c, c + D, y.ptr<float>(), B, S, D, stride);
+  ExpectClose(Download<float>(y), modulate(ToDouble(joint)), kTolerance, "modulate");
+  Tensor dx = Poisoned<float>(n), dcond = Upload(std::vector<float>(B * stride, 0.0f));
+  float* dc = dcond.ptr<float>();
+  backend().ModulateBackward(Upload(dy).ptr<float>(), xt.ptr<float>(), c + D, dx.ptr<float>(), dc,
+                             dc + D, B, S, D, stride);
+  std::vector<float> got = Download<float>(dx);
+  const auto dcond_got = Download<float>(dcond);
+  got.insert(got.end(), dcond_got.begin(), dcond_got.end());
+  ExpectGradient(got, modulate, joint, dy, "modulate d[x | shift | scale]");
+
+  auto gated = [&](const std::vector<double>& v) {  // residual + gate * v_x
+    std::vector<double> r(n);
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t b = i / (S * D), d = i % D;
+      r[i] = x[i] + v[n + b * stride + 2 * D + d] * v[i];
+    }
+    return r;
+  };
+  const auto yv = RandomFloats(n, 32);
+  std::vector<float> joint2(yv);
+  joint2.insert(joint2.end(), cond.begin(), cond.end());
+  Tensor residual = Upload(x), yt = Upload(yv);
+  backend().GatedResidualForward(residual.ptr<float>(), yt.ptr<float>(), c + 2 * D, B, S, D,
+                                 stride);
+  ExpectClose(Download<float>(residual), gated(ToDouble(joint2)), kTolerance, "gated residual");
+  Tensor dyv = Poisoned<float>(n), dg = Upload(std::vector<float>(B * stride, 0.0f));
+  backend().GatedResidualBackward(Upload(dy).ptr<float>(), yt.ptr<float>(), c + 2 * D,
+                                  dyv.ptr<float>(), dg.ptr<float>() + 2 * D, B, S, D, stride);
+  got = Download<float>(dyv);
+  const auto dg_got = Download<float>(dg);
+  got.insert(got.end(), dg_got.begin(), dg_got.end());
+  ExpectGradient(got, gated, joint2, dy, "gated residual d[y | gate]");
+}
+
+// ---- Routing ------------------------------------------------------------------------------
+
+TEST_P(BackendOps, TopKSortPermuteAndCombineMatchAHandWrittenRouting) {
+  const int64_t T = 5, E = 4, k = 2, D = 3;
+  // Distinct probabilities per row, and one tie (row 4: experts 1 and 2).
+  const std::vector<float> probs = {0.1f, 0.4f, 0.3f, 0.2f,   0.5f, 0.1f, 0.1f, 0.3f,
+                                    0.25f, 0.05f, 0.3f, 0.4f, 0.7f, 0.1f, 0.15f, 0.05f,
+                                    0.2f, 0.3f, 0.3f, 0.2f};
+  const std::vector<int32_t> want_index = {1, 2, 0, 3, 3, 2, 0, 2, 1, 2};
+  Tensor index = Poisoned<int32_t>(T * k), weights = Poisoned<float>(T * k);
+  backend().TopKForward(Upload(probs).ptr<float>(), index.ptr<int32_t>(), weights.ptr<float>(), T,
+                        E, k);
+  ASSERT_EQ(Download<int32_t>(index), want_index);
+  const auto w = Download<float>(weights);
+  for (int64_t a = 0; a < T * k; ++a) ASSERT_EQ(w[a], probs[(a / k) * E + want_index[a]]);
+
+  const auto dw = RandomFloats(T * k, 33);
+  Tensor dprobs = Upload(std::vector<float>(T * E, 0.0f));
+  backend().TopKBackward(Upload(dw).ptr<float>(), index.ptr<int32_t>(), dprobs.ptr<float>(), T, E,
+                         k);
+  std::vector<double> want_dp(T * E, 0.0);
+  for (int64_t a = 0; a < T * k; ++a) want_dp[(a / k) * E + want_index[a]] += dw[a];
+  ExpectClose(Download<float>(dprobs), want_dp, 0, "top-k backward");
+
+  // Drop assignment 3 (token 1, expert 3): sort, permute, combine.
+  std::vector<int32_t> kept_index = want_index;
+  kept_index[3] = -1;
+  Tensor ki = Upload(kept_index), offsets = Poisoned<int64_t>(E + 1),
+         row_of = Poisoned<int32_t>(T * k), assignment_of = Poisoned<int32_t>(T * k);
+  backend().SortByExpert(ki.ptr<int32_t>(), T * k, E, offsets.ptr<int64_t>(), row_of.ptr<int32_t>(),
+                         assignment_of.ptr<int32_t>());
+  EXPECT_EQ(Download<int64_t>(offsets), (std::vector<int64_t>{0, 2, 4, 8, 9}));
+  const auto rows_of = Download<int32_t>(row_of);
+  const auto assign_of = Download<int32_t>(assignment_of);
+  EXPECT_EQ(rows_of[3], -1);
+  for (int64_t r = 0; r < 9; ++r) ASSERT_EQ(rows_of[assign_of[r]], r);
+
+  const int64_t rows = 9;
+  const auto x = RandomFloats(T * D, 34), expert_out = RandomFloats(rows * D, 35);
+  Tensor permuted = Poisoned<float>(rows * D);
+  backend().PermuteForward(Upload(x).ptr<float>(), assignment_of.ptr<int32_t>(),
+                           permuted.ptr<float>(), rows, D, k);
+  const auto p = Download<float>(permuted);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < D; ++c) ASSERT_EQ(p[r * D + c], x[(assign_of[r] / k) * D + c]);
+
+  const auto y0 = RandomFloats(T * D, 36);
+  Tensor y = Upload(y0), wt = Upload(w), eo = Upload(expert_out);
+  backend().UnpermuteCombineForward(eo.ptr<float>(), row_of.ptr<int32_t>(), wt.ptr<float>(),
+                                    y.ptr<float>(), T, D, k);
+  std::vector<double> want_y(y0.begin(), y0.end());
+  for (int64_t a = 0; a < T * k; ++a) {
+    if (rows_of[a] < 0) continue;
+    for (int64_t c = 0; c < D; ++c) want_y[(a / k) * D + c] += double(w[a]) * expert_out[rows_of[a] * D + c];
+  }
+  ExpectClose(Download<float>(y), want_y, kTolerance, "combine");
+
+  const auto dy = RandomFloats(T * D, 37);
+  Tensor deo = Poisoned<float>(rows * D), dwt = Poisoned<float>(T * k), dyt = Upload(dy);
+  backend().UnpermuteCombineBackward(dyt.ptr<float>(), eo.ptr<float>(), row_of.ptr<int32_t>(),
+                                     wt.ptr<float>(), deo.ptr<float>(), dwt.ptr<float>(), T, D, k);
+  std::vector<double> want_deo(rows * D), want_dwt(T * k, 0.0);
+  for (int64_t a = 0; a < T * k; ++a) {
+    if (rows_of[a] < 0) continue;
+    for (int64_t c = 0; c < D; ++c) {
+      want_deo[rows_of[a] * D + c] = double(w[a]) * dy[(a / k) * D + c];
+      want_dwt[a] += double(dy[(a / k) * D + c]) * expert_out[rows_of[a] * D + c];
+    }
+  }
+  ExpectClose(Download<float>(deo), want_deo, kTolerance, "combine d expert_out");
+  ExpectClose(Download<float>(dwt), want_dwt, kTolerance, "combine d weights");
+
+  Tensor dx = Poisoned<float>(T * D);
+  backend().PermuteBackward(Upload(p).ptr<float>(), row_of.ptr<int32_t>(), dx.ptr<float>(), T, D, k);
+  std::vector<double> want_dx(T * D, 0.0);
+  for (int64_t a = 0; a < T * k; ++a) {
+    if (rows_of[a] < 0) continue;
+    for (int64_t c = 0; c < D; ++c) want_dx[(a / k) * D + c] += p[rows_of[a] * D + c];
+  }
+  ExpectClose(Download<float>(dx), want_dx, kTolerance, "permute backward");
+}
+
+// ---- Optimizer ------------------------------------------------------------------------------
+
+TEST_P(BackendOps, AdamWUpdateAndEmaFollowTheirFormulas) {
+  const int64_t n = 40;
+  const auto p0 = RandomFloats(n, 38), g = RandomFloats(n, 39), m0 = RandomFloats(n, 40),
+             v0 = RandomFloats(n, 41, 0.0f, 1.0f);
+  AdamWScalars s;
+  s.beta1 = 0.9f, s.beta2 = 0.95f, s.one_minus_beta1 = 0.1f, s.one_minus_beta2 = 0.05f;
+  s.step_size = 0.01f, s.inv_sqrt_bias2 = 1.5f, s.eps = 1e-8f, s.decay_keep = 0.99f;
+  const std::vector<AdamWSegment> segments = {{0, 10, false}, {10, 25, true}, {25, 40, false}};
+  Tensor p = Upload(p0), m = Upload(m0), v = Upload(v0);
+  backend().AdamWUpdate(s, segments, p.ptr<float>(), Upload(g).ptr<float>(), m.ptr<float>(),
+                        v.ptr<float>());
+  std::vector<double> want_p(n), want_m(n), want_v(n);
+  for (int64_t i = 0; i < n; ++i) {
+    want_m[i] = 0.9 * m0[i] + 0.1 * g[i];
+    want_v[i] = 0.95 * v0[i] + 0.05 * double(g[i]) * g[i];
+    const double keep = (i >= 10 && i < 25) ? 0.99 : 1.0;
+    want_p[i] = p0[i] * keep - 0.01 * want_m[i] / (std::sqrt(want_v[i]) * 1.5 + 1e-8);
+  }
+  ExpectClose(Download<float>(m), want_m, kTolerance, "adamw m");
+  ExpectClose(Download<float>(v), want_v, kTolerance, "adamw v");
+  ExpectClose(Download<float>(p), want_p, kTolerance, "adamw params");
+
+  Tensor ema = Upload(m0);
+  backend().EmaUpdate(ema.ptr<float>(), Upload(p0).ptr<float>(), n, 0.25f);
+  std::vector<double> want_ema(n);
+  for (int64_t i = 0; i < n; ++i) want_ema[i] = m0[i] + 0.25 * (double(p0[i]) - m0[i]);
+  ExpectClose(Download<float>(ema), want_ema, kTolerance, "ema");
+}
+
+TEST_P(BackendOps, EventsOrderWorkAndSynchronizeReportsSuccess) {
+  auto event = backend().CreateEvent();
+  ASSERT_NE(event, nullptr);
+  Tensor t = Poisoned<float>(4);
+  backend().Memset(t.ptr<float>(), 0, t.bytes());
+  backend().Record(*event);
+  backend().StreamWait(*event);
+  backend().HostWait(*event);
+  EXPECT_TRUE(backend().Synchronize().ok());
+  EXPECT_EQ(Download<float>(t), std::vector<float>(4, 0.0f));
+}
+
+INSTANTIATE_TEST_SUITE_P(EveryBackend, BackendOps, ::testing::ValuesIn(BackendsPresent()),
+                         [](const ::testing::TestParamInfo<Backend*>& info) {
+                           return std::string(DeviceName(info.param->device()));
+                         });
+
+}  // namespace
+}  // namespace tessera
