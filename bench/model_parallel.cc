@@ -247,7 +247,7 @@ absl::StatusOr<Result> RunLayout(parallel::MpiRuntime& mpi, const Layout& l, int
   }
   MpiCommunicator* comm[kGroups];
   for (int g = 0; g < kGroups; ++g) comm[g] = g == kWorld ? world.get() : groups[g].get();
-  dit_moe::ModelParallel view{comm[kTp], comm[kSp], comm[kEp], comm[kTpSp], l.msp};
+  parallel::ModelParallel view{comm[kTp], comm[kSp], comm[kEp], comm[kTpSp], l.msp};
 
   ParameterLayout layout;
   layout.bucket_elements = int64_t{1} << 22;  // as tessera train

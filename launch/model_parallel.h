@@ -19,7 +19,7 @@ bool NeedsModelParallel(const parallel::MeshShape& shape);
 
 struct ModelParallelGroups {
   std::unique_ptr<parallel::MpiCommunicator> tp, sp, ep, tp_sp;
-  dit_moe::ModelParallel view;  // points into the communicators above
+  parallel::ModelParallel view;  // points into the communicators above
 };
 
 // Collective over the world: every rank creates every group.

@@ -18,24 +18,14 @@
 
 #include "absl/status/statusor.h"
 #include "parallel/comm/communicator.h"
+#include "parallel/model_parallel.h"
 #include "runtime/nn/moe.h"
 #include "runtime/nn/parameter.h"
 #include "runtime/tensor/arena.h"
 
 namespace tessera::dit_moe {
 
-// The communicators of a model-parallel layout (DESIGN.md §3); every group
-// may have size 1. Layouts without tp, sp and ep (one process, or data
-// parallelism alone) build the model without one.
-struct ModelParallel {
-  parallel::Communicator* tp = nullptr;     // attention heads, adaLN columns
-  parallel::Communicator* sp = nullptr;     // Ulysses sequence shards
-  parallel::Communicator* ep = nullptr;     // experts
-  parallel::Communicator* tp_sp = nullptr;  // one replica's ranks: the balance loss's tokens
-  bool sequence_parallel = false;           // Megatron SP along tp
-  int tp_size() const { return tp->size(); }
-  int sp_size() const { return sp->size(); }
-};
+using parallel::ModelParallel;  // parallel/model_parallel.h
 
 // adaLN: SiLU(c) [B, D] -> [B, blocks * D] shift/scale/gate vectors.
 class ModulationSublayer {
