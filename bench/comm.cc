@@ -7,9 +7,12 @@
 //   algbw  = size / time
 //   busbw  = algbw * 2(n-1)/n (all-reduce), (n-1)/n (reduce-scatter,
 //            all-gather, all-to-all), 1 (broadcast)
-// The time of one operation is the slowest rank's, best of `rounds` (default
-// 3) interleaved rounds. "overhead" is our time over the raw blocking call's,
-// minus one; "nb" is the raw non-blocking call (MPI_I... + MPI_Wait) — what
+// Each operation is timed alone, starting after a barrier; its time is the
+// slowest rank's. Ours, raw and nb run in `rounds` (default 3) interleaved
+// rounds of up to 100 operations each; the table shows the fastest operation
+// of each (on a machine other jobs load, bursts lengthen some operations but
+// rarely all of them) and "median" the overhead of the median operations.
+// "overhead" is our time over the raw blocking call's, minus one; "nb" is the raw non-blocking call (MPI_I... + MPI_Wait) — what
 // our Work wraps for every collective but the all-reduces of at least
 // kThreadedAllReduceBytes, which run as the blocking call on the group's
 // collective thread (Open MPI runs non-blocking collectives with libnbc's
@@ -45,15 +48,27 @@ struct Collective {
   std::function<void(float*send, float*recv, size_t elements)> ours, raw, nonblocking;
 };
 
-// Seconds per operation on the slowest rank.
-double TimePerOp(const std::function<void()>& op, int iterations) {
+// Appends the seconds of `iterations` operations, each on the slowest rank.
+void TimeOps(const std::function<void()>& op, int iterations, std::vector<double>* seconds) {
   op();  // warm up
-  MPI_Barrier(MPI_COMM_WORLD);
-  const double start = MPI_Wtime();
-  for (int i = 0; i < iterations; ++i) op();
-  double seconds = (MPI_Wtime() - start) / iterations;
-  MPI_Allreduce(MPI_IN_PLACE, &seconds, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
-  return seconds;
+  std::vector<double> times(static_cast<size_t>(iterations));
+  for (double& time : times) {
+    MPI_Barrier(MPI_COMM_WORLD);
+    const double start = MPI_Wtime();
+    op();
+    time = MPI_Wtime() - start;
+  }
+  MPI_Allreduce(MPI_IN_PLACE, times.data(), iterations, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+  seconds->insert(seconds->end(), times.begin(), times.end());
+}
+
+double Fastest(const std::vector<double>& seconds) {
+  return *std::min_element(seconds.begin(), seconds.end());
+}
+
+double Median(std::vector<double> seconds) {
+  std::nth_element(seconds.begin(), seconds.begin() + seconds.size() / 2, seconds.end());
+  return seconds[seconds.size() / 2];
 }
 
 void WaitFor(MPI_Request request) { MPI_Wait(&request, MPI_STATUS_IGNORE); }
@@ -150,10 +165,12 @@ int main(int argc, char** argv) {
 
   std::vector<float> send(max_bytes / sizeof(float), 1.0f), recv(max_bytes / sizeof(float), 1.0f);
   if (comm.rank() == 0) {
-    std::printf("# %d ranks; GB/s = 1e9 bytes/s; time per op in us (slowest rank, best of %d)\n", n,
-                rounds);
-    std::printf("%-15s %8s | %10s %7s %7s | %10s %7s %7s | %9s | %10s\n", "collective", "size",
-                "ours us", "algbw", "busbw", "raw us", "algbw", "busbw", "overhead", "nb us");
+    std::printf("# %d ranks; GB/s = 1e9 bytes/s; time per op in us (slowest rank, fastest op of "
+                "%d rounds)\n",
+                n, rounds);
+    std::printf("%-15s %8s | %10s %7s %7s | %10s %7s %7s | %9s %9s | %10s\n", "collective", "size",
+                "ours us", "algbw", "busbw", "raw us", "algbw", "busbw", "overhead", "median",
+                "nb us");
   }
   for (const Collective& c : collectives) {
     for (size_t size = 4096; size <= max_bytes; size *= 4) {
@@ -162,24 +179,26 @@ int main(int argc, char** argv) {
       const size_t bytes = elements * sizeof(float);
       const int iterations =
           static_cast<int>(std::clamp<size_t>((size_t{128} << 20) / size, 2, 100));
-      double ours = 1e30, reference = 1e30, nonblocking = 1e30;
+      std::vector<double> ours_times, raw_times, nonblocking_times;
       for (int round = 0; round < rounds; ++round) {
-        nonblocking = std::min(
-            nonblocking,
-            TimePerOp([&] { c.nonblocking(send.data(), recv.data(), elements); }, iterations));
-        ours = std::min(ours,
-                        TimePerOp([&] { c.ours(send.data(), recv.data(), elements); }, iterations));
-        reference = std::min(
-            reference, TimePerOp([&] { c.raw(send.data(), recv.data(), elements); }, iterations));
+        TimeOps([&] { c.nonblocking(send.data(), recv.data(), elements); }, iterations,
+                &nonblocking_times);
+        TimeOps([&] { c.ours(send.data(), recv.data(), elements); }, iterations, &ours_times);
+        TimeOps([&] { c.raw(send.data(), recv.data(), elements); }, iterations, &raw_times);
       }
+      const double ours = Fastest(ours_times), reference = Fastest(raw_times);
+      const double nonblocking = Fastest(nonblocking_times);
+      const double median = Median(ours_times) / Median(raw_times) - 1.0;
       if (comm.rank() == 0) {
         const double ours_alg = bytes / ours / 1e9, raw_alg = bytes / reference / 1e9;
-        std::printf("%-15s %8s | %10.1f %7.3f %7.3f | %10.1f %7.3f %7.3f | %+8.1f%% | %10.1f\n",
+        std::printf("%-15s %8s | %10.1f %7.3f %7.3f | %10.1f %7.3f %7.3f | %+8.1f%% %+8.1f%% | "
+                    "%10.1f\n",
                     c.name,
                     size >= (1u << 20) ? absl::StrFormat("%d MiB", size >> 20).c_str()
                                        : absl::StrFormat("%d KiB", size >> 10).c_str(),
                     ours * 1e6, ours_alg, ours_alg * c.bus_factor, reference * 1e6, raw_alg,
-                    raw_alg * c.bus_factor, 100.0 * (ours / reference - 1.0), nonblocking * 1e6);
+                    raw_alg * c.bus_factor, 100.0 * (ours / reference - 1.0), 100.0 * median,
+                    nonblocking * 1e6);
         std::fflush(stdout);
       }
     }

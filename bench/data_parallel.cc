@@ -71,12 +71,14 @@ int main(int argc, char** argv) {
     store.ZeroGrads();
     dp->BeginMicroBatch(true);
     auto ex = diffusion.MakeExample(arena, images, labels.data(), ids.data(), 0.1f, 10, 0, step);
-    Tensor out = model->Forward(arena, ex.noisy, ex.t.data(), ex.labels.data());
+    absl::StatusOr<Tensor> forward = model->Forward(arena, ex.noisy, ex.t.data(), ex.labels.data());
+    if (!forward.ok()) return 1;
+    Tensor out = *forward;
     Tensor dout = arena.AllocateUninitialized(DType::kF32, out.shape());
     cpu::MseBackward(out.data<float>(), ex.target.data<float>(), dout.data<float>(), out.numel(),
                      1.0f);
     const auto backward_start = Clock::now();
-    model->Backward(arena, dout, 1.0f);
+    if (!model->Backward(arena, dout, 1.0f).ok()) return 1;
     const double backward = Since(backward_start);
     if (!dp->FinishBackward().ok()) return 1;
     const double exposed = dp->last_wait_seconds();
