@@ -5,13 +5,6 @@
 #include "runtime/base/status.h"
 
 namespace tessera::dit_moe {
-namespace {
-Tensor CopyInto(Arena& arena, const Tensor& x) {
-  Tensor out = arena.AllocateUninitialized(x.dtype(), x.shape());
-  arena.backend().Copy(out.address(), x.address(), x.bytes());
-  return out;
-}
-}  // namespace
 
 DitMoeDims ResolveDims(const DitMoeConfig& c) {
   DitMoeDims d;
@@ -78,7 +71,7 @@ DitMoe::DitMoe(const DitMoeConfig& config, const DitMoeDims& dims, ParameterStor
                      /*channel_last=*/true),
       t_embedder_(store, "t_embedder", dims.hidden, dims.frequency_dim),
       y_embedder_(store, "y_embedder", dims.num_classes, dims.hidden),
-      scratch_(store.backend()) {
+      stack_(store.backend()) {
   const int64_t T = dims.tokens();
   local_tokens_ = T;
   if (mp != nullptr) {
@@ -148,57 +141,46 @@ absl::StatusOr<Tensor> DitMoe::ForwardRows(Arena& arena, const Tensor& x, const 
                                    dcond.ptr<float>(), dcond.numel());
       y_embedder_.Backward(arena, dcond);
       t_embedder_.Backward(arena, dcond);
-      x_embedder_.Backward(arena, dstream_);
+      x_embedder_.Backward(arena, stack_.gradient());
       return absl::OkStatus();
     }, param_ranges_[0].first, param_ranges_[0].second);
   }
 
-  block_inputs_.assign(blocks_.size(), Tensor());
   for (size_t i = 0; i < blocks_.size(); ++i) {
     DitBlock& block = *blocks_[i];
-    const bool recompute = recompute_[i];
-    if (recompute && record) {
-      block_inputs_[i] = stream;
-      TESSERA_ASSIGN_OR_RETURN(Tensor out, block.Forward(scratch_, stream, cond_silu_, B, S));
-      stream = CopyInto(arena, out);
-      scratch_.Reset();
-    } else {
-      TESSERA_ASSIGN_OR_RETURN(stream, block.Forward(arena, stream, cond_silu_, B, S));
-    }
-    if (record) {
-      tape_.Record([this, &arena, &block, i, recompute, B, S]() -> absl::Status {
-        if (recompute) {
-          TESSERA_RETURN_IF_ERROR(
-              block.Forward(scratch_, block_inputs_[i], cond_silu_, B, S).status());
-        }
-        TESSERA_ASSIGN_OR_RETURN(Tensor dx,
-                                 block.Backward(scratch_, dstream_, dcond_silu_, loss_scale_));
-        dstream_ = CopyInto(arena, dx);
-        scratch_.Reset();
-        return absl::OkStatus();
-      }, param_ranges_[1 + i].first, param_ranges_[1 + i].second);
-    }
+    TESSERA_ASSIGN_OR_RETURN(
+        stream,
+        stack_.Run(
+            tape_, arena, stream, recompute_[i], record,
+            [this, &block, B, S](Arena& a, const Tensor& in) {
+              return block.Forward(a, in, cond_silu_, B, S);
+            },
+            [this, &block](Arena& a, const Tensor& dy) {
+              return block.Backward(a, dy, dcond_silu_, loss_scale_);
+            },
+            param_ranges_[1 + i].first, param_ranges_[1 + i].second));
   }
-
-  TESSERA_ASSIGN_OR_RETURN(Tensor rows, final_layer_->Forward(arena, stream, cond_silu_, B, S));
-  if (record) {
-    tape_.Record([this, &arena]() -> absl::Status {
-      TESSERA_ASSIGN_OR_RETURN(Tensor dx, final_layer_->Backward(scratch_, dstream_, dcond_silu_));
-      dstream_ = CopyInto(arena, dx);
-      scratch_.Reset();
-      return absl::OkStatus();
-    }, param_ranges_.back().first, param_ranges_.back().second);
-  }
+  TESSERA_ASSIGN_OR_RETURN(
+      Tensor rows,
+      stack_.Run(
+          tape_, arena, stream, /*recompute=*/false, record,
+          [this, B, S](Arena& a, const Tensor& in) {
+            return final_layer_->Forward(a, in, cond_silu_, B, S);
+          },
+          [this](Arena& a, const Tensor& dy) {
+            return final_layer_->Backward(a, dy, dcond_silu_);
+          },
+          param_ranges_.back().first, param_ranges_.back().second));
   return rows;  // [B*S, p*p*C]
 }
 
 absl::Status DitMoe::BackwardRows(Arena& arena, const Tensor& drows, float loss_scale) {
   loss_scale_ = loss_scale;
   dcond_silu_ = arena.Allocate(DType::kF32, Shape{batch_, dims_.hidden});
-  dstream_ = drows;
+  stack_.gradient() = drows;
   absl::Status status = tape_.Backward();
-  dstream_ = dcond_silu_ = cond_ = cond_silu_ = Tensor();
-  block_inputs_.clear();
+  stack_.Clear();
+  dcond_silu_ = cond_ = cond_silu_ = Tensor();
   return status;
 }
 
@@ -305,7 +287,7 @@ DitMoe::ActivationPlan DitMoe::PlanActivations(int64_t batch) const {
 }
 
 void DitMoe::ReserveScratch(int64_t batch) {
-  scratch_ = Arena(scratch_.backend(), PlanActivations(batch).scratch_arena);
+  stack_.ReserveScratch(PlanActivations(batch).scratch_arena);
 }
 
 }  // namespace tessera::dit_moe

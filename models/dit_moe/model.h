@@ -16,6 +16,7 @@
 #include "models/dit_moe/block.h"
 #include "models/dit_moe/embedders.h"
 #include "runtime/config/config.pb.h"
+#include "runtime/nn/block_stack.h"
 #include "runtime/nn/tape.h"
 
 namespace tessera::dit_moe {
@@ -83,7 +84,7 @@ class DitMoe {
 
   const DitMoeDims& dims() const { return dims_; }
   // The device the model's parameters and activations live on.
-  Backend& backend() const { return scratch_.backend(); }
+  Backend& backend() const { return stack_.scratch().backend(); }
   int64_t null_label() const { return dims_.num_classes; }
   // Forward FLOPs for a batch (training step = 3x).
   double ForwardFlops(int64_t batch) const;
@@ -99,7 +100,7 @@ class DitMoe {
   // Sizes the scratch arena for `batch` up front, so training never grows it.
   void ReserveScratch(int64_t batch);
   // Peak bytes the block-wise scratch arena held (measured).
-  size_t scratch_peak_bytes() const { return scratch_.peak_bytes(); }
+  size_t scratch_peak_bytes() const { return stack_.scratch().peak_bytes(); }
 
  private:
   DitMoe(const DitMoeConfig& config, const DitMoeDims& dims, ParameterStore& store,
@@ -123,15 +124,14 @@ class DitMoe {
   std::vector<std::pair<int, int>> param_ranges_;
 
   Tape tape_;
-  Arena scratch_;
+  BlockStack stack_;  // the blocks' backward driver and scratch arena
   int64_t batch_ = 0;
   Tensor cond_;        // [B, D] c = t_emb + y_emb
   Tensor cond_silu_;   // [B, D]
-  std::vector<bool> recompute_;       // per block
-  std::vector<Tensor> block_inputs_;  // kept for recompute
-  // Backward state, read and written by the tape's closures.
-  Tensor dstream_;      // [B*T, D] gradient of the residual stream
-  Tensor dcond_silu_;   // [B, D]
+  std::vector<bool> recompute_;  // per block
+  // Backward state, read and written by the tape's closures (the residual
+  // stream's gradient is stack_.gradient(), [B*T, D]).
+  Tensor dcond_silu_;  // [B, D]
   float loss_scale_ = 1;
 };
 
