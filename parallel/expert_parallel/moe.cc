@@ -71,8 +71,8 @@ absl::StatusOr<std::unique_ptr<ExpertParallelMoe>> ExpertParallelMoe::Create(
 }
 
 ExpertParallelMoe::ExpertParallelMoe(ParameterStore& store, Communicator& ep,
-                                     const std::string& name, int64_t dim,
-                                     const Options& options, const Groups& groups)
+                                     const std::string& name, int64_t dim, const Options& options,
+                                     const Groups& groups)
     : ep_(ep),
       balance_(groups.balance),
       dim_(dim),
@@ -94,8 +94,7 @@ ExpertParallelMoe::ExpertParallelMoe(ParameterStore& store, Communicator& ep,
   }
 }
 
-void ExpertParallelMoe::Regroup(const Tensor& from, const Tensor& to,
-                                bool to_expert_order) const {
+void ExpertParallelMoe::Regroup(const Tensor& from, const Tensor& to, bool to_expert_order) const {
   const int64_t P = ep_.size(), L = local_experts_;
   Backend& backend = to.backend();
   // Start row of (q, e) in source order and in expert order.
@@ -133,38 +132,55 @@ absl::StatusOr<Tensor> ExpertParallelMoe::ExchangeRows(Arena& arena, const Tenso
     total += recv_rows[r];
   }
   Tensor out = arena.AllocateUninitialized(DType::kF32, Shape{total, dim_});  // [received, dim]
-  TESSERA_RETURN_IF_ERROR(ep_.Complete(ep_.AllToAllV(rows.ptr<float>(), send_counts,
-                                                     out.ptr<float>(), recv_counts,
-                                                     DType::kF32)));
+  TESSERA_RETURN_IF_ERROR(ep_.Complete(
+      ep_.AllToAllV(rows.ptr<float>(), send_counts, out.ptr<float>(), recv_counts, DType::kF32)));
   return out;
 }
 
 absl::StatusOr<Tensor> ExpertParallelMoe::Forward(Arena& arena, const Tensor& x) {
   TESSERA_RETURN_IF_ERROR(CheckRows("ExpertParallelMoe input", x, dim_));
-  const int64_t T = x.dim(0), E = options_.num_experts, k = options_.top_k;
-  const int64_t P = ep_.size(), L = local_experts_;
+  const int64_t T = x.dim(0), k = options_.top_k;
   tokens_ = T;
-  Backend& backend = arena.backend();
+  Route(arena, x);
+  // Routing bookkeeping runs on the host (it sizes the all-to-all).
+  Tensor index_host = HostReadable(expert_index_);
+  const std::vector<int64_t> stats = LocalBalanceStatistics(index_host);
+  ApplyCapacityDrops(arena, index_host);
+  TESSERA_ASSIGN_OR_RETURN(const std::vector<int64_t> all_rows, ExchangeCounts(index_host, stats));
+  TESSERA_RETURN_IF_ERROR(ComputeGroupBalance(stats, all_rows));
+  weights_ = CombineWeights(arena, raw_weights_, T, k, options_.renormalize_topk);
+  TESSERA_ASSIGN_OR_RETURN(Tensor permuted, Dispatch(arena, x, all_rows));
+  TESSERA_ASSIGN_OR_RETURN(returned_out_, RunRemoteExperts(arena, permuted));  // [kept, dim]
 
+  Tensor y = shared_ ? shared_->Forward(arena, x) : arena.Allocate(DType::kF32, Shape{T, dim_});
+  arena.backend().UnpermuteCombineForward(returned_out_.ptr<float>(),
+                                          row_of_assignment_.ptr<int32_t>(), weights_.ptr<float>(),
+                                          y.ptr<float>(), T, dim_, k);
+  return y;
+}
+
+void ExpertParallelMoe::Route(Arena& arena, const Tensor& x) {
+  const int64_t T = x.dim(0), E = options_.num_experts, k = options_.top_k;
+  Backend& backend = arena.backend();
   // Router in fp32 on the local tokens: logits [T, E] -> probs -> top-k.
   Tensor logits = router_.Forward(arena, x);
   probs_ = arena.AllocateUninitialized(DType::kF32, Shape{T, E});
   backend.SoftmaxForward(logits.ptr<float>(), probs_.ptr<float>(), T, E);
   expert_index_ = arena.AllocateUninitialized(DType::kI32, Shape{T * k});
   raw_weights_ = arena.AllocateUninitialized(DType::kF32, Shape{T * k});
-  backend.TopKForward(probs_.ptr<float>(), expert_index_.ptr<int32_t>(),
-                   raw_weights_.ptr<float>(), T, E, k);
-  // Routing bookkeeping runs on the host (it sizes the all-to-all).
-  Tensor index_host = HostReadable(expert_index_);
-  int32_t* index = index_host.data<int32_t>();
+  backend.TopKForward(probs_.ptr<float>(), expert_index_.ptr<int32_t>(), raw_weights_.ptr<float>(),
+                      T, E, k);
+  chosen_index_ = expert_index_;
+}
+
+std::vector<int64_t> ExpertParallelMoe::LocalBalanceStatistics(const Tensor& index_host) const {
+  // Over the router's choice before drops: [E assignment counts | E
+  // probability sums (double, bit-copied) | tokens].
+  const int64_t T = tokens_, E = options_.num_experts, k = options_.top_k;
+  const int32_t* index = index_host.data<int32_t>();
   const Tensor probs_host = HostReadable(probs_);
   const float* probs = probs_host.data<float>();
-  chosen_index_ = expert_index_;
-
-  // This rank's balance statistics, over the router's choice before drops:
-  // [E assignment counts | E probability sums (double, bit-copied) | tokens].
-  const int64_t width = 2 * E + 1;
-  std::vector<int64_t> stats(width, 0);
+  std::vector<int64_t> stats(2 * E + 1, 0);
   for (int64_t a = 0; a < T * k; ++a) ++stats[index[a]];
   for (int64_t e = 0; e < E; ++e) {
     double sum = 0;
@@ -172,28 +188,43 @@ absl::StatusOr<Tensor> ExpertParallelMoe::Forward(Arena& arena, const Tensor& x)
     std::memcpy(&stats[E + e], &sum, sizeof(double));
   }
   stats[2 * E] = T;
+  return stats;
+}
 
-  // Capacity drops (per source rank), then the rows this rank sends to each
-  // expert. One all-gather over ep of [dispatch counts | balance stats] tells
-  // every owner what it receives and, when the balance group is ep, gives
-  // the balance statistics too.
+void ExpertParallelMoe::ApplyCapacityDrops(Arena& arena, Tensor& index_host) {
+  // Per source rank, first come first served in token order.
   dropped_ = 0;
-  if (options_.capacity_factor > 0) {
-    chosen_index_ = arena.AllocateUninitialized(DType::kI32, Shape{T * k});
-    backend.Copy(chosen_index_.address(), expert_index_.address(), expert_index_.bytes());
-    dropped_ = ApplyCapacity(options_.capacity_factor, T, k, E, index);
-    WriteBack(index_host, expert_index_);
-  }
-  const int64_t row_width = E + width;
+  if (options_.capacity_factor <= 0) return;
+  const int64_t T = tokens_, E = options_.num_experts, k = options_.top_k;
+  chosen_index_ = arena.AllocateUninitialized(DType::kI32, Shape{T * k});
+  arena.backend().Copy(chosen_index_.address(), expert_index_.address(), expert_index_.bytes());
+  dropped_ = ApplyCapacity(options_.capacity_factor, T, k, E, index_host.data<int32_t>());
+  WriteBack(index_host, expert_index_);
+}
+
+absl::StatusOr<std::vector<int64_t>> ExpertParallelMoe::ExchangeCounts(
+    const Tensor& index_host, const std::vector<int64_t>& stats) {
+  // One all-gather over ep of [rows this rank sends to each expert | balance
+  // stats] tells every owner what it receives and, when the balance group is
+  // ep, gives the balance statistics too.
+  const int64_t T = tokens_, E = options_.num_experts, k = options_.top_k, P = ep_.size();
+  const int64_t row_width = E + static_cast<int64_t>(stats.size());
+  const int32_t* index = index_host.data<int32_t>();
   std::vector<int64_t> row(row_width, 0), all_rows(P * row_width);
   for (int64_t a = 0; a < T * k; ++a) {
     if (index[a] >= 0) ++row[index[a]];
   }
   std::copy(stats.begin(), stats.end(), row.begin() + E);
-  TESSERA_RETURN_IF_ERROR(ep_.Complete(ep_.AllGather(
-      row.data(), all_rows.data(), static_cast<size_t>(row_width), DType::kI64)));
+  TESSERA_RETURN_IF_ERROR(ep_.Complete(
+      ep_.AllGather(row.data(), all_rows.data(), static_cast<size_t>(row_width), DType::kI64)));
+  return all_rows;
+}
 
+absl::Status ExpertParallelMoe::ComputeGroupBalance(const std::vector<int64_t>& stats,
+                                                    const std::vector<int64_t>& all_rows) {
   // Balance statistics summed in group-rank order, identically on every rank.
+  const int64_t E = options_.num_experts, k = options_.top_k, P = ep_.size();
+  const int64_t width = static_cast<int64_t>(stats.size()), row_width = E + width;
   std::vector<int64_t> group_stats;
   int64_t group_size = P;
   if (balance_ == nullptr) {
@@ -224,10 +255,16 @@ absl::StatusOr<Tensor> ExpertParallelMoe::Forward(Arena& arena, const Tensor& x)
   balance_f_ = std::move(balance.f);
   expert_load_ = std::move(balance.load);
   balance_loss_ = balance.loss;
+  return absl::OkStatus();
+}
 
-  weights_ = CombineWeights(arena, raw_weights_, T, k, options_.renormalize_topk);
-
+absl::StatusOr<Tensor> ExpertParallelMoe::Dispatch(Arena& arena, const Tensor& x,
+                                                   const std::vector<int64_t>& all_rows) {
   // Expert order: the rows bound for rank r (its experts) are contiguous.
+  const int64_t T = tokens_, E = options_.num_experts, k = options_.top_k;
+  const int64_t P = ep_.size(), L = local_experts_,
+                row_width = static_cast<int64_t>(all_rows.size()) / P;
+  Backend& backend = arena.backend();
   Tensor expert_offsets = arena.AllocateUninitialized(DType::kI64, Shape{E + 1});
   row_of_assignment_ = arena.AllocateUninitialized(DType::kI32, Shape{T * k});
   Tensor assignment_of_row = arena.AllocateUninitialized(DType::kI32, Shape{T * k});
@@ -244,11 +281,16 @@ absl::StatusOr<Tensor> ExpertParallelMoe::Forward(Arena& arena, const Tensor& x)
       recv_counts_[q * L + e] = all_rows[q * row_width + first_expert_ + e];
       recv_rows_[q] += recv_counts_[q * L + e];
     }
-
   const int64_t kept = offsets[E];  // T*k less the dropped assignments
   Tensor permuted = arena.AllocateUninitialized(DType::kF32, Shape{kept, dim_});  // [kept, dim]
   backend.PermuteForward(x.ptr<float>(), assignment_of_row.ptr<int32_t>(), permuted.ptr<float>(),
-                      kept, dim_, k);
+                         kept, dim_, k);
+  return permuted;
+}
+
+absl::StatusOr<Tensor> ExpertParallelMoe::RunRemoteExperts(Arena& arena, const Tensor& permuted) {
+  // To the owners, through their experts, and back home in the same order.
+  const int64_t P = ep_.size(), L = local_experts_;
   Stopwatch watch;
   TESSERA_ASSIGN_OR_RETURN(Tensor received,
                            ExchangeRows(arena, permuted, send_rows_, recv_rows_));  // [R, dim]
@@ -269,14 +311,9 @@ absl::StatusOr<Tensor> ExpertParallelMoe::Forward(Arena& arena, const Tensor& x)
   Tensor back = arena.AllocateUninitialized(DType::kF32, Shape{R, dim_});
   Regroup(expert_out, back, /*to_expert_order=*/false);
   watch.Lap();
-  TESSERA_ASSIGN_OR_RETURN(returned_out_,
-                           ExchangeRows(arena, back, recv_rows_, send_rows_));  // [kept, dim]
+  TESSERA_ASSIGN_OR_RETURN(Tensor returned, ExchangeRows(arena, back, recv_rows_, send_rows_));
   exchange_seconds_ += watch.Lap();
-
-  Tensor y = shared_ ? shared_->Forward(arena, x) : arena.Allocate(DType::kF32, Shape{T, dim_});
-  backend.UnpermuteCombineForward(returned_out_.ptr<float>(), row_of_assignment_.ptr<int32_t>(),
-                               weights_.ptr<float>(), y.ptr<float>(), T, dim_, k);
-  return y;
+  return returned;
 }
 
 absl::StatusOr<Tensor> ExpertParallelMoe::Backward(Arena& arena, const Tensor& dy,
@@ -298,8 +335,8 @@ absl::StatusOr<Tensor> ExpertParallelMoe::Backward(Arena& arena, const Tensor& d
   Tensor dreturned = arena.AllocateUninitialized(DType::kF32, Shape{kept, dim_});
   Tensor dweights = arena.AllocateUninitialized(DType::kF32, Shape{T * k});
   backend.UnpermuteCombineBackward(dy.ptr<float>(), returned_out_.ptr<float>(),
-                                row_of_assignment_.ptr<int32_t>(), weights_.ptr<float>(),
-                                dreturned.ptr<float>(), dweights.ptr<float>(), T, dim_, k);
+                                   row_of_assignment_.ptr<int32_t>(), weights_.ptr<float>(),
+                                   dreturned.ptr<float>(), dweights.ptr<float>(), T, dim_, k);
   // To the owners, through the experts, and back.
   Stopwatch watch;
   TESSERA_ASSIGN_OR_RETURN(Tensor dreceived,
@@ -324,12 +361,20 @@ absl::StatusOr<Tensor> ExpertParallelMoe::Backward(Arena& arena, const Tensor& d
   exchange_seconds_ += watch.Lap();
   Tensor dx = arena.AllocateUninitialized(DType::kF32, Shape{T, dim_});
   backend.PermuteBackward(dpermuted.ptr<float>(), row_of_assignment_.ptr<int32_t>(),
-                       dx.ptr<float>(), T, dim_, k);
+                          dx.ptr<float>(), T, dim_, k);
   // Balance loss over the group's tokens: d/dp[t, i] = alpha * f_i / T_group.
-  RouterGradientInputs router{raw_weights_.data<float>(), weights_.data<float>(),
-                              chosen_index_.data<int32_t>(), probs_.data<float>(), &balance_f_,
-                              T, E, k, global_tokens_, options_.renormalize_topk && k > 1,
-                              options_.balance_loss_coef, loss_scale};
+  RouterGradientInputs router{raw_weights_.data<float>(),
+                              weights_.data<float>(),
+                              chosen_index_.data<int32_t>(),
+                              probs_.data<float>(),
+                              &balance_f_,
+                              T,
+                              E,
+                              k,
+                              global_tokens_,
+                              options_.renormalize_topk && k > 1,
+                              options_.balance_loss_coef,
+                              loss_scale};
   AddSharedAndRouterGradients(arena, dy, shared_.get(), router_, router, dweights.data<float>(),
                               dx);
   probs_ = chosen_index_ = expert_index_ = raw_weights_ = weights_ = row_of_assignment_ =

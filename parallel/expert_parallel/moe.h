@@ -116,6 +116,18 @@ class ExpertParallelMoe {
   void Regroup(const Tensor& from, const Tensor& to, bool to_expert_order) const;
   // Sends `rows` ([sum send_rows, dim], blocks in rank order) and returns
   // the received [sum recv_rows, dim].
+  // The steps of Forward, in order.
+  void Route(Arena& arena, const Tensor& x);
+  std::vector<int64_t> LocalBalanceStatistics(const Tensor& index_host) const;
+  void ApplyCapacityDrops(Arena& arena, Tensor& index_host);
+  absl::StatusOr<std::vector<int64_t>> ExchangeCounts(const Tensor& index_host,
+                                                      const std::vector<int64_t>& stats);
+  absl::Status ComputeGroupBalance(const std::vector<int64_t>& stats,
+                                   const std::vector<int64_t>& all_rows);
+  absl::StatusOr<Tensor> Dispatch(Arena& arena, const Tensor& x,
+                                  const std::vector<int64_t>& all_rows);
+  absl::StatusOr<Tensor> RunRemoteExperts(Arena& arena, const Tensor& permuted);
+
   absl::StatusOr<Tensor> ExchangeRows(Arena& arena, const Tensor& rows,
                                       const std::vector<int64_t>& send_rows,
                                       const std::vector<int64_t>& recv_rows);
