@@ -13,6 +13,7 @@ packages=(
   libpng-dev zlib1g-dev
   dataset-fashion-mnist
   python3            # tests: checking JSON output, flipping a byte in a file
+  clang-14 libclang-rt-14-dev libomp-14-dev  # fuzz targets (scripts/fuzz.sh, e2e.fuzz_smoke): libFuzzer, ASan, UBSan
 )
 
 missing=()
