@@ -120,8 +120,13 @@ absl::Status DitMoe::Build(ParameterStore& store) {
 absl::StatusOr<Tensor> DitMoe::ForwardRows(Arena& arena, const Tensor& x, const float* t,
                                            const int32_t* labels, bool record) {
   const int64_t B = x.dim(0), S = local_tokens_, D = dims_.hidden;
-  TESSERA_CHECK(x.rank() == 4 && x.dim(1) == dims_.channels && x.dim(2) == dims_.input_size &&
-                x.dim(3) == dims_.input_size);
+  if (x.rank() != 4 || x.dim(1) != dims_.channels || x.dim(2) != dims_.input_size ||
+      x.dim(3) != dims_.input_size) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "DiT-MoE input is %s, the config wants [B, %d, %d, %d] (model.dit_moe.in_channels, "
+        "input_size)",
+        x.DebugString(), dims_.channels, dims_.input_size, dims_.input_size));
+  }
   batch_ = B;
   tape_.Clear();
   Backend& backend = arena.backend();
