@@ -7,6 +7,7 @@
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "runtime/base/errors.h"
 
 namespace tessera {
@@ -58,20 +59,35 @@ absl::StatusOr<IdxArray> ReadIdxU8(const std::string& path, int expected_rank) {
   got = ReadSome(file, path, header.data(), header.size());
   if (!got.ok()) return got.status();
   if (*got < header.size()) return DataError(absl::StrCat(path, ": header truncated"));
+  // Each dimension is < 2^32 and the product stops at the limit, so it never
+  // overflows (three dimensions of 2^32 - 1 would).
+  constexpr int64_t kMaxElements = int64_t{1} << 40;
   int64_t numel = 1;
+  bool implausible = false;
   for (int i = 0; i < expected_rank; ++i) {
     array.dims.push_back(BigEndian32(&header[4 * i]));
-    numel *= array.dims.back();
+    if (array.dims.back() != 0 && numel > kMaxElements / array.dims.back()) implausible = true;
+    if (!implausible) numel *= array.dims.back();
   }
-  if (numel > (int64_t{1} << 40)) {
-    return DataError(absl::StrCat(path, ": implausible dimensions (", numel, " elements)"));
+  if (implausible || numel > kMaxElements) {
+    return DataError(absl::StrCat(path, ": implausible dimensions ", absl::StrJoin(array.dims, " x "),
+                                  " (more than 2^40 elements)"));
   }
-  array.data.resize(static_cast<size_t>(numel));
-  got = ReadSome(file, path, array.data.data(), array.data.size());
-  if (!got.ok()) return got.status();
-  if (*got < array.data.size()) {
+  // The header is not trusted with an allocation: the array grows as the
+  // data arrives, so a short file promising 2^40 bytes costs what it holds.
+  constexpr int64_t kChunk = int64_t{1} << 20;  // the vector still grows geometrically
+  int64_t have = 0;
+  while (have < numel) {
+    const int64_t want = std::min(kChunk, numel - have);
+    array.data.resize(static_cast<size_t>(have + want));
+    got = ReadSome(file, path, array.data.data() + have, static_cast<size_t>(want));
+    if (!got.ok()) return got.status();
+    have += static_cast<int64_t>(*got);
+    if (static_cast<int64_t>(*got) < want) break;
+  }
+  if (have < numel) {
     return DataError(absl::StrCat(path, ": truncated: the header promises ", numel,
-                                  " bytes of data, the file has ", *got));
+                                  " bytes of data, the file has ", have));
   }
   uint8_t extra;
   got = ReadSome(file, path, &extra, 1);
