@@ -1,34 +1,30 @@
 // Pieces shared by `tessera train` and `tessera sample`: building the model
-// a config names, and sampling a class-conditional image grid from it.
+// a config names (through the model registry, models/registry.h), and the
+// CPU threads.
 #pragma once
 
 #include <memory>
-#include <string>
 
 #include "absl/status/statusor.h"
-#include "models/dit_moe/model.h"
+#include "models/registry.h"
+#include "parallel/model_parallel.h"
 #include "runtime/config/config.pb.h"
 #include "runtime/nn/parameter.h"
 
 namespace tessera {
 
 struct BuiltModel {
-  std::unique_ptr<ParameterStore> store;
-  std::unique_ptr<dit_moe::DitMoe> model;
+  const ModelFamily* family = nullptr;
+  std::unique_ptr<Model> model;
 };
 
-// Registers the model's parameters, lays them out (`layout`: gradient buckets
-// for data parallelism) and initializes them from train.seed.
-// `mp`: the model-parallel layout, if any (launch/model_parallel.h).
+// The family the config names builds this rank's model: registers its
+// parameters, lays them out (`layout`: gradient buckets for data
+// parallelism) and initializes them from train.seed. `mp`: the
+// model-parallel layout, if any (launch/model_parallel.h).
 absl::StatusOr<BuiltModel> BuildModel(const RunConfig& config,
                                       const ParameterLayout& layout = {},
-                                      const dit_moe::ModelParallel* mp = nullptr);
-
-// Samples `per_class` images of every class with the model's current
-// weights and writes them as a grid (one row per class) to `path`.
-absl::Status WriteSampleGrid(dit_moe::DitMoe& model, const RunConfig& config,
-                             const std::string& path, int per_class, int steps, float cfg_scale,
-                             uint64_t seed);
+                                      const parallel::ModelParallel* mp = nullptr);
 
 // Sets the CPU threads from train.threads (0: this host's cores divided among
 // the `local_ranks` MPI ranks on it).

@@ -1,4 +1,6 @@
-// tessera sample: class-conditional images from a finished training run.
+// tessera sample: class-conditional images from a finished DiT-MoE training
+// run. The command is DiT-MoE's alone (other models end their runs with their
+// own hook, models/registry.h); it refuses a run of any other model.
 #include <cstdio>
 #include <filesystem>
 
@@ -7,6 +9,8 @@
 #include "launch/commands.h"
 #include "launch/memory_fit.h"
 #include "launch/model_setup.h"
+#include "models/dit_moe/family.h"
+#include "models/registry.h"
 #include "runtime/base/errors.h"
 #include "runtime/base/status.h"
 #include "runtime/checkpoint/weights_file.h"
@@ -16,8 +20,9 @@ namespace tessera {
 namespace {
 constexpr char kSampleUsage[] = R"(usage: tessera sample --run RUN_DIR [options]
 
-Generates a grid of images, one row per class, with the weights a training
-run saved (RUN_DIR/weights.h5) and the model in RUN_DIR/config.textproto.
+Generates a grid of images, one row per class, with the weights a DiT-MoE
+training run saved (RUN_DIR/weights.h5) and the model in
+RUN_DIR/config.textproto. Runs of other models are refused (exit 2).
 
   --run DIR          a training run directory (train.run_dir)
   --out FILE         PNG to write (default RUN_DIR/samples.png)
@@ -65,9 +70,14 @@ absl::StatusOr<RunConfig> LoadSampleConfig(const std::string& run_dir) {
   TESSERA_ASSIGN_OR_RETURN(RunConfig config, LoadRunConfig(run_dir + "/config.textproto"));
   config.clear_parallel();  // sample builds the single-process model
   config.clear_fault();
-  absl::Status valid = ValidateRunConfig(config, 1);
+  absl::Status valid = ValidateRun(config, 1);
   if (!valid.ok()) {
     return UsageError(absl::StrCat(run_dir, "/config.textproto: ", valid.message()));
+  }
+  if (!config.has_dit_moe()) {
+    return UsageError(absl::StrCat("sample: ", run_dir, "/config.textproto trains model.",
+                                   ModelFieldName(config),
+                                   "; tessera sample draws DiT-MoE runs' images only"));
   }
   return config;
 }
@@ -78,12 +88,13 @@ absl::Status Sample(const ParsedArguments& args) {
   const std::string run_dir = args.Get("run");
   TESSERA_ASSIGN_OR_RETURN(RunConfig config, LoadSampleConfig(run_dir));
   TESSERA_ASSIGN_OR_RETURN(const SampleOptions o, ParseSampleOptions(args, config, run_dir));
-  TESSERA_RETURN_IF_ERROR(CheckSamplingMemoryFits(config, o.per_class));
+  TESSERA_RETURN_IF_ERROR(
+      CheckSamplingMemoryFits(config, o.per_class * config.dit_moe().num_classes()));
   config.mutable_train()->set_threads(static_cast<int>(o.threads));
   ConfigureThreads(config);
-  TESSERA_ASSIGN_OR_RETURN(BuiltModel built, BuildModel(config));
-  TESSERA_RETURN_IF_ERROR(LoadWeights(run_dir + "/weights.h5", *built.store));
-  TESSERA_RETURN_IF_ERROR(WriteSampleGrid(*built.model, config, o.out,
+  TESSERA_ASSIGN_OR_RETURN(auto built, dit_moe::DitMoeModel::Build(config));
+  TESSERA_RETURN_IF_ERROR(LoadWeights(run_dir + "/weights.h5", built->store()));
+  TESSERA_RETURN_IF_ERROR(dit_moe::WriteSampleGrid(built->model(), config, o.out,
                                           static_cast<int>(o.per_class),
                                           static_cast<int>(o.steps), static_cast<float>(o.cfg),
                                           static_cast<uint64_t>(o.seed)));

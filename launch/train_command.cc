@@ -18,7 +18,7 @@
 #include "runtime/checkpoint/sharded_checkpoint.h"
 #include "runtime/train/signals.h"
 #include "launch/model_setup.h"
-#include "models/dit_moe/task.h"
+#include "launch/train_command.h"
 #include "runtime/base/errors.h"
 #include "runtime/base/status.h"
 #include "runtime/checkpoint/weights_file.h"
@@ -38,8 +38,9 @@ see docs/config.md) on this process.
   --resume             continue from the latest checkpoint (checkpoint.resume=latest)
 
 Writes to train.run_dir: config.textproto (the effective config), metrics.jsonl
-(one JSON object per logged step), weights.h5 (final EMA weights) and
-samples.png (a class-conditional sample grid).
+(one JSON object per logged step), weights.h5 (final EMA weights) and what the
+model writes when the run ends (DiT-MoE: samples.png, a class-conditional
+sample grid).
 )";
 
 // Gradient bucket size for data parallelism: 4 Mi elements (16 MiB in fp32),
@@ -93,7 +94,7 @@ absl::StatusOr<std::string> ResolveResume(const RunConfig& config, bool leader) 
                                       ": no committed checkpoint passes verification"));
 }
 
-absl::Status Train(const ParsedArguments& args, Distributed& distributed) {
+absl::StatusOr<RunConfig> ConfigFromArguments(const ParsedArguments& args) {
   TESSERA_RETURN_IF_ERROR(args.ExpectNoPositional("train"));
   if (!args.Has("config")) return UsageError("train: --config FILE is required (see --help)");
   TESSERA_ASSIGN_OR_RETURN(RunConfig config, LoadRunConfig(args.Get("config")));
@@ -101,13 +102,23 @@ absl::Status Train(const ParsedArguments& args, Distributed& distributed) {
   if (args.values.count("set")) overrides = args.values.at("set");
   if (args.flags.count("resume")) overrides.push_back("checkpoint.resume=latest");
   TESSERA_RETURN_IF_ERROR(ApplyOverrides(&config, overrides));
+  return config;
+}
+
+absl::Status Train(const ParsedArguments& args, Distributed& distributed) {
+  TESSERA_ASSIGN_OR_RETURN(const RunConfig config, ConfigFromArguments(args));
+  return TrainRun(config, distributed);
+}
+}  // namespace
+
+absl::Status TrainRun(const RunConfig& config, Distributed& distributed) {
   const int world_size = distributed.mpi ? distributed.mpi->world_size() : 1;
   if (distributed.mpi) {
     TESSERA_RETURN_IF_ERROR(AgreeOnRunConfig(config, distributed.mpi->world_rank(), world_size));
   }
   // Every rank validates the same config against the same world size, so
   // every rank fails with the same message before any data is read.
-  TESSERA_RETURN_IF_ERROR(ValidateRunConfig(config, world_size));
+  TESSERA_RETURN_IF_ERROR(ValidateRun(config, world_size));
   TESSERA_RETURN_IF_ERROR(CheckTrainingMemoryFits(config, world_size, distributed.local_size));
   if (distributed.mpi) TESSERA_RETURN_IF_ERROR(BuildGroups(config, distributed));
   std::unique_ptr<ModelParallelGroups> model_parallel;
@@ -150,10 +161,14 @@ absl::Status Train(const ParsedArguments& args, Distributed& distributed) {
   const int64_t micro_batch = MicroBatch(config, world_size);
   const int64_t dp = DataParallelSize(config, world_size);
   const int64_t per_replica = config.train().global_batch() / dp;
-  const int replica = distributed.mesh ? distributed.mesh->coordinates().dp : 0;
-  TESSERA_ASSIGN_OR_RETURN(auto task,
-                           dit_moe::DitMoeTask::Create(config, *built.model, replica,
-                                                       static_cast<int>(dp), micro_batch, start));
+  TaskOptions task_options;
+  task_options.replica = distributed.mesh ? distributed.mesh->coordinates().dp : 0;
+  task_options.num_replicas = static_cast<int>(dp);
+  task_options.micro_batch = micro_batch;
+  task_options.start = start;
+  TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<TrainTask> task,
+                           built.model->CreateTask(task_options));
+  ParameterStore& store = built.model->store();
   const int micro_batches = static_cast<int>(per_replica / micro_batch);
 
   std::unique_ptr<parallel::DataParallel> data_parallel;
@@ -169,10 +184,10 @@ absl::Status Train(const ParsedArguments& args, Distributed& distributed) {
       groups.ep = shape.ep;
     }
     TESSERA_ASSIGN_OR_RETURN(data_parallel,
-                             parallel::DataParallel::Create(*built.store, config.optim(),
+                             parallel::DataParallel::Create(store, config.optim(),
                                                             config.parallel().zero_stage(), groups,
                                                             leader));
-    built.model->set_on_gradients_ready([sync = data_parallel.get()](int first, int end) {
+    built.model->SetOnGradientsReady([sync = data_parallel.get()](int first, int end) {
       sync->OnGradientsReady(first, end);
     });
     options.sync = data_parallel.get();
@@ -180,10 +195,10 @@ absl::Status Train(const ParsedArguments& args, Distributed& distributed) {
 
   const std::string& run_dir = config.train().run_dir();
   if (leader) {
-    std::printf("tessera train: DiT-MoE, %lld parameters, %.2f GFLOP per training sample, "
+    std::printf("tessera train: %s, %lld parameters, %.2f GFLOP per training sample, "
                 "global batch %lld over %lld replica%s (%d micro-batch%s of %lld each), "
                 "%lld steps -> %s\n",
-                static_cast<long long>(built.store->numel()),
+                built.family->title.c_str(), static_cast<long long>(store.numel()),
                 task->TrainingFlopsPerSample() / 1e9,
                 static_cast<long long>(config.train().global_batch()), static_cast<long long>(dp),
                 dp == 1 ? "" : "s", micro_batches, micro_batches == 1 ? "" : "es",
@@ -196,8 +211,8 @@ absl::Status Train(const ParsedArguments& args, Distributed& distributed) {
                   "rank 0\n",
                   world_size, shape.tp, shape.sp, shape.dp, shape.ep, shape.edp,
                   config.parallel().sequence_parallel() && shape.tp > 1 ? "on" : "off",
-                  config.parallel().zero_stage(), built.store->buckets().size(),
-                  static_cast<long long>(built.store->numel()));
+                  config.parallel().zero_stage(), store.buckets().size(),
+                  static_cast<long long>(store.numel()));
     }
   }
   options.micro_batches = micro_batches;
@@ -251,10 +266,10 @@ absl::Status Train(const ParsedArguments& args, Distributed& distributed) {
   InstallStopSignalHandlers();
   if (!leader) {
     // Only rank 0 writes into the run directory.
-    Trainer trainer(config, *built.store, *task, options);
+    Trainer trainer(config, store, *task, options);
     TESSERA_RETURN_IF_ERROR(trainer.Run());
     if (!model_parallel) return absl::OkStatus();
-    return GatherWeights(*distributed.world, *distributed.mesh, *built.store,
+    return GatherWeights(*distributed.world, *distributed.mesh, store,
                          trainer.inference_weights(), nullptr);
   }
 
@@ -274,7 +289,7 @@ absl::Status Train(const ParsedArguments& args, Distributed& distributed) {
                                       config_path, std::strerror(errno)));
   }
 
-  Trainer trainer(config, *built.store, *task, options);
+  Trainer trainer(config, store, *task, options);
   absl::Status status = trainer.Run();
   TESSERA_RETURN_IF_ERROR(status);
 
@@ -287,34 +302,25 @@ absl::Status Train(const ParsedArguments& args, Distributed& distributed) {
               100.0 * (static_cast<double>(summary.peak_rss_bytes) /
                            static_cast<double>(summary.plan.total()) - 1));
 
-  // Save and sample with the EMA weights, assembled from every rank's pieces
-  // into the single-process model under model parallelism.
+  // Save with the EMA weights, assembled from every rank's pieces into the
+  // single-process model under model parallelism; then the model's own
+  // end-of-run hook (DiT-MoE: the sample grid) on that model.
+  std::unique_ptr<Model> whole;
   if (model_parallel) {
-    TESSERA_ASSIGN_OR_RETURN(BuiltModel whole, BuildModel(config));
-    TESSERA_RETURN_IF_ERROR(GatherWeights(*distributed.world, *distributed.mesh, *built.store,
-                                          trainer.inference_weights(), whole.store.get()));
-    built = std::move(whole);
+    TESSERA_ASSIGN_OR_RETURN(BuiltModel one_process, BuildModel(config));
+    whole = std::move(one_process.model);
+    TESSERA_RETURN_IF_ERROR(GatherWeights(*distributed.world, *distributed.mesh, store,
+                                          trainer.inference_weights(), &whole->store()));
   } else {
-    std::memcpy(built.store->values().raw(), trainer.inference_weights(),
-                built.store->values().bytes());
+    std::memcpy(store.values().raw(), trainer.inference_weights(), store.values().bytes());
   }
+  Model& final_model = whole ? *whole : *built.model;
   const std::string weights_path = run_dir + "/weights.h5";
-  TESSERA_RETURN_IF_ERROR(
-      SaveWeights(weights_path, *built.store, built.store->values().data<float>()));
+  TESSERA_RETURN_IF_ERROR(SaveWeights(weights_path, final_model.store(),
+                                      final_model.store().values().data<float>()));
   std::printf("wrote %s\n", weights_path.c_str());
-  const int per_class = config.train().sample_grid_per_class();
-  if (per_class > 0) {
-    const std::string png = run_dir + "/samples.png";
-    const DitMoeConfig& m = config.dit_moe();
-    TESSERA_RETURN_IF_ERROR(WriteSampleGrid(*built.model, config, png, per_class,
-                                            m.sample_steps(), m.cfg_scale(),
-                                            config.train().seed()));
-    std::printf("wrote %s (%d per class, %d steps, cfg %.1f)\n", png.c_str(), per_class,
-                m.sample_steps(), m.cfg_scale());
-  }
-  return absl::OkStatus();
+  return final_model.FinishRun(run_dir);
 }
-}  // namespace
 
 int ReportError(const absl::Status& status) {
   std::fprintf(stderr, "tessera: error: %s\n", std::string(status.message()).c_str());

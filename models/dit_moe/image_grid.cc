@@ -1,4 +1,4 @@
-#include "launch/image_grid.h"
+#include "models/dit_moe/image_grid.h"
 
 #include <png.h>
 

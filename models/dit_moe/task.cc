@@ -106,11 +106,15 @@ absl::StatusOr<MicroBatchResult> DitMoeTask::RunMicroBatch(Arena& arena, int64_t
   TESSERA_RETURN_IF_ERROR(model_.SumLossOverTensorGroup(&result.loss));
   result.aux_loss = model_.balance_loss();
   result.samples = micro_batch_;
+  // The loss is a mean over samples (every sample has the same pixels): the
+  // gradient is that of the per-sample sum (TrainTask::RunMicroBatch).
+  result.elements = static_cast<double>(micro_batch_);
+  const float element_scale = loss_scale * static_cast<float>(micro_batch_);
   Tensor dprediction = arena.AllocateUninitialized(DType::kF32, prediction.shape());
   backend.MseBackward(prediction.ptr<float>(), target.ptr<float>(), dprediction.ptr<float>(), n,
-                   static_cast<float>(loss_scale * loss_share));
+                      static_cast<float>(element_scale * loss_share));
   BeforeBackward();
-  TESSERA_RETURN_IF_ERROR(model_.BackwardRows(arena, dprediction, loss_scale));
+  TESSERA_RETURN_IF_ERROR(model_.BackwardRows(arena, dprediction, element_scale));
 
   // Per-step statistics for the log.
   const auto load = model_.expert_load();

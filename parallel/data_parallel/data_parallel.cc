@@ -65,7 +65,6 @@ DataParallel::DataParallel(ParameterStore& store, const OptimConfig& optim, int 
     Bucket bucket;
     bucket.range = range;
     bucket.comm = GroupOf(range.group);
-    bucket.scale = 1.0f / static_cast<float>(groups_.divisor);
     for (int id = range.first_param; id < range.end_param; ++id)
       bucket_of_param_[id] = static_cast<int>(buckets_.size());
     buckets_.push_back(std::move(bucket));
@@ -104,9 +103,9 @@ void DataParallel::BeginMicroBatch(bool last) {
 
 absl::Status DataParallel::Launch(Bucket& bucket) {
   float* grads = store_.grads().data<float>() + bucket.range.begin;
-  // An average when the group is exactly the loss's dp x sp ranks; otherwise
-  // a sum, scaled once it arrives (FinishBackward).
-  const ReduceOp op = bucket.comm->size() == groups_.divisor ? ReduceOp::kAvg : ReduceOp::kSum;
+  // A sum, divided once it arrives (FinishBackward): by the global element
+  // count, which is known only after the last micro-batch.
+  const ReduceOp op = ReduceOp::kSum;
   absl::StatusOr<std::unique_ptr<Work>> work =
       zero_stage_ == 0
           ? bucket.comm->AllReduce(grads, bucket.range.size(), DType::kF32, op)
@@ -134,8 +133,10 @@ void DataParallel::OnGradientsReady(int first_param, int end_param) {
   }
 }
 
-absl::Status DataParallel::FinishBackward() {
+absl::Status DataParallel::FinishBackward(double global_elements) {
   TESSERA_RETURN_IF_ERROR(launch_status_);
+  const float scale = static_cast<float>(
+      1.0 / (global_elements > 0 ? global_elements : static_cast<double>(groups_.divisor)));
   const auto start = std::chrono::steady_clock::now();
   // Buckets the backward pass did not report (none for a well-formed model)
   // start now, last first, the same on every rank.
@@ -145,12 +146,11 @@ absl::Status DataParallel::FinishBackward() {
   for (auto it = buckets_.rbegin(); it != buckets_.rend(); ++it) {
     TESSERA_RETURN_IF_ERROR(it->work->Wait(it->comm->timeout()));
     it->work.reset();
-    if (it->comm->size() != groups_.divisor) {
-      if (zero_stage_ == 0) {
-        store_.backend().Scale(store_.grads().data<float>() + it->range.begin, it->range.size(), it->scale);
-      } else {
-        store_.backend().Scale(it->shard_grads.data<float>(), it->shard_size(), it->scale);
-      }
+    if (zero_stage_ == 0) {
+      store_.backend().Scale(store_.grads().data<float>() + it->range.begin, it->range.size(),
+                             scale);
+    } else {
+      store_.backend().Scale(it->shard_grads.data<float>(), it->shard_size(), scale);
     }
   }
   last_wait_seconds_ =
@@ -240,6 +240,19 @@ absl::Status DataParallel::Step(float lr, float grad_scale) {
   }
   for (size_t i = 0; i < gathers.size(); ++i) {
     TESSERA_RETURN_IF_ERROR(gathers[i]->Wait(buckets_[i].comm->timeout()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status DataParallel::SumOverReplicas(std::vector<double>* values) {
+  const size_t n = values->size();
+  std::vector<double> all(n * dense_->size());
+  TESSERA_RETURN_IF_ERROR(dense_->Complete(
+      dense_->AllGather(values->data(), all.data(), n * sizeof(double), DType::kU8)));
+  for (size_t i = 0; i < n; ++i) {
+    double sum = 0;  // in rank order: exact and the same on every rank
+    for (int r = 0; r < dense_->size(); ++r) sum += all[r * n + i];
+    (*values)[i] = sum;
   }
   return absl::OkStatus();
 }

@@ -29,12 +29,15 @@ namespace tessera::parallel {
 // The groups gradients are reduced over, one per ParallelSpec::ReduceGroup,
 // and what the sums are divided by.
 //
-// Each rank's loss is the mean over its own tokens, and the global loss is
-// the mean of those over the dp x sp ranks, so every gradient is a sum of
-// per-rank contributions divided by `divisor` = dp * sp: for dense
-// parameters that sum runs over dp x sp (an average); for expert parameters
-// over edp (each owner already holds the contributions of its ep group's
-// tokens); for tp-partial parameters over the world.
+// Each rank contributes the gradient of its losses' per-element sums (the
+// trainer's per-element weighting, runtime/train/train_task.h), and the
+// global loss is the mean over the elements of the dp x sp ranks, so every
+// gradient is a sum of per-rank contributions divided by the global element
+// count (FinishBackward's argument; or by `divisor` = dp * sp, a mean of
+// per-rank means, when none is given): for dense parameters that sum runs
+// over dp x sp; for expert parameters over edp (each owner already holds the
+// contributions of its ep group's tokens); for tp-partial parameters over
+// the world.
 struct GradientGroups {
   Communicator* dense = nullptr;   // dp x sp
   Communicator* expert = nullptr;  // edp; may be `dense`
@@ -68,10 +71,12 @@ class DataParallel : public GradientSync {
   bool is_logging_rank() const override { return logging_rank_; }
   void BeginMicroBatch(bool last) override;
   void OnGradientsReady(int first_param, int end_param) override;
-  absl::Status FinishBackward() override;
+  using GradientSync::FinishBackward;
+  absl::Status FinishBackward(double global_elements) override;
   absl::StatusOr<double> GradNormSquared() override;
   absl::Status Step(float lr, float grad_scale) override;
   absl::Status AverageOverReplicas(std::vector<double>* values) override;
+  absl::Status SumOverReplicas(std::vector<double>* values) override;
   size_t OptimizerStateBytes() const override;
   std::vector<AdamW*> optimizers() override;
   size_t CommunicationBufferBytes() const override;
@@ -88,7 +93,6 @@ class DataParallel : public GradientSync {
     std::unique_ptr<Work> work;            // the bucket's reduction in flight
     Tensor shard_grads;                    // ZeRO-1: [size / group size]
     std::unique_ptr<AdamW> shard_optimizer;  // ZeRO-1: over this rank's shard
-    float scale = 1;                       // applied to the summed gradients
     int64_t shard_begin() const { return range.begin + comm->rank() * shard_size(); }
     int64_t shard_size() const { return range.size() / comm->size(); }
   };

@@ -32,9 +32,15 @@ class GradientSync {
   // From the backward pass: the gradients of parameters [first, end) are
   // complete for this micro-batch.
   virtual void OnGradientsReady(int first_param, int end_param) = 0;
-  // After the last backward: every gradient this rank needs is averaged over
-  // the replicas (all of them, or this rank's ZeRO shard).
-  virtual absl::Status FinishBackward() = 0;
+  // After the last backward: every gradient this rank needs (all of them,
+  // or this rank's ZeRO shard) is summed over the replicas and divided by
+  // `global_elements`, the elements the step's losses average over on every
+  // replica (SumOverReplicas of the micro-batches' counts): each micro-batch
+  // contributed the gradient of its per-element loss sum (TrainTask).
+  // `global_elements` = 0: divide by the number of replicas (a mean of
+  // per-replica means).
+  virtual absl::Status FinishBackward(double global_elements) = 0;
+  absl::Status FinishBackward() { return FinishBackward(0.0); }
   // Squared L2 norm of the averaged gradient, the same on every rank.
   virtual absl::StatusOr<double> GradNormSquared() = 0;
   // Multiplies the gradients by `grad_scale` (clipping), applies AdamW with
@@ -42,6 +48,8 @@ class GradientSync {
   virtual absl::Status Step(float lr, float grad_scale) = 0;
   // Replaces each value by its mean over the replicas.
   virtual absl::Status AverageOverReplicas(std::vector<double>* values) = 0;
+  // Replaces each value by its sum over the replicas (the same on every rank).
+  virtual absl::Status SumOverReplicas(std::vector<double>* values) = 0;
   virtual size_t OptimizerStateBytes() const = 0;
   // The AdamW instances holding this rank's optimizer state (each over a
   // range of the flat buffer), for checkpoints.
@@ -60,10 +68,12 @@ class LocalGradientSync : public GradientSync {
   bool is_logging_rank() const override { return true; }
   void BeginMicroBatch(bool) override {}
   void OnGradientsReady(int, int) override {}
-  absl::Status FinishBackward() override { return absl::OkStatus(); }
+  using GradientSync::FinishBackward;
+  absl::Status FinishBackward(double global_elements) override;
   absl::StatusOr<double> GradNormSquared() override;
   absl::Status Step(float lr, float grad_scale) override;
   absl::Status AverageOverReplicas(std::vector<double>*) override { return absl::OkStatus(); }
+  absl::Status SumOverReplicas(std::vector<double>*) override { return absl::OkStatus(); }
   size_t OptimizerStateBytes() const override { return optimizer_.StateBytes(); }
   std::vector<AdamW*> optimizers() override { return {&optimizer_}; }
 

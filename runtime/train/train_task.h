@@ -16,9 +16,14 @@
 namespace tessera {
 
 struct MicroBatchResult {
-  double loss = 0;      // the objective's loss (mean over the micro-batch)
+  double loss = 0;      // the objective's loss: the mean over `elements`
   double aux_loss = 0;  // auxiliary losses included in the gradient (e.g. MoE balance)
   int64_t samples = 0;
+  // The elements `loss` averages over (images: samples; a language model:
+  // target tokens; HSTU: supervised positions). The trainer weights each
+  // micro-batch of every replica by it, so the step's loss and gradient are
+  // the mean over the global batch's elements under any layout.
+  double elements = 0;
 };
 
 class TrainTask {
@@ -26,8 +31,11 @@ class TrainTask {
   virtual ~TrainTask() = default;
 
   // Forward and backward of micro-batch `micro` of optimizer step `step`,
-  // accumulating parameter gradients scaled by `loss_scale`. Activations come
-  // from `arena`, which the caller resets between micro-batches.
+  // accumulating the parameter gradients of loss_scale * elements * loss
+  // (the sum of the per-element losses, auxiliary losses weighted the same
+  // way); the trainer divides by the global batch's elements once they are
+  // known. Activations come from `arena`, which the caller resets between
+  // micro-batches.
   virtual absl::StatusOr<MicroBatchResult> RunMicroBatch(Arena& arena, int64_t step, int micro,
                                                          float loss_scale) = 0;
 

@@ -378,30 +378,35 @@ absl::Status Trainer::Step(int64_t step) {
   MaybeInjectFault(step, "forward");
   const auto start = Clock::now();
   store_.ZeroGrads();
-  const float loss_scale = 1.0f / static_cast<float>(options_.micro_batches);
-  double loss = 0, aux = 0;
-  int64_t samples = 0;
+  // Per-element weighting: each micro-batch accumulates the gradient of its
+  // per-element loss sum, and every sum is divided by the global batch's
+  // element count once the replicas have agreed on it.
+  double loss_sum = 0, aux_sum = 0, elements = 0;
   for (int micro = 0; micro < options_.micro_batches; ++micro) {
     arena_.Reset();
     sync_->BeginMicroBatch(micro + 1 == options_.micro_batches);
     TESSERA_ASSIGN_OR_RETURN(MicroBatchResult result,
-                             task_.RunMicroBatch(arena_, step, micro, loss_scale));
-    loss += result.loss * loss_scale;
-    aux += result.aux_loss * loss_scale;
-    samples += result.samples;
+                             task_.RunMicroBatch(arena_, step, micro, /*loss_scale=*/1.0f));
+    loss_sum += result.elements * result.loss;
+    aux_sum += result.elements * result.aux_loss;
+    elements += result.elements;
   }
   arena_.Reset();
   task_.EndStep();
   MaybeInjectFault(step, "reduce");
-  TESSERA_RETURN_IF_ERROR(sync_->FinishBackward());
-  // Every replica sees the same averages, so all stop together on a NaN.
-  std::vector<double> averaged = {loss, aux};
-  TESSERA_RETURN_IF_ERROR(sync_->AverageOverReplicas(&averaged));
-  loss = averaged[0];
-  aux = averaged[1];
+  // Every replica sees the same sums, so all stop together on a NaN.
+  std::vector<double> sums = {loss_sum, aux_sum, elements};
+  TESSERA_RETURN_IF_ERROR(sync_->SumOverReplicas(&sums));
+  if (!(sums[2] > 0)) {
+    return NumericalError(absl::StrFormat(
+        "step %d: the global batch holds no elements for the loss to average over", step));
+  }
+  TESSERA_RETURN_IF_ERROR(sync_->FinishBackward(sums[2]));
+  double loss = sums[0] / sums[2];
+  double aux = sums[1] / sums[2];
   // The step trained the global batch, however the ranks split it (dp
   // replicas split the samples; sp and tp ranks share theirs).
-  samples = config_.train().global_batch();
+  const int64_t samples = config_.train().global_batch();
   if (!std::isfinite(loss) || !std::isfinite(aux)) {
     return NumericalError(absl::StrFormat(
         "loss is %s at step %d: training diverged; lower optim.lr or check the data",

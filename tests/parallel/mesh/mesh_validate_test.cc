@@ -58,54 +58,6 @@ const std::vector<RuleCase>& RuleCases() {
        true},
       {{"parallel.etp=2"}, 2, "parallel.etp=2 must be 1 or parallel.tp=1", true},
       {{"parallel.tp=4", "parallel.etp=2"}, 8, "parallel.etp=2 must be 1 or parallel.tp=4", true},
-      {{"parallel.ep=3"}, 3, "parallel.ep=3 must divide model.dit_moe.num_experts=8", true},
-      {{"parallel.tp=2", "parallel.sp=2", "model.dit_moe.num_heads=6"},
-       4,
-       "model.dit_moe.num_heads=6 must be divisible by parallel.tp * parallel.sp = 4",
-       true},
-      {{"parallel.sp=3"},
-       3,
-       "tokens per image (model.dit_moe.input_size=32 / model.dit_moe.patch_size=2)^2 = 256 "
-       "must be divisible by parallel.sp=3",
-       true},
-      // (6 / 2)^2 = 9 tokens: fine for sp = 1, not for a token split over tp = 2.
-      {{"parallel.tp=2", "model.dit_moe.input_size=6"},
-       2,
-       "tokens per image (model.dit_moe.input_size=6 / model.dit_moe.patch_size=2)^2 = 9 "
-       "must be divisible by parallel.tp * parallel.sp = 2 when parallel.tp > 1",
-       false},
-      // hidden % tp only fails where num_heads does not divide hidden_size
-      // (which ValidateRunConfig reports too).
-      {{"parallel.tp=4", "model.dit_moe.hidden_size=30", "model.dit_moe.num_heads=4",
-        "model.dit_moe.shared_expert_hidden=-1"},
-       4,
-       "model.dit_moe.hidden_size=30 must be divisible by parallel.tp=4",
-       false},
-      // (24 / 2)^2 = 144 and (28 / 2)^2 = 196 tokens split over tp = 3 and 7.
-      {{"parallel.tp=3", "parallel.etp=3", "model.dit_moe.expert_hidden=100",
-        "model.dit_moe.input_size=24"},
-       3,
-       "model.dit_moe.expert_hidden=100 must be divisible by parallel.etp=3",
-       false},
-      {{"parallel.tp=7", "parallel.etp=7", "model.dit_moe.hidden_size=30",
-        "model.dit_moe.num_heads=7", "model.dit_moe.shared_expert_hidden=-1",
-        "model.dit_moe.input_size=28"},
-       7,
-       "model.dit_moe.hidden_size=30 must be divisible by parallel.tp=7; "
-       "expert hidden width 4 * model.dit_moe.hidden_size=30 = 120 "
-       "(model.dit_moe.expert_hidden=0) must be divisible by parallel.etp=7",
-       false},
-      {{"parallel.tp=3", "model.dit_moe.shared_expert_hidden=100", "model.dit_moe.input_size=24"},
-       3,
-       "model.dit_moe.shared_expert_hidden=100 must be divisible by parallel.tp=3",
-       false},
-      {{"parallel.tp=7", "model.dit_moe.hidden_size=30", "model.dit_moe.num_heads=7",
-        "model.dit_moe.expert_hidden=128", "model.dit_moe.input_size=28"},
-       7,
-       "model.dit_moe.hidden_size=30 must be divisible by parallel.tp=7; "
-       "shared expert hidden width 2 * model.dit_moe.hidden_size=30 = 60 "
-       "(model.dit_moe.shared_expert_hidden=0) must be divisible by parallel.tp=7",
-       false},
       {{"train.global_batch=32"},
        3,
        "train.global_batch=32 must be divisible by the data-parallel size dp = world size / "

@@ -15,6 +15,8 @@
 #include <fstream>
 #include <limits>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "runtime/base/errors.h"
 #include "runtime/base/random.h"
@@ -31,14 +33,24 @@ class RegressionTask : public TrainTask {
  public:
   RegressionTask(ParameterStore& store, int64_t micro_batch)
       : linear_(store, "linear", kIn, kOut), micro_batch_(micro_batch) {}
+  // Micro-batch m holds sizes[m] samples (unequal counts), starting at
+  // sample `first` of each step's global batch.
+  RegressionTask(ParameterStore& store, std::vector<int64_t> sizes, int64_t first = 0)
+      : linear_(store, "linear", kIn, kOut), sizes_(std::move(sizes)), first_(first) {}
 
   absl::StatusOr<MicroBatchResult> RunMicroBatch(Arena& arena, int64_t step, int micro,
                                                  float loss_scale) override {
     if (on_micro_batch_) on_micro_batch_(step, micro);
-    Tensor x = arena.Allocate(DType::kF32, Shape{micro_batch_, kIn});
-    Tensor target = arena.Allocate(DType::kF32, Shape{micro_batch_, kOut});
-    for (int64_t i = 0; i < micro_batch_; ++i) {
-      Rng rng(static_cast<uint64_t>((step - 1) * kGlobalBatch + micro * micro_batch_ + i));
+    int64_t count = micro_batch_, start = first_ + micro * micro_batch_;
+    if (!sizes_.empty()) {
+      count = sizes_[micro];
+      start = first_;
+      for (int m = 0; m < micro; ++m) start += sizes_[m];
+    }
+    Tensor x = arena.Allocate(DType::kF32, Shape{count, kIn});
+    Tensor target = arena.Allocate(DType::kF32, Shape{count, kOut});
+    for (int64_t i = 0; i < count; ++i) {
+      Rng rng(static_cast<uint64_t>((step - 1) * kGlobalBatch + start + i));
       for (int64_t j = 0; j < kIn; ++j) x.data<float>()[i * kIn + j] = rng.Normal();
       for (int64_t j = 0; j < kOut; ++j) {
         float sum = 0;
@@ -50,10 +62,11 @@ class RegressionTask : public TrainTask {
     MicroBatchResult result;
     result.loss = cpu::MseForward(y.data<float>(), target.data<float>(), y.numel());
     if (poison_at_step_ == step) result.loss = std::numeric_limits<double>::quiet_NaN();
-    result.samples = micro_batch_;
+    result.samples = count;
+    result.elements = static_cast<double>(count);  // a mean over samples
     Tensor dy = arena.AllocateUninitialized(DType::kF32, y.shape());
     cpu::MseBackward(y.data<float>(), target.data<float>(), dy.data<float>(), y.numel(),
-                     loss_scale);
+                     loss_scale * static_cast<float>(count));
     linear_.Backward(arena, dy, false);
     return result;
   }
@@ -68,7 +81,9 @@ class RegressionTask : public TrainTask {
 
  private:
   Linear linear_;
-  int64_t micro_batch_;
+  int64_t micro_batch_ = 0;
+  std::vector<int64_t> sizes_;
+  int64_t first_ = 0;
 };
 
 RunConfig ToyConfig(const std::string& run_dir) {
@@ -113,6 +128,28 @@ TEST(Trainer, GradientAccumulationEqualsOneLargeBatch) {
   ASSERT_EQ(whole.size(), accumulated.size());
   for (size_t i = 0; i < whole.size(); ++i)
     EXPECT_NEAR(whole[i], accumulated[i], 1e-5 * (1 + std::fabs(whole[i]))) << i;
+}
+
+// Micro-batches of 1, 4 and 3 samples: each weighs by its count, so the
+// step is the mean over the 8 samples, as one micro-batch of 8 computes it.
+TEST(Trainer, UnequalMicroBatchCountsGiveTheMeanOverTheGlobalBatchsElements) {
+  auto train = [](std::vector<int64_t> sizes, const std::string& name) {
+    RunConfig config = ToyConfig(TempRunDir(name));
+    ParameterStore store;
+    RegressionTask task(store, sizes);
+    store.Finalize(3);
+    Trainer trainer(config, store, task, MicroBatches(static_cast<int>(sizes.size())));
+    EXPECT_TRUE(trainer.Run().ok());
+    return std::make_pair(std::vector<float>(store.values().data<float>(),
+                                             store.values().data<float>() + store.numel()),
+                          trainer.summary().last_loss);
+  };
+  const auto [whole, whole_loss] = train({8}, "unequal_whole");
+  const auto [split, split_loss] = train({1, 4, 3}, "unequal_split");
+  EXPECT_NEAR(split_loss, whole_loss, 1e-6 * std::fabs(whole_loss));
+  ASSERT_EQ(whole.size(), split.size());
+  for (size_t i = 0; i < whole.size(); ++i)
+    EXPECT_NEAR(whole[i], split[i], 1e-6 * (std::fabs(whole[i]) + 1e-3)) << i;
 }
 
 TEST(Trainer, NanLossStopsWithTheNumericalExitCode) {

@@ -1,0 +1,101 @@
+// The model registry: one small record per model family. launch/ looks a
+// run's model up by the config field that names it (the `model` oneof of
+// RunConfig, or an extension of it) and knows no model by name.
+//
+// A family says how to check its config, estimate its size before anything
+// is allocated, and build one rank's model; the built model hands the trainer
+// its parameter store, a training task (runtime/train/train_task.h) and the
+// gradient-ready hook, and has an end-of-run hook. Adding a model: its folder
+// models/<name>/, its config message (a member of RunConfig's `model`
+// oneof), one line in models/registry.cc, its configs, tests and docs
+// (docs/architecture.md, "How to add a model").
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "data/sampler.h"
+#include "parallel/model_parallel.h"
+#include "runtime/config/config.pb.h"
+#include "runtime/config/config_check.h"
+#include "runtime/nn/parameter.h"
+#include "runtime/train/train_task.h"
+
+namespace tessera {
+
+// Where one rank's share of the training data comes from.
+struct TaskOptions {
+  int replica = 0;       // data-parallel replica of this rank
+  int num_replicas = 1;  // dp
+  int64_t micro_batch = 1;  // samples per forward on this replica
+  SamplerState start;    // where the data stream resumes
+};
+
+// One rank's built model.
+class Model {
+ public:
+  virtual ~Model() = default;
+  // The parameters, registered and finalized (buckets, initial values).
+  virtual ParameterStore& store() = 0;
+  // The training task over this model: its data, objective, forward and backward.
+  virtual absl::StatusOr<std::unique_ptr<TrainTask>> CreateTask(const TaskOptions& options) = 0;
+  // Backward calls `callback(first, end)` as the gradients of parameter ids
+  // [first, end) become complete (data parallelism starts reducing them).
+  virtual void SetOnGradientsReady(std::function<void(int, int)> callback) = 0;
+  // The end-of-run hook, on the logging rank only, after weights.h5 is
+  // written: the single-process model holding the final inference weights.
+  // DiT-MoE writes its sample grid to `run_dir`.
+  virtual absl::Status FinishRun(const std::string& /*run_dir*/) { return absl::OkStatus(); }
+};
+
+// A model's size from its config alone (double precision: absurd sizes must
+// not overflow), for the memory check before anything is built. Each `why`
+// names the config values that make the term.
+struct ModelSizeEstimate {
+  double parameters = 0;
+  std::string parameters_why;
+  // A lower bound on activation bytes kept for backward, per sample.
+  double activation_bytes_per_sample = 0;
+  std::string activations_why;
+  // Activation bytes of one inference forward (no backward), per sample.
+  double inference_bytes_per_sample = 0;
+  std::string inference_why;
+  // One sample as the data reader delivers it (prefetched batches).
+  double input_bytes_per_sample = 0;
+  std::string input_why;
+};
+
+struct ModelFamily {
+  std::string name;   // the RunConfig field that selects it, e.g. "dit_moe"
+  std::string title;  // for log lines, e.g. "DiT-MoE"
+  // The model's own rules (the shared sections' are runtime/config's):
+  // every failure into `check`, worded "model.<name>.<field>=<value> must ...".
+  std::function<void(const RunConfig& config, int world_size, ConfigChecker& check)> validate;
+  std::function<ModelSizeEstimate(const RunConfig& config)> estimate;
+  // Registers the parameters, finalizes the store with `layout` and
+  // initializes them from train.seed. `model_parallel`: the groups of a
+  // tp/sp/ep layout; null for one process or data parallelism alone.
+  std::function<absl::StatusOr<std::unique_ptr<Model>>(
+      const RunConfig& config, const ParameterLayout& layout,
+      const parallel::ModelParallel* model_parallel)>
+      build;
+};
+
+// The families models/registry.cc lists, and any registered since.
+const std::vector<ModelFamily>& ModelFamilies();
+// Adds a family (a test's model, an out-of-tree model); false if its name is
+// taken. Call before any lookup, e.g. from a static initializer.
+bool RegisterModelFamily(ModelFamily family);
+// The family `config` names; a UsageError naming the known ones otherwise.
+absl::StatusOr<const ModelFamily*> FindModelFamily(const RunConfig& config);
+
+// Every rule for a run over `world_size` processes: the shared sections'
+// (runtime/config) and the model's, all failures in one UsageError.
+absl::Status ValidateRun(const RunConfig& config, int world_size);
+
+}  // namespace tessera
