@@ -13,7 +13,8 @@
 # data_parallel, model_parallel; slurm and slurm_requeue when sbatch is
 # there). Prints one row per family (cases, ok, failed, the exit codes the
 # cases name) as a Markdown table, then every failed case; exits 1 if any
-# case failed. Takes about 10 minutes on 2 cores.
+# case failed. Takes about 10 minutes on 2 cores. With LIST=1 every case is
+# also printed with its family (on stderr), to check the rules.
 set -uo pipefail
 [ $# -ge 1 ] || { echo "usage: $0 TESSERA_BINARY [tests/e2e/SCRIPT.sh...]" >&2; exit 2; }
 tessera=$(realpath "$1")
@@ -39,15 +40,17 @@ for script in "${scripts[@]}"; do
   grep -E '^(ok|FAIL): ' "$out/$name.log" | sed "s|^|$name\t|" >> "$out/cases.tsv"
 done
 
-# Family rules, first match wins (case-insensitive extended regexes on
-# "<script> <case line>").
-awk -F'\t' '
+# Family rules, first match wins (extended regexes on "<script> <case name>",
+# lower-cased; the case name is the line without expect_exit's stderr excerpt).
+awk -F'\t' -v list="${LIST:-0}" '
 function family(script, line,   l) {
-  l = tolower(script " " line)
+  l = line
+  sub(/ \(exit [0-9]+: .*/, "", l)  # the case name, not the stderr excerpt expect_exit appends
+  l = tolower(script " " l)
   if (l ~ /sigterm|sigint|sigusr1|signal|ctrl-c|exit 75|exit 130/) return "signals"
   if (l ~ /slurm|srun|sbatch|requeue|mpirun|mpmd|ranks? (with|named|killed|hangs|[0-9])|world size|layout|killed|hang|watchdog|forged|np[0-9]|[0-9] of [0-9]+ ranks|different config|train\.steps = /) return "launches (MPI, Slurm, faults)"
   if (l ~ /ckpt|checkpoint|manifest\.pb|resume|step_|latest|rank_0|num_ranks|sampler|superseded|fallback|corrupt piece|other model/) return "checkpoints"
-  if (l ~ /shard|data verify|verify|synth|import|idx|label|token|vocab|interaction|rating|timestamp|loss_mask|data dir|data directory|data set|dataset|data\.|manifest/) return "data shards"
+  if (l ~ /shard|data verify|verify|synth|import|idx|label|token|vocab|interaction|rating|timestamp|loss_mask|data dir|data directory|data error|data set|dataset|data\.|manifest/) return "data shards"
   if (l ~ /ulimit|full disk|write|hdf5-diag|metrics\.jsonl|file size/) return "written files"
   if (l ~ /option|argument|--[a-z]|flag|usage|sample /) return "command lines"
   return "configs"
@@ -55,6 +58,7 @@ function family(script, line,   l) {
 {
   ok = ($2 ~ /^ok: /)
   f = family($1, $2)
+  if (list == 1) print f "\t" $1 "\t" $2 > "/dev/stderr"
   cases[f]++; if (ok) good[f]++; else { bad[f]++; failed[++nf] = $1 ": " $2 }
   while (match($2, /exit (code )?[0-9]+/)) {
     code = substr($2, RSTART, RLENGTH); sub(/exit (code )?/, "", code)
