@@ -31,6 +31,10 @@ if [ ${#scripts[@]} -eq 0 ]; then
   fi
 fi
 
+# As CTest's MPI tests run: mpirun as root and with more ranks than cores
+# (not every script exports these itself).
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+
 out=$(mktemp -d /tmp/tessera_bad_input_table.XXXXXX)
 trap 'rm -rf "$out"' EXIT
 for script in "${scripts[@]}"; do
