@@ -27,6 +27,8 @@
 
 #include "absl/status/status.h"
 #include "runtime/kernels/kernel_args.h"
+#include "runtime/kernels/cpu/causal_conv1d.h"  // CausalConv1dShape
+#include "runtime/kernels/cpu/ssd.h"            // SsdShape
 
 namespace tessera {
 
@@ -172,6 +174,49 @@ class Backend {
                                      float* dy, float* dgate, int64_t batch, int64_t seq,
                                      int64_t dim, int64_t cond_stride) = 0;
 
+  // ---- HSTU (jagged pointwise attention) -------------------------------------
+  // A batch is U users' sequences concatenated: user u owns tokens
+  // [offsets[u], offsets[u+1]) (offsets [U+1], int64, every length <=
+  // max_len, zero allowed). Q, K: [total, H, qk_dim], V: [total, H, v_dim],
+  // token-major, rows qk_stride / v_stride floats apart (views into a fused
+  // projection allowed). Per user, head, query i and key j <= i:
+  //   a_ij = SiLU(q_i . k_j + rab_ij) / max_len,  out_i = sum_j a_ij v_j,
+  //   rab_ij = pos_bias[max_len - 1 + j - i] + time_bias[bucket(qt_i - t_j)],
+  // shared across heads; bucket = floor(ln(max(|dt|, 1)) / 0.301) clamped to
+  // [0, num_buckets]. pos_bias [2 max_len - 1] / time_bias [num_buckets + 1]
+  // may be null. docs/hstu.md has the details and the reference's conventions.
+  //
+  // query_timestamps[i] = timestamps[i + 1] within a user; a user's last token
+  // takes next_timestamps[u] (the target's), or its own when that is null.
+  virtual void HstuQueryTimestamps(const int64_t* offsets, int64_t users,
+                                   const int64_t* timestamps, const int64_t* next_timestamps,
+                                   int64_t* query_timestamps) = 0;
+  // out: [total, H * v_dim] contiguous.
+  virtual void HstuAttentionForward(const int64_t* offsets, int64_t users, int64_t max_len,
+                                    int64_t heads, int64_t qk_dim, int64_t v_dim, const float* q,
+                                    const float* k, int64_t qk_stride, const float* v,
+                                    int64_t v_stride, const float* pos_bias,
+                                    const float* time_bias, int32_t num_buckets,
+                                    const int64_t* timestamps, const int64_t* query_timestamps,
+                                    float* out) = 0;
+  // dq, dk, dv (layouts of q, k, v) overwritten; dpos_bias, dtime_bias accumulate.
+  virtual void HstuAttentionBackward(const int64_t* offsets, int64_t users, int64_t max_len,
+                                     int64_t heads, int64_t qk_dim, int64_t v_dim, const float* q,
+                                     const float* k, int64_t qk_stride, const float* v,
+                                     int64_t v_stride, const float* pos_bias,
+                                     const float* time_bias, int32_t num_buckets,
+                                     const int64_t* timestamps, const int64_t* query_timestamps,
+                                     const float* dout, float* dq, float* dk, float* dv,
+                                     float* dpos_bias, float* dtime_bias) = 0;
+  // y [rows, dim] = u * LayerNorm(x) (no affine); u rows u_stride apart;
+  // mean, rstd [rows] saved. Backward: dx and du overwritten.
+  virtual void HstuNormGateForward(const float* x, const float* u, int64_t u_stride, float* y,
+                                   float* mean, float* rstd, int64_t rows, int64_t dim,
+                                   float eps) = 0;
+  virtual void HstuNormGateBackward(const float* dy, const float* x, const float* u,
+                                    int64_t u_stride, const float* mean, const float* rstd,
+                                    float* dx, float* du, int64_t rows, int64_t dim) = 0;
+
   // ---- Mixture-of-experts routing (assignment a = token * k + slot) ---------
   virtual void TopKForward(const float* probs, int32_t* expert_index, float* weights,
                            int64_t tokens, int64_t experts, int64_t k) = 0;
@@ -193,6 +238,44 @@ class Backend {
                                         const int32_t* row_of_assignment, const float* weights,
                                         float* dexpert_out, float* dweights, int64_t tokens,
                                         int64_t dim, int64_t k) = 0;
+
+  // ---- State-space models (Mamba-2) -------------------------------------------
+  // runtime/kernels/cpu/ssd.h and causal_conv1d.h define the shapes and the
+  // mathematics; docs/mamba.md the algorithm. All fp32, token-major:
+  //   x, y [B, L, H, P]; dt [B, L, H] (softplus'ed, biased); A [H] (negative);
+  //   B, C [B, L, G, N] (H % G == 0); D [H] or null; states [B, H, P, N].
+  // The chunked SSD scan: initial_state null = zeros; final_state null = not
+  // written (state passing across sequence shards and generation use both).
+  virtual void SsdScanForward(const SsdShape& shape, const float* x, const float* dt,
+                              const float* A, const float* B, const float* C, const float* D,
+                              const float* initial_state, float* y, float* final_state) = 0;
+  // Gradients of <dy, y> + <d_final_state, final_state> (d_final_state null
+  // = zero). dx, ddt, dB, dC, d_initial_state (null = skipped) overwritten;
+  // dA, dD accumulate. Chunk states are recomputed from the forward inputs.
+  virtual void SsdScanBackward(const SsdShape& shape, const float* x, const float* dt,
+                               const float* A, const float* B, const float* C, const float* D,
+                               const float* initial_state, const float* dy,
+                               const float* d_final_state, float* dx, float* ddt, float* dA,
+                               float* dB, float* dC, float* dD, float* d_initial_state) = 0;
+  // One generated token: x, y [B, H, P]; dt [B, H]; B, C [B, G, N]; state
+  // [B, H, P, N] updated in place (h = exp(dt A) h + dt x B^T; y = h C + D x).
+  virtual void SsdStep(const SsdShape& shape, const float* x, const float* dt, const float* A,
+                       const float* B, const float* C, const float* D, float* state,
+                       float* y) = 0;
+  // Depthwise causal conv1d, channels-last: x, y [B, L, C]; weight [C, K];
+  // bias [C] or null; halo [B, K-1, C] = the inputs before the sequence (null
+  // = zeros); halo_out (null, or may alias halo) = the last K-1 inputs.
+  virtual void CausalConv1dForward(const CausalConv1dShape& shape, const float* x,
+                                   const float* weight, const float* bias, const float* halo,
+                                   float* y, float* halo_out) = 0;
+  // dx, dhalo (null = skipped) overwritten; dweight, dbias (null = skipped) accumulate.
+  virtual void CausalConv1dBackward(const CausalConv1dShape& shape, const float* x,
+                                    const float* weight, const float* halo, const float* dy,
+                                    float* dx, float* dweight, float* dbias, float* dhalo) = 0;
+  // One generated token: x, y [B, C]; state [B, K-1, C] shifted in place.
+  virtual void CausalConv1dStep(const CausalConv1dShape& shape, const float* x,
+                                const float* weight, const float* bias, float* state,
+                                float* y) = 0;
 
   // ---- Optimizer and EMA over flat buffers -----------------------------------
   // One AdamW step over the segments (disjoint, covering the buffers).

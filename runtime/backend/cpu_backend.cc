@@ -6,15 +6,18 @@
 #include "absl/strings/str_format.h"
 #include "runtime/kernels/cpu/activation.h"
 #include "runtime/kernels/cpu/attention.h"
+#include "runtime/kernels/cpu/causal_conv1d.h"
 #include "runtime/kernels/cpu/embedding.h"
 #include "runtime/kernels/cpu/flat.h"
 #include "runtime/kernels/cpu/gemm.h"
+#include "runtime/kernels/cpu/hstu.h"
 #include "runtime/kernels/cpu/layer_norm.h"
 #include "runtime/kernels/cpu/loss.h"
 #include "runtime/kernels/cpu/modulate.h"
 #include "runtime/kernels/cpu/optimizer.h"
 #include "runtime/kernels/cpu/routing.h"
 #include "runtime/kernels/cpu/softmax.h"
+#include "runtime/kernels/cpu/ssd.h"
 
 namespace tessera {
 namespace {
@@ -212,6 +215,49 @@ void CpuBackend::GatedResidualBackward(const float* dresidual, const float* y, c
   cpu::GatedResidualBackward(dresidual, y, gate, dy, dgate, batch, seq, dim, cond_stride);
 }
 
+void CpuBackend::HstuQueryTimestamps(const int64_t* offsets, int64_t users,
+                                     const int64_t* timestamps, const int64_t* next_timestamps,
+                                     int64_t* query_timestamps) {
+  cpu::HstuQueryTimestamps(offsets, users, timestamps, next_timestamps, query_timestamps);
+}
+
+void CpuBackend::HstuAttentionForward(const int64_t* offsets, int64_t users, int64_t max_len,
+                                      int64_t heads, int64_t qk_dim, int64_t v_dim, const float* q,
+                                      const float* k, int64_t qk_stride, const float* v,
+                                      int64_t v_stride, const float* pos_bias,
+                                      const float* time_bias, int32_t num_buckets,
+                                      const int64_t* timestamps, const int64_t* query_timestamps,
+                                      float* out) {
+  cpu::HstuAttentionForward(offsets, users, max_len, heads, qk_dim, v_dim, q, k, qk_stride, v,
+                            v_stride, pos_bias, time_bias, num_buckets, timestamps,
+                            query_timestamps, out);
+}
+
+void CpuBackend::HstuAttentionBackward(const int64_t* offsets, int64_t users, int64_t max_len,
+                                       int64_t heads, int64_t qk_dim, int64_t v_dim,
+                                       const float* q, const float* k, int64_t qk_stride,
+                                       const float* v, int64_t v_stride, const float* pos_bias,
+                                       const float* time_bias, int32_t num_buckets,
+                                       const int64_t* timestamps, const int64_t* query_timestamps,
+                                       const float* dout, float* dq, float* dk, float* dv,
+                                       float* dpos_bias, float* dtime_bias) {
+  cpu::HstuAttentionBackward(offsets, users, max_len, heads, qk_dim, v_dim, q, k, qk_stride, v,
+                             v_stride, pos_bias, time_bias, num_buckets, timestamps,
+                             query_timestamps, dout, dq, dk, dv, dpos_bias, dtime_bias);
+}
+
+void CpuBackend::HstuNormGateForward(const float* x, const float* u, int64_t u_stride, float* y,
+                                     float* mean, float* rstd, int64_t rows, int64_t dim,
+                                     float eps) {
+  cpu::HstuNormGateForward(x, u, u_stride, y, mean, rstd, rows, dim, eps);
+}
+
+void CpuBackend::HstuNormGateBackward(const float* dy, const float* x, const float* u,
+                                      int64_t u_stride, const float* mean, const float* rstd,
+                                      float* dx, float* du, int64_t rows, int64_t dim) {
+  cpu::HstuNormGateBackward(dy, x, u, u_stride, mean, rstd, dx, du, rows, dim);
+}
+
 void CpuBackend::TopKForward(const float* probs, int32_t* expert_index, float* weights,
                              int64_t tokens, int64_t experts, int64_t k) {
   cpu::TopKForward(probs, expert_index, weights, tokens, experts, k);
@@ -251,6 +297,43 @@ void CpuBackend::UnpermuteCombineBackward(const float* dout, const float* expert
                                           int64_t dim, int64_t k) {
   cpu::UnpermuteCombineBackward(dout, expert_out, row_of_assignment, weights, dexpert_out, dweights,
                                 tokens, dim, k);
+}
+
+void CpuBackend::SsdScanForward(const SsdShape& shape, const float* x, const float* dt,
+                                const float* A, const float* B, const float* C, const float* D,
+                                const float* initial_state, float* y, float* final_state) {
+  cpu::SsdScanForward(shape, x, dt, A, B, C, D, initial_state, y, final_state);
+}
+
+void CpuBackend::SsdScanBackward(const SsdShape& shape, const float* x, const float* dt,
+                                 const float* A, const float* B, const float* C, const float* D,
+                                 const float* initial_state, const float* dy,
+                                 const float* d_final_state, float* dx, float* ddt, float* dA,
+                                 float* dB, float* dC, float* dD, float* d_initial_state) {
+  cpu::SsdScanBackward(shape, x, dt, A, B, C, D, initial_state, dy, d_final_state, dx, ddt, dA,
+                       dB, dC, dD, d_initial_state);
+}
+
+void CpuBackend::SsdStep(const SsdShape& shape, const float* x, const float* dt, const float* A,
+                         const float* B, const float* C, const float* D, float* state, float* y) {
+  cpu::SsdStep(shape, x, dt, A, B, C, D, state, y);
+}
+
+void CpuBackend::CausalConv1dForward(const CausalConv1dShape& shape, const float* x,
+                                     const float* weight, const float* bias, const float* halo,
+                                     float* y, float* halo_out) {
+  cpu::CausalConv1dForward(shape, x, weight, bias, halo, y, halo_out);
+}
+
+void CpuBackend::CausalConv1dBackward(const CausalConv1dShape& shape, const float* x,
+                                      const float* weight, const float* halo, const float* dy,
+                                      float* dx, float* dweight, float* dbias, float* dhalo) {
+  cpu::CausalConv1dBackward(shape, x, weight, halo, dy, dx, dweight, dbias, dhalo);
+}
+
+void CpuBackend::CausalConv1dStep(const CausalConv1dShape& shape, const float* x,
+                                  const float* weight, const float* bias, float* state, float* y) {
+  cpu::CausalConv1dStep(shape, x, weight, bias, state, y);
 }
 
 void CpuBackend::AdamWUpdate(const AdamWScalars& scalars, std::span<const AdamWSegment> segments,

@@ -85,6 +85,26 @@ class CpuBackend : public Backend {
   void GatedResidualBackward(const float* dresidual, const float* y, const float* gate, float* dy,
                              float* dgate, int64_t batch, int64_t seq, int64_t dim,
                              int64_t cond_stride) override;
+  void HstuQueryTimestamps(const int64_t* offsets, int64_t users, const int64_t* timestamps,
+                           const int64_t* next_timestamps, int64_t* query_timestamps) override;
+  void HstuAttentionForward(const int64_t* offsets, int64_t users, int64_t max_len, int64_t heads,
+                            int64_t qk_dim, int64_t v_dim, const float* q, const float* k,
+                            int64_t qk_stride, const float* v, int64_t v_stride,
+                            const float* pos_bias, const float* time_bias, int32_t num_buckets,
+                            const int64_t* timestamps, const int64_t* query_timestamps,
+                            float* out) override;
+  void HstuAttentionBackward(const int64_t* offsets, int64_t users, int64_t max_len, int64_t heads,
+                             int64_t qk_dim, int64_t v_dim, const float* q, const float* k,
+                             int64_t qk_stride, const float* v, int64_t v_stride,
+                             const float* pos_bias, const float* time_bias, int32_t num_buckets,
+                             const int64_t* timestamps, const int64_t* query_timestamps,
+                             const float* dout, float* dq, float* dk, float* dv, float* dpos_bias,
+                             float* dtime_bias) override;
+  void HstuNormGateForward(const float* x, const float* u, int64_t u_stride, float* y, float* mean,
+                           float* rstd, int64_t rows, int64_t dim, float eps) override;
+  void HstuNormGateBackward(const float* dy, const float* x, const float* u, int64_t u_stride,
+                            const float* mean, const float* rstd, float* dx, float* du,
+                            int64_t rows, int64_t dim) override;
   void TopKForward(const float* probs, int32_t* expert_index, float* weights, int64_t tokens,
                    int64_t experts, int64_t k) override;
   void TopKBackward(const float* dweights, const int32_t* expert_index, float* dprobs,
@@ -103,6 +123,24 @@ class CpuBackend : public Backend {
                                 const int32_t* row_of_assignment, const float* weights,
                                 float* dexpert_out, float* dweights, int64_t tokens, int64_t dim,
                                 int64_t k) override;
+  void SsdScanForward(const SsdShape& shape, const float* x, const float* dt, const float* A,
+                      const float* B, const float* C, const float* D, const float* initial_state,
+                      float* y, float* final_state) override;
+  void SsdScanBackward(const SsdShape& shape, const float* x, const float* dt, const float* A,
+                       const float* B, const float* C, const float* D, const float* initial_state,
+                       const float* dy, const float* d_final_state, float* dx, float* ddt,
+                       float* dA, float* dB, float* dC, float* dD,
+                       float* d_initial_state) override;
+  void SsdStep(const SsdShape& shape, const float* x, const float* dt, const float* A,
+               const float* B, const float* C, const float* D, float* state, float* y) override;
+  void CausalConv1dForward(const CausalConv1dShape& shape, const float* x, const float* weight,
+                           const float* bias, const float* halo, float* y,
+                           float* halo_out) override;
+  void CausalConv1dBackward(const CausalConv1dShape& shape, const float* x, const float* weight,
+                            const float* halo, const float* dy, float* dx, float* dweight,
+                            float* dbias, float* dhalo) override;
+  void CausalConv1dStep(const CausalConv1dShape& shape, const float* x, const float* weight,
+                        const float* bias, float* state, float* y) override;
   void AdamWUpdate(const AdamWScalars& scalars, std::span<const AdamWSegment> segments,
                    float* params, const float* grads, float* m, float* v) override;
   void EmaUpdate(float* ema, const float* params, int64_t n, float blend) override;

@@ -19,6 +19,7 @@
 #include "runtime/backend/backend.h"
 #include "runtime/tensor/tensor.h"
 #include "tests/runtime/kernels/cpu/attention_reference.h"
+#include "tests/runtime/kernels/cpu/ssd_reference.h"
 #include "tests/runtime/kernels/cpu/reference.h"
 
 namespace tessera {
@@ -595,6 +596,259 @@ TEST_P(BackendOps, EventsOrderWorkAndSynchronizeReportsSuccess) {
   backend().HostWait(*event);
   EXPECT_TRUE(backend().Synchronize().ok());
   EXPECT_EQ(Download<float>(t), std::vector<float>(4, 0.0f));
+}
+
+// ---- HSTU (jagged pointwise attention) --------------------------------------------------------
+
+// The reference's time bucket, written out here so the oracle shares no code
+// with the backend: floor(ln(max(|dt|, 1)) / 0.301) in float32, clamped.
+int32_t ReferenceTimeBucket(int64_t dt, int32_t num_buckets) {
+  const double magnitude = std::max<double>(std::abs(static_cast<double>(dt)), 1.0);
+  const float bucket = std::log(static_cast<float>(magnitude)) / 0.301f;
+  return std::min<int32_t>(static_cast<int32_t>(bucket), num_buckets);
+}
+
+// Jagged batch: users of lengths {3, 0, 1, 4} (max_len 4), 2 heads.
+struct HstuBatch {
+  static constexpr int64_t kMaxLen = 4, kHeads = 2, kQk = 3, kV = 2;
+  static constexpr int32_t kBuckets = 40;
+  std::vector<int64_t> offsets = {0, 3, 3, 4, 8};
+  std::vector<int64_t> timestamps = {100, 160, 4000, 50, 10, 11, 90000, 90001};
+  std::vector<int64_t> next = {5000, 0, 70, 100000};
+  std::vector<int64_t> query = {160, 4000, 5000, 70, 11, 90000, 90001, 100000};
+  int64_t users() const { return 4; }
+  int64_t total() const { return 8; }
+};
+
+// x = q | k | v | pos | time (flat); out [total, H * kV].
+std::vector<double> ReferenceHstu(const HstuBatch& b, const std::vector<double>& x) {
+  const int64_t n = b.kMaxLen, hq = b.kHeads * b.kQk, hv = b.kHeads * b.kV, t = b.total();
+  const double* q = x.data();
+  const double* k = q + t * hq;
+  const double* v = k + t * hq;
+  const double* pos = v + t * hv;
+  const double* time = pos + 2 * n - 1;
+  std::vector<double> out(t * hv, 0.0);
+  for (int64_t u = 0; u < b.users(); ++u)
+    for (int64_t i = b.offsets[u]; i < b.offsets[u + 1]; ++i)
+      for (int64_t j = b.offsets[u]; j <= i; ++j)
+        for (int64_t h = 0; h < b.kHeads; ++h) {
+          double s = pos[n - 1 + j - i] +
+                     time[ReferenceTimeBucket(b.query[i] - b.timestamps[j], b.kBuckets)];
+          for (int64_t d = 0; d < b.kQk; ++d) s += q[i * hq + h * b.kQk + d] * k[j * hq + h * b.kQk + d];
+          const double a = s / (1.0 + std::exp(-s)) / n;
+          for (int64_t d = 0; d < b.kV; ++d) out[i * hv + h * b.kV + d] += a * v[j * hv + h * b.kV + d];
+        }
+  return out;
+}
+
+TEST_P(BackendOps, HstuAttentionMatchesJaggedReferenceAndFiniteDifferences) {
+  const HstuBatch b;
+  const int64_t n = b.kMaxLen, t = b.total(), hq = b.kHeads * b.kQk, hv = b.kHeads * b.kV;
+  Tensor offsets = Upload(b.offsets), ts = Upload(b.timestamps), next = Upload(b.next);
+  Tensor query = Poisoned<int64_t>(t);
+  backend().HstuQueryTimestamps(offsets.ptr<int64_t>(), b.users(), ts.ptr<int64_t>(),
+                                next.ptr<int64_t>(), query.ptr<int64_t>());
+  EXPECT_EQ(Download<int64_t>(query), b.query);
+
+  const auto q = RandomFloats(t * hq, 50), k = RandomFloats(t * hq, 51), v = RandomFloats(t * hv, 52);
+  const auto pos = RandomFloats(2 * n - 1, 53), time = RandomFloats(b.kBuckets + 1, 54);
+  std::vector<float> x = q;
+  for (const auto* part : {&k, &v, &pos, &time}) x.insert(x.end(), part->begin(), part->end());
+  Tensor qt = Upload(q), kt = Upload(k), vt = Upload(v), pt = Upload(pos), tt = Upload(time);
+  Tensor out = Poisoned<float>(t * hv);
+  backend().HstuAttentionForward(offsets.ptr<int64_t>(), b.users(), n, b.kHeads, b.kQk, b.kV,
+                                 qt.ptr<float>(), kt.ptr<float>(), hq, vt.ptr<float>(), hv,
+                                 pt.ptr<float>(), tt.ptr<float>(), b.kBuckets, ts.ptr<int64_t>(),
+                                 query.ptr<int64_t>(), out.ptr<float>());
+  ExpectClose(Download<float>(out), ReferenceHstu(b, ToDouble(x)), kTolerance, "hstu forward");
+
+  const auto dout = RandomFloats(t * hv, 55);
+  const auto dpos0 = RandomFloats(2 * n - 1, 56), dtime0 = RandomFloats(b.kBuckets + 1, 57);
+  Tensor dq = Poisoned<float>(t * hq), dk = Poisoned<float>(t * hq), dv = Poisoned<float>(t * hv);
+  Tensor dpos = Upload(dpos0), dtime = Upload(dtime0);  // parameter gradients accumulate
+  backend().HstuAttentionBackward(offsets.ptr<int64_t>(), b.users(), n, b.kHeads, b.kQk, b.kV,
+                                  qt.ptr<float>(), kt.ptr<float>(), hq, vt.ptr<float>(), hv,
+                                  pt.ptr<float>(), tt.ptr<float>(), b.kBuckets, ts.ptr<int64_t>(),
+                                  query.ptr<int64_t>(), Upload(dout).ptr<float>(), dq.ptr<float>(),
+                                  dk.ptr<float>(), dv.ptr<float>(), dpos.ptr<float>(),
+                                  dtime.ptr<float>());
+  std::vector<float> got = Download<float>(dq);
+  for (const auto& part : {Download<float>(dk), Download<float>(dv)})
+    got.insert(got.end(), part.begin(), part.end());
+  const auto dpos_got = Download<float>(dpos), dtime_got = Download<float>(dtime);
+  for (int64_t i = 0; i < 2 * n - 1; ++i) got.push_back(dpos_got[i] - dpos0[i]);
+  for (int64_t i = 0; i <= b.kBuckets; ++i) got.push_back(dtime_got[i] - dtime0[i]);
+  ExpectGradient(got, [&](const std::vector<double>& xs) { return ReferenceHstu(b, xs); }, x,
+                 dout, "hstu backward (dq | dk | dv | dpos | dtime)");
+}
+
+TEST_P(BackendOps, HstuNormGateIsUTimesLayerNorm) {
+  const int64_t rows = 3, dim = 8, u_stride = 20;
+  const float eps = 1e-6f;
+  const auto x = RandomFloats(rows * dim, 60), u = RandomFloats(rows * u_stride, 61);
+  auto reference = [&](const std::vector<double>& xs, const std::vector<double>& us) {
+    std::vector<double> y(rows * dim);
+    for (int64_t r = 0; r < rows; ++r) {
+      double mean = 0, var = 0;
+      for (int64_t c = 0; c < dim; ++c) mean += xs[r * dim + c] / dim;
+      for (int64_t c = 0; c < dim; ++c) var += std::pow(xs[r * dim + c] - mean, 2) / dim;
+      for (int64_t c = 0; c < dim; ++c)
+        y[r * dim + c] = us[r * u_stride + c] * (xs[r * dim + c] - mean) / std::sqrt(var + eps);
+    }
+    return y;
+  };
+  Tensor xt = Upload(x), ut = Upload(u);
+  Tensor y = Poisoned<float>(rows * dim), mean = Poisoned<float>(rows), rstd = Poisoned<float>(rows);
+  backend().HstuNormGateForward(xt.ptr<float>(), ut.ptr<float>(), u_stride, y.ptr<float>(),
+                                mean.ptr<float>(), rstd.ptr<float>(), rows, dim, eps);
+  ExpectClose(Download<float>(y), reference(ToDouble(x), ToDouble(u)), kTolerance, "norm gate");
+
+  const auto dy = RandomFloats(rows * dim, 62);
+  std::vector<float> du0(rows * u_stride, 0.0f);  // columns outside u's rows stay 0
+  Tensor dx = Poisoned<float>(rows * dim), du = Upload(du0);
+  for (int64_t r = 0; r < rows; ++r)
+    backend().Memset(du.ptr<float>() + r * u_stride, 0xff, dim * sizeof(float));
+  backend().HstuNormGateBackward(Upload(dy).ptr<float>(), xt.ptr<float>(), ut.ptr<float>(),
+                                 u_stride, mean.ptr<float>(), rstd.ptr<float>(), dx.ptr<float>(),
+                                 du.ptr<float>(), rows, dim);
+  const std::vector<double> ud = ToDouble(u), xd = ToDouble(x);
+  ExpectGradient(Download<float>(dx), [&](const std::vector<double>& xs) { return reference(xs, ud); },
+                 x, dy, "norm gate dx");
+  ExpectGradient(Download<float>(du), [&](const std::vector<double>& us) { return reference(xd, us); },
+                 u, dy, "norm gate du");
+}
+
+// ---- State-space models (Mamba-2) ----------------------------------------------------------
+
+TEST_P(BackendOps, SsdScanForwardBackwardAndStepMatchTheRecurrence) {
+  // L = 10 in chunks of 4 (the last one ragged); two heads per group.
+  const SsdShape s{2, 10, 4, 3, 2, 5, 4};
+  const int64_t tokens = s.batch * s.seq, states = s.batch * s.heads * s.head_dim * s.state_dim;
+  const int64_t out_size = tokens * s.heads * s.head_dim;
+  std::vector<float> in[7] = {RandomFloats(out_size, 50),
+                              RandomFloats(tokens * s.heads, 51, 0.05f, 0.6f),
+                              RandomFloats(s.heads, 52, -1.5f, -0.3f),
+                              RandomFloats(tokens * s.groups * s.state_dim, 53),
+                              RandomFloats(tokens * s.groups * s.state_dim, 54),
+                              RandomFloats(s.heads, 55),
+                              RandomFloats(states, 56)};  // x, dt, A, B, C, D, initial state
+  // [y | final state] of the double reference as a function of input i.
+  auto reference = [&](int i, const std::vector<double>& v) {
+    std::vector<double> a[7];
+    for (int j = 0; j < 7; ++j) a[j] = j == i ? v : ToDouble(in[j]);
+    auto r = cpu::reference::ReferenceSsd(s, a[0], a[1], a[2], a[3], a[4], a[5], a[6]);
+    r.y.insert(r.y.end(), r.final_state.begin(), r.final_state.end());
+    return r.y;
+  };
+  Tensor t[7];
+  for (int j = 0; j < 7; ++j) t[j] = Upload(in[j]);
+  Tensor y = Poisoned<float>(out_size), final_state = Poisoned<float>(states);
+  backend().SsdScanForward(s, t[0].ptr<float>(), t[1].ptr<float>(), t[2].ptr<float>(),
+                           t[3].ptr<float>(), t[4].ptr<float>(), t[5].ptr<float>(),
+                           t[6].ptr<float>(), y.ptr<float>(), final_state.ptr<float>());
+  std::vector<float> got = Download<float>(y);
+  const auto got_state = Download<float>(final_state);
+  got.insert(got.end(), got_state.begin(), got_state.end());
+  ExpectClose(got, reference(-1, {}), kTolerance, "ssd forward [y | final state]");
+
+  const auto dy = RandomFloats(out_size, 57), dfinal = RandomFloats(states, 58);
+  std::vector<float> w = dy;
+  w.insert(w.end(), dfinal.begin(), dfinal.end());
+  Tensor grads[7] = {Poisoned<float>(out_size),
+                     Poisoned<float>(tokens * s.heads),
+                     Upload(std::vector<float>(s.heads, 0.0f)),  // dA accumulates
+                     Poisoned<float>(tokens * s.groups * s.state_dim),
+                     Poisoned<float>(tokens * s.groups * s.state_dim),
+                     Upload(std::vector<float>(s.heads, 0.0f)),  // dD accumulates
+                     Poisoned<float>(states)};
+  backend().SsdScanBackward(s, t[0].ptr<float>(), t[1].ptr<float>(), t[2].ptr<float>(),
+                            t[3].ptr<float>(), t[4].ptr<float>(), t[5].ptr<float>(),
+                            t[6].ptr<float>(), Upload(dy).ptr<float>(),
+                            Upload(dfinal).ptr<float>(), grads[0].ptr<float>(),
+                            grads[1].ptr<float>(), grads[2].ptr<float>(), grads[3].ptr<float>(),
+                            grads[4].ptr<float>(), grads[5].ptr<float>(), grads[6].ptr<float>());
+  const char* names[7] = {"dx", "ddt", "dA", "dB", "dC", "dD", "d initial state"};
+  for (int i = 0; i < 7; ++i) {
+    ExpectGradient(Download<float>(grads[i]),
+                   [&](const std::vector<double>& v) { return reference(i, v); }, in[i], w,
+                   std::string("ssd backward ") + names[i]);
+  }
+
+  // One token from the initial state equals the first token of the scan.
+  SsdShape one = s;
+  one.seq = 1;
+  std::vector<float> x1, dt1, b1, c1;
+  const int64_t hp = s.heads * s.head_dim, gn = s.groups * s.state_dim;
+  for (int64_t b = 0; b < s.batch; ++b) {
+    x1.insert(x1.end(), in[0].begin() + b * s.seq * hp, in[0].begin() + (b * s.seq + 1) * hp);
+    dt1.insert(dt1.end(), in[1].begin() + b * s.seq * s.heads,
+               in[1].begin() + (b * s.seq + 1) * s.heads);
+    b1.insert(b1.end(), in[3].begin() + b * s.seq * gn, in[3].begin() + (b * s.seq + 1) * gn);
+    c1.insert(c1.end(), in[4].begin() + b * s.seq * gn, in[4].begin() + (b * s.seq + 1) * gn);
+  }
+  Tensor state = Upload(in[6]), y1 = Poisoned<float>(s.batch * hp);
+  backend().SsdStep(one, Upload(x1).ptr<float>(), Upload(dt1).ptr<float>(), t[2].ptr<float>(),
+                    Upload(b1).ptr<float>(), Upload(c1).ptr<float>(), t[5].ptr<float>(),
+                    state.ptr<float>(), y1.ptr<float>());
+  auto want1 = cpu::reference::ReferenceSsd(one, ToDouble(x1), ToDouble(dt1), ToDouble(in[2]),
+                                            ToDouble(b1), ToDouble(c1), ToDouble(in[5]),
+                                            ToDouble(in[6]));
+  ExpectClose(Download<float>(y1), want1.y, kTolerance, "ssd step y");
+  ExpectClose(Download<float>(state), want1.final_state, kTolerance, "ssd step state");
+}
+
+TEST_P(BackendOps, CausalConv1dForwardBackwardAndStepMatchTheReference) {
+  const CausalConv1dShape s{2, 6, 5, 4};
+  const int64_t n = s.batch * s.seq * s.channels, halo_size = s.batch * (s.width - 1) * s.channels;
+  std::vector<float> in[4] = {RandomFloats(n, 60), RandomFloats(s.channels * s.width, 61),
+                              RandomFloats(s.channels, 62), RandomFloats(halo_size, 63)};
+  auto reference = [&](int i, const std::vector<double>& v) {
+    std::vector<double> a[4];
+    for (int j = 0; j < 4; ++j) a[j] = j == i ? v : ToDouble(in[j]);
+    return cpu::reference::ReferenceConv(s, a[0], a[1], a[2], a[3]);
+  };
+  Tensor t[4];
+  for (int j = 0; j < 4; ++j) t[j] = Upload(in[j]);
+  Tensor y = Poisoned<float>(n), halo_out = Poisoned<float>(halo_size);
+  backend().CausalConv1dForward(s, t[0].ptr<float>(), t[1].ptr<float>(), t[2].ptr<float>(),
+                                t[3].ptr<float>(), y.ptr<float>(), halo_out.ptr<float>());
+  ExpectClose(Download<float>(y), reference(-1, {}), kTolerance, "conv forward");
+  std::vector<double> want_halo;
+  for (int64_t b = 0; b < s.batch; ++b)
+    want_halo.insert(want_halo.end(),
+                     in[0].begin() + (b * s.seq + s.seq - (s.width - 1)) * s.channels,
+                     in[0].begin() + (b + 1) * s.seq * s.channels);
+  ExpectClose(Download<float>(halo_out), want_halo, 0, "conv halo out");
+
+  const auto dy = RandomFloats(n, 64);
+  Tensor grads[4] = {Poisoned<float>(n), Upload(std::vector<float>(s.channels * s.width, 0.0f)),
+                     Upload(std::vector<float>(s.channels, 0.0f)), Poisoned<float>(halo_size)};
+  backend().CausalConv1dBackward(s, t[0].ptr<float>(), t[1].ptr<float>(), t[3].ptr<float>(),
+                                 Upload(dy).ptr<float>(), grads[0].ptr<float>(),
+                                 grads[1].ptr<float>(), grads[2].ptr<float>(),
+                                 grads[3].ptr<float>());
+  const char* names[4] = {"dx", "dweight", "dbias", "dhalo"};
+  for (int i = 0; i < 4; ++i) {
+    ExpectGradient(Download<float>(grads[i]),
+                   [&](const std::vector<double>& v) { return reference(i, v); }, in[i], dy,
+                   std::string("conv backward ") + names[i]);
+  }
+
+  // One token from the halo equals the first output of the forward pass.
+  std::vector<float> x1;
+  std::vector<double> want1;
+  const auto y_all = reference(-1, {});
+  for (int64_t b = 0; b < s.batch; ++b) {
+    x1.insert(x1.end(), in[0].begin() + b * s.seq * s.channels,
+              in[0].begin() + (b * s.seq + 1) * s.channels);
+    want1.insert(want1.end(), y_all.begin() + b * s.seq * s.channels,
+                 y_all.begin() + (b * s.seq + 1) * s.channels);
+  }
+  Tensor state = Upload(in[3]), y1 = Poisoned<float>(s.batch * s.channels);
+  backend().CausalConv1dStep(s, Upload(x1).ptr<float>(), t[1].ptr<float>(), t[2].ptr<float>(),
+                             state.ptr<float>(), y1.ptr<float>());
+  ExpectClose(Download<float>(y1), want1, kTolerance, "conv step");
 }
 
 INSTANTIATE_TEST_SUITE_P(EveryBackend, BackendOps, ::testing::ValuesIn(BackendsPresent()),
