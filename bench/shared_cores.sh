@@ -54,9 +54,11 @@ if [ ! -f "$data/manifest.textproto" ]; then
   data=$work/fashion-mnist/train
 fi
 
-train() {  # train <run dir> [env...]: prints the run's samples/s
+train() {  # train <run dir> [NAME=VALUE...]: prints the run's samples/s
+  local run_dir=$1
+  shift
   env "$@" "$tessera" train --config "$root/configs/quickstart.textproto" \
-    --set data.dir="$data" --set train.run_dir="$1" --set train.steps="$steps" \
+    --set data.dir="$data" --set train.run_dir="$run_dir" --set train.steps="$steps" \
     --set train.log_every=1000000 --set train.progress=off --set train.sample_grid_per_class=0 \
     2>&1 | sed -n 's/^done: .*, \([0-9.]*\) samples\/s.*/\1/p'
 }
