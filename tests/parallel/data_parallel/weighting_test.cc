@@ -81,6 +81,18 @@ struct Trained {
   double last_loss = 0;
 };
 
+// Every parameter's values in order (the flat buffer's padding left out: it
+// depends on the ZeRO shard multiple).
+std::vector<float> ParameterValues(const ParameterStore& store) {
+  std::vector<float> values;
+  const float* base = store.values().data<float>();
+  for (int id = 0; id < store.size(); ++id) {
+    const ParamInfo& info = store.info(id);
+    values.insert(values.end(), base + info.offset, base + info.offset + info.local_shape.numel());
+  }
+  return values;
+}
+
 std::string RunDir(const std::string& name, int rank) {
   const std::string dir = ::testing::TempDir() + "/tessera_weighting_" + name + "_" +
                           std::to_string(::getpid()) + "_" + std::to_string(rank);
@@ -96,9 +108,7 @@ Trained OneProcess(int rank) {
   store.Finalize(3);
   Trainer trainer(config, store, task, Trainer::Options());
   EXPECT_TRUE(trainer.Run().ok());
-  return {std::vector<float>(store.values().data<float>(),
-                             store.values().data<float>() + store.numel()),
-          trainer.summary().last_loss};
+  return {ParameterValues(store), trainer.summary().last_loss};
 }
 
 // Rank r of W holds its share of the global batch in micro-batches of
@@ -134,9 +144,7 @@ Trained DataParallelRun(int zero_stage) {
   options.sync = dp->get();
   Trainer trainer(config, store, task, options);
   EXPECT_TRUE(trainer.Run().ok());
-  return {std::vector<float>(store.values().data<float>(),
-                             store.values().data<float>() + store.numel()),
-          trainer.summary().last_loss};
+  return {ParameterValues(store), trainer.summary().last_loss};
 }
 
 void ExpectSame(const Trained& got, const Trained& want) {
