@@ -14,7 +14,9 @@
 # there). Prints one row per family (cases, ok, failed, the exit codes the
 # cases name) as a Markdown table, then every failed case; exits 1 if any
 # case failed. Takes about 10 minutes on 2 cores. With LIST=1 every case is
-# also printed with its family (on stderr), to check the rules.
+# also printed with its family (on stderr), to check the rules. CASES=FILE
+# recounts the "<script>\t<line>" cases of an earlier run (saved with
+# KEEP=FILE) without running anything.
 set -uo pipefail
 [ $# -ge 1 ] || { echo "usage: $0 TESSERA_BINARY [tests/e2e/SCRIPT.sh...]" >&2; exit 2; }
 tessera=$(realpath "$1")
@@ -37,12 +39,15 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_
 
 out=$(mktemp -d /tmp/tessera_bad_input_table.XXXXXX)
 trap 'rm -rf "$out"' EXIT
+if [ -n "${CASES:-}" ]; then cp "$CASES" "$out/cases.tsv"; scripts=(); fi
 for script in "${scripts[@]}"; do
   name=$(basename "$script" .sh)
   echo "running $name ..." >&2
   OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} bash "$script" "$tessera" "$source_dir" > "$out/$name.log" 2>&1
   grep -E '^(ok|FAIL): ' "$out/$name.log" | sed "s|^|$name\t|" >> "$out/cases.tsv"
 done
+
+[ -n "${KEEP:-}" ] && cp "$out/cases.tsv" "$KEEP"
 
 # Family rules, first match wins (extended regexes on "<script> <case name>",
 # lower-cased; the case name is the line without expect_exit's stderr excerpt).
@@ -52,9 +57,10 @@ function family(script, line,   l) {
   sub(/ \(exit [0-9]+: .*/, "", l)  # the case name, not the stderr excerpt expect_exit appends
   l = tolower(script " " l)
   if (l ~ /sigterm|sigint|sigusr1|signal|ctrl-c|exit 75|exit 130/) return "signals"
+  if (script ~ /^(data|model)_parallel$/) return "launches (MPI, Slurm, faults)"
   if (l ~ /slurm|srun|sbatch|requeue|mpirun|mpmd|ranks? (with|named|killed|hangs|[0-9])|world size|layout|killed|hang|watchdog|forged|np[0-9]|[0-9] of [0-9]+ ranks|different config|train\.steps = /) return "launches (MPI, Slurm, faults)"
   if (l ~ /ckpt|checkpoint|manifest\.pb|resume|step_|latest|rank_0|num_ranks|sampler|superseded|fallback|corrupt piece|other model/) return "checkpoints"
-  if (l ~ /shard|data verify|verify|synth|import|idx|label|token|vocab|interaction|rating|timestamp|loss_mask|data dir|data directory|data error|data set|dataset|data\.|manifest/) return "data shards"
+  if (l ~ /shard|data verify|verify|synth|import|idx|label|token|vocab|interaction|item|rating|timestamp|loss_mask|data dir|data directory|data error|data set|dataset|data\.|manifest/) return "data shards"
   if (l ~ /ulimit|full disk|write|hdf5-diag|metrics\.jsonl|file size/) return "written files"
   if (l ~ /option|argument|--[a-z]|flag|usage|sample /) return "command lines"
   return "configs"
