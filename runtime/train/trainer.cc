@@ -16,6 +16,7 @@
 #include "absl/strings/str_format.h"
 #include "runtime/base/errors.h"
 #include "runtime/base/human_units.h"
+#include "runtime/checkpoint/manifest_checks.h"
 #include "runtime/backend/cpu_backend.h"
 #include "runtime/optim/clip.h"
 #include "runtime/optim/schedule.h"
@@ -247,10 +248,11 @@ absl::Status Trainer::SupersedeNewer(int64_t step) {
     const std::filesystem::path root = CheckpointsRoot(config_.train().run_dir());
     std::error_code error;
     for (const auto& entry : std::filesystem::directory_iterator(root, error)) {
+      // Only committed checkpoints of a later step: never the one loaded, never
+      // a directory whose name is not exactly step_N (docs/checkpoints.md).
       const std::string name = entry.path().filename().string();
-      long long n = 0;
-      char rest = 0;
-      if (std::sscanf(name.c_str(), "step_%lld%c", &n, &rest) != 1 || n <= step) continue;
+      const std::optional<int64_t> n = ParseStepDirectoryName(name);
+      if (!n || *n <= step || !IsCommittedCheckpoint(entry.path().string())) continue;
       const std::filesystem::path moved = root / (name + ".superseded");
       std::filesystem::remove_all(moved, error);
       std::filesystem::rename(entry.path(), moved, error);
@@ -438,12 +440,11 @@ absl::Status Trainer::Step(int64_t step) {
   summary_.last_loss = loss;
   ++summary_.steps;  // steps this process ran (fewer than `step` after a resume)
   summary_.samples += samples;
-  Report(step, loss, aux, lr, grad_norm, seconds, samples);
-  return absl::OkStatus();
+  return Report(step, loss, aux, lr, grad_norm, seconds, samples);
 }
 
-void Trainer::Report(int64_t step, double loss, double aux, double lr, double grad_norm,
-                     double step_seconds, int64_t samples) {
+absl::Status Trainer::Report(int64_t step, double loss, double aux, double lr, double grad_norm,
+                             double step_seconds, int64_t samples) {
   const TrainConfig& train = config_.train();
   // The first step this process runs pays one-time costs (arena growth, page
   // faults); leave it out of the throughput and the ETA unless it is the only one.
@@ -466,14 +467,18 @@ void Trainer::Report(int64_t step, double loss, double aux, double lr, double gr
     const double peak_fraction = flops_per_s / (gemm_peak_ * group_->size());
     const size_t rss = CurrentRssBytes();
     std::string extras = task_.MetricsJsonFields();
-    std::fprintf(metrics_,
+    const int written = std::fprintf(metrics_,
                  "{\"step\":%lld,\"loss\":%.9g,\"aux_loss\":%.9g,\"lr\":%.9g,\"grad_norm\":%.9g,"
                  "\"samples_per_s\":%.6g,\"tokens_per_s\":%.6g,\"flops_per_s\":%.6g,"
                  "\"peak_fraction\":%.6g,\"rss_bytes\":%zu%s%s}\n",
                  static_cast<long long>(step), loss, aux, lr, grad_norm, samples_per_s,
                  tokens_per_s, flops_per_s, peak_fraction, rss, extras.empty() ? "" : ",",
                  extras.c_str());
-    std::fflush(metrics_);
+    // A full disk or a file-size limit must stop the run now, not at the end.
+    if (written < 0 || std::fflush(metrics_) != 0 || std::ferror(metrics_)) {
+      return UsageError(absl::StrCat("cannot write ", config_.train().run_dir(),
+                                     "/metrics.jsonl: ", std::strerror(errno)));
+    }
     if (progress_) std::printf("\r\033[K");
     std::printf("step %6lld/%lld | loss %.5f | aux %.4f | lr %.3g | grad_norm %.3f | %.1f samples/s "
                 "| %.1f%% of peak | rss %s%s\n",
@@ -493,6 +498,7 @@ void Trainer::Report(int64_t step, double loss, double aux, double lr, double gr
                 HumanSeconds(eta_seconds_).c_str());
   }
   std::fflush(stdout);
+  return absl::OkStatus();
 }
 
 }  // namespace tessera

@@ -116,8 +116,10 @@ class Trainer {
   absl::Status Save(int64_t step, bool blocking);
   absl::Status WaitForSave();
   void MaybeInjectFault(int64_t step, const char* phase) const;
-  void Report(int64_t step, double loss, double aux, double lr, double grad_norm,
-              double step_seconds, int64_t samples);
+  // Logs the step (line, metrics.jsonl, progress bar); a failed metrics
+  // write is an error.
+  absl::Status Report(int64_t step, double loss, double aux, double lr, double grad_norm,
+                      double step_seconds, int64_t samples);
 
   const RunConfig& config_;
   ParameterStore& store_;

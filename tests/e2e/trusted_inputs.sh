@@ -166,4 +166,25 @@ else
   fail "ranks with different configs: exit $rc: $(grep error "$WORK/mpmd.log" | head -2)"
 fi
 
+# --- A resume moves aside only genuinely newer committed checkpoints ---
+rm -rf "$WORK/run" && cp -r "$WORK/pristine" "$WORK/run"
+mkdir -p "$WORK/run/checkpoints/step_00000099" "$WORK/run/checkpoints/step_99999999999999999999999"
+tiny "$WORK/run" "$WORK/data" --set train.steps=10 --set checkpoint.every=5 \
+  --set train.sample_grid_per_class=0 \
+  --set checkpoint.resume="$WORK/run/checkpoints/step_00000005" > "$WORK/resume5.log" 2>&1
+rc=$?
+if [ $rc -eq 0 ] && [ -d "$WORK/run/checkpoints/step_00000010.superseded" ] &&
+   [ -d "$WORK/run/checkpoints/step_00000099" ] &&
+   [ -d "$WORK/run/checkpoints/step_99999999999999999999999" ] &&
+   [ -d "$WORK/run/checkpoints/step_00000005" ]; then
+  pass "resume from step 5: committed step 10 moved aside; an uncommitted step_00000099 and an unparseable name left alone"
+else
+  fail "resume from step 5: exit $rc, checkpoints now: $(ls "$WORK/run/checkpoints" | tr '\n' ' ')"
+fi
+
+# --- A failed metrics.jsonl write stops the run at once ---
+rm -rf "$WORK/full" && mkdir -p "$WORK/full" && ln -s /dev/full "$WORK/full/metrics.jsonl"
+expect_exit "metrics.jsonl on a full disk (/dev/full)" 2 "cannot write $WORK/full/metrics.jsonl" -- \
+  tiny "$WORK/full" "$WORK/data" --set train.steps=5 --set train.sample_grid_per_class=0
+
 finish
