@@ -15,6 +15,7 @@
 #include "launch/arguments.h"
 #include "launch/commands.h"
 #include "runtime/base/errors.h"
+#include "runtime/base/human_units.h"
 #include "runtime/base/status.h"
 #include "runtime/checkpoint/checkpoint_tools.h"
 
@@ -75,17 +76,6 @@ std::string Json(absl::string_view s) {
 // JSON has no NaN/Infinity: null.
 std::string JsonNumber(double v) {
   return std::isfinite(v) ? absl::StrFormat("%.9g", v) : std::string("null");
-}
-
-std::string HumanBytes(int64_t bytes) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  double v = static_cast<double>(bytes);
-  int u = 0;
-  while (v >= 1024 && u < 4) {
-    v /= 1024;
-    ++u;
-  }
-  return u == 0 ? absl::StrCat(bytes, " B") : absl::StrFormat("%.1f %s", v, units[u]);
 }
 
 std::vector<int64_t> Shape(const CheckpointTensor& t) {
