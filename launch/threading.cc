@@ -14,7 +14,7 @@ std::optional<EnvironmentSetting> ChooseThreadWaitPolicy(
   for (const char* chosen_by_user : {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"}) {
     if (getenv(chosen_by_user) != nullptr) return std::nullopt;
   }
-  return EnvironmentSetting{"OMP_WAIT_POLICY", "passive"};
+  return EnvironmentSetting{"GOMP_SPINCOUNT", "20000"};
 }
 
 void EnsureThreadWaitPolicy(char** argv) {

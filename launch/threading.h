@@ -5,10 +5,13 @@
 // iterations) waiting for the slowest thread. When another process shares the
 // cores, the slowest thread is often descheduled, and the others burn their
 // time slices spinning for it: the quickstart beside one busy `nice -n 19`
-// process fell from 264 to under 11 samples/s. tessera therefore chooses
-// OMP_WAIT_POLICY=passive (threads sleep on a futex at once) unless the user
-// chose a waiting behaviour: OMP_WAIT_POLICY or GOMP_SPINCOUNT set in the
-// environment is left alone (OMP_WAIT_POLICY=active restores the spinning).
+// process fell from 264 to under 11 samples/s. Sleeping at once
+// (OMP_WAIT_POLICY=passive) fixes that but pays a futex wake-up at every
+// region, ~10-18 % of the quickstart alone. tessera therefore bounds the spin:
+// GOMP_SPINCOUNT=20000 (a few microseconds, then sleep) keeps the solo speed
+// and gives up the cores quickly when another process wants them. The user's
+// own choice -- OMP_WAIT_POLICY or GOMP_SPINCOUNT set in the environment --
+// is left alone (OMP_WAIT_POLICY=active restores the long spin).
 // docs/launching.md, "Threads", has the measurements.
 //
 // libgomp reads its environment when it is loaded, before main(), so the

@@ -16,11 +16,11 @@ std::optional<EnvironmentSetting> ChooseWith(const std::map<std::string, std::st
   });
 }
 
-TEST(ThreadWaitPolicy, PassiveWhenTheUserChoseNothing) {
+TEST(ThreadWaitPolicy, BoundedSpinWhenTheUserChoseNothing) {
   const auto setting = ChooseWith({{"OMP_NUM_THREADS", "2"}});
   ASSERT_TRUE(setting.has_value());
-  EXPECT_EQ(setting->name, "OMP_WAIT_POLICY");
-  EXPECT_EQ(setting->value, "passive");
+  EXPECT_EQ(setting->name, "GOMP_SPINCOUNT");
+  EXPECT_EQ(setting->value, "20000");
 }
 
 TEST(ThreadWaitPolicy, TheUsersOwnWaitPolicyOrSpinCountIsLeftAlone) {
