@@ -6,7 +6,7 @@
 #   scripts/fuzz.sh TARGET SECONDS [libFuzzer flags...]
 #   scripts/fuzz.sh --build-only
 #
-# TARGET: config_loader | data_shard | checkpoint_manifest | idx_importer.
+# TARGET: config_loader | data_shard | checkpoint_manifest | idx_importer | text_importer.
 # Build directory: $TESSERA_FUZZ_BUILD_DIR (default build-fuzz beside the
 # source tree). New inputs the fuzzer finds go to <build>/corpus/TARGET (the
 # checked-in seeds are only read); a crash, leak or sanitizer report leaves
@@ -15,7 +15,7 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 build=${TESSERA_FUZZ_BUILD_DIR:-$repo/build-fuzz}
-targets=(config_loader data_shard checkpoint_manifest idx_importer)
+targets=(config_loader data_shard checkpoint_manifest idx_importer text_importer)
 
 usage() { echo "usage: $0 TARGET SECONDS [libFuzzer flags] | --build-only (TARGET: ${targets[*]})" >&2; exit 2; }
 [ $# -ge 1 ] || usage

@@ -27,7 +27,7 @@ else
   fail "fuzz targets did not build"; tail -20 "$WORK/build.log"; finish
 fi
 
-for target in config_loader data_shard checkpoint_manifest idx_importer; do
+for target in config_loader data_shard checkpoint_manifest idx_importer text_importer; do
   bash "$SOURCE/scripts/fuzz.sh" "$target" "$seconds" > "$WORK/$target.log" 2>&1
   rc=$?
   runs=$(grep -oE 'stat::number_of_executed_units: *[0-9]+' "$WORK/$target.log" | grep -oE '[0-9]+$')
