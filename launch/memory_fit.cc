@@ -8,6 +8,7 @@
 #include "absl/strings/str_format.h"
 #include "models/registry.h"
 #include "runtime/base/errors.h"
+#include "runtime/base/human_units.h"
 #include "runtime/train/memory.h"
 
 namespace tessera {
@@ -18,16 +19,6 @@ struct Term {
   double bytes;
   std::string why;  // which config values make it
 };
-
-std::string HumanBytes(double bytes) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
-  int u = 0;
-  while (bytes >= 1024 && u < 6) {
-    bytes /= 1024;
-    ++u;
-  }
-  return absl::StrFormat("%.1f %s", bytes, units[u]);
-}
 
 absl::Status CheckFits(const std::vector<Term>& terms, double processes) {
   const size_t available = AvailableMemoryBytes();
