@@ -27,8 +27,6 @@
 
 #include "absl/status/status.h"
 #include "runtime/kernels/kernel_args.h"
-#include "runtime/kernels/cpu/causal_conv1d.h"  // CausalConv1dShape
-#include "runtime/kernels/cpu/ssd.h"            // SsdShape
 
 namespace tessera {
 

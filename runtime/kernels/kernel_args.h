@@ -36,4 +36,24 @@ struct AdamWScalars {
   float decay_keep = 1;  // 1 - lr * weight_decay, for decayed segments
 };
 
+
+// Geometry of one SSD scan. `chunk` only changes the order of the arithmetic
+// (and the cost), never the result beyond rounding.
+struct SsdShape {
+  int64_t batch = 0;
+  int64_t seq = 0;        // L (the one-token step ignores it)
+  int64_t heads = 0;      // H
+  int64_t head_dim = 0;   // P
+  int64_t groups = 0;     // G, heads % groups == 0 (heads of a group share B, C)
+  int64_t state_dim = 0;  // N
+  int64_t chunk = 64;     // Q
+};
+
+struct CausalConv1dShape {
+  int64_t batch = 0;
+  int64_t seq = 0;       // L (the one-token step ignores it)
+  int64_t channels = 0;  // C
+  int64_t width = 4;     // K >= 1
+};
+
 }  // namespace tessera

@@ -14,16 +14,7 @@
 
 #include <cstdint>
 
-namespace tessera {
-
-struct CausalConv1dShape {
-  int64_t batch = 0;
-  int64_t seq = 0;       // L (the one-token step ignores it)
-  int64_t channels = 0;  // C
-  int64_t width = 4;     // K >= 1
-};
-
-}  // namespace tessera
+#include "runtime/kernels/kernel_args.h"
 
 namespace tessera::cpu {
 

@@ -26,21 +26,7 @@
 
 #include <cstdint>
 
-namespace tessera {
-
-// Geometry of one SSD scan. `chunk` only changes the order of the arithmetic
-// (and the cost), never the result beyond rounding.
-struct SsdShape {
-  int64_t batch = 0;
-  int64_t seq = 0;        // L (the one-token step ignores it)
-  int64_t heads = 0;      // H
-  int64_t head_dim = 0;   // P
-  int64_t groups = 0;     // G, heads % groups == 0 (heads of a group share B, C)
-  int64_t state_dim = 0;  // N
-  int64_t chunk = 64;     // Q
-};
-
-}  // namespace tessera
+#include "runtime/kernels/kernel_args.h"
 
 namespace tessera::cpu {
 
