@@ -16,6 +16,7 @@
 #include <random>
 #include <vector>
 
+#include "bench/timing.h"
 #include "absl/strings/str_format.h"
 #include "runtime/kernels/cpu/gemm.h"
 
@@ -23,19 +24,7 @@ namespace {
 
 using tessera::cpu::AttentionShape;
 
-// Best of `reps` timings of fn(), in seconds, after one warm-up call.
-template <typename Fn>
-double BestSeconds(int reps, Fn&& fn) {
-  fn();
-  double best = 1e30;
-  for (int r = 0; r < reps; ++r) {
-    const auto start = std::chrono::steady_clock::now();
-    fn();
-    const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
-    best = std::min(best, elapsed.count());
-  }
-  return best;
-}
+using tessera::bench::BestSeconds;
 
 std::vector<float> Random(int64_t n, uint32_t seed) {
   std::mt19937 gen(seed);

@@ -22,6 +22,7 @@
 #include <random>
 #include <vector>
 
+#include "bench/timing.h"
 #include "absl/strings/str_format.h"
 #include "runtime/kernels/cpu/attention.h"
 #include "runtime/kernels/cpu/gemm.h"
@@ -31,18 +32,7 @@ namespace {
 
 namespace cpu = tessera::cpu;
 
-template <typename Fn>
-double BestSeconds(int reps, Fn&& fn) {
-  fn();
-  double best = 1e30;
-  for (int r = 0; r < reps; ++r) {
-    const auto start = std::chrono::steady_clock::now();
-    fn();
-    const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
-    best = std::min(best, elapsed.count());
-  }
-  return best;
-}
+using tessera::bench::BestSeconds;
 
 std::vector<float> Random(int64_t n, uint32_t seed, float scale = 1.0f) {
   std::mt19937 gen(seed);

@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <vector>
 
+#include "bench/timing.h"
 #include "absl/strings/str_format.h"
 #include "runtime/base/random.h"
 #include "runtime/kernels/cpu/attention.h"
@@ -29,18 +30,7 @@ using tessera::AttentionShape;
 using tessera::SsdShape;
 namespace cpu = tessera::cpu;
 
-template <typename Fn>
-double BestSeconds(int reps, Fn&& fn) {
-  fn();
-  double best = 1e30;
-  for (int r = 0; r < reps; ++r) {
-    const auto start = std::chrono::steady_clock::now();
-    fn();
-    const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
-    best = std::min(best, elapsed.count());
-  }
-  return best;
-}
+using tessera::bench::BestSeconds;
 
 std::vector<float> Uniform(int64_t n, uint64_t seed, float lo, float hi) {
   tessera::Rng rng(seed);
