@@ -34,16 +34,6 @@ std::vector<float> Random(int64_t n, uint32_t seed) {
   return x;
 }
 
-double GemmGflops() {
-  constexpr int64_t n = 1024;
-  const std::vector<float> a = Random(n * n, 1), b = Random(n * n, 2);
-  std::vector<float> c(n * n);
-  const double seconds = BestSeconds(10, [&] {
-    tessera::cpu::Gemm(false, false, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
-  });
-  return 2.0 * n * n * n / seconds * 1e-9;
-}
-
 // Runs one shape with fused QKV [B, S, 3, H, Dh] as the DiT block produces it.
 void BenchShape(int64_t batch, int64_t seq, int64_t heads, int64_t head_dim, double gemm_gflops) {
   const int64_t width = heads * head_dim;
@@ -76,7 +66,7 @@ void BenchShape(int64_t batch, int64_t seq, int64_t heads, int64_t head_dim, dou
 
 int main(int argc, char** argv) {
   if (argc > 1) tessera::cpu::SetNumThreads(std::atoi(argv[1]));
-  const double gemm_gflops = GemmGflops();
+  const double gemm_gflops = tessera::bench::GemmGflops(10);
   absl::PrintF("threads %d, oneDNN sgemm n=1024: %.1f GFLOP/s\n", tessera::cpu::NumThreads(),
                gemm_gflops);
   BenchShape(8, 256, 6, 64, gemm_gflops);  // DiT-MoE-S/2 at 256x256 latents

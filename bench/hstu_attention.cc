@@ -42,16 +42,6 @@ std::vector<float> Random(int64_t n, uint32_t seed, float scale = 1.0f) {
   return x;
 }
 
-double GemmGflops() {
-  constexpr int64_t n = 1024;
-  const std::vector<float> a = Random(n * n, 1), b = Random(n * n, 2);
-  std::vector<float> c(n * n);
-  const double seconds = BestSeconds(5, [&] {
-    cpu::Gemm(false, false, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
-  });
-  return 2.0 * n * n * n / seconds * 1e-9;
-}
-
 double MiB(double bytes) { return bytes / (1024.0 * 1024.0); }
 
 // A jagged HSTU problem with fused [total, 3, H, d] q | k | v.
@@ -178,7 +168,7 @@ void JaggedVersusPadded(double gemm_gflops) {
 
 int main(int argc, char** argv) {
   const int64_t max_len = argc > 1 ? std::atoll(argv[1]) : 8192;
-  const double gemm_gflops = GemmGflops();
+  const double gemm_gflops = tessera::bench::GemmGflops(5);
   absl::PrintF("threads: %d, sgemm (n = 1024): %.0f GFLOP/s\n", cpu::NumThreads(), gemm_gflops);
   JaggedVersusPadded(gemm_gflops);
   CompareWithSoftmax(max_len, gemm_gflops);

@@ -3,6 +3,10 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
+#include <vector>
+
+#include "runtime/kernels/cpu/gemm.h"
 
 namespace tessera::bench {
 
@@ -18,6 +22,17 @@ double BestSeconds(int reps, Fn&& fn) {
     best = std::min(best, elapsed.count());
   }
   return best;
+}
+
+// The same-run reference: oneDNN sgemm at n = 1024 (best of `reps`), GFLOP/s.
+inline double GemmGflops(int reps) {
+  constexpr int64_t n = 1024;
+  const std::vector<float> a(n * n, 0.5f), b(n * n, 0.25f);
+  std::vector<float> c(n * n);
+  const double seconds = BestSeconds(reps, [&] {
+    cpu::Gemm(false, false, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
+  });
+  return 2.0 * n * n * n / seconds * 1e-9;
 }
 
 }  // namespace tessera::bench
