@@ -64,4 +64,42 @@ __device__ __forceinline__ float WarpMax(float value) {
   return value;
 }
 
+// A grid-stride loop over [0, n) (int64 indices).
+#define TESSERA_CUDA_FOR(i, n)                                              \
+  for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < (n); \
+       i += int64_t{gridDim.x} * blockDim.x)
+
+// Launches `kernel` over `n` elementwise items on `stream` and checks the
+// launch; n == 0 launches nothing.
+template <typename Kernel, typename... Args>
+absl::Status LaunchFlat(const char* name, int64_t n, cudaStream_t stream, Kernel kernel,
+                        Args... args) {
+  if (absl::Status status = CheckNonNegative(name, n); !status.ok()) return status;
+  if (n == 0) return absl::OkStatus();
+  kernel<<<ElementwiseBlocks(n), kElementwiseThreads, 0, stream>>>(args...);
+  const cudaError_t error = cudaGetLastError();
+  if (error != cudaSuccess) {
+    return absl::InternalError(absl::StrFormat("launch of cuda::%s failed: %s (%s)", name,
+                                               cudaGetErrorString(error), cudaGetErrorName(error)));
+  }
+  return absl::OkStatus();
+}
+
+// Sum over a block whose size is a multiple of 32 (at most 1024); every
+// thread gets the result. `scratch` holds 32 values; the order is fixed.
+template <typename T>
+__device__ __forceinline__ T BlockSum(T value, T* scratch) {
+  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
+    value += __shfl_xor_sync(0xffffffffu, value, offset);
+  }
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  const int warps = blockDim.x / kWarpSize;
+  __syncthreads();  // scratch may still be read by a previous call
+  if (lane == 0) scratch[warp] = value;
+  __syncthreads();
+  T total = 0;
+  for (int w = 0; w < warps; ++w) total += scratch[w];
+  return total;
+}
+
 }  // namespace tessera::cuda::internal

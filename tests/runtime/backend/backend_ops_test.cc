@@ -11,12 +11,15 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <memory>
 #include <functional>
 #include <numeric>
 #include <string>
 #include <vector>
 
 #include "runtime/backend/backend.h"
+#include "runtime/backend/device_select.h"
 #include "runtime/tensor/tensor.h"
 #include "tests/runtime/kernels/cpu/attention_reference.h"
 #include "tests/runtime/kernels/cpu/ssd_reference.h"
@@ -33,7 +36,31 @@ using cpu::test::ToDouble;
 constexpr double kTolerance = 1e-5;      // fp32 against double, relative to max(1, |want|)
 constexpr double kGradTolerance = 2e-3;  // against central differences of the reference
 
-std::vector<Backend*> BackendsPresent() { return {&HostBackend()}; }
+// The CPU always; CUDA when the build has it and a device is usable (the
+// backend lives for the whole test program).
+std::vector<Backend*> BackendsPresent() {
+  std::vector<Backend*> backends = {&HostBackend()};
+  if (VisibleCudaDevices() > 0) {
+    static std::unique_ptr<Backend> cuda = [] {
+      auto created = CreateCudaBackend(0);
+      if (!created.ok()) {
+        std::fprintf(stderr, "CUDA backend: %s\n", std::string(created.status().message()).c_str());
+        return std::unique_ptr<Backend>();
+      }
+      return *std::move(created);
+    }();
+    if (cuda != nullptr) backends.push_back(cuda.get());
+  }
+  return backends;
+}
+
+// Says in the test log when the CUDA backend did not run (rather than
+// passing silently with the CPU alone).
+TEST(BackendOpsOnCuda, RunsEveryOpWhenADeviceIsPresent) {
+  if (!BuildHasCuda()) GTEST_SKIP() << "this build has no CUDA: the ops ran on the CPU only";
+  if (VisibleCudaDevices() == 0) GTEST_SKIP() << "no CUDA device: the ops ran on the CPU only";
+  EXPECT_EQ(BackendsPresent().size(), 2u) << "a CUDA device is visible but its backend failed";
+}
 
 class BackendOps : public ::testing::TestWithParam<Backend*> {
  protected:

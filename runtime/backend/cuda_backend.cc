@@ -1,0 +1,596 @@
+#include "runtime/backend/cuda_backend.h"
+
+#include <cstdint>
+#include <cstdlib>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "runtime/base/human_units.h"
+#include "runtime/base/status.h"
+#include "runtime/kernels/cuda/activation.h"
+#include "runtime/kernels/cuda/attention.h"
+#include "runtime/kernels/cuda/causal_conv1d.h"
+#include "runtime/kernels/cuda/check.h"
+#include "runtime/kernels/cuda/device.h"
+#include "runtime/kernels/cuda/flat.h"
+#include "runtime/kernels/cuda/gemm.h"
+#include "runtime/kernels/cuda/hstu.h"
+#include "runtime/kernels/cuda/layer_norm.h"
+#include "runtime/kernels/cuda/loss.h"
+#include "runtime/kernels/cuda/modulate.h"
+#include "runtime/kernels/cuda/routing.h"
+#include "runtime/kernels/cuda/softmax.h"
+#include "runtime/kernels/cuda/ssd.h"
+
+namespace tessera {
+namespace {
+
+class CudaEvent final : public Event {
+ public:
+  explicit CudaEvent(cudaEvent_t event) : event_(event) {}
+  ~CudaEvent() override { cudaEventDestroy(event_); }
+  cudaEvent_t get() const { return event_; }
+
+ private:
+  cudaEvent_t event_;
+};
+
+cudaEvent_t Handle(const Event& event) { return static_cast<const CudaEvent&>(event).get(); }
+
+#define CUDA_CALL(expr) ::tessera::cuda::CudaStatus((expr), #expr, __FILE__, __LINE__)
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(int device) {
+  TESSERA_RETURN_IF_ERROR(cuda::SetDevice(device));
+  std::unique_ptr<CudaBackend> backend(new CudaBackend());
+  backend->device_ = device;
+  TESSERA_CUDA(cudaStreamCreateWithFlags(&backend->stream_, cudaStreamNonBlocking));
+  TESSERA_CUDA(cudaDeviceGetDefaultMemPool(&backend->pool_, device));
+  // Keep what is freed: later allocations reuse it without asking the driver.
+  uint64_t keep_everything = UINT64_MAX;
+  TESSERA_CUDA(
+      cudaMemPoolSetAttribute(backend->pool_, cudaMemPoolAttrReleaseThreshold, &keep_everything));
+  TESSERA_ASSIGN_OR_RETURN(backend->gemm_, cuda::GemmContext::Create());
+  TESSERA_CUDA(cudaMalloc(reinterpret_cast<void**>(&backend->reduce_result_), sizeof(double)));
+  TESSERA_CUDA(cudaMallocHost(reinterpret_cast<void**>(&backend->host_result_), sizeof(double)));
+  const char* each = std::getenv("TESSERA_CUDA_SYNC_EACH_OP");
+  backend->sync_each_op_ = each != nullptr && std::string(each) == "1";
+  return backend;
+}
+
+CudaBackend::~CudaBackend() {
+  if (stream_ != nullptr) cudaStreamSynchronize(stream_);
+  if (scratch_ != nullptr) cudaFree(scratch_);
+  if (reduce_result_ != nullptr) cudaFree(reduce_result_);
+  if (host_result_ != nullptr) cudaFreeHost(host_result_);
+  gemm_.reset();
+  if (stream_ != nullptr) cudaStreamDestroy(stream_);
+}
+
+size_t CudaBackend::pool_reserved_bytes() const {
+  uint64_t reserved = 0;
+  cudaMemPoolGetAttribute(pool_, cudaMemPoolAttrReservedMemCurrent, &reserved);
+  return reserved;
+}
+
+void CudaBackend::Check(const char* op, absl::Status status) {
+  last_op_ = op;
+  ++ops_since_sync_;
+  if (status.ok() && sync_each_op_) status = CUDA_CALL(cudaStreamSynchronize(stream_));
+  if (!status.ok() && error_.ok()) {
+    error_ = absl::Status(status.code(), absl::StrFormat("CUDA op %s on device %d: %s", op, device_,
+                                                         status.message()));
+  }
+}
+
+void* CudaBackend::Scratch(const char* op, size_t bytes) {
+  if (bytes <= scratch_bytes_) return scratch_;
+  if (scratch_ != nullptr) Check(op, CUDA_CALL(cudaFreeAsync(scratch_, stream_)));
+  scratch_ = nullptr;
+  scratch_bytes_ = 0;
+  void* fresh = nullptr;
+  const absl::Status status = Allocate(bytes, &fresh);
+  Check(op, status);
+  if (!status.ok()) return nullptr;
+  scratch_ = fresh;
+  scratch_bytes_ = bytes;
+  return scratch_;
+}
+
+double CudaBackend::ReadResult(const char* op) {
+  Check(op, CUDA_CALL(cudaMemcpyAsync(host_result_, reduce_result_, sizeof(double),
+                                      cudaMemcpyDeviceToHost, stream_)));
+  Check(op, CUDA_CALL(cudaStreamSynchronize(stream_)));
+  return error_.ok() ? *host_result_ : std::numeric_limits<double>::quiet_NaN();
+}
+
+// ---- Memory ------------------------------------------------------------------
+
+absl::Status CudaBackend::Allocate(size_t bytes, void** out) {
+  const cudaError_t error = cudaMallocAsync(out, bytes == 0 ? 1 : bytes, stream_);
+  if (error == cudaSuccess) return absl::OkStatus();
+  cudaGetLastError();  // an allocation failure is not sticky; clear it
+  size_t free_bytes = 0, total_bytes = 0;
+  cudaMemGetInfo(&free_bytes, &total_bytes);
+  const std::string what = absl::StrFormat(
+      "CUDA device %d: cannot allocate %s (%d bytes): %s; the device has %s free of %s, this "
+      "process's pool holds %s",
+      device_, HumanBytes(bytes), bytes, cudaGetErrorString(error), HumanBytes(free_bytes),
+      HumanBytes(total_bytes), HumanBytes(pool_reserved_bytes()));
+  if (error == cudaErrorMemoryAllocation) return absl::ResourceExhaustedError(what);
+  return absl::InternalError(what);
+}
+
+void CudaBackend::Free(void* ptr) {
+  if (ptr != nullptr) Check("Free", CUDA_CALL(cudaFreeAsync(ptr, stream_)));
+}
+
+void CudaBackend::Memset(void* dst, int value, size_t bytes) {
+  if (bytes > 0) Check("Memset", CUDA_CALL(cudaMemsetAsync(dst, value, bytes, stream_)));
+}
+
+void CudaBackend::CopyToDevice(void* dst, const void* host_src, size_t bytes) {
+  if (bytes == 0) return;
+  Check("CopyToDevice",
+        CUDA_CALL(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, stream_)));
+  // A pageable source is staged before the call returns; a pinned one is not,
+  // so wait to keep "reusable on return" true for both.
+  cudaPointerAttributes attributes{};
+  if (cudaPointerGetAttributes(&attributes, host_src) == cudaSuccess &&
+      attributes.type == cudaMemoryTypeHost) {
+    Check("CopyToDevice", CUDA_CALL(cudaStreamSynchronize(stream_)));
+  }
+  cudaGetLastError();
+}
+
+void CudaBackend::CopyToHost(void* host_dst, const void* src, size_t bytes) {
+  if (bytes == 0) return;
+  Check("CopyToHost",
+        CUDA_CALL(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, stream_)));
+  Check("CopyToHost", CUDA_CALL(cudaStreamSynchronize(stream_)));
+}
+
+void CudaBackend::Copy(void* dst, const void* src, size_t bytes) {
+  if (bytes == 0 || dst == src) return;
+  Check("Copy", CUDA_CALL(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_)));
+}
+
+void CudaBackend::Copy2D(void* dst, size_t dst_pitch, const void* src, size_t src_pitch,
+                         size_t row_bytes, size_t rows) {
+  if (rows == 0 || row_bytes == 0) return;
+  Check("Copy2D", CUDA_CALL(cudaMemcpy2DAsync(dst, dst_pitch, src, src_pitch, row_bytes, rows,
+                                              cudaMemcpyDeviceToDevice, stream_)));
+}
+
+// ---- Ordering ----------------------------------------------------------------
+
+std::unique_ptr<Event> CudaBackend::CreateEvent() {
+  cudaEvent_t event = nullptr;
+  Check("CreateEvent", CUDA_CALL(cudaEventCreateWithFlags(&event, cudaEventDisableTiming)));
+  return std::make_unique<CudaEvent>(event);
+}
+
+void CudaBackend::Record(Event& event) {
+  Check("Record", CUDA_CALL(cudaEventRecord(Handle(event), stream_)));
+}
+
+void CudaBackend::StreamWait(const Event& event) {
+  Check("StreamWait", CUDA_CALL(cudaStreamWaitEvent(stream_, Handle(event), 0)));
+}
+
+void CudaBackend::HostWait(const Event& event) {
+  Check("HostWait", CUDA_CALL(cudaEventSynchronize(Handle(event))));
+}
+
+absl::Status CudaBackend::Synchronize() {
+  const cudaError_t error = cudaStreamSynchronize(stream_);
+  if (error != cudaSuccess && error_.ok()) {
+    error_ = absl::InternalError(absl::StrFormat(
+        "CUDA device %d: asynchronous error %s (%s) in one of the %d ops queued since the last "
+        "synchronize, the last of them %s (TESSERA_CUDA_SYNC_EACH_OP=1 names the failing op)",
+        device_, cudaGetErrorString(error), cudaGetErrorName(error), ops_since_sync_, last_op_));
+  }
+  ops_since_sync_ = 0;
+  return error_;
+}
+
+// ---- GEMM --------------------------------------------------------------------
+
+void CudaBackend::Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                       const float* a, int64_t lda, const float* b, int64_t ldb, float beta,
+                       float* c, int64_t ldc) {
+  Check("Gemm", cuda::Gemm(*gemm_, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
+                           stream_));
+}
+
+void CudaBackend::GemmBatched(bool trans_a, bool trans_b, int64_t batch, int64_t m, int64_t n,
+                              int64_t k, float alpha, const float* a, int64_t lda,
+                              int64_t stride_a, const float* b, int64_t ldb, int64_t stride_b,
+                              float beta, float* c, int64_t ldc, int64_t stride_c) {
+  Check("GemmBatched", cuda::GemmBatched(*gemm_, trans_a, trans_b, batch, m, n, k, alpha, a, lda,
+                                         stride_a, b, ldb, stride_b, beta, c, ldc, stride_c,
+                                         stream_));
+}
+
+// ---- Norms ---------------------------------------------------------------------
+
+void CudaBackend::LayerNormForward(const float* x, const float* gamma, const float* beta, float* y,
+                                   float* mean, float* rstd, int64_t rows, int64_t dim, float eps) {
+  Check("LayerNormForward",
+        cuda::LayerNormForward(x, gamma, beta, y, mean, rstd, rows, dim, eps, stream_));
+}
+
+void CudaBackend::LayerNormBackward(const float* dy, const float* x, const float* gamma,
+                                    const float* mean, const float* rstd, float* dx,
+                                    float* dgamma, float* dbeta, int64_t rows, int64_t dim) {
+  Check("LayerNormBackward", cuda::LayerNormBackward(dy, x, gamma, mean, rstd, dx, dgamma, dbeta,
+                                                     rows, dim, stream_));
+}
+
+void CudaBackend::RmsNormForward(const float* x, const float* gamma, float* y, float* rstd,
+                                 int64_t rows, int64_t dim, float eps) {
+  Check("RmsNormForward", cuda::RmsNormForward(x, gamma, y, rstd, rows, dim, eps, stream_));
+}
+
+void CudaBackend::RmsNormBackward(const float* dy, const float* x, const float* gamma,
+                                  const float* rstd, float* dx, float* dgamma, int64_t rows,
+                                  int64_t dim) {
+  Check("RmsNormBackward",
+        cuda::RmsNormBackward(dy, x, gamma, rstd, dx, dgamma, rows, dim, stream_));
+}
+
+// ---- Elementwise ---------------------------------------------------------------
+
+void CudaBackend::SiluForward(const float* x, float* y, int64_t n) {
+  Check("SiluForward", cuda::SiluForward(x, y, n, stream_));
+}
+
+void CudaBackend::SiluBackward(const float* dy, const float* x, float* dx, int64_t n) {
+  Check("SiluBackward", cuda::SiluBackward(dy, x, dx, n, stream_));
+}
+
+void CudaBackend::GeluForward(const float* x, float* y, int64_t n) {
+  Check("GeluForward", cuda::GeluForward(x, y, n, stream_));
+}
+
+void CudaBackend::GeluBackward(const float* dy, const float* x, float* dx, int64_t n) {
+  Check("GeluBackward", cuda::GeluBackward(dy, x, dx, n, stream_));
+}
+
+void CudaBackend::SwigluForward(const float* x, float* y, int64_t rows, int64_t hidden) {
+  Check("SwigluForward", cuda::SwigluForward(x, y, rows, hidden, stream_));
+}
+
+void CudaBackend::SwigluBackward(const float* dy, const float* x, float* dx, int64_t rows,
+                                 int64_t hidden) {
+  Check("SwigluBackward", cuda::SwigluBackward(dy, x, dx, rows, hidden, stream_));
+}
+
+void CudaBackend::AddInPlace(float* y, const float* x, int64_t n) {
+  Check("AddInPlace", cuda::AddInPlace(y, x, n, stream_));
+}
+
+void CudaBackend::AddBiasRows(float* y, const float* bias, int64_t rows, int64_t dim) {
+  Check("AddBiasRows", cuda::AddBiasRows(y, bias, rows, dim, stream_));
+}
+
+void CudaBackend::SumRowsAccumulate(const float* dy, float* dbias, int64_t rows, int64_t dim) {
+  Check("SumRowsAccumulate", cuda::SumRowsAccumulate(dy, dbias, rows, dim, stream_));
+}
+
+void CudaBackend::Scale(float* x, int64_t n, float scale) {
+  Check("Scale", cuda::Scale(x, n, scale, stream_));
+}
+
+double CudaBackend::SumSquares(const float* x, int64_t n) {
+  void* partials = Scratch("SumSquares", sizeof(double) * cuda::kSumSquaresBlocks);
+  if (partials == nullptr) return std::numeric_limits<double>::quiet_NaN();
+  Check("SumSquares",
+        cuda::SumSquares(x, n, static_cast<double*>(partials), reduce_result_, stream_));
+  return ReadResult("SumSquares");
+}
+
+void CudaBackend::GatherElements(const float* in, const int32_t* index, float* out, int64_t n) {
+  Check("GatherElements", cuda::GatherElements(in, index, out, n, stream_));
+}
+
+void CudaBackend::ScatterElements(const float* in, const int32_t* index, float* out, int64_t n) {
+  Check("ScatterElements", cuda::ScatterElements(in, index, out, n, stream_));
+}
+
+// ---- Softmax and attention -----------------------------------------------------
+
+void CudaBackend::SoftmaxForward(const float* x, float* y, int64_t rows, int64_t dim) {
+  Check("SoftmaxForward", cuda::SoftmaxForward(x, y, rows, dim, stream_));
+}
+
+void CudaBackend::SoftmaxBackward(const float* dy, const float* y, float* dx, int64_t rows,
+                                  int64_t dim) {
+  Check("SoftmaxBackward", cuda::SoftmaxBackward(dy, y, dx, rows, dim, stream_));
+}
+
+void CudaBackend::AttentionForward(const AttentionShape& shape, const float* q, const float* k,
+                                   const float* v, float* out, float* lse) {
+  Check("AttentionForward", cuda::AttentionForward(shape, q, k, v, out, lse, stream_));
+}
+
+void CudaBackend::AttentionBackward(const AttentionShape& shape, const float* q, const float* k,
+                                    const float* v, const float* out, const float* dout,
+                                    const float* lse, float* dq, float* dk, float* dv) {
+  const size_t bytes = sizeof(float) * static_cast<size_t>(cuda::AttentionBackwardScratch(shape));
+  void* scratch = Scratch("AttentionBackward", bytes);
+  if (scratch == nullptr) return;
+  Check("AttentionBackward", cuda::AttentionBackward(shape, q, k, v, out, dout, lse, dq, dk, dv,
+                                                     static_cast<float*>(scratch), stream_));
+}
+
+// ---- Embedding and losses ------------------------------------------------------
+
+void CudaBackend::EmbeddingForward(const int32_t* ids, const float* table, float* out, int64_t n,
+                                   int64_t dim) {
+  Check("EmbeddingForward", cuda::EmbeddingForward(ids, table, out, n, dim, stream_));
+}
+
+void CudaBackend::EmbeddingBackward(const int32_t* ids, const float* dout, float* dtable,
+                                    int64_t n, int64_t dim) {
+  Check("EmbeddingBackward", cuda::EmbeddingBackward(ids, dout, dtable, n, dim, stream_));
+}
+
+double CudaBackend::MseForward(const float* pred, const float* target, int64_t n) {
+  void* partials = Scratch("MseForward", sizeof(double) * cuda::kLossPartials);
+  if (partials == nullptr) return std::numeric_limits<double>::quiet_NaN();
+  Check("MseForward", cuda::MseForward(pred, target, n, static_cast<double*>(partials),
+                                       reduce_result_, stream_));
+  return ReadResult("MseForward");
+}
+
+void CudaBackend::MseBackward(const float* pred, const float* target, float* dpred, int64_t n,
+                              float scale) {
+  Check("MseBackward", cuda::MseBackward(pred, target, dpred, n, scale, stream_));
+}
+
+double CudaBackend::CrossEntropyForward(const float* logits, const int32_t* targets, float* probs,
+                                        int64_t rows, int64_t classes) {
+  void* row_loss = Scratch("CrossEntropyForward", sizeof(double) * static_cast<size_t>(rows + 1));
+  if (row_loss == nullptr) return std::numeric_limits<double>::quiet_NaN();
+  Check("CrossEntropyForward",
+        cuda::CrossEntropyForward(logits, targets, probs, rows, classes,
+                                  static_cast<double*>(row_loss), reduce_result_, stream_));
+  return ReadResult("CrossEntropyForward");
+}
+
+void CudaBackend::CrossEntropyBackward(const float* probs, const int32_t* targets, float* dlogits,
+                                       int64_t rows, int64_t classes, float scale) {
+  Check("CrossEntropyBackward",
+        cuda::CrossEntropyBackward(probs, targets, dlogits, rows, classes, scale, stream_));
+}
+
+// ---- adaLN modulation ----------------------------------------------------------
+
+void CudaBackend::ModulateForward(const float* x, const float* shift, const float* scale, float* y,
+                                  int64_t batch, int64_t seq, int64_t dim, int64_t cond_stride) {
+  Check("ModulateForward",
+        cuda::ModulateForward(x, shift, scale, y, batch, seq, dim, cond_stride, stream_));
+}
+
+void CudaBackend::ModulateBackward(const float* dy, const float* x, const float* scale, float* dx,
+                                   float* dshift, float* dscale, int64_t batch, int64_t seq,
+                                   int64_t dim, int64_t cond_stride) {
+  Check("ModulateBackward", cuda::ModulateBackward(dy, x, scale, dx, dshift, dscale, batch, seq,
+                                                   dim, cond_stride, stream_));
+}
+
+void CudaBackend::GatedResidualForward(float* residual, const float* y, const float* gate,
+                                       int64_t batch, int64_t seq, int64_t dim,
+                                       int64_t cond_stride) {
+  Check("GatedResidualForward",
+        cuda::GatedResidualForward(residual, y, gate, batch, seq, dim, cond_stride, stream_));
+}
+
+void CudaBackend::GatedResidualBackward(const float* dresidual, const float* y, const float* gate,
+                                        float* dy, float* dgate, int64_t batch, int64_t seq,
+                                        int64_t dim, int64_t cond_stride) {
+  Check("GatedResidualBackward", cuda::GatedResidualBackward(dresidual, y, gate, dy, dgate, batch,
+                                                             seq, dim, cond_stride, stream_));
+}
+
+// ---- HSTU ----------------------------------------------------------------------
+
+namespace {
+cuda::HstuArgs MakeHstuArgs(const int64_t* offsets, int64_t users, int64_t max_len, int64_t heads,
+                            int64_t qk_dim, int64_t v_dim, int64_t qk_stride, int64_t v_stride,
+                            const float* pos_bias, const float* time_bias, int32_t num_buckets,
+                            const int64_t* timestamps, const int64_t* query_timestamps) {
+  cuda::HstuArgs a;
+  a.offsets = offsets;
+  a.users = users;
+  a.max_len = max_len;
+  a.heads = heads;
+  a.qk_dim = qk_dim;
+  a.v_dim = v_dim;
+  a.qk_stride = qk_stride;
+  a.v_stride = v_stride;
+  a.pos_bias = pos_bias;
+  a.time_bias = time_bias;
+  a.num_buckets = num_buckets;
+  a.timestamps = timestamps;
+  a.query_timestamps = query_timestamps;
+  return a;
+}
+}  // namespace
+
+void CudaBackend::HstuQueryTimestamps(const int64_t* offsets, int64_t users,
+                                      const int64_t* timestamps, const int64_t* next_timestamps,
+                                      int64_t* query_timestamps) {
+  Check("HstuQueryTimestamps", cuda::HstuQueryTimestamps(offsets, users, timestamps,
+                                                         next_timestamps, query_timestamps,
+                                                         stream_));
+}
+
+void CudaBackend::HstuAttentionForward(const int64_t* offsets, int64_t users, int64_t max_len,
+                                       int64_t heads, int64_t qk_dim, int64_t v_dim,
+                                       const float* q, const float* k, int64_t qk_stride,
+                                       const float* v, int64_t v_stride, const float* pos_bias,
+                                       const float* time_bias, int32_t num_buckets,
+                                       const int64_t* timestamps,
+                                       const int64_t* query_timestamps, float* out) {
+  const cuda::HstuArgs args =
+      MakeHstuArgs(offsets, users, max_len, heads, qk_dim, v_dim, qk_stride, v_stride, pos_bias,
+                   time_bias, num_buckets, timestamps, query_timestamps);
+  Check("HstuAttentionForward", cuda::HstuAttentionForward(args, q, k, v, out, stream_));
+}
+
+void CudaBackend::HstuAttentionBackward(
+    const int64_t* offsets, int64_t users, int64_t max_len, int64_t heads, int64_t qk_dim,
+    int64_t v_dim, const float* q, const float* k, int64_t qk_stride, const float* v,
+    int64_t v_stride, const float* pos_bias, const float* time_bias, int32_t num_buckets,
+    const int64_t* timestamps, const int64_t* query_timestamps, const float* dout, float* dq,
+    float* dk, float* dv, float* dpos_bias, float* dtime_bias) {
+  const cuda::HstuArgs args =
+      MakeHstuArgs(offsets, users, max_len, heads, qk_dim, v_dim, qk_stride, v_stride, pos_bias,
+                   time_bias, num_buckets, timestamps, query_timestamps);
+  Check("HstuAttentionBackward", cuda::HstuAttentionBackward(args, q, k, v, dout, dq, dk, dv,
+                                                             dpos_bias, dtime_bias, stream_));
+}
+
+void CudaBackend::HstuNormGateForward(const float* x, const float* u, int64_t u_stride, float* y,
+                                      float* mean, float* rstd, int64_t rows, int64_t dim,
+                                      float eps) {
+  Check("HstuNormGateForward",
+        cuda::HstuNormGateForward(x, u, u_stride, y, mean, rstd, rows, dim, eps, stream_));
+}
+
+void CudaBackend::HstuNormGateBackward(const float* dy, const float* x, const float* u,
+                                       int64_t u_stride, const float* mean, const float* rstd,
+                                       float* dx, float* du, int64_t rows, int64_t dim) {
+  Check("HstuNormGateBackward", cuda::HstuNormGateBackward(dy, x, u, u_stride, mean, rstd, dx, du,
+                                                           rows, dim, stream_));
+}
+
+// ---- Routing -------------------------------------------------------------------
+
+void CudaBackend::TopKForward(const float* probs, int32_t* expert_index, float* weights,
+                              int64_t tokens, int64_t experts, int64_t k) {
+  Check("TopKForward",
+        cuda::TopKForward(probs, expert_index, weights, tokens, experts, k, stream_));
+}
+
+void CudaBackend::TopKBackward(const float* dweights, const int32_t* expert_index, float* dprobs,
+                               int64_t tokens, int64_t experts, int64_t k) {
+  Check("TopKBackward",
+        cuda::TopKBackward(dweights, expert_index, dprobs, tokens, experts, k, stream_));
+}
+
+void CudaBackend::SortByExpert(const int32_t* expert_index, int64_t assignments, int64_t experts,
+                               int64_t* expert_offsets, int32_t* row_of_assignment,
+                               int32_t* assignment_of_row) {
+  Check("SortByExpert", cuda::SortByExpert(expert_index, assignments, experts, expert_offsets,
+                                           row_of_assignment, assignment_of_row, stream_));
+}
+
+void CudaBackend::PermuteForward(const float* x, const int32_t* assignment_of_row, float* out,
+                                 int64_t rows, int64_t dim, int64_t k) {
+  Check("PermuteForward",
+        cuda::PermuteForward(x, assignment_of_row, out, rows, dim, k, stream_));
+}
+
+void CudaBackend::PermuteBackward(const float* dout, const int32_t* row_of_assignment, float* dx,
+                                  int64_t tokens, int64_t dim, int64_t k) {
+  Check("PermuteBackward",
+        cuda::PermuteBackward(dout, row_of_assignment, dx, tokens, dim, k, stream_));
+}
+
+void CudaBackend::UnpermuteCombineForward(const float* expert_out,
+                                          const int32_t* row_of_assignment, const float* weights,
+                                          float* out, int64_t tokens, int64_t dim, int64_t k) {
+  Check("UnpermuteCombineForward", cuda::UnpermuteCombineForward(
+                                       expert_out, row_of_assignment, weights, out, tokens, dim,
+                                       k, stream_));
+}
+
+void CudaBackend::UnpermuteCombineBackward(const float* dout, const float* expert_out,
+                                           const int32_t* row_of_assignment,
+                                           const float* weights, float* dexpert_out,
+                                           float* dweights, int64_t tokens, int64_t dim,
+                                           int64_t k) {
+  Check("UnpermuteCombineBackward",
+        cuda::UnpermuteCombineBackward(dout, expert_out, row_of_assignment, weights, dexpert_out,
+                                       dweights, tokens, dim, k, stream_));
+}
+
+// ---- State-space models ----------------------------------------------------------
+
+void CudaBackend::SsdScanForward(const SsdShape& shape, const float* x, const float* dt,
+                                 const float* A, const float* B, const float* C, const float* D,
+                                 const float* initial_state, float* y, float* final_state) {
+  Check("SsdScanForward", cuda::SsdScanForward(shape, x, dt, A, B, C, D, initial_state, y,
+                                               final_state, stream_));
+}
+
+void CudaBackend::SsdScanBackward(const SsdShape& shape, const float* x, const float* dt,
+                                  const float* A, const float* B, const float* C, const float* D,
+                                  const float* initial_state, const float* dy,
+                                  const float* d_final_state, float* dx, float* ddt, float* dA,
+                                  float* dB, float* dC, float* dD, float* d_initial_state) {
+  const size_t bytes = sizeof(float) * static_cast<size_t>(cuda::SsdScanBackwardScratch(shape));
+  void* scratch = Scratch("SsdScanBackward", bytes);
+  if (scratch == nullptr) return;
+  Check("SsdScanBackward",
+        cuda::SsdScanBackward(shape, x, dt, A, B, C, D, initial_state, dy, d_final_state, dx, ddt,
+                              dA, dB, dC, dD, d_initial_state, static_cast<float*>(scratch),
+                              stream_));
+}
+
+void CudaBackend::SsdStep(const SsdShape& shape, const float* x, const float* dt, const float* A,
+                          const float* B, const float* C, const float* D, float* state,
+                          float* y) {
+  Check("SsdStep", cuda::SsdStep(shape, x, dt, A, B, C, D, state, y, stream_));
+}
+
+void CudaBackend::CausalConv1dForward(const CausalConv1dShape& shape, const float* x,
+                                      const float* weight, const float* bias, const float* halo,
+                                      float* y, float* halo_out) {
+  Check("CausalConv1dForward",
+        cuda::CausalConv1dForward(shape, x, weight, bias, halo, y, halo_out, stream_));
+}
+
+void CudaBackend::CausalConv1dBackward(const CausalConv1dShape& shape, const float* x,
+                                       const float* weight, const float* halo, const float* dy,
+                                       float* dx, float* dweight, float* dbias, float* dhalo) {
+  Check("CausalConv1dBackward", cuda::CausalConv1dBackward(shape, x, weight, halo, dy, dx, dweight,
+                                                           dbias, dhalo, stream_));
+}
+
+void CudaBackend::CausalConv1dStep(const CausalConv1dShape& shape, const float* x,
+                                   const float* weight, const float* bias, float* state,
+                                   float* y) {
+  Check("CausalConv1dStep",
+        cuda::CausalConv1dStep(shape, x, weight, bias, state, y, stream_));
+}
+
+// ---- Optimizer and EMA -----------------------------------------------------------
+
+void CudaBackend::AdamWUpdate(const AdamWScalars& scalars, std::span<const AdamWSegment> segments,
+                              float* params, const float* grads, float* m, float* v) {
+  // Adjacent segments with the same decay flag run as one launch.
+  size_t i = 0;
+  while (i < segments.size()) {
+    size_t j = i;
+    while (j + 1 < segments.size() && segments[j + 1].begin == segments[j].end &&
+           segments[j + 1].decay == segments[i].decay) {
+      ++j;
+    }
+    Check("AdamWUpdate", cuda::AdamWUpdateRange(scalars, segments[i].begin, segments[j].end,
+                                                segments[i].decay, params, grads, m, v, stream_));
+    i = j + 1;
+  }
+}
+
+void CudaBackend::EmaUpdate(float* ema, const float* params, int64_t n, float blend) {
+  Check("EmaUpdate", cuda::EmaUpdate(ema, params, n, blend, stream_));
+}
+
+}  // namespace tessera

@@ -1,0 +1,103 @@
+// Flat-buffer loops. SumSquares is a two-pass reduction with a fixed grid,
+// so its result does not depend on timing.
+#include "runtime/kernels/cuda/check.h"
+#include "runtime/kernels/cuda/common.cuh"
+#include "runtime/kernels/cuda/flat.h"
+
+namespace tessera::cuda {
+namespace {
+
+using internal::BlockSum;
+using internal::LaunchFlat;
+
+__global__ void ScaleKernel(float* x, int64_t n, float scale) {
+  TESSERA_CUDA_FOR(i, n) { x[i] *= scale; }
+}
+
+constexpr int kReduceThreads = 256;
+
+// partials[block] = sum over the block's grid-stride share of x^2.
+__global__ void SumSquaresPartialKernel(const float* __restrict__ x, int64_t n, double* partials) {
+  __shared__ double scratch[32];
+  double sum = 0;
+  TESSERA_CUDA_FOR(i, n) { sum += static_cast<double>(x[i]) * x[i]; }
+  sum = BlockSum(sum, scratch);
+  if (threadIdx.x == 0) partials[blockIdx.x] = sum;
+}
+
+__global__ void SumPartialsKernel(const double* partials, int count, double* result) {
+  __shared__ double scratch[32];
+  double sum = 0;
+  for (int i = threadIdx.x; i < count; i += blockDim.x) sum += partials[i];
+  sum = BlockSum(sum, scratch);
+  if (threadIdx.x == 0) *result = sum;
+}
+
+__global__ void GatherKernel(const float* __restrict__ in, const int32_t* __restrict__ index,
+                             float* __restrict__ out, int64_t n) {
+  TESSERA_CUDA_FOR(i, n) { out[i] = in[index[i]]; }
+}
+
+__global__ void ScatterKernel(const float* __restrict__ in, const int32_t* __restrict__ index,
+                              float* __restrict__ out, int64_t n) {
+  TESSERA_CUDA_FOR(i, n) { out[index[i]] = in[i]; }
+}
+
+__global__ void AdamWKernel(AdamWScalars s, float keep, float* __restrict__ params,
+                            const float* __restrict__ grads, float* __restrict__ m,
+                            float* __restrict__ v, int64_t n) {
+  TESSERA_CUDA_FOR(i, n) {
+    const float g = grads[i];
+    const float mi = s.beta1 * m[i] + s.one_minus_beta1 * g;
+    const float vi = s.beta2 * v[i] + s.one_minus_beta2 * (g * g);
+    m[i] = mi;
+    v[i] = vi;
+    params[i] = params[i] * keep - s.step_size * mi / (sqrtf(vi) * s.inv_sqrt_bias2 + s.eps);
+  }
+}
+
+__global__ void EmaKernel(float* __restrict__ ema, const float* __restrict__ params, int64_t n,
+                          float blend) {
+  TESSERA_CUDA_FOR(i, n) { ema[i] += blend * (params[i] - ema[i]); }
+}
+
+}  // namespace
+
+absl::Status Scale(float* x, int64_t n, float scale, cudaStream_t stream) {
+  return LaunchFlat("Scale", n, stream, ScaleKernel, x, n, scale);
+}
+
+absl::Status SumSquares(const float* x, int64_t n, double* partials, double* result,
+                        cudaStream_t stream) {
+  TESSERA_RETURN_IF_ERROR(internal::CheckNonNegative("SumSquares", n));
+  SumSquaresPartialKernel<<<kSumSquaresBlocks, kReduceThreads, 0, stream>>>(x, n, partials);
+  TESSERA_CUDA_LAUNCH();
+  SumPartialsKernel<<<1, kReduceThreads, 0, stream>>>(partials, kSumSquaresBlocks, result);
+  TESSERA_CUDA_LAUNCH();
+  return absl::OkStatus();
+}
+
+absl::Status GatherElements(const float* in, const int32_t* index, float* out, int64_t n,
+                            cudaStream_t stream) {
+  return LaunchFlat("GatherElements", n, stream, GatherKernel, in, index, out, n);
+}
+
+absl::Status ScatterElements(const float* in, const int32_t* index, float* out, int64_t n,
+                             cudaStream_t stream) {
+  return LaunchFlat("ScatterElements", n, stream, ScatterKernel, in, index, out, n);
+}
+
+absl::Status AdamWUpdateRange(const AdamWScalars& scalars, int64_t begin, int64_t end, bool decay,
+                              float* params, const float* grads, float* m, float* v,
+                              cudaStream_t stream) {
+  const float keep = decay ? scalars.decay_keep : 1.0f;
+  return LaunchFlat("AdamWUpdate", end - begin, stream, AdamWKernel, scalars, keep,
+                    params + begin, grads + begin, m + begin, v + begin, end - begin);
+}
+
+absl::Status EmaUpdate(float* ema, const float* params, int64_t n, float blend,
+                       cudaStream_t stream) {
+  return LaunchFlat("EmaUpdate", n, stream, EmaKernel, ema, params, n, blend);
+}
+
+}  // namespace tessera::cuda

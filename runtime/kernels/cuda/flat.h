@@ -1,0 +1,43 @@
+// Loops over flat buffers on the GPU: scaling, the sum of squares behind the
+// gradient norm, element gathers/scatters, and the AdamW and EMA updates.
+// Same semantics as runtime/kernels/cpu/flat.h and optimizer.h; device
+// pointers, queued on `stream`.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "runtime/kernels/kernel_args.h"
+
+namespace tessera::cuda {
+
+// x[i] *= scale
+absl::Status Scale(float* x, int64_t n, float scale, cudaStream_t stream);
+
+// Blocks of the first pass of SumSquares; `partials` holds that many doubles.
+inline constexpr int kSumSquaresBlocks = 256;
+// *result (device) = sum of x[i]^2 in double, summed in a fixed order (the
+// same bits on every run).
+absl::Status SumSquares(const float* x, int64_t n, double* partials, double* result,
+                        cudaStream_t stream);
+
+// out[i] = in[index[i]]
+absl::Status GatherElements(const float* in, const int32_t* index, float* out, int64_t n,
+                            cudaStream_t stream);
+// out[index[i]] = in[i]
+absl::Status ScatterElements(const float* in, const int32_t* index, float* out, int64_t n,
+                             cudaStream_t stream);
+
+// One AdamW step over elements [begin, end), with weight decay when `decay`
+// (the formula of cpu::AdamWUpdate, element by element).
+absl::Status AdamWUpdateRange(const AdamWScalars& scalars, int64_t begin, int64_t end, bool decay,
+                              float* params, const float* grads, float* m, float* v,
+                              cudaStream_t stream);
+
+// ema += blend * (params - ema)
+absl::Status EmaUpdate(float* ema, const float* params, int64_t n, float blend,
+                       cudaStream_t stream);
+
+}  // namespace tessera::cuda

@@ -1,0 +1,151 @@
+// Losses: one warp per row for the softmax, double partial sums reduced in a
+// fixed order for the mean.
+#include "runtime/kernels/cuda/check.h"
+#include "runtime/kernels/cuda/common.cuh"
+#include "runtime/kernels/cuda/loss.h"
+
+namespace tessera::cuda {
+namespace {
+
+using internal::BlockSum;
+using internal::kRowsPerBlock;
+using internal::kWarpSize;
+using internal::LaunchFlat;
+using internal::WarpMax;
+using internal::WarpSum;
+
+constexpr int kThreads = 256;
+
+__global__ void SquaredErrorPartialKernel(const float* __restrict__ pred,
+                                          const float* __restrict__ target, int64_t n,
+                                          double* partials) {
+  __shared__ double scratch[32];
+  double sum = 0;
+  TESSERA_CUDA_FOR(i, n) {
+    const double d = static_cast<double>(pred[i]) - target[i];
+    sum += d * d;
+  }
+  sum = BlockSum(sum, scratch);
+  if (threadIdx.x == 0) partials[blockIdx.x] = sum;
+}
+
+// *result = sum(values[0, count)) / divisor, in a fixed order.
+__global__ void MeanKernel(const double* values, int64_t count, double divisor, double* result) {
+  __shared__ double scratch[32];
+  double sum = 0;
+  for (int64_t i = threadIdx.x; i < count; i += blockDim.x) sum += values[i];
+  sum = BlockSum(sum, scratch);
+  if (threadIdx.x == 0) *result = divisor > 0 ? sum / divisor : 0.0;
+}
+
+__global__ void MseBackwardKernel(const float* __restrict__ pred, const float* __restrict__ target,
+                                  float* __restrict__ dpred, int64_t n, float factor) {
+  TESSERA_CUDA_FOR(i, n) { dpred[i] = factor * (pred[i] - target[i]); }
+}
+
+// One warp per row: probs = softmax(logits), row_loss = lse - logits[target].
+__global__ void CrossEntropyRowKernel(const float* __restrict__ logits,
+                                      const int32_t* __restrict__ targets,
+                                      float* __restrict__ probs, int64_t rows, int64_t classes,
+                                      double* row_loss) {
+  const int64_t row = int64_t{blockIdx.x} * kRowsPerBlock + threadIdx.x / kWarpSize;
+  const int lane = threadIdx.x % kWarpSize;
+  if (row >= rows) return;
+  const float* xr = logits + row * classes;
+  float* pr = probs + row * classes;
+  float max_value = -INFINITY;
+  for (int64_t j = lane; j < classes; j += kWarpSize) max_value = fmaxf(max_value, xr[j]);
+  max_value = WarpMax(max_value);
+  float sum = 0.0f;
+  for (int64_t j = lane; j < classes; j += kWarpSize) sum += expf(xr[j] - max_value);
+  sum = WarpSum(sum);
+  const float inv_sum = 1.0f / sum;
+  for (int64_t j = lane; j < classes; j += kWarpSize) pr[j] = expf(xr[j] - max_value) * inv_sum;
+  if (lane == 0) {
+    const int32_t t = targets[row];
+    const float lse = max_value + logf(sum);
+    row_loss[row] = (t >= 0 && t < classes) ? static_cast<double>(lse) - xr[t] : NAN;
+  }
+}
+
+__global__ void CrossEntropyBackwardKernel(const float* __restrict__ probs,
+                                           const int32_t* __restrict__ targets,
+                                           float* __restrict__ dlogits, int64_t rows,
+                                           int64_t classes, float factor) {
+  TESSERA_CUDA_FOR(i, rows * classes) {
+    const int64_t r = i / classes, c = i % classes;
+    dlogits[i] = factor * (probs[i] - (targets[r] == c ? 1.0f : 0.0f));
+  }
+}
+
+__global__ void EmbeddingForwardKernel(const int32_t* __restrict__ ids,
+                                       const float* __restrict__ table, float* __restrict__ out,
+                                       int64_t n, int64_t dim) {
+  TESSERA_CUDA_FOR(i, n * dim) { out[i] = table[int64_t{ids[i / dim]} * dim + i % dim]; }
+}
+
+__global__ void EmbeddingBackwardKernel(const int32_t* __restrict__ ids,
+                                        const float* __restrict__ dout, float* dtable, int64_t n,
+                                        int64_t dim) {
+  TESSERA_CUDA_FOR(i, n * dim) { atomicAdd(dtable + int64_t{ids[i / dim]} * dim + i % dim, dout[i]); }
+}
+
+}  // namespace
+
+absl::Status MseForward(const float* pred, const float* target, int64_t n, double* scratch,
+                        double* result, cudaStream_t stream) {
+  TESSERA_RETURN_IF_ERROR(internal::CheckNonNegative("MseForward", n));
+  SquaredErrorPartialKernel<<<kLossPartials, kThreads, 0, stream>>>(pred, target, n, scratch);
+  TESSERA_CUDA_LAUNCH();
+  MeanKernel<<<1, kThreads, 0, stream>>>(scratch, kLossPartials, static_cast<double>(n), result);
+  TESSERA_CUDA_LAUNCH();
+  return absl::OkStatus();
+}
+
+absl::Status MseBackward(const float* pred, const float* target, float* dpred, int64_t n,
+                         float scale, cudaStream_t stream) {
+  if (n <= 0) return internal::CheckNonNegative("MseBackward", n);
+  const float factor = static_cast<float>(2.0 * scale / static_cast<double>(n));
+  return LaunchFlat("MseBackward", n, stream, MseBackwardKernel, pred, target, dpred, n, factor);
+}
+
+absl::Status CrossEntropyForward(const float* logits, const int32_t* targets, float* probs,
+                                 int64_t rows, int64_t classes, double* scratch, double* result,
+                                 cudaStream_t stream) {
+  TESSERA_RETURN_IF_ERROR(internal::CheckRows("CrossEntropyForward", rows, classes));
+  if (rows > 0 && classes > 0) {
+    CrossEntropyRowKernel<<<internal::RowBlocks(rows), kRowsPerBlock * kWarpSize, 0, stream>>>(
+        logits, targets, probs, rows, classes, scratch);
+    TESSERA_CUDA_LAUNCH();
+  }
+  MeanKernel<<<1, kThreads, 0, stream>>>(scratch, classes > 0 ? rows : 0, static_cast<double>(rows),
+                                         result);
+  TESSERA_CUDA_LAUNCH();
+  return absl::OkStatus();
+}
+
+absl::Status CrossEntropyBackward(const float* probs, const int32_t* targets, float* dlogits,
+                                  int64_t rows, int64_t classes, float scale,
+                                  cudaStream_t stream) {
+  TESSERA_RETURN_IF_ERROR(internal::CheckNonNegative("CrossEntropyBackward", rows, classes));
+  if (rows == 0) return absl::OkStatus();
+  const float factor = static_cast<float>(scale / static_cast<double>(rows));
+  return LaunchFlat("CrossEntropyBackward", rows * classes, stream, CrossEntropyBackwardKernel,
+                    probs, targets, dlogits, rows, classes, factor);
+}
+
+absl::Status EmbeddingForward(const int32_t* ids, const float* table, float* out, int64_t n,
+                              int64_t dim, cudaStream_t stream) {
+  TESSERA_RETURN_IF_ERROR(internal::CheckNonNegative("EmbeddingForward", n, dim));
+  return LaunchFlat("EmbeddingForward", n * dim, stream, EmbeddingForwardKernel, ids, table, out,
+                    n, dim);
+}
+
+absl::Status EmbeddingBackward(const int32_t* ids, const float* dout, float* dtable, int64_t n,
+                               int64_t dim, cudaStream_t stream) {
+  TESSERA_RETURN_IF_ERROR(internal::CheckNonNegative("EmbeddingBackward", n, dim));
+  return LaunchFlat("EmbeddingBackward", n * dim, stream, EmbeddingBackwardKernel, ids, dout,
+                    dtable, n, dim);
+}
+
+}  // namespace tessera::cuda
