@@ -59,7 +59,7 @@ log="$run_dir/stdout.log"
 cmd=("$tessera" train --config "$root/configs/dit_moe_s2_8e2a.textproto"
      --set "data.dir=$root/data/fashion-mnist/train" --set "train.run_dir=$run_dir"
      --set "train.steps=$steps" --set train.log_every=1 --set "train.global_batch=$batch"
-     --set train.progress=off --set train.sample_grid_per_class=0 --set "checkpoint.every=$every" --set checkpoint.async=true
+     --set train.progress=off --set model.dit_moe.sample_grid_per_class=0 --set "checkpoint.every=$every" --set checkpoint.async=true
      --set checkpoint.keep_last=0 "${sets[@]}")
 if [ "$np" -gt 1 ]; then
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1

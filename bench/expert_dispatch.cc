@@ -67,11 +67,11 @@ absl::Status RunEp(parallel::MpiRuntime& mpi, int ep, int64_t tokens, int layers
                                                mesh.GroupName(parallel::GroupKind::kExpert)));
   const int64_t D = m.hidden_size();
   MoeLayer::Options options;
-  options.num_experts = m.num_experts();
-  options.top_k = m.experts_per_token();
+  options.num_experts = m.moe().num_experts();
+  options.top_k = m.moe().experts_per_token();
   options.expert_hidden = 4 * D;
   options.shared_expert_hidden = 2 * D;
-  options.balance_loss_coef = m.balance_loss_coef();
+  options.balance_loss_coef = m.moe().balance_loss_coef();
   ParameterStore store;
   std::vector<std::unique_ptr<parallel::ExpertParallelMoe>> moe;
   for (int l = 0; l < layers; ++l) {

@@ -81,7 +81,7 @@ fi
 
 base=("$tessera" train --config "$root/configs/dit_moe_s2_8e2a.textproto"
       --set "data.dir=$root/data/fashion-mnist/train" --set "train.run_dir=$run_dir"
-      --set train.log_every=1 --set "train.global_batch=$batch" --set train.progress=off --set train.sample_grid_per_class=0
+      --set train.log_every=1 --set "train.global_batch=$batch" --set train.progress=off --set model.dit_moe.sample_grid_per_class=0
       --set checkpoint.every=0 "${sets[@]}")
 
 # 2. Train, stop with SIGUSR1 after step `after`.

@@ -59,7 +59,7 @@ train() {  # train <run dir> [NAME=VALUE...]: prints the run's samples/s
   shift
   env "$@" "$tessera" train --config "$root/configs/quickstart.textproto" \
     --set data.dir="$data" --set train.run_dir="$run_dir" --set train.steps="$steps" \
-    --set train.log_every=1000000 --set train.progress=off --set train.sample_grid_per_class=0 \
+    --set train.log_every=1000000 --set train.progress=off --set model.dit_moe.sample_grid_per_class=0 \
     2>&1 | sed -n 's/^done: .*, \([0-9.]*\) samples\/s.*/\1/p'
 }
 
@@ -69,7 +69,7 @@ start_competitor() {
     tessera)
       nice -n 19 "$tessera" train --config "$root/configs/quickstart.textproto" \
         --set data.dir="$data" --set train.run_dir="$work/competitor" --set train.steps=1000000 \
-        --set train.progress=off --set train.sample_grid_per_class=0 > /dev/null 2>&1 & ;;
+        --set train.progress=off --set model.dit_moe.sample_grid_per_class=0 > /dev/null 2>&1 & ;;
     *) echo "unknown competitor $competitor" >&2; exit 2 ;;
   esac
   competitor_pid=$!

@@ -25,7 +25,6 @@ void CheckSizes(const DitMoeConfig& m, ConfigChecker& check) {
                {"depth", m.depth(), 1024},
                {"num_heads", m.num_heads(), 1024},
                {"num_classes", m.num_classes(), 1 << 20},
-               {"num_experts", m.num_experts(), 4096},
                {"frequency_embedding_size", m.frequency_embedding_size(), 65536}};
   bool sizes_ok = true;
   for (const auto& size : sizes) {
@@ -35,17 +34,6 @@ void CheckSizes(const DitMoeConfig& m, ConfigChecker& check) {
     check.Expect(ok, absl::StrCat(field, " must be positive"));
     check.Expect(size.value <= size.limit, absl::StrCat(field, " must be <= ", size.limit));
   }
-  check.Expect(m.expert_hidden() <= (1 << 20) && m.shared_expert_hidden() <= (1 << 20),
-               absl::StrCat(Field("model.dit_moe.expert_hidden", m.expert_hidden()), " and ",
-                            Field("model.dit_moe.shared_expert_hidden", m.shared_expert_hidden()),
-                            " must be <= 1048576"));
-  check.Expect(m.expert_hidden() >= 0,
-               absl::StrCat(Field("model.dit_moe.expert_hidden", m.expert_hidden()),
-                            " must be >= 0 (0 means 4 * hidden_size)"));
-  check.Expect(
-      m.shared_expert_hidden() >= -1,
-      absl::StrCat(Field("model.dit_moe.shared_expert_hidden", m.shared_expert_hidden()),
-                   " must be >= -1 (-1 disables the shared expert, 0 means 2 * hidden_size)"));
   if (sizes_ok) {
     const bool heads_divide = m.hidden_size() % m.num_heads() == 0;
     check.Expect(heads_divide,
@@ -62,24 +50,17 @@ void CheckSizes(const DitMoeConfig& m, ConfigChecker& check) {
                  absl::StrCat(Field("model.dit_moe.patch_size", m.patch_size()), " must divide ",
                               Field("model.dit_moe.input_size", m.input_size())));
   }
-  check.Expect(
-      m.experts_per_token() >= 1 && m.experts_per_token() <= m.num_experts(),
-      absl::StrCat(Field("model.dit_moe.experts_per_token", m.experts_per_token()),
-                   " must be in [1, ", Field("model.dit_moe.num_experts", m.num_experts()), "]"));
   check.Expect(m.class_dropout_prob() >= 0 && m.class_dropout_prob() < 1,
                absl::StrCat(Field("model.dit_moe.class_dropout_prob", m.class_dropout_prob()),
                             " must be in [0, 1)"));
-  check.Expect(m.capacity_factor() >= 0,
-               absl::StrCat(Field("model.dit_moe.capacity_factor", m.capacity_factor()),
-                            " must be >= 0 (0 means dropless)"));
-  check.Expect(m.balance_loss_coef() >= 0,
-               absl::StrCat(Field("model.dit_moe.balance_loss_coef", m.balance_loss_coef()),
-                            " must be >= 0"));
   check.Expect(
       m.sample_steps() >= 1,
       absl::StrCat(Field("model.dit_moe.sample_steps", m.sample_steps()), " must be >= 1"));
   check.Expect(m.cfg_scale() >= 0,
                absl::StrCat(Field("model.dit_moe.cfg_scale", m.cfg_scale()), " must be >= 0"));
+  const std::string grid = Field("model.dit_moe.sample_grid_per_class", m.sample_grid_per_class());
+  check.Expect(m.sample_grid_per_class() >= 0, absl::StrCat(grid, " must be >= 0"));
+  check.Expect(m.sample_grid_per_class() <= 1024, absl::StrCat(grid, " must be <= 1024"));
 }
 
 // The model's splits over tp, sp, ep and etp (the layout's own rules are
@@ -87,11 +68,6 @@ void CheckSizes(const DitMoeConfig& m, ConfigChecker& check) {
 void CheckSplits(const DitMoeConfig& m, const ParallelConfig& p, ConfigChecker& check) {
   if (p.tp() < 1 || p.sp() < 1 || p.ep() < 1 || p.etp() < 1) return;  // said already
   const int64_t tp_sp = static_cast<int64_t>(p.tp()) * p.sp();
-  if (m.num_experts() > 0) {
-    check.Expect(m.num_experts() % p.ep() == 0,
-                 absl::StrCat(Field("parallel.ep", p.ep()), " must divide ",
-                              Field("model.dit_moe.num_experts", m.num_experts())));
-  }
   if (m.num_heads() > 0) {
     check.Expect(m.num_heads() % tp_sp == 0,
                  absl::StrCat(Field("model.dit_moe.num_heads", m.num_heads()),
@@ -122,36 +98,25 @@ void CheckSplits(const DitMoeConfig& m, const ParallelConfig& p, ConfigChecker& 
   check.Expect(hidden % p.tp() == 0,
                absl::StrCat(Field("model.dit_moe.hidden_size", hidden), " must be divisible by ",
                             Field("parallel.tp", p.tp())));
-  // Routed experts' SwiGLU hidden width splits over etp.
-  if (m.expert_hidden() >= 0) {
-    const int64_t width = m.expert_hidden() > 0 ? m.expert_hidden() : 4 * hidden;
-    const std::string name =
-        m.expert_hidden() > 0
-            ? Field("model.dit_moe.expert_hidden", width)
-            : absl::StrCat("expert hidden width 4 * ", Field("model.dit_moe.hidden_size", hidden),
-                           " = ", width, " (model.dit_moe.expert_hidden=0)");
-    check.Expect(width % p.etp() == 0,
-                 absl::StrCat(name, " must be divisible by ", Field("parallel.etp", p.etp())));
-  }
-  // The shared expert is a dense SwiGLU: its hidden width splits over tp.
-  if (m.shared_expert_hidden() >= 0) {
-    const int64_t width = m.shared_expert_hidden() > 0 ? m.shared_expert_hidden() : 2 * hidden;
-    const std::string name = m.shared_expert_hidden() > 0
-                                 ? Field("model.dit_moe.shared_expert_hidden", width)
-                                 : absl::StrCat("shared expert hidden width 2 * ",
-                                                Field("model.dit_moe.hidden_size", hidden), " = ",
-                                                width, " (model.dit_moe.shared_expert_hidden=0)");
-    check.Expect(width % p.tp() == 0,
-                 absl::StrCat(name, " must be divisible by ", Field("parallel.tp", p.tp())));
-  }
 }
 
 }  // namespace
+
+MoeWidthDefaults MoeDefaults(const DitMoeConfig& m) {
+  MoeWidthDefaults defaults;
+  const std::string hidden = Field("model.dit_moe.hidden_size", m.hidden_size());
+  defaults.expert_hidden = 4 * static_cast<int64_t>(m.hidden_size());
+  defaults.expert_hidden_why = absl::StrCat("4 * ", hidden);
+  defaults.shared_expert_hidden = 2 * static_cast<int64_t>(m.hidden_size());
+  defaults.shared_expert_hidden_why = absl::StrCat("2 * ", hidden);
+  return defaults;
+}
 
 void CheckConfig(const RunConfig& config, int /*world_size*/, ConfigChecker& check) {
   const DitMoeConfig& m = config.dit_moe();
   CheckSizes(m, check);
   CheckSplits(m, config.parallel(), check);
+  CheckMoeConfig(m.moe(), "model.dit_moe.moe", config.parallel(), MoeDefaults(m), check);
   const std::string& schema = config.data().schema();
   check.Expect(schema.empty() || schema == "images",
                absl::StrCat(Field("data.schema", schema), " must be \"images\" for model.dit_moe"));

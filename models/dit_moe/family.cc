@@ -17,7 +17,7 @@ namespace {
 
 // Routed expert hidden width as the model uses it (0 means 4 * hidden).
 double ExpertHidden(const DitMoeConfig& m) {
-  return m.expert_hidden() > 0 ? m.expert_hidden() : 4.0 * m.hidden_size();
+  return static_cast<double>(ResolvedExpertHidden(m.moe(), MoeDefaults(m)));
 }
 
 double TokensPerImage(const DitMoeConfig& m) {
@@ -34,13 +34,13 @@ ModelSizeEstimate EstimateSize(const RunConfig& config) {
   // (6 D^2) and the routed SwiGLU experts (E * 3 * D * H); the label and
   // timestep embeddings.
   const double d = m.hidden_size();
-  const double block = 10.0 * d * d + m.num_experts() * 3.0 * d * ExpertHidden(m);
+  const double block = 10.0 * d * d + m.moe().num_experts() * 3.0 * d * ExpertHidden(m);
   e.parameters =
       m.depth() * block + (m.num_classes() + 1.0) * d + m.frequency_embedding_size() * d;
   e.parameters_why = absl::StrFormat(
       "%.3g parameters: hidden_size %d, depth %d, num_experts %d, expert hidden %.0f, "
       "num_classes %d, frequency_embedding_size %d",
-      e.parameters, m.hidden_size(), m.depth(), m.num_experts(), ExpertHidden(m),
+      e.parameters, m.hidden_size(), m.depth(), m.moe().num_experts(), ExpertHidden(m),
       m.num_classes(), m.frequency_embedding_size());
   // At least one [tokens, hidden] activation per block kept for backward.
   e.activation_bytes_per_sample = 4.0 * TokensPerImage(m) * d * m.depth();
@@ -90,7 +90,7 @@ absl::StatusOr<std::unique_ptr<TrainTask>> DitMoeModel::CreateTask(const TaskOpt
 }
 
 absl::Status DitMoeModel::FinishRun(const std::string& run_dir) {
-  const int per_class = config_.train().sample_grid_per_class();
+  const int per_class = config_.dit_moe().sample_grid_per_class();
   if (per_class <= 0) return absl::OkStatus();
   const std::string png = run_dir + "/samples.png";
   const DitMoeConfig& m = config_.dit_moe();

@@ -26,7 +26,7 @@ class DitMoeModel : public Model {
   void SetOnGradientsReady(std::function<void(int, int)> callback) override {
     model_->set_on_gradients_ready(std::move(callback));
   }
-  // Writes <run_dir>/samples.png with train.sample_grid_per_class per class.
+  // Writes <run_dir>/samples.png with model.dit_moe.sample_grid_per_class per class.
   absl::Status FinishRun(const std::string& run_dir) override;
 
   DitMoe& model() { return *model_; }

@@ -1,6 +1,7 @@
 #include "models/dit_moe/model.h"
 
 #include "absl/strings/str_format.h"
+#include "models/dit_moe/config_rules.h"
 #include "runtime/base/errors.h"
 #include "runtime/base/status.h"
 
@@ -15,12 +16,10 @@ DitMoeDims ResolveDims(const DitMoeConfig& c) {
   d.depth = c.depth();
   d.heads = c.num_heads();
   d.num_classes = c.num_classes();
-  d.num_experts = c.num_experts();
-  d.top_k = c.experts_per_token();
-  d.expert_hidden = c.expert_hidden() > 0 ? c.expert_hidden() : 4 * d.hidden;
-  d.shared_expert_hidden = c.shared_expert_hidden() == 0   ? 2 * d.hidden
-                           : c.shared_expert_hidden() < 0 ? 0
-                                                          : c.shared_expert_hidden();
+  d.num_experts = c.moe().num_experts();
+  d.top_k = c.moe().experts_per_token();
+  d.expert_hidden = ResolvedExpertHidden(c.moe(), MoeDefaults(c));
+  d.shared_expert_hidden = ResolvedSharedExpertHidden(c.moe(), MoeDefaults(c));
   d.frequency_dim = c.frequency_embedding_size();
   return d;
 }
@@ -44,7 +43,7 @@ absl::StatusOr<std::unique_ptr<DitMoe>> DitMoe::Create(const DitMoeConfig& confi
   }
   if (dims.top_k < 1 || dims.top_k > dims.num_experts) {
     return UsageError(absl::StrFormat(
-        "model.dit_moe.experts_per_token=%d must be in [1, num_experts=%d]", dims.top_k,
+        "model.dit_moe.moe.experts_per_token=%d must be in [1, num_experts=%d]", dims.top_k,
         dims.num_experts));
   }
   auto model = std::unique_ptr<DitMoe>(new DitMoe(config, dims, store, mp));
@@ -93,14 +92,7 @@ DitMoe::DitMoe(const DitMoeConfig& config, const DitMoeDims& dims, ParameterStor
 absl::Status DitMoe::Build(ParameterStore& store) {
   const ModelParallel* mp = parallel_ ? &mp_ : nullptr;
   param_ranges_.emplace_back(0, store.size());
-  MoeLayer::Options moe;
-  moe.num_experts = dims_.num_experts;
-  moe.top_k = dims_.top_k;
-  moe.expert_hidden = dims_.expert_hidden;
-  moe.shared_expert_hidden = dims_.shared_expert_hidden;
-  moe.balance_loss_coef = config_.balance_loss_coef();
-  moe.renormalize_topk = config_.renormalize_topk();
-  moe.capacity_factor = config_.capacity_factor();
+  const MoeLayer::Options moe = MoeLayerOptions(config_.moe(), MoeDefaults(config_));
   recompute_.assign(dims_.depth, config_.recompute());
   for (int64_t i = 0; i < dims_.depth; ++i) {
     const int first = store.size();

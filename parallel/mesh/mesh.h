@@ -41,7 +41,7 @@ struct MeshShape {
 // Checks every rule of the mesh (docs/parallelism.md, "Validation") for a run
 // over `world_size` processes and returns the resolved sizes. All failures are
 // reported together, joined by "; ", as one UsageError naming the config
-// fields, e.g. "parallel.ep=3 must divide model.dit_moe.num_experts=8". Rules
+// fields, e.g. "parallel.ep=3 must divide model.dit_moe.moe.num_experts=8". Rules
 // shared with ValidateRunConfig use its exact wording.
 absl::StatusOr<MeshShape> ResolveMesh(const RunConfig& config, int world_size);
 

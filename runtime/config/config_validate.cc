@@ -112,9 +112,6 @@ void CheckTrain(const RunConfig& config, Checker& check) {
                absl::StrCat(Field("train.global_batch", t.global_batch()), " must be <= 16777216"));
   check.Expect(t.threads() <= 1024,
                absl::StrCat(Field("train.threads", t.threads()), " must be <= 1024"));
-  check.Expect(t.sample_grid_per_class() <= 1024,
-               absl::StrCat(Field("train.sample_grid_per_class", t.sample_grid_per_class()),
-                            " must be <= 1024"));
   check.Expect(t.steps() >= 1, absl::StrCat(Field("train.steps", t.steps()), " must be >= 1"));
   check.Expect(t.log_every() >= 1,
                absl::StrCat(Field("train.log_every", t.log_every()), " must be >= 1"));
@@ -126,10 +123,6 @@ void CheckTrain(const RunConfig& config, Checker& check) {
                                               " must be >= 0 (0 means all cores)"));
   check.Expect(t.progress() == "auto" || t.progress() == "on" || t.progress() == "off",
                absl::StrCat(Field("train.progress", t.progress()), " must be auto, on or off"));
-  check.Expect(t.sample_grid_per_class() >= 0,
-               absl::StrCat(Field("train.sample_grid_per_class", t.sample_grid_per_class()),
-                            " must be >= 0"));
-
 }
 
 // How the global batch splits over the data-parallel replicas.

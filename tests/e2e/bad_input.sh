@@ -34,7 +34,7 @@ expect_exit "truncated shard" 3 "$(basename "$shard")" -- tiny "$WORK/run_trunca
 expect_exit "truncated shard (verify)" 3 "$(basename "$shard")" -- "$TESSERA" data verify "$WORK/truncated"
 
 # A valid HDF5 file of another kind (a weights file) in place of a shard.
-tiny "$WORK/run_ok" "$WORK/data" --set train.steps=1 --set train.sample_grid_per_class=0 > /dev/null 2>&1 \
+tiny "$WORK/run_ok" "$WORK/data" --set train.steps=1 --set model.dit_moe.sample_grid_per_class=0 > /dev/null 2>&1 \
   || fail "a 1-step tiny run failed"
 cp -r "$WORK/data" "$WORK/wrong_schema"
 shard=$(ls "$WORK/wrong_schema"/*.h5 | head -1)

@@ -28,7 +28,7 @@ make_data "$WORK/data"
 # A cosine schedule with warm-up: the learning rate depends on the step.
 common=(--set train.steps=20 --set train.micro_batch=2 --set checkpoint.every=10
         --set optim.schedule=COSINE --set optim.warmup_steps=3
-        --set train.sample_grid_per_class=0 --set parallel.collective_timeout_s=30)
+        --set model.dit_moe.sample_grid_per_class=0 --set parallel.collective_timeout_s=30)
 train1() {  # RUN_DIR [--set ...]: one process
   local dir=$1
   shift

@@ -14,7 +14,7 @@ command -v h5diff > /dev/null || { fail "h5diff not found (hdf5-tools)"; finish;
 make_data "$WORK/data"
 steps=6
 common=(--set train.steps=$steps --set train.micro_batch=2 --set optim.ema_decay=0
-        --set train.sample_grid_per_class=0 --set parallel.collective_timeout_s=60)
+        --set model.dit_moe.sample_grid_per_class=0 --set parallel.collective_timeout_s=60)
 
 tiny "$WORK/single" "$WORK/data" "${common[@]}" > "$WORK/single.log" 2>&1 || fail "single process"
 run_layout dp2 2

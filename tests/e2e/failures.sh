@@ -19,7 +19,7 @@ run4() {  # NAME [--set ...]: 4 ranks, 5 s collective timeout; the job must end 
   local start=$SECONDS
   timeout 60 mpirun --oversubscribe --bind-to none -np 4 "$TESSERA" train \
     --config "$SOURCE/configs/dit_moe_tiny.textproto" --set train.run_dir="$WORK/$name" \
-    --set data.dir="$WORK/data" --set train.steps=6 --set train.sample_grid_per_class=0 \
+    --set data.dir="$WORK/data" --set train.steps=6 --set model.dit_moe.sample_grid_per_class=0 \
     --set parallel.collective_timeout_s=5 "$@" > "$WORK/$name.log" 2>&1
   RC=$?
   ELAPSED=$((SECONDS - start))
@@ -47,7 +47,7 @@ fi
 start=$SECONDS
 timeout 60 mpirun --oversubscribe --bind-to none -np 4 "$TESSERA" train \
   --config "$SOURCE/configs/dit_moe_tiny.textproto" --set train.run_dir="$WORK/kill_default" \
-  --set data.dir="$WORK/data" --set train.steps=6 --set train.sample_grid_per_class=0 \
+  --set data.dir="$WORK/data" --set train.steps=6 --set model.dit_moe.sample_grid_per_class=0 \
   --set parallel.collective_timeout_s=5 --set fault.kill_rank=1 --set fault.at_step=3 \
   > "$WORK/kill_default.log" 2>&1
 RC=$?
@@ -60,7 +60,7 @@ start=$SECONDS
 timeout 60 mpirun --oversubscribe --bind-to none --mca orte_abort_on_non_zero_status 0 -np 4 \
   bash "$0" --as-rank "$TESSERA" train \
   --config "$SOURCE/configs/dit_moe_tiny.textproto" --set train.run_dir="$WORK/kill" \
-  --set data.dir="$WORK/data" --set train.steps=6 --set train.sample_grid_per_class=0 \
+  --set data.dir="$WORK/data" --set train.steps=6 --set model.dit_moe.sample_grid_per_class=0 \
   --set parallel.collective_timeout_s=5 --set fault.kill_rank=1 --set fault.at_step=3 \
   > "$WORK/kill.log" 2>&1
 RC=$?

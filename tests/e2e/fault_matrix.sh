@@ -15,7 +15,7 @@ command -v mpirun > /dev/null || { fail "mpirun not found"; finish; }
 make_data "$WORK/data"
 timeout_s=8
 args=(--set train.steps=12 --set train.micro_batch=2 --set checkpoint.every=5
-      --set optim.schedule=COSINE --set optim.warmup_steps=3 --set train.sample_grid_per_class=0
+      --set optim.schedule=COSINE --set optim.warmup_steps=3 --set model.dit_moe.sample_grid_per_class=0
       --set parallel.collective_timeout_s=$timeout_s --set parallel.tp=2 --set parallel.ep=2
       --set parallel.zero_stage=1)
 run4() {  # RUN_DIR [--set ...]: sets $rc and $seconds

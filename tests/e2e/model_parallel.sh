@@ -15,7 +15,7 @@ command -v h5diff > /dev/null || { fail "h5diff not found (hdf5-tools)"; finish;
 make_data "$WORK/data"
 steps=6
 common=(--set train.steps=$steps --set train.micro_batch=2 --set optim.ema_decay=0
-        --set train.sample_grid_per_class=0 --set parallel.collective_timeout_s=60)
+        --set model.dit_moe.sample_grid_per_class=0 --set parallel.collective_timeout_s=60)
 
 tiny "$WORK/single" "$WORK/data" "${common[@]}" > "$WORK/single.log" 2>&1 || fail "single process"
 run_layout tp2 2 --set parallel.tp=2
@@ -52,7 +52,7 @@ refused() {  # NAME NP MESSAGE [--set ...]
 }
 refused heads_tp_sp 4 "model.dit_moe.num_heads=2 must be divisible by parallel.tp * parallel.sp = 4" \
   --set parallel.tp=2 --set parallel.sp=2 --set model.dit_moe.num_heads=2
-refused experts_ep 3 "parallel.ep=3 must divide model.dit_moe.num_experts=4" \
+refused experts_ep 3 "parallel.ep=3 must divide model.dit_moe.moe.num_experts=4" \
   --set parallel.ep=3 --set train.global_batch=6
 refused tokens_sp 3 "= 16 must be divisible by parallel.sp=3" \
   --set parallel.sp=3 --set model.dit_moe.num_heads=6 --set model.dit_moe.hidden_size=36 \

@@ -21,7 +21,7 @@ export OMP_NUM_THREADS=1
 TESSERA=$(realpath "$TESSERA")
 SOURCE=$(realpath "$SOURCE")
 CONFIG=$SOURCE/configs/dit_moe_tiny.textproto
-common=(--set data.dir="$WORK/data" --set train.sample_grid_per_class=0 --set train.micro_batch=2
+common=(--set data.dir="$WORK/data" --set model.dit_moe.sample_grid_per_class=0 --set train.micro_batch=2
         --set parallel.collective_timeout_s=60)
 same_losses() {  # DIR_A DIR_B: equal within 1e-5 relative, same count
   [ -s "$1/metrics.jsonl" ] && [ -s "$2/metrics.jsonl" ] &&

@@ -20,7 +20,7 @@ export OMP_NUM_THREADS=1
 TESSERA=$(realpath "$TESSERA")
 SOURCE=$(realpath "$SOURCE")
 STEPS=2000
-common=(--set data.dir="$WORK/data" --set train.sample_grid_per_class=0 --set train.micro_batch=2
+common=(--set data.dir="$WORK/data" --set model.dit_moe.sample_grid_per_class=0 --set train.micro_batch=2
         --set parallel.collective_timeout_s=60 --set train.steps=$STEPS)
 make_data "$WORK/data"
 slurm_install

@@ -17,7 +17,7 @@ edit_manifest() {  # edit_manifest CKPT_DIR SED_EXPRESSION
 
 # --- A checkpoint is what its manifest and directory both say ---
 tiny "$WORK/run" "$WORK/data" --set train.steps=10 --set checkpoint.every=5 \
-  --set train.sample_grid_per_class=0 > /dev/null 2>&1 || fail "a 10-step tiny run failed"
+  --set model.dit_moe.sample_grid_per_class=0 > /dev/null 2>&1 || fail "a 10-step tiny run failed"
 ckpt="$WORK/run/checkpoints/step_00000010"
 cp -r "$WORK/run" "$WORK/pristine"
 
@@ -83,9 +83,9 @@ for case in "train.global_batch=1000000000000:train.global_batch=1000000000000 m
             "model.dit_moe.input_size=65536:input_size=65536 must be <= 4096" \
             "model.dit_moe.frequency_embedding_size=2000000000:frequency_embedding_size=2000000000 must be <=" \
             "model.dit_moe.num_classes=2000000000:num_classes=2000000000 must be <=" \
-            "model.dit_moe.expert_hidden=2000000000:expert_hidden=2000000000 .* must be <= 1048576" \
+            "model.dit_moe.moe.expert_hidden=2000000000:expert_hidden=2000000000 .* must be <= 1048576" \
             "model.dit_moe.depth=1000000000:depth=1000000000 must be <= 1024" \
-            "model.dit_moe.num_experts=1000000000:num_experts=1000000000 must be <= 4096" \
+            "model.dit_moe.moe.num_experts=1000000000:num_experts=1000000000 must be <= 4096" \
             "train.threads=100000:train.threads=100000 must be <= 1024" \
             "data.prefetch=2000000000:data.prefetch=2000000000 must be <= 64"; do
   set_arg=${case%%:*} pattern=${case#*:}
@@ -101,7 +101,7 @@ expect_exit "train: stray positional argument" 2 "unexpected argument \"extra\""
   tiny "$WORK/big" "$WORK/data" extra
 [ -e "$WORK/big" ] && fail "a refused config created the run directory" || pass "no run directory after the size errors"
 
-tiny "$WORK/sampled" "$WORK/data" --set train.steps=2 --set train.sample_grid_per_class=0 > /dev/null 2>&1 ||
+tiny "$WORK/sampled" "$WORK/data" --set train.steps=2 --set model.dit_moe.sample_grid_per_class=0 > /dev/null 2>&1 ||
   fail "a 2-step tiny run failed"
 for case in "--per-class 100000000000:--per-class=100000000000 must be in \\[1, 1024\\]" \
             "--steps 4294967297:--steps=4294967297 must be in \\[1, 100000\\]" \
@@ -170,7 +170,7 @@ fi
 rm -rf "$WORK/run" && cp -r "$WORK/pristine" "$WORK/run"
 mkdir -p "$WORK/run/checkpoints/step_00000099" "$WORK/run/checkpoints/step_99999999999999999999999"
 tiny "$WORK/run" "$WORK/data" --set train.steps=10 --set checkpoint.every=5 \
-  --set train.sample_grid_per_class=0 \
+  --set model.dit_moe.sample_grid_per_class=0 \
   --set checkpoint.resume="$WORK/run/checkpoints/step_00000005" > "$WORK/resume5.log" 2>&1
 rc=$?
 if [ $rc -eq 0 ] && [ -d "$WORK/run/checkpoints/step_00000010.superseded" ] &&
@@ -185,6 +185,6 @@ fi
 # --- A failed metrics.jsonl write stops the run at once ---
 rm -rf "$WORK/full" && mkdir -p "$WORK/full" && ln -s /dev/full "$WORK/full/metrics.jsonl"
 expect_exit "metrics.jsonl on a full disk (/dev/full)" 2 "cannot write $WORK/full/metrics.jsonl" -- \
-  tiny "$WORK/full" "$WORK/data" --set train.steps=5 --set train.sample_grid_per_class=0
+  tiny "$WORK/full" "$WORK/data" --set train.steps=5 --set model.dit_moe.sample_grid_per_class=0
 
 finish

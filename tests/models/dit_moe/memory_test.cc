@@ -27,8 +27,8 @@ TEST_P(ActivationMemory, PredictionIsWithinTenPercentOfTheMeasuredPeak) {
   c.set_hidden_size(k.hidden);
   c.set_depth(k.depth);
   c.set_num_heads(k.heads);
-  c.set_num_experts(k.experts);
-  c.set_expert_hidden(k.expert_hidden);
+  c.mutable_moe()->set_num_experts(k.experts);
+  c.mutable_moe()->set_expert_hidden(k.expert_hidden);
   c.set_recompute(k.recompute);
   ParameterStore store;
   auto model = *DitMoe::Create(c, store);

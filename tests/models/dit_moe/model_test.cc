@@ -28,12 +28,12 @@ DitMoeConfig TinyConfig() {
   c.set_depth(2);
   c.set_num_heads(2);
   c.set_num_classes(3);
-  c.set_num_experts(4);
-  c.set_experts_per_token(2);
-  c.set_expert_hidden(16);
-  c.set_shared_expert_hidden(8);
+  c.mutable_moe()->set_num_experts(4);
+  c.mutable_moe()->set_experts_per_token(2);
+  c.mutable_moe()->set_expert_hidden(16);
+  c.mutable_moe()->set_shared_expert_hidden(8);
   c.set_frequency_embedding_size(16);
-  c.set_balance_loss_coef(0.5f);
+  c.mutable_moe()->set_balance_loss_coef(0.5f);
   return c;
 }
 
@@ -89,7 +89,7 @@ TEST(DitMoe, GradientsMatchFiniteDifferences) {
   // differences never straddle a routing change. (Top-k selection itself is
   // checked at the layer level, tests/runtime/nn.)
   DitMoeConfig c = TinyConfig();
-  c.set_experts_per_token(4);
+  c.mutable_moe()->set_experts_per_token(4);
   Fixture f(c);
   testing::FillNormal(f.store.values().data<float>(), f.store.numel(), 5, 0.3f);
   Tensor x = RandomTensor(Shape{2, 1, 8, 8}, 1);
@@ -268,7 +268,7 @@ TEST(Diffusion, DrawsDependOnlyOnSeedStepAndSampleId) {
 
 TEST(DitMoe, OverfitsAFixedBatch) {
   DitMoeConfig c = TinyConfig();
-  c.set_balance_loss_coef(0.01f);
+  c.mutable_moe()->set_balance_loss_coef(0.01f);
   Fixture f(c);
   Diffusion diffusion(c);
   OptimConfig optim;
