@@ -10,6 +10,7 @@
 #include "data/text_import.h"
 #include "launch/arguments.h"
 #include "launch/commands.h"
+#include "launch/movielens_command.h"
 #include "runtime/base/errors.h"
 #include "runtime/base/status.h"
 
@@ -53,6 +54,14 @@ constexpr char kDataUsage[] = R"(usage: tessera data <subcommand> [options]
       N users (default 1000) following C hidden item clusters (default 10)
       over I items (default 1000), histories of L to L events (5, 50), with
       timestamps and ratings.
+
+  import-movielens --input FILE --out DIR [--format auto|dat|csv]
+        [--min-events N] [--shard-size N]
+      MovieLens ratings (ML-1M ratings.dat, ML-20M / ml-latest ratings.csv,
+      the dslabs export) -> an interactions data set: each user's ratings by
+      time, movie ids numbered densely (OUT/item_ids.txt maps them back),
+      users with fewer than N ratings dropped (default 2). Train with
+      model.hstu.num_items set to the printed number of items.
 
   verify DIR
       Checks a data folder: manifest, every shard's checksum, schema, sizes
@@ -233,6 +242,7 @@ absl::Status Run(const std::string& sub, const ParsedArguments& args) {
     return absl::OkStatus();
   }
   if (sub == "import-text") return ImportText(args);
+  if (sub == "import-movielens") return ImportMovieLensCommand(args);
   if (sub == "synth") return Synth(args);
   if (sub == "verify") {
     if (args.positional.size() != 1) return UsageError("data verify: expected one DIR");
@@ -255,7 +265,8 @@ int DataCommand(const std::vector<std::string>& raw) {
       {raw.begin() + 1, raw.end()},
       {"source",  "out",     "shard-size", "schema", "samples",   "channels",   "size",
        "classes", "seed",    "task",       "vocab",  "branching", "min-length", "max-length",
-       "pairs",   "queries", "keys",       "values", "items",     "clusters",   "eval-fraction"},
+       "pairs",   "queries", "keys",       "values", "items",     "clusters",   "eval-fraction",
+       "input",   "format",  "min-events"},
       {"help"});
   if (!args.ok()) return ReportError(args.status());
   if (args->flags.count("help")) {

@@ -3,6 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "models/dit_moe/family.h"
+#include "models/hstu/family.h"
 #include "runtime/base/errors.h"
 
 namespace tessera {
@@ -12,6 +13,7 @@ std::vector<ModelFamily>& Families() {
   // One line per model family.
   static auto* families = new std::vector<ModelFamily>{
       dit_moe::Family(),
+      hstu::Family(),
   };
   return *families;
 }

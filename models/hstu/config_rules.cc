@@ -1,0 +1,63 @@
+#include "models/hstu/config_rules.h"
+
+#include <cstdint>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+
+namespace tessera::hstu {
+namespace {
+
+void CheckSizes(const HstuConfig& m, ConfigChecker& check) {
+  // Upper limits far above any model this runtime trains, so that a typo is
+  // a message rather than hours of allocation. Item ids are int32 in the
+  // kernels: num_items < 2^31.
+  const struct {
+    const char* name;
+    int64_t value;
+    int64_t limit;
+  } sizes[] = {{"num_items", m.num_items(), (int64_t{1} << 31) - 1},
+               {"embedding_dim", m.embedding_dim(), 65536},
+               {"num_blocks", m.num_blocks(), 1024},
+               {"num_heads", m.num_heads(), 1024},
+               {"attention_dim", m.attention_dim(), 65536},
+               {"linear_dim", m.linear_dim(), 65536},
+               {"max_len", m.max_len(), 1 << 20},
+               {"num_negatives", m.num_negatives(), 1 << 16},
+               {"num_time_buckets", m.num_time_buckets(), 1 << 16}};
+  for (const auto& size : sizes) {
+    const std::string field = Field(absl::StrCat("model.hstu.", size.name), size.value);
+    check.Expect(size.value > 0, absl::StrCat(field, size.value == 0 && std::string(size.name) ==
+                                                             "num_items"
+                                                         ? " must be set (the item table's rows: "
+                                                           "the data set's num_items or more)"
+                                                         : " must be positive"));
+    check.Expect(size.value <= size.limit, absl::StrCat(field, " must be <= ", size.limit));
+  }
+  check.Expect(m.dropout() >= 0 && m.dropout() < 1,
+               absl::StrCat(Field("model.hstu.dropout", m.dropout()), " must be in [0, 1)"));
+  check.Expect(m.temperature() > 0,
+               absl::StrCat(Field("model.hstu.temperature", m.temperature()), " must be > 0"));
+  check.Expect(m.holdout() >= 0 && m.holdout() <= 1000,
+               absl::StrCat(Field("model.hstu.holdout", m.holdout()), " must be in [0, 1000]"));
+}
+
+}  // namespace
+
+void CheckConfig(const RunConfig& config, int /*world_size*/, ConfigChecker& check) {
+  CheckSizes(config.hstu(), check);
+  const ParallelConfig& p = config.parallel();
+  // Tensor, sequence and expert parallelism of HSTU are not built yet.
+  check.Expect(p.tp() == 1 && p.sp() == 1 && p.ep() == 1 && p.etp() == 1 &&
+                   !p.sequence_parallel(),
+               absl::StrCat("model.hstu runs on one process or under data parallelism only: ",
+                            Field("parallel.tp", p.tp()), ", ", Field("parallel.sp", p.sp()),
+                            ", ", Field("parallel.ep", p.ep()), ", ", Field("parallel.etp", p.etp()),
+                            " and parallel.sequence_parallel must keep their defaults"));
+  const std::string& schema = config.data().schema();
+  check.Expect(schema.empty() || schema == "interactions",
+               absl::StrCat(Field("data.schema", schema),
+                            " must be \"interactions\" for model.hstu"));
+}
+
+}  // namespace tessera::hstu

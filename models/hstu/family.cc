@@ -1,0 +1,98 @@
+#include "models/hstu/family.h"
+
+#include "absl/strings/str_format.h"
+#include <cstdio>
+#include <fstream>
+
+#include "models/hstu/config_rules.h"
+#include "models/hstu/evaluation.h"
+#include "models/hstu/task.h"
+#include "runtime/base/errors.h"
+#include "runtime/base/status.h"
+
+namespace tessera::hstu {
+
+ModelSizeEstimate EstimateSize(const RunConfig& config) {
+  const HstuConfig& m = config.hstu();
+  ModelSizeEstimate e;
+  const double d = m.embedding_dim();
+  const double fused = m.num_heads() * 2.0 * (m.attention_dim() + m.linear_dim());
+  const double gated = m.num_heads() * static_cast<double>(m.linear_dim());
+  const double block = fused * d + gated * d + d + 2.0 * m.max_len() + m.num_time_buckets();
+  e.parameters = (static_cast<double>(m.num_items()) + m.max_len()) * d + m.num_blocks() * block;
+  e.parameters_why = absl::StrFormat(
+      "%.3g parameters: num_items %d, embedding_dim %d, num_blocks %d, num_heads %d, "
+      "attention_dim %d, linear_dim %d, max_len %d",
+      e.parameters, m.num_items(), m.embedding_dim(), m.num_blocks(), m.num_heads(),
+      m.attention_dim(), m.linear_dim(), m.max_len());
+  e.activation_bytes_per_sample = ActivationBytesPerUser(m);
+  e.activations_why = absl::StrFormat(
+      "max_len %d positions x (num_blocks %d blocks + num_negatives %d candidates) fp32",
+      m.max_len(), m.num_blocks(), m.num_negatives());
+  e.inference_bytes_per_sample = 4.0 * m.max_len() * (3.0 * d + 2.0 * fused);
+  e.inference_why = absl::StrFormat("max_len %d x one block's activations", m.max_len());
+  // Events read per user: max_len + 1 + holdout, each an item id, a
+  // timestamp and a rating.
+  e.input_bytes_per_sample = 20.0 * (m.max_len() + 1.0 + m.holdout());
+  e.input_why = absl::StrFormat("max_len %d + 1 + holdout %d events of 20 bytes", m.max_len(),
+                                m.holdout());
+  return e;
+}
+
+ModelFamily Family() {
+  ModelFamily family;
+  family.name = "hstu";
+  family.title = "HSTU";
+  family.validate = CheckConfig;
+  family.estimate = EstimateSize;
+  family.build = [](const RunConfig& config, const ParameterLayout& layout,
+                    const parallel::ModelParallel* /*mp: refused by CheckConfig*/)
+      -> absl::StatusOr<std::unique_ptr<Model>> {
+    TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<HstuModel> model, HstuModel::Build(config, layout));
+    return std::unique_ptr<Model>(std::move(model));
+  };
+  return family;
+}
+
+absl::StatusOr<std::unique_ptr<HstuModel>> HstuModel::Build(const RunConfig& config,
+                                                            const ParameterLayout& layout) {
+  auto built = std::unique_ptr<HstuModel>(new HstuModel(config));
+  built->store_ = std::make_unique<ParameterStore>();
+  built->model_ = Hstu::Create(built->config_.hstu(), *built->store_);
+  built->store_->Finalize(config.train().seed(), layout);
+  return built;
+}
+
+absl::StatusOr<std::unique_ptr<TrainTask>> HstuModel::CreateTask(const TaskOptions& options) {
+  TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<HstuTask> task,
+                           HstuTask::Create(config_, *model_, options.replica,
+                                            options.num_replicas, options.micro_batch,
+                                            options.start));
+  return std::unique_ptr<TrainTask>(std::move(task));
+}
+
+absl::Status HstuModel::FinishRun(const std::string& run_dir) {
+  EvaluationOptions options;
+  options.dir = config_.data().dir();
+  options.prefetch = config_.data().prefetch();
+  TESSERA_ASSIGN_OR_RETURN(const RankingSums validation,
+                           EvaluateSplit(*model_, options, Split::kValidation));
+  TESSERA_ASSIGN_OR_RETURN(const RankingSums test, EvaluateSplit(*model_, options, Split::kTest));
+  const std::string json = absl::StrCat("{", RankingJsonFields(validation, "val_"), ",",
+                                        RankingJsonFields(test, "test_"), "}\n");
+  const std::string path = run_dir + "/final_metrics.json";
+  std::ofstream out(path);
+  out << json;
+  out.close();
+  if (!out) return UsageError(absl::StrCat("cannot write ", path));
+  for (const auto& [name, sums] : {std::pair{"validation", validation}, std::pair{"test", test}}) {
+    const double users = std::max(1.0, sums.users);
+    std::printf("%s (%.0f users, full ranking): HR@10 %.4f NDCG@10 %.4f HR@50 %.4f HR@200 %.4f\n",
+                name, sums.users, sums.hits[0] / users, sums.ndcg[0] / users,
+                sums.hits[1] / users, sums.hits[2] / users);
+  }
+  std::printf("wrote %s\n", path.c_str());
+  return absl::OkStatus();
+}
+
+}  // namespace tessera::hstu

@@ -1,0 +1,196 @@
+#include "models/hstu/model.h"
+
+#include <cmath>
+
+#include "runtime/base/random.h"
+
+namespace tessera::hstu {
+namespace {
+
+// The output norm is RmsNorm without gamma scaled by 1/sqrt(D):
+// x / sqrt(|x|^2 + D eps). With eps = 1e-12 / D that is x / max(|x|, ~1e-6),
+// the reference's l2_norm (eps 1e-6) for every norm that matters.
+float UnitNormEps(int64_t dim) { return 1e-12f / static_cast<float>(dim); }
+
+uint64_t DropoutKey(const DropoutDraw& draw, uint64_t site) {
+  return Mix64(Mix64(draw.seed ^ HashName("hstu.dropout")) ^ Mix64(draw.step) ^ (site << 48));
+}
+
+template <typename T>
+Tensor UploadVector(Arena& arena, const std::vector<T>& values) {
+  Tensor t = arena.AllocateUninitialized(DTypeOf<T>(), Shape{static_cast<int64_t>(values.size())});
+  if (!values.empty()) arena.backend().CopyToDevice(t.address(), values.data(), t.bytes());
+  return t;
+}
+
+}  // namespace
+
+Tensor DropoutMask(Arena& arena, const DropoutDraw& draw, uint64_t site,
+                   const std::vector<uint64_t>& token_keys, int64_t width) {
+  const int64_t tokens = static_cast<int64_t>(token_keys.size());
+  std::vector<float> mask(static_cast<size_t>(tokens * width));
+  const uint64_t key = DropoutKey(draw, site);
+  const float keep = 1.0f / (1.0f - draw.rate);
+  for (int64_t t = 0; t < tokens; ++t) {
+    for (int64_t d = 0; d < width; ++d) {
+      const float u = CounterUniform(key, token_keys[t] * static_cast<uint64_t>(width) + d);
+      mask[t * width + d] = u < draw.rate ? 0.0f : keep;
+    }
+  }
+  Tensor t = UploadVector(arena, mask);
+  return t.Reshape(Shape{tokens, width});
+}
+
+std::unique_ptr<Hstu> Hstu::Create(const HstuConfig& config, ParameterStore& store) {
+  return std::unique_ptr<Hstu>(new Hstu(config, store));
+}
+
+Hstu::Hstu(const HstuConfig& config, ParameterStore& store)
+    : store_(store),
+      dim_(config.embedding_dim()),
+      max_len_(config.max_len()),
+      num_items_(config.num_items()) {
+  item_table_ = store.Register("item_embedding", Shape{num_items_, dim_},
+                               ParamInit::Normal(0.02f), /*weight_decay=*/false);
+  pos_table_ = store.Register("pos_embedding", Shape{max_len_, dim_},
+                              ParamInit::Normal(std::sqrt(1.0f / dim_)), /*weight_decay=*/false);
+  HstuLayerDims dims;
+  dims.dim = dim_;
+  dims.heads = config.num_heads();
+  dims.attention_dim = config.attention_dim();
+  dims.linear_dim = config.linear_dim();
+  dims.max_len = max_len_;
+  dims.num_time_buckets = config.num_time_buckets();
+  for (int l = 0; l < config.num_blocks(); ++l) {
+    const int first = store.size();
+    blocks_.push_back(std::make_unique<HstuLayer>(store, "blocks." + std::to_string(l), dims));
+    block_params_.emplace_back(first, store.size());
+  }
+}
+
+JaggedTokens Hstu::Upload(Arena& arena, const HstuBatch& batch) {
+  JaggedTokens tokens;
+  tokens.users = batch.users();
+  tokens.total = batch.tokens();
+  const Tensor offsets = UploadVector(arena, batch.offsets);
+  const Tensor timestamps = UploadVector(arena, batch.timestamps);
+  const Tensor next = UploadVector(arena, batch.next_timestamps);
+  Tensor query = arena.AllocateUninitialized(DType::kI64, Shape{tokens.total});
+  arena.backend().HstuQueryTimestamps(offsets.ptr<int64_t>(), tokens.users,
+                                      timestamps.ptr<int64_t>(), next.ptr<int64_t>(),
+                                      query.ptr<int64_t>());
+  tokens.offsets = offsets.ptr<int64_t>();
+  tokens.timestamps = timestamps.ptr<int64_t>();
+  tokens.query_timestamps = query.ptr<int64_t>();
+  items_ = UploadVector(arena, batch.items);
+  positions_ = UploadVector(arena, batch.positions);
+  return tokens;
+}
+
+// x = item_embedding[items] * sqrt(D) + pos_embedding[positions], dropped out.
+Tensor Hstu::Embed(Arena& arena, const HstuBatch& batch, const Tensor& mask) {
+  Backend& backend = arena.backend();
+  const int64_t total = batch.tokens(), n = total * dim_;
+  Tensor x = arena.AllocateUninitialized(DType::kF32, Shape{total, dim_});  // [T, D]
+  Tensor pos = arena.AllocateUninitialized(DType::kF32, Shape{total, dim_});
+  backend.EmbeddingForward(items_.ptr<int32_t>(), store_.param(item_table_).ptr<float>(),
+                           x.ptr<float>(), total, dim_);
+  backend.Scale(x.ptr<float>(), n, std::sqrt(static_cast<float>(dim_)));
+  backend.EmbeddingForward(positions_.ptr<int32_t>(), store_.param(pos_table_).ptr<float>(),
+                           pos.ptr<float>(), total, dim_);
+  backend.AddInPlace(x.ptr<float>(), pos.ptr<float>(), n);
+  if (mask.defined()) backend.MultiplyElements(x.ptr<float>(), mask.ptr<float>(), x.ptr<float>(), n);
+  return x;
+}
+
+void Hstu::EmbedBackward(Arena& arena, const Tensor& dx) {
+  Backend& backend = arena.backend();
+  const int64_t total = dx.dim(0), n = total * dim_;
+  Tensor d = arena.AllocateUninitialized(DType::kF32, Shape{total, dim_});
+  backend.Copy(d.address(), dx.address(), d.bytes());
+  if (input_mask_.defined()) {
+    backend.MultiplyElements(d.ptr<float>(), input_mask_.ptr<float>(), d.ptr<float>(), n);
+  }
+  backend.EmbeddingBackward(positions_.ptr<int32_t>(), d.ptr<float>(),
+                            store_.grad(pos_table_).ptr<float>(), total, dim_);
+  backend.Scale(d.ptr<float>(), n, std::sqrt(static_cast<float>(dim_)));
+  backend.EmbeddingBackward(items_.ptr<int32_t>(), d.ptr<float>(),
+                            store_.grad(item_table_).ptr<float>(), total, dim_);
+}
+
+Tensor Hstu::Normalize(Arena& arena, const Tensor& y) {
+  const int64_t total = y.dim(0);
+  Tensor out = arena.AllocateUninitialized(DType::kF32, Shape{total, dim_});
+  rstd_ = arena.AllocateUninitialized(DType::kF32, Shape{total});
+  arena.backend().RmsNormForward(y.ptr<float>(), nullptr, out.ptr<float>(), rstd_.ptr<float>(),
+                                 total, dim_, UnitNormEps(dim_));
+  arena.backend().Scale(out.ptr<float>(), total * dim_, 1.0f / std::sqrt(static_cast<float>(dim_)));
+  last_hidden_ = y;
+  return out;
+}
+
+Tensor Hstu::NormalizeBackward(Arena& arena, const Tensor& doutput) {
+  const int64_t total = doutput.dim(0);
+  Tensor scaled = arena.AllocateUninitialized(DType::kF32, Shape{total, dim_});
+  arena.backend().Copy(scaled.address(), doutput.address(), scaled.bytes());
+  arena.backend().Scale(scaled.ptr<float>(), total * dim_,
+                        1.0f / std::sqrt(static_cast<float>(dim_)));
+  Tensor dy = arena.AllocateUninitialized(DType::kF32, Shape{total, dim_});
+  arena.backend().RmsNormBackward(scaled.ptr<float>(), last_hidden_.ptr<float>(), nullptr,
+                                  rstd_.ptr<float>(), dy.ptr<float>(), nullptr, total, dim_);
+  return dy;
+}
+
+Tensor Hstu::Forward(Arena& arena, const HstuBatch& batch, const DropoutDraw* dropout,
+                     bool record) {
+  tape_.Clear();
+  arena_ = &arena;
+  const bool empty = batch.tokens() == 0;
+  const bool drop = dropout != nullptr && dropout->rate > 0 && !empty;
+  const JaggedTokens tokens = Upload(arena, batch);
+  input_mask_ = drop ? DropoutMask(arena, *dropout, 0, batch.token_keys, dim_) : Tensor();
+  Tensor x = empty ? arena.AllocateUninitialized(DType::kF32, Shape{0, dim_})
+                   : Embed(arena, batch, input_mask_);
+  if (record) {
+    tape_.Record([this] {
+      if (dhidden_.dim(0) > 0) EmbedBackward(*arena_, dhidden_);
+      return absl::OkStatus();
+    }, 0, block_params_.empty() ? store_.size() : block_params_[0].first);
+  }
+  for (size_t l = 0; l < blocks_.size(); ++l) {
+    const HstuLayer& block = *blocks_[l];
+    const Tensor mask =
+        drop ? DropoutMask(arena, *dropout, 1 + l, batch.token_keys, block.dims().gated())
+             : Tensor();
+    if (!empty) x = blocks_[l]->Forward(arena, x, tokens, mask);
+    if (record) {
+      tape_.Record([this, l] {
+        if (dhidden_.dim(0) > 0) dhidden_ = blocks_[l]->Backward(*arena_, dhidden_);
+        return absl::OkStatus();
+      }, block_params_[l].first, block_params_[l].second);
+    }
+  }
+  if (empty) return x;
+  return Normalize(arena, x);
+}
+
+absl::Status Hstu::Backward(const Tensor& doutput) {
+  dhidden_ = doutput.dim(0) > 0 ? NormalizeBackward(*arena_, doutput) : doutput;
+  absl::Status status = tape_.Backward();
+  dhidden_ = last_hidden_ = rstd_ = input_mask_ = items_ = positions_ = Tensor();
+  return status;
+}
+
+double Hstu::ForwardFlops(int64_t length) const {
+  double flops = 0;
+  for (const auto& block : blocks_) {
+    const HstuLayerDims& d = block->dims();
+    // Causal pairs: length (length + 1) / 2, each q.k and a.v per head.
+    const double pairs = 0.5 * length * (length + 1.0);
+    flops += block->ProjectionFlops(length) +
+             2.0 * pairs * d.heads * (d.attention_dim + d.linear_dim);
+  }
+  return flops;
+}
+
+}  // namespace tessera::hstu

@@ -1,0 +1,88 @@
+// The HSTU encoder of a generative recommender: item embeddings × √D plus
+// learned positions, dropout, `num_blocks` HSTU layers (layer.h), outputs
+// L2-normalised — the reference's HSTU with its ML-1M preprocessing
+// (LearnablePositionalEmbeddingInputFeaturesPreprocessor) and l2_norm
+// output postprocessing. The item table is shared by the input and by the
+// loss / ranking (sampled_softmax.h, evaluation).
+//
+// Everything runs on the batch's T tokens; the attention per user.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "models/hstu/batch.h"
+#include "models/hstu/layer.h"
+#include "runtime/config/config.pb.h"
+#include "runtime/nn/tape.h"
+
+namespace tessera::hstu {
+
+// Dropout's random stream for one forward: the mask of element d of token t
+// at site s (0: the input, 1 + l: block l) is drawn at counter
+// token_keys[t] * width + d of the stream keyed by (seed, step, s), so every
+// layout drops the same elements.
+struct DropoutDraw {
+  float rate = 0;
+  uint64_t seed = 0;
+  int64_t step = 0;
+};
+
+class Hstu {
+ public:
+  // Registers item_embedding [num_items, D] (normal 0.02), pos_embedding
+  // [max_len, D] (normal sqrt(1/D)) and the blocks in `store`, which the
+  // caller finalizes.
+  static std::unique_ptr<Hstu> Create(const HstuConfig& config, ParameterStore& store);
+
+  // The batch's L2-normalised outputs [T, D]. `dropout` null: none
+  // (evaluation). With `record` the tape keeps what Backward needs.
+  Tensor Forward(Arena& arena, const HstuBatch& batch, const DropoutDraw* dropout,
+                 bool record = true);
+  // doutput: gradient w.r.t. Forward's output [T, D]; parameter gradients
+  // accumulate. Announces each block's parameters as they are complete, the
+  // embeddings (with the item table) last.
+  absl::Status Backward(const Tensor& doutput);
+  void set_on_gradients_ready(std::function<void(int, int)> callback) {
+    tape_.set_on_gradients_ready(std::move(callback));
+  }
+
+  ParameterStore& store() const { return store_; }
+  ParameterStore::Id item_table() const { return item_table_; }
+  int64_t dim() const { return dim_; }
+  int64_t max_len() const { return max_len_; }
+  int64_t num_items() const { return num_items_; }
+  // Forward FLOPs of one user of `length` tokens.
+  double ForwardFlops(int64_t length) const;
+
+ private:
+  Hstu(const HstuConfig& config, ParameterStore& store);
+  // The jagged geometry and inputs of `batch` in the arena's memory.
+  JaggedTokens Upload(Arena& arena, const HstuBatch& batch);
+  Tensor Embed(Arena& arena, const HstuBatch& batch, const Tensor& mask);
+  void EmbedBackward(Arena& arena, const Tensor& dx);
+  Tensor Normalize(Arena& arena, const Tensor& y);
+  Tensor NormalizeBackward(Arena& arena, const Tensor& doutput);
+
+  ParameterStore& store_;
+  int64_t dim_, max_len_, num_items_;
+  ParameterStore::Id item_table_, pos_table_;
+  std::vector<std::unique_ptr<HstuLayer>> blocks_;
+  std::vector<std::pair<int, int>> block_params_;  // parameter ids of block l
+
+  Tape tape_;
+  Arena* arena_ = nullptr;  // of the recorded forward
+  // Saved by Forward for Backward.
+  Tensor items_, positions_;   // i32 [T]
+  Tensor input_mask_;          // [T, D] or undefined
+  Tensor last_hidden_, rstd_;  // [T, D], [T]: the output norm's input and statistics
+  Tensor dhidden_;             // the gradient flowing down the blocks
+};
+
+// The dropout mask of one site, [tokens, width]: 0 or 1 / (1 - rate).
+Tensor DropoutMask(Arena& arena, const DropoutDraw& draw, uint64_t site,
+                   const std::vector<uint64_t>& token_keys, int64_t width);
+
+}  // namespace tessera::hstu

@@ -1,0 +1,104 @@
+#include "models/hstu/sampled_softmax.h"
+
+#include <cmath>
+
+#include "runtime/base/random.h"
+
+namespace tessera::hstu {
+namespace {
+
+constexpr float kMasked = -1e9f;
+
+// Candidate rows are normalised to length sqrt(D) by RmsNorm without gamma;
+// the logit folds the 1/sqrt(D) into its scale. eps as Hstu's output norm.
+float RowNormEps(int64_t dim) { return 1e-12f / static_cast<float>(dim); }
+
+template <typename T>
+Tensor UploadVector(Arena& arena, const std::vector<T>& values) {
+  Tensor t = arena.AllocateUninitialized(DTypeOf<T>(), Shape{static_cast<int64_t>(values.size())});
+  if (!values.empty()) arena.backend().CopyToDevice(t.address(), values.data(), t.bytes());
+  return t;
+}
+
+}  // namespace
+
+Candidates SampleCandidates(const HstuBatch& batch, int64_t negatives, int64_t num_items,
+                            uint64_t seed, int64_t step) {
+  Candidates c;
+  c.per_token = 1 + negatives;
+  const int64_t tokens = batch.tokens();
+  c.ids.resize(static_cast<size_t>(tokens * c.per_token));
+  c.mask.assign(c.ids.size(), 0.0f);
+  const uint64_t key =
+      Mix64(Mix64(seed ^ HashName("hstu.negatives")) ^ Mix64(static_cast<uint64_t>(step)));
+  for (int64_t t = 0; t < tokens; ++t) {
+    const int32_t target = batch.targets[t];
+    int32_t* row = c.ids.data() + t * c.per_token;
+    row[0] = target;
+    for (int64_t k = 0; k < negatives; ++k) {
+      const uint64_t bits = Mix64(key ^ Mix64(batch.token_keys[t] * negatives + k));
+      const auto item = static_cast<int32_t>(
+          (static_cast<__uint128_t>(bits) * static_cast<uint64_t>(num_items)) >> 64);
+      row[1 + k] = item;
+      if (item == target) c.mask[t * c.per_token + 1 + k] = kMasked;
+    }
+  }
+  return c;
+}
+
+double SampledSoftmax::Forward(Arena& arena, const Tensor& outputs, const float* table,
+                               const Candidates& candidates) {
+  Backend& backend = arena.backend();
+  tokens_ = outputs.dim(0);
+  per_token_ = candidates.per_token;
+  if (tokens_ == 0) return 0;
+  const int64_t rows = tokens_ * per_token_;
+  outputs_ = outputs;
+  ids_ = UploadVector(arena, candidates.ids);
+  targets_ = arena.Allocate(DType::kI32, Shape{tokens_});  // the target is candidate 0
+  rows_ = arena.AllocateUninitialized(DType::kF32, Shape{rows, dim_});
+  unit_rows_ = arena.AllocateUninitialized(DType::kF32, Shape{rows, dim_});
+  rstd_ = arena.AllocateUninitialized(DType::kF32, Shape{rows});
+  backend.EmbeddingForward(ids_.ptr<int32_t>(), table, rows_.ptr<float>(), rows, dim_);
+  backend.RmsNormForward(rows_.ptr<float>(), nullptr, unit_rows_.ptr<float>(), rstd_.ptr<float>(),
+                         rows, dim_, RowNormEps(dim_));
+  // logits[t, c] = u_t . row_tc / (sqrt(D) temperature): one [1, D] x [D, 1 + K] per token.
+  Tensor logits = UploadVector(arena, candidates.mask);  // the mask, then += the scores
+  const float alpha = 1.0f / (std::sqrt(static_cast<float>(dim_)) * temperature_);
+  backend.GemmBatched(false, true, tokens_, 1, per_token_, dim_, alpha, outputs.ptr<float>(),
+                      dim_, dim_, unit_rows_.ptr<float>(), dim_, per_token_ * dim_, 1.0f,
+                      logits.ptr<float>(), per_token_, per_token_);
+  probs_ = arena.AllocateUninitialized(DType::kF32, Shape{tokens_, per_token_});
+  return backend.CrossEntropyForward(logits.ptr<float>(), targets_.ptr<int32_t>(),
+                                     probs_.ptr<float>(), tokens_, per_token_);
+}
+
+Tensor SampledSoftmax::Backward(Arena& arena, float* dtable, float scale) {
+  Backend& backend = arena.backend();
+  Tensor doutputs = arena.Allocate(DType::kF32, Shape{tokens_, dim_});
+  if (tokens_ == 0) return doutputs;
+  const int64_t rows = tokens_ * per_token_;
+  // dlogits = scale (p - onehot): CrossEntropyBackward divides by the rows.
+  Tensor dlogits = arena.AllocateUninitialized(DType::kF32, Shape{tokens_, per_token_});
+  backend.CrossEntropyBackward(probs_.ptr<float>(), targets_.ptr<int32_t>(),
+                               dlogits.ptr<float>(), tokens_, per_token_,
+                               scale * static_cast<float>(tokens_));
+  const float alpha = 1.0f / (std::sqrt(static_cast<float>(dim_)) * temperature_);
+  // d u_t = alpha dlogits_t [1, 1 + K] x unit_rows_t [1 + K, D]
+  backend.GemmBatched(false, false, tokens_, 1, dim_, per_token_, alpha, dlogits.ptr<float>(),
+                      per_token_, per_token_, unit_rows_.ptr<float>(), dim_, per_token_ * dim_,
+                      0.0f, doutputs.ptr<float>(), dim_, dim_);
+  // d unit_rows_t = alpha dlogits_t^T [1 + K, 1] x u_t [1, D]
+  Tensor dunit = arena.AllocateUninitialized(DType::kF32, Shape{rows, dim_});
+  backend.GemmBatched(true, false, tokens_, per_token_, dim_, 1, alpha, dlogits.ptr<float>(),
+                      per_token_, per_token_, outputs_.ptr<float>(), dim_, dim_, 0.0f,
+                      dunit.ptr<float>(), dim_, per_token_ * dim_);
+  Tensor drows = arena.AllocateUninitialized(DType::kF32, Shape{rows, dim_});
+  backend.RmsNormBackward(dunit.ptr<float>(), rows_.ptr<float>(), nullptr, rstd_.ptr<float>(),
+                          drows.ptr<float>(), nullptr, rows, dim_);
+  backend.EmbeddingBackward(ids_.ptr<int32_t>(), drows.ptr<float>(), dtable, rows, dim_);
+  outputs_ = ids_ = targets_ = rows_ = unit_rows_ = rstd_ = probs_ = Tensor();
+  return doutputs;
+}
+
+}  // namespace tessera::hstu

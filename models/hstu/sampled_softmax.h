@@ -1,0 +1,56 @@
+// The sampled softmax loss of the reference (SampledSoftmaxLoss with
+// uniformly sampled negatives): for each supervised token t with output u_t
+// (unit length) and target item p_t, against K negatives n_t1..n_tK,
+//
+//   logit_t0 = cos(u_t, e[p_t]) / temperature,  logit_tk = cos(u_t, e[n_tk]) / temperature
+//   loss_t   = -log softmax(logit_t)[0]
+//
+// e = the item table; cos normalises the item rows (the reference's
+// item_l2_norm). A negative equal to the target is masked out (its logit
+// takes -1e9: it drops out of the softmax and gets no gradient), as the
+// reference does with -5e4. The negatives are drawn from a counter-based
+// stream keyed by (seed, step) at counter token_key * K + k, so every layout
+// draws the same ones.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "models/hstu/batch.h"
+#include "runtime/tensor/arena.h"
+
+namespace tessera::hstu {
+
+// Row t of the returned candidates is [target_t, n_t1, …, n_tK], and mask
+// row t is 0 where the candidate counts and -1e9 where a negative collides
+// with the target. Both [T * (1 + K)].
+struct Candidates {
+  std::vector<int32_t> ids;
+  std::vector<float> mask;
+  int64_t per_token = 0;  // 1 + K
+};
+Candidates SampleCandidates(const HstuBatch& batch, int64_t negatives, int64_t num_items,
+                            uint64_t seed, int64_t step);
+
+class SampledSoftmax {
+ public:
+  SampledSoftmax(int64_t dim, float temperature) : dim_(dim), temperature_(temperature) {}
+
+  // outputs: [T, D] unit rows; table: [num_items, D]. The mean loss over
+  // the T tokens (0 when T = 0). Keeps what Backward needs.
+  double Forward(Arena& arena, const Tensor& outputs, const float* table,
+                 const Candidates& candidates);
+  // d outputs [T, D] (returned, overwritten) and dtable (accumulated) of
+  // scale * (the sum of the T per-token losses).
+  Tensor Backward(Arena& arena, float* dtable, float scale);
+
+ private:
+  int64_t dim_;
+  float temperature_;
+  int64_t tokens_ = 0, per_token_ = 0;
+  Tensor outputs_, ids_, targets_;
+  Tensor rows_, unit_rows_, rstd_;  // candidate rows [T (1 + K), D], normalised, [T (1 + K)]
+  Tensor probs_;                    // [T, 1 + K]
+};
+
+}  // namespace tessera::hstu
