@@ -18,6 +18,14 @@ Linear::Options UvqkOptions() {
 
 }  // namespace
 
+Tensor ApplyDropout(Arena& arena, const Tensor& x, const Tensor& mask) {
+  const int64_t rows = x.dim(0), width = x.dim(1);
+  Tensor y = arena.Allocate(DType::kF32, Shape{rows, width});  // zeros
+  arena.backend().GatedResidualForward(y.ptr<float>(), x.ptr<float>(), mask.ptr<float>(), rows,
+                                       /*seq=*/1, width, /*cond_stride=*/width);
+  return y;
+}
+
 HstuLayer::HstuLayer(ParameterStore& store, const std::string& name, const HstuLayerDims& dims)
     : store_(store),
       dims_(dims),
@@ -55,10 +63,7 @@ Tensor HstuLayer::Forward(Arena& arena, const Tensor& x, const JaggedTokens& tok
                               gate_mean_.ptr<float>(), gate_rstd_.ptr<float>(), total, gated,
                               kNormEps);
   dropout_mask_ = dropout_mask;
-  if (dropout_mask.defined()) {
-    backend.MultiplyElements(gate.ptr<float>(), dropout_mask.ptr<float>(), gate.ptr<float>(),
-                             total * gated);
-  }
+  if (dropout_mask.defined()) gate = ApplyDropout(arena, gate, dropout_mask);
   Tensor y = o_.Forward(arena, gate);  // [total, D]
   backend.AddInPlace(y.ptr<float>(), x.ptr<float>(), total * dims_.dim);
   return y;
@@ -69,10 +74,7 @@ Tensor HstuLayer::Backward(Arena& arena, const Tensor& dy) {
   const int64_t total = tokens_.total, width = dims_.fused(), gated = dims_.gated();
   const int64_t hv = dims_.heads * dims_.linear_dim, hqk = dims_.heads * dims_.attention_dim;
   Tensor dgate = o_.Backward(arena, dy);  // [total, H dv]
-  if (dropout_mask_.defined()) {
-    backend.MultiplyElements(dgate.ptr<float>(), dropout_mask_.ptr<float>(), dgate.ptr<float>(),
-                             total * gated);
-  }
+  if (dropout_mask_.defined()) dgate = ApplyDropout(arena, dgate, dropout_mask_);
   // Every column of dfused is written: U by the gate, V, Q, K by attention.
   Tensor dfused = arena.AllocateUninitialized(DType::kF32, Shape{total, width});
   Tensor dattention = arena.AllocateUninitialized(DType::kF32, Shape{total, gated});

@@ -44,6 +44,11 @@ struct JaggedTokens {
   const int64_t* query_timestamps = nullptr;  // [total]: HstuQueryTimestamps
 };
 
+// x ⊙ mask [rows, width] as a new tensor: dropout with a mask of 0 and
+// 1 / (1 - p) (DropoutMask, model.h), and its backward with the same mask.
+// The product is a gated residual into zeros, gate row r = mask row r.
+Tensor ApplyDropout(Arena& arena, const Tensor& x, const Tensor& mask);
+
 class HstuLayer {
  public:
   // Registers <name>.uvqk.weight [fused, D] (normal 0.02, as the reference),

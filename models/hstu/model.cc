@@ -99,17 +99,18 @@ Tensor Hstu::Embed(Arena& arena, const HstuBatch& batch, const Tensor& mask) {
   backend.EmbeddingForward(positions_.ptr<int32_t>(), store_.param(pos_table_).ptr<float>(),
                            pos.ptr<float>(), total, dim_);
   backend.AddInPlace(x.ptr<float>(), pos.ptr<float>(), n);
-  if (mask.defined()) backend.MultiplyElements(x.ptr<float>(), mask.ptr<float>(), x.ptr<float>(), n);
-  return x;
+  return mask.defined() ? ApplyDropout(arena, x, mask) : x;
 }
 
 void Hstu::EmbedBackward(Arena& arena, const Tensor& dx) {
   Backend& backend = arena.backend();
   const int64_t total = dx.dim(0), n = total * dim_;
-  Tensor d = arena.AllocateUninitialized(DType::kF32, Shape{total, dim_});
-  backend.Copy(d.address(), dx.address(), d.bytes());
+  Tensor d;
   if (input_mask_.defined()) {
-    backend.MultiplyElements(d.ptr<float>(), input_mask_.ptr<float>(), d.ptr<float>(), n);
+    d = ApplyDropout(arena, dx, input_mask_);
+  } else {
+    d = arena.AllocateUninitialized(DType::kF32, Shape{total, dim_});
+    backend.Copy(d.address(), dx.address(), d.bytes());
   }
   backend.EmbeddingBackward(positions_.ptr<int32_t>(), d.ptr<float>(),
                             store_.grad(pos_table_).ptr<float>(), total, dim_);

@@ -121,8 +121,6 @@ class Backend {
   virtual void SumRowsAccumulate(const float* dy, float* dbias, int64_t rows, int64_t dim) = 0;
   // x *= scale
   virtual void Scale(float* x, int64_t n, float scale) = 0;
-  // y[i] = a[i] * b[i] (y may alias a or b): a dropout mask and its backward.
-  virtual void MultiplyElements(const float* a, const float* b, float* y, int64_t n) = 0;
   // sum of x[i]^2 in double, in an order independent of the thread count.
   virtual double SumSquares(const float* x, int64_t n) = 0;
   // out[i] = in[index[i]] (a permutation or gather of elements)

@@ -135,10 +135,6 @@ void CpuBackend::Scale(float* x, int64_t n, float scale) { cpu::Scale(x, n, scal
 
 double CpuBackend::SumSquares(const float* x, int64_t n) { return cpu::SumSquares(x, n); }
 
-void CpuBackend::MultiplyElements(const float* a, const float* b, float* y, int64_t n) {
-  cpu::MultiplyElements(a, b, y, n);
-}
-
 void CpuBackend::GatherElements(const float* in, const int32_t* index, float* out, int64_t n) {
   cpu::GatherElements(in, index, out, n);
 }

@@ -54,7 +54,6 @@ class CpuBackend : public Backend {
   void SumRowsAccumulate(const float* dy, float* dbias, int64_t rows, int64_t dim) override;
   void Scale(float* x, int64_t n, float scale) override;
   double SumSquares(const float* x, int64_t n) override;
-  void MultiplyElements(const float* a, const float* b, float* y, int64_t n) override;
   void GatherElements(const float* in, const int32_t* index, float* out, int64_t n) override;
   void ScatterElements(const float* in, const int32_t* index, float* out, int64_t n) override;
   void SoftmaxForward(const float* x, float* y, int64_t rows, int64_t dim) override;

@@ -35,11 +35,6 @@ double SumSquares(const float* x, int64_t n) {
   return total;
 }
 
-void MultiplyElements(const float* a, const float* b, float* y, int64_t n) {
-#pragma omp parallel for schedule(static) if (ShouldParallelize(n))
-  for (int64_t i = 0; i < n; ++i) y[i] = a[i] * b[i];
-}
-
 void GatherElements(const float* in, const int32_t* index, float* out, int64_t n) {
 #pragma omp parallel for schedule(static) if (ShouldParallelize(n))
   for (int64_t i = 0; i < n; ++i) out[i] = in[index[i]];

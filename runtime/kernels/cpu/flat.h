@@ -13,9 +13,6 @@ void Scale(float* x, int64_t n, float scale);
 // whatever the thread count (fixed blocks, summed in a fixed order).
 double SumSquares(const float* x, int64_t n);
 
-// y[i] = a[i] * b[i]; y may alias a or b.
-void MultiplyElements(const float* a, const float* b, float* y, int64_t n);
-
 // out[i] = in[index[i]]
 void GatherElements(const float* in, const int32_t* index, float* out, int64_t n);
 // out[index[i]] = in[i]

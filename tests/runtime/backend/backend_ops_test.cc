@@ -307,21 +307,6 @@ TEST_P(BackendOps, AddBiasSumRowsScaleAndSumSquares) {
   }
 }
 
-TEST_P(BackendOps, MultiplyElementsIsTheElementwiseProductAlsoInPlace) {
-  for (int64_t n : {int64_t{1}, int64_t{37}, int64_t{100003}}) {
-    const auto a = RandomFloats(n, 21, -3, 3), b = RandomFloats(n, 22, -3, 3);
-    Tensor y = Poisoned<float>(n);
-    backend().MultiplyElements(Upload(a).ptr<float>(), Upload(b).ptr<float>(), y.ptr<float>(), n);
-    std::vector<double> want(n);
-    for (int64_t i = 0; i < n; ++i) want[i] = double(a[i] * b[i]);  // the one fp32 rounding
-    ExpectClose(Download<float>(y), want, 0, "product n=" + std::to_string(n));
-    Tensor in_place = Upload(a);
-    backend().MultiplyElements(in_place.ptr<float>(), Upload(b).ptr<float>(), in_place.ptr<float>(),
-                               n);
-    ExpectClose(Download<float>(in_place), want, 0, "in place n=" + std::to_string(n));
-  }
-}
-
 TEST_P(BackendOps, GatherScatterCopy2DAndMemoryRoundTrip) {
   const int64_t n = 50;
   std::vector<int32_t> perm(n);
