@@ -1,5 +1,5 @@
 // MovieLens ratings -> an interactions data set (docs/data-format.md,
-// "Importers"; docs/hstu.md, "MovieLens").
+// "Commands"; docs/hstu.md, "MovieLens").
 //
 // Formats: ML-1M's ratings.dat (`UserID::MovieID::Rating::Timestamp`, no
 // header) and ML-20M's / ml-latest's ratings.csv (`userId,movieId,rating,

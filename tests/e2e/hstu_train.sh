@@ -2,8 +2,10 @@
 # HSTU end to end on planted synthetic data: synthesize users who follow
 # hidden item cycles, train the tiny config, and check that the leave-one-out
 # evaluation written at the end ranks the held-out items far above chance;
+# data parallelism (dp2) against one process;
 # and the config and data errors a user can make.
 source "$(dirname "$0")/lib.sh"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 "$TESSERA" data synth --schema interactions --out "$WORK/data" --samples 400 --items 200 \
   --clusters 10 --min-length 8 --max-length 30 --seed 1 > /dev/null || { echo "FAIL: synth"; exit 1; }
 hstu() {  # hstu RUN_DIR [--set ...]
@@ -34,6 +36,30 @@ awk -v h="${hr:-0}" 'BEGIN { exit !(h > 0.4) }' && [ "$users" = 400 ] \
   || fail "test HR@10 ${hr:-missing} over ${users:-?} users: $(cat "$WORK/run/final_metrics.json")"
 grep -qE "^test \(400 users, full ranking\): HR@10" "$WORK/train.txt" && pass "test line printed" \
   || fail "no test line"
+
+# Data parallelism against one process on the same global batch: two replicas
+# of two micro-batches each must give the same losses and weights (the loss
+# is weighted by supervised positions; dropout and negatives are keyed by
+# global batch position).
+hstu "$WORK/one" --set train.steps=5 --set train.global_batch=16 > "$WORK/one.log" 2>&1 \
+  || { cat "$WORK/one.log"; fail "one-process baseline"; }
+if OMP_NUM_THREADS=1 timeout 300 mpirun --oversubscribe --bind-to none -np 2 "$TESSERA" train \
+    --config "$SOURCE/configs/hstu_tiny.textproto" --set train.run_dir="$WORK/dp2" \
+    --set data.dir="$WORK/data" --set train.steps=5 --set train.global_batch=16 \
+    --set train.micro_batch=4 > "$WORK/dp2.log" 2>&1; then
+  if paste <(losses "$WORK/one") <(losses "$WORK/dp2") |
+      awk '{ d = $1 - $2; if (d < 0) d = -d; if (d > 1e-5 * ($1 < 0 ? -$1 : $1)) bad = 1 } END { exit bad }' \
+      && [ "$(losses "$WORK/dp2" | wc -l)" -eq 5 ]; then
+    pass "dp2 x 2 micro-batches: the 5 losses match one process ($(losses "$WORK/dp2" | tail -1))"
+  else
+    fail "dp2 losses differ"; paste <(losses "$WORK/one") <(losses "$WORK/dp2")
+  fi
+  h5diff -d 1e-6 "$WORK/one/weights.h5" "$WORK/dp2/weights.h5" > "$WORK/dp2.diff" 2>&1 \
+    && pass "dp2: final parameters match one process (h5diff -d 1e-6)" \
+    || { fail "dp2: final parameters differ"; head "$WORK/dp2.diff"; }
+else
+  fail "dp2 run"; tail -20 "$WORK/dp2.log"
+fi
 
 expect_exit "item table smaller than the data" 2 "num_items \(100\) is smaller" -- \
   hstu "$WORK/small" --set model.hstu.num_items=100
