@@ -1,0 +1,170 @@
+// The row-sharded table against one unsharded table (run at np 1, 2, 3, 8).
+//
+// Oracle: every rank keeps the whole table, initialised as the sharded one is
+// (CounterNormal by global index), and replays every rank's lookups (each
+// rank's ids and output gradients are generated from (rank, step) alone):
+// the lookup must return the whole table's rows; after each step every
+// rank's rows must equal the whole table's, updated by dense Adam (or
+// row-wise Adagrad) restricted to the rows some rank touched, with each
+// row's gradient summed over every lookup of it on every rank. The ids
+// include duplicates, rows owned by no rank's lookup, ids owned by ranks
+// that look nothing up, and a rank with an empty batch.
+#include "parallel/embedding/row_sharded_table.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <map>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "absl/time/time.h"
+#include "runtime/base/errors.h"
+#include "runtime/base/random.h"
+#include "runtime/base/status.h"
+#include "tests/parallel/comm/mpi_test_main.h"
+
+namespace tessera::parallel {
+namespace {
+
+using testing::MpiForTests;
+
+constexpr int64_t kRows = 37, kDim = 5;
+constexpr float kStd = 0.5f;
+
+std::unique_ptr<MpiCommunicator> World() {
+  auto world = MpiForTests()->CreateWorld(absl::Seconds(30));
+  TESSERA_CHECK(world.ok());
+  return std::move(world).value();
+}
+
+// Rank q's ids at `step`: rank 1 looks nothing up at step 1; ids repeat; only
+// rows below 30 are ever looked up (rows 30..36 stay untouched).
+std::vector<int64_t> Ids(int q, int step) {
+  if (q == 1 && step == 1) return {};
+  std::mt19937 gen(100u * static_cast<uint32_t>(q) + static_cast<uint32_t>(step));
+  std::uniform_int_distribution<int64_t> row(0, 29);
+  std::vector<int64_t> ids(3 + (q + step) % 5);
+  for (int64_t& id : ids) id = row(gen);
+  ids.push_back(ids[0]);  // a duplicate
+  return ids;
+}
+
+std::vector<float> Dout(int q, int step, size_t n) {
+  std::mt19937 gen(7919u * static_cast<uint32_t>(q) + static_cast<uint32_t>(step));
+  std::uniform_real_distribution<float> value(-1, 1);
+  std::vector<float> d(n * kDim);
+  for (float& x : d) x = value(gen);
+  return d;
+}
+
+// The whole table with a dense optimizer restricted to touched rows.
+struct WholeTable {
+  std::vector<double> values, m, v;
+  WholeTable() : values(kRows * kDim), m(kRows * kDim, 0), v(kRows * kDim, 0) {
+    for (int64_t i = 0; i < kRows * kDim; ++i) {
+      values[i] = kStd * CounterNormal(HashName("items"), static_cast<uint64_t>(i));
+    }
+  }
+  void Step(const std::map<int64_t, std::vector<double>>& grads, const SparseOptimizerOptions& o,
+            int t) {
+    for (const auto& [row, g] : grads) {
+      if (o.kind == SparseOptimizerOptions::Kind::kAdam) {
+        for (int64_t d = 0; d < kDim; ++d) {
+          const int64_t i = row * kDim + d;
+          m[i] = o.beta1 * m[i] + (1 - o.beta1) * g[d];
+          v[i] = o.beta2 * v[i] + (1 - o.beta2) * g[d] * g[d];
+          values[i] -= o.lr * (m[i] / (1 - std::pow(o.beta1, t))) /
+                       (std::sqrt(v[i] / (1 - std::pow(o.beta2, t))) + o.eps);
+        }
+      } else {
+        double mean_square = 0;
+        for (double x : g) mean_square += x * x / kDim;
+        v[row * kDim] += mean_square;
+        for (int64_t d = 0; d < kDim; ++d) {
+          values[row * kDim + d] -= o.lr * g[d] / (std::sqrt(v[row * kDim]) + o.eps);
+        }
+      }
+    }
+  }
+};
+
+void RunSteps(const SparseOptimizerOptions& options) {
+  auto world = World();
+  const int p = world->size(), me = world->rank();
+  RowShardedTable table(*world, "items", kRows, kDim, kStd);
+  WholeTable whole;
+  for (int step = 1; step <= 4; ++step) {
+    const std::vector<int64_t> ids = Ids(me, step);
+    std::vector<float> out(ids.size() * kDim, NAN);
+    ASSERT_TRUE(table.Lookup(ids, out.data()).ok());
+    for (size_t i = 0; i < ids.size(); ++i)
+      for (int64_t d = 0; d < kDim; ++d) {
+        ASSERT_NEAR(out[i * kDim + d], whole.values[ids[i] * kDim + d], 1e-5)
+            << "step " << step << " id " << ids[i];
+      }
+    const std::vector<float> dout = Dout(me, step, ids.size());
+    ASSERT_TRUE(table.Backward(dout.data()).ok());
+    std::map<int64_t, std::vector<double>> grads;
+    for (int q = 0; q < p; ++q) {
+      const std::vector<int64_t> qids = Ids(q, step);
+      const std::vector<float> qd = Dout(q, step, qids.size());
+      for (size_t i = 0; i < qids.size(); ++i) {
+        std::vector<double>& g = grads[qids[i]];
+        g.resize(kDim, 0.0);
+        for (int64_t d = 0; d < kDim; ++d) g[d] += qd[i * kDim + d];
+      }
+    }
+    // The owner holds the touched rows' summed gradients, and only those.
+    for (const auto& [row, g] : table.touched()) {
+      ASSERT_TRUE(grads.count(row)) << row;
+      for (int64_t d = 0; d < kDim; ++d) ASSERT_NEAR(g[d], grads[row][d], 1e-5);
+    }
+    int64_t owned_touched = 0;
+    for (const auto& entry : grads) owned_touched += table.Owner(entry.first) == me;
+    ASSERT_EQ(static_cast<int64_t>(table.touched().size()), owned_touched);
+    table.Step(options, step);
+    whole.Step(grads, options, step);
+    for (int64_t row = table.first_row(); row < table.end_row(); ++row)
+      for (int64_t d = 0; d < kDim; ++d) {
+        ASSERT_NEAR(table.local_rows()[(row - table.first_row()) * kDim + d],
+                    whole.values[row * kDim + d], 1e-5)
+            << "after step " << step << ", row " << row;
+      }
+  }
+  // Rows no rank looked up never moved from their initial values.
+  WholeTable initial;
+  for (int64_t row = std::max<int64_t>(30, table.first_row()); row < table.end_row(); ++row) {
+    EXPECT_EQ(table.local_rows()[(row - table.first_row()) * kDim],
+              static_cast<float>(initial.values[row * kDim]));
+  }
+}
+
+TEST(RowShardedTable, LookupsAndSparseAdamMatchOneTableWithAdamOnTouchedRows) {
+  SparseOptimizerOptions options;
+  options.lr = 0.05;
+  RunSteps(options);
+}
+
+TEST(RowShardedTable, RowwiseAdagradMatchesOneTable) {
+  SparseOptimizerOptions options;
+  options.kind = SparseOptimizerOptions::Kind::kRowwiseAdagrad;
+  options.lr = 0.1;
+  RunSteps(options);
+}
+
+TEST(RowShardedTable, AnIdOutsideTheTableIsADataErrorNamingIt) {
+  auto world = World();
+  RowShardedTable table(*world, "items", kRows, kDim, kStd);
+  std::vector<float> out(kDim);
+  const std::vector<int64_t> bad = {kRows};
+  const absl::Status status = table.Lookup(bad, out.data());  // no collective is started
+  EXPECT_EQ(ExitCodeFor(status), 3);
+  EXPECT_NE(std::string(status.message()).find("id 37 is outside [0, 37)"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace tessera::parallel
+
+int main(int argc, char** argv) { return tessera::parallel::testing::RunMpiTests(argc, argv); }
