@@ -17,6 +17,7 @@ commands:
   sample    generate images from a trained run     (tessera sample --help)
   data      import, synthesize and verify data     (tessera data --help)
   ckpt      list, show, verify, diff and export checkpoints (tessera ckpt --help)
+  recommend top items for a user of an HSTU run    (tessera recommend --help)
 
 exit codes: 0 done, 2 usage or config error, 3 data error, 4 checkpoint error,
             5 communication failure, 6 numerical failure (NaN/Inf), 1 internal error,
@@ -42,6 +43,7 @@ int main(int argc, char** argv) {
   if (command == "sample") return tessera::SampleCommand(args);
   if (command == "data") return tessera::DataCommand(args);
   if (command == "ckpt") return tessera::CkptCommand(args);
+  if (command == "recommend") return tessera::RecommendCommand(args);
   std::fprintf(stderr, "tessera: error: unknown command \"%s\"\n\n%s", command.c_str(), kUsage);
   return 2;
 }

@@ -2,7 +2,8 @@
 # HSTU end to end on planted synthetic data: synthesize users who follow
 # hidden item cycles, train the tiny config, and check that the leave-one-out
 # evaluation written at the end ranks the held-out items far above chance;
-# data parallelism (dp2) against one process;
+# tessera recommend on the trained run; data parallelism (dp2) against one
+# process;
 # and the config and data errors a user can make.
 source "$(dirname "$0")/lib.sh"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
@@ -36,6 +37,19 @@ awk -v h="${hr:-0}" 'BEGIN { exit !(h > 0.4) }' && [ "$users" = 400 ] \
   || fail "test HR@10 ${hr:-missing} over ${users:-?} users: $(cat "$WORK/run/final_metrics.json")"
 grep -qE "^test \(400 users, full ranking\): HR@10" "$WORK/train.txt" && pass "test line printed" \
   || fail "no test line"
+
+# tessera recommend: user 3 of this data ends with item 171 of the cycle
+# 1, 11, …, 191 of cluster 1 (seed 1), so the planted next item is 181.
+"$TESSERA" recommend --run "$WORK/run" --user 3 --top 5 > "$WORK/rec.txt" 2>&1 \
+  && grep -q "^user 3: 29 events; top 5 items" "$WORK/rec.txt" \
+  && [ "$(grep -cE '^ +[0-9]+ +[0-9]+ +[-0-9.]+$' "$WORK/rec.txt")" -eq 5 ] \
+  && grep -qE '^ +[1-5] +181 ' "$WORK/rec.txt" \
+  && pass "recommend: the planted next item 181 in user 3's top 5" \
+  || { fail "recommend"; cat "$WORK/rec.txt"; }
+expect_exit "recommend for an unknown user" 2 "has no user 99999" -- \
+  "$TESSERA" recommend --run "$WORK/run" --user 99999
+expect_exit "recommend without --user" 2 "--user ID are required" -- \
+  "$TESSERA" recommend --run "$WORK/run"
 
 # Data parallelism against one process on the same global batch: two replicas
 # of two micro-batches each must give the same losses and weights (the loss
