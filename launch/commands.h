@@ -15,6 +15,7 @@ int SampleCommand(const std::vector<std::string>& args);
 int DataCommand(const std::vector<std::string>& args);
 int CkptCommand(const std::vector<std::string>& args);
 int RecommendCommand(const std::vector<std::string>& args);
+int DebugCommand(const std::vector<std::string>& args);
 
 // Prints "tessera: error: <message>" to stderr and returns the status's exit code.
 int ReportError(const absl::Status& status);

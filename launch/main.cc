@@ -18,6 +18,8 @@ commands:
   data      import, synthesize and verify data     (tessera data --help)
   ckpt      list, show, verify, diff and export checkpoints (tessera ckpt --help)
   recommend top items for a user of an HSTU run    (tessera recommend --help)
+  debug     numerics dump of one step for comparison with another implementation
+            (tessera debug --help)
 
 exit codes: 0 done, 2 usage or config error, 3 data error, 4 checkpoint error,
             5 communication failure, 6 numerical failure (NaN/Inf), 1 internal error,
@@ -44,6 +46,7 @@ int main(int argc, char** argv) {
   if (command == "data") return tessera::DataCommand(args);
   if (command == "ckpt") return tessera::CkptCommand(args);
   if (command == "recommend") return tessera::RecommendCommand(args);
+  if (command == "debug") return tessera::DebugCommand(args);
   std::fprintf(stderr, "tessera: error: unknown command \"%s\"\n\n%s", command.c_str(), kUsage);
   return 2;
 }

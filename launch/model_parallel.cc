@@ -5,6 +5,8 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "google/protobuf/descriptor.h"
+#include "google/protobuf/message.h"
 #include "runtime/base/errors.h"
 #include "runtime/base/status.h"
 
@@ -109,8 +111,33 @@ absl::Status ApplyPieces(const std::string& bytes, int from_rank, ParameterStore
 
 }  // namespace
 
-bool NeedsModelParallel(const parallel::MeshShape& shape) {
-  return shape.tp > 1 || shape.sp > 1 || shape.ep > 1;
+namespace {
+// Whether `message` or any message inside it is a MoeConfig with the
+// GLOBAL_BATCH balance scope (by reflection: launch/ names no model).
+bool AsksGlobalBalance(const google::protobuf::Message& message) {
+  if (const auto* moe = dynamic_cast<const MoeConfig*>(&message)) {
+    return moe->balance_scope() == MoeConfig::GLOBAL_BATCH;
+  }
+  std::vector<const google::protobuf::FieldDescriptor*> fields;
+  const google::protobuf::Reflection* reflection = message.GetReflection();
+  reflection->ListFields(message, &fields);
+  for (const auto* field : fields) {
+    if (field->cpp_type() != google::protobuf::FieldDescriptor::CPPTYPE_MESSAGE) continue;
+    if (field->is_repeated()) {
+      for (int i = 0; i < reflection->FieldSize(message, field); ++i) {
+        if (AsksGlobalBalance(reflection->GetRepeatedMessage(message, field, i))) return true;
+      }
+    } else if (AsksGlobalBalance(reflection->GetMessage(message, field))) {
+      return true;
+    }
+  }
+  return false;
+}
+}  // namespace
+
+bool NeedsModelParallel(const RunConfig& config, const parallel::MeshShape& shape) {
+  if (shape.tp > 1 || shape.sp > 1 || shape.ep > 1) return true;
+  return shape.dp > 1 && AsksGlobalBalance(config);
 }
 
 absl::StatusOr<std::unique_ptr<ModelParallelGroups>> BuildModelParallelGroups(
@@ -129,10 +156,12 @@ absl::StatusOr<std::unique_ptr<ModelParallelGroups>> BuildModelParallelGroups(
   TESSERA_ASSIGN_OR_RETURN(groups->sp, make(GroupKind::kSequence));
   TESSERA_ASSIGN_OR_RETURN(groups->ep, make(GroupKind::kExpert));
   TESSERA_ASSIGN_OR_RETURN(groups->tp_sp, make(GroupKind::kTensorSequence));
+  TESSERA_ASSIGN_OR_RETURN(groups->dp, make(GroupKind::kData));
   groups->view.tp = groups->tp.get();
   groups->view.sp = groups->sp.get();
   groups->view.ep = groups->ep.get();
   groups->view.tp_sp = groups->tp_sp.get();
+  groups->view.dp = groups->dp.get();
   groups->view.sequence_parallel = config.parallel().sequence_parallel();
   return groups;
 }

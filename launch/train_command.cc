@@ -122,7 +122,7 @@ absl::Status TrainRun(const RunConfig& config, Distributed& distributed) {
   TESSERA_RETURN_IF_ERROR(CheckTrainingMemoryFits(config, world_size, distributed.local_size));
   if (distributed.mpi) TESSERA_RETURN_IF_ERROR(BuildGroups(config, distributed));
   std::unique_ptr<ModelParallelGroups> model_parallel;
-  if (distributed.mesh && NeedsModelParallel(distributed.mesh->shape())) {
+  if (distributed.mesh && NeedsModelParallel(config, distributed.mesh->shape())) {
     TESSERA_ASSIGN_OR_RETURN(model_parallel, BuildModelParallelGroups(config, distributed));
   }
   ConfigureThreads(config, distributed.local_size);

@@ -12,9 +12,15 @@ struct ModelParallel {
   Communicator* sp = nullptr;     // sequence shards (Ulysses, Mamba state passing)
   Communicator* ep = nullptr;     // experts
   Communicator* tp_sp = nullptr;  // one replica's ranks (tp x sp): a replica's whole token set
+  // The data-parallel replicas: the ranks with this rank's tp and sp
+  // coordinates (MoE balance counts over the global batch).
+  Communicator* dp = nullptr;
   bool sequence_parallel = false;  // Megatron SP along tp
   int tp_size() const { return tp->size(); }
   int sp_size() const { return sp->size(); }
+  // Whether the layout splits the model (tp, sp or ep > 1); a ModelParallel
+  // may also be handed to a data-parallel-only model for its dp group.
+  bool splits_model() const { return tp_size() > 1 || sp_size() > 1 || ep->size() > 1; }
 };
 
 }  // namespace tessera::parallel

@@ -10,7 +10,7 @@
 #
 # SCRIPT defaults to every bad-input script in tests/e2e (bad_input,
 # trusted_inputs, data_inputs, checkpoints, failures, fault_matrix,
-# data_parallel, model_parallel; slurm and slurm_requeue when sbatch is
+# data_parallel, model_parallel, dump_step; slurm and slurm_requeue when sbatch is
 # there). Prints one row per family (cases, ok, failed, the exit codes the
 # cases name) as a Markdown table, then every failed case; exits 1 if any
 # case failed. Takes about 10 minutes on 2 cores. With LIST=1 every case is
@@ -25,7 +25,7 @@ source_dir=$(cd "$(dirname "$0")/.." && pwd)
 scripts=("$@")
 if [ ${#scripts[@]} -eq 0 ]; then
   for name in bad_input trusted_inputs data_inputs checkpoints failures fault_matrix \
-              data_parallel model_parallel; do
+              data_parallel model_parallel dump_step; do
     [ -f "$source_dir/tests/e2e/$name.sh" ] && scripts+=("$source_dir/tests/e2e/$name.sh")
   done
   if command -v sbatch > /dev/null; then
@@ -58,6 +58,7 @@ function family(script, line,   l) {
   l = tolower(script " " l)
   if (l ~ /sigterm|sigint|sigusr1|signal|ctrl-c|exit 75|exit 130/) return "signals"
   if (script ~ /^(data|model)_parallel$/) return "launches (MPI, Slurm, faults)"
+  if (script == "dump_step" && l ~ /(tp2|sp2|ep2|one-process|another seed) dump|dump with another seed/) return "launches (MPI, Slurm, faults)"
   if (l ~ /slurm|srun|sbatch|requeue|mpirun|mpmd|ranks? (with|named|killed|hangs|[0-9])|world size|layout|killed|hang|watchdog|forged|np[0-9]|[0-9] of [0-9]+ ranks|different config|train\.steps = /) return "launches (MPI, Slurm, faults)"
   if (l ~ /ckpt|checkpoint|manifest\.pb|resume|step_|latest|rank_0|num_ranks|sampler|superseded|fallback|corrupt piece|other model/) return "checkpoints"
   if (l ~ /shard|data verify|verify|synth|import|idx|label|token|vocab|interaction|item|rating|timestamp|loss_mask|data dir|data directory|data error|data set|dataset|data\.|manifest/) return "data shards"

@@ -36,9 +36,6 @@ void CheckSizes(const MoeConfig& moe, const std::string& prefix, ConfigChecker& 
   check.Expect(moe.capacity_factor() >= 0,
                absl::StrCat(field("capacity_factor", moe.capacity_factor()),
                             " must be >= 0 (0 means dropless)"));
-  check.Expect(moe.balance_scope() != MoeConfig::GLOBAL_BATCH,
-               absl::StrCat(prefix, ".balance_scope=GLOBAL_BATCH is not implemented yet; use "
-                                    "MICRO_BATCH"));
   check.Expect(moe.balance_loss_coef() >= 0,
                absl::StrCat(field("balance_loss_coef", moe.balance_loss_coef()),
                             " must be >= 0"));

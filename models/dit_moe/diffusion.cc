@@ -19,7 +19,8 @@ Diffusion::Diffusion(const DitMoeConfig& config) : objective_(config.objective()
 
 DiffusionExample Diffusion::MakeExample(Arena& arena, const Tensor& images, const int32_t* labels,
                                         const int64_t* sample_ids, float class_dropout,
-                                        int32_t null_label, uint64_t seed, int64_t step) const {
+                                        int32_t null_label, uint64_t seed, int64_t step,
+                                        bool keep_noise) const {
   const int64_t B = images.dim(0), per_image = images.numel() / B;
   DiffusionExample ex;
   ex.noisy = arena.AllocateUninitialized(DType::kF32, images.shape());
@@ -33,6 +34,8 @@ DiffusionExample Diffusion::MakeExample(Arena& arena, const Tensor& images, cons
   const float* x = host_images.data<float>();
   float* z = host_noisy.data<float>();
   float* target = host_target.data<float>();
+  if (keep_noise) ex.noise = Tensor::Empty(DType::kF32, images.shape());
+  float* noise = keep_noise ? ex.noise.data<float>() : nullptr;
   for (int64_t b = 0; b < B; ++b) {
     Rng rng(seed, Mix64(static_cast<uint64_t>(step)) ^ Mix64(~static_cast<uint64_t>(sample_ids[b])));
     ex.labels[b] = rng.Uniform() < class_dropout ? null_label : labels[b];
@@ -42,6 +45,7 @@ DiffusionExample Diffusion::MakeExample(Arena& arena, const Tensor& images, cons
       ex.t[b] = static_cast<float>(t * 1000.0);
       for (int64_t i = 0; i < per_image; ++i) {
         const float eps = rng.Normal();
+        if (noise) noise[base + i] = eps;
         z[base + i] = static_cast<float>((1 - t) * x[base + i] + t * eps);
         target[base + i] = eps - x[base + i];
       }
@@ -51,6 +55,7 @@ DiffusionExample Diffusion::MakeExample(Arena& arena, const Tensor& images, cons
       const double a = std::sqrt(alpha_bar_[step]), s = std::sqrt(1 - alpha_bar_[step]);
       for (int64_t i = 0; i < per_image; ++i) {
         const float eps = rng.Normal();
+        if (noise) noise[base + i] = eps;
         z[base + i] = static_cast<float>(a * x[base + i] + s * eps);
         target[base + i] = eps;
       }

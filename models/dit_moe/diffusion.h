@@ -23,6 +23,9 @@ struct DiffusionExample {
   Tensor target;                // [B, C, H, W] regression target
   std::vector<float> t;         // [B] model time units
   std::vector<int32_t> labels;  // [B] after label dropout (null label = num_classes)
+  // [B, C, H, W] the noise drawn, on the host; only when MakeExample is asked
+  // to keep it (the numerics dump).
+  Tensor noise;
 };
 
 class Diffusion {
@@ -35,7 +38,8 @@ class Diffusion {
   // ranks draws the same numbers for the same sample.
   DiffusionExample MakeExample(Arena& arena, const Tensor& images, const int32_t* labels,
                                const int64_t* sample_ids, float class_dropout,
-                               int32_t null_label, uint64_t seed, int64_t step) const;
+                               int32_t null_label, uint64_t seed, int64_t step,
+                               bool keep_noise = false) const;
 
   // Generates images [n, C, H, W] for `labels` (one per image), starting from
   // noise drawn from `rng`. Runs the model without recording.

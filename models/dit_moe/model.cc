@@ -73,7 +73,14 @@ DitMoe::DitMoe(const DitMoeConfig& config, const DitMoeDims& dims, ParameterStor
       stack_(store.backend()) {
   const int64_t T = dims.tokens();
   local_tokens_ = T;
-  if (mp != nullptr) {
+  if (mp != nullptr && mp->dp != nullptr && mp->dp->size() > 1) {
+    // GLOBAL_BATCH balance counts: summed over the data-parallel replicas.
+    global_balance_ = GlobalBalanceCounts([dp = mp->dp](std::vector<int64_t>& values) {
+      return dp->Complete(
+          dp->AllReduce(values.data(), values.size(), DType::kI64, parallel::ReduceOp::kSum));
+    });
+  }
+  if (mp != nullptr && mp->splits_model()) {
     parallel_ = true;
     mp_ = *mp;
     // Chunk sp_rank of T/sp tokens, and under Megatron SP chunk tp_rank of
@@ -92,7 +99,8 @@ DitMoe::DitMoe(const DitMoeConfig& config, const DitMoeDims& dims, ParameterStor
 absl::Status DitMoe::Build(ParameterStore& store) {
   const ModelParallel* mp = parallel_ ? &mp_ : nullptr;
   param_ranges_.emplace_back(0, store.size());
-  const MoeLayer::Options moe = MoeLayerOptions(config_.moe(), MoeDefaults(config_));
+  MoeLayer::Options moe = MoeLayerOptions(config_.moe(), MoeDefaults(config_));
+  if (config_.moe().balance_scope() == MoeConfig::GLOBAL_BATCH) moe.global_balance = &global_balance_;
   recompute_.assign(dims_.depth, config_.recompute());
   for (int64_t i = 0; i < dims_.depth; ++i) {
     const int first = store.size();
@@ -111,6 +119,9 @@ absl::Status DitMoe::Build(ParameterStore& store) {
 
 absl::StatusOr<Tensor> DitMoe::ForwardRows(Arena& arena, const Tensor& x, const float* t,
                                            const int32_t* labels, bool record) {
+  // Training forwards count the global batch's routing (GLOBAL_BATCH scope);
+  // sampling and evaluation count their own tokens, with no collective.
+  global_balance_.set_active(record);
   const int64_t B = x.dim(0), S = local_tokens_, D = dims_.hidden;
   if (x.rank() != 4 || x.dim(1) != dims_.channels || x.dim(2) != dims_.input_size ||
       x.dim(3) != dims_.input_size) {

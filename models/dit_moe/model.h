@@ -17,6 +17,7 @@
 #include "models/dit_moe/embedders.h"
 #include "runtime/config/config.pb.h"
 #include "runtime/nn/block_stack.h"
+#include "runtime/nn/moe.h"
 #include "runtime/nn/tape.h"
 
 namespace tessera::dit_moe {
@@ -34,7 +35,8 @@ class DitMoe {
  public:
   // Registers every parameter in `store` (which the caller then finalizes).
   // `mp`: the model-parallel layout (sublayers.h); null for one process or
-  // data parallelism alone. The model keeps a copy.
+  // data parallelism alone (or a ModelParallel whose tp, sp and ep are 1,
+  // for its dp group). The model keeps a copy.
   static absl::StatusOr<std::unique_ptr<DitMoe>> Create(const DitMoeConfig& config,
                                                         ParameterStore& store,
                                                         const ModelParallel* mp = nullptr);
@@ -67,6 +69,10 @@ class DitMoe {
   // the replica's is their sum. 1 and no-op otherwise.
   double loss_share() const { return loss_share_; }
   absl::Status SumLossOverTensorGroup(double* loss) const;
+
+  // Before an optimizer step's first micro-batch: the MoE balance counts of
+  // MoeConfig's GLOBAL_BATCH scope start again.
+  void BeginStep() { global_balance_.BeginStep(); }
 
   // Of the last Forward.
   double balance_loss() const;
@@ -109,6 +115,7 @@ class DitMoe {
 
   DitMoeConfig config_;
   DitMoeDims dims_;
+  GlobalBalanceCounts global_balance_;  // the MoE layers' GLOBAL_BATCH counts
   bool parallel_ = false;
   ModelParallel mp_;
   int64_t first_token_ = 0, local_tokens_ = 0;

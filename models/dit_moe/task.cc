@@ -1,5 +1,7 @@
 #include "models/dit_moe/task.h"
 
+#include "models/dit_moe/step_record.h"
+
 #include <algorithm>
 #include <cstring>
 
@@ -59,6 +61,7 @@ DitMoeTask::DitMoeTask(const RunConfig& config, DitMoe& model,
 absl::StatusOr<MicroBatchResult> DitMoeTask::RunMicroBatch(Arena& arena, int64_t step, int micro,
                                                            float loss_scale) {
   if (micro == 0) {
+    model_.BeginStep();
     TESSERA_ASSIGN_OR_RETURN(batch_, reader_->Next());
     position_ = batch_.state_after;
     step_load_sum_.clear();
@@ -91,13 +94,18 @@ absl::StatusOr<MicroBatchResult> DitMoeTask::RunMicroBatch(Arena& arena, int64_t
   const DitMoeConfig& c = config_.dit_moe();
   DiffusionExample ex = diffusion_.MakeExample(
       arena, images, labels.data(), positions.data(), c.class_dropout_prob(),
-      static_cast<int32_t>(model_.null_label()), config_.train().seed(), step);
+      static_cast<int32_t>(model_.null_label()), config_.train().seed(), step,
+      /*keep_noise=*/step_recorder() != nullptr);
 
   // The prediction and the target as this rank's output rows (all of them
   // on one process; a sequence shard under sp or Megatron SP).
   TESSERA_ASSIGN_OR_RETURN(Tensor prediction,
                            model_.ForwardRows(arena, ex.noisy, ex.t.data(), ex.labels.data()));
   const Tensor target = model_.LocalRows(arena, ex.target);
+  if (step_recorder() != nullptr) {
+    RecordDiffusionStep(*step_recorder(), model_, config_.train().global_batch(), images, labels,
+                        positions, ex, prediction);
+  }
   const int64_t n = prediction.numel();
   // Under Megatron SP this rank's loss is its share of the replica's.
   const double loss_share = model_.loss_share();

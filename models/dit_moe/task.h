@@ -30,6 +30,7 @@ class DitMoeTask : public TrainTask {
   std::string MetricsJsonFields() const override;
   std::string LogSuffix() const override;
   void EndStep() override;
+  bool RecordsSteps() const override { return true; }
   std::pair<int64_t, int64_t> DataPosition() const override {
     return {position_.epoch, position_.position};
   }

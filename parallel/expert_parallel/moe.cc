@@ -250,8 +250,14 @@ absl::Status ExpertParallelMoe::ComputeGroupBalance(const std::vector<int64_t>& 
     }
     global_tokens_ += st[2 * E];
   }
-  BalanceStatistics balance =
-      ComputeBalance(global_counts, prob_sums, global_tokens_, k, options_.balance_loss_coef);
+  // GLOBAL_BATCH: f_i over every replica's tokens (P_i stays the group's).
+  int64_t count_tokens = global_tokens_;
+  GlobalBalanceCounts* global = options_.global_balance;
+  if (global != nullptr && global->active()) {
+    TESSERA_RETURN_IF_ERROR(global->Accumulate(balance_totals_, global_counts, count_tokens));
+  }
+  BalanceStatistics balance = ComputeBalance(global_counts, count_tokens, prob_sums,
+                                             global_tokens_, k, options_.balance_loss_coef);
   balance_f_ = std::move(balance.f);
   expert_load_ = std::move(balance.load);
   balance_loss_ = balance.loss;

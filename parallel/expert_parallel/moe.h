@@ -33,6 +33,10 @@
 // tokens of one data-parallel micro-batch, which is what one process
 // computes the balance loss over (Megatron-Core's aux loss, likewise).
 //
+// With Options::global_balance (MoeConfig's GLOBAL_BATCH scope) f_i counts
+// the group's assignments summed over every data-parallel replica and the
+// step's micro-batches so far (GlobalBalanceCounts, runtime/nn/moe.h).
+//
 // Dropless by default. With capacity_factor c > 0 the drop policy is
 // per source rank (GShard's per-group capacity): each rank's assignments to
 // an expert beyond ceil(c * T_local * k / E) are dropped, first come, first
@@ -154,6 +158,7 @@ class ExpertParallelMoe {
   // recv_counts_[q * local + e]: rows from rank q for local expert e.
   std::vector<int64_t> recv_counts_;
   std::vector<double> balance_f_;
+  GlobalBalanceCounts::Totals balance_totals_;  // GLOBAL_BATCH scope
   double balance_loss_ = 0;
   std::vector<double> expert_load_;
   int64_t dropped_ = 0;

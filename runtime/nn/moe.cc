@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "runtime/base/status.h"
 #include "runtime/tensor/host_access.h"
 
 
@@ -32,7 +33,7 @@ MoeLayer::MoeLayer(ParameterStore& store, const std::string& name, int64_t dim,
   }
 }
 
-Tensor MoeLayer::Forward(Arena& arena, const Tensor& x) {
+absl::StatusOr<Tensor> MoeLayer::Forward(Arena& arena, const Tensor& x) {
   const int64_t T = x.dim(0), E = options_.num_experts, k = options_.top_k;
   tokens_ = T;
   Backend& backend = arena.backend();
@@ -51,16 +52,7 @@ Tensor MoeLayer::Forward(Arena& arena, const Tensor& x) {
   const float* probs = probs_host.data<float>();
 
   // Balance loss and load over the greedy top-k choice (before any drop).
-  std::vector<int64_t> counts(E, 0);
-  for (int64_t a = 0; a < T * k; ++a) ++counts[index[a]];
-  std::vector<double> prob_sums(E, 0.0);
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t e = 0; e < E; ++e) prob_sums[e] += probs[t * E + e];
-  BalanceStatistics balance =
-      ComputeBalance(counts, prob_sums, T, k, options_.balance_loss_coef);
-  balance_f_ = std::move(balance.f);
-  expert_load_ = std::move(balance.load);
-  balance_loss_ = balance.loss;
+  TESSERA_RETURN_IF_ERROR(ComputeLayerBalance(index, probs, T));
 
   weights_ = CombineWeights(arena, raw_weights_, T, k, options_.renormalize_topk);
 
@@ -96,6 +88,42 @@ Tensor MoeLayer::Forward(Arena& arena, const Tensor& x) {
   backend.UnpermuteCombineForward(expert_out_.ptr<float>(), row_of_assignment_.ptr<int32_t>(),
                                weights_.ptr<float>(), y.ptr<float>(), T, dim_, k);
   return y;
+}
+
+absl::Status MoeLayer::ComputeLayerBalance(const int32_t* index, const float* probs, int64_t T) {
+  const int64_t E = options_.num_experts, k = options_.top_k;
+  std::vector<int64_t> counts(E, 0);
+  for (int64_t a = 0; a < T * k; ++a) ++counts[index[a]];
+  std::vector<double> prob_sums(E, 0.0);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t e = 0; e < E; ++e) prob_sums[e] += probs[t * E + e];
+  int64_t count_tokens = T;
+  GlobalBalanceCounts* global = options_.global_balance;
+  if (global != nullptr && global->active()) {
+    TESSERA_RETURN_IF_ERROR(global->Accumulate(balance_totals_, counts, count_tokens));
+  }
+  BalanceStatistics balance =
+      ComputeBalance(counts, count_tokens, prob_sums, T, k, options_.balance_loss_coef);
+  balance_f_ = std::move(balance.f);
+  expert_load_ = std::move(balance.load);
+  balance_loss_ = balance.loss;
+  return absl::OkStatus();
+}
+
+absl::Status GlobalBalanceCounts::Accumulate(Totals& totals, std::vector<int64_t>& counts,
+                                             int64_t& tokens) const {
+  // One vector [counts | tokens] per forward: one collective.
+  std::vector<int64_t> values(counts);
+  values.push_back(tokens);
+  if (sum_) TESSERA_RETURN_IF_ERROR(sum_(values));
+  if (totals.step != step_) {
+    totals.step = step_;
+    totals.counts.assign(counts.size(), 0);
+    totals.tokens = 0;
+  }
+  for (size_t e = 0; e < counts.size(); ++e) counts[e] = totals.counts[e] += values[e];
+  tokens = totals.tokens += values.back();
+  return absl::OkStatus();
 }
 
 Tensor MoeLayer::Backward(Arena& arena, const Tensor& dy, float loss_scale) {
@@ -145,19 +173,21 @@ int64_t ApplyCapacity(float capacity_factor, int64_t tokens, int64_t k, int64_t 
   return dropped;
 }
 
-BalanceStatistics ComputeBalance(const std::vector<int64_t>& counts,
-                                 const std::vector<double>& prob_sums, int64_t tokens,
+BalanceStatistics ComputeBalance(const std::vector<int64_t>& counts, int64_t count_tokens,
+                                 const std::vector<double>& prob_sums, int64_t prob_tokens,
                                  int64_t k, double coef) {
   const int64_t E = static_cast<int64_t>(counts.size());
   BalanceStatistics out;
   out.f.assign(E, 0.0);
   out.load.assign(E, 0.0);
   for (int64_t e = 0; e < E; ++e) {
-    const double share =
-        tokens == 0 ? 0.0 : static_cast<double>(counts[e]) / static_cast<double>(tokens * k);
+    const double share = count_tokens == 0 ? 0.0
+                                           : static_cast<double>(counts[e]) /
+                                                 static_cast<double>(count_tokens * k);
     out.load[e] = share;
     out.f[e] = share * static_cast<double>(E);
-    const double mean_prob = tokens > 0 ? prob_sums[e] / static_cast<double>(tokens) : prob_sums[e];
+    const double mean_prob =
+        prob_tokens > 0 ? prob_sums[e] / static_cast<double>(prob_tokens) : prob_sums[e];
     out.loss += coef * out.f[e] * mean_prob;
   }
   return out;

@@ -19,27 +19,72 @@
 // its other experts).
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
 
 #include "runtime/nn/linear.h"
 #include "runtime/nn/swiglu_mlp.h"
 
 namespace tessera {
 
-// Balance statistics of a set of `tokens` tokens routed top-k: from the
-// assignments per expert and the sums of router probabilities per expert,
-// f_i = E * counts_i / (tokens * k), the load counts_i / (tokens * k), and
-// the loss alpha * sum_i f_i * (prob_sums_i / tokens). Shared by MoeLayer
-// (its own tokens) and the expert-parallel layer (all ranks' tokens).
+// Balance statistics of tokens routed top-k: from the assignments per expert
+// over `count_tokens` tokens, f_i = E * counts_i / (count_tokens * k) and the
+// load counts_i / (count_tokens * k); from the sums of router probabilities
+// per expert over `prob_tokens` tokens, P_i = prob_sums_i / prob_tokens; the
+// loss alpha * sum_i f_i * P_i. The two token sets are the same forward's
+// tokens except under MoeConfig's GLOBAL_BATCH scope (GlobalBalanceCounts).
+// Shared by MoeLayer (its own tokens) and the expert-parallel layer (a
+// group's tokens).
 struct BalanceStatistics {
   std::vector<double> f, load;
   double loss = 0;
 };
-BalanceStatistics ComputeBalance(const std::vector<int64_t>& counts,
-                                 const std::vector<double>& prob_sums, int64_t tokens,
+BalanceStatistics ComputeBalance(const std::vector<int64_t>& counts, int64_t count_tokens,
+                                 const std::vector<double>& prob_sums, int64_t prob_tokens,
                                  int64_t k, double coef);
+
+// MoeConfig.balance_scope = GLOBAL_BATCH (docs/config.md): the counts f_i is
+// formed from (assignments per expert, and tokens) are summed over every
+// data-parallel replica and accumulated over the optimizer step's
+// micro-batches so far, as Megatron-Core's global aux loss does; P_i and
+// its gradient stay the forward's own. One per model, shared by its MoE
+// layers; each layer keeps its own running totals. Every replica must run
+// the same forwards in the same order while it is active (the sum is a
+// collective).
+class GlobalBalanceCounts {
+ public:
+  // Sums a host vector over the data-parallel replicas in place, the same on
+  // every rank; null for one replica.
+  using SumOverReplicas = std::function<absl::Status(std::vector<int64_t>& values)>;
+  explicit GlobalBalanceCounts(SumOverReplicas sum = nullptr) : sum_(std::move(sum)) {}
+
+  // A new optimizer step: the running totals start again.
+  void BeginStep() { ++step_; }
+  // Off for forwards that are not training's (sampling, evaluation): they
+  // count their own tokens only and make no collective call.
+  void set_active(bool active) { active_ = active; }
+  bool active() const { return active_; }
+
+  // One layer's running totals.
+  struct Totals {
+    int64_t step = -1;
+    std::vector<int64_t> counts;  // [E]
+    int64_t tokens = 0;
+  };
+  // `counts` [E] and `tokens` of one forward's balance token set become the
+  // totals over every replica and this step's micro-batches so far.
+  absl::Status Accumulate(Totals& totals, std::vector<int64_t>& counts, int64_t& tokens) const;
+
+ private:
+  SumOverReplicas sum_;
+  int64_t step_ = 0;
+  bool active_ = true;
+};
 
 // The combine weights [T*k]: the raw top-k probabilities, or (renormalize,
 // k > 1) those divided by their sum per token.
@@ -89,12 +134,17 @@ class MoeLayer {
     float balance_loss_coef = 0.01f;
     bool renormalize_topk = false;
     float capacity_factor = 0;         // 0: dropless
+    // GLOBAL_BATCH balance scope (not owned; must outlive the layer); null:
+    // the forward's own tokens (MICRO_BATCH).
+    GlobalBalanceCounts* global_balance = nullptr;
   };
 
   MoeLayer(ParameterStore& store, const std::string& name, int64_t dim, const Options& options);
 
-  // x: [tokens, dim] -> [tokens, dim]. Computes the balance loss of these tokens.
-  Tensor Forward(Arena& arena, const Tensor& x);
+  // x: [tokens, dim] -> [tokens, dim]. Computes the balance loss of these
+  // tokens (f_i over the global batch with Options::global_balance, whose
+  // collective is the only way this fails).
+  absl::StatusOr<Tensor> Forward(Arena& arena, const Tensor& x);
   // loss_scale: the factor this forward's losses enter the total loss with
   // (1/micro-batches); applied to the balance loss gradient.
   Tensor Backward(Arena& arena, const Tensor& dy, float loss_scale);
@@ -109,8 +159,13 @@ class MoeLayer {
   int64_t num_experts() const { return options_.num_experts; }
 
  private:
+  // The balance loss and load of the router's choice `index` [T*k] (before
+  // drops) and `probs` [T, E].
+  absl::Status ComputeLayerBalance(const int32_t* index, const float* probs, int64_t T);
+
   int64_t dim_;
   Options options_;
+  GlobalBalanceCounts::Totals balance_totals_;
   Linear router_;
   std::vector<std::unique_ptr<SwigluMlp>> experts_;
   std::unique_ptr<SwigluMlp> shared_;

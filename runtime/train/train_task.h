@@ -12,6 +12,7 @@
 
 #include "absl/status/statusor.h"
 #include "runtime/tensor/arena.h"
+#include "runtime/train/step_recorder.h"
 
 namespace tessera {
 
@@ -59,6 +60,13 @@ class TrainTask {
   // sampler's epoch and its position in global samples within that epoch.
   virtual std::pair<int64_t, int64_t> DataPosition() const { return {0, 0}; }
 
+  // The numerics dump (tessera debug dump-step): a task that returns true
+  // records, while a recorder is set, every input of its micro-batches
+  // (random draws included) and their outputs, under global names and
+  // shapes (runtime/train/step_recorder.h, docs/debugging.md).
+  virtual bool RecordsSteps() const { return false; }
+  void set_step_recorder(StepRecorder* recorder) { recorder_ = recorder; }
+
   // Called between each micro-batch's forward and backward pass (the
   // trainer's test-only fault injection at phase "backward").
   void set_backward_hook(std::function<void()> hook) { backward_hook_ = std::move(hook); }
@@ -67,9 +75,11 @@ class TrainTask {
   void BeforeBackward() const {
     if (backward_hook_) backward_hook_();
   }
+  StepRecorder* step_recorder() const { return recorder_; }
 
  private:
   std::function<void()> backward_hook_;
+  StepRecorder* recorder_ = nullptr;
 };
 
 }  // namespace tessera

@@ -143,7 +143,7 @@ void CheckMoe(const MoeLayer::Options& options) {
   check.tolerance = 3e-2;
   check.floor = 3e-2;  // fp32 loss noise is ~3e-4 absolute at this step
   CheckLayer(store,
-             {[&](Arena& a, const Tensor& x) { return moe.Forward(a, x); },
+             {[&](Arena& a, const Tensor& x) { return moe.Forward(a, x).value(); },
               [&](Arena& a, const Tensor& dy) { return moe.Backward(a, dy, 1.0f); },
               [&] { return moe.balance_loss(); }},
              RandomTensor(Shape{9, 6}, 3), Shape{9, 6}, check);
@@ -179,7 +179,7 @@ TEST(MoeLayer, ForwardMatchesPerTokenReference) {
   RandomizeParameters(store, 2);
   Tensor x = RandomTensor(Shape{9, 6}, 3);
   Arena arena;
-  Tensor y = moe.Forward(arena, x);
+  Tensor y = moe.Forward(arena, x).value();
   std::vector<float> got(y.data<float>(), y.data<float>() + y.numel());
 
   const float* router = store.param(*store.Find("moe.router.weight")).data<float>();
@@ -241,12 +241,86 @@ TEST(MoeLayer, ExpertsWithoutTokensAreANormalCase) {
   store.Finalize(1);
   Tensor x = RandomTensor(Shape{1, 6}, 3);  // one token: 6 of 8 experts idle
   Arena arena;
-  Tensor y = moe.Forward(arena, x);
+  Tensor y = moe.Forward(arena, x).value();
   Tensor dx = moe.Backward(arena, RandomTensor(Shape{1, 6}, 4), 1.0f);
   int idle = 0;
   for (double share : moe.expert_load()) idle += share == 0;
   EXPECT_EQ(idle, 6);
   for (int64_t i = 0; i < dx.numel(); ++i) EXPECT_TRUE(std::isfinite(dx.data<float>()[i]));
+}
+
+// GLOBAL_BATCH scope with one replica: the second micro-batch of a step
+// counts the assignments of both (its load is that of one forward over their
+// concatenation, the oracle); after BeginStep the count starts again.
+TEST(MoeLayer, GlobalBalanceCountsAccumulateOverTheStepsMicroBatches) {
+  GlobalBalanceCounts counts;
+  MoeLayer::Options options = SmallMoe();
+  options.global_balance = &counts;
+  ParameterStore store, oracle_store;
+  MoeLayer moe(store, "moe", 6, options);
+  MoeLayer oracle(oracle_store, "moe", 6, SmallMoe());
+  store.Finalize(1);
+  oracle_store.Finalize(1);
+  RandomizeParameters(store, 2);
+  RandomizeParameters(oracle_store, 2);
+  const Tensor x1 = RandomTensor(Shape{5, 6}, 3), x2 = RandomTensor(Shape{4, 6}, 4);
+  Tensor both = Tensor::Empty(DType::kF32, Shape{9, 6});
+  std::copy_n(x1.data<float>(), 30, both.data<float>());
+  std::copy_n(x2.data<float>(), 24, both.data<float>() + 30);
+  Arena arena;
+  counts.BeginStep();
+  ASSERT_TRUE(moe.Forward(arena, x1).ok());
+  ASSERT_TRUE(moe.Forward(arena, x2).ok());
+  ASSERT_TRUE(oracle.Forward(arena, both).ok());
+  ASSERT_EQ(moe.expert_load().size(), 4u);
+  for (int e = 0; e < 4; ++e) EXPECT_DOUBLE_EQ(moe.expert_load()[e], oracle.expert_load()[e]);
+
+  counts.BeginStep();
+  ASSERT_TRUE(moe.Forward(arena, x2).ok());
+  ASSERT_TRUE(oracle.Forward(arena, x2).ok());
+  for (int e = 0; e < 4; ++e) EXPECT_DOUBLE_EQ(moe.expert_load()[e], oracle.expert_load()[e]);
+  EXPECT_DOUBLE_EQ(moe.balance_loss(), oracle.balance_loss());
+
+  // Inactive (sampling, evaluation): the forward's own tokens only.
+  counts.set_active(false);
+  ASSERT_TRUE(moe.Forward(arena, x1).ok());
+  ASSERT_TRUE(oracle.Forward(arena, x1).ok());
+  for (int e = 0; e < 4; ++e) EXPECT_DOUBLE_EQ(moe.expert_load()[e], oracle.expert_load()[e]);
+}
+
+// The replicas' sum reaches f_i: a second replica holding the same tokens
+// doubles every count and the token count, leaving f_i (and the loss) as
+// one replica's; a failing sum is the forward's error.
+TEST(MoeLayer, GlobalBalanceCountsSumOverReplicasAndReportItsFailure) {
+  int calls = 0;
+  GlobalBalanceCounts twice([&calls](std::vector<int64_t>& values) {
+    ++calls;
+    for (int64_t& v : values) v *= 2;
+    return absl::OkStatus();
+  });
+  GlobalBalanceCounts broken([](std::vector<int64_t>&) {
+    return absl::UnavailableError("dp all-reduce timed out");
+  });
+  MoeLayer::Options options = SmallMoe();
+  options.global_balance = &twice;
+  ParameterStore store, oracle_store, broken_store;
+  MoeLayer moe(store, "moe", 6, options);
+  MoeLayer oracle(oracle_store, "moe", 6, SmallMoe());
+  options.global_balance = &broken;
+  MoeLayer failing(broken_store, "moe", 6, options);
+  for (ParameterStore* s : {&store, &oracle_store, &broken_store}) {
+    s->Finalize(1);
+    RandomizeParameters(*s, 2);
+  }
+  const Tensor x = RandomTensor(Shape{7, 6}, 3);
+  Arena arena;
+  ASSERT_TRUE(moe.Forward(arena, x).ok());
+  ASSERT_TRUE(oracle.Forward(arena, x).ok());
+  EXPECT_EQ(calls, 1);
+  EXPECT_DOUBLE_EQ(moe.balance_loss(), oracle.balance_loss());
+  const absl::Status status = failing.Forward(arena, x).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(status.message().find("dp all-reduce timed out"), std::string::npos);
 }
 
 }  // namespace
