@@ -12,10 +12,10 @@ struct ModelParallel {
   Communicator* sp = nullptr;     // sequence shards (Ulysses, Mamba state passing)
   Communicator* ep = nullptr;     // experts
   Communicator* tp_sp = nullptr;  // one replica's ranks (tp x sp): a replica's whole token set
+  bool sequence_parallel = false;  // Megatron SP along tp
   // The data-parallel replicas: the ranks with this rank's tp and sp
   // coordinates (MoE balance counts over the global batch).
   Communicator* dp = nullptr;
-  bool sequence_parallel = false;  // Megatron SP along tp
   int tp_size() const { return tp->size(); }
   int sp_size() const { return sp->size(); }
   // Whether the layout splits the model (tp, sp or ep > 1); a ModelParallel
