@@ -62,6 +62,9 @@ fi
 
 expect_exit "dump of an unknown model (no model section)" 2 "model" -- \
   "$TESSERA" debug dump-step --config /dev/null --out "$WORK/none.h5"
+printf 'not_a_model { depth: 2 }\n' > "$WORK/unknown_model.textproto"
+expect_exit "dump of an unknown model (a model section no family has)" 2 "not_a_model" -- \
+  "$TESSERA" debug dump-step --config "$WORK/unknown_model.textproto" --out "$WORK/none.h5"
 expect_exit "dump without --out" 2 "--out FILE.h5 is required" -- \
   "$TESSERA" debug dump-step "${common[@]}"
 expect_exit "debug with an unknown subcommand" 2 "unknown subcommand" -- \
