@@ -3,10 +3,14 @@
 // measured in the same run, and where the time goes: each layer kind timed
 // on its own at the model's shapes (forward + backward), times depth.
 //
-//   bench_train_step [threads] [steps]
+//   bench_train_step [threads] [steps] [fp32|bf16]
+//
+// bf16: the GEMMs run on bf16-rounded inputs with fp32 accumulation
+// (train.precision=bf16); the peak is then oneDNN's bf16 matmul rate.
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "models/dit_moe/diffusion.h"
@@ -50,6 +54,17 @@ Tensor Random(Shape shape, uint64_t seed) {
 int main(int argc, char** argv) {
   if (argc > 1) cpu::SetNumThreads(std::atoi(argv[1]));
   const int steps = argc > 2 ? std::atoi(argv[2]) : 5;
+  const bool bf16 = argc > 3 && std::string(argv[3]) == "bf16";
+  if (bf16) {
+    std::string note;
+    const absl::Status supported = HostBackend().CheckPrecision(MathPrecision::kBf16, &note);
+    if (!supported.ok()) {
+      std::printf("bf16: %s\n", std::string(supported.message()).c_str());
+      return 1;
+    }
+    if (!note.empty()) std::printf("bf16: %s\n", note.c_str());
+    HostBackend().set_gemm_precision(MathPrecision::kBf16);
+  }
   constexpr int64_t kBatch = 8;
 
   const DitMoeConfig config;  // config.proto's defaults are S/2-8E2A at 32x32x1
@@ -73,7 +88,8 @@ int main(int argc, char** argv) {
   std::printf("DiT-MoE-S/2-8E2A: %lld parameters, %d threads, batch %lld, %lld tokens/sample\n",
               static_cast<long long>(store.numel()), cpu::NumThreads(),
               static_cast<long long>(kBatch), static_cast<long long>(d.tokens()));
-  std::printf("reference: oneDNN sgemm n=1024: %.1f GFLOP/s\n", peak / 1e9);
+  std::printf("precision %s; reference: oneDNN %s GEMM n=1024: %.1f GFLOP/s\n",
+              bf16 ? "bf16" : "fp32", bf16 ? "bf16" : "fp32", peak / 1e9);
 
   Tensor images = Random(Shape{kBatch, 1, 32, 32}, 2);
   std::vector<int32_t> labels(kBatch);

@@ -9,6 +9,7 @@
 #include "models/registry.h"
 #include "parallel/model_parallel.h"
 #include "runtime/config/config.pb.h"
+#include "runtime/backend/backend.h"
 #include "runtime/nn/parameter.h"
 
 namespace tessera {
@@ -29,5 +30,10 @@ absl::StatusOr<BuiltModel> BuildModel(const RunConfig& config,
 // Sets the CPU threads from train.threads (0: this host's cores divided among
 // the `local_ranks` MPI ranks on it).
 void ConfigureThreads(const RunConfig& config, int local_ranks = 1);
+
+// Sets `backend`'s GEMM arithmetic from train.precision; a UsageError naming
+// the field when the device cannot run it (e.g. bf16 on a CPU without
+// AVX-512). Prints the device's note (emulated bf16) on the logging rank.
+absl::Status ConfigurePrecision(const RunConfig& config, Backend& backend, bool leader = true);
 
 }  // namespace tessera

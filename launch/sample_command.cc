@@ -92,6 +92,7 @@ absl::Status Sample(const ParsedArguments& args) {
       CheckSamplingMemoryFits(config, o.per_class * config.dit_moe().num_classes()));
   config.mutable_train()->set_threads(static_cast<int>(o.threads));
   ConfigureThreads(config);
+  TESSERA_RETURN_IF_ERROR(ConfigurePrecision(config, HostBackend()));
   TESSERA_ASSIGN_OR_RETURN(auto built, dit_moe::DitMoeModel::Build(config));
   TESSERA_RETURN_IF_ERROR(LoadWeights(run_dir + "/weights.h5", built->store()));
   TESSERA_RETURN_IF_ERROR(dit_moe::WriteSampleGrid(built->model(), config, o.out,

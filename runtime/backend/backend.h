@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <string>
 
 #include "absl/status/status.h"
 #include "runtime/kernels/kernel_args.h"
@@ -33,6 +34,17 @@ namespace tessera {
 enum class Device : uint8_t { kCpu, kCuda };
 
 constexpr const char* DeviceName(Device device) { return device == Device::kCpu ? "cpu" : "cuda"; }
+
+// The arithmetic of the GEMM ops (Gemm, GemmBatched): kFp32, or kBf16 —
+// inputs rounded to bf16 (nearest even), products accumulated and written
+// in fp32. Memory and every other op stay fp32: master weights, gradients,
+// optimizer state, norms, softmax and loss statistics (the mixed-precision
+// policy of docs/precision.md).
+enum class MathPrecision : uint8_t { kFp32, kBf16 };
+
+constexpr const char* PrecisionName(MathPrecision p) {
+  return p == MathPrecision::kFp32 ? "fp32" : "bf16";
+}
 
 // Orders work between streams of one backend (and, for communicators,
 // between the compute stream and a communication stream).
@@ -48,6 +60,18 @@ class Backend {
   virtual Device device() const = 0;
   // True when the host may dereference this backend's pointers.
   bool host_accessible() const { return device() == Device::kCpu; }
+
+  // The GEMM ops' arithmetic (see MathPrecision); fp32 unless the run asks
+  // for bf16 (train.precision).
+  MathPrecision gemm_precision() const { return gemm_precision_; }
+  void set_gemm_precision(MathPrecision precision) { gemm_precision_ = precision; }
+  // Whether this device runs the GEMM ops at `precision`; a note for the log
+  // (e.g. "bf16 emulated: expect no speed-up") in `*note` when it does.
+  virtual absl::Status CheckPrecision(MathPrecision precision, std::string* note) const {
+    note->clear();
+    if (precision == MathPrecision::kFp32) return absl::OkStatus();
+    return absl::UnimplementedError("this backend has no bf16 GEMMs");
+  }
 
   // ---- Memory ----------------------------------------------------------
   // `bytes` of uninitialized memory aligned to 64 bytes; an error (not an
@@ -281,6 +305,26 @@ class Backend {
                            float* params, const float* grads, float* m, float* v) = 0;
   // ema += (1 - decay) * (params - ema)
   virtual void EmaUpdate(float* ema, const float* params, int64_t n, float blend) = 0;
+
+ private:
+  MathPrecision gemm_precision_ = MathPrecision::kFp32;
+};
+
+// Sets a backend's GEMM precision for a scope and restores the previous one
+// (the MoE router's GEMMs stay fp32 inside a bf16 run).
+class ScopedGemmPrecision {
+ public:
+  ScopedGemmPrecision(Backend& backend, MathPrecision precision)
+      : backend_(backend), previous_(backend.gemm_precision()) {
+    backend_.set_gemm_precision(precision);
+  }
+  ~ScopedGemmPrecision() { backend_.set_gemm_precision(previous_); }
+  ScopedGemmPrecision(const ScopedGemmPrecision&) = delete;
+  ScopedGemmPrecision& operator=(const ScopedGemmPrecision&) = delete;
+
+ private:
+  Backend& backend_;
+  MathPrecision previous_;
 };
 
 // The process's CPU backend (runtime/backend/cpu_backend.cc): host memory is

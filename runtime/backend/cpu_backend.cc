@@ -10,6 +10,7 @@
 #include "runtime/kernels/cpu/embedding.h"
 #include "runtime/kernels/cpu/flat.h"
 #include "runtime/kernels/cpu/gemm.h"
+#include "runtime/kernels/cpu/gemm_bf16.h"
 #include "runtime/kernels/cpu/hstu.h"
 #include "runtime/kernels/cpu/layer_norm.h"
 #include "runtime/kernels/cpu/loss.h"
@@ -62,11 +63,28 @@ void CpuBackend::Copy2D(void* dst, size_t dst_pitch, const void* src, size_t src
   for (size_t r = 0; r < rows; ++r) std::memcpy(out + r * dst_pitch, in + r * src_pitch, row_bytes);
 }
 
+absl::Status CpuBackend::CheckPrecision(MathPrecision precision, std::string* note) const {
+  note->clear();
+  if (precision == MathPrecision::kFp32) return absl::OkStatus();
+  std::string why;
+  const std::string support = cpu::Bf16GemmSupport(&why);
+  if (support.empty()) return absl::UnimplementedError(why);
+  if (support == "emulated") {
+    *note = "this CPU has AVX-512 but no bf16 instructions: oneDNN emulates bf16 GEMMs, "
+            "usually slower than fp32";
+  }
+  return absl::OkStatus();
+}
+
 std::unique_ptr<Event> CpuBackend::CreateEvent() { return std::make_unique<CpuEvent>(); }
 
 void CpuBackend::Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                       const float* a, int64_t lda, const float* b, int64_t ldb, float beta,
                       float* c, int64_t ldc) {
+  if (gemm_precision() == MathPrecision::kBf16) {
+    cpu::GemmBf16(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    return;
+  }
   cpu::Gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
@@ -74,6 +92,11 @@ void CpuBackend::GemmBatched(bool trans_a, bool trans_b, int64_t batch, int64_t 
                              int64_t k, float alpha, const float* a, int64_t lda, int64_t stride_a,
                              const float* b, int64_t ldb, int64_t stride_b, float beta, float* c,
                              int64_t ldc, int64_t stride_c) {
+  if (gemm_precision() == MathPrecision::kBf16) {
+    cpu::GemmBatchedBf16(trans_a, trans_b, batch, m, n, k, alpha, a, lda, stride_a, b, ldb,
+                         stride_b, beta, c, ldc, stride_c);
+    return;
+  }
   cpu::GemmBatched(trans_a, trans_b, batch, m, n, k, alpha, a, lda, stride_a, b, ldb, stride_b,
                    beta, c, ldc, stride_c);
 }

@@ -25,6 +25,9 @@ class CpuBackend : public Backend {
   void StreamWait(const Event&) override {}
   void HostWait(const Event&) override {}
   absl::Status Synchronize() override { return absl::OkStatus(); }
+  // bf16 needs oneDNN's bf16 matmul on this CPU (AVX-512; native with
+  // AVX-512 BF16 or AMX, emulated and slow otherwise).
+  absl::Status CheckPrecision(MathPrecision precision, std::string* note) const override;
 
   void Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
             const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,

@@ -123,6 +123,8 @@ void CheckTrain(const RunConfig& config, Checker& check) {
                                               " must be >= 0 (0 means all cores)"));
   check.Expect(t.progress() == "auto" || t.progress() == "on" || t.progress() == "off",
                absl::StrCat(Field("train.progress", t.progress()), " must be auto, on or off"));
+  check.Expect(t.precision() == "fp32" || t.precision() == "bf16",
+               absl::StrCat(Field("train.precision", t.precision()), " must be fp32 or bf16"));
 }
 
 // How the global batch splits over the data-parallel replicas.

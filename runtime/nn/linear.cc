@@ -1,11 +1,12 @@
 #include "runtime/nn/linear.h"
 
+#include <optional>
 
 namespace tessera {
 
 Linear::Linear(ParameterStore& store, const std::string& name, int64_t in_features,
                int64_t out_features, const Options& options)
-    : store_(store), in_(in_features), out_(out_features) {
+    : store_(store), fp32_gemm_(options.fp32_gemm), in_(in_features), out_(out_features) {
   const ParamInit weight_init =
       options.weight_init.value_or(ParamInit::XavierUniform(in_features, out_features));
   const int64_t blocks = options.out_blocks;
@@ -45,6 +46,8 @@ void LinearBackward(Backend& backend, const Tensor& dy, const Tensor& x, const f
 Tensor Linear::Forward(Arena& arena, const Tensor& x) {
   TESSERA_CHECK(x.rank() == 2 && x.dim(1) == in_);
   Tensor y = arena.AllocateUninitialized(DType::kF32, Shape{x.dim(0), out_});  // [rows, out]
+  std::optional<ScopedGemmPrecision> fp32;
+  if (fp32_gemm_) fp32.emplace(arena.backend(), MathPrecision::kFp32);
   LinearForward(arena.backend(), x, store_.param(weight_).ptr<float>(),
                 bias_ >= 0 ? store_.param(bias_).ptr<float>() : nullptr, y);
   saved_x_ = x;
@@ -56,6 +59,8 @@ Tensor Linear::Backward(Arena& arena, const Tensor& dy, bool need_dx) {
   TESSERA_CHECK(dy.rank() == 2 && dy.dim(1) == out_ && saved_x_.dim(0) == rows);
   Tensor dx;
   if (need_dx) dx = arena.AllocateUninitialized(DType::kF32, Shape{rows, in_});  // [rows, in]
+  std::optional<ScopedGemmPrecision> fp32;
+  if (fp32_gemm_) fp32.emplace(arena.backend(), MathPrecision::kFp32);
   LinearBackward(arena.backend(), dy, saved_x_, store_.param(weight_).ptr<float>(),
                  store_.grad(weight_).ptr<float>(),
                  bias_ >= 0 ? store_.grad(bias_).ptr<float>() : nullptr, dx);

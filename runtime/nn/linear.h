@@ -35,6 +35,9 @@ class Linear {
     // (dim 1), so a checkpoint of either layout is the same tensor.
     int64_t out_blocks = 1;
     ParallelSpec spec = ParallelSpec::Replicated();  // of the weight and the bias
+    // GEMMs in fp32 even when the run computes in bf16 (train.precision):
+    // the MoE router, whose logits choose the experts.
+    bool fp32_gemm = false;
   };
 
   Linear(ParameterStore& store, const std::string& name, int64_t in_features,
@@ -58,6 +61,7 @@ class Linear {
 
  private:
   ParameterStore& store_;
+  bool fp32_gemm_ = false;
   int64_t in_, out_;
   ParameterStore::Id weight_ = -1;
   ParameterStore::Id bias_ = -1;

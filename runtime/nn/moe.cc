@@ -11,6 +11,7 @@ namespace {
 Linear::Options RouterOptions(int64_t dim) {
   Linear::Options options;
   options.bias = false;
+  options.fp32_gemm = true;  // routing decisions are not made on bf16-rounded logits
   // kaiming_uniform(a=sqrt(5)) as the reference router: bound 1/sqrt(fan_in).
   options.weight_init = ParamInit::Uniform(1.0f / std::sqrt(static_cast<float>(dim)));
   return options;

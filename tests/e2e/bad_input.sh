@@ -18,6 +18,9 @@ expect_exit "invalid value" 2 "num_heads=5 must divide" -- \
   tiny "$WORK/run_invalid" "$WORK/data" --set model.dit_moe.num_heads=5
 [ -e "$WORK/run_invalid" ] && fail "invalid value created the run directory" || pass "no run directory after a config error"
 
+expect_exit "unknown precision" 2 'train.precision="fp16" must be fp32 or bf16' -- \
+  tiny "$WORK/run_precision" "$WORK/data" --set train.precision=fp16
+
 expect_exit "unknown override" 2 "train.stepz" -- \
   tiny "$WORK/run_override" "$WORK/data" --set train.stepz=3
 

@@ -26,10 +26,6 @@ void ScaleC(int64_t m, int64_t n, float beta, float* c, int64_t ldc) {
   }
 }
 
-// Multiply-adds per matrix below which a batched call runs one matrix per
-// thread instead of handing each small matrix to all threads.
-constexpr int64_t kSmallGemmFlops = int64_t{1} << 21;
-
 }  // namespace
 
 void Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
@@ -50,12 +46,7 @@ void GemmBatched(bool trans_a, bool trans_b, int64_t batch, int64_t m, int64_t n
                  int64_t ldb, int64_t stride_b, float beta, float* c, int64_t ldc,
                  int64_t stride_c) {
   if (batch == 0 || m == 0 || n == 0) return;
-  // Inside a parallel region oneDNN runs single-threaded, so many small
-  // matrices (attention heads) go one per thread; large ones use all threads
-  // each.
-  const bool per_thread =
-      batch > 1 && m * n * k < kSmallGemmFlops && ShouldParallelize(batch * m * n * (k + 1));
-#pragma omp parallel for schedule(static) if (per_thread)
+#pragma omp parallel for schedule(static) if (GemmBatchPerThread(batch, m, n, k))
   for (int64_t i = 0; i < batch; ++i) {
     Gemm(trans_a, trans_b, m, n, k, alpha, a + i * stride_a, lda, b + i * stride_b, ldb, beta,
          c + i * stride_c, ldc);

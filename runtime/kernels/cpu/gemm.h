@@ -7,6 +7,8 @@
 
 #include <cstdint>
 
+#include "runtime/kernels/cpu/parallel_loops.h"
+
 namespace tessera::cpu {
 
 void Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
@@ -14,6 +16,13 @@ void Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alp
           int64_t ldc);
 
 // `batch` independent GEMMs; matrix i starts at a + i*stride_a (etc.).
+// Inside a parallel region oneDNN runs single-threaded, so many small
+// matrices (attention heads) go one per thread; large ones use all threads
+// each.
+inline bool GemmBatchPerThread(int64_t batch, int64_t m, int64_t n, int64_t k) {
+  constexpr int64_t kSmallGemmFlops = int64_t{1} << 21;  // multiply-adds per matrix
+  return batch > 1 && m * n * k < kSmallGemmFlops && ShouldParallelize(batch * m * n * (k + 1));
+}
 void GemmBatched(bool trans_a, bool trans_b, int64_t batch, int64_t m, int64_t n, int64_t k,
                  float alpha, const float* a, int64_t lda, int64_t stride_a, const float* b,
                  int64_t ldb, int64_t stride_b, float beta, float* c, int64_t ldc,

@@ -164,6 +164,70 @@ TEST_P(BackendOps, GemmBatchedIsIndependentGemms) {
   ExpectClose(Download<float>(c), want, kTolerance, "batched gemm");
 }
 
+// x rounded to 8 significant bits, ties to even (bf16's significand),
+// computed independently of the kernel's bit arithmetic.
+double RoundBf16(double x) {
+  if (x == 0 || !std::isfinite(x)) return x;
+  int e = 0;
+  const double m = std::frexp(x, &e);  // |m| in [0.5, 1)
+  return std::ldexp(std::nearbyint(m * 256) / 256, e);
+}
+
+std::vector<double> RoundedBf16(const std::vector<float>& x) {
+  std::vector<double> out(x.size());
+  for (size_t i = 0; i < x.size(); ++i) out[i] = RoundBf16(x[i]);
+  return out;
+}
+
+// bf16 GEMMs multiply the inputs rounded to bf16 and accumulate in fp32:
+// against the double product of the rounded inputs they agree to fp32
+// rounding; against the unrounded inputs they differ by bf16's ~2^-9.
+TEST_P(BackendOps, GemmInBf16MultipliesRoundedInputsAndAccumulatesInFp32) {
+  std::string note;
+  if (!backend().CheckPrecision(MathPrecision::kBf16, &note).ok()) {
+    GTEST_SKIP() << DeviceName(backend().device()) << " backend has no bf16 GEMMs here";
+  }
+  ScopedGemmPrecision bf16(backend(), MathPrecision::kBf16);
+  const int64_t m = 33, n = 40, k = 70;
+  for (bool ta : {false, true})
+    for (bool tb : {false, true})
+      for (float beta : {0.0f, 1.0f}) {
+        const int64_t lda = (ta ? m : k) + 3, ldb = (tb ? k : n) + 2, ldc = n + 1;
+        const auto a = RandomFloats((ta ? k : m) * lda, 11), b = RandomFloats((tb ? n : k) * ldb, 12);
+        const auto c0 = RandomFloats(m * ldc, 13);
+        Tensor c = Upload(c0);
+        backend().Gemm(ta, tb, m, n, k, 0.75f, Upload(a).ptr<float>(), lda, Upload(b).ptr<float>(),
+                       ldb, beta, c.ptr<float>(), ldc);
+        const auto got = Download<float>(c);
+        const std::string what = "bf16 gemm ta=" + std::to_string(ta) + " tb=" + std::to_string(tb) +
+                                 " beta=" + std::to_string(beta);
+        ExpectClose(got, ReferenceGemm(ta, tb, m, n, k, 0.75, RoundedBf16(a), lda, RoundedBf16(b),
+                                       ldb, beta, ToDouble(c0), ldc),
+                    kTolerance, what + " (rounded inputs)");
+        const auto exact = ReferenceGemm(ta, tb, m, n, k, 0.75, ToDouble(a), lda, ToDouble(b), ldb,
+                                         beta, ToDouble(c0), ldc);
+        ExpectClose(got, exact, 2e-2, what + " (exact inputs)");
+        double worst = 0;
+        for (size_t i = 0; i < got.size(); ++i) worst = std::max(worst, std::abs(got[i] - exact[i]));
+        EXPECT_GT(worst, 1e-4) << what << ": no bf16 rounding visible";
+      }
+  const int64_t batch = 3;
+  const auto a = RandomFloats(batch * m * k, 14), b = RandomFloats(batch * n * k, 15);
+  Tensor c = Poisoned<float>(batch * m * n);
+  backend().GemmBatched(false, true, batch, m, n, k, 1.0f, Upload(a).ptr<float>(), k, m * k,
+                        Upload(b).ptr<float>(), k, n * k, 0.0f, c.ptr<float>(), n, m * n);
+  const auto ar = RoundedBf16(a), br = RoundedBf16(b);
+  std::vector<double> want;
+  for (int64_t i = 0; i < batch; ++i) {
+    const std::vector<double> ai(ar.begin() + i * m * k, ar.begin() + (i + 1) * m * k);
+    const std::vector<double> bi(br.begin() + i * n * k, br.begin() + (i + 1) * n * k);
+    const auto ci =
+        ReferenceGemm(false, true, m, n, k, 1, ai, k, bi, k, 0, std::vector<double>(m * n), n);
+    want.insert(want.end(), ci.begin(), ci.end());
+  }
+  ExpectClose(Download<float>(c), want, kTolerance, "bf16 batched gemm");
+}
+
 // ---- Norms --------------------------------------------------------------------
 
 std::vector<double> ReferenceNorm(const std::vector<double>& x, const std::vector<float>& gamma,

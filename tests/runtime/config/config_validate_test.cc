@@ -80,6 +80,7 @@ const std::vector<RuleCase>& RuleCases() {
       {{"train.micro_batch=5"}, 2, "train.micro_batch=5 must divide train.global_batch / dp = 16"},
       {{"train.threads=-1"}, 1, "train.threads=-1 must be >= 0"},
       {{"train.progress=sometimes"}, 1, "train.progress=\"sometimes\" must be auto, on or off"},
+      {{"train.precision=fp16"}, 1, "train.precision=\"fp16\" must be fp32 or bf16"},
       // optim
       {{"optim.lr=0"}, 1, "optim.lr=0 must be > 0"},
       {{"optim.min_lr=-1e-05"}, 1, "optim.min_lr=-1e-05 must be in [0, optim.lr=0.0001]"},

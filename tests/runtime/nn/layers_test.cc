@@ -2,7 +2,9 @@
 // input and for every parameter.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
+#include <string>
 #include <functional>
 #include <vector>
 
@@ -80,6 +82,41 @@ TEST(Linear, ParameterGradientsAccumulateOverCalls) {
   linear.Backward(arena, dy);
   for (int64_t i = 0; i < store.numel(); ++i)
     EXPECT_FLOAT_EQ(store.grads().data<float>()[i], 2 * once[i]);
+}
+
+// In a bf16 run a Linear computes on bf16-rounded inputs, except one built
+// with fp32_gemm (the MoE router), which gives the fp32 result bit for bit.
+TEST(Linear, Fp32GemmOptionKeepsFp32InsideABf16Run) {
+  std::string note;
+  if (!HostBackend().CheckPrecision(MathPrecision::kBf16, &note).ok()) {
+    GTEST_SKIP() << "no bf16 GEMMs on this CPU";
+  }
+  Linear::Options fp32_options;
+  fp32_options.fp32_gemm = true;
+  ParameterStore store;
+  Linear plain(store, "plain", 16, 8), fp32(store, "fp32", 16, 8, fp32_options);
+  store.Finalize(1);
+  RandomizeParameters(store, 5);
+  std::copy_n(store.param(plain.weight_id()).data<float>(), 16 * 8,
+              store.param(fp32.weight_id()).data<float>());
+  std::copy_n(store.param(plain.bias_id()).data<float>(), 8,
+              store.param(fp32.bias_id()).data<float>());
+  Tensor x = RandomTensor(Shape{4, 16}, 6);
+  Arena arena;
+  auto run = [&](Linear& linear) {
+    Tensor y = linear.Forward(arena, x);
+    return std::vector<float>(y.data<float>(), y.data<float>() + y.numel());
+  };
+  const std::vector<float> fp32_reference = run(plain);
+  std::vector<float> plain_bf16, fp32_bf16;
+  {
+    ScopedGemmPrecision bf16(HostBackend(), MathPrecision::kBf16);
+    plain_bf16 = run(plain);
+    fp32_bf16 = run(fp32);
+  }
+  EXPECT_EQ(HostBackend().gemm_precision(), MathPrecision::kFp32) << "scope not restored";
+  EXPECT_EQ(fp32_bf16, fp32_reference);
+  EXPECT_NE(plain_bf16, fp32_reference);
 }
 
 TEST(LayerNorm, AffineBackwardMatchesFiniteDifferences) {
