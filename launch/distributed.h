@@ -33,6 +33,10 @@ struct Distributed {
   int local_size = 1;
   Launcher launcher = Launcher::kNone;
   int device = -1;  // the CUDA device this rank uses; -1: the CPU
+  // The backend this rank trains on (launch/run_device.h); set before the
+  // model is built. owned_backend holds it unless it is the host's.
+  Backend* backend = nullptr;
+  std::unique_ptr<Backend> owned_backend;
   int rank() const { return mesh ? mesh->rank() : 0; }
   int size() const { return mesh ? mesh->shape().world : 1; }
 };

@@ -37,29 +37,77 @@ absl::Status CheckFits(const std::vector<Term>& terms, double processes) {
       largest.why));
 }
 
+double MicroBatchOf(const RunConfig& config, int world_size) {
+  const double dp = std::max<int64_t>(1, DataParallelSize(config, world_size));
+  return std::max<double>(1, config.train().micro_batch() > 0 ? config.train().micro_batch()
+                                                              : config.train().global_batch() / dp);
+}
+
+// The model state and activations of one rank: the same terms for host
+// memory (a CPU run) and device memory (a GPU run).
+std::vector<Term> ModelTerms(const RunConfig& config, const ModelSizeEstimate& e, int world_size) {
+  // fp32 values, gradients, AdamW m and v (and the EMA), shared over at most
+  // the world's ranks.
+  const double copies = 4 + (config.optim().ema_decay() > 0 ? 1 : 0);
+  const double ranks = std::max(1, world_size);
+  const double micro = MicroBatchOf(config, world_size);
+  return {{"parameters, gradients and optimizer state", 4.0 * copies * e.parameters / ranks,
+           e.parameters_why},
+          {"activations", micro * e.activation_bytes_per_sample / ranks,
+           absl::StrFormat("micro-batch %.0f x %s", micro, e.activations_why)}};
+}
+
 }  // namespace
 
 absl::Status CheckTrainingMemoryFits(const RunConfig& config, int world_size, int local_ranks) {
   absl::StatusOr<const ModelFamily*> family = FindModelFamily(config);
   if (!family.ok() || !(*family)->estimate) return absl::OkStatus();
   const ModelSizeEstimate e = (*family)->estimate(config);
-  // fp32 values, gradients, AdamW m and v (and the EMA), shared over at most
-  // the world's ranks.
-  const double copies = 4 + (config.optim().ema_decay() > 0 ? 1 : 0);
-  const double ranks = std::max(1, world_size);
-  const double dp = std::max<int64_t>(1, DataParallelSize(config, world_size));
-  const double micro = std::max<double>(
-      1, config.train().micro_batch() > 0 ? config.train().micro_batch()
-                                          : config.train().global_batch() / dp);
-  const std::vector<Term> terms = {
-      {"parameters, gradients and optimizer state", 4.0 * copies * e.parameters / ranks,
-       e.parameters_why},
-      {"activations", micro * e.activation_bytes_per_sample / ranks,
-       absl::StrFormat("micro-batch %.0f x %s", micro, e.activations_why)},
+  std::vector<Term> terms = ModelTerms(config, e, world_size);
+  const double micro = MicroBatchOf(config, world_size);
+  terms.push_back(
       {"prefetched batches", (config.data().prefetch() + 1.0) * micro * e.input_bytes_per_sample,
        absl::StrFormat("(data.prefetch %d + 1) x micro-batch %.0f x %s", config.data().prefetch(),
-                       micro, e.input_why)}};
+                       micro, e.input_why)});
   return CheckFits(terms, std::max(1, local_ranks));
+}
+
+DeviceMemoryPlan PlanDeviceMemory(const RunConfig& config, int world_size) {
+  DeviceMemoryPlan plan;
+  absl::StatusOr<const ModelFamily*> family = FindModelFamily(config);
+  if (!family.ok() || !(*family)->estimate) return plan;
+  const ModelSizeEstimate e = (*family)->estimate(config);
+  const std::vector<Term> terms = ModelTerms(config, e, world_size);
+  plan.state = terms[0].bytes;
+  plan.state_why = terms[0].why;
+  plan.activations = terms[1].bytes;
+  plan.activations_why = terms[1].why;
+  // One micro-batch of inputs staged on the device.
+  plan.inputs = MicroBatchOf(config, world_size) * e.input_bytes_per_sample;
+  return plan;
+}
+
+std::string FormatDeviceMemoryPlan(const DeviceMemoryPlan& plan, size_t free_bytes,
+                                   size_t total_bytes) {
+  return absl::StrFormat(
+      "GPU memory plan: %s = model state %s (%s) + activations %s (%s) + inputs %s + "
+      "workspace %s; the device has %s free of %s",
+      HumanBytes(plan.total()), HumanBytes(plan.state), plan.state_why,
+      HumanBytes(plan.activations), plan.activations_why, HumanBytes(plan.inputs),
+      HumanBytes(plan.workspace), HumanBytes(static_cast<double>(free_bytes)),
+      HumanBytes(static_cast<double>(total_bytes)));
+}
+
+absl::Status CheckDeviceMemoryFits(const DeviceMemoryPlan& plan, size_t free_bytes, int device) {
+  if (plan.total() <= static_cast<double>(free_bytes)) return absl::OkStatus();
+  const bool state_larger = plan.state >= plan.activations;
+  return UsageError(absl::StrFormat(
+      "the run cannot fit on CUDA device %d: at least %s planned > %s free; largest term: %s %s "
+      "(%s)",
+      device, HumanBytes(plan.total()), HumanBytes(static_cast<double>(free_bytes)),
+      state_larger ? "parameters, gradients and optimizer state" : "activations",
+      HumanBytes(state_larger ? plan.state : plan.activations),
+      state_larger ? plan.state_why : plan.activations_why));
 }
 
 absl::Status CheckSamplingMemoryFits(const RunConfig& config, int64_t samples) {

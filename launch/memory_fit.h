@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "absl/status/status.h"
 #include "runtime/config/config.h"
@@ -17,6 +18,22 @@ namespace tessera {
 // Training: one rank's share of the model state and its activations and data,
 // times the `local_ranks` processes that share this host.
 absl::Status CheckTrainingMemoryFits(const RunConfig& config, int world_size, int local_ranks);
+
+// A GPU run's share of its device (one rank per GPU): the same model-state
+// and activation terms as the host check, one staged micro-batch of inputs
+// and the backend's fixed workspace (cuBLASLt's 32 MiB and the scratch).
+struct DeviceMemoryPlan {
+  double state = 0, activations = 0, inputs = 0;
+  double workspace = 64.0 * (1 << 20);
+  std::string state_why, activations_why;
+  double total() const { return state + activations + inputs + workspace; }
+};
+DeviceMemoryPlan PlanDeviceMemory(const RunConfig& config, int world_size);
+// One line for the log.
+std::string FormatDeviceMemoryPlan(const DeviceMemoryPlan& plan, size_t free_bytes,
+                                   size_t total_bytes);
+// A UsageError naming the largest term when the plan exceeds `free_bytes`.
+absl::Status CheckDeviceMemoryFits(const DeviceMemoryPlan& plan, size_t free_bytes, int device);
 
 // tessera sample: the single-process model and `samples` generated samples
 // (the grid) at once.

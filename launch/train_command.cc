@@ -18,12 +18,14 @@
 #include "runtime/checkpoint/sharded_checkpoint.h"
 #include "runtime/train/signals.h"
 #include "launch/model_setup.h"
+#include "launch/run_device.h"
 #include "launch/train_command.h"
 #include "runtime/base/errors.h"
 #include "runtime/base/status.h"
 #include "runtime/checkpoint/weights_file.h"
 #include "runtime/config/config.h"
 #include "runtime/train/memory.h"
+#include "runtime/tensor/host_access.h"
 #include "runtime/train/trainer.h"
 
 namespace tessera {
@@ -105,6 +107,16 @@ absl::StatusOr<RunConfig> ConfigFromArguments(const ParsedArguments& args) {
   return config;
 }
 
+// A model that builds its store in host memory cannot train on a device.
+absl::Status CheckModelDevice(const BuiltModel& built, const Backend& backend) {
+  const Device device = built.model->store().backend().device();
+  if (device == backend.device()) return absl::OkStatus();
+  return UsageError(absl::StrFormat(
+      "train.device: the %s model does not build on %s yet (its parameters are in %s memory); "
+      "use --set train.device=%s",
+      built.family->title, DeviceName(backend.device()), DeviceName(device), DeviceName(device)));
+}
+
 absl::Status Train(const ParsedArguments& args, Distributed& distributed) {
   TESSERA_ASSIGN_OR_RETURN(const RunConfig config, ConfigFromArguments(args));
   return TrainRun(config, distributed);
@@ -119,6 +131,8 @@ absl::Status TrainRun(const RunConfig& config, Distributed& distributed) {
   // Every rank validates the same config against the same world size, so
   // every rank fails with the same message before any data is read.
   TESSERA_RETURN_IF_ERROR(ValidateRun(config, world_size));
+  TESSERA_RETURN_IF_ERROR(SelectRunBackend(config, distributed));
+  Backend& backend = *distributed.backend;
   TESSERA_RETURN_IF_ERROR(CheckTrainingMemoryFits(config, world_size, distributed.local_size));
   if (distributed.mpi) TESSERA_RETURN_IF_ERROR(BuildGroups(config, distributed));
   std::unique_ptr<ModelParallelGroups> model_parallel;
@@ -140,7 +154,7 @@ absl::Status TrainRun(const RunConfig& config, Distributed& distributed) {
   // The GEMM reference first, so its buffers count in the baseline; likewise
   // a first collective, which maps the MPI transport's shared memory.
   Trainer::Options options;
-  options.gemm_peak = Trainer::MeasureGemmPeak();
+  options.gemm_peak = Trainer::MeasureGemmPeak(backend);
   if (distributed.dense) {
     std::vector<float> warm_up(size_t{1} << 20);
     TESSERA_RETURN_IF_ERROR(distributed.dense->Complete(distributed.dense->AllReduce(
@@ -148,6 +162,7 @@ absl::Status TrainRun(const RunConfig& config, Distributed& distributed) {
   }
   options.baseline_rss = CurrentRssBytes();
   ParameterLayout layout;
+  layout.backend = &backend;
   if (distributed.dense) {
     layout.bucket_elements = kBucketElements;
     // ZeRO shards of dense and expert buckets must both come out even.
@@ -159,6 +174,7 @@ absl::Status TrainRun(const RunConfig& config, Distributed& distributed) {
   TESSERA_ASSIGN_OR_RETURN(
       BuiltModel built,
       BuildModel(config, layout, model_parallel ? &model_parallel->view : nullptr));
+  TESSERA_RETURN_IF_ERROR(CheckModelDevice(built, backend));
   const int64_t micro_batch = MicroBatch(config, world_size);
   const int64_t dp = DataParallelSize(config, world_size);
   const int64_t per_replica = config.train().global_batch() / dp;
@@ -205,6 +221,10 @@ absl::Status TrainRun(const RunConfig& config, Distributed& distributed) {
                 dp == 1 ? "" : "s", micro_batches, micro_batches == 1 ? "" : "es",
                 static_cast<long long>(micro_batch),
                 static_cast<long long>(config.train().steps()), run_dir.c_str());
+    if (backend.device() != Device::kCpu) {
+      std::printf("device: %s %d (train.device=%s)\n", DeviceName(backend.device()),
+                  distributed.device, config.train().device().c_str());
+    }
     if (distributed.dense) {
       const parallel::MeshShape& shape = distributed.mesh->shape();
       std::printf("layout: %d ranks = tp %d x sp %d x dp %d (experts: ep %d x edp %d), "
@@ -313,12 +333,14 @@ absl::Status TrainRun(const RunConfig& config, Distributed& distributed) {
     TESSERA_RETURN_IF_ERROR(GatherWeights(*distributed.world, *distributed.mesh, store,
                                           trainer.inference_weights(), &whole->store()));
   } else {
-    std::memcpy(store.values().raw(), trainer.inference_weights(), store.values().bytes());
+    store.backend().Copy(store.values().address(), trainer.inference_weights(),
+                         store.values().bytes());
   }
   Model& final_model = whole ? *whole : *built.model;
   const std::string weights_path = run_dir + "/weights.h5";
-  TESSERA_RETURN_IF_ERROR(SaveWeights(weights_path, final_model.store(),
-                                      final_model.store().values().data<float>()));
+  const Tensor final_weights = HostReadable(final_model.store().values());
+  TESSERA_RETURN_IF_ERROR(
+      SaveWeights(weights_path, final_model.store(), final_weights.data<float>()));
   std::printf("wrote %s\n", weights_path.c_str());
   return final_model.FinishRun(run_dir);
 }
@@ -348,7 +370,10 @@ int TrainCommand(const std::vector<std::string>& raw) {
     if (ExitCodeFor(status) == kExitSavedRequeue) return ReportStop(status, true);
     return status.ok() ? 0 : ReportError(status);
   }
-  auto distributed = StartMpi();
+  // The device decides whether ranks bind GPUs; a config that does not
+  // parse binds none and fails below with its own message.
+  const absl::StatusOr<RunConfig> peek = ConfigFromArguments(*args);
+  auto distributed = StartMpi(peek.ok() && RunUsesGpu(*peek));
   if (!distributed.ok()) return ReportError(distributed.status());
   const absl::Status status = Train(*args, *distributed);
   if (status.ok()) return 0;

@@ -74,7 +74,8 @@ ModelFamily Family() {
 absl::StatusOr<std::unique_ptr<DitMoeModel>> DitMoeModel::Build(
     const RunConfig& config, const ParameterLayout& layout, const parallel::ModelParallel* mp) {
   auto built = std::unique_ptr<DitMoeModel>(new DitMoeModel(config));
-  built->store_ = std::make_unique<ParameterStore>();
+  built->store_ = std::make_unique<ParameterStore>(layout.backend != nullptr ? *layout.backend
+                                                                             : HostBackend());
   TESSERA_ASSIGN_OR_RETURN(built->model_,
                            DitMoe::Create(built->config_.dit_moe(), *built->store_, mp));
   built->store_->Finalize(config.train().seed(), layout);

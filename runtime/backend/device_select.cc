@@ -2,9 +2,11 @@
 
 #include "absl/strings/str_format.h"
 #include "runtime/base/errors.h"
+#include "runtime/base/status.h"
 
 #ifdef TESSERA_HAVE_CUDA
 #include "runtime/backend/cuda_backend.h"
+#include "runtime/kernels/cuda/check.h"
 #include "runtime/kernels/cuda/device.h"
 #endif
 
@@ -46,6 +48,18 @@ absl::StatusOr<Device> ResolveDevice(absl::string_view requested, bool build_has
         "a driver older than the CUDA runtime, or CUDA_VISIBLE_DEVICES hides them all)");
   }
   return Device::kCuda;
+}
+
+absl::StatusOr<std::pair<size_t, size_t>> CudaMemoryInfo(int cuda_device) {
+#ifdef TESSERA_HAVE_CUDA
+  TESSERA_RETURN_IF_ERROR(cuda::SetDevice(cuda_device));
+  size_t free_bytes = 0, total_bytes = 0;
+  TESSERA_CUDA(cudaMemGetInfo(&free_bytes, &total_bytes));
+  return std::make_pair(free_bytes, total_bytes);
+#else
+  (void)cuda_device;
+  return UsageError("this tessera was built without CUDA");
+#endif
 }
 
 absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(int cuda_device) {

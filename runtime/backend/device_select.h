@@ -9,6 +9,7 @@
 
 #include <memory>
 #include <string>
+#include <utility>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -24,6 +25,10 @@ int VisibleCudaDevices();
 
 absl::StatusOr<Device> ResolveDevice(absl::string_view requested, bool build_has_cuda,
                                      int visible_cuda_devices);
+
+// Free and total bytes of CUDA device `cuda_device` now; an error in a
+// build without CUDA.
+absl::StatusOr<std::pair<size_t, size_t>> CudaMemoryInfo(int cuda_device);
 
 // A CudaBackend on `cuda_device` (made current on this thread); an error in
 // a build without CUDA.

@@ -125,6 +125,8 @@ void CheckTrain(const RunConfig& config, Checker& check) {
                absl::StrCat(Field("train.progress", t.progress()), " must be auto, on or off"));
   check.Expect(t.precision() == "fp32" || t.precision() == "bf16",
                absl::StrCat(Field("train.precision", t.precision()), " must be fp32 or bf16"));
+  check.Expect(t.device() == "auto" || t.device() == "cpu" || t.device() == "cuda",
+               absl::StrCat(Field("train.device", t.device()), " must be auto, cpu or cuda"));
 }
 
 // How the global batch splits over the data-parallel replicas.

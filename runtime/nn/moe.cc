@@ -1,6 +1,7 @@
 #include "runtime/nn/moe.h"
 
 #include <cmath>
+#include <vector>
 
 #include "runtime/base/status.h"
 #include "runtime/tensor/host_access.h"
@@ -146,11 +147,11 @@ Tensor MoeLayer::Backward(Arena& arena, const Tensor& dy, float loss_scale) {
   Tensor dx = arena.AllocateUninitialized(DType::kF32, Shape{T, dim_});
   backend.PermuteBackward(dpermuted.ptr<float>(), row_of_assignment_.ptr<int32_t>(),
                        dx.ptr<float>(), T, dim_, k);
-  RouterGradientInputs router{raw_weights_.data<float>(), weights_.data<float>(),
-                              chosen_index_.data<int32_t>(), probs_.data<float>(), &balance_f_,
+  RouterGradientInputs router{raw_weights_.ptr<float>(), weights_.ptr<float>(),
+                              chosen_index_.ptr<int32_t>(), probs_.ptr<float>(), &balance_f_,
                               T, E, k, T, options_.renormalize_topk && k > 1,
                               options_.balance_loss_coef, loss_scale};
-  AddSharedAndRouterGradients(arena, dy, shared_.get(), router_, router, dweights.data<float>(),
+  AddSharedAndRouterGradients(arena, dy, shared_.get(), router_, router, dweights.ptr<float>(),
                               dx);
   probs_ = expert_index_ = chosen_index_ = raw_weights_ = weights_ = expert_offsets_ =
       row_of_assignment_ = expert_out_ = Tensor();
@@ -198,42 +199,60 @@ Tensor CombineWeights(Arena& arena, const Tensor& raw_weights, int64_t tokens, i
                       bool renormalize) {
   if (!renormalize || k <= 1) return raw_weights;
   Tensor weights = arena.AllocateUninitialized(DType::kF32, Shape{tokens * k});
-  const float* raw = raw_weights.data<float>();
-  float* w = weights.data<float>();
+  // A few values per token, on the host.
+  const Tensor raw_host = HostReadable(raw_weights);
+  Tensor host = HostReadable(weights);
+  const float* raw = raw_host.data<float>();
+  float* w = host.data<float>();
   for (int64_t t = 0; t < tokens; ++t) {
     float sum = 1e-20f;
     for (int64_t s = 0; s < k; ++s) sum += raw[t * k + s];
     for (int64_t s = 0; s < k; ++s) w[t * k + s] = raw[t * k + s] / sum;
   }
+  WriteBack(host, weights);
   return weights;
 }
+
+namespace {
+// dw (backend memory) through w = r / sum(r) per token, on host copies.
+void RenormalizationGradient(Backend& backend, const RouterGradientInputs& in, float* dw) {
+  const int64_t T = in.tokens, k = in.top_k;
+  const size_t bytes = sizeof(float) * static_cast<size_t>(T * k);
+  std::vector<float> raw(T * k), w(T * k), g(T * k);
+  backend.CopyToHost(raw.data(), in.raw_weights, bytes);
+  backend.CopyToHost(w.data(), in.weights, bytes);
+  backend.CopyToHost(g.data(), dw, bytes);
+  for (int64_t t = 0; t < T; ++t) {
+    float sum = 1e-20f, dot = 0;
+    for (int64_t s = 0; s < k; ++s) {
+      sum += raw[t * k + s];
+      dot += g[t * k + s] * w[t * k + s];
+    }
+    for (int64_t s = 0; s < k; ++s) g[t * k + s] = (g[t * k + s] - dot) / sum;
+  }
+  backend.CopyToDevice(dw, g.data(), bytes);
+}
+}  // namespace
 
 Tensor RouterLogitsGradient(Arena& arena, const RouterGradientInputs& in, float* dw) {
   const int64_t T = in.tokens, E = in.experts, k = in.top_k;
   Backend& backend = arena.backend();
   // Through the renormalization: w = r / s  =>  dr = (dw - sum(dw * w)) / s.
-  if (in.renormalize) {
-    for (int64_t t = 0; t < T; ++t) {
-      float sum = 1e-20f, dot = 0;
-      for (int64_t s = 0; s < k; ++s) {
-        sum += in.raw_weights[t * k + s];
-        dot += dw[t * k + s] * in.weights[t * k + s];
-      }
-      for (int64_t s = 0; s < k; ++s) dw[t * k + s] = (dw[t * k + s] - dot) / sum;
-    }
-  }
+  if (in.renormalize) RenormalizationGradient(backend, in, dw);
   // Top-k weights were read from the probabilities of the router's choice
   // (dropped assignments included: their weight got zero gradient before).
   Tensor dprobs = arena.Allocate(DType::kF32, Shape{T, E});
   backend.TopKBackward(dw, in.chosen, dprobs.ptr<float>(), T, E, k);
   // Balance loss: d/dp[t, i] of alpha * sum_i f_i * mean_t p[t, i] = alpha f_i / T.
   if (in.balance_coef > 0 && in.balance_tokens > 0) {
-    float* dp = dprobs.data<float>();
+    std::vector<float> g(E);
     for (int64_t e = 0; e < E; ++e) {
-      const float g = static_cast<float>(in.loss_scale * in.balance_coef * (*in.balance_f)[e] /
-                                         static_cast<double>(in.balance_tokens));
-      for (int64_t t = 0; t < T; ++t) dp[t * E + e] += g;
+      g[e] = static_cast<float>(in.loss_scale * in.balance_coef * (*in.balance_f)[e] /
+                                static_cast<double>(in.balance_tokens));
     }
+    Tensor bias = arena.AllocateUninitialized(DType::kF32, Shape{E});
+    backend.CopyToDevice(bias.address(), g.data(), bias.bytes());
+    backend.AddBiasRows(dprobs.ptr<float>(), bias.ptr<float>(), T, E);
   }
   Tensor dlogits = arena.AllocateUninitialized(DType::kF32, Shape{T, E});
   backend.SoftmaxBackward(dprobs.ptr<float>(), in.probs, dlogits.ptr<float>(), T, E);

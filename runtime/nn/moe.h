@@ -97,6 +97,7 @@ Tensor CombineWeights(Arena& arena, const Tensor& raw_weights, int64_t tokens, i
 // of `chosen` [T*k] and the balance loss (averaged over `balance_tokens`
 // tokens, alpha * f_i each, scaled by loss_scale) to the gradient of the
 // router logits [T, E], allocated in `arena`.
+// Pointers into the arena's backend memory (device memory on a GPU).
 struct RouterGradientInputs {
   const float* raw_weights;  // [T*k] top-k probabilities
   const float* weights;      // [T*k] combine weights (renormalized or raw)

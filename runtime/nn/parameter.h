@@ -91,6 +91,9 @@ struct ParameterLayout {
   // Every bucket starts at, and is padded to, a multiple of
   // 16 * shard_multiple elements (ZeRO shards stay 64-byte aligned).
   int64_t shard_multiple = 1;
+  // Where a model builds its store (parameters, gradients, optimizer state
+  // and the layers' constant buffers): the run's device. Null: host memory.
+  Backend* backend = nullptr;
 };
 
 // Owns the flat parameter and gradient buffers.

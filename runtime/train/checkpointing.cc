@@ -52,15 +52,39 @@ void ForEachPiece(const TrainingState& state, bool with_optimizer, bool all_tp_r
   }
 }
 
+float* HostFloats(const TrainingState& state, const Tensor& buffer) {
+  return state.mirror != nullptr ? state.mirror->Host(buffer, /*refresh=*/false)
+                                 : buffer.data<float>();
+}
+
 float* Source(const TrainingState& state, const PieceDesc& desc, const AdamW* adam,
               int64_t flat_begin) {
-  if (desc.kind == "param") return state.store->values().data<float>() + flat_begin;
+  if (desc.kind == "param") return HostFloats(state, state.store->values()) + flat_begin;
   if (desc.kind == "ema") return state.ema + flat_begin;
   Tensor moments = desc.kind == "adam_m" ? adam->m() : adam->v();
-  return moments.data<float>() + (flat_begin - adam->begin());
+  return HostFloats(state, moments) + (flat_begin - adam->begin());
 }
 
 }  // namespace
+
+float* HostStateMirror::Host(const Tensor& buffer, bool refresh) {
+  if (buffer.on_host()) return buffer.data<float>();
+  for (auto& [device, host] : copies_) {
+    if (device.address() != buffer.address()) continue;
+    if (refresh) buffer.backend().CopyToHost(host.address(), buffer.address(), buffer.bytes());
+    return host.data<float>();
+  }
+  Tensor host = Tensor::Empty(buffer.dtype(), buffer.shape());
+  buffer.backend().CopyToHost(host.address(), buffer.address(), buffer.bytes());
+  copies_.emplace_back(buffer, host);
+  return host.data<float>();
+}
+
+void HostStateMirror::WriteBack() {
+  for (auto& [device, host] : copies_) {
+    device.backend().CopyToDevice(device.address(), host.address(), host.bytes());
+  }
+}
 
 void SnapshotPieces(const TrainingState& state, std::vector<SavePiece>* pieces) {
   size_t next = 0;

@@ -21,11 +21,29 @@
 
 namespace tessera {
 
+// Host copies of a device run's flat buffers: checkpoints are written from,
+// and loaded into, host memory. Host(buffer, refresh) gives the copy of a
+// buffer (made on first use; copied from the device when `refresh`);
+// WriteBack() copies every one back to its buffer. A host buffer is its own
+// copy (nothing is copied).
+class HostStateMirror {
+ public:
+  float* Host(const Tensor& buffer, bool refresh);
+  void WriteBack();
+
+ private:
+  std::vector<std::pair<Tensor, Tensor>> copies_;  // (device buffer, host copy)
+};
+
 struct TrainingState {
   ParameterStore* store = nullptr;
-  float* ema = nullptr;  // [store->numel()], null when EMA is off
+  float* ema = nullptr;  // [store->numel()] host memory, null when EMA is off
   std::vector<AdamW*> optimizers;
   int tp_rank = 0;  // this rank's tp coordinate
+  // Where the parameters and moments are read and written when they live on
+  // a device (the copies must be made first: Host(..., refresh)); null: the
+  // buffers are host memory.
+  HostStateMirror* mirror = nullptr;
 };
 
 // Copies of every piece this rank saves, into `pieces`: when it already

@@ -115,7 +115,21 @@ Trainer::~Trainer() {
 }
 
 const float* Trainer::inference_weights() const {
-  return ema_ ? ema_->values().data<float>() : store_.values().data<float>();
+  return ema_ ? ema_->values().ptr<float>() : store_.values().ptr<float>();
+}
+
+TrainingState Trainer::HostState(bool refresh) {
+  TrainingState state{&store_, nullptr, sync_->optimizers(), options_.tp_rank};
+  if (!store_.values().on_host()) {
+    state.mirror = &mirror_;
+    mirror_.Host(store_.values(), refresh);
+    for (AdamW* adam : state.optimizers) {
+      mirror_.Host(adam->m(), refresh);
+      mirror_.Host(adam->v(), refresh);
+    }
+  }
+  if (ema_) state.ema = mirror_.Host(ema_->values(), refresh);
+  return state;
 }
 
 absl::Status Trainer::Run() {
@@ -273,14 +287,15 @@ absl::StatusOr<bool> Trainer::AgreeOnStop() {
 }
 
 absl::StatusOr<int64_t> Trainer::Restore(const std::string& dir, bool parameters_only) {
-  TrainingState state{&store_, ema_ ? ema_->values().data<float>() : nullptr,
-                      sync_->optimizers(), options_.tp_rank};
+  // Device buffers are refreshed first: a parameters-only load keeps the rest.
+  const TrainingState state = HostState(/*refresh=*/true);
   absl::StatusOr<int64_t> step = [&]() -> absl::StatusOr<int64_t> {
     TESSERA_ASSIGN_OR_RETURN(CheckpointManifest manifest, ReadCheckpointManifest(dir));
     LoadOptions load;
     // One process holds the whole model: anything else stored is a mismatch.
     load.require_all_tensors = group_->size() == 1;
     TESSERA_RETURN_IF_ERROR(LoadPieces(dir, manifest, LoadTargets(state, parameters_only), load));
+    if (state.mirror != nullptr) state.mirror->WriteBack();
     return manifest.step();
   }();
   // Every rank must know if any failed, or the others would wait for it in
@@ -292,7 +307,10 @@ absl::StatusOr<int64_t> Trainer::Restore(const std::string& dir, bool parameters
         absl::StrCat("another rank failed to load checkpoint ", dir, " (its message says why)"));
   }
   if (parameters_only) {
-    if (ema_) std::memcpy(ema_->values().raw(), store_.values().raw(), store_.values().bytes());
+    if (ema_) {
+      store_.backend().Copy(ema_->values().address(), store_.values().address(),
+                            store_.values().bytes());
+    }
     return 0;
   }
   for (AdamW* adam : sync_->optimizers()) adam->set_step(*step);
@@ -327,9 +345,7 @@ absl::Status Trainer::Save(int64_t step, bool blocking) {
   meta.run_config = RunConfigToText(config_);
   // Every random draw is a counter-based function of (seed, step, sample).
   meta.rng_state = absl::StrCat("counter seed=", config_.train().seed(), " step=", step);
-  TrainingState state{&store_, ema_ ? ema_->values().data<float>() : nullptr,
-                      sync_->optimizers(), options_.tp_rank};
-  SnapshotPieces(state, &snapshot->pieces);
+  SnapshotPieces(HostState(/*refresh=*/true), &snapshot->pieces);
   MaybeInjectFault(step, "save");
   last_saved_step_ = step;
   SaveOptions save;

@@ -14,6 +14,7 @@
 #include "runtime/config/config.pb.h"
 #include "runtime/nn/parameter.h"
 #include "runtime/optim/ema.h"
+#include "runtime/train/checkpointing.h"
 #include "runtime/train/gradient_sync.h"
 #include "runtime/train/train_task.h"
 
@@ -115,6 +116,9 @@ class Trainer {
   // `blocking`), else before returning.
   absl::Status Save(int64_t step, bool blocking);
   absl::Status WaitForSave();
+  // The checkpointed buffers as host memory (host copies on a device,
+  // copied from it when `refresh`).
+  TrainingState HostState(bool refresh);
   void MaybeInjectFault(int64_t step, const char* phase) const;
   // Logs the step (line, metrics.jsonl, progress bar); a failed metrics
   // write is an error.
@@ -132,6 +136,7 @@ class Trainer {
   HostGroup* group_;
   std::thread saver_;  // at most one background save in flight
   std::unique_ptr<CheckpointSnapshot> snapshot_;  // reused by every save
+  HostStateMirror mirror_;                         // host copies of device buffers
   const CheckpointSnapshot* saving_ = nullptr;     // what the background save writes
   absl::Status save_status_;
   int64_t last_saved_step_ = -1;

@@ -161,6 +161,7 @@ TEST(TrainRun, AModelRegisteredFromATestFileTrainsThroughTheTrainCommand) {
   config.mutable_train()->set_micro_batch(4);
   config.mutable_train()->set_threads(1);
   config.mutable_train()->set_progress("off");
+  config.mutable_train()->set_device("cpu");  // its task calls the CPU kernels directly
   config.mutable_optim()->set_lr(0.05);
   config.mutable_optim()->set_ema_decay(0);
   Distributed alone;

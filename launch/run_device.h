@@ -1,0 +1,27 @@
+// The device a run trains on (train.device, docs/cuda.md): resolved once per
+// process, before MPI binds a GPU, and turned into the Backend that the
+// model's parameter store, the trainer and the step's arena use.
+#pragma once
+
+#include <memory>
+
+#include "absl/status/status.h"
+#include "launch/distributed.h"
+#include "runtime/backend/backend.h"
+#include "runtime/config/config.pb.h"
+
+namespace tessera {
+
+// Whether `config` asks for, or under "auto" gets, the GPU in this build on
+// this machine. False for a config whose device is invalid (validation says
+// why later).
+bool RunUsesGpu(const RunConfig& config);
+
+// Sets distributed.backend (unless the caller already chose one, as tests
+// do): the host backend for "cpu", a CudaBackend on this rank's device for
+// "cuda". A multi-rank CUDA run is refused with a UsageError for now: the
+// gradient reduction and model-parallel collectives read host memory
+// (docs/cuda.md, "What is not done").
+absl::Status SelectRunBackend(const RunConfig& config, Distributed& distributed);
+
+}  // namespace tessera

@@ -1,0 +1,68 @@
+// The GPU memory plan: the same model-state and activation formulas as the
+// host check, against a model actually built from the config.
+#include <gtest/gtest.h>
+
+#include "launch/memory_fit.h"
+#include "launch/model_setup.h"
+#include "models/registry.h"
+#include "runtime/base/errors.h"
+#include "runtime/config/config.h"
+
+namespace tessera {
+namespace {
+
+RunConfig TinyDit() {
+  RunConfig config = *LoadRunConfig(TESSERA_SOURCE_DIR "/configs/dit_moe_tiny.textproto");
+  config.mutable_train()->set_global_batch(8);
+  return config;
+}
+
+TEST(DeviceMemoryPlan, ModelStateIsFiveFp32CopiesOfTheEstimatedParametersWithEma) {
+  RunConfig config = TinyDit();
+  const ModelSizeEstimate estimate = (*FindModelFamily(config))->estimate(config);
+  // values, gradients, AdamW m and v, EMA: 4 bytes each.
+  EXPECT_DOUBLE_EQ(PlanDeviceMemory(config, 1).state, 20 * estimate.parameters);
+  // The estimate is a lower bound of the parameters the model builds.
+  auto built = BuildModel(config);
+  ASSERT_TRUE(built.ok()) << built.status();
+  const double params = static_cast<double>(built->model->store().numel());
+  EXPECT_LE(estimate.parameters, params);
+  EXPECT_GE(estimate.parameters, 0.8 * params);
+  config.mutable_optim()->set_ema_decay(0);
+  EXPECT_DOUBLE_EQ(PlanDeviceMemory(config, 1).state, 16 * estimate.parameters);
+  // Two ranks hold half each.
+  EXPECT_DOUBLE_EQ(PlanDeviceMemory(config, 2).state, 8 * estimate.parameters);
+}
+
+TEST(DeviceMemoryPlan, ActivationsAndInputsGrowWithTheMicroBatch) {
+  RunConfig config = TinyDit();
+  const DeviceMemoryPlan eight = PlanDeviceMemory(config, 1);
+  config.mutable_train()->set_global_batch(16);
+  const DeviceMemoryPlan sixteen = PlanDeviceMemory(config, 1);
+  EXPECT_GT(eight.activations, 0);
+  EXPECT_DOUBLE_EQ(sixteen.activations, 2 * eight.activations);
+  EXPECT_DOUBLE_EQ(sixteen.inputs, 2 * eight.inputs);
+  EXPECT_DOUBLE_EQ(sixteen.state, eight.state);
+  EXPECT_DOUBLE_EQ(eight.total(),
+                   eight.state + eight.activations + eight.inputs + eight.workspace);
+}
+
+TEST(DeviceMemoryPlan, ARunThatDoesNotFitIsAUsageErrorNamingTheDeviceAndLargestTerm) {
+  DeviceMemoryPlan plan;
+  plan.state = 3e9;
+  plan.state_why = "123 parameters";
+  plan.activations = 1e9;
+  EXPECT_TRUE(CheckDeviceMemoryFits(plan, static_cast<size_t>(plan.total()) + 1, 0).ok());
+  const absl::Status status = CheckDeviceMemoryFits(plan, size_t{2} << 30, 3);
+  EXPECT_EQ(ExitCodeFor(status), 2) << status;
+  EXPECT_NE(status.message().find("CUDA device 3"), std::string::npos) << status;
+  EXPECT_NE(status.message().find("parameters, gradients and optimizer state"), std::string::npos)
+      << status;
+  EXPECT_NE(status.message().find("123 parameters"), std::string::npos) << status;
+  const std::string line = FormatDeviceMemoryPlan(plan, size_t{2} << 30, size_t{4} << 30);
+  EXPECT_NE(line.find("GPU memory plan"), std::string::npos) << line;
+  EXPECT_NE(line.find("2.0 GiB free of 4.0 GiB"), std::string::npos) << line;
+}
+
+}  // namespace
+}  // namespace tessera
