@@ -48,7 +48,7 @@ RunConfig TinyDitConfig(const std::string& base, const std::string& run) {
   config.mutable_train()->set_run_dir(base + "/" + run);
   config.mutable_train()->set_steps(4);
   config.mutable_train()->set_threads(1);
-  config.mutable_train()->set_sample_grid_per_class(0);
+  config.mutable_dit_moe()->set_sample_grid_per_class(0);
   config.mutable_checkpoint()->set_every(2);
   return config;
 }
