@@ -450,6 +450,9 @@ absl::Status Trainer::Step(int64_t step) {
     }
     ema_->Update(store_.values().ptr<float>(), decay);
   }
+  // The step boundary: a device's queued work ends here (so the step time
+  // includes it) and its asynchronous errors surface, naming the op.
+  TESSERA_RETURN_IF_ERROR(store_.backend().Synchronize());
 
   const double seconds = Seconds(start, Clock::now());
   if (summary_.steps == 0) summary_.first_loss = loss;  // the first step this process ran

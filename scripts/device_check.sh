@@ -1,0 +1,227 @@
+#!/usr/bin/env bash
+# The GPU checks of the CUDA backend in one call of at most 8 minutes on a
+# machine with one NVIDIA GPU that has the CUDA toolkit but none of the
+# libraries tessera links (Open MPI, HDF5, Abseil, protobuf, oneDNN, GTest).
+# docs/cuda.md, "Checking a GPU machine", says how it is used.
+#
+#   scripts/device_check.sh prepare [BUILD_DIR]   here: build with CUDA, bundle the
+#                                                 binaries and the libraries they need
+#   scripts/device_check.sh run [BUNDLE]          there, from the repository root
+#   DRY_RUN=1 scripts/device_check.sh run         here: everything up to the first GPU call
+#
+# BUILD_DIR defaults to build-cuda; the bundle is BUILD_DIR/device_bundle
+# (build*/ is ignored by git: name it in the device call's `carry`).
+#
+# `run` does, each step under its own time limit:
+#   1. every backend op test on CUDA (the same bodies as on the CPU, against
+#      double-precision references: fp32 relative error <= 1e-5) and the CUDA
+#      kernel tests against the CPU kernels;
+#   2. the tiny DiT-MoE: 5 steps on the GPU against the same 5 steps on the
+#      CPU, loss by loss (relative difference <= 1e-4); bf16 when this build
+#      has train.precision;
+#   3. the NCCL communicator on a group of one GPU (MPI started as an isolated
+#      singleton, so no mpirun is needed);
+#   4. DiT-MoE-B/2 and XL/2-8E2A training steps on the GPU: step time,
+#      tokens/s and the fraction of the fp32 GEMM rate measured by the same run;
+# and prints one table last. Exit status: 0 when every check that ran passed.
+set -uo pipefail
+
+MODE=${1:-}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+
+# ---- prepare (build machine) -------------------------------------------------
+
+# Libraries the GPU image has or that must come from it (the driver, the CUDA
+# toolkit, NCCL from its Python packages): never bundled.
+is_system_lib() {
+  case "$1" in
+    linux-vdso*|ld-linux*|libc.so*|libm.so*|libpthread*|libdl.so*|librt.so*|libstdc++*|libgcc_s*) return 0 ;;
+    libcuda.so*|libcudart*|libcublas*|libnccl*|libnvidia*) return 0 ;;
+  esac
+  return 1
+}
+
+bundle_libs_of() {  # binary dest
+  ldd "$1" | awk '/=> \//{print $1, $3}' | while read -r name path; do
+    is_system_lib "$name" && continue
+    [ -e "$2/$name" ] || cp -L "$path" "$2/$name"
+  done
+}
+
+prepare() {
+  local build=${1:-$ROOT/build-cuda}
+  local bundle=$build/device_bundle
+  export CCACHE_BASEDIR=/work CCACHE_NOHASHDIR=1
+  cmake -S "$ROOT" -B "$build" -DTESSERA_ENABLE_CUDA=ON -DCMAKE_CXX_COMPILER_LAUNCHER=ccache \
+    -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache >/dev/null || return 1
+  local targets="tessera runtime_backend_test runtime_kernels_cuda_test parallel_comm_nccl_test"
+  # shellcheck disable=SC2086
+  cmake --build "$build" -j"${JOBS:-2}" --target $targets || return 1
+  rm -rf "$bundle" && mkdir -p "$bundle/bin" "$bundle/lib"
+  cp "$build/bin/tessera" "$build/tests/runtime_backend_test" \
+    "$build/tests/runtime_kernels_cuda_test" "$build/tests/parallel_comm_nccl_test" "$bundle/bin/"
+  for b in "$bundle"/bin/*; do bundle_libs_of "$b" "$bundle/lib"; done
+  # Open MPI's components, relocated with OPAL_PREFIX (Debian's layout).
+  local ompi=$bundle/ompi/lib/x86_64-linux-gnu/openmpi/lib
+  mkdir -p "$ompi" "$bundle/ompi/share"
+  cp -r /usr/lib/x86_64-linux-gnu/openmpi/lib/openmpi3 "$ompi/"
+  cp -r /usr/share/openmpi "$bundle/ompi/share/"
+  for c in "$ompi"/openmpi3/*.so; do bundle_libs_of "$c" "$bundle/lib"; done
+  tar -C "$bundle" -czf "$bundle.tgz" bin lib ompi && rm -rf "$bundle" && mkdir -p "$bundle" &&
+    mv "$bundle.tgz" "$bundle/bundle.tgz"
+  echo "bundle: $bundle/bundle.tgz ($(du -h "$bundle/bundle.tgz" | cut -f1))"
+  echo "device call: carry [\"${bundle#"$ROOT"/}\"], command: scripts/device_check.sh run ${bundle#"$ROOT"/}"
+}
+
+# ---- run (GPU machine) ---------------------------------------------------------
+
+RESULTS=()
+FAILED=0
+result() { RESULTS+=("$(printf '%-44s %s' "$1" "$2")"); }
+fail() { FAILED=1; result "$1" "FAIL: $2"; }
+
+# The gtest summary of a log: "P passed, F failed, S skipped".
+gtest_counts() {
+  local passed failed skipped
+  passed=$(grep -c '^\[       OK \]' "$1")
+  failed=$(grep -c '^\[  FAILED  \].*(' "$1")
+  skipped=$(grep -c '^\[  SKIPPED \].*(' "$1")
+  echo "$passed passed, $failed failed, $skipped skipped"
+}
+
+unpack() {
+  local bundle=$1
+  WORK=$(mktemp -d /tmp/tessera_device_check.XXXXXX)
+  tar -C "$WORK" -xzf "$bundle/bundle.tgz" || return 1
+  BIN=$WORK/bin
+  local nccl_dir=""
+  if [ -z "${DRY_RUN:-}" ]; then
+    # NCCL comes with PyTorch's pip packages on the GPU image.
+    nccl_dir=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' 2>/dev/null)
+  fi
+  export LD_LIBRARY_PATH=$WORK/lib:${nccl_dir:+$nccl_dir:}/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+  export OPAL_PREFIX=$WORK/ompi OMPI_MCA_ess_singleton_isolated=1
+  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+  local missing
+  missing=$(for b in "$BIN"/*; do ldd "$b" | grep 'not found'; done | sort -u)
+  if [ -n "$missing" ]; then
+    echo "libraries not found:"; echo "$missing"; return 1
+  fi
+  echo "bundle unpacked in $WORK; every library resolves"
+}
+
+check_backend_ops() {
+  local log=$WORK/backend_ops.log
+  timeout 120 "$BIN/runtime_backend_test" --gtest_filter='*cuda*:BackendOpsOnCuda.*' >"$log" 2>&1
+  local rc=$?
+  local counts; counts=$(gtest_counts "$log")
+  if [ $rc -ne 0 ] || grep -q '^\[  SKIPPED \].*(' "$log"; then
+    fail "1 backend ops on CUDA vs references (fp32)" "$counts (rc $rc, $log)"
+    grep -E '^\[  FAILED  \]|Failure|error' "$log" | head -20
+  else
+    result "1 backend ops on CUDA vs references (fp32)" "PASS: $counts"
+  fi
+  log=$WORK/kernels.log
+  timeout 120 "$BIN/runtime_kernels_cuda_test" >"$log" 2>&1
+  rc=$?
+  counts=$(gtest_counts "$log")
+  if [ $rc -ne 0 ]; then fail "1 CUDA kernels vs CPU kernels" "$counts (rc $rc)"; else
+    result "1 CUDA kernels vs CPU kernels" "PASS: $counts"; fi
+}
+
+# "loss" values of metrics.jsonl, one per line.
+losses() { grep -o '"loss":[^,]*' "$1" | cut -d: -f2; }
+
+check_tiny_oracle() {
+  local data=$WORK/tiny_data
+  "$BIN/tessera" data synth --schema images --out "$data" --samples 256 --channels 1 --size 8 \
+    >/dev/null || { fail "2 DiT-MoE tiny oracle" "data synth failed"; return; }
+  local common=(--config "$ROOT/configs/dit_moe_tiny.textproto" --set "data.dir=$data"
+    --set train.steps=5 --set model.dit_moe.sample_grid_per_class=0)
+  timeout 120 "$BIN/tessera" train "${common[@]}" --set train.device=cpu \
+    --set "train.run_dir=$WORK/tiny_cpu" >"$WORK/tiny_cpu.log" 2>&1 ||
+    { fail "2 DiT-MoE tiny oracle" "CPU run failed ($WORK/tiny_cpu.log)"; return; }
+  timeout 120 "$BIN/tessera" train "${common[@]}" --set train.device=cuda \
+    --set "train.run_dir=$WORK/tiny_gpu" >"$WORK/tiny_gpu.log" 2>&1 ||
+    { fail "2 DiT-MoE tiny oracle fp32, 5 steps" "GPU run failed: $(tail -2 "$WORK/tiny_gpu.log")"; return; }
+  local worst
+  worst=$(paste <(losses "$WORK/tiny_cpu/metrics.jsonl") <(losses "$WORK/tiny_gpu/metrics.jsonl") |
+    awk '{d = $1 - $2; if (d < 0) d = -d; r = d / ($1 < 0 ? -$1 : $1); if (r > w) w = r} END {printf "%.2e", w}')
+  if awk -v w="$worst" 'BEGIN {exit !(w <= 1e-4)}'; then
+    result "2 DiT-MoE tiny oracle fp32, 5 steps" "PASS: max relative loss difference $worst (<= 1e-4)"
+  else
+    fail "2 DiT-MoE tiny oracle fp32, 5 steps" "max relative loss difference $worst > 1e-4"
+  fi
+  if "$BIN/tessera" train "${common[@]}" --set train.device=cuda --set train.precision=bf16 \
+    --set "train.run_dir=$WORK/tiny_bf16" >"$WORK/tiny_bf16.log" 2>&1; then
+    worst=$(paste <(losses "$WORK/tiny_cpu/metrics.jsonl") <(losses "$WORK/tiny_bf16/metrics.jsonl") |
+      awk '{d = $1 - $2; if (d < 0) d = -d; r = d / $1; if (r > w) w = r} END {printf "%.2e", w}')
+    result "2 DiT-MoE tiny bf16 vs CPU fp32, 5 steps" "max relative loss difference $worst"
+  else
+    result "2 DiT-MoE tiny bf16" "not run: $(grep -m1 -o 'error: .*' "$WORK/tiny_bf16.log" | cut -c1-60)"
+  fi
+}
+
+check_nccl() {
+  local log=$WORK/nccl.log
+  timeout 60 "$BIN/parallel_comm_nccl_test" >"$log" 2>&1
+  local rc=$? counts; counts=$(gtest_counts "$log")
+  if [ $rc -ne 0 ] || grep -q '^\[  SKIPPED \].*(' "$log"; then
+    fail "3 NCCL communicator, group of one GPU" "$counts (rc $rc, $log)"
+  else
+    result "3 NCCL communicator, group of one GPU" "PASS: $counts"
+  fi
+  result "3 MPI with device buffers staged via host" "not run: not implemented (docs/cuda.md)"
+}
+
+# One DiT-MoE size on the GPU: the last logged step's throughput fields.
+check_model_speed() {  # name hidden depth heads
+  local name=$1 data=$WORK/speed_data run=$WORK/speed_$1
+  [ -d "$data" ] || "$BIN/tessera" data synth --schema images --out "$data" --samples 2048 \
+    --channels 4 --size 32 >/dev/null
+  timeout 150 "$BIN/tessera" train --config "$ROOT/configs/dit_moe_s2_8e2a.textproto" \
+    --set "data.dir=$data" --set train.device=cuda --set "train.run_dir=$run" \
+    --set model.dit_moe.in_channels=4 --set "model.dit_moe.hidden_size=$2" \
+    --set "model.dit_moe.depth=$3" --set "model.dit_moe.num_heads=$4" \
+    --set train.global_batch=64 --set train.steps=8 --set train.log_every=1 \
+    --set model.dit_moe.sample_grid_per_class=0 --set optim.ema_decay=0 \
+    >"$WORK/speed_$1.log" 2>&1 ||
+    { fail "4 $name fp32 step" "run failed: $(tail -1 "$WORK/speed_$1.log" | cut -c1-80)"; return; }
+  local last; last=$(tail -1 "$run/metrics.jsonl")
+  field() { echo "$last" | grep -o "\"$1\":[^,}]*" | cut -d: -f2; }
+  result "4 $name fp32, batch 64 (step 8)" "$(awk -v s="$(field samples_per_s)" \
+    -v t="$(field tokens_per_s)" -v p="$(field peak_fraction)" \
+    'BEGIN {printf "%.1f ms/step, %.0f tokens/s, %.1f%% of the run'"'"'s fp32 GEMM rate", 64000 / s, t, 100 * p}')"
+}
+
+run() {
+  local bundle=${1:-build-cuda/device_bundle}
+  [ -f "$bundle/bundle.tgz" ] || { echo "no $bundle/bundle.tgz: run '$0 prepare' first"; exit 2; }
+  unpack "$bundle" || exit 1
+  if [ -n "${DRY_RUN:-}" ]; then
+    timeout 60 "$BIN/runtime_backend_test" --gtest_list_tests | grep -c '/' |
+      xargs -I{} echo "dry run: runtime_backend_test lists {} parameterized tests"
+    timeout 60 "$BIN/parallel_comm_nccl_test" >"$WORK/nccl_dry.log" 2>&1
+    echo "dry run: MPI singleton from the bundle: $(gtest_counts "$WORK/nccl_dry.log") (rc $?)"
+    "$BIN/tessera" data synth --schema images --out "$WORK/tiny_data" --samples 64 --channels 1 \
+      --size 8 >/dev/null && echo "dry run: synthetic data written"
+    echo "dry run: stopping before check 1 (its first call needs the GPU)"
+    exit 0
+  fi
+  nvidia-smi -L 2>/dev/null || echo "nvidia-smi not found"
+  check_backend_ops
+  check_tiny_oracle
+  check_nccl
+  check_model_speed "DiT-MoE-B/2-8E2A" 768 12 12
+  check_model_speed "DiT-MoE-XL/2-8E2A" 1152 28 16
+  echo
+  printf '%-44s %s\n' "check" "result"
+  printf '%s\n' "${RESULTS[@]}"
+  exit $FAILED
+}
+
+case "$MODE" in
+  prepare) shift; prepare "$@" ;;
+  run) shift; run "$@" ;;
+  *) sed -n '2,25p' "$0"; exit 2 ;;
+esac
