@@ -141,7 +141,7 @@ absl::Status TrainRun(const RunConfig& config, Distributed& distributed) {
   }
   ConfigureThreads(config, distributed.local_size);
   const bool leader = distributed.rank() == 0;
-  TESSERA_RETURN_IF_ERROR(ConfigurePrecision(config, HostBackend(), leader));
+  TESSERA_RETURN_IF_ERROR(ConfigurePrecision(config, backend, leader));
   // Every rank reads the same manifest, so all resume from the same step.
   TESSERA_ASSIGN_OR_RETURN(const std::string resume_dir, ResolveResume(config, leader));
   SamplerState start;
