@@ -4,6 +4,7 @@
 #include "absl/strings/str_join.h"
 #include "models/dit_moe/family.h"
 #include "models/hstu/family.h"
+#include "models/mamba_hybrid/family.h"
 #include "runtime/base/errors.h"
 
 namespace tessera {
@@ -14,6 +15,7 @@ std::vector<ModelFamily>& Families() {
   static auto* families = new std::vector<ModelFamily>{
       dit_moe::Family(),
       hstu::Family(),
+      mamba_hybrid::Family(),
   };
   return *families;
 }

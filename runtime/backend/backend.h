@@ -137,6 +137,9 @@ class Backend {
   virtual void SwigluForward(const float* x, float* y, int64_t rows, int64_t hidden) = 0;
   virtual void SwigluBackward(const float* dy, const float* x, float* dx, int64_t rows,
                               int64_t hidden) = 0;
+  // Squared ReLU: y = max(x, 0)^2; dx = 2 max(x, 0) dy (overwritten).
+  virtual void ReluSquaredForward(const float* x, float* y, int64_t n) = 0;
+  virtual void ReluSquaredBackward(const float* dy, const float* x, float* dx, int64_t n) = 0;
   // y += x
   virtual void AddInPlace(float* y, const float* x, int64_t n) = 0;
   // y[r, :] += bias[:]
@@ -298,6 +301,27 @@ class Backend {
   virtual void CausalConv1dStep(const CausalConv1dShape& shape, const float* x,
                                 const float* weight, const float* bias, float* state,
                                 float* y) = 0;
+
+  // The Mamba-2 mixer's pointwise pieces (runtime/kernels/cpu/ssm_pointwise.h).
+  // dt [rows, heads] = softplus(dt_raw + bias), dt_raw rows raw_stride apart
+  // (read in place from the in_proj output). Backward: ddt_raw (strided)
+  // overwritten, dbias accumulates.
+  virtual void DtSoftplusForward(const float* dt_raw, int64_t raw_stride, const float* bias,
+                                 float* dt, int64_t rows, int64_t heads) = 0;
+  virtual void DtSoftplusBackward(const float* ddt, const float* dt_raw, int64_t raw_stride,
+                                  const float* bias, float* ddt_raw, float* dbias, int64_t rows,
+                                  int64_t heads) = 0;
+  // Gated RMSNorm by group (mamba_ssm's RMSNormGated, norm_before_gate=False):
+  // y = RMSNorm_group(x * silu(z)) * weight; x, y [rows, dim]; z rows
+  // z_stride apart; rstd [rows, dim / group_size]. Backward: dx, dz (strided)
+  // overwritten; dweight accumulates.
+  virtual void GatedRmsNormForward(const float* x, const float* z, int64_t z_stride,
+                                   const float* weight, float* y, float* rstd, int64_t rows,
+                                   int64_t dim, int64_t group_size, float eps) = 0;
+  virtual void GatedRmsNormBackward(const float* dy, const float* x, const float* z,
+                                    int64_t z_stride, const float* weight, const float* rstd,
+                                    float* dx, float* dz, float* dweight, int64_t rows,
+                                    int64_t dim, int64_t group_size) = 0;
 
   // ---- Optimizer and EMA over flat buffers -----------------------------------
   // One AdamW step over the segments (disjoint, covering the buffers).

@@ -19,6 +19,7 @@
 #include "runtime/kernels/cpu/routing.h"
 #include "runtime/kernels/cpu/softmax.h"
 #include "runtime/kernels/cpu/ssd.h"
+#include "runtime/kernels/cpu/ssm_pointwise.h"
 
 namespace tessera {
 namespace {
@@ -142,6 +143,14 @@ void CpuBackend::SwigluForward(const float* x, float* y, int64_t rows, int64_t h
 void CpuBackend::SwigluBackward(const float* dy, const float* x, float* dx, int64_t rows,
                                 int64_t hidden) {
   cpu::SwigluBackward(dy, x, dx, rows, hidden);
+}
+
+void CpuBackend::ReluSquaredForward(const float* x, float* y, int64_t n) {
+  cpu::ReluSquaredForward(x, y, n);
+}
+
+void CpuBackend::ReluSquaredBackward(const float* dy, const float* x, float* dx, int64_t n) {
+  cpu::ReluSquaredBackward(dy, x, dx, n);
 }
 
 void CpuBackend::AddInPlace(float* y, const float* x, int64_t n) { cpu::AddInPlace(y, x, n); }
@@ -357,6 +366,31 @@ void CpuBackend::CausalConv1dBackward(const CausalConv1dShape& shape, const floa
 void CpuBackend::CausalConv1dStep(const CausalConv1dShape& shape, const float* x,
                                   const float* weight, const float* bias, float* state, float* y) {
   cpu::CausalConv1dStep(shape, x, weight, bias, state, y);
+}
+
+void CpuBackend::DtSoftplusForward(const float* dt_raw, int64_t raw_stride, const float* bias,
+                                   float* dt, int64_t rows, int64_t heads) {
+  cpu::DtSoftplusForward(dt_raw, raw_stride, bias, dt, rows, heads);
+}
+
+void CpuBackend::DtSoftplusBackward(const float* ddt, const float* dt_raw, int64_t raw_stride,
+                                    const float* bias, float* ddt_raw, float* dbias,
+                                    int64_t rows, int64_t heads) {
+  cpu::DtSoftplusBackward(ddt, dt_raw, raw_stride, bias, ddt_raw, dbias, rows, heads);
+}
+
+void CpuBackend::GatedRmsNormForward(const float* x, const float* z, int64_t z_stride,
+                                     const float* weight, float* y, float* rstd, int64_t rows,
+                                     int64_t dim, int64_t group_size, float eps) {
+  cpu::GatedRmsNormForward(x, z, z_stride, weight, y, rstd, rows, dim, group_size, eps);
+}
+
+void CpuBackend::GatedRmsNormBackward(const float* dy, const float* x, const float* z,
+                                      int64_t z_stride, const float* weight, const float* rstd,
+                                      float* dx, float* dz, float* dweight, int64_t rows,
+                                      int64_t dim, int64_t group_size) {
+  cpu::GatedRmsNormBackward(dy, x, z, z_stride, weight, rstd, dx, dz, dweight, rows, dim,
+                            group_size);
 }
 
 void CpuBackend::AdamWUpdate(const AdamWScalars& scalars, std::span<const AdamWSegment> segments,

@@ -63,6 +63,26 @@ int64_t GlobalIndex(const ParamInfo& info, int64_t i) {
   }
   return global;
 }
+
+// The initial value at `counter` (a global element index) of stream `key`.
+float InitialValue(const ParamInit& init, uint64_t key, uint64_t counter) {
+  const double u = CounterUniform(key, counter);
+  switch (init.kind) {
+    case ParamInit::Kind::kZeros: return 0;
+    case ParamInit::Kind::kOnes: return 1;
+    case ParamInit::Kind::kNormal: return init.scale * CounterNormal(key, counter);
+    case ParamInit::Kind::kUniform: return init.scale * static_cast<float>(2 * u - 1);
+    case ParamInit::Kind::kLogOfUniform:
+      return static_cast<float>(std::log(init.low + (init.high - init.low) * u));
+    case ParamInit::Kind::kInverseSoftplusOfLogUniform: {
+      const double log_low = std::log(init.low), log_high = std::log(init.high);
+      const double dt = std::max<double>(init.scale, std::exp(log_low + (log_high - log_low) * u));
+      return static_cast<float>(dt + std::log(-std::expm1(-dt)));
+    }
+  }
+  return 0;
+}
+
 }  // namespace
 
 void ParameterStore::Finalize(uint64_t seed, const ParameterLayout& layout) {
@@ -112,14 +132,7 @@ void ParameterStore::Finalize(uint64_t seed, const ParameterLayout& layout) {
     const uint64_t key = Mix64(seed) ^ HashName(info.name);
     for (int64_t i = 0; i < n; ++i) {
       const uint64_t counter = static_cast<uint64_t>(GlobalIndex(info, i));
-      switch (info.init.kind) {
-        case ParamInit::Kind::kZeros: out[i] = 0; break;
-        case ParamInit::Kind::kOnes: out[i] = 1; break;
-        case ParamInit::Kind::kNormal: out[i] = info.init.scale * CounterNormal(key, counter); break;
-        case ParamInit::Kind::kUniform:
-          out[i] = info.init.scale * (2 * CounterUniform(key, counter) - 1);
-          break;
-      }
+      out[i] = InitialValue(info.init, key, counter);
     }
   }
   if (!backend.host_accessible()) {

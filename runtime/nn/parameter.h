@@ -17,14 +17,25 @@
 namespace tessera {
 
 struct ParamInit {
-  enum class Kind { kZeros, kOnes, kNormal, kUniform };
+  enum class Kind { kZeros, kOnes, kNormal, kUniform, kLogOfUniform, kInverseSoftplusOfLogUniform };
   Kind kind = Kind::kZeros;
   float scale = 0;  // std for kNormal, bound for kUniform (values in [-scale, scale))
+  float low = 0, high = 0;  // the range of the two Mamba-2 kinds below
 
   static ParamInit Zeros() { return {Kind::kZeros, 0}; }
   static ParamInit Ones() { return {Kind::kOnes, 0}; }
   static ParamInit Normal(float std) { return {Kind::kNormal, std}; }
   static ParamInit Uniform(float bound) { return {Kind::kUniform, bound}; }
+  // log(u), u uniform in [low, high): Mamba-2's A_log (A = -exp(A_log) in [-high, -low]).
+  static ParamInit LogOfUniform(float low, float high) {
+    return {Kind::kLogOfUniform, 0, low, high};
+  }
+  // Mamba-2's dt_bias: dt = exp(uniform in [log low, log high)), at least
+  // `floor`, stored as softplus^-1(dt) = dt + log(-expm1(-dt)), so that
+  // softplus(dt_bias) = dt at initialization.
+  static ParamInit InverseSoftplusOfLogUniform(float low, float high, float floor) {
+    return {Kind::kInverseSoftplusOfLogUniform, floor, low, high};
+  }
   // Xavier/Glorot uniform for a [fan_out, fan_in] weight.
   static ParamInit XavierUniform(int64_t fan_in, int64_t fan_out);
 };

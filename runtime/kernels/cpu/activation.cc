@@ -78,6 +78,19 @@ void SwigluBackward(const float* dy, const float* x, float* dx, int64_t rows, in
   }
 }
 
+void ReluSquaredForward(const float* x, float* y, int64_t n) {
+#pragma omp parallel for simd schedule(static) if (parallel : ShouldParallelize(n))
+  for (int64_t i = 0; i < n; ++i) {
+    const float r = x[i] > 0.0f ? x[i] : 0.0f;
+    y[i] = r * r;
+  }
+}
+
+void ReluSquaredBackward(const float* dy, const float* x, float* dx, int64_t n) {
+#pragma omp parallel for simd schedule(static) if (parallel : ShouldParallelize(n))
+  for (int64_t i = 0; i < n; ++i) dx[i] = x[i] > 0.0f ? 2.0f * x[i] * dy[i] : 0.0f;
+}
+
 void AddInPlace(float* y, const float* x, int64_t n) {
 #pragma omp parallel for simd schedule(static) if (parallel : ShouldParallelize(n))
   for (int64_t i = 0; i < n; ++i) y[i] += x[i];

@@ -20,6 +20,11 @@ void GeluBackward(const float* dy, const float* x, float* dx, int64_t n);
 void SwigluForward(const float* x, float* y, int64_t rows, int64_t hidden);
 void SwigluBackward(const float* dy, const float* x, float* dx, int64_t rows, int64_t hidden);
 
+// Squared ReLU (the MLP of the Mamba hybrid and Primer): y = max(x, 0)^2;
+// dx = 2 max(x, 0) dy, overwritten.
+void ReluSquaredForward(const float* x, float* y, int64_t n);
+void ReluSquaredBackward(const float* dy, const float* x, float* dx, int64_t n);
+
 // y += x (n elements)
 void AddInPlace(float* y, const float* x, int64_t n);
 // y[r, :] += bias[:] for r < rows

@@ -942,6 +942,112 @@ TEST_P(BackendOps, CausalConv1dForwardBackwardAndStepMatchTheReference) {
   ExpectClose(Download<float>(y1), want1, kTolerance, "conv step");
 }
 
+// ---- The Mamba-2 mixer's pointwise pieces --------------------------------------------------
+
+TEST_P(BackendOps, ReluSquaredForwardAndBackward) {
+  const int64_t n = 97;
+  const auto x = RandomFloats(n, 90, -3, 3), dy = RandomFloats(n, 91);
+  auto ref = [&](const std::vector<double>& v) {
+    std::vector<double> y(v.size());
+    for (size_t i = 0; i < v.size(); ++i) y[i] = v[i] > 0 ? v[i] * v[i] : 0.0;
+    return y;
+  };
+  Tensor xt = Upload(x), y = Poisoned<float>(n), dx = Poisoned<float>(n);
+  backend().ReluSquaredForward(xt.ptr<float>(), y.ptr<float>(), n);
+  ExpectClose(Download<float>(y), ref(ToDouble(x)), kTolerance, "relu^2");
+  backend().ReluSquaredBackward(Upload(dy).ptr<float>(), xt.ptr<float>(), dx.ptr<float>(), n);
+  ExpectGradient(Download<float>(dx), ref, x, dy, "relu^2 dx");
+}
+
+// A [rows, stride] buffer of zeros whose columns [0, cols) of each row are poisoned: a
+// backward that writes strided gradients must fill exactly those.
+Tensor PoisonedColumns(Backend& backend, int64_t rows, int64_t stride, int64_t cols) {
+  Tensor t = Tensor::Empty(DType::kF32, Shape{rows * stride}, backend);
+  backend.Memset(t.address(), 0, t.bytes());
+  for (int64_t r = 0; r < rows; ++r)
+    backend.Memset(t.ptr<float>() + r * stride, 0xff, cols * sizeof(float));
+  return t;
+}
+
+TEST_P(BackendOps, DtSoftplusReadsStridedRowsAndReducesTheBias) {
+  const int64_t rows = 5, heads = 3, stride = 7;
+  // Values around the softplus threshold of 20 too.
+  auto raw = RandomFloats(rows * stride, 92, -6, 6);
+  raw[stride + 1] = 25.0f;
+  const auto bias = RandomFloats(heads, 93), ddt = RandomFloats(rows * heads, 94);
+  auto reference = [&](const std::vector<double>& r, const std::vector<double>& b) {
+    std::vector<double> dt(rows * heads);
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t h = 0; h < heads; ++h) {
+        const double v = r[i * stride + h] + b[h];
+        dt[i * heads + h] = v > 20 ? v : std::log1p(std::exp(v));
+      }
+    return dt;
+  };
+  Tensor rawt = Upload(raw), biast = Upload(bias), dt = Poisoned<float>(rows * heads);
+  backend().DtSoftplusForward(rawt.ptr<float>(), stride, biast.ptr<float>(), dt.ptr<float>(),
+                              rows, heads);
+  ExpectClose(Download<float>(dt), reference(ToDouble(raw), ToDouble(bias)), kTolerance, "dt");
+  Tensor draw = PoisonedColumns(backend(), rows, stride, heads);
+  std::vector<float> dbias0 = {0.5f, -0.25f, 1.0f};  // accumulates onto these
+  Tensor dbias = Upload(dbias0);
+  backend().DtSoftplusBackward(Upload(ddt).ptr<float>(), rawt.ptr<float>(), stride,
+                               biast.ptr<float>(), draw.ptr<float>(), dbias.ptr<float>(), rows,
+                               heads);
+  const std::vector<double> rawd = ToDouble(raw), biasd = ToDouble(bias);
+  ExpectGradient(Download<float>(draw),
+                 [&](const std::vector<double>& r) { return reference(r, biasd); }, raw, ddt,
+                 "dt draw");
+  std::vector<float> got_bias = Download<float>(dbias);
+  for (int64_t h = 0; h < heads; ++h) got_bias[h] -= dbias0[h];
+  ExpectGradient(got_bias, [&](const std::vector<double>& b) { return reference(rawd, b); },
+                 bias, ddt, "dt dbias");
+}
+
+TEST_P(BackendOps, GatedRmsNormNormalizesEachGroupOfTheGatedInput) {
+  const int64_t rows = 3, dim = 12, group = 4, z_stride = 20, groups = dim / group;
+  const float eps = 1e-5f;
+  const auto x = RandomFloats(rows * dim, 95, -2, 2), z = RandomFloats(rows * z_stride, 96, -3, 3);
+  const auto w = RandomFloats(dim, 97, 0.5f, 1.5f), dy = RandomFloats(rows * dim, 98);
+  auto reference = [&](const std::vector<double>& xs, const std::vector<double>& zs,
+                       const std::vector<double>& ws) {
+    std::vector<double> y(rows * dim);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t g = 0; g < groups; ++g) {
+        double sum = 0;
+        std::vector<double> u(group);
+        for (int64_t j = 0; j < group; ++j) {
+          u[j] = xs[r * dim + g * group + j] * Silu(zs[r * z_stride + g * group + j]);
+          sum += u[j] * u[j];
+        }
+        const double rstd = 1 / std::sqrt(sum / group + eps);
+        for (int64_t j = 0; j < group; ++j)
+          y[r * dim + g * group + j] = u[j] * rstd * ws[g * group + j];
+      }
+    return y;
+  };
+  Tensor xt = Upload(x), zt = Upload(z), wt = Upload(w);
+  Tensor y = Poisoned<float>(rows * dim), rstd = Poisoned<float>(rows * groups);
+  backend().GatedRmsNormForward(xt.ptr<float>(), zt.ptr<float>(), z_stride, wt.ptr<float>(),
+                                y.ptr<float>(), rstd.ptr<float>(), rows, dim, group, eps);
+  const std::vector<double> xd = ToDouble(x), zd = ToDouble(z), wd = ToDouble(w);
+  ExpectClose(Download<float>(y), reference(xd, zd, wd), kTolerance, "gated rmsnorm");
+  Tensor dx = Poisoned<float>(rows * dim), dz = PoisonedColumns(backend(), rows, z_stride, dim);
+  Tensor dw = Upload(std::vector<float>(dim, 0.0f));
+  backend().GatedRmsNormBackward(Upload(dy).ptr<float>(), xt.ptr<float>(), zt.ptr<float>(),
+                                 z_stride, wt.ptr<float>(), rstd.ptr<float>(), dx.ptr<float>(),
+                                 dz.ptr<float>(), dw.ptr<float>(), rows, dim, group);
+  ExpectGradient(Download<float>(dx),
+                 [&](const std::vector<double>& v) { return reference(v, zd, wd); }, x, dy,
+                 "gated rmsnorm dx");
+  ExpectGradient(Download<float>(dz),
+                 [&](const std::vector<double>& v) { return reference(xd, v, wd); }, z, dy,
+                 "gated rmsnorm dz");
+  ExpectGradient(Download<float>(dw),
+                 [&](const std::vector<double>& v) { return reference(xd, zd, v); }, w, dy,
+                 "gated rmsnorm dweight");
+}
+
 INSTANTIATE_TEST_SUITE_P(EveryBackend, BackendOps, ::testing::ValuesIn(BackendsPresent()),
                          [](const ::testing::TestParamInfo<Backend*>& info) {
                            return std::string(DeviceName(info.param->device()));

@@ -1,0 +1,116 @@
+// The Mamba hybrid's config rules: its sizes, the layer pattern, the
+// mixer's and attention's divisibility, the initialization ranges, the
+// layout (one process or data parallelism in this version) and the schema.
+#include "models/mamba_hybrid/config_rules.h"
+
+#include <cstdint>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "models/mamba_hybrid/pattern.h"
+
+namespace tessera::mamba_hybrid {
+namespace {
+
+std::string F(const char* name, double value) {
+  return Field(absl::StrCat("model.mamba_hybrid.", name), value);
+}
+
+// Every size positive and below a limit far above any model trained here.
+bool CheckSizes(const MambaHybridConfig& m, ConfigChecker& check) {
+  const struct {
+    const char* name;
+    int64_t value, limit;
+  } sizes[] = {{"vocab_size", m.vocab_size(), 1 << 24},  {"hidden_size", m.hidden_size(), 65536},
+               {"num_layers", m.num_layers(), 1024},      {"seq_len", m.seq_len(), 1 << 24},
+               {"state_dim", m.state_dim(), 4096},        {"head_dim", m.head_dim(), 4096},
+               {"num_groups", m.num_groups(), 4096},      {"expand", m.expand(), 64},
+               {"conv_width", m.conv_width(), 64},        {"chunk_size", m.chunk_size(), 4096},
+               {"num_heads", m.num_heads(), 4096}};
+  bool ok = true;
+  for (const auto& size : sizes) {
+    const bool fine = size.value > 0 && size.value <= size.limit;
+    ok = ok && fine;
+    check.Expect(fine, absl::StrCat(F(size.name, static_cast<double>(size.value)),
+                                    " must be in [1, ", size.limit, "]"));
+  }
+  check.Expect(m.num_query_groups() >= 0 && m.num_query_groups() <= 4096,
+               absl::StrCat(F("num_query_groups", m.num_query_groups()),
+                            " must be in [0, 4096] (0 means num_heads)"));
+  check.Expect(m.ffn_hidden_size() >= 0 && m.ffn_hidden_size() <= (1 << 20),
+               absl::StrCat(F("ffn_hidden_size", m.ffn_hidden_size()),
+                            " must be in [0, 1048576] (0 means 4 * hidden_size)"));
+  return ok && m.num_query_groups() >= 0;
+}
+
+void CheckShapes(const MambaHybridConfig& m, ConfigChecker& check) {
+  const int64_t d_inner = static_cast<int64_t>(m.expand()) * m.hidden_size();
+  const bool heads_divide = d_inner % m.head_dim() == 0;
+  check.Expect(heads_divide, absl::StrCat(F("head_dim", m.head_dim()), " must divide expand * ",
+                                          F("hidden_size", m.hidden_size()), " = ", d_inner));
+  if (heads_divide) {
+    const int64_t heads = d_inner / m.head_dim();
+    check.Expect(heads % m.num_groups() == 0,
+                 absl::StrCat(F("num_groups", m.num_groups()),
+                              " must divide the Mamba heads expand * hidden_size / head_dim = ",
+                              heads));
+  }
+  check.Expect(m.hidden_size() % m.num_heads() == 0,
+               absl::StrCat(F("num_heads", m.num_heads()), " must divide ",
+                            F("hidden_size", m.hidden_size())));
+  const int kv = m.num_query_groups() > 0 ? m.num_query_groups() : m.num_heads();
+  check.Expect(m.num_heads() % kv == 0, absl::StrCat(F("num_query_groups", kv), " must divide ",
+                                                     F("num_heads", m.num_heads())));
+  check.Expect(m.dt_min() > 0 && m.dt_min() <= m.dt_max() && m.dt_init_floor() >= 0,
+               absl::StrCat(F("dt_min", m.dt_min()), " and ", F("dt_max", m.dt_max()),
+                            " must satisfy 0 < dt_min <= dt_max, and ",
+                            F("dt_init_floor", m.dt_init_floor()), " >= 0"));
+  check.Expect(m.a_init_min() > 0 && m.a_init_min() <= m.a_init_max(),
+               absl::StrCat(F("a_init_min", m.a_init_min()), " and ",
+                            F("a_init_max", m.a_init_max()), " must satisfy 0 < min <= max"));
+  check.Expect(m.norm_eps() > 0, absl::StrCat(F("norm_eps", m.norm_eps()), " must be positive"));
+}
+
+void CheckLayout(const RunConfig& config, ConfigChecker& check) {
+  const ParallelConfig& p = config.parallel();
+  const MambaHybridConfig& m = config.mamba_hybrid();
+  // Not built yet: these layouts of the model (docs/mamba.md).
+  check.Expect(p.tp() == 1 && p.sp() == 1 && p.ep() == 1 && !p.sequence_parallel(),
+               absl::StrCat(Field("parallel.tp", p.tp()), ", ", Field("parallel.sp", p.sp()),
+                            ", ", Field("parallel.ep", p.ep()), " and ",
+                            Field("parallel.sequence_parallel", p.sequence_parallel()),
+                            ": model.mamba_hybrid runs on one process or under data "
+                            "parallelism (with ZeRO-1) in this version; tensor, sequence and "
+                            "expert parallelism are not built for it yet"));
+  // The head gathers the selected positions by int32 element index.
+  const int64_t micro = config.train().micro_batch() > 0 ? config.train().micro_batch()
+                                                         : config.train().global_batch();
+  const double elements = static_cast<double>(micro) * m.seq_len() * m.hidden_size();
+  check.Expect(elements < 2147483648.0,
+               absl::StrCat("train.micro_batch * ", F("seq_len", m.seq_len()), " * ",
+                            F("hidden_size", m.hidden_size()), " = ", elements,
+                            " must be below 2^31"));
+}
+
+}  // namespace
+
+void CheckConfig(const RunConfig& config, int /*world_size*/, ConfigChecker& check) {
+  const MambaHybridConfig& m = config.mamba_hybrid();
+  if (CheckSizes(m, check)) {
+    CheckShapes(m, check);
+    absl::StatusOr<std::string> pattern = ResolvePattern(m);
+    check.Expect(pattern.ok(), std::string(pattern.status().message()));
+    if (pattern.ok()) {
+      check.Expect(pattern->find(kMoe) == std::string::npos,
+                   absl::StrCat(Field("model.mamba_hybrid.pattern", *pattern),
+                                ": MoE layers (E) are not built yet in this version"));
+    }
+  }
+  CheckLayout(config, check);
+  const std::string& schema = config.data().schema();
+  check.Expect(schema.empty() || schema == "tokens",
+               absl::StrCat(Field("data.schema", schema),
+                            " must be \"tokens\" for model.mamba_hybrid"));
+}
+
+}  // namespace tessera::mamba_hybrid

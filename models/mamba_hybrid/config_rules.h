@@ -1,0 +1,12 @@
+// The Mamba hybrid's config rules (model.mamba_hybrid and its layout),
+// checked through the model registry after the shared sections' rules.
+#pragma once
+
+#include "runtime/config/config.pb.h"
+#include "runtime/config/config_check.h"
+
+namespace tessera::mamba_hybrid {
+
+void CheckConfig(const RunConfig& config, int world_size, ConfigChecker& check);
+
+}  // namespace tessera::mamba_hybrid

@@ -1,0 +1,35 @@
+// The MLP layer of the Mamba hybrid, without biases (Megatron's hybrids):
+//   squared ReLU (the paper's):  out = fc2(relu(fc1(x))^2)
+//   SwiGLU:                      out = fc2(silu(gate) * up), [gate | up] = fc1(x)
+// fc1 U(+-1/sqrt(hidden)); fc2 U(+-1/sqrt(ffn)) / sqrt(num_layers).
+#pragma once
+
+#include <string>
+
+#include "models/mamba_hybrid/sublayers.h"
+#include "runtime/config/config.pb.h"
+#include "runtime/nn/linear.h"
+
+namespace tessera::mamba_hybrid {
+
+// ffn_hidden_size, 0 meaning 4 * hidden_size.
+int64_t FfnHidden(const MambaHybridConfig& config);
+
+class HybridMlp : public Sublayer {
+ public:
+  HybridMlp(ParameterStore& store, const std::string& name, const MambaHybridConfig& config);
+
+  absl::StatusOr<Tensor> Forward(Arena& arena, const Tensor& x, int64_t batch,
+                                 int64_t seq) override;
+  absl::StatusOr<Tensor> Backward(Arena& arena, const Tensor& dy) override;
+  double ForwardFlops(int64_t batch, int64_t seq) const override;
+  double SavedFloatsPerToken() const override;
+
+ private:
+  bool swiglu_;
+  int64_t ffn_;
+  Linear fc1_, fc2_;
+  Tensor pre_;  // fc1's output: [rows, ffn] or [rows, 2 * ffn]
+};
+
+}  // namespace tessera::mamba_hybrid

@@ -1,0 +1,98 @@
+#include "models/mamba_hybrid/task.h"
+
+#include <cmath>
+
+#include "absl/strings/str_format.h"
+#include "runtime/base/errors.h"
+#include "runtime/base/status.h"
+
+namespace tessera::mamba_hybrid {
+
+absl::StatusOr<std::unique_ptr<LanguageModelTask>> LanguageModelTask::Create(
+    const RunConfig& config, MambaHybrid& model, int replica, int num_replicas,
+    int64_t micro_batch, SamplerState start) {
+  TokenReaderOptions options;
+  options.dir = config.data().dir();
+  options.global_batch = config.train().global_batch();
+  options.replica = replica;
+  options.num_replicas = num_replicas;
+  options.seed = config.train().seed();
+  options.prefetch = config.data().prefetch();
+  options.start = start;
+  options.seq_len = config.mamba_hybrid().seq_len();
+  options.vocab_size = config.mamba_hybrid().vocab_size();
+  TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<TokenReader> reader, TokenReader::Open(options));
+  return std::unique_ptr<LanguageModelTask>(
+      new LanguageModelTask(model, std::move(reader), options.seq_len, micro_batch));
+}
+
+LanguageModelTask::LanguageModelTask(MambaHybrid& model, std::unique_ptr<TokenReader> reader,
+                                     int64_t seq_len, int64_t micro_batch)
+    : model_(model), reader_(std::move(reader)), seq_len_(seq_len), micro_batch_(micro_batch) {}
+
+LmInputs LanguageModelTask::MicroBatchInputs(int micro) const {
+  const int64_t share = batch_.tokens.dim(0);
+  const int64_t micro_batches = share / micro_batch_;
+  LmInputs in;
+  in.batch = micro_batch_;
+  in.seq = seq_len_;
+  const int32_t* tokens = batch_.tokens.data<int32_t>();
+  const float* mask = batch_.loss_mask.data<float>();
+  for (int64_t k = 0; k < micro_batch_; ++k) {
+    const int64_t i = k * micro_batches + micro;
+    const int32_t* window = tokens + i * (seq_len_ + 1);
+    for (int64_t t = 0; t < seq_len_; ++t) {
+      in.inputs.push_back(window[t]);
+      in.targets.push_back(window[t + 1]);
+      in.mask.push_back(mask[i * seq_len_ + t] != 0 ? 1 : 0);
+    }
+  }
+  return in;
+}
+
+absl::StatusOr<MicroBatchResult> LanguageModelTask::RunMicroBatch(Arena& arena, int64_t /*step*/,
+                                                                  int micro, float loss_scale) {
+  if (micro == 0) {
+    TESSERA_ASSIGN_OR_RETURN(batch_, reader_->Next());
+    position_ = batch_.state_after;
+    step_loss_sum_ = step_targets_ = 0;
+  }
+  const int64_t share = batch_.tokens.dim(0);
+  TESSERA_CHECK(share % micro_batch_ == 0 && micro < share / micro_batch_);
+  const LmInputs in = MicroBatchInputs(micro);
+  TESSERA_ASSIGN_OR_RETURN(MambaHybrid::LossSum loss, model_.ForwardLoss(arena, in));
+  MicroBatchResult result;
+  result.samples = micro_batch_;
+  result.elements = static_cast<double>(loss.count);
+  result.loss = loss.count > 0 ? loss.sum / static_cast<double>(loss.count) : 0.0;
+  BeforeBackward();
+  // The gradient of loss_scale * (the sum of the per-token losses).
+  TESSERA_RETURN_IF_ERROR(model_.Backward(arena, loss_scale));
+  step_loss_sum_ += loss.sum;
+  step_targets_ += static_cast<double>(loss.count);
+  return result;
+}
+
+void LanguageModelTask::EndStep() {
+  bits_per_token_ = step_targets_ > 0 ? step_loss_sum_ / step_targets_ / std::log(2.0) : 0;
+}
+
+double LanguageModelTask::TrainingFlopsPerSample() const {
+  return 3.0 * model_.ForwardFlops(1, seq_len_);
+}
+
+size_t LanguageModelTask::PredictActivationBytes() const {
+  return model_.PredictActivationBytes(micro_batch_, seq_len_);
+}
+
+std::string LanguageModelTask::MetricsJsonFields() const {
+  // This replica's targets of the last step (the logged loss is over all replicas).
+  return absl::StrFormat("\"replica_bits_per_token\":%.6g,\"replica_targets\":%.0f",
+                         bits_per_token_, step_targets_);
+}
+
+std::string LanguageModelTask::LogSuffix() const {
+  return absl::StrFormat(" | %.3f bits/token (this replica)", bits_per_token_);
+}
+
+}  // namespace tessera::mamba_hybrid
