@@ -49,7 +49,7 @@ expect_exit "8B config: valid, refused by the memory plan" 2 "memory|GiB" -- \
 if grep -q "model.mamba_hybrid" "$WORK/err.txt"; then
   fail "the 8B config broke a model rule: $(cat "$WORK/err.txt")"
 fi
-expect_exit "unknown layer symbol" 2 "model.mamba_hybrid.pattern=M\\*xM: 'x' is not a layer symbol" -- \
+expect_exit "unknown layer symbol" 2 'model.mamba_hybrid.pattern="M\*xM": .x. is not a layer symbol' -- \
   "$TESSERA" train --config "$TINY" --set train.run_dir="$WORK/bad" "${common[@]}" \
   --set model.mamba_hybrid.pattern='M*xM'
 expect_exit "vocabulary smaller than the data's" 2 "vocab_size \\(32\\) is smaller" -- \

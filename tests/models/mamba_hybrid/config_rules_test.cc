@@ -50,7 +50,7 @@ TEST(MambaHybridConfigRules, EachRuleFiresWithItsMessage) {
       {{"model.mamba_hybrid.a_init_min=20"}, "must satisfy 0 < min <= max"},
       {{"model.mamba_hybrid.attention_ratio=0.8", "model.mamba_hybrid.mlp_ratio=0.5"},
        "must lie in [0, 1] with a sum <= 1"},
-      {{"data.schema=images"}, "data.schema=images must be \"tokens\" for model.mamba_hybrid"},
+      {{"data.schema=images"}, "data.schema=\"images\" must be \"tokens\" for model.mamba_hybrid"},
   };
   for (const RuleCase& rule : cases) {
     SCOPED_TRACE(rule.message);

@@ -41,7 +41,7 @@ TEST(ResolvePattern, AnExplicitPatternIsUsedAsWritten) {
 TEST(ResolvePattern, RejectsAnUnknownSymbolNamingIt) {
   absl::StatusOr<std::string> p = ResolvePattern(WithPattern("M*xM", 4));
   ASSERT_FALSE(p.ok());
-  EXPECT_NE(p.status().message().find("model.mamba_hybrid.pattern=M*xM: 'x' is not a layer"),
+  EXPECT_NE(p.status().message().find("model.mamba_hybrid.pattern=\"M*xM\": 'x' is not a layer"),
             std::string::npos)
       << p.status();
 }
