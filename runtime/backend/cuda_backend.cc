@@ -23,6 +23,7 @@
 #include "runtime/kernels/cuda/routing.h"
 #include "runtime/kernels/cuda/softmax.h"
 #include "runtime/kernels/cuda/ssd.h"
+#include "runtime/kernels/cuda/ssm_pointwise.h"
 
 namespace tessera {
 namespace {
@@ -267,6 +268,14 @@ void CudaBackend::SwigluForward(const float* x, float* y, int64_t rows, int64_t 
 void CudaBackend::SwigluBackward(const float* dy, const float* x, float* dx, int64_t rows,
                                  int64_t hidden) {
   Check("SwigluBackward", cuda::SwigluBackward(dy, x, dx, rows, hidden, stream_));
+}
+
+void CudaBackend::ReluSquaredForward(const float* x, float* y, int64_t n) {
+  Check("ReluSquaredForward", cuda::ReluSquaredForward(x, y, n, stream_));
+}
+
+void CudaBackend::ReluSquaredBackward(const float* dy, const float* x, float* dx, int64_t n) {
+  Check("ReluSquaredBackward", cuda::ReluSquaredBackward(dy, x, dx, n, stream_));
 }
 
 void CudaBackend::AddInPlace(float* y, const float* x, int64_t n) {
@@ -572,6 +581,35 @@ void CudaBackend::CausalConv1dStep(const CausalConv1dShape& shape, const float* 
 }
 
 // ---- Optimizer and EMA -----------------------------------------------------------
+
+void CudaBackend::DtSoftplusForward(const float* dt_raw, int64_t raw_stride, const float* bias,
+                                    float* dt, int64_t rows, int64_t heads) {
+  Check("DtSoftplusForward",
+        cuda::DtSoftplusForward(dt_raw, raw_stride, bias, dt, rows, heads, stream_));
+}
+
+void CudaBackend::DtSoftplusBackward(const float* ddt, const float* dt_raw, int64_t raw_stride,
+                                     const float* bias, float* ddt_raw, float* dbias,
+                                     int64_t rows, int64_t heads) {
+  Check("DtSoftplusBackward", cuda::DtSoftplusBackward(ddt, dt_raw, raw_stride, bias, ddt_raw,
+                                                       dbias, rows, heads, stream_));
+}
+
+void CudaBackend::GatedRmsNormForward(const float* x, const float* z, int64_t z_stride,
+                                      const float* weight, float* y, float* rstd, int64_t rows,
+                                      int64_t dim, int64_t group_size, float eps) {
+  Check("GatedRmsNormForward", cuda::GatedRmsNormForward(x, z, z_stride, weight, y, rstd, rows,
+                                                         dim, group_size, eps, stream_));
+}
+
+void CudaBackend::GatedRmsNormBackward(const float* dy, const float* x, const float* z,
+                                       int64_t z_stride, const float* weight, const float* rstd,
+                                       float* dx, float* dz, float* dweight, int64_t rows,
+                                       int64_t dim, int64_t group_size) {
+  Check("GatedRmsNormBackward", cuda::GatedRmsNormBackward(dy, x, z, z_stride, weight, rstd, dx,
+                                                           dz, dweight, rows, dim, group_size,
+                                                           stream_));
+}
 
 void CudaBackend::AdamWUpdate(const AdamWScalars& scalars, std::span<const AdamWSegment> segments,
                               float* params, const float* grads, float* m, float* v) {

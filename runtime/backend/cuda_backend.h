@@ -86,6 +86,8 @@ class CudaBackend final : public Backend {
   void SwigluForward(const float* x, float* y, int64_t rows, int64_t hidden) override;
   void SwigluBackward(const float* dy, const float* x, float* dx, int64_t rows,
                       int64_t hidden) override;
+  void ReluSquaredForward(const float* x, float* y, int64_t n) override;
+  void ReluSquaredBackward(const float* dy, const float* x, float* dx, int64_t n) override;
   void AddInPlace(float* y, const float* x, int64_t n) override;
   void AddBiasRows(float* y, const float* bias, int64_t rows, int64_t dim) override;
   void SumRowsAccumulate(const float* dy, float* dbias, int64_t rows, int64_t dim) override;
@@ -178,6 +180,18 @@ class CudaBackend final : public Backend {
                             float* dbias, float* dhalo) override;
   void CausalConv1dStep(const CausalConv1dShape& shape, const float* x, const float* weight,
                         const float* bias, float* state, float* y) override;
+  void DtSoftplusForward(const float* dt_raw, int64_t raw_stride, const float* bias, float* dt,
+                         int64_t rows, int64_t heads) override;
+  void DtSoftplusBackward(const float* ddt, const float* dt_raw, int64_t raw_stride,
+                          const float* bias, float* ddt_raw, float* dbias, int64_t rows,
+                          int64_t heads) override;
+  void GatedRmsNormForward(const float* x, const float* z, int64_t z_stride, const float* weight,
+                           float* y, float* rstd, int64_t rows, int64_t dim, int64_t group_size,
+                           float eps) override;
+  void GatedRmsNormBackward(const float* dy, const float* x, const float* z, int64_t z_stride,
+                            const float* weight, const float* rstd, float* dx, float* dz,
+                            float* dweight, int64_t rows, int64_t dim,
+                            int64_t group_size) override;
   void AdamWUpdate(const AdamWScalars& scalars, std::span<const AdamWSegment> segments,
                    float* params, const float* grads, float* m, float* v) override;
   void EmaUpdate(float* ema, const float* params, int64_t n, float blend) override;

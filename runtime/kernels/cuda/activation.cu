@@ -79,6 +79,20 @@ __global__ void SwigluBackwardKernel(const float* __restrict__ dy, const float* 
   }
 }
 
+__global__ void ReluSquaredForwardKernel(const float* __restrict__ x, float* __restrict__ y,
+                                         int64_t n) {
+  TESSERA_GRID_STRIDE(i, n) {
+    const float r = fmaxf(x[i], 0.0f);
+    y[i] = r * r;
+  }
+}
+
+__global__ void ReluSquaredBackwardKernel(const float* __restrict__ dy,
+                                          const float* __restrict__ x, float* __restrict__ dx,
+                                          int64_t n) {
+  TESSERA_GRID_STRIDE(i, n) { dx[i] = x[i] > 0.0f ? 2.0f * x[i] * dy[i] : 0.0f; }
+}
+
 __global__ void AddInPlaceKernel(float* __restrict__ y, const float* __restrict__ x, int64_t n) {
   TESSERA_GRID_STRIDE(i, n) { y[i] += x[i]; }
 }
@@ -154,6 +168,16 @@ absl::Status SwigluBackward(const float* dy, const float* x, float* dx, int64_t 
   TESSERA_RETURN_IF_ERROR(internal::CheckNonNegative("SwigluBackward", rows, hidden));
   return LaunchElementwise("SwigluBackward", rows * hidden, stream, SwigluBackwardKernel, dy, x, dx,
                            rows, hidden);
+}
+
+absl::Status ReluSquaredForward(const float* x, float* y, int64_t n, cudaStream_t stream) {
+  return LaunchElementwise("ReluSquaredForward", n, stream, ReluSquaredForwardKernel, x, y, n);
+}
+
+absl::Status ReluSquaredBackward(const float* dy, const float* x, float* dx, int64_t n,
+                                 cudaStream_t stream) {
+  return LaunchElementwise("ReluSquaredBackward", n, stream, ReluSquaredBackwardKernel, dy, x, dx,
+                           n);
 }
 
 absl::Status AddInPlace(float* y, const float* x, int64_t n, cudaStream_t stream) {

@@ -29,6 +29,11 @@ absl::Status SwigluForward(const float* x, float* y, int64_t rows, int64_t hidde
 absl::Status SwigluBackward(const float* dy, const float* x, float* dx, int64_t rows,
                             int64_t hidden, cudaStream_t stream);
 
+// Squared ReLU: y = max(x, 0)^2; dx = 2 max(x, 0) dy (overwritten).
+absl::Status ReluSquaredForward(const float* x, float* y, int64_t n, cudaStream_t stream);
+absl::Status ReluSquaredBackward(const float* dy, const float* x, float* dx, int64_t n,
+                                 cudaStream_t stream);
+
 // y += x (n elements)
 absl::Status AddInPlace(float* y, const float* x, int64_t n, cudaStream_t stream);
 // y[r, :] += bias[:] for r < rows
