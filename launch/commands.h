@@ -12,6 +12,7 @@ namespace tessera {
 
 int TrainCommand(const std::vector<std::string>& args);
 int SampleCommand(const std::vector<std::string>& args);
+int GenerateCommand(const std::vector<std::string>& args);
 int DataCommand(const std::vector<std::string>& args);
 int CkptCommand(const std::vector<std::string>& args);
 int RecommendCommand(const std::vector<std::string>& args);

@@ -15,6 +15,7 @@ constexpr char kUsage[] = R"(usage: tessera <command> [options]
 commands:
   train     train a model from a run config        (tessera train --help)
   sample    generate images from a trained run     (tessera sample --help)
+  generate  continue a prompt with a trained Mamba hybrid (tessera generate --help)
   data      import, synthesize and verify data     (tessera data --help)
   ckpt      list, show, verify, diff and export checkpoints (tessera ckpt --help)
   recommend top items for a user of an HSTU run    (tessera recommend --help)
@@ -43,6 +44,7 @@ int main(int argc, char** argv) {
   }
   if (command == "train") return tessera::TrainCommand(args);
   if (command == "sample") return tessera::SampleCommand(args);
+  if (command == "generate") return tessera::GenerateCommand(args);
   if (command == "data") return tessera::DataCommand(args);
   if (command == "ckpt") return tessera::CkptCommand(args);
   if (command == "recommend") return tessera::RecommendCommand(args);

@@ -37,13 +37,25 @@ absl::StatusOr<Tensor> CausalSelfAttention::Forward(Arena& arena, const Tensor& 
   batch_ = batch;
   seq_ = seq;
   Backend& backend = arena.backend();
-  const int64_t rows = batch * seq, width = heads_ * head_dim_, kv_width = kv_heads_ * head_dim_;
+  const int64_t rows = batch * seq, width = heads_ * head_dim_;
   const Tensor q = q_proj_.Forward(arena, x);    // [rows, H*Dh]
   const Tensor kv = kv_proj_.Forward(arena, x);  // [rows, 2, KV*Dh]
   qkv_ = arena.AllocateUninitialized(DType::kF32, Shape{rows, 3, heads_, head_dim_});
+  float* qkv = qkv_.ptr<float>();
+  FillQkv(backend, q, kv, qkv, rows);
+  const AttentionShape shape{batch, seq, heads_, head_dim_, 3 * width, /*causal=*/true};
+  out_ = arena.AllocateUninitialized(DType::kF32, Shape{rows, width});
+  lse_ = arena.AllocateUninitialized(DType::kF32, Shape{batch, heads_, seq});
+  backend.AttentionForward(shape, qkv, qkv + width, qkv + 2 * width, out_.ptr<float>(),
+                           lse_.ptr<float>());
+  return out_proj_.Forward(arena, out_);
+}
+
+void CausalSelfAttention::FillQkv(Backend& backend, const Tensor& q, const Tensor& kv, float* qkv,
+                                  int64_t rows) const {
+  const int64_t width = heads_ * head_dim_, kv_width = kv_heads_ * head_dim_;
   const size_t qkv_pitch = 3 * width * sizeof(float), kv_pitch = 2 * kv_width * sizeof(float);
   const size_t head_bytes = head_dim_ * sizeof(float);
-  float* qkv = qkv_.ptr<float>();
   backend.Copy2D(qkv, qkv_pitch, q.ptr<float>(), width * sizeof(float), width * sizeof(float),
                  rows);
   const int64_t repeat = heads_ / kv_heads_;
@@ -54,12 +66,36 @@ absl::StatusOr<Tensor> CausalSelfAttention::Forward(Arena& arena, const Tensor& 
                      k_head + (part - 1) * kv_width, kv_pitch, head_bytes, rows);
     }
   }
-  const AttentionShape shape{batch, seq, heads_, head_dim_, 3 * width, /*causal=*/true};
-  out_ = arena.AllocateUninitialized(DType::kF32, Shape{rows, width});
-  lse_ = arena.AllocateUninitialized(DType::kF32, Shape{batch, heads_, seq});
-  backend.AttentionForward(shape, qkv, qkv + width, qkv + 2 * width, out_.ptr<float>(),
-                           lse_.ptr<float>());
-  return out_proj_.Forward(arena, out_);
+}
+
+absl::Status CausalSelfAttention::StartGeneration(Backend& backend, int64_t batch,
+                                                  int64_t max_len) {
+  if (batch != 1) {
+    return absl::InvalidArgumentError("attention layers generate one sequence at a time");
+  }
+  cache_ = Tensor::Empty(DType::kF32, Shape{max_len, 3, heads_, head_dim_}, backend);
+  backend.Memset(cache_.address(), 0, cache_.bytes());
+  cached_ = 0;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Tensor> CausalSelfAttention::Step(Arena& arena, const Tensor& x) {
+  if (cached_ >= cache_.dim(0)) {
+    return absl::OutOfRangeError("generation ran past the key/value cache's length");
+  }
+  Backend& backend = arena.backend();
+  const int64_t width = heads_ * head_dim_;
+  const Tensor q = q_proj_.Forward(arena, x);    // [1, H*Dh]
+  const Tensor kv = kv_proj_.Forward(arena, x);  // [1, 2, KV*Dh]
+  float* cache = cache_.ptr<float>();
+  FillQkv(backend, q, kv, cache + cached_ * 3 * width, 1);
+  ++cached_;
+  const AttentionShape shape{1, cached_, heads_, head_dim_, 3 * width, /*causal=*/true};
+  Tensor out = arena.AllocateUninitialized(DType::kF32, Shape{cached_, width});
+  Tensor lse = arena.AllocateUninitialized(DType::kF32, Shape{heads_, cached_});
+  backend.AttentionForward(shape, cache, cache + width, cache + 2 * width, out.ptr<float>(),
+                           lse.ptr<float>());
+  return out_proj_.Forward(arena, out.Slice(cached_ - 1, cached_));
 }
 
 absl::StatusOr<Tensor> CausalSelfAttention::Backward(Arena& arena, const Tensor& dy) {

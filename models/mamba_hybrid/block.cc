@@ -27,6 +27,18 @@ absl::StatusOr<Tensor> HybridBlock::Forward(Arena& arena, const Tensor& x, int64
   return y;
 }
 
+absl::StatusOr<Tensor> HybridBlock::Step(Arena& arena, const Tensor& x) {
+  Backend& backend = arena.backend();
+  const int64_t rows = x.dim(0);
+  Tensor normed = arena.AllocateUninitialized(DType::kF32, x.shape());
+  Tensor rstd = arena.AllocateUninitialized(DType::kF32, Shape{rows});
+  backend.RmsNormForward(x.ptr<float>(), store_.param(norm_weight_).ptr<float>(),
+                         normed.ptr<float>(), rstd.ptr<float>(), rows, hidden_, eps_);
+  TESSERA_ASSIGN_OR_RETURN(Tensor y, sublayer_->Step(arena, normed));
+  backend.AddInPlace(y.ptr<float>(), x.ptr<float>(), y.numel());
+  return y;
+}
+
 absl::StatusOr<Tensor> HybridBlock::Backward(Arena& arena, const Tensor& dy) {
   Backend& backend = arena.backend();
   TESSERA_ASSIGN_OR_RETURN(Tensor dnormed, sublayer_->Backward(arena, dy));

@@ -19,6 +19,11 @@ class HybridBlock {
   // x: [batch * seq, hidden] -> same.
   absl::StatusOr<Tensor> Forward(Arena& arena, const Tensor& x, int64_t batch, int64_t seq);
   absl::StatusOr<Tensor> Backward(Arena& arena, const Tensor& dy);
+  // Generation: x [batch, hidden] of one position -> the layer's output.
+  absl::Status StartGeneration(Backend& backend, int64_t batch, int64_t max_len) {
+    return sublayer_->StartGeneration(backend, batch, max_len);
+  }
+  absl::StatusOr<Tensor> Step(Arena& arena, const Tensor& x);
 
   Sublayer& sublayer() { return *sublayer_; }
   double ForwardFlops(int64_t batch, int64_t seq) const {

@@ -187,6 +187,51 @@ absl::StatusOr<Tensor> Mamba2Mixer::Backward(Arena& arena, const Tensor& dout) {
   return du;
 }
 
+absl::Status Mamba2Mixer::StartGeneration(Backend& backend, int64_t batch, int64_t /*max_len*/) {
+  conv_state_ = Tensor::Empty(
+      DType::kF32, Shape{batch, dims_.conv_width - 1, dims_.conv_channels()}, backend);
+  ssm_state_ = Tensor::Empty(
+      DType::kF32, Shape{batch, dims_.heads, dims_.head_dim, dims_.state_dim}, backend);
+  backend.Memset(conv_state_.address(), 0, conv_state_.bytes());
+  backend.Memset(ssm_state_.address(), 0, ssm_state_.bytes());
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Tensor> Mamba2Mixer::Step(Arena& arena, const Tensor& u) {
+  Backend& backend = arena.backend();
+  const int64_t batch = u.dim(0), GN = dims_.groups * dims_.state_dim;
+  const Tensor zxbcdt = in_proj_.Forward(arena, u);  // [B, in_proj_out]
+  const Tensor xbc = TakeColumns(arena, zxbcdt, x_column(), dims_.conv_channels());
+  Tensor xbc_conv = arena.AllocateUninitialized(DType::kF32, xbc.shape());
+  const CausalConv1dShape conv{batch, 1, dims_.conv_channels(), dims_.conv_width};
+  backend.CausalConv1dStep(conv, xbc.ptr<float>(), store_.param(conv_weight_).ptr<float>(),
+                           store_.param(conv_bias_).ptr<float>(), conv_state_.ptr<float>(),
+                           xbc_conv.ptr<float>());
+  Tensor xbc_act = arena.AllocateUninitialized(DType::kF32, xbc.shape());
+  backend.SiluForward(xbc_conv.ptr<float>(), xbc_act.ptr<float>(), xbc_act.numel());
+  const Tensor x = TakeColumns(arena, xbc_act, 0, dims_.d_inner);
+  const Tensor b = TakeColumns(arena, xbc_act, dims_.d_inner, GN);
+  const Tensor c = TakeColumns(arena, xbc_act, dims_.d_inner + GN, GN);
+  Tensor dt = arena.AllocateUninitialized(DType::kF32, Shape{batch, dims_.heads});
+  backend.DtSoftplusForward(zxbcdt.ptr<float>() + dt_column(), dims_.in_proj_out(),
+                            store_.param(dt_bias_).ptr<float>(), dt.ptr<float>(), batch,
+                            dims_.heads);
+  const Tensor a = DecayRates(arena);
+  Tensor y = arena.AllocateUninitialized(DType::kF32, Shape{batch, dims_.d_inner});
+  SsdShape shape = ScanShape();
+  shape.batch = batch;
+  backend.SsdStep(shape, x.ptr<float>(), dt.ptr<float>(), a.ptr<float>(), b.ptr<float>(),
+                  c.ptr<float>(), store_.param(d_).ptr<float>(), ssm_state_.ptr<float>(),
+                  y.ptr<float>());
+  Tensor rstd = arena.AllocateUninitialized(DType::kF32, Shape{batch, dims_.groups});
+  Tensor normed = arena.AllocateUninitialized(DType::kF32, Shape{batch, dims_.d_inner});
+  backend.GatedRmsNormForward(y.ptr<float>(), zxbcdt.ptr<float>(), dims_.in_proj_out(),
+                              store_.param(norm_weight_).ptr<float>(), normed.ptr<float>(),
+                              rstd.ptr<float>(), batch, dims_.d_inner,
+                              dims_.d_inner / dims_.groups, norm_eps_);
+  return out_proj_.Forward(arena, normed);
+}
+
 double Mamba2Mixer::ForwardFlops(int64_t batch, int64_t seq) const {
   const double rows = static_cast<double>(batch) * seq;
   const double P = dims_.head_dim, N = dims_.state_dim;

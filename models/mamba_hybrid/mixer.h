@@ -42,6 +42,8 @@ class Mamba2Mixer : public Sublayer {
   absl::StatusOr<Tensor> Backward(Arena& arena, const Tensor& dy) override;
   double ForwardFlops(int64_t batch, int64_t seq) const override;
   double SavedFloatsPerToken() const override;
+  absl::Status StartGeneration(Backend& backend, int64_t batch, int64_t max_len) override;
+  absl::StatusOr<Tensor> Step(Arena& arena, const Tensor& x) override;
 
  private:
   // Column offsets of in_proj's output row.
@@ -66,6 +68,9 @@ class Mamba2Mixer : public Sublayer {
   Tensor x_, b_, c_;  // [rows, H*P], [rows, G*N], [rows, G*N]: after SiLU, contiguous
   Tensor dt_, a_;     // [rows, H], [H]
   Tensor y_, rstd_;   // [rows, d_inner] scan output, [rows, G] gated norm statistics
+  // Generation: the last K-1 conv inputs [B, K-1, conv_channels] and the SSM
+  // state [B, H, P, N].
+  Tensor conv_state_, ssm_state_;
 };
 
 }  // namespace tessera::mamba_hybrid

@@ -24,6 +24,10 @@ class HybridMlp : public Sublayer {
   absl::StatusOr<Tensor> Backward(Arena& arena, const Tensor& dy) override;
   double ForwardFlops(int64_t batch, int64_t seq) const override;
   double SavedFloatsPerToken() const override;
+  absl::Status StartGeneration(Backend&, int64_t, int64_t) override { return absl::OkStatus(); }
+  absl::StatusOr<Tensor> Step(Arena& arena, const Tensor& x) override {
+    return Forward(arena, x, x.dim(0), 1);
+  }
 
  private:
   bool swiglu_;

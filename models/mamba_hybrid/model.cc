@@ -121,6 +121,31 @@ Tensor MambaHybrid::Logits(Arena& arena, const Tensor& hidden) {
   return logits;
 }
 
+absl::Status MambaHybrid::StartGeneration(int64_t batch, int64_t max_len) {
+  for (auto& block : blocks_) {
+    TESSERA_RETURN_IF_ERROR(block->StartGeneration(store_.backend(), batch, max_len));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Tensor> MambaHybrid::StepLogits(Arena& arena, const std::vector<int32_t>& ids) {
+  Backend& backend = arena.backend();
+  const int64_t batch = static_cast<int64_t>(ids.size());
+  const Tensor ids_device = Upload(arena, DType::kI32, Shape{batch}, ids.data());
+  Tensor stream = arena.AllocateUninitialized(DType::kF32, Shape{batch, hidden_});
+  backend.EmbeddingForward(ids_device.ptr<int32_t>(), store_.param(embedding_).ptr<float>(),
+                           stream.ptr<float>(), batch, hidden_);
+  for (auto& block : blocks_) {
+    TESSERA_ASSIGN_OR_RETURN(stream, block->Step(arena, stream));
+  }
+  Tensor rstd = arena.AllocateUninitialized(DType::kF32, Shape{batch});
+  Tensor hidden = arena.AllocateUninitialized(DType::kF32, Shape{batch, hidden_});
+  backend.RmsNormForward(stream.ptr<float>(), store_.param(final_norm_).ptr<float>(),
+                         hidden.ptr<float>(), rstd.ptr<float>(), batch, hidden_,
+                         config_.norm_eps());
+  return Logits(arena, hidden);
+}
+
 absl::StatusOr<MambaHybrid::LossSum> MambaHybrid::ForwardLoss(Arena& arena, const LmInputs& in,
                                                               bool record) {
   const int64_t rows = in.batch * in.seq;

@@ -52,6 +52,13 @@ class MambaHybrid {
                                        int64_t seq, bool record);
   Tensor Logits(Arena& arena, const Tensor& hidden);
 
+  // Generation in the recurrent form: StartGeneration sizes every layer's
+  // state for `batch` sequences of up to `max_len` tokens (attention layers:
+  // batch 1); StepLogits feeds the next token of each sequence (`ids`, host,
+  // [batch]) and returns the logits [batch, vocab] for the position after it.
+  absl::Status StartGeneration(int64_t batch, int64_t max_len);
+  absl::StatusOr<Tensor> StepLogits(Arena& arena, const std::vector<int32_t>& ids);
+
   void set_on_gradients_ready(std::function<void(int, int)> callback) {
     tape_.set_on_gradients_ready(std::move(callback));
   }

@@ -24,6 +24,14 @@ class Sublayer {
   virtual double ForwardFlops(int64_t batch, int64_t seq) const = 0;
   // Floats one forward pass saves per token (the activation plan).
   virtual double SavedFloatsPerToken() const = 0;
+
+  // Generation, one token at a time (the recurrent form): StartGeneration
+  // allocates and zeroes the layer's state on `backend` (Mamba: the conv and
+  // SSM states; attention: the key/value cache for `max_len` tokens); each
+  // Step maps the rows [batch, hidden] of the next position to its output
+  // and advances the state.
+  virtual absl::Status StartGeneration(Backend& backend, int64_t batch, int64_t max_len) = 0;
+  virtual absl::StatusOr<Tensor> Step(Arena& arena, const Tensor& x) = 0;
 };
 
 }  // namespace tessera::mamba_hybrid

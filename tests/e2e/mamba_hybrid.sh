@@ -3,7 +3,9 @@
 # synthetic Markov language through `tessera train` (losses start near
 # ln 64 and fall); data parallelism with ZeRO-1 (dp2) reaches the losses and
 # final weights of one process (relative 1e-5, h5diff -d 1e-6); the 8B
-# config validates and is refused by the memory plan, not by its rules; and
+# config validates and is refused by the memory plan, not by its rules;
+# `tessera generate` gives the same greedy tokens in its recurrent form and
+# by re-running the whole sequence; and
 # bad input (an unknown layer symbol, a vocabulary smaller than the data's,
 # a layout this model does not have yet) is refused with exit code 2.
 source "$(dirname "$0")/lib.sh"
@@ -22,6 +24,20 @@ if losses "$WORK/single" | awk -v n=$steps 'NR == 1 { first = $1 } { last = $1; 
 else
   fail "tiny hybrid losses"; losses "$WORK/single" | tr '\n' ' '; echo
 fi
+
+# Generation from the trained weights: the recurrent form (Mamba states, a
+# key/value cache) and a full re-forward of the growing sequence agree.
+for mode in recurrent reforward; do
+  "$TESSERA" generate --run "$WORK/single" --prompt-ids 3,17,42,5 --tokens 24 --mode $mode \
+    > "$WORK/generate_$mode.txt" 2> "$WORK/generate_$mode.err" || fail "generate --mode $mode: $(cat "$WORK/generate_$mode.err")"
+done
+if [ -s "$WORK/generate_recurrent.txt" ] && cmp -s "$WORK/generate_recurrent.txt" "$WORK/generate_reforward.txt"; then
+  pass "generate: recurrent and re-forward give the same tokens ($(cat "$WORK/generate_recurrent.txt"))"
+else
+  fail "generate: recurrent $(cat "$WORK/generate_recurrent.txt") vs reforward $(cat "$WORK/generate_reforward.txt")"
+fi
+expect_exit "generate: a prompt token beyond the vocabulary" 2 "prompt token 64 lies outside" -- \
+  "$TESSERA" generate --run "$WORK/single" --prompt-ids 3,64
 
 if command -v mpirun > /dev/null && command -v h5diff > /dev/null; then
   OMP_NUM_THREADS=1 timeout 300 mpirun --oversubscribe --bind-to none -np 2 "$TESSERA" train \
