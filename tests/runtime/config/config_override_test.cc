@@ -89,7 +89,8 @@ TEST(ApplyOverride, UnknownPathNamesItAndListsTheValidFieldsAtThatLevel) {
   message = SetError("trian.steps=5");
   EXPECT_TRUE(Contains(message, "trian.steps"));
   EXPECT_TRUE(
-      Contains(message, "model (dit_moe | hstu), parallel, data, optim, train, checkpoint, fault"));
+      Contains(message, "model (dit_moe | mamba_hybrid | hstu), parallel, data, optim, train, "
+                        "checkpoint, fault"));
 
   message = SetError("model.resnet.depth=5");
   EXPECT_TRUE(Contains(message, "'resnet'"));

@@ -101,7 +101,8 @@ TEST(ConfigDocs, EveryFieldPathAndEnumValueAppearsInDocsConfigMd) {
     EXPECT_TRUE(Contains(docs, absl::StrCat("`", path, "`"))) << "undocumented field";
   }
   for (const pb::EnumDescriptor* type :
-       {DitMoeConfig::Objective_descriptor(), OptimConfig::Schedule_descriptor()}) {
+       {DitMoeConfig::Objective_descriptor(), OptimConfig::Schedule_descriptor(),
+        MambaHybridConfig::MlpActivation_descriptor()}) {
     for (int i = 0; i < type->value_count(); ++i) {
       EXPECT_TRUE(Contains(docs, absl::StrCat("`", type->value(i)->name(), "`")))
           << "undocumented enum value";
