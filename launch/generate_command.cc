@@ -101,6 +101,7 @@ absl::Status Generate(const ParsedArguments& args) {
   }
   config.mutable_train()->set_threads(static_cast<int>(threads));
   ConfigureThreads(config);
+  TESSERA_RETURN_IF_ERROR(ConfigurePrecision(config, HostBackend()));
   TESSERA_ASSIGN_OR_RETURN(auto built, mamba_hybrid::MambaHybridModel::Build(config));
   TESSERA_RETURN_IF_ERROR(LoadWeights(run_dir + "/weights.h5", built->store()));
   TESSERA_ASSIGN_OR_RETURN(
