@@ -97,7 +97,8 @@ ModelFamily Family() {
 absl::StatusOr<std::unique_ptr<MambaHybridModel>> MambaHybridModel::Build(
     const RunConfig& config, const ParameterLayout& layout) {
   auto built = std::unique_ptr<MambaHybridModel>(new MambaHybridModel(config));
-  built->store_ = std::make_unique<ParameterStore>();
+  built->store_ = std::make_unique<ParameterStore>(layout.backend != nullptr ? *layout.backend
+                                                                             : HostBackend());
   TESSERA_ASSIGN_OR_RETURN(built->model_,
                            MambaHybrid::Create(built->config_.mamba_hybrid(), *built->store_));
   built->store_->Finalize(config.train().seed(), layout);
