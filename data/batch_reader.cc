@@ -13,7 +13,7 @@ constexpr int64_t kMaxGlobalBatch = int64_t{1} << 24;
 constexpr int kMaxPrefetch = 1024;
 
 absl::Status ValidateReaderOptions(const ReaderOptions& options) {
-  if (options.dir.empty()) return UsageError("data.dir is empty");
+  if (options.dir.empty()) return UsageError(absl::StrCat(options.field, " is empty"));
   if (options.num_replicas < 1) {
     return UsageError(absl::StrCat("number of data-parallel replicas must be positive, got ",
                                    options.num_replicas));
@@ -45,16 +45,18 @@ absl::StatusOr<DataManifest> ReadReaderManifest(const ReaderOptions& options,
   struct stat info;
   const std::string manifest_path = absl::StrCat(options.dir, "/", kManifestFile);
   if (::stat(manifest_path.c_str(), &info) != 0) {
-    return DataError(absl::StrCat("data.dir \"", options.dir, "\": no ", kManifestFile, " (",
-                                  make_hint, ", or point data.dir at one)"));
+    return DataError(absl::StrCat(options.field, " \"", options.dir, "\": no ", kManifestFile,
+                                  " (", make_hint, ", or point ", options.field, " at one)"));
   }
   TESSERA_ASSIGN_OR_RETURN(DataManifest manifest, ReadManifest(options.dir));
   if (manifest.schema() != schema) {
-    return DataError(absl::StrCat("data.dir \"", options.dir, "\": schema is \"", manifest.schema(),
-                                  "\", this reader needs \"", schema, "\""));
+    return DataError(absl::StrCat(options.field, " \"", options.dir, "\": ", manifest_path,
+                                  ": schema is \"", manifest.schema(), "\", this reader needs \"",
+                                  schema, "\""));
   }
   if (manifest.num_samples() == 0) {
-    return DataError(absl::StrCat("data.dir \"", options.dir, "\": the data set has no samples"));
+    return DataError(
+        absl::StrCat(options.field, " \"", options.dir, "\": the data set has no samples"));
   }
   return manifest;
 }

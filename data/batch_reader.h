@@ -45,6 +45,9 @@ struct ReaderOptions {
   int prefetch = 4;     // batches the I/O thread may read ahead
   SamplerState start;   // resume point
   bool shuffle = true;  // false: every epoch in index order (evaluation)
+  // The config field `dir` came from, for error messages (data.eval_dir for
+  // a held-out split).
+  std::string field = "data.dir";
 };
 
 // The common options' rules; errors name the config field (exit 2).

@@ -21,8 +21,9 @@ absl::StatusOr<std::unique_ptr<ImageReader>> ImageReader::Open(const ImageReader
                          "--schema images` to make a data set"));
   auto reader = std::unique_ptr<ImageReader>(new ImageReader(options, std::move(manifest)));
   if (options.pad_to > 0 && (options.pad_to < reader->height_ || options.pad_to < reader->width_)) {
-    return UsageError(absl::StrCat("pad_to (", options.pad_to, ") is smaller than the images of ",
-                                   options.dir, " (", reader->height_, "x", reader->width_, ")"));
+    return UsageError(absl::StrCat(options.field, " \"", options.dir, "\": its images (",
+                                   reader->height_, "x", reader->width_,
+                                   ") are larger than pad_to (", options.pad_to, ")"));
   }
   TESSERA_RETURN_IF_ERROR(reader->batches_.Resume(options.start, options.dir));
   return reader;

@@ -121,147 +121,217 @@ absl::Status Train(const ParsedArguments& args, Distributed& distributed) {
   TESSERA_ASSIGN_OR_RETURN(const RunConfig config, ConfigFromArguments(args));
   return TrainRun(config, distributed);
 }
-}  // namespace
 
-absl::Status TrainRun(const RunConfig& config, Distributed& distributed) {
-  const int world_size = distributed.mpi ? distributed.mpi->world_size() : 1;
-  if (distributed.mpi) {
-    TESSERA_RETURN_IF_ERROR(AgreeOnRunConfig(config, distributed.mpi->world_rank(), world_size));
-  }
-  // Every rank validates the same config against the same world size, so
-  // every rank fails with the same message before any data is read.
-  TESSERA_RETURN_IF_ERROR(ValidateRun(config, world_size));
-  TESSERA_RETURN_IF_ERROR(SelectRunBackend(config, distributed));
-  Backend& backend = *distributed.backend;
-  TESSERA_RETURN_IF_ERROR(CheckTrainingMemoryFits(config, world_size, distributed.local_size));
-  if (distributed.mpi) TESSERA_RETURN_IF_ERROR(BuildGroups(config, distributed));
+// What TrainRun builds before the step loop. Members are declared so that
+// each is destroyed before what it points into.
+struct TrainSetup {
+  int world_size = 1;
+  bool leader = true;  // world rank 0, known once CheckAndConnect built the mesh
   std::unique_ptr<ModelParallelGroups> model_parallel;
-  if (distributed.mesh && NeedsModelParallel(config, distributed.mesh->shape())) {
-    TESSERA_ASSIGN_OR_RETURN(model_parallel, BuildModelParallelGroups(config, distributed));
-  }
-  ConfigureThreads(config, distributed.local_size);
-  const bool leader = distributed.rank() == 0;
-  TESSERA_RETURN_IF_ERROR(ConfigurePrecision(config, backend, leader));
-  // Every rank reads the same manifest, so all resume from the same step.
-  TESSERA_ASSIGN_OR_RETURN(const std::string resume_dir, ResolveResume(config, leader));
+  std::string resume_dir;
   SamplerState start;
-  if (!resume_dir.empty()) {
-    TESSERA_ASSIGN_OR_RETURN(CheckpointManifest manifest, ReadCheckpointManifest(resume_dir));
-    start.epoch = manifest.sampler_epoch();
-    start.position = manifest.sampler_position();
-  }
-
-  // The GEMM reference first, so its buffers count in the baseline; likewise
-  // a first collective, which maps the MPI transport's shared memory.
   Trainer::Options options;
-  options.gemm_peak = Trainer::MeasureGemmPeak(backend);
+  BuiltModel built;
+  std::unique_ptr<TrainTask> task;
+  std::unique_ptr<EvalTask> eval;
+  std::unique_ptr<parallel::DataParallel> data_parallel;
+  std::unique_ptr<parallel::MpiCommunicator> async_world;
+  std::unique_ptr<HostGroup> group, async_group;
+  int micro_batches = 1;
+  int64_t dp = 1, micro_batch = 1;
+};
+
+// Every rank agrees on the config and validates it against the same world
+// size, so every rank fails with the same message before any data is read;
+// then the memory check and the communicators.
+absl::Status CheckAndConnect(const RunConfig& config, Distributed& distributed,
+                             TrainSetup& setup) {
+  if (distributed.mpi) {
+    TESSERA_RETURN_IF_ERROR(
+        AgreeOnRunConfig(config, distributed.mpi->world_rank(), setup.world_size));
+  }
+  TESSERA_RETURN_IF_ERROR(ValidateRun(config, setup.world_size));
+  TESSERA_RETURN_IF_ERROR(SelectRunBackend(config, distributed));
+  TESSERA_RETURN_IF_ERROR(
+      CheckTrainingMemoryFits(config, setup.world_size, distributed.local_size));
+  if (distributed.mpi) TESSERA_RETURN_IF_ERROR(BuildGroups(config, distributed));
+  if (distributed.mesh && NeedsModelParallel(config, distributed.mesh->shape())) {
+    TESSERA_ASSIGN_OR_RETURN(setup.model_parallel,
+                             BuildModelParallelGroups(config, distributed));
+  }
+  return absl::OkStatus();
+}
+
+// The checkpoint to continue from and the data stream's position in it.
+// Every rank reads the same manifest, so all resume from the same step.
+absl::Status FindResumePoint(const RunConfig& config, TrainSetup& setup) {
+  TESSERA_ASSIGN_OR_RETURN(setup.resume_dir, ResolveResume(config, setup.leader));
+  setup.options.resume_dir = setup.resume_dir;
+  if (!setup.resume_dir.empty()) {
+    TESSERA_ASSIGN_OR_RETURN(CheckpointManifest manifest,
+                             ReadCheckpointManifest(setup.resume_dir));
+    setup.start.epoch = manifest.sampler_epoch();
+    setup.start.position = manifest.sampler_position();
+  } else if (!config.checkpoint().load().empty()) {
+    TESSERA_ASSIGN_OR_RETURN(setup.options.init_dir,
+                             ResolveCheckpoint(config.checkpoint().load()));
+  }
+  return absl::OkStatus();
+}
+
+// The GEMM reference first, so its buffers count in the memory baseline;
+// likewise a first collective, which maps the MPI transport's shared memory.
+absl::Status MeasureBaseline(Distributed& distributed, Trainer::Options& options) {
+  options.gemm_peak = Trainer::MeasureGemmPeak(*distributed.backend);
   if (distributed.dense) {
     std::vector<float> warm_up(size_t{1} << 20);
     TESSERA_RETURN_IF_ERROR(distributed.dense->Complete(distributed.dense->AllReduce(
         warm_up.data(), warm_up.size(), DType::kF32, parallel::ReduceOp::kSum)));
   }
   options.baseline_rss = CurrentRssBytes();
+  return absl::OkStatus();
+}
+
+// Gradient buckets and the ZeRO shard multiple for data parallelism.
+ParameterLayout GradientLayout(const Distributed& distributed, const TrainSetup& setup) {
   ParameterLayout layout;
-  layout.backend = &backend;
-  if (distributed.dense) {
-    layout.bucket_elements = kBucketElements;
-    // ZeRO shards of dense and expert buckets must both come out even.
-    layout.shard_multiple = std::lcm(distributed.dense->size(),
-                                     distributed.expert ? distributed.expert->size() : 1);
-    // tp-partial gradients reduce (and shard) over the world.
-    if (model_parallel) layout.shard_multiple = std::lcm(layout.shard_multiple, world_size);
-  }
+  layout.backend = distributed.backend;
+  if (!distributed.dense) return layout;
+  layout.bucket_elements = kBucketElements;
+  // ZeRO shards of dense and expert buckets must both come out even.
+  layout.shard_multiple =
+      std::lcm(distributed.dense->size(), distributed.expert ? distributed.expert->size() : 1);
+  // tp-partial gradients reduce (and shard) over the world.
+  if (setup.model_parallel) layout.shard_multiple = std::lcm(layout.shard_multiple, setup.world_size);
+  return layout;
+}
+
+// This rank's model, its training task and (with data.eval_dir) its evaluation.
+absl::Status BuildModelAndTasks(const RunConfig& config, const Distributed& distributed,
+                                TrainSetup& setup) {
   TESSERA_ASSIGN_OR_RETURN(
-      BuiltModel built,
-      BuildModel(config, layout, model_parallel ? &model_parallel->view : nullptr));
-  TESSERA_RETURN_IF_ERROR(CheckModelDevice(built, backend));
-  const int64_t micro_batch = MicroBatch(config, world_size);
-  const int64_t dp = DataParallelSize(config, world_size);
-  const int64_t per_replica = config.train().global_batch() / dp;
+      setup.built,
+      BuildModel(config, GradientLayout(distributed, setup),
+                 setup.model_parallel ? &setup.model_parallel->view : nullptr));
+  TESSERA_RETURN_IF_ERROR(CheckModelDevice(setup.built, *distributed.backend));
+  setup.micro_batch = MicroBatch(config, setup.world_size);
+  setup.dp = DataParallelSize(config, setup.world_size);
+  setup.micro_batches =
+      static_cast<int>(config.train().global_batch() / setup.dp / setup.micro_batch);
+  setup.options.micro_batches = setup.micro_batches;
   TaskOptions task_options;
   task_options.replica = distributed.mesh ? distributed.mesh->coordinates().dp : 0;
-  task_options.num_replicas = static_cast<int>(dp);
-  task_options.micro_batch = micro_batch;
-  task_options.start = start;
-  TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<TrainTask> task,
-                           built.model->CreateTask(task_options));
-  ParameterStore& store = built.model->store();
-  const int micro_batches = static_cast<int>(per_replica / micro_batch);
+  task_options.num_replicas = static_cast<int>(setup.dp);
+  task_options.micro_batch = setup.micro_batch;
+  task_options.start = setup.start;
+  TESSERA_ASSIGN_OR_RETURN(setup.task, setup.built.model->CreateTask(task_options));
+  if (config.data().eval_dir().empty()) return absl::OkStatus();
+  TESSERA_ASSIGN_OR_RETURN(setup.eval, setup.built.model->CreateEvalTask(task_options));
+  if (!setup.eval) {
+    return UsageError(absl::StrFormat(
+        "data.eval_dir \"%s\": model.%s (%s) has no evaluation; leave data.eval_dir empty",
+        config.data().eval_dir(), setup.built.family->name, setup.built.family->title));
+  }
+  setup.options.eval = setup.eval.get();
+  return absl::OkStatus();
+}
 
-  std::unique_ptr<parallel::DataParallel> data_parallel;
-  if (distributed.dense) {
-    parallel::GradientGroups groups;
-    groups.dense = distributed.dense.get();
-    groups.expert = distributed.expert ? distributed.expert.get() : groups.dense;
-    if (model_parallel) {
-      const parallel::MeshShape& shape = distributed.mesh->shape();
-      groups.world = distributed.world.get();
-      groups.divisor = shape.dp * shape.sp;
-      groups.tp = shape.tp;
-      groups.ep = shape.ep;
-    }
-    TESSERA_ASSIGN_OR_RETURN(data_parallel,
-                             parallel::DataParallel::Create(store, config.optim(),
-                                                            config.parallel().zero_stage(), groups,
-                                                            leader));
-    built.model->SetOnGradientsReady([sync = data_parallel.get()](int first, int end) {
-      sync->OnGradientsReady(first, end);
-    });
-    options.sync = data_parallel.get();
+// Data parallelism: the gradient reduction, fed by the model's
+// gradient-ready hook.
+absl::Status ConnectDataParallel(const RunConfig& config, const Distributed& distributed,
+                                 TrainSetup& setup) {
+  if (!distributed.dense) return absl::OkStatus();
+  parallel::GradientGroups groups;
+  groups.dense = distributed.dense.get();
+  groups.expert = distributed.expert ? distributed.expert.get() : groups.dense;
+  if (setup.model_parallel) {
+    const parallel::MeshShape& shape = distributed.mesh->shape();
+    groups.world = distributed.world.get();
+    groups.divisor = shape.dp * shape.sp;
+    groups.tp = shape.tp;
+    groups.ep = shape.ep;
   }
+  TESSERA_ASSIGN_OR_RETURN(setup.data_parallel,
+                           parallel::DataParallel::Create(setup.built.model->store(),
+                                                          config.optim(),
+                                                          config.parallel().zero_stage(), groups,
+                                                          setup.leader));
+  setup.built.model->SetOnGradientsReady([sync = setup.data_parallel.get()](int first, int end) {
+    sync->OnGradientsReady(first, end);
+  });
+  setup.options.sync = setup.data_parallel.get();
+  return absl::OkStatus();
+}
 
-  const std::string& run_dir = config.train().run_dir();
-  if (leader) {
-    std::printf("tessera train: %s, %lld parameters, %.2f GFLOP per training sample, "
-                "global batch %lld over %lld replica%s (%d micro-batch%s of %lld each), "
-                "%lld steps -> %s\n",
-                built.family->title.c_str(), static_cast<long long>(store.numel()),
-                task->TrainingFlopsPerSample() / 1e9,
-                static_cast<long long>(config.train().global_batch()), static_cast<long long>(dp),
-                dp == 1 ? "" : "s", micro_batches, micro_batches == 1 ? "" : "es",
-                static_cast<long long>(micro_batch),
-                static_cast<long long>(config.train().steps()), run_dir.c_str());
-    if (backend.device() != Device::kCpu) {
-      std::printf("device: %s %d (train.device=%s)\n", DeviceName(backend.device()),
-                  distributed.device, config.train().device().c_str());
-    }
-    if (distributed.dense) {
-      const parallel::MeshShape& shape = distributed.mesh->shape();
-      std::printf("layout: %d ranks = tp %d x sp %d x dp %d (experts: ep %d x edp %d), "
-                  "Megatron SP %s, ZeRO stage %d, %zu gradient buckets, %lld parameters on "
-                  "rank 0\n",
-                  world_size, shape.tp, shape.sp, shape.dp, shape.ep, shape.edp,
-                  config.parallel().sequence_parallel() && shape.tp > 1 ? "on" : "off",
-                  config.parallel().zero_stage(), store.buckets().size(),
-                  static_cast<long long>(store.numel()));
-    }
+// The run's first lines: the model and batch, and the layout under MPI.
+void PrintRunHeader(const RunConfig& config, const Distributed& distributed,
+                    const TrainSetup& setup) {
+  if (!setup.leader) return;
+  const ParameterStore& store = setup.built.model->store();
+  const long long dp = setup.dp;
+  std::printf("tessera train: %s, %lld parameters, %.2f GFLOP per training sample, "
+              "global batch %lld over %lld replica%s (%d micro-batch%s of %lld each), "
+              "%lld steps -> %s\n",
+              setup.built.family->title.c_str(), static_cast<long long>(store.numel()),
+              setup.task->TrainingFlopsPerSample() / 1e9,
+              static_cast<long long>(config.train().global_batch()), dp, dp == 1 ? "" : "s",
+              setup.micro_batches, setup.micro_batches == 1 ? "" : "es",
+              static_cast<long long>(setup.micro_batch),
+              static_cast<long long>(config.train().steps()), config.train().run_dir().c_str());
+  const Backend& backend = *distributed.backend;
+  if (backend.device() != Device::kCpu) {
+    std::printf("device: %s %d (train.device=%s)\n", DeviceName(backend.device()),
+                distributed.device, config.train().device().c_str());
   }
-  options.micro_batches = micro_batches;
-  // Checkpoints: committed over the world; a background save commits over a
-  // second world communicator of its own (MPI_THREAD_MULTIPLE).
-  options.resume_dir = resume_dir;
-  if (resume_dir.empty() && !config.checkpoint().load().empty()) {
-    TESSERA_ASSIGN_OR_RETURN(options.init_dir, ResolveCheckpoint(config.checkpoint().load()));
+  if (setup.eval) {
+    std::printf("evaluation: %lld held-out samples of %s after %s\n",
+                static_cast<long long>(setup.eval->num_samples()),
+                config.data().eval_dir().c_str(),
+                config.train().eval_every() > 0
+                    ? absl::StrFormat("every %d steps and the last", config.train().eval_every())
+                          .c_str()
+                    : "the last step");
   }
-  std::unique_ptr<HostGroup> group, async_group;
-  std::unique_ptr<parallel::MpiCommunicator> async_world;
+  if (!distributed.dense) return;
+  const parallel::MeshShape& shape = distributed.mesh->shape();
+  std::printf("layout: %d ranks = tp %d x sp %d x dp %d (experts: ep %d x edp %d), "
+              "Megatron SP %s, ZeRO stage %d, %zu gradient buckets, %lld parameters on "
+              "rank 0\n",
+              setup.world_size, shape.tp, shape.sp, shape.dp, shape.ep, shape.edp,
+              config.parallel().sequence_parallel() && shape.tp > 1 ? "on" : "off",
+              config.parallel().zero_stage(), store.buckets().size(),
+              static_cast<long long>(store.numel()));
+}
+
+// Checkpoints commit over the world; a background save commits over a second
+// world communicator of its own (MPI_THREAD_MULTIPLE).
+absl::Status ConnectCheckpointGroups(const RunConfig& config, const Distributed& distributed,
+                                     TrainSetup& setup) {
   if (distributed.world) {
-    group = std::make_unique<parallel::CommunicatorHostGroup>(distributed.world.get());
+    setup.group = std::make_unique<parallel::CommunicatorHostGroup>(distributed.world.get());
     if (config.checkpoint().async()) {
       if (distributed.mpi->multithreaded()) {
-        TESSERA_ASSIGN_OR_RETURN(async_world, distributed.mpi->CreateWorld(absl::Seconds(
-                                                  config.parallel().collective_timeout_s())));
-        async_group = std::make_unique<parallel::CommunicatorHostGroup>(async_world.get());
-      } else if (leader) {
+        TESSERA_ASSIGN_OR_RETURN(setup.async_world,
+                                 distributed.mpi->CreateWorld(absl::Seconds(
+                                     config.parallel().collective_timeout_s())));
+        setup.async_group =
+            std::make_unique<parallel::CommunicatorHostGroup>(setup.async_world.get());
+      } else if (setup.leader) {
         std::printf("checkpoint.async: this MPI has no MPI_THREAD_MULTIPLE; saving "
                     "synchronously\n");
       }
     }
   } else if (config.checkpoint().async()) {
-    async_group = std::make_unique<LocalHostGroup>();
+    setup.async_group = std::make_unique<LocalHostGroup>();
   }
-  options.group = group.get();
-  options.async_group = async_group.get();
+  setup.options.group = setup.group.get();
+  setup.options.async_group = setup.async_group.get();
+  return absl::OkStatus();
+}
+
+// The mesh a checkpoint records, and this rank's share of fault.*.
+void DescribeRank(const RunConfig& config, const Distributed& distributed,
+                  Trainer::Options& options) {
   if (distributed.mesh) {
     const parallel::MeshShape& shape = distributed.mesh->shape();
     options.mesh.set_world(shape.world);
@@ -275,26 +345,20 @@ absl::Status TrainRun(const RunConfig& config, Distributed& distributed) {
   }
   options.mesh.set_zero_stage(config.parallel().zero_stage());
   const FaultConfig& fault = config.fault();
-  if (fault.kill_rank() == distributed.rank() || fault.hang_rank() == distributed.rank()) {
-    options.fault.action = fault.kill_rank() == distributed.rank()
-                               ? Trainer::Options::Fault::Action::kKill
-                               : Trainer::Options::Fault::Action::kHang;
+  const int rank = distributed.rank();
+  if (fault.kill_rank() == rank || fault.hang_rank() == rank) {
+    options.fault.action = fault.kill_rank() == rank ? Trainer::Options::Fault::Action::kKill
+                                                     : Trainer::Options::Fault::Action::kHang;
     options.fault.step = fault.at_step();
     if (!fault.at_phase().empty()) options.fault.phase = fault.at_phase();
   }
-  if (fault.corrupt_write() == distributed.rank()) options.fault.corrupt_step = fault.at_step();
-  // From here a stop signal is honoured at a step boundary (with a save).
-  InstallStopSignalHandlers();
-  if (!leader) {
-    // Only rank 0 writes into the run directory.
-    Trainer trainer(config, store, *task, options);
-    TESSERA_RETURN_IF_ERROR(trainer.Run());
-    if (!model_parallel) return absl::OkStatus();
-    return GatherWeights(*distributed.world, *distributed.mesh, store,
-                         trainer.inference_weights(), nullptr);
-  }
+  if (fault.corrupt_write() == rank) options.fault.corrupt_step = fault.at_step();
+}
 
-  // Everything is validated and the data is open: only now touch the run directory.
+// <run_dir>/config.textproto: the effective config. Only now, with everything
+// validated and the data open, is the run directory touched.
+absl::Status WriteRunConfig(const RunConfig& config) {
+  const std::string& run_dir = config.train().run_dir();
   std::error_code error;
   std::filesystem::create_directories(run_dir, error);
   const std::string config_path = run_dir + "/config.textproto";
@@ -309,12 +373,10 @@ absl::Status TrainRun(const RunConfig& config, Distributed& distributed) {
     return UsageError(absl::StrFormat("train.run_dir \"%s\": cannot write %s: %s", run_dir,
                                       config_path, std::strerror(errno)));
   }
+  return absl::OkStatus();
+}
 
-  Trainer trainer(config, store, *task, options);
-  absl::Status status = trainer.Run();
-  TESSERA_RETURN_IF_ERROR(status);
-
-  const TrainSummary& summary = trainer.summary();
+void PrintSummary(const TrainSummary& summary) {
   std::printf("done: %lld steps, loss %.4f -> %.4f, %.1f samples/s, %.1f%% of the GEMM peak\n",
               static_cast<long long>(summary.steps), summary.first_loss, summary.last_loss,
               summary.mean_samples_per_s, 100 * summary.peak_fraction);
@@ -322,12 +384,22 @@ absl::Status TrainRun(const RunConfig& config, Distributed& distributed) {
               Gib(summary.peak_rss_bytes), Gib(summary.plan.total()),
               100.0 * (static_cast<double>(summary.peak_rss_bytes) /
                            static_cast<double>(summary.plan.total()) - 1));
+}
 
-  // Save with the EMA weights, assembled from every rank's pieces into the
-  // single-process model under model parallelism; then the model's own
-  // end-of-run hook (DiT-MoE: the sample grid) on that model.
+// Saves the EMA weights, assembled from every rank's pieces into the
+// single-process model under model parallelism, then runs the model's own
+// end-of-run hook (DiT-MoE: the sample grid) on that model. Rank 0 writes;
+// the other ranks only send their pieces.
+absl::Status SaveFinalModel(const RunConfig& config, const Distributed& distributed,
+                            TrainSetup& setup, const Trainer& trainer) {
+  ParameterStore& store = setup.built.model->store();
+  if (!setup.leader) {
+    if (!setup.model_parallel) return absl::OkStatus();
+    return GatherWeights(*distributed.world, *distributed.mesh, store,
+                         trainer.inference_weights(), nullptr);
+  }
   std::unique_ptr<Model> whole;
-  if (model_parallel) {
+  if (setup.model_parallel) {
     TESSERA_ASSIGN_OR_RETURN(BuiltModel one_process, BuildModel(config));
     whole = std::move(one_process.model);
     TESSERA_RETURN_IF_ERROR(GatherWeights(*distributed.world, *distributed.mesh, store,
@@ -336,13 +408,39 @@ absl::Status TrainRun(const RunConfig& config, Distributed& distributed) {
     store.backend().Copy(store.values().address(), trainer.inference_weights(),
                          store.values().bytes());
   }
-  Model& final_model = whole ? *whole : *built.model;
+  Model& final_model = whole ? *whole : *setup.built.model;
+  const std::string& run_dir = config.train().run_dir();
   const std::string weights_path = run_dir + "/weights.h5";
   const Tensor final_weights = HostReadable(final_model.store().values());
   TESSERA_RETURN_IF_ERROR(
       SaveWeights(weights_path, final_model.store(), final_weights.data<float>()));
   std::printf("wrote %s\n", weights_path.c_str());
   return final_model.FinishRun(run_dir);
+}
+}  // namespace
+
+absl::Status TrainRun(const RunConfig& config, Distributed& distributed) {
+  TrainSetup setup;
+  setup.world_size = distributed.mpi ? distributed.mpi->world_size() : 1;
+  TESSERA_RETURN_IF_ERROR(CheckAndConnect(config, distributed, setup));
+  setup.leader = distributed.rank() == 0;  // the mesh exists from here
+  ConfigureThreads(config, distributed.local_size);
+  TESSERA_RETURN_IF_ERROR(ConfigurePrecision(config, *distributed.backend, setup.leader));
+  TESSERA_RETURN_IF_ERROR(FindResumePoint(config, setup));
+  TESSERA_RETURN_IF_ERROR(MeasureBaseline(distributed, setup.options));
+  TESSERA_RETURN_IF_ERROR(BuildModelAndTasks(config, distributed, setup));
+  TESSERA_RETURN_IF_ERROR(ConnectDataParallel(config, distributed, setup));
+  PrintRunHeader(config, distributed, setup);
+  TESSERA_RETURN_IF_ERROR(ConnectCheckpointGroups(config, distributed, setup));
+  DescribeRank(config, distributed, setup.options);
+  // From here a stop signal is honoured at a step boundary (with a save).
+  InstallStopSignalHandlers();
+  // Only rank 0 writes into the run directory.
+  if (setup.leader) TESSERA_RETURN_IF_ERROR(WriteRunConfig(config));
+  Trainer trainer(config, setup.built.model->store(), *setup.task, setup.options);
+  TESSERA_RETURN_IF_ERROR(trainer.Run());
+  if (setup.leader) PrintSummary(trainer.summary());
+  return SaveFinalModel(config, distributed, setup, trainer);
 }
 
 int ReportError(const absl::Status& status) {

@@ -5,9 +5,11 @@
 // A family says how to check its config, estimate its size before anything
 // is allocated, and build one rank's model; the built model hands the trainer
 // its parameter store, a training task (runtime/train/train_task.h) and the
-// gradient-ready hook, and has an end-of-run hook. Adding a model: its folder
-// models/<name>/, its config message (a member of RunConfig's `model`
-// oneof), one line in models/registry.cc, its configs, tests and docs
+// gradient-ready hook, and has an end-of-run hook and an evaluation hook
+// (named metrics on a held-out split, runtime/train/eval_task.h). Adding a
+// model: its folder models/<name>/, its config message (a member of
+// RunConfig's `model` oneof), one line in models/registry.cc, its configs,
+// tests and docs
 // (docs/architecture.md, "How to add a model").
 #pragma once
 
@@ -24,6 +26,7 @@
 #include "runtime/config/config.pb.h"
 #include "runtime/config/config_check.h"
 #include "runtime/nn/parameter.h"
+#include "runtime/train/eval_task.h"
 #include "runtime/train/train_task.h"
 
 namespace tessera {
@@ -44,6 +47,14 @@ class Model {
   virtual ParameterStore& store() = 0;
   // The training task over this model: its data, objective, forward and backward.
   virtual absl::StatusOr<std::unique_ptr<TrainTask>> CreateTask(const TaskOptions& options) = 0;
+  // The evaluation on data.eval_dir (runtime/train/eval_task.h), opened and
+  // checked against the training data before the first step: this replica's
+  // share of each evaluation batch (options.replica of num_replicas, forwards
+  // of options.micro_batch samples; options.start is unused). Called only when
+  // data.eval_dir is set; null: the model has no evaluation (a usage error).
+  virtual absl::StatusOr<std::unique_ptr<EvalTask>> CreateEvalTask(const TaskOptions& /*options*/) {
+    return std::unique_ptr<EvalTask>();
+  }
   // Backward calls `callback(first, end)` as the gradients of parameter ids
   // [first, end) become complete (data parallelism starts reducing them).
   virtual void SetOnGradientsReady(std::function<void(int, int)> callback) = 0;

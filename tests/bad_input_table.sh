@@ -9,7 +9,7 @@
 #   tests/bad_input_table.sh TESSERA_BINARY [SCRIPT...]
 #
 # SCRIPT defaults to every bad-input script in tests/e2e (bad_input,
-# trusted_inputs, data_inputs, checkpoints, failures, fault_matrix,
+# trusted_inputs, data_inputs, checkpoints, failures, fault_matrix, evaluation,
 # data_parallel, model_parallel, dump_step; slurm and slurm_requeue when sbatch is
 # there). Prints one row per family (cases, ok, failed, the exit codes the
 # cases name) as a Markdown table, then every failed case; exits 1 if any
@@ -24,7 +24,7 @@ shift
 source_dir=$(cd "$(dirname "$0")/.." && pwd)
 scripts=("$@")
 if [ ${#scripts[@]} -eq 0 ]; then
-  for name in bad_input trusted_inputs data_inputs checkpoints failures fault_matrix \
+  for name in bad_input trusted_inputs data_inputs checkpoints failures fault_matrix evaluation \
               data_parallel model_parallel dump_step; do
     [ -f "$source_dir/tests/e2e/$name.sh" ] && scripts+=("$source_dir/tests/e2e/$name.sh")
   done

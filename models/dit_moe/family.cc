@@ -8,6 +8,7 @@
 #include "absl/strings/str_format.h"
 #include "models/dit_moe/config_rules.h"
 #include "models/dit_moe/diffusion.h"
+#include "models/dit_moe/evaluation.h"
 #include "models/dit_moe/image_grid.h"
 #include "models/dit_moe/task.h"
 #include "runtime/base/status.h"
@@ -88,6 +89,13 @@ absl::StatusOr<std::unique_ptr<TrainTask>> DitMoeModel::CreateTask(const TaskOpt
                                               options.num_replicas, options.micro_batch,
                                               options.start));
   return std::unique_ptr<TrainTask>(std::move(task));
+}
+
+absl::StatusOr<std::unique_ptr<EvalTask>> DitMoeModel::CreateEvalTask(
+    const TaskOptions& options) {
+  TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<DitMoeEvaluation> eval,
+                           DitMoeEvaluation::Create(config_, *model_, options));
+  return std::unique_ptr<EvalTask>(std::move(eval));
 }
 
 absl::Status DitMoeModel::FinishRun(const std::string& run_dir) {

@@ -23,6 +23,8 @@ class DitMoeModel : public Model {
 
   ParameterStore& store() override { return *store_; }
   absl::StatusOr<std::unique_ptr<TrainTask>> CreateTask(const TaskOptions& options) override;
+  // The validation diffusion loss on data.eval_dir (models/dit_moe/evaluation.h).
+  absl::StatusOr<std::unique_ptr<EvalTask>> CreateEvalTask(const TaskOptions& options) override;
   void SetOnGradientsReady(std::function<void(int, int)> callback) override {
     model_->set_on_gradients_ready(std::move(callback));
   }

@@ -171,6 +171,24 @@ void CheckOptim(const OptimConfig& o, Checker& check) {
                             " must be in [0, 1) (0 disables the EMA)"));
 }
 
+void CheckEvaluation(const RunConfig& config, Checker& check) {
+  const std::string& eval_dir = config.data().eval_dir();
+  const TrainConfig& t = config.train();
+  check.Expect(eval_dir.size() <= 4096,
+               absl::StrCat(Field("data.eval_dir", eval_dir), " must be at most 4096 bytes"));
+  check.Expect(t.eval_every() >= 0,
+               absl::StrCat(Field("train.eval_every", t.eval_every()),
+                            " must be >= 0 (0 evaluates after the last step only)"));
+  check.Expect(t.eval_every() == 0 || !eval_dir.empty(),
+               absl::StrCat(Field("train.eval_every", t.eval_every()),
+                            " needs data.eval_dir (a held-out split to evaluate on)"));
+  check.Expect(t.eval_samples() >= 0, absl::StrCat(Field("train.eval_samples", t.eval_samples()),
+                                                   " must be >= 0 (0 means the whole split)"));
+  check.Expect(t.eval_samples() <= (int64_t{1} << 31),
+               absl::StrCat(Field("train.eval_samples", t.eval_samples()),
+                            " must be <= 2147483648"));
+}
+
 void CheckData(const RunConfig& config, Checker& check) {
   const DataConfig& d = config.data();
   check.Expect(!d.dir().empty(), "data.dir must not be empty");
@@ -178,6 +196,7 @@ void CheckData(const RunConfig& config, Checker& check) {
                absl::StrCat(Field("data.prefetch", d.prefetch()), " must be >= 1"));
   check.Expect(d.prefetch() <= 64,
                absl::StrCat(Field("data.prefetch", d.prefetch()), " must be <= 64"));
+  CheckEvaluation(config, check);
 }
 
 }  // namespace

@@ -210,9 +210,85 @@ void Trainer::PrintMemoryPlan() const {
 absl::Status Trainer::TrainSteps(int64_t first_step) {
   for (int64_t step = first_step; step <= config_.train().steps(); ++step) {
     TESSERA_RETURN_IF_ERROR(Step(step));
+    TESSERA_RETURN_IF_ERROR(EvaluateIfDue(step));
     TESSERA_ASSIGN_OR_RETURN(const bool stop, AgreeOnStop());
     TESSERA_RETURN_IF_ERROR(SaveIfDue(step, stop));
   }
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::EvaluateIfDue(int64_t step) {
+  if (options_.eval == nullptr) return absl::OkStatus();
+  const int64_t every = config_.train().eval_every();
+  if (step == config_.train().steps() || (every > 0 && step % every == 0)) return Evaluate(step);
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::Evaluate(int64_t step) {
+  const auto start = Clock::now();
+  // The weights a user keeps (weights.h5, the samples) are the inference
+  // weights: evaluate those, then put the trained parameters back.
+  SwapParametersWithEma();
+  absl::StatusOr<std::vector<EvalMetric>> metrics = options_.eval->Evaluate(arena_);
+  arena_.Reset();
+  SwapParametersWithEma();
+  TESSERA_RETURN_IF_ERROR(metrics.status());
+  std::vector<double> sums;
+  for (const EvalMetric& metric : *metrics) {
+    sums.push_back(metric.sum);
+    sums.push_back(metric.count);
+  }
+  TESSERA_RETURN_IF_ERROR(sync_->SumOverReplicas(&sums));
+  for (size_t i = 0; i < metrics->size(); ++i) {
+    (*metrics)[i].sum = sums[2 * i];
+    (*metrics)[i].count = sums[2 * i + 1];
+  }
+  return ReportEval(step, *metrics, Seconds(start, Clock::now()));
+}
+
+void Trainer::SwapParametersWithEma() {
+  if (!ema_) return;
+  Backend& backend = store_.backend();
+  const int64_t n = store_.numel();
+  // Chunks through a small staging buffer: no second copy of the model.
+  const int64_t chunk = std::min<int64_t>(n, int64_t{1} << 18);
+  if (!swap_buffer_.defined()) swap_buffer_ = Tensor::Empty(DType::kF32, Shape{chunk}, backend);
+  float* params = store_.values().ptr<float>();
+  float* ema = ema_->values().ptr<float>();
+  float* staging = swap_buffer_.ptr<float>();
+  for (int64_t i = 0; i < n; i += chunk) {
+    const size_t bytes = sizeof(float) * static_cast<size_t>(std::min(chunk, n - i));
+    backend.Copy(staging, params + i, bytes);
+    backend.Copy(params + i, ema + i, bytes);
+    backend.Copy(ema + i, staging, bytes);
+  }
+}
+
+absl::Status Trainer::ReportEval(int64_t step, const std::vector<EvalMetric>& metrics,
+                                 double seconds) {
+  if (!sync_->is_logging_rank()) return absl::OkStatus();
+  std::string fields, line;
+  for (const EvalMetric& metric : metrics) {
+    const double value = metric.count > 0 ? metric.sum / metric.count : std::nan("");
+    // JSON has no NaN or Inf: a metric without a finite value is null.
+    absl::StrAppend(&fields, ",\"", metric.name, "\":",
+                    std::isfinite(value) ? absl::StrFormat("%.9g", value) : "null");
+    absl::StrAppend(&line, absl::StrFormat(" | %s %.6g", metric.name, value));
+  }
+  const int64_t samples = options_.eval->num_samples();
+  const int written =
+      std::fprintf(metrics_, "{\"step\":%lld,\"eval_samples\":%lld,\"eval_seconds\":%.6g%s}\n",
+                   static_cast<long long>(step), static_cast<long long>(samples), seconds,
+                   fields.c_str());
+  if (written < 0 || std::fflush(metrics_) != 0 || std::ferror(metrics_)) {
+    return UsageError(absl::StrCat("cannot write ", config_.train().run_dir(),
+                                   "/metrics.jsonl: ", std::strerror(errno)));
+  }
+  if (progress_) std::printf("\r\033[K");
+  std::printf("eval   %6lld/%lld%s | %lld held-out samples in %.1fs\n", static_cast<long long>(step),
+              static_cast<long long>(config_.train().steps()), line.c_str(),
+              static_cast<long long>(samples), seconds);
+  std::fflush(stdout);
   return absl::OkStatus();
 }
 

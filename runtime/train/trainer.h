@@ -7,6 +7,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "runtime/checkpoint/host_group.h"
@@ -15,6 +16,7 @@
 #include "runtime/nn/parameter.h"
 #include "runtime/optim/ema.h"
 #include "runtime/train/checkpointing.h"
+#include "runtime/train/eval_task.h"
 #include "runtime/train/gradient_sync.h"
 #include "runtime/train/train_task.h"
 
@@ -67,6 +69,9 @@ class Trainer {
     int tp_rank = 0;                   // this rank's tp coordinate
     std::string resume_dir;            // continue from this committed checkpoint
     std::string init_dir;              // checkpoint.load: initial parameters only
+    // The model's evaluation on data.eval_dir, run every train.eval_every
+    // steps and after the last; null: none.
+    EvalTask* eval = nullptr;
   };
   Trainer(const RunConfig& config, ParameterStore& store, TrainTask& task,
           const Options& options);
@@ -105,6 +110,15 @@ class Trainer {
   absl::Status FinishRun(absl::Status status, int64_t first_step);
 
   absl::Status Step(int64_t step);
+  // The evaluation after `step` when one is due (train.eval_every, the last step).
+  absl::Status EvaluateIfDue(int64_t step);
+  // Runs options_.eval with the inference weights in the parameters, sums
+  // its metrics over the replicas and reports them (log line, metrics.jsonl).
+  absl::Status Evaluate(int64_t step);
+  // Exchanges the parameters with the EMA in place (no-op without EMA):
+  // twice restores both.
+  void SwapParametersWithEma();
+  absl::Status ReportEval(int64_t step, const std::vector<EvalMetric>& metrics, double seconds);
   // Loads `dir` into the parameters (and EMA and optimizer unless
   // `parameters_only`) on every rank; fails everywhere if it fails anywhere.
   // Returns the checkpoint's step.
@@ -132,6 +146,7 @@ class Trainer {
   std::unique_ptr<LocalGradientSync> local_sync_;
   GradientSync* sync_;
   std::unique_ptr<Ema> ema_;
+  Tensor swap_buffer_;  // SwapParametersWithEma's staging, allocated on first use
   LocalHostGroup local_group_;
   HostGroup* group_;
   std::thread saver_;  // at most one background save in flight

@@ -2,7 +2,8 @@
 // non-finite losses stop training with the numerical exit code, every
 // logged step writes one metrics.jsonl line with the documented fields, the
 // samples count once per replica of the data (not per rank sharing them),
-// and the ETA after a resume predicts the time the run then takes.
+// the ETA after a resume predicts the time the run then takes, and the
+// evaluation hook runs on the inference weights when due.
 #include "runtime/train/trainer.h"
 
 #include <gtest/gtest.h>
@@ -202,6 +203,64 @@ TEST(Trainer, EmaFollowsTheWeights) {
   for (int64_t i = 0; i < store.numel(); ++i)
     differs += ema[i] != store.values().data<float>()[i] && ema[i] != initial[i];
   EXPECT_GT(differs, 0);
+}
+
+// An evaluation that records the parameters it was called with and returns
+// their sum over 2 (and a metric with no samples).
+class ProbeEval : public EvalTask {
+ public:
+  explicit ProbeEval(ParameterStore& store) : store_(store) {}
+  absl::StatusOr<std::vector<EvalMetric>> Evaluate(Arena&) override {
+    const float* values = store_.values().data<float>();
+    seen_.assign(values, values + store_.numel());
+    double sum = 0;
+    for (float v : seen_) sum += v;
+    return std::vector<EvalMetric>{{"probe", sum, 2.0}, {"empty", 0.0, 0.0}};
+  }
+  int64_t num_samples() const override { return 7; }
+  std::vector<float> seen_;
+
+ private:
+  ParameterStore& store_;
+};
+
+TEST(Trainer, EvaluatesTheInferenceWeightsEveryEvalEveryStepsAndAfterTheLast) {
+  const std::string dir = TempRunDir("eval");
+  RunConfig config = ToyConfig(dir);  // 6 steps, EMA decay 0.5, log every 2
+  config.mutable_train()->set_eval_every(4);
+  ParameterStore store;
+  RegressionTask task(store, 8);
+  store.Finalize(3);
+  ProbeEval eval(store);
+  Trainer::Options options = MicroBatches(1);
+  options.eval = &eval;
+  Trainer trainer(config, store, task, options);
+  ASSERT_TRUE(trainer.Run().ok());
+  // The last evaluation saw the EMA, and the trained weights came back.
+  const float* ema = trainer.inference_weights();
+  const float* values = store.values().data<float>();
+  ASSERT_EQ(eval.seen_.size(), static_cast<size_t>(store.numel()));
+  int differs = 0;
+  double ema_sum = 0;
+  for (int64_t i = 0; i < store.numel(); ++i) {
+    EXPECT_EQ(eval.seen_[i], ema[i]) << i;
+    differs += values[i] != ema[i];
+    ema_sum += ema[i];
+  }
+  EXPECT_GT(differs, 0);
+  std::ifstream in(dir + "/metrics.jsonl");
+  std::vector<std::string> records;
+  for (std::string line; std::getline(in, line);) {
+    if (line.find("\"eval_samples\"") != std::string::npos) records.push_back(line);
+  }
+  ASSERT_EQ(records.size(), 2u);  // after steps 4 and 6
+  EXPECT_EQ(records[0].rfind("{\"step\":4,\"eval_samples\":7,\"eval_seconds\":", 0), 0u)
+      << records[0];
+  EXPECT_EQ(records[1].rfind("{\"step\":6,\"eval_samples\":7,", 0), 0u) << records[1];
+  const size_t at = records[1].find("\"probe\":");
+  ASSERT_NE(at, std::string::npos) << records[1];
+  EXPECT_NEAR(std::stod(records[1].substr(at + 8)), ema_sum / 2, 1e-6 * std::abs(ema_sum) + 1e-9);
+  EXPECT_NE(records[1].find("\"empty\":null}"), std::string::npos) << records[1];
 }
 
 // What sequence parallelism looks like to the step loop: the gradients are
