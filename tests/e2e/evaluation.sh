@@ -67,7 +67,7 @@ EOF
 }
 
 common=(--set data.eval_dir="$WORK/eval" --set train.eval_samples=0 --set train.micro_batch=2
-        --set train.sample_grid_per_class=0 --set parallel.collective_timeout_s=60)
+        --set model.dit_moe.sample_grid_per_class=0 --set parallel.collective_timeout_s=60)
 
 # The evaluation alone: the weights do not move, every evaluation is the same.
 tiny "$WORK/single_lr0" "$WORK/data" "${common[@]}" --set optim.lr=1e-30 --set train.steps=2 \
