@@ -1,9 +1,10 @@
 #include "runtime/kernels/cpu/gemm_bf16.h"
 
+#include <algorithm>
 #include <bit>
 #include <map>
+#include <memory>
 #include <tuple>
-#include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "runtime/base/status.h"
@@ -22,11 +23,30 @@ inline uint16_t Bf16Bits(float x) {
   return static_cast<uint16_t>((bits + rounding) >> 16);
 }
 
+// A per-thread buffer that only grows and is never cleared (std::vector's
+// resize would zero-fill it again every time a smaller call came between two
+// larger ones).
+template <typename T>
+class Scratch {
+ public:
+  T* Get(int64_t n) {
+    if (n > capacity_) {
+      data_ = std::make_unique_for_overwrite<T[]>(static_cast<size_t>(n));
+      capacity_ = n;
+    }
+    return data_.get();
+  }
+
+ private:
+  std::unique_ptr<T[]> data_;
+  int64_t capacity_ = 0;
+};
+
 // Rows `rows` x `cols` of a matrix with leading dimension `ld`, rounded to
 // bf16 into a dense [rows, cols] buffer.
-void PackBf16(const float* src, int64_t rows, int64_t cols, int64_t ld, std::vector<uint16_t>& dst) {
-  dst.resize(static_cast<size_t>(rows * cols));
-  uint16_t* out = dst.data();
+uint16_t* PackBf16(const float* src, int64_t rows, int64_t cols, int64_t ld,
+                   Scratch<uint16_t>& dst) {
+  uint16_t* out = dst.Get(rows * cols);
 #pragma omp parallel for if (ShouldParallelize(rows * cols) && !omp_in_parallel())
   for (int64_t r = 0; r < rows; ++r) {
     const float* row = src + r * ld;
@@ -34,6 +54,7 @@ void PackBf16(const float* src, int64_t rows, int64_t cols, int64_t ld, std::vec
 #pragma omp simd
     for (int64_t c = 0; c < cols; ++c) dst_row[c] = Bf16Bits(row[c]);
   }
+  return out;
 }
 
 const dnnl::engine& Engine() {
@@ -41,22 +62,31 @@ const dnnl::engine& Engine() {
   return engine;
 }
 
-// One primitive per shape; each thread keeps its own (GemmBatched calls in
-// parallel, and oneDNN's primitive cache still shares the kernels).
-using ShapeKey = std::tuple<bool, bool, int64_t, int64_t, int64_t, int64_t, float, float>;
+// One primitive per (transposes, alpha, beta), with every size and stride a
+// run-time value: the MoE experts' row counts change every step, and a
+// primitive per shape would generate a kernel per shape. Each thread keeps its
+// own (GemmBatched calls in parallel).
+using PrimitiveKey = std::tuple<bool, bool, float, float>;
 
 struct Matmul {
   dnnl::matmul::primitive_desc pd;
   dnnl::matmul primitive;
 };
 
-Matmul MakeMatmul(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, int64_t ldc,
-                        float alpha, float beta) {
-  const memory::desc a_md({m, k}, memory::data_type::bf16,
-                          trans_a ? memory::dims{1, m} : memory::dims{k, 1});
-  const memory::desc b_md({k, n}, memory::data_type::bf16,
-                          trans_b ? memory::dims{1, k} : memory::dims{n, 1});
-  const memory::desc c_md({m, n}, memory::data_type::f32, memory::dims{ldc, 1});
+constexpr memory::dim kAny = DNNL_RUNTIME_DIM_VAL;
+
+using Tag = memory::format_tag;
+
+// Dense operands (the packed bf16 copies, and C when ldc == n): row-major,
+// or column-major for a transposed operand.
+memory::desc Dense(memory::dim rows, memory::dim cols, memory::data_type type, bool transposed) {
+  return memory::desc({rows, cols}, type, transposed ? Tag::ba : Tag::ab);
+}
+
+Matmul MakeMatmul(bool trans_a, bool trans_b, float alpha, float beta) {
+  const memory::desc a_md = Dense(kAny, kAny, memory::data_type::bf16, trans_a);
+  const memory::desc b_md = Dense(kAny, kAny, memory::data_type::bf16, trans_b);
+  const memory::desc c_md = Dense(kAny, kAny, memory::data_type::f32, false);
   dnnl::primitive_attr attr;
   if (alpha != 1.0f) attr.set_output_scales(0, {alpha});
   if (beta != 0.0f) {
@@ -69,13 +99,12 @@ Matmul MakeMatmul(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, i
   return {pd, dnnl::matmul(pd)};
 }
 
-const Matmul& CachedMatmul(const ShapeKey& key) {
-  thread_local std::map<ShapeKey, Matmul> cache;
+const Matmul& CachedMatmul(const PrimitiveKey& key) {
+  thread_local std::map<PrimitiveKey, Matmul> cache;
   auto it = cache.find(key);
   if (it != cache.end()) return it->second;
-  if (cache.size() >= 512) cache.clear();
-  const auto& [ta, tb, m, n, k, ldc, alpha, beta] = key;
-  return cache.emplace(key, MakeMatmul(ta, tb, m, n, k, ldc, alpha, beta)).first->second;
+  const auto& [ta, tb, alpha, beta] = key;
+  return cache.emplace(key, MakeMatmul(ta, tb, alpha, beta)).first->second;
 }
 
 }  // namespace
@@ -84,7 +113,7 @@ float RoundToBf16(float x) { return std::bit_cast<float>(uint32_t{Bf16Bits(x)} <
 
 std::string Bf16GemmSupport(std::string* why) {
   try {
-    MakeMatmul(false, false, 16, 16, 16, 16, 1.0f, 0.0f);
+    MakeMatmul(false, false, 1.0f, 0.0f);
   } catch (const dnnl::error& e) {
     *why = std::string("oneDNN has no bf16 matmul for this CPU (") + e.what() + ")";
     return "";
@@ -101,17 +130,31 @@ void GemmBf16(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float
     Gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
     return;
   }
-  thread_local std::vector<uint16_t> a16, b16;
+  thread_local Scratch<uint16_t> a_scratch, b_scratch;
+  thread_local Scratch<float> c_scratch;
   // Stored shapes: A is [m, k] or, transposed, [k, m]; B is [k, n] or [n, k].
-  PackBf16(a, trans_a ? k : m, trans_a ? m : k, lda, a16);
-  PackBf16(b, trans_b ? n : k, trans_b ? k : n, ldb, b16);
-  const Matmul& matmul = CachedMatmul({trans_a, trans_b, m, n, k, ldc, alpha, beta});
-  memory a_mem(matmul.pd.src_desc(), Engine(), a16.data());
-  memory b_mem(matmul.pd.weights_desc(), Engine(), b16.data());
-  memory c_mem(matmul.pd.dst_desc(), Engine(), c);
+  uint16_t* a16 = PackBf16(a, trans_a ? k : m, trans_a ? m : k, lda, a_scratch);
+  uint16_t* b16 = PackBf16(b, trans_b ? n : k, trans_b ? k : n, ldb, b_scratch);
+  const Matmul& matmul = CachedMatmul({trans_a, trans_b, alpha, beta});
+  // The packed operands are dense: A [m, k] or stored [k, m]; B [k, n] or [n, k].
+  // C with padded rows goes through a dense copy (no caller does this on a
+  // hot path).
+  float* c_out = c;
+  if (ldc != n) {
+    c_out = c_scratch.Get(m * n);
+    if (beta != 0.0f) {
+      for (int64_t i = 0; i < m; ++i) std::copy_n(c + i * ldc, n, c_out + i * n);
+    }
+  }
+  memory a_mem(Dense(m, k, memory::data_type::bf16, trans_a), Engine(), a16);
+  memory b_mem(Dense(k, n, memory::data_type::bf16, trans_b), Engine(), b16);
+  memory c_mem(Dense(m, n, memory::data_type::f32, false), Engine(), c_out);
   thread_local dnnl::stream stream(Engine());
   matmul.primitive.execute(stream, {{DNNL_ARG_SRC, a_mem}, {DNNL_ARG_WEIGHTS, b_mem}, {DNNL_ARG_DST, c_mem}});
   stream.wait();
+  if (ldc != n) {
+    for (int64_t i = 0; i < m; ++i) std::copy_n(c_out + i * n, n, c + i * ldc);
+  }
 }
 
 void GemmBatchedBf16(bool trans_a, bool trans_b, int64_t batch, int64_t m, int64_t n, int64_t k,
