@@ -2,16 +2,14 @@
 
 #include <cmath>
 
+#include "runtime/base/status.h"
+#include "runtime/nn/linear.h"
+
 namespace tessera::mamba_hybrid {
 namespace {
 
-Linear::Options Projection(int64_t fan_in, double extra_scale, int64_t out_blocks = 1) {
-  Linear::Options options;
-  options.bias = false;
-  options.out_blocks = out_blocks;
-  options.weight_init =
-      ParamInit::Uniform(static_cast<float>(extra_scale / std::sqrt(static_cast<double>(fan_in))));
-  return options;
+ParamInit Projection(int64_t fan_in, double extra_scale) {
+  return ParamInit::Uniform(static_cast<float>(extra_scale / std::sqrt(static_cast<double>(fan_in))));
 }
 
 int64_t KvHeads(const MambaHybridConfig& c) {
@@ -21,34 +19,73 @@ int64_t KvHeads(const MambaHybridConfig& c) {
 }  // namespace
 
 CausalSelfAttention::CausalSelfAttention(ParameterStore& store, const std::string& name,
-                                         const MambaHybridConfig& config)
-    : heads_(config.num_heads()),
-      kv_heads_(KvHeads(config)),
-      head_dim_(config.hidden_size() / config.num_heads()),
-      q_proj_(store, name + ".q_proj", config.hidden_size(), heads_ * head_dim_,
-              Projection(config.hidden_size(), 1)),
-      kv_proj_(store, name + ".kv_proj", config.hidden_size(), 2 * kv_heads_ * head_dim_,
-               Projection(config.hidden_size(), 1, /*out_blocks=*/2)),
-      out_proj_(store, name + ".out_proj", heads_ * head_dim_, config.hidden_size(),
-                Projection(heads_ * head_dim_, 1 / std::sqrt(double(config.num_layers())))) {}
+                                         const MambaHybridConfig& config,
+                                         const HybridLayout& layout)
+    : store_(store),
+      layout_(layout),
+      hidden_(config.hidden_size()),
+      heads_(config.num_heads() / layout.tp_size()),
+      kv_heads_(KvHeads(config) / layout.tp_size()),
+      head_dim_(config.hidden_size() / config.num_heads()) {
+  const int64_t D = hidden_, width = config.num_heads() * head_dim_;
+  const int64_t kv_width = KvHeads(config) * head_dim_;
+  q_proj_ = RegisterTpSplit(store, layout, name + ".q_proj.weight", Shape{width, D}, 0,
+                            Projection(D, 1), true);
+  kv_proj_ = RegisterTpSplit(store, layout, name + ".kv_proj.weight", Shape{2, kv_width, D}, 1,
+                             Projection(D, 1), true);
+  out_proj_ = RegisterTpSplit(store, layout, name + ".out_proj.weight", Shape{D, width}, 1,
+                              Projection(width, 1 / std::sqrt(double(config.num_layers()))), true);
+  if (layout.sp_size() > 1) {
+    // The config rules checked num_heads % (tp * sp).
+    ulysses_ = *parallel::UlyssesAttention::Create(*layout.sp, heads_, head_dim_, /*causal=*/true);
+  }
+}
 
-absl::StatusOr<Tensor> CausalSelfAttention::Forward(Arena& arena, const Tensor& x,
-                                                    int64_t batch, int64_t seq) {
-  batch_ = batch;
-  seq_ = seq;
+absl::StatusOr<Tensor> CausalSelfAttention::Forward(Arena& arena, const Tensor& x_local,
+                                                    int64_t batch, int64_t /*seq*/) {
   Backend& backend = arena.backend();
-  const int64_t rows = batch * seq, width = heads_ * head_dim_;
-  const Tensor q = q_proj_.Forward(arena, x);    // [rows, H*Dh]
-  const Tensor kv = kv_proj_.Forward(arena, x);  // [rows, 2, KV*Dh]
+  TESSERA_ASSIGN_OR_RETURN(u_, EnterTpRegion(arena, layout_, x_local, batch));
+  batch_ = batch;
+  seq_ = u_.dim(0) / batch;  // the sp shard's positions
+  const int64_t rows = batch_ * seq_, width = heads_ * head_dim_;
+  const Tensor q = ProjectForward(arena, store_, {{q_proj_, width}}, u_);  // [rows, H*Dh]
+  const Tensor kv =
+      ProjectForward(arena, store_, {{kv_proj_, 2 * kv_heads_ * head_dim_}}, u_);  // [rows, 2, KV*Dh]
   qkv_ = arena.AllocateUninitialized(DType::kF32, Shape{rows, 3, heads_, head_dim_});
-  float* qkv = qkv_.ptr<float>();
-  FillQkv(backend, q, kv, qkv, rows);
-  const AttentionShape shape{batch, seq, heads_, head_dim_, 3 * width, /*causal=*/true};
-  out_ = arena.AllocateUninitialized(DType::kF32, Shape{rows, width});
-  lse_ = arena.AllocateUninitialized(DType::kF32, Shape{batch, heads_, seq});
-  backend.AttentionForward(shape, qkv, qkv + width, qkv + 2 * width, out_.ptr<float>(),
-                           lse_.ptr<float>());
-  return out_proj_.Forward(arena, out_);
+  FillQkv(backend, q, kv, qkv_.ptr<float>(), rows);
+  TESSERA_RETURN_IF_ERROR(Attend(arena));
+  Tensor partial = arena.AllocateUninitialized(DType::kF32, Shape{rows, hidden_});
+  LinearForward(backend, out_, store_.param(out_proj_).ptr<float>(), nullptr, partial);
+  return ExitTpRegion(arena, layout_, partial, batch_);  // out_proj is row-parallel
+}
+
+absl::Status CausalSelfAttention::Attend(Arena& arena) {
+  const int64_t width = heads_ * head_dim_;
+  const float* qkv = qkv_.ptr<float>();
+  if (ulysses_) {
+    // Whole sequences of H / sp heads on each sp rank, and back.
+    TESSERA_ASSIGN_OR_RETURN(out_, ulysses_->Forward(arena, batch_, seq_ * layout_.sp_size(),
+                                                     3 * width, qkv, qkv + width,
+                                                     qkv + 2 * width));
+    return absl::OkStatus();
+  }
+  const AttentionShape shape{batch_, seq_, heads_, head_dim_, 3 * width, /*causal=*/true};
+  out_ = arena.AllocateUninitialized(DType::kF32, Shape{batch_ * seq_, width});
+  lse_ = arena.AllocateUninitialized(DType::kF32, Shape{batch_, heads_, seq_});
+  arena.backend().AttentionForward(shape, qkv, qkv + width, qkv + 2 * width, out_.ptr<float>(),
+                                   lse_.ptr<float>());
+  return absl::OkStatus();
+}
+
+absl::Status CausalSelfAttention::AttendBackward(Arena& arena, const Tensor& dout, float* d) {
+  const int64_t width = heads_ * head_dim_;
+  if (ulysses_) return ulysses_->Backward(arena, dout, d, d + width, d + 2 * width);
+  const float* qkv = qkv_.ptr<float>();
+  const AttentionShape shape{batch_, seq_, heads_, head_dim_, 3 * width, /*causal=*/true};
+  arena.backend().AttentionBackward(shape, qkv, qkv + width, qkv + 2 * width, out_.ptr<float>(),
+                                    dout.ptr<float>(), lse_.ptr<float>(), d, d + width,
+                                    d + 2 * width);
+  return absl::OkStatus();
 }
 
 void CausalSelfAttention::FillQkv(Backend& backend, const Tensor& q, const Tensor& kv, float* qkv,
@@ -85,8 +122,8 @@ absl::StatusOr<Tensor> CausalSelfAttention::Step(Arena& arena, const Tensor& x) 
   }
   Backend& backend = arena.backend();
   const int64_t width = heads_ * head_dim_;
-  const Tensor q = q_proj_.Forward(arena, x);    // [1, H*Dh]
-  const Tensor kv = kv_proj_.Forward(arena, x);  // [1, 2, KV*Dh]
+  const Tensor q = ProjectForward(arena, store_, {{q_proj_, width}}, x);  // [1, H*Dh]
+  const Tensor kv = ProjectForward(arena, store_, {{kv_proj_, 2 * kv_heads_ * head_dim_}}, x);
   float* cache = cache_.ptr<float>();
   FillQkv(backend, q, kv, cache + cached_ * 3 * width, 1);
   ++cached_;
@@ -95,19 +132,22 @@ absl::StatusOr<Tensor> CausalSelfAttention::Step(Arena& arena, const Tensor& x) 
   Tensor lse = arena.AllocateUninitialized(DType::kF32, Shape{heads_, cached_});
   backend.AttentionForward(shape, cache, cache + width, cache + 2 * width, out.ptr<float>(),
                            lse.ptr<float>());
-  return out_proj_.Forward(arena, out.Slice(cached_ - 1, cached_));
+  Tensor partial = arena.AllocateUninitialized(DType::kF32, Shape{1, hidden_});
+  LinearForward(backend, out.Slice(cached_ - 1, cached_), store_.param(out_proj_).ptr<float>(),
+                nullptr, partial);
+  return ExitTpRegion(arena, layout_, partial, 1);
 }
 
-absl::StatusOr<Tensor> CausalSelfAttention::Backward(Arena& arena, const Tensor& dy) {
+absl::StatusOr<Tensor> CausalSelfAttention::Backward(Arena& arena, const Tensor& dy_local) {
   Backend& backend = arena.backend();
   const int64_t rows = batch_ * seq_, width = heads_ * head_dim_, kv_width = kv_heads_ * head_dim_;
-  const Tensor dout = out_proj_.Backward(arena, dy);
+  TESSERA_ASSIGN_OR_RETURN(const Tensor dy, ExitTpRegionBackward(arena, layout_, dy_local, batch_));
+  Tensor dout = arena.AllocateUninitialized(DType::kF32, out_.shape());
+  LinearBackward(backend, dy, out_, store_.param(out_proj_).ptr<float>(),
+                 store_.grad(out_proj_).ptr<float>(), nullptr, dout);
   Tensor dqkv = arena.AllocateUninitialized(DType::kF32, qkv_.shape());
-  const float* qkv = qkv_.ptr<float>();
   float* d = dqkv.ptr<float>();
-  const AttentionShape shape{batch_, seq_, heads_, head_dim_, 3 * width, /*causal=*/true};
-  backend.AttentionBackward(shape, qkv, qkv + width, qkv + 2 * width, out_.ptr<float>(),
-                            dout.ptr<float>(), lse_.ptr<float>(), d, d + width, d + 2 * width);
+  TESSERA_RETURN_IF_ERROR(AttendBackward(arena, dout, d));
   const size_t qkv_pitch = 3 * width * sizeof(float);
   Tensor dq = arena.AllocateUninitialized(DType::kF32, Shape{rows, width});
   backend.Copy2D(dq.ptr<float>(), width * sizeof(float), d, qkv_pitch, width * sizeof(float),
@@ -132,25 +172,28 @@ absl::StatusOr<Tensor> CausalSelfAttention::Backward(Arena& arena, const Tensor&
     backend.Copy2D(dkv.ptr<float>() + (part - 1) * kv_width, 2 * kv_width * sizeof(float),
                    sum.ptr<float>(), kv_width * sizeof(float), kv_width * sizeof(float), rows);
   }
-  Tensor dx = q_proj_.Backward(arena, dq);
-  Tensor dx_kv = kv_proj_.Backward(arena, dkv);
+  Tensor dx = ProjectBackward(arena, store_, {{q_proj_, width}}, dq, u_);
+  const Tensor dx_kv = ProjectBackward(arena, store_, {{kv_proj_, 2 * kv_width}}, dkv, u_);
   backend.AddInPlace(dx.ptr<float>(), dx_kv.ptr<float>(), dx.numel());
-  qkv_ = out_ = lse_ = Tensor();
-  return dx;
+  u_ = qkv_ = out_ = lse_ = Tensor();
+  return EnterTpRegionBackward(arena, layout_, dx, batch_);
 }
 
 double CausalSelfAttention::ForwardFlops(int64_t batch, int64_t seq) const {
-  const int64_t rows = batch * seq;
-  // QK^T and PV over the causal half.
-  const double scores = 2.0 * batch * static_cast<double>(seq) * seq * heads_ * head_dim_;
-  return q_proj_.ForwardFlops(rows) + kv_proj_.ForwardFlops(rows) + out_proj_.ForwardFlops(rows) +
-         scores;
+  // This rank's heads over the rows of the tp region: the projections, and
+  // QK^T and PV over the causal half of whole sequences (Ulysses: its H/sp).
+  const double rows = static_cast<double>(batch) * seq *
+                      (layout_.rows_split_over_tp() ? layout_.tp_size() : 1);
+  const double width = static_cast<double>(heads_ * head_dim_);
+  const double full_seq = rows / batch * layout_.sp_size();
+  const double scores = 2.0 * batch * full_seq * full_seq * width / layout_.sp_size();
+  return 2.0 * rows * hidden_ * (2 * width + 2.0 * kv_heads_ * head_dim_) + scores;
 }
 
 double CausalSelfAttention::SavedFloatsPerToken() const {
-  // q, kv (the projections' outputs), qkv, out, lse.
+  // u, q, kv (the projections' outputs), qkv, out, lse.
   const double width = static_cast<double>(heads_ * head_dim_);
-  return width + 2.0 * kv_heads_ * head_dim_ + 3 * width + width + heads_;
+  return hidden_ + width + 2.0 * kv_heads_ * head_dim_ + 3 * width + width + heads_;
 }
 
 }  // namespace tessera::mamba_hybrid

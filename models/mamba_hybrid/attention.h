@@ -8,20 +8,28 @@
 // The key/value heads are repeated to H heads for the attention op (one
 // FlashAttention-2 kernel for every head count) and their gradients summed
 // back. Weights U(+-1/sqrt(fan_in)); out_proj also / sqrt(num_layers).
+//
+// Tensor parallelism splits the heads and the key/value groups over tp
+// (num_heads % tp, num_query_groups % tp: config rules): q_proj and kv_proj
+// column-parallel, out_proj row-parallel. Sequence parallelism runs Ulysses
+// over the sp ranks on each tp rank's heads (num_heads % (tp * sp)).
 #pragma once
 
 #include <string>
 
+#include <optional>
+
+#include "models/mamba_hybrid/layout.h"
 #include "models/mamba_hybrid/sublayers.h"
+#include "parallel/sequence_parallel/ulysses_attention.h"
 #include "runtime/config/config.pb.h"
-#include "runtime/nn/linear.h"
 
 namespace tessera::mamba_hybrid {
 
 class CausalSelfAttention : public Sublayer {
  public:
   CausalSelfAttention(ParameterStore& store, const std::string& name,
-                      const MambaHybridConfig& config);
+                      const MambaHybridConfig& config, const HybridLayout& layout);
 
   absl::StatusOr<Tensor> Forward(Arena& arena, const Tensor& x, int64_t batch,
                                  int64_t seq) override;
@@ -41,9 +49,17 @@ class CausalSelfAttention : public Sublayer {
   // `qkv` rows [rows, 3, H, Dh].
   void FillQkv(Backend& backend, const Tensor& q, const Tensor& kv, float* qkv,
                int64_t rows) const;
-  int64_t heads_, kv_heads_, head_dim_;
-  Linear q_proj_, kv_proj_, out_proj_;
+  // Attention over the rows of the tp region: Ulysses when sp > 1.
+  absl::Status Attend(Arena& arena);
+  absl::Status AttendBackward(Arena& arena, const Tensor& dout, float* dqkv);
+
+  ParameterStore& store_;
+  HybridLayout layout_;
+  int64_t hidden_, heads_, kv_heads_, head_dim_;  // this rank's heads and groups
+  ParameterStore::Id q_proj_, kv_proj_, out_proj_;  // [H*Dh, D], [2, KV*Dh, D], [D, H*Dh] pieces
+  std::optional<parallel::UlyssesAttention> ulysses_;  // sp > 1
   int64_t batch_ = 0, seq_ = 0;
+  Tensor u_;    // [rows, D]: the projections' input
   Tensor qkv_;  // [rows, 3, H, Dh]: q and the repeated k, v
   Tensor out_, lse_;
   Tensor cache_;  // generation: [max_len, 3, H, Dh]

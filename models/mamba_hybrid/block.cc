@@ -5,12 +5,12 @@
 namespace tessera::mamba_hybrid {
 
 HybridBlock::HybridBlock(ParameterStore& store, const std::string& norm_name, int64_t hidden,
-                         float eps, std::unique_ptr<Sublayer> sublayer)
+                         float eps, std::unique_ptr<Sublayer> sublayer, ParallelSpec norm_spec)
     : store_(store),
       hidden_(hidden),
       eps_(eps),
       norm_weight_(store.Register(norm_name, Shape{hidden}, ParamInit::Ones(),
-                                  /*weight_decay=*/false)),
+                                  /*weight_decay=*/false, norm_spec)),
       sublayer_(std::move(sublayer)) {}
 
 absl::StatusOr<Tensor> HybridBlock::Forward(Arena& arena, const Tensor& x, int64_t batch,

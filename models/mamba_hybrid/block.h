@@ -12,9 +12,11 @@ namespace tessera::mamba_hybrid {
 
 class HybridBlock {
  public:
-  // `norm_name`: the norm weight's name, e.g. "layers.3.norm.weight".
+  // `norm_name`: the norm weight's name, e.g. "layers.3.norm.weight";
+  // `norm_spec`: TensorPartial when the rows are split over tp (Megatron SP).
   HybridBlock(ParameterStore& store, const std::string& norm_name, int64_t hidden, float eps,
-              std::unique_ptr<Sublayer> sublayer);
+              std::unique_ptr<Sublayer> sublayer,
+              ParallelSpec norm_spec = ParallelSpec::Replicated());
 
   // x: [batch * seq, hidden] -> same.
   absl::StatusOr<Tensor> Forward(Arena& arena, const Tensor& x, int64_t batch, int64_t seq);

@@ -1,6 +1,6 @@
 // The Mamba hybrid's config rules: its sizes, the layer pattern, the
 // mixer's and attention's divisibility, the initialization ranges, the
-// layout (one process or data parallelism in this version) and the schema.
+// layout (what tp, sp and Megatron SP must divide) and the schema.
 #include "models/mamba_hybrid/config_rules.h"
 
 #include <cstdint>
@@ -71,17 +71,66 @@ void CheckShapes(const MambaHybridConfig& m, ConfigChecker& check) {
   check.Expect(m.norm_eps() > 0, absl::StrCat(F("norm_eps", m.norm_eps()), " must be positive"));
 }
 
-void CheckLayout(const RunConfig& config, ConfigChecker& check) {
+// Tensor parallelism splits whole Mamba heads and groups, attention heads
+// and key/value groups, MLP columns and the vocabulary over tp.
+void CheckTensorSplits(const MambaHybridConfig& m, const std::string& pattern, int tp,
+                       ConfigChecker& check) {
+  const std::string by_tp = absl::StrCat(" must be divisible by ", Field("parallel.tp", tp));
+  const auto has = [&pattern](char kind) { return pattern.find(kind) != std::string::npos; };
+  if (has(kMamba)) {
+    const int64_t heads = static_cast<int64_t>(m.expand()) * m.hidden_size() / m.head_dim();
+    check.Expect(heads % tp == 0,
+                 absl::StrCat("the Mamba heads expand * hidden_size / head_dim = ", heads, by_tp));
+    check.Expect(m.num_groups() % tp == 0, F("num_groups", m.num_groups()) + by_tp);
+  }
+  if (has(kAttention)) {
+    const int kv = m.num_query_groups() > 0 ? m.num_query_groups() : m.num_heads();
+    check.Expect(m.num_heads() % tp == 0, F("num_heads", m.num_heads()) + by_tp);
+    check.Expect(kv % tp == 0, F("num_query_groups", kv) + by_tp);
+  }
+  if (has('-')) {
+    const int64_t ffn = m.ffn_hidden_size() > 0 ? m.ffn_hidden_size() : 4LL * m.hidden_size();
+    check.Expect(ffn % tp == 0, absl::StrCat(F("ffn_hidden_size", ffn), by_tp));
+  }
+  check.Expect(m.vocab_size() % tp == 0,
+               F("vocab_size", m.vocab_size()) + by_tp + " (the vocabulary is split over tp)");
+}
+
+// Sequence parallelism cuts every sample into sp shards (of tp chunks under
+// Megatron SP); each Mamba shard needs conv_width - 1 positions for the next
+// one's halo, and Ulysses spreads each tp rank's attention heads over sp.
+void CheckSequenceSplits(const MambaHybridConfig& m, const std::string& pattern,
+                         const ParallelConfig& p, ConfigChecker& check) {
+  const int sp = p.sp(), tp = p.tp();
+  const int chunks = sp * (p.sequence_parallel() ? tp : 1);
+  const bool divides = m.seq_len() % chunks == 0;
+  check.Expect(divides, absl::StrCat(F("seq_len", m.seq_len()), " must be divisible by ",
+                                     Field("parallel.sp", sp),
+                                     p.sequence_parallel() && tp > 1
+                                         ? absl::StrCat(" * parallel.tp = ", chunks,
+                                                        " (Megatron SP splits each shard over tp)")
+                                         : ""));
+  if (sp > 1 && divides && pattern.find(kMamba) != std::string::npos) {
+    check.Expect(m.seq_len() / sp >= m.conv_width() - 1,
+                 absl::StrCat(F("seq_len", m.seq_len()), " / ", Field("parallel.sp", sp),
+                              " must be at least conv_width - 1 = ", m.conv_width() - 1,
+                              " (each shard hands its last inputs to the next)"));
+  }
+  if (sp > 1 && pattern.find(kAttention) != std::string::npos) {
+    check.Expect(m.num_heads() % (tp * sp) == 0,
+                 absl::StrCat(F("num_heads", m.num_heads()),
+                              " must be divisible by parallel.tp * parallel.sp = ", tp * sp,
+                              " (Ulysses spreads each tp rank's heads over sp)"));
+  }
+}
+
+void CheckLayout(const RunConfig& config, const std::string& pattern, ConfigChecker& check) {
   const ParallelConfig& p = config.parallel();
   const MambaHybridConfig& m = config.mamba_hybrid();
-  // Not built yet: these layouts of the model (docs/mamba.md).
-  check.Expect(p.tp() == 1 && p.sp() == 1 && p.ep() == 1 && !p.sequence_parallel(),
-               absl::StrCat(Field("parallel.tp", p.tp()), ", ", Field("parallel.sp", p.sp()),
-                            ", ", Field("parallel.ep", p.ep()), " and ",
-                            Field("parallel.sequence_parallel", p.sequence_parallel()),
-                            ": model.mamba_hybrid runs on one process or under data "
-                            "parallelism (with ZeRO-1) in this version; tensor, sequence and "
-                            "expert parallelism are not built for it yet"));
+  check.Expect(p.ep() == 1, absl::StrCat(Field("parallel.ep", p.ep()),
+                                         ": model.mamba_hybrid has no expert layers to split"));
+  if (p.tp() >= 1) CheckTensorSplits(m, pattern, p.tp(), check);
+  if (p.tp() >= 1 && p.sp() >= 1) CheckSequenceSplits(m, pattern, p, check);
   // The head gathers the selected positions by int32 element index.
   const int64_t micro = config.train().micro_batch() > 0 ? config.train().micro_batch()
                                                          : config.train().global_batch();
@@ -104,9 +153,9 @@ void CheckConfig(const RunConfig& config, int /*world_size*/, ConfigChecker& che
       check.Expect(pattern->find(kMoe) == std::string::npos,
                    absl::StrCat(Field("model.mamba_hybrid.pattern", *pattern),
                                 ": MoE layers (E) are not built yet in this version"));
+      CheckLayout(config, *pattern, check);
     }
   }
-  CheckLayout(config, check);
   const std::string& schema = config.data().schema();
   check.Expect(schema.empty() || schema == "tokens",
                absl::StrCat(Field("data.schema", schema),

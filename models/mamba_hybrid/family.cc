@@ -83,24 +83,21 @@ ModelFamily Family() {
   family.estimate = EstimateSize;
   family.build = [](const RunConfig& config, const ParameterLayout& layout,
                     const parallel::ModelParallel* mp) -> absl::StatusOr<std::unique_ptr<Model>> {
-    if (mp != nullptr) {
-      return absl::FailedPreconditionError(
-          "model.mamba_hybrid has no tensor, sequence or expert parallel layers yet");
-    }
-    TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<MambaHybridModel> model,
-                             MambaHybridModel::Build(config, layout));
+    TESSERA_ASSIGN_OR_RETURN(
+        std::unique_ptr<MambaHybridModel> model,
+        MambaHybridModel::Build(config, layout, mp != nullptr && mp->splits_model() ? mp : nullptr));
     return std::unique_ptr<Model>(std::move(model));
   };
   return family;
 }
 
 absl::StatusOr<std::unique_ptr<MambaHybridModel>> MambaHybridModel::Build(
-    const RunConfig& config, const ParameterLayout& layout) {
+    const RunConfig& config, const ParameterLayout& layout, const parallel::ModelParallel* mp) {
   auto built = std::unique_ptr<MambaHybridModel>(new MambaHybridModel(config));
   built->store_ = std::make_unique<ParameterStore>(layout.backend != nullptr ? *layout.backend
                                                                              : HostBackend());
   TESSERA_ASSIGN_OR_RETURN(built->model_,
-                           MambaHybrid::Create(built->config_.mamba_hybrid(), *built->store_));
+                           MambaHybrid::Create(built->config_.mamba_hybrid(), *built->store_, mp));
   built->store_->Finalize(config.train().seed(), layout);
   return built;
 }

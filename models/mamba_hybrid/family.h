@@ -13,8 +13,10 @@ ModelFamily Family();
 // One rank's Mamba hybrid: its store, the model, and a copy of the run config.
 class MambaHybridModel : public Model {
  public:
+  // `mp`: the model-parallel groups (tp, sp > 1), or null.
   static absl::StatusOr<std::unique_ptr<MambaHybridModel>> Build(
-      const RunConfig& config, const ParameterLayout& layout = {});
+      const RunConfig& config, const ParameterLayout& layout = {},
+      const parallel::ModelParallel* mp = nullptr);
 
   ParameterStore& store() override { return *store_; }
   absl::StatusOr<std::unique_ptr<TrainTask>> CreateTask(const TaskOptions& options) override;

@@ -3,17 +3,13 @@
 #include <algorithm>
 #include <cmath>
 
+#include "absl/strings/str_cat.h"
+#include "runtime/base/status.h"
+#include "runtime/nn/linear.h"
 #include "runtime/tensor/host_access.h"
 
 namespace tessera::mamba_hybrid {
 namespace {
-
-Linear::Options NoBias(float bound) {
-  Linear::Options options;
-  options.bias = false;
-  options.weight_init = ParamInit::Uniform(bound);
-  return options;
-}
 
 // Columns [column, column + width) of every row of `src` ([rows, src_width])
 // into a contiguous [rows, width] tensor, or back (`to_src`).
@@ -50,32 +46,61 @@ MixerDims ResolveMixerDims(const MambaHybridConfig& c) {
   return d;
 }
 
+namespace {
+
+// Tags of the sequence-parallel exchanges (ShardChain).
+constexpr int kHaloTag = 41, kStateTag = 42, kStateGradTag = 43, kHaloGradTag = 44;
+
+float Bound(double fan_in) { return static_cast<float>(1 / std::sqrt(fan_in)); }
+
+}  // namespace
+
 Mamba2Mixer::Mamba2Mixer(ParameterStore& store, const std::string& name,
-                         const MambaHybridConfig& config)
+                         const MambaHybridConfig& config, const HybridLayout& layout)
     : store_(store),
+      layout_(layout),
+      chain_(*layout.sp),
       dims_(ResolveMixerDims(config)),
-      norm_eps_(config.norm_eps()),
-      in_proj_(store, name + ".in_proj", dims_.hidden, dims_.in_proj_out(),
-               NoBias(static_cast<float>(1 / std::sqrt(static_cast<double>(dims_.hidden))))),
-      out_proj_(store, name + ".out_proj", dims_.d_inner, dims_.hidden,
-                NoBias(static_cast<float>(
-                    1 / std::sqrt(static_cast<double>(dims_.d_inner) * config.num_layers())))) {
-  const int64_t channels = dims_.conv_channels(), H = dims_.heads;
-  const float conv_bound = static_cast<float>(1 / std::sqrt(static_cast<double>(dims_.conv_width)));
-  conv_weight_ = store.Register(name + ".conv1d.weight", Shape{channels, dims_.conv_width},
-                                ParamInit::Uniform(conv_bound), /*weight_decay=*/true);
-  conv_bias_ = store.Register(name + ".conv1d.bias", Shape{channels},
-                              ParamInit::Uniform(conv_bound), /*weight_decay=*/false);
-  dt_bias_ = store.Register(name + ".dt_bias", Shape{H},
-                            ParamInit::InverseSoftplusOfLogUniform(
-                                config.dt_min(), config.dt_max(), config.dt_init_floor()),
-                            /*weight_decay=*/false);
-  a_log_ = store.Register(name + ".A_log", Shape{H},
-                          ParamInit::LogOfUniform(config.a_init_min(), config.a_init_max()),
-                          /*weight_decay=*/false);
-  d_ = store.Register(name + ".D", Shape{H}, ParamInit::Ones(), /*weight_decay=*/false);
-  norm_weight_ = store.Register(name + ".norm.weight", Shape{dims_.d_inner}, ParamInit::Ones(),
-                                /*weight_decay=*/false);
+      norm_eps_(config.norm_eps()) {
+  const MixerDims g = dims_;  // the whole layer's sizes
+  const int tp = layout.tp_size();
+  dims_.d_inner /= tp;
+  dims_.heads /= tp;
+  dims_.groups /= tp;
+  const int64_t GN = g.groups * g.state_dim;
+  const struct {
+    const char* block;
+    int64_t width;
+  } in_blocks[] = {{"z", g.d_inner}, {"x", g.d_inner}, {"B", GN}, {"C", GN}, {"dt", g.heads}};
+  for (const auto& b : in_blocks) {
+    const ParameterStore::Id id =
+        RegisterTpSplit(store, layout, absl::StrCat(name, ".in_proj.weight.", b.block),
+                        Shape{b.width, g.hidden}, 0, ParamInit::Uniform(Bound(g.hidden)), true);
+    in_proj_.push_back({id, b.width / tp});
+  }
+  const ParamInit conv_init = ParamInit::Uniform(Bound(g.conv_width));
+  for (const auto& b : {in_blocks[1], in_blocks[2], in_blocks[3]}) {  // x, B, C
+    conv_weight_.push_back(RegisterTpSplit(store, layout,
+                                           absl::StrCat(name, ".conv1d.weight.", b.block),
+                                           Shape{b.width, g.conv_width}, 0, conv_init, true));
+    conv_bias_.push_back(RegisterTpSplit(store, layout,
+                                         absl::StrCat(name, ".conv1d.bias.", b.block),
+                                         Shape{b.width}, 0, conv_init, false));
+  }
+  dt_bias_ = RegisterTpSplit(store, layout, name + ".dt_bias", Shape{g.heads}, 0,
+                             ParamInit::InverseSoftplusOfLogUniform(
+                                 config.dt_min(), config.dt_max(), config.dt_init_floor()),
+                             /*weight_decay=*/false);
+  a_log_ = RegisterTpSplit(store, layout, name + ".A_log", Shape{g.heads}, 0,
+                           ParamInit::LogOfUniform(config.a_init_min(), config.a_init_max()),
+                           /*weight_decay=*/false);
+  d_ = RegisterTpSplit(store, layout, name + ".D", Shape{g.heads}, 0, ParamInit::Ones(),
+                       /*weight_decay=*/false);
+  norm_weight_ = RegisterTpSplit(store, layout, name + ".norm.weight", Shape{g.d_inner}, 0,
+                                 ParamInit::Ones(), /*weight_decay=*/false);
+  out_proj_ = RegisterTpSplit(
+      store, layout, name + ".out_proj.weight", Shape{g.hidden, g.d_inner}, 1,
+      ParamInit::Uniform(Bound(static_cast<double>(g.d_inner) * config.num_layers())), true);
 }
 
 SsdShape Mamba2Mixer::ScanShape() const {
@@ -103,18 +128,101 @@ void Mamba2Mixer::AccumulateDecayGradient(const Tensor& dA, const Tensor& A) con
   WriteBack(host, grad);
 }
 
-absl::StatusOr<Tensor> Mamba2Mixer::Forward(Arena& arena, const Tensor& u, int64_t batch,
-                                            int64_t seq) {
-  batch_ = batch;
-  seq_ = seq;
+std::pair<Tensor, Tensor> Mamba2Mixer::ConvWeights(Arena& arena) const {
+  const int64_t K = dims_.conv_width;
+  Tensor weight = arena.AllocateUninitialized(DType::kF32, Shape{dims_.conv_channels(), K});
+  Tensor bias = arena.AllocateUninitialized(DType::kF32, Shape{dims_.conv_channels()});
+  int64_t channel = 0;
+  for (size_t i = 0; i < conv_weight_.size(); ++i) {
+    const Tensor w = store_.param(conv_weight_[i]), b = store_.param(conv_bias_[i]);
+    arena.backend().Copy(weight.ptr<float>() + channel * K, w.address(), w.bytes());
+    arena.backend().Copy(bias.ptr<float>() + channel, b.address(), b.bytes());
+    channel += b.numel();
+  }
+  return {weight, bias};
+}
+
+void Mamba2Mixer::AccumulateConvGradients(const Tensor& dweight, const Tensor& dbias) const {
+  const int64_t K = dims_.conv_width;
+  int64_t channel = 0;
+  for (size_t i = 0; i < conv_weight_.size(); ++i) {
+    const Tensor dw = store_.grad(conv_weight_[i]), db = store_.grad(conv_bias_[i]);
+    store_.backend().AddInPlace(dw.ptr<float>(), dweight.ptr<float>() + channel * K, dw.numel());
+    store_.backend().AddInPlace(db.ptr<float>(), dbias.ptr<float>() + channel, db.numel());
+    channel += db.numel();
+  }
+}
+
+absl::Status Mamba2Mixer::ExchangeHalo(Arena& arena) {
+  const int64_t K1 = dims_.conv_width - 1, channels = dims_.conv_channels();
+  if (layout_.sp_size() == 1 || K1 == 0) return absl::OkStatus();
+  // This shard's last K-1 inputs of every sample go to the next shard.
+  Tensor tail = arena.AllocateUninitialized(DType::kF32, Shape{batch_, K1, channels});
+  const size_t bytes = static_cast<size_t>(K1 * channels) * sizeof(float);
+  arena.backend().Copy2D(tail.ptr<float>(), bytes, xbc_.ptr<float>() + (seq_ - K1) * channels,
+                         seq_ * channels * sizeof(float), bytes, batch_);
+  if (!chain_.first()) halo_ = arena.AllocateUninitialized(DType::kF32, tail.shape());
+  return chain_.ShiftForward(tail.ptr<float>(), halo_.defined() ? halo_.ptr<float>() : nullptr,
+                             tail.numel(), kHaloTag);
+}
+
+absl::Status Mamba2Mixer::ReturnHaloGradient(Arena& arena, const Tensor& dhalo, Tensor& dxbc) {
+  const int64_t K1 = dims_.conv_width - 1, channels = dims_.conv_channels();
+  if (layout_.sp_size() == 1 || K1 == 0) return absl::OkStatus();
+  Tensor from_next;
+  if (!chain_.last()) {
+    from_next = arena.AllocateUninitialized(DType::kF32, Shape{batch_, K1, channels});
+  }
+  TESSERA_RETURN_IF_ERROR(chain_.ShiftBackward(
+      dhalo.defined() ? dhalo.ptr<float>() : nullptr,
+      from_next.defined() ? from_next.ptr<float>() : nullptr,
+      static_cast<size_t>(batch_ * K1 * channels), kHaloGradTag));
+  if (!from_next.defined()) return absl::OkStatus();
+  // The next shard's conv read our last K-1 inputs: add its gradient of them.
+  for (int64_t b = 0; b < batch_; ++b) {
+    arena.backend().AddInPlace(dxbc.ptr<float>() + ((b + 1) * seq_ - K1) * channels,
+                               from_next.ptr<float>() + b * K1 * channels, K1 * channels);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Mamba2Mixer::Scan(Arena& arena) {
+  const Shape state{batch_, dims_.heads, dims_.head_dim, dims_.state_dim};
+  const size_t count = static_cast<size_t>(state.numel());
+  initial_state_ = Tensor();
+  if (!chain_.first()) {
+    initial_state_ = arena.AllocateUninitialized(DType::kF32, state);
+    TESSERA_RETURN_IF_ERROR(chain_.ReceiveFromPrevious(initial_state_.ptr<float>(), count,
+                                                       kStateTag));
+  }
+  Tensor final_state;
+  if (!chain_.last()) final_state = arena.AllocateUninitialized(DType::kF32, state);
+  y_ = arena.AllocateUninitialized(DType::kF32, Shape{batch_ * seq_, dims_.d_inner});
+  arena.backend().SsdScanForward(
+      ScanShape(), x_.ptr<float>(), dt_.ptr<float>(), a_.ptr<float>(), b_.ptr<float>(),
+      c_.ptr<float>(), store_.param(d_).ptr<float>(),
+      initial_state_.defined() ? initial_state_.ptr<float>() : nullptr, y_.ptr<float>(),
+      final_state.defined() ? final_state.ptr<float>() : nullptr);
+  if (!final_state.defined()) return absl::OkStatus();
+  return chain_.SendToNext(final_state.ptr<float>(), count, kStateTag);
+}
+
+absl::StatusOr<Tensor> Mamba2Mixer::Forward(Arena& arena, const Tensor& u_local, int64_t batch,
+                                            int64_t /*seq: this rank's rows per sample*/) {
   Backend& backend = arena.backend();
-  const int64_t rows = batch * seq, GN = dims_.groups * dims_.state_dim;
-  zxbcdt_ = in_proj_.Forward(arena, u);  // [rows, 2 d_inner + 2 G N + H]
+  TESSERA_ASSIGN_OR_RETURN(u_, EnterTpRegion(arena, layout_, u_local, batch));
+  batch_ = batch;
+  seq_ = u_.dim(0) / batch;  // the sp shard's positions
+  const int64_t rows = batch_ * seq_, GN = dims_.groups * dims_.state_dim;
+  zxbcdt_ = ProjectForward(arena, store_, in_proj_, u_);  // [rows, in_proj_out]
   xbc_ = TakeColumns(arena, zxbcdt_, x_column(), dims_.conv_channels());
+  TESSERA_RETURN_IF_ERROR(ExchangeHalo(arena));
   xbc_conv_ = arena.AllocateUninitialized(DType::kF32, xbc_.shape());
-  const CausalConv1dShape conv{batch, seq, dims_.conv_channels(), dims_.conv_width};
-  backend.CausalConv1dForward(conv, xbc_.ptr<float>(), store_.param(conv_weight_).ptr<float>(),
-                              store_.param(conv_bias_).ptr<float>(), nullptr,
+  const CausalConv1dShape conv{batch_, seq_, dims_.conv_channels(), dims_.conv_width};
+  const auto [conv_weight, conv_bias] = ConvWeights(arena);
+  backend.CausalConv1dForward(conv, xbc_.ptr<float>(), conv_weight.ptr<float>(),
+                              conv_bias.ptr<float>(),
+                              halo_.defined() ? halo_.ptr<float>() : nullptr,
                               xbc_conv_.ptr<float>(), nullptr);
   Tensor xbc_act = arena.AllocateUninitialized(DType::kF32, xbc_.shape());
   backend.SiluForward(xbc_conv_.ptr<float>(), xbc_act.ptr<float>(), xbc_act.numel());
@@ -126,23 +234,26 @@ absl::StatusOr<Tensor> Mamba2Mixer::Forward(Arena& arena, const Tensor& u, int64
                             store_.param(dt_bias_).ptr<float>(), dt_.ptr<float>(), rows,
                             dims_.heads);
   a_ = DecayRates(arena);
-  y_ = arena.AllocateUninitialized(DType::kF32, Shape{rows, dims_.d_inner});
-  backend.SsdScanForward(ScanShape(), x_.ptr<float>(), dt_.ptr<float>(), a_.ptr<float>(),
-                         b_.ptr<float>(), c_.ptr<float>(), store_.param(d_).ptr<float>(),
-                         nullptr, y_.ptr<float>(), nullptr);
+  TESSERA_RETURN_IF_ERROR(Scan(arena));
   rstd_ = arena.AllocateUninitialized(DType::kF32, Shape{rows, dims_.groups});
-  Tensor normed = arena.AllocateUninitialized(DType::kF32, Shape{rows, dims_.d_inner});
+  normed_ = arena.AllocateUninitialized(DType::kF32, Shape{rows, dims_.d_inner});
   backend.GatedRmsNormForward(y_.ptr<float>(), zxbcdt_.ptr<float>(), dims_.in_proj_out(),
-                              store_.param(norm_weight_).ptr<float>(), normed.ptr<float>(),
+                              store_.param(norm_weight_).ptr<float>(), normed_.ptr<float>(),
                               rstd_.ptr<float>(), rows, dims_.d_inner,
                               dims_.d_inner / dims_.groups, norm_eps_);
-  return out_proj_.Forward(arena, normed);
+  Tensor partial = arena.AllocateUninitialized(DType::kF32, Shape{rows, dims_.hidden});
+  LinearForward(backend, normed_, store_.param(out_proj_).ptr<float>(), nullptr, partial);
+  return ExitTpRegion(arena, layout_, partial, batch_);  // out_proj is row-parallel
 }
 
-absl::StatusOr<Tensor> Mamba2Mixer::Backward(Arena& arena, const Tensor& dout) {
+absl::StatusOr<Tensor> Mamba2Mixer::Backward(Arena& arena, const Tensor& dout_local) {
   Backend& backend = arena.backend();
-  const int64_t rows = batch_ * seq_, GN = dims_.groups * dims_.state_dim;
-  const Tensor dnormed = out_proj_.Backward(arena, dout);
+  const int64_t rows = batch_ * seq_;
+  TESSERA_ASSIGN_OR_RETURN(const Tensor dout,
+                           ExitTpRegionBackward(arena, layout_, dout_local, batch_));
+  Tensor dnormed = arena.AllocateUninitialized(DType::kF32, normed_.shape());
+  LinearBackward(backend, dout, normed_, store_.param(out_proj_).ptr<float>(),
+                 store_.grad(out_proj_).ptr<float>(), nullptr, dnormed);
   // Every column of dzxbcdt is written below: z, then x/B/C, then dt.
   Tensor dzxbcdt = arena.AllocateUninitialized(DType::kF32, zxbcdt_.shape());
   Tensor dy = arena.AllocateUninitialized(DType::kF32, y_.shape());
@@ -151,40 +262,71 @@ absl::StatusOr<Tensor> Mamba2Mixer::Backward(Arena& arena, const Tensor& dout) {
                                rstd_.ptr<float>(), dy.ptr<float>(), dzxbcdt.ptr<float>(),
                                store_.grad(norm_weight_).ptr<float>(), rows, dims_.d_inner,
                                dims_.d_inner / dims_.groups);
-  // The scan: dA into a zeroed [H] buffer for A_log's chain rule.
-  Tensor dxbc_act = arena.AllocateUninitialized(DType::kF32, xbc_.shape());
-  Tensor dx = arena.AllocateUninitialized(DType::kF32, x_.shape());
-  Tensor db = arena.AllocateUninitialized(DType::kF32, b_.shape());
-  Tensor dc = arena.AllocateUninitialized(DType::kF32, c_.shape());
-  Tensor ddt = arena.AllocateUninitialized(DType::kF32, dt_.shape());
-  Tensor da = arena.Allocate(DType::kF32, a_.shape());
-  backend.SsdScanBackward(ScanShape(), x_.ptr<float>(), dt_.ptr<float>(), a_.ptr<float>(),
-                          b_.ptr<float>(), c_.ptr<float>(), store_.param(d_).ptr<float>(),
-                          nullptr, dy.ptr<float>(), nullptr, dx.ptr<float>(), ddt.ptr<float>(),
-                          da.ptr<float>(), db.ptr<float>(), dc.ptr<float>(),
-                          store_.grad(d_).ptr<float>(), nullptr);
-  AccumulateDecayGradient(da, a_);
-  backend.DtSoftplusBackward(ddt.ptr<float>(), zxbcdt_.ptr<float>() + dt_column(),
-                             dims_.in_proj_out(), store_.param(dt_bias_).ptr<float>(),
-                             dzxbcdt.ptr<float>() + dt_column(),
-                             store_.grad(dt_bias_).ptr<float>(), rows, dims_.heads);
-  CopyColumns(backend, dxbc_act, 0, dx, /*to_src=*/true);
-  CopyColumns(backend, dxbc_act, dims_.d_inner, db, /*to_src=*/true);
-  CopyColumns(backend, dxbc_act, dims_.d_inner + GN, dc, /*to_src=*/true);
+  TESSERA_ASSIGN_OR_RETURN(Tensor dxbc_act, ScanBackward(arena, dy, dzxbcdt));
   // SiLU, then the conv (whose input gradient lands in x/B/C's columns).
   Tensor dxbc_conv = arena.AllocateUninitialized(DType::kF32, xbc_.shape());
   backend.SiluBackward(dxbc_act.ptr<float>(), xbc_conv_.ptr<float>(), dxbc_conv.ptr<float>(),
                        dxbc_conv.numel());
   Tensor dxbc = arena.AllocateUninitialized(DType::kF32, xbc_.shape());
+  Tensor dconv_weight = arena.Allocate(DType::kF32, Shape{dims_.conv_channels(), dims_.conv_width});
+  Tensor dconv_bias = arena.Allocate(DType::kF32, Shape{dims_.conv_channels()});
+  Tensor dhalo;
+  if (halo_.defined()) dhalo = arena.AllocateUninitialized(DType::kF32, halo_.shape());
   const CausalConv1dShape conv{batch_, seq_, dims_.conv_channels(), dims_.conv_width};
-  backend.CausalConv1dBackward(conv, xbc_.ptr<float>(), store_.param(conv_weight_).ptr<float>(),
-                               nullptr, dxbc_conv.ptr<float>(), dxbc.ptr<float>(),
-                               store_.grad(conv_weight_).ptr<float>(),
-                               store_.grad(conv_bias_).ptr<float>(), nullptr);
+  const auto [conv_weight, conv_bias] = ConvWeights(arena);
+  (void)conv_bias;
+  backend.CausalConv1dBackward(conv, xbc_.ptr<float>(), conv_weight.ptr<float>(),
+                               halo_.defined() ? halo_.ptr<float>() : nullptr,
+                               dxbc_conv.ptr<float>(), dxbc.ptr<float>(),
+                               dconv_weight.ptr<float>(), dconv_bias.ptr<float>(),
+                               dhalo.defined() ? dhalo.ptr<float>() : nullptr);
+  AccumulateConvGradients(dconv_weight, dconv_bias);
+  TESSERA_RETURN_IF_ERROR(ReturnHaloGradient(arena, dhalo, dxbc));
   CopyColumns(backend, dzxbcdt, x_column(), dxbc, /*to_src=*/true);
-  Tensor du = in_proj_.Backward(arena, dzxbcdt);
-  zxbcdt_ = xbc_ = xbc_conv_ = x_ = b_ = c_ = dt_ = a_ = y_ = rstd_ = Tensor();
-  return du;
+  const Tensor du = ProjectBackward(arena, store_, in_proj_, dzxbcdt, u_);
+  u_ = zxbcdt_ = xbc_ = halo_ = xbc_conv_ = x_ = b_ = c_ = dt_ = a_ = Tensor();
+  initial_state_ = y_ = rstd_ = normed_ = Tensor();
+  return EnterTpRegionBackward(arena, layout_, du, batch_);
+}
+
+absl::StatusOr<Tensor> Mamba2Mixer::ScanBackward(Arena& arena, const Tensor& dy,
+                                                 Tensor& dzxbcdt) {
+  Backend& backend = arena.backend();
+  const int64_t rows = batch_ * seq_, GN = dims_.groups * dims_.state_dim;
+  const Shape state{batch_, dims_.heads, dims_.head_dim, dims_.state_dim};
+  const size_t count = static_cast<size_t>(state.numel());
+  // The next shard's d(initial state) is the gradient of our final state.
+  Tensor d_final, d_initial;
+  if (!chain_.last()) {
+    d_final = arena.AllocateUninitialized(DType::kF32, state);
+    TESSERA_RETURN_IF_ERROR(chain_.ReceiveFromNext(d_final.ptr<float>(), count, kStateGradTag));
+  }
+  if (!chain_.first()) d_initial = arena.AllocateUninitialized(DType::kF32, state);
+  // dA into a zeroed [H] buffer for A_log's chain rule.
+  Tensor dx = arena.AllocateUninitialized(DType::kF32, x_.shape());
+  Tensor db = arena.AllocateUninitialized(DType::kF32, b_.shape());
+  Tensor dc = arena.AllocateUninitialized(DType::kF32, c_.shape());
+  Tensor ddt = arena.AllocateUninitialized(DType::kF32, dt_.shape());
+  Tensor da = arena.Allocate(DType::kF32, a_.shape());
+  const auto ptr = [](const Tensor& t) { return t.defined() ? t.ptr<float>() : nullptr; };
+  backend.SsdScanBackward(ScanShape(), x_.ptr<float>(), dt_.ptr<float>(), a_.ptr<float>(),
+                          b_.ptr<float>(), c_.ptr<float>(), store_.param(d_).ptr<float>(),
+                          ptr(initial_state_), dy.ptr<float>(), ptr(d_final), dx.ptr<float>(),
+                          ddt.ptr<float>(), da.ptr<float>(), db.ptr<float>(), dc.ptr<float>(),
+                          store_.grad(d_).ptr<float>(), ptr(d_initial));
+  if (d_initial.defined()) {
+    TESSERA_RETURN_IF_ERROR(chain_.SendToPrevious(d_initial.ptr<float>(), count, kStateGradTag));
+  }
+  AccumulateDecayGradient(da, a_);
+  backend.DtSoftplusBackward(ddt.ptr<float>(), zxbcdt_.ptr<float>() + dt_column(),
+                             dims_.in_proj_out(), store_.param(dt_bias_).ptr<float>(),
+                             dzxbcdt.ptr<float>() + dt_column(),
+                             store_.grad(dt_bias_).ptr<float>(), rows, dims_.heads);
+  Tensor dxbc_act = arena.AllocateUninitialized(DType::kF32, xbc_.shape());
+  CopyColumns(backend, dxbc_act, 0, dx, /*to_src=*/true);
+  CopyColumns(backend, dxbc_act, dims_.d_inner, db, /*to_src=*/true);
+  CopyColumns(backend, dxbc_act, dims_.d_inner + GN, dc, /*to_src=*/true);
+  return dxbc_act;
 }
 
 absl::Status Mamba2Mixer::StartGeneration(Backend& backend, int64_t batch, int64_t /*max_len*/) {
@@ -200,12 +342,13 @@ absl::Status Mamba2Mixer::StartGeneration(Backend& backend, int64_t batch, int64
 absl::StatusOr<Tensor> Mamba2Mixer::Step(Arena& arena, const Tensor& u) {
   Backend& backend = arena.backend();
   const int64_t batch = u.dim(0), GN = dims_.groups * dims_.state_dim;
-  const Tensor zxbcdt = in_proj_.Forward(arena, u);  // [B, in_proj_out]
+  const Tensor zxbcdt = ProjectForward(arena, store_, in_proj_, u);  // [B, in_proj_out]
   const Tensor xbc = TakeColumns(arena, zxbcdt, x_column(), dims_.conv_channels());
   Tensor xbc_conv = arena.AllocateUninitialized(DType::kF32, xbc.shape());
   const CausalConv1dShape conv{batch, 1, dims_.conv_channels(), dims_.conv_width};
-  backend.CausalConv1dStep(conv, xbc.ptr<float>(), store_.param(conv_weight_).ptr<float>(),
-                           store_.param(conv_bias_).ptr<float>(), conv_state_.ptr<float>(),
+  const auto [conv_weight, conv_bias] = ConvWeights(arena);
+  backend.CausalConv1dStep(conv, xbc.ptr<float>(), conv_weight.ptr<float>(),
+                           conv_bias.ptr<float>(), conv_state_.ptr<float>(),
                            xbc_conv.ptr<float>());
   Tensor xbc_act = arena.AllocateUninitialized(DType::kF32, xbc.shape());
   backend.SiluForward(xbc_conv.ptr<float>(), xbc_act.ptr<float>(), xbc_act.numel());
@@ -229,7 +372,9 @@ absl::StatusOr<Tensor> Mamba2Mixer::Step(Arena& arena, const Tensor& u) {
                               store_.param(norm_weight_).ptr<float>(), normed.ptr<float>(),
                               rstd.ptr<float>(), batch, dims_.d_inner,
                               dims_.d_inner / dims_.groups, norm_eps_);
-  return out_proj_.Forward(arena, normed);
+  Tensor partial = arena.AllocateUninitialized(DType::kF32, Shape{batch, dims_.hidden});
+  LinearForward(backend, normed, store_.param(out_proj_).ptr<float>(), nullptr, partial);
+  return ExitTpRegion(arena, layout_, partial, batch);
 }
 
 double Mamba2Mixer::ForwardFlops(int64_t batch, int64_t seq) const {
@@ -245,14 +390,15 @@ double Mamba2Mixer::ForwardFlops(int64_t batch, int64_t seq) const {
   }
   scan *= static_cast<double>(batch) * dims_.heads;
   const double conv = 2.0 * dims_.conv_width * rows * dims_.conv_channels();
-  return in_proj_.ForwardFlops(static_cast<int64_t>(rows)) +
-         out_proj_.ForwardFlops(static_cast<int64_t>(rows)) + scan + conv;
+  // in_proj and out_proj over this rank's columns.
+  const double projections = 2.0 * rows * dims_.hidden * (dims_.in_proj_out() + dims_.d_inner);
+  return projections + scan + conv;
 }
 
 double Mamba2Mixer::SavedFloatsPerToken() const {
-  // zxbcdt, xbc, xbc_conv, its SiLU, x/B/C, dt, y, rstd, the out_proj input.
-  return static_cast<double>(dims_.in_proj_out() + 4 * dims_.conv_channels() + dims_.heads +
-                             2 * dims_.d_inner + dims_.groups);
+  // u, zxbcdt, xbc, xbc_conv, its SiLU, x/B/C, dt, y, rstd, the out_proj input.
+  return static_cast<double>(dims_.hidden + dims_.in_proj_out() + 4 * dims_.conv_channels() +
+                             dims_.heads + 2 * dims_.d_inner + dims_.groups);
 }
 
 }  // namespace tessera::mamba_hybrid

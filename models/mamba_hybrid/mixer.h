@@ -17,11 +17,14 @@
 #pragma once
 
 #include <string>
+#include <utility>
+#include <vector>
 
+#include "models/mamba_hybrid/layout.h"
 #include "models/mamba_hybrid/sublayers.h"
+#include "parallel/sequence_parallel/shard_chain.h"
 #include "runtime/config/config.pb.h"
 #include "runtime/kernels/kernel_args.h"
-#include "runtime/nn/linear.h"
 
 namespace tessera::mamba_hybrid {
 
@@ -32,10 +35,23 @@ struct MixerDims {
 };
 MixerDims ResolveMixerDims(const MambaHybridConfig& config);
 
+// Tensor parallelism splits heads and groups over tp (nheads % tp and
+// ngroups % tp: config rules), so every rank holds whole heads and groups:
+// in_proj is column-parallel with each of its blocks z, x, B, C, dt a
+// parameter of its own split over tp (in_proj.weight.z, ...: blocks of
+// unequal widths cannot share one split), conv1d likewise per x, B, C
+// block, A_log, D, dt_bias and the norm weight split with their heads, the
+// gated RMSNorm by group local, out_proj row-parallel.
+//
+// Sequence parallelism passes state along the sp ranks (ShardChain): each
+// shard's conv reads the previous shard's last K-1 inputs as its halo, its
+// scan starts from the previous shard's final state, and the backward pass
+// returns d(initial state) and d(halo) to the previous shard.
 class Mamba2Mixer : public Sublayer {
  public:
   // `name`: the layer's prefix, e.g. "layers.3.mixer".
-  Mamba2Mixer(ParameterStore& store, const std::string& name, const MambaHybridConfig& config);
+  Mamba2Mixer(ParameterStore& store, const std::string& name, const MambaHybridConfig& config,
+              const HybridLayout& layout);
 
   absl::StatusOr<Tensor> Forward(Arena& arena, const Tensor& x, int64_t batch,
                                  int64_t seq) override;
@@ -54,20 +70,42 @@ class Mamba2Mixer : public Sublayer {
   Tensor DecayRates(Arena& arena) const;
   // dA_log += dA * A (A_log's chain rule; H values).
   void AccumulateDecayGradient(const Tensor& dA, const Tensor& A) const;
+  // The conv weight [channels, K] and bias [channels] of the x, B, C pieces,
+  // contiguous in `arena`; and their gradients added back to the pieces.
+  std::pair<Tensor, Tensor> ConvWeights(Arena& arena) const;
+  void AccumulateConvGradients(const Tensor& dweight, const Tensor& dbias) const;
+  // The scan's output y_ [rows, d_inner] from x_, dt_, a_, b_, c_: from the
+  // previous sp shard's final state, passing this shard's on.
+  absl::Status Scan(Arena& arena);
+  // Its backward from dy: d(x, B, C) after SiLU [rows, conv_channels], and
+  // ddt written into dt's columns of dzxbcdt; passes d(initial state) back.
+  absl::StatusOr<Tensor> ScanBackward(Arena& arena, const Tensor& dy, Tensor& dzxbcdt);
+  // Sequence parallelism: the previous shard's last K-1 conv inputs (halo_),
+  // and the gradient of this shard's own (added into dxbc).
+  absl::Status ExchangeHalo(Arena& arena);
+  absl::Status ReturnHaloGradient(Arena& arena, const Tensor& dhalo, Tensor& dxbc);
 
   ParameterStore& store_;
-  MixerDims dims_;
+  HybridLayout layout_;
+  parallel::ShardChain chain_;
+  MixerDims dims_;  // this rank's: d_inner, heads and groups divided by tp
   float norm_eps_;
-  Linear in_proj_, out_proj_;
-  ParameterStore::Id conv_weight_, conv_bias_, dt_bias_, a_log_, d_, norm_weight_;
+  std::vector<ProjectionPiece> in_proj_;  // z, x, B, C, dt: [width/tp, hidden] each
+  ParameterStore::Id out_proj_;           // [hidden, d_inner/tp]
+  std::vector<ParameterStore::Id> conv_weight_, conv_bias_;  // x, B, C pieces
+  ParameterStore::Id dt_bias_, a_log_, d_, norm_weight_;
   int64_t batch_ = 0, seq_ = 0;
   // Saved by Forward.
+  Tensor u_;          // [rows, hidden]: in_proj input (the tp region's rows)
   Tensor zxbcdt_;     // [rows, in_proj_out]
   Tensor xbc_;        // [rows, conv_channels]: conv input
+  Tensor halo_;       // [B, K-1, conv_channels]: the previous shard's (sp > 1)
   Tensor xbc_conv_;   // conv output before SiLU
   Tensor x_, b_, c_;  // [rows, H*P], [rows, G*N], [rows, G*N]: after SiLU, contiguous
   Tensor dt_, a_;     // [rows, H], [H]
+  Tensor initial_state_;  // [B, H, P, N]: the previous shard's final state (sp > 1)
   Tensor y_, rstd_;   // [rows, d_inner] scan output, [rows, G] gated norm statistics
+  Tensor normed_;     // [rows, d_inner]: out_proj input
   // Generation: the last K-1 conv inputs [B, K-1, conv_channels] and the SSM
   // state [B, H, P, N].
   Tensor conv_state_, ssm_state_;

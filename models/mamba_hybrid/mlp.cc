@@ -2,49 +2,59 @@
 
 #include <cmath>
 
+#include "runtime/base/status.h"
+#include "runtime/nn/linear.h"
+
 namespace tessera::mamba_hybrid {
-namespace {
-
-Linear::Options NoBias(double bound, int64_t out_blocks = 1) {
-  Linear::Options options;
-  options.bias = false;
-  options.out_blocks = out_blocks;
-  options.weight_init = ParamInit::Uniform(static_cast<float>(bound));
-  return options;
-}
-
-}  // namespace
 
 int64_t FfnHidden(const MambaHybridConfig& config) {
   return config.ffn_hidden_size() > 0 ? config.ffn_hidden_size() : 4 * config.hidden_size();
 }
 
 HybridMlp::HybridMlp(ParameterStore& store, const std::string& name,
-                     const MambaHybridConfig& config)
-    : swiglu_(config.mlp_activation() == MambaHybridConfig::SWIGLU),
-      ffn_(FfnHidden(config)),
-      fc1_(store, name + ".fc1", config.hidden_size(), (swiglu_ ? 2 : 1) * ffn_,
-           NoBias(1 / std::sqrt(double(config.hidden_size())), swiglu_ ? 2 : 1)),
-      fc2_(store, name + ".fc2", ffn_, config.hidden_size(),
-           NoBias(1 / std::sqrt(double(ffn_) * config.num_layers()))) {}
-
-absl::StatusOr<Tensor> HybridMlp::Forward(Arena& arena, const Tensor& x, int64_t /*batch*/,
-                                          int64_t /*seq*/) {
-  Backend& backend = arena.backend();
-  pre_ = fc1_.Forward(arena, x);
-  const int64_t rows = x.dim(0);
-  Tensor act = arena.AllocateUninitialized(DType::kF32, Shape{rows, ffn_});
-  if (swiglu_) {
-    backend.SwigluForward(pre_.ptr<float>(), act.ptr<float>(), rows, ffn_);
-  } else {
-    backend.ReluSquaredForward(pre_.ptr<float>(), act.ptr<float>(), act.numel());
-  }
-  return fc2_.Forward(arena, act);
+                     const MambaHybridConfig& config, const HybridLayout& layout)
+    : store_(store),
+      layout_(layout),
+      swiglu_(config.mlp_activation() == MambaHybridConfig::SWIGLU),
+      hidden_(config.hidden_size()),
+      ffn_(FfnHidden(config) / layout.tp_size()) {
+  const int64_t F = FfnHidden(config), D = hidden_;
+  const ParamInit fc1_init = ParamInit::Uniform(static_cast<float>(1 / std::sqrt(double(D))));
+  // SwiGLU: [gate; up] stacked as [2, F, D], each block split over tp.
+  fc1_ = swiglu_ ? RegisterTpSplit(store, layout, name + ".fc1.weight", Shape{2, F, D}, 1,
+                                   fc1_init, true)
+                 : RegisterTpSplit(store, layout, name + ".fc1.weight", Shape{F, D}, 0, fc1_init,
+                                   true);
+  fc2_ = RegisterTpSplit(
+      store, layout, name + ".fc2.weight", Shape{D, F}, 1,
+      ParamInit::Uniform(static_cast<float>(1 / std::sqrt(double(F) * config.num_layers()))),
+      true);
 }
 
-absl::StatusOr<Tensor> HybridMlp::Backward(Arena& arena, const Tensor& dy) {
+absl::StatusOr<Tensor> HybridMlp::Forward(Arena& arena, const Tensor& x, int64_t batch,
+                                          int64_t /*seq*/) {
   Backend& backend = arena.backend();
-  const Tensor dact = fc2_.Backward(arena, dy);
+  batch_ = batch;
+  TESSERA_ASSIGN_OR_RETURN(u_, EnterTpRegion(arena, layout_, x, batch));
+  const int64_t rows = u_.dim(0);
+  pre_ = ProjectForward(arena, store_, {{fc1_, (swiglu_ ? 2 : 1) * ffn_}}, u_);
+  act_ = arena.AllocateUninitialized(DType::kF32, Shape{rows, ffn_});
+  if (swiglu_) {
+    backend.SwigluForward(pre_.ptr<float>(), act_.ptr<float>(), rows, ffn_);
+  } else {
+    backend.ReluSquaredForward(pre_.ptr<float>(), act_.ptr<float>(), act_.numel());
+  }
+  Tensor partial = arena.AllocateUninitialized(DType::kF32, Shape{rows, hidden_});
+  LinearForward(backend, act_, store_.param(fc2_).ptr<float>(), nullptr, partial);
+  return ExitTpRegion(arena, layout_, partial, batch_);  // fc2 is row-parallel
+}
+
+absl::StatusOr<Tensor> HybridMlp::Backward(Arena& arena, const Tensor& dy_local) {
+  Backend& backend = arena.backend();
+  TESSERA_ASSIGN_OR_RETURN(const Tensor dy, ExitTpRegionBackward(arena, layout_, dy_local, batch_));
+  Tensor dact = arena.AllocateUninitialized(DType::kF32, act_.shape());
+  LinearBackward(backend, dy, act_, store_.param(fc2_).ptr<float>(),
+                 store_.grad(fc2_).ptr<float>(), nullptr, dact);
   Tensor dpre = arena.AllocateUninitialized(DType::kF32, pre_.shape());
   if (swiglu_) {
     backend.SwigluBackward(dact.ptr<float>(), pre_.ptr<float>(), dpre.ptr<float>(), dact.dim(0),
@@ -53,16 +63,19 @@ absl::StatusOr<Tensor> HybridMlp::Backward(Arena& arena, const Tensor& dy) {
     backend.ReluSquaredBackward(dact.ptr<float>(), pre_.ptr<float>(), dpre.ptr<float>(),
                                 dpre.numel());
   }
-  pre_ = Tensor();
-  return fc1_.Backward(arena, dpre);
+  const Tensor du = ProjectBackward(arena, store_, {{fc1_, pre_.dim(1)}}, dpre, u_);
+  u_ = pre_ = act_ = Tensor();
+  return EnterTpRegionBackward(arena, layout_, du, batch_);
 }
 
 double HybridMlp::ForwardFlops(int64_t batch, int64_t seq) const {
-  return fc1_.ForwardFlops(batch * seq) + fc2_.ForwardFlops(batch * seq);
+  const double rows = static_cast<double>(batch) * seq *
+                      (layout_.rows_split_over_tp() ? layout_.tp_size() : 1);
+  return 2.0 * rows * hidden_ * ffn_ * (swiglu_ ? 3 : 2);
 }
 
 double HybridMlp::SavedFloatsPerToken() const {
-  return static_cast<double>((swiglu_ ? 3 : 2) * ffn_);
+  return static_cast<double>(hidden_ + (swiglu_ ? 3 : 2) * ffn_);
 }
 
 }  // namespace tessera::mamba_hybrid

@@ -2,13 +2,15 @@
 //   squared ReLU (the paper's):  out = fc2(relu(fc1(x))^2)
 //   SwiGLU:                      out = fc2(silu(gate) * up), [gate | up] = fc1(x)
 // fc1 U(+-1/sqrt(hidden)); fc2 U(+-1/sqrt(ffn)) / sqrt(num_layers).
+// Tensor parallelism: fc1 column-parallel (SwiGLU: gate and up each split),
+// fc2 row-parallel, over ffn_hidden_size / tp columns per rank.
 #pragma once
 
 #include <string>
 
+#include "models/mamba_hybrid/layout.h"
 #include "models/mamba_hybrid/sublayers.h"
 #include "runtime/config/config.pb.h"
-#include "runtime/nn/linear.h"
 
 namespace tessera::mamba_hybrid {
 
@@ -17,7 +19,8 @@ int64_t FfnHidden(const MambaHybridConfig& config);
 
 class HybridMlp : public Sublayer {
  public:
-  HybridMlp(ParameterStore& store, const std::string& name, const MambaHybridConfig& config);
+  HybridMlp(ParameterStore& store, const std::string& name, const MambaHybridConfig& config,
+            const HybridLayout& layout);
 
   absl::StatusOr<Tensor> Forward(Arena& arena, const Tensor& x, int64_t batch,
                                  int64_t seq) override;
@@ -30,10 +33,15 @@ class HybridMlp : public Sublayer {
   }
 
  private:
+  ParameterStore& store_;
+  HybridLayout layout_;
   bool swiglu_;
-  int64_t ffn_;
-  Linear fc1_, fc2_;
+  int64_t hidden_, ffn_;  // ffn_: this rank's columns
+  ParameterStore::Id fc1_, fc2_;  // [ffn, D] or [2, ffn, D]; [D, ffn]: this rank's pieces
+  int64_t batch_ = 0;
+  Tensor u_;    // [rows, D]: fc1's input (the tp region's rows)
   Tensor pre_;  // fc1's output: [rows, ffn] or [rows, 2 * ffn]
+  Tensor act_;  // fc2's input [rows, ffn]
 };
 
 }  // namespace tessera::mamba_hybrid

@@ -25,29 +25,47 @@ Tensor Upload(Arena& arena, DType dtype, Shape shape, const void* host) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<MambaHybrid>> MambaHybrid::Create(
-    const MambaHybridConfig& config, ParameterStore& store) {
+    const MambaHybridConfig& config, ParameterStore& store, const parallel::ModelParallel* mp) {
   TESSERA_ASSIGN_OR_RETURN(std::string pattern, ResolvePattern(config));
   if (pattern.find(kMoe) != std::string::npos) {
     return UsageError(absl::StrCat(Field("model.mamba_hybrid.pattern", pattern),
                                    ": MoE layers (E) are not built yet in this version"));
   }
-  auto model = std::unique_ptr<MambaHybrid>(new MambaHybrid(config, std::move(pattern), store));
+  auto model =
+      std::unique_ptr<MambaHybrid>(new MambaHybrid(config, std::move(pattern), store, mp));
   model->Build();
   return model;
 }
 
+namespace {
+
+HybridLayout MakeLayout(const parallel::ModelParallel* mp, const SingleProcessLayout* one) {
+  if (mp == nullptr) return one->layout();
+  HybridLayout layout;
+  layout.tp = mp->tp;
+  layout.sp = mp->sp;
+  layout.megatron_sp = mp->sequence_parallel && mp->tp_size() > 1;
+  return layout;
+}
+
+}  // namespace
+
 MambaHybrid::MambaHybrid(const MambaHybridConfig& config, std::string pattern,
-                         ParameterStore& store)
+                         ParameterStore& store, const parallel::ModelParallel* mp)
     : config_(config),
       pattern_(std::move(pattern)),
       store_(store),
+      one_process_(mp ? nullptr : std::make_unique<SingleProcessLayout>(store.backend())),
+      layout_(MakeLayout(mp, one_process_.get())),
       hidden_(config.hidden_size()),
       vocab_(config.vocab_size()),
+      vocab_local_(config.vocab_size() / layout_.tp_size()),
+      loss_(*layout_.tp, layout_.tp_rank() * vocab_local_),
       recompute_(pattern_.size(), config.recompute()),
       stack_(store.backend()) {}
 
 void MambaHybrid::Build() {
-  embedding_ = store_.Register("embedding.weight", Shape{vocab_, hidden_},
+  embedding_ = RegisterTpSplit(store_, layout_, "embedding.weight", Shape{vocab_, hidden_}, 0,
                                ParamInit::Normal(kEmbeddingStd), /*weight_decay=*/false);
   param_ranges_.emplace_back(embedding_, embedding_ + 1);
   for (size_t i = 0; i < pattern_.size(); ++i) {
@@ -56,40 +74,34 @@ void MambaHybrid::Build() {
     std::unique_ptr<Sublayer> sublayer;
     switch (pattern_[i]) {
       case kMamba:
-        sublayer = std::make_unique<Mamba2Mixer>(store_, prefix + ".mixer", config_);
+        sublayer = std::make_unique<Mamba2Mixer>(store_, prefix + ".mixer", config_, layout_);
         break;
       case kAttention:
-        sublayer = std::make_unique<CausalSelfAttention>(store_, prefix + ".mixer", config_);
+        sublayer =
+            std::make_unique<CausalSelfAttention>(store_, prefix + ".mixer", config_, layout_);
         break;
       default:
-        sublayer = std::make_unique<HybridMlp>(store_, prefix + ".mlp", config_);
+        sublayer = std::make_unique<HybridMlp>(store_, prefix + ".mlp", config_, layout_);
         break;
     }
     blocks_.push_back(std::make_unique<HybridBlock>(store_, prefix + ".norm.weight", hidden_,
-                                                    config_.norm_eps(), std::move(sublayer)));
+                                                    config_.norm_eps(), std::move(sublayer),
+                                                    TokenShardSpec(layout_)));
     param_ranges_.emplace_back(first, store_.size());
   }
   const int head_first = store_.size();
   final_norm_ = store_.Register("norm_f.weight", Shape{hidden_}, ParamInit::Ones(),
-                                /*weight_decay=*/false);
+                                /*weight_decay=*/false, TokenShardSpec(layout_));
   if (!config_.tie_embeddings()) {
-    Linear::Options options;
-    options.bias = false;
-    options.weight_init =
-        ParamInit::Uniform(static_cast<float>(1 / std::sqrt(static_cast<double>(hidden_))));
-    lm_head_ = std::make_unique<Linear>(store_, "lm_head", hidden_, vocab_, options);
+    const float bound = static_cast<float>(1 / std::sqrt(static_cast<double>(hidden_)));
+    lm_head_ = RegisterTpSplit(store_, layout_, "lm_head.weight", Shape{vocab_, hidden_}, 0,
+                               ParamInit::Uniform(bound), /*weight_decay=*/true);
   }
   param_ranges_.emplace_back(head_first, store_.size());
 }
 
-absl::StatusOr<Tensor> MambaHybrid::ForwardHidden(Arena& arena, const Tensor& ids, int64_t batch,
-                                                  int64_t seq, bool record) {
-  Backend& backend = arena.backend();
-  const int64_t rows = batch * seq;
-  Tensor stream = arena.AllocateUninitialized(DType::kF32, Shape{rows, hidden_});
-  backend.EmbeddingForward(ids.ptr<int32_t>(), store_.param(embedding_).ptr<float>(),
-                           stream.ptr<float>(), rows, hidden_);
-  if (record) RecordEmbeddingBackward(ids);
+absl::StatusOr<Tensor> MambaHybrid::RunLayers(Arena& arena, Tensor stream, int64_t batch,
+                                              int64_t seq, bool record) {
   for (size_t i = 0; i < blocks_.size(); ++i) {
     HybridBlock& block = *blocks_[i];
     TESSERA_ASSIGN_OR_RETURN(
@@ -101,24 +113,46 @@ absl::StatusOr<Tensor> MambaHybrid::ForwardHidden(Arena& arena, const Tensor& id
                     [&block](Arena& a, const Tensor& dy) { return block.Backward(a, dy); },
                     param_ranges_[1 + i].first, param_ranges_[1 + i].second));
   }
+  const int64_t rows = stream.dim(0);
   final_in_ = stream;
   final_rstd_ = arena.AllocateUninitialized(DType::kF32, Shape{rows});
   Tensor hidden = arena.AllocateUninitialized(DType::kF32, Shape{rows, hidden_});
-  backend.RmsNormForward(stream.ptr<float>(), store_.param(final_norm_).ptr<float>(),
-                         hidden.ptr<float>(), final_rstd_.ptr<float>(), rows, hidden_,
-                         config_.norm_eps());
+  arena.backend().RmsNormForward(stream.ptr<float>(), store_.param(final_norm_).ptr<float>(),
+                                 hidden.ptr<float>(), final_rstd_.ptr<float>(), rows, hidden_,
+                                 config_.norm_eps());
   return hidden;
 }
 
-Tensor MambaHybrid::Logits(Arena& arena, const Tensor& hidden) {
+absl::StatusOr<Tensor> MambaHybrid::ForwardHidden(Arena& arena, const Tensor& ids, int64_t batch,
+                                                  int64_t seq, bool record) {
+  if (layout_.tp_size() != 1 || layout_.sp_size() != 1) {
+    return absl::FailedPreconditionError(
+        "MambaHybrid::ForwardHidden runs on one process (generation); training uses ForwardLoss");
+  }
+  const int64_t rows = batch * seq;
+  Tensor stream = arena.AllocateUninitialized(DType::kF32, Shape{rows, hidden_});
+  arena.backend().EmbeddingForward(ids.ptr<int32_t>(), store_.param(embedding_).ptr<float>(),
+                                   stream.ptr<float>(), rows, hidden_);
+  ids_ = ids;
+  batch_ = batch;
+  if (record) RecordEmbeddingBackward(ids);
+  return RunLayers(arena, stream, batch, seq, record);
+}
+
+Tensor MambaHybrid::HeadLogits(Arena& arena, const Tensor& hidden) {
   const int64_t rows = hidden.dim(0);
-  if (lm_head_) return lm_head_->Forward(arena, hidden);
-  Tensor logits = arena.AllocateUninitialized(DType::kF32, Shape{rows, vocab_});
-  // Tied: logits = hidden @ embedding^T.
-  arena.backend().Gemm(false, true, rows, vocab_, hidden_, 1.0f, hidden.ptr<float>(), hidden_,
-                       store_.param(embedding_).ptr<float>(), hidden_, 0.0f,
-                       logits.ptr<float>(), vocab_);
+  const ParameterStore::Id head = lm_head_ >= 0 ? lm_head_ : embedding_;
+  Tensor logits = arena.AllocateUninitialized(DType::kF32, Shape{rows, vocab_local_});
+  // logits = hidden @ W^T, W this rank's [vocab/tp, hidden] rows (tied: the embedding's).
+  arena.backend().Gemm(false, true, rows, vocab_local_, hidden_, 1.0f, hidden.ptr<float>(),
+                       hidden_, store_.param(head).ptr<float>(), hidden_, 0.0f,
+                       logits.ptr<float>(), vocab_local_);
   return logits;
+}
+
+Tensor MambaHybrid::Logits(Arena& arena, const Tensor& hidden) {
+  TESSERA_CHECK(layout_.tp_size() == 1);
+  return HeadLogits(arena, hidden);
 }
 
 absl::Status MambaHybrid::StartGeneration(int64_t batch, int64_t max_len) {
@@ -146,14 +180,67 @@ absl::StatusOr<Tensor> MambaHybrid::StepLogits(Arena& arena, const std::vector<i
   return Logits(arena, hidden);
 }
 
-absl::StatusOr<MambaHybrid::LossSum> MambaHybrid::ForwardLoss(Arena& arena, const LmInputs& in,
+LmInputs MambaHybrid::ShardOf(const LmInputs& in) const {
+  if (layout_.sp_size() == 1) return in;
+  LmInputs shard;
+  shard.batch = in.batch;
+  shard.seq = in.seq / layout_.sp_size();  // the config rules made it exact
+  const int64_t first = layout_.sp_rank() * shard.seq;
+  for (int64_t b = 0; b < in.batch; ++b) {
+    const int64_t begin = b * in.seq + first, end = begin + shard.seq;
+    shard.inputs.insert(shard.inputs.end(), in.inputs.begin() + begin, in.inputs.begin() + end);
+    shard.targets.insert(shard.targets.end(), in.targets.begin() + begin,
+                         in.targets.begin() + end);
+    shard.mask.insert(shard.mask.end(), in.mask.begin() + begin, in.mask.begin() + end);
+  }
+  return shard;
+}
+
+absl::StatusOr<Tensor> MambaHybrid::Embed(Arena& arena, const std::vector<int32_t>& ids,
+                                          int64_t batch) {
+  Backend& backend = arena.backend();
+  const int64_t rows = static_cast<int64_t>(ids.size());
+  Tensor partial = arena.AllocateUninitialized(DType::kF32, Shape{rows, hidden_});
+  if (layout_.tp_size() == 1) {
+    ids_ = Upload(arena, DType::kI32, Shape{rows}, ids.data());
+    backend.EmbeddingForward(ids_.ptr<int32_t>(), store_.param(embedding_).ptr<float>(),
+                             partial.ptr<float>(), rows, hidden_);
+    return partial;
+  }
+  // Vocab-parallel: ids of other ranks' vocabulary read a zero row appended
+  // to this rank's [vocab/tp, hidden] piece; the sum over tp is the lookup.
+  const int64_t begin = layout_.tp_rank() * vocab_local_;
+  std::vector<int32_t> local(ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const int64_t id = ids[i] - begin;
+    local[i] = static_cast<int32_t>(id >= 0 && id < vocab_local_ ? id : vocab_local_);
+  }
+  ids_ = Upload(arena, DType::kI32, Shape{rows}, local.data());
+  Tensor table = arena.AllocateUninitialized(DType::kF32, Shape{vocab_local_ + 1, hidden_});
+  const Tensor piece = store_.param(embedding_);
+  backend.Copy(table.address(), piece.address(), piece.bytes());
+  backend.Memset(table.ptr<float>() + vocab_local_ * hidden_, 0, hidden_ * sizeof(float));
+  backend.EmbeddingForward(ids_.ptr<int32_t>(), table.ptr<float>(), partial.ptr<float>(), rows,
+                           hidden_);
+  return ExitTpRegion(arena, layout_, partial, batch);
+}
+
+absl::StatusOr<MambaHybrid::LossSum> MambaHybrid::ForwardLoss(Arena& arena, const LmInputs& whole,
                                                               bool record) {
-  const int64_t rows = in.batch * in.seq;
-  TESSERA_CHECK(static_cast<int64_t>(in.inputs.size()) == rows &&
-                in.targets.size() == in.inputs.size() && in.mask.size() == in.inputs.size());
+  TESSERA_CHECK(static_cast<int64_t>(whole.inputs.size()) == whole.batch * whole.seq &&
+                whole.targets.size() == whole.inputs.size() &&
+                whole.mask.size() == whole.inputs.size());
   tape_.Clear();
-  const Tensor ids = Upload(arena, DType::kI32, Shape{rows}, in.inputs.data());
-  TESSERA_ASSIGN_OR_RETURN(Tensor hidden, ForwardHidden(arena, ids, in.batch, in.seq, record));
+  const LmInputs in = ShardOf(whole);
+  batch_ = in.batch;
+  const int64_t rows = in.batch * in.seq;  // this sp shard's positions
+  TESSERA_ASSIGN_OR_RETURN(Tensor stream, Embed(arena, in.inputs, in.batch));
+  if (record) RecordEmbeddingBackward(ids_);
+  const int64_t local_rows = stream.dim(0);  // a tp chunk of them under Megatron SP
+  TESSERA_ASSIGN_OR_RETURN(Tensor hidden_local,
+                           RunLayers(arena, stream, in.batch, local_rows / in.batch, record));
+  TESSERA_ASSIGN_OR_RETURN(const Tensor hidden,
+                           EnterTpRegion(arena, layout_, hidden_local, in.batch));
   // Only the positions with a target reach the head.
   std::vector<int32_t> targets, element_index;
   for (int64_t r = 0; r < rows; ++r) {
@@ -164,79 +251,85 @@ absl::StatusOr<MambaHybrid::LossSum> MambaHybrid::ForwardLoss(Arena& arena, cons
   selected_ = static_cast<int64_t>(targets.size());
   LossSum loss;
   loss.count = selected_;
-  if (selected_ == 0) {
-    if (record) RecordHeadBackward(rows);
-    return loss;
-  }
-  Backend& backend = arena.backend();
   selected_hidden_ = hidden;
   selected_index_ = Tensor();
-  if (selected_ < rows) {
+  if (selected_ > 0 && selected_ < rows) {
     selected_index_ = Upload(arena, DType::kI32, Shape{selected_ * hidden_}, element_index.data());
     selected_hidden_ = arena.AllocateUninitialized(DType::kF32, Shape{selected_, hidden_});
-    backend.GatherElements(hidden.ptr<float>(), selected_index_.ptr<int32_t>(),
-                           selected_hidden_.ptr<float>(), selected_ * hidden_);
+    arena.backend().GatherElements(hidden.ptr<float>(), selected_index_.ptr<int32_t>(),
+                                   selected_hidden_.ptr<float>(), selected_ * hidden_);
   }
-  const Tensor logits = Logits(arena, selected_hidden_);
-  targets_ = Upload(arena, DType::kI32, Shape{selected_}, targets.data());
-  probs_ = arena.AllocateUninitialized(DType::kF32, logits.shape());
-  loss.sum = selected_ * backend.CrossEntropyForward(logits.ptr<float>(), targets_.ptr<int32_t>(),
-                                                     probs_.ptr<float>(), selected_, vocab_);
-  if (record) RecordHeadBackward(rows);
+  if (selected_ > 0) {
+    const Tensor logits = HeadLogits(arena, selected_hidden_);
+    TESSERA_ASSIGN_OR_RETURN(loss.sum, loss_.Forward(logits, targets));
+  }
+  if (record) RecordHeadBackward();
   return loss;
 }
 
 void MambaHybrid::RecordEmbeddingBackward(const Tensor& ids) {
   tape_.Record(
       [this, ids]() -> absl::Status {
-        Tensor& dx = stack_.gradient();
-        backend().EmbeddingBackward(ids.ptr<int32_t>(), dx.ptr<float>(),
+        Arena& arena = stack_.scratch();
+        Backend& backend = arena.backend();
+        TESSERA_ASSIGN_OR_RETURN(const Tensor dx,
+                                 ExitTpRegionBackward(arena, layout_, stack_.gradient(), batch_));
+        if (layout_.tp_size() == 1) {
+          backend.EmbeddingBackward(ids.ptr<int32_t>(), dx.ptr<float>(),
                                     store_.grad(embedding_).ptr<float>(), ids.numel(), hidden_);
+          return absl::OkStatus();
+        }
+        // Rows of other ranks' vocabulary land in the appended row, dropped.
+        Tensor dtable = arena.Allocate(DType::kF32, Shape{vocab_local_ + 1, hidden_});
+        backend.EmbeddingBackward(ids.ptr<int32_t>(), dx.ptr<float>(), dtable.ptr<float>(),
+                                  ids.numel(), hidden_);
+        backend.AddInPlace(store_.grad(embedding_).ptr<float>(), dtable.ptr<float>(),
+                           vocab_local_ * hidden_);
         return absl::OkStatus();
       },
       param_ranges_[0].first, param_ranges_[0].second);
 }
 
-void MambaHybrid::RecordHeadBackward(int64_t rows) {
-  tape_.Record(
-      [this, rows]() -> absl::Status {
-        Arena& arena = stack_.scratch();
-        Backend& backend = arena.backend();
-        Tensor dhidden = arena.Allocate(DType::kF32, Shape{rows, hidden_});
-        if (selected_ > 0) {
-          Tensor dlogits = arena.AllocateUninitialized(DType::kF32, probs_.shape());
-          // The kernel's gradient is of the mean over rows: scale by the count for the sum.
-          backend.CrossEntropyBackward(probs_.ptr<float>(), targets_.ptr<int32_t>(),
-                                       dlogits.ptr<float>(), selected_, vocab_,
-                                       scale_ * static_cast<float>(selected_));
-          Tensor dselected = selected_index_.defined()
-                                 ? arena.AllocateUninitialized(DType::kF32, selected_hidden_.shape())
-                                 : dhidden;
-          if (lm_head_) {
-            Tensor dx = lm_head_->Backward(arena, dlogits);
-            backend.Copy(dselected.address(), dx.address(), dx.bytes());
-          } else {
-            const float* table = store_.param(embedding_).ptr<float>();
-            backend.Gemm(false, false, selected_, hidden_, vocab_, 1.0f, dlogits.ptr<float>(),
-                         vocab_, table, hidden_, 0.0f, dselected.ptr<float>(), hidden_);
-            backend.Gemm(true, false, vocab_, hidden_, selected_, 1.0f, dlogits.ptr<float>(),
-                         vocab_, selected_hidden_.ptr<float>(), hidden_, 1.0f,
-                         store_.grad(embedding_).ptr<float>(), hidden_);
-          }
-          if (selected_index_.defined()) {
-            backend.ScatterElements(dselected.ptr<float>(), selected_index_.ptr<int32_t>(),
-                                    dhidden.ptr<float>(), selected_ * hidden_);
-          }
-        }
-        Tensor dx = arena.AllocateUninitialized(DType::kF32, Shape{rows, hidden_});
-        backend.RmsNormBackward(dhidden.ptr<float>(), final_in_.ptr<float>(),
-                                store_.param(final_norm_).ptr<float>(), final_rstd_.ptr<float>(),
-                                dx.ptr<float>(), store_.grad(final_norm_).ptr<float>(), rows,
-                                hidden_);
-        stack_.gradient() = dx;
-        return absl::OkStatus();
-      },
-      param_ranges_.back().first, param_ranges_.back().second);
+absl::Status MambaHybrid::HeadBackward(Arena& arena) {
+  Backend& backend = arena.backend();
+  const int64_t rows =
+      final_in_.dim(0) * (layout_.rows_split_over_tp() ? layout_.tp_size() : 1);
+  Tensor dhidden = arena.Allocate(DType::kF32, Shape{rows, hidden_});  // the shard's rows
+  if (selected_ > 0) {
+    const ParameterStore::Id head = lm_head_ >= 0 ? lm_head_ : embedding_;
+    Tensor dlogits = arena.AllocateUninitialized(DType::kF32, Shape{selected_, vocab_local_});
+    loss_.Backward(dlogits, scale_);
+    Tensor dselected = selected_index_.defined()
+                           ? arena.AllocateUninitialized(DType::kF32, selected_hidden_.shape())
+                           : dhidden;
+    // dhidden = dlogits W (a partial sum over the tp ranks' vocabulary);
+    // dW += dlogits^T hidden.
+    backend.Gemm(false, false, selected_, hidden_, vocab_local_, 1.0f, dlogits.ptr<float>(),
+                 vocab_local_, store_.param(head).ptr<float>(), hidden_, 0.0f,
+                 dselected.ptr<float>(), hidden_);
+    backend.Gemm(true, false, vocab_local_, hidden_, selected_, 1.0f, dlogits.ptr<float>(),
+                 vocab_local_, selected_hidden_.ptr<float>(), hidden_, 1.0f,
+                 store_.grad(head).ptr<float>(), hidden_);
+    if (selected_index_.defined()) {
+      backend.ScatterElements(dselected.ptr<float>(), selected_index_.ptr<int32_t>(),
+                              dhidden.ptr<float>(), selected_ * hidden_);
+    }
+  }
+  TESSERA_ASSIGN_OR_RETURN(const Tensor dlocal,
+                           EnterTpRegionBackward(arena, layout_, dhidden, batch_));
+  const int64_t local_rows = final_in_.dim(0);
+  Tensor dx = arena.AllocateUninitialized(DType::kF32, Shape{local_rows, hidden_});
+  backend.RmsNormBackward(dlocal.ptr<float>(), final_in_.ptr<float>(),
+                          store_.param(final_norm_).ptr<float>(), final_rstd_.ptr<float>(),
+                          dx.ptr<float>(), store_.grad(final_norm_).ptr<float>(), local_rows,
+                          hidden_);
+  stack_.gradient() = dx;
+  return absl::OkStatus();
+}
+
+void MambaHybrid::RecordHeadBackward() {
+  tape_.Record([this]() -> absl::Status { return HeadBackward(stack_.scratch()); },
+               param_ranges_.back().first, param_ranges_.back().second);
 }
 
 absl::Status MambaHybrid::Backward(Arena& arena, float scale) {
@@ -245,12 +338,12 @@ absl::Status MambaHybrid::Backward(Arena& arena, float scale) {
   stack_.Clear();
   stack_.scratch().Reset();
   (void)arena;
-  final_in_ = final_rstd_ = selected_hidden_ = selected_index_ = targets_ = probs_ = Tensor();
+  ids_ = final_in_ = final_rstd_ = selected_hidden_ = selected_index_ = Tensor();
   return status;
 }
 
 double MambaHybrid::ForwardFlops(int64_t batch, int64_t seq) const {
-  double flops = 2.0 * batch * seq * hidden_ * vocab_;  // the head
+  double flops = 2.0 * batch * seq * hidden_ * vocab_local_;  // the head: this rank's vocabulary
   for (const auto& block : blocks_) flops += block->ForwardFlops(batch, seq);
   return flops;
 }

@@ -6,6 +6,11 @@
 // Activations come from the caller's step arena; each layer's backward runs
 // in the BlockStack's scratch arena, and `recompute` drops a layer's saved
 // activations and recreates them in backward.
+//
+// Under model parallelism (layout.h) the embedding and the output
+// projection are vocab-parallel over tp (the vocabulary split, the loss's
+// maximum and sum reduced over tp, the logits never gathered); each rank
+// takes its sp shard (and under Megatron SP its tp chunk) of the positions.
 #pragma once
 
 #include <functional>
@@ -14,9 +19,11 @@
 #include <vector>
 
 #include "models/mamba_hybrid/block.h"
+#include "models/mamba_hybrid/layout.h"
+#include "parallel/model_parallel.h"
+#include "parallel/tensor_parallel/vocab_parallel_cross_entropy.h"
 #include "runtime/config/config.pb.h"
 #include "runtime/nn/block_stack.h"
-#include "runtime/nn/linear.h"
 #include "runtime/nn/tape.h"
 
 namespace tessera::mamba_hybrid {
@@ -32,12 +39,15 @@ struct LmInputs {
 
 class MambaHybrid {
  public:
-  // Registers every parameter in `store` (which the caller then finalizes).
-  static absl::StatusOr<std::unique_ptr<MambaHybrid>> Create(const MambaHybridConfig& config,
-                                                             ParameterStore& store);
+  // Registers every parameter in `store` (which the caller then finalizes):
+  // this rank's pieces under `mp` (null: one process, or data parallelism).
+  static absl::StatusOr<std::unique_ptr<MambaHybrid>> Create(
+      const MambaHybridConfig& config, ParameterStore& store,
+      const parallel::ModelParallel* mp = nullptr);
 
-  // The sum over the masked positions of -log p(target), and their count.
-  // With `record`, Backward can follow.
+  // The sum over the masked positions of -log p(target), and their count:
+  // this rank's sp shard of the positions (the same on the tp ranks of a
+  // shard). With `record`, Backward can follow.
   struct LossSum {
     double sum = 0;
     int64_t count = 0;
@@ -47,7 +57,8 @@ class MambaHybrid {
   absl::Status Backward(Arena& arena, float scale);
 
   // The final hidden states [batch * seq, hidden] (after the last norm) and
-  // the logits [rows, vocab] of given hidden rows: the pieces generation uses.
+  // the logits [rows, vocab] of given hidden rows: the pieces generation
+  // uses (one process: the whole sequence and vocabulary).
   absl::StatusOr<Tensor> ForwardHidden(Arena& arena, const Tensor& ids, int64_t batch,
                                        int64_t seq, bool record);
   Tensor Logits(Arena& arena, const Tensor& hidden);
@@ -73,18 +84,36 @@ class MambaHybrid {
   size_t PredictActivationBytes(int64_t batch, int64_t seq) const;
 
  private:
-  MambaHybrid(const MambaHybridConfig& config, std::string pattern, ParameterStore& store);
+  MambaHybrid(const MambaHybridConfig& config, std::string pattern, ParameterStore& store,
+              const parallel::ModelParallel* mp);
   void Build();
-  void RecordHeadBackward(int64_t rows);
+  // This rank's positions of `in`, in sample order: its sp shard ([batch,
+  // seq/sp]; under Megatron SP the layers' own rows are a tp chunk of it).
+  LmInputs ShardOf(const LmInputs& in) const;
+  // The embedding of the shard's ids [batch * seq/sp] (host; vocab-parallel:
+  // summed over tp) -> this rank's rows.
+  absl::StatusOr<Tensor> Embed(Arena& arena, const std::vector<int32_t>& ids, int64_t batch);
+  // The layers and the final norm over this rank's rows [batch * seq, hidden].
+  absl::StatusOr<Tensor> RunLayers(Arena& arena, Tensor stream, int64_t batch, int64_t seq,
+                                   bool record);
+  // The head's hidden rows [selected, hidden] -> this rank's logits
+  // [selected, vocab/tp].
+  Tensor HeadLogits(Arena& arena, const Tensor& hidden);
+  absl::Status HeadBackward(Arena& arena);
+  void RecordHeadBackward();
   void RecordEmbeddingBackward(const Tensor& ids);
 
   MambaHybridConfig config_;
   std::string pattern_;
   ParameterStore& store_;
-  int64_t hidden_, vocab_;
+  // One process: groups of one rank; otherwise views of the mesh's groups.
+  std::unique_ptr<SingleProcessLayout> one_process_;
+  HybridLayout layout_;
+  int64_t hidden_, vocab_, vocab_local_, batch_ = 0;
   ParameterStore::Id embedding_ = -1, final_norm_ = -1;
+  ParameterStore::Id lm_head_ = -1;  // [vocab/tp, hidden]; -1 when tied to the embedding
   std::vector<std::unique_ptr<HybridBlock>> blocks_;
-  std::unique_ptr<Linear> lm_head_;  // null when tied to the embedding
+  parallel::VocabParallelCrossEntropy loss_;
   // Parameter ids of each tape entry: [0] embedding, [1 + i] layer i, last: the head.
   std::vector<std::pair<int, int>> param_ranges_;
   std::vector<bool> recompute_;
@@ -92,7 +121,7 @@ class MambaHybrid {
   Tape tape_;
   BlockStack stack_;
   // Saved by ForwardLoss for Backward.
-  Tensor final_in_, final_rstd_, selected_hidden_, selected_index_, targets_, probs_;
+  Tensor ids_, final_in_, final_rstd_, selected_hidden_, selected_index_;
   int64_t selected_ = 0;
   float scale_ = 1;
 };

@@ -7,7 +7,8 @@
 # `tessera generate` gives the same greedy tokens in its recurrent form and
 # by re-running the whole sequence; and
 # bad input (an unknown layer symbol, a vocabulary smaller than the data's,
-# a layout this model does not have yet) is refused with exit code 2.
+# expert parallelism without expert layers) is refused with exit code 2.
+# Tensor and sequence parallelism: mamba_model_parallel.sh.
 source "$(dirname "$0")/lib.sh"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 TINY="$SOURCE/configs/mamba_hybrid_tiny.textproto"
@@ -71,8 +72,8 @@ expect_exit "unknown layer symbol" 2 'model.mamba_hybrid.pattern="M\*xM": .x. is
 expect_exit "vocabulary smaller than the data's" 2 "vocab_size \\(32\\) is smaller" -- \
   "$TESSERA" train --config "$TINY" --set train.run_dir="$WORK/bad" "${common[@]}" \
   --set model.mamba_hybrid.vocab_size=32
-expect_exit "tensor parallelism not built yet" 2 "parallel.tp=2.*not built" -- \
+expect_exit "expert parallelism without expert layers" 2 "parallel.ep=2: model.mamba_hybrid has no expert layers" -- \
   "$TESSERA" train --config "$TINY" --set train.run_dir="$WORK/bad" "${common[@]}" \
-  --set parallel.tp=2
+  --set parallel.ep=2
 [ ! -e "$WORK/bad" ] || fail "a refused run wrote $WORK/bad"
 finish

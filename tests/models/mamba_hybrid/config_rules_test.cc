@@ -62,15 +62,64 @@ TEST(MambaHybridConfigRules, EachRuleFiresWithItsMessage) {
   }
 }
 
-TEST(MambaHybridConfigRules, LayoutsNotBuiltYetAreRefusedNamingTheField) {
-  RunConfig config = Defaults();
-  ASSERT_TRUE(ApplyOverrides(&config, {"parallel.sp=2"}).ok());
-  const absl::Status status = ValidateRun(config, 2);
-  EXPECT_EQ(ExitCodeFor(status), 2);
-  EXPECT_TRUE(absl::StrContains(status.message(), "parallel.sp=2")) << status;
-  EXPECT_TRUE(absl::StrContains(status.message(), "not built for it yet")) << status;
-  RunConfig dp = Defaults();  // data parallelism is
-  EXPECT_TRUE(ValidateRun(dp, 2).ok());
+RunConfig Tiny() {
+  absl::StatusOr<RunConfig> config =
+      LoadRunConfig(std::string(TESSERA_SOURCE_DIR) + "/configs/mamba_hybrid_tiny.textproto");
+  EXPECT_TRUE(config.ok()) << config.status();
+  return *config;
+}
+
+TEST(MambaHybridConfigRules, ModelParallelLayoutsOfTheTinyConfigValidate) {
+  // 4 Mamba heads in 2 groups, 4 attention heads over 2 groups, seq_len 32.
+  const std::vector<std::pair<std::vector<std::string>, int>> layouts = {
+      {{"parallel.tp=2"}, 2},
+      {{"parallel.tp=2", "parallel.sequence_parallel=true"}, 2},
+      {{"parallel.sp=2"}, 2},
+      {{"parallel.sp=4"}, 4},
+      {{"parallel.tp=2", "parallel.sp=2", "parallel.zero_stage=1"}, 8},
+  };
+  for (const auto& [overrides, world] : layouts) {
+    RunConfig config = Tiny();
+    ASSERT_TRUE(ApplyOverrides(&config, overrides).ok());
+    const absl::Status status = ValidateRun(config, world);
+    EXPECT_TRUE(status.ok()) << overrides[0] << ": " << status;
+  }
+}
+
+TEST(MambaHybridConfigRules, LayoutsThatDoNotDivideAreRefusedNamingTheField) {
+  const std::vector<std::pair<RuleCase, int>> cases = {
+      {{{"parallel.tp=8"},
+        "the Mamba heads expand * hidden_size / head_dim = 4 must be divisible by parallel.tp=8"},
+       8},
+      {{{"parallel.tp=4"}, "model.mamba_hybrid.num_groups=2 must be divisible by parallel.tp=4"},
+       4},
+      {{{"parallel.tp=2", "model.mamba_hybrid.num_query_groups=1"},
+        "model.mamba_hybrid.num_query_groups=1 must be divisible by parallel.tp=2"},
+       2},
+      {{{"parallel.tp=2", "model.mamba_hybrid.vocab_size=63"},
+        "model.mamba_hybrid.vocab_size=63 must be divisible by parallel.tp=2"},
+       2},
+      {{{"parallel.sp=3"}, "model.mamba_hybrid.seq_len=32 must be divisible by parallel.sp=3"}, 3},
+      {{{"parallel.sp=2", "parallel.tp=2", "parallel.sequence_parallel=true",
+         "model.mamba_hybrid.seq_len=34"},
+        "model.mamba_hybrid.seq_len=34 must be divisible by parallel.sp=2 * parallel.tp = 4"},
+       4},
+      {{{"parallel.sp=4", "parallel.tp=2"},
+        "model.mamba_hybrid.num_heads=4 must be divisible by parallel.tp * parallel.sp = 8"},
+       8},
+      {{{"parallel.sp=16", "model.mamba_hybrid.pattern=M-M-"},
+        "model.mamba_hybrid.seq_len=32 / parallel.sp=16 must be at least conv_width - 1 = 3"},
+       16},
+      {{{"parallel.ep=2"}, "parallel.ep=2: model.mamba_hybrid has no expert layers"}, 2},
+  };
+  for (const auto& [rule, world] : cases) {
+    SCOPED_TRACE(rule.message);
+    RunConfig config = Tiny();
+    ASSERT_TRUE(ApplyOverrides(&config, rule.overrides).ok());
+    const absl::Status status = ValidateRun(config, world);
+    EXPECT_EQ(ExitCodeFor(status), 2);
+    EXPECT_TRUE(absl::StrContains(status.message(), rule.message)) << status;
+  }
 }
 
 TEST(MambaHybridConfigRules, TheShippedConfigsValidate) {

@@ -134,14 +134,16 @@ void CheckSublayer(Sublayer& layer, ParameterStore& store, int64_t batch, int64_
 
 TEST(Mamba2Mixer, GradientsMatchFiniteDifferences) {
   ParameterStore store;
-  Mamba2Mixer mixer(store, "mixer", TinyConfig());
+  SingleProcessLayout one;
+  Mamba2Mixer mixer(store, "mixer", TinyConfig(), one.layout());
   store.Finalize(5);
   CheckSublayer(mixer, store, 2, 10, 16);
 }
 
 TEST(CausalSelfAttention, GroupedQueryGradientsMatchFiniteDifferences) {
   ParameterStore store;
-  CausalSelfAttention attention(store, "attn", TinyConfig());
+  SingleProcessLayout one;
+  CausalSelfAttention attention(store, "attn", TinyConfig(), one.layout());
   store.Finalize(5);
   CheckSublayer(attention, store, 2, 10, 16);
 }
@@ -151,7 +153,8 @@ TEST(HybridMlp, SquaredReluAndSwigluGradientsMatchFiniteDifferences) {
     MambaHybridConfig c = TinyConfig();
     c.set_mlp_activation(activation);
     ParameterStore store;
-    HybridMlp mlp(store, "mlp", c);
+    SingleProcessLayout one;
+    HybridMlp mlp(store, "mlp", c, one.layout());
     store.Finalize(5);
     CheckSublayer(mlp, store, 2, 10, 16);
   }
@@ -169,8 +172,21 @@ std::vector<double> ReferenceMixer(const ParameterStore& store, const MambaHybri
                                    const Tensor& u, int64_t batch, int64_t seq) {
   const MixerDims d = ResolveMixerDims(c);
   auto p = [&](const char* name) { return store.param(*store.Find(name)).data<float>(); };
-  const float *w_in = p("mixer.in_proj.weight"), *conv_w = p("mixer.conv1d.weight");
-  const float *conv_b = p("mixer.conv1d.bias"), *dt_bias = p("mixer.dt_bias");
+  // The blocks of in_proj and conv1d, one parameter each, stacked in order.
+  auto stacked = [&](const std::string& name, std::vector<const char*> blocks) {
+    std::vector<float> all;
+    for (const char* block : blocks) {
+      const Tensor t = store.param(*store.Find(name + block));
+      all.insert(all.end(), t.data<float>(), t.data<float>() + t.numel());
+    }
+    return all;
+  };
+  const std::vector<float> in_weight =
+      stacked("mixer.in_proj.weight.", {"z", "x", "B", "C", "dt"});
+  const std::vector<float> conv_weight = stacked("mixer.conv1d.weight.", {"x", "B", "C"});
+  const std::vector<float> conv_bias = stacked("mixer.conv1d.bias.", {"x", "B", "C"});
+  const float *w_in = in_weight.data(), *conv_w = conv_weight.data();
+  const float *conv_b = conv_bias.data(), *dt_bias = p("mixer.dt_bias");
   const float *a_log = p("mixer.A_log"), *D = p("mixer.D"), *norm_w = p("mixer.norm.weight");
   const float* w_out = p("mixer.out_proj.weight");
   const int64_t H = d.heads, P = d.head_dim, G = d.groups, N = d.state_dim, K = d.conv_width;
@@ -236,11 +252,14 @@ std::vector<double> ReferenceMixer(const ParameterStore& store, const MambaHybri
 TEST(Mamba2Mixer, ForwardMatchesTheReferenceTranscribedInDouble) {
   const MambaHybridConfig c = TinyConfig();
   ParameterStore store;
-  Mamba2Mixer mixer(store, "mixer", c);
+  SingleProcessLayout one;
+  Mamba2Mixer mixer(store, "mixer", c, one.layout());
   store.Finalize(9);
   // Larger projections than the initialization's, so every path matters.
-  testing::FillNormal(store.param(*store.Find("mixer.in_proj.weight")).data<float>(),
-                      store.param(*store.Find("mixer.in_proj.weight")).numel(), 4, 0.4f);
+  for (const char* block : {"z", "x", "B", "C", "dt"}) {
+    const Tensor w = store.param(*store.Find(std::string("mixer.in_proj.weight.") + block));
+    testing::FillNormal(w.data<float>(), w.numel(), 4, 0.4f);
+  }
   const int64_t batch = 2, seq = 10;
   Tensor u = RandomTensor(Shape{batch * seq, 16}, 1);
   Arena arena;
@@ -260,8 +279,12 @@ TEST(MambaHybrid, RegistersTheReferenceNamesAndNoDecayOnALogDAndDtBias) {
   Fixture f(c);
   EXPECT_EQ(f.model->pattern(), "M*-M");
   for (const char* name :
-       {"embedding.weight", "layers.0.norm.weight", "layers.0.mixer.in_proj.weight",
-        "layers.0.mixer.conv1d.weight", "layers.0.mixer.conv1d.bias", "layers.3.mixer.dt_bias",
+       {"embedding.weight", "layers.0.norm.weight", "layers.0.mixer.in_proj.weight.z",
+        "layers.0.mixer.in_proj.weight.x", "layers.0.mixer.in_proj.weight.B",
+        "layers.0.mixer.in_proj.weight.C", "layers.0.mixer.in_proj.weight.dt",
+        "layers.0.mixer.conv1d.weight.x", "layers.0.mixer.conv1d.weight.B",
+        "layers.0.mixer.conv1d.weight.C", "layers.0.mixer.conv1d.bias.x",
+        "layers.0.mixer.conv1d.bias.B", "layers.0.mixer.conv1d.bias.C", "layers.3.mixer.dt_bias",
         "layers.3.mixer.A_log", "layers.3.mixer.D", "layers.0.mixer.norm.weight",
         "layers.0.mixer.out_proj.weight", "layers.1.mixer.q_proj.weight",
         "layers.1.mixer.kv_proj.weight", "layers.1.mixer.out_proj.weight",
@@ -271,10 +294,18 @@ TEST(MambaHybrid, RegistersTheReferenceNamesAndNoDecayOnALogDAndDtBias) {
   }
   for (const char* name : {"layers.0.mixer.A_log", "layers.0.mixer.D", "layers.0.mixer.dt_bias"})
     EXPECT_FALSE(f.store.info(*f.store.Find(name)).weight_decay) << name;
-  EXPECT_TRUE(f.store.info(*f.store.Find("layers.0.mixer.in_proj.weight")).weight_decay);
-  // in_proj: [z, x, B, C, dt] = 2 * 32 + 2 * 2 * 8 + 4 rows.
-  EXPECT_EQ(f.store.info(*f.store.Find("layers.0.mixer.in_proj.weight")).global_shape,
-            (Shape{100, 16}));
+  EXPECT_TRUE(f.store.info(*f.store.Find("layers.0.mixer.in_proj.weight.x")).weight_decay);
+  // in_proj: [z, x, B, C, dt] = 32, 32, 2 * 8, 2 * 8 and 4 rows.
+  const struct {
+    const char* block;
+    int64_t rows;
+  } blocks[] = {{"z", 32}, {"x", 32}, {"B", 16}, {"C", 16}, {"dt", 4}};
+  for (const auto& b : blocks) {
+    EXPECT_EQ(f.store.info(*f.store.Find(std::string("layers.0.mixer.in_proj.weight.") + b.block))
+                  .global_shape,
+              (Shape{b.rows, 16}))
+        << b.block;
+  }
 }
 
 TEST(MambaHybrid, InitializationFollowsTheReference) {

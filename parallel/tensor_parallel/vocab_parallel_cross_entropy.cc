@@ -1,0 +1,75 @@
+#include "parallel/tensor_parallel/vocab_parallel_cross_entropy.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "runtime/base/status.h"
+#include "runtime/tensor/host_access.h"
+
+namespace tessera::parallel {
+namespace {
+
+struct RowStats {
+  double max, sum_exp, target;  // over this rank's columns; target 0 unless it owns it
+};
+
+}  // namespace
+
+absl::StatusOr<double> VocabParallelCrossEntropy::Forward(const Tensor& logits,
+                                                          const std::vector<int32_t>& targets) {
+  const int64_t rows = logits.dim(0), columns = logits.dim(1);
+  TESSERA_CHECK(static_cast<int64_t>(targets.size()) == rows);
+  const Tensor host = HostReadable(logits);
+  const float* x = host.data<float>();
+  std::vector<RowStats> mine(rows);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = x + r * columns;
+    double max = -std::numeric_limits<double>::infinity(), sum = 0;
+    for (int64_t j = 0; j < columns; ++j) max = std::max(max, static_cast<double>(row[j]));
+    for (int64_t j = 0; j < columns; ++j) sum += std::exp(static_cast<double>(row[j]) - max);
+    const int64_t local = targets[r] - vocab_begin_;
+    mine[r] = {max, sum, local >= 0 && local < columns ? static_cast<double>(row[local]) : 0.0};
+  }
+  const int ranks = tp_->size();
+  std::vector<RowStats> all(static_cast<size_t>(rows) * ranks);
+  TESSERA_RETURN_IF_ERROR(tp_->Complete(tp_->AllGather(
+      mine.data(), all.data(), static_cast<size_t>(rows) * sizeof(RowStats), DType::kU8)));
+  // Combined in rank order: the same loss and softmax on every rank.
+  probs_ = Tensor::Empty(DType::kF32, logits.shape());
+  float* probs = probs_.data<float>();
+  double loss = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    double max = -std::numeric_limits<double>::infinity(), target = 0;
+    for (int k = 0; k < ranks; ++k) max = std::max(max, all[k * rows + r].max);
+    double sum = 0;
+    for (int k = 0; k < ranks; ++k) {
+      const RowStats& s = all[k * rows + r];
+      sum += s.sum_exp * std::exp(s.max - max);
+      target += s.target;
+    }
+    const double log_sum = std::log(sum) + max;
+    loss += log_sum - target;
+    const float* row = x + r * columns;
+    for (int64_t j = 0; j < columns; ++j) {
+      probs[r * columns + j] = static_cast<float>(std::exp(static_cast<double>(row[j]) - log_sum));
+    }
+  }
+  targets_ = targets;
+  return loss;
+}
+
+void VocabParallelCrossEntropy::Backward(const Tensor& dlogits, float scale) const {
+  const int64_t rows = probs_.dim(0), columns = probs_.dim(1);
+  Tensor host = HostReadable(dlogits);
+  float* d = host.data<float>();
+  const float* p = probs_.data<float>();
+  for (int64_t i = 0; i < rows * columns; ++i) d[i] = scale * p[i];
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t local = targets_[r] - vocab_begin_;
+    if (local >= 0 && local < columns) d[r * columns + local] = scale * (p[r * columns + local] - 1);
+  }
+  WriteBack(host, dlogits);
+}
+
+}  // namespace tessera::parallel

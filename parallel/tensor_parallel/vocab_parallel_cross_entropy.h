@@ -1,0 +1,48 @@
+// Cross-entropy over a vocabulary split over the tp ranks (Megatron's
+// vocab_parallel_cross_entropy): rank r holds the logits [rows, V/tp] of
+// vocabulary entries [vocab_begin, vocab_begin + V/tp). Each row's maximum,
+// sum of exponentials and target logit are combined over tp from per-rank
+// statistics (3 numbers a row), so the logits are never gathered:
+//
+//   M = max_r m_r,  S = sum_r s_r exp(m_r - M),  loss = log S + M - x_target
+//
+// with m_r, s_r the rank's row maximum and sum of exp(x - m_r). Backward:
+// dlogits = scale * (softmax - onehot(target)) on this rank's columns.
+//
+// Every rank of `tp` calls Forward (one all-gather of the statistics, in
+// rank order, so every rank gets the same bits) with the same rows. The
+// statistics are computed on the host (the logits are copied there on a
+// device backend: no device kernel yet). Targets outside [0, V) are a
+// programmer error (the data reader checks them).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "parallel/comm/communicator.h"
+#include "runtime/tensor/tensor.h"
+
+namespace tessera::parallel {
+
+class VocabParallelCrossEntropy {
+ public:
+  // `tp` must outlive this; this rank's vocabulary starts at vocab_begin.
+  VocabParallelCrossEntropy(Communicator& tp, int64_t vocab_begin)
+      : tp_(&tp), vocab_begin_(vocab_begin) {}
+
+  // logits [rows, V/tp]; targets: rows global vocabulary ids (host). Returns
+  // the sum over rows of -log p(target) (the same on every rank) and keeps
+  // this rank's softmax columns for Backward.
+  absl::StatusOr<double> Forward(const Tensor& logits, const std::vector<int32_t>& targets);
+  // dlogits [rows, V/tp] = scale * (softmax - onehot(target)), overwritten.
+  void Backward(const Tensor& dlogits, float scale) const;
+
+ private:
+  Communicator* tp_;
+  int64_t vocab_begin_;
+  Tensor probs_;  // [rows, V/tp]: the global softmax's columns of this rank (host)
+  std::vector<int32_t> targets_;
+};
+
+}  // namespace tessera::parallel

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The oracle for the Mamba hybrid's model parallelism: the tiny hybrid
+# (M * - M: a Mamba-2 mixer, GQA attention, an MLP; 4 Mamba heads in 2
+# groups, seq_len 32) for 5 steps with micro-batches of 2 under tp2,
+# tp2 + Megatron SP, sp2 and sp4 (state passing for the Mamba layers,
+# Ulysses for attention), dp2 x ZeRO-1 and tp2 x sp2 x dp2 with ZeRO-1 (8
+# ranks) reaches the losses (relative 1e-5) and final parameters (h5diff -d
+# 1e-6, gathered on rank 0) of one process on the same global batch of 8.
+# Layouts that do not divide the model fail with exit code 2 naming the
+# field, writing nothing.
+#
+# optim.eps=1e-4 (not 1e-8): Adam's first update is lr * g / (|g| + eps),
+# whose slope at |g| ~ eps is 1/(4 eps), so float rounding in a gradient
+# element that nearly cancels is amplified: with eps 1e-6, one embedding
+# element with |g| ~ 1e-6 and a layout difference of ~2e-8 in g moved by
+# 1.3e-5 after one step (tp2), while the step's gradient norms agreed to
+# 1e-8. With eps 1e-4 the same rounding moves a weight by < 1e-7, and the
+# comparison is about the mathematics, not Adam's sign function.
+source "$(dirname "$0")/lib.sh"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+export OMP_NUM_THREADS=1
+command -v mpirun > /dev/null || { fail "mpirun not found"; finish; }
+command -v h5diff > /dev/null || { fail "h5diff not found (hdf5-tools)"; finish; }
+TINY="$SOURCE/configs/mamba_hybrid_tiny.textproto"
+"$TESSERA" data synth --schema tokens --out "$WORK/data" --samples 256 --vocab 64 --seed 1 \
+  > /dev/null || { fail "data synth"; finish; }
+steps=5
+common=(--set train.steps=$steps --set train.micro_batch=2 --set data.dir="$WORK/data"
+        --set optim.eps=1e-4 --set parallel.collective_timeout_s=60)
+
+"$TESSERA" train --config "$TINY" --set train.run_dir="$WORK/single" "${common[@]}" \
+  > "$WORK/single.log" 2>&1 || { fail "single process"; tail -20 "$WORK/single.log"; finish; }
+
+mpi_hybrid() {  # NAME NP [--set ...]: the tiny hybrid under mpirun into $WORK/NAME
+  local name=$1 np=$2
+  shift 2
+  timeout 300 mpirun --oversubscribe --bind-to none -np "$np" "$TESSERA" train --config "$TINY" \
+    --set train.run_dir="$WORK/$name" "${common[@]}" "$@" > "$WORK/$name.log" 2>&1
+}
+hybrid_layout() {  # NAME NP [--set ...]: run, then compare losses and weights
+  local name=$1 np=$2
+  mpi_hybrid "$@"
+  local rc=$?
+  if [ $rc -ne 0 ]; then fail "$name: mpirun exited $rc"; tail -20 "$WORK/$name.log"; return; fi
+  if paste <(losses "$WORK/single") <(losses "$WORK/$name") |
+      awk '{ d = $1 - $2; if (d < 0) d = -d; if (d > 1e-5 * $1) bad = 1 } END { exit bad }' \
+      && [ "$(losses "$WORK/$name" | wc -l)" -eq "$steps" ]; then
+    pass "$name ($np ranks): the $steps losses match one process ($(losses "$WORK/$name" | tail -1))"
+  else
+    fail "$name: losses differ"; paste <(losses "$WORK/single") <(losses "$WORK/$name")
+  fi
+  if h5diff -d 1e-6 "$WORK/single/weights.h5" "$WORK/$name/weights.h5" > "$WORK/$name.diff" 2>&1; then
+    pass "$name: final parameters match one process (h5diff -d 1e-6)"
+  else
+    fail "$name: final parameters differ"; head "$WORK/$name.diff"
+  fi
+}
+
+hybrid_layout tp2 2 --set parallel.tp=2
+hybrid_layout tp2_megatron_sp 2 --set parallel.tp=2 --set parallel.sequence_parallel=true
+hybrid_layout sp2 2 --set parallel.sp=2
+hybrid_layout sp4 4 --set parallel.sp=4
+hybrid_layout dp2_zero1 2 --set parallel.zero_stage=1
+hybrid_layout tp2_sp2_dp2_zero1 8 --set parallel.tp=2 --set parallel.sp=2 --set parallel.zero_stage=1
+
+refused() {  # NAME NP MESSAGE [--set ...]
+  local name=$1 np=$2 message=$3
+  shift 3
+  mpi_hybrid "$name" "$np" "$@"
+  local rc=$?
+  local said
+  said=$(grep -cF -- "$message" "$WORK/$name.log")
+  # mpirun ends the job once the first rank exits 2: ask for the exit code
+  # and at least one rank naming the problem.
+  if [ $rc -eq 2 ] && [ "$said" -ge 1 ] && [ ! -e "$WORK/$name" ]; then
+    pass "$name: refused with exit code 2 naming the field, nothing written"
+  else
+    fail "$name: exit $rc, $said of $np ranks said \"$message\""; head -5 "$WORK/$name.log"
+  fi
+}
+refused groups_tp 4 "model.mamba_hybrid.num_groups=2 must be divisible by parallel.tp=4" \
+  --set parallel.tp=4
+refused heads_tp 4 "the Mamba heads expand * hidden_size / head_dim = 2 must be divisible by parallel.tp=4" \
+  --set parallel.tp=4 --set model.mamba_hybrid.head_dim=32 --set model.mamba_hybrid.num_groups=1
+refused seq_sp 3 "model.mamba_hybrid.seq_len=32 must be divisible by parallel.sp=3" \
+  --set parallel.sp=3 --set model.mamba_hybrid.pattern=M-M- --set train.global_batch=6
+finish
