@@ -186,25 +186,70 @@ absl::Status Mamba2Mixer::ReturnHaloGradient(Arena& arena, const Tensor& dhalo, 
   return absl::OkStatus();
 }
 
+Tensor Mamba2Mixer::ShardDecay(Arena& arena) const {
+  // decay[b, h] = exp(A_h * sum over the shard of dt[b, t, h]), in double.
+  Tensor decay = arena.AllocateUninitialized(DType::kF32, Shape{batch_, dims_.heads});
+  const Tensor dt = HostReadable(dt_), a = HostReadable(a_);
+  Tensor host = HostReadable(decay);
+  for (int64_t b = 0; b < batch_; ++b) {
+    for (int64_t h = 0; h < dims_.heads; ++h) {
+      double sum = 0;
+      for (int64_t t = 0; t < seq_; ++t) sum += dt.data<float>()[(b * seq_ + t) * dims_.heads + h];
+      host.data<float>()[b * dims_.heads + h] =
+          static_cast<float>(std::exp(sum * a.data<float>()[h]));
+    }
+  }
+  WriteBack(host, decay);
+  return decay;
+}
+
+void Mamba2Mixer::AddDecayed(const Tensor& target, const Tensor& decay, const Tensor& state) const {
+  // target[b, h] += decay[b, h] * state[b, h]: blocks of P x N.
+  const int64_t block = dims_.head_dim * dims_.state_dim;
+  Tensor out = HostReadable(target);
+  const Tensor d = HostReadable(decay), in = HostReadable(state);
+  for (int64_t bh = 0; bh < batch_ * dims_.heads; ++bh) {
+    const float scale = d.data<float>()[bh];
+    for (int64_t i = 0; i < block; ++i) {
+      out.data<float>()[bh * block + i] += scale * in.data<float>()[bh * block + i];
+    }
+  }
+  WriteBack(out, target);
+}
+
 absl::Status Mamba2Mixer::Scan(Arena& arena) {
+  Backend& backend = arena.backend();
   const Shape state{batch_, dims_.heads, dims_.head_dim, dims_.state_dim};
   const size_t count = static_cast<size_t>(state.numel());
-  initial_state_ = Tensor();
-  if (!chain_.first()) {
-    initial_state_ = arena.AllocateUninitialized(DType::kF32, state);
-    TESSERA_RETURN_IF_ERROR(chain_.ReceiveFromPrevious(initial_state_.ptr<float>(), count,
-                                                       kStateTag));
-  }
+  const auto ptr = [](const Tensor& t) { return t.defined() ? t.ptr<float>() : nullptr; };
+  // 1. Every shard at once, from a zero state.
   Tensor final_state;
   if (!chain_.last()) final_state = arena.AllocateUninitialized(DType::kF32, state);
   y_ = arena.AllocateUninitialized(DType::kF32, Shape{batch_ * seq_, dims_.d_inner});
-  arena.backend().SsdScanForward(
-      ScanShape(), x_.ptr<float>(), dt_.ptr<float>(), a_.ptr<float>(), b_.ptr<float>(),
-      c_.ptr<float>(), store_.param(d_).ptr<float>(),
-      initial_state_.defined() ? initial_state_.ptr<float>() : nullptr, y_.ptr<float>(),
-      final_state.defined() ? final_state.ptr<float>() : nullptr);
-  if (!final_state.defined()) return absl::OkStatus();
-  return chain_.SendToNext(final_state.ptr<float>(), count, kStateTag);
+  backend.SsdScanForward(ScanShape(), x_.ptr<float>(), dt_.ptr<float>(), a_.ptr<float>(),
+                         b_.ptr<float>(), c_.ptr<float>(), store_.param(d_).ptr<float>(), nullptr,
+                         y_.ptr<float>(), ptr(final_state));
+  initial_state_ = decay_ = Tensor();
+  if (chain_.first()) return chain_.SendToNext(ptr(final_state), count, kStateTag);
+  // 2. The chain: the previous shard's true final state S_in; ours is
+  // S_final(from zero) + exp(sum dt A) S_in, passed on at once.
+  initial_state_ = arena.AllocateUninitialized(DType::kF32, state);
+  TESSERA_RETURN_IF_ERROR(
+      chain_.ReceiveFromPrevious(initial_state_.ptr<float>(), count, kStateTag));
+  decay_ = ShardDecay(arena);
+  if (!chain_.last()) {
+    AddDecayed(final_state, decay_, initial_state_);
+    TESSERA_RETURN_IF_ERROR(chain_.SendToNext(final_state.ptr<float>(), count, kStateTag));
+  }
+  // 3. The correction: S_in's state-to-output term, a scan of zero inputs
+  // from S_in (the scan is linear in (x, initial state)).
+  const Tensor zeros = arena.Allocate(DType::kF32, x_.shape());
+  Tensor correction = arena.AllocateUninitialized(DType::kF32, y_.shape());
+  backend.SsdScanForward(ScanShape(), zeros.ptr<float>(), dt_.ptr<float>(), a_.ptr<float>(),
+                         b_.ptr<float>(), c_.ptr<float>(), nullptr, initial_state_.ptr<float>(),
+                         correction.ptr<float>(), nullptr);
+  backend.AddInPlace(y_.ptr<float>(), correction.ptr<float>(), y_.numel());
+  return absl::OkStatus();
 }
 
 absl::StatusOr<Tensor> Mamba2Mixer::Forward(Arena& arena, const Tensor& u_local, int64_t batch,
@@ -285,7 +330,7 @@ absl::StatusOr<Tensor> Mamba2Mixer::Backward(Arena& arena, const Tensor& dout_lo
   CopyColumns(backend, dzxbcdt, x_column(), dxbc, /*to_src=*/true);
   const Tensor du = ProjectBackward(arena, store_, in_proj_, dzxbcdt, u_);
   u_ = zxbcdt_ = xbc_ = halo_ = xbc_conv_ = x_ = b_ = c_ = dt_ = a_ = Tensor();
-  initial_state_ = y_ = rstd_ = normed_ = Tensor();
+  initial_state_ = decay_ = y_ = rstd_ = normed_ = Tensor();
   return EnterTpRegionBackward(arena, layout_, du, batch_);
 }
 
@@ -295,27 +340,47 @@ absl::StatusOr<Tensor> Mamba2Mixer::ScanBackward(Arena& arena, const Tensor& dy,
   const int64_t rows = batch_ * seq_, GN = dims_.groups * dims_.state_dim;
   const Shape state{batch_, dims_.heads, dims_.head_dim, dims_.state_dim};
   const size_t count = static_cast<size_t>(state.numel());
-  // The next shard's d(initial state) is the gradient of our final state.
-  Tensor d_final, d_initial;
-  if (!chain_.last()) {
-    d_final = arena.AllocateUninitialized(DType::kF32, state);
-    TESSERA_RETURN_IF_ERROR(chain_.ReceiveFromNext(d_final.ptr<float>(), count, kStateGradTag));
-  }
-  if (!chain_.first()) d_initial = arena.AllocateUninitialized(DType::kF32, state);
-  // dA into a zeroed [H] buffer for A_log's chain rule.
+  const auto ptr = [](const Tensor& t) { return t.defined() ? t.ptr<float>() : nullptr; };
+  // 1. Every shard at once: the gradient of <dy, y>, y from S_in (dA into a
+  // zeroed [H] buffer for A_log's chain rule).
   Tensor dx = arena.AllocateUninitialized(DType::kF32, x_.shape());
   Tensor db = arena.AllocateUninitialized(DType::kF32, b_.shape());
   Tensor dc = arena.AllocateUninitialized(DType::kF32, c_.shape());
   Tensor ddt = arena.AllocateUninitialized(DType::kF32, dt_.shape());
   Tensor da = arena.Allocate(DType::kF32, a_.shape());
-  const auto ptr = [](const Tensor& t) { return t.defined() ? t.ptr<float>() : nullptr; };
+  Tensor d_initial;
+  if (!chain_.first()) d_initial = arena.AllocateUninitialized(DType::kF32, state);
   backend.SsdScanBackward(ScanShape(), x_.ptr<float>(), dt_.ptr<float>(), a_.ptr<float>(),
                           b_.ptr<float>(), c_.ptr<float>(), store_.param(d_).ptr<float>(),
-                          ptr(initial_state_), dy.ptr<float>(), ptr(d_final), dx.ptr<float>(),
+                          ptr(initial_state_), dy.ptr<float>(), nullptr, dx.ptr<float>(),
                           ddt.ptr<float>(), da.ptr<float>(), db.ptr<float>(), dc.ptr<float>(),
                           store_.grad(d_).ptr<float>(), ptr(d_initial));
-  if (d_initial.defined()) {
+  // 2. The chain in reverse: d(final state) from the next shard; d(S_in) =
+  // the above + exp(sum dt A) d(final state), passed back at once.
+  Tensor d_final;
+  if (!chain_.last()) {
+    d_final = arena.AllocateUninitialized(DType::kF32, state);
+    TESSERA_RETURN_IF_ERROR(chain_.ReceiveFromNext(d_final.ptr<float>(), count, kStateGradTag));
+  }
+  if (!chain_.first()) {
+    if (d_final.defined()) AddDecayed(d_initial, decay_, d_final);
     TESSERA_RETURN_IF_ERROR(chain_.SendToPrevious(d_initial.ptr<float>(), count, kStateGradTag));
+  }
+  // 3. d(final state)'s own gradient in x, dt, A, B, C: a backward pass with dy = 0.
+  if (d_final.defined()) {
+    const Tensor no_dy = arena.Allocate(DType::kF32, dy.shape());
+    Tensor dx2 = arena.AllocateUninitialized(DType::kF32, x_.shape());
+    Tensor db2 = arena.AllocateUninitialized(DType::kF32, b_.shape());
+    Tensor dc2 = arena.AllocateUninitialized(DType::kF32, c_.shape());
+    Tensor ddt2 = arena.AllocateUninitialized(DType::kF32, dt_.shape());
+    backend.SsdScanBackward(ScanShape(), x_.ptr<float>(), dt_.ptr<float>(), a_.ptr<float>(),
+                            b_.ptr<float>(), c_.ptr<float>(), nullptr, ptr(initial_state_),
+                            no_dy.ptr<float>(), d_final.ptr<float>(), dx2.ptr<float>(),
+                            ddt2.ptr<float>(), da.ptr<float>(), db2.ptr<float>(),
+                            dc2.ptr<float>(), nullptr, nullptr);
+    for (auto [sum, part] : {std::pair{&dx, &dx2}, {&db, &db2}, {&dc, &dc2}, {&ddt, &ddt2}}) {
+      backend.AddInPlace(sum->ptr<float>(), part->ptr<float>(), sum->numel());
+    }
   }
   AccumulateDecayGradient(da, a_);
   backend.DtSoftplusBackward(ddt.ptr<float>(), zxbcdt_.ptr<float>() + dt_column(),

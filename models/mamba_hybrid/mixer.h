@@ -44,9 +44,10 @@ MixerDims ResolveMixerDims(const MambaHybridConfig& config);
 // gated RMSNorm by group local, out_proj row-parallel.
 //
 // Sequence parallelism passes state along the sp ranks (ShardChain): each
-// shard's conv reads the previous shard's last K-1 inputs as its halo, its
-// scan starts from the previous shard's final state, and the backward pass
-// returns d(initial state) and d(halo) to the previous shard.
+// shard's conv reads the previous shard's last K-1 inputs as its halo; the
+// shards scan at once from zero states and then correct their outputs and
+// final states with the previous shard's final state (Scan); the backward
+// pass returns d(initial state) and d(halo) to the previous shard.
 class Mamba2Mixer : public Sublayer {
  public:
   // `name`: the layer's prefix, e.g. "layers.3.mixer".
@@ -74,9 +75,16 @@ class Mamba2Mixer : public Sublayer {
   // contiguous in `arena`; and their gradients added back to the pieces.
   std::pair<Tensor, Tensor> ConvWeights(Arena& arena) const;
   void AccumulateConvGradients(const Tensor& dweight, const Tensor& dbias) const;
-  // The scan's output y_ [rows, d_inner] from x_, dt_, a_, b_, c_: from the
-  // previous sp shard's final state, passing this shard's on.
+  // The scan's output y_ [rows, d_inner] from x_, dt_, a_, b_, c_ under
+  // sequence parallelism: every shard scans from a zero state at once; then
+  // the final states pass along the chain (ours = from-zero + decay * the
+  // previous shard's), and each shard adds the previous state's
+  // state-to-output term. Backward: the same three steps in reverse.
   absl::Status Scan(Arena& arena);
+  // exp(A_h * sum over this shard of dt) [B, H]; target += decay * state
+  // per (b, h) block [P, N].
+  Tensor ShardDecay(Arena& arena) const;
+  void AddDecayed(const Tensor& target, const Tensor& decay, const Tensor& state) const;
   // Its backward from dy: d(x, B, C) after SiLU [rows, conv_channels], and
   // ddt written into dt's columns of dzxbcdt; passes d(initial state) back.
   absl::StatusOr<Tensor> ScanBackward(Arena& arena, const Tensor& dy, Tensor& dzxbcdt);
@@ -104,6 +112,7 @@ class Mamba2Mixer : public Sublayer {
   Tensor x_, b_, c_;  // [rows, H*P], [rows, G*N], [rows, G*N]: after SiLU, contiguous
   Tensor dt_, a_;     // [rows, H], [H]
   Tensor initial_state_;  // [B, H, P, N]: the previous shard's final state (sp > 1)
+  Tensor decay_;          // [B, H]: exp(A * sum of the shard's dt) (sp > 1)
   Tensor y_, rstd_;   // [rows, d_inner] scan output, [rows, G] gated norm statistics
   Tensor normed_;     // [rows, d_inner]: out_proj input
   // Generation: the last K-1 conv inputs [B, K-1, conv_channels] and the SSM
