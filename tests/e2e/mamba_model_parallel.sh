@@ -6,8 +6,10 @@
 # Ulysses for attention), dp2 x ZeRO-1 and tp2 x sp2 x dp2 with ZeRO-1 (8
 # ranks) reaches the losses (relative 1e-5) and final parameters (h5diff -d
 # 1e-6, gathered on rank 0) of one process on the same global batch of 8.
-# Layouts that do not divide the model fail with exit code 2 naming the
-# field, writing nothing.
+# A checkpoint saved at tp2 x sp2 x dp2 resumes at one process, and one
+# saved at one process at tp2 + Megatron SP, to the same last losses and
+# weights. Layouts that do not divide the model fail with exit code 2
+# naming the field, writing nothing.
 #
 # optim.eps=1e-4 (not 1e-8): Adam's first update is lr * g / (|g| + eps),
 # whose slope at |g| ~ eps is 1/(4 eps), so float rounding in a gradient
@@ -29,7 +31,7 @@ common=(--set train.steps=$steps --set train.micro_batch=2 --set data.dir="$WORK
         --set optim.eps=1e-4 --set parallel.collective_timeout_s=60)
 
 "$TESSERA" train --config "$TINY" --set train.run_dir="$WORK/single" "${common[@]}" \
-  > "$WORK/single.log" 2>&1 || { fail "single process"; tail -20 "$WORK/single.log"; finish; }
+  --set checkpoint.every=3 > "$WORK/single.log" 2>&1 || { fail "single process"; tail -20 "$WORK/single.log"; finish; }
 
 mpi_hybrid() {  # NAME NP [--set ...]: the tiny hybrid under mpirun into $WORK/NAME
   local name=$1 np=$2
@@ -61,7 +63,27 @@ hybrid_layout tp2_megatron_sp 2 --set parallel.tp=2 --set parallel.sequence_para
 hybrid_layout sp2 2 --set parallel.sp=2
 hybrid_layout sp4 4 --set parallel.sp=4
 hybrid_layout dp2_zero1 2 --set parallel.zero_stage=1
-hybrid_layout tp2_sp2_dp2_zero1 8 --set parallel.tp=2 --set parallel.sp=2 --set parallel.zero_stage=1
+hybrid_layout tp2_sp2_dp2_zero1 8 --set parallel.tp=2 --set parallel.sp=2 --set parallel.zero_stage=1 \
+  --set checkpoint.every=3
+
+# Resharding: the pieces saved at step 3 by one layout resume in another to
+# the uninterrupted run's last losses and weights.
+resumed() {  # NAME NP CHECKPOINT [--set ...]
+  local name=$1 np=$2 checkpoint=$3
+  shift 3
+  mpi_hybrid "$name" "$np" --set checkpoint.resume="$checkpoint" "$@"
+  local rc=$?
+  if [ $rc -eq 0 ] && paste <(losses "$WORK/single" | tail -2) <(losses "$WORK/$name") |
+      awk '{ d = $1 - $2; if (d < 0) d = -d; if (d > 1e-5 * $1) bad = 1; n++ } END { exit bad || n != 2 }' \
+      && h5diff -d 1e-6 "$WORK/single/weights.h5" "$WORK/$name/weights.h5" > "$WORK/$name.diff" 2>&1; then
+    pass "$name: resumed from $(basename "$(dirname "$(dirname "$checkpoint")")")'s step 3, steps 4-5 and the final weights match one process"
+  else
+    fail "$name (exit $rc)"; paste <(losses "$WORK/single") <(losses "$WORK/$name"); head -5 "$WORK/$name.diff"
+  fi
+}
+resumed tp2_sp2_dp2_to_single 1 "$WORK/tp2_sp2_dp2_zero1/checkpoints/step_00000003"
+resumed single_to_tp2_megatron_sp 2 "$WORK/single/checkpoints/step_00000003" \
+  --set parallel.tp=2 --set parallel.sequence_parallel=true
 
 refused() {  # NAME NP MESSAGE [--set ...]
   local name=$1 np=$2 message=$3
