@@ -9,6 +9,7 @@
 #include "google/protobuf/message.h"
 #include "runtime/base/errors.h"
 #include "runtime/base/status.h"
+#include "models/registry.h"
 
 namespace tessera {
 namespace {
@@ -133,12 +134,43 @@ bool AsksGlobalBalance(const google::protobuf::Message& message) {
   }
   return false;
 }
+
+// The ranks a row-sharded table of the model is split over (0: none).
+int TableShards(const RunConfig& config, int world_size) {
+  const absl::StatusOr<const ModelFamily*> family = FindModelFamily(config);
+  if (!family.ok() || !(*family)->table_shards) return 0;
+  return (*family)->table_shards(config, world_size);
+}
+
+// The table's groups: `shards` consecutive world ranks hold one copy of the
+// table; the ranks at the same index of every copy own the same rows.
+absl::Status BuildTableGroups(const Distributed& d, int shards, ModelParallelGroups& groups) {
+  const int world = d.world->size(), me = d.world->rank();
+  std::vector<int> copy, replicas;
+  for (int r = me / shards * shards; r < (me / shards + 1) * shards; ++r) copy.push_back(r);
+  for (int r = me % shards; r < world; r += shards) replicas.push_back(r);
+  TESSERA_ASSIGN_OR_RETURN(groups.table, d.world->CreateSubgroup(copy, "table"));
+  TESSERA_ASSIGN_OR_RETURN(groups.table_replicas,
+                           d.world->CreateSubgroup(replicas, "table_replicas"));
+  groups.view.table = groups.table.get();
+  groups.view.table_replicas = groups.table_replicas.get();
+  return absl::OkStatus();
+}
+
+absl::Status MaybeBuildTableGroups(const RunConfig& config, const Distributed& d,
+                                   ModelParallelGroups& groups) {
+  const int shards = TableShards(config, d.world->size());
+  if (shards <= 0) return absl::OkStatus();
+  return BuildTableGroups(d, shards, groups);
+}
 }  // namespace
 
 bool NeedsModelParallel(const RunConfig& config, const parallel::MeshShape& shape) {
   if (shape.tp > 1 || shape.sp > 1 || shape.ep > 1) return true;
+  if (shape.world > 1 && TableShards(config, shape.world) > 0) return true;
   return shape.dp > 1 && AsksGlobalBalance(config);
 }
+
 
 absl::StatusOr<std::unique_ptr<ModelParallelGroups>> BuildModelParallelGroups(
     const RunConfig& config, const Distributed& d) {
@@ -163,6 +195,7 @@ absl::StatusOr<std::unique_ptr<ModelParallelGroups>> BuildModelParallelGroups(
   groups->view.tp_sp = groups->tp_sp.get();
   groups->view.dp = groups->dp.get();
   groups->view.sequence_parallel = config.parallel().sequence_parallel();
+  TESSERA_RETURN_IF_ERROR(MaybeBuildTableGroups(config, d, *groups));
   return groups;
 }
 

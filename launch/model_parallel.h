@@ -16,12 +16,14 @@ namespace tessera {
 // True when the layout splits the model (tp, sp or ep > 1), or when
 // `config` has data-parallel replicas and asks for a collective over them
 // inside the model (a MoeConfig anywhere in it with balance_scope
-// GLOBAL_BATCH). Data parallelism alone otherwise keeps the single-process
-// layers and gets no groups.
+// GLOBAL_BATCH), or when its model has a row-sharded table
+// (ModelFamily::table_shards) and the run more than one process. Data
+// parallelism alone otherwise keeps the single-process layers and gets no
+// groups.
 bool NeedsModelParallel(const RunConfig& config, const parallel::MeshShape& shape);
 
 struct ModelParallelGroups {
-  std::unique_ptr<parallel::MpiCommunicator> tp, sp, ep, tp_sp, dp;
+  std::unique_ptr<parallel::MpiCommunicator> tp, sp, ep, tp_sp, dp, table, table_replicas;
   parallel::ModelParallel view;  // points into the communicators above
 };
 

@@ -108,12 +108,14 @@ absl::Status Recommend(const ParsedArguments& args) {
   config.mutable_train()->set_threads(static_cast<int>(threads));
   ConfigureThreads(config);
   TESSERA_ASSIGN_OR_RETURN(auto built, hstu::HstuModel::Build(config));
-  TESSERA_RETURN_IF_ERROR(LoadWeights(run_dir + "/weights.h5", built->store()));
+  TESSERA_RETURN_IF_ERROR(
+      LoadWeights(run_dir + "/weights.h5", built->store(), built->SparseWeights()));
   hstu::Hstu& model = built->model();
   TESSERA_ASSIGN_OR_RETURN(const History history, FindUser(data, user, model.num_items()));
   Arena arena;
   const hstu::UserHistory query{history.items, history.timestamps, history.timestamps.back()};
-  const std::vector<float> scores = hstu::ScoreItems(model, arena, {&query, 1});
+  const std::vector<float> scores =
+      hstu::ScoreItems(model, arena, built->table().local_rows().data(), {&query, 1});
   const std::vector<int64_t> best = hstu::TopItems(scores, history.items, top);
   const std::vector<std::string> names = ItemNames(data);
   std::printf("user %lld: %zu events; top %zu items (rank, item, %sscore):\n",

@@ -219,6 +219,7 @@ absl::Status BuildModelAndTasks(const RunConfig& config, const Distributed& dist
   setup.micro_batches =
       static_cast<int>(config.train().global_batch() / setup.dp / setup.micro_batch);
   setup.options.micro_batches = setup.micro_batches;
+  setup.options.sparse = setup.built.model->sparse_parameters();
   TaskOptions task_options;
   task_options.replica = distributed.mesh ? distributed.mesh->coordinates().dp : 0;
   task_options.num_replicas = static_cast<int>(setup.dp);
@@ -393,6 +394,11 @@ void PrintSummary(const TrainSummary& summary) {
 absl::Status SaveFinalModel(const RunConfig& config, const Distributed& distributed,
                             TrainSetup& setup, const Trainer& trainer) {
   ParameterStore& store = setup.built.model->store();
+  // Sparse parameters (a row-sharded table) come whole to every rank.
+  std::vector<float> sparse;
+  if (setup.model_parallel && setup.options.sparse) {
+    TESSERA_ASSIGN_OR_RETURN(sparse, setup.built.model->GatherSparse());
+  }
   if (!setup.leader) {
     if (!setup.model_parallel) return absl::OkStatus();
     return GatherWeights(*distributed.world, *distributed.mesh, store,
@@ -404,6 +410,12 @@ absl::Status SaveFinalModel(const RunConfig& config, const Distributed& distribu
     whole = std::move(one_process.model);
     TESSERA_RETURN_IF_ERROR(GatherWeights(*distributed.world, *distributed.mesh, store,
                                           trainer.inference_weights(), &whole->store()));
+    size_t at = 0;
+    for (const WholeTensor& tensor : whole->SparseWeights()) {
+      const size_t n = static_cast<size_t>(tensor.shape.numel());
+      std::copy_n(sparse.data() + at, n, tensor.data);
+      at += n;
+    }
   } else {
     store.backend().Copy(store.values().address(), trainer.inference_weights(),
                          store.values().bytes());
@@ -412,8 +424,8 @@ absl::Status SaveFinalModel(const RunConfig& config, const Distributed& distribu
   const std::string& run_dir = config.train().run_dir();
   const std::string weights_path = run_dir + "/weights.h5";
   const Tensor final_weights = HostReadable(final_model.store().values());
-  TESSERA_RETURN_IF_ERROR(
-      SaveWeights(weights_path, final_model.store(), final_weights.data<float>()));
+  TESSERA_RETURN_IF_ERROR(SaveWeights(weights_path, final_model.store(),
+                                      final_weights.data<float>(), final_model.SparseWeights()));
   std::printf("wrote %s\n", weights_path.c_str());
   return final_model.FinishRun(run_dir);
 }

@@ -24,9 +24,11 @@
 #include "data/sampler.h"
 #include "parallel/model_parallel.h"
 #include "runtime/config/config.pb.h"
+#include "runtime/checkpoint/weights_file.h"
 #include "runtime/config/config_check.h"
 #include "runtime/nn/parameter.h"
 #include "runtime/train/eval_task.h"
+#include "runtime/train/sparse_parameters.h"
 #include "runtime/train/train_task.h"
 
 namespace tessera {
@@ -55,6 +57,16 @@ class Model {
   virtual absl::StatusOr<std::unique_ptr<EvalTask>> CreateEvalTask(const TaskOptions& /*options*/) {
     return std::unique_ptr<EvalTask>();
   }
+  // Parameters outside the store (a row-sharded embedding table with its
+  // own sparse optimizer, runtime/train/sparse_parameters.h); null: none.
+  virtual SparseParameters* sparse_parameters() { return nullptr; }
+  // Views of the whole sparse tensors of a single-process model: weights.h5
+  // saves and loads them with the store's parameters.
+  virtual std::vector<WholeTensor> SparseWeights() { return {}; }
+  // Every rank's sparse tensors gathered whole on every rank, concatenated
+  // in SparseWeights() order (the weights a run ends with, under layouts
+  // that shard them). Collective over the model's groups.
+  virtual absl::StatusOr<std::vector<float>> GatherSparse() { return std::vector<float>(); }
   // Backward calls `callback(first, end)` as the gradients of parameter ids
   // [first, end) become complete (data parallelism starts reducing them).
   virtual void SetOnGradientsReady(std::function<void(int, int)> callback) = 0;
@@ -95,6 +107,9 @@ struct ModelFamily {
       const RunConfig& config, const ParameterLayout& layout,
       const parallel::ModelParallel* model_parallel)>
       build;
+  // The ranks a row-sharded embedding table is split over when the run has
+  // `world_size` processes (ModelParallel::table); null or 0: none.
+  std::function<int(const RunConfig& config, int world_size)> table_shards;
 };
 
 // The families models/registry.cc lists, and any registered since.

@@ -16,6 +16,11 @@ struct ModelParallel {
   // The data-parallel replicas: the ranks with this rank's tp and sp
   // coordinates (MoE balance counts over the global batch).
   Communicator* dp = nullptr;
+  // A row-sharded embedding table (HSTU's items): the ranks its rows are
+  // split over, and the ranks that own the same rows in the other copies of
+  // the table (size 1 when one copy spans the world). Null: none.
+  Communicator* table = nullptr;
+  Communicator* table_replicas = nullptr;
   int tp_size() const { return tp->size(); }
   int sp_size() const { return sp->size(); }
   // Whether the layout splits the model (tp, sp or ep > 1); a ModelParallel

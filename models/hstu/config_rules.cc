@@ -42,10 +42,22 @@ void CheckSizes(const HstuConfig& m, ConfigChecker& check) {
                absl::StrCat(Field("model.hstu.holdout", m.holdout()), " must be in [0, 1000]"));
 }
 
+void CheckTable(const HstuConfig& m, int world_size, ConfigChecker& check) {
+  const int shards = m.table_shards();
+  // One process holds the whole table whatever the field says (a run may
+  // resume on fewer processes).
+  check.Expect(shards >= 0 && (shards == 0 || world_size == 1 || world_size % shards == 0),
+               absl::StrCat(Field("model.hstu.table_shards", shards),
+                            " must be 0 (the whole world) or divide the world size ", world_size));
+  check.Expect(m.table_lr() >= 0,
+               absl::StrCat(Field("model.hstu.table_lr", m.table_lr()), " must be >= 0"));
+}
+
 }  // namespace
 
-void CheckConfig(const RunConfig& config, int /*world_size*/, ConfigChecker& check) {
+void CheckConfig(const RunConfig& config, int world_size, ConfigChecker& check) {
   CheckSizes(config.hstu(), check);
+  CheckTable(config.hstu(), world_size, check);
   const ParallelConfig& p = config.parallel();
   // Tensor, sequence and expert parallelism of HSTU are not built yet.
   check.Expect(p.tp() == 1 && p.sp() == 1 && p.ep() == 1 && p.etp() == 1 &&

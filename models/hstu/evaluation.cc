@@ -9,8 +9,8 @@
 
 namespace tessera::hstu {
 
-absl::StatusOr<RankingSums> EvaluateSplit(Hstu& model, const EvaluationOptions& options,
-                                          Split split) {
+absl::StatusOr<RankingSums> EvaluateSplit(Hstu& model, const float* table,
+                                          const EvaluationOptions& options, Split split) {
   InteractionReaderOptions reader_options;
   reader_options.dir = options.dir;
   reader_options.global_batch = options.batch_users * options.num_replicas;
@@ -37,7 +37,7 @@ absl::StatusOr<RankingSums> EvaluateSplit(Hstu& model, const EvaluationOptions& 
       ++rows;
     }
     const int64_t* offsets = batch.offsets.data<int64_t>();
-    RankTargets(model, arena, {offsets, static_cast<size_t>(rows + 1)},
+    RankTargets(model, arena, table, {offsets, static_cast<size_t>(rows + 1)},
                 batch.item_ids.data<int64_t>(), batch.timestamps.data<int64_t>(), split, sums);
     arena.Reset();
   }

@@ -24,8 +24,9 @@ struct EvaluationOptions {
   int replica = 0, num_replicas = 1;  // this replica takes every R-th user
 };
 
-absl::StatusOr<RankingSums> EvaluateSplit(Hstu& model, const EvaluationOptions& options,
-                                          Split split);
+// `table`: the whole item table [num_items, D] (host memory).
+absl::StatusOr<RankingSums> EvaluateSplit(Hstu& model, const float* table,
+                                          const EvaluationOptions& options, Split split);
 
 // `"<prefix>hr@10":…,"<prefix>ndcg@10":…, …` for every cut-off, as means
 // over the users, and `"<prefix>users":N`.

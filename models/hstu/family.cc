@@ -19,6 +19,8 @@ ModelSizeEstimate EstimateSize(const RunConfig& config) {
   const double fused = m.num_heads() * 2.0 * (m.attention_dim() + m.linear_dim());
   const double gated = m.num_heads() * static_cast<double>(m.linear_dim());
   const double block = fused * d + gated * d + d + 2.0 * m.max_len() + m.num_time_buckets();
+  // The whole item table: each rank holds 1 / table_shards of it, but the
+  // plan is per process and one process holds it all.
   e.parameters = (static_cast<double>(m.num_items()) + m.max_len()) * d + m.num_blocks() * block;
   e.parameters_why = absl::StrFormat(
       "%.3g parameters: num_items %d, embedding_dim %d, num_blocks %d, num_heads %d, "
@@ -46,26 +48,60 @@ ModelFamily Family() {
   family.validate = CheckConfig;
   family.estimate = EstimateSize;
   family.build = [](const RunConfig& config, const ParameterLayout& layout,
-                    const parallel::ModelParallel* /*mp: refused by CheckConfig*/)
-      -> absl::StatusOr<std::unique_ptr<Model>> {
-    TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<HstuModel> model, HstuModel::Build(config, layout));
+                    const parallel::ModelParallel* mp) -> absl::StatusOr<std::unique_ptr<Model>> {
+    TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<HstuModel> model,
+                             HstuModel::Build(config, layout, mp));
     return std::unique_ptr<Model>(std::move(model));
   };
+  family.table_shards = TableShards;
   return family;
 }
 
-absl::StatusOr<std::unique_ptr<HstuModel>> HstuModel::Build(const RunConfig& config,
-                                                            const ParameterLayout& layout) {
+int TableShards(const RunConfig& config, int world_size) {
+  if (world_size <= 1) return 0;
+  const int shards = config.hstu().table_shards();
+  return shards > 0 ? shards : world_size;
+}
+
+parallel::SparseOptimizerOptions TableOptimizer(const RunConfig& config) {
+  const OptimConfig& optim = config.optim();
+  parallel::SparseOptimizerOptions o;
+  o.kind = config.hstu().table_optimizer() == HstuConfig::ROWWISE_ADAGRAD
+               ? parallel::SparseOptimizerOptions::Kind::kRowwiseAdagrad
+               : parallel::SparseOptimizerOptions::Kind::kAdam;
+  o.lr = config.hstu().table_lr() > 0 ? config.hstu().table_lr() : optim.lr();
+  o.beta1 = optim.beta1();
+  o.beta2 = optim.beta2();
+  o.eps = optim.eps();
+  return o;
+}
+
+absl::StatusOr<std::unique_ptr<HstuModel>> HstuModel::Build(
+    const RunConfig& config, const ParameterLayout& layout,
+    const parallel::ModelParallel* model_parallel) {
   auto built = std::unique_ptr<HstuModel>(new HstuModel(config));
+  const HstuConfig& m = built->config_.hstu();
   built->store_ = std::make_unique<ParameterStore>();
-  built->model_ = Hstu::Create(built->config_.hstu(), *built->store_);
+  built->model_ = Hstu::Create(m, *built->store_);
   built->store_->Finalize(config.train().seed(), layout);
+  parallel::Communicator* group = model_parallel ? model_parallel->table : nullptr;
+  parallel::Communicator* replicas = model_parallel ? model_parallel->table_replicas : nullptr;
+  built->table_ = std::make_unique<parallel::RowShardedTable>(
+      group, replicas, Hstu::kItemTable, m.num_items(), m.embedding_dim(), Hstu::kItemInitStd,
+      config.train().seed());
+  built->table_->set_options(TableOptimizer(config), config.optim().lr());
   return built;
+}
+
+std::vector<WholeTensor> HstuModel::SparseWeights() {
+  const HstuConfig& m = config_.hstu();
+  return {WholeTensor{Hstu::kItemTable, Shape{m.num_items(), m.embedding_dim()},
+                      table_->local_rows().data()}};
 }
 
 absl::StatusOr<std::unique_ptr<TrainTask>> HstuModel::CreateTask(const TaskOptions& options) {
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<HstuTask> task,
-                           HstuTask::Create(config_, *model_, options.replica,
+                           HstuTask::Create(config_, *model_, *table_, options.replica,
                                             options.num_replicas, options.micro_batch,
                                             options.start));
   return std::unique_ptr<TrainTask>(std::move(task));
@@ -75,9 +111,11 @@ absl::Status HstuModel::FinishRun(const std::string& run_dir) {
   EvaluationOptions options;
   options.dir = config_.data().dir();
   options.prefetch = config_.data().prefetch();
+  TESSERA_ASSIGN_OR_RETURN(const std::vector<float> table, table_->Gather());
   TESSERA_ASSIGN_OR_RETURN(const RankingSums validation,
-                           EvaluateSplit(*model_, options, Split::kValidation));
-  TESSERA_ASSIGN_OR_RETURN(const RankingSums test, EvaluateSplit(*model_, options, Split::kTest));
+                           EvaluateSplit(*model_, table.data(), options, Split::kValidation));
+  TESSERA_ASSIGN_OR_RETURN(const RankingSums test,
+                           EvaluateSplit(*model_, table.data(), options, Split::kTest));
   const std::string json = absl::StrCat("{", RankingJsonFields(validation, "val_"), ",",
                                         RankingJsonFields(test, "test_"), "}\n");
   const std::string path = run_dir + "/final_metrics.json";

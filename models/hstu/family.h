@@ -5,6 +5,7 @@
 
 #include "models/hstu/model.h"
 #include "models/registry.h"
+#include "parallel/embedding/row_sharded_table.h"
 
 namespace tessera::hstu {
 
@@ -12,11 +13,23 @@ ModelFamily Family();
 
 ModelSizeEstimate EstimateSize(const RunConfig& config);
 
-// One rank's HSTU: its store, the encoder and a copy of the run config.
+// The ranks the item table's rows are split over in a run of `world_size`
+// processes: model.hstu.table_shards, or the world when 0; 0 for one process.
+int TableShards(const RunConfig& config, int world_size);
+
+// The item table's row-wise sparse optimizer from the config: Adam (optim's
+// betas and eps) or row-wise Adagrad, at model.hstu.table_lr (0: optim.lr).
+parallel::SparseOptimizerOptions TableOptimizer(const RunConfig& config);
+
+// One rank's HSTU: its store, the encoder, its share of the row-sharded item
+// table and a copy of the run config.
 class HstuModel : public Model {
  public:
-  static absl::StatusOr<std::unique_ptr<HstuModel>> Build(const RunConfig& config,
-                                                          const ParameterLayout& layout = {});
+  // `model_parallel`: the table's groups (ModelParallel::table,
+  // table_replicas); null: one process holding the whole table.
+  static absl::StatusOr<std::unique_ptr<HstuModel>> Build(
+      const RunConfig& config, const ParameterLayout& layout = {},
+      const parallel::ModelParallel* model_parallel = nullptr);
 
   ParameterStore& store() override { return *store_; }
   absl::StatusOr<std::unique_ptr<TrainTask>> CreateTask(const TaskOptions& options) override;
@@ -28,7 +41,12 @@ class HstuModel : public Model {
   // <run_dir>/final_metrics.json.
   absl::Status FinishRun(const std::string& run_dir) override;
 
+  SparseParameters* sparse_parameters() override { return table_.get(); }
+  std::vector<WholeTensor> SparseWeights() override;
+  absl::StatusOr<std::vector<float>> GatherSparse() override { return table_->Gather(); }
+
   Hstu& model() { return *model_; }
+  parallel::RowShardedTable& table() { return *table_; }
   const RunConfig& config() const { return config_; }
 
  private:
@@ -36,6 +54,7 @@ class HstuModel : public Model {
   RunConfig config_;
   std::unique_ptr<ParameterStore> store_;
   std::unique_ptr<Hstu> model_;
+  std::unique_ptr<parallel::RowShardedTable> table_;
 };
 
 }  // namespace tessera::hstu

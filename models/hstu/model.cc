@@ -50,8 +50,6 @@ Hstu::Hstu(const HstuConfig& config, ParameterStore& store)
       dim_(config.embedding_dim()),
       max_len_(config.max_len()),
       num_items_(config.num_items()) {
-  item_table_ = store.Register("item_embedding", Shape{num_items_, dim_},
-                               ParamInit::Normal(0.02f), /*weight_decay=*/false);
   pos_table_ = store.Register("pos_embedding", Shape{max_len_, dim_},
                               ParamInit::Normal(std::sqrt(1.0f / dim_)), /*weight_decay=*/false);
   HstuLayerDims dims;
@@ -82,19 +80,18 @@ JaggedTokens Hstu::Upload(Arena& arena, const HstuBatch& batch) {
   tokens.offsets = offsets.ptr<int64_t>();
   tokens.timestamps = timestamps.ptr<int64_t>();
   tokens.query_timestamps = query.ptr<int64_t>();
-  items_ = UploadVector(arena, batch.items);
   positions_ = UploadVector(arena, batch.positions);
   return tokens;
 }
 
 // x = item_embedding[items] * sqrt(D) + pos_embedding[positions], dropped out.
-Tensor Hstu::Embed(Arena& arena, const HstuBatch& batch, const Tensor& mask) {
+Tensor Hstu::Embed(Arena& arena, const HstuBatch& batch, const float* item_rows,
+                   const Tensor& mask) {
   Backend& backend = arena.backend();
   const int64_t total = batch.tokens(), n = total * dim_;
   Tensor x = arena.AllocateUninitialized(DType::kF32, Shape{total, dim_});  // [T, D]
   Tensor pos = arena.AllocateUninitialized(DType::kF32, Shape{total, dim_});
-  backend.EmbeddingForward(items_.ptr<int32_t>(), store_.param(item_table_).ptr<float>(),
-                           x.ptr<float>(), total, dim_);
+  backend.Copy(x.address(), item_rows, x.bytes());
   backend.Scale(x.ptr<float>(), n, std::sqrt(static_cast<float>(dim_)));
   backend.EmbeddingForward(positions_.ptr<int32_t>(), store_.param(pos_table_).ptr<float>(),
                            pos.ptr<float>(), total, dim_);
@@ -115,8 +112,7 @@ void Hstu::EmbedBackward(Arena& arena, const Tensor& dx) {
   backend.EmbeddingBackward(positions_.ptr<int32_t>(), d.ptr<float>(),
                             store_.grad(pos_table_).ptr<float>(), total, dim_);
   backend.Scale(d.ptr<float>(), n, std::sqrt(static_cast<float>(dim_)));
-  backend.EmbeddingBackward(items_.ptr<int32_t>(), d.ptr<float>(),
-                            store_.grad(item_table_).ptr<float>(), total, dim_);
+  backend.Copy(ditem_rows_, d.address(), d.bytes());
 }
 
 Tensor Hstu::Normalize(Arena& arena, const Tensor& y) {
@@ -142,8 +138,8 @@ Tensor Hstu::NormalizeBackward(Arena& arena, const Tensor& doutput) {
   return dy;
 }
 
-Tensor Hstu::Forward(Arena& arena, const HstuBatch& batch, const DropoutDraw* dropout,
-                     bool record) {
+Tensor Hstu::Forward(Arena& arena, const HstuBatch& batch, const float* item_rows,
+                     const DropoutDraw* dropout, bool record) {
   tape_.Clear();
   arena_ = &arena;
   const bool empty = batch.tokens() == 0;
@@ -151,7 +147,7 @@ Tensor Hstu::Forward(Arena& arena, const HstuBatch& batch, const DropoutDraw* dr
   const JaggedTokens tokens = Upload(arena, batch);
   input_mask_ = drop ? DropoutMask(arena, *dropout, 0, batch.token_keys, dim_) : Tensor();
   Tensor x = empty ? arena.AllocateUninitialized(DType::kF32, Shape{0, dim_})
-                   : Embed(arena, batch, input_mask_);
+                   : Embed(arena, batch, item_rows, input_mask_);
   if (record) {
     tape_.Record([this] {
       if (dhidden_.dim(0) > 0) EmbedBackward(*arena_, dhidden_);
@@ -175,10 +171,12 @@ Tensor Hstu::Forward(Arena& arena, const HstuBatch& batch, const DropoutDraw* dr
   return Normalize(arena, x);
 }
 
-absl::Status Hstu::Backward(const Tensor& doutput) {
+absl::Status Hstu::Backward(const Tensor& doutput, float* ditem_rows) {
+  ditem_rows_ = ditem_rows;
   dhidden_ = doutput.dim(0) > 0 ? NormalizeBackward(*arena_, doutput) : doutput;
   absl::Status status = tape_.Backward();
-  dhidden_ = last_hidden_ = rstd_ = input_mask_ = items_ = positions_ = Tensor();
+  dhidden_ = last_hidden_ = rstd_ = input_mask_ = positions_ = Tensor();
+  ditem_rows_ = nullptr;
   return status;
 }
 

@@ -2,8 +2,10 @@
 // learned positions, dropout, `num_blocks` HSTU layers (layer.h), outputs
 // L2-normalised — the reference's HSTU with its ML-1M preprocessing
 // (LearnablePositionalEmbeddingInputFeaturesPreprocessor) and l2_norm
-// output postprocessing. The item table is shared by the input and by the
-// loss / ranking (sampled_softmax.h, evaluation).
+// output postprocessing. The item table is not part of the encoder: it is
+// a row-sharded table (parallel/embedding/row_sharded_table.h) shared by
+// the input and by the loss / ranking (sampled_softmax.h, evaluation); the
+// encoder takes the rows of its input items and returns their gradient.
 //
 // Everything runs on the batch's T tokens; the attention per user.
 #pragma once
@@ -32,25 +34,30 @@ struct DropoutDraw {
 
 class Hstu {
  public:
-  // Registers item_embedding [num_items, D] (normal 0.02), pos_embedding
-  // [max_len, D] (normal sqrt(1/D)) and the blocks in `store`, which the
-  // caller finalizes.
+  // The item table: its global name and initial standard deviation.
+  static constexpr char kItemTable[] = "item_embedding";
+  static constexpr float kItemInitStd = 0.02f;
+
+  // Registers pos_embedding [max_len, D] (normal sqrt(1/D)) and the blocks
+  // in `store`, which the caller finalizes.
   static std::unique_ptr<Hstu> Create(const HstuConfig& config, ParameterStore& store);
 
-  // The batch's L2-normalised outputs [T, D]. `dropout` null: none
-  // (evaluation). With `record` the tape keeps what Backward needs.
-  Tensor Forward(Arena& arena, const HstuBatch& batch, const DropoutDraw* dropout,
-                 bool record = true);
+  // The batch's L2-normalised outputs [T, D] given item_rows [T, D] (the
+  // item table's rows of batch.items, host memory, alive until Backward).
+  // `dropout` null: none (evaluation). With `record` the tape keeps what
+  // Backward needs.
+  Tensor Forward(Arena& arena, const HstuBatch& batch, const float* item_rows,
+                 const DropoutDraw* dropout, bool record = true);
   // doutput: gradient w.r.t. Forward's output [T, D]; parameter gradients
-  // accumulate. Announces each block's parameters as they are complete, the
-  // embeddings (with the item table) last.
-  absl::Status Backward(const Tensor& doutput);
+  // accumulate and ditem_rows [T, D] (the input rows' gradient) is
+  // overwritten. Announces each block's parameters as they are complete,
+  // the position table last.
+  absl::Status Backward(const Tensor& doutput, float* ditem_rows);
   void set_on_gradients_ready(std::function<void(int, int)> callback) {
     tape_.set_on_gradients_ready(std::move(callback));
   }
 
   ParameterStore& store() const { return store_; }
-  ParameterStore::Id item_table() const { return item_table_; }
   int64_t dim() const { return dim_; }
   int64_t max_len() const { return max_len_; }
   int64_t num_items() const { return num_items_; }
@@ -61,21 +68,22 @@ class Hstu {
   Hstu(const HstuConfig& config, ParameterStore& store);
   // The jagged geometry and inputs of `batch` in the arena's memory.
   JaggedTokens Upload(Arena& arena, const HstuBatch& batch);
-  Tensor Embed(Arena& arena, const HstuBatch& batch, const Tensor& mask);
+  Tensor Embed(Arena& arena, const HstuBatch& batch, const float* item_rows, const Tensor& mask);
   void EmbedBackward(Arena& arena, const Tensor& dx);
   Tensor Normalize(Arena& arena, const Tensor& y);
   Tensor NormalizeBackward(Arena& arena, const Tensor& doutput);
 
   ParameterStore& store_;
   int64_t dim_, max_len_, num_items_;
-  ParameterStore::Id item_table_, pos_table_;
+  ParameterStore::Id pos_table_;
   std::vector<std::unique_ptr<HstuLayer>> blocks_;
   std::vector<std::pair<int, int>> block_params_;  // parameter ids of block l
 
   Tape tape_;
   Arena* arena_ = nullptr;  // of the recorded forward
   // Saved by Forward for Backward.
-  Tensor items_, positions_;   // i32 [T]
+  Tensor positions_;           // i32 [T]
+  float* ditem_rows_ = nullptr;  // where Backward writes the input rows' gradient
   Tensor input_mask_;          // [T, D] or undefined
   Tensor last_hidden_, rstd_;  // [T, D], [T]: the output norm's input and statistics
   Tensor dhidden_;             // the gradient flowing down the blocks

@@ -46,7 +46,7 @@ Candidates SampleCandidates(const HstuBatch& batch, int64_t negatives, int64_t n
   return c;
 }
 
-double SampledSoftmax::Forward(Arena& arena, const Tensor& outputs, const float* table,
+double SampledSoftmax::Forward(Arena& arena, const Tensor& outputs, const float* rows_in,
                                const Candidates& candidates) {
   Backend& backend = arena.backend();
   tokens_ = outputs.dim(0);
@@ -54,13 +54,11 @@ double SampledSoftmax::Forward(Arena& arena, const Tensor& outputs, const float*
   if (tokens_ == 0) return 0;
   const int64_t rows = tokens_ * per_token_;
   outputs_ = outputs;
-  ids_ = UploadVector(arena, candidates.ids);
+  rows_ = rows_in;
   targets_ = arena.Allocate(DType::kI32, Shape{tokens_});  // the target is candidate 0
-  rows_ = arena.AllocateUninitialized(DType::kF32, Shape{rows, dim_});
   unit_rows_ = arena.AllocateUninitialized(DType::kF32, Shape{rows, dim_});
   rstd_ = arena.AllocateUninitialized(DType::kF32, Shape{rows});
-  backend.EmbeddingForward(ids_.ptr<int32_t>(), table, rows_.ptr<float>(), rows, dim_);
-  backend.RmsNormForward(rows_.ptr<float>(), nullptr, unit_rows_.ptr<float>(), rstd_.ptr<float>(),
+  backend.RmsNormForward(rows_, nullptr, unit_rows_.ptr<float>(), rstd_.ptr<float>(),
                          rows, dim_, RowNormEps(dim_));
   // logits[t, c] = u_t . row_tc / (sqrt(D) temperature): one [1, D] x [D, 1 + K] per token.
   Tensor logits = UploadVector(arena, candidates.mask);  // the mask, then += the scores
@@ -73,7 +71,7 @@ double SampledSoftmax::Forward(Arena& arena, const Tensor& outputs, const float*
                                      probs_.ptr<float>(), tokens_, per_token_);
 }
 
-Tensor SampledSoftmax::Backward(Arena& arena, float* dtable, float scale) {
+Tensor SampledSoftmax::Backward(Arena& arena, float* drows, float scale) {
   Backend& backend = arena.backend();
   Tensor doutputs = arena.Allocate(DType::kF32, Shape{tokens_, dim_});
   if (tokens_ == 0) return doutputs;
@@ -93,11 +91,10 @@ Tensor SampledSoftmax::Backward(Arena& arena, float* dtable, float scale) {
   backend.GemmBatched(true, false, tokens_, per_token_, dim_, 1, alpha, dlogits.ptr<float>(),
                       per_token_, per_token_, outputs_.ptr<float>(), dim_, dim_, 0.0f,
                       dunit.ptr<float>(), dim_, per_token_ * dim_);
-  Tensor drows = arena.AllocateUninitialized(DType::kF32, Shape{rows, dim_});
-  backend.RmsNormBackward(dunit.ptr<float>(), rows_.ptr<float>(), nullptr, rstd_.ptr<float>(),
-                          drows.ptr<float>(), nullptr, rows, dim_);
-  backend.EmbeddingBackward(ids_.ptr<int32_t>(), drows.ptr<float>(), dtable, rows, dim_);
-  outputs_ = ids_ = targets_ = rows_ = unit_rows_ = rstd_ = probs_ = Tensor();
+  backend.RmsNormBackward(dunit.ptr<float>(), rows_, nullptr, rstd_.ptr<float>(), drows, nullptr,
+                          rows, dim_);
+  outputs_ = targets_ = unit_rows_ = rstd_ = probs_ = Tensor();
+  rows_ = nullptr;
   return doutputs;
 }
 

@@ -36,20 +36,23 @@ class SampledSoftmax {
  public:
   SampledSoftmax(int64_t dim, float temperature) : dim_(dim), temperature_(temperature) {}
 
-  // outputs: [T, D] unit rows; table: [num_items, D]. The mean loss over
-  // the T tokens (0 when T = 0). Keeps what Backward needs.
-  double Forward(Arena& arena, const Tensor& outputs, const float* table,
+  // outputs: [T, D] unit rows; rows: the candidates' item rows [T (1 + K),
+  // D] in candidate order (looked up from the item table, which may be
+  // row-sharded), alive until Backward. The mean loss over the T tokens (0
+  // when T = 0). Keeps what Backward needs.
+  double Forward(Arena& arena, const Tensor& outputs, const float* rows,
                  const Candidates& candidates);
-  // d outputs [T, D] (returned, overwritten) and dtable (accumulated) of
-  // scale * (the sum of the T per-token losses).
-  Tensor Backward(Arena& arena, float* dtable, float scale);
+  // d outputs [T, D] (returned, overwritten) and drows [T (1 + K), D]
+  // (overwritten) of scale * (the sum of the T per-token losses).
+  Tensor Backward(Arena& arena, float* drows, float scale);
 
  private:
   int64_t dim_;
   float temperature_;
   int64_t tokens_ = 0, per_token_ = 0;
-  Tensor outputs_, ids_, targets_;
-  Tensor rows_, unit_rows_, rstd_;  // candidate rows [T (1 + K), D], normalised, [T (1 + K)]
+  Tensor outputs_, targets_;
+  const float* rows_ = nullptr;     // candidate rows [T (1 + K), D]
+  Tensor unit_rows_, rstd_;         // normalised, [T (1 + K)]
   Tensor probs_;                    // [T, 1 + K]
 };
 

@@ -6,7 +6,8 @@
 
 namespace tessera::hstu {
 
-std::vector<float> ScoreItems(Hstu& model, Arena& arena, std::span<const UserHistory> users) {
+std::vector<float> ScoreItems(Hstu& model, Arena& arena, const float* table,
+                              std::span<const UserHistory> users) {
   const auto count = static_cast<int64_t>(users.size());
   const int64_t dim = model.dim(), items = model.num_items();
   HstuBatch batch;
@@ -15,7 +16,15 @@ std::vector<float> ScoreItems(Hstu& model, Arena& arena, std::span<const UserHis
                       model.max_len(), static_cast<uint64_t>(u), batch);
   }
   Backend& backend = arena.backend();
-  const Tensor outputs = model.Forward(arena, batch, /*dropout=*/nullptr, /*record=*/false);
+  const int64_t total = batch.tokens();
+  Tensor ids = arena.AllocateUninitialized(DType::kI32, Shape{total});
+  Tensor inputs = arena.AllocateUninitialized(DType::kF32, Shape{total, dim});  // [T, D]
+  if (total > 0) {
+    backend.CopyToDevice(ids.address(), batch.items.data(), ids.bytes());
+    backend.EmbeddingForward(ids.ptr<int32_t>(), table, inputs.ptr<float>(), total, dim);
+  }
+  const Tensor outputs = model.Forward(arena, batch, inputs.ptr<float>(), /*dropout=*/nullptr,
+                                       /*record=*/false);
   // Each user's last row, gathered as an embedding lookup of row ids.
   std::vector<int32_t> last(count);
   for (int64_t u = 0; u < count; ++u) last[u] = static_cast<int32_t>(batch.offsets[u + 1] - 1);
@@ -25,21 +34,20 @@ std::vector<float> ScoreItems(Hstu& model, Arena& arena, std::span<const UserHis
   backend.EmbeddingForward(rows.ptr<int32_t>(), outputs.ptr<float>(), queries.ptr<float>(), count,
                            dim);
   // Item rows scaled to length sqrt(D) (RmsNorm without gamma), as the loss does.
-  Tensor table = arena.AllocateUninitialized(DType::kF32, Shape{items, dim});
+  Tensor unit_table = arena.AllocateUninitialized(DType::kF32, Shape{items, dim});
   Tensor rstd = arena.AllocateUninitialized(DType::kF32, Shape{items});
-  backend.RmsNormForward(model.store().param(model.item_table()).ptr<float>(), nullptr,
-                         table.ptr<float>(), rstd.ptr<float>(), items, dim,
+  backend.RmsNormForward(table, nullptr, unit_table.ptr<float>(), rstd.ptr<float>(), items, dim,
                          1e-12f / static_cast<float>(dim));
   Tensor scores = arena.AllocateUninitialized(DType::kF32, Shape{count, items});
   backend.Gemm(false, true, count, items, dim, 1.0f / std::sqrt(static_cast<float>(dim)),
-               queries.ptr<float>(), dim, table.ptr<float>(), dim, 0.0f, scores.ptr<float>(),
+               queries.ptr<float>(), dim, unit_table.ptr<float>(), dim, 0.0f, scores.ptr<float>(),
                items);
   std::vector<float> host(static_cast<size_t>(count * items));
   backend.CopyToHost(host.data(), scores.address(), scores.bytes());
   return host;
 }
 
-void RankTargets(Hstu& model, Arena& arena, std::span<const int64_t> offsets,
+void RankTargets(Hstu& model, Arena& arena, const float* table, std::span<const int64_t> offsets,
                  const int64_t* items, const int64_t* timestamps, Split split,
                  RankingSums& sums) {
   const int64_t back = split == Split::kValidation ? 2 : 1;
@@ -54,7 +62,7 @@ void RankTargets(Hstu& model, Arena& arena, std::span<const int64_t> offsets,
     targets.push_back(items[target]);
   }
   if (users.empty()) return;
-  const std::vector<float> scores = ScoreItems(model, arena, users);
+  const std::vector<float> scores = ScoreItems(model, arena, table, users);
   const int64_t n = model.num_items();
   for (size_t u = 0; u < users.size(); ++u) {
     sums.Add(TargetRank({scores.data() + u * n, static_cast<size_t>(n)}, targets[u],

@@ -21,9 +21,11 @@ struct UserHistory {
 };
 
 // scores [users, num_items] on the host: cos(output at the last position of
-// each history (its last max_len events), item row), no dropout. Every
-// history must hold at least one event.
-std::vector<float> ScoreItems(Hstu& model, Arena& arena, std::span<const UserHistory> users);
+// each history (its last max_len events), item row), no dropout. `table`:
+// the whole item table [num_items, D] (host memory). Every history must hold
+// at least one event.
+std::vector<float> ScoreItems(Hstu& model, Arena& arena, const float* table,
+                              std::span<const UserHistory> users);
 
 // Which event of each history is the held-out target: leave-one-out's
 // validation (the second-to-last event) or test (the last).
@@ -33,7 +35,7 @@ enum class Split { kValidation, kTest };
 // excluded from the candidates) and adds it to `sums`. A user without an
 // event before its target counts for nothing. `offsets`, `items`,
 // `timestamps`: a jagged batch of whole histories (InteractionBatch).
-void RankTargets(Hstu& model, Arena& arena, std::span<const int64_t> offsets,
+void RankTargets(Hstu& model, Arena& arena, const float* table, std::span<const int64_t> offsets,
                  const int64_t* items, const int64_t* timestamps, Split split,
                  RankingSums& sums);
 

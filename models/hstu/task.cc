@@ -7,6 +7,7 @@
 namespace tessera::hstu {
 
 absl::StatusOr<std::unique_ptr<HstuTask>> HstuTask::Create(const RunConfig& config, Hstu& model,
+                                                           parallel::RowShardedTable& table,
                                                            int replica, int num_replicas,
                                                            int64_t micro_batch,
                                                            SamplerState start) {
@@ -24,15 +25,16 @@ absl::StatusOr<std::unique_ptr<HstuTask>> HstuTask::Create(const RunConfig& conf
   options.num_items = m.num_items();
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<InteractionReader> reader,
                            InteractionReader::Open(options));
-  return std::unique_ptr<HstuTask>(
-      new HstuTask(config, model, std::move(reader), replica, num_replicas, micro_batch));
+  return std::unique_ptr<HstuTask>(new HstuTask(config, model, table, std::move(reader), replica,
+                                                num_replicas, micro_batch));
 }
 
-HstuTask::HstuTask(const RunConfig& config, Hstu& model,
+HstuTask::HstuTask(const RunConfig& config, Hstu& model, parallel::RowShardedTable& table,
                    std::unique_ptr<InteractionReader> reader, int replica, int num_replicas,
                    int64_t micro_batch)
     : config_(config),
       model_(model),
+      table_(table),
       loss_(model.dim(), config.hstu().temperature()),
       reader_(std::move(reader)),
       replica_(replica),
@@ -53,20 +55,28 @@ absl::StatusOr<MicroBatchResult> HstuTask::RunMicroBatch(Arena& arena, int64_t s
                               model_.max_len()};
   const HstuBatch batch = TrainingMicroBatch(batch_, slice);
   const uint64_t seed = config_.train().seed();
-  const DropoutDraw dropout{m.dropout(), seed, step};
-  const Tensor outputs = model_.Forward(arena, batch, &dropout);
   const Candidates candidates =
       SampleCandidates(batch, m.num_negatives(), model_.num_items(), seed, step);
-  ParameterStore& store = model_.store();
+  // One lookup for the input items and the loss's candidates:
+  // rows [T + T (1 + K), D], the inputs' first.
+  const int64_t tokens = batch.tokens(), dim = model_.dim();
+  std::vector<int64_t> ids(batch.items.begin(), batch.items.end());
+  ids.insert(ids.end(), candidates.ids.begin(), candidates.ids.end());
+  const int64_t looked_up = static_cast<int64_t>(ids.size());
+  Tensor rows = arena.AllocateUninitialized(DType::kF32, Shape{looked_up, dim});
+  TESSERA_RETURN_IF_ERROR(table_.Lookup(ids, rows.ptr<float>()));
+  const DropoutDraw dropout{m.dropout(), seed, step};
+  const Tensor outputs = model_.Forward(arena, batch, rows.ptr<float>(), &dropout);
   MicroBatchResult result;
-  result.loss = loss_.Forward(arena, outputs, store.param(model_.item_table()).ptr<float>(),
-                              candidates);
+  result.loss = loss_.Forward(arena, outputs, rows.ptr<float>() + tokens * dim, candidates);
   result.samples = micro_batch_;
-  result.elements = static_cast<double>(batch.tokens());
+  result.elements = static_cast<double>(tokens);
   BeforeBackward();
-  const Tensor doutputs =
-      loss_.Backward(arena, store.grad(model_.item_table()).ptr<float>(), loss_scale);
-  TESSERA_RETURN_IF_ERROR(model_.Backward(doutputs));
+  Tensor drows = arena.AllocateUninitialized(DType::kF32, Shape{looked_up, dim});
+  const Tensor doutputs = loss_.Backward(arena, drows.ptr<float>() + tokens * dim, loss_scale);
+  TESSERA_RETURN_IF_ERROR(model_.Backward(doutputs, drows.ptr<float>()));
+  // The owners accumulate the rows' gradients; the trainer's Step updates them.
+  TESSERA_RETURN_IF_ERROR(table_.Backward(drows.ptr<float>()));
   step_tokens_ += batch.tokens();
   return result;
 }
@@ -85,9 +95,10 @@ double ActivationBytesPerUser(const HstuConfig& m) {
   const double fused = m.num_heads() * 2.0 * (m.attention_dim() + m.linear_dim());
   const double gated = m.num_heads() * static_cast<double>(m.linear_dim());
   // Per block: the norm and projection outputs, SiLU, attention, gate, mask,
-  // output; the loss: candidate rows twice and their gradients twice.
+  // output; the loss: candidate rows twice and their gradients twice; the
+  // table's looked-up rows (inputs and candidates) and their gradients.
   const double block = 3.0 * d + 2.0 * fused + 4.0 * gated;
-  const double loss = 4.0 * (1.0 + m.num_negatives()) * d;
+  const double loss = 4.0 * (1.0 + m.num_negatives()) * d + 2.0 * (2.0 + m.num_negatives()) * d;
   return 4.0 * m.max_len() * (m.num_blocks() * block + loss + 4.0 * d);
 }
 

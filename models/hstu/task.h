@@ -10,6 +10,7 @@
 #include "data/interaction_reader.h"
 #include "models/hstu/model.h"
 #include "models/hstu/sampled_softmax.h"
+#include "parallel/embedding/row_sharded_table.h"
 #include "runtime/train/train_task.h"
 
 namespace tessera::hstu {
@@ -17,7 +18,10 @@ namespace tessera::hstu {
 class HstuTask : public TrainTask {
  public:
   // `replica` of `num_replicas`; micro-batches of `micro_batch` users.
+  // `table`: the item table (this rank's rows); every micro-batch looks up
+  // its input items and loss candidates in it (a collective over its group).
   static absl::StatusOr<std::unique_ptr<HstuTask>> Create(const RunConfig& config, Hstu& model,
+                                                          parallel::RowShardedTable& table,
                                                           int replica, int num_replicas,
                                                           int64_t micro_batch,
                                                           SamplerState start = {});
@@ -35,11 +39,13 @@ class HstuTask : public TrainTask {
   }
 
  private:
-  HstuTask(const RunConfig& config, Hstu& model, std::unique_ptr<InteractionReader> reader,
-           int replica, int num_replicas, int64_t micro_batch);
+  HstuTask(const RunConfig& config, Hstu& model, parallel::RowShardedTable& table,
+           std::unique_ptr<InteractionReader> reader, int replica, int num_replicas,
+           int64_t micro_batch);
 
   const RunConfig& config_;
   Hstu& model_;
+  parallel::RowShardedTable& table_;
   SampledSoftmax loss_;
   std::unique_ptr<InteractionReader> reader_;
   int replica_, num_replicas_;

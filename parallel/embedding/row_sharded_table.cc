@@ -10,20 +10,18 @@
 
 namespace tessera::parallel {
 
-RowShardedTable::RowShardedTable(Communicator& group, std::string name, int64_t num_rows,
-                                 int64_t dim, float init_std)
-    : group_(group), name_(std::move(name)), num_rows_(num_rows), dim_(dim) {
-  const int64_t p = group.size();
+RowShardedTable::RowShardedTable(Communicator* group, Communicator* replicas, std::string name,
+                                 int64_t num_rows, int64_t dim, float init_std, uint64_t seed)
+    : group_(group), replicas_(replicas), name_(std::move(name)), num_rows_(num_rows), dim_(dim) {
+  const int64_t p = group_size();
   block_ = std::max<int64_t>(1, (num_rows + p - 1) / p);
-  first_ = std::min(num_rows, group.rank() * block_);
+  first_ = std::min(num_rows, group_rank() * block_);
   end_ = std::min(num_rows, first_ + block_);
   rows_.resize(static_cast<size_t>((end_ - first_) * dim));
-  const uint64_t key = HashName(name_);
+  const uint64_t key = Mix64(seed) ^ HashName(name_);
   for (int64_t i = 0; i < static_cast<int64_t>(rows_.size()); ++i) {
     rows_[i] = init_std * CounterNormal(key, static_cast<uint64_t>(first_ * dim + i));
   }
-  m_.assign(rows_.size(), 0.0f);
-  v_.assign(rows_.size(), 0.0f);
 }
 
 absl::Status RowShardedTable::Exchange(const void* send, const std::vector<size_t>& send_counts,
@@ -32,7 +30,12 @@ absl::Status RowShardedTable::Exchange(const void* send, const std::vector<size_
   std::vector<size_t> s(send_counts), r(recv_counts);
   for (size_t& c : s) c *= static_cast<size_t>(width);
   for (size_t& c : r) c *= static_cast<size_t>(width);
-  return group_.Complete(group_.AllToAllV(send, s, recv, r, dtype));
+  if (group_ == nullptr) {  // this process alone: what it sends is what it receives
+    if (s[0] > 0) std::copy_n(static_cast<const char*>(send), s[0] * DTypeSize(dtype),
+                              static_cast<char*>(recv));
+    return absl::OkStatus();
+  }
+  return group_->Complete(group_->AllToAllV(send, s, recv, r, dtype));
 }
 
 absl::Status RowShardedTable::Route(std::span<const int64_t> ids) {
@@ -40,8 +43,8 @@ absl::Status RowShardedTable::Route(std::span<const int64_t> ids) {
   for (int64_t id : ids) {
     if (id < 0 || id >= num_rows_) {
       return DataError(absl::StrCat("table \"", name_, "\": id ", id, " is outside [0, ",
-                                    num_rows_, ") (rank ", group_.rank(), " of ", group_.name(),
-                                    ")"));
+                                    num_rows_, ") (rank ", group_rank(), " of ",
+                                    group_ ? group_->name() : std::string("one process"), ")"));
     }
   }
   r.unique.assign(ids.begin(), ids.end());
@@ -51,10 +54,15 @@ absl::Status RowShardedTable::Route(std::span<const int64_t> ids) {
     r.slot.push_back(static_cast<int32_t>(
         std::lower_bound(r.unique.begin(), r.unique.end(), id) - r.unique.begin()));
   }
-  const int p = group_.size();
+  const int p = group_size();
   std::vector<int64_t> send(p, 0), recv(p, 0);
   for (int64_t id : r.unique) ++send[Owner(id)];
-  TESSERA_RETURN_IF_ERROR(group_.Complete(group_.AllToAll(send.data(), recv.data(), 1, DType::kI64)));
+  if (group_ != nullptr) {
+    TESSERA_RETURN_IF_ERROR(
+        group_->Complete(group_->AllToAll(send.data(), recv.data(), 1, DType::kI64)));
+  } else {
+    recv = send;
+  }
   r.send_counts.assign(send.begin(), send.end());
   r.recv_counts.assign(recv.begin(), recv.end());
   size_t total = 0;
@@ -101,11 +109,48 @@ absl::Status RowShardedTable::Backward(const float* dout) {
   return absl::OkStatus();
 }
 
-void RowShardedTable::Step(const SparseOptimizerOptions& o, int64_t t) {
+absl::Status RowShardedTable::SumOverReplicas() {
+  if (replicas_ == nullptr || replicas_->size() == 1) return absl::OkStatus();
+  const int n = replicas_->size();
+  // The union of the rows every copy touched, then one all-reduce over it.
+  std::vector<int64_t> mine;
+  for (const auto& entry : grads_) mine.push_back(entry.first);
+  int64_t count = static_cast<int64_t>(mine.size());
+  std::vector<int64_t> counts(n);
+  TESSERA_RETURN_IF_ERROR(
+      replicas_->Complete(replicas_->AllGather(&count, counts.data(), 1, DType::kI64)));
+  int64_t most = *std::max_element(counts.begin(), counts.end());
+  mine.resize(static_cast<size_t>(most), -1);
+  std::vector<int64_t> all(static_cast<size_t>(most * n));
+  TESSERA_RETURN_IF_ERROR(replicas_->Complete(
+      replicas_->AllGather(mine.data(), all.data(), static_cast<size_t>(most), DType::kI64)));
+  for (int64_t row : all) {
+    if (row >= 0) grads_[row].resize(static_cast<size_t>(dim_), 0.0f);
+  }
+  std::vector<float> packed;
+  packed.reserve(grads_.size() * dim_);
+  for (const auto& entry : grads_) packed.insert(packed.end(), entry.second.begin(), entry.second.end());
+  TESSERA_RETURN_IF_ERROR(replicas_->Complete(
+      replicas_->AllReduce(packed.data(), packed.size(), DType::kF32, ReduceOp::kSum)));
+  size_t at = 0;
+  for (auto& entry : grads_) {
+    std::copy_n(packed.data() + at, dim_, entry.second.begin());
+    at += static_cast<size_t>(dim_);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RowShardedTable::Step(const SparseOptimizerOptions& o, int64_t t, double grad_scale) {
+  TESSERA_RETURN_IF_ERROR(SumOverReplicas());
   const bool adam = o.kind == SparseOptimizerOptions::Kind::kAdam;
+  if (adam && m_.empty()) m_.assign(rows_.size(), 0.0f), v_.assign(rows_.size(), 0.0f);
+  if (!adam && sums_.empty()) sums_.assign(static_cast<size_t>(end_ - first_), 0.0f);
   const double c1 = 1.0 - std::pow(o.beta1, static_cast<double>(t));
   const double c2 = 1.0 - std::pow(o.beta2, static_cast<double>(t));
-  for (const auto& [row, g] : grads_) {
+  const float scale = static_cast<float>(grad_scale);
+  std::vector<float> g(static_cast<size_t>(dim_));
+  for (const auto& [row, summed] : grads_) {
+    for (int64_t d = 0; d < dim_; ++d) g[d] = grad_scale == 1.0 ? summed[d] : summed[d] * scale;
     const int64_t at = (row - first_) * dim_;
     float* p = rows_.data() + at;
     if (adam) {
@@ -119,7 +164,7 @@ void RowShardedTable::Step(const SparseOptimizerOptions& o, int64_t t) {
     } else {  // row-wise Adagrad: one accumulator per row, the mean square of its gradient
       double mean_square = 0;
       for (int64_t d = 0; d < dim_; ++d) mean_square += double(g[d]) * g[d] / dim_;
-      float& sum = v_[at];
+      float& sum = sums_[row - first_];
       sum = static_cast<float>(sum + mean_square);
       for (int64_t d = 0; d < dim_; ++d) {
         p[d] -= static_cast<float>(o.lr * g[d] / (std::sqrt(sum) + o.eps));
@@ -127,6 +172,72 @@ void RowShardedTable::Step(const SparseOptimizerOptions& o, int64_t t) {
     }
   }
   grads_.clear();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<float>> RowShardedTable::Gather() {
+  if (group_ == nullptr) return rows_;
+  // Every block but the last is full: pad each to block_ rows for the all-gather.
+  const size_t block = static_cast<size_t>(block_ * dim_);
+  std::vector<float> mine(block, 0.0f);
+  std::copy(rows_.begin(), rows_.end(), mine.begin());
+  std::vector<float> all(block * static_cast<size_t>(group_->size()));
+  TESSERA_RETURN_IF_ERROR(
+      group_->Complete(group_->AllGather(mine.data(), all.data(), block, DType::kF32)));
+  all.resize(static_cast<size_t>(num_rows_ * dim_));
+  return all;
+}
+
+void RowShardedTable::AssignFromWhole(std::span<const float> whole) {
+  std::copy_n(whole.data() + first_ * dim_, rows_.size(), rows_.begin());
+}
+
+absl::Status RowShardedTable::Step(double lr, double global_elements, int64_t step) {
+  SparseOptimizerOptions o = options_;
+  if (base_lr_ > 0) o.lr = lr * options_.lr / base_lr_;
+  return Step(o, step, global_elements > 0 ? 1.0 / global_elements : 1.0);
+}
+
+PieceDesc RowShardedTable::Box(const std::string& kind, bool per_row) const {
+  if (per_row) return PieceDesc::Box(name_, kind, {num_rows_}, {first_}, {end_ - first_});
+  return PieceDesc::Box(name_, kind, {num_rows_, dim_}, {first_, 0}, {end_ - first_, dim_});
+}
+
+void RowShardedTable::AppendSnapshot(std::vector<SavePiece>* pieces) const {
+  auto add = [&](PieceDesc desc, const std::vector<float>& data) {
+    pieces->push_back(SavePiece{std::move(desc), data});
+  };
+  add(Box("param", false), rows_);
+  if (options_.kind == SparseOptimizerOptions::Kind::kAdam) {
+    add(Box("adam_m", false), m_.empty() ? std::vector<float>(rows_.size(), 0.0f) : m_);
+    add(Box("adam_v", false), v_.empty() ? std::vector<float>(rows_.size(), 0.0f) : v_);
+  } else {
+    add(Box("adagrad_sum", true),
+        sums_.empty() ? std::vector<float>(static_cast<size_t>(end_ - first_), 0.0f) : sums_);
+  }
+}
+
+std::vector<LoadPiece> RowShardedTable::LoadTargets(bool parameters_only) {
+  std::vector<LoadPiece> targets;
+  targets.push_back({Box("param", false), rows_.data()});
+  if (parameters_only) return targets;
+  if (options_.kind == SparseOptimizerOptions::Kind::kAdam) {
+    m_.resize(rows_.size(), 0.0f);
+    v_.resize(rows_.size(), 0.0f);
+    targets.push_back({Box("adam_m", false), m_.data()});
+    targets.push_back({Box("adam_v", false), v_.data()});
+  } else {
+    sums_.resize(static_cast<size_t>(end_ - first_), 0.0f);
+    targets.push_back({Box("adagrad_sum", true), sums_.data()});
+  }
+  return targets;
+}
+
+size_t RowShardedTable::StateBytes() const {
+  const size_t state = options_.kind == SparseOptimizerOptions::Kind::kAdam
+                           ? 2 * rows_.size()
+                           : static_cast<size_t>(end_ - first_);
+  return sizeof(float) * (rows_.size() + state);
 }
 
 }  // namespace tessera::parallel

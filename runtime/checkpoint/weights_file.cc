@@ -21,7 +21,17 @@ absl::Status AsCheckpointError(const std::string& path, absl::Status status) {
   return WithCategory(h5::InFile(path, status), ErrorCategory::kCheckpoint);
 }
 
-absl::Status Write(const std::string& path, const ParameterStore& store, const float* flat) {
+absl::Status WriteTensor(hid_t file, const std::string& name, const Shape& shape,
+                         const float* data) {
+  // Parameter names contain dots, never slashes: one flat namespace.
+  std::vector<hsize_t> dims(shape.begin(), shape.end());
+  TESSERA_ASSIGN_OR_RETURN(H5Id dataset, h5::CreateDataset(file, name, H5T_IEEE_F32LE, dims));
+  return TESSERA_H5(
+      H5Dwrite(dataset.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data));
+}
+
+absl::Status Write(const std::string& path, const ParameterStore& store, const float* flat,
+                   const std::vector<WholeTensor>& extra) {
   H5Lock lock;
   TESSERA_ASSIGN_OR_RETURN(H5Id file,
                            TESSERA_H5_ID(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT,
@@ -29,18 +39,50 @@ absl::Status Write(const std::string& path, const ParameterStore& store, const f
   TESSERA_RETURN_IF_ERROR(h5::WriteStringAttribute(file.get(), "format", kFormat));
   TESSERA_RETURN_IF_ERROR(h5::WriteIntAttribute(file.get(), "version", kVersion));
   for (const ParamInfo& info : store.infos()) {
-    // Parameter names contain dots, never slashes: one flat namespace.
-    std::vector<hsize_t> dims(info.global_shape.begin(), info.global_shape.end());
-    TESSERA_ASSIGN_OR_RETURN(H5Id dataset,
-                             h5::CreateDataset(file.get(), info.name, H5T_IEEE_F32LE, dims));
-    TESSERA_RETURN_IF_ERROR(TESSERA_H5(H5Dwrite(dataset.get(), H5T_NATIVE_FLOAT, H5S_ALL,
-                                                H5S_ALL, H5P_DEFAULT, flat + info.offset)));
+    TESSERA_RETURN_IF_ERROR(WriteTensor(file.get(), info.name, info.global_shape, flat + info.offset));
+  }
+  for (const WholeTensor& tensor : extra) {
+    TESSERA_RETURN_IF_ERROR(WriteTensor(file.get(), tensor.name, tensor.shape, tensor.data));
   }
   return TESSERA_H5(H5Fflush(file.get(), H5F_SCOPE_GLOBAL));
 }
+
+// What reading the weights file found wrong, by tensor.
+struct ReadProblems {
+  std::vector<std::string> missing, mismatched, nonfinite;
+};
+
+// Reads dataset `name` of `shape` into `out`; a missing, mismatched or
+// non-finite tensor is noted in `problems`.
+absl::Status ReadTensor(const std::string& path, hid_t file, const std::string& name,
+                        const Shape& shape, float* out, ReadProblems& problems) {
+  if (H5Lexists(file, name.c_str(), H5P_DEFAULT) <= 0) {
+    problems.missing.push_back(name);
+    return absl::OkStatus();
+  }
+  auto dataset = TESSERA_H5_ID(H5Dopen2(file, name.c_str(), H5P_DEFAULT));
+  if (!dataset.ok()) return AsCheckpointError(path, dataset.status());
+  auto dims = h5::DatasetDims(dataset->get());
+  if (!dims.ok()) return AsCheckpointError(path, dims.status());
+  const Shape stored = Shape::FromRange(*dims);
+  if (stored != shape) {
+    problems.mismatched.push_back(
+        absl::StrCat(name, " (file ", stored.ToString(), ", model ", shape.ToString(), ")"));
+    return absl::OkStatus();
+  }
+  absl::Status read =
+      TESSERA_H5(H5Dread(dataset->get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, out));
+  if (!read.ok()) return AsCheckpointError(path, read);
+  const int64_t count = shape.numel();
+  if (!std::all_of(out, out + count, [](float v) { return std::isfinite(v); })) {
+    problems.nonfinite.push_back(name);
+  }
+  return absl::OkStatus();
+}
 }  // namespace
 
-absl::Status SaveWeights(const std::string& path, const ParameterStore& store, const float* flat) {
+absl::Status SaveWeights(const std::string& path, const ParameterStore& store, const float* flat,
+                         const std::vector<WholeTensor>& extra) {
   for (const ParamInfo& info : store.infos()) {
     if (info.local_shape != info.global_shape) {
       return absl::FailedPreconditionError(absl::StrCat(
@@ -49,7 +91,7 @@ absl::Status SaveWeights(const std::string& path, const ParameterStore& store, c
     }
   }
   const std::string temporary = path + ".tmp";
-  absl::Status status = Write(temporary, store, flat);
+  absl::Status status = Write(temporary, store, flat, extra);
   if (status.ok()) {
     std::error_code error;
     std::filesystem::rename(temporary, path, error);
@@ -59,7 +101,8 @@ absl::Status SaveWeights(const std::string& path, const ParameterStore& store, c
   return AsCheckpointError(path, status);
 }
 
-absl::Status LoadWeights(const std::string& path, ParameterStore& store) {
+absl::Status LoadWeights(const std::string& path, ParameterStore& store,
+                         const std::vector<WholeTensor>& extra) {
   H5Lock lock;
   auto file = h5::OpenFileReadOnly(path);
   if (!file.ok()) return AsCheckpointError(path, file.status());
@@ -68,31 +111,16 @@ absl::Status LoadWeights(const std::string& path, ParameterStore& store) {
     return CheckpointError(absl::StrCat(path, ": not a tessera weights file (attribute format is ",
                                         format.ok() ? "\"" + *format + "\"" : "missing", ")"));
   }
-  std::vector<std::string> missing, mismatched, nonfinite;
+  ReadProblems problems;
   for (const ParamInfo& info : store.infos()) {
-    if (H5Lexists(file->get(), info.name.c_str(), H5P_DEFAULT) <= 0) {
-      missing.push_back(info.name);
-      continue;
-    }
-    auto dataset = TESSERA_H5_ID(H5Dopen2(file->get(), info.name.c_str(), H5P_DEFAULT));
-    if (!dataset.ok()) return AsCheckpointError(path, dataset.status());
-    auto dims = h5::DatasetDims(dataset->get());
-    if (!dims.ok()) return AsCheckpointError(path, dims.status());
-    const Shape stored = Shape::FromRange(*dims);
-    if (stored != info.global_shape) {
-      mismatched.push_back(absl::StrCat(info.name, " (file ", stored.ToString(), ", model ",
-                                        info.global_shape.ToString(), ")"));
-      continue;
-    }
-    float* out = store.values().data<float>() + info.offset;
-    absl::Status read = TESSERA_H5(
-        H5Dread(dataset->get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, out));
-    if (!read.ok()) return AsCheckpointError(path, read);
-    const int64_t count = info.global_shape.numel();
-    if (!std::all_of(out, out + count, [](float v) { return std::isfinite(v); })) {
-      nonfinite.push_back(info.name);
-    }
+    TESSERA_RETURN_IF_ERROR(ReadTensor(path, file->get(), info.name, info.global_shape,
+                                       store.values().data<float>() + info.offset, problems));
   }
+  for (const WholeTensor& tensor : extra) {
+    TESSERA_RETURN_IF_ERROR(
+        ReadTensor(path, file->get(), tensor.name, tensor.shape, tensor.data, problems));
+  }
+  const auto& [missing, mismatched, nonfinite] = problems;
   if (!nonfinite.empty()) {
     return CheckpointError(absl::StrCat(path, ": NaN or Inf in [", absl::StrJoin(nonfinite, ", "),
                                         "] (weights of a diverged run?)"));
@@ -107,7 +135,9 @@ absl::Status LoadWeights(const std::string& path, ParameterStore& store) {
     if (H5Lget_name_by_idx(file->get(), ".", H5_INDEX_NAME, H5_ITER_INC, i, name, sizeof(name),
                            H5P_DEFAULT) < 0)
       continue;
-    if (!store.Find(name).ok()) unexpected.push_back(name);
+    const bool extra_tensor = std::any_of(extra.begin(), extra.end(),
+                                          [&](const WholeTensor& t) { return t.name == name; });
+    if (!store.Find(name).ok() && !extra_tensor) unexpected.push_back(name);
   }
   if (!missing.empty() || !mismatched.empty() || !unexpected.empty()) {
     return CheckpointError(absl::StrCat(

@@ -8,18 +8,30 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "runtime/nn/parameter.h"
 
 namespace tessera {
 
-// Writes the values in `flat` (laid out as `store`'s flat buffer) to `path`,
-// atomically (temporary file + rename).
-absl::Status SaveWeights(const std::string& path, const ParameterStore& store, const float* flat);
+// A whole tensor kept outside a ParameterStore (a model's sparse parameters,
+// e.g. HSTU's item table): its global name, shape and values.
+struct WholeTensor {
+  std::string name;
+  Shape shape;
+  float* data = nullptr;  // shape.numel() floats
+};
 
-// Fills `store`'s values from `path`. Every parameter must be present with its
-// global shape; the error lists missing, unexpected and mismatched tensors.
-absl::Status LoadWeights(const std::string& path, ParameterStore& store);
+// Writes the values in `flat` (laid out as `store`'s flat buffer) and the
+// `extra` tensors to `path`, atomically (temporary file + rename).
+absl::Status SaveWeights(const std::string& path, const ParameterStore& store, const float* flat,
+                         const std::vector<WholeTensor>& extra = {});
+
+// Fills `store`'s values and the `extra` tensors from `path`. Every one must
+// be present with its global shape; the error lists missing, unexpected and
+// mismatched tensors.
+absl::Status LoadWeights(const std::string& path, ParameterStore& store,
+                         const std::vector<WholeTensor>& extra = {});
 
 }  // namespace tessera

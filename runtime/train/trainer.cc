@@ -96,6 +96,8 @@ Trainer::Trainer(const RunConfig& config, ParameterStore& store, TrainTask& task
   plan_.parameters = store.values().bytes();
   plan_.gradients = store.grads().bytes();
   plan_.optimizer = sync_->OptimizerStateBytes();
+  // Sparse parameters: their values and optimizer state together.
+  if (options.sparse) plan_.optimizer += options.sparse->StateBytes();
   plan_.communication = sync_->CommunicationBufferBytes();
   plan_.ema = ema_ ? static_cast<size_t>(ema_->size()) * sizeof(float) : 0;
   plan_.activations = task.PredictActivationBytes();
@@ -370,7 +372,13 @@ absl::StatusOr<int64_t> Trainer::Restore(const std::string& dir, bool parameters
     LoadOptions load;
     // One process holds the whole model: anything else stored is a mismatch.
     load.require_all_tensors = group_->size() == 1;
-    TESSERA_RETURN_IF_ERROR(LoadPieces(dir, manifest, LoadTargets(state, parameters_only), load));
+    std::vector<LoadPiece> targets = LoadTargets(state, parameters_only);
+    if (options_.sparse) {
+      for (LoadPiece& piece : options_.sparse->LoadTargets(parameters_only)) {
+        targets.push_back(std::move(piece));
+      }
+    }
+    TESSERA_RETURN_IF_ERROR(LoadPieces(dir, manifest, targets, load));
     if (state.mirror != nullptr) state.mirror->WriteBack();
     return manifest.step();
   }();
@@ -422,6 +430,7 @@ absl::Status Trainer::Save(int64_t step, bool blocking) {
   // Every random draw is a counter-based function of (seed, step, sample).
   meta.rng_state = absl::StrCat("counter seed=", config_.train().seed(), " step=", step);
   SnapshotPieces(HostState(/*refresh=*/true), &snapshot->pieces);
+  if (options_.sparse) options_.sparse->AppendSnapshot(&snapshot->pieces);
   MaybeInjectFault(step, "save");
   last_saved_step_ = step;
   SaveOptions save;
@@ -519,6 +528,7 @@ absl::Status Trainer::Step(int64_t step) {
   const double lr = LearningRate(config_.optim(), step - 1, config_.train().steps());
   MaybeInjectFault(step, "optimizer");
   TESSERA_RETURN_IF_ERROR(sync_->Step(static_cast<float>(lr), static_cast<float>(scale)));
+  if (options_.sparse) TESSERA_RETURN_IF_ERROR(options_.sparse->Step(lr, sums[2], step));
   if (ema_) {
     double decay = config_.optim().ema_decay();
     if (config_.optim().ema_warmup()) {

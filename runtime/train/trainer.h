@@ -18,6 +18,7 @@
 #include "runtime/train/checkpointing.h"
 #include "runtime/train/eval_task.h"
 #include "runtime/train/gradient_sync.h"
+#include "runtime/train/sparse_parameters.h"
 #include "runtime/train/train_task.h"
 
 namespace tessera {
@@ -72,6 +73,10 @@ class Trainer {
     // The model's evaluation on data.eval_dir, run every train.eval_every
     // steps and after the last; null: none.
     EvalTask* eval = nullptr;
+    // The model's parameters outside the store (a row-sharded table with
+    // its sparse optimizer), stepped after the dense step and checkpointed
+    // with it; null: none.
+    SparseParameters* sparse = nullptr;
   };
   Trainer(const RunConfig& config, ParameterStore& store, TrainTask& task,
           const Options& options);

@@ -2,8 +2,9 @@
 # HSTU end to end on planted synthetic data: synthesize users who follow
 # hidden item cycles, train the tiny config, and check that the leave-one-out
 # evaluation written at the end ranks the held-out items far above chance;
-# tessera recommend on the trained run; data parallelism (dp2) against one
-# process; exact resume from a checkpoint;
+# tessera recommend on the trained run; data parallelism with the item table
+# row-sharded over 2 and 4 ranks against one process; exact resume from a
+# checkpoint, and a table saved from 4 shards resumed on 1 and 2;
 # and the config and data errors a user can make.
 source "$(dirname "$0")/lib.sh"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
@@ -51,29 +52,47 @@ expect_exit "recommend for an unknown user" 2 "has no user 99999" -- \
 expect_exit "recommend without --user" 2 "--user ID are required" -- \
   "$TESSERA" recommend --run "$WORK/run"
 
-# Data parallelism against one process on the same global batch: two replicas
-# of two micro-batches each must give the same losses and weights (the loss
-# is weighted by supervised positions; dropout and negatives are keyed by
-# global batch position).
+# Layouts against one process on the same global batch (the oracle): the
+# item table is row-sharded over the world (or model.hstu.table_shards ranks
+# per copy) and updated by the same sparse row-wise Adam as one process's
+# whole table; the loss is weighted by supervised positions; dropout and
+# negatives are keyed by global batch position. Losses relative 1e-5,
+# weights.h5 (the dense parameters and every table row) h5diff 1e-6.
 hstu "$WORK/one" --set train.steps=5 --set train.global_batch=16 > "$WORK/one.log" 2>&1 \
   || { cat "$WORK/one.log"; fail "one-process baseline"; }
-if OMP_NUM_THREADS=1 timeout 300 mpirun --oversubscribe --bind-to none -np 2 "$TESSERA" train \
-    --config "$SOURCE/configs/hstu_tiny.textproto" --set train.run_dir="$WORK/dp2" \
-    --set data.dir="$WORK/data" --set train.steps=5 --set train.global_batch=16 \
-    --set train.micro_batch=4 > "$WORK/dp2.log" 2>&1; then
-  if paste <(losses "$WORK/one") <(losses "$WORK/dp2") |
-      awk '{ d = $1 - $2; if (d < 0) d = -d; if (d > 1e-5 * ($1 < 0 ? -$1 : $1)) bad = 1 } END { exit bad }' \
-      && [ "$(losses "$WORK/dp2" | wc -l)" -eq 5 ]; then
-    pass "dp2 x 2 micro-batches: the 5 losses match one process ($(losses "$WORK/dp2" | tail -1))"
+same_as() {  # same_as BASELINE_DIR RUN_DIR WHAT: losses (the last N of the baseline's) and weights
+  local base=$1 run=$2 what=$3 n
+  n=$(losses "$run" | wc -l)
+  if [ "$n" -ge 3 ] && paste <(losses "$base" | tail -"$n") <(losses "$run") |
+      awk '{ d = $1 - $2; if (d < 0) d = -d; if (d > 1e-5 * ($1 < 0 ? -$1 : $1)) bad = 1 } END { exit bad }'; then
+    pass "$what: the $n losses match one process ($(losses "$run" | tail -1))"
   else
-    fail "dp2 losses differ"; paste <(losses "$WORK/one") <(losses "$WORK/dp2")
+    fail "$what: losses differ"; paste <(losses "$base") <(losses "$run")
   fi
-  h5diff -d 1e-6 "$WORK/one/weights.h5" "$WORK/dp2/weights.h5" > "$WORK/dp2.diff" 2>&1 \
-    && pass "dp2: final parameters match one process (h5diff -d 1e-6)" \
-    || { fail "dp2: final parameters differ"; head "$WORK/dp2.diff"; }
-else
-  fail "dp2 run"; tail -20 "$WORK/dp2.log"
-fi
+  h5diff -d 1e-6 "$base/weights.h5" "$run/weights.h5" > "$WORK/diff.txt" 2>&1 \
+    && pass "$what: final parameters and item table match one process (h5diff -d 1e-6)" \
+    || { fail "$what: final parameters differ"; head "$WORK/diff.txt"; }
+}
+hstu_mpi() {  # hstu_mpi NAME NP [--set ...]
+  local name=$1 np=$2
+  shift 2
+  OMP_NUM_THREADS=1 timeout 300 mpirun --oversubscribe --bind-to none -np "$np" "$TESSERA" train \
+    --config "$SOURCE/configs/hstu_tiny.textproto" --set train.run_dir="$WORK/$name" \
+    --set data.dir="$WORK/data" --set train.global_batch=16 "$@" > "$WORK/$name.log" 2>&1 \
+    || { fail "$name run"; tail -20 "$WORK/$name.log"; return 1; }
+}
+# dp2 with two micro-batches per replica: the table over 2 ranks.
+hstu_mpi dp2 2 --set train.steps=5 --set train.micro_batch=4 && same_as "$WORK/one" "$WORK/dp2" "dp2, table over 2"
+h5ls "$WORK/one/weights.h5" | grep -q '^item_embedding ' \
+  && pass "weights.h5 holds the item table" || fail "weights.h5 lacks item_embedding"
+# dp4: the table over 4 ranks; and two copies of it over 2 ranks each.
+hstu_mpi dp4 4 --set train.steps=5 && same_as "$WORK/one" "$WORK/dp4" "dp4, table over 4"
+hstu_mpi dp4_copies 4 --set train.steps=5 --set model.hstu.table_shards=2 \
+  && same_as "$WORK/one" "$WORK/dp4_copies" "dp4, two copies of the table over 2 ranks each"
+hstu "$WORK/adagrad_one" --set train.steps=5 --set model.hstu.table_optimizer=ROWWISE_ADAGRAD \
+  --set model.hstu.table_lr=0.05 > /dev/null 2>&1 || fail "row-wise Adagrad, one process"
+hstu_mpi adagrad_dp2 2 --set train.steps=5 --set model.hstu.table_optimizer=ROWWISE_ADAGRAD \
+  --set model.hstu.table_lr=0.05 && same_as "$WORK/adagrad_one" "$WORK/adagrad_dp2" "row-wise Adagrad, dp2"
 
 # Exact resume: 3 steps, a checkpoint, 3 more after --resume against 6 straight.
 hstu "$WORK/straight" --set train.steps=6 --set checkpoint.every=3 > /dev/null 2>&1 \
@@ -83,6 +102,20 @@ hstu "$WORK/straight" --set train.steps=6 --set checkpoint.every=3 > /dev/null 2
   && h5diff "$WORK/straight/weights.h5" "$WORK/resumed/weights.h5" > /dev/null 2>&1 \
   && pass "resume after step 3: the same 6 losses and bit-identical weights" \
   || { fail "resume differs"; paste <(losses "$WORK/straight") <(losses "$WORK/resumed"); }
+
+# A checkpoint saved by 4 table shards resumes on 1 and on 2 processes:
+# steps 4-6 give the losses and weights of the straight one-process run.
+hstu_mpi ckpt4 4 --set train.steps=3 --set checkpoint.every=3 && for np in 1 2; do
+  if [ "$np" = 1 ]; then
+    hstu "$WORK/from4_np1" --set train.steps=6 \
+      --set checkpoint.resume="$WORK/ckpt4/checkpoints/step_00000003" > "$WORK/from4_np1.log" 2>&1 \
+      || { fail "resume on 1 process"; tail "$WORK/from4_np1.log"; }
+  else
+    hstu_mpi from4_np2 2 --set train.steps=6 \
+      --set checkpoint.resume="$WORK/ckpt4/checkpoints/step_00000003"
+  fi
+  same_as "$WORK/straight" "$WORK/from4_np$np" "table saved from 4 shards, resumed on $np"
+done
 
 expect_exit "item table smaller than the data" 2 "num_items \(100\) is smaller" -- \
   hstu "$WORK/small" --set model.hstu.num_items=100

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string>
 #include <vector>
 
 #include "models/hstu/sampled_softmax.h"
@@ -71,25 +72,86 @@ HstuBatch Users(bool with_first) {
   return b;
 }
 
+// The encoder and a whole item table (the row-sharded table of one process
+// is this table: rows looked up by id, row gradients added per id).
 struct TinyModel {
-  explicit TinyModel(const HstuConfig& config) : model(Hstu::Create(config, store)) {
+  explicit TinyModel(const HstuConfig& config)
+      : model(Hstu::Create(config, store)),
+        table(RandomFloats(config.num_items() * config.embedding_dim(), 5, -0.5, 0.5)) {
     store.Finalize(3);
     // Larger than the initial values, so every nonlinearity matters.
     const auto values = RandomFloats(store.numel(), 4, -0.5, 0.5);
     std::copy(values.begin(), values.end(), store.values().data<float>());
   }
+  // table[ids], [ids.size(), D].
+  std::vector<float> Rows(const std::vector<int32_t>& ids) const {
+    const int64_t d = model->dim();
+    std::vector<float> rows(ids.size() * d);
+    for (size_t i = 0; i < ids.size(); ++i) {
+      std::copy_n(table.data() + ids[i] * d, d, rows.data() + i * d);
+    }
+    return rows;
+  }
   ParameterStore store;
   std::unique_ptr<Hstu> model;
+  std::vector<float> table;  // [num_items, D]
 };
 
-// Sum of the per-token losses at the store's current values.
+// Sum of the per-token losses at the store's and the table's current values.
 double LossSum(TinyModel& s, const HstuBatch& batch, const Candidates& c, float temperature) {
   Arena arena;
   const DropoutDraw dropout{0.3f, 5, 2};
-  Tensor out = s.model->Forward(arena, batch, &dropout, /*record=*/false);
+  const std::vector<float> inputs = s.Rows(batch.items), rows = s.Rows(c.ids);
+  Tensor out = s.model->Forward(arena, batch, inputs.data(), &dropout, /*record=*/false);
   SampledSoftmax loss(s.model->dim(), temperature);
-  return loss.Forward(arena, out, s.store.param(s.model->item_table()).ptr<float>(), c) *
-         batch.tokens();
+  return loss.Forward(arena, out, rows.data(), c) * batch.tokens();
+}
+
+// The gradient of LossSum: the store's in its grads, the table's returned.
+std::vector<float> Gradients(TinyModel& s, const HstuBatch& batch, const Candidates& c,
+                             float temperature) {
+  Arena arena;
+  const DropoutDraw dropout{0.3f, 5, 2};
+  const std::vector<float> inputs = s.Rows(batch.items), rows = s.Rows(c.ids);
+  Tensor out = s.model->Forward(arena, batch, inputs.data(), &dropout);
+  SampledSoftmax loss(s.model->dim(), temperature);
+  loss.Forward(arena, out, rows.data(), c);
+  s.store.ZeroGrads();
+  std::vector<float> dinputs(inputs.size(), NAN), drows(rows.size(), NAN);
+  Tensor dout = loss.Backward(arena, drows.data(), 1.0f);
+  EXPECT_TRUE(s.model->Backward(dout, dinputs.data()).ok());
+  const int64_t d = s.model->dim();
+  std::vector<float> dtable(s.table.size(), 0.0f);
+  auto scatter = [&](const std::vector<int32_t>& ids, const std::vector<float>& g) {
+    for (size_t i = 0; i < ids.size(); ++i)
+      for (int64_t k = 0; k < d; ++k) dtable[ids[i] * d + k] += g[i * d + k];
+  };
+  scatter(batch.items, dinputs);
+  scatter(c.ids, drows);
+  return dtable;
+}
+
+// Central differences in fp32 on a sample of `n` values (error of order
+// 1e-7 * loss / h) against `grads`.
+void ExpectFiniteDifferences(TinyModel& s, const HstuBatch& batch, const Candidates& c,
+                             float temperature, const std::string& name, float* values,
+                             const float* grads, int64_t n) {
+  const float h = 2e-3f;
+  double max_diff = 0, max_grad = 0;
+  for (int64_t e = 0; e < n; e += std::max<int64_t>(1, n / 12)) {
+    float& v = values[e];
+    const float saved = v;
+    v = saved + h;
+    const double plus = LossSum(s, batch, c, temperature);
+    v = saved - h;
+    const double minus = LossSum(s, batch, c, temperature);
+    v = saved;
+    const double want = (plus - minus) / (2.0 * h);
+    max_diff = std::max(max_diff, std::abs(grads[e] - want));
+    max_grad = std::max(max_grad, std::abs(want));
+  }
+  EXPECT_GT(max_grad, 1e-4) << name << " has no gradient to compare";
+  EXPECT_LT(max_diff / max_grad, 2e-2) << name;
 }
 
 TEST(Hstu, WholeModelGradientMatchesFiniteDifferences) {
@@ -97,38 +159,16 @@ TEST(Hstu, WholeModelGradientMatchesFiniteDifferences) {
   TinyModel s(config);
   const HstuBatch batch = Users(true);
   const Candidates c = SampleCandidates(batch, config.num_negatives(), config.num_items(), 5, 2);
-  Arena arena;
-  const DropoutDraw dropout{0.3f, 5, 2};
-  Tensor out = s.model->Forward(arena, batch, &dropout);
-  SampledSoftmax loss(s.model->dim(), config.temperature());
-  loss.Forward(arena, out, s.store.param(s.model->item_table()).ptr<float>(), c);
-  s.store.ZeroGrads();
-  Tensor dout = loss.Backward(arena, s.store.grad(s.model->item_table()).ptr<float>(), 1.0f);
-  ASSERT_TRUE(s.model->Backward(dout).ok());
-
-  // Central differences in fp32 on every parameter tensor (a sample of its
-  // elements): error of order 1e-7 * loss / h.
-  const float h = 2e-3f;
+  const std::vector<float> dtable = Gradients(s, batch, c, config.temperature());
   float* values = s.store.values().data<float>();
   const float* grads = s.store.grads().data<float>();
   for (const ParamInfo& info : s.store.infos()) {
-    const int64_t n = info.global_shape.numel();
-    double max_diff = 0, max_grad = 0;
-    for (int64_t e = 0; e < n; e += std::max<int64_t>(1, n / 12)) {
-      float& v = values[info.offset + e];
-      const float saved = v;
-      v = saved + h;
-      const double plus = LossSum(s, batch, c, config.temperature());
-      v = saved - h;
-      const double minus = LossSum(s, batch, c, config.temperature());
-      v = saved;
-      const double want = (plus - minus) / (2.0 * h);
-      max_diff = std::max(max_diff, std::abs(grads[info.offset + e] - want));
-      max_grad = std::max(max_grad, std::abs(want));
-    }
-    EXPECT_GT(max_grad, 1e-4) << info.name << " has no gradient to compare";
-    EXPECT_LT(max_diff / max_grad, 2e-2) << info.name;
+    ExpectFiniteDifferences(s, batch, c, config.temperature(), info.name, values + info.offset,
+                            grads + info.offset, info.global_shape.numel());
   }
+  // Item rows reached as inputs and as candidates.
+  ExpectFiniteDifferences(s, batch, c, config.temperature(), Hstu::kItemTable, s.table.data(),
+                          dtable.data(), static_cast<int64_t>(s.table.size()));
 }
 
 TEST(Hstu, AUsersOutputsDoNotDependOnTheOtherUsersOfItsBatch) {
@@ -136,8 +176,10 @@ TEST(Hstu, AUsersOutputsDoNotDependOnTheOtherUsersOfItsBatch) {
   TinyModel s(config);
   const DropoutDraw dropout{0.3f, 5, 2};
   Arena a1, a2;
-  const Tensor both = s.model->Forward(a1, Users(true), &dropout, false);
-  const Tensor alone = s.model->Forward(a2, Users(false), &dropout, false);
+  const HstuBatch with_first = Users(true), without = Users(false);
+  const std::vector<float> rows_both = s.Rows(with_first.items), rows_alone = s.Rows(without.items);
+  const Tensor both = s.model->Forward(a1, with_first, rows_both.data(), &dropout, false);
+  const Tensor alone = s.model->Forward(a2, without, rows_alone.data(), &dropout, false);
   const int64_t first = Users(true).offsets[1];  // the first user's tokens come first
   ASSERT_EQ(both.dim(0) - first, alone.dim(0));
   for (int64_t i = 0; i < alone.numel(); ++i) {
@@ -153,10 +195,10 @@ TEST(Hstu, ABatchWithoutTokensRunsForwardAndBackward) {
   const DropoutDraw dropout{0.3f, 5, 2};
   int announced = 0;
   s.model->set_on_gradients_ready([&](int first, int end) { announced += end - first; });
-  Tensor out = s.model->Forward(arena, batch, &dropout);
+  Tensor out = s.model->Forward(arena, batch, nullptr, &dropout);
   EXPECT_EQ(out.dim(0), 0);
   s.store.ZeroGrads();
-  ASSERT_TRUE(s.model->Backward(out).ok());
+  ASSERT_TRUE(s.model->Backward(out, nullptr).ok());
   EXPECT_EQ(announced, s.store.size());  // data parallelism still hears of every gradient
   const float* g = s.store.grads().data<float>();
   EXPECT_TRUE(std::all_of(g, g + s.store.numel(), [](float x) { return x == 0; }));

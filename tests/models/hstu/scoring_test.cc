@@ -28,13 +28,15 @@ TEST(Scoring, ScoresAreCosinesOfTheLastOutputWithEveryItemRow) {
   store.Finalize(1);
   const auto values = cpu::test::RandomFloats(store.numel(), 2);
   std::copy(values.begin(), values.end(), store.values().data<float>());
+  const std::vector<float> items = cpu::test::RandomFloats(11 * 4, 3);  // the item table
+  const float* table = items.data();
 
   // The second history is longer than max_len: only its last 3 events count.
   const std::vector<int64_t> items_a = {3, 5}, times_a = {10, 20};
   const std::vector<int64_t> items_b = {1, 2, 3, 4, 9}, times_b = {1, 2, 3, 4, 5};
   const std::vector<UserHistory> users = {{items_a, times_a, 30}, {items_b, times_b, 6}};
   Arena arena;
-  const std::vector<float> scores = ScoreItems(*model, arena, users);
+  const std::vector<float> scores = ScoreItems(*model, arena, table, users);
   ASSERT_EQ(scores.size(), 22u);
 
   // The reference: the model's outputs for the same histories, cut by hand.
@@ -42,8 +44,11 @@ TEST(Scoring, ScoresAreCosinesOfTheLastOutputWithEveryItemRow) {
   AppendHistoryUser(items_a, times_a, 30, 3, 0, batch);
   AppendHistoryUser(std::vector<int64_t>{3, 4, 9}, std::vector<int64_t>{3, 4, 5}, 6, 3, 1, batch);
   Arena arena2;
-  const Tensor out = model->Forward(arena2, batch, nullptr, false);
-  const float* table = store.param(model->item_table()).data<float>();
+  std::vector<float> inputs(batch.items.size() * 4);
+  for (size_t i = 0; i < batch.items.size(); ++i) {
+    std::copy_n(table + batch.items[i] * 4, 4, inputs.data() + i * 4);
+  }
+  const Tensor out = model->Forward(arena2, batch, inputs.data(), nullptr, false);
   for (int u = 0; u < 2; ++u) {
     const float* q = out.data<float>() + (batch.offsets[u + 1] - 1) * 4;
     for (int i = 0; i < 11; ++i) {

@@ -64,7 +64,7 @@ struct WholeTable {
   std::vector<double> values, m, v;
   WholeTable() : values(kRows * kDim), m(kRows * kDim, 0), v(kRows * kDim, 0) {
     for (int64_t i = 0; i < kRows * kDim; ++i) {
-      values[i] = kStd * CounterNormal(HashName("items"), static_cast<uint64_t>(i));
+      values[i] = kStd * CounterNormal(Mix64(0) ^ HashName("items"), static_cast<uint64_t>(i));
     }
   }
   void Step(const std::map<int64_t, std::vector<double>>& grads, const SparseOptimizerOptions& o,
@@ -124,7 +124,7 @@ void RunSteps(const SparseOptimizerOptions& options) {
     int64_t owned_touched = 0;
     for (const auto& entry : grads) owned_touched += table.Owner(entry.first) == me;
     ASSERT_EQ(static_cast<int64_t>(table.touched().size()), owned_touched);
-    table.Step(options, step);
+    ASSERT_TRUE(table.Step(options, step).ok());
     whole.Step(grads, options, step);
     for (int64_t row = table.first_row(); row < table.end_row(); ++row)
       for (int64_t d = 0; d < kDim; ++d) {
