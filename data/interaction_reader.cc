@@ -36,7 +36,7 @@ absl::StatusOr<std::unique_ptr<InteractionReader>> InteractionReader::Open(
   TESSERA_ASSIGN_OR_RETURN(int64_t items, IntAttribute(manifest, "num_items", options.dir));
   if (options.num_items != 0 && options.num_items < items) {
     return UsageError(absl::StrCat("the model's num_items (", options.num_items,
-                                   ") is smaller than data.dir \"", options.dir, "\"'s (", items,
+                                   ") is smaller than ", options.field, " \"", options.dir, "\"'s (", items,
                                    ")"));
   }
   auto reader =

@@ -1,6 +1,7 @@
 #include "models/hstu/config_rules.h"
 
 #include <cstdint>
+#include <filesystem>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -66,6 +67,19 @@ void CheckConfig(const RunConfig& config, int world_size, ConfigChecker& check) 
                             Field("parallel.tp", p.tp()), ", ", Field("parallel.sp", p.sp()),
                             ", ", Field("parallel.ep", p.ep()), ", ", Field("parallel.etp", p.etp()),
                             " and parallel.sequence_parallel must keep their defaults"));
+  // Leave-one-out on the training data: the validation target (the
+  // second-to-last event) must be one of the events training holds out.
+  const std::string& eval_dir = config.data().eval_dir();
+  const auto normal = [](const std::string& dir) {  // "a/./b/" and "a/b" are one folder
+    std::filesystem::path path = std::filesystem::path(dir).lexically_normal();
+    return path.has_filename() || !path.has_parent_path() ? path : path.parent_path();
+  };
+  const bool same_data = !eval_dir.empty() && normal(eval_dir) == normal(config.data().dir());
+  check.Expect(!same_data || config.hstu().holdout() >= 2,
+               absl::StrCat(Field("model.hstu.holdout", config.hstu().holdout()),
+                            " must be >= 2 when data.eval_dir is data.dir (\"", eval_dir,
+                            "\"): the validation split ranks each user's second-to-last event, "
+                            "which training would otherwise see"));
   const std::string& schema = config.data().schema();
   check.Expect(schema.empty() || schema == "interactions",
                absl::StrCat(Field("data.schema", schema),

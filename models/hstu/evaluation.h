@@ -4,14 +4,23 @@
 // others; full ranking over every item, the user's history excluded
 // (ranking.h). Users are read in index order; a user whose target has no
 // event before it counts for nothing.
+//
+// Two callers: the end of a run (HstuModel::FinishRun, both splits of
+// data.dir on one process) and the evaluation during training
+// (HstuEvaluation below, the validation split of data.eval_dir every
+// train.eval_every steps, users split over the data-parallel replicas).
 #pragma once
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "models/hstu/scoring.h"
+#include "models/registry.h"
+#include "parallel/embedding/row_sharded_table.h"
 #include "runtime/config/config.pb.h"
+#include "runtime/train/eval_task.h"
 
 namespace tessera::hstu {
 
@@ -24,12 +33,57 @@ struct EvaluationOptions {
   int replica = 0, num_replicas = 1;  // this replica takes every R-th user
 };
 
-// `table`: the whole item table [num_items, D] (host memory).
+// `table`: the whole item table [num_items, D] (host memory). Every replica
+// runs the same number of forward passes (ceil(users / (batch_users * R)));
+// a replica whose share of a batch holds no user skips its forward (there
+// is no collective in it). `arena` (null: one of its own) is reset after
+// each forward.
 absl::StatusOr<RankingSums> EvaluateSplit(Hstu& model, const float* table,
-                                          const EvaluationOptions& options, Split split);
+                                          const EvaluationOptions& options, Split split,
+                                          Arena* arena = nullptr);
 
 // `"<prefix>hr@10":…,"<prefix>ndcg@10":…, …` for every cut-off, as means
 // over the users, and `"<prefix>users":N`.
 std::string RankingJsonFields(const RankingSums& sums, const std::string& prefix);
+
+// The evaluation during training (runtime/train/eval_task.h): the
+// validation split (each user's second-to-last event) of the first
+// train.eval_samples users of data.eval_dir (all when 0), this replica
+// taking every R-th user in forwards of options.micro_batch users. For
+// leave-one-out data.eval_dir is normally data.dir itself: training never
+// sees a user's last model.hstu.holdout events, so with holdout >= 2 the
+// validation target is held out of training (config_rules.h refuses
+// holdout < 2 on the training data). Each evaluation gathers the whole
+// item table on every rank first (the end-of-run evaluation does the same)
+// and ranks with EvaluateSplit, so both evaluations share one mathematics.
+class HstuEvaluation : public EvalTask {
+ public:
+  // Opens data.eval_dir once to check it (schema, num_items against
+  // model.hstu.num_items) and count its users.
+  static absl::StatusOr<std::unique_ptr<HstuEvaluation>> Create(const RunConfig& config,
+                                                                Hstu& model,
+                                                                parallel::RowShardedTable& table,
+                                                                const TaskOptions& options);
+
+  // Sums over this replica's users: "val_hr@K" (hits) and "val_ndcg@K"
+  // for K = 10, 50, 200, each counted over the users that have an event
+  // before their target. Collective over the table's groups (the gather).
+  absl::StatusOr<std::vector<EvalMetric>> Evaluate(Arena& arena) override;
+  int64_t num_samples() const override { return users_; }
+
+ private:
+  HstuEvaluation(Hstu& model, parallel::RowShardedTable& table, EvaluationOptions options,
+                 int64_t users)
+      : model_(model), table_(table), options_(std::move(options)), users_(users) {}
+
+  Hstu& model_;
+  parallel::RowShardedTable& table_;
+  EvaluationOptions options_;
+  int64_t users_;
+};
+
+// The metrics of `sums` as EvalMetric sums and counts, named as
+// RankingJsonFields names them ("<prefix>hr@10", "<prefix>ndcg@10", …).
+std::vector<EvalMetric> RankingMetrics(const RankingSums& sums, const std::string& prefix);
 
 }  // namespace tessera::hstu

@@ -107,6 +107,12 @@ absl::StatusOr<std::unique_ptr<TrainTask>> HstuModel::CreateTask(const TaskOptio
   return std::unique_ptr<TrainTask>(std::move(task));
 }
 
+absl::StatusOr<std::unique_ptr<EvalTask>> HstuModel::CreateEvalTask(const TaskOptions& options) {
+  TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<HstuEvaluation> eval,
+                           HstuEvaluation::Create(config_, *model_, *table_, options));
+  return std::unique_ptr<EvalTask>(std::move(eval));
+}
+
 absl::Status HstuModel::FinishRun(const std::string& run_dir) {
   EvaluationOptions options;
   options.dir = config_.data().dir();

@@ -33,6 +33,9 @@ class HstuModel : public Model {
 
   ParameterStore& store() override { return *store_; }
   absl::StatusOr<std::unique_ptr<TrainTask>> CreateTask(const TaskOptions& options) override;
+  // The validation split of data.eval_dir every train.eval_every steps
+  // (models/hstu/evaluation.h, HstuEvaluation).
+  absl::StatusOr<std::unique_ptr<EvalTask>> CreateEvalTask(const TaskOptions& options) override;
   void SetOnGradientsReady(std::function<void(int, int)> callback) override {
     model_->set_on_gradients_ready(std::move(callback));
   }

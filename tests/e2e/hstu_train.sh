@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # HSTU end to end on planted synthetic data: synthesize users who follow
 # hidden item cycles, train the tiny config, and check that the leave-one-out
-# evaluation written at the end ranks the held-out items far above chance;
+# evaluation written at the end ranks the held-out items far above chance,
+# and that the evaluation during training (data.eval_dir, train.eval_every)
+# logs at the last step what the end-of-run evaluation finds for the same
+# weights, under one process and every data-parallel layout;
 # tessera recommend on the trained run; data parallelism with the item table
 # row-sharded over 2 and 4 ranks against one process; exact resume from a
 # checkpoint, and a table saved from 4 shards resumed on 1 and 2;
@@ -16,9 +19,24 @@ hstu() {  # hstu RUN_DIR [--set ...]
   "$TESSERA" train --config "$SOURCE/configs/hstu_tiny.textproto" --set train.run_dir="$run_dir" \
     --set data.dir="$WORK/data" "$@"
 }
+# The validation metrics (HR@K, NDCG@K) a run's evaluation during training
+# logged at STEP, and those of its final_metrics.json: "name value" lines.
+eval_at() {  # eval_at RUN_DIR STEP
+  grep "^{\"step\":$2,\"eval_samples\"" "$1/metrics.jsonl" \
+    | grep -oE '"val_[a-z]+@[0-9]+":[^,}]*' | tr -d '"' | tr ':' ' '
+}
+final_val() { grep -oE '"val_[a-z]+@[0-9]+":[^,}]*' "$1/final_metrics.json" | tr -d '"' | tr ':' ' '; }
+# same_metrics A B: the same six names with values within 2e-6 (final_metrics.json
+# prints 6 decimals; one user of 400 moves a hit rate by 0.0025).
+same_metrics() {
+  paste <(echo "$1") <(echo "$2") | awk '{ d = $2 - $4; if (d < 0) d = -d;
+    if (NF != 4 || $1 != $3 || d > 2e-6) bad = 1 } END { exit bad || NR != 6 }'
+}
+evaluate=(--set data.eval_dir="$WORK/data" --set train.eval_samples=0)
 start=$(date +%s)
 hstu "$WORK/run" --set train.steps=150 --set train.log_every=10 --set train.global_batch=32 \
-  --set train.micro_batch=16 > "$WORK/train.txt" 2>&1 || { cat "$WORK/train.txt"; fail "train"; }
+  --set train.micro_batch=16 "${evaluate[@]}" --set train.eval_every=50 > "$WORK/train.txt" 2>&1 \
+  || { cat "$WORK/train.txt"; fail "train"; }
 echo "training and evaluation took $(( $(date +%s) - start )) s"
 for f in config.textproto metrics.jsonl weights.h5 final_metrics.json; do
   [ -s "$WORK/run/$f" ] && pass "run wrote $f" || fail "run did not write $f"
@@ -38,6 +56,16 @@ awk -v h="${hr:-0}" 'BEGIN { exit !(h > 0.4) }' && [ "$users" = 400 ] \
   || fail "test HR@10 ${hr:-missing} over ${users:-?} users: $(cat "$WORK/run/final_metrics.json")"
 grep -qE "^test \(400 users, full ranking\): HR@10" "$WORK/train.txt" && pass "test line printed" \
   || fail "no test line"
+# The evaluation during training: steps 50, 100 and 150 over the 400 users;
+# at step 150 (the final weights) the validation metrics of final_metrics.json.
+[ "$(grep -c '"eval_samples":400,' "$WORK/run/metrics.jsonl")" = 3 ] \
+  && grep -qE "^eval +100/150 \| val_hr@10 [0-9.]+ \| val_ndcg@10 " "$WORK/train.txt" \
+  && pass "evaluations at steps 50, 100, 150 logged: $(eval_at "$WORK/run" 150 | head -2 | tr '\n' ' ')" \
+  || { fail "evaluation during training not logged"; grep eval "$WORK/run/metrics.jsonl"; }
+same_metrics "$(eval_at "$WORK/run" 150)" "$(final_val "$WORK/run")" \
+  && pass "the evaluation logged at the last step equals final_metrics.json's validation" \
+  || { fail "evaluation at step 150 differs from final_metrics.json"
+       paste <(eval_at "$WORK/run" 150) <(final_val "$WORK/run"); }
 
 # tessera recommend: user 3 of this data ends with item 171 of the cycle
 # 1, 11, …, 191 of cluster 1 (seed 1), so the planted next item is 181.
@@ -57,9 +85,24 @@ expect_exit "recommend without --user" 2 "--user ID are required" -- \
 # per copy) and updated by the same sparse row-wise Adam as one process's
 # whole table; the loss is weighted by supervised positions; dropout and
 # negatives are keyed by global batch position. Losses relative 1e-5,
-# weights.h5 (the dense parameters and every table row) h5diff 1e-6.
-hstu "$WORK/one" --set train.steps=5 --set train.global_batch=16 > "$WORK/one.log" 2>&1 \
-  || { cat "$WORK/one.log"; fail "one-process baseline"; }
+# weights.h5 (the dense parameters and every table row) h5diff 1e-6. The
+# runs evaluate after steps 2, 4 and 5, the users split over the replicas:
+# the same validation metrics as one process (whose weights agree to 1e-6),
+# and at step 5 those of the run's own final_metrics.json (the same weights,
+# evaluated whole on one process).
+hstu "$WORK/one" --set train.steps=5 --set train.global_batch=16 "${evaluate[@]}" \
+  --set train.eval_every=2 > "$WORK/one.log" 2>&1 || { cat "$WORK/one.log"; fail "one-process baseline"; }
+same_evals() {  # same_evals RUN_DIR WHAT
+  local step bad=0
+  for step in 2 4 5; do
+    same_metrics "$(eval_at "$WORK/one" $step)" "$(eval_at "$1" $step)" || bad=$step
+  done
+  [ "$bad" = 0 ] && pass "$2: evaluations at steps 2, 4, 5 match one process" \
+    || { fail "$2: evaluation at step $bad differs"; paste <(eval_at "$WORK/one" $bad) <(eval_at "$1" $bad); }
+  same_metrics "$(eval_at "$1" 5)" "$(final_val "$1")" \
+    && pass "$2: evaluation at step 5 equals its final_metrics.json" \
+    || { fail "$2: evaluation at step 5 differs from final_metrics.json"; paste <(eval_at "$1" 5) <(final_val "$1"); }
+}
 same_as() {  # same_as BASELINE_DIR RUN_DIR WHAT: losses (the last N of the baseline's) and weights
   local base=$1 run=$2 what=$3 n
   n=$(losses "$run" | wc -l)
@@ -82,13 +125,16 @@ hstu_mpi() {  # hstu_mpi NAME NP [--set ...]
     || { fail "$name run"; tail -20 "$WORK/$name.log"; return 1; }
 }
 # dp2 with two micro-batches per replica: the table over 2 ranks.
-hstu_mpi dp2 2 --set train.steps=5 --set train.micro_batch=4 && same_as "$WORK/one" "$WORK/dp2" "dp2, table over 2"
+hstu_mpi dp2 2 --set train.steps=5 --set train.micro_batch=4 "${evaluate[@]}" --set train.eval_every=2 \
+  && same_as "$WORK/one" "$WORK/dp2" "dp2, table over 2" && same_evals "$WORK/dp2" "dp2"
 h5ls "$WORK/one/weights.h5" | grep -q '^item_embedding ' \
   && pass "weights.h5 holds the item table" || fail "weights.h5 lacks item_embedding"
 # dp4: the table over 4 ranks; and two copies of it over 2 ranks each.
-hstu_mpi dp4 4 --set train.steps=5 && same_as "$WORK/one" "$WORK/dp4" "dp4, table over 4"
-hstu_mpi dp4_copies 4 --set train.steps=5 --set model.hstu.table_shards=2 \
-  && same_as "$WORK/one" "$WORK/dp4_copies" "dp4, two copies of the table over 2 ranks each"
+hstu_mpi dp4 4 --set train.steps=5 "${evaluate[@]}" --set train.eval_every=2 \
+  && same_as "$WORK/one" "$WORK/dp4" "dp4, table over 4" && same_evals "$WORK/dp4" "dp4"
+hstu_mpi dp4_copies 4 --set train.steps=5 --set model.hstu.table_shards=2 "${evaluate[@]}" \
+  --set train.eval_every=2 && same_as "$WORK/one" "$WORK/dp4_copies" \
+  "dp4, two copies of the table over 2 ranks each" && same_evals "$WORK/dp4_copies" "dp4, two table copies"
 hstu "$WORK/adagrad_one" --set train.steps=5 --set model.hstu.table_optimizer=ROWWISE_ADAGRAD \
   --set model.hstu.table_lr=0.05 > /dev/null 2>&1 || fail "row-wise Adagrad, one process"
 hstu_mpi adagrad_dp2 2 --set train.steps=5 --set model.hstu.table_optimizer=ROWWISE_ADAGRAD \
@@ -123,6 +169,15 @@ expect_exit "num_items unset" 2 "model.hstu.num_items=0 must be set" -- \
   hstu "$WORK/unset" --set model.hstu.num_items=0
 expect_exit "tensor parallelism refused" 2 "model.hstu runs on one process or under data parallelism" -- \
   hstu "$WORK/tp" --set parallel.tp=2
+expect_exit "validation on the training data needs holdout 2" 2 \
+  "model.hstu.holdout=1 must be >= 2 when data.eval_dir is data.dir" -- \
+  hstu "$WORK/holdout" --set model.hstu.holdout=1 --set data.eval_dir="$WORK/data/"
+"$TESSERA" data synth --schema interactions --out "$WORK/small_data" --samples 20 --items 100 \
+  --seed 2 > /dev/null || fail "synth small_data"
+expect_exit "an evaluation split with more items than the table" 2 \
+  "num_items \(100\) is smaller than data.eval_dir" -- \
+  hstu "$WORK/eval_items" --set model.hstu.num_items=100 --set data.dir="$WORK/small_data" \
+  --set data.eval_dir="$WORK/data"
 expect_exit "images for hstu" 2 'data.schema="images" must be "interactions"' -- \
   hstu "$WORK/schema" --set data.schema=images
 finish
