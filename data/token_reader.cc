@@ -49,8 +49,8 @@ absl::StatusOr<std::unique_ptr<TokenReader>> TokenReader::Open(const TokenReader
   TESSERA_ASSIGN_OR_RETURN(int64_t vocab, IntAttribute(manifest, "vocab_size", options.dir));
   if (options.vocab_size != 0 && options.vocab_size < vocab) {
     return UsageError(absl::StrCat("the model's vocab_size (", options.vocab_size,
-                                   ") is smaller than data.dir \"", options.dir, "\"'s (", vocab,
-                                   ")"));
+                                   ") is smaller than ", options.field, " \"", options.dir,
+                                   "\"'s (", vocab, ")"));
   }
   std::vector<int64_t> window_begin = {0};
   for (const ShardEntry& shard : manifest.shards()) {
@@ -60,7 +60,8 @@ absl::StatusOr<std::unique_ptr<TokenReader>> TokenReader::Open(const TokenReader
   }
   if (window_begin.back() == 0) {
     return DataError(
-        absl::StrCat("data.dir \"", options.dir, "\": no shard holds a window of seq_len + 1 = ",
+        absl::StrCat(options.field, " \"", options.dir,
+                     "\": no shard holds a window of seq_len + 1 = ",
                      options.seq_len + 1, " tokens (documents and end-of-document tokens)"));
   }
   auto reader = std::unique_ptr<TokenReader>(

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_format.h"
 #include "models/mamba_hybrid/config_rules.h"
+#include "models/mamba_hybrid/evaluation.h"
 #include "models/mamba_hybrid/mixer.h"
 #include "models/mamba_hybrid/mlp.h"
 #include "models/mamba_hybrid/pattern.h"
@@ -109,6 +110,13 @@ absl::StatusOr<std::unique_ptr<TrainTask>> MambaHybridModel::CreateTask(
                                                      options.num_replicas, options.micro_batch,
                                                      options.start));
   return std::unique_ptr<TrainTask>(std::move(task));
+}
+
+absl::StatusOr<std::unique_ptr<EvalTask>> MambaHybridModel::CreateEvalTask(
+    const TaskOptions& options) {
+  TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<LanguageModelEvaluation> eval,
+                           LanguageModelEvaluation::Create(config_, *model_, options));
+  return std::unique_ptr<EvalTask>(std::move(eval));
 }
 
 }  // namespace tessera::mamba_hybrid

@@ -20,6 +20,9 @@ class MambaHybridModel : public Model {
 
   ParameterStore& store() override { return *store_; }
   absl::StatusOr<std::unique_ptr<TrainTask>> CreateTask(const TaskOptions& options) override;
+  // The held-out loss, bits per token and accuracy on data.eval_dir
+  // (models/mamba_hybrid/evaluation.h).
+  absl::StatusOr<std::unique_ptr<EvalTask>> CreateEvalTask(const TaskOptions& options) override;
   void SetOnGradientsReady(std::function<void(int, int)> callback) override {
     model_->set_on_gradients_ready(std::move(callback));
   }

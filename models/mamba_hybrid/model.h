@@ -45,12 +45,15 @@ class MambaHybrid {
       const MambaHybridConfig& config, ParameterStore& store,
       const parallel::ModelParallel* mp = nullptr);
 
-  // The sum over the masked positions of -log p(target), and their count:
-  // this rank's sp shard of the positions (the same on the tp ranks of a
-  // shard). With `record`, Backward can follow.
+  // The sum over the masked positions of -log p(target), their count, and
+  // how many of them have the target as the argmax of the logits (the first
+  // maximum over the whole vocabulary): this rank's sp shard of the
+  // positions (the same on the tp ranks of a shard). With `record`, Backward
+  // can follow.
   struct LossSum {
     double sum = 0;
     int64_t count = 0;
+    int64_t correct = 0;
   };
   absl::StatusOr<LossSum> ForwardLoss(Arena& arena, const LmInputs& in, bool record = true);
   // Accumulates the parameter gradients of scale * LossSum::sum.

@@ -12,12 +12,14 @@ namespace {
 
 struct RowStats {
   double max, sum_exp, target;  // over this rank's columns; target 0 unless it owns it
+  double argmax;                // the global id of the row's first maximum on this rank
 };
 
 }  // namespace
 
 absl::StatusOr<double> VocabParallelCrossEntropy::Forward(const Tensor& logits,
-                                                          const std::vector<int32_t>& targets) {
+                                                          const std::vector<int32_t>& targets,
+                                                          int64_t* correct) {
   const int64_t rows = logits.dim(0), columns = logits.dim(1);
   TESSERA_CHECK(static_cast<int64_t>(targets.size()) == rows);
   const Tensor host = HostReadable(logits);
@@ -26,10 +28,17 @@ absl::StatusOr<double> VocabParallelCrossEntropy::Forward(const Tensor& logits,
   for (int64_t r = 0; r < rows; ++r) {
     const float* row = x + r * columns;
     double max = -std::numeric_limits<double>::infinity(), sum = 0;
-    for (int64_t j = 0; j < columns; ++j) max = std::max(max, static_cast<double>(row[j]));
+    int64_t argmax = 0;
+    for (int64_t j = 0; j < columns; ++j) {
+      if (static_cast<double>(row[j]) > max) {
+        max = row[j];
+        argmax = j;
+      }
+    }
     for (int64_t j = 0; j < columns; ++j) sum += std::exp(static_cast<double>(row[j]) - max);
     const int64_t local = targets[r] - vocab_begin_;
-    mine[r] = {max, sum, local >= 0 && local < columns ? static_cast<double>(row[local]) : 0.0};
+    mine[r] = {max, sum, local >= 0 && local < columns ? static_cast<double>(row[local]) : 0.0,
+               static_cast<double>(vocab_begin_ + argmax)};
   }
   const int ranks = tp_->size();
   std::vector<RowStats> all(static_cast<size_t>(rows) * ranks);
@@ -39,9 +48,18 @@ absl::StatusOr<double> VocabParallelCrossEntropy::Forward(const Tensor& logits,
   probs_ = Tensor::Empty(DType::kF32, logits.shape());
   float* probs = probs_.data<float>();
   double loss = 0;
+  int64_t hits = 0;
   for (int64_t r = 0; r < rows; ++r) {
-    double max = -std::numeric_limits<double>::infinity(), target = 0;
-    for (int k = 0; k < ranks; ++k) max = std::max(max, all[k * rows + r].max);
+    double max = -std::numeric_limits<double>::infinity(), target = 0, argmax = -1;
+    for (int k = 0; k < ranks; ++k) {
+      // Ranks hold the vocabulary in rank order: the first with the maximum
+      // holds its first occurrence.
+      if (all[k * rows + r].max > max) {
+        max = all[k * rows + r].max;
+        argmax = all[k * rows + r].argmax;
+      }
+    }
+    if (argmax == static_cast<double>(targets[r])) ++hits;
     double sum = 0;
     for (int k = 0; k < ranks; ++k) {
       const RowStats& s = all[k * rows + r];
@@ -56,6 +74,7 @@ absl::StatusOr<double> VocabParallelCrossEntropy::Forward(const Tensor& logits,
     }
   }
   targets_ = targets;
+  if (correct != nullptr) *correct = hits;
   return loss;
 }
 

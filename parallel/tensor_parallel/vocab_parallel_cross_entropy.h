@@ -8,6 +8,8 @@
 //
 // with m_r, s_r the rank's row maximum and sum of exp(x - m_r). Backward:
 // dlogits = scale * (softmax - onehot(target)) on this rank's columns.
+// Each rank also sends its row argmax, so the argmax over the whole
+// vocabulary (the first rank in order whose maximum is M) comes for free.
 //
 // Every rank of `tp` calls Forward (one all-gather of the statistics, in
 // rank order, so every rank gets the same bits) with the same rows. The
@@ -33,8 +35,11 @@ class VocabParallelCrossEntropy {
 
   // logits [rows, V/tp]; targets: rows global vocabulary ids (host). Returns
   // the sum over rows of -log p(target) (the same on every rank) and keeps
-  // this rank's softmax columns for Backward.
-  absl::StatusOr<double> Forward(const Tensor& logits, const std::vector<int32_t>& targets);
+  // this rank's softmax columns for Backward. With `correct`, sets it to the
+  // rows whose argmax over the whole vocabulary (the first maximum, as one
+  // process would find it) is the target.
+  absl::StatusOr<double> Forward(const Tensor& logits, const std::vector<int32_t>& targets,
+                                 int64_t* correct = nullptr);
   // dlogits [rows, V/tp] = scale * (softmax - onehot(target)), overwritten.
   void Backward(const Tensor& dlogits, float scale) const;
 

@@ -1,7 +1,9 @@
 // Vocab-parallel cross-entropy over the world as the tp group (np 1, 2, 4):
 // each rank holds a block of the vocabulary's logits; the loss and each
 // rank's dlogits must equal the cross-entropy of the gathered logits,
-// computed in double on every rank (and the single-process kernel's loss).
+// computed in double on every rank (and the single-process kernel's loss);
+// the count of rows whose argmax is the target equals the gathered logits'
+// (first maximum on ties, also when the tied entries lie on different ranks).
 #include "parallel/tensor_parallel/vocab_parallel_cross_entropy.h"
 
 #include <gtest/gtest.h>
@@ -80,6 +82,42 @@ TEST(VocabParallelCrossEntropy, LossAndGradientsEqualTheGatheredLogits) {
           << "row " << r << ", vocabulary entry " << begin + j;
     }
   }
+}
+
+// Rows with the maximum at the target, elsewhere, and tied between entries
+// 0 and 11 (on the first and the last rank): only the first counts.
+TEST(VocabParallelCrossEntropy, CountsRowsWhoseArgmaxIsTheTarget) {
+  auto world_or = MpiForTests()->CreateWorld(absl::Seconds(30));
+  ASSERT_TRUE(world_or.ok());
+  Communicator& tp = **world_or;
+  const int64_t rows = 9, vocab = 12, local = vocab / tp.size(), begin = tp.rank() * local;
+  std::vector<float> full(rows * vocab);
+  std::vector<int32_t> targets(rows);
+  int64_t want = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t v = 0; v < vocab; ++v) full[r * vocab + v] = static_cast<float>(std::cos(r + 2.1 * v));
+    const int64_t peak = (7 * r + 2) % vocab;
+    full[r * vocab + peak] = 5.0f;
+    targets[r] = static_cast<int32_t>(r % 3 == 0 ? (peak + 1) % vocab : peak);
+    if (r == 4 || r == 5) {  // a tie between entries 0 and 11
+      full[r * vocab + 0] = full[r * vocab + 11] = 9.0f;
+      targets[r] = r == 4 ? 0 : 11;
+    }
+    int64_t argmax = 0;
+    for (int64_t v = 1; v < vocab; ++v) {
+      if (full[r * vocab + v] > full[r * vocab + argmax]) argmax = v;
+    }
+    want += argmax == targets[r];
+  }
+  ASSERT_EQ(want, 5);  // rows 1, 2, 4, 7, 8
+  Tensor logits = Tensor::Empty(DType::kF32, Shape{rows, local});
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t j = 0; j < local; ++j) logits.data<float>()[r * local + j] = full[r * vocab + begin + j];
+  }
+  VocabParallelCrossEntropy loss(tp, begin);
+  int64_t correct = -1;
+  ASSERT_TRUE(loss.Forward(logits, targets, &correct).ok());
+  EXPECT_EQ(correct, want);
 }
 
 }  // namespace
