@@ -200,11 +200,30 @@ absl::Status CudaBackend::Synchronize() {
 
 // ---- GEMM --------------------------------------------------------------------
 
+absl::Status CudaBackend::CheckPrecision(MathPrecision precision, std::string* note) const {
+  note->clear();
+  if (precision == MathPrecision::kFp32) return absl::OkStatus();
+  int major = 0;
+  TESSERA_CUDA(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device_));
+  if (major < 8) {
+    return absl::UnimplementedError(absl::StrFormat(
+        "CUDA device %d has compute capability %d.x: bf16 GEMMs need 8.0 or newer", device_,
+        major));
+  }
+  return absl::OkStatus();
+}
+
+namespace {
+cuda::GemmInputs InputsFor(MathPrecision precision) {
+  return precision == MathPrecision::kBf16 ? cuda::GemmInputs::kBf16 : cuda::GemmInputs::kFp32;
+}
+}  // namespace
+
 void CudaBackend::Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                        const float* a, int64_t lda, const float* b, int64_t ldb, float beta,
                        float* c, int64_t ldc) {
   Check("Gemm", cuda::Gemm(*gemm_, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
-                           stream_));
+                           stream_, InputsFor(gemm_precision())));
 }
 
 void CudaBackend::GemmBatched(bool trans_a, bool trans_b, int64_t batch, int64_t m, int64_t n,
@@ -213,7 +232,7 @@ void CudaBackend::GemmBatched(bool trans_a, bool trans_b, int64_t batch, int64_t
                               float beta, float* c, int64_t ldc, int64_t stride_c) {
   Check("GemmBatched", cuda::GemmBatched(*gemm_, trans_a, trans_b, batch, m, n, k, alpha, a, lda,
                                          stride_a, b, ldb, stride_b, beta, c, ldc, stride_c,
-                                         stream_));
+                                         stream_, InputsFor(gemm_precision())));
 }
 
 // ---- Norms ---------------------------------------------------------------------

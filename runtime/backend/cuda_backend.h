@@ -42,6 +42,8 @@ class CudaBackend final : public Backend {
   CudaBackend& operator=(const CudaBackend&) = delete;
 
   Device device() const override { return Device::kCuda; }
+  // bf16 GEMMs (tensor cores, fp32 accumulation) need compute capability 8.0+.
+  absl::Status CheckPrecision(MathPrecision precision, std::string* note) const override;
   int device_index() const { return device_; }
   cudaStream_t stream() const { return stream_; }
   // Bytes the pool holds (in use or cached for reuse) and the device's free/total.

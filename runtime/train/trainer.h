@@ -99,7 +99,10 @@ class Trainer {
 
   // Measures the fp32 GEMM rate (FLOP/s) of `backend` (the run's device): the
   // reference that peak_fraction is reported against.
+  // FLOP/s of an n x n x n GEMM on `backend` at its current precision (the
+  // fastest of 10), n = GemmPeakSize(backend).
   static double MeasureGemmPeak(Backend& backend = HostBackend());
+  static int64_t GemmPeakSize(const Backend& backend);
 
  private:
   // Run(), step by step.
