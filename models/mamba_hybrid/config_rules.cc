@@ -1,12 +1,14 @@
 // The Mamba hybrid's config rules: its sizes, the layer pattern, the
-// mixer's and attention's divisibility, the initialization ranges, the
-// layout (what tp, sp and Megatron SP must divide) and the schema.
+// mixer's and attention's divisibility, the initialization ranges, the MoE
+// layers' config, the layout (what tp, sp, Megatron SP and ep must divide)
+// and the schema.
 #include "models/mamba_hybrid/config_rules.h"
 
 #include <cstdint>
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "models/mamba_hybrid/mlp.h"
 #include "models/mamba_hybrid/pattern.h"
 
 namespace tessera::mamba_hybrid {
@@ -116,6 +118,12 @@ void CheckSequenceSplits(const MambaHybridConfig& m, const std::string& pattern,
                               " must be at least conv_width - 1 = ", m.conv_width() - 1,
                               " (each shard hands its last inputs to the next)"));
   }
+  if (divides && tp > 1 && !p.sequence_parallel() && pattern.find(kMoe) != std::string::npos) {
+    check.Expect(m.seq_len() % (sp * tp) == 0,
+                 absl::StrCat(F("seq_len", m.seq_len()),
+                              " must be divisible by parallel.sp * parallel.tp = ", sp * tp,
+                              " (each tp rank routes a chunk of the positions in the E layers)"));
+  }
   if (sp > 1 && pattern.find(kAttention) != std::string::npos) {
     check.Expect(m.num_heads() % (tp * sp) == 0,
                  absl::StrCat(F("num_heads", m.num_heads()),
@@ -127,8 +135,9 @@ void CheckSequenceSplits(const MambaHybridConfig& m, const std::string& pattern,
 void CheckLayout(const RunConfig& config, const std::string& pattern, ConfigChecker& check) {
   const ParallelConfig& p = config.parallel();
   const MambaHybridConfig& m = config.mamba_hybrid();
-  check.Expect(p.ep() == 1, absl::StrCat(Field("parallel.ep", p.ep()),
-                                         ": model.mamba_hybrid has no expert layers to split"));
+  check.Expect(p.ep() == 1 || pattern.find(kMoe) != std::string::npos,
+               absl::StrCat(Field("parallel.ep", p.ep()),
+                            ": model.mamba_hybrid has no expert layers to split"));
   if (p.tp() >= 1) CheckTensorSplits(m, pattern, p.tp(), check);
   if (p.tp() >= 1 && p.sp() >= 1) CheckSequenceSplits(m, pattern, p, check);
   // The head gathers the selected positions by int32 element index.
@@ -141,7 +150,42 @@ void CheckLayout(const RunConfig& config, const std::string& pattern, ConfigChec
                             " must be below 2^31"));
 }
 
+// E layers exactly when model.mamba_hybrid.moe is set, and its rules.
+void CheckMoeLayers(const RunConfig& config, const std::string& pattern, ConfigChecker& check) {
+  const MambaHybridConfig& m = config.mamba_hybrid();
+  const bool has_moe_layers = pattern.find(kMoe) != std::string::npos;
+  check.Expect(!has_moe_layers || m.has_moe(),
+               absl::StrCat(Field("model.mamba_hybrid.pattern", pattern),
+                            " has MoE layers (E): set model.mamba_hybrid.moe"));
+  check.Expect(has_moe_layers || !m.has_moe(),
+               absl::StrCat("model.mamba_hybrid.moe is set, but ",
+                            Field("model.mamba_hybrid.pattern", pattern),
+                            " has no MoE layer (E) to use it"));
+  if (!has_moe_layers || !m.has_moe()) return;
+  CheckMoeConfig(m.moe(), "model.mamba_hybrid.moe", config.parallel(), MoeDefaults(m), check);
+  // A recomputed forward would count its routing into the step's global
+  // totals a second time.
+  check.Expect(!(m.recompute() && m.moe().balance_scope() == MoeConfig::GLOBAL_BATCH),
+               "model.mamba_hybrid.recompute=true and model.mamba_hybrid.moe.balance_scope="
+               "GLOBAL_BATCH cannot be combined (a recomputed E layer would count its "
+               "routing twice)");
+}
+
 }  // namespace
+
+MoeWidthDefaults MoeDefaults(const MambaHybridConfig& m) {
+  MoeWidthDefaults defaults;
+  const int64_t ffn = FfnHidden(m);
+  const std::string why =
+      m.ffn_hidden_size() > 0
+          ? Field("model.mamba_hybrid.ffn_hidden_size", m.ffn_hidden_size())
+          : absl::StrCat("4 * ", Field("model.mamba_hybrid.hidden_size", m.hidden_size()));
+  defaults.expert_hidden = ffn;
+  defaults.expert_hidden_why = why;
+  defaults.shared_expert_hidden = ffn;
+  defaults.shared_expert_hidden_why = why;
+  return defaults;
+}
 
 void CheckConfig(const RunConfig& config, int /*world_size*/, ConfigChecker& check) {
   const MambaHybridConfig& m = config.mamba_hybrid();
@@ -150,9 +194,7 @@ void CheckConfig(const RunConfig& config, int /*world_size*/, ConfigChecker& che
     absl::StatusOr<std::string> pattern = ResolvePattern(m);
     check.Expect(pattern.ok(), std::string(pattern.status().message()));
     if (pattern.ok()) {
-      check.Expect(pattern->find(kMoe) == std::string::npos,
-                   absl::StrCat(Field("model.mamba_hybrid.pattern", *pattern),
-                                ": MoE layers (E) are not built yet in this version"));
+      CheckMoeLayers(config, *pattern, check);
       CheckLayout(config, *pattern, check);
     }
   }

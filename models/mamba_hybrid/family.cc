@@ -33,6 +33,11 @@ LayerSizes SizeOfLayer(const MambaHybridConfig& m, char kind) {
     const double head_dim = D / std::max(1, m.num_heads());
     s.parameters = 2 * D * D + 2 * D * kv * head_dim;
     s.saved_floats_per_token = 5 * D + 2 * kv * head_dim;
+  } else if (kind == kMoe) {
+    const MoeLayer::Options o = MoeLayerOptions(m.moe(), MoeDefaults(m));
+    const double k = static_cast<double>(o.top_k);
+    s.parameters = D * o.num_experts * (1 + 3.0 * o.expert_hidden) + 3 * D * o.shared_expert_hidden;
+    s.saved_floats_per_token = k * (2 * D + 3.0 * o.expert_hidden) + 3.0 * o.shared_expert_hidden;
   } else {
     const double ffn = static_cast<double>(FfnHidden(m));
     const double up = m.mlp_activation() == MambaHybridConfig::SWIGLU ? 2 : 1;
@@ -86,7 +91,7 @@ ModelFamily Family() {
                     const parallel::ModelParallel* mp) -> absl::StatusOr<std::unique_ptr<Model>> {
     TESSERA_ASSIGN_OR_RETURN(
         std::unique_ptr<MambaHybridModel> model,
-        MambaHybridModel::Build(config, layout, mp != nullptr && mp->splits_model() ? mp : nullptr));
+        MambaHybridModel::Build(config, layout, mp));
     return std::unique_ptr<Model>(std::move(model));
   };
   return family;

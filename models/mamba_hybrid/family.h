@@ -13,7 +13,8 @@ ModelFamily Family();
 // One rank's Mamba hybrid: its store, the model, and a copy of the run config.
 class MambaHybridModel : public Model {
  public:
-  // `mp`: the model-parallel groups (tp, sp > 1), or null.
+  // `mp`: the model-parallel groups (tp, sp or ep > 1; or data parallelism
+  // with the MoE balance over the global batch), or null.
   static absl::StatusOr<std::unique_ptr<MambaHybridModel>> Build(
       const RunConfig& config, const ParameterLayout& layout = {},
       const parallel::ModelParallel* mp = nullptr);

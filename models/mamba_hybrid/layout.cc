@@ -46,6 +46,15 @@ Tensor ReorderChunks(Arena& arena, const Tensor& x, int64_t chunks, int64_t batc
   return out;
 }
 
+Tensor TakeChunk(Arena& arena, const Tensor& x, int64_t chunk, int64_t chunks, int64_t batch) {
+  const int64_t features = x.dim(1), seq = x.dim(0) / (chunks * batch);
+  Tensor out = arena.AllocateUninitialized(DType::kF32, Shape{batch * seq, features});
+  const size_t block_bytes = static_cast<size_t>(seq * features) * sizeof(float);
+  arena.backend().Copy2D(out.ptr<float>(), block_bytes, x.ptr<float>() + chunk * seq * features,
+                         chunks * block_bytes, block_bytes, batch);
+  return out;
+}
+
 absl::StatusOr<Tensor> EnterTpRegion(Arena& arena, const HybridLayout& layout, const Tensor& x,
                                      int64_t batch) {
   if (!layout.rows_split_over_tp()) return x;

@@ -33,6 +33,12 @@ struct HybridLayout {
   parallel::Communicator* tp = nullptr;  // never null once built
   parallel::Communicator* sp = nullptr;  // never null once built
   bool megatron_sp = false;              // only with tp > 1
+  // The MoE layers' groups: experts split over ep (never null once built);
+  // the balance loss over one replica's tokens (tp x sp; null: ep's, one
+  // process); GLOBAL_BATCH balance counts summed over dp (null: one replica).
+  parallel::Communicator* ep = nullptr;
+  parallel::Communicator* tp_sp = nullptr;
+  parallel::Communicator* dp = nullptr;
 
   int tp_size() const { return tp->size(); }
   int tp_rank() const { return tp->rank(); }
@@ -42,20 +48,21 @@ struct HybridLayout {
   bool rows_split_over_tp() const { return megatron_sp && tp_size() > 1; }
 };
 
-// One process: tp and sp are groups of one rank.
+// One process: tp, sp and ep are groups of one rank.
 class SingleProcessLayout {
  public:
   explicit SingleProcessLayout(Backend& backend = HostBackend())
-      : tp_(backend, "tp"), sp_(backend, "sp") {
+      : tp_(backend, "tp"), sp_(backend, "sp"), ep_(backend, "ep") {
     layout_.tp = &tp_;
     layout_.sp = &sp_;
+    layout_.ep = &ep_;
   }
   SingleProcessLayout(const SingleProcessLayout&) = delete;
   SingleProcessLayout& operator=(const SingleProcessLayout&) = delete;
   const HybridLayout& layout() const { return layout_; }
 
  private:
-  parallel::SingleRankCommunicator tp_, sp_;
+  parallel::SingleRankCommunicator tp_, sp_, ep_;
   HybridLayout layout_;
 };
 
@@ -91,6 +98,9 @@ absl::StatusOr<Tensor> ExitTpRegionBackward(Arena& arena, const HybridLayout& la
 // [batch, chunks * seq] sample-major, or back. `seq` is one chunk's length.
 Tensor ReorderChunks(Arena& arena, const Tensor& x, int64_t chunks, int64_t batch,
                      bool to_sample_major);
+// Chunk `chunk` of `chunks` equal chunks of every one of `batch` samples of
+// the sample-major rows x [batch * chunks * seq, F] -> [batch * seq, F].
+Tensor TakeChunk(Arena& arena, const Tensor& x, int64_t chunk, int64_t chunks, int64_t batch);
 
 // A column-parallel projection whose output columns are several pieces (one
 // parameter each, [rows_of_piece, in] on this rank), in order: y = x [W_0;

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "models/mamba_hybrid/attention.h"
+#include "models/mamba_hybrid/config_rules.h"
 #include "models/mamba_hybrid/mixer.h"
 #include "models/mamba_hybrid/mlp.h"
 #include "models/mamba_hybrid/pattern.h"
@@ -27,13 +28,13 @@ Tensor Upload(Arena& arena, DType dtype, Shape shape, const void* host) {
 absl::StatusOr<std::unique_ptr<MambaHybrid>> MambaHybrid::Create(
     const MambaHybridConfig& config, ParameterStore& store, const parallel::ModelParallel* mp) {
   TESSERA_ASSIGN_OR_RETURN(std::string pattern, ResolvePattern(config));
-  if (pattern.find(kMoe) != std::string::npos) {
+  if (pattern.find(kMoe) != std::string::npos && !config.has_moe()) {
     return UsageError(absl::StrCat(Field("model.mamba_hybrid.pattern", pattern),
-                                   ": MoE layers (E) are not built yet in this version"));
+                                   " has MoE layers (E): set model.mamba_hybrid.moe"));
   }
   auto model =
       std::unique_ptr<MambaHybrid>(new MambaHybrid(config, std::move(pattern), store, mp));
-  model->Build();
+  TESSERA_RETURN_IF_ERROR(model->Build());
   return model;
 }
 
@@ -45,7 +46,20 @@ HybridLayout MakeLayout(const parallel::ModelParallel* mp, const SingleProcessLa
   layout.tp = mp->tp;
   layout.sp = mp->sp;
   layout.megatron_sp = mp->sequence_parallel && mp->tp_size() > 1;
+  layout.ep = mp->ep;
+  layout.tp_sp = mp->tp_sp;
+  layout.dp = mp->dp;
   return layout;
+}
+
+// GLOBAL_BATCH balance counts summed over the data-parallel replicas.
+GlobalBalanceCounts MakeGlobalBalance(const HybridLayout& layout) {
+  parallel::Communicator* dp = layout.dp;
+  if (dp == nullptr || dp->size() == 1) return GlobalBalanceCounts();
+  return GlobalBalanceCounts([dp](std::vector<int64_t>& values) {
+    return dp->Complete(
+        dp->AllReduce(values.data(), values.size(), DType::kI64, parallel::ReduceOp::kSum));
+  });
 }
 
 }  // namespace
@@ -60,30 +74,41 @@ MambaHybrid::MambaHybrid(const MambaHybridConfig& config, std::string pattern,
       hidden_(config.hidden_size()),
       vocab_(config.vocab_size()),
       vocab_local_(config.vocab_size() / layout_.tp_size()),
+      global_balance_(MakeGlobalBalance(layout_)),
       loss_(*layout_.tp, layout_.tp_rank() * vocab_local_),
       recompute_(pattern_.size(), config.recompute()),
       stack_(store.backend()) {}
 
-void MambaHybrid::Build() {
+absl::StatusOr<std::unique_ptr<Sublayer>> MambaHybrid::MakeSublayer(char kind,
+                                                                     const std::string& prefix) {
+  switch (kind) {
+    case kMamba:
+      return std::make_unique<Mamba2Mixer>(store_, prefix + ".mixer", config_, layout_);
+    case kAttention:
+      return std::make_unique<CausalSelfAttention>(store_, prefix + ".mixer", config_, layout_);
+    case kMoe: {
+      MoeLayer::Options options = MoeLayerOptions(config_.moe(), MoeDefaults(config_));
+      if (config_.moe().balance_scope() == MoeConfig::GLOBAL_BATCH) {
+        options.global_balance = &global_balance_;
+      }
+      TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<HybridMoe> moe,
+                               HybridMoe::Create(store_, prefix + ".moe", hidden_, layout_, options));
+      moe_layers_.push_back(moe.get());
+      return std::unique_ptr<Sublayer>(std::move(moe));
+    }
+    default:
+      return std::make_unique<HybridMlp>(store_, prefix + ".mlp", config_, layout_);
+  }
+}
+
+absl::Status MambaHybrid::Build() {
   embedding_ = RegisterTpSplit(store_, layout_, "embedding.weight", Shape{vocab_, hidden_}, 0,
                                ParamInit::Normal(kEmbeddingStd), /*weight_decay=*/false);
   param_ranges_.emplace_back(embedding_, embedding_ + 1);
   for (size_t i = 0; i < pattern_.size(); ++i) {
     const int first = store_.size();
     const std::string prefix = absl::StrCat("layers.", i);
-    std::unique_ptr<Sublayer> sublayer;
-    switch (pattern_[i]) {
-      case kMamba:
-        sublayer = std::make_unique<Mamba2Mixer>(store_, prefix + ".mixer", config_, layout_);
-        break;
-      case kAttention:
-        sublayer =
-            std::make_unique<CausalSelfAttention>(store_, prefix + ".mixer", config_, layout_);
-        break;
-      default:
-        sublayer = std::make_unique<HybridMlp>(store_, prefix + ".mlp", config_, layout_);
-        break;
-    }
+    TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<Sublayer> sublayer, MakeSublayer(pattern_[i], prefix));
     blocks_.push_back(std::make_unique<HybridBlock>(store_, prefix + ".norm.weight", hidden_,
                                                     config_.norm_eps(), std::move(sublayer),
                                                     TokenShardSpec(layout_)));
@@ -98,6 +123,7 @@ void MambaHybrid::Build() {
                                ParamInit::Uniform(bound), /*weight_decay=*/true);
   }
   param_ranges_.emplace_back(head_first, store_.size());
+  return absl::OkStatus();
 }
 
 absl::StatusOr<Tensor> MambaHybrid::RunLayers(Arena& arena, Tensor stream, int64_t batch,
@@ -129,6 +155,7 @@ absl::StatusOr<Tensor> MambaHybrid::ForwardHidden(Arena& arena, const Tensor& id
     return absl::FailedPreconditionError(
         "MambaHybrid::ForwardHidden runs on one process (generation); training uses ForwardLoss");
   }
+  global_balance_.set_active(false);  // generation counts its own tokens, no collective
   const int64_t rows = batch * seq;
   Tensor stream = arena.AllocateUninitialized(DType::kF32, Shape{rows, hidden_});
   arena.backend().EmbeddingForward(ids.ptr<int32_t>(), store_.param(embedding_).ptr<float>(),
@@ -164,6 +191,7 @@ absl::Status MambaHybrid::StartGeneration(int64_t batch, int64_t max_len) {
 
 absl::StatusOr<Tensor> MambaHybrid::StepLogits(Arena& arena, const std::vector<int32_t>& ids) {
   Backend& backend = arena.backend();
+  global_balance_.set_active(false);
   const int64_t batch = static_cast<int64_t>(ids.size());
   const Tensor ids_device = Upload(arena, DType::kI32, Shape{batch}, ids.data());
   Tensor stream = arena.AllocateUninitialized(DType::kF32, Shape{batch, hidden_});
@@ -231,6 +259,9 @@ absl::StatusOr<MambaHybrid::LossSum> MambaHybrid::ForwardLoss(Arena& arena, cons
                 whole.targets.size() == whole.inputs.size() &&
                 whole.mask.size() == whole.inputs.size());
   tape_.Clear();
+  // Training forwards count the global batch's routing (GLOBAL_BATCH);
+  // evaluation counts its own tokens, with no collective.
+  global_balance_.set_active(record);
   const LmInputs in = ShardOf(whole);
   batch_ = in.batch;
   const int64_t rows = in.batch * in.seq;  // this sp shard's positions
@@ -264,6 +295,11 @@ absl::StatusOr<MambaHybrid::LossSum> MambaHybrid::ForwardLoss(Arena& arena, cons
     TESSERA_ASSIGN_OR_RETURN(loss.sum, loss_.Forward(logits, targets, &loss.correct));
   }
   if (record) RecordHeadBackward();
+  // The balance losses' weight: the micro-batch's targets in every shard.
+  balance_weight_ = 0;
+  for (uint8_t m : whole.mask) balance_weight_ += m != 0;
+  loss.balance_weight = balance_weight_;
+  for (const HybridMoe* moe : moe_layers_) loss.balance_loss += moe->balance_loss();
   return loss;
 }
 
@@ -334,6 +370,11 @@ void MambaHybrid::RecordHeadBackward() {
 
 absl::Status MambaHybrid::Backward(Arena& arena, float scale) {
   scale_ = scale;
+  // Each rank's E layers hold the balance gradient of their own tokens; the
+  // gradient reduction sums them over the replica's ranks.
+  for (HybridMoe* moe : moe_layers_) {
+    moe->set_balance_loss_scale(scale * static_cast<float>(balance_weight_));
+  }
   absl::Status status = tape_.Backward();
   stack_.Clear();
   stack_.scratch().Reset();

@@ -1,7 +1,9 @@
 // The Mamba-2 hybrid language model: token embedding, the layers of the
 // pattern (pattern.h; each a pre-RMSNorm residual block, block.h), a final
 // RMSNorm, the output projection (tied to the embedding or its own) and the
-// cross-entropy over the vocabulary at the target positions.
+// cross-entropy over the vocabulary at the target positions, plus the MoE
+// layers' balance losses weighted by the micro-batch's target count (so that
+// per-token weighting makes them a per-micro-batch mean, as DiT-MoE's).
 //
 // Activations come from the caller's step arena; each layer's backward runs
 // in the BlockStack's scratch arena, and `recompute` drops a layer's saved
@@ -20,6 +22,7 @@
 
 #include "models/mamba_hybrid/block.h"
 #include "models/mamba_hybrid/layout.h"
+#include "models/mamba_hybrid/moe.h"
 #include "parallel/model_parallel.h"
 #include "parallel/tensor_parallel/vocab_parallel_cross_entropy.h"
 #include "runtime/config/config.pb.h"
@@ -50,14 +53,25 @@ class MambaHybrid {
   // maximum over the whole vocabulary): this rank's sp shard of the
   // positions (the same on the tp ranks of a shard). With `record`, Backward
   // can follow.
+  // The MoE layers' balance losses (summed over the E layers; each over the
+  // replica's whole micro-batch) enter the objective as balance_weight *
+  // balance_loss, balance_weight being the micro-batch's target count over
+  // all of its positions (every sp shard's).
   struct LossSum {
     double sum = 0;
     int64_t count = 0;
     int64_t correct = 0;
+    double balance_loss = 0;
+    int64_t balance_weight = 0;
   };
   absl::StatusOr<LossSum> ForwardLoss(Arena& arena, const LmInputs& in, bool record = true);
-  // Accumulates the parameter gradients of scale * LossSum::sum.
+  // Accumulates the parameter gradients of
+  // scale * (LossSum::sum + balance_weight * balance_loss).
   absl::Status Backward(Arena& arena, float scale);
+  // A new optimizer step (GLOBAL_BATCH balance counts start again).
+  void BeginStep() { global_balance_.BeginStep(); }
+  // The E layers, in order (their load and drops, for the log).
+  const std::vector<HybridMoe*>& moe_layers() const { return moe_layers_; }
 
   // The final hidden states [batch * seq, hidden] (after the last norm) and
   // the logits [rows, vocab] of given hidden rows: the pieces generation
@@ -89,7 +103,8 @@ class MambaHybrid {
  private:
   MambaHybrid(const MambaHybridConfig& config, std::string pattern, ParameterStore& store,
               const parallel::ModelParallel* mp);
-  void Build();
+  absl::Status Build();
+  absl::StatusOr<std::unique_ptr<Sublayer>> MakeSublayer(char kind, const std::string& prefix);
   // This rank's positions of `in`, in sample order: its sp shard ([batch,
   // seq/sp]; under Megatron SP the layers' own rows are a tp chunk of it).
   LmInputs ShardOf(const LmInputs& in) const;
@@ -116,6 +131,9 @@ class MambaHybrid {
   ParameterStore::Id embedding_ = -1, final_norm_ = -1;
   ParameterStore::Id lm_head_ = -1;  // [vocab/tp, hidden]; -1 when tied to the embedding
   std::vector<std::unique_ptr<HybridBlock>> blocks_;
+  GlobalBalanceCounts global_balance_;  // MoeConfig's GLOBAL_BATCH scope
+  std::vector<HybridMoe*> moe_layers_;  // owned by blocks_
+  int64_t balance_weight_ = 0;          // of the last ForwardLoss
   parallel::VocabParallelCrossEntropy loss_;
   // Parameter ids of each tape entry: [0] embedding, [1 + i] layer i, last: the head.
   std::vector<std::pair<int, int>> param_ranges_;

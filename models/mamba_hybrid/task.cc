@@ -53,6 +53,7 @@ LmInputs LanguageModelTask::MicroBatchInputs(int micro) const {
 absl::StatusOr<MicroBatchResult> LanguageModelTask::RunMicroBatch(Arena& arena, int64_t /*step*/,
                                                                   int micro, float loss_scale) {
   if (micro == 0) {
+    model_.BeginStep();
     TESSERA_ASSIGN_OR_RETURN(batch_, reader_->Next());
     position_ = batch_.state_after;
     step_loss_sum_ = step_targets_ = 0;
@@ -65,6 +66,9 @@ absl::StatusOr<MicroBatchResult> LanguageModelTask::RunMicroBatch(Arena& arena, 
   result.samples = micro_batch_;
   result.elements = static_cast<double>(loss.count);
   result.loss = loss.count > 0 ? loss.sum / static_cast<double>(loss.count) : 0.0;
+  // Weighted by this shard's targets, the shards' sum is the micro-batch's
+  // targets times the balance loss: the term Backward's gradient holds.
+  result.aux_loss = loss.balance_loss;
   BeforeBackward();
   // The gradient of loss_scale * (the sum of the per-token losses).
   TESSERA_RETURN_IF_ERROR(model_.Backward(arena, loss_scale));

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The Mamba-2 hybrid end to end: the tiny config (M * - M) trains on a
+# The Mamba-2 hybrid end to end: the tiny config (M * - M E) trains on a
 # synthetic Markov language through `tessera train` (losses start near
 # ln 64 and fall); data parallelism with ZeRO-1 (dp2) reaches the losses and
 # final weights of one process (relative 1e-5, h5diff -d 1e-6); the 8B
@@ -7,7 +7,7 @@
 # `tessera generate` gives the same greedy tokens in its recurrent form and
 # by re-running the whole sequence; and
 # bad input (an unknown layer symbol, a vocabulary smaller than the data's,
-# expert parallelism without expert layers) is refused with exit code 2.
+# an MoE config without expert layers) is refused with exit code 2.
 # Tensor and sequence parallelism: mamba_model_parallel.sh.
 source "$(dirname "$0")/lib.sh"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
@@ -72,8 +72,8 @@ expect_exit "unknown layer symbol" 2 'model.mamba_hybrid.pattern="M\*xM": .x. is
 expect_exit "vocabulary smaller than the data's" 2 "vocab_size \\(32\\) is smaller" -- \
   "$TESSERA" train --config "$TINY" --set train.run_dir="$WORK/bad" "${common[@]}" \
   --set model.mamba_hybrid.vocab_size=32
-expect_exit "expert parallelism without expert layers" 2 "parallel.ep=2: model.mamba_hybrid has no expert layers" -- \
+expect_exit "an MoE config without expert layers" 2 "model.mamba_hybrid.moe is set, but model.mamba_hybrid.pattern=\"M\*-MM\" has no MoE layer" -- \
   "$TESSERA" train --config "$TINY" --set train.run_dir="$WORK/bad" "${common[@]}" \
-  --set parallel.ep=2
+  --set model.mamba_hybrid.pattern='M*-MM'
 [ ! -e "$WORK/bad" ] || fail "a refused run wrote $WORK/bad"
 finish

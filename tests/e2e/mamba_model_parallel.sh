@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The oracle for the Mamba hybrid's model parallelism: the tiny hybrid
-# (M * - M: a Mamba-2 mixer, GQA attention, an MLP; 4 Mamba heads in 2
-# groups, seq_len 32) for 5 steps with micro-batches of 2 under tp2,
+# (M * - M E: a Mamba-2 mixer, GQA attention, an MLP, an MoE FFN of 4
+# experts, top-2, with a shared expert and its balance loss; 4 Mamba heads
+# in 2 groups, seq_len 32) for 5 steps with micro-batches of 2 under tp2,
 # tp2 + Megatron SP, sp2 and sp4 (state passing for the Mamba layers,
-# Ulysses for attention), dp2 x ZeRO-1 and tp2 x sp2 x dp2 with ZeRO-1 (8
-# ranks) reaches the losses (relative 1e-5) and final parameters (h5diff -d
-# 1e-6, gathered on rank 0) of one process on the same global batch of 8.
+# Ulysses for attention), dp2 x ZeRO-1, ep2 (two replicas exchanging tokens
+# with each other's experts), tp2 + ep2 (the tp peers route different
+# chunks to each other's experts) and tp2 x sp2 x dp2 with ZeRO-1 (8 ranks)
+# reaches the losses (relative 1e-5) and final parameters (h5diff -d 1e-6,
+# gathered on rank 0) of one process on the same global batch of 8.
 # A checkpoint saved at tp2 x sp2 x dp2 resumes at one process, and one
 # saved at one process at tp2 + Megatron SP, to the same last losses and
 # weights. Layouts that do not divide the model fail with exit code 2
@@ -63,6 +66,8 @@ hybrid_layout tp2_megatron_sp 2 --set parallel.tp=2 --set parallel.sequence_para
 hybrid_layout sp2 2 --set parallel.sp=2
 hybrid_layout sp4 4 --set parallel.sp=4
 hybrid_layout dp2_zero1 2 --set parallel.zero_stage=1
+hybrid_layout ep2 2 --set parallel.ep=2
+hybrid_layout tp2_ep2 2 --set parallel.tp=2 --set parallel.ep=2
 hybrid_layout tp2_sp2_dp2_zero1 8 --set parallel.tp=2 --set parallel.sp=2 --set parallel.zero_stage=1 \
   --set checkpoint.every=3
 
@@ -105,5 +110,5 @@ refused groups_tp 4 "model.mamba_hybrid.num_groups=2 must be divisible by parall
 refused heads_tp 4 "the Mamba heads expand * hidden_size / head_dim = 2 must be divisible by parallel.tp=4" \
   --set parallel.tp=4 --set model.mamba_hybrid.head_dim=32 --set model.mamba_hybrid.num_groups=1
 refused seq_sp 3 "model.mamba_hybrid.seq_len=32 must be divisible by parallel.sp=3" \
-  --set parallel.sp=3 --set model.mamba_hybrid.pattern=M-M- --set train.global_batch=6
+  --set parallel.sp=3 --set model.mamba_hybrid.pattern=M-M-E --set train.global_batch=6
 finish

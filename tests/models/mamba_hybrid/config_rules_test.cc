@@ -40,7 +40,17 @@ TEST(MambaHybridConfigRules, EachRuleFiresWithItsMessage) {
       {{"model.mamba_hybrid.hidden_size=0"}, "model.mamba_hybrid.hidden_size=0 must be in [1, 65536]"},
       {{"model.mamba_hybrid.pattern=M*Q"}, "'Q' is not a layer symbol"},
       {{"model.mamba_hybrid.pattern=M*"}, "has 2 layers, but model.mamba_hybrid.num_layers=8"},
-      {{"model.mamba_hybrid.pattern=MMMMEMMM"}, "MoE layers (E) are not built yet"},
+      {{"model.mamba_hybrid.pattern=MMMMEMMM"},
+       "model.mamba_hybrid.pattern=\"MMMMEMMM\" has MoE layers (E): set model.mamba_hybrid.moe"},
+      {{"model.mamba_hybrid.moe.num_experts=4"},
+       "model.mamba_hybrid.moe is set, but model.mamba_hybrid.pattern=\"MMMMMMMM\" has no MoE "
+       "layer (E)"},
+      {{"model.mamba_hybrid.pattern=MMMMEMMM", "model.mamba_hybrid.moe.experts_per_token=9"},
+       "model.mamba_hybrid.moe.experts_per_token=9 must be in [1, model.mamba_hybrid.moe.num_experts=8]"},
+      {{"model.mamba_hybrid.pattern=MMMMEMMM", "model.mamba_hybrid.moe.num_experts=4",
+        "model.mamba_hybrid.recompute=true", "model.mamba_hybrid.moe.balance_scope=GLOBAL_BATCH"},
+       "model.mamba_hybrid.recompute=true and model.mamba_hybrid.moe.balance_scope=GLOBAL_BATCH "
+       "cannot be combined"},
       {{"model.mamba_hybrid.head_dim=48"},
        "model.mamba_hybrid.head_dim=48 must divide expand * model.mamba_hybrid.hidden_size=256 = 512"},
       {{"model.mamba_hybrid.num_groups=3"}, "model.mamba_hybrid.num_groups=3 must divide the Mamba heads"},
@@ -77,6 +87,8 @@ TEST(MambaHybridConfigRules, ModelParallelLayoutsOfTheTinyConfigValidate) {
       {{"parallel.sp=2"}, 2},
       {{"parallel.sp=4"}, 4},
       {{"parallel.tp=2", "parallel.sp=2", "parallel.zero_stage=1"}, 8},
+      {{"parallel.ep=2"}, 2},
+      {{"parallel.ep=4", "parallel.tp=2", "parallel.sequence_parallel=true"}, 4},
   };
   for (const auto& [overrides, world] : layouts) {
     RunConfig config = Tiny();
@@ -107,10 +119,15 @@ TEST(MambaHybridConfigRules, LayoutsThatDoNotDivideAreRefusedNamingTheField) {
       {{{"parallel.sp=4", "parallel.tp=2"},
         "model.mamba_hybrid.num_heads=4 must be divisible by parallel.tp * parallel.sp = 8"},
        8},
-      {{{"parallel.sp=16", "model.mamba_hybrid.pattern=M-M-"},
+      {{{"parallel.sp=16", "model.mamba_hybrid.pattern=M-M-E"},
         "model.mamba_hybrid.seq_len=32 / parallel.sp=16 must be at least conv_width - 1 = 3"},
        16},
-      {{{"parallel.ep=2"}, "parallel.ep=2: model.mamba_hybrid has no expert layers"}, 2},
+      {{{"parallel.ep=3", "train.global_batch=9"},
+        "parallel.ep=3 must divide model.mamba_hybrid.moe.num_experts=4"},
+       3},
+      {{{"parallel.tp=2", "model.mamba_hybrid.seq_len=33"},
+        "model.mamba_hybrid.seq_len=33 must be divisible by parallel.sp * parallel.tp = 2"},
+       2},
   };
   for (const auto& [rule, world] : cases) {
     SCOPED_TRACE(rule.message);
@@ -120,6 +137,16 @@ TEST(MambaHybridConfigRules, LayoutsThatDoNotDivideAreRefusedNamingTheField) {
     EXPECT_EQ(ExitCodeFor(status), 2);
     EXPECT_TRUE(absl::StrContains(status.message(), rule.message)) << status;
   }
+}
+
+TEST(MambaHybridConfigRules, ExpertParallelismWithoutExpertLayersIsRefused) {
+  RunConfig config = Defaults();  // eight Mamba layers
+  ASSERT_TRUE(ApplyOverrides(&config, {"parallel.ep=2"}).ok());
+  const absl::Status status = ValidateRun(config, 2);
+  EXPECT_EQ(ExitCodeFor(status), 2);
+  EXPECT_TRUE(absl::StrContains(status.message(),
+                                "parallel.ep=2: model.mamba_hybrid has no expert layers"))
+      << status;
 }
 
 TEST(MambaHybridConfigRules, TheShippedConfigsValidate) {
@@ -142,9 +169,12 @@ TEST(MambaHybridConfigRules, The8BConfigHasThePapersLayers) {
 }
 
 TEST(MambaHybridSizeEstimate, CountsExactlyTheRegisteredParameters) {
+  // Every layer kind; the MoE layers' shared expert at its default width.
   for (bool tied : {true, false}) {
     RunConfig config = Defaults();
-    ASSERT_TRUE(ApplyOverrides(&config, {"model.mamba_hybrid.pattern=M*-M-*MM",
+    ASSERT_TRUE(ApplyOverrides(&config, {"model.mamba_hybrid.pattern=M*-ME*EM",
+                                         "model.mamba_hybrid.moe.num_experts=3",
+                                         "model.mamba_hybrid.moe.expert_hidden=40",
                                          "model.mamba_hybrid.num_query_groups=2",
                                          "model.mamba_hybrid.num_groups=2",
                                          "model.mamba_hybrid.mlp_activation=SWIGLU",
