@@ -151,7 +151,7 @@ TEST(MambaHybridConfigRules, ExpertParallelismWithoutExpertLayersIsRefused) {
 
 TEST(MambaHybridConfigRules, TheShippedConfigsValidate) {
   for (const char* name : {"mamba_hybrid_tiny", "mamba_hybrid_small", "mamba_hybrid_recall",
-                           "mamba_hybrid_8b"}) {
+                           "mamba_hybrid_125m", "mamba_hybrid_8b"}) {
     absl::StatusOr<RunConfig> config =
         LoadRunConfig(std::string(TESSERA_SOURCE_DIR) + "/configs/" + name + ".textproto");
     ASSERT_TRUE(config.ok()) << name << ": " << config.status();
