@@ -35,6 +35,7 @@ CausalSelfAttention::CausalSelfAttention(ParameterStore& store, const std::strin
                              Projection(D, 1), true);
   out_proj_ = RegisterTpSplit(store, layout, name + ".out_proj.weight", Shape{D, width}, 1,
                               Projection(width, 1 / std::sqrt(double(config.num_layers()))), true);
+  if (config.rope_base() > 0) rope_.emplace(config.rope_base(), head_dim_);
   if (layout.sp_size() > 1) {
     // The config rules checked num_heads % (tp * sp).
     ulysses_ = *parallel::UlyssesAttention::Create(*layout.sp, heads_, head_dim_, /*causal=*/true);
@@ -53,6 +54,12 @@ absl::StatusOr<Tensor> CausalSelfAttention::Forward(Arena& arena, const Tensor& 
       ProjectForward(arena, store_, {{kv_proj_, 2 * kv_heads_ * head_dim_}}, u_);  // [rows, 2, KV*Dh]
   qkv_ = arena.AllocateUninitialized(DType::kF32, Shape{rows, 3, heads_, head_dim_});
   FillQkv(backend, q, kv, qkv_.ptr<float>(), rows);
+  if (rope_) {
+    // q and the repeated k: the first 2H heads of each row, at the shard's
+    // positions in the whole sequence.
+    rope_->Apply(arena, qkv_.ptr<float>(), 3 * width, batch_, seq_, 2 * heads_,
+                 layout_.sp_rank() * seq_, /*inverse=*/false);
+  }
   TESSERA_RETURN_IF_ERROR(Attend(arena));
   Tensor partial = arena.AllocateUninitialized(DType::kF32, Shape{rows, hidden_});
   LinearForward(backend, out_, store_.param(out_proj_).ptr<float>(), nullptr, partial);
@@ -111,6 +118,7 @@ absl::Status CausalSelfAttention::StartGeneration(Backend& backend, int64_t batc
     return absl::InvalidArgumentError("attention layers generate one sequence at a time");
   }
   cache_ = Tensor::Empty(DType::kF32, Shape{max_len, 3, heads_, head_dim_}, backend);
+  if (rope_) rope_->Reserve(backend, max_len);
   backend.Memset(cache_.address(), 0, cache_.bytes());
   cached_ = 0;
   return absl::OkStatus();
@@ -126,6 +134,10 @@ absl::StatusOr<Tensor> CausalSelfAttention::Step(Arena& arena, const Tensor& x) 
   const Tensor kv = ProjectForward(arena, store_, {{kv_proj_, 2 * kv_heads_ * head_dim_}}, x);
   float* cache = cache_.ptr<float>();
   FillQkv(backend, q, kv, cache + cached_ * 3 * width, 1);
+  if (rope_) {
+    rope_->Apply(arena, cache + cached_ * 3 * width, 3 * width, 1, 1, 2 * heads_, cached_,
+                 /*inverse=*/false);
+  }
   ++cached_;
   const AttentionShape shape{1, cached_, heads_, head_dim_, 3 * width, /*causal=*/true};
   Tensor out = arena.AllocateUninitialized(DType::kF32, Shape{cached_, width});
@@ -148,6 +160,11 @@ absl::StatusOr<Tensor> CausalSelfAttention::Backward(Arena& arena, const Tensor&
   Tensor dqkv = arena.AllocateUninitialized(DType::kF32, qkv_.shape());
   float* d = dqkv.ptr<float>();
   TESSERA_RETURN_IF_ERROR(AttendBackward(arena, dout, d));
+  if (rope_) {
+    // The rotation's transpose: the gradients of q and k before it.
+    rope_->Apply(arena, d, 3 * width, batch_, seq_, 2 * heads_, layout_.sp_rank() * seq_,
+                 /*inverse=*/true);
+  }
   const size_t qkv_pitch = 3 * width * sizeof(float);
   Tensor dq = arena.AllocateUninitialized(DType::kF32, Shape{rows, width});
   backend.Copy2D(dq.ptr<float>(), width * sizeof(float), d, qkv_pitch, width * sizeof(float),

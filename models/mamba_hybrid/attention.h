@@ -1,7 +1,9 @@
 // Causal grouped-query self-attention of the Mamba hybrid (Megatron's
-// attention layer in the paper's hybrids: no bias, no position embedding):
+// attention layer in the paper's hybrids: no bias, no position embedding;
+// optionally rotary position embeddings on q and k, rope_base > 0):
 //
 //   q = q_proj(x) [rows, H, Dh];  k, v = kv_proj(x) [rows, 2, KV, Dh]
+//   q, k = RoPE(q, k) at each row's position (rotary.h; optional)
 //   o = causal softmax(q k^T / sqrt(Dh)) v, query head h using key/value
 //   head h / (H / KV);  out = out_proj(o)
 //
@@ -12,7 +14,8 @@
 // Tensor parallelism splits the heads and the key/value groups over tp
 // (num_heads % tp, num_query_groups % tp: config rules): q_proj and kv_proj
 // column-parallel, out_proj row-parallel. Sequence parallelism runs Ulysses
-// over the sp ranks on each tp rank's heads (num_heads % (tp * sp)).
+// over the sp ranks on each tp rank's heads (num_heads % (tp * sp)); RoPE
+// rotates each shard's rows at their positions in the whole sequence.
 #pragma once
 
 #include <string>
@@ -20,6 +23,7 @@
 #include <optional>
 
 #include "models/mamba_hybrid/layout.h"
+#include "models/mamba_hybrid/rotary.h"
 #include "models/mamba_hybrid/sublayers.h"
 #include "parallel/sequence_parallel/ulysses_attention.h"
 #include "runtime/config/config.pb.h"
@@ -46,7 +50,7 @@ class CausalSelfAttention : public Sublayer {
 
  private:
   // Writes q [rows, H*Dh] and the repeated k, v of kv [rows, 2, KV*Dh] into
-  // `qkv` rows [rows, 3, H, Dh].
+  // `qkv` rows [rows, 3, H, Dh] (not rotated).
   void FillQkv(Backend& backend, const Tensor& q, const Tensor& kv, float* qkv,
                int64_t rows) const;
   // Attention over the rows of the tp region: Ulysses when sp > 1.
@@ -58,6 +62,7 @@ class CausalSelfAttention : public Sublayer {
   int64_t hidden_, heads_, kv_heads_, head_dim_;  // this rank's heads and groups
   ParameterStore::Id q_proj_, kv_proj_, out_proj_;  // [H*Dh, D], [2, KV*Dh, D], [D, H*Dh] pieces
   std::optional<parallel::UlyssesAttention> ulysses_;  // sp > 1
+  std::optional<RotaryEmbedding> rope_;                 // rope_base > 0
   int64_t batch_ = 0, seq_ = 0;
   Tensor u_;    // [rows, D]: the projections' input
   Tensor qkv_;  // [rows, 3, H, Dh]: q and the repeated k, v

@@ -71,6 +71,16 @@ void CheckShapes(const MambaHybridConfig& m, ConfigChecker& check) {
                absl::StrCat(F("a_init_min", m.a_init_min()), " and ",
                             F("a_init_max", m.a_init_max()), " must satisfy 0 < min <= max"));
   check.Expect(m.norm_eps() > 0, absl::StrCat(F("norm_eps", m.norm_eps()), " must be positive"));
+  check.Expect(m.rope_base() >= 0 && m.rope_base() < 1e300,
+               absl::StrCat(F("rope_base", m.rope_base()), " must be >= 0 (0: no RoPE)"));
+  if (m.rope_base() > 0 && m.hidden_size() % m.num_heads() == 0) {
+    const int64_t head_dim = m.hidden_size() / m.num_heads();
+    check.Expect(head_dim % 2 == 0,
+                 absl::StrCat("the attention head dim ", F("hidden_size", m.hidden_size()), " / ",
+                              F("num_heads", m.num_heads()), " = ", head_dim,
+                              " must be even with ", F("rope_base", m.rope_base()),
+                              " (RoPE rotates pairs of dims)"));
+  }
 }
 
 // Tensor parallelism splits whole Mamba heads and groups, attention heads

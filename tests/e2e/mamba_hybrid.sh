@@ -5,7 +5,7 @@
 # final weights of one process (relative 1e-5, h5diff -d 1e-6); the 8B
 # config validates and is refused by the memory plan, not by its rules;
 # `tessera generate` gives the same greedy tokens in its recurrent form and
-# by re-running the whole sequence; and
+# by re-running the whole sequence (also for a model trained with RoPE); and
 # bad input (an unknown layer symbol, a vocabulary smaller than the data's,
 # an MoE config without expert layers) is refused with exit code 2.
 # Tensor and sequence parallelism: mamba_model_parallel.sh.
@@ -39,6 +39,22 @@ else
 fi
 expect_exit "generate: a prompt token beyond the vocabulary" 2 "prompt token 64 lies outside" -- \
   "$TESSERA" generate --run "$WORK/single" --prompt-ids 3,64
+
+# With rotary position embeddings (model.mamba_hybrid.rope_base): the cache
+# holds q and k rotated at their positions, the re-forward rotates the
+# whole sequence; 5 training steps give weights that are not random.
+"$TESSERA" train --config "$TINY" --set train.run_dir="$WORK/rope" --set train.steps=5 \
+  --set train.micro_batch=2 --set data.dir="$WORK/data" --set model.mamba_hybrid.rope_base=10000 \
+  > "$WORK/rope.log" 2>&1 || fail "training with RoPE: $(tail -3 "$WORK/rope.log")"
+for mode in recurrent reforward; do
+  "$TESSERA" generate --run "$WORK/rope" --prompt-ids 3,17,42,5 --tokens 24 --mode $mode \
+    > "$WORK/rope_$mode.txt" 2> "$WORK/rope_$mode.err" || fail "RoPE generate --mode $mode: $(cat "$WORK/rope_$mode.err")"
+done
+if [ -s "$WORK/rope_recurrent.txt" ] && cmp -s "$WORK/rope_recurrent.txt" "$WORK/rope_reforward.txt"; then
+  pass "generate with RoPE: recurrent and re-forward give the same tokens ($(cat "$WORK/rope_recurrent.txt"))"
+else
+  fail "generate with RoPE: recurrent $(cat "$WORK/rope_recurrent.txt") vs reforward $(cat "$WORK/rope_reforward.txt")"
+fi
 
 if command -v mpirun > /dev/null && command -v h5diff > /dev/null; then
   OMP_NUM_THREADS=1 timeout 300 mpirun --oversubscribe --bind-to none -np 2 "$TESSERA" train \

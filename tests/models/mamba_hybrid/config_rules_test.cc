@@ -60,6 +60,9 @@ TEST(MambaHybridConfigRules, EachRuleFiresWithItsMessage) {
       {{"model.mamba_hybrid.a_init_min=20"}, "must satisfy 0 < min <= max"},
       {{"model.mamba_hybrid.attention_ratio=0.8", "model.mamba_hybrid.mlp_ratio=0.5"},
        "must lie in [0, 1] with a sum <= 1"},
+      {{"model.mamba_hybrid.rope_base=-1"}, "model.mamba_hybrid.rope_base=-1 must be >= 0"},
+      {{"model.mamba_hybrid.rope_base=10000", "model.mamba_hybrid.num_heads=256"},
+       "the attention head dim model.mamba_hybrid.hidden_size=256 / model.mamba_hybrid.num_heads=256 = 1 must be even"},
       {{"data.schema=images"}, "data.schema=\"images\" must be \"tokens\" for model.mamba_hybrid"},
   };
   for (const RuleCase& rule : cases) {

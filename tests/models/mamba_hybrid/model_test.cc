@@ -18,6 +18,7 @@
 #include "models/mamba_hybrid/mixer.h"
 #include "models/mamba_hybrid/mlp.h"
 #include "models/mamba_hybrid/moe.h"
+#include "models/mamba_hybrid/rotary.h"
 #include "runtime/optim/adamw.h"
 #include "tests/testing/gradient_check.h"
 
@@ -484,6 +485,112 @@ TEST(Generation, GreedyTokensOfTheRecurrentFormEqualAFullReforward) {
   ASSERT_EQ(recurrent->size(), 16u);
   // Not a constant sequence: the comparison exercises many different tokens.
   EXPECT_GT(std::set<int32_t>(recurrent->begin(), recurrent->end()).size(), 2u);
+}
+
+// RoPE as the rotate-half formula in double, position first + t for row t.
+TEST(RotaryEmbedding, RotatesHeadsAtTheirPositionsAndTheInverseUndoesIt) {
+  const int64_t batch = 2, seq = 5, heads = 3, head_dim = 6, stride = 23, first = 7;
+  const double base = 50;
+  Tensor x = RandomTensor(Shape{batch * seq, stride}, 4);
+  std::vector<float> original(x.data<float>(), x.data<float>() + x.numel());
+  RotaryEmbedding rope(base, head_dim);
+  Arena arena;
+  rope.Apply(arena, x.data<float>(), stride, batch, seq, heads, first, /*inverse=*/false);
+  double max_diff = 0;
+  for (int64_t r = 0; r < batch * seq; ++r) {
+    const double p = static_cast<double>(first + r % seq);
+    for (int64_t c = heads * head_dim; c < stride; ++c) {  // past the heads: untouched
+      ASSERT_EQ(x.data<float>()[r * stride + c], original[r * stride + c]);
+    }
+    for (int64_t h = 0; h < heads; ++h) {
+      const float* in = &original[r * stride + h * head_dim];
+      const float* out = x.data<float>() + r * stride + h * head_dim;
+      for (int64_t i = 0; i < head_dim / 2; ++i) {
+        const double angle = p * std::pow(base, -2.0 * i / head_dim);
+        const double a = in[i], b = in[i + head_dim / 2];
+        max_diff = std::max(max_diff, std::abs(out[i] - (a * std::cos(angle) - b * std::sin(angle))));
+        max_diff = std::max(max_diff, std::abs(out[i + head_dim / 2] -
+                                               (b * std::cos(angle) + a * std::sin(angle))));
+      }
+    }
+  }
+  EXPECT_LT(max_diff, 1e-5);
+  rope.Apply(arena, x.data<float>(), stride, batch, seq, heads, first, /*inverse=*/true);
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    ASSERT_NEAR(x.data<float>()[i], original[i], 1e-5) << i;
+  }
+}
+
+MambaHybridConfig TinyRopeConfig() {
+  MambaHybridConfig c = TinyConfig();
+  c.set_rope_base(100);  // angles up to ~9 rad over 10 positions in the fast pair
+  c.set_hidden_size(32);  // attention head dim 8: two rotation frequencies and more
+  c.set_head_dim(16);
+  return c;
+}
+
+TEST(CausalSelfAttention, RopeGradientsMatchFiniteDifferences) {
+  ParameterStore store;
+  SingleProcessLayout one;
+  CausalSelfAttention attention(store, "attn", TinyRopeConfig(), one.layout());
+  store.Finalize(5);
+  CheckSublayer(attention, store, 2, 10, 32);
+}
+
+TEST(CausalSelfAttention, RopeChangesTheOutputAndNotTheFirstPosition) {
+  MambaHybridConfig with = TinyRopeConfig(), without = TinyRopeConfig();
+  without.set_rope_base(0);
+  ParameterStore a, b;
+  SingleProcessLayout one;
+  CausalSelfAttention rope(a, "attn", with, one.layout()), plain(b, "attn", without, one.layout());
+  a.Finalize(5);
+  b.Finalize(5);
+  const Tensor x = RandomTensor(Shape{10, 32}, 1);
+  Arena arena;
+  const Tensor y_rope = *rope.Forward(arena, x, 1, 10), y_plain = *plain.Forward(arena, x, 1, 10);
+  // Position 0 is rotated by angle 0 and attends to itself only.
+  for (int64_t c = 0; c < 32; ++c) {
+    EXPECT_NEAR(y_rope.data<float>()[c], y_plain.data<float>()[c], 1e-6);
+  }
+  double diff = 0;
+  for (int64_t i = 32; i < y_rope.numel(); ++i) {
+    diff = std::max(diff, double(std::abs(y_rope.data<float>()[i] - y_plain.data<float>()[i])));
+  }
+  EXPECT_GT(diff, 1e-3);
+}
+
+TEST(Generation, WithRopeTheRecurrentFormEqualsAFullReforward) {
+  MambaHybridConfig c = TinyRopeConfig();
+  c.set_tie_embeddings(false);
+  Fixture f(c);
+  testing::FillNormal(f.store.values().data<float>(), f.store.numel(), 24, 0.3f);
+  const std::vector<int32_t> tokens = {3, 7, 1, 9, 4, 4, 0, 10, 2};
+  const int64_t length = static_cast<int64_t>(tokens.size());
+  Arena arena;
+  Tensor ids = Tensor::Empty(DType::kI32, Shape{length});
+  std::memcpy(ids.raw(), tokens.data(), ids.bytes());
+  const Tensor full = f.model->Logits(arena, *f.model->ForwardHidden(arena, ids, 1, length, false));
+  ASSERT_TRUE(f.model->StartGeneration(1, length).ok());
+  Arena step_arena;
+  for (int64_t t = 0; t < length; ++t) {
+    step_arena.Reset();
+    const Tensor step = *f.model->StepLogits(step_arena, {tokens[t]});
+    for (int64_t v = 0; v < 11; ++v) {
+      const float want = full.data<float>()[t * 11 + v];
+      ASSERT_NEAR(step.data<float>()[v], want, 1e-4 * std::max(1.0f, std::abs(want)))
+          << "position " << t << ", token " << v;
+    }
+  }
+  const std::vector<int32_t> prompt = {5, 2, 8};
+  const auto recurrent = GenerateGreedy(*f.model, prompt, 16, -1, GenerationMode::kRecurrent);
+  const auto reforward = GenerateGreedy(*f.model, prompt, 16, -1, GenerationMode::kReforward);
+  ASSERT_TRUE(recurrent.ok() && reforward.ok());
+  EXPECT_EQ(*recurrent, *reforward);
+  EXPECT_GT(std::set<int32_t>(recurrent->begin(), recurrent->end()).size(), 2u);
+}
+
+TEST(MambaHybrid, GradientsWithRopeMatchFiniteDifferences) {
+  CheckModelGradients(TinyRopeConfig(), /*every_target=*/true);
 }
 
 }  // namespace

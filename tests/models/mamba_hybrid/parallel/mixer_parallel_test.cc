@@ -19,6 +19,7 @@
 #include "models/mamba_hybrid/layout.h"
 #include "models/mamba_hybrid/mixer.h"
 #include "runtime/base/status.h"
+#include "tests/models/mamba_hybrid/parallel/rows.h"
 #include "tests/parallel/comm/mpi_test_main.h"
 
 namespace tessera::mamba_hybrid {
@@ -42,42 +43,13 @@ MambaHybridConfig Config() {
   return c;
 }
 
-// A deterministic [rows, cols] matrix, the same on every rank.
-Tensor Matrix(int64_t rows, int64_t cols, double phase) {
-  Tensor t = Tensor::Empty(DType::kF32, Shape{rows, cols});
-  for (int64_t i = 0; i < t.numel(); ++i) {
-    t.data<float>()[i] = static_cast<float>(std::sin(0.61 * static_cast<double>(i) + phase));
-  }
-  return t;
-}
+using testing::Copy;
+using testing::Matrix;
+using testing::RelativeError;
 
-// Rows [first, first + count) of every sample of a [batch * seq, cols] matrix.
+// Rows [first, first + count) of every sample.
 Tensor ShardRows(const Tensor& t, int64_t seq, int64_t first, int64_t count) {
-  const int64_t cols = t.dim(1);
-  Tensor out = Tensor::Empty(DType::kF32, Shape{kBatch * count, cols});
-  for (int64_t b = 0; b < kBatch; ++b) {
-    for (int64_t i = 0; i < count * cols; ++i) {
-      out.data<float>()[b * count * cols + i] = t.data<float>()[(b * seq + first) * cols + i];
-    }
-  }
-  return out;
-}
-
-// A copy that outlives the arena `t` lives in.
-Tensor Copy(const Tensor& t) {
-  Tensor out = Tensor::Empty(DType::kF32, t.shape());
-  std::copy(t.data<float>(), t.data<float>() + t.numel(), out.data<float>());
-  return out;
-}
-
-// max |got - want| / max |want| over the elements.
-double RelativeError(const float* got, const float* want, int64_t n) {
-  double diff = 0, scale = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    diff = std::max(diff, std::abs(double(got[i]) - want[i]));
-    scale = std::max(scale, std::abs(double(want[i])));
-  }
-  return diff / scale;
+  return testing::ShardRows(t, kBatch, seq, first, count);
 }
 
 struct Whole {
