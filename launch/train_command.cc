@@ -1,4 +1,5 @@
 // tessera train: one process trains the model a run config describes.
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -6,6 +7,7 @@
 #include <numeric>
 
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "launch/arguments.h"
 #include "launch/distributed.h"
 #include "parallel/comm/watchdog.h"
@@ -234,6 +236,14 @@ absl::Status BuildModelAndTasks(const RunConfig& config, const Distributed& dist
         config.data().eval_dir(), setup.built.family->name, setup.built.family->title));
   }
   setup.options.eval = setup.eval.get();
+  const std::string& watched = config.train().early_stop_metric();
+  const std::vector<std::string> names = setup.eval->metric_names();
+  if (config.train().early_stop_patience() > 0 && !names.empty() &&
+      std::find(names.begin(), names.end(), watched) == names.end()) {
+    return UsageError(absl::StrFormat(
+        "train.early_stop_metric=\"%s\": model.%s's evaluation reports %s", watched,
+        setup.built.family->name, absl::StrJoin(names, ", ")));
+  }
   return absl::OkStatus();
 }
 

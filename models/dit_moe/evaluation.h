@@ -33,6 +33,7 @@ class DitMoeEvaluation : public EvalTask {
   // {"val_loss": per-image loss sum, images}.
   absl::StatusOr<std::vector<EvalMetric>> Evaluate(Arena& arena) override;
   int64_t num_samples() const override { return samples_; }
+  std::vector<std::string> metric_names() const override { return {"val_loss"}; }
 
   // The draws' key: Diffusion::MakeExample's seed and step for every evaluation.
   static constexpr uint64_t kSeed = 0x6576616c5f6c6f73;  // "eval_los"

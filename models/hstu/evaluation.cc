@@ -104,6 +104,12 @@ absl::StatusOr<std::unique_ptr<HstuEvaluation>> HstuEvaluation::Create(
       new HstuEvaluation(model, table, std::move(options), users));
 }
 
+std::vector<std::string> HstuEvaluation::metric_names() const {
+  std::vector<std::string> names;
+  for (const EvalMetric& metric : RankingMetrics(RankingSums(), "val_")) names.push_back(metric.name);
+  return names;
+}
+
 absl::StatusOr<std::vector<EvalMetric>> HstuEvaluation::Evaluate(Arena& arena) {
   // Every rank gathers the whole table (a collective over the table's
   // group), then ranks its own users on it.

@@ -70,6 +70,7 @@ class HstuEvaluation : public EvalTask {
   // before their target. Collective over the table's groups (the gather).
   absl::StatusOr<std::vector<EvalMetric>> Evaluate(Arena& arena) override;
   int64_t num_samples() const override { return users_; }
+  std::vector<std::string> metric_names() const override;
 
  private:
   HstuEvaluation(Hstu& model, parallel::RowShardedTable& table, EvaluationOptions options,

@@ -39,6 +39,9 @@ class LanguageModelEvaluation : public EvalTask {
   // {"val_accuracy": correct targets, targets}: this rank's share.
   absl::StatusOr<std::vector<EvalMetric>> Evaluate(Arena& arena) override;
   int64_t num_samples() const override { return samples_; }  // windows
+  std::vector<std::string> metric_names() const override {
+    return {"val_loss", "val_bits_per_token", "val_accuracy"};
+  }
 
  private:
   LanguageModelEvaluation(MambaHybrid& model, const TokenReaderOptions& options,

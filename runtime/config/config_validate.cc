@@ -187,6 +187,21 @@ void CheckEvaluation(const RunConfig& config, Checker& check) {
   check.Expect(t.eval_samples() <= (int64_t{1} << 31),
                absl::StrCat(Field("train.eval_samples", t.eval_samples()),
                             " must be <= 2147483648"));
+  check.Expect(t.early_stop_patience() >= 0,
+               absl::StrCat(Field("train.early_stop_patience", t.early_stop_patience()),
+                            " must be >= 0 (0: no early stopping)"));
+  if (t.early_stop_patience() > 0) {
+    check.Expect(t.eval_every() > 0,
+                 absl::StrCat(Field("train.early_stop_patience", t.early_stop_patience()),
+                              " needs train.eval_every > 0 (evaluations during training)"));
+    check.Expect(!t.early_stop_metric().empty(),
+                 absl::StrCat(Field("train.early_stop_patience", t.early_stop_patience()),
+                              " needs train.early_stop_metric (e.g. \"val_ndcg@10\", "
+                              "\"val_loss\")"));
+  }
+  check.Expect(t.early_stop_mode() == "max" || t.early_stop_mode() == "min",
+               absl::StrCat(Field("train.early_stop_mode", t.early_stop_mode()),
+                            " must be \"max\" (higher is better) or \"min\""));
 }
 
 void CheckData(const RunConfig& config, Checker& check) {

@@ -41,6 +41,9 @@ class EvalTask {
   virtual absl::StatusOr<std::vector<EvalMetric>> Evaluate(Arena& arena) = 0;
   // The samples one pass covers over all replicas (for the log line).
   virtual int64_t num_samples() const = 0;
+  // The names Evaluate returns, known before the first evaluation (checks
+  // train.early_stop_metric before training); empty: not known in advance.
+  virtual std::vector<std::string> metric_names() const { return {}; }
 };
 
 }  // namespace tessera

@@ -9,11 +9,13 @@
 #include <csignal>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <tuple>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "runtime/base/errors.h"
 #include "runtime/base/human_units.h"
 #include "runtime/checkpoint/manifest_checks.h"
@@ -193,6 +195,7 @@ absl::Status Trainer::OpenMetrics(int64_t first_step) {
     // Lines past the resumed step came from a run that did not get to save
     // them: they are trained again.
     TESSERA_RETURN_IF_ERROR(TrimMetrics(path, first_step - 1));
+    if (config_.train().early_stop_patience() > 0) ReplayEarlyStop(path);
   }
   metrics_ = std::fopen(path.c_str(), first_step > 1 ? "a" : "w");
   if (metrics_ == nullptr) {
@@ -227,6 +230,7 @@ absl::Status Trainer::TrainSteps(int64_t first_step) {
   for (int64_t step = first_step; step <= config_.train().steps(); ++step) {
     TESSERA_RETURN_IF_ERROR(Step(step));
     TESSERA_RETURN_IF_ERROR(EvaluateIfDue(step));
+    if (stop_early_) return StopEarly(step);
     TESSERA_ASSIGN_OR_RETURN(const bool stop, AgreeOnStop());
     TESSERA_RETURN_IF_ERROR(SaveIfDue(step, stop));
   }
@@ -259,7 +263,82 @@ absl::Status Trainer::Evaluate(int64_t step) {
     (*metrics)[i].sum = sums[2 * i];
     (*metrics)[i].count = sums[2 * i + 1];
   }
-  return ReportEval(step, *metrics, Seconds(start, Clock::now()));
+  TESSERA_RETURN_IF_ERROR(ReportEval(step, *metrics, Seconds(start, Clock::now())));
+  return TrackEarlyStop(step, *metrics);
+}
+
+void Trainer::NoteWatchedMetric(int64_t step, double value) {
+  const bool higher = config_.train().early_stop_mode() != "min";
+  const bool better = std::isfinite(value) &&
+                      (best_step_ < 0 || (higher ? value > best_value_ : value < best_value_));
+  if (better) {
+    best_value_ = value;
+    best_step_ = step;
+    evals_since_best_ = 0;
+  } else {
+    ++evals_since_best_;
+  }
+}
+
+absl::Status Trainer::TrackEarlyStop(int64_t step, const std::vector<EvalMetric>& metrics) {
+  const TrainConfig& t = config_.train();
+  if (t.early_stop_patience() <= 0) return absl::OkStatus();
+  const auto watched = std::find_if(metrics.begin(), metrics.end(), [&](const EvalMetric& m) {
+    return m.name == t.early_stop_metric();
+  });
+  if (watched == metrics.end()) {
+    std::vector<std::string> names;
+    for (const EvalMetric& m : metrics) names.push_back(m.name);
+    return UsageError(absl::StrCat("train.early_stop_metric=\"", t.early_stop_metric(),
+                                   "\": the evaluation reports ", absl::StrJoin(names, ", ")));
+  }
+  NoteWatchedMetric(step, watched->count > 0 ? watched->sum / watched->count : std::nan(""));
+  const bool due = sync_->is_logging_rank() && evals_since_best_ >= t.early_stop_patience();
+  TESSERA_ASSIGN_OR_RETURN(const int64_t any, group_->AllReduceMax(due ? 1 : 0));
+  stop_early_ = any != 0;
+  return absl::OkStatus();
+}
+
+void Trainer::ReplayEarlyStop(const std::string& metrics_path) {
+  const std::string key = absl::StrCat("\"", config_.train().early_stop_metric(), "\":");
+  std::ifstream in(metrics_path);
+  for (std::string line; std::getline(in, line);) {
+    long long step = 0;
+    const size_t at = line.find(key);
+    if (line.find("\"eval_samples\":") == std::string::npos || at == std::string::npos ||
+        std::sscanf(line.c_str(), "{\"step\":%lld", &step) != 1) {
+      continue;
+    }
+    // A value, or null (no finite value): strtod reads no number from "null".
+    const char* value = line.c_str() + at + key.size();
+    char* end = nullptr;
+    const double parsed = std::strtod(value, &end);
+    NoteWatchedMetric(step, end == value ? std::nan("") : parsed);
+  }
+}
+
+absl::Status Trainer::StopEarly(int64_t step) {
+  TESSERA_RETURN_IF_ERROR(Save(step, /*blocking=*/true));
+  if (!sync_->is_logging_rank()) return absl::OkStatus();
+  const TrainConfig& t = config_.train();
+  const std::string path = t.run_dir() + "/early_stop.json";
+  std::ofstream out(path);
+  out << absl::StrFormat(
+      "{\"stopped_after_step\":%d,\"metric\":\"%s\",\"mode\":\"%s\",\"patience\":%d,"
+      "\"best_step\":%d,\"best\":%s}\n",
+      step, t.early_stop_metric(), t.early_stop_mode(), t.early_stop_patience(), best_step_,
+      // No evaluation gave a finite value: JSON has no NaN.
+      best_step_ < 0 ? std::string("null") : absl::StrFormat("%.9g", best_value_));
+  out.close();
+  if (!out) return UsageError(absl::StrCat("cannot write ", path));
+  if (progress_) std::printf("\r\033[K");
+  std::printf("early stop after step %lld: %s has not improved on %.6g (step %lld) for %lld "
+              "evaluations; saved checkpoint %s, wrote %s\n",
+              static_cast<long long>(step), t.early_stop_metric().c_str(), best_value_,
+              static_cast<long long>(best_step_), static_cast<long long>(evals_since_best_),
+              CheckpointDirName(step).c_str(), path.c_str());
+  std::fflush(stdout);
+  return absl::OkStatus();
 }
 
 void Trainer::SwapParametersWithEma() {

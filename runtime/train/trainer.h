@@ -127,6 +127,16 @@ class Trainer {
   // twice restores both.
   void SwapParametersWithEma();
   absl::Status ReportEval(int64_t step, const std::vector<EvalMetric>& metrics, double seconds);
+  // Early stopping (train.early_stop_*): notes the watched metric of the
+  // evaluation after `step` and agrees over the ranks whether the run stops
+  // (the logging rank decides: after a resume only it has replayed the
+  // evaluations before, from metrics.jsonl).
+  absl::Status TrackEarlyStop(int64_t step, const std::vector<EvalMetric>& metrics);
+  void NoteWatchedMetric(int64_t step, double value);
+  // The evaluations metrics.jsonl holds (a resumed run's, up to its step).
+  void ReplayEarlyStop(const std::string& metrics_path);
+  // Saves a checkpoint of `step`, writes <run_dir>/early_stop.json, says so.
+  absl::Status StopEarly(int64_t step);
   // Loads `dir` into the parameters (and EMA and optimizer unless
   // `parameters_only`) on every rank; fails everywhere if it fails anywhere.
   // Returns the checkpoint's step.
@@ -163,6 +173,12 @@ class Trainer {
   const CheckpointSnapshot* saving_ = nullptr;     // what the background save writes
   absl::Status save_status_;
   int64_t last_saved_step_ = -1;
+  // Early stopping: the best value of the watched metric, its step, the
+  // evaluations since, and whether the run stops now.
+  double best_value_ = 0;
+  int64_t best_step_ = -1;  // -1: no finite value yet
+  int64_t evals_since_best_ = 0;
+  bool stop_early_ = false;
   int64_t current_step_ = 0;
   Arena arena_;
   MemoryPlan plan_;

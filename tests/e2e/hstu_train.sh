@@ -163,6 +163,23 @@ hstu_mpi ckpt4 4 --set train.steps=3 --set checkpoint.every=3 && for np in 1 2; 
   same_as "$WORK/straight" "$WORK/from4_np$np" "table saved from 4 shards, resumed on $np"
 done
 
+# Early stopping on an evaluation metric: HR@200 over 200 items is 1 at every
+# evaluation, so the second evaluation (after step 2) does not improve on
+# the first and patience 1 stops the run there, with a checkpoint, the
+# best-step record, weights.h5 and the end-of-run evaluation, exit 0.
+hstu "$WORK/early" --set train.steps=10 "${evaluate[@]}" --set train.eval_every=1 \
+  --set train.early_stop_patience=1 --set train.early_stop_metric=val_hr@200 > "$WORK/early.log" 2>&1 \
+  && grep -q '^early stop after step 2: val_hr@200 has not improved on 1 (step 1)' "$WORK/early.log" \
+  && grep -q '"stopped_after_step":2,"metric":"val_hr@200","mode":"max","patience":1,"best_step":1,"best":1}' \
+    "$WORK/early/early_stop.json" \
+  && [ -d "$WORK/early/checkpoints/step_00000002" ] && [ -s "$WORK/early/final_metrics.json" ] \
+  && [ "$(losses "$WORK/early" | wc -l)" = 2 ] \
+  && pass "early stop after step 2 (patience 1 on val_hr@200): checkpoint, early_stop.json, final metrics" \
+  || { fail "early stop"; tail -5 "$WORK/early.log"; cat "$WORK/early/early_stop.json"; }
+expect_exit "early stop on a metric HSTU does not report" 2 \
+  'train.early_stop_metric="val_loss": model.hstu.s evaluation reports val_hr@10, val_ndcg@10' -- \
+  hstu "$WORK/early_bad" "${evaluate[@]}" --set train.eval_every=1 --set train.early_stop_patience=1 \
+  --set train.early_stop_metric=val_loss
 expect_exit "item table smaller than the data" 2 "num_items \(100\) is smaller" -- \
   hstu "$WORK/small" --set model.hstu.num_items=100
 expect_exit "num_items unset" 2 "model.hstu.num_items=0 must be set" -- \

@@ -14,6 +14,7 @@
 #include <functional>
 #include <thread>
 #include <fstream>
+#include <iterator>
 #include <limits>
 #include <string>
 #include <utility>
@@ -324,6 +325,126 @@ TEST(Trainer, EtaAfterAResumeMatchesTheRemainingTime) {
   const double remaining = std::chrono::duration<double>(Clock::now() - probe).count();
   EXPECT_EQ(trainer.summary().steps, 10);
   EXPECT_NEAR(eta, remaining, 0.2 * remaining) << "ETA " << eta << " s, took " << remaining << " s";
+}
+
+// An evaluation whose metric "score" follows a script: call i returns
+// script[first + i] (as a sum over 2 samples), next to another metric.
+class ScriptedEval : public EvalTask {
+ public:
+  ScriptedEval(std::vector<double> script, size_t first = 0)
+      : script_(std::move(script)), next_(first) {}
+  absl::StatusOr<std::vector<EvalMetric>> Evaluate(Arena&) override {
+    const double value = script_.at(next_++);
+    return std::vector<EvalMetric>{{"other", 1.0, 1.0}, {"score", 2 * value, 2.0}};
+  }
+  int64_t num_samples() const override { return 2; }
+
+ private:
+  std::vector<double> script_;
+  size_t next_;
+};
+
+std::string ReadWhole(const std::string& path) {
+  std::ifstream in(path);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+RunConfig EarlyStopConfig(const std::string& dir, const std::string& mode, int64_t steps) {
+  RunConfig config = ToyConfig(dir);
+  config.mutable_train()->set_steps(steps);
+  config.mutable_train()->set_eval_every(1);
+  config.mutable_train()->set_early_stop_patience(2);
+  config.mutable_train()->set_early_stop_metric("score");
+  config.mutable_train()->set_early_stop_mode(mode);
+  return config;
+}
+
+// score after steps 1, 2, ...: the best is step 2's; steps 3 and 4 do not
+// beat it (an equal value is no improvement), so the run stops after step 4.
+const std::vector<double> kScript = {0.1, 0.3, 0.2, 0.3, 0.9, 0.9, 0.9, 0.9};
+
+std::vector<double> Signed(double sign) {
+  std::vector<double> values = kScript;
+  for (double& v : values) v *= sign;
+  return values;
+}
+
+TEST(Trainer, EarlyStopAfterPatienceEvaluationsWithoutImprovementSavesAndRecordsTheBest) {
+  for (const std::string mode : {"max", "min"}) {
+    const std::string dir = TempRunDir("early_stop_" + mode);
+    const RunConfig config = EarlyStopConfig(dir, mode, 8);
+    ParameterStore store;
+    RegressionTask task(store, 8);
+    store.Finalize(3);
+    ScriptedEval eval(Signed(mode == "max" ? 1 : -1));  // lower is better for "min"
+    Trainer::Options options = MicroBatches(1);
+    options.eval = &eval;
+    Trainer trainer(config, store, task, options);
+    ASSERT_TRUE(trainer.Run().ok()) << mode;
+    EXPECT_EQ(trainer.summary().steps, 4) << mode;
+    EXPECT_TRUE(IsCommittedCheckpoint(CheckpointsRoot(dir) + "/" + CheckpointDirName(4))) << mode;
+    EXPECT_EQ(ReadWhole(dir + "/early_stop.json"),
+              "{\"stopped_after_step\":4,\"metric\":\"score\",\"mode\":\"" + mode +
+                  "\",\"patience\":2,\"best_step\":2,\"best\":" +
+                  (mode == "max" ? "0.3" : "-0.3") + "}\n");
+    const std::string metrics = ReadWhole(dir + "/metrics.jsonl");
+    EXPECT_EQ(metrics.find("{\"step\":5"), std::string::npos) << metrics;
+  }
+}
+
+TEST(Trainer, EarlyStopCountsTheEvaluationsBeforeAResume) {
+  const std::string dir = TempRunDir("early_stop_resume");
+  {
+    RunConfig config = EarlyStopConfig(dir, "max", 3);  // evaluations 0.1, 0.3 (best), 0.2
+    config.mutable_checkpoint()->set_every(3);
+    ParameterStore store;
+    RegressionTask task(store, 8);
+    store.Finalize(3);
+    ScriptedEval eval(kScript);
+    Trainer::Options options = MicroBatches(1);
+    options.eval = &eval;
+    Trainer trainer(config, store, task, options);
+    ASSERT_TRUE(trainer.Run().ok());
+    EXPECT_EQ(trainer.summary().steps, 3);
+    EXPECT_FALSE(std::filesystem::exists(dir + "/early_stop.json"));
+  }
+  // Resumed after step 3: step 4's 0.3 is the second evaluation without an
+  // improvement on step 2's, which the resumed run knows from metrics.jsonl
+  // (a count started afresh would take 0.3 as its best and go on to step 8).
+  const RunConfig config = EarlyStopConfig(dir, "max", 8);
+  ParameterStore store;
+  RegressionTask task(store, 8);
+  store.Finalize(3);
+  ScriptedEval eval(kScript, 3);
+  Trainer::Options options = MicroBatches(1);
+  options.eval = &eval;
+  options.resume_dir = CheckpointsRoot(dir) + "/" + CheckpointDirName(3);
+  Trainer trainer(config, store, task, options);
+  ASSERT_TRUE(trainer.Run().ok());
+  EXPECT_EQ(trainer.summary().steps, 1);
+  EXPECT_NE(ReadWhole(dir + "/early_stop.json").find("\"stopped_after_step\":4,"), std::string::npos);
+  EXPECT_NE(ReadWhole(dir + "/early_stop.json").find("\"best_step\":2,\"best\":0.3}"),
+            std::string::npos);
+}
+
+TEST(Trainer, EarlyStopOnAMetricTheEvaluationLacksIsAConfigError) {
+  const std::string dir = TempRunDir("early_stop_unknown");
+  RunConfig config = EarlyStopConfig(dir, "max", 4);
+  config.mutable_train()->set_early_stop_metric("val_ndcg@10");
+  ParameterStore store;
+  RegressionTask task(store, 8);
+  store.Finalize(3);
+  ScriptedEval eval(kScript);
+  Trainer::Options options = MicroBatches(1);
+  options.eval = &eval;
+  Trainer trainer(config, store, task, options);
+  const absl::Status status = trainer.Run();
+  ASSERT_FALSE(status.ok());
+  EXPECT_EQ(ExitCodeFor(status), 2);
+  EXPECT_NE(status.message().find("train.early_stop_metric=\"val_ndcg@10\": the evaluation "
+                                  "reports other, score"),
+            std::string::npos)
+      << status;
 }
 
 }  // namespace
