@@ -104,8 +104,14 @@ void CheckTensorSplits(const MambaHybridConfig& m, const std::string& pattern, i
     const int64_t ffn = m.ffn_hidden_size() > 0 ? m.ffn_hidden_size() : 4LL * m.hidden_size();
     check.Expect(ffn % tp == 0, absl::StrCat(F("ffn_hidden_size", ffn), by_tp));
   }
+  // A vocabulary larger than the data's is allowed (its extra ids are never
+  // targets), so the message says which size to pad to, as Megatron pads.
+  const int64_t padded = (int64_t{m.vocab_size()} + tp - 1) / tp * tp;
   check.Expect(m.vocab_size() % tp == 0,
-               F("vocab_size", m.vocab_size()) + by_tp + " (the vocabulary is split over tp)");
+               F("vocab_size", m.vocab_size()) + by_tp +
+                   absl::StrCat(" (the vocabulary is split over tp; pad it: --set "
+                                "model.mamba_hybrid.vocab_size=",
+                                padded, " trains the same data)"));
 }
 
 // Sequence parallelism cuts every sample into sp shards (of tp chunks under

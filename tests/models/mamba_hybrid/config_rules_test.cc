@@ -112,7 +112,8 @@ TEST(MambaHybridConfigRules, LayoutsThatDoNotDivideAreRefusedNamingTheField) {
         "model.mamba_hybrid.num_query_groups=1 must be divisible by parallel.tp=2"},
        2},
       {{{"parallel.tp=2", "model.mamba_hybrid.vocab_size=63"},
-        "model.mamba_hybrid.vocab_size=63 must be divisible by parallel.tp=2"},
+        "model.mamba_hybrid.vocab_size=63 must be divisible by parallel.tp=2 (the vocabulary "
+        "is split over tp; pad it: --set model.mamba_hybrid.vocab_size=64"},
        2},
       {{{"parallel.sp=3"}, "model.mamba_hybrid.seq_len=32 must be divisible by parallel.sp=3"}, 3},
       {{{"parallel.sp=2", "parallel.tp=2", "parallel.sequence_parallel=true",
