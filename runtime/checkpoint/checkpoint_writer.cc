@@ -299,7 +299,8 @@ absl::Status Commit(const std::string& root, const std::string& tmp_dir,
     std::error_code remove_error;
     if (fields == 2 && std::string(tail) == ".tmp") {
       if (step < manifest.step()) fs::remove_all(it->path(), remove_error);
-    } else if (fields == 1 && IsCommittedCheckpoint(it->path().string())) {
+    } else if (fields == 1 && step != options.keep_step &&
+               IsCommittedCheckpoint(it->path().string())) {
       committed.emplace_back(step, it->path().string());
     }
   }

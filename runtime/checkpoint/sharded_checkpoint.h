@@ -75,6 +75,9 @@ struct SaveOptions {
   // After committing, keep only the newest `keep_last` committed checkpoints
   // (0 keeps all). Stale step_M.tmp directories with M < step are removed too.
   int keep_last = 0;
+  // A committed step pruning never removes (early stopping's best step);
+  // -1: none. It does not count against keep_last.
+  int64_t keep_step = -1;
   // Test-only (fault.corrupt_write): this rank writes its first piece with
   // one bit flipped after the checksum was taken, as a failing disk would.
   // The checkpoint commits; verify and load then name the piece.

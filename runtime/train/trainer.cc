@@ -293,9 +293,18 @@ absl::Status Trainer::TrackEarlyStop(int64_t step, const std::vector<EvalMetric>
                                    "\": the evaluation reports ", absl::StrJoin(names, ", ")));
   }
   NoteWatchedMetric(step, watched->count > 0 ? watched->sum / watched->count : std::nan(""));
-  const bool due = sync_->is_logging_rank() && evals_since_best_ >= t.early_stop_patience();
+  // The logging rank decides (after a resume only it has replayed the
+  // evaluations before): the best step and whether the run stops.
+  const bool logging = sync_->is_logging_rank();
+  TESSERA_ASSIGN_OR_RETURN(best_step_, group_->AllReduceMax(logging ? best_step_ : -1));
+  const bool due = logging && evals_since_best_ >= t.early_stop_patience();
   TESSERA_ASSIGN_OR_RETURN(const int64_t any, group_->AllReduceMax(due ? 1 : 0));
   stop_early_ = any != 0;
+  // A new best is saved now, so that the run can end on these weights
+  // (train.early_stop_restore_best) and pruning keeps it.
+  if (best_step_ == step && t.early_stop_restore_best()) {
+    return Save(step, /*blocking=*/false);
+  }
   return absl::OkStatus();
 }
 
@@ -319,16 +328,18 @@ void Trainer::ReplayEarlyStop(const std::string& metrics_path) {
 
 absl::Status Trainer::StopEarly(int64_t step) {
   TESSERA_RETURN_IF_ERROR(Save(step, /*blocking=*/true));
+  TESSERA_ASSIGN_OR_RETURN(const std::string restored, RestoreBest(step));
   if (!sync_->is_logging_rank()) return absl::OkStatus();
   const TrainConfig& t = config_.train();
   const std::string path = t.run_dir() + "/early_stop.json";
   std::ofstream out(path);
   out << absl::StrFormat(
       "{\"stopped_after_step\":%d,\"metric\":\"%s\",\"mode\":\"%s\",\"patience\":%d,"
-      "\"best_step\":%d,\"best\":%s}\n",
+      "\"best_step\":%d,\"best\":%s,\"restored\":%s}\n",
       step, t.early_stop_metric(), t.early_stop_mode(), t.early_stop_patience(), best_step_,
       // No evaluation gave a finite value: JSON has no NaN.
-      best_step_ < 0 ? std::string("null") : absl::StrFormat("%.9g", best_value_));
+      best_step_ < 0 ? std::string("null") : absl::StrFormat("%.9g", best_value_),
+      restored.empty() ? std::string("null") : absl::StrCat("\"", restored, "\""));
   out.close();
   if (!out) return UsageError(absl::StrCat("cannot write ", path));
   if (progress_) std::printf("\r\033[K");
@@ -337,8 +348,34 @@ absl::Status Trainer::StopEarly(int64_t step) {
               static_cast<long long>(step), t.early_stop_metric().c_str(), best_value_,
               static_cast<long long>(best_step_), static_cast<long long>(evals_since_best_),
               CheckpointDirName(step).c_str(), path.c_str());
+  if (!restored.empty()) {
+    std::printf("restored the weights of the best step %lld from %s: the run ends on them\n",
+                static_cast<long long>(best_step_), restored.c_str());
+  }
   std::fflush(stdout);
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> Trainer::RestoreBest(int64_t step) {
+  if (!config_.train().early_stop_restore_best() || best_step_ < 0 || best_step_ == step) {
+    return std::string();
+  }
+  const std::string dir = absl::StrCat(CheckpointsRoot(config_.train().run_dir()), "/",
+                                       CheckpointDirName(best_step_));
+  // Saved when that evaluation was the best (a run resumed from an older
+  // tessera may lack it): keep the last weights and say so.
+  TESSERA_ASSIGN_OR_RETURN(const int64_t committed,
+                           group_->AllReduceMax(IsCommittedCheckpoint(dir) ? 1 : 0));
+  if (committed == 0) {
+    if (sync_->is_logging_rank()) {
+      std::printf("warning: no committed checkpoint of the best step at %s: the run ends on the "
+                  "weights of step %lld\n",
+                  dir.c_str(), static_cast<long long>(step));
+    }
+    return std::string();
+  }
+  TESSERA_RETURN_IF_ERROR(Restore(dir, /*parameters_only=*/false).status());
+  return dir;
 }
 
 void Trainer::SwapParametersWithEma() {
@@ -528,6 +565,7 @@ absl::Status Trainer::Save(int64_t step, bool blocking) {
   last_saved_step_ = step;
   SaveOptions save;
   save.keep_last = config_.checkpoint().keep_last();
+  if (config_.train().early_stop_restore_best()) save.keep_step = best_step_;
   save.corrupt_first_piece = options_.fault.corrupt_step == step;
   const std::string run_dir = config_.train().run_dir();
   const bool logging = sync_->is_logging_rank();

@@ -135,8 +135,13 @@ class Trainer {
   void NoteWatchedMetric(int64_t step, double value);
   // The evaluations metrics.jsonl holds (a resumed run's, up to its step).
   void ReplayEarlyStop(const std::string& metrics_path);
-  // Saves a checkpoint of `step`, writes <run_dir>/early_stop.json, says so.
+  // Saves a checkpoint of `step`, restores the best step's (RestoreBest),
+  // writes <run_dir>/early_stop.json, says so.
   absl::Status StopEarly(int64_t step);
+  // With train.early_stop_restore_best, loads the best step's checkpoint
+  // (parameters, EMA, optimizer, sparse tables) on every rank and returns
+  // its directory; empty when the run keeps the weights of `step`.
+  absl::StatusOr<std::string> RestoreBest(int64_t step);
   // Loads `dir` into the parameters (and EMA and optimizer unless
   // `parameters_only`) on every rank; fails everywhere if it fails anywhere.
   // Returns the checkpoint's step.

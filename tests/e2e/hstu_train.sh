@@ -170,12 +170,19 @@ done
 hstu "$WORK/early" --set train.steps=10 "${evaluate[@]}" --set train.eval_every=1 \
   --set train.early_stop_patience=1 --set train.early_stop_metric=val_hr@200 > "$WORK/early.log" 2>&1 \
   && grep -q '^early stop after step 2: val_hr@200 has not improved on 1 (step 1)' "$WORK/early.log" \
-  && grep -q '"stopped_after_step":2,"metric":"val_hr@200","mode":"max","patience":1,"best_step":1,"best":1}' \
+  && grep -q '"stopped_after_step":2,"metric":"val_hr@200","mode":"max","patience":1,"best_step":1,"best":1,"restored":"' \
     "$WORK/early/early_stop.json" \
+  && grep -q '^restored the weights of the best step 1 from' "$WORK/early.log" \
   && [ -d "$WORK/early/checkpoints/step_00000002" ] && [ -s "$WORK/early/final_metrics.json" ] \
   && [ "$(losses "$WORK/early" | wc -l)" = 2 ] \
   && pass "early stop after step 2 (patience 1 on val_hr@200): checkpoint, early_stop.json, final metrics" \
   || { fail "early stop"; tail -5 "$WORK/early.log"; cat "$WORK/early/early_stop.json"; }
+# It ends on step 1's weights, item table included: the end-of-run test
+# metrics equal those of a run of one step.
+hstu "$WORK/one_step" --set train.steps=1 > "$WORK/one_step.log" 2>&1 \
+  && cmp "$WORK/early/final_metrics.json" "$WORK/one_step/final_metrics.json" \
+  && pass "the early-stopped run's final metrics are the best step's (equal to a 1-step run)" \
+  || { fail "early stop restores the best step"; cat "$WORK/early/final_metrics.json" "$WORK/one_step/final_metrics.json"; }
 expect_exit "early stop on a metric HSTU does not report" 2 \
   'train.early_stop_metric="val_loss": model.hstu.s evaluation reports val_hr@10, val_ndcg@10' -- \
   hstu "$WORK/early_bad" "${evaluate[@]}" --set train.eval_every=1 --set train.early_stop_patience=1 \

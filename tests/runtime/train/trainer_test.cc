@@ -20,6 +20,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "runtime/base/errors.h"
 #include "runtime/base/random.h"
 #include "runtime/checkpoint/sharded_checkpoint.h"
@@ -386,7 +387,8 @@ TEST(Trainer, EarlyStopAfterPatienceEvaluationsWithoutImprovementSavesAndRecords
     EXPECT_EQ(ReadWhole(dir + "/early_stop.json"),
               "{\"stopped_after_step\":4,\"metric\":\"score\",\"mode\":\"" + mode +
                   "\",\"patience\":2,\"best_step\":2,\"best\":" +
-                  (mode == "max" ? "0.3" : "-0.3") + "}\n");
+                  (mode == "max" ? "0.3" : "-0.3") + ",\"restored\":\"" + CheckpointsRoot(dir) +
+                  "/" + CheckpointDirName(2) + "\"}\n");
     const std::string metrics = ReadWhole(dir + "/metrics.jsonl");
     EXPECT_EQ(metrics.find("{\"step\":5"), std::string::npos) << metrics;
   }
@@ -423,8 +425,61 @@ TEST(Trainer, EarlyStopCountsTheEvaluationsBeforeAResume) {
   ASSERT_TRUE(trainer.Run().ok());
   EXPECT_EQ(trainer.summary().steps, 1);
   EXPECT_NE(ReadWhole(dir + "/early_stop.json").find("\"stopped_after_step\":4,"), std::string::npos);
-  EXPECT_NE(ReadWhole(dir + "/early_stop.json").find("\"best_step\":2,\"best\":0.3}"),
+  EXPECT_NE(ReadWhole(dir + "/early_stop.json").find("\"best_step\":2,\"best\":0.3,\"restored\":"),
             std::string::npos);
+}
+
+// The weights (and EMA) a run of `steps` steps ends on, without evaluation.
+std::pair<std::vector<float>, std::vector<float>> WeightsAfter(int64_t steps,
+                                                              const std::string& name) {
+  RunConfig config = ToyConfig(TempRunDir(name));
+  config.mutable_train()->set_steps(steps);
+  ParameterStore store;
+  RegressionTask task(store, 8);
+  store.Finalize(3);
+  Trainer trainer(config, store, task, MicroBatches(1));
+  EXPECT_TRUE(trainer.Run().ok());
+  const float* values = store.values().ptr<float>();
+  return {std::vector<float>(values, values + store.numel()),
+          std::vector<float>(trainer.inference_weights(),
+                             trainer.inference_weights() + store.numel())};
+}
+
+TEST(Trainer, EarlyStopEndsOnTheBestStepsWeightsWhichPruningKeeps) {
+  const auto best = WeightsAfter(2, "early_stop_best_reference");
+  const auto last = WeightsAfter(4, "early_stop_last_reference");
+  ASSERT_NE(best.first, last.first);
+  for (const bool restore : {true, false}) {
+    const std::string dir = TempRunDir(absl::StrCat("early_stop_restore_", restore));
+    RunConfig config = EarlyStopConfig(dir, "max", 8);
+    config.mutable_train()->set_early_stop_restore_best(restore);
+    config.mutable_checkpoint()->set_keep_last(1);
+    ParameterStore store;
+    RegressionTask task(store, 8);
+    store.Finalize(3);
+    ScriptedEval eval(kScript);  // best after step 2, stops after step 4
+    Trainer::Options options = MicroBatches(1);
+    options.eval = &eval;
+    Trainer trainer(config, store, task, options);
+    ASSERT_TRUE(trainer.Run().ok());
+    const float* values = store.values().ptr<float>();
+    const std::vector<float> weights(values, values + store.numel());
+    const std::vector<float> ema(trainer.inference_weights(),
+                                 trainer.inference_weights() + store.numel());
+    const auto& expected = restore ? best : last;
+    EXPECT_EQ(weights, expected.first) << restore;
+    EXPECT_EQ(ema, expected.second) << restore;
+    // keep_last = 1 prunes step 1's and 3's, never the best step's.
+    const std::string root = CheckpointsRoot(dir) + "/";
+    EXPECT_TRUE(IsCommittedCheckpoint(root + CheckpointDirName(4))) << restore;
+    EXPECT_EQ(IsCommittedCheckpoint(root + CheckpointDirName(2)), restore) << restore;
+    EXPECT_FALSE(std::filesystem::exists(root + CheckpointDirName(1))) << restore;
+    EXPECT_NE(ReadWhole(dir + "/early_stop.json")
+                  .find(restore ? ",\"restored\":\"" + root + CheckpointDirName(2) + "\"}"
+                                : std::string(",\"restored\":null}")),
+              std::string::npos)
+        << ReadWhole(dir + "/early_stop.json");
+  }
 }
 
 TEST(Trainer, EarlyStopOnAMetricTheEvaluationLacksIsAConfigError) {
