@@ -280,11 +280,10 @@ void PrintRunHeader(const RunConfig& config, const Distributed& distributed,
   if (!setup.leader) return;
   const ParameterStore& store = setup.built.model->store();
   const long long dp = setup.dp;
-  std::printf("tessera train: %s, %lld parameters, %.2f GFLOP per training sample, "
+  std::printf("tessera train: %s, %lld parameters, "
               "global batch %lld over %lld replica%s (%d micro-batch%s of %lld each), "
               "%lld steps -> %s\n",
               setup.built.family->title.c_str(), static_cast<long long>(store.numel()),
-              setup.task->TrainingFlopsPerSample() / 1e9,
               static_cast<long long>(config.train().global_batch()), dp, dp == 1 ? "" : "s",
               setup.micro_batches, setup.micro_batches == 1 ? "" : "es",
               static_cast<long long>(setup.micro_batch),

@@ -197,10 +197,10 @@ absl::StatusOr<Tensor> CausalSelfAttention::Backward(Arena& arena, const Tensor&
 }
 
 double CausalSelfAttention::ForwardFlops(int64_t batch, int64_t seq) const {
-  // This rank's heads over the rows of the tp region: the projections, and
-  // QK^T and PV over the causal half of whole sequences (Ulysses: its H/sp).
-  const double rows = static_cast<double>(batch) * seq *
-                      (layout_.rows_split_over_tp() ? layout_.tp_size() : 1);
+  // This rank's heads over all `seq` rows of its sp shard (the tp region
+  // works on every row, also under Megatron SP): the projections, and QK^T
+  // and PV over the causal half of whole sequences (Ulysses: its H/sp).
+  const double rows = static_cast<double>(batch) * seq;
   const double width = static_cast<double>(heads_ * head_dim_);
   const double full_seq = rows / batch * layout_.sp_size();
   const double scores = 2.0 * batch * full_seq * full_seq * width / layout_.sp_size();

@@ -69,8 +69,8 @@ absl::StatusOr<Tensor> HybridMlp::Backward(Arena& arena, const Tensor& dy_local)
 }
 
 double HybridMlp::ForwardFlops(int64_t batch, int64_t seq) const {
-  const double rows = static_cast<double>(batch) * seq *
-                      (layout_.rows_split_over_tp() ? layout_.tp_size() : 1);
+  // All rows of the sp shard (under Megatron SP too), this rank's ffn columns.
+  const double rows = static_cast<double>(batch) * seq;
   return 2.0 * rows * hidden_ * ffn_ * (swiglu_ ? 3 : 2);
 }
 

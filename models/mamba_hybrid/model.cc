@@ -384,8 +384,11 @@ absl::Status MambaHybrid::Backward(Arena& arena, float scale) {
 }
 
 double MambaHybrid::ForwardFlops(int64_t batch, int64_t seq) const {
-  double flops = 2.0 * batch * seq * hidden_ * vocab_local_;  // the head: this rank's vocabulary
-  for (const auto& block : blocks_) flops += block->ForwardFlops(batch, seq);
+  // This rank's share: its sp shard of the tokens, its tp vocabulary, and
+  // (in the blocks) its heads and columns.
+  const int64_t local_seq = seq / layout_.sp_size();
+  double flops = 2.0 * batch * local_seq * hidden_ * vocab_local_;
+  for (const auto& block : blocks_) flops += block->ForwardFlops(batch, local_seq);
   return flops;
 }
 

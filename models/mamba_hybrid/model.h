@@ -95,7 +95,9 @@ class MambaHybrid {
   const std::string& pattern() const { return pattern_; }
   const MambaHybridConfig& config() const { return config_; }
   Backend& backend() const { return stack_.scratch().backend(); }
-  // Forward FLOPs of a micro-batch (a training step is about 3x).
+  // Forward FLOPs this rank computes for a micro-batch of `seq`-token
+  // samples (its sp shard, tp heads and vocabulary; a training step is
+  // about 3x).
   double ForwardFlops(int64_t batch, int64_t seq) const;
   // Activation bytes of one training micro-batch, from the shapes.
   size_t PredictActivationBytes(int64_t batch, int64_t seq) const;

@@ -63,7 +63,9 @@ double HybridMoe::ForwardFlops(int64_t batch, int64_t seq) const {
   const double per_row = 2.0 * D * options_.num_experts +
                          options_.top_k * 6.0 * D * options_.expert_hidden +
                          6.0 * D * options_.shared_expert_hidden;
-  const double rows = static_cast<double>(batch) * seq / (split_rows_ ? layout_.tp_size() : 1);
+  // Under tp this rank routes 1/tp of the rows: split here, or already
+  // split by Megatron SP.
+  const double rows = static_cast<double>(batch) * seq / layout_.tp_size();
   return per_row * rows;
 }
 

@@ -40,7 +40,11 @@ class TrainTask {
   virtual absl::StatusOr<MicroBatchResult> RunMicroBatch(Arena& arena, int64_t step, int micro,
                                                          float loss_scale) = 0;
 
-  // Training FLOPs (forward + backward) per sample, and tokens per sample.
+  // Training FLOPs (forward + backward) this rank computes for one sample
+  // of its replica's batch: under tp its columns and heads, under sp its
+  // tokens, so that the ranks of one replica add up to the whole sample (the
+  // trainer sums them over the job; one process: the whole sample). And
+  // tokens per sample.
   virtual double TrainingFlopsPerSample() const = 0;
   virtual int64_t TokensPerSample() const = 0;
   // Bytes of activations one micro-batch keeps alive at its peak, and the

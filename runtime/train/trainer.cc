@@ -5,8 +5,10 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <algorithm>
 #include <cmath>
 #include <csignal>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -147,6 +149,7 @@ absl::Status Trainer::Run() {
   TESSERA_ASSIGN_OR_RETURN(const int64_t first_step, RestoreOrInitialize());
   TESSERA_RETURN_IF_ERROR(OpenMetrics(first_step));
   gemm_peak_ = options_.gemm_peak > 0 ? options_.gemm_peak : MeasureGemmPeak(store_.backend());
+  TESSERA_ASSIGN_OR_RETURN(flops_per_sample_, JobFlopsPerSample());
   PrintMemoryPlan();
   return FinishRun(TrainSteps(first_step), first_step);
 }
@@ -187,6 +190,19 @@ absl::StatusOr<int64_t> Trainer::RestoreOrInitialize() {
   return 1;
 }
 
+absl::StatusOr<double> Trainer::JobFlopsPerSample() {
+  // Each rank counts what it computes for one sample of its replica's batch
+  // (its tp columns and heads, its sp tokens): the ranks of one replica add
+  // up to the whole sample, so the job's sum is dp times it.
+  TESSERA_ASSIGN_OR_RETURN(
+      const std::vector<std::string> shares,
+      group_->AllGather(absl::StrFormat("%.17g", task_.TrainingFlopsPerSample())));
+  double sum = 0;
+  for (const std::string& share : shares) sum += std::strtod(share.c_str(), nullptr);
+  const int64_t dp = std::max<int64_t>(1, DataParallelSize(config_, group_->size()));
+  return sum / static_cast<double>(dp);
+}
+
 absl::Status Trainer::OpenMetrics(int64_t first_step) {
   first_step_ = first_step;
   if (!sync_->is_logging_rank()) return absl::OkStatus();
@@ -213,6 +229,8 @@ void Trainer::PrintMemoryPlan() const {
               HumanBytes(plan_.ema).c_str(), HumanBytes(plan_.activations).c_str(),
               HumanBytes(plan_.communication).c_str(), HumanBytes(plan_.checkpoint).c_str(),
               HumanBytes(plan_.total()).c_str());
+  std::printf("training FLOPs: %.6g GFLOP per sample (forward + backward, the whole model)\n",
+              flops_per_sample_ / 1e9);
   Backend& backend = store_.backend();
   const char* precision = PrecisionName(backend.gemm_precision());
   const int64_t n = GemmPeakSize(backend);
@@ -455,8 +473,8 @@ absl::Status Trainer::FinishRun(absl::Status status, int64_t first_step) {
   if (total_seconds_ > 0) {
     summary_.mean_samples_per_s = static_cast<double>(total_samples_) / total_seconds_;
     // Every process of the job computes: the peak is one process's times their number.
-    summary_.peak_fraction = summary_.mean_samples_per_s * task_.TrainingFlopsPerSample() /
-                             (gemm_peak_ * group_->size());
+    summary_.peak_fraction =
+        summary_.mean_samples_per_s * flops_per_sample_ / (gemm_peak_ * group_->size());
   }
   return status;
 }
@@ -699,7 +717,7 @@ absl::Status Trainer::Report(int64_t step, double loss, double aux, double lr, d
   if (log) {
     const double samples_per_s = static_cast<double>(window_samples_) / window_seconds_;
     const double tokens_per_s = samples_per_s * static_cast<double>(task_.TokensPerSample());
-    const double flops_per_s = samples_per_s * task_.TrainingFlopsPerSample();
+    const double flops_per_s = samples_per_s * flops_per_sample_;
     const double peak_fraction = flops_per_s / (gemm_peak_ * group_->size());
     const size_t rss = CurrentRssBytes();
     std::string extras = task_.MetricsJsonFields();

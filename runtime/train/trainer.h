@@ -110,6 +110,10 @@ class Trainer {
   // Restores a checkpoint (resume or init) and returns the first step to run.
   absl::StatusOr<int64_t> RestoreOrInitialize();
   absl::Status OpenMetrics(int64_t first_step);
+  // The training FLOPs of one sample of the global batch, whatever the
+  // layout: the sum over the ranks of TrainTask::TrainingFlopsPerSample
+  // (each rank's share) over the data-parallel size. Collective.
+  absl::StatusOr<double> JobFlopsPerSample();
   void PrintMemoryPlan() const;
   absl::Status TrainSteps(int64_t first_step);
   // A checkpoint after `step` when one is due or a stop was agreed; then, for
@@ -189,6 +193,7 @@ class Trainer {
   MemoryPlan plan_;
   TrainSummary summary_;
   double gemm_peak_ = 0;
+  double flops_per_sample_ = 0;  // JobFlopsPerSample()
   std::FILE* metrics_ = nullptr;
   bool progress_ = false;
   // Accumulated between log lines.

@@ -71,6 +71,18 @@ hybrid_layout tp2_ep2 2 --set parallel.tp=2 --set parallel.ep=2
 hybrid_layout tp2_sp2_dp2_zero1 8 --set parallel.tp=2 --set parallel.sp=2 --set parallel.zero_stage=1 \
   --set checkpoint.every=3
 
+# The FLOPs the trainer counts (peak_fraction's numerator) are the whole
+# model's under every layout: each rank's share summed over the job.
+flops() { grep -o 'training FLOPs: [0-9.e+-]* GFLOP per sample' "$WORK/$1.log"; }
+single_flops=$(flops single)
+for name in tp2 tp2_megatron_sp sp2 sp4 ep2 tp2_sp2_dp2_zero1; do
+  if [ -n "$single_flops" ] && [ "$(flops $name)" = "$single_flops" ]; then
+    pass "$name: $single_flops, as one process"
+  else
+    fail "$name: '$(flops $name)', one process '$single_flops'"
+  fi
+done
+
 # Resharding: the pieces saved at step 3 by one layout resume in another to
 # the uninterrupted run's last losses and weights.
 resumed() {  # NAME NP CHECKPOINT [--set ...]
