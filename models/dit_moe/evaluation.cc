@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_format.h"
+#include "models/common/eval_reader.h"
 #include "runtime/base/errors.h"
 #include "runtime/base/status.h"
 
@@ -42,15 +43,8 @@ absl::Status CheckAgainstTraining(const RunConfig& config, const DitMoe& model,
 absl::StatusOr<std::unique_ptr<DitMoeEvaluation>> DitMoeEvaluation::Create(
     const RunConfig& config, DitMoe& model, const TaskOptions& task) {
   ImageReaderOptions options;
-  options.dir = config.data().eval_dir();
-  options.field = "data.eval_dir";
-  // One reader batch is one forward on every replica.
-  options.global_batch = task.micro_batch * task.num_replicas;
-  options.replica = task.replica;
-  options.num_replicas = task.num_replicas;
-  options.prefetch = config.data().prefetch();
+  SetEvalReaderOptions(config, task, &options);
   options.pad_to = static_cast<int>(model.dims().input_size);
-  options.shuffle = false;
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<ImageReader> reader, ImageReader::Open(options));
   TESSERA_RETURN_IF_ERROR(CheckAgainstTraining(config, model, options, *reader));
   return std::unique_ptr<DitMoeEvaluation>(

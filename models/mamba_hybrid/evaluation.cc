@@ -6,6 +6,7 @@
 #include <string>
 
 #include "absl/strings/str_format.h"
+#include "models/common/eval_reader.h"
 #include "runtime/base/errors.h"
 #include "runtime/base/status.h"
 
@@ -46,14 +47,7 @@ absl::Status CheckAgainstTraining(const RunConfig& config, const TokenReaderOpti
 absl::StatusOr<std::unique_ptr<LanguageModelEvaluation>> LanguageModelEvaluation::Create(
     const RunConfig& config, MambaHybrid& model, const TaskOptions& task) {
   TokenReaderOptions options;
-  options.dir = config.data().eval_dir();
-  options.field = "data.eval_dir";
-  // One reader batch is one forward on every replica.
-  options.global_batch = task.micro_batch * task.num_replicas;
-  options.replica = task.replica;
-  options.num_replicas = task.num_replicas;
-  options.prefetch = config.data().prefetch();
-  options.shuffle = false;
+  SetEvalReaderOptions(config, task, &options);
   options.seq_len = model.config().seq_len();
   options.vocab_size = model.config().vocab_size();
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<TokenReader> reader, TokenReader::Open(options));
