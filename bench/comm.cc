@@ -13,8 +13,8 @@
 // of each (on a machine other jobs load, bursts lengthen some operations but
 // rarely all of them) and "median" the overhead of the median operations.
 // "overhead" is our time over the raw blocking call's, minus one; "nb" is the raw non-blocking call (MPI_I... + MPI_Wait) — what
-// our Work wraps for every collective but the all-reduces of at least
-// kThreadedAllReduceBytes, which run as the blocking call on the group's
+// our Work wraps for every collective but the all-reduces and reduce-scatters
+// of at least kThreadedAllReduceBytes, which run as the blocking call on the group's
 // collective thread (Open MPI runs non-blocking collectives with libnbc's
 // algorithms, not the tuned blocking ones; the column tells that cost apart
 // from ours).

@@ -193,24 +193,32 @@ absl::StatusOr<std::unique_ptr<Work>> MpiCommunicator::AllReduce(void* data, siz
   OpInfo info{"AllReduce", ReduceOpName(op), count, count * DTypeSize(dtype), dtype};
   Count(info.bytes);
   info.seq = group_->counter->Enter();
-  if (group_->collective_thread && info.bytes >= kThreadedAllReduceBytes) {
-    const float divisor = op == ReduceOp::kAvg ? static_cast<float>(size()) : 0.0f;
-    auto completion = group_->collective_thread->Post([=](MPI_Comm comm) {
-      const int code = MPI_Allreduce(MPI_IN_PLACE, data, n, type, mpi_op, comm);
-      if (code == MPI_SUCCESS && divisor != 0.0f) {
-        float* values = static_cast<float*>(data);
-        for (size_t i = 0; i < count; ++i) values[i] /= divisor;
-      }
-      return code;
+  MpiFinish finish;
+  if (op == ReduceOp::kAvg) finish = {static_cast<float*>(data), count};
+  if (Threaded(info.bytes)) {
+    return OnThread(info, "MPI_Allreduce", finish, [=](MPI_Comm comm) {
+      return MPI_Allreduce(MPI_IN_PLACE, data, n, type, mpi_op, comm);
     });
-    return std::unique_ptr<Work>(
-        new MpiThreadWork(group_, info, "MPI_Allreduce", std::move(completion)));
   }
   MPI_Request request = MPI_REQUEST_NULL;
   const int code = MPI_Iallreduce(MPI_IN_PLACE, data, n, type, mpi_op, group_->comm, &request);
-  MpiFinish finish;
-  if (op == ReduceOp::kAvg) finish = {static_cast<float*>(data), count};
   return Started(group_, info, code, "MPI_Iallreduce", request, finish);
+}
+
+bool MpiCommunicator::Threaded(size_t bytes) const {
+  return group_->collective_thread != nullptr && bytes >= kThreadedAllReduceBytes;
+}
+
+std::unique_ptr<Work> MpiCommunicator::OnThread(const OpInfo& info, const char* call,
+                                                const MpiFinish& finish,
+                                                std::function<int(MPI_Comm)> run) {
+  const size_t group_size = static_cast<size_t>(size());
+  auto completion = group_->collective_thread->Post([=, run = std::move(run)](MPI_Comm comm) {
+    const int code = run(comm);
+    if (code == MPI_SUCCESS) ApplyFinish(finish, group_size);
+    return code;
+  });
+  return std::unique_ptr<Work>(new MpiThreadWork(group_, info, call, std::move(completion)));
 }
 
 absl::StatusOr<std::unique_ptr<Work>> MpiCommunicator::ReduceScatter(const void* send, void* recv,
@@ -231,23 +239,27 @@ absl::StatusOr<std::unique_ptr<Work>> MpiCommunicator::ReduceScatter(const void*
   OpInfo info{"ReduceScatter", ReduceOpName(op), recv_count, send_bytes, dtype};
   Count(send_bytes);
   info.seq = group_->counter->Enter();
-  MPI_Request request = MPI_REQUEST_NULL;
   MpiFinish finish;
-  int code;
+  // MPI's in-place form leaves the result at the start of the buffer.
+  const void* source = in_place ? MPI_IN_PLACE : send;
+  void* target = in_place ? const_cast<void*>(send) : recv;
   if (in_place) {
-    // MPI's in-place form leaves the result at the start of the buffer.
-    char* buffer = static_cast<char*>(const_cast<void*>(send));
-    code = MPI_Ireduce_scatter_block(MPI_IN_PLACE, buffer, n, type, mpi_op, group_->comm, &request);
-    finish.move_from = buffer;
+    finish.move_from = static_cast<char*>(target);
     finish.move_to = own_block;
     finish.move_bytes = rank() == 0 ? 0 : block_bytes;
-  } else {
-    code = MPI_Ireduce_scatter_block(send, recv, n, type, mpi_op, group_->comm, &request);
   }
   if (op == ReduceOp::kAvg) {
     finish.average = static_cast<float*>(recv);
     finish.average_count = recv_count;
   }
+  if (Threaded(send_bytes)) {
+    return OnThread(info, "MPI_Reduce_scatter_block", finish, [=](MPI_Comm comm) {
+      return MPI_Reduce_scatter_block(source, target, n, type, mpi_op, comm);
+    });
+  }
+  MPI_Request request = MPI_REQUEST_NULL;
+  const int code =
+      MPI_Ireduce_scatter_block(source, target, n, type, mpi_op, group_->comm, &request);
   return Started(group_, info, code, "MPI_Ireduce_scatter_block", request, finish);
 }
 
@@ -264,6 +276,8 @@ absl::StatusOr<std::unique_ptr<Work>> MpiCommunicator::AllGather(const void* sen
   OpInfo info{"AllGather", nullptr, send_count, block_bytes, dtype};
   Count(block_bytes * size());
   info.seq = group_->counter->Enter();
+  // Non-blocking at every size: libnbc's all-gather keeps up with the
+  // blocking call (bench_comm), and the thread's hand-over would cost more.
   MPI_Request request = MPI_REQUEST_NULL;
   const int code = MPI_Iallgather(in_place ? MPI_IN_PLACE : send, n, type, recv, n, type,
                                   group_->comm, &request);

@@ -1,13 +1,16 @@
 // The MPI backend of Communicator: host buffers, one MPI communicator per
 // group (MPI_Comm_split), every operation a non-blocking MPI call whose Work
 // polls MPI_Test until it completes or its deadline passes — except
-// all-reduces of at least kThreadedAllReduceBytes: when MPI runs with
-// MPI_THREAD_MULTIPLE those are blocking MPI_Allreduce calls made by the
-// group's MpiCollectiveThread (Open MPI's non-blocking all-reduce is up to
-// 2.2x slower; mpi_collective_thread.h), with the same Work semantics.
-// TESSERA_MPI_COLLECTIVE_THREAD=0 in the environment of any member keeps the
-// group's all-reduces non-blocking (to compare, or for an MPI whose threads
-// misbehave); the members agree on it when the group is created.
+// all-reduces and reduce-scatters of at least kThreadedAllReduceBytes: when
+// MPI runs with MPI_THREAD_MULTIPLE those are blocking MPI_Allreduce /
+// MPI_Reduce_scatter_block calls made by the group's MpiCollectiveThread
+// (Open MPI's non-blocking forms run through libnbc: the all-reduce up to
+// 2.2x slower, the reduce-scatter of ZeRO-1's gradient buckets up to 15x;
+// mpi_collective_thread.h), with the same Work
+// semantics. TESSERA_MPI_COLLECTIVE_THREAD=0 in the environment of any
+// member keeps the group's collectives non-blocking (to compare, or for an
+// MPI whose threads misbehave); the members agree on it when the group is
+// created.
 //
 // Types: f32, i32, i64 and u8 for everything; bf16 and f16 only for data
 // movement (all-gather, all-to-all(v), broadcast, send/recv) — MPI has no
@@ -49,6 +52,7 @@
 
 #include <mpi.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -57,12 +61,16 @@
 #include "absl/time/time.h"
 #include "parallel/comm/communicator.h"
 #include "parallel/comm/mpi_collective_thread.h"
+#include "parallel/comm/op_info.h"
 #include "parallel/comm/watchdog.h"
 
 namespace tessera::parallel {
 
-// All-reduces from this size up run as blocking calls on the group's
-// collective thread (below it the hand-over costs more than libnbc loses).
+struct MpiFinish;  // mpi_work.h
+
+// All-reduces and reduce-scatters from this size up run as blocking calls on
+// the group's collective thread (below it the hand-over costs more than
+// libnbc loses).
 inline constexpr size_t kThreadedAllReduceBytes = size_t{64} << 10;
 
 // What the communicator and its pending Work share; outlives whichever goes last.
@@ -139,6 +147,12 @@ class MpiCommunicator final : public Communicator {
  private:
   explicit MpiCommunicator(std::shared_ptr<MpiGroup> group) : group_(std::move(group)) {}
   void Count(size_t bytes);
+  // Whether a collective of `bytes` runs on the group's collective thread.
+  bool Threaded(size_t bytes) const;
+  // Posts `run` (a blocking collective on the thread's communicator), then
+  // `finish` on the thread once it succeeded.
+  std::unique_ptr<Work> OnThread(const OpInfo& info, const char* call, const MpiFinish& finish,
+                                 std::function<int(MPI_Comm)> run);
   std::shared_ptr<MpiGroup> group_;
   int64_t bytes_sent_ = 0, calls_ = 0;
 };

@@ -21,13 +21,17 @@ bool MpiWork::Poll() {
     return true;
   }
   if (!flag) return false;
-  if (finish_.move_bytes > 0) std::memmove(finish_.move_to, finish_.move_from, finish_.move_bytes);
-  if (finish_.average != nullptr) {
-    const float size = static_cast<float>(group_->world_ranks.size());
-    for (size_t i = 0; i < finish_.average_count; ++i) finish_.average[i] /= size;
-  }
+  ApplyFinish(finish_, group_->world_ranks.size());
   done_ = true;
   return true;
+}
+
+void ApplyFinish(const MpiFinish& finish, size_t group_size) {
+  if (finish.move_bytes > 0) std::memmove(finish.move_to, finish.move_from, finish.move_bytes);
+  if (finish.average != nullptr) {
+    const float size = static_cast<float>(group_size);
+    for (size_t i = 0; i < finish.average_count; ++i) finish.average[i] /= size;
+  }
 }
 
 bool MpiWork::Test() { return Poll(); }

@@ -31,6 +31,10 @@ struct MpiFinish {
   size_t move_bytes = 0;
 };
 
+// What a completed operation still does on the host: the in-place move,
+// then the division by `group_size`.
+void ApplyFinish(const MpiFinish& finish, size_t group_size);
+
 class MpiWork final : public Work {
  public:
   MpiWork(std::shared_ptr<const MpiGroup> group, const OpInfo& info, MPI_Request request,

@@ -137,14 +137,19 @@ absl::Status DataParallel::FinishBackward(double global_elements) {
   TESSERA_RETURN_IF_ERROR(launch_status_);
   const float scale = static_cast<float>(
       1.0 / (global_elements > 0 ? global_elements : static_cast<double>(groups_.divisor)));
-  const auto start = std::chrono::steady_clock::now();
+  using Clock = std::chrono::steady_clock;
   // Buckets the backward pass did not report (none for a well-formed model)
   // start now, last first, the same on every rank.
   for (auto it = buckets_.rbegin(); it != buckets_.rend(); ++it) {
     if (it->pending >= 0) TESSERA_RETURN_IF_ERROR(Launch(*it));
   }
+  // Only the waits count as exposed communication: the scaling below is a
+  // pass over the gradients that one process makes as well.
+  last_wait_seconds_ = 0;
   for (auto it = buckets_.rbegin(); it != buckets_.rend(); ++it) {
+    const auto wait_start = Clock::now();
     TESSERA_RETURN_IF_ERROR(it->work->Wait(it->comm->timeout()));
+    last_wait_seconds_ += std::chrono::duration<double>(Clock::now() - wait_start).count();
     it->work.reset();
     if (zero_stage_ == 0) {
       store_.backend().Scale(store_.grads().data<float>() + it->range.begin, it->range.size(),
@@ -153,8 +158,6 @@ absl::Status DataParallel::FinishBackward(double global_elements) {
       store_.backend().Scale(it->shard_grads.data<float>(), it->shard_size(), scale);
     }
   }
-  last_wait_seconds_ =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return absl::OkStatus();
 }
 

@@ -278,7 +278,8 @@ TEST(Collectives, BarrierAndTestReportCompletion) {
 TEST(Collectives, InPlaceReduceScatterAndAllGatherFollowNcclConvention) {
   auto comm = World();
   const int me = comm->rank(), n = comm->size();
-  const size_t count = 7;
+  // Non-blocking, and on the collective thread (kThreadedAllReduceBytes up).
+  for (const size_t count : {size_t{7}, kThreadedAllReduceBytes / sizeof(float) + 3}) {
   std::vector<float> buffer(count * n);
   for (size_t i = 0; i < buffer.size(); ++i) buffer[i] = Input<float>(me, i, 19);
   float* own = buffer.data() + me * count;
@@ -293,6 +294,41 @@ TEST(Collectives, InPlaceReduceScatterAndAllGatherFollowNcclConvention) {
   ASSERT_TRUE(status.ok()) << status;
   for (size_t i = 0; i < buffer.size(); ++i) {
     ExpectClose(buffer[i], Reference<float>(ReduceOp::kAvg, n, i, 19), "in-place ag", i);
+  }
+  }
+}
+
+// Reduce-scatters of at least kThreadedAllReduceBytes run on the collective
+// thread too (out of place here), interleaved with non-blocking calls (the
+// all-gather at every size) and waited for out of order.
+TEST(Collectives, ThreadedReduceScattersInterleaveWithNonBlockingCalls) {
+  auto comm = World();
+  const int me = comm->rank(), n = comm->size();
+  const size_t block = kThreadedAllReduceBytes / sizeof(float) + 5;
+  std::vector<float> send(block * n), reduced(block, -1.0f), gathered(block * n, -1.0f);
+  std::vector<float> small(3), small_sum(3);
+  for (size_t i = 0; i < send.size(); ++i) send[i] = Input<float>(me, i, 43);
+  for (size_t i = 0; i < small.size(); ++i) small[i] = small_sum[i] = Input<float>(me, i, 47);
+  auto scatter = comm->ReduceScatter(send.data(), reduced.data(), block, DType::kF32,
+                                     ReduceOp::kSum);
+  auto between = comm->AllReduce(small_sum.data(), small.size(), DType::kF32, ReduceOp::kSum);
+  auto gather = comm->AllGather(send.data() + me * block, gathered.data(), block, DType::kF32);
+  ASSERT_TRUE(scatter.ok() && between.ok() && gather.ok());
+  for (Work* work : {gather->get(), between->get(), scatter->get()}) {
+    const absl::Status status = work->Wait(comm->timeout());
+    ASSERT_TRUE(status.ok()) << status;
+  }
+  for (size_t i = 0; i < block; ++i) {
+    ExpectClose(reduced[i], Reference<float>(ReduceOp::kSum, n, me * block + i, 43),
+                "threaded rs", i);
+  }
+  for (int r = 0; r < n; ++r) {
+    for (size_t i = 0; i < block; ++i) {
+      ASSERT_EQ(gathered[r * block + i], Input<float>(r, r * block + i, 43)) << r << " " << i;
+    }
+  }
+  for (size_t i = 0; i < small.size(); ++i) {
+    ExpectClose(small_sum[i], Reference<float>(ReduceOp::kSum, n, i, 47), "non-blocking sum", i);
   }
 }
 
