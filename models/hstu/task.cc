@@ -1,5 +1,7 @@
 #include "models/hstu/task.h"
 
+#include <chrono>
+
 #include "absl/strings/str_format.h"
 #include "runtime/base/errors.h"
 #include "runtime/base/status.h"
@@ -43,10 +45,19 @@ HstuTask::HstuTask(const RunConfig& config, Hstu& model, parallel::RowShardedTab
 
 absl::StatusOr<MicroBatchResult> HstuTask::RunMicroBatch(Arena& arena, int64_t step, int micro,
                                                          float loss_scale) {
+  using Clock = std::chrono::steady_clock;
+  auto mark = Clock::now();
+  // Adds the time since the last mark to `phase`.
+  const auto lap = [&mark](double& phase) {
+    const auto now = Clock::now();
+    phase += std::chrono::duration<double>(now - mark).count();
+    mark = now;
+  };
   if (micro == 0) {
     TESSERA_ASSIGN_OR_RETURN(batch_, reader_->Next());
     position_ = batch_.state_after;
     step_tokens_ = 0;
+    step_phases_ = Phases();
   }
   const int64_t share = batch_.offsets.numel() - 1;
   TESSERA_CHECK(share % micro_batch_ == 0 && micro < share / micro_batch_);
@@ -64,9 +75,12 @@ absl::StatusOr<MicroBatchResult> HstuTask::RunMicroBatch(Arena& arena, int64_t s
   ids.insert(ids.end(), candidates.ids.begin(), candidates.ids.end());
   const int64_t looked_up = static_cast<int64_t>(ids.size());
   Tensor rows = arena.AllocateUninitialized(DType::kF32, Shape{looked_up, dim});
+  lap(step_phases_.data);
   TESSERA_RETURN_IF_ERROR(table_.Lookup(ids, rows.ptr<float>()));
+  lap(step_phases_.table);
   const DropoutDraw dropout{m.dropout(), seed, step};
   const Tensor outputs = model_.Forward(arena, batch, rows.ptr<float>(), &dropout);
+  lap(step_phases_.layers);
   MicroBatchResult result;
   result.loss = loss_.Forward(arena, outputs, rows.ptr<float>() + tokens * dim, candidates);
   result.samples = micro_batch_;
@@ -74,14 +88,20 @@ absl::StatusOr<MicroBatchResult> HstuTask::RunMicroBatch(Arena& arena, int64_t s
   BeforeBackward();
   Tensor drows = arena.AllocateUninitialized(DType::kF32, Shape{looked_up, dim});
   const Tensor doutputs = loss_.Backward(arena, drows.ptr<float>() + tokens * dim, loss_scale);
+  lap(step_phases_.loss);
   TESSERA_RETURN_IF_ERROR(model_.Backward(doutputs, drows.ptr<float>()));
+  lap(step_phases_.layers);
   // The owners accumulate the rows' gradients; the trainer's Step updates them.
   TESSERA_RETURN_IF_ERROR(table_.Backward(drows.ptr<float>()));
+  lap(step_phases_.table);
   step_tokens_ += batch.tokens();
   return result;
 }
 
-void HstuTask::EndStep() { tokens_ = step_tokens_; }
+void HstuTask::EndStep() {
+  tokens_ = step_tokens_;
+  phases_ = step_phases_;
+}
 
 double HstuTask::TrainingFlopsPerSample() const {
   // A user of max_len positions; the loss's two GEMMs per candidate row.
@@ -107,7 +127,10 @@ size_t HstuTask::PredictActivationBytes() const {
 }
 
 std::string HstuTask::MetricsJsonFields() const {
-  return absl::StrFormat("\"supervised_positions\":%d", tokens_);
+  return absl::StrFormat(
+      "\"supervised_positions\":%d,\"data_seconds\":%.6g,\"table_seconds\":%.6g,"
+      "\"layers_seconds\":%.6g,\"loss_seconds\":%.6g",
+      tokens_, phases_.data, phases_.table, phases_.layers, phases_.loss);
 }
 
 std::string HstuTask::LogSuffix() const {

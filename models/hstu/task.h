@@ -53,6 +53,16 @@ class HstuTask : public TrainTask {
   InteractionBatch batch_;  // this step's share of the global batch
   SamplerState position_;
   int64_t step_tokens_ = 0, tokens_ = 0;  // supervised positions (this rank)
+  // Where this rank's step went (seconds, over its micro-batches): reading
+  // and slicing the batch and sampling negatives; the item table's lookups
+  // and gradient hand-back (its sparse update is the trainer's
+  // sparse_step_seconds); the HSTU layers forward and backward; the sampled
+  // softmax forward and backward. step_phases_ accumulates, phases_ is the
+  // last step's (metrics.jsonl).
+  struct Phases {
+    double data = 0, table = 0, layers = 0, loss = 0;
+  };
+  Phases step_phases_, phases_;
 };
 
 // Activation bytes one training user of max_len positions keeps, from the

@@ -111,6 +111,11 @@ class RowShardedTable : public SparseParameters {
   int group_rank() const { return group_ ? group_->rank() : 0; }
   int group_size() const { return group_ ? group_->size() : 1; }
   absl::Status Route(std::span<const int64_t> ids);
+  // Route's distinct sorted ids and each position's slot among them: by
+  // sorting, or, when the table has few rows for the lookup (at most
+  // kDenseDedupeRows per id), by marking rows in a table-sized array, which
+  // is linear in both. The same result either way.
+  void Dedupe(std::span<const int64_t> ids, Routing* r);
   absl::Status Exchange(const void* send, const std::vector<size_t>& send_counts, void* recv,
                         const std::vector<size_t>& recv_counts, DType dtype, int64_t width);
   // Sums the touched rows' gradients over the replicas (their union).
@@ -124,6 +129,7 @@ class RowShardedTable : public SparseParameters {
   int64_t num_rows_, dim_, block_, first_, end_;
   std::vector<float> rows_;
   Routing routing_;
+  std::vector<int32_t> row_slot_;  // Dedupe's marks, -1 between lookups (dense path only)
   std::map<int64_t, std::vector<float>> grads_;  // touched rows this step
   std::vector<float> m_, v_;                     // Adam moments
   std::vector<float> sums_;                      // row-wise Adagrad: one sum per row

@@ -677,7 +677,11 @@ absl::Status Trainer::Step(int64_t step) {
   const double lr = LearningRate(config_.optim(), step - 1, config_.train().steps());
   MaybeInjectFault(step, "optimizer");
   TESSERA_RETURN_IF_ERROR(sync_->Step(static_cast<float>(lr), static_cast<float>(scale)));
-  if (options_.sparse) TESSERA_RETURN_IF_ERROR(options_.sparse->Step(lr, sums[2], step));
+  if (options_.sparse) {
+    const auto sparse_start = Clock::now();
+    TESSERA_RETURN_IF_ERROR(options_.sparse->Step(lr, sums[2], step));
+    sparse_step_seconds_ = Seconds(sparse_start, Clock::now());
+  }
   if (ema_) {
     double decay = config_.optim().ema_decay();
     if (config_.optim().ema_warmup()) {
@@ -721,6 +725,11 @@ absl::Status Trainer::Report(int64_t step, double loss, double aux, double lr, d
     const double peak_fraction = flops_per_s / (gemm_peak_ * group_->size());
     const size_t rss = CurrentRssBytes();
     std::string extras = task_.MetricsJsonFields();
+    if (options_.sparse) {
+      // The last step's sparse-parameter update (e.g. HSTU's item table).
+      absl::StrAppend(&extras, extras.empty() ? "" : ",",
+                      absl::StrFormat("\"sparse_step_seconds\":%.6g", sparse_step_seconds_));
+    }
     const int written = std::fprintf(metrics_,
                  "{\"step\":%lld,\"loss\":%.9g,\"aux_loss\":%.9g,\"lr\":%.9g,\"grad_norm\":%.9g,"
                  "\"samples_per_s\":%.6g,\"tokens_per_s\":%.6g,\"flops_per_s\":%.6g,"

@@ -194,6 +194,7 @@ class Trainer {
   TrainSummary summary_;
   double gemm_peak_ = 0;
   double flops_per_sample_ = 0;  // JobFlopsPerSample()
+  double sparse_step_seconds_ = 0;  // the last step's options_.sparse->Step
   std::FILE* metrics_ = nullptr;
   bool progress_ = false;
   // Accumulated between log lines.

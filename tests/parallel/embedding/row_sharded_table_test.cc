@@ -62,8 +62,9 @@ std::vector<float> Dout(int q, int step, size_t n) {
 // The whole table with a dense optimizer restricted to touched rows.
 struct WholeTable {
   std::vector<double> values, m, v;
-  WholeTable() : values(kRows * kDim), m(kRows * kDim, 0), v(kRows * kDim, 0) {
-    for (int64_t i = 0; i < kRows * kDim; ++i) {
+  explicit WholeTable(int64_t rows = kRows)
+      : values(rows * kDim), m(rows * kDim, 0), v(rows * kDim, 0) {
+    for (int64_t i = 0; i < rows * kDim; ++i) {
       values[i] = kStd * CounterNormal(Mix64(0) ^ HashName("items"), static_cast<uint64_t>(i));
     }
   }
@@ -90,11 +91,13 @@ struct WholeTable {
   }
 };
 
-void RunSteps(const SparseOptimizerOptions& options) {
+// `rows`: kRows dedupes a lookup by marking rows; a table of many more rows
+// than ids looked up (> 8 per id) by sorting the ids.
+void RunSteps(const SparseOptimizerOptions& options, int64_t rows = kRows) {
   auto world = World();
   const int p = world->size(), me = world->rank();
-  RowShardedTable table(*world, "items", kRows, kDim, kStd);
-  WholeTable whole;
+  RowShardedTable table(*world, "items", rows, kDim, kStd);
+  WholeTable whole(rows);
   for (int step = 1; step <= 4; ++step) {
     const std::vector<int64_t> ids = Ids(me, step);
     std::vector<float> out(ids.size() * kDim, NAN);
@@ -134,7 +137,7 @@ void RunSteps(const SparseOptimizerOptions& options) {
       }
   }
   // Rows no rank looked up never moved from their initial values.
-  WholeTable initial;
+  WholeTable initial(rows);
   for (int64_t row = std::max<int64_t>(30, table.first_row()); row < table.end_row(); ++row) {
     EXPECT_EQ(table.local_rows()[(row - table.first_row()) * kDim],
               static_cast<float>(initial.values[row * kDim]));
@@ -145,6 +148,12 @@ TEST(RowShardedTable, LookupsAndSparseAdamMatchOneTableWithAdamOnTouchedRows) {
   SparseOptimizerOptions options;
   options.lr = 0.05;
   RunSteps(options);
+}
+
+TEST(RowShardedTable, ATableOfManyMoreRowsThanIdsDedupesBySortingToTheSameResult) {
+  SparseOptimizerOptions options;
+  options.lr = 0.05;
+  RunSteps(options, /*rows=*/20000);
 }
 
 TEST(RowShardedTable, RowwiseAdagradMatchesOneTable) {
