@@ -97,7 +97,7 @@ int main(int argc, char** argv) {
     const int64_t distinct = std::unique(unique.begin(), unique.end()) - unique.begin();
     const double t_lookup = TimeOnce([&] { Check(table.Lookup(ids, out.data())); });
     const double t_backward = TimeOnce([&] { Check(table.Backward(dout.data())); });
-    const int64_t touched = static_cast<int64_t>(table.touched().size());
+    const int64_t touched = table.num_touched();
     const double t_step = TimeOnce([&] { Check(table.Step(adam, it + 1, 1.0)); });
     // The lookup's bytes in equal blocks, ids then rows, sized by the rank
     // with the most distinct ids (every rank must pass the same counts).

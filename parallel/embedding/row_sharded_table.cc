@@ -133,40 +133,60 @@ absl::Status RowShardedTable::Backward(const float* dout) {
                                    r.recv_counts, DType::kF32, dim_));
   // Senders in rank order: the sum over ranks has a fixed order.
   for (size_t i = 0; i < r.received.size(); ++i) {
-    std::vector<float>& g = grads_[r.received[i]];
-    g.resize(static_cast<size_t>(dim_), 0.0f);
+    float* g = TouchedGradient(r.received[i]);
     for (int64_t d = 0; d < dim_; ++d) g[d] += received[i * dim_ + d];
   }
   return absl::OkStatus();
 }
 
+float* RowShardedTable::TouchedGradient(int64_t row) {
+  if (slot_of_row_.empty()) slot_of_row_.assign(static_cast<size_t>(end_ - first_), -1);
+  int32_t& slot = slot_of_row_[row - first_];
+  if (slot < 0) {
+    slot = static_cast<int32_t>(touched_rows_.size());
+    touched_rows_.push_back(row);
+    touched_grads_.resize(touched_grads_.size() + static_cast<size_t>(dim_), 0.0f);
+  }
+  return touched_grads_.data() + int64_t{slot} * dim_;
+}
+
+std::map<int64_t, std::vector<float>> RowShardedTable::touched() const {
+  std::map<int64_t, std::vector<float>> rows;
+  for (size_t k = 0; k < touched_rows_.size(); ++k) {
+    const float* g = touched_grads_.data() + k * dim_;
+    rows[touched_rows_[k]].assign(g, g + dim_);
+  }
+  return rows;
+}
+
 absl::Status RowShardedTable::SumOverReplicas() {
   if (replicas_ == nullptr || replicas_->size() == 1) return absl::OkStatus();
   const int n = replicas_->size();
-  // The union of the rows every copy touched, then one all-reduce over it.
-  std::vector<int64_t> mine;
-  for (const auto& entry : grads_) mine.push_back(entry.first);
-  int64_t count = static_cast<int64_t>(mine.size());
+  // The union of the rows every copy touched, then one all-reduce over it,
+  // packed in row order (the same on every copy).
+  int64_t count = num_touched();
   std::vector<int64_t> counts(n);
   TESSERA_RETURN_IF_ERROR(
       replicas_->Complete(replicas_->AllGather(&count, counts.data(), 1, DType::kI64)));
-  int64_t most = *std::max_element(counts.begin(), counts.end());
+  const int64_t most = *std::max_element(counts.begin(), counts.end());
+  std::vector<int64_t> mine(touched_rows_);
   mine.resize(static_cast<size_t>(most), -1);
   std::vector<int64_t> all(static_cast<size_t>(most * n));
   TESSERA_RETURN_IF_ERROR(replicas_->Complete(
       replicas_->AllGather(mine.data(), all.data(), static_cast<size_t>(most), DType::kI64)));
   for (int64_t row : all) {
-    if (row >= 0) grads_[row].resize(static_cast<size_t>(dim_), 0.0f);
+    if (row >= 0) TouchedGradient(row);
   }
-  std::vector<float> packed;
-  packed.reserve(grads_.size() * dim_);
-  for (const auto& entry : grads_) packed.insert(packed.end(), entry.second.begin(), entry.second.end());
+  std::vector<int64_t> order(touched_rows_);
+  std::sort(order.begin(), order.end());
+  std::vector<float> packed(order.size() * dim_);
+  for (size_t k = 0; k < order.size(); ++k) {
+    std::copy_n(TouchedGradient(order[k]), dim_, packed.data() + k * dim_);
+  }
   TESSERA_RETURN_IF_ERROR(replicas_->Complete(
       replicas_->AllReduce(packed.data(), packed.size(), DType::kF32, ReduceOp::kSum)));
-  size_t at = 0;
-  for (auto& entry : grads_) {
-    std::copy_n(packed.data() + at, dim_, entry.second.begin());
-    at += static_cast<size_t>(dim_);
+  for (size_t k = 0; k < order.size(); ++k) {
+    std::copy_n(packed.data() + k * dim_, dim_, TouchedGradient(order[k]));
   }
   return absl::OkStatus();
 }
@@ -179,9 +199,18 @@ absl::Status RowShardedTable::Step(const SparseOptimizerOptions& o, int64_t t, d
   const double c1 = 1.0 - std::pow(o.beta1, static_cast<double>(t));
   const double c2 = 1.0 - std::pow(o.beta2, static_cast<double>(t));
   const float scale = static_cast<float>(grad_scale);
-  std::vector<float> g(static_cast<size_t>(dim_));
-  for (const auto& [row, summed] : grads_) {
-    for (int64_t d = 0; d < dim_; ++d) g[d] = grad_scale == 1.0 ? summed[d] : summed[d] * scale;
+  const int64_t touched = num_touched();
+  const bool parallel = touched * dim_ > (int64_t{1} << 16);
+  if (grad_scale != 1.0) {  // the summed gradients are scaled in place: they are forgotten below
+    const int64_t n = static_cast<int64_t>(touched_grads_.size());
+#pragma omp parallel for schedule(static) if (parallel)
+    for (int64_t i = 0; i < n; ++i) touched_grads_[i] *= scale;
+  }
+  // Rows are independent: any order, any thread gives the same values.
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int64_t k = 0; k < touched; ++k) {
+    const int64_t row = touched_rows_[k];
+    const float* g = touched_grads_.data() + k * dim_;
     const int64_t at = (row - first_) * dim_;
     float* p = rows_.data() + at;
     if (adam) {
@@ -202,7 +231,9 @@ absl::Status RowShardedTable::Step(const SparseOptimizerOptions& o, int64_t t, d
       }
     }
   }
-  grads_.clear();
+  for (int64_t row : touched_rows_) slot_of_row_[row - first_] = -1;
+  touched_rows_.clear();
+  touched_grads_.clear();
   return absl::OkStatus();
 }
 

@@ -78,8 +78,10 @@ class RowShardedTable : public SparseParameters {
   // multiplied by `grad_scale` (step t counts from 1 for Adam's bias
   // correction) and forgets them. Sums over the replicas first.
   absl::Status Step(const SparseOptimizerOptions& options, int64_t t, double grad_scale = 1.0);
-  // The rows touched since the last step and their summed gradients.
-  const std::map<int64_t, std::vector<float>>& touched() const { return grads_; }
+  // The rows touched since the last step and their summed gradients (a
+  // copy, for tests and benchmarks).
+  std::map<int64_t, std::vector<float>> touched() const;
+  int64_t num_touched() const { return static_cast<int64_t>(touched_rows_.size()); }
 
   // The whole table [num_rows, dim] on every rank of the group (evaluation,
   // the weights a run ends with). Collective over the group.
@@ -130,7 +132,15 @@ class RowShardedTable : public SparseParameters {
   std::vector<float> rows_;
   Routing routing_;
   std::vector<int32_t> row_slot_;  // Dedupe's marks, -1 between lookups (dense path only)
-  std::map<int64_t, std::vector<float>> grads_;  // touched rows this step
+  // The rows touched since the last step (global ids, in the order first
+  // touched) and their summed gradients, [touched, dim]; slot_of_row_[row -
+  // first_] is a row's index in them, -1 when untouched (4 bytes per owned
+  // row: 1/dim of the rows' own memory).
+  std::vector<int64_t> touched_rows_;
+  std::vector<float> touched_grads_;
+  std::vector<int32_t> slot_of_row_;
+  // touched_rows_'s slot for `row` (owned by this rank), added when new.
+  float* TouchedGradient(int64_t row);
   std::vector<float> m_, v_;                     // Adam moments
   std::vector<float> sums_;                      // row-wise Adagrad: one sum per row
   SparseOptimizerOptions options_;
