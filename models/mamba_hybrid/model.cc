@@ -138,6 +138,7 @@ absl::StatusOr<Tensor> MambaHybrid::RunLayers(Arena& arena, Tensor stream, int64
                     },
                     [&block](Arena& a, const Tensor& dy) { return block.Backward(a, dy); },
                     param_ranges_[1 + i].first, param_ranges_[1 + i].second));
+    if (keep_activations_) kept_.streams.push_back(stream);
   }
   const int64_t rows = stream.dim(0);
   final_in_ = stream;
@@ -268,10 +269,20 @@ absl::StatusOr<MambaHybrid::LossSum> MambaHybrid::ForwardLoss(Arena& arena, cons
   TESSERA_ASSIGN_OR_RETURN(Tensor stream, Embed(arena, in.inputs, in.batch));
   if (record) RecordEmbeddingBackward(ids_);
   const int64_t local_rows = stream.dim(0);  // a tp chunk of them under Megatron SP
+  kept_ = KeptActivations();
+  if (keep_activations_) {
+    kept_.batch = in.batch;
+    kept_.hidden_first = layout_.sp_rank() * in.seq;
+    kept_.stream_first =
+        kept_.hidden_first +
+        (layout_.rows_split_over_tp() ? layout_.tp_rank() * local_rows / in.batch : 0);
+    kept_.streams.push_back(stream);
+  }
   TESSERA_ASSIGN_OR_RETURN(Tensor hidden_local,
                            RunLayers(arena, stream, in.batch, local_rows / in.batch, record));
   TESSERA_ASSIGN_OR_RETURN(const Tensor hidden,
                            EnterTpRegion(arena, layout_, hidden_local, in.batch));
+  if (keep_activations_) kept_.hidden = hidden;
   // Only the positions with a target reach the head.
   std::vector<int32_t> targets, element_index;
   for (int64_t r = 0; r < rows; ++r) {
@@ -380,6 +391,7 @@ absl::Status MambaHybrid::Backward(Arena& arena, float scale) {
   stack_.scratch().Reset();
   (void)arena;
   ids_ = final_in_ = final_rstd_ = selected_hidden_ = selected_index_ = Tensor();
+  kept_ = KeptActivations();
   return status;
 }
 

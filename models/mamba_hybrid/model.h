@@ -73,6 +73,24 @@ class MambaHybrid {
   // The E layers, in order (their load and drops, for the log).
   const std::vector<HybridMoe*>& moe_layers() const { return moe_layers_; }
 
+  // For the numerics dump: with keep_activations(true), ForwardLoss keeps
+  // this rank's rows of the residual stream entering the first layer and
+  // leaving each layer (`streams`, 1 + layers tensors [batch * positions,
+  // hidden], positions [stream_first, + streams[i].dim(0) / batch) of each
+  // sample) and the final norm's output over the tp region's rows (`hidden`
+  // [batch * positions, hidden], from hidden_first). Valid until Backward.
+  struct KeptActivations {
+    int64_t batch = 0, stream_first = 0, hidden_first = 0;
+    std::vector<Tensor> streams;
+    Tensor hidden;
+  };
+  void keep_activations(bool keep) { keep_activations_ = keep; }
+  const KeptActivations& kept() const { return kept_; }
+  // The logits of every kept hidden row: [rows, vocab/tp], this rank's
+  // vocabulary from vocab_offset().
+  Tensor KeptLogits(Arena& arena) { return HeadLogits(arena, kept_.hidden); }
+  int64_t vocab_offset() const { return layout_.tp_rank() * vocab_local_; }
+
   // The final hidden states [batch * seq, hidden] (after the last norm) and
   // the logits [rows, vocab] of given hidden rows: the pieces generation
   // uses (one process: the whole sequence and vocabulary).
@@ -147,6 +165,8 @@ class MambaHybrid {
   Tensor ids_, final_in_, final_rstd_, selected_hidden_, selected_index_;
   int64_t selected_ = 0;
   float scale_ = 1;
+  bool keep_activations_ = false;
+  KeptActivations kept_;
 };
 
 }  // namespace tessera::mamba_hybrid

@@ -54,6 +54,10 @@ class HybridMoe : public Sublayer {
   double balance_loss() const { return moe_->balance_loss(); }
   const std::vector<double>& expert_load() const { return moe_->expert_load(); }
   int64_t dropped_assignments() const { return moe_->dropped_assignments(); }
+  // Assignments per expert [E] over the replica's micro-batch (before
+  // capacity drops), summing to routed_tokens() * top_k.
+  const std::vector<int64_t>& assignment_counts() const { return moe_->assignment_counts(); }
+  int64_t routed_tokens() const { return moe_->balance_tokens(); }
 
  private:
   HybridMoe(const HybridLayout& layout, int64_t hidden, const MoeLayer::Options& options,

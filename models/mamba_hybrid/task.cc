@@ -1,8 +1,11 @@
 #include "models/mamba_hybrid/task.h"
 
+#include <algorithm>
 #include <cmath>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "models/mamba_hybrid/step_record.h"
 #include "runtime/base/errors.h"
 #include "runtime/base/status.h"
 
@@ -23,14 +26,22 @@ absl::StatusOr<std::unique_ptr<LanguageModelTask>> LanguageModelTask::Create(
   options.vocab_size = config.mamba_hybrid().vocab_size();
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<TokenReader> reader, TokenReader::Open(options));
   return std::unique_ptr<LanguageModelTask>(
-      new LanguageModelTask(model, std::move(reader), options.seq_len, micro_batch));
+      new LanguageModelTask(model, std::move(reader), options.seq_len, micro_batch, replica,
+                            num_replicas, options.global_batch));
 }
 
 LanguageModelTask::LanguageModelTask(MambaHybrid& model, std::unique_ptr<TokenReader> reader,
-                                     int64_t seq_len, int64_t micro_batch)
-    : model_(model), reader_(std::move(reader)), seq_len_(seq_len), micro_batch_(micro_batch) {}
+                                     int64_t seq_len, int64_t micro_batch, int replica,
+                                     int num_replicas, int64_t global_batch)
+    : model_(model),
+      reader_(std::move(reader)),
+      seq_len_(seq_len),
+      micro_batch_(micro_batch),
+      replica_(replica),
+      num_replicas_(num_replicas),
+      global_batch_(global_batch) {}
 
-LmInputs LanguageModelTask::MicroBatchInputs(int micro) const {
+LmInputs LanguageModelTask::MicroBatchInputs(int micro, std::vector<int64_t>* positions) const {
   const int64_t share = batch_.tokens.dim(0);
   const int64_t micro_batches = share / micro_batch_;
   LmInputs in;
@@ -40,6 +51,7 @@ LmInputs LanguageModelTask::MicroBatchInputs(int micro) const {
   const float* mask = batch_.loss_mask.data<float>();
   for (int64_t k = 0; k < micro_batch_; ++k) {
     const int64_t i = k * micro_batches + micro;
+    positions->push_back(i * num_replicas_ + replica_);
     const int32_t* window = tokens + i * (seq_len_ + 1);
     for (int64_t t = 0; t < seq_len_; ++t) {
       in.inputs.push_back(window[t]);
@@ -57,11 +69,18 @@ absl::StatusOr<MicroBatchResult> LanguageModelTask::RunMicroBatch(Arena& arena, 
     TESSERA_ASSIGN_OR_RETURN(batch_, reader_->Next());
     position_ = batch_.state_after;
     step_loss_sum_ = step_targets_ = 0;
+    step_assignments_.clear();
   }
   const int64_t share = batch_.tokens.dim(0);
   TESSERA_CHECK(share % micro_batch_ == 0 && micro < share / micro_batch_);
-  const LmInputs in = MicroBatchInputs(micro);
+  std::vector<int64_t> positions;
+  const LmInputs in = MicroBatchInputs(micro, &positions);
+  model_.keep_activations(step_recorder() != nullptr);
   TESSERA_ASSIGN_OR_RETURN(MambaHybrid::LossSum loss, model_.ForwardLoss(arena, in));
+  if (step_recorder() != nullptr) {
+    RecordLanguageModelStep(*step_recorder(), model_, arena, global_batch_, in, positions);
+  }
+  CountExpertAssignments();
   MicroBatchResult result;
   result.samples = micro_batch_;
   result.elements = static_cast<double>(loss.count);
@@ -77,8 +96,19 @@ absl::StatusOr<MicroBatchResult> LanguageModelTask::RunMicroBatch(Arena& arena, 
   return result;
 }
 
+void LanguageModelTask::CountExpertAssignments() {
+  const std::vector<HybridMoe*>& layers = model_.moe_layers();
+  step_assignments_.resize(layers.size());
+  for (size_t l = 0; l < layers.size(); ++l) {
+    const std::vector<int64_t>& counts = layers[l]->assignment_counts();
+    step_assignments_[l].resize(counts.size(), 0);
+    for (size_t e = 0; e < counts.size(); ++e) step_assignments_[l][e] += counts[e];
+  }
+}
+
 void LanguageModelTask::EndStep() {
   bits_per_token_ = step_targets_ > 0 ? step_loss_sum_ / step_targets_ / std::log(2.0) : 0;
+  assignments_ = step_assignments_;
 }
 
 double LanguageModelTask::TrainingFlopsPerSample() const {
@@ -89,14 +119,62 @@ size_t LanguageModelTask::PredictActivationBytes() const {
   return model_.PredictActivationBytes(micro_batch_, seq_len_);
 }
 
+namespace {
+
+// The largest share of one layer's assignments any expert got, times the
+// number of experts (1 = perfectly balanced), over the E layers.
+double MaxExpertLoad(const std::vector<std::vector<int64_t>>& assignments) {
+  double max_load = 0;
+  for (const std::vector<int64_t>& layer : assignments) {
+    int64_t total = 0, largest = 0;
+    for (int64_t count : layer) {
+      total += count;
+      largest = std::max(largest, count);
+    }
+    if (total > 0) {
+      max_load =
+          std::max(max_load, static_cast<double>(largest) * static_cast<double>(layer.size()) /
+                                 static_cast<double>(total));
+    }
+  }
+  return max_load;
+}
+
+}  // namespace
+
 std::string LanguageModelTask::MetricsJsonFields() const {
   // This replica's targets of the last step (the logged loss is over all replicas).
-  return absl::StrFormat("\"replica_bits_per_token\":%.6g,\"replica_targets\":%.0f",
-                         bits_per_token_, step_targets_);
+  std::string fields = absl::StrFormat("\"replica_bits_per_token\":%.6g,\"replica_targets\":%.0f",
+                                       bits_per_token_, step_targets_);
+  if (assignments_.empty()) return fields;
+  // This replica's assignments per E layer and expert, and their shares.
+  std::string counts = "[", load = "[";
+  for (size_t l = 0; l < assignments_.size(); ++l) {
+    int64_t total = 0;
+    for (int64_t count : assignments_[l]) total += count;
+    absl::StrAppend(&counts, l ? ",[" : "[");
+    absl::StrAppend(&load, l ? ",[" : "[");
+    for (size_t e = 0; e < assignments_[l].size(); ++e) {
+      const double share =
+          total > 0 ? static_cast<double>(assignments_[l][e]) / static_cast<double>(total) : 0;
+      absl::StrAppend(&counts, e ? "," : "", assignments_[l][e]);
+      absl::StrAppend(&load, e ? "," : "", absl::StrFormat("%.4f", share));
+    }
+    absl::StrAppend(&counts, "]");
+    absl::StrAppend(&load, "]");
+  }
+  absl::StrAppend(&fields, ",\"expert_assignments\":", counts, "],\"expert_load\":", load,
+                  "],\"expert_load_max\":", absl::StrFormat("%.6g", MaxExpertLoad(assignments_)));
+  return fields;
 }
 
 std::string LanguageModelTask::LogSuffix() const {
-  return absl::StrFormat(" | %.3f bits/token (this replica)", bits_per_token_);
+  std::string suffix = absl::StrFormat(" | %.3f bits/token (this replica)", bits_per_token_);
+  if (!assignments_.empty()) {
+    absl::StrAppend(&suffix,
+                    absl::StrFormat(" | max expert load %.2fx", MaxExpertLoad(assignments_)));
+  }
+  return suffix;
 }
 
 }  // namespace tessera::mamba_hybrid

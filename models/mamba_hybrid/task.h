@@ -26,24 +26,33 @@ class LanguageModelTask : public TrainTask {
   std::string MetricsJsonFields() const override;
   std::string LogSuffix() const override;
   void EndStep() override;
+  bool RecordsSteps() const override { return true; }
   std::pair<int64_t, int64_t> DataPosition() const override {
     return {position_.epoch, position_.position};
   }
 
  private:
   LanguageModelTask(MambaHybrid& model, std::unique_ptr<TokenReader> reader, int64_t seq_len,
-                    int64_t micro_batch);
-  // Rows i of this step's batch with i % micro_batches == micro.
-  LmInputs MicroBatchInputs(int micro) const;
+                    int64_t micro_batch, int replica, int num_replicas, int64_t global_batch);
+  // Rows i of this step's batch with i % micro_batches == micro, and their
+  // positions in the global batch.
+  LmInputs MicroBatchInputs(int micro, std::vector<int64_t>* positions) const;
+  // Adds the E layers' assignments of the last forward to the step's.
+  void CountExpertAssignments();
 
   MambaHybrid& model_;
   std::unique_ptr<TokenReader> reader_;
   int64_t seq_len_, micro_batch_;
+  int replica_, num_replicas_;
+  int64_t global_batch_;
   TokenBatch batch_;
   SamplerState position_;
   // Of the step in progress, and of the last finished step.
   double step_loss_sum_ = 0, step_targets_ = 0;
   double bits_per_token_ = 0;
+  // Per E layer, assignments to each expert over the replica's tokens of
+  // the step in progress, and of the last finished step.
+  std::vector<std::vector<int64_t>> step_assignments_, assignments_;
 };
 
 }  // namespace tessera::mamba_hybrid

@@ -250,6 +250,7 @@ absl::Status ExpertParallelMoe::ComputeGroupBalance(const std::vector<int64_t>& 
     }
     global_tokens_ += st[2 * E];
   }
+  assignment_counts_ = global_counts;
   // GLOBAL_BATCH: f_i over every replica's tokens (P_i stays the group's).
   int64_t count_tokens = global_tokens_;
   GlobalBalanceCounts* global = options_.global_balance;

@@ -101,6 +101,12 @@ class ExpertParallelMoe {
   const std::vector<double>& expert_load() const { return expert_load_; }
   // Assignments of this rank's tokens that capacity dropped.
   int64_t dropped_assignments() const { return dropped_; }
+  // The router's assignments to each expert [E] over the balance group's
+  // tokens of the last Forward (before capacity drops; this forward's
+  // alone under GLOBAL_BATCH too), and how many tokens those are: the
+  // counts sum to balance_tokens() * top_k.
+  const std::vector<int64_t>& assignment_counts() const { return assignment_counts_; }
+  int64_t balance_tokens() const { return global_tokens_; }
   // Seconds the last Forward + Backward spent in the token all-to-all-v
   // exchanges and in the expert FFNs (benchmarks).
   double exchange_seconds() const { return exchange_seconds_; }
@@ -161,6 +167,7 @@ class ExpertParallelMoe {
   GlobalBalanceCounts::Totals balance_totals_;  // GLOBAL_BATCH scope
   double balance_loss_ = 0;
   std::vector<double> expert_load_;
+  std::vector<int64_t> assignment_counts_;
   int64_t dropped_ = 0;
   double exchange_seconds_ = 0, expert_seconds_ = 0;
 };

@@ -83,6 +83,29 @@ for name in tp2 tp2_megatron_sp sp2 sp4 ep2 tp2_sp2_dp2_zero1; do
   fi
 done
 
+# Per-expert load: metrics.jsonl's expert_assignments of the E layer at every
+# step sum to the logging replica's tokens x top_k (one replica: 8 windows x
+# 32 positions x 2 = 512; dp2: 256) and are one process's counts under tp2,
+# tp2 + Megatron SP, sp2 and sp4 (the tokens of one replica, routed alike).
+assignments() { grep -oE '"expert_assignments":\[\[[0-9,]*\]\]' "$WORK/$1/metrics.jsonl"; }
+assignment_sums() {  # the distinct per-step sums of RUN's counts
+  assignments "$1" | grep -oE '[0-9,]+\]\]' | tr -d ']' |
+    awk -F, '{ s = 0; for (i = 1; i <= NF; i++) s += $i; print s }' | sort -u | tr '\n' ' '
+}
+if [ "$(assignments single | wc -l)" -eq "$steps" ] && [ "$(assignment_sums single)" = "512 " ] &&
+   [ "$(assignment_sums dp2_zero1)" = "256 " ]; then
+  pass "expert_assignments sum to tokens x top_k (512 at one process, 256 per replica at dp2): $(assignments single | tail -1)"
+else
+  fail "expert_assignments sums: one process $(assignment_sums single), dp2 $(assignment_sums dp2_zero1)"
+fi
+for name in tp2 tp2_megatron_sp sp2 sp4; do
+  if [ "$(assignments "$name")" = "$(assignments single)" ]; then
+    pass "$name: the $steps steps' expert_assignments equal one process's"
+  else
+    fail "$name: expert_assignments differ"; paste <(assignments single) <(assignments "$name")
+  fi
+done
+
 # Resharding: the pieces saved at step 3 by one layout resume in another to
 # the uninterrupted run's last losses and weights.
 resumed() {  # NAME NP CHECKPOINT [--set ...]
