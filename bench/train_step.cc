@@ -152,18 +152,17 @@ int main(int argc, char** argv) {
     report("MoE FFN (router, 8 experts, shared) x12", 12 * t, 12 * 3 * moe.ForwardFlops(R));
   }
   {
-    // adaLN modulation GEMMs, two LayerNorms, two modulates, two gated residuals.
+    // Two fused LayerNorm + modulates and two gated residuals, forward and
+    // backward (the block's element-wise work besides its GEMMs).
     Tensor x = Random(Shape{R, D}, 3), y = Random(Shape{R, D}, 4), mod = Random(Shape{B, 6 * D}, 5);
     std::vector<float> mean(R), rstd(R), dmod(B * 6 * D);
     Tensor out = Random(Shape{R, D}, 6), dx = Random(Shape{R, D}, 7);
     const double t = MedianSeconds([&] {
       for (int i = 0; i < 2; ++i) {
-        cpu::LayerNormForward(x.data<float>(), nullptr, nullptr, out.data<float>(), mean.data(), rstd.data(), R, D, 1e-6f);
-        cpu::ModulateForward(out.data<float>(), mod.data<float>(), mod.data<float>() + D, y.data<float>(), B, T, D, 6 * D);
+        cpu::LayerNormModulateForward(x.data<float>(), mod.data<float>(), mod.data<float>() + D, y.data<float>(), mean.data(), rstd.data(), B, T, D, 6 * D, 1e-6f);
         cpu::GatedResidualForward(x.data<float>(), y.data<float>(), mod.data<float>() + 2 * D, B, T, D, 6 * D);
         cpu::GatedResidualBackward(dx.data<float>(), y.data<float>(), mod.data<float>() + 2 * D, out.data<float>(), dmod.data(), B, T, D, 6 * D);
-        cpu::ModulateBackward(out.data<float>(), x.data<float>(), mod.data<float>() + D, y.data<float>(), dmod.data(), dmod.data() + D, B, T, D, 6 * D);
-        cpu::LayerNormBackward(y.data<float>(), x.data<float>(), nullptr, mean.data(), rstd.data(), out.data<float>(), nullptr, nullptr, R, D);
+        cpu::LayerNormModulateBackward(out.data<float>(), x.data<float>(), mean.data(), rstd.data(), mod.data<float>() + D, y.data<float>(), dmod.data(), dmod.data() + D, B, T, D, 6 * D);
       }
     }, steps);
     report("norms + adaLN modulate/gate x12", 12 * t, 0);

@@ -53,10 +53,35 @@ absl::StatusOr<std::unique_ptr<DitBlock>> DitBlock::Create(ParameterStore& store
   return block;
 }
 
-DitBlock::DitBlock(ParameterStore& store, const std::string& name, int64_t hidden)
-    : hidden_(hidden),
-      norm1_(store, name + ".norm1", hidden, /*affine=*/false),
-      norm2_(store, name + ".norm2", hidden, /*affine=*/false) {}
+Tensor NormModulate::Forward(Arena& arena, const Tensor& x, const float* shift,
+                             const float* scale, int64_t batch, int64_t seq,
+                             int64_t cond_stride) {
+  const int64_t rows = x.dim(0), dim = x.dim(1);
+  x_ = x;
+  batch_ = batch;
+  seq_ = seq;
+  cond_stride_ = cond_stride;
+  mean_ = arena.AllocateUninitialized(DType::kF32, Shape{rows});
+  rstd_ = arena.AllocateUninitialized(DType::kF32, Shape{rows});
+  Tensor y = arena.AllocateUninitialized(DType::kF32, x.shape());
+  arena.backend().LayerNormModulateForward(x.ptr<float>(), shift, scale, y.ptr<float>(),
+                                           mean_.ptr<float>(), rstd_.ptr<float>(), batch, seq,
+                                           dim, cond_stride, kEps);
+  return y;
+}
+
+Tensor NormModulate::Backward(Arena& arena, const Tensor& dy, const float* scale, float* dshift,
+                              float* dscale) {
+  Tensor dx = arena.AllocateUninitialized(DType::kF32, dy.shape());
+  arena.backend().LayerNormModulateBackward(dy.ptr<float>(), x_.ptr<float>(), mean_.ptr<float>(),
+                                            rstd_.ptr<float>(), scale, dx.ptr<float>(), dshift,
+                                            dscale, batch_, seq_, dy.dim(1), cond_stride_);
+  x_ = mean_ = rstd_ = Tensor();
+  return dx;
+}
+
+DitBlock::DitBlock(ParameterStore& /*store*/, const std::string& /*name*/, int64_t hidden)
+    : hidden_(hidden) {}
 
 absl::StatusOr<Tensor> DitBlock::Forward(Arena& arena, const Tensor& x, const Tensor& cond_silu,
                                          int64_t batch, int64_t seq) {
@@ -67,19 +92,15 @@ absl::StatusOr<Tensor> DitBlock::Forward(Arena& arena, const Tensor& x, const Te
   TESSERA_ASSIGN_OR_RETURN(saved_mod_, ada_ln_->Forward(arena, cond_silu));  // [B, 6D]
   const float* mod = saved_mod_.ptr<float>();
 
-  saved_h1_ = norm1_.Forward(arena, x);
-  Tensor m1 = arena.AllocateUninitialized(DType::kF32, x.shape());
-  backend.ModulateForward(saved_h1_.ptr<float>(), mod + kShiftAttn * D, mod + kScaleAttn * D, m1.ptr<float>(), batch,
-                       seq, D, stride);
+  const Tensor m1 =
+      norm1_.Forward(arena, x, mod + kShiftAttn * D, mod + kScaleAttn * D, batch, seq, stride);
   TESSERA_ASSIGN_OR_RETURN(saved_attn_, attn_->Forward(arena, m1, batch, seq));
   Tensor x1 = Copy(arena, x);
   backend.GatedResidualForward(x1.ptr<float>(), saved_attn_.ptr<float>(), mod + kGateAttn * D, batch, seq,
                             D, stride);
 
-  saved_h2_ = norm2_.Forward(arena, x1);
-  Tensor m2 = arena.AllocateUninitialized(DType::kF32, x.shape());
-  backend.ModulateForward(saved_h2_.ptr<float>(), mod + kShiftFfn * D, mod + kScaleFfn * D, m2.ptr<float>(), batch,
-                       seq, D, stride);
+  const Tensor m2 =
+      norm2_.Forward(arena, x1, mod + kShiftFfn * D, mod + kScaleFfn * D, batch, seq, stride);
   TESSERA_ASSIGN_OR_RETURN(saved_moe_, moe_->Forward(arena, m2, batch, seq));
   // A new tensor: norm2 saved x1 for its backward pass.
   Tensor x2 = Copy(arena, x1);
@@ -101,10 +122,8 @@ absl::StatusOr<Tensor> DitBlock::Backward(Arena& arena, const Tensor& dy,
   backend.GatedResidualBackward(dy.ptr<float>(), saved_moe_.ptr<float>(), mod + kGateFfn * D,
                              dmoe.ptr<float>(), dm + kGateFfn * D, B, S, D, stride);
   TESSERA_ASSIGN_OR_RETURN(Tensor dm2, moe_->Backward(arena, dmoe, loss_scale));
-  Tensor dh2 = arena.AllocateUninitialized(DType::kF32, dy.shape());
-  backend.ModulateBackward(dm2.ptr<float>(), saved_h2_.ptr<float>(), mod + kScaleFfn * D,
-                        dh2.ptr<float>(), dm + kShiftFfn * D, dm + kScaleFfn * D, B, S, D, stride);
-  Tensor dx1 = norm2_.Backward(arena, dh2);
+  Tensor dx1 = norm2_.Backward(arena, dm2, mod + kScaleFfn * D, dm + kShiftFfn * D,
+                               dm + kScaleFfn * D);
   backend.AddInPlace(dx1.ptr<float>(), dy.ptr<float>(), dy.numel());
 
   // x1 = x + gate1 * attn
@@ -112,15 +131,13 @@ absl::StatusOr<Tensor> DitBlock::Backward(Arena& arena, const Tensor& dy,
   backend.GatedResidualBackward(dx1.ptr<float>(), saved_attn_.ptr<float>(), mod + kGateAttn * D,
                              dattn.ptr<float>(), dm + kGateAttn * D, B, S, D, stride);
   TESSERA_ASSIGN_OR_RETURN(Tensor dm1, attn_->Backward(arena, dattn));
-  Tensor dh1 = arena.AllocateUninitialized(DType::kF32, dy.shape());
-  backend.ModulateBackward(dm1.ptr<float>(), saved_h1_.ptr<float>(), mod + kScaleAttn * D,
-                        dh1.ptr<float>(), dm + kShiftAttn * D, dm + kScaleAttn * D, B, S, D, stride);
-  Tensor dx = norm1_.Backward(arena, dh1);
+  Tensor dx = norm1_.Backward(arena, dm1, mod + kScaleAttn * D, dm + kShiftAttn * D,
+                              dm + kScaleAttn * D);
   backend.AddInPlace(dx.ptr<float>(), dx1.ptr<float>(), dx1.numel());
 
   TESSERA_ASSIGN_OR_RETURN(Tensor dcond, ada_ln_->Backward(arena, dmod));
   backend.AddInPlace(dcond_silu.ptr<float>(), dcond.ptr<float>(), dcond.numel());
-  saved_mod_ = saved_h1_ = saved_attn_ = saved_h2_ = saved_moe_ = Tensor();
+  saved_mod_ = saved_attn_ = saved_moe_ = Tensor();
   return dx;
 }
 
@@ -145,38 +162,27 @@ absl::StatusOr<std::unique_ptr<FinalLayer>> FinalLayer::Create(ParameterStore& s
 
 FinalLayer::FinalLayer(ParameterStore& store, const std::string& name, int64_t hidden,
                        int64_t out_dim, const Linear::Options& linear_options)
-    : hidden_(hidden),
-      norm_(store, name + ".norm_final", hidden, /*affine=*/false),
-      linear_(store, name + ".linear", hidden, out_dim, linear_options) {}
+    : hidden_(hidden), linear_(store, name + ".linear", hidden, out_dim, linear_options) {}
 
 absl::StatusOr<Tensor> FinalLayer::Forward(Arena& arena, const Tensor& x,
                                            const Tensor& cond_silu, int64_t batch, int64_t seq) {
-  batch_ = batch;
-  seq_ = seq;
   TESSERA_ASSIGN_OR_RETURN(saved_mod_, ada_ln_->Forward(arena, cond_silu));  // [B, 2D]
-  saved_h_ = norm_.Forward(arena, x);
-  Tensor m = arena.AllocateUninitialized(DType::kF32, x.shape());
-  Backend& backend = arena.backend();
   const float* mod = saved_mod_.ptr<float>();
-  backend.ModulateForward(saved_h_.ptr<float>(), mod + kShiftFinal * hidden_, mod + kScaleFinal * hidden_, m.ptr<float>(), batch, seq,
-                       hidden_, 2 * hidden_);
+  const Tensor m = norm_.Forward(arena, x, mod + kShiftFinal * hidden_,
+                                 mod + kScaleFinal * hidden_, batch, seq, 2 * hidden_);
   return linear_.Forward(arena, m);
 }
 
 absl::StatusOr<Tensor> FinalLayer::Backward(Arena& arena, const Tensor& dy,
                                             const Tensor& dcond_silu) {
   Tensor dm = linear_.Backward(arena, dy);
-  Tensor dmod = arena.Allocate(DType::kF32, Shape{batch_, 2 * hidden_});
-  Tensor dh = arena.AllocateUninitialized(DType::kF32, dm.shape());
-  Backend& backend = arena.backend();
+  Tensor dmod = arena.Allocate(DType::kF32, Shape{saved_mod_.dim(0), 2 * hidden_});
   float* dmo = dmod.ptr<float>();
-  backend.ModulateBackward(dm.ptr<float>(), saved_h_.ptr<float>(),
-                        saved_mod_.ptr<float>() + hidden_, dh.ptr<float>(), dmo + kShiftFinal * hidden_, dmo + kScaleFinal * hidden_,
-                        batch_, seq_, hidden_, 2 * hidden_);
-  Tensor dx = norm_.Backward(arena, dh);
+  Tensor dx = norm_.Backward(arena, dm, saved_mod_.ptr<float>() + kScaleFinal * hidden_,
+                             dmo + kShiftFinal * hidden_, dmo + kScaleFinal * hidden_);
   TESSERA_ASSIGN_OR_RETURN(Tensor dcond, ada_ln_->Backward(arena, dmod));
-  backend.AddInPlace(dcond_silu.ptr<float>(), dcond.ptr<float>(), dcond.numel());
-  saved_mod_ = saved_h_ = Tensor();
+  arena.backend().AddInPlace(dcond_silu.ptr<float>(), dcond.ptr<float>(), dcond.numel());
+  saved_mod_ = Tensor();
   return dx;
 }
 

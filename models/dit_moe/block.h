@@ -14,6 +14,25 @@
 
 namespace tessera::dit_moe {
 
+// adaLN's affine-free LayerNorm and its modulation, fused into one pass each
+// way (Backend::LayerNormModulate*): keeps the input and its row statistics
+// [rows], not the normalized rows.
+class NormModulate {
+ public:
+  static constexpr float kEps = 1e-6f;
+  // x: [batch * seq, dim] -> LayerNorm(x) * (1 + scale[b]) + shift[b]; shift
+  // and scale: one row per sample, `cond_stride` apart.
+  Tensor Forward(Arena& arena, const Tensor& x, const float* shift, const float* scale,
+                 int64_t batch, int64_t seq, int64_t cond_stride);
+  // dx (a new tensor); dshift and dscale (rows as in Forward) accumulate.
+  Tensor Backward(Arena& arena, const Tensor& dy, const float* scale, float* dshift,
+                  float* dscale);
+
+ private:
+  Tensor x_, mean_, rstd_;
+  int64_t batch_ = 0, seq_ = 0, cond_stride_ = 0;
+};
+
 class DitBlock {
  public:
   // `mp` null: one process; otherwise the model-parallel sub-layers.
@@ -40,14 +59,12 @@ class DitBlock {
 
   int64_t hidden_;
   std::unique_ptr<ModulationSublayer> ada_ln_;
-  LayerNorm norm1_, norm2_;
+  NormModulate norm1_, norm2_;
   std::unique_ptr<AttentionSublayer> attn_;
   std::unique_ptr<FfnSublayer> moe_;
   int64_t batch_ = 0, seq_ = 0;
   Tensor saved_mod_;     // [B, 6D]
-  Tensor saved_h1_;      // norm1(x)
   Tensor saved_attn_;    // attention output
-  Tensor saved_h2_;      // norm2(x1)
   Tensor saved_moe_;     // MoE output
 };
 
@@ -75,10 +92,9 @@ class FinalLayer {
              const Linear::Options& linear_options);
   int64_t hidden_;
   std::unique_ptr<ModulationSublayer> ada_ln_;
-  LayerNorm norm_;
+  NormModulate norm_;
   Linear linear_;
-  int64_t batch_ = 0, seq_ = 0;
-  Tensor saved_mod_, saved_h_;
+  Tensor saved_mod_;
 };
 
 }  // namespace tessera::dit_moe

@@ -270,18 +270,19 @@ DitMoe::ActivationPlan DitMoe::PlanActivations(int64_t batch) const {
   const double He = static_cast<double>(dims_.expert_hidden);
   const double Hs = static_cast<double>(dims_.shared_expert_hidden);
   const double P = static_cast<double>(dims_.patch_dim());
-  // One block's forward: modulation, norm1 (in, out, stats), modulated input,
-  // qkv, attention out + lse, proj out, x1, norm2, modulated input, the MoE
+  // One block's forward: modulation, norm1's stats (fused with the
+  // modulation: its normalized rows are not kept), modulated input, qkv,
+  // attention out + lse, proj out, x1, norm2's stats, modulated input, the MoE
   // (logits, probs, routing ints, permuted rows, expert gate/up/act and
   // outputs, shared expert, combine output).
   const double attention = R * 3 * D + R * D + B * dims_.heads * T + R * D;
   const double moe = R * E * 2 + R * k * 6 + R * k * D * 2 + R * k * He * 3 + R * Hs * 3 +
                      (Hs > 0 ? R * D : 0) + R * D;
-  const double block = B * 6 * D + 2 * (R * D + 2 * R) + 2 * R * D + attention + R * D + moe;
+  const double block = B * 6 * D + 2 * (2 * R) + 2 * R * D + attention + R * D + moe;
   // The largest block backward (scratch arena): roughly its forward again.
   const double block_backward = block + R * D * 4;
   const double embed = R * P * 2 + R * D + B * (dims_.frequency_dim + 4 * D);
-  const double final_layer = B * 2 * D + R * D * 3 + R * P * 2;
+  const double final_layer = B * 2 * D + 2 * R + R * D * 2 + R * P * 2;
   int64_t recomputed = 0;
   for (bool r : recompute_) recomputed += r;
   const double saved = static_cast<double>(dims_.depth - recomputed) * block +

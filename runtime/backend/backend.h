@@ -192,6 +192,18 @@ class Backend {
   virtual void ModulateBackward(const float* dy, const float* x, const float* scale, float* dx,
                                 float* dshift, float* dscale, int64_t batch, int64_t seq,
                                 int64_t dim, int64_t cond_stride) = 0;
+  // adaLN's affine-free LayerNorm and its modulation in one pass:
+  // y = LayerNorm(x) * (1 + scale[b]) + shift[b], keeping each row's mean
+  // and rstd [B * S] for the backward (the normalized rows are not stored).
+  virtual void LayerNormModulateForward(const float* x, const float* shift, const float* scale,
+                                        float* y, float* mean, float* rstd, int64_t batch,
+                                        int64_t seq, int64_t dim, int64_t cond_stride,
+                                        float eps) = 0;
+  // dx overwritten; dshift[b] and dscale[b] += their sums over the sequence.
+  virtual void LayerNormModulateBackward(const float* dy, const float* x, const float* mean,
+                                         const float* rstd, const float* scale, float* dx,
+                                         float* dshift, float* dscale, int64_t batch, int64_t seq,
+                                         int64_t dim, int64_t cond_stride) = 0;
   virtual void GatedResidualForward(float* residual, const float* y, const float* gate,
                                     int64_t batch, int64_t seq, int64_t dim,
                                     int64_t cond_stride) = 0;

@@ -224,6 +224,21 @@ void CpuBackend::CrossEntropyBackward(const float* probs, const int32_t* targets
   cpu::CrossEntropyBackward(probs, targets, dlogits, rows, classes, scale);
 }
 
+void CpuBackend::LayerNormModulateForward(const float* x, const float* shift, const float* scale,
+                                          float* y, float* mean, float* rstd, int64_t batch,
+                                          int64_t seq, int64_t dim, int64_t cond_stride,
+                                          float eps) {
+  cpu::LayerNormModulateForward(x, shift, scale, y, mean, rstd, batch, seq, dim, cond_stride, eps);
+}
+
+void CpuBackend::LayerNormModulateBackward(const float* dy, const float* x, const float* mean,
+                                           const float* rstd, const float* scale, float* dx,
+                                           float* dshift, float* dscale, int64_t batch,
+                                           int64_t seq, int64_t dim, int64_t cond_stride) {
+  cpu::LayerNormModulateBackward(dy, x, mean, rstd, scale, dx, dshift, dscale, batch, seq, dim,
+                                 cond_stride);
+}
+
 void CpuBackend::ModulateForward(const float* x, const float* shift, const float* scale, float* y,
                                  int64_t batch, int64_t seq, int64_t dim, int64_t cond_stride) {
   cpu::ModulateForward(x, shift, scale, y, batch, seq, dim, cond_stride);

@@ -398,6 +398,24 @@ void CudaBackend::CrossEntropyBackward(const float* probs, const int32_t* target
 
 // ---- adaLN modulation ----------------------------------------------------------
 
+void CudaBackend::LayerNormModulateForward(const float* x, const float* shift,
+                                           const float* scale, float* y, float* mean, float* rstd,
+                                           int64_t batch, int64_t seq, int64_t dim,
+                                           int64_t cond_stride, float eps) {
+  Check("LayerNormModulateForward",
+        cuda::LayerNormModulateForward(x, shift, scale, y, mean, rstd, batch, seq, dim,
+                                       cond_stride, eps, stream_));
+}
+
+void CudaBackend::LayerNormModulateBackward(const float* dy, const float* x, const float* mean,
+                                            const float* rstd, const float* scale, float* dx,
+                                            float* dshift, float* dscale, int64_t batch,
+                                            int64_t seq, int64_t dim, int64_t cond_stride) {
+  Check("LayerNormModulateBackward",
+        cuda::LayerNormModulateBackward(dy, x, mean, rstd, scale, dx, dshift, dscale, batch, seq,
+                                        dim, cond_stride, stream_));
+}
+
 void CudaBackend::ModulateForward(const float* x, const float* shift, const float* scale, float* y,
                                   int64_t batch, int64_t seq, int64_t dim, int64_t cond_stride) {
   Check("ModulateForward",

@@ -116,6 +116,13 @@ class CudaBackend final : public Backend {
                              int64_t rows, int64_t classes) override;
   void CrossEntropyBackward(const float* probs, const int32_t* targets, float* dlogits,
                             int64_t rows, int64_t classes, float scale) override;
+  void LayerNormModulateForward(const float* x, const float* shift, const float* scale, float* y,
+                                float* mean, float* rstd, int64_t batch, int64_t seq, int64_t dim,
+                                int64_t cond_stride, float eps) override;
+  void LayerNormModulateBackward(const float* dy, const float* x, const float* mean,
+                                 const float* rstd, const float* scale, float* dx, float* dshift,
+                                 float* dscale, int64_t batch, int64_t seq, int64_t dim,
+                                 int64_t cond_stride) override;
   void ModulateForward(const float* x, const float* shift, const float* scale, float* y,
                        int64_t batch, int64_t seq, int64_t dim, int64_t cond_stride) override;
   void ModulateBackward(const float* dy, const float* x, const float* scale, float* dx,

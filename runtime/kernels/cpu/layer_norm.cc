@@ -111,6 +111,80 @@ void LayerNormBackward(const float* dy, const float* x, const float* gamma, cons
   });
 }
 
+void LayerNormModulateForward(const float* x, const float* shift, const float* scale, float* y,
+                              float* mean, float* rstd, int64_t batch, int64_t seq, int64_t dim,
+                              int64_t cond_stride, float eps) {
+  const int64_t rows = batch * seq;
+#pragma omp parallel for schedule(static) if (ShouldParallelize(rows * dim))
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * dim;
+    const float* sh = shift + (r / seq) * cond_stride;
+    const float* sc = scale + (r / seq) * cond_stride;
+    float* yr = y + r * dim;
+    const double mu = RowMean(xr, dim);
+    const double var = RowVariance(xr, mu, dim);
+    const float m = static_cast<float>(mu);
+    const float s = static_cast<float>(1.0 / std::sqrt(var + eps));
+    mean[r] = m;
+    rstd[r] = s;
+#pragma omp simd
+    for (int64_t j = 0; j < dim; ++j) {
+      const float h = (xr[j] - m) * s;
+      yr[j] = h * (1.0f + sc[j]) + sh[j];
+    }
+  }
+}
+
+void LayerNormModulateBackward(const float* dy, const float* x, const float* mean,
+                               const float* rstd, const float* scale, float* dx, float* dshift,
+                               float* dscale, int64_t batch, int64_t seq, int64_t dim,
+                               int64_t cond_stride) {
+  const int64_t rows = batch * seq;
+  const float inv_dim = 1.0f / static_cast<float>(dim);
+#pragma omp parallel for schedule(static) if (ShouldParallelize(rows * dim))
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* dyr = dy + r * dim;
+    const float* xr = x + r * dim;
+    const float* sc = scale + (r / seq) * cond_stride;
+    float* dxr = dx + r * dim;
+    const float m = mean[r];
+    const float s = rstd[r];
+    float sum_g = 0.0f;
+    float sum_g_xhat = 0.0f;
+#pragma omp simd reduction(+ : sum_g, sum_g_xhat)
+    for (int64_t j = 0; j < dim; ++j) {
+      const float g = dyr[j] * (1.0f + sc[j]);
+      sum_g += g;
+      sum_g_xhat += g * (xr[j] - m) * s;
+    }
+    const float mean_g = sum_g * inv_dim;
+    const float mean_g_xhat = sum_g_xhat * inv_dim;
+#pragma omp simd
+    for (int64_t j = 0; j < dim; ++j) {
+      const float g = dyr[j] * (1.0f + sc[j]);
+      const float xhat = (xr[j] - m) * s;
+      dxr[j] = s * (g - mean_g - xhat * mean_g_xhat);
+    }
+  }
+  // Per-sample sums over the sequence: row r adds into sample r / seq, in
+  // row order within each band of columns (independent of the threads).
+  ForEachColumnBand(dim, rows * dim, [&](int64_t c0, int64_t c1) {
+    for (int64_t r = 0; r < rows; ++r) {
+      float* dsh = dshift + (r / seq) * cond_stride;
+      float* dsc = dscale + (r / seq) * cond_stride;
+      const float* dyr = dy + r * dim;
+      const float* xr = x + r * dim;
+      const float m = mean[r];
+      const float s = rstd[r];
+#pragma omp simd
+      for (int64_t j = c0; j < c1; ++j) {
+        dsh[j] += dyr[j];
+        dsc[j] += dyr[j] * ((xr[j] - m) * s);
+      }
+    }
+  });
+}
+
 void RmsNormForward(const float* x, const float* gamma, float* y, float* rstd, int64_t rows,
                     int64_t dim, float eps) {
 #pragma omp parallel for schedule(static) if (ShouldParallelize(rows * dim))

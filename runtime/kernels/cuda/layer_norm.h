@@ -26,6 +26,16 @@ absl::Status LayerNormBackward(const float* dy, const float* x, const float* gam
                                float* dbeta, int64_t rows, int64_t dim, cudaStream_t stream);
 
 // y = x * rstd * gamma, rstd = 1/sqrt(mean(x^2) + eps). gamma may be null.
+// adaLN's affine-free LayerNorm and modulation in one pass (the CPU
+// kernel's contract, runtime/kernels/cpu/layer_norm.h).
+absl::Status LayerNormModulateForward(const float* x, const float* shift, const float* scale,
+                                      float* y, float* mean, float* rstd, int64_t batch,
+                                      int64_t seq, int64_t dim, int64_t cond_stride, float eps,
+                                      cudaStream_t stream);
+absl::Status LayerNormModulateBackward(const float* dy, const float* x, const float* mean,
+                                       const float* rstd, const float* scale, float* dx,
+                                       float* dshift, float* dscale, int64_t batch, int64_t seq,
+                                       int64_t dim, int64_t cond_stride, cudaStream_t stream);
 absl::Status RmsNormForward(const float* x, const float* gamma, float* y, float* rstd, int64_t rows,
                             int64_t dim, float eps, cudaStream_t stream);
 absl::Status RmsNormBackward(const float* dy, const float* x, const float* gamma, const float* rstd,

@@ -564,6 +564,55 @@ TEST_P(BackendOps, ModulateAndGatedResidualForwardAndBackward) {
   ExpectGradient(got, gated, joint2, dy, "gated residual d[y | gate]");
 }
 
+// adaLN's affine-free LayerNorm and modulation fused: against the double
+// LayerNorm-then-modulate, its row statistics against LayerNormForward's,
+// and the gradient of [x | cond] by finite differences of the reference.
+TEST_P(BackendOps, LayerNormModulateIsLayerNormThenModulate) {
+  const int64_t B = 2, S = 3, D = 40, stride = 2 * D, rows = B * S, n = rows * D;
+  const auto x = RandomFloats(n, 33, -2, 3), cond = RandomFloats(B * stride, 34),
+             dy = RandomFloats(n, 35);
+  const float eps = 1e-6f;
+  auto reference = [&](const std::vector<double>& v) {  // v = [x | cond]
+    std::vector<double> y(n);
+    for (int64_t r = 0; r < rows; ++r) {
+      const double* xr = v.data() + r * D;
+      const double* c = v.data() + n + (r / S) * stride;
+      double mean = 0, var = 0;
+      for (int64_t d = 0; d < D; ++d) mean += xr[d] / D;
+      for (int64_t d = 0; d < D; ++d) var += (xr[d] - mean) * (xr[d] - mean) / D;
+      for (int64_t d = 0; d < D; ++d) {
+        y[r * D + d] = (xr[d] - mean) / std::sqrt(var + eps) * (1 + c[D + d]) + c[d];
+      }
+    }
+    return y;
+  };
+  std::vector<float> joint(x);
+  joint.insert(joint.end(), cond.begin(), cond.end());
+  Tensor xt = Upload(x), ct = Upload(cond), y = Poisoned<float>(n), mean = Poisoned<float>(rows),
+         rstd = Poisoned<float>(rows);
+  const float* c = ct.ptr<float>();
+  backend().LayerNormModulateForward(xt.ptr<float>(), c, c + D, y.ptr<float>(), mean.ptr<float>(),
+                                     rstd.ptr<float>(), B, S, D, stride, eps);
+  ExpectClose(Download<float>(y), reference(ToDouble(joint)), kTolerance, "norm + modulate");
+  Tensor plain = Poisoned<float>(n), plain_mean = Poisoned<float>(rows),
+         plain_rstd = Poisoned<float>(rows);
+  backend().LayerNormForward(xt.ptr<float>(), nullptr, nullptr, plain.ptr<float>(),
+                             plain_mean.ptr<float>(), plain_rstd.ptr<float>(), rows, D, eps);
+  ExpectClose(Download<float>(mean), ToDouble(Download<float>(plain_mean)), kTolerance, "mean");
+  ExpectClose(Download<float>(rstd), ToDouble(Download<float>(plain_rstd)), kTolerance, "rstd");
+  // Twice: dx is overwritten, the condition gradients accumulate.
+  Tensor dx = Poisoned<float>(n), dcond = Upload(std::vector<float>(B * stride, 0.0f));
+  float* dc = dcond.ptr<float>();
+  for (int call = 1; call <= 2; ++call) {
+    backend().LayerNormModulateBackward(Upload(dy).ptr<float>(), xt.ptr<float>(),
+                                        mean.ptr<float>(), rstd.ptr<float>(), c + D,
+                                        dx.ptr<float>(), dc, dc + D, B, S, D, stride);
+  }
+  std::vector<float> got = Download<float>(dx);
+  for (float g : Download<float>(dcond)) got.push_back(g / 2);
+  ExpectGradient(got, reference, joint, dy, "norm + modulate d[x | shift | scale]");
+}
+
 // ---- Routing ------------------------------------------------------------------------------
 
 TEST_P(BackendOps, TopKSortPermuteAndCombineMatchAHandWrittenRouting) {
