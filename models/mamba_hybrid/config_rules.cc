@@ -114,9 +114,23 @@ void CheckTensorSplits(const MambaHybridConfig& m, const std::string& pattern, i
                                 padded, " trains the same data)"));
 }
 
+// model.mamba_hybrid.mamba_sp_mode=ALL_TO_ALL spreads each tp rank's Mamba
+// heads and groups over sp.
+void CheckMambaHeadSplits(const MambaHybridConfig& m, int tp, int sp, ConfigChecker& check) {
+  const std::string why = absl::StrCat(
+      " must be divisible by parallel.tp * parallel.sp = ", tp * sp,
+      " (model.mamba_hybrid.mamba_sp_mode=ALL_TO_ALL spreads each tp rank's heads and groups "
+      "over sp)");
+  const int64_t heads = static_cast<int64_t>(m.expand()) * m.hidden_size() / m.head_dim();
+  check.Expect(heads % (tp * sp) == 0,
+               absl::StrCat("the Mamba heads expand * hidden_size / head_dim = ", heads, why));
+  check.Expect(m.num_groups() % (tp * sp) == 0, F("num_groups", m.num_groups()) + why);
+}
+
 // Sequence parallelism cuts every sample into sp shards (of tp chunks under
-// Megatron SP); each Mamba shard needs conv_width - 1 positions for the next
-// one's halo, and Ulysses spreads each tp rank's attention heads over sp.
+// Megatron SP); passing the state, each Mamba shard needs conv_width - 1
+// positions for the next one's halo; by all-to-all, whole heads and groups
+// per sp rank; and Ulysses spreads each tp rank's attention heads over sp.
 void CheckSequenceSplits(const MambaHybridConfig& m, const std::string& pattern,
                          const ParallelConfig& p, ConfigChecker& check) {
   const int sp = p.sp(), tp = p.tp();
@@ -128,7 +142,11 @@ void CheckSequenceSplits(const MambaHybridConfig& m, const std::string& pattern,
                                          ? absl::StrCat(" * parallel.tp = ", chunks,
                                                         " (Megatron SP splits each shard over tp)")
                                          : ""));
-  if (sp > 1 && divides && pattern.find(kMamba) != std::string::npos) {
+  const bool all_to_all = m.mamba_sp_mode() == MambaHybridConfig::ALL_TO_ALL;
+  if (sp > 1 && all_to_all && pattern.find(kMamba) != std::string::npos) {
+    CheckMambaHeadSplits(m, tp, sp, check);
+  }
+  if (sp > 1 && !all_to_all && divides && pattern.find(kMamba) != std::string::npos) {
     check.Expect(m.seq_len() / sp >= m.conv_width() - 1,
                  absl::StrCat(F("seq_len", m.seq_len()), " / ", Field("parallel.sp", sp),
                               " must be at least conv_width - 1 = ", m.conv_width() - 1,

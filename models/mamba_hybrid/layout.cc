@@ -55,6 +55,67 @@ Tensor TakeChunk(Arena& arena, const Tensor& x, int64_t chunk, int64_t chunks, i
   return out;
 }
 
+namespace {
+
+// Part `part` of every block of `wide` ([rows, sum of widths]) to the
+// columns of `parts` ([rows, sum of widths / count]), or back (`to_wide`).
+void CopyBlockParts(Backend& backend, const Tensor& wide, const std::vector<int64_t>& widths,
+                    int64_t part, int64_t count, float* parts, bool to_wide) {
+  const int64_t rows = wide.dim(0), wide_width = wide.dim(1), parts_width = wide_width / count;
+  int64_t wide_column = 0, parts_column = 0;
+  for (const int64_t width : widths) {
+    const int64_t share = width / count;
+    float* from_wide = wide.ptr<float>() + wide_column + part * share;
+    const size_t wide_pitch = wide_width * sizeof(float), parts_pitch = parts_width * sizeof(float);
+    const size_t bytes = share * sizeof(float);
+    if (to_wide) {
+      backend.Copy2D(from_wide, wide_pitch, parts + parts_column, parts_pitch, bytes, rows);
+    } else {
+      backend.Copy2D(parts + parts_column, parts_pitch, from_wide, wide_pitch, bytes, rows);
+    }
+    wide_column += width;
+    parts_column += share;
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<Tensor> SequenceToHeads(Arena& arena, parallel::Communicator& sp, const Tensor& x,
+                                       const std::vector<int64_t>& widths, int64_t batch) {
+  const int R = sp.size();
+  if (R == 1) return x;
+  const int64_t rows = x.dim(0), share = x.dim(1) / R;
+  // Block r of the send buffer: our positions, part r of every block.
+  Tensor send = arena.AllocateUninitialized(DType::kF32, Shape{R * rows, share});
+  for (int r = 0; r < R; ++r) {
+    CopyBlockParts(arena.backend(), x, widths, r, R, send.ptr<float>() + r * rows * share, false);
+  }
+  // Block r received: rank r's positions (shard r of every sample), our parts.
+  Tensor received = arena.AllocateUninitialized(DType::kF32, send.shape());
+  TESSERA_RETURN_IF_ERROR(sp.Complete(sp.AllToAll(send.ptr<float>(), received.ptr<float>(),
+                                                  rows * share, DType::kF32)));
+  return ReorderChunks(arena, received, R, batch, /*to_sample_major=*/true);
+}
+
+absl::StatusOr<Tensor> HeadsToSequence(Arena& arena, parallel::Communicator& sp, const Tensor& x,
+                                       const std::vector<int64_t>& widths, int64_t batch) {
+  const int R = sp.size();
+  if (R == 1) return x;
+  const int64_t rows = x.dim(0) / R, share = x.dim(1);
+  // Block r of the send buffer: shard r of every sample, our parts.
+  const Tensor send = ReorderChunks(arena, x, R, batch, /*to_sample_major=*/false);
+  Tensor received = arena.AllocateUninitialized(DType::kF32, send.shape());
+  TESSERA_RETURN_IF_ERROR(sp.Complete(sp.AllToAll(send.ptr<float>(), received.ptr<float>(),
+                                                  rows * share, DType::kF32)));
+  // Block r received: our positions, rank r's part of every block.
+  Tensor out = arena.AllocateUninitialized(DType::kF32, Shape{rows, R * share});
+  for (int r = 0; r < R; ++r) {
+    CopyBlockParts(arena.backend(), out, widths, r, R, received.ptr<float>() + r * rows * share,
+                   true);
+  }
+  return out;
+}
+
 absl::StatusOr<Tensor> EnterTpRegion(Arena& arena, const HybridLayout& layout, const Tensor& x,
                                      int64_t batch) {
   if (!layout.rows_split_over_tp()) return x;

@@ -102,6 +102,19 @@ Tensor ReorderChunks(Arena& arena, const Tensor& x, int64_t chunks, int64_t batc
 // the sample-major rows x [batch * chunks * seq, F] -> [batch * seq, F].
 Tensor TakeChunk(Arena& arena, const Tensor& x, int64_t chunk, int64_t chunks, int64_t batch);
 
+// Megatron-LM's Mamba context parallelism: an activation whose columns are
+// blocks of whole heads or groups (z, x, B, C, dt; or y), `widths` floats
+// each, every block split into sp equal parts. SequenceToHeads: this rank's
+// sequence shard of every one of `batch` samples, [batch * seq/sp, sum of
+// widths] -> part sp_rank of every block at every position, [batch * seq,
+// sum of widths / sp], blocks in order, by one all-to-all over sp.
+// HeadsToSequence: the reverse (and the adjoint: each is the other's
+// backward). A group of one returns x.
+absl::StatusOr<Tensor> SequenceToHeads(Arena& arena, parallel::Communicator& sp, const Tensor& x,
+                                       const std::vector<int64_t>& widths, int64_t batch);
+absl::StatusOr<Tensor> HeadsToSequence(Arena& arena, parallel::Communicator& sp, const Tensor& x,
+                                       const std::vector<int64_t>& widths, int64_t batch);
+
 // A column-parallel projection whose output columns are several pieces (one
 // parameter each, [rows_of_piece, in] on this rank), in order: y = x [W_0;
 // W_1; ...]^T. Each piece is one tp-split parameter, so blocks of unequal

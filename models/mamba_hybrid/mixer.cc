@@ -53,20 +53,30 @@ constexpr int kHaloTag = 41, kStateTag = 42, kStateGradTag = 43, kHaloGradTag = 
 
 float Bound(double fan_in) { return static_cast<float>(1 / std::sqrt(fan_in)); }
 
+bool AllToAll(const MambaHybridConfig& config) {
+  return config.mamba_sp_mode() == MambaHybridConfig::ALL_TO_ALL;
+}
+
 }  // namespace
 
 Mamba2Mixer::Mamba2Mixer(ParameterStore& store, const std::string& name,
                          const MambaHybridConfig& config, const HybridLayout& layout)
     : store_(store),
       layout_(layout),
-      chain_(*layout.sp),
+      one_rank_(store.backend(), "mixer"),
+      chain_(AllToAll(config) ? one_rank_ : *layout.sp),
+      head_exchange_(AllToAll(config) ? layout.sp : &one_rank_),
       dims_(ResolveMixerDims(config)),
       norm_eps_(config.norm_eps()) {
   const MixerDims g = dims_;  // the whole layer's sizes
   const int tp = layout.tp_size();
-  dims_.d_inner /= tp;
-  dims_.heads /= tp;
-  dims_.groups /= tp;
+  // The config rules made heads and groups divisible by tp (and sp).
+  const int split = tp * head_exchange_->size();
+  dims_.d_inner /= split;
+  dims_.heads /= split;
+  dims_.groups /= split;
+  first_head_ = head_exchange_->rank() * dims_.heads;
+  first_group_ = head_exchange_->rank() * dims_.groups;
   const int64_t GN = g.groups * g.state_dim;
   const struct {
     const char* block;
@@ -113,7 +123,7 @@ Tensor Mamba2Mixer::DecayRates(Arena& arena) const {
   const Tensor a_log = HostReadable(store_.param(a_log_));
   Tensor host = HostReadable(a);
   for (int64_t h = 0; h < dims_.heads; ++h)
-    host.data<float>()[h] = -std::exp(a_log.data<float>()[h]);
+    host.data<float>()[h] = -std::exp(a_log.data<float>()[first_head_ + h]);
   WriteBack(host, a);
   return a;
 }
@@ -124,38 +134,58 @@ void Mamba2Mixer::AccumulateDecayGradient(const Tensor& dA, const Tensor& A) con
   Tensor host = HostReadable(grad);
   // d A / d A_log = -exp(A_log) = A.
   for (int64_t h = 0; h < dims_.heads; ++h)
-    host.data<float>()[h] += da.data<float>()[h] * a.data<float>()[h];
+    host.data<float>()[first_head_ + h] += da.data<float>()[h] * a.data<float>()[h];
   WriteBack(host, grad);
+}
+
+std::vector<std::pair<int64_t, int64_t>> Mamba2Mixer::ConvChannels() const {
+  const int64_t GN = dims_.groups * dims_.state_dim;
+  return {{first_head_ * dims_.head_dim, dims_.d_inner},
+          {first_group_ * dims_.state_dim, GN},
+          {first_group_ * dims_.state_dim, GN}};
+}
+
+std::vector<int64_t> Mamba2Mixer::InProjWidths() const {
+  std::vector<int64_t> widths;
+  for (const ProjectionPiece& piece : in_proj_) widths.push_back(piece.rows);
+  return widths;
 }
 
 std::pair<Tensor, Tensor> Mamba2Mixer::ConvWeights(Arena& arena) const {
   const int64_t K = dims_.conv_width;
   Tensor weight = arena.AllocateUninitialized(DType::kF32, Shape{dims_.conv_channels(), K});
   Tensor bias = arena.AllocateUninitialized(DType::kF32, Shape{dims_.conv_channels()});
+  const auto pieces = ConvChannels();
   int64_t channel = 0;
-  for (size_t i = 0; i < conv_weight_.size(); ++i) {
+  for (size_t i = 0; i < pieces.size(); ++i) {
+    const auto [first, count] = pieces[i];
     const Tensor w = store_.param(conv_weight_[i]), b = store_.param(conv_bias_[i]);
-    arena.backend().Copy(weight.ptr<float>() + channel * K, w.address(), w.bytes());
-    arena.backend().Copy(bias.ptr<float>() + channel, b.address(), b.bytes());
-    channel += b.numel();
+    arena.backend().Copy(weight.ptr<float>() + channel * K, w.ptr<float>() + first * K,
+                         count * K * sizeof(float));
+    arena.backend().Copy(bias.ptr<float>() + channel, b.ptr<float>() + first,
+                         count * sizeof(float));
+    channel += count;
   }
   return {weight, bias};
 }
 
 void Mamba2Mixer::AccumulateConvGradients(const Tensor& dweight, const Tensor& dbias) const {
   const int64_t K = dims_.conv_width;
+  const auto pieces = ConvChannels();
   int64_t channel = 0;
-  for (size_t i = 0; i < conv_weight_.size(); ++i) {
+  for (size_t i = 0; i < pieces.size(); ++i) {
+    const auto [first, count] = pieces[i];
     const Tensor dw = store_.grad(conv_weight_[i]), db = store_.grad(conv_bias_[i]);
-    store_.backend().AddInPlace(dw.ptr<float>(), dweight.ptr<float>() + channel * K, dw.numel());
-    store_.backend().AddInPlace(db.ptr<float>(), dbias.ptr<float>() + channel, db.numel());
-    channel += db.numel();
+    store_.backend().AddInPlace(dw.ptr<float>() + first * K, dweight.ptr<float>() + channel * K,
+                                count * K);
+    store_.backend().AddInPlace(db.ptr<float>() + first, dbias.ptr<float>() + channel, count);
+    channel += count;
   }
 }
 
 absl::Status Mamba2Mixer::ExchangeHalo(Arena& arena) {
   const int64_t K1 = dims_.conv_width - 1, channels = dims_.conv_channels();
-  if (layout_.sp_size() == 1 || K1 == 0) return absl::OkStatus();
+  if (chain_.group().size() == 1 || K1 == 0) return absl::OkStatus();
   // This shard's last K-1 inputs of every sample go to the next shard.
   Tensor tail = arena.AllocateUninitialized(DType::kF32, Shape{batch_, K1, channels});
   const size_t bytes = static_cast<size_t>(K1 * channels) * sizeof(float);
@@ -168,7 +198,7 @@ absl::Status Mamba2Mixer::ExchangeHalo(Arena& arena) {
 
 absl::Status Mamba2Mixer::ReturnHaloGradient(Arena& arena, const Tensor& dhalo, Tensor& dxbc) {
   const int64_t K1 = dims_.conv_width - 1, channels = dims_.conv_channels();
-  if (layout_.sp_size() == 1 || K1 == 0) return absl::OkStatus();
+  if (chain_.group().size() == 1 || K1 == 0) return absl::OkStatus();
   Tensor from_next;
   if (!chain_.last()) {
     from_next = arena.AllocateUninitialized(DType::kF32, Shape{batch_, K1, channels});
@@ -227,7 +257,7 @@ absl::Status Mamba2Mixer::Scan(Arena& arena) {
   if (!chain_.last()) final_state = arena.AllocateUninitialized(DType::kF32, state);
   y_ = arena.AllocateUninitialized(DType::kF32, Shape{batch_ * seq_, dims_.d_inner});
   backend.SsdScanForward(ScanShape(), x_.ptr<float>(), dt_.ptr<float>(), a_.ptr<float>(),
-                         b_.ptr<float>(), c_.ptr<float>(), store_.param(d_).ptr<float>(), nullptr,
+                         b_.ptr<float>(), c_.ptr<float>(), Heads(store_.param(d_)), nullptr,
                          y_.ptr<float>(), ptr(final_state));
   initial_state_ = decay_ = Tensor();
   if (chain_.first()) return chain_.SendToNext(ptr(final_state), count, kStateTag);
@@ -257,9 +287,12 @@ absl::StatusOr<Tensor> Mamba2Mixer::Forward(Arena& arena, const Tensor& u_local,
   Backend& backend = arena.backend();
   TESSERA_ASSIGN_OR_RETURN(u_, EnterTpRegion(arena, layout_, u_local, batch));
   batch_ = batch;
-  seq_ = u_.dim(0) / batch;  // the sp shard's positions
+  // [sp shard's rows, in_proj_out / tp] -> this rank's heads (ALL_TO_ALL).
+  const Tensor zxbcdt_shard = ProjectForward(arena, store_, in_proj_, u_);
+  TESSERA_ASSIGN_OR_RETURN(
+      zxbcdt_, SequenceToHeads(arena, *head_exchange_, zxbcdt_shard, InProjWidths(), batch));
+  seq_ = zxbcdt_.dim(0) / batch;  // the positions scanned: the sp shard's, or all (ALL_TO_ALL)
   const int64_t rows = batch_ * seq_, GN = dims_.groups * dims_.state_dim;
-  zxbcdt_ = ProjectForward(arena, store_, in_proj_, u_);  // [rows, in_proj_out]
   xbc_ = TakeColumns(arena, zxbcdt_, x_column(), dims_.conv_channels());
   TESSERA_RETURN_IF_ERROR(ExchangeHalo(arena));
   xbc_conv_ = arena.AllocateUninitialized(DType::kF32, xbc_.shape());
@@ -276,17 +309,19 @@ absl::StatusOr<Tensor> Mamba2Mixer::Forward(Arena& arena, const Tensor& u_local,
   c_ = TakeColumns(arena, xbc_act, dims_.d_inner + GN, GN);
   dt_ = arena.AllocateUninitialized(DType::kF32, Shape{rows, dims_.heads});
   backend.DtSoftplusForward(zxbcdt_.ptr<float>() + dt_column(), dims_.in_proj_out(),
-                            store_.param(dt_bias_).ptr<float>(), dt_.ptr<float>(), rows,
-                            dims_.heads);
+                            Heads(store_.param(dt_bias_)), dt_.ptr<float>(), rows, dims_.heads);
   a_ = DecayRates(arena);
   TESSERA_RETURN_IF_ERROR(Scan(arena));
   rstd_ = arena.AllocateUninitialized(DType::kF32, Shape{rows, dims_.groups});
-  normed_ = arena.AllocateUninitialized(DType::kF32, Shape{rows, dims_.d_inner});
+  Tensor normed = arena.AllocateUninitialized(DType::kF32, Shape{rows, dims_.d_inner});
   backend.GatedRmsNormForward(y_.ptr<float>(), zxbcdt_.ptr<float>(), dims_.in_proj_out(),
-                              store_.param(norm_weight_).ptr<float>(), normed_.ptr<float>(),
-                              rstd_.ptr<float>(), rows, dims_.d_inner,
+                              Heads(store_.param(norm_weight_), dims_.head_dim),
+                              normed.ptr<float>(), rstd_.ptr<float>(), rows, dims_.d_inner,
                               dims_.d_inner / dims_.groups, norm_eps_);
-  Tensor partial = arena.AllocateUninitialized(DType::kF32, Shape{rows, dims_.hidden});
+  TESSERA_ASSIGN_OR_RETURN(normed_, HeadsToSequence(arena, *head_exchange_, normed,
+                                                    {dims_.d_inner * head_exchange_->size()},
+                                                    batch_));
+  Tensor partial = arena.AllocateUninitialized(DType::kF32, Shape{normed_.dim(0), dims_.hidden});
   LinearForward(backend, normed_, store_.param(out_proj_).ptr<float>(), nullptr, partial);
   return ExitTpRegion(arena, layout_, partial, batch_);  // out_proj is row-parallel
 }
@@ -296,17 +331,21 @@ absl::StatusOr<Tensor> Mamba2Mixer::Backward(Arena& arena, const Tensor& dout_lo
   const int64_t rows = batch_ * seq_;
   TESSERA_ASSIGN_OR_RETURN(const Tensor dout,
                            ExitTpRegionBackward(arena, layout_, dout_local, batch_));
-  Tensor dnormed = arena.AllocateUninitialized(DType::kF32, normed_.shape());
+  Tensor dnormed_shard = arena.AllocateUninitialized(DType::kF32, normed_.shape());
   LinearBackward(backend, dout, normed_, store_.param(out_proj_).ptr<float>(),
-                 store_.grad(out_proj_).ptr<float>(), nullptr, dnormed);
+                 store_.grad(out_proj_).ptr<float>(), nullptr, dnormed_shard);
+  TESSERA_ASSIGN_OR_RETURN(const Tensor dnormed,
+                           SequenceToHeads(arena, *head_exchange_, dnormed_shard,
+                                           {normed_.dim(1)}, batch_));
   // Every column of dzxbcdt is written below: z, then x/B/C, then dt.
   Tensor dzxbcdt = arena.AllocateUninitialized(DType::kF32, zxbcdt_.shape());
   Tensor dy = arena.AllocateUninitialized(DType::kF32, y_.shape());
   backend.GatedRmsNormBackward(dnormed.ptr<float>(), y_.ptr<float>(), zxbcdt_.ptr<float>(),
-                               dims_.in_proj_out(), store_.param(norm_weight_).ptr<float>(),
+                               dims_.in_proj_out(),
+                               Heads(store_.param(norm_weight_), dims_.head_dim),
                                rstd_.ptr<float>(), dy.ptr<float>(), dzxbcdt.ptr<float>(),
-                               store_.grad(norm_weight_).ptr<float>(), rows, dims_.d_inner,
-                               dims_.d_inner / dims_.groups);
+                               Heads(store_.grad(norm_weight_), dims_.head_dim), rows,
+                               dims_.d_inner, dims_.d_inner / dims_.groups);
   TESSERA_ASSIGN_OR_RETURN(Tensor dxbc_act, ScanBackward(arena, dy, dzxbcdt));
   // SiLU, then the conv (whose input gradient lands in x/B/C's columns).
   Tensor dxbc_conv = arena.AllocateUninitialized(DType::kF32, xbc_.shape());
@@ -328,7 +367,10 @@ absl::StatusOr<Tensor> Mamba2Mixer::Backward(Arena& arena, const Tensor& dout_lo
   AccumulateConvGradients(dconv_weight, dconv_bias);
   TESSERA_RETURN_IF_ERROR(ReturnHaloGradient(arena, dhalo, dxbc));
   CopyColumns(backend, dzxbcdt, x_column(), dxbc, /*to_src=*/true);
-  const Tensor du = ProjectBackward(arena, store_, in_proj_, dzxbcdt, u_);
+  TESSERA_ASSIGN_OR_RETURN(
+      const Tensor dzxbcdt_shard,
+      HeadsToSequence(arena, *head_exchange_, dzxbcdt, InProjWidths(), batch_));
+  const Tensor du = ProjectBackward(arena, store_, in_proj_, dzxbcdt_shard, u_);
   u_ = zxbcdt_ = xbc_ = halo_ = xbc_conv_ = x_ = b_ = c_ = dt_ = a_ = Tensor();
   initial_state_ = decay_ = y_ = rstd_ = normed_ = Tensor();
   return EnterTpRegionBackward(arena, layout_, du, batch_);
@@ -351,10 +393,10 @@ absl::StatusOr<Tensor> Mamba2Mixer::ScanBackward(Arena& arena, const Tensor& dy,
   Tensor d_initial;
   if (!chain_.first()) d_initial = arena.AllocateUninitialized(DType::kF32, state);
   backend.SsdScanBackward(ScanShape(), x_.ptr<float>(), dt_.ptr<float>(), a_.ptr<float>(),
-                          b_.ptr<float>(), c_.ptr<float>(), store_.param(d_).ptr<float>(),
+                          b_.ptr<float>(), c_.ptr<float>(), Heads(store_.param(d_)),
                           ptr(initial_state_), dy.ptr<float>(), nullptr, dx.ptr<float>(),
                           ddt.ptr<float>(), da.ptr<float>(), db.ptr<float>(), dc.ptr<float>(),
-                          store_.grad(d_).ptr<float>(), ptr(d_initial));
+                          Heads(store_.grad(d_)), ptr(d_initial));
   // 2. The chain in reverse: d(final state) from the next shard; d(S_in) =
   // the above + exp(sum dt A) d(final state), passed back at once.
   Tensor d_final;
@@ -384,9 +426,9 @@ absl::StatusOr<Tensor> Mamba2Mixer::ScanBackward(Arena& arena, const Tensor& dy,
   }
   AccumulateDecayGradient(da, a_);
   backend.DtSoftplusBackward(ddt.ptr<float>(), zxbcdt_.ptr<float>() + dt_column(),
-                             dims_.in_proj_out(), store_.param(dt_bias_).ptr<float>(),
-                             dzxbcdt.ptr<float>() + dt_column(),
-                             store_.grad(dt_bias_).ptr<float>(), rows, dims_.heads);
+                             dims_.in_proj_out(), Heads(store_.param(dt_bias_)),
+                             dzxbcdt.ptr<float>() + dt_column(), Heads(store_.grad(dt_bias_)),
+                             rows, dims_.heads);
   Tensor dxbc_act = arena.AllocateUninitialized(DType::kF32, xbc_.shape());
   CopyColumns(backend, dxbc_act, 0, dx, /*to_src=*/true);
   CopyColumns(backend, dxbc_act, dims_.d_inner, db, /*to_src=*/true);
@@ -422,19 +464,19 @@ absl::StatusOr<Tensor> Mamba2Mixer::Step(Arena& arena, const Tensor& u) {
   const Tensor c = TakeColumns(arena, xbc_act, dims_.d_inner + GN, GN);
   Tensor dt = arena.AllocateUninitialized(DType::kF32, Shape{batch, dims_.heads});
   backend.DtSoftplusForward(zxbcdt.ptr<float>() + dt_column(), dims_.in_proj_out(),
-                            store_.param(dt_bias_).ptr<float>(), dt.ptr<float>(), batch,
+                            Heads(store_.param(dt_bias_)), dt.ptr<float>(), batch,
                             dims_.heads);
   const Tensor a = DecayRates(arena);
   Tensor y = arena.AllocateUninitialized(DType::kF32, Shape{batch, dims_.d_inner});
   SsdShape shape = ScanShape();
   shape.batch = batch;
   backend.SsdStep(shape, x.ptr<float>(), dt.ptr<float>(), a.ptr<float>(), b.ptr<float>(),
-                  c.ptr<float>(), store_.param(d_).ptr<float>(), ssm_state_.ptr<float>(),
+                  c.ptr<float>(), Heads(store_.param(d_)), ssm_state_.ptr<float>(),
                   y.ptr<float>());
   Tensor rstd = arena.AllocateUninitialized(DType::kF32, Shape{batch, dims_.groups});
   Tensor normed = arena.AllocateUninitialized(DType::kF32, Shape{batch, dims_.d_inner});
   backend.GatedRmsNormForward(y.ptr<float>(), zxbcdt.ptr<float>(), dims_.in_proj_out(),
-                              store_.param(norm_weight_).ptr<float>(), normed.ptr<float>(),
+                              Heads(store_.param(norm_weight_), dims_.head_dim), normed.ptr<float>(),
                               rstd.ptr<float>(), batch, dims_.d_inner,
                               dims_.d_inner / dims_.groups, norm_eps_);
   Tensor partial = arena.AllocateUninitialized(DType::kF32, Shape{batch, dims_.hidden});
@@ -457,13 +499,18 @@ double Mamba2Mixer::ForwardFlops(int64_t batch, int64_t seq) const {
   const double conv = 2.0 * dims_.conv_width * rows * dims_.conv_channels();
   // in_proj and out_proj over this rank's columns.
   const double projections = 2.0 * rows * dims_.hidden * (dims_.in_proj_out() + dims_.d_inner);
-  return projections + scan + conv;
+  // Every size above is linear in the heads: ALL_TO_ALL's sp ranks split
+  // the tp rank's heads, so the tp rank's layer is sp times this rank's.
+  return (projections + scan + conv) * head_exchange_->size();
 }
 
 double Mamba2Mixer::SavedFloatsPerToken() const {
-  // u, zxbcdt, xbc, xbc_conv, its SiLU, x/B/C, dt, y, rstd, the out_proj input.
-  return static_cast<double>(dims_.hidden + dims_.in_proj_out() + 4 * dims_.conv_channels() +
-                             dims_.heads + 2 * dims_.d_inner + dims_.groups);
+  // u, zxbcdt, xbc, xbc_conv, its SiLU, x/B/C, dt, y, rstd, the out_proj
+  // input; under ALL_TO_ALL a 1/sp share of the tp rank's heads at sp times
+  // the positions.
+  const int64_t per_head_floats = dims_.in_proj_out() + 4 * dims_.conv_channels() +
+                                  dims_.heads + 2 * dims_.d_inner + dims_.groups;
+  return static_cast<double>(dims_.hidden + per_head_floats * head_exchange_->size());
 }
 
 }  // namespace tessera::mamba_hybrid

@@ -43,11 +43,22 @@ MixerDims ResolveMixerDims(const MambaHybridConfig& config);
 // block, A_log, D, dt_bias and the norm weight split with their heads, the
 // gated RMSNorm by group local, out_proj row-parallel.
 //
-// Sequence parallelism passes state along the sp ranks (ShardChain): each
-// shard's conv reads the previous shard's last K-1 inputs as its halo; the
-// shards scan at once from zero states and then correct their outputs and
-// final states with the previous shard's final state (Scan); the backward
-// pass returns d(initial state) and d(halo) to the previous shard.
+// Sequence parallelism has two strategies (model.mamba_hybrid.mamba_sp_mode)
+// around the same computation:
+//  - STATE_PASSING: the sp ranks form a chain (ShardChain): each shard's
+//    conv reads the previous shard's last K-1 inputs as its halo; the shards
+//    scan at once from zero states and then correct their outputs and final
+//    states with the previous shard's final state (Scan); the backward pass
+//    returns d(initial state) and d(halo) to the previous shard.
+//  - ALL_TO_ALL (Megatron-LM's Mamba context parallelism): after in_proj an
+//    all-to-all over sp trades the sequence shard for heads / sp heads and
+//    groups / sp groups of the whole sequence (SequenceToHeads); the conv,
+//    the scan and the gated norm run on those, the chain being a group of
+//    one, with the matching slices of the conv weights, dt_bias, A_log, D and
+//    the norm weight; another all-to-all returns the sequence shard before
+//    out_proj. The parameters stay whole on every sp rank: each rank's
+//    gradient covers its slices, and the sum over sp (as for every parameter
+//    under sp) the whole.
 class Mamba2Mixer : public Sublayer {
  public:
   // `name`: the layer's prefix, e.g. "layers.3.mixer".
@@ -63,7 +74,7 @@ class Mamba2Mixer : public Sublayer {
   absl::StatusOr<Tensor> Step(Arena& arena, const Tensor& x) override;
 
  private:
-  // Column offsets of in_proj's output row.
+  // Column offsets of in_proj's output row (this rank's heads).
   int64_t x_column() const { return dims_.d_inner; }
   int64_t dt_column() const { return dims_.d_inner + dims_.conv_channels(); }
   SsdShape ScanShape() const;
@@ -71,8 +82,9 @@ class Mamba2Mixer : public Sublayer {
   Tensor DecayRates(Arena& arena) const;
   // dA_log += dA * A (A_log's chain rule; H values).
   void AccumulateDecayGradient(const Tensor& dA, const Tensor& A) const;
-  // The conv weight [channels, K] and bias [channels] of the x, B, C pieces,
-  // contiguous in `arena`; and their gradients added back to the pieces.
+  // The conv weight [channels, K] and bias [channels] of this rank's
+  // channels of the x, B, C pieces, contiguous in `arena`; and their
+  // gradients added back to the pieces.
   std::pair<Tensor, Tensor> ConvWeights(Arena& arena) const;
   void AccumulateConvGradients(const Tensor& dweight, const Tensor& dbias) const;
   // The scan's output y_ [rows, d_inner] from x_, dt_, a_, b_, c_ under
@@ -92,11 +104,29 @@ class Mamba2Mixer : public Sublayer {
   // and the gradient of this shard's own (added into dxbc).
   absl::Status ExchangeHalo(Arena& arena);
   absl::Status ReturnHaloGradient(Arena& arena, const Tensor& dhalo, Tensor& dxbc);
+  // [first channel, count] of this rank's heads (x) and groups (B, C) in
+  // each conv piece.
+  std::vector<std::pair<int64_t, int64_t>> ConvChannels() const;
+  // This rank's first head of a per-head parameter or gradient: [H] values
+  // (dt_bias, A_log, D) or [H * P] (the norm weight: `per_head` P).
+  float* Heads(const Tensor& t, int64_t per_head = 1) const {
+    return t.ptr<float>() + first_head_ * per_head;
+  }
+  // In-proj's blocks z, x, B, C, dt (this tp rank's widths) for the
+  // all-to-all; out_proj's input is one block, d_inner / tp.
+  std::vector<int64_t> InProjWidths() const;
 
   ParameterStore& store_;
   HybridLayout layout_;
+  // STATE_PASSING: the chain is sp, the head exchange a group of one;
+  // ALL_TO_ALL: the reverse.
+  parallel::SingleRankCommunicator one_rank_;
   parallel::ShardChain chain_;
-  MixerDims dims_;  // this rank's: d_inner, heads and groups divided by tp
+  parallel::Communicator* head_exchange_;
+  // This rank's: d_inner, heads and groups divided by tp (and by sp under
+  // ALL_TO_ALL); its first head and group among the tp rank's.
+  MixerDims dims_;
+  int64_t first_head_ = 0, first_group_ = 0;
   float norm_eps_;
   std::vector<ProjectionPiece> in_proj_;  // z, x, B, C, dt: [width/tp, hidden] each
   ParameterStore::Id out_proj_;           // [hidden, d_inner/tp]
@@ -105,6 +135,8 @@ class Mamba2Mixer : public Sublayer {
   int64_t batch_ = 0, seq_ = 0;
   // Saved by Forward.
   Tensor u_;          // [rows, hidden]: in_proj input (the tp region's rows)
+  // From here to y_ and rstd_, rows are this rank's heads' (under ALL_TO_ALL
+  // every position of the batch, batch * seq_).
   Tensor zxbcdt_;     // [rows, in_proj_out]
   Tensor xbc_;        // [rows, conv_channels]: conv input
   Tensor halo_;       // [B, K-1, conv_channels]: the previous shard's (sp > 1)
@@ -114,7 +146,7 @@ class Mamba2Mixer : public Sublayer {
   Tensor initial_state_;  // [B, H, P, N]: the previous shard's final state (sp > 1)
   Tensor decay_;          // [B, H]: exp(A * sum of the shard's dt) (sp > 1)
   Tensor y_, rstd_;   // [rows, d_inner] scan output, [rows, G] gated norm statistics
-  Tensor normed_;     // [rows, d_inner]: out_proj input
+  Tensor normed_;     // out_proj input: the tp region's rows, d_inner * (sp under ALL_TO_ALL)
   // Generation: the last K-1 conv inputs [B, K-1, conv_channels] and the SSM
   // state [B, H, P, N].
   Tensor conv_state_, ssm_state_;

@@ -8,7 +8,10 @@
 # with each other's experts), tp2 + ep2 (the tp peers route different
 # chunks to each other's experts) and tp2 x sp2 x dp2 with ZeRO-1 (8 ranks)
 # reaches the losses (relative 1e-5) and final parameters (h5diff -d 1e-6,
-# gathered on rank 0) of one process on the same global batch of 8.
+# gathered on rank 0) of one process on the same global batch of 8. The
+# Mamba layers' all-to-all mode (mamba_sp_mode=ALL_TO_ALL: heads and groups
+# split over sp) does the same at sp2, and, on the same model with 4 groups
+# against its own one-process run, at sp4 and tp2 x sp2.
 # A checkpoint saved at tp2 x sp2 x dp2 resumes at one process, and one
 # saved at one process at tp2 + Megatron SP, to the same last losses and
 # weights. Layouts that do not divide the model fail with exit code 2
@@ -42,19 +45,20 @@ mpi_hybrid() {  # NAME NP [--set ...]: the tiny hybrid under mpirun into $WORK/N
   timeout 300 mpirun --oversubscribe --bind-to none -np "$np" "$TESSERA" train --config "$TINY" \
     --set train.run_dir="$WORK/$name" "${common[@]}" "$@" > "$WORK/$name.log" 2>&1
 }
+reference=single  # the one-process run hybrid_layout compares against
 hybrid_layout() {  # NAME NP [--set ...]: run, then compare losses and weights
   local name=$1 np=$2
   mpi_hybrid "$@"
   local rc=$?
   if [ $rc -ne 0 ]; then fail "$name: mpirun exited $rc"; tail -20 "$WORK/$name.log"; return; fi
-  if paste <(losses "$WORK/single") <(losses "$WORK/$name") |
+  if paste <(losses "$WORK/$reference") <(losses "$WORK/$name") |
       awk '{ d = $1 - $2; if (d < 0) d = -d; if (d > 1e-5 * $1) bad = 1 } END { exit bad }' \
       && [ "$(losses "$WORK/$name" | wc -l)" -eq "$steps" ]; then
     pass "$name ($np ranks): the $steps losses match one process ($(losses "$WORK/$name" | tail -1))"
   else
-    fail "$name: losses differ"; paste <(losses "$WORK/single") <(losses "$WORK/$name")
+    fail "$name: losses differ"; paste <(losses "$WORK/$reference") <(losses "$WORK/$name")
   fi
-  if h5diff -d 1e-6 "$WORK/single/weights.h5" "$WORK/$name/weights.h5" > "$WORK/$name.diff" 2>&1; then
+  if h5diff -d 1e-6 "$WORK/$reference/weights.h5" "$WORK/$name/weights.h5" > "$WORK/$name.diff" 2>&1; then
     pass "$name: final parameters match one process (h5diff -d 1e-6)"
   else
     fail "$name: final parameters differ"; head "$WORK/$name.diff"
@@ -70,6 +74,16 @@ hybrid_layout ep2 2 --set parallel.ep=2
 hybrid_layout tp2_ep2 2 --set parallel.tp=2 --set parallel.ep=2
 hybrid_layout tp2_sp2_dp2_zero1 8 --set parallel.tp=2 --set parallel.sp=2 --set parallel.zero_stage=1 \
   --set checkpoint.every=3
+all_to_all=(--set model.mamba_hybrid.mamba_sp_mode=ALL_TO_ALL)
+hybrid_layout sp2_all_to_all 2 --set parallel.sp=2 "${all_to_all[@]}"
+groups4=(--set model.mamba_hybrid.num_groups=4)
+"$TESSERA" train --config "$TINY" --set train.run_dir="$WORK/single_groups4" "${common[@]}" \
+  "${groups4[@]}" > "$WORK/single_groups4.log" 2>&1 ||
+  { fail "single process, 4 groups"; tail -20 "$WORK/single_groups4.log"; finish; }
+reference=single_groups4
+hybrid_layout sp4_all_to_all 4 --set parallel.sp=4 "${all_to_all[@]}" "${groups4[@]}"
+hybrid_layout tp2_sp2_all_to_all 4 --set parallel.tp=2 --set parallel.sp=2 "${all_to_all[@]}" \
+  "${groups4[@]}"
 
 # The FLOPs the trainer counts (peak_fraction's numerator) are the whole
 # model's under every layout: each rank's share summed over the job.
@@ -144,6 +158,8 @@ refused groups_tp 4 "model.mamba_hybrid.num_groups=2 must be divisible by parall
   --set parallel.tp=4
 refused heads_tp 4 "the Mamba heads expand * hidden_size / head_dim = 2 must be divisible by parallel.tp=4" \
   --set parallel.tp=4 --set model.mamba_hybrid.head_dim=32 --set model.mamba_hybrid.num_groups=1
+refused groups_all_to_all 4 "model.mamba_hybrid.num_groups=2 must be divisible by parallel.tp * parallel.sp = 4" \
+  --set parallel.sp=4 "${all_to_all[@]}"
 refused seq_sp 3 "model.mamba_hybrid.seq_len=32 must be divisible by parallel.sp=3" \
   --set parallel.sp=3 --set model.mamba_hybrid.pattern=M-M-E --set train.global_batch=6
 finish

@@ -92,6 +92,10 @@ TEST(MambaHybridConfigRules, ModelParallelLayoutsOfTheTinyConfigValidate) {
       {{"parallel.tp=2", "parallel.sp=2", "parallel.zero_stage=1"}, 8},
       {{"parallel.ep=2"}, 2},
       {{"parallel.ep=4", "parallel.tp=2", "parallel.sequence_parallel=true"}, 4},
+      {{"parallel.sp=2", "model.mamba_hybrid.mamba_sp_mode=ALL_TO_ALL"}, 2},
+      {{"parallel.tp=2", "parallel.sp=2", "model.mamba_hybrid.mamba_sp_mode=ALL_TO_ALL",
+        "model.mamba_hybrid.num_groups=4"},
+       4},
   };
   for (const auto& [overrides, world] : layouts) {
     RunConfig config = Tiny();
@@ -122,6 +126,16 @@ TEST(MambaHybridConfigRules, LayoutsThatDoNotDivideAreRefusedNamingTheField) {
        4},
       {{{"parallel.sp=4", "parallel.tp=2"},
         "model.mamba_hybrid.num_heads=4 must be divisible by parallel.tp * parallel.sp = 8"},
+       8},
+      {{{"parallel.sp=4", "model.mamba_hybrid.mamba_sp_mode=ALL_TO_ALL"},
+        "model.mamba_hybrid.num_groups=2 must be divisible by parallel.tp * parallel.sp = 4 "
+        "(model.mamba_hybrid.mamba_sp_mode=ALL_TO_ALL spreads each tp rank's heads and groups "
+        "over sp)"},
+       4},
+      {{{"parallel.sp=4", "parallel.tp=2", "model.mamba_hybrid.mamba_sp_mode=ALL_TO_ALL",
+         "model.mamba_hybrid.num_heads=8"},
+        "the Mamba heads expand * hidden_size / head_dim = 4 must be divisible by parallel.tp * "
+        "parallel.sp = 8"},
        8},
       {{{"parallel.sp=16", "model.mamba_hybrid.pattern=M-M-E"},
         "model.mamba_hybrid.seq_len=32 / parallel.sp=16 must be at least conv_width - 1 = 3"},

@@ -5,6 +5,9 @@
 //    np 2, 3, 4) and passes the SSM state and the conv halo along; its
 //    output and input gradient equal its rows of the whole sequence's, and
 //    the parameter gradients summed over the shards equal the whole's;
+//  - the same by all-to-all (mamba_sp_mode ALL_TO_ALL, np 1, 2, 4: each
+//    rank scans 4/np heads in 4/np groups of the whole sequence, with its
+//    slices of the per-head parameters);
 //  - tensor parallelism: the world is the tp group (np 1, 2, 4: 4 heads in
 //    4 groups); output and dx equal the whole's, and each rank's gradient
 //    pieces equal the slices of the whole's gradients.
@@ -30,8 +33,10 @@ using parallel::testing::MpiForTests;
 constexpr int64_t kBatch = 2, kSeq = 12, kHidden = 16;
 constexpr uint64_t kSeed = 7;
 
-MambaHybridConfig Config() {
+MambaHybridConfig Config(
+    MambaHybridConfig::MambaSpMode sp_mode = MambaHybridConfig::STATE_PASSING) {
   MambaHybridConfig c;
+  c.set_mamba_sp_mode(sp_mode);
   c.set_hidden_size(kHidden);
   c.set_num_layers(2);
   c.set_state_dim(8);
@@ -67,7 +72,9 @@ struct Whole {
   }
 };
 
-TEST(MixerSequenceParallel, ShardsPassingTheStateEqualTheWholeSequence) {
+// The world as the sp group, each rank its shard of the positions: output,
+// dx and the gradients summed over the shards against the whole sequence's.
+void ExpectShardsEqualTheWholeSequence(MambaHybridConfig::MambaSpMode sp_mode) {
   auto world = MpiForTests()->CreateWorld(absl::Seconds(30));
   ASSERT_TRUE(world.ok());
   Whole whole;
@@ -77,7 +84,7 @@ TEST(MixerSequenceParallel, ShardsPassingTheStateEqualTheWholeSequence) {
   layout.sp = world->get();
   const int64_t shard = kSeq / layout.sp_size(), first = layout.sp_rank() * shard;
   ParameterStore store;
-  Mamba2Mixer mixer(store, "mixer", Config(), layout);
+  Mamba2Mixer mixer(store, "mixer", Config(sp_mode), layout);
   store.Finalize(kSeed);
   store.ZeroGrads();
   Arena arena;
@@ -104,6 +111,17 @@ TEST(MixerSequenceParallel, ShardsPassingTheStateEqualTheWholeSequence) {
               1e-5)
         << info.name;
   }
+}
+
+TEST(MixerSequenceParallel, ShardsPassingTheStateEqualTheWholeSequence) {
+  ExpectShardsEqualTheWholeSequence(MambaHybridConfig::STATE_PASSING);
+}
+
+TEST(MixerSequenceParallel, HeadsExchangedByAllToAllEqualTheWholeSequence) {
+  if (4 % MpiForTests()->world_size() != 0) {
+    GTEST_SKIP() << "4 heads do not split over " << MpiForTests()->world_size();
+  }
+  ExpectShardsEqualTheWholeSequence(MambaHybridConfig::ALL_TO_ALL);
 }
 
 TEST(MixerTensorParallel, HeadsAndGroupsSplitEqualTheWholeLayer) {
