@@ -485,23 +485,26 @@ absl::StatusOr<Tensor> Mamba2Mixer::Step(Arena& arena, const Tensor& u) {
 }
 
 double Mamba2Mixer::ForwardFlops(int64_t batch, int64_t seq) const {
-  const double rows = static_cast<double>(batch) * seq;
+  // `seq`: this rank's positions. Under ALL_TO_ALL it projects those with
+  // all of the tp rank's columns (sp times this rank's heads), and convolves
+  // and scans all sp * seq positions of its heads.
+  const int64_t split = head_exchange_->size(), scan_seq = seq * split;
   const double P = dims_.head_dim, N = dims_.state_dim;
   // The SSD scan per (batch, head): per chunk of l tokens 2 l^2 N (C B^T) +
   // 2 l^2 P (masked product) + 4 l P N (state to output, chunk state);
   // docs/mamba.md.
   double scan = 0;
-  for (int64_t start = 0; start < seq; start += dims_.chunk) {
-    const double l = static_cast<double>(std::min(dims_.chunk, seq - start));
+  for (int64_t start = 0; start < scan_seq; start += dims_.chunk) {
+    const double l = static_cast<double>(std::min(dims_.chunk, scan_seq - start));
     scan += 2 * l * l * (N + P) + 4 * l * P * N;
   }
   scan *= static_cast<double>(batch) * dims_.heads;
-  const double conv = 2.0 * dims_.conv_width * rows * dims_.conv_channels();
-  // in_proj and out_proj over this rank's columns.
-  const double projections = 2.0 * rows * dims_.hidden * (dims_.in_proj_out() + dims_.d_inner);
-  // Every size above is linear in the heads: ALL_TO_ALL's sp ranks split
-  // the tp rank's heads, so the tp rank's layer is sp times this rank's.
-  return (projections + scan + conv) * head_exchange_->size();
+  const double conv =
+      2.0 * dims_.conv_width * static_cast<double>(batch) * scan_seq * dims_.conv_channels();
+  // in_proj and out_proj over this rank's positions and the tp rank's columns.
+  const double projections = 2.0 * static_cast<double>(batch) * seq * dims_.hidden *
+                             (dims_.in_proj_out() + dims_.d_inner) * split;
+  return projections + scan + conv;
 }
 
 double Mamba2Mixer::SavedFloatsPerToken() const {

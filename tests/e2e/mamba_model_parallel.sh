@@ -88,14 +88,20 @@ hybrid_layout tp2_sp2_all_to_all 4 --set parallel.tp=2 --set parallel.sp=2 "${al
 # The FLOPs the trainer counts (peak_fraction's numerator) are the whole
 # model's under every layout: each rank's share summed over the job.
 flops() { grep -o 'training FLOPs: [0-9.e+-]* GFLOP per sample' "$WORK/$1.log"; }
-single_flops=$(flops single)
-for name in tp2 tp2_megatron_sp sp2 sp4 ep2 tp2_sp2_dp2_zero1; do
-  if [ -n "$single_flops" ] && [ "$(flops $name)" = "$single_flops" ]; then
-    pass "$name: $single_flops, as one process"
-  else
-    fail "$name: '$(flops $name)', one process '$single_flops'"
-  fi
-done
+same_flops() {  # REFERENCE NAME...: each run's count equals the one-process REFERENCE's
+  local single_flops name
+  single_flops=$(flops "$1")
+  shift
+  for name in "$@"; do
+    if [ -n "$single_flops" ] && [ "$(flops $name)" = "$single_flops" ]; then
+      pass "$name: $single_flops, as one process"
+    else
+      fail "$name: '$(flops $name)', one process '$single_flops'"
+    fi
+  done
+}
+same_flops single tp2 tp2_megatron_sp sp2 sp4 ep2 tp2_sp2_dp2_zero1 sp2_all_to_all
+same_flops single_groups4 sp4_all_to_all tp2_sp2_all_to_all
 
 # Per-expert load: metrics.jsonl's expert_assignments of the E layer at every
 # step sum to the logging replica's tokens x top_k (one replica: 8 windows x
