@@ -114,8 +114,9 @@ absl::Status Recommend(const ParsedArguments& args) {
   TESSERA_ASSIGN_OR_RETURN(const History history, FindUser(data, user, model.num_items()));
   Arena arena;
   const hstu::UserHistory query{history.items, history.timestamps, history.timestamps.back()};
-  const std::vector<float> scores =
-      hstu::ScoreItems(model, arena, built->table().local_rows().data(), {&query, 1});
+  TESSERA_ASSIGN_OR_RETURN(
+      const std::vector<float> scores,
+      hstu::ScoreItems(model, arena, built->table().local_rows().data(), {&query, 1}));
   const std::vector<int64_t> best = hstu::TopItems(scores, history.items, top);
   const std::vector<std::string> names = ItemNames(data);
   std::printf("user %lld: %zu events; top %zu items (rank, item, %sscore):\n",

@@ -54,19 +54,33 @@ void CheckTable(const HstuConfig& m, int world_size, ConfigChecker& check) {
                absl::StrCat(Field("model.hstu.table_lr", m.table_lr()), " must be >= 0"));
 }
 
+// Tensor parallelism splits the heads (layer.h); sequence and expert
+// parallelism of HSTU are not built.
+void CheckParallel(const HstuConfig& m, const ParallelConfig& p, ConfigChecker& check) {
+  check.Expect(p.sp() == 1 && p.ep() == 1 && p.etp() == 1 && !p.sequence_parallel(),
+               absl::StrCat("model.hstu runs under data and tensor parallelism only: ",
+                            Field("parallel.sp", p.sp()), ", ", Field("parallel.ep", p.ep()), ", ",
+                            Field("parallel.etp", p.etp()),
+                            " and parallel.sequence_parallel must keep their defaults"));
+  if (p.tp() <= 1 || m.num_heads() <= 0) return;
+  check.Expect(m.num_heads() % p.tp() == 0,
+               absl::StrCat(Field("model.hstu.num_heads", m.num_heads()),
+                            " must be divisible by ", Field("parallel.tp", p.tp()),
+                            " (tensor parallelism splits the heads)"));
+  check.Expect(m.linear_dim() == m.attention_dim(),
+               absl::StrCat(Field("model.hstu.linear_dim", m.linear_dim()), " must equal ",
+                            Field("model.hstu.attention_dim", m.attention_dim()), " when ",
+                            Field("parallel.tp", p.tp()),
+                            " > 1 (the fused U, V, Q, K projection is split over tp as four "
+                            "equal blocks)"));
+}
+
 }  // namespace
 
 void CheckConfig(const RunConfig& config, int world_size, ConfigChecker& check) {
   CheckSizes(config.hstu(), check);
   CheckTable(config.hstu(), world_size, check);
-  const ParallelConfig& p = config.parallel();
-  // Tensor, sequence and expert parallelism of HSTU are not built yet.
-  check.Expect(p.tp() == 1 && p.sp() == 1 && p.ep() == 1 && p.etp() == 1 &&
-                   !p.sequence_parallel(),
-               absl::StrCat("model.hstu runs on one process or under data parallelism only: ",
-                            Field("parallel.tp", p.tp()), ", ", Field("parallel.sp", p.sp()),
-                            ", ", Field("parallel.ep", p.ep()), ", ", Field("parallel.etp", p.etp()),
-                            " and parallel.sequence_parallel must keep their defaults"));
+  CheckParallel(config.hstu(), config.parallel(), check);
   // Leave-one-out on the training data: the validation target (the
   // second-to-last event) must be one of the events training holds out.
   const std::string& eval_dir = config.data().eval_dir();

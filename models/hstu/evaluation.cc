@@ -9,7 +9,7 @@
 
 namespace tessera::hstu {
 
-absl::StatusOr<RankingSums> EvaluateSplit(Hstu& model, const float* table,
+absl::StatusOr<RankingSums> EvaluateSplit(Hstu& model, parallel::RowShardedTable& table,
                                           const EvaluationOptions& options, Split split,
                                           Arena* arena) {
   InteractionReaderOptions reader_options;
@@ -45,8 +45,10 @@ absl::StatusOr<RankingSums> EvaluateSplit(Hstu& model, const float* table,
       ++rows;
     }
     const int64_t* offsets = batch.offsets.data<int64_t>();
-    RankTargets(model, *arena, table, {offsets, static_cast<size_t>(rows + 1)},
-                batch.item_ids.data<int64_t>(), batch.timestamps.data<int64_t>(), split, sums);
+    TESSERA_RETURN_IF_ERROR(RankTargets(model, *arena, table,
+                                        {offsets, static_cast<size_t>(rows + 1)},
+                                        batch.item_ids.data<int64_t>(),
+                                        batch.timestamps.data<int64_t>(), split, sums));
     arena->Reset();
   }
   return sums;
@@ -111,12 +113,8 @@ std::vector<std::string> HstuEvaluation::metric_names() const {
 }
 
 absl::StatusOr<std::vector<EvalMetric>> HstuEvaluation::Evaluate(Arena& arena) {
-  // Every rank gathers the whole table (a collective over the table's
-  // group), then ranks its own users on it.
-  TESSERA_ASSIGN_OR_RETURN(const std::vector<float> table, table_.Gather());
-  TESSERA_ASSIGN_OR_RETURN(
-      const RankingSums sums,
-      EvaluateSplit(model_, table.data(), options_, Split::kValidation, &arena));
+  TESSERA_ASSIGN_OR_RETURN(const RankingSums sums,
+                           EvaluateSplit(model_, table_, options_, Split::kValidation, &arena));
   return RankingMetrics(sums, "val_");
 }
 

@@ -6,9 +6,10 @@
 // event before it counts for nothing.
 //
 // Two callers: the end of a run (HstuModel::FinishRun, both splits of
-// data.dir on one process) and the evaluation during training
-// (HstuEvaluation below, the validation split of data.eval_dir every
-// train.eval_every steps, users split over the data-parallel replicas).
+// data.dir) and the evaluation during training (HstuEvaluation below, the
+// validation split of data.eval_dir every train.eval_every steps), both
+// with the users split over the data-parallel replicas and the items
+// ranked against the row-sharded table where it lies (sharded_ranking.h).
 #pragma once
 
 #include <memory>
@@ -17,6 +18,7 @@
 
 #include "absl/status/statusor.h"
 #include "models/hstu/scoring.h"
+#include "models/hstu/sharded_ranking.h"
 #include "models/registry.h"
 #include "parallel/embedding/row_sharded_table.h"
 #include "runtime/config/config.pb.h"
@@ -33,12 +35,12 @@ struct EvaluationOptions {
   int replica = 0, num_replicas = 1;  // this replica takes every R-th user
 };
 
-// `table`: the whole item table [num_items, D] (host memory). Every replica
-// runs the same number of forward passes (ceil(users / (batch_users * R)));
-// a replica whose share of a batch holds no user skips its forward (there
-// is no collective in it). `arena` (null: one of its own) is reset after
-// each forward.
-absl::StatusOr<RankingSums> EvaluateSplit(Hstu& model, const float* table,
+// `table`: the item table, row-sharded over its group. Every replica runs
+// the same number of rankings (ceil(users / (batch_users * R))), each a
+// collective over the table's group (RankTargets); a replica whose share of
+// a batch holds no user skips its forward but not the collectives. `arena`
+// (null: one of its own) is reset after each ranking.
+absl::StatusOr<RankingSums> EvaluateSplit(Hstu& model, parallel::RowShardedTable& table,
                                           const EvaluationOptions& options, Split split,
                                           Arena* arena = nullptr);
 
@@ -53,9 +55,8 @@ std::string RankingJsonFields(const RankingSums& sums, const std::string& prefix
 // leave-one-out data.eval_dir is normally data.dir itself: training never
 // sees a user's last model.hstu.holdout events, so with holdout >= 2 the
 // validation target is held out of training (config_rules.h refuses
-// holdout < 2 on the training data). Each evaluation gathers the whole
-// item table on every rank first (the end-of-run evaluation does the same)
-// and ranks with EvaluateSplit, so both evaluations share one mathematics.
+// holdout < 2 on the training data). It ranks with EvaluateSplit, as the
+// end-of-run evaluation does, so both share one mathematics.
 class HstuEvaluation : public EvalTask {
  public:
   // Opens data.eval_dir once to check it (schema, num_items against
@@ -67,7 +68,7 @@ class HstuEvaluation : public EvalTask {
 
   // Sums over this replica's users: "val_hr@K" (hits) and "val_ndcg@K"
   // for K = 10, 50, 200, each counted over the users that have an event
-  // before their target. Collective over the table's groups (the gather).
+  // before their target. Collective over the table's group.
   absl::StatusOr<std::vector<EvalMetric>> Evaluate(Arena& arena) override;
   int64_t num_samples() const override { return users_; }
   std::vector<std::string> metric_names() const override;

@@ -82,7 +82,8 @@ absl::StatusOr<std::unique_ptr<HstuModel>> HstuModel::Build(
   auto built = std::unique_ptr<HstuModel>(new HstuModel(config));
   const HstuConfig& m = built->config_.hstu();
   built->store_ = std::make_unique<ParameterStore>();
-  built->model_ = Hstu::Create(m, *built->store_);
+  parallel::Communicator* tp = model_parallel ? model_parallel->tp : nullptr;
+  TESSERA_ASSIGN_OR_RETURN(built->model_, Hstu::Create(m, *built->store_, tp));
   built->store_->Finalize(config.train().seed(), layout);
   parallel::Communicator* group = model_parallel ? model_parallel->table : nullptr;
   parallel::Communicator* replicas = model_parallel ? model_parallel->table_replicas : nullptr;
@@ -117,11 +118,10 @@ absl::Status HstuModel::FinishRun(const std::string& run_dir) {
   EvaluationOptions options;
   options.dir = config_.data().dir();
   options.prefetch = config_.data().prefetch();
-  TESSERA_ASSIGN_OR_RETURN(const std::vector<float> table, table_->Gather());
   TESSERA_ASSIGN_OR_RETURN(const RankingSums validation,
-                           EvaluateSplit(*model_, table.data(), options, Split::kValidation));
+                           EvaluateSplit(*model_, *table_, options, Split::kValidation));
   TESSERA_ASSIGN_OR_RETURN(const RankingSums test,
-                           EvaluateSplit(*model_, table.data(), options, Split::kTest));
+                           EvaluateSplit(*model_, *table_, options, Split::kTest));
   const std::string json = absl::StrCat("{", RankingJsonFields(validation, "val_"), ",",
                                         RankingJsonFields(test, "test_"), "}\n");
   const std::string path = run_dir + "/final_metrics.json";

@@ -25,8 +25,9 @@ parallel::SparseOptimizerOptions TableOptimizer(const RunConfig& config);
 // table and a copy of the run config.
 class HstuModel : public Model {
  public:
-  // `model_parallel`: the table's groups (ModelParallel::table,
-  // table_replicas); null: one process holding the whole table.
+  // `model_parallel`: the tensor-parallel group the heads split over
+  // (ModelParallel::tp) and the table's groups (table, table_replicas);
+  // null: one process holding the whole model and table.
   static absl::StatusOr<std::unique_ptr<HstuModel>> Build(
       const RunConfig& config, const ParameterLayout& layout = {},
       const parallel::ModelParallel* model_parallel = nullptr);

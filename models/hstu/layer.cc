@@ -3,18 +3,13 @@
 #include <cmath>
 
 #include "runtime/base/errors.h"
+#include "runtime/base/status.h"
+#include "runtime/nn/linear.h"
 
 namespace tessera::hstu {
 namespace {
 
 constexpr float kNormEps = 1e-6f;  // the reference's layer norms
-
-Linear::Options UvqkOptions() {
-  Linear::Options options;
-  options.bias = false;
-  options.weight_init = ParamInit::Normal(0.02f);
-  return options;
-}
 
 }  // namespace
 
@@ -26,80 +21,163 @@ Tensor ApplyDropout(Arena& arena, const Tensor& x, const Tensor& mask) {
   return y;
 }
 
-HstuLayer::HstuLayer(ParameterStore& store, const std::string& name, const HstuLayerDims& dims)
-    : store_(store),
-      dims_(dims),
-      input_norm_(store, name + ".input_norm", dims.dim, /*affine=*/false, kNormEps),
-      uvqk_(store, name + ".uvqk", dims.dim, dims.fused(), UvqkOptions()),
-      o_(store, name + ".o", dims.gated(), dims.dim) {
-  pos_bias_ = store.Register(name + ".pos_bias", Shape{2 * dims.max_len - 1},
-                             ParamInit::Normal(0.02f), /*weight_decay=*/false);
-  time_bias_ = store.Register(name + ".time_bias", Shape{dims.num_time_buckets + 1},
-                              ParamInit::Normal(0.02f), /*weight_decay=*/false);
+absl::StatusOr<std::unique_ptr<HstuLayer>> HstuLayer::Create(ParameterStore& store,
+                                                              parallel::Communicator& tp,
+                                                              const std::string& name,
+                                                              const HstuLayerDims& dims) {
+  auto layer = std::unique_ptr<HstuLayer>(new HstuLayer(store, tp, name, dims));
+  parallel::TensorParallelLinearOptions uvqk;
+  uvqk.bias = false;
+  uvqk.weight_init = ParamInit::Normal(0.02f);
+  // [U | V | Q | K] as four equal blocks split alike over tp; blocks of two
+  // widths are one block (tp 1 only: the config rules).
+  uvqk.out_blocks = dims.linear_dim == dims.attention_dim ? 4 : 1;
+  TESSERA_ASSIGN_OR_RETURN(layer->uvqk_, parallel::ColumnParallelLinear::Create(
+                                             store, tp, name + ".uvqk", dims.dim, dims.fused(),
+                                             uvqk));
+  TESSERA_ASSIGN_OR_RETURN(layer->o_, parallel::RowParallelLinear::Create(
+                                          store, tp, name + ".o", dims.gated(), dims.dim, {}));
+  // Shared across heads: under tp each rank's gradient is its heads' share.
+  const ParallelSpec shared =
+      tp.size() > 1 ? ParallelSpec::TensorPartial() : ParallelSpec::Replicated();
+  layer->pos_bias_ = store.Register(name + ".pos_bias", Shape{2 * dims.max_len - 1},
+                                    ParamInit::Normal(0.02f), /*weight_decay=*/false, shared);
+  layer->time_bias_ = store.Register(name + ".time_bias", Shape{dims.num_time_buckets + 1},
+                                     ParamInit::Normal(0.02f), /*weight_decay=*/false, shared);
+  return layer;
 }
 
-Tensor HstuLayer::Forward(Arena& arena, const Tensor& x, const JaggedTokens& tokens,
-                          const Tensor& dropout_mask) {
+HstuLayer::HstuLayer(ParameterStore& store, parallel::Communicator& tp, const std::string& name,
+                     const HstuLayerDims& dims)
+    : store_(store),
+      tp_(tp),
+      dims_(dims),
+      local_(dims.Local(tp.size())),
+      input_norm_(store, name + ".input_norm", dims.dim, /*affine=*/false, kNormEps) {}
+
+absl::StatusOr<Tensor> HstuLayer::GatherHeads(Arena& arena, Columns local, int64_t rows,
+                                              int64_t cols) {
+  const int tp = tp_.size();
+  Backend& backend = arena.backend();
+  const size_t row_bytes = cols * sizeof(float);
+  Tensor mine = arena.AllocateUninitialized(DType::kF32, Shape{rows, cols});
+  backend.Copy2D(mine.ptr<float>(), row_bytes, local.data, local.stride * sizeof(float), row_bytes,
+                 rows);
+  Tensor blocks = arena.AllocateUninitialized(DType::kF32, Shape{tp, rows, cols});
+  TESSERA_RETURN_IF_ERROR(tp_.Complete(
+      tp_.AllGather(mine.ptr<float>(), blocks.ptr<float>(), mine.numel(), DType::kF32)));
+  Tensor whole = arena.AllocateUninitialized(DType::kF32, Shape{rows, tp * cols});
+  for (int p = 0; p < tp; ++p) {
+    backend.Copy2D(whole.ptr<float>() + p * cols, tp * row_bytes,
+                   blocks.ptr<float>() + p * rows * cols, row_bytes, row_bytes, rows);
+  }
+  return whole;
+}
+
+void HstuLayer::KeepHeads(Arena& arena, Columns whole, Columns local, int64_t rows, int64_t cols) {
+  const size_t row_bytes = cols * sizeof(float);
+  arena.backend().Copy2D(local.data, local.stride * sizeof(float),
+                         whole.data + tp_.rank() * cols, whole.stride * sizeof(float), row_bytes,
+                         rows);
+}
+
+absl::StatusOr<Tensor> HstuLayer::Forward(Arena& arena, const Tensor& x,
+                                          const JaggedTokens& tokens,
+                                          const Tensor& dropout_mask) {
   TESSERA_CHECK(x.rank() == 2 && x.dim(0) == tokens.total && x.dim(1) == dims_.dim);
   Backend& backend = arena.backend();
-  const int64_t total = tokens.total, width = dims_.fused(), gated = dims_.gated();
-  const int64_t hv = dims_.heads * dims_.linear_dim, hqk = dims_.heads * dims_.attention_dim;
+  const int64_t total = tokens.total, width = local_.fused(), gated = local_.gated();
+  const int64_t hv = gated, hqk = local_.heads * local_.attention_dim;
   tokens_ = tokens;
-  projected_ = uvqk_.Forward(arena, input_norm_.Forward(arena, x));  // [total, fused]
-  fused_ = arena.AllocateUninitialized(DType::kF32, Shape{total, width});
+  TESSERA_ASSIGN_OR_RETURN(projected_, uvqk_->Forward(arena, input_norm_.Forward(arena, x)));
+  fused_ = arena.AllocateUninitialized(DType::kF32, Shape{total, width});  // [total, fused / tp]
   backend.SiluForward(projected_.ptr<float>(), fused_.ptr<float>(), total * width);
-  const float* f = fused_.ptr<float>();  // row = [U | V | Q | K]
+  float* f = fused_.ptr<float>();  // row = [U | V | Q | K] of this rank's heads
   attention_ = arena.AllocateUninitialized(DType::kF32, Shape{total, gated});
-  backend.HstuAttentionForward(tokens.offsets, tokens.users, dims_.max_len, dims_.heads,
-                               dims_.attention_dim, dims_.linear_dim, f + 2 * hv, f + 2 * hv + hqk,
-                               width, f + hv, width, store_.param(pos_bias_).ptr<float>(),
-                               store_.param(time_bias_).ptr<float>(), dims_.num_time_buckets,
+  backend.HstuAttentionForward(tokens.offsets, tokens.users, local_.max_len, local_.heads,
+                               local_.attention_dim, local_.linear_dim, f + 2 * hv,
+                               f + 2 * hv + hqk, width, f + hv, width,
+                               store_.param(pos_bias_).ptr<float>(),
+                               store_.param(time_bias_).ptr<float>(), local_.num_time_buckets,
                                tokens.timestamps, tokens.query_timestamps,
                                attention_.ptr<float>());
-  Tensor gate = arena.AllocateUninitialized(DType::kF32, Shape{total, gated});
+  // The norm spans every head: the gate is computed on whole rows.
+  const int64_t all_gated = dims_.gated();
+  all_attention_ = {attention_.ptr<float>(), gated};
+  all_u_ = {f, width};
+  if (tp_.size() > 1) {
+    TESSERA_ASSIGN_OR_RETURN(const Tensor a, GatherHeads(arena, all_attention_, total, gated));
+    TESSERA_ASSIGN_OR_RETURN(const Tensor u, GatherHeads(arena, all_u_, total, gated));
+    all_attention_ = {a.ptr<float>(), all_gated};
+    all_u_ = {u.ptr<float>(), all_gated};
+  }
+  Tensor gate = arena.AllocateUninitialized(DType::kF32, Shape{total, all_gated});
   gate_mean_ = arena.AllocateUninitialized(DType::kF32, Shape{total});
   gate_rstd_ = arena.AllocateUninitialized(DType::kF32, Shape{total});
-  backend.HstuNormGateForward(attention_.ptr<float>(), f, width, gate.ptr<float>(),
-                              gate_mean_.ptr<float>(), gate_rstd_.ptr<float>(), total, gated,
+  backend.HstuNormGateForward(all_attention_.data, all_u_.data, all_u_.stride, gate.ptr<float>(),
+                              gate_mean_.ptr<float>(), gate_rstd_.ptr<float>(), total, all_gated,
                               kNormEps);
   dropout_mask_ = dropout_mask;
   if (dropout_mask.defined()) gate = ApplyDropout(arena, gate, dropout_mask);
-  Tensor y = o_.Forward(arena, gate);  // [total, D]
+  Tensor local_gate = gate;  // [total, H dv / tp]
+  if (tp_.size() > 1) {
+    local_gate = arena.AllocateUninitialized(DType::kF32, Shape{total, gated});
+    KeepHeads(arena, {gate.ptr<float>(), all_gated}, {local_gate.ptr<float>(), gated}, total,
+              gated);
+  }
+  TESSERA_ASSIGN_OR_RETURN(Tensor y, o_->Forward(arena, local_gate));  // [total, D]
   backend.AddInPlace(y.ptr<float>(), x.ptr<float>(), total * dims_.dim);
   return y;
 }
 
-Tensor HstuLayer::Backward(Arena& arena, const Tensor& dy) {
+absl::StatusOr<Tensor> HstuLayer::Backward(Arena& arena, const Tensor& dy) {
   Backend& backend = arena.backend();
-  const int64_t total = tokens_.total, width = dims_.fused(), gated = dims_.gated();
-  const int64_t hv = dims_.heads * dims_.linear_dim, hqk = dims_.heads * dims_.attention_dim;
-  Tensor dgate = o_.Backward(arena, dy);  // [total, H dv]
+  const int64_t total = tokens_.total, width = local_.fused(), gated = local_.gated();
+  const int64_t hv = gated, hqk = local_.heads * local_.attention_dim;
+  const int64_t all_gated = dims_.gated();
+  TESSERA_ASSIGN_OR_RETURN(Tensor dgate, o_->Backward(arena, dy));  // [total, H dv / tp]
+  if (tp_.size() > 1) {
+    TESSERA_ASSIGN_OR_RETURN(dgate, GatherHeads(arena, {dgate.ptr<float>(), gated}, total, gated));
+  }
   if (dropout_mask_.defined()) dgate = ApplyDropout(arena, dgate, dropout_mask_);
   // Every column of dfused is written: U by the gate, V, Q, K by attention.
   Tensor dfused = arena.AllocateUninitialized(DType::kF32, Shape{total, width});
   Tensor dattention = arena.AllocateUninitialized(DType::kF32, Shape{total, gated});
-  const float* f = fused_.ptr<float>();
   float* df = dfused.ptr<float>();
-  backend.HstuNormGateBackward(dgate.ptr<float>(), attention_.ptr<float>(), f, width,
-                               gate_mean_.ptr<float>(), gate_rstd_.ptr<float>(),
-                               dattention.ptr<float>(), df, total, gated);
+  Columns all_dattention{dattention.ptr<float>(), gated}, all_du{df, width};
+  if (tp_.size() > 1) {
+    all_dattention = {arena.AllocateUninitialized(DType::kF32, Shape{total, all_gated}).ptr<float>(),
+                      all_gated};
+    all_du = {arena.AllocateUninitialized(DType::kF32, Shape{total, all_gated}).ptr<float>(),
+              all_gated};
+  }
+  backend.HstuNormGateBackward(dgate.ptr<float>(), all_attention_.data, all_u_.data,
+                               all_u_.stride, gate_mean_.ptr<float>(), gate_rstd_.ptr<float>(),
+                               all_dattention.data, all_du.data, total, all_gated);
+  if (tp_.size() > 1) {
+    KeepHeads(arena, all_dattention, {dattention.ptr<float>(), gated}, total, gated);
+    KeepHeads(arena, all_du, {df, width}, total, gated);
+  }
+  const float* f = fused_.ptr<float>();
   backend.HstuAttentionBackward(
-      tokens_.offsets, tokens_.users, dims_.max_len, dims_.heads, dims_.attention_dim,
-      dims_.linear_dim, f + 2 * hv, f + 2 * hv + hqk, width, f + hv, width,
+      tokens_.offsets, tokens_.users, local_.max_len, local_.heads, local_.attention_dim,
+      local_.linear_dim, f + 2 * hv, f + 2 * hv + hqk, width, f + hv, width,
       store_.param(pos_bias_).ptr<float>(), store_.param(time_bias_).ptr<float>(),
-      dims_.num_time_buckets, tokens_.timestamps, tokens_.query_timestamps,
+      local_.num_time_buckets, tokens_.timestamps, tokens_.query_timestamps,
       dattention.ptr<float>(), df + 2 * hv, df + 2 * hv + hqk, df + hv,
       store_.grad(pos_bias_).ptr<float>(), store_.grad(time_bias_).ptr<float>());
   Tensor dprojected = arena.AllocateUninitialized(DType::kF32, Shape{total, width});
   backend.SiluBackward(df, projected_.ptr<float>(), dprojected.ptr<float>(), total * width);
-  Tensor dx = input_norm_.Backward(arena, uvqk_.Backward(arena, dprojected));
+  TESSERA_ASSIGN_OR_RETURN(const Tensor dnormed, uvqk_->Backward(arena, dprojected));
+  Tensor dx = input_norm_.Backward(arena, dnormed);
   backend.AddInPlace(dx.ptr<float>(), dy.ptr<float>(), total * dims_.dim);
   projected_ = fused_ = attention_ = gate_mean_ = gate_rstd_ = dropout_mask_ = Tensor();
+  all_attention_ = all_u_ = Columns();
   return dx;
 }
 
 double HstuLayer::ProjectionFlops(int64_t tokens) const {
-  return uvqk_.ForwardFlops(tokens) + o_.ForwardFlops(tokens);
+  return 2.0 * tokens * dims_.dim * (dims_.fused() + dims_.gated());
 }
 
 }  // namespace tessera::hstu

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "runtime/base/random.h"
+#include "runtime/base/status.h"
 
 namespace tessera::hstu {
 namespace {
@@ -41,29 +42,38 @@ Tensor DropoutMask(Arena& arena, const DropoutDraw& draw, uint64_t site,
   return t.Reshape(Shape{tokens, width});
 }
 
-std::unique_ptr<Hstu> Hstu::Create(const HstuConfig& config, ParameterStore& store) {
-  return std::unique_ptr<Hstu>(new Hstu(config, store));
+absl::StatusOr<std::unique_ptr<Hstu>> Hstu::Create(const HstuConfig& config,
+                                                   ParameterStore& store,
+                                                   parallel::Communicator* tp) {
+  auto model = std::unique_ptr<Hstu>(new Hstu(config, store, tp));
+  HstuLayerDims dims;
+  dims.dim = model->dim_;
+  dims.heads = config.num_heads();
+  dims.attention_dim = config.attention_dim();
+  dims.linear_dim = config.linear_dim();
+  dims.max_len = model->max_len_;
+  dims.num_time_buckets = config.num_time_buckets();
+  for (int l = 0; l < config.num_blocks(); ++l) {
+    const int first = store.size();
+    TESSERA_ASSIGN_OR_RETURN(
+        std::unique_ptr<HstuLayer> block,
+        HstuLayer::Create(store, *model->tp_, "blocks." + std::to_string(l), dims));
+    model->blocks_.push_back(std::move(block));
+    model->block_params_.emplace_back(first, store.size());
+  }
+  return model;
 }
 
-Hstu::Hstu(const HstuConfig& config, ParameterStore& store)
+Hstu::Hstu(const HstuConfig& config, ParameterStore& store, parallel::Communicator* tp)
     : store_(store),
+      one_rank_(tp ? nullptr
+                   : std::make_unique<parallel::SingleRankCommunicator>(store.backend(), "tp")),
+      tp_(tp ? tp : one_rank_.get()),
       dim_(config.embedding_dim()),
       max_len_(config.max_len()),
       num_items_(config.num_items()) {
   pos_table_ = store.Register("pos_embedding", Shape{max_len_, dim_},
                               ParamInit::Normal(std::sqrt(1.0f / dim_)), /*weight_decay=*/false);
-  HstuLayerDims dims;
-  dims.dim = dim_;
-  dims.heads = config.num_heads();
-  dims.attention_dim = config.attention_dim();
-  dims.linear_dim = config.linear_dim();
-  dims.max_len = max_len_;
-  dims.num_time_buckets = config.num_time_buckets();
-  for (int l = 0; l < config.num_blocks(); ++l) {
-    const int first = store.size();
-    blocks_.push_back(std::make_unique<HstuLayer>(store, "blocks." + std::to_string(l), dims));
-    block_params_.emplace_back(first, store.size());
-  }
 }
 
 JaggedTokens Hstu::Upload(Arena& arena, const HstuBatch& batch) {
@@ -138,8 +148,9 @@ Tensor Hstu::NormalizeBackward(Arena& arena, const Tensor& doutput) {
   return dy;
 }
 
-Tensor Hstu::Forward(Arena& arena, const HstuBatch& batch, const float* item_rows,
-                     const DropoutDraw* dropout, bool record) {
+absl::StatusOr<Tensor> Hstu::Forward(Arena& arena, const HstuBatch& batch,
+                                     const float* item_rows, const DropoutDraw* dropout,
+                                     bool record) {
   tape_.Clear();
   arena_ = &arena;
   const bool empty = batch.tokens() == 0;
@@ -159,10 +170,14 @@ Tensor Hstu::Forward(Arena& arena, const HstuBatch& batch, const float* item_row
     const Tensor mask =
         drop ? DropoutMask(arena, *dropout, 1 + l, batch.token_keys, block.dims().gated())
              : Tensor();
-    if (!empty) x = blocks_[l]->Forward(arena, x, tokens, mask);
+    if (!empty) {
+      TESSERA_ASSIGN_OR_RETURN(x, blocks_[l]->Forward(arena, x, tokens, mask));
+    }
     if (record) {
-      tape_.Record([this, l] {
-        if (dhidden_.dim(0) > 0) dhidden_ = blocks_[l]->Backward(*arena_, dhidden_);
+      tape_.Record([this, l]() -> absl::Status {
+        if (dhidden_.dim(0) > 0) {
+          TESSERA_ASSIGN_OR_RETURN(dhidden_, blocks_[l]->Backward(*arena_, dhidden_));
+        }
         return absl::OkStatus();
       }, block_params_[l].first, block_params_[l].second);
     }

@@ -17,6 +17,7 @@
 #include "absl/status/statusor.h"
 #include "models/hstu/batch.h"
 #include "models/hstu/layer.h"
+#include "parallel/comm/single_rank_communicator.h"
 #include "runtime/config/config.pb.h"
 #include "runtime/nn/tape.h"
 
@@ -39,15 +40,19 @@ class Hstu {
   static constexpr float kItemInitStd = 0.02f;
 
   // Registers pos_embedding [max_len, D] (normal sqrt(1/D)) and the blocks
-  // in `store`, which the caller finalizes.
-  static std::unique_ptr<Hstu> Create(const HstuConfig& config, ParameterStore& store);
+  // in `store`, which the caller finalizes. `tp` (null: this process alone)
+  // splits every block's heads (layer.h); num_heads % tp->size() == 0 and,
+  // for tp > 1, linear_dim == attention_dim (the config rules check both).
+  static absl::StatusOr<std::unique_ptr<Hstu>> Create(const HstuConfig& config,
+                                                      ParameterStore& store,
+                                                      parallel::Communicator* tp = nullptr);
 
   // The batch's L2-normalised outputs [T, D] given item_rows [T, D] (the
   // item table's rows of batch.items, host memory, alive until Backward).
   // `dropout` null: none (evaluation). With `record` the tape keeps what
-  // Backward needs.
-  Tensor Forward(Arena& arena, const HstuBatch& batch, const float* item_rows,
-                 const DropoutDraw* dropout, bool record = true);
+  // Backward needs. Under tp every rank of the group passes the same batch.
+  absl::StatusOr<Tensor> Forward(Arena& arena, const HstuBatch& batch, const float* item_rows,
+                                 const DropoutDraw* dropout, bool record = true);
   // doutput: gradient w.r.t. Forward's output [T, D]; parameter gradients
   // accumulate and ditem_rows [T, D] (the input rows' gradient) is
   // overwritten. Announces each block's parameters as they are complete,
@@ -58,6 +63,8 @@ class Hstu {
   }
 
   ParameterStore& store() const { return store_; }
+  // The tensor-parallel group the heads are split over (size 1: none).
+  parallel::Communicator& tp() const { return *tp_; }
   int64_t dim() const { return dim_; }
   int64_t max_len() const { return max_len_; }
   int64_t num_items() const { return num_items_; }
@@ -65,7 +72,7 @@ class Hstu {
   double ForwardFlops(int64_t length) const;
 
  private:
-  Hstu(const HstuConfig& config, ParameterStore& store);
+  Hstu(const HstuConfig& config, ParameterStore& store, parallel::Communicator* tp);
   // The jagged geometry and inputs of `batch` in the arena's memory.
   JaggedTokens Upload(Arena& arena, const HstuBatch& batch);
   Tensor Embed(Arena& arena, const HstuBatch& batch, const float* item_rows, const Tensor& mask);
@@ -74,6 +81,8 @@ class Hstu {
   Tensor NormalizeBackward(Arena& arena, const Tensor& doutput);
 
   ParameterStore& store_;
+  std::unique_ptr<parallel::SingleRankCommunicator> one_rank_;  // tp when none is given
+  parallel::Communicator* tp_;
   int64_t dim_, max_len_, num_items_;
   ParameterStore::Id pos_table_;
   std::vector<std::unique_ptr<HstuLayer>> blocks_;

@@ -8,6 +8,7 @@
 #include <span>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "models/hstu/model.h"
 #include "models/hstu/ranking.h"
 
@@ -24,20 +25,27 @@ struct UserHistory {
 // each history (its last max_len events), item row), no dropout. `table`:
 // the whole item table [num_items, D] (host memory). Every history must hold
 // at least one event.
-std::vector<float> ScoreItems(Hstu& model, Arena& arena, const float* table,
-                              std::span<const UserHistory> users);
+absl::StatusOr<std::vector<float>> ScoreItems(Hstu& model, Arena& arena, const float* table,
+                                              std::span<const UserHistory> users);
+
+// The histories as one jagged batch (each cut to its last max_len events).
+HstuBatch HistoryBatch(const Hstu& model, std::span<const UserHistory> users);
+
+// Each user's output at its last position, [users, D] on the host, given
+// `inputs` [T, D], the rows of batch.items (the arena's memory). A batch of
+// no users runs nothing.
+absl::StatusOr<std::vector<float>> LastOutputs(Hstu& model, Arena& arena, const HstuBatch& batch,
+                                               const Tensor& inputs);
+
+// [Q, num_rows] on the host: cos(query, row) for `queries` [Q, D] (host) and
+// `rows` [num_rows, D] (host memory: a whole table or one rank's rows of it),
+// computed as the loss's similarity is (rows scaled to unit length, one GEMM).
+std::vector<float> CosineScores(Arena& arena, std::span<const float> queries, const float* rows,
+                                int64_t num_rows, int64_t dim);
 
 // Which event of each history is the held-out target: leave-one-out's
 // validation (the second-to-last event) or test (the last).
 enum class Split { kValidation, kTest };
-
-// Ranks each user's target (events [0, target) are the history and are
-// excluded from the candidates) and adds it to `sums`. A user without an
-// event before its target counts for nothing. `offsets`, `items`,
-// `timestamps`: a jagged batch of whole histories (InteractionBatch).
-void RankTargets(Hstu& model, Arena& arena, const float* table, std::span<const int64_t> offsets,
-                 const int64_t* items, const int64_t* timestamps, Split split,
-                 RankingSums& sums);
 
 // The k best items for a history, best first, its own items excluded.
 std::vector<int64_t> TopItems(std::span<const float> scores, std::span<const int64_t> history,

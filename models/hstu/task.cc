@@ -1,5 +1,6 @@
 #include "models/hstu/task.h"
 
+#include <algorithm>
 #include <chrono>
 
 #include "absl/strings/str_format.h"
@@ -79,7 +80,8 @@ absl::StatusOr<MicroBatchResult> HstuTask::RunMicroBatch(Arena& arena, int64_t s
   TESSERA_RETURN_IF_ERROR(table_.Lookup(ids, rows.ptr<float>()));
   lap(step_phases_.table);
   const DropoutDraw dropout{m.dropout(), seed, step};
-  const Tensor outputs = model_.Forward(arena, batch, rows.ptr<float>(), &dropout);
+  TESSERA_ASSIGN_OR_RETURN(const Tensor outputs,
+                           model_.Forward(arena, batch, rows.ptr<float>(), &dropout));
   lap(step_phases_.layers);
   MicroBatchResult result;
   result.loss = loss_.Forward(arena, outputs, rows.ptr<float>() + tokens * dim, candidates);
@@ -91,6 +93,10 @@ absl::StatusOr<MicroBatchResult> HstuTask::RunMicroBatch(Arena& arena, int64_t s
   lap(step_phases_.loss);
   TESSERA_RETURN_IF_ERROR(model_.Backward(doutputs, drows.ptr<float>()));
   lap(step_phases_.layers);
+  // The tp ranks of a replica hold the same rows' gradients: one of them
+  // sends them (the others send zeros for the same rows, which the owners'
+  // sums leave unchanged and which touch the same rows).
+  if (model_.tp().rank() != 0) std::fill_n(drows.ptr<float>(), drows.numel(), 0.0f);
   // The owners accumulate the rows' gradients; the trainer's Step updates them.
   TESSERA_RETURN_IF_ERROR(table_.Backward(drows.ptr<float>()));
   lap(step_phases_.table);

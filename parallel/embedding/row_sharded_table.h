@@ -64,6 +64,8 @@ class RowShardedTable : public SparseParameters {
   int64_t first_row() const { return first_; }
   int64_t end_row() const { return end_; }
   int Owner(int64_t row) const { return static_cast<int>(row / block_); }
+  // The ranks the rows are split over (null: this process alone).
+  Communicator* group() const { return group_; }
   // [end_row() - first_row(), dim], row-major.
   std::vector<float>& local_rows() { return rows_; }
 

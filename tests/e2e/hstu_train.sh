@@ -191,8 +191,6 @@ expect_exit "item table smaller than the data" 2 "num_items \(100\) is smaller" 
   hstu "$WORK/small" --set model.hstu.num_items=100
 expect_exit "num_items unset" 2 "model.hstu.num_items=0 must be set" -- \
   hstu "$WORK/unset" --set model.hstu.num_items=0
-expect_exit "tensor parallelism refused" 2 "model.hstu runs on one process or under data parallelism" -- \
-  hstu "$WORK/tp" --set parallel.tp=2
 expect_exit "validation on the training data needs holdout 2" 2 \
   "model.hstu.holdout=1 must be >= 2 when data.eval_dir is data.dir" -- \
   hstu "$WORK/holdout" --set model.hstu.holdout=1 --set data.eval_dir="$WORK/data/"

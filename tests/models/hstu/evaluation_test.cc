@@ -58,7 +58,7 @@ RunConfig MakeConfig(const std::string& dir) {
 // A model with random weights, and a whole item table.
 struct TestModel {
   explicit TestModel(const RunConfig& config) {
-    model = Hstu::Create(config.hstu(), store);
+    model = *Hstu::Create(config.hstu(), store);
     store.Finalize(1);
     const auto values = cpu::test::RandomFloats(store.numel(), 2);
     std::copy(values.begin(), values.end(), store.values().data<float>());
@@ -82,7 +82,7 @@ TEST(HstuEvaluation, ReplicasSharesOfTheUsersAddUpToOneProcess) {
   const std::string dir = MakeData("split");
   const RunConfig config = MakeConfig(dir);
   TestModel s(config);
-  const float* table = s.table->local_rows().data();
+  parallel::RowShardedTable& table = *s.table;
   for (const Split split : {Split::kValidation, Split::kTest}) {
     for (const int64_t max_users : {int64_t{0}, int64_t{29}}) {
       EvaluationOptions one;
@@ -124,7 +124,7 @@ TEST(HstuEvaluation, TheTrainersSumsOverReplicasAreTheValidationSplit) {
   one.dir = dir;
   one.max_users = 23;
   const absl::StatusOr<RankingSums> whole =
-      EvaluateSplit(*s.model, s.table->local_rows().data(), one, Split::kValidation);
+      EvaluateSplit(*s.model, *s.table, one, Split::kValidation);
   ASSERT_TRUE(whole.ok()) << whole.status();
   std::vector<EvalMetric> summed;
   for (int r = 0; r < 2; ++r) {
@@ -174,7 +174,7 @@ TEST(HstuEvaluation, ErrorsNameDataEvalDir) {
   // The model's table is what the split is checked against.
   RunConfig small = config;
   ParameterStore store;
-  auto small_model = Hstu::Create(small.hstu(), store);
+  auto small_model = *Hstu::Create(small.hstu(), store);
   store.Finalize(1);
   auto eval = HstuEvaluation::Create(small, *small_model, *s.table, TaskOptions{});
   ASSERT_FALSE(eval.ok());

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <vector>
 
+#include "parallel/comm/single_rank_communicator.h"
 #include "tests/runtime/kernels/cpu/reference.h"
 
 namespace tessera::hstu {
@@ -138,7 +139,10 @@ TEST(HstuLayer, MatchesThePaddedDoubleReferenceAndFiniteDifferences) {
 
   ParameterStore store;
   HstuLayerDims dims{kD, kHeads, kQk, kV, kN, kBuckets};
-  HstuLayer layer(store, "layer", dims);
+  parallel::SingleRankCommunicator tp(HostBackend());
+  auto created = HstuLayer::Create(store, tp, "layer", dims);
+  ASSERT_TRUE(created.ok()) << created.status();
+  HstuLayer& layer = **created;
   store.Finalize(0);
   Fill(store, "layer.uvqk.weight", p.w_uvqk);
   Fill(store, "layer.o.weight", p.w_o);
@@ -152,7 +156,7 @@ TEST(HstuLayer, MatchesThePaddedDoubleReferenceAndFiniteDifferences) {
   Tensor m = Tensor::Empty(DType::kF32, Shape{total, kG});
   std::copy(mask.begin(), mask.end(), m.data<float>());
   JaggedTokens tokens{h.offsets.data(), 4, total, h.timestamps.data(), h.query_timestamps.data()};
-  Tensor y = layer.Forward(arena, x, tokens, m);
+  Tensor y = *layer.Forward(arena, x, tokens, m);
   const std::vector<double> want = ReferenceLayer(Rounded(xf), p, h);
   EXPECT_LT(MaxRelativeError(y.data<float>(), want.data(), total * kD), 1e-5);
 
@@ -160,7 +164,7 @@ TEST(HstuLayer, MatchesThePaddedDoubleReferenceAndFiniteDifferences) {
   Tensor dy = Tensor::Empty(DType::kF32, Shape{total, kD});
   std::copy(w.begin(), w.end(), dy.data<float>());
   store.ZeroGrads();
-  Tensor dx = layer.Backward(arena, dy);
+  Tensor dx = *layer.Backward(arena, dy);
   const std::vector<double> wd = Rounded(w);
   auto loss = [&](const std::vector<double>& xx, const Params& pp) {
     return cpu::test::Dot(wd, ReferenceLayer(xx, pp, h));

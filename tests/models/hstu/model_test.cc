@@ -76,7 +76,7 @@ HstuBatch Users(bool with_first) {
 // is this table: rows looked up by id, row gradients added per id).
 struct TinyModel {
   explicit TinyModel(const HstuConfig& config)
-      : model(Hstu::Create(config, store)),
+      : model(*Hstu::Create(config, store)),
         table(RandomFloats(config.num_items() * config.embedding_dim(), 5, -0.5, 0.5)) {
     store.Finalize(3);
     // Larger than the initial values, so every nonlinearity matters.
@@ -102,7 +102,7 @@ double LossSum(TinyModel& s, const HstuBatch& batch, const Candidates& c, float 
   Arena arena;
   const DropoutDraw dropout{0.3f, 5, 2};
   const std::vector<float> inputs = s.Rows(batch.items), rows = s.Rows(c.ids);
-  Tensor out = s.model->Forward(arena, batch, inputs.data(), &dropout, /*record=*/false);
+  Tensor out = *s.model->Forward(arena, batch, inputs.data(), &dropout, /*record=*/false);
   SampledSoftmax loss(s.model->dim(), temperature);
   return loss.Forward(arena, out, rows.data(), c) * batch.tokens();
 }
@@ -113,7 +113,7 @@ std::vector<float> Gradients(TinyModel& s, const HstuBatch& batch, const Candida
   Arena arena;
   const DropoutDraw dropout{0.3f, 5, 2};
   const std::vector<float> inputs = s.Rows(batch.items), rows = s.Rows(c.ids);
-  Tensor out = s.model->Forward(arena, batch, inputs.data(), &dropout);
+  Tensor out = *s.model->Forward(arena, batch, inputs.data(), &dropout);
   SampledSoftmax loss(s.model->dim(), temperature);
   loss.Forward(arena, out, rows.data(), c);
   s.store.ZeroGrads();
@@ -178,8 +178,8 @@ TEST(Hstu, AUsersOutputsDoNotDependOnTheOtherUsersOfItsBatch) {
   Arena a1, a2;
   const HstuBatch with_first = Users(true), without = Users(false);
   const std::vector<float> rows_both = s.Rows(with_first.items), rows_alone = s.Rows(without.items);
-  const Tensor both = s.model->Forward(a1, with_first, rows_both.data(), &dropout, false);
-  const Tensor alone = s.model->Forward(a2, without, rows_alone.data(), &dropout, false);
+  const Tensor both = *s.model->Forward(a1, with_first, rows_both.data(), &dropout, false);
+  const Tensor alone = *s.model->Forward(a2, without, rows_alone.data(), &dropout, false);
   const int64_t first = Users(true).offsets[1];  // the first user's tokens come first
   ASSERT_EQ(both.dim(0) - first, alone.dim(0));
   for (int64_t i = 0; i < alone.numel(); ++i) {
@@ -195,7 +195,7 @@ TEST(Hstu, ABatchWithoutTokensRunsForwardAndBackward) {
   const DropoutDraw dropout{0.3f, 5, 2};
   int announced = 0;
   s.model->set_on_gradients_ready([&](int first, int end) { announced += end - first; });
-  Tensor out = s.model->Forward(arena, batch, nullptr, &dropout);
+  Tensor out = *s.model->Forward(arena, batch, nullptr, &dropout);
   EXPECT_EQ(out.dim(0), 0);
   s.store.ZeroGrads();
   ASSERT_TRUE(s.model->Backward(out, nullptr).ok());

@@ -24,7 +24,7 @@ TEST(Scoring, ScoresAreCosinesOfTheLastOutputWithEveryItemRow) {
   config.set_max_len(3);
   config.set_num_time_buckets(8);
   ParameterStore store;
-  auto model = Hstu::Create(config, store);
+  auto model = *Hstu::Create(config, store);
   store.Finalize(1);
   const auto values = cpu::test::RandomFloats(store.numel(), 2);
   std::copy(values.begin(), values.end(), store.values().data<float>());
@@ -36,7 +36,7 @@ TEST(Scoring, ScoresAreCosinesOfTheLastOutputWithEveryItemRow) {
   const std::vector<int64_t> items_b = {1, 2, 3, 4, 9}, times_b = {1, 2, 3, 4, 5};
   const std::vector<UserHistory> users = {{items_a, times_a, 30}, {items_b, times_b, 6}};
   Arena arena;
-  const std::vector<float> scores = ScoreItems(*model, arena, table, users);
+  const std::vector<float> scores = *ScoreItems(*model, arena, table, users);
   ASSERT_EQ(scores.size(), 22u);
 
   // The reference: the model's outputs for the same histories, cut by hand.
@@ -48,7 +48,7 @@ TEST(Scoring, ScoresAreCosinesOfTheLastOutputWithEveryItemRow) {
   for (size_t i = 0; i < batch.items.size(); ++i) {
     std::copy_n(table + batch.items[i] * 4, 4, inputs.data() + i * 4);
   }
-  const Tensor out = model->Forward(arena2, batch, inputs.data(), nullptr, false);
+  const Tensor out = *model->Forward(arena2, batch, inputs.data(), nullptr, false);
   for (int u = 0; u < 2; ++u) {
     const float* q = out.data<float>() + (batch.offsets[u + 1] - 1) * 4;
     for (int i = 0; i < 11; ++i) {
