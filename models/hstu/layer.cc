@@ -176,8 +176,12 @@ absl::StatusOr<Tensor> HstuLayer::Backward(Arena& arena, const Tensor& dy) {
   return dx;
 }
 
-double HstuLayer::ProjectionFlops(int64_t tokens) const {
-  return 2.0 * tokens * dims_.dim * (dims_.fused() + dims_.gated());
+double HstuLayer::ForwardFlops(int64_t length) const {
+  const HstuLayerDims mine = dims_.Local(tp_.size());
+  const double projections = 2.0 * length * mine.dim * (mine.fused() + mine.gated());
+  // Causal pairs: length (length + 1) / 2, each q.k and a.v per head.
+  const double pairs = 0.5 * length * (length + 1.0);
+  return projections + 2.0 * pairs * mine.heads * (mine.attention_dim + mine.linear_dim);
 }
 
 }  // namespace tessera::hstu

@@ -92,9 +92,9 @@ class HstuLayer {
   absl::StatusOr<Tensor> Backward(Arena& arena, const Tensor& dy);
 
   const HstuLayerDims& dims() const { return dims_; }
-  // Forward FLOPs of the projections for `tokens` tokens (attention apart),
-  // all heads.
-  double ProjectionFlops(int64_t tokens) const;
+  // Forward FLOPs this tp rank computes for a user of `length` tokens: the
+  // projections and the causal attention of its heads (H / tp of them).
+  double ForwardFlops(int64_t length) const;
 
  private:
   HstuLayer(ParameterStore& store, parallel::Communicator& tp, const std::string& name,

@@ -197,13 +197,7 @@ absl::Status Hstu::Backward(const Tensor& doutput, float* ditem_rows) {
 
 double Hstu::ForwardFlops(int64_t length) const {
   double flops = 0;
-  for (const auto& block : blocks_) {
-    const HstuLayerDims& d = block->dims();
-    // Causal pairs: length (length + 1) / 2, each q.k and a.v per head.
-    const double pairs = 0.5 * length * (length + 1.0);
-    flops += block->ProjectionFlops(length) +
-             2.0 * pairs * d.heads * (d.attention_dim + d.linear_dim);
-  }
+  for (const auto& block : blocks_) flops += block->ForwardFlops(length);
   return flops;
 }
 

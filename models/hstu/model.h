@@ -68,7 +68,8 @@ class Hstu {
   int64_t dim() const { return dim_; }
   int64_t max_len() const { return max_len_; }
   int64_t num_items() const { return num_items_; }
-  // Forward FLOPs of one user of `length` tokens.
+  // Forward FLOPs this rank computes for one user of `length` tokens (its
+  // tp heads).
   double ForwardFlops(int64_t length) const;
 
  private:

@@ -61,6 +61,16 @@ hstu "$WORK/one" --set train.steps=5 "${evaluate[@]}" > "$WORK/one.log" 2>&1 \
 # tp2: the heads over 2 ranks, the table over both.
 hstu_mpi tp2 2 --set train.steps=5 --set parallel.tp=2 "${evaluate[@]}" \
   && same_as "$WORK/one" "$WORK/tp2" "tp2" && same_evals "$WORK/tp2" "tp2"
+# The FLOPs the trainer counts (peak_fraction) are the whole model's: each
+# tp rank counts its heads; only the sampled softmax, which every tp rank
+# computes, counts twice (before the per-rank share it was 2x).
+flops() { sed -n 's/^training FLOPs: \([0-9.e+-]*\) GFLOP per sample.*/\1/p' "$1" | head -1; }
+if awk -v one="$(flops "$WORK/one.log")" -v tp="$(flops "$WORK/tp2.log")" \
+     'BEGIN { exit !(one > 0 && tp >= one && tp < 1.25 * one) }'; then
+  pass "tp2 counts $(flops "$WORK/tp2.log") GFLOP per sample against one process's $(flops "$WORK/one.log")"
+else
+  fail "tp2 FLOPs per sample $(flops "$WORK/tp2.log"), one process $(flops "$WORK/one.log")"
+fi
 # tp2 x dp2: two micro-batches per replica, two copies of the table.
 hstu_mpi tp2_dp2 4 --set train.steps=5 --set parallel.tp=2 --set train.micro_batch=4 \
   --set model.hstu.table_shards=2 "${evaluate[@]}" \
