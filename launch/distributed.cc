@@ -10,6 +10,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "parallel/comm/mpi_check.h"
+#include "runtime/backend/device_select.h"
 #include "runtime/base/errors.h"
 #include "runtime/base/status.h"
 #ifdef TESSERA_HAVE_CUDA
@@ -95,6 +96,34 @@ absl::StatusOr<std::vector<std::string>> CheckThisRank(const RankLayout& layout,
   return checked;
 }
 
+// The device communicators of the world, dense and expert groups.
+absl::Status BuildDeviceGroups(Distributed& d) {
+  const char* variable = std::getenv("TESSERA_COMM");
+  TESSERA_ASSIGN_OR_RETURN(
+      d.device_comm,
+      ChooseDeviceComm(*d.backend, d.local_size, VisibleCudaDevices(), variable ? variable : ""));
+  // Every rank picks the same kind (the rule depends on the node's ranks
+  // and GPUs): a mix would deadlock creating the communicators below.
+  int kind = static_cast<int>(d.device_comm), lowest = kind, highest = kind;
+  TESSERA_MPI(MPI_Allreduce(&kind, &lowest, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD));
+  TESSERA_MPI(MPI_Allreduce(&kind, &highest, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD));
+  if (lowest != highest) {
+    return UsageError(
+        "the ranks disagree on how device buffers travel (NCCL on nodes with a GPU per rank, "
+        "MPI staged through host memory where ranks share a GPU): give every node as many GPUs "
+        "as ranks, or set TESSERA_COMM=mpi on every rank (docs/cuda.md)");
+  }
+  const auto make = [&](parallel::MpiCommunicator& group) {
+    return CreateDeviceCommunicator(d.device_comm, group, *d.backend);
+  };
+  TESSERA_ASSIGN_OR_RETURN(d.world_device, make(*d.world));
+  TESSERA_ASSIGN_OR_RETURN(d.dense_device, make(*d.dense));
+  if (d.expert) {
+    TESSERA_ASSIGN_OR_RETURN(d.expert_device, make(*d.expert));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 bool LaunchedUnderMpi() {
@@ -140,7 +169,7 @@ absl::Status BuildGroups(const RunConfig& config, Distributed& d) {
         d.expert,
         d.world->CreateSubgroup(expert, d.mesh->GroupName(parallel::GroupKind::kExpertData)));
   }
-  return absl::OkStatus();
+  return BuildDeviceGroups(d);
 }
 
 }  // namespace tessera

@@ -8,6 +8,7 @@
 #include <memory>
 
 #include "absl/status/statusor.h"
+#include "launch/device_comm.h"
 #include "launch/rank_environment.h"
 #include "parallel/comm/mpi_communicator.h"
 #include "parallel/comm/mpi_runtime.h"
@@ -37,6 +38,16 @@ struct Distributed {
   // model is built. owned_backend holds it unless it is the host's.
   Backend* backend = nullptr;
   std::unique_ptr<Backend> owned_backend;
+  // How device buffers travel (launch/device_comm.h), and the groups above
+  // for them: null where the MPI group itself carries them (a CPU run).
+  // Declared after the MPI groups, which they use: destroyed before them.
+  DeviceComm device_comm = DeviceComm::kHost;
+  std::unique_ptr<parallel::Communicator> world_device, dense_device, expert_device;
+  // The communicator for device buffers over `group`'s ranks.
+  static parallel::Communicator* OnDevice(const std::unique_ptr<parallel::MpiCommunicator>& group,
+                                          const std::unique_ptr<parallel::Communicator>& device) {
+    return device ? device.get() : group.get();
+  }
   int rank() const { return mesh ? mesh->rank() : 0; }
   int size() const { return mesh ? mesh->shape().world : 1; }
 };
@@ -53,7 +64,8 @@ struct Distributed {
 absl::StatusOr<Distributed> StartMpi(bool uses_gpu = false);
 
 // The mesh for `config` (validated on every rank, identical messages) and
-// the gradient-reduction groups: dense over dp x sp, experts over edp.
+// the gradient-reduction groups: dense over dp x sp, experts over edp, and
+// the world; with their device communicators for `backend` (set first).
 absl::Status BuildGroups(const RunConfig& config, Distributed& distributed);
 
 }  // namespace tessera

@@ -142,6 +142,18 @@ int TableShards(const RunConfig& config, int world_size) {
   return (*family)->table_shards(config, world_size);
 }
 
+// The communicator for device buffers over `group`'s ranks: `group` itself
+// on the CPU, else one made for the run's device (kept in groups.on_device).
+absl::StatusOr<parallel::Communicator*> OnDevice(
+    const Distributed& d, const std::unique_ptr<parallel::MpiCommunicator>& group,
+    ModelParallelGroups& groups) {
+  TESSERA_ASSIGN_OR_RETURN(auto device,
+                           CreateDeviceCommunicator(d.device_comm, *group, *d.backend));
+  if (!device) return group.get();
+  groups.on_device.push_back(std::move(device));
+  return groups.on_device.back().get();
+}
+
 // The table's groups: `shards` consecutive world ranks hold one copy of the
 // table; the ranks at the same index of every copy own the same rows.
 absl::Status BuildTableGroups(const Distributed& d, int shards, ModelParallelGroups& groups) {
@@ -152,6 +164,7 @@ absl::Status BuildTableGroups(const Distributed& d, int shards, ModelParallelGro
   TESSERA_ASSIGN_OR_RETURN(groups.table, d.world->CreateSubgroup(copy, "table"));
   TESSERA_ASSIGN_OR_RETURN(groups.table_replicas,
                            d.world->CreateSubgroup(replicas, "table_replicas"));
+  // The table lives in host memory (row_sharded_table.h): its MPI groups.
   groups.view.table = groups.table.get();
   groups.view.table_replicas = groups.table_replicas.get();
   return absl::OkStatus();
@@ -189,11 +202,12 @@ absl::StatusOr<std::unique_ptr<ModelParallelGroups>> BuildModelParallelGroups(
   TESSERA_ASSIGN_OR_RETURN(groups->ep, make(GroupKind::kExpert));
   TESSERA_ASSIGN_OR_RETURN(groups->tp_sp, make(GroupKind::kTensorSequence));
   TESSERA_ASSIGN_OR_RETURN(groups->dp, make(GroupKind::kData));
-  groups->view.tp = groups->tp.get();
-  groups->view.sp = groups->sp.get();
-  groups->view.ep = groups->ep.get();
-  groups->view.tp_sp = groups->tp_sp.get();
-  groups->view.dp = groups->dp.get();
+  // In the same order on every rank (creating NCCL communicators is collective).
+  TESSERA_ASSIGN_OR_RETURN(groups->view.tp, OnDevice(d, groups->tp, *groups));
+  TESSERA_ASSIGN_OR_RETURN(groups->view.sp, OnDevice(d, groups->sp, *groups));
+  TESSERA_ASSIGN_OR_RETURN(groups->view.ep, OnDevice(d, groups->ep, *groups));
+  TESSERA_ASSIGN_OR_RETURN(groups->view.tp_sp, OnDevice(d, groups->tp_sp, *groups));
+  TESSERA_ASSIGN_OR_RETURN(groups->view.dp, OnDevice(d, groups->dp, *groups));
   groups->view.sequence_parallel = config.parallel().sequence_parallel();
   TESSERA_RETURN_IF_ERROR(MaybeBuildTableGroups(config, d, *groups));
   return groups;

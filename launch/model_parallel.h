@@ -4,6 +4,7 @@
 #pragma once
 
 #include <memory>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -24,7 +25,10 @@ bool NeedsModelParallel(const RunConfig& config, const parallel::MeshShape& shap
 
 struct ModelParallelGroups {
   std::unique_ptr<parallel::MpiCommunicator> tp, sp, ep, tp_sp, dp, table, table_replicas;
-  parallel::ModelParallel view;  // points into the communicators above
+  // Their device communicators (Distributed::device_comm), none on the CPU;
+  // destroyed before the MPI groups they use.
+  std::vector<std::unique_ptr<parallel::Communicator>> on_device;
+  parallel::ModelParallel view;  // the device communicators of the groups above
 };
 
 // Collective over the world: every rank creates every group.

@@ -41,13 +41,6 @@ absl::Status SelectRunBackend(const RunConfig& config, Distributed& distributed)
     return absl::OkStatus();
   }
   const int world = distributed.mpi ? distributed.mpi->world_size() : 1;
-  if (world > 1) {
-    return UsageError(absl::StrFormat(
-        "train.device \"%s\" resolves to cuda, but %d ranks on GPUs are not supported yet: the "
-        "gradient reduction and the model-parallel collectives still read host memory; run one "
-        "process per GPU job, or --set train.device=cpu (docs/cuda.md)",
-        config.train().device(), world));
-  }
   const int cuda_device = distributed.device >= 0 ? distributed.device : 0;
   TESSERA_RETURN_IF_ERROR(CheckGpuPlan(config, world, cuda_device, distributed.rank() == 0));
   TESSERA_ASSIGN_OR_RETURN(distributed.owned_backend, CreateCudaBackend(cuda_device));

@@ -19,9 +19,8 @@ bool RunUsesGpu(const RunConfig& config);
 
 // Sets distributed.backend (unless the caller already chose one, as tests
 // do): the host backend for "cpu", a CudaBackend on this rank's device for
-// "cuda". A multi-rank CUDA run is refused with a UsageError for now: the
-// gradient reduction and model-parallel collectives read host memory
-// (docs/cuda.md, "What is not done").
+// "cuda". Under MPI, BuildGroups then gives the run's groups their device
+// communicators (launch/device_comm.h).
 absl::Status SelectRunBackend(const RunConfig& config, Distributed& distributed);
 
 }  // namespace tessera

@@ -253,11 +253,13 @@ absl::Status ConnectDataParallel(const RunConfig& config, const Distributed& dis
                                  TrainSetup& setup) {
   if (!distributed.dense) return absl::OkStatus();
   parallel::GradientGroups groups;
-  groups.dense = distributed.dense.get();
-  groups.expert = distributed.expert ? distributed.expert.get() : groups.dense;
+  groups.dense = Distributed::OnDevice(distributed.dense, distributed.dense_device);
+  groups.expert = distributed.expert
+                      ? Distributed::OnDevice(distributed.expert, distributed.expert_device)
+                      : groups.dense;
   if (setup.model_parallel) {
     const parallel::MeshShape& shape = distributed.mesh->shape();
-    groups.world = distributed.world.get();
+    groups.world = Distributed::OnDevice(distributed.world, distributed.world_device);
     groups.divisor = shape.dp * shape.sp;
     groups.tp = shape.tp;
     groups.ep = shape.ep;
@@ -290,8 +292,12 @@ void PrintRunHeader(const RunConfig& config, const Distributed& distributed,
               static_cast<long long>(config.train().steps()), config.train().run_dir().c_str());
   const Backend& backend = *distributed.backend;
   if (backend.device() != Device::kCpu) {
-    std::printf("device: %s %d (train.device=%s)\n", DeviceName(backend.device()),
-                distributed.device, config.train().device().c_str());
+    std::printf("device: %s %d (train.device=%s)%s\n", DeviceName(backend.device()),
+                distributed.device, config.train().device().c_str(),
+                distributed.mpi ? absl::StrFormat("; device collectives: %s",
+                                                  DeviceCommName(distributed.device_comm))
+                                      .c_str()
+                                : "");
   }
   if (setup.eval) {
     std::printf("evaluation: %lld held-out samples of %s after %s\n",
@@ -396,6 +402,16 @@ void PrintSummary(const TrainSummary& summary) {
                            static_cast<double>(summary.plan.total()) - 1));
 }
 
+// The EMA weights where host code can read them (GatherWeights packs them
+// on the host): the trainer's own buffer on the CPU, a copy off a device.
+const float* HostInferenceWeights(const ParameterStore& store, const Trainer& trainer,
+                                  std::vector<float>& copy) {
+  if (store.backend().host_accessible()) return trainer.inference_weights();
+  copy.resize(static_cast<size_t>(store.numel()));
+  store.backend().CopyToHost(copy.data(), trainer.inference_weights(), copy.size() * sizeof(float));
+  return copy.data();
+}
+
 // Saves the EMA weights, assembled from every rank's pieces into the
 // single-process model under model parallelism, then runs the model's own
 // end-of-run hook (DiT-MoE: the sample grid) on that model. Rank 0 writes;
@@ -408,17 +424,19 @@ absl::Status SaveFinalModel(const RunConfig& config, const Distributed& distribu
   if (setup.model_parallel && setup.options.sparse) {
     TESSERA_ASSIGN_OR_RETURN(sparse, setup.built.model->GatherSparse());
   }
+  std::vector<float> copy;
   if (!setup.leader) {
     if (!setup.model_parallel) return absl::OkStatus();
     return GatherWeights(*distributed.world, *distributed.mesh, store,
-                         trainer.inference_weights(), nullptr);
+                         HostInferenceWeights(store, trainer, copy), nullptr);
   }
   std::unique_ptr<Model> whole;
   if (setup.model_parallel) {
     TESSERA_ASSIGN_OR_RETURN(BuiltModel one_process, BuildModel(config));
     whole = std::move(one_process.model);
     TESSERA_RETURN_IF_ERROR(GatherWeights(*distributed.world, *distributed.mesh, store,
-                                          trainer.inference_weights(), &whole->store()));
+                                          HostInferenceWeights(store, trainer, copy),
+                                          &whole->store()));
     size_t at = 0;
     for (const WholeTensor& tensor : whole->SparseWeights()) {
       const size_t n = static_cast<size_t>(tensor.shape.numel());

@@ -7,6 +7,9 @@
 
 namespace tessera::parallel {
 
+// The communicators here carry device buffers (activations, tokens); a
+// layer sends host values (losses, counts, per-row statistics) through each
+// one's host() (parallel/comm/communicator.h).
 struct ModelParallel {
   Communicator* tp = nullptr;     // tensor parallelism: heads, columns, vocabulary
   Communicator* sp = nullptr;     // sequence shards (Ulysses, Mamba state passing)

@@ -75,7 +75,7 @@ DitMoe::DitMoe(const DitMoeConfig& config, const DitMoeDims& dims, ParameterStor
   local_tokens_ = T;
   if (mp != nullptr && mp->dp != nullptr && mp->dp->size() > 1) {
     // GLOBAL_BATCH balance counts: summed over the data-parallel replicas.
-    global_balance_ = GlobalBalanceCounts([dp = mp->dp](std::vector<int64_t>& values) {
+    global_balance_ = GlobalBalanceCounts([dp = &mp->dp->host()](std::vector<int64_t>& values) {
       return dp->Complete(
           dp->AllReduce(values.data(), values.size(), DType::kI64, parallel::ReduceOp::kSum));
     });
@@ -207,8 +207,8 @@ Tensor DitMoe::LocalRows(Arena& arena, const Tensor& images) const {
 absl::Status DitMoe::SumLossOverTensorGroup(double* loss) const {
   if (loss_share_ == 1) return absl::OkStatus();
   std::vector<double> all(mp_.tp_size());
-  TESSERA_RETURN_IF_ERROR(
-      mp_.tp->Complete(mp_.tp->AllGather(loss, all.data(), sizeof(double), DType::kU8)));
+  parallel::Communicator& tp = mp_.tp->host();  // the loss is a host value
+  TESSERA_RETURN_IF_ERROR(tp.Complete(tp.AllGather(loss, all.data(), sizeof(double), DType::kU8)));
   *loss = 0;
   for (double value : all) *loss += value;  // rank order: the same on every rank
   return absl::OkStatus();

@@ -20,7 +20,7 @@ using parallel::RowParallelLinear;
 // Rows [chunks * rows, F] gathered over `group` from every rank's [rows, F].
 absl::StatusOr<Tensor> GatherRows(Arena& arena, Communicator& group, const Tensor& x) {
   Tensor out = arena.AllocateUninitialized(DType::kF32, Shape{group.size() * x.dim(0), x.dim(1)});
-  TESSERA_RETURN_IF_ERROR(group.Complete(
+  TESSERA_RETURN_IF_ERROR(group.CompleteOnDevice(
       group.AllGather(x.ptr<float>(), out.ptr<float>(), x.numel(), DType::kF32)));
   return out;
 }
@@ -46,7 +46,7 @@ class ParallelModulation : public ModulationSublayer {
     // Each rank's columns of the weight need dmod over all of the replica's
     // tokens: under Megatron SP the tp ranks hold different ones.
     if (sum_over_tp_) {
-      TESSERA_RETURN_IF_ERROR(tp_.Complete(
+      TESSERA_RETURN_IF_ERROR(tp_.CompleteOnDevice(
           tp_.AllReduce(dmod.ptr<float>(), dmod.numel(), DType::kF32, ReduceOp::kSum)));
     }
     return linear_->Backward(arena, dmod);

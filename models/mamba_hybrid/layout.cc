@@ -122,7 +122,7 @@ absl::StatusOr<Tensor> EnterTpRegion(Arena& arena, const HybridLayout& layout, c
   parallel::Communicator& tp = *layout.tp;
   Tensor all = arena.AllocateUninitialized(DType::kF32, Shape{tp.size() * x.dim(0), x.dim(1)});
   TESSERA_RETURN_IF_ERROR(
-      tp.Complete(tp.AllGather(x.ptr<float>(), all.ptr<float>(), x.numel(), DType::kF32)));
+      tp.CompleteOnDevice(tp.AllGather(x.ptr<float>(), all.ptr<float>(), x.numel(), DType::kF32)));
   return ReorderChunks(arena, all, tp.size(), batch, /*to_sample_major=*/true);
 }
 
@@ -130,14 +130,14 @@ absl::StatusOr<Tensor> ExitTpRegion(Arena& arena, const HybridLayout& layout,
                                     const Tensor& partial, int64_t batch) {
   parallel::Communicator& tp = *layout.tp;
   if (!layout.rows_split_over_tp()) {
-    TESSERA_RETURN_IF_ERROR(tp.Complete(
+    TESSERA_RETURN_IF_ERROR(tp.CompleteOnDevice(
         tp.AllReduce(partial.ptr<float>(), partial.numel(), DType::kF32, ReduceOp::kSum)));
     return partial;
   }
   const Tensor chunk_major = ReorderChunks(arena, partial, tp.size(), batch, false);
   Tensor mine =
       arena.AllocateUninitialized(DType::kF32, Shape{partial.dim(0) / tp.size(), partial.dim(1)});
-  TESSERA_RETURN_IF_ERROR(tp.Complete(tp.ReduceScatter(
+  TESSERA_RETURN_IF_ERROR(tp.CompleteOnDevice(tp.ReduceScatter(
       chunk_major.ptr<float>(), mine.ptr<float>(), mine.numel(), DType::kF32, ReduceOp::kSum)));
   return mine;
 }

@@ -54,8 +54,8 @@ HybridLayout MakeLayout(const parallel::ModelParallel* mp, const SingleProcessLa
 
 // GLOBAL_BATCH balance counts summed over the data-parallel replicas.
 GlobalBalanceCounts MakeGlobalBalance(const HybridLayout& layout) {
-  parallel::Communicator* dp = layout.dp;
-  if (dp == nullptr || dp->size() == 1) return GlobalBalanceCounts();
+  if (layout.dp == nullptr || layout.dp->size() == 1) return GlobalBalanceCounts();
+  parallel::Communicator* dp = &layout.dp->host();  // counts on the host
   return GlobalBalanceCounts([dp](std::vector<int64_t>& values) {
     return dp->Complete(
         dp->AllReduce(values.data(), values.size(), DType::kI64, parallel::ReduceOp::kSum));

@@ -11,7 +11,7 @@ absl::StatusOr<Tensor> GatherChunks(Arena& arena, parallel::Communicator& tp, co
                                     int64_t batch) {
   Tensor all = arena.AllocateUninitialized(DType::kF32, Shape{tp.size() * x.dim(0), x.dim(1)});
   TESSERA_RETURN_IF_ERROR(
-      tp.Complete(tp.AllGather(x.ptr<float>(), all.ptr<float>(), x.numel(), DType::kF32)));
+      tp.CompleteOnDevice(tp.AllGather(x.ptr<float>(), all.ptr<float>(), x.numel(), DType::kF32)));
   return ReorderChunks(arena, all, tp.size(), batch, /*to_sample_major=*/true);
 }
 

@@ -13,8 +13,21 @@
 // collective's sequence number in its group and the ranks that never
 // arrived, so that a dead or stuck rank never turns into a silent hang.
 //
-// Buffers live on the backend's device: host memory for MPI, CUDA memory for
-// NCCL. Counts are elements of `dtype`.
+// Collectives come in two kinds, by where their buffers live:
+//  - device buffers (activations, gradient buckets, parameters, ZeRO shards,
+//    expert tokens) go through the run's communicator of the group, which
+//    works on the memory of the run's backend: MPI on host memory for a CPU
+//    run, NCCL on a GPU's memory (StagedCommunicator where NCCL cannot be
+//    used). The caller finishes them with CompleteOnDevice: the compute
+//    stream, not the host, waits for them.
+//  - host values (losses, norm partials, expert counts, flags, checkpoint
+//    coordination) go through host(): the same group over MPI on host
+//    memory, finished with Complete (the host reads the result). For a CPU
+//    run host() is the communicator itself.
+// A device communicator orders each collective after the work its backend's
+// compute stream has queued (it is built for that backend), so a buffer is
+// never read before the compute stream produced it. Counts are elements of
+// `dtype`.
 #pragma once
 
 #include <cstddef>
@@ -39,6 +52,11 @@ class Work {
   virtual absl::Status Wait(absl::Duration timeout) = 0;
   // Non-blocking: true once complete (errors are reported by Wait).
   virtual bool Test() = 0;
+  // Orders the completion before what the compute stream of the
+  // communicator's backend runs next, without blocking the host where the
+  // device has streams (NCCL: the stream waits on the operation's event).
+  // Work on host memory has no stream to order: it waits on the host.
+  virtual absl::Status StreamWait(absl::Duration timeout) { return Wait(timeout); }
 };
 
 class Communicator {
@@ -53,6 +71,9 @@ class Communicator {
   virtual const std::vector<int>& world_ranks() const = 0;
   // The default deadline used by the blocking helpers below.
   virtual absl::Duration timeout() const = 0;
+  // The same group for host values, over MPI on host memory (see above);
+  // this communicator itself when its buffers are host memory.
+  virtual Communicator& host() { return *this; }
 
   // In place: data[i] = op over ranks of data[i].
   virtual absl::StatusOr<std::unique_ptr<Work>> AllReduce(void* data, size_t count, DType dtype,
@@ -84,10 +105,16 @@ class Communicator {
                                                      int peer, int tag) = 0;
   virtual absl::StatusOr<std::unique_ptr<Work>> Barrier() = 0;
 
-  // Blocking forms: issue, then Wait(timeout()).
+  // Host values: issue, then Wait(timeout()); the host may read the result.
   absl::Status Complete(absl::StatusOr<std::unique_ptr<Work>> work) {
     if (!work.ok()) return work.status();
     return (*work)->Wait(timeout());
+  }
+  // Device buffers: issue, then StreamWait(timeout()); the backend's ops
+  // queued from now on see the result (the host itself may not yet).
+  absl::Status CompleteOnDevice(absl::StatusOr<std::unique_ptr<Work>> work) {
+    if (!work.ok()) return work.status();
+    return (*work)->StreamWait(timeout());
   }
 };
 

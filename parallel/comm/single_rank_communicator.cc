@@ -14,7 +14,11 @@ class DoneWork final : public Work {
 }  // namespace
 
 SingleRankCommunicator::SingleRankCommunicator(Backend& backend, std::string name)
-    : backend_(backend), name_(std::move(name)) {}
+    : backend_(backend), name_(std::move(name)) {
+  if (!backend.host_accessible()) {
+    host_twin_ = std::make_unique<SingleRankCommunicator>(HostBackend(), name_);
+  }
+}
 
 std::unique_ptr<Work> SingleRankCommunicator::CopyDone(const void* src, void* dst, size_t count,
                                                        DType dtype) {

@@ -2,6 +2,8 @@
 // process group (tensor-parallel linears, sequence shards) run on one
 // process through the same code with this group: every reduction over one
 // rank is the identity, a gather or all-to-all is a copy, and no call waits.
+// On a device backend, host() is a twin on the host backend, so host values
+// are copied with the host's memcpy.
 #pragma once
 
 #include <memory>
@@ -23,6 +25,7 @@ class SingleRankCommunicator final : public Communicator {
   const std::string& name() const override { return name_; }
   const std::vector<int>& world_ranks() const override { return world_ranks_; }
   absl::Duration timeout() const override { return absl::InfiniteDuration(); }
+  Communicator& host() override { return host_twin_ ? *host_twin_ : *this; }
 
   absl::StatusOr<std::unique_ptr<Work>> AllReduce(void* data, size_t count, DType dtype,
                                                   ReduceOp op) override;
@@ -54,6 +57,7 @@ class SingleRankCommunicator final : public Communicator {
   Backend& backend_;
   std::string name_;
   std::vector<int> world_ranks_ = {0};
+  std::unique_ptr<SingleRankCommunicator> host_twin_;  // null on a host backend
 };
 
 }  // namespace tessera::parallel

@@ -85,7 +85,7 @@ DataParallel::DataParallel(ParameterStore& store, const OptimConfig& optim, int 
 
 void DataParallel::AllocateShards(const OptimConfig& optim) {
   for (Bucket& bucket : buckets_) {
-    bucket.shard_grads = Tensor::Empty(DType::kF32, Shape{bucket.shard_size()});
+    bucket.shard_grads = Tensor::Empty(DType::kF32, Shape{bucket.shard_size()}, store_.backend());
     bucket.shard_optimizer = std::make_unique<AdamW>(
         store_, optim, bucket.shard_begin(), bucket.shard_begin() + bucket.shard_size());
   }
@@ -102,14 +102,14 @@ void DataParallel::BeginMicroBatch(bool last) {
 }
 
 absl::Status DataParallel::Launch(Bucket& bucket) {
-  float* grads = store_.grads().data<float>() + bucket.range.begin;
+  float* grads = store_.grads().ptr<float>() + bucket.range.begin;
   // A sum, divided once it arrives (FinishBackward): by the global element
   // count, which is known only after the last micro-batch.
   const ReduceOp op = ReduceOp::kSum;
   absl::StatusOr<std::unique_ptr<Work>> work =
       zero_stage_ == 0
           ? bucket.comm->AllReduce(grads, bucket.range.size(), DType::kF32, op)
-          : bucket.comm->ReduceScatter(grads, bucket.shard_grads.raw(), bucket.shard_size(),
+          : bucket.comm->ReduceScatter(grads, bucket.shard_grads.ptr<float>(), bucket.shard_size(),
                                        DType::kF32, op);
   if (!work.ok()) return work.status();
   bucket.work = std::move(*work);
@@ -148,28 +148,28 @@ absl::Status DataParallel::FinishBackward(double global_elements) {
   last_wait_seconds_ = 0;
   for (auto it = buckets_.rbegin(); it != buckets_.rend(); ++it) {
     const auto wait_start = Clock::now();
-    TESSERA_RETURN_IF_ERROR(it->work->Wait(it->comm->timeout()));
+    TESSERA_RETURN_IF_ERROR(it->work->StreamWait(it->comm->timeout()));
     last_wait_seconds_ += std::chrono::duration<double>(Clock::now() - wait_start).count();
     it->work.reset();
     if (zero_stage_ == 0) {
-      store_.backend().Scale(store_.grads().data<float>() + it->range.begin, it->range.size(),
+      store_.backend().Scale(store_.grads().ptr<float>() + it->range.begin, it->range.size(),
                              scale);
     } else {
-      store_.backend().Scale(it->shard_grads.data<float>(), it->shard_size(), scale);
+      store_.backend().Scale(it->shard_grads.ptr<float>(), it->shard_size(), scale);
     }
   }
   return absl::OkStatus();
 }
 
 double DataParallel::WeightedNormSquared() const {
-  const float* grads = store_.grads().data<float>();
+  const float* grads = store_.grads().ptr<float>();
   double total = 0;
   for (const Bucket& bucket : buckets_) {
     // Zero 0: the whole bucket; ZeRO-1: this rank's shard, one of the
     // group's size() disjoint parts, so each holds 1/size of the copies.
     const int64_t begin = zero_stage_ == 0 ? bucket.range.begin : bucket.shard_begin();
     const int64_t end = zero_stage_ == 0 ? bucket.range.end : begin + bucket.shard_size();
-    const float* base = zero_stage_ == 0 ? grads : bucket.shard_grads.data<float>() - begin;
+    const float* base = zero_stage_ == 0 ? grads : bucket.shard_grads.ptr<float>() - begin;
     const double group = zero_stage_ == 0 ? 1.0 : bucket.comm->size();
     for (int id = bucket.range.first_param; id < bucket.range.end_param; ++id) {
       const ParamInfo& info = store_.info(id);
@@ -187,7 +187,7 @@ absl::StatusOr<double> DataParallel::GradNormSquared() {
     // Model parallelism: every rank's weighted part, summed over the world
     // in rank order (exact and the same everywhere).
     double partial = WeightedNormSquared();
-    Communicator* world = groups_.world;
+    Communicator* world = &groups_.world->host();  // norm partials on the host
     std::vector<double> all(world->size());
     TESSERA_RETURN_IF_ERROR(
         world->Complete(world->AllGather(&partial, all.data(), sizeof(double), DType::kU8)));
@@ -197,13 +197,13 @@ absl::StatusOr<double> DataParallel::GradNormSquared() {
   }
   if (zero_stage_ == 0) {
     // Every rank holds the same averaged gradient.
-    return store_.backend().SumSquares(store_.grads().data<float>(), store_.numel());
+    return store_.backend().SumSquares(store_.grads().ptr<float>(), store_.numel());
   }
   // Shards partition each group's buckets: sum the partial norms per group.
   double partial[2] = {0, 0};  // dense, expert
   for (const Bucket& bucket : buckets_) {
     partial[bucket.comm == dense_ ? 0 : 1] +=
-        store_.backend().SumSquares(bucket.shard_grads.data<float>(), bucket.shard_size());
+        store_.backend().SumSquares(bucket.shard_grads.ptr<float>(), bucket.shard_size());
   }
   if (expert_ == dense_) {
     partial[0] += partial[1];
@@ -211,7 +211,7 @@ absl::StatusOr<double> DataParallel::GradNormSquared() {
   }
   double total = 0;
   for (int g = 0; g < (expert_ == dense_ ? 1 : 2); ++g) {
-    Communicator* comm = g == 0 ? dense_ : expert_;
+    Communicator* comm = &(g == 0 ? dense_ : expert_)->host();
     // Exact and order-independent: gather every rank's double, sum in rank order.
     std::vector<double> all(comm->size());
     TESSERA_RETURN_IF_ERROR(
@@ -223,38 +223,39 @@ absl::StatusOr<double> DataParallel::GradNormSquared() {
 
 absl::Status DataParallel::Step(float lr, float grad_scale) {
   if (zero_stage_ == 0) {
-    float* grads = store_.grads().data<float>();
+    float* grads = store_.grads().ptr<float>();
     if (grad_scale != 1.0f) store_.backend().Scale(grads, store_.numel(), grad_scale);
-    optimizer_->Step(lr, store_.values().data<float>(), grads);
+    optimizer_->Step(lr, store_.values().ptr<float>(), grads);
     return absl::OkStatus();
   }
   std::vector<std::unique_ptr<Work>> gathers;
   for (Bucket& bucket : buckets_) {
-    float* shard_grads = bucket.shard_grads.data<float>();
+    float* shard_grads = bucket.shard_grads.ptr<float>();
     if (grad_scale != 1.0f) store_.backend().Scale(shard_grads, bucket.shard_size(), grad_scale);
-    float* shard_values = store_.values().data<float>() + bucket.shard_begin();
+    float* shard_values = store_.values().ptr<float>() + bucket.shard_begin();
     bucket.shard_optimizer->Step(lr, shard_values, shard_grads);
     // In place: this rank's shard already sits at its block of the bucket.
     TESSERA_ASSIGN_OR_RETURN(
         auto work,
-        bucket.comm->AllGather(shard_values, store_.values().data<float>() + bucket.range.begin,
+        bucket.comm->AllGather(shard_values, store_.values().ptr<float>() + bucket.range.begin,
                                bucket.shard_size(), DType::kF32));
     gathers.push_back(std::move(work));
   }
   for (size_t i = 0; i < gathers.size(); ++i) {
-    TESSERA_RETURN_IF_ERROR(gathers[i]->Wait(buckets_[i].comm->timeout()));
+    TESSERA_RETURN_IF_ERROR(gathers[i]->StreamWait(buckets_[i].comm->timeout()));
   }
   return absl::OkStatus();
 }
 
 absl::Status DataParallel::SumOverReplicas(std::vector<double>* values) {
   const size_t n = values->size();
-  std::vector<double> all(n * dense_->size());
-  TESSERA_RETURN_IF_ERROR(dense_->Complete(
-      dense_->AllGather(values->data(), all.data(), n * sizeof(double), DType::kU8)));
+  Communicator& dense = dense_->host();
+  std::vector<double> all(n * dense.size());
+  TESSERA_RETURN_IF_ERROR(
+      dense.Complete(dense.AllGather(values->data(), all.data(), n * sizeof(double), DType::kU8)));
   for (size_t i = 0; i < n; ++i) {
     double sum = 0;  // in rank order: exact and the same on every rank
-    for (int r = 0; r < dense_->size(); ++r) sum += all[r * n + i];
+    for (int r = 0; r < dense.size(); ++r) sum += all[r * n + i];
     (*values)[i] = sum;
   }
   return absl::OkStatus();
@@ -262,13 +263,14 @@ absl::Status DataParallel::SumOverReplicas(std::vector<double>* values) {
 
 absl::Status DataParallel::AverageOverReplicas(std::vector<double>* values) {
   const size_t n = values->size();
-  std::vector<double> all(n * dense_->size());
-  TESSERA_RETURN_IF_ERROR(dense_->Complete(
-      dense_->AllGather(values->data(), all.data(), n * sizeof(double), DType::kU8)));
+  Communicator& dense = dense_->host();
+  std::vector<double> all(n * dense.size());
+  TESSERA_RETURN_IF_ERROR(
+      dense.Complete(dense.AllGather(values->data(), all.data(), n * sizeof(double), DType::kU8)));
   for (size_t i = 0; i < n; ++i) {
     double sum = 0;
-    for (int r = 0; r < dense_->size(); ++r) sum += all[r * n + i];
-    (*values)[i] = sum / dense_->size();
+    for (int r = 0; r < dense.size(); ++r) sum += all[r * n + i];
+    (*values)[i] = sum / dense.size();
   }
   return absl::OkStatus();
 }

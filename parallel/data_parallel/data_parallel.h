@@ -16,6 +16,12 @@
 //
 // Reductions are issued in the same order on every rank (bucket order is a
 // function of the model alone), as the Communicator contract requires.
+//
+// The groups are the run's device communicators: gradient buckets, ZeRO
+// shards and the gathered parameters live on the store's backend, and the
+// compute stream (not the host) waits for their collectives (StreamWait).
+// Norm partials and the replica sums and averages are host values and go
+// over each group's host().
 #pragma once
 
 #include <memory>

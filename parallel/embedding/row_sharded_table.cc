@@ -12,7 +12,11 @@ namespace tessera::parallel {
 
 RowShardedTable::RowShardedTable(Communicator* group, Communicator* replicas, std::string name,
                                  int64_t num_rows, int64_t dim, float init_std, uint64_t seed)
-    : group_(group), replicas_(replicas), name_(std::move(name)), num_rows_(num_rows), dim_(dim) {
+    : group_(group ? &group->host() : nullptr),
+      replicas_(replicas ? &replicas->host() : nullptr),
+      name_(std::move(name)),
+      num_rows_(num_rows),
+      dim_(dim) {
   const int64_t p = group_size();
   block_ = std::max<int64_t>(1, (num_rows + p - 1) / p);
   first_ = std::min(num_rows, group_rank() * block_);

@@ -15,6 +15,9 @@
 // same update. A null group is this process alone (the whole table, no
 // communication): the single-process case of the same code.
 //
+// The rows, their gradients and optimizer state live in host memory, so the
+// table talks over the groups' host() communicators.
+//
 // As SparseParameters (runtime/train/sparse_parameters.h) the table saves
 // its rows as box pieces of the global [num_rows, dim] tensor `name`
 // (kind "param"), Adam's moments as "adam_m"/"adam_v" boxes of the same

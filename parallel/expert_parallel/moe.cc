@@ -132,7 +132,7 @@ absl::StatusOr<Tensor> ExpertParallelMoe::ExchangeRows(Arena& arena, const Tenso
     total += recv_rows[r];
   }
   Tensor out = arena.AllocateUninitialized(DType::kF32, Shape{total, dim_});  // [received, dim]
-  TESSERA_RETURN_IF_ERROR(ep_.Complete(
+  TESSERA_RETURN_IF_ERROR(ep_.CompleteOnDevice(
       ep_.AllToAllV(rows.ptr<float>(), send_counts, out.ptr<float>(), recv_counts, DType::kF32)));
   return out;
 }
@@ -215,8 +215,9 @@ absl::StatusOr<std::vector<int64_t>> ExpertParallelMoe::ExchangeCounts(
     if (index[a] >= 0) ++row[index[a]];
   }
   std::copy(stats.begin(), stats.end(), row.begin() + E);
-  TESSERA_RETURN_IF_ERROR(ep_.Complete(
-      ep_.AllGather(row.data(), all_rows.data(), static_cast<size_t>(row_width), DType::kI64)));
+  Communicator& ep = ep_.host();  // counts on the host
+  TESSERA_RETURN_IF_ERROR(ep.Complete(
+      ep.AllGather(row.data(), all_rows.data(), static_cast<size_t>(row_width), DType::kI64)));
   return all_rows;
 }
 
@@ -234,7 +235,8 @@ absl::Status ExpertParallelMoe::ComputeGroupBalance(const std::vector<int64_t>& 
   } else {
     group_size = balance_->size();
     group_stats.resize(group_size * width);
-    TESSERA_RETURN_IF_ERROR(balance_->Complete(balance_->AllGather(
+    Communicator& balance = balance_->host();
+    TESSERA_RETURN_IF_ERROR(balance.Complete(balance.AllGather(
         stats.data(), group_stats.data(), static_cast<size_t>(width), DType::kI64)));
   }
   std::vector<int64_t> global_counts(E, 0);

@@ -8,22 +8,22 @@ namespace tessera::parallel {
 
 absl::Status ShardChain::SendToNext(const float* data, size_t count, int tag) {
   if (last()) return absl::OkStatus();
-  return sp_->Complete(sp_->Send(data, count, DType::kF32, sp_->rank() + 1, tag));
+  return sp_->CompleteOnDevice(sp_->Send(data, count, DType::kF32, sp_->rank() + 1, tag));
 }
 
 absl::Status ShardChain::ReceiveFromPrevious(float* data, size_t count, int tag) {
   if (first()) return absl::OkStatus();
-  return sp_->Complete(sp_->Recv(data, count, DType::kF32, sp_->rank() - 1, tag));
+  return sp_->CompleteOnDevice(sp_->Recv(data, count, DType::kF32, sp_->rank() - 1, tag));
 }
 
 absl::Status ShardChain::SendToPrevious(const float* data, size_t count, int tag) {
   if (first()) return absl::OkStatus();
-  return sp_->Complete(sp_->Send(data, count, DType::kF32, sp_->rank() - 1, tag));
+  return sp_->CompleteOnDevice(sp_->Send(data, count, DType::kF32, sp_->rank() - 1, tag));
 }
 
 absl::Status ShardChain::ReceiveFromNext(float* data, size_t count, int tag) {
   if (last()) return absl::OkStatus();
-  return sp_->Complete(sp_->Recv(data, count, DType::kF32, sp_->rank() + 1, tag));
+  return sp_->CompleteOnDevice(sp_->Recv(data, count, DType::kF32, sp_->rank() + 1, tag));
 }
 
 absl::Status ShardChain::Shift(const float* send, int to, float* recv, int from, size_t count,
@@ -36,8 +36,8 @@ absl::Status ShardChain::Shift(const float* send, int to, float* recv, int from,
   if (to >= 0 && to < size) {
     TESSERA_ASSIGN_OR_RETURN(sending, sp_->Send(send, count, DType::kF32, to, tag));
   }
-  if (receiving) TESSERA_RETURN_IF_ERROR(receiving->Wait(sp_->timeout()));
-  if (sending) TESSERA_RETURN_IF_ERROR(sending->Wait(sp_->timeout()));
+  if (receiving) TESSERA_RETURN_IF_ERROR(receiving->StreamWait(sp_->timeout()));
+  if (sending) TESSERA_RETURN_IF_ERROR(sending->StreamWait(sp_->timeout()));
   return absl::OkStatus();
 }
 

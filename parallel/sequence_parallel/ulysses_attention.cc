@@ -101,7 +101,7 @@ absl::StatusOr<Tensor> UlyssesAttention::Forward(Arena& arena, int64_t batch, in
   Tensor send = arena.AllocateUninitialized(DType::kF32, Shape{sp, local_tokens, 3, n.head_chunk});
   Tensor recv = arena.AllocateUninitialized(DType::kF32, send.shape());  // blocks from each rank
   PackHeadBlocks(backend, n, qkv, 3, row_stride, send.ptr<float>());
-  TESSERA_RETURN_IF_ERROR(sp_->Complete(sp_->AllToAll(
+  TESSERA_RETURN_IF_ERROR(sp_->CompleteOnDevice(sp_->AllToAll(
       send.ptr<float>(), recv.ptr<float>(), local_tokens * 3 * n.head_chunk, DType::kF32)));
   saved_qkv_ = arena.AllocateUninitialized(DType::kF32, Shape{batch, seq, 3, n.head_chunk});
   SwapOuterDims(backend, recv.ptr<float>(), sp, batch, n.local_seq * 3 * n.head_chunk,
@@ -120,7 +120,7 @@ absl::StatusOr<Tensor> UlyssesAttention::Forward(Arena& arena, int64_t batch, in
   Tensor out_recv = arena.AllocateUninitialized(DType::kF32, out_send.shape());
   SwapOuterDims(backend, saved_out_.ptr<float>(), batch, sp, n.local_seq * n.head_chunk,
                 out_send.ptr<float>());
-  TESSERA_RETURN_IF_ERROR(sp_->Complete(sp_->AllToAll(
+  TESSERA_RETURN_IF_ERROR(sp_->CompleteOnDevice(sp_->AllToAll(
       out_send.ptr<float>(), out_recv.ptr<float>(), local_tokens * n.head_chunk, DType::kF32)));
   Tensor out = arena.AllocateUninitialized(DType::kF32, Shape{local_tokens, heads_ * head_dim_});
   float* out_parts[1] = {out.ptr<float>()};
@@ -143,7 +143,7 @@ absl::Status UlyssesAttention::Backward(Arena& arena, const Tensor& dout, float*
   Tensor recv = arena.AllocateUninitialized(DType::kF32, send.shape());
   const float* dout_parts[1] = {dout.ptr<float>()};
   PackHeadBlocks(backend, n, dout_parts, 1, heads_ * head_dim_, send.ptr<float>());
-  TESSERA_RETURN_IF_ERROR(sp_->Complete(sp_->AllToAll(send.ptr<float>(), recv.ptr<float>(),
+  TESSERA_RETURN_IF_ERROR(sp_->CompleteOnDevice(sp_->AllToAll(send.ptr<float>(), recv.ptr<float>(),
                                                       local_tokens * n.head_chunk, DType::kF32)));
   Tensor heads_dout = arena.AllocateUninitialized(DType::kF32, Shape{batch_, seq_, n.head_chunk});
   SwapOuterDims(backend, recv.ptr<float>(), sp, batch_, n.local_seq * n.head_chunk,
@@ -163,7 +163,7 @@ absl::Status UlyssesAttention::Backward(Arena& arena, const Tensor& dout, float*
   Tensor dsend = arena.AllocateUninitialized(DType::kF32, Shape{sp, local_tokens, 3, n.head_chunk});
   Tensor drecv = arena.AllocateUninitialized(DType::kF32, dsend.shape());
   SwapOuterDims(backend, d, batch_, sp, n.local_seq * 3 * n.head_chunk, dsend.ptr<float>());
-  TESSERA_RETURN_IF_ERROR(sp_->Complete(sp_->AllToAll(
+  TESSERA_RETURN_IF_ERROR(sp_->CompleteOnDevice(sp_->AllToAll(
       dsend.ptr<float>(), drecv.ptr<float>(), local_tokens * 3 * n.head_chunk, DType::kF32)));
   float* grads[3] = {dq, dk, dv};
   UnpackHeadBlocks(backend, n, drecv.ptr<float>(), 3, row_stride_, grads);

@@ -27,15 +27,15 @@ absl::Status CheckMatrix(absl::string_view what, const Tensor& t, int64_t cols) 
 absl::StatusOr<Tensor> AllGatherRows(Arena& arena, Communicator& tp, const Tensor& x) {
   Tensor out = arena.AllocateUninitialized(DType::kF32, Shape{tp.size() * x.dim(0), x.dim(1)});
   TESSERA_RETURN_IF_ERROR(
-      tp.Complete(tp.AllGather(x.ptr<float>(), out.ptr<float>(), x.numel(), DType::kF32)));
+      tp.CompleteOnDevice(tp.AllGather(x.ptr<float>(), out.ptr<float>(), x.numel(), DType::kF32)));
   return out;
 }
 
 // [rows, cols] partial sums -> this rank's rows [rows / tp, cols] of the sum.
 absl::StatusOr<Tensor> ReduceScatterRows(Arena& arena, Communicator& tp, const Tensor& x) {
   Tensor out = arena.AllocateUninitialized(DType::kF32, Shape{x.dim(0) / tp.size(), x.dim(1)});
-  TESSERA_RETURN_IF_ERROR(tp.Complete(tp.ReduceScatter(x.ptr<float>(), out.ptr<float>(),
-                                                       out.numel(), DType::kF32, ReduceOp::kSum)));
+  TESSERA_RETURN_IF_ERROR(tp.CompleteOnDevice(tp.ReduceScatter(
+      x.ptr<float>(), out.ptr<float>(), out.numel(), DType::kF32, ReduceOp::kSum)));
   return out;
 }
 
@@ -118,8 +118,8 @@ absl::StatusOr<Tensor> ColumnParallelLinear::Forward(Arena& arena, const Tensor&
   // The all-gather stacks the ranks' [rows, out/tp] blocks; interleave them
   // into the columns of [rows, out].
   Tensor blocks = arena.AllocateUninitialized(DType::kF32, Shape{tp_.size(), rows, out_local_});
-  TESSERA_RETURN_IF_ERROR(
-      tp_.Complete(tp_.AllGather(y.ptr<float>(), blocks.ptr<float>(), y.numel(), DType::kF32)));
+  TESSERA_RETURN_IF_ERROR(tp_.CompleteOnDevice(
+      tp_.AllGather(y.ptr<float>(), blocks.ptr<float>(), y.numel(), DType::kF32)));
   Tensor full = arena.AllocateUninitialized(DType::kF32, Shape{rows, out_});  // [rows, out]
   const size_t block_row = out_local_ * sizeof(float);
   for (int p = 0; p < tp_.size(); ++p) {
@@ -161,8 +161,8 @@ absl::StatusOr<Tensor> ColumnParallelLinear::Backward(Arena& arena, const Tensor
     if (options_.sequence_parallel) {
       TESSERA_ASSIGN_OR_RETURN(dx, ReduceScatterRows(arena, tp_, dx));
     } else {
-      TESSERA_RETURN_IF_ERROR(
-          tp_.Complete(tp_.AllReduce(dx.ptr<float>(), dx.numel(), DType::kF32, ReduceOp::kSum)));
+      TESSERA_RETURN_IF_ERROR(tp_.CompleteOnDevice(
+          tp_.AllReduce(dx.ptr<float>(), dx.numel(), DType::kF32, ReduceOp::kSum)));
     }
   }
   saved_x_ = Tensor();
@@ -219,8 +219,8 @@ absl::StatusOr<Tensor> RowParallelLinear::Forward(Arena& arena, const Tensor& x)
   if (options_.sequence_parallel) {
     TESSERA_ASSIGN_OR_RETURN(y, ReduceScatterRows(arena, tp_, partial));  // [rows/tp, out]
   } else {
-    TESSERA_RETURN_IF_ERROR(
-        tp_.Complete(tp_.AllReduce(y.ptr<float>(), y.numel(), DType::kF32, ReduceOp::kSum)));
+    TESSERA_RETURN_IF_ERROR(tp_.CompleteOnDevice(
+        tp_.AllReduce(y.ptr<float>(), y.numel(), DType::kF32, ReduceOp::kSum)));
   }
   // After the reduction, so the replicated bias counts once.
   if (bias_ >= 0) {

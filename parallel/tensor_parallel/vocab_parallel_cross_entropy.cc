@@ -42,7 +42,8 @@ absl::StatusOr<double> VocabParallelCrossEntropy::Forward(const Tensor& logits,
   }
   const int ranks = tp_->size();
   std::vector<RowStats> all(static_cast<size_t>(rows) * ranks);
-  TESSERA_RETURN_IF_ERROR(tp_->Complete(tp_->AllGather(
+  Communicator& tp = tp_->host();  // per-row statistics on the host
+  TESSERA_RETURN_IF_ERROR(tp.Complete(tp.AllGather(
       mine.data(), all.data(), static_cast<size_t>(rows) * sizeof(RowStats), DType::kU8)));
   // Combined in rank order: the same loss and softmax on every rank.
   probs_ = Tensor::Empty(DType::kF32, logits.shape());

@@ -17,14 +17,10 @@
 #include "runtime/backend/device_select.h"
 #include "runtime/base/errors.h"
 #include "runtime/config/config.h"
+#include "tests/runtime/backend/pretend_device_backend.h"
 
 namespace tessera {
 namespace {
-
-class PretendDeviceBackend : public CpuBackend {
- public:
-  Device device() const override { return Device::kCuda; }
-};
 
 // "step", "loss", "aux_loss" and "grad_norm" of each line, as written.
 std::vector<std::string> LoggedNumbers(const std::string& path) {

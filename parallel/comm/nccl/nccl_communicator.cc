@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "parallel/comm/op_info.h"
+#include "runtime/backend/cuda_backend.h"
 #include "runtime/base/errors.h"
 #include "runtime/base/status.h"
 #include "runtime/kernels/cuda/check.h"
@@ -71,15 +72,44 @@ absl::Status CheckUsable(const NcclGroup& group) {
   return absl::OkStatus();
 }
 
+// Before each operation: the group is usable, no operation the compute
+// stream waits for is past its deadline, and the NCCL stream starts after
+// what the compute stream has queued.
+absl::Status Prepare(NcclGroup& group) {
+  TESSERA_RETURN_IF_ERROR(CheckUsable(group));
+  TESSERA_RETURN_IF_ERROR(group.CheckPending());
+  if (group.compute == nullptr) return absl::OkStatus();
+  TESSERA_CUDA(cudaEventRecord(group.ready, group.compute));
+  TESSERA_CUDA(cudaStreamWaitEvent(group.stream, group.ready, 0));
+  return absl::OkStatus();
+}
+
 class NcclWork final : public Work {
  public:
   NcclWork(std::shared_ptr<NcclGroup> group, const OpInfo& info, cudaEvent_t event)
       : group_(std::move(group)), info_(info), event_(event) {}
-  ~NcclWork() override { cudaEventDestroy(event_); }  // deferred by CUDA if pending
+  ~NcclWork() override {
+    if (event_ != nullptr) cudaEventDestroy(event_);  // deferred by CUDA if pending
+  }
 
   bool Test() override { return Poll(); }
 
+  // The compute stream waits for the event, which the group then watches.
+  absl::Status StreamWait(absl::Duration timeout) override {
+    if (group_->compute == nullptr) return Wait(timeout);
+    if (done_) return error_;
+    TESSERA_RETURN_IF_ERROR(CheckUsable(*group_));
+    done_ = true;
+    error_ = cuda::CudaStatus(cudaStreamWaitEvent(group_->compute, event_, 0),
+                              "cudaStreamWaitEvent", __FILE__, __LINE__);
+    if (!error_.ok()) return error_;
+    group_->pending.push_back({event_, Describe(), absl::Now() + timeout});
+    event_ = nullptr;
+    return absl::OkStatus();
+  }
+
   absl::Status Wait(absl::Duration timeout) override {
+    TESSERA_RETURN_IF_ERROR(group_->CheckPending());
     const absl::Time start = absl::Now();
     while (!Poll()) {
       const absl::Time now = absl::Now();
@@ -206,14 +236,47 @@ absl::Status NcclGroup::Abort() {
   return absl::OkStatus();
 }
 
+absl::Status NcclGroup::CheckPending() {
+  while (!pending.empty()) {
+    const Pending& first = pending.front();
+    const cudaError_t query = cudaEventQuery(first.done);
+    if (query == cudaErrorNotReady && absl::Now() < first.deadline) return absl::OkStatus();
+    if (query != cudaSuccess) {
+      const std::string cause =
+          query == cudaErrorNotReady
+              ? absl::StrCat("did not complete within ", absl::FormatDuration(timeout))
+              : absl::StrCat("failed: ", cudaGetErrorString(query));
+      Abort().IgnoreError();  // the operation's failure is the error to report
+      return CommunicationError(absl::StrCat("watchdog: ", first.what,
+                                             " (the compute stream waits for it) ", cause,
+                                             "; the NCCL communicator was aborted"));
+    }
+    cudaEventDestroy(first.done);
+    pending.erase(pending.begin());
+  }
+  return absl::OkStatus();
+}
+
 NcclGroup::~NcclGroup() {
+  for (const Pending& p : pending) cudaEventDestroy(p.done);
+  if (ready != nullptr) cudaEventDestroy(ready);
   if (comm != nullptr && !aborted) ncclCommDestroy(comm);
   if (barrier_word != nullptr) cudaFree(barrier_word);
   if (stream != nullptr) cudaStreamDestroy(stream);
 }
 
-absl::StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::Create(MpiCommunicator& group) {
+absl::StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::Create(MpiCommunicator& group,
+                                                                           Backend* compute) {
   auto nccl = std::make_shared<NcclGroup>();
+  if (compute != nullptr) {
+    if (compute->device() != Device::kCuda) {
+      return absl::InvalidArgumentError(absl::StrCat("NCCL group '", group.name(),
+                                                     "' ordered with a ",
+                                                     DeviceName(compute->device()), " backend"));
+    }
+    nccl->compute = static_cast<CudaBackend*>(compute)->stream();
+    TESSERA_CUDA(cudaEventCreateWithFlags(&nccl->ready, cudaEventDisableTiming));
+  }
   TESSERA_CUDA(cudaGetDevice(&nccl->device));
   ncclUniqueId id{};
   if (group.rank() == 0) TESSERA_NCCL(ncclGetUniqueId(&id));
@@ -229,12 +292,12 @@ absl::StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::Create(MpiCo
   nccl->timeout = group.timeout();
   nccl->watchdog = group.watchdog();
   nccl->counter = nccl->watchdog->Register("nccl:" + nccl->name, nccl->world_ranks);
-  return std::unique_ptr<NcclCommunicator>(new NcclCommunicator(std::move(nccl)));
+  return std::unique_ptr<NcclCommunicator>(new NcclCommunicator(std::move(nccl), group));
 }
 
 absl::StatusOr<std::unique_ptr<Work>> NcclCommunicator::AllReduce(void* data, size_t count,
                                                                   DType dtype, ReduceOp op) {
-  TESSERA_RETURN_IF_ERROR(CheckUsable(*group_));
+  TESSERA_RETURN_IF_ERROR(Prepare(*group_));
   TESSERA_ASSIGN_OR_RETURN(ncclDataType_t type, NcclType(dtype));
   TESSERA_ASSIGN_OR_RETURN(ncclRedOp_t nccl_op, NcclOp(op, dtype));
   OpInfo info{"AllReduce", ReduceOpName(op), count, count * DTypeSize(dtype), dtype};
@@ -247,7 +310,7 @@ absl::StatusOr<std::unique_ptr<Work>> NcclCommunicator::AllReduce(void* data, si
 absl::StatusOr<std::unique_ptr<Work>> NcclCommunicator::ReduceScatter(const void* send, void* recv,
                                                                       size_t recv_count,
                                                                       DType dtype, ReduceOp op) {
-  TESSERA_RETURN_IF_ERROR(CheckUsable(*group_));
+  TESSERA_RETURN_IF_ERROR(Prepare(*group_));
   TESSERA_ASSIGN_OR_RETURN(ncclDataType_t type, NcclType(dtype));
   TESSERA_ASSIGN_OR_RETURN(ncclRedOp_t nccl_op, NcclOp(op, dtype));
   const size_t block = recv_count * DTypeSize(dtype);
@@ -265,7 +328,7 @@ absl::StatusOr<std::unique_ptr<Work>> NcclCommunicator::ReduceScatter(const void
 
 absl::StatusOr<std::unique_ptr<Work>> NcclCommunicator::AllGather(const void* send, void* recv,
                                                                   size_t send_count, DType dtype) {
-  TESSERA_RETURN_IF_ERROR(CheckUsable(*group_));
+  TESSERA_RETURN_IF_ERROR(Prepare(*group_));
   TESSERA_ASSIGN_OR_RETURN(ncclDataType_t type, NcclType(dtype));
   const size_t block = send_count * DTypeSize(dtype);
   const bool in_place = send == static_cast<const char*>(recv) + block * rank();
@@ -283,7 +346,7 @@ absl::StatusOr<std::unique_ptr<Work>> NcclCommunicator::AllGather(const void* se
 absl::StatusOr<std::unique_ptr<Work>> NcclCommunicator::AllToAll(const void* send, void* recv,
                                                                  size_t count_per_rank,
                                                                  DType dtype) {
-  TESSERA_RETURN_IF_ERROR(CheckUsable(*group_));
+  TESSERA_RETURN_IF_ERROR(Prepare(*group_));
   TESSERA_ASSIGN_OR_RETURN(ncclDataType_t type, NcclType(dtype));
   const size_t n = static_cast<size_t>(size());
   const size_t bytes = count_per_rank * DTypeSize(dtype) * n;
@@ -303,7 +366,7 @@ absl::StatusOr<std::unique_ptr<Work>> NcclCommunicator::AllToAll(const void* sen
 absl::StatusOr<std::unique_ptr<Work>> NcclCommunicator::AllToAllV(
     const void* send, const std::vector<size_t>& send_counts, void* recv,
     const std::vector<size_t>& recv_counts, DType dtype) {
-  TESSERA_RETURN_IF_ERROR(CheckUsable(*group_));
+  TESSERA_RETURN_IF_ERROR(Prepare(*group_));
   TESSERA_ASSIGN_OR_RETURN(ncclDataType_t type, NcclType(dtype));
   const size_t n = static_cast<size_t>(size());
   if (send_counts.size() != n || recv_counts.size() != n) {
@@ -333,7 +396,7 @@ absl::StatusOr<std::unique_ptr<Work>> NcclCommunicator::AllToAllV(
 
 absl::StatusOr<std::unique_ptr<Work>> NcclCommunicator::Broadcast(void* data, size_t count,
                                                                   DType dtype, int root) {
-  TESSERA_RETURN_IF_ERROR(CheckUsable(*group_));
+  TESSERA_RETURN_IF_ERROR(Prepare(*group_));
   TESSERA_ASSIGN_OR_RETURN(ncclDataType_t type, NcclType(dtype));
   TESSERA_RETURN_IF_ERROR(CheckRank(root, size(), "Broadcast root"));
   OpInfo info{"Broadcast", nullptr, count, count * DTypeSize(dtype), dtype};
@@ -345,7 +408,7 @@ absl::StatusOr<std::unique_ptr<Work>> NcclCommunicator::Broadcast(void* data, si
 
 absl::StatusOr<std::unique_ptr<Work>> NcclCommunicator::Send(const void* data, size_t count,
                                                              DType dtype, int peer, int tag) {
-  TESSERA_RETURN_IF_ERROR(CheckUsable(*group_));
+  TESSERA_RETURN_IF_ERROR(Prepare(*group_));
   TESSERA_ASSIGN_OR_RETURN(ncclDataType_t type, NcclType(dtype));
   TESSERA_RETURN_IF_ERROR(CheckRank(peer, size(), "Send peer"));
   if (tag < 0) return absl::InvalidArgumentError(absl::StrCat("Send tag ", tag, " < 0"));
@@ -358,7 +421,7 @@ absl::StatusOr<std::unique_ptr<Work>> NcclCommunicator::Send(const void* data, s
 
 absl::StatusOr<std::unique_ptr<Work>> NcclCommunicator::Recv(void* data, size_t count, DType dtype,
                                                              int peer, int tag) {
-  TESSERA_RETURN_IF_ERROR(CheckUsable(*group_));
+  TESSERA_RETURN_IF_ERROR(Prepare(*group_));
   TESSERA_ASSIGN_OR_RETURN(ncclDataType_t type, NcclType(dtype));
   TESSERA_RETURN_IF_ERROR(CheckRank(peer, size(), "Recv peer"));
   if (tag < 0) return absl::InvalidArgumentError(absl::StrCat("Recv tag ", tag, " < 0"));
@@ -370,7 +433,7 @@ absl::StatusOr<std::unique_ptr<Work>> NcclCommunicator::Recv(void* data, size_t 
 }
 
 absl::StatusOr<std::unique_ptr<Work>> NcclCommunicator::Barrier() {
-  TESSERA_RETURN_IF_ERROR(CheckUsable(*group_));
+  TESSERA_RETURN_IF_ERROR(Prepare(*group_));
   OpInfo info{"Barrier", nullptr, 0, 0, DType::kI32};
   info.seq = group_->counter->Enter();
   return Enqueued(group_, info,

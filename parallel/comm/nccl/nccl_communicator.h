@@ -6,7 +6,16 @@
 // rank 0 creates the ncclUniqueId, broadcasts it over MPI, and every member
 // joins with ncclCommInitRank on its current CUDA device (select it first,
 // by local rank). The NCCL communicator takes that group's name, ranks,
-// timeout and watchdog.
+// timeout and watchdog, and keeps it as host(): host values go over MPI.
+//
+// Ordering with the compute stream of a CudaBackend (`compute`, when given):
+// every operation first makes the NCCL stream wait for the work queued on
+// the compute stream so far (an event recorded there), and
+// Work::StreamWait makes the compute stream wait for the operation's event,
+// so neither side blocks the host. A Work finished that way stays watched:
+// each later operation of the group, and each Wait, checks the ones still
+// pending, and one past its deadline aborts the communicator with the
+// CommunicationError (exit 5) naming it.
 //
 // Differences from the MPI backend, all NCCL's own:
 //  - every dtype reduces, bf16 and f16 included (kAvg is ncclAvg, f32/bf16/f16
@@ -37,6 +46,7 @@
 #include "parallel/comm/communicator.h"
 #include "parallel/comm/mpi_communicator.h"
 #include "parallel/comm/watchdog.h"
+#include "runtime/backend/backend.h"
 
 namespace tessera::parallel {
 
@@ -53,20 +63,38 @@ struct NcclGroup {
   std::shared_ptr<Watchdog> watchdog;
   std::shared_ptr<WatchdogGroup> counter;
   bool aborted = false;
+  // The compute stream the operations are ordered with (null: none), and
+  // the event each operation records there first.
+  cudaStream_t compute = nullptr;
+  cudaEvent_t ready = nullptr;
+  // Operations the compute stream waits for, not yet seen complete.
+  struct Pending {
+    cudaEvent_t done;
+    std::string what;  // the operation, for the timeout message
+    absl::Time deadline;
+  };
+  std::vector<Pending> pending;
   absl::Status Abort();  // ncclCommAbort once
+  // Drops the pending operations that completed; aborts with a
+  // CommunicationError naming the first one past its deadline.
+  absl::Status CheckPending();
   ~NcclGroup();
 };
 
 class NcclCommunicator final : public Communicator {
  public:
-  // Collective over the members of `group`.
-  static absl::StatusOr<std::unique_ptr<NcclCommunicator>> Create(MpiCommunicator& group);
+  // Collective over the members of `group`, which must outlive the
+  // result. `compute`: the CudaBackend whose stream the operations are
+  // ordered with (see above), or null.
+  static absl::StatusOr<std::unique_ptr<NcclCommunicator>> Create(MpiCommunicator& group,
+                                                                  Backend* compute = nullptr);
 
   int rank() const override { return group_->rank; }
   int size() const override { return static_cast<int>(group_->world_ranks.size()); }
   const std::string& name() const override { return group_->name; }
   const std::vector<int>& world_ranks() const override { return group_->world_ranks; }
   absl::Duration timeout() const override { return group_->timeout; }
+  Communicator& host() override { return host_; }
   cudaStream_t stream() const { return group_->stream; }
 
   absl::StatusOr<std::unique_ptr<Work>> AllReduce(void* data, size_t count, DType dtype,
@@ -92,8 +120,10 @@ class NcclCommunicator final : public Communicator {
   absl::StatusOr<std::unique_ptr<Work>> Barrier() override;
 
  private:
-  explicit NcclCommunicator(std::shared_ptr<NcclGroup> group) : group_(std::move(group)) {}
+  NcclCommunicator(std::shared_ptr<NcclGroup> group, MpiCommunicator& host)
+      : group_(std::move(group)), host_(host) {}
   std::shared_ptr<NcclGroup> group_;
+  MpiCommunicator& host_;
 };
 
 }  // namespace tessera::parallel

@@ -7,17 +7,13 @@
 #include "runtime/tensor/arena.h"
 #include "runtime/tensor/host_access.h"
 #include "runtime/tensor/tensor.h"
+#include "tests/runtime/backend/pretend_device_backend.h"
 
 namespace tessera {
 namespace {
 
-// Host memory that calls itself a device's: what a host-only read of GPU
-// memory looks like to Tensor, without needing a GPU.
-class PretendDeviceBackend : public CpuBackend {
- public:
-  Device device() const override { return Device::kCuda; }
-};
-
+// PretendDeviceBackend: host memory that calls itself a device's, what a
+// host-only read of GPU memory looks like to Tensor, without needing a GPU.
 TEST(HostCheck, ReadingADeviceTensorOnTheHostFailsWithACheck) {
   PretendDeviceBackend device;
   Tensor t = Tensor::Empty(DType::kF32, Shape{4}, device);

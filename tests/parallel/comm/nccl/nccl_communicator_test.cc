@@ -12,6 +12,7 @@
 
 #include "absl/strings/match.h"
 #include "parallel/comm/mpi_runtime.h"
+#include "runtime/backend/device_select.h"
 #include "runtime/base/errors.h"
 #include "runtime/base/status.h"
 #include "runtime/kernels/cuda/device.h"
@@ -186,6 +187,60 @@ TEST_F(NcclCommunicatorTest, UnmatchedReceiveFailsWithCommunicationErrorAndAbort
   ASSERT_FALSE(status.ok());
   EXPECT_EQ(ExitCodeFor(status), 5) << status;
   EXPECT_TRUE(absl::StrContains(status.message(), "Recv of 4 x f32 (16 bytes)")) << status;
+}
+
+// A communicator ordered with a CudaBackend's compute stream: the collective
+// reads what compute ops queued before it wrote, and compute ops queued after
+// CompleteOnDevice read its result, with no host wait in between.
+TEST_F(NcclCommunicatorTest, OrderedWithTheComputeStreamWithoutHostWaits) {
+  auto backend = CreateCudaBackend(MpiForTests()->world_rank() % cuda::DeviceCount());
+  ASSERT_TRUE(backend.ok()) << backend.status();
+  auto ordered = NcclCommunicator::Create(*world_, backend->get());
+  ASSERT_TRUE(ordered.ok()) << ordered.status();
+  EXPECT_EQ(&(*ordered)->host(), world_.get());
+  const int me = (*ordered)->rank(), n = (*ordered)->size();
+  constexpr size_t kCount = 1 << 20;  // large enough that unordered reads would show
+  std::vector<float> host(kCount);
+  for (size_t i = 0; i < kCount; ++i) host[i] = Input(me, i, 6);
+  void* data = nullptr;
+  ASSERT_TRUE((*backend)->Allocate(kCount * sizeof(float), &data).ok());
+  float* values = static_cast<float*>(data);
+  (*backend)->CopyToDevice(values, host.data(), kCount * sizeof(float));
+  (*backend)->Scale(values, kCount, 4.0f);  // produced on the compute stream
+  ASSERT_TRUE(
+      (*ordered)
+          ->CompleteOnDevice((*ordered)->AllReduce(values, kCount, DType::kF32, ReduceOp::kSum))
+          .ok());
+  (*backend)->Scale(values, kCount, 0.25f);  // consumed on the compute stream
+  (*backend)->CopyToHost(host.data(), values, kCount * sizeof(float));
+  ASSERT_TRUE((*backend)->Synchronize().ok());
+  (*backend)->Free(data);
+  for (size_t i = 0; i < kCount; i += 4099) {
+    double want = 0;
+    for (int r = 0; r < n; ++r) want += Input(r, i, 6);
+    ASSERT_EQ(host[i], want) << i;
+  }
+}
+
+// A collective the compute stream waits for, which never completes, is
+// caught by the group's next operation after its deadline: exit code 5
+// naming it, and the communicator aborted.
+TEST_F(NcclCommunicatorTest, AStreamWaitedCollectiveThatNeverCompletesEndsTheNextOperation) {
+  if (comm_->size() != 1) GTEST_SKIP() << "relies on a lone receive from itself";
+  auto backend = CreateCudaBackend(MpiForTests()->world_rank() % cuda::DeviceCount());
+  ASSERT_TRUE(backend.ok()) << backend.status();
+  auto ordered = NcclCommunicator::Create(*world_, backend->get());
+  ASSERT_TRUE(ordered.ok()) << ordered.status();
+  DeviceBuffer data = Upload(std::vector<float>(4));
+  auto work = (*ordered)->Recv(data.data(), 4, DType::kF32, 0, 0);  // nobody sends
+  ASSERT_TRUE(work.ok()) << work.status();
+  ASSERT_TRUE((*work)->StreamWait(absl::Milliseconds(200)).ok());  // the host goes on
+  absl::SleepFor(absl::Milliseconds(400));
+  const absl::Status status = (*ordered)->Barrier().status();
+  ASSERT_FALSE(status.ok());
+  EXPECT_EQ(ExitCodeFor(status), 5) << status;
+  EXPECT_TRUE(absl::StrContains(status.message(), "Recv of 4 x f32 (16 bytes)")) << status;
+  EXPECT_TRUE(absl::StrContains(status.message(), "aborted")) << status;
 }
 
 }  // namespace

@@ -1,0 +1,90 @@
+// A device for tests on machines without a GPU: the CPU backend's ops on
+// host memory that calls itself a CUDA device's. Host reads of its buffers
+// through Tensor::data<T>() abort, as on a GPU, and every copy between host
+// and "device" checks that its device side lies in a buffer this backend
+// allocated and its host side does not, so host memory handed where device
+// memory belongs (or the reverse) fails the test instead of working by luck.
+#pragma once
+
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+
+#include "absl/synchronization/mutex.h"
+#include "runtime/backend/cpu_backend.h"
+#include "runtime/base/status.h"
+
+namespace tessera {
+
+class PretendDeviceBackend : public CpuBackend {
+ public:
+  Device device() const override { return Device::kCuda; }
+
+  absl::Status Allocate(size_t bytes, void** out) override {
+    TESSERA_RETURN_IF_ERROR(CpuBackend::Allocate(bytes, out));
+    absl::MutexLock lock(&mu_);
+    buffers_[reinterpret_cast<uintptr_t>(*out)] = bytes;
+    return absl::OkStatus();
+  }
+  void Free(void* ptr) override {
+    {
+      absl::MutexLock lock(&mu_);
+      buffers_.erase(reinterpret_cast<uintptr_t>(ptr));
+    }
+    CpuBackend::Free(ptr);
+  }
+  // The GEMM peak measurement sizes its product for a GPU (n = 8192: over a
+  // TFLOP, minutes of CPU time): the pretend device skips products of that
+  // size (no test model comes near it) so that runs on it stay fast.
+  void Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+            const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+            int64_t ldc) override {
+    if (m >= 8192 && n >= 8192 && k >= 8192) return;
+    CpuBackend::Gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  }
+  void CopyToDevice(void* dst, const void* host_src, size_t bytes) override {
+    CheckSides(dst, host_src, bytes, "CopyToDevice");
+    CpuBackend::CopyToDevice(dst, host_src, bytes);
+  }
+  void CopyToHost(void* host_dst, const void* src, size_t bytes) override {
+    CheckSides(src, host_dst, bytes, "CopyToHost");
+    {
+      absl::MutexLock lock(&mu_);
+      bytes_to_host_ += bytes;
+    }
+    CpuBackend::CopyToHost(host_dst, src, bytes);
+  }
+
+  // Whether [ptr, ptr + bytes) lies inside one buffer of this backend.
+  bool Owns(const void* ptr, size_t bytes) const {
+    const uintptr_t at = reinterpret_cast<uintptr_t>(ptr);
+    absl::MutexLock lock(&mu_);
+    auto it = buffers_.upper_bound(at);
+    if (it == buffers_.begin()) return false;
+    --it;
+    return at + bytes <= it->first + it->second;
+  }
+  // Bytes copied to the host so far (staging traffic in tests).
+  size_t bytes_to_host() const {
+    absl::MutexLock lock(&mu_);
+    return bytes_to_host_;
+  }
+
+ private:
+  void CheckSides(const void* device, const void* host, size_t bytes, const char* what) const {
+    if (bytes == 0) return;
+    if (!Owns(device, bytes) || Owns(host, 1)) {
+      std::fprintf(stderr, "PretendDeviceBackend::%s: %s\n", what,
+                   Owns(host, 1) ? "the host side is device memory"
+                                 : "the device side is not device memory");
+      std::abort();
+    }
+  }
+
+  mutable absl::Mutex mu_;
+  std::map<uintptr_t, size_t> buffers_ ABSL_GUARDED_BY(mu_);
+  size_t bytes_to_host_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace tessera
