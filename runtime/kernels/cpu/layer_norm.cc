@@ -27,6 +27,17 @@ double RowVariance(const float* x, double mean, int64_t dim) {
   return sum / static_cast<double>(dim);
 }
 
+// A row's mean and 1 / sqrt(variance + eps), as the float values the
+// normalization and the backward use.
+struct RowStats {
+  float mean, rstd;
+};
+RowStats LayerNormRowStats(const float* x, int64_t dim, float eps) {
+  const double mu = RowMean(x, dim);
+  const double var = RowVariance(x, mu, dim);
+  return {static_cast<float>(mu), static_cast<float>(1.0 / std::sqrt(var + eps))};
+}
+
 double RowMeanSquare(const float* x, int64_t dim) {
   double sum = 0.0;
 #pragma omp simd reduction(+ : sum)
@@ -42,10 +53,7 @@ void LayerNormForward(const float* x, const float* gamma, const float* beta, flo
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * dim;
     float* yr = y + r * dim;
-    const double mu = RowMean(xr, dim);
-    const double var = RowVariance(xr, mu, dim);
-    const float m = static_cast<float>(mu);
-    const float s = static_cast<float>(1.0 / std::sqrt(var + eps));
+    const auto [m, s] = LayerNormRowStats(xr, dim, eps);
     mean[r] = m;
     rstd[r] = s;
     if (gamma == nullptr) {
@@ -121,10 +129,7 @@ void LayerNormModulateForward(const float* x, const float* shift, const float* s
     const float* sh = shift + (r / seq) * cond_stride;
     const float* sc = scale + (r / seq) * cond_stride;
     float* yr = y + r * dim;
-    const double mu = RowMean(xr, dim);
-    const double var = RowVariance(xr, mu, dim);
-    const float m = static_cast<float>(mu);
-    const float s = static_cast<float>(1.0 / std::sqrt(var + eps));
+    const auto [m, s] = LayerNormRowStats(xr, dim, eps);
     mean[r] = m;
     rstd[r] = s;
 #pragma omp simd
