@@ -372,10 +372,10 @@ absl::StatusOr<Tensor> ExpertParallelMoe::Backward(Arena& arena, const Tensor& d
   backend.PermuteBackward(dpermuted.ptr<float>(), row_of_assignment_.ptr<int32_t>(),
                           dx.ptr<float>(), T, dim_, k);
   // Balance loss over the group's tokens: d/dp[t, i] = alpha * f_i / T_group.
-  RouterGradientInputs router{raw_weights_.data<float>(),
-                              weights_.data<float>(),
-                              chosen_index_.data<int32_t>(),
-                              probs_.data<float>(),
+  RouterGradientInputs router{raw_weights_.ptr<float>(),
+                              weights_.ptr<float>(),
+                              chosen_index_.ptr<int32_t>(),
+                              probs_.ptr<float>(),
                               &balance_f_,
                               T,
                               E,
@@ -384,7 +384,7 @@ absl::StatusOr<Tensor> ExpertParallelMoe::Backward(Arena& arena, const Tensor& d
                               options_.renormalize_topk && k > 1,
                               options_.balance_loss_coef,
                               loss_scale};
-  AddSharedAndRouterGradients(arena, dy, shared_.get(), router_, router, dweights.data<float>(),
+  AddSharedAndRouterGradients(arena, dy, shared_.get(), router_, router, dweights.ptr<float>(),
                               dx);
   probs_ = chosen_index_ = expert_index_ = raw_weights_ = weights_ = row_of_assignment_ =
       returned_out_ = Tensor();

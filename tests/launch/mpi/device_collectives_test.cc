@@ -101,6 +101,24 @@ TEST(DeviceCollectives, ZeroOneOnAPretendDeviceEqualsTheCpuRun) {
   ExpectDeviceRunEqualsCpuRun("zero1", cpu, device);
 }
 
+// Tensor and expert parallelism move activations and expert tokens over the
+// device communicators, and their MoE backward works on device memory.
+TEST(DeviceCollectives, TensorParallelOnAPretendDeviceEqualsTheCpuRun) {
+  if (g_distributed->size() % 2 != 0) GTEST_SKIP() << "tp2 needs an even number of ranks";
+  RunConfig cpu = TinyDitConfig("tp_cpu"), device = TinyDitConfig("tp_device");
+  cpu.mutable_parallel()->set_tp(2);
+  device.mutable_parallel()->set_tp(2);
+  ExpectDeviceRunEqualsCpuRun("tp2", cpu, device);
+}
+
+TEST(DeviceCollectives, ExpertParallelOnAPretendDeviceEqualsTheCpuRun) {
+  if (g_distributed->size() % 2 != 0) GTEST_SKIP() << "ep2 needs an even number of ranks";
+  RunConfig cpu = TinyDitConfig("ep_cpu"), device = TinyDitConfig("ep_device");
+  cpu.mutable_parallel()->set_ep(2);
+  device.mutable_parallel()->set_ep(2);
+  ExpectDeviceRunEqualsCpuRun("ep2", cpu, device);
+}
+
 }  // namespace
 }  // namespace tessera
 
