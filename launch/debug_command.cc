@@ -172,6 +172,9 @@ absl::Status DumpStep(const ParsedArguments& args, Distributed& distributed) {
     TESSERA_RETURN_IF_ERROR(AgreeOnRunConfig(config, distributed.mpi->world_rank(), world_size));
   }
   TESSERA_RETURN_IF_ERROR(ValidateRun(config, world_size));
+  // The dump runs on the host (docs/debugging.md): its groups' device
+  // communicators are the MPI groups themselves.
+  distributed.backend = &HostBackend();
   if (distributed.mpi) TESSERA_RETURN_IF_ERROR(BuildGroups(config, distributed));
   ConfigureThreads(config, distributed.local_size);
   TESSERA_ASSIGN_OR_RETURN(DumpRun run, BuildDumpRun(config, distributed));
