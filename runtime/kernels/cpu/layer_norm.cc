@@ -53,7 +53,10 @@ void LayerNormForward(const float* x, const float* gamma, const float* beta, flo
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * dim;
     float* yr = y + r * dim;
-    const auto [m, s] = LayerNormRowStats(xr, dim, eps);
+    // Plain locals, not a structured binding: clang does not let OpenMP
+    // simd regions refer to those.
+    const RowStats stats = LayerNormRowStats(xr, dim, eps);
+    const float m = stats.mean, s = stats.rstd;
     mean[r] = m;
     rstd[r] = s;
     if (gamma == nullptr) {
@@ -129,7 +132,10 @@ void LayerNormModulateForward(const float* x, const float* shift, const float* s
     const float* sh = shift + (r / seq) * cond_stride;
     const float* sc = scale + (r / seq) * cond_stride;
     float* yr = y + r * dim;
-    const auto [m, s] = LayerNormRowStats(xr, dim, eps);
+    // Plain locals, not a structured binding: clang does not let OpenMP
+    // simd regions refer to those.
+    const RowStats stats = LayerNormRowStats(xr, dim, eps);
+    const float m = stats.mean, s = stats.rstd;
     mean[r] = m;
     rstd[r] = s;
 #pragma omp simd
