@@ -54,25 +54,35 @@ void CheckTable(const HstuConfig& m, int world_size, ConfigChecker& check) {
                absl::StrCat(Field("model.hstu.table_lr", m.table_lr()), " must be >= 0"));
 }
 
-// Tensor parallelism splits the heads (layer.h); sequence and expert
-// parallelism of HSTU are not built.
+// Tensor parallelism splits the heads, sequence parallelism the tokens and,
+// around attention, each tp rank's heads (layer.h); expert parallelism and
+// Megatron's sequence parallelism have nothing to split in HSTU.
 void CheckParallel(const HstuConfig& m, const ParallelConfig& p, ConfigChecker& check) {
-  check.Expect(p.sp() == 1 && p.ep() == 1 && p.etp() == 1 && !p.sequence_parallel(),
-               absl::StrCat("model.hstu runs under data and tensor parallelism only: ",
-                            Field("parallel.sp", p.sp()), ", ", Field("parallel.ep", p.ep()), ", ",
-                            Field("parallel.etp", p.etp()),
-                            " and parallel.sequence_parallel must keep their defaults"));
-  if (p.tp() <= 1 || m.num_heads() <= 0) return;
-  check.Expect(m.num_heads() % p.tp() == 0,
-               absl::StrCat(Field("model.hstu.num_heads", m.num_heads()),
-                            " must be divisible by ", Field("parallel.tp", p.tp()),
-                            " (tensor parallelism splits the heads)"));
-  check.Expect(m.linear_dim() == m.attention_dim(),
-               absl::StrCat(Field("model.hstu.linear_dim", m.linear_dim()), " must equal ",
-                            Field("model.hstu.attention_dim", m.attention_dim()), " when ",
-                            Field("parallel.tp", p.tp()),
-                            " > 1 (the fused U, V, Q, K projection is split over tp as four "
-                            "equal blocks)"));
+  check.Expect(p.ep() == 1 && p.etp() == 1 && !p.sequence_parallel(),
+               absl::StrCat("model.hstu has no experts and no Megatron sequence parallelism: ",
+                            Field("parallel.ep", p.ep()), ", ", Field("parallel.etp", p.etp()),
+                            " and parallel.sequence_parallel must keep their defaults (parallel.sp "
+                            "splits HSTU's tokens)"));
+  if (m.num_heads() <= 0 || p.tp() < 1 || p.sp() < 1) return;
+  if (p.tp() > 1) {
+    check.Expect(m.num_heads() % p.tp() == 0,
+                 absl::StrCat(Field("model.hstu.num_heads", m.num_heads()),
+                              " must be divisible by ", Field("parallel.tp", p.tp()),
+                              " (tensor parallelism splits the heads)"));
+    check.Expect(m.linear_dim() == m.attention_dim(),
+                 absl::StrCat(Field("model.hstu.linear_dim", m.linear_dim()), " must equal ",
+                              Field("model.hstu.attention_dim", m.attention_dim()), " when ",
+                              Field("parallel.tp", p.tp()),
+                              " > 1 (the fused U, V, Q, K projection is split over tp as four "
+                              "equal blocks)"));
+  }
+  if (p.sp() > 1 && m.num_heads() % p.tp() == 0) {
+    check.Expect((m.num_heads() / p.tp()) % p.sp() == 0,
+                 absl::StrCat(Field("model.hstu.num_heads", m.num_heads()), " must be divisible by ",
+                              Field("parallel.tp", p.tp()), " * ", Field("parallel.sp", p.sp()),
+                              " (Ulysses gives each sp rank a share of every tp rank's heads in "
+                              "attention)"));
+  }
 }
 
 }  // namespace

@@ -83,7 +83,8 @@ absl::StatusOr<std::unique_ptr<HstuModel>> HstuModel::Build(
   const HstuConfig& m = built->config_.hstu();
   built->store_ = std::make_unique<ParameterStore>();
   parallel::Communicator* tp = model_parallel ? model_parallel->tp : nullptr;
-  TESSERA_ASSIGN_OR_RETURN(built->model_, Hstu::Create(m, *built->store_, tp));
+  parallel::Communicator* sp = model_parallel ? model_parallel->sp : nullptr;
+  TESSERA_ASSIGN_OR_RETURN(built->model_, Hstu::Create(m, *built->store_, tp, sp));
   built->store_->Finalize(config.train().seed(), layout);
   parallel::Communicator* group = model_parallel ? model_parallel->table : nullptr;
   parallel::Communicator* replicas = model_parallel ? model_parallel->table_replicas : nullptr;

@@ -23,9 +23,10 @@ Tensor ApplyDropout(Arena& arena, const Tensor& x, const Tensor& mask) {
 
 absl::StatusOr<std::unique_ptr<HstuLayer>> HstuLayer::Create(ParameterStore& store,
                                                               parallel::Communicator& tp,
+                                                              parallel::Communicator& sp,
                                                               const std::string& name,
                                                               const HstuLayerDims& dims) {
-  auto layer = std::unique_ptr<HstuLayer>(new HstuLayer(store, tp, name, dims));
+  auto layer = std::unique_ptr<HstuLayer>(new HstuLayer(store, tp, sp, name, dims));
   parallel::TensorParallelLinearOptions uvqk;
   uvqk.bias = false;
   uvqk.weight_init = ParamInit::Normal(0.02f);
@@ -47,12 +48,15 @@ absl::StatusOr<std::unique_ptr<HstuLayer>> HstuLayer::Create(ParameterStore& sto
   return layer;
 }
 
-HstuLayer::HstuLayer(ParameterStore& store, parallel::Communicator& tp, const std::string& name,
+HstuLayer::HstuLayer(ParameterStore& store, parallel::Communicator& tp,
+                     parallel::Communicator& sp, const std::string& name,
                      const HstuLayerDims& dims)
     : store_(store),
       tp_(tp),
+      sp_(sp),
       dims_(dims),
       local_(dims.Local(tp.size())),
+      attend_(dims.Local(tp.size() * sp.size())),
       input_norm_(store, name + ".input_norm", dims.dim, /*affine=*/false, kNormEps) {}
 
 absl::StatusOr<Tensor> HstuLayer::GatherHeads(Arena& arena, Columns local, int64_t rows,
@@ -84,23 +88,16 @@ void HstuLayer::KeepHeads(Arena& arena, Columns whole, Columns local, int64_t ro
 absl::StatusOr<Tensor> HstuLayer::Forward(Arena& arena, const Tensor& x,
                                           const JaggedTokens& tokens,
                                           const Tensor& dropout_mask) {
-  TESSERA_CHECK(x.rank() == 2 && x.dim(0) == tokens.total && x.dim(1) == dims_.dim);
+  TESSERA_CHECK(x.rank() == 2 && x.dim(0) == tokens.mine.size() && x.dim(1) == dims_.dim);
   Backend& backend = arena.backend();
-  const int64_t total = tokens.total, width = local_.fused(), gated = local_.gated();
+  const int64_t total = tokens.mine.size(), width = local_.fused(), gated = local_.gated();
   const int64_t hv = gated, hqk = local_.heads * local_.attention_dim;
   tokens_ = tokens;
   TESSERA_ASSIGN_OR_RETURN(projected_, uvqk_->Forward(arena, input_norm_.Forward(arena, x)));
   fused_ = arena.AllocateUninitialized(DType::kF32, Shape{total, width});  // [total, fused / tp]
   backend.SiluForward(projected_.ptr<float>(), fused_.ptr<float>(), total * width);
   float* f = fused_.ptr<float>();  // row = [U | V | Q | K] of this rank's heads
-  attention_ = arena.AllocateUninitialized(DType::kF32, Shape{total, gated});
-  backend.HstuAttentionForward(tokens.offsets, tokens.users, local_.max_len, local_.heads,
-                               local_.attention_dim, local_.linear_dim, f + 2 * hv,
-                               f + 2 * hv + hqk, width, f + hv, width,
-                               store_.param(pos_bias_).ptr<float>(),
-                               store_.param(time_bias_).ptr<float>(), local_.num_time_buckets,
-                               tokens.timestamps, tokens.query_timestamps,
-                               attention_.ptr<float>());
+  TESSERA_RETURN_IF_ERROR(Attend(arena, f + hv, f + 2 * hv, f + 2 * hv + hqk, width));
   // The norm spans every head: the gate is computed on whole rows.
   const int64_t all_gated = dims_.gated();
   all_attention_ = {attention_.ptr<float>(), gated};
@@ -132,7 +129,7 @@ absl::StatusOr<Tensor> HstuLayer::Forward(Arena& arena, const Tensor& x,
 
 absl::StatusOr<Tensor> HstuLayer::Backward(Arena& arena, const Tensor& dy) {
   Backend& backend = arena.backend();
-  const int64_t total = tokens_.total, width = local_.fused(), gated = local_.gated();
+  const int64_t total = tokens_.mine.size(), width = local_.fused(), gated = local_.gated();
   const int64_t hv = gated, hqk = local_.heads * local_.attention_dim;
   const int64_t all_gated = dims_.gated();
   TESSERA_ASSIGN_OR_RETURN(Tensor dgate, o_->Backward(arena, dy));  // [total, H dv / tp]
@@ -158,30 +155,96 @@ absl::StatusOr<Tensor> HstuLayer::Backward(Arena& arena, const Tensor& dy) {
     KeepHeads(arena, all_dattention, {dattention.ptr<float>(), gated}, total, gated);
     KeepHeads(arena, all_du, {df, width}, total, gated);
   }
-  const float* f = fused_.ptr<float>();
-  backend.HstuAttentionBackward(
-      tokens_.offsets, tokens_.users, local_.max_len, local_.heads, local_.attention_dim,
-      local_.linear_dim, f + 2 * hv, f + 2 * hv + hqk, width, f + hv, width,
-      store_.param(pos_bias_).ptr<float>(), store_.param(time_bias_).ptr<float>(),
-      local_.num_time_buckets, tokens_.timestamps, tokens_.query_timestamps,
-      dattention.ptr<float>(), df + 2 * hv, df + 2 * hv + hqk, df + hv,
-      store_.grad(pos_bias_).ptr<float>(), store_.grad(time_bias_).ptr<float>());
+  TESSERA_RETURN_IF_ERROR(
+      AttendBackward(arena, dattention, df + hv, df + 2 * hv, df + 2 * hv + hqk, width));
   Tensor dprojected = arena.AllocateUninitialized(DType::kF32, Shape{total, width});
   backend.SiluBackward(df, projected_.ptr<float>(), dprojected.ptr<float>(), total * width);
   TESSERA_ASSIGN_OR_RETURN(const Tensor dnormed, uvqk_->Backward(arena, dprojected));
   Tensor dx = input_norm_.Backward(arena, dnormed);
   backend.AddInPlace(dx.ptr<float>(), dy.ptr<float>(), total * dims_.dim);
   projected_ = fused_ = attention_ = gate_mean_ = gate_rstd_ = dropout_mask_ = Tensor();
+  heads_vqk_ = Tensor();
+  exchange_.reset();
   all_attention_ = all_u_ = Columns();
   return dx;
 }
 
+absl::Status HstuLayer::Attend(Arena& arena, float* v, float* q, float* k, int64_t stride) {
+  Backend& backend = arena.backend();
+  const JaggedTokens& t = tokens_;
+  const int64_t rows = t.mine.size(), hv = local_.gated();
+  const int64_t hqk = local_.heads * local_.attention_dim;
+  attention_ = arena.AllocateUninitialized(DType::kF32, Shape{rows, hv});
+  const float* pos = store_.param(pos_bias_).ptr<float>();
+  const float* time = store_.param(time_bias_).ptr<float>();
+  if (sp_.size() == 1) {
+    backend.HstuAttentionForward(t.offsets, t.users, local_.max_len, local_.heads,
+                                 local_.attention_dim, local_.linear_dim, q, k, stride, v, stride,
+                                 pos, time, local_.num_time_buckets, t.timestamps,
+                                 t.query_timestamps, attention_.ptr<float>());
+    return absl::OkStatus();
+  }
+  // Every token, this rank's heads: [V | Q | K] of them side by side.
+  exchange_ = std::make_unique<parallel::JaggedUlysses>(sp_, t.total);
+  const parallel::ColumnBlock vqk[] = {{v, stride, hv}, {q, stride, hqk}, {k, stride, hqk}};
+  TESSERA_ASSIGN_OR_RETURN(heads_vqk_, exchange_->ToHeads(arena, vqk));
+  const int64_t part = heads_vqk_.dim(1), hv_part = attend_.gated();
+  const int64_t hqk_part = attend_.heads * attend_.attention_dim;
+  const float* h = heads_vqk_.ptr<float>();
+  Tensor out = arena.AllocateUninitialized(DType::kF32, Shape{t.total, hv_part});
+  backend.HstuAttentionForward(t.offsets, t.users, attend_.max_len, attend_.heads,
+                               attend_.attention_dim, attend_.linear_dim, h + hv_part,
+                               h + hv_part + hqk_part, part, h, part, pos, time,
+                               attend_.num_time_buckets, t.timestamps, t.query_timestamps,
+                               out.ptr<float>());
+  const parallel::ColumnBlock a[] = {{attention_.ptr<float>(), hv, hv}};
+  return exchange_->ToTokens(arena, out, a);
+}
+
+absl::Status HstuLayer::AttendBackward(Arena& arena, const Tensor& dattention, float* dv,
+                                       float* dq, float* dk, int64_t stride) {
+  Backend& backend = arena.backend();
+  const JaggedTokens& t = tokens_;
+  const int64_t hv = local_.gated(), hqk = local_.heads * local_.attention_dim;
+  const float* pos = store_.param(pos_bias_).ptr<float>();
+  const float* time = store_.param(time_bias_).ptr<float>();
+  float* dpos = store_.grad(pos_bias_).ptr<float>();
+  float* dtime = store_.grad(time_bias_).ptr<float>();
+  if (sp_.size() == 1) {
+    const float* f = fused_.ptr<float>();
+    const float *v = f + hv, *q = f + 2 * hv, *k = f + 2 * hv + hqk;
+    backend.HstuAttentionBackward(t.offsets, t.users, local_.max_len, local_.heads,
+                                  local_.attention_dim, local_.linear_dim, q, k, stride, v, stride,
+                                  pos, time, local_.num_time_buckets, t.timestamps,
+                                  t.query_timestamps, dattention.ptr<float>(), dq, dk, dv, dpos,
+                                  dtime);
+    return absl::OkStatus();
+  }
+  const parallel::ColumnBlock da[] = {{dattention.ptr<float>(), hv, hv}};
+  TESSERA_ASSIGN_OR_RETURN(const Tensor dout, exchange_->ToHeads(arena, da));
+  const int64_t part = heads_vqk_.dim(1), hv_part = attend_.gated();
+  const int64_t hqk_part = attend_.heads * attend_.attention_dim;
+  const float* h = heads_vqk_.ptr<float>();
+  Tensor dheads = arena.AllocateUninitialized(DType::kF32, heads_vqk_.shape());
+  float* dh = dheads.ptr<float>();
+  backend.HstuAttentionBackward(t.offsets, t.users, attend_.max_len, attend_.heads,
+                                attend_.attention_dim, attend_.linear_dim, h + hv_part,
+                                h + hv_part + hqk_part, part, h, part, pos, time,
+                                attend_.num_time_buckets, t.timestamps, t.query_timestamps,
+                                dout.ptr<float>(), dh + hv_part, dh + hv_part + hqk_part, dh,
+                                dpos, dtime);
+  const parallel::ColumnBlock dvqk[] = {{dv, stride, hv}, {dq, stride, hqk}, {dk, stride, hqk}};
+  return exchange_->ToTokens(arena, dheads, dvqk);
+}
+
 double HstuLayer::ForwardFlops(int64_t length) const {
   const HstuLayerDims mine = dims_.Local(tp_.size());
-  const double projections = 2.0 * length * mine.dim * (mine.fused() + mine.gated());
+  // This sp rank's share of the tokens through its tp heads' projections.
+  const double projections =
+      2.0 * length * mine.dim * (mine.fused() + mine.gated()) / sp_.size();
   // Causal pairs: length (length + 1) / 2, each q.k and a.v per head.
   const double pairs = 0.5 * length * (length + 1.0);
-  return projections + 2.0 * pairs * mine.heads * (mine.attention_dim + mine.linear_dim);
+  return projections + 2.0 * pairs * attend_.heads * (attend_.attention_dim + attend_.linear_dim);
 }
 
 }  // namespace tessera::hstu

@@ -21,6 +21,15 @@
 // columns; backward all-gathers the gate's gradient likewise. The relative
 // attention bias is shared across heads: each tp rank's gradient covers its
 // heads only (ParallelSpec::TensorPartial, summed over tp by the reduction).
+//
+// Sequence parallelism (Ulysses over the jagged batch, an sp group of one on
+// one process): each sp rank holds a contiguous range of the batch's tokens
+// (parallel/sequence_parallel/jagged_ulysses.h) and runs everything but
+// attention on it; around attention an all-to-all over sp trades the range
+// for a share of this tp rank's heads (H / (tp sp) of them) over every
+// token, so each user's attention is computed whole. The bias gradients of
+// an sp rank cover its heads (summed over dp x sp with every other
+// gradient).
 #pragma once
 
 #include <cstdint>
@@ -29,6 +38,7 @@
 
 #include "absl/status/statusor.h"
 #include "parallel/comm/communicator.h"
+#include "parallel/sequence_parallel/jagged_ulysses.h"
 #include "parallel/tensor_parallel/linear.h"
 #include "runtime/nn/layer_norm.h"
 #include "runtime/nn/parameter.h"
@@ -60,6 +70,7 @@ struct JaggedTokens {
   const int64_t* offsets = nullptr;           // [users + 1]
   int64_t users = 0;
   int64_t total = 0;                          // tokens
+  parallel::TokenRange mine;                  // this sp rank's tokens (all of them at sp 1)
   const int64_t* timestamps = nullptr;        // [total]
   const int64_t* query_timestamps = nullptr;  // [total]: HstuQueryTimestamps
 };
@@ -76,29 +87,39 @@ class HstuLayer {
   // attention_dim, else [fused, D] (tp must be 1: the blocks differ in
   // width); <name>.o.{weight [D, H dv] (Xavier, split along dim 1), bias [D]
   // (zeros)}, <name>.pos_bias [2n - 1] and <name>.time_bias [buckets + 1]
-  // (normal 0.02). `tp` (heads % tp.size() == 0, checked by the config rules)
-  // must outlive the layer.
+  // (normal 0.02). `tp` and `sp` (heads % (tp.size() sp.size()) == 0,
+  // checked by the config rules) must outlive the layer.
   static absl::StatusOr<std::unique_ptr<HstuLayer>> Create(ParameterStore& store,
                                                            parallel::Communicator& tp,
+                                                           parallel::Communicator& sp,
                                                            const std::string& name,
                                                            const HstuLayerDims& dims);
 
-  // x: [total, D] -> y [total, D] (the same rows on every tp rank).
-  // `dropout_mask` ([total, H dv] over all heads, values 0 or 1 / (1 - p)) or
-  // undefined for none. Keeps what Backward needs.
+  // x: [tokens.mine.size(), D], this sp rank's tokens -> y of the same
+  // shape (the same rows on every tp rank). `dropout_mask` ([tokens.mine.size(),
+  // H dv] over all heads, values 0 or 1 / (1 - p)) or undefined for none.
+  // Keeps what Backward needs. Collective over tp and sp.
   absl::StatusOr<Tensor> Forward(Arena& arena, const Tensor& x, const JaggedTokens& tokens,
                                  const Tensor& dropout_mask);
-  // dy: [total, D] -> dx [total, D]; parameter gradients accumulate.
+  // dy -> dx, both [tokens.mine.size(), D]; parameter gradients accumulate.
   absl::StatusOr<Tensor> Backward(Arena& arena, const Tensor& dy);
 
   const HstuLayerDims& dims() const { return dims_; }
-  // Forward FLOPs this tp rank computes for a user of `length` tokens: the
-  // projections and the causal attention of its heads (H / tp of them).
+  // Forward FLOPs this rank computes for a user of `length` tokens: its
+  // share (1 / sp) of the projections of its tp heads, and the causal
+  // attention of its heads (H / (tp sp) of them).
   double ForwardFlops(int64_t length) const;
 
  private:
-  HstuLayer(ParameterStore& store, parallel::Communicator& tp, const std::string& name,
-            const HstuLayerDims& dims);
+  HstuLayer(ParameterStore& store, parallel::Communicator& tp, parallel::Communicator& sp,
+            const std::string& name, const HstuLayerDims& dims);
+  // Attention of this rank's heads over `v`, `q`, `k` (this sp rank's tokens,
+  // columns of every head of this tp rank, rows `stride` apart) into
+  // attention_; under sp through the head exchange (keeps heads_vqk_).
+  absl::Status Attend(Arena& arena, float* v, float* q, float* k, int64_t stride);
+  // Its backward: dattention_ -> dv, dq, dk (overwritten, same layout).
+  absl::Status AttendBackward(Arena& arena, const Tensor& dattention, float* dv, float* dq,
+                              float* dk, int64_t stride);
   // Rows of columns `stride` floats apart (a view into a wider matrix).
   struct Columns {
     float* data = nullptr;
@@ -112,19 +133,24 @@ class HstuLayer {
 
   ParameterStore& store_;
   parallel::Communicator& tp_;
+  parallel::Communicator& sp_;
   HstuLayerDims dims_;   // all heads
-  HstuLayerDims local_;  // this rank's heads
+  HstuLayerDims local_;  // this tp rank's heads (the projections)
+  HstuLayerDims attend_;  // this rank's heads in attention: local_ over sp
   LayerNorm input_norm_;
   std::unique_ptr<parallel::ColumnParallelLinear> uvqk_;
   std::unique_ptr<parallel::RowParallelLinear> o_;
   ParameterStore::Id pos_bias_ = -1, time_bias_ = -1;
   // Saved by Forward.
   JaggedTokens tokens_;
-  Tensor projected_;  // [total, fused / tp] before SiLU
-  Tensor fused_;      // [total, fused / tp] = SiLU(projected_): [U | V | Q | K] of local heads
-  Tensor attention_;  // [total, H dv / tp] = A V of local heads
-  Columns all_attention_, all_u_;  // [total, H dv] of every head (into the above at tp 1)
-  Tensor gate_mean_, gate_rstd_;  // [total]
+  std::unique_ptr<parallel::JaggedUlysses> exchange_;  // sp > 1
+  Tensor heads_vqk_;  // [total, (H dv + 2 H dqk) / (tp sp)]: attention's inputs under sp
+  // Rows: this sp rank's tokens.
+  Tensor projected_;  // [rows, fused / tp] before SiLU
+  Tensor fused_;      // [rows, fused / tp] = SiLU(projected_): [U | V | Q | K] of local heads
+  Tensor attention_;  // [rows, H dv / tp] = A V of local heads
+  Columns all_attention_, all_u_;  // [rows, H dv] of every head (into the above at tp 1)
+  Tensor gate_mean_, gate_rstd_;  // [rows]
   Tensor dropout_mask_;
 };
 

@@ -27,7 +27,7 @@ Tensor UploadVector(Arena& arena, const std::vector<T>& values) {
 }  // namespace
 
 Tensor DropoutMask(Arena& arena, const DropoutDraw& draw, uint64_t site,
-                   const std::vector<uint64_t>& token_keys, int64_t width) {
+                   std::span<const uint64_t> token_keys, int64_t width) {
   const int64_t tokens = static_cast<int64_t>(token_keys.size());
   std::vector<float> mask(static_cast<size_t>(tokens * width));
   const uint64_t key = DropoutKey(draw, site);
@@ -44,8 +44,9 @@ Tensor DropoutMask(Arena& arena, const DropoutDraw& draw, uint64_t site,
 
 absl::StatusOr<std::unique_ptr<Hstu>> Hstu::Create(const HstuConfig& config,
                                                    ParameterStore& store,
-                                                   parallel::Communicator* tp) {
-  auto model = std::unique_ptr<Hstu>(new Hstu(config, store, tp));
+                                                   parallel::Communicator* tp,
+                                                   parallel::Communicator* sp) {
+  auto model = std::unique_ptr<Hstu>(new Hstu(config, store, tp, sp));
   HstuLayerDims dims;
   dims.dim = model->dim_;
   dims.heads = config.num_heads();
@@ -57,18 +58,22 @@ absl::StatusOr<std::unique_ptr<Hstu>> Hstu::Create(const HstuConfig& config,
     const int first = store.size();
     TESSERA_ASSIGN_OR_RETURN(
         std::unique_ptr<HstuLayer> block,
-        HstuLayer::Create(store, *model->tp_, "blocks." + std::to_string(l), dims));
+        HstuLayer::Create(store, *model->tp_, *model->sp_, "blocks." + std::to_string(l), dims));
     model->blocks_.push_back(std::move(block));
     model->block_params_.emplace_back(first, store.size());
   }
   return model;
 }
 
-Hstu::Hstu(const HstuConfig& config, ParameterStore& store, parallel::Communicator* tp)
+Hstu::Hstu(const HstuConfig& config, ParameterStore& store, parallel::Communicator* tp,
+           parallel::Communicator* sp)
     : store_(store),
-      one_rank_(tp ? nullptr
-                   : std::make_unique<parallel::SingleRankCommunicator>(store.backend(), "tp")),
-      tp_(tp ? tp : one_rank_.get()),
+      one_tp_(tp ? nullptr
+                 : std::make_unique<parallel::SingleRankCommunicator>(store.backend(), "tp")),
+      one_sp_(sp ? nullptr
+                 : std::make_unique<parallel::SingleRankCommunicator>(store.backend(), "sp")),
+      tp_(tp ? tp : one_tp_.get()),
+      sp_(sp ? sp : one_sp_.get()),
       dim_(config.embedding_dim()),
       max_len_(config.max_len()),
       num_items_(config.num_items()) {
@@ -80,6 +85,7 @@ JaggedTokens Hstu::Upload(Arena& arena, const HstuBatch& batch) {
   JaggedTokens tokens;
   tokens.users = batch.users();
   tokens.total = batch.tokens();
+  tokens.mine = Tokens(batch);
   const Tensor offsets = UploadVector(arena, batch.offsets);
   const Tensor timestamps = UploadVector(arena, batch.timestamps);
   const Tensor next = UploadVector(arena, batch.next_timestamps);
@@ -90,15 +96,17 @@ JaggedTokens Hstu::Upload(Arena& arena, const HstuBatch& batch) {
   tokens.offsets = offsets.ptr<int64_t>();
   tokens.timestamps = timestamps.ptr<int64_t>();
   tokens.query_timestamps = query.ptr<int64_t>();
-  positions_ = UploadVector(arena, batch.positions);
+  const std::vector<int32_t> positions(batch.positions.begin() + tokens.mine.begin,
+                                       batch.positions.begin() + tokens.mine.end);
+  positions_ = UploadVector(arena, positions);
   return tokens;
 }
 
-// x = item_embedding[items] * sqrt(D) + pos_embedding[positions], dropped out.
-Tensor Hstu::Embed(Arena& arena, const HstuBatch& batch, const float* item_rows,
-                   const Tensor& mask) {
+// x = item_embedding[items] * sqrt(D) + pos_embedding[positions], dropped
+// out, for this rank's tokens.
+Tensor Hstu::Embed(Arena& arena, int64_t total, const float* item_rows, const Tensor& mask) {
   Backend& backend = arena.backend();
-  const int64_t total = batch.tokens(), n = total * dim_;
+  const int64_t n = total * dim_;
   Tensor x = arena.AllocateUninitialized(DType::kF32, Shape{total, dim_});  // [T, D]
   Tensor pos = arena.AllocateUninitialized(DType::kF32, Shape{total, dim_});
   backend.Copy(x.address(), item_rows, x.bytes());
@@ -153,42 +161,45 @@ absl::StatusOr<Tensor> Hstu::Forward(Arena& arena, const HstuBatch& batch,
                                      bool record) {
   tape_.Clear();
   arena_ = &arena;
-  const bool empty = batch.tokens() == 0;
-  const bool drop = dropout != nullptr && dropout->rate > 0 && !empty;
+  // Every rank of the groups holds the same batch: all skip, or none does
+  // (a rank whose share is no token still joins the layers' collectives).
+  empty_ = batch.tokens() == 0;
+  const bool drop = dropout != nullptr && dropout->rate > 0 && !empty_;
   const JaggedTokens tokens = Upload(arena, batch);
-  input_mask_ = drop ? DropoutMask(arena, *dropout, 0, batch.token_keys, dim_) : Tensor();
-  Tensor x = empty ? arena.AllocateUninitialized(DType::kF32, Shape{0, dim_})
-                   : Embed(arena, batch, item_rows, input_mask_);
+  const std::span<const uint64_t> keys =
+      std::span<const uint64_t>(batch.token_keys).subspan(tokens.mine.begin, tokens.mine.size());
+  input_mask_ = drop ? DropoutMask(arena, *dropout, 0, keys, dim_) : Tensor();
+  Tensor x = empty_ ? arena.AllocateUninitialized(DType::kF32, Shape{0, dim_})
+                    : Embed(arena, tokens.mine.size(), item_rows, input_mask_);
   if (record) {
     tape_.Record([this] {
-      if (dhidden_.dim(0) > 0) EmbedBackward(*arena_, dhidden_);
+      if (!empty_) EmbedBackward(*arena_, dhidden_);
       return absl::OkStatus();
     }, 0, block_params_.empty() ? store_.size() : block_params_[0].first);
   }
   for (size_t l = 0; l < blocks_.size(); ++l) {
     const HstuLayer& block = *blocks_[l];
     const Tensor mask =
-        drop ? DropoutMask(arena, *dropout, 1 + l, batch.token_keys, block.dims().gated())
-             : Tensor();
-    if (!empty) {
+        drop ? DropoutMask(arena, *dropout, 1 + l, keys, block.dims().gated()) : Tensor();
+    if (!empty_) {
       TESSERA_ASSIGN_OR_RETURN(x, blocks_[l]->Forward(arena, x, tokens, mask));
     }
     if (record) {
       tape_.Record([this, l]() -> absl::Status {
-        if (dhidden_.dim(0) > 0) {
+        if (!empty_) {
           TESSERA_ASSIGN_OR_RETURN(dhidden_, blocks_[l]->Backward(*arena_, dhidden_));
         }
         return absl::OkStatus();
       }, block_params_[l].first, block_params_[l].second);
     }
   }
-  if (empty) return x;
+  if (empty_) return x;
   return Normalize(arena, x);
 }
 
 absl::Status Hstu::Backward(const Tensor& doutput, float* ditem_rows) {
   ditem_rows_ = ditem_rows;
-  dhidden_ = doutput.dim(0) > 0 ? NormalizeBackward(*arena_, doutput) : doutput;
+  dhidden_ = empty_ ? doutput : NormalizeBackward(*arena_, doutput);
   absl::Status status = tape_.Backward();
   dhidden_ = last_hidden_ = rstd_ = input_mask_ = positions_ = Tensor();
   ditem_rows_ = nullptr;

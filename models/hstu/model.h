@@ -12,6 +12,7 @@
 
 #include <functional>
 #include <memory>
+#include <span>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -41,20 +42,24 @@ class Hstu {
 
   // Registers pos_embedding [max_len, D] (normal sqrt(1/D)) and the blocks
   // in `store`, which the caller finalizes. `tp` (null: this process alone)
-  // splits every block's heads (layer.h); num_heads % tp->size() == 0 and,
-  // for tp > 1, linear_dim == attention_dim (the config rules check both).
+  // splits every block's heads (layer.h); `sp` (null: none) splits every
+  // batch's tokens (Ulysses, layer.h); num_heads % (tp sp) == 0 and, for
+  // tp > 1, linear_dim == attention_dim (the config rules check both).
   static absl::StatusOr<std::unique_ptr<Hstu>> Create(const HstuConfig& config,
                                                       ParameterStore& store,
-                                                      parallel::Communicator* tp = nullptr);
+                                                      parallel::Communicator* tp = nullptr,
+                                                      parallel::Communicator* sp = nullptr);
 
-  // The batch's L2-normalised outputs [T, D] given item_rows [T, D] (the
-  // item table's rows of batch.items, host memory, alive until Backward).
-  // `dropout` null: none (evaluation). With `record` the tape keeps what
-  // Backward needs. Under tp every rank of the group passes the same batch.
+  // The L2-normalised outputs [n, D] of this rank's tokens of the batch
+  // (Tokens(batch): all T of them without sp, n of them), given item_rows
+  // [n, D] (the item table's rows of those tokens' items, host memory, alive
+  // until Backward). `dropout` null: none (evaluation). With `record` the
+  // tape keeps what Backward needs. Under tp and sp every rank of the groups
+  // passes the same batch (a collective over both).
   absl::StatusOr<Tensor> Forward(Arena& arena, const HstuBatch& batch, const float* item_rows,
                                  const DropoutDraw* dropout, bool record = true);
-  // doutput: gradient w.r.t. Forward's output [T, D]; parameter gradients
-  // accumulate and ditem_rows [T, D] (the input rows' gradient) is
+  // doutput: gradient w.r.t. Forward's output [n, D]; parameter gradients
+  // accumulate and ditem_rows [n, D] (the input rows' gradient) is
   // overwritten. Announces each block's parameters as they are complete,
   // the position table last.
   absl::Status Backward(const Tensor& doutput, float* ditem_rows);
@@ -65,25 +70,33 @@ class Hstu {
   ParameterStore& store() const { return store_; }
   // The tensor-parallel group the heads are split over (size 1: none).
   parallel::Communicator& tp() const { return *tp_; }
+  // The sequence-parallel group the tokens are split over (size 1: none).
+  parallel::Communicator& sp() const { return *sp_; }
+  // This rank's tokens of `batch` (all of them without sp).
+  parallel::TokenRange Tokens(const HstuBatch& batch) const {
+    return parallel::SequenceShard(batch.tokens(), sp_->rank(), sp_->size());
+  }
   int64_t dim() const { return dim_; }
   int64_t max_len() const { return max_len_; }
   int64_t num_items() const { return num_items_; }
   // Forward FLOPs this rank computes for one user of `length` tokens (its
-  // tp heads).
+  // tp heads, its sp share).
   double ForwardFlops(int64_t length) const;
 
  private:
-  Hstu(const HstuConfig& config, ParameterStore& store, parallel::Communicator* tp);
+  Hstu(const HstuConfig& config, ParameterStore& store, parallel::Communicator* tp,
+       parallel::Communicator* sp);
   // The jagged geometry and inputs of `batch` in the arena's memory.
   JaggedTokens Upload(Arena& arena, const HstuBatch& batch);
-  Tensor Embed(Arena& arena, const HstuBatch& batch, const float* item_rows, const Tensor& mask);
+  Tensor Embed(Arena& arena, int64_t total, const float* item_rows, const Tensor& mask);
   void EmbedBackward(Arena& arena, const Tensor& dx);
   Tensor Normalize(Arena& arena, const Tensor& y);
   Tensor NormalizeBackward(Arena& arena, const Tensor& doutput);
 
   ParameterStore& store_;
-  std::unique_ptr<parallel::SingleRankCommunicator> one_rank_;  // tp when none is given
+  std::unique_ptr<parallel::SingleRankCommunicator> one_tp_, one_sp_;  // when none is given
   parallel::Communicator* tp_;
+  parallel::Communicator* sp_;
   int64_t dim_, max_len_, num_items_;
   ParameterStore::Id pos_table_;
   std::vector<std::unique_ptr<HstuLayer>> blocks_;
@@ -92,7 +105,8 @@ class Hstu {
   Tape tape_;
   Arena* arena_ = nullptr;  // of the recorded forward
   // Saved by Forward for Backward.
-  Tensor positions_;           // i32 [T]
+  bool empty_ = false;         // the batch (every rank's) holds no token
+  Tensor positions_;           // i32 [n]: this rank's tokens
   float* ditem_rows_ = nullptr;  // where Backward writes the input rows' gradient
   Tensor input_mask_;          // [T, D] or undefined
   Tensor last_hidden_, rstd_;  // [T, D], [T]: the output norm's input and statistics
@@ -101,6 +115,6 @@ class Hstu {
 
 // The dropout mask of one site, [tokens, width]: 0 or 1 / (1 - rate).
 Tensor DropoutMask(Arena& arena, const DropoutDraw& draw, uint64_t site,
-                   const std::vector<uint64_t>& token_keys, int64_t width);
+                   std::span<const uint64_t> token_keys, int64_t width);
 
 }  // namespace tessera::hstu

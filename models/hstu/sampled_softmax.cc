@@ -24,19 +24,25 @@ Tensor UploadVector(Arena& arena, const std::vector<T>& values) {
 
 Candidates SampleCandidates(const HstuBatch& batch, int64_t negatives, int64_t num_items,
                             uint64_t seed, int64_t step) {
+  return SampleCandidates(batch, {0, batch.tokens()}, negatives, num_items, seed, step);
+}
+
+Candidates SampleCandidates(const HstuBatch& batch, parallel::TokenRange range,
+                            int64_t negatives, int64_t num_items, uint64_t seed, int64_t step) {
   Candidates c;
   c.per_token = 1 + negatives;
-  const int64_t tokens = batch.tokens();
+  const int64_t tokens = range.size();
   c.ids.resize(static_cast<size_t>(tokens * c.per_token));
   c.mask.assign(c.ids.size(), 0.0f);
   const uint64_t key =
       Mix64(Mix64(seed ^ HashName("hstu.negatives")) ^ Mix64(static_cast<uint64_t>(step)));
   for (int64_t t = 0; t < tokens; ++t) {
-    const int32_t target = batch.targets[t];
+    const int32_t target = batch.targets[range.begin + t];
+    const uint64_t token_key = batch.token_keys[range.begin + t];
     int32_t* row = c.ids.data() + t * c.per_token;
     row[0] = target;
     for (int64_t k = 0; k < negatives; ++k) {
-      const uint64_t bits = Mix64(key ^ Mix64(batch.token_keys[t] * negatives + k));
+      const uint64_t bits = Mix64(key ^ Mix64(token_key * negatives + k));
       const auto item = static_cast<int32_t>(
           (static_cast<__uint128_t>(bits) * static_cast<uint64_t>(num_items)) >> 64);
       row[1 + k] = item;

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "models/hstu/batch.h"
+#include "parallel/sequence_parallel/jagged_ulysses.h"
 #include "runtime/tensor/arena.h"
 
 namespace tessera::hstu {
@@ -31,6 +32,10 @@ struct Candidates {
 };
 Candidates SampleCandidates(const HstuBatch& batch, int64_t negatives, int64_t num_items,
                             uint64_t seed, int64_t step);
+// The candidates of tokens [range.begin, range.end) only (an sp rank's):
+// rows equal to those rows of the whole batch's.
+Candidates SampleCandidates(const HstuBatch& batch, parallel::TokenRange range,
+                            int64_t negatives, int64_t num_items, uint64_t seed, int64_t step);
 
 class SampledSoftmax {
  public:

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <numeric>
 
+#include "runtime/base/errors.h"
 #include "runtime/base/status.h"
 
 namespace tessera::hstu {
@@ -17,25 +18,34 @@ HstuBatch HistoryBatch(const Hstu& model, std::span<const UserHistory> users) {
   return batch;
 }
 
-absl::StatusOr<std::vector<float>> LastOutputs(Hstu& model, Arena& arena, const HstuBatch& batch,
-                                               const Tensor& inputs) {
-  const int64_t count = batch.users(), dim = model.dim();
-  if (count == 0) return std::vector<float>();
+absl::StatusOr<LastRows> LastOutputs(Hstu& model, Arena& arena, const HstuBatch& batch,
+                                     const Tensor& inputs) {
+  const int64_t dim = model.dim();
+  LastRows out;
+  if (batch.users() == 0) return out;
   TESSERA_ASSIGN_OR_RETURN(const Tensor outputs,
                            model.Forward(arena, batch, inputs.ptr<float>(), /*dropout=*/nullptr,
                                          /*record=*/false));
-  // Each user's last row, gathered as an embedding lookup of row ids.
-  std::vector<int32_t> last(count);
-  for (int64_t u = 0; u < count; ++u) last[u] = static_cast<int32_t>(batch.offsets[u + 1] - 1);
+  // The last rows this rank holds, gathered as an embedding lookup of row ids.
+  const parallel::TokenRange mine = model.Tokens(batch);
+  std::vector<int32_t> last;
+  for (int64_t u = 0; u < batch.users(); ++u) {
+    const int64_t row = batch.offsets[u + 1] - 1;
+    if (row < mine.begin || row >= mine.end) continue;
+    out.users.push_back(u);
+    last.push_back(static_cast<int32_t>(row - mine.begin));
+  }
+  const auto count = static_cast<int64_t>(last.size());
+  if (count == 0) return out;
   Backend& backend = arena.backend();
   Tensor rows = arena.AllocateUninitialized(DType::kI32, Shape{count});
   backend.CopyToDevice(rows.address(), last.data(), rows.bytes());
   Tensor queries = arena.AllocateUninitialized(DType::kF32, Shape{count, dim});  // [U, D]
   backend.EmbeddingForward(rows.ptr<int32_t>(), outputs.ptr<float>(), queries.ptr<float>(), count,
                            dim);
-  std::vector<float> host(static_cast<size_t>(count * dim));
-  backend.CopyToHost(host.data(), queries.address(), queries.bytes());
-  return host;
+  out.rows.resize(static_cast<size_t>(count * dim));
+  backend.CopyToHost(out.rows.data(), queries.address(), queries.bytes());
+  return out;
 }
 
 std::vector<float> CosineScores(Arena& arena, std::span<const float> queries, const float* rows,
@@ -69,9 +79,9 @@ absl::StatusOr<std::vector<float>> ScoreItems(Hstu& model, Arena& arena, const f
     backend.CopyToDevice(ids.address(), batch.items.data(), ids.bytes());
     backend.EmbeddingForward(ids.ptr<int32_t>(), table, inputs.ptr<float>(), total, dim);
   }
-  TESSERA_ASSIGN_OR_RETURN(const std::vector<float> queries,
-                           LastOutputs(model, arena, batch, inputs));
-  return CosineScores(arena, queries, table, model.num_items(), dim);
+  TESSERA_ASSIGN_OR_RETURN(const LastRows queries, LastOutputs(model, arena, batch, inputs));
+  TESSERA_CHECK(queries.users.size() == users.size());  // one process: every user
+  return CosineScores(arena, queries.rows, table, model.num_items(), dim);
 }
 
 std::vector<int64_t> TopItems(std::span<const float> scores, std::span<const int64_t> history,

@@ -31,11 +31,19 @@ absl::StatusOr<std::vector<float>> ScoreItems(Hstu& model, Arena& arena, const f
 // The histories as one jagged batch (each cut to its last max_len events).
 HstuBatch HistoryBatch(const Hstu& model, std::span<const UserHistory> users);
 
-// Each user's output at its last position, [users, D] on the host, given
-// `inputs` [T, D], the rows of batch.items (the arena's memory). A batch of
-// no users runs nothing.
-absl::StatusOr<std::vector<float>> LastOutputs(Hstu& model, Arena& arena, const HstuBatch& batch,
-                                               const Tensor& inputs);
+// Outputs at users' last positions: `rows` [users.size(), D] on the host,
+// row i that of user users[i] (an index into the batch).
+struct LastRows {
+  std::vector<float> rows;
+  std::vector<int64_t> users;
+};
+// The outputs at the last position of every user whose last token is this
+// rank's (model.Tokens(batch): all users without sp; under sp each user on
+// exactly one rank), given `inputs` [n, D], the rows of this rank's tokens'
+// items (the arena's memory). A batch of no users runs nothing; otherwise a
+// collective over the model's tp and sp groups.
+absl::StatusOr<LastRows> LastOutputs(Hstu& model, Arena& arena, const HstuBatch& batch,
+                                     const Tensor& inputs);
 
 // [Q, num_rows] on the host: cos(query, row) for `queries` [Q, D] (host) and
 // `rows` [num_rows, D] (host memory: a whole table or one rank's rows of it),

@@ -127,16 +127,44 @@ absl::Status RankTargets(Hstu& model, Arena& arena, parallel::RowShardedTable& t
     targets.push_back(items[target]);
   }
   const HstuBatch batch = HistoryBatch(model, users);
-  const std::vector<int64_t> ids(batch.items.begin(), batch.items.end());
-  Tensor inputs = arena.AllocateUninitialized(DType::kF32, Shape{batch.tokens(), dim});  // [T, D]
+  // This rank's tokens (under sp a share of them).
+  const parallel::TokenRange mine = model.Tokens(batch);
+  const std::vector<int64_t> ids(batch.items.begin() + mine.begin, batch.items.begin() + mine.end);
+  Tensor inputs = arena.AllocateUninitialized(DType::kF32, Shape{mine.size(), dim});  // [n, D]
   TESSERA_RETURN_IF_ERROR(table.Lookup(ids, inputs.ptr<float>()));
-  TESSERA_ASSIGN_OR_RETURN(std::vector<float> queries, LastOutputs(model, arena, batch, inputs));
-  TESSERA_ASSIGN_OR_RETURN(const GroupUsers all, GatherUsers(table.group(), std::move(queries),
-                                                             std::move(targets), users, dim));
+  TESSERA_ASSIGN_OR_RETURN(LastRows last, LastOutputs(model, arena, batch, inputs));
+  // Each user is scored once in the group: by the sp rank holding its last
+  // token (LastOutputs), and of the tp ranks holding the same users, by tp
+  // rank 0 alone; the others add nothing to the exchange.
+  parallel::Communicator& tp = model.tp();
+  std::vector<UserHistory> scored;
+  std::vector<int64_t> scored_targets;
+  if (tp.rank() == 0) {
+    for (const int64_t u : last.users) {
+      scored.push_back(users[u]);
+      scored_targets.push_back(targets[u]);
+    }
+  } else {
+    last.rows.clear();
+  }
+  TESSERA_ASSIGN_OR_RETURN(const GroupUsers all,
+                           GatherUsers(table.group(), std::move(last.rows),
+                                       std::move(scored_targets), scored, dim));
   const std::vector<float> scores = CosineScores(arena, all.queries, table.local_rows().data(),
                                                  table.end_row() - table.first_row(), dim);
   TESSERA_ASSIGN_OR_RETURN(const std::vector<int64_t> ranks, GroupRanks(table, all, scores));
-  for (size_t u = 0; u < users.size(); ++u) sums.Add(ranks[all.first_mine + u]);
+  // The sums count each user on the sp rank that scored it (they are summed
+  // over dp x sp) and on every tp rank alike (tp rank 0 hands its ranks on).
+  std::vector<int64_t> mine_ranks(last.users.size());
+  if (tp.rank() == 0) {
+    for (size_t i = 0; i < mine_ranks.size(); ++i) mine_ranks[i] = ranks[all.first_mine + i];
+  }
+  if (tp.size() > 1 && !mine_ranks.empty()) {
+    parallel::Communicator& host = tp.host();
+    TESSERA_RETURN_IF_ERROR(
+        host.Complete(host.Broadcast(mine_ranks.data(), mine_ranks.size(), DType::kI64, 0)));
+  }
+  for (const int64_t rank : mine_ranks) sums.Add(rank);
   return absl::OkStatus();
 }
 

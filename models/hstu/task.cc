@@ -67,12 +67,14 @@ absl::StatusOr<MicroBatchResult> HstuTask::RunMicroBatch(Arena& arena, int64_t s
                               model_.max_len()};
   const HstuBatch batch = TrainingMicroBatch(batch_, slice);
   const uint64_t seed = config_.train().seed();
+  // Under sp this rank's tokens only (all of them otherwise).
+  const parallel::TokenRange mine = model_.Tokens(batch);
   const Candidates candidates =
-      SampleCandidates(batch, m.num_negatives(), model_.num_items(), seed, step);
+      SampleCandidates(batch, mine, m.num_negatives(), model_.num_items(), seed, step);
   // One lookup for the input items and the loss's candidates:
-  // rows [T + T (1 + K), D], the inputs' first.
-  const int64_t tokens = batch.tokens(), dim = model_.dim();
-  std::vector<int64_t> ids(batch.items.begin(), batch.items.end());
+  // rows [T + T (1 + K), D], the inputs' first (T: this rank's tokens).
+  const int64_t tokens = mine.size(), dim = model_.dim();
+  std::vector<int64_t> ids(batch.items.begin() + mine.begin, batch.items.begin() + mine.end);
   ids.insert(ids.end(), candidates.ids.begin(), candidates.ids.end());
   const int64_t looked_up = static_cast<int64_t>(ids.size());
   Tensor rows = arena.AllocateUninitialized(DType::kF32, Shape{looked_up, dim});
@@ -95,12 +97,13 @@ absl::StatusOr<MicroBatchResult> HstuTask::RunMicroBatch(Arena& arena, int64_t s
   lap(step_phases_.layers);
   // The tp ranks of a replica hold the same rows' gradients: one of them
   // sends them (the others send zeros for the same rows, which the owners'
-  // sums leave unchanged and which touch the same rows).
+  // sums leave unchanged and which touch the same rows). sp ranks hold
+  // different tokens' rows: each sends its own.
   if (model_.tp().rank() != 0) std::fill_n(drows.ptr<float>(), drows.numel(), 0.0f);
   // The owners accumulate the rows' gradients; the trainer's Step updates them.
   TESSERA_RETURN_IF_ERROR(table_.Backward(drows.ptr<float>()));
   lap(step_phases_.table);
-  step_tokens_ += batch.tokens();
+  step_tokens_ += tokens;
   return result;
 }
 
@@ -112,7 +115,9 @@ void HstuTask::EndStep() {
 double HstuTask::TrainingFlopsPerSample() const {
   // A user of max_len positions; the loss's two GEMMs per candidate row.
   const HstuConfig& m = config_.hstu();
-  const double loss = 2.0 * model_.max_len() * (1.0 + m.num_negatives()) * model_.dim();
+  // The loss runs on this sp rank's share of the tokens.
+  const double loss = 2.0 * model_.max_len() * (1.0 + m.num_negatives()) * model_.dim() /
+                      model_.sp().size();
   return 3.0 * (model_.ForwardFlops(model_.max_len()) + loss);
 }
 

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# HSTU under tensor parallelism over the heads against one process (the
-# oracle) on the tiny config (2 heads): tp2 and tp2 x dp2 for 5 steps —
-# losses relative 1e-5, weights.h5 (dense parameters and every item-table
-# row) h5diff 1e-6, the evaluations during training equal — checkpoints
-# saved at tp2 resumed at tp1 and the other way round, and the layouts a
-# user cannot ask of HSTU. (Data parallelism with the sharded table:
-# hstu_train.sh.)
+# HSTU under tensor parallelism over the heads and sequence parallelism
+# (Ulysses over the jagged batch) against one process (the oracle) on the
+# tiny config (2 heads): tp2, tp2 x dp2, sp2, sp2 x dp2 and (4 heads)
+# tp2 x sp2 for 5 steps — losses relative 1e-5, weights.h5 (dense
+# parameters and every item-table row) h5diff 1e-6, the evaluations during
+# training equal — checkpoints saved at tp2 resumed at tp1 and the other way
+# round, and the layouts a user cannot ask of HSTU. (Data parallelism with
+# the sharded table: hstu_train.sh.)
 source "$(dirname "$0")/lib.sh"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 "$TESSERA" data synth --schema interactions --out "$WORK/data" --samples 400 --items 200 \
@@ -77,6 +78,28 @@ hstu_mpi tp2_dp2 4 --set train.steps=5 --set parallel.tp=2 --set train.micro_bat
   && same_as "$WORK/one" "$WORK/tp2_dp2" "tp2 x dp2, two table copies" \
   && same_evals "$WORK/tp2_dp2" "tp2 x dp2"
 
+# sp2: each rank holds half of every micro-batch's tokens (users straddle
+# the ranks) and, in attention, one of the two heads over every token.
+hstu_mpi sp2 2 --set train.steps=5 --set parallel.sp=2 "${evaluate[@]}" \
+  && same_as "$WORK/one" "$WORK/sp2" "sp2" && same_evals "$WORK/sp2" "sp2"
+if awk -v one="$(flops "$WORK/one.log")" -v sp="$(flops "$WORK/sp2.log")" \
+     'BEGIN { exit !(one > 0 && sp >= 0.999 * one && sp <= 1.001 * one) }'; then
+  pass "sp2 counts $(flops "$WORK/sp2.log") GFLOP per sample, one process $(flops "$WORK/one.log")"
+else
+  fail "sp2 FLOPs per sample $(flops "$WORK/sp2.log"), one process $(flops "$WORK/one.log")"
+fi
+# sp2 x dp2: two replicas of two sp ranks, the table over all four.
+hstu_mpi sp2_dp2 4 --set train.steps=5 --set parallel.sp=2 --set train.micro_batch=4 \
+  "${evaluate[@]}" \
+  && same_as "$WORK/one" "$WORK/sp2_dp2" "sp2 x dp2" && same_evals "$WORK/sp2_dp2" "sp2 x dp2"
+# tp2 x sp2 needs 4 heads (each rank attends with one): its own baseline.
+four_heads=(--set model.hstu.num_heads=4 --set model.hstu.attention_dim=4
+            --set model.hstu.linear_dim=4)
+hstu "$WORK/one4" --set train.steps=5 "${four_heads[@]}" > "$WORK/one4.log" 2>&1 \
+  || { cat "$WORK/one4.log"; fail "one-process baseline, 4 heads"; }
+hstu_mpi tp2_sp2 4 --set train.steps=5 --set parallel.tp=2 --set parallel.sp=2 \
+  "${four_heads[@]}" && same_as "$WORK/one4" "$WORK/tp2_sp2" "tp2 x sp2 (4 heads)"
+
 # Checkpoints hold the heads' pieces as boxes of the global tensors: saved
 # at tp2 and resumed at tp1, and saved at tp1 and resumed at tp2, steps 4-6
 # give the straight one-process run's losses and weights.
@@ -100,7 +123,10 @@ expect_exit "heads not divisible by tp" 2 \
 expect_exit "tp with unequal head widths" 2 \
   "model.hstu.linear_dim=4 must equal model.hstu.attention_dim=8 when parallel.tp=2 > 1" -- \
   hstu "$WORK/tp_widths" --set parallel.tp=2 --set model.hstu.linear_dim=4
-expect_exit "sequence parallelism refused" 2 \
-  "model.hstu runs under data and tensor parallelism only: parallel.sp=2" -- \
-  hstu "$WORK/sp" --set parallel.sp=2
+expect_exit "heads not divisible by tp * sp" 2 \
+  "model.hstu.num_heads=2 must be divisible by parallel.tp=2 . parallel.sp=2 .Ulysses" -- \
+  hstu "$WORK/tp_sp" --set parallel.tp=2 --set parallel.sp=2
+expect_exit "expert parallelism refused" 2 \
+  "model.hstu has no experts and no Megatron sequence parallelism: parallel.ep=2" -- \
+  hstu "$WORK/ep" --set parallel.ep=2
 finish

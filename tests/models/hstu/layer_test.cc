@@ -139,8 +139,8 @@ TEST(HstuLayer, MatchesThePaddedDoubleReferenceAndFiniteDifferences) {
 
   ParameterStore store;
   HstuLayerDims dims{kD, kHeads, kQk, kV, kN, kBuckets};
-  parallel::SingleRankCommunicator tp(HostBackend());
-  auto created = HstuLayer::Create(store, tp, "layer", dims);
+  parallel::SingleRankCommunicator tp(HostBackend()), sp(HostBackend());
+  auto created = HstuLayer::Create(store, tp, sp, "layer", dims);
   ASSERT_TRUE(created.ok()) << created.status();
   HstuLayer& layer = **created;
   store.Finalize(0);
@@ -155,7 +155,8 @@ TEST(HstuLayer, MatchesThePaddedDoubleReferenceAndFiniteDifferences) {
   std::copy(xf.begin(), xf.end(), x.data<float>());
   Tensor m = Tensor::Empty(DType::kF32, Shape{total, kG});
   std::copy(mask.begin(), mask.end(), m.data<float>());
-  JaggedTokens tokens{h.offsets.data(), 4, total, h.timestamps.data(), h.query_timestamps.data()};
+  JaggedTokens tokens{h.offsets.data(), 4,         total, {0, total}, h.timestamps.data(),
+                      h.query_timestamps.data()};
   Tensor y = *layer.Forward(arena, x, tokens, m);
   const std::vector<double> want = ReferenceLayer(Rounded(xf), p, h);
   EXPECT_LT(MaxRelativeError(y.data<float>(), want.data(), total * kD), 1e-5);
