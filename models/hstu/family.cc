@@ -81,7 +81,10 @@ absl::StatusOr<std::unique_ptr<HstuModel>> HstuModel::Build(
     const parallel::ModelParallel* model_parallel) {
   auto built = std::unique_ptr<HstuModel>(new HstuModel(config));
   const HstuConfig& m = built->config_.hstu();
-  built->store_ = std::make_unique<ParameterStore>();
+  // The encoder's parameters live on the run's device; the item table in
+  // host memory (row_sharded_table.h), its rows copied over per batch.
+  built->store_ = std::make_unique<ParameterStore>(layout.backend != nullptr ? *layout.backend
+                                                                             : HostBackend());
   parallel::Communicator* tp = model_parallel ? model_parallel->tp : nullptr;
   parallel::Communicator* sp = model_parallel ? model_parallel->sp : nullptr;
   TESSERA_ASSIGN_OR_RETURN(built->model_, Hstu::Create(m, *built->store_, tp, sp));

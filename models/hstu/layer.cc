@@ -68,7 +68,7 @@ absl::StatusOr<Tensor> HstuLayer::GatherHeads(Arena& arena, Columns local, int64
   backend.Copy2D(mine.ptr<float>(), row_bytes, local.data, local.stride * sizeof(float), row_bytes,
                  rows);
   Tensor blocks = arena.AllocateUninitialized(DType::kF32, Shape{tp, rows, cols});
-  TESSERA_RETURN_IF_ERROR(tp_.Complete(
+  TESSERA_RETURN_IF_ERROR(tp_.CompleteOnDevice(
       tp_.AllGather(mine.ptr<float>(), blocks.ptr<float>(), mine.numel(), DType::kF32)));
   Tensor whole = arena.AllocateUninitialized(DType::kF32, Shape{rows, tp * cols});
   for (int p = 0; p < tp; ++p) {

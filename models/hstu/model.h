@@ -52,7 +52,7 @@ class Hstu {
 
   // The L2-normalised outputs [n, D] of this rank's tokens of the batch
   // (Tokens(batch): all T of them without sp, n of them), given item_rows
-  // [n, D] (the item table's rows of those tokens' items, host memory, alive
+  // [n, D] (the item table's rows of those tokens' items, in the backend's memory, alive
   // until Backward). `dropout` null: none (evaluation). With `record` the
   // tape keeps what Backward needs. Under tp and sp every rank of the groups
   // passes the same batch (a collective over both).

@@ -8,6 +8,18 @@
 #include "runtime/base/status.h"
 
 namespace tessera::hstu {
+namespace {
+
+// `rows` [num_rows, D] of host memory where the arena's backend can read
+// them: the rows themselves on the CPU, a copy in the arena on a device.
+const float* OnBackend(Arena& arena, const float* rows, int64_t num_rows, int64_t dim) {
+  if (arena.backend().device() == Device::kCpu || num_rows == 0) return rows;
+  Tensor copy = arena.AllocateUninitialized(DType::kF32, Shape{num_rows, dim});
+  arena.backend().CopyToDevice(copy.address(), rows, copy.bytes());
+  return copy.ptr<float>();
+}
+
+}  // namespace
 
 HstuBatch HistoryBatch(const Hstu& model, std::span<const UserHistory> users) {
   HstuBatch batch;
@@ -57,7 +69,7 @@ std::vector<float> CosineScores(Arena& arena, std::span<const float> queries, co
   // Rows scaled to length sqrt(D) (RmsNorm without gamma), as the loss does.
   Tensor unit = arena.AllocateUninitialized(DType::kF32, Shape{num_rows, dim});
   Tensor rstd = arena.AllocateUninitialized(DType::kF32, Shape{num_rows});
-  backend.RmsNormForward(rows, nullptr, unit.ptr<float>(), rstd.ptr<float>(), num_rows, dim,
+  backend.RmsNormForward(OnBackend(arena, rows, num_rows, dim), nullptr, unit.ptr<float>(), rstd.ptr<float>(), num_rows, dim,
                          1e-12f / static_cast<float>(dim));
   Tensor scores = arena.AllocateUninitialized(DType::kF32, Shape{count, num_rows});
   backend.Gemm(false, true, count, num_rows, dim, 1.0f / std::sqrt(static_cast<float>(dim)),
@@ -77,7 +89,8 @@ absl::StatusOr<std::vector<float>> ScoreItems(Hstu& model, Arena& arena, const f
   Tensor inputs = arena.AllocateUninitialized(DType::kF32, Shape{total, dim});  // [T, D]
   if (total > 0) {
     backend.CopyToDevice(ids.address(), batch.items.data(), ids.bytes());
-    backend.EmbeddingForward(ids.ptr<int32_t>(), table, inputs.ptr<float>(), total, dim);
+    backend.EmbeddingForward(ids.ptr<int32_t>(), OnBackend(arena, table, model.num_items(), dim),
+                             inputs.ptr<float>(), total, dim);
   }
   TESSERA_ASSIGN_OR_RETURN(const LastRows queries, LastOutputs(model, arena, batch, inputs));
   TESSERA_CHECK(queries.users.size() == users.size());  // one process: every user

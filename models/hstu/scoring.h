@@ -46,8 +46,9 @@ absl::StatusOr<LastRows> LastOutputs(Hstu& model, Arena& arena, const HstuBatch&
                                      const Tensor& inputs);
 
 // [Q, num_rows] on the host: cos(query, row) for `queries` [Q, D] (host) and
-// `rows` [num_rows, D] (host memory: a whole table or one rank's rows of it),
-// computed as the loss's similarity is (rows scaled to unit length, one GEMM).
+// `rows` [num_rows, D] (host memory: a whole table or one rank's rows of it;
+// copied to the arena's device when it has one), computed as the loss's
+// similarity is (rows scaled to unit length, one GEMM).
 std::vector<float> CosineScores(Arena& arena, std::span<const float> queries, const float* rows,
                                 int64_t num_rows, int64_t dim);
 

@@ -6,6 +6,7 @@
 #include "absl/strings/str_format.h"
 #include "runtime/base/errors.h"
 #include "runtime/base/status.h"
+#include "runtime/tensor/host_access.h"
 
 namespace tessera::hstu {
 
@@ -77,9 +78,13 @@ absl::StatusOr<MicroBatchResult> HstuTask::RunMicroBatch(Arena& arena, int64_t s
   std::vector<int64_t> ids(batch.items.begin() + mine.begin, batch.items.begin() + mine.end);
   ids.insert(ids.end(), candidates.ids.begin(), candidates.ids.end());
   const int64_t looked_up = static_cast<int64_t>(ids.size());
+  // The table is host memory: its rows go to the device (on the CPU they
+  // are written in place).
   Tensor rows = arena.AllocateUninitialized(DType::kF32, Shape{looked_up, dim});
+  const Tensor host_rows = HostWritable(rows);
   lap(step_phases_.data);
-  TESSERA_RETURN_IF_ERROR(table_.Lookup(ids, rows.ptr<float>()));
+  TESSERA_RETURN_IF_ERROR(table_.Lookup(ids, host_rows.data<float>()));
+  WriteBack(host_rows, rows);
   lap(step_phases_.table);
   const DropoutDraw dropout{m.dropout(), seed, step};
   TESSERA_ASSIGN_OR_RETURN(const Tensor outputs,
@@ -99,9 +104,10 @@ absl::StatusOr<MicroBatchResult> HstuTask::RunMicroBatch(Arena& arena, int64_t s
   // sends them (the others send zeros for the same rows, which the owners'
   // sums leave unchanged and which touch the same rows). sp ranks hold
   // different tokens' rows: each sends its own.
-  if (model_.tp().rank() != 0) std::fill_n(drows.ptr<float>(), drows.numel(), 0.0f);
+  const Tensor host_drows = model_.tp().rank() != 0 ? HostWritable(drows) : HostReadable(drows);
+  if (model_.tp().rank() != 0) std::fill_n(host_drows.data<float>(), drows.numel(), 0.0f);
   // The owners accumulate the rows' gradients; the trainer's Step updates them.
-  TESSERA_RETURN_IF_ERROR(table_.Backward(drows.ptr<float>()));
+  TESSERA_RETURN_IF_ERROR(table_.Backward(host_drows.data<float>()));
   lap(step_phases_.table);
   step_tokens_ += tokens;
   return result;

@@ -15,6 +15,13 @@ inline Tensor HostReadable(const Tensor& t) {
   return host;
 }
 
+// Host memory to fill for `t`: `t` itself when its memory is host memory,
+// else a new host tensor of its shape (WriteBack copies it over).
+inline Tensor HostWritable(const Tensor& t) {
+  if (t.on_host()) return t;
+  return Tensor::Empty(t.dtype(), t.shape());
+}
+
 // Makes `t` hold the values of `host` (a HostReadable of it, possibly
 // modified); nothing to do when they share memory.
 inline void WriteBack(const Tensor& host, const Tensor& t) {

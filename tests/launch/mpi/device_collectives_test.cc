@@ -2,9 +2,9 @@
 // without a GPU: `tessera train`'s code path under mpirun on a pretend
 // device (host memory that calls itself a GPU's and checks the side of
 // every host/device copy), where launch gives every group the MPI
-// collectives staged through host memory. dp2 and dp2 with ZeRO-1 (tp and
-// ep stop at a host read in ExpertParallelMoe::Backward on a device, not
-// fixed yet). Each layout must log the same
+// collectives staged through host memory: the tiny DiT-MoE at dp2, dp2 with
+// ZeRO-1, tp2 and ep2, and the tiny HSTU (its item table in host memory over
+// the MPI groups) at dp2, tp2 and sp2. Each layout must log the same
 // losses and gradient norms, bit for bit, as the plain CPU run of the same
 // layout (whose equality with one process the e2e oracles check), and the
 // CPU run must use the MPI groups themselves.
@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "data/synthetic_images.h"
+#include "data/synthetic_interactions.h"
 #include "launch/distributed.h"
 #include "launch/train_command.h"
 #include "runtime/config/config.h"
@@ -55,6 +56,18 @@ RunConfig TinyDitConfig(const std::string& run) {
   config.mutable_train()->set_steps(3);
   config.mutable_train()->set_threads(1);
   config.mutable_dit_moe()->set_sample_grid_per_class(0);
+  config.mutable_checkpoint()->set_every(0);
+  return config;
+}
+
+// The tiny HSTU on the interactions data set, 3 steps, no evaluation.
+RunConfig TinyHstuConfig(const std::string& run) {
+  RunConfig config = *LoadRunConfig(TESSERA_SOURCE_DIR "/configs/hstu_tiny.textproto");
+  config.mutable_data()->set_dir(Base() + "/interactions");
+  config.mutable_train()->set_run_dir(Base() + "/" + run);
+  config.mutable_train()->set_steps(3);
+  config.mutable_train()->set_global_batch(16);
+  config.mutable_train()->set_threads(1);
   config.mutable_checkpoint()->set_every(0);
   return config;
 }
@@ -119,6 +132,25 @@ TEST(DeviceCollectives, ExpertParallelOnAPretendDeviceEqualsTheCpuRun) {
   ExpectDeviceRunEqualsCpuRun("ep2", cpu, device);
 }
 
+// HSTU: the encoder on the device, the item table row-sharded over both
+// ranks in host memory; dp2 (the table's lookups and gradients over the MPI
+// groups), tp2 (heads: the norm-gate's all-gathers and W_o's all-reduce on
+// device buffers) and sp2 (Ulysses: the all-to-alls on device buffers).
+TEST(DeviceCollectives, HstuOnAPretendDeviceEqualsTheCpuRunAtDpTpAndSp) {
+  int world = 0;  // the mesh (g_distributed->size()) exists only after a first run
+  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  if (world % 2 != 0) GTEST_SKIP() << "the layouts need an even number of ranks";
+  for (const char* layout : {"dp", "tp", "sp"}) {
+    RunConfig cpu = TinyHstuConfig(std::string("hstu_") + layout + "_cpu");
+    RunConfig device = TinyHstuConfig(std::string("hstu_") + layout + "_device");
+    for (RunConfig* config : {&cpu, &device}) {
+      if (layout[0] == 't') config->mutable_parallel()->set_tp(2);
+      if (layout[0] == 's') config->mutable_parallel()->set_sp(2);
+    }
+    ExpectDeviceRunEqualsCpuRun(std::string("hstu ") + layout + "2", cpu, device);
+  }
+}
+
 }  // namespace
 }  // namespace tessera
 
@@ -138,6 +170,11 @@ int main(int argc, char** argv) {
     if (!tessera::SynthesizeImages(tessera::Base() + "/data", 64, 1, 8, 8, 10, 3, 64).ok()) {
       return 1;
     }
+    tessera::ClusteredInteractionsSpec spec;
+    spec.num_users = 64;
+    spec.num_items = 200;
+    spec.max_length = 30;
+    if (!tessera::SynthesizeInteractions(tessera::Base() + "/interactions", spec).ok()) return 1;
   }
   MPI_Barrier(MPI_COMM_WORLD);
   auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
