@@ -26,6 +26,7 @@
 #include "absl/strings/str_format.h"
 #include "models/hstu/layer.h"
 #include "parallel/comm/single_rank_communicator.h"
+#include "bench/mpi_main.h"
 #include "parallel/comm/mpi_runtime.h"
 #include "runtime/base/errors.h"
 #include "runtime/base/status.h"
@@ -159,17 +160,4 @@ absl::Status Main(int argc, char** argv, parallel::MpiRuntime& mpi) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  auto mpi = tessera::parallel::MpiRuntime::Init(&argc, &argv);
-  if (!mpi.ok()) {
-    std::fprintf(stderr, "%s\n", std::string(mpi.status().message()).c_str());
-    return 1;
-  }
-  const absl::Status status = Main(argc, argv, **mpi);
-  if (!status.ok()) {
-    std::fprintf(stderr, "[rank %d] %s\n", (*mpi)->world_rank(),
-                 std::string(status.message()).c_str());
-    return tessera::ExitCodeFor(status);
-  }
-  return 0;
-}
+int main(int argc, char** argv) { return tessera::bench::RunMpiBench(argc, argv, Main); }

@@ -28,6 +28,7 @@
 
 #include "models/mamba_hybrid/layout.h"
 #include "models/mamba_hybrid/mixer.h"
+#include "bench/mpi_main.h"
 #include "parallel/comm/mpi_runtime.h"
 #include "runtime/base/errors.h"
 #include "runtime/base/status.h"
@@ -184,17 +185,4 @@ absl::Status Main(int argc, char** argv, parallel::MpiRuntime& mpi) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  auto mpi = tessera::parallel::MpiRuntime::Init(&argc, &argv);
-  if (!mpi.ok()) {
-    std::fprintf(stderr, "%s\n", std::string(mpi.status().message()).c_str());
-    return 1;
-  }
-  const absl::Status status = Main(argc, argv, **mpi);
-  if (!status.ok()) {
-    std::fprintf(stderr, "[rank %d] %s\n", (*mpi)->world_rank(),
-                 std::string(status.message()).c_str());
-    return tessera::ExitCodeFor(status);
-  }
-  return 0;
-}
+int main(int argc, char** argv) { return tessera::bench::RunMpiBench(argc, argv, Main); }

@@ -143,18 +143,27 @@ worst_relative() {  # metrics_a metrics_b
     awk '{d = $1 - $2; if (d < 0) d = -d; r = d / ($1 < 0 ? -$1 : $1); if (r > w) w = r} END {printf "%.2e", w}'
 }
 
+# A training run on the CPU and the same on the GPU, into $WORK/PREFIX_cpu
+# and $WORK/PREFIX_gpu (logs beside them); fails the check NAME and returns 1
+# when either run fails.
+cpu_and_gpu() {  # name prefix tessera-train-arguments...
+  local name=$1 prefix=$2 device
+  shift 2
+  for device in cpu gpu; do
+    timeout 120 "$BIN/tessera" train "$@" --set "train.device=${device/gpu/cuda}" \
+      --set "train.run_dir=$WORK/${prefix}_$device" >"$WORK/${prefix}_$device.log" 2>&1 ||
+      { fail "$name" "$device run failed: $(tail -2 "$WORK/${prefix}_$device.log" | cut -c1-120)"
+        return 1; }
+  done
+}
+
 check_tiny_oracle() {
   local data=$WORK/tiny_data
   "$BIN/tessera" data synth --schema images --out "$data" --samples 256 --channels 1 --size 8 \
     >/dev/null || { fail "2 DiT-MoE tiny oracle" "data synth failed"; return; }
   local common=(--config "$ROOT/configs/dit_moe_tiny.textproto" --set "data.dir=$data"
     --set train.steps=5 --set model.dit_moe.sample_grid_per_class=0)
-  timeout 120 "$BIN/tessera" train "${common[@]}" --set train.device=cpu \
-    --set "train.run_dir=$WORK/tiny_cpu" >"$WORK/tiny_cpu.log" 2>&1 ||
-    { fail "2 DiT-MoE tiny oracle" "CPU run failed ($WORK/tiny_cpu.log)"; return; }
-  timeout 120 "$BIN/tessera" train "${common[@]}" --set train.device=cuda \
-    --set "train.run_dir=$WORK/tiny_gpu" >"$WORK/tiny_gpu.log" 2>&1 ||
-    { fail "2 DiT-MoE tiny oracle fp32, 5 steps" "GPU run failed: $(tail -2 "$WORK/tiny_gpu.log")"; return; }
+  cpu_and_gpu "2 DiT-MoE tiny oracle fp32, 5 steps" tiny "${common[@]}" || return
   local worst
   worst=$(worst_relative "$WORK/tiny_cpu/metrics.jsonl" "$WORK/tiny_gpu/metrics.jsonl")
   if awk -v w="$worst" 'BEGIN {exit !(w <= 1e-4)}'; then
@@ -194,18 +203,12 @@ check_hstu_oracle() {
   "$BIN/tessera" data synth --schema interactions --out "$data" --samples 400 --items 200 \
     --clusters 10 --min-length 8 --max-length 30 >/dev/null ||
     { fail "$name" "data synth failed"; return; }
-  local common=(--config "$ROOT/configs/hstu_tiny.textproto" --set "data.dir=$data"
-    --set "data.eval_dir=$data" --set train.eval_every=2 --set train.steps=5
-    --set train.global_batch=32)
-  timeout 120 "$BIN/tessera" train "${common[@]}" --set train.device=cpu \
-    --set "train.run_dir=$WORK/hstu_cpu" >"$WORK/hstu_cpu.log" 2>&1 ||
-    { fail "$name" "CPU run failed ($WORK/hstu_cpu.log)"; return; }
-  timeout 120 "$BIN/tessera" train "${common[@]}" --set train.device=cuda \
-    --set "train.run_dir=$WORK/hstu_gpu" >"$WORK/hstu_gpu.log" 2>&1 ||
-    { fail "$name" "GPU run failed: $(tail -2 "$WORK/hstu_gpu.log" | cut -c1-120)"; return; }
+  cpu_and_gpu "$name" hstu --config "$ROOT/configs/hstu_tiny.textproto" --set "data.dir=$data" \
+    --set "data.eval_dir=$data" --set train.eval_every=2 --set train.steps=5 \
+    --set train.global_batch=32 || return
   local worst metrics
   worst=$(worst_relative "$WORK/hstu_cpu/metrics.jsonl" "$WORK/hstu_gpu/metrics.jsonl")
-  metrics=$(paste <(tr ',' '\n' <"$WORK/hstu_cpu/final_metrics.json")
+  metrics=$(paste <(tr ',' '\n' <"$WORK/hstu_cpu/final_metrics.json") \
                   <(tr ',' '\n' <"$WORK/hstu_gpu/final_metrics.json") | tr -d '{}"' |
     awk -F'[\t:]' '{d = $2 - $4; if (d < 0) d = -d; if (d > w) w = d} END {printf "%.2e", w}')
   if awk -v w="$worst" -v m="$metrics" 'BEGIN {exit !(w <= 1e-4 && m <= 1e-3)}'; then

@@ -66,12 +66,17 @@ hstu_mpi tp2 2 --set train.steps=5 --set parallel.tp=2 "${evaluate[@]}" \
 # tp rank counts its heads; only the sampled softmax, which every tp rank
 # computes, counts twice (before the per-rank share it was 2x).
 flops() { sed -n 's/^training FLOPs: \([0-9.e+-]*\) GFLOP per sample.*/\1/p' "$1" | head -1; }
-if awk -v one="$(flops "$WORK/one.log")" -v tp="$(flops "$WORK/tp2.log")" \
-     'BEGIN { exit !(one > 0 && tp >= one && tp < 1.25 * one) }'; then
-  pass "tp2 counts $(flops "$WORK/tp2.log") GFLOP per sample against one process's $(flops "$WORK/one.log")"
-else
-  fail "tp2 FLOPs per sample $(flops "$WORK/tp2.log"), one process $(flops "$WORK/one.log")"
-fi
+flops_within() {  # flops_within RUN LOW HIGH: the run's count / one process's in [LOW, HIGH]
+  local one run
+  one=$(flops "$WORK/one.log") run=$(flops "$WORK/$1.log")
+  if awk -v one="$one" -v run="$run" -v low="$2" -v high="$3" \
+       'BEGIN { exit !(one > 0 && run >= low * one && run <= high * one) }'; then
+    pass "$1 counts $run GFLOP per sample against one process's $one"
+  else
+    fail "$1 FLOPs per sample $run, one process $one (ratio not in [$2, $3])"
+  fi
+}
+flops_within tp2 1 1.25
 # tp2 x dp2: two micro-batches per replica, two copies of the table.
 hstu_mpi tp2_dp2 4 --set train.steps=5 --set parallel.tp=2 --set train.micro_batch=4 \
   --set model.hstu.table_shards=2 "${evaluate[@]}" \
@@ -82,12 +87,7 @@ hstu_mpi tp2_dp2 4 --set train.steps=5 --set parallel.tp=2 --set train.micro_bat
 # the ranks) and, in attention, one of the two heads over every token.
 hstu_mpi sp2 2 --set train.steps=5 --set parallel.sp=2 "${evaluate[@]}" \
   && same_as "$WORK/one" "$WORK/sp2" "sp2" && same_evals "$WORK/sp2" "sp2"
-if awk -v one="$(flops "$WORK/one.log")" -v sp="$(flops "$WORK/sp2.log")" \
-     'BEGIN { exit !(one > 0 && sp >= 0.999 * one && sp <= 1.001 * one) }'; then
-  pass "sp2 counts $(flops "$WORK/sp2.log") GFLOP per sample, one process $(flops "$WORK/one.log")"
-else
-  fail "sp2 FLOPs per sample $(flops "$WORK/sp2.log"), one process $(flops "$WORK/one.log")"
-fi
+flops_within sp2 0.999 1.001
 # sp2 x dp2: two replicas of two sp ranks, the table over all four.
 hstu_mpi sp2_dp2 4 --set train.steps=5 --set parallel.sp=2 --set train.micro_batch=4 \
   "${evaluate[@]}" \

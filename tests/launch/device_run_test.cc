@@ -17,25 +17,19 @@
 #include "runtime/backend/device_select.h"
 #include "runtime/base/errors.h"
 #include "runtime/config/config.h"
+#include "tests/launch/device_run_util.h"
 #include "tests/runtime/backend/pretend_device_backend.h"
 
 namespace tessera {
 namespace {
 
+using testing::LoggedFields;
+using testing::ResumingFrom;
+using testing::TrainAlone;
+
 // "step", "loss", "aux_loss" and "grad_norm" of each line, as written.
 std::vector<std::string> LoggedNumbers(const std::string& path) {
-  std::ifstream in(path);
-  std::vector<std::string> out;
-  for (std::string line; std::getline(in, line);) {
-    std::string kept;
-    for (const char* field : {"\"step\":", "\"loss\":", "\"aux_loss\":", "\"grad_norm\":"}) {
-      const size_t at = line.find(field);
-      if (at == std::string::npos) continue;
-      kept += line.substr(at, line.find(',', at) - at) + " ";
-    }
-    out.push_back(kept);
-  }
-  return out;
+  return LoggedFields(path, {"\"step\":", "\"loss\":", "\"aux_loss\":", "\"grad_norm\":"});
 }
 
 RunConfig TinyDitConfig(const std::string& base, const std::string& run) {
@@ -49,32 +43,21 @@ RunConfig TinyDitConfig(const std::string& base, const std::string& run) {
   return config;
 }
 
-absl::Status TrainOn(const RunConfig& config, Backend& backend) {
-  Distributed alone;
-  alone.backend = &backend;
-  return TrainRun(config, alone);
-}
-
 TEST(DeviceRun, APretendDeviceTrainsSavesAndResumesLikeTheCpu) {
   const std::string base = ::testing::TempDir() + "/tessera_device_run";
   std::filesystem::remove_all(base);
   ASSERT_TRUE(SynthesizeImages(base + "/data", 64, 1, 8, 8, 10, 3, 64).ok());
-  ASSERT_TRUE(TrainOn(TinyDitConfig(base, "cpu"), HostBackend()).ok());
+  ASSERT_TRUE(TrainAlone(TinyDitConfig(base, "cpu"), HostBackend()).ok());
   PretendDeviceBackend device;
-  const absl::Status on_device = TrainOn(TinyDitConfig(base, "device"), device);
+  const absl::Status on_device = TrainAlone(TinyDitConfig(base, "device"), device);
   ASSERT_TRUE(on_device.ok()) << on_device;
   const std::vector<std::string> cpu = LoggedNumbers(base + "/cpu/metrics.jsonl");
   ASSERT_EQ(cpu.size(), 4u);
   EXPECT_EQ(LoggedNumbers(base + "/device/metrics.jsonl"), cpu);
 
   // Resume the device run from its step-2 checkpoint (saved from device memory).
-  std::filesystem::create_directories(base + "/resumed/checkpoints");
-  std::filesystem::copy(base + "/device/checkpoints/step_00000002",
-                        base + "/resumed/checkpoints/step_00000002",
-                        std::filesystem::copy_options::recursive);
-  RunConfig resume = TinyDitConfig(base, "resumed");
-  resume.mutable_checkpoint()->set_resume(base + "/resumed/checkpoints/step_00000002");
-  const absl::Status resumed = TrainOn(resume, device);
+  const absl::Status resumed = TrainAlone(
+      ResumingFrom(TinyDitConfig(base, "resumed"), base + "/device", "step_00000002"), device);
   ASSERT_TRUE(resumed.ok()) << resumed;
   const std::vector<std::string> tail = LoggedNumbers(base + "/resumed/metrics.jsonl");
   EXPECT_EQ(tail, std::vector<std::string>(cpu.begin() + 2, cpu.end()));

@@ -11,39 +11,26 @@
 
 #include <filesystem>
 #include <fstream>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "data/synthetic_interactions.h"
-#include "launch/distributed.h"
-#include "launch/train_command.h"
 #include "runtime/backend/cpu_backend.h"
 #include "runtime/config/config.h"
+#include "tests/launch/device_run_util.h"
 #include "tests/runtime/backend/pretend_device_backend.h"
 
 namespace tessera {
 namespace {
 
-// Each metrics.jsonl line without what differs between processes anyway
-// (timings, throughput, peak fractions, resident memory), as written.
+using testing::LoggedFields;
+using testing::ResumingFrom;
+using testing::TrainAlone;
+
+// Steps' losses and gradient norms, evaluations' metrics, as written.
 std::vector<std::string> LoggedNumbers(const std::string& path) {
-  std::ifstream in(path);
-  std::vector<std::string> out;
-  for (std::string line; std::getline(in, line);) {
-    std::string kept;
-    std::stringstream fields(line);
-    for (std::string field; std::getline(fields, field, ',');) {
-      if (field.find("second") != std::string::npos || field.find("peak") != std::string::npos ||
-          field.find("eta") != std::string::npos || field.find("_per_") != std::string::npos ||
-          field.find("time") != std::string::npos || field.find("rss") != std::string::npos) {
-        continue;
-      }
-      kept += field + ",";
-    }
-    out.push_back(kept);
-  }
-  return out;
+  return LoggedFields(path, {"\"step\":", "\"loss\":", "\"grad_norm\":",
+                             "\"supervised_positions\":", "\"eval_samples\":", "\"val_"});
 }
 
 std::string ReadFile(const std::string& path) {
@@ -64,12 +51,6 @@ RunConfig TinyHstuConfig(const std::string& base, const std::string& run) {
   return config;
 }
 
-absl::Status TrainOn(const RunConfig& config, Backend& backend) {
-  Distributed alone;
-  alone.backend = &backend;
-  return TrainRun(config, alone);
-}
-
 TEST(HstuDeviceRun, APretendDeviceTrainsEvaluatesSavesAndResumesLikeTheCpu) {
   const std::string base = ::testing::TempDir() + "/tessera_hstu_device_run";
   std::filesystem::remove_all(base);
@@ -80,9 +61,9 @@ TEST(HstuDeviceRun, APretendDeviceTrainsEvaluatesSavesAndResumesLikeTheCpu) {
   spec.max_length = 30;
   spec.seed = 3;
   ASSERT_TRUE(SynthesizeInteractions(base + "/data", spec).ok());
-  ASSERT_TRUE(TrainOn(TinyHstuConfig(base, "cpu"), HostBackend()).ok());
+  ASSERT_TRUE(TrainAlone(TinyHstuConfig(base, "cpu"), HostBackend()).ok());
   PretendDeviceBackend device;
-  const absl::Status on_device = TrainOn(TinyHstuConfig(base, "device"), device);
+  const absl::Status on_device = TrainAlone(TinyHstuConfig(base, "device"), device);
   ASSERT_TRUE(on_device.ok()) << on_device;
   EXPECT_GT(device.bytes_to_host(), 0u);
   const std::vector<std::string> cpu = LoggedNumbers(base + "/cpu/metrics.jsonl");
@@ -94,13 +75,8 @@ TEST(HstuDeviceRun, APretendDeviceTrainsEvaluatesSavesAndResumesLikeTheCpu) {
 
   // Resume the device run from its step-2 checkpoint (saved from device
   // memory and the host table).
-  std::filesystem::create_directories(base + "/resumed/checkpoints");
-  std::filesystem::copy(base + "/device/checkpoints/step_00000002",
-                        base + "/resumed/checkpoints/step_00000002",
-                        std::filesystem::copy_options::recursive);
-  RunConfig resume = TinyHstuConfig(base, "resumed");
-  resume.mutable_checkpoint()->set_resume(base + "/resumed/checkpoints/step_00000002");
-  const absl::Status resumed = TrainOn(resume, device);
+  const absl::Status resumed = TrainAlone(
+      ResumingFrom(TinyHstuConfig(base, "resumed"), base + "/device", "step_00000002"), device);
   ASSERT_TRUE(resumed.ok()) << resumed;
   const std::vector<std::string> tail = LoggedNumbers(base + "/resumed/metrics.jsonl");
   ASSERT_FALSE(tail.empty());

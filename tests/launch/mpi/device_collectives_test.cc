@@ -22,6 +22,7 @@
 #include "launch/distributed.h"
 #include "launch/train_command.h"
 #include "runtime/config/config.h"
+#include "tests/launch/device_run_util.h"
 #include "tests/runtime/backend/pretend_device_backend.h"
 
 namespace tessera {
@@ -35,18 +36,8 @@ const std::string& Base() {
 
 // "step", "loss", "aux_loss" and "grad_norm" of each line, as written.
 std::vector<std::string> LoggedNumbers(const std::string& path) {
-  std::ifstream in(path);
-  std::vector<std::string> out;
-  for (std::string line; std::getline(in, line);) {
-    std::string kept;
-    for (const char* field : {"\"step\":", "\"loss\":", "\"aux_loss\":", "\"grad_norm\":"}) {
-      const size_t at = line.find(field);
-      if (at == std::string::npos) continue;
-      kept += line.substr(at, line.find(',', at) - at) + " ";
-    }
-    out.push_back(kept);
-  }
-  return out;
+  return testing::LoggedFields(
+      path, {"\"step\":", "\"loss\":", "\"aux_loss\":", "\"grad_norm\":"});
 }
 
 RunConfig TinyDitConfig(const std::string& run) {
