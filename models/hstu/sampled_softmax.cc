@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "runtime/base/errors.h"
 #include "runtime/base/random.h"
 
 namespace tessera::hstu {
@@ -52,20 +53,26 @@ Candidates SampleCandidates(const HstuBatch& batch, parallel::TokenRange range,
   return c;
 }
 
-double SampledSoftmax::Forward(Arena& arena, const Tensor& outputs, const float* rows_in,
-                               const Candidates& candidates) {
+double SampledSoftmax::Forward(Arena& arena, const Tensor& outputs, const Tensor& distinct,
+                               const Tensor& slots, const Candidates& candidates) {
   Backend& backend = arena.backend();
   tokens_ = outputs.dim(0);
   per_token_ = candidates.per_token;
   if (tokens_ == 0) return 0;
   const int64_t rows = tokens_ * per_token_;
+  TESSERA_CHECK(slots.numel() == rows && distinct.rank() == 2 && distinct.dim(1) == dim_);
   outputs_ = outputs;
-  rows_ = rows_in;
+  distinct_ = distinct;
+  slots_ = slots;
   targets_ = arena.Allocate(DType::kI32, Shape{tokens_});  // the target is candidate 0
+  // Each distinct row normalised once, then gathered into candidate order.
+  unit_distinct_ = arena.AllocateUninitialized(DType::kF32, distinct.shape());
+  rstd_ = arena.AllocateUninitialized(DType::kF32, Shape{distinct.dim(0)});
+  backend.RmsNormForward(distinct.ptr<float>(), nullptr, unit_distinct_.ptr<float>(),
+                         rstd_.ptr<float>(), distinct.dim(0), dim_, RowNormEps(dim_));
   unit_rows_ = arena.AllocateUninitialized(DType::kF32, Shape{rows, dim_});
-  rstd_ = arena.AllocateUninitialized(DType::kF32, Shape{rows});
-  backend.RmsNormForward(rows_, nullptr, unit_rows_.ptr<float>(), rstd_.ptr<float>(),
-                         rows, dim_, RowNormEps(dim_));
+  backend.EmbeddingForward(slots.ptr<int32_t>(), unit_distinct_.ptr<float>(),
+                           unit_rows_.ptr<float>(), rows, dim_);
   // logits[t, c] = u_t . row_tc / (sqrt(D) temperature): one [1, D] x [D, 1 + K] per token.
   Tensor logits = UploadVector(arena, candidates.mask);  // the mask, then += the scores
   const float alpha = 1.0f / (std::sqrt(static_cast<float>(dim_)) * temperature_);
@@ -77,11 +84,12 @@ double SampledSoftmax::Forward(Arena& arena, const Tensor& outputs, const float*
                                      probs_.ptr<float>(), tokens_, per_token_);
 }
 
-Tensor SampledSoftmax::Backward(Arena& arena, float* drows, float scale) {
+Tensor SampledSoftmax::Backward(Arena& arena, const Tensor& ddistinct, float scale) {
   Backend& backend = arena.backend();
   Tensor doutputs = arena.Allocate(DType::kF32, Shape{tokens_, dim_});
   if (tokens_ == 0) return doutputs;
-  const int64_t rows = tokens_ * per_token_;
+  const int64_t rows = tokens_ * per_token_, distinct = distinct_.dim(0);
+  TESSERA_CHECK(ddistinct.numel() == distinct * dim_);
   // dlogits = scale (p - onehot): CrossEntropyBackward divides by the rows.
   Tensor dlogits = arena.AllocateUninitialized(DType::kF32, Shape{tokens_, per_token_});
   backend.CrossEntropyBackward(probs_.ptr<float>(), targets_.ptr<int32_t>(),
@@ -97,10 +105,16 @@ Tensor SampledSoftmax::Backward(Arena& arena, float* drows, float scale) {
   backend.GemmBatched(true, false, tokens_, per_token_, dim_, 1, alpha, dlogits.ptr<float>(),
                       per_token_, per_token_, outputs_.ptr<float>(), dim_, dim_, 0.0f,
                       dunit.ptr<float>(), dim_, per_token_ * dim_);
-  backend.RmsNormBackward(dunit.ptr<float>(), rows_, nullptr, rstd_.ptr<float>(), drows, nullptr,
-                          rows, dim_);
-  outputs_ = targets_ = unit_rows_ = rstd_ = probs_ = Tensor();
-  rows_ = nullptr;
+  // Summed per distinct row (in candidate order), then through its norm.
+  Tensor dunit_distinct = arena.Allocate(DType::kF32, Shape{distinct, dim_});
+  backend.EmbeddingBackward(slots_.ptr<int32_t>(), dunit.ptr<float>(),
+                            dunit_distinct.ptr<float>(), rows, dim_);
+  Tensor d = arena.AllocateUninitialized(DType::kF32, Shape{distinct, dim_});
+  backend.RmsNormBackward(dunit_distinct.ptr<float>(), distinct_.ptr<float>(), nullptr,
+                          rstd_.ptr<float>(), d.ptr<float>(), nullptr, distinct, dim_);
+  backend.AddInPlace(ddistinct.ptr<float>(), d.ptr<float>(), distinct * dim_);
+  outputs_ = targets_ = distinct_ = slots_ = unit_distinct_ = unit_rows_ = rstd_ = probs_ =
+      Tensor();
   return doutputs;
 }
 

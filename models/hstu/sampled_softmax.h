@@ -41,24 +41,27 @@ class SampledSoftmax {
  public:
   SampledSoftmax(int64_t dim, float temperature) : dim_(dim), temperature_(temperature) {}
 
-  // outputs: [T, D] unit rows; rows: the candidates' item rows [T (1 + K),
-  // D] in candidate order (looked up from the item table, which may be
-  // row-sharded), alive until Backward. The mean loss over the T tokens (0
-  // when T = 0). Keeps what Backward needs.
-  double Forward(Arena& arena, const Tensor& outputs, const float* rows,
+  // outputs: [T, D] unit rows; the candidates' item rows as `distinct`
+  // [U, D] (each distinct item once, looked up from the item table, which
+  // may be row-sharded) and `slots` i32 [T (1 + K)] (candidate i's row is
+  // distinct[slots[i]]), all in the backend's memory and alive until
+  // Backward. Each distinct row is normalised once. The mean loss over the T
+  // tokens (0 when T = 0). Keeps what Backward needs.
+  double Forward(Arena& arena, const Tensor& outputs, const Tensor& distinct, const Tensor& slots,
                  const Candidates& candidates);
-  // d outputs [T, D] (returned, overwritten) and drows [T (1 + K), D]
-  // (overwritten) of scale * (the sum of the T per-token losses).
-  Tensor Backward(Arena& arena, float* drows, float scale);
+  // Returns d outputs [T, D] and adds to `ddistinct` [U, D] the distinct
+  // rows' gradient, both of scale * (the sum of the T per-token losses).
+  Tensor Backward(Arena& arena, const Tensor& ddistinct, float scale);
 
  private:
   int64_t dim_;
   float temperature_;
   int64_t tokens_ = 0, per_token_ = 0;
   Tensor outputs_, targets_;
-  const float* rows_ = nullptr;     // candidate rows [T (1 + K), D]
-  Tensor unit_rows_, rstd_;         // normalised, [T (1 + K)]
-  Tensor probs_;                    // [T, 1 + K]
+  Tensor distinct_, slots_;       // [U, D], [T (1 + K)]
+  Tensor unit_distinct_, rstd_;   // normalised, [U, D] and [U]
+  Tensor unit_rows_;              // [T (1 + K), D] in candidate order
+  Tensor probs_;                  // [T, 1 + K]
 };
 
 }  // namespace tessera::hstu

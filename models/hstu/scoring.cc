@@ -97,6 +97,24 @@ absl::StatusOr<std::vector<float>> ScoreItems(Hstu& model, Arena& arena, const f
   return CosineScores(arena, queries.rows, table, model.num_items(), dim);
 }
 
+absl::StatusOr<Tensor> LookupRows(parallel::RowShardedTable& table, Arena& arena,
+                                  std::span<const int64_t> ids) {
+  std::vector<float> distinct;
+  std::vector<int32_t> slots;
+  TESSERA_RETURN_IF_ERROR(table.LookupDistinct(ids, &distinct, &slots));
+  const int64_t n = static_cast<int64_t>(ids.size()), dim = table.dim();
+  Tensor rows = arena.AllocateUninitialized(DType::kF32, Shape{n, dim});
+  if (n == 0) return rows;
+  Backend& backend = arena.backend();
+  Tensor slot = arena.AllocateUninitialized(DType::kI32, Shape{n});
+  backend.CopyToDevice(slot.address(), slots.data(), slot.bytes());
+  backend.EmbeddingForward(slot.ptr<int32_t>(),
+                           OnBackend(arena, distinct.data(),
+                                     static_cast<int64_t>(distinct.size()) / dim, dim),
+                           rows.ptr<float>(), n, dim);
+  return rows;
+}
+
 std::vector<int64_t> TopItems(std::span<const float> scores, std::span<const int64_t> history,
                               int64_t k) {
   std::vector<bool> excluded(scores.size(), false);

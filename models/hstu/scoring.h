@@ -11,6 +11,7 @@
 #include "absl/status/statusor.h"
 #include "models/hstu/model.h"
 #include "models/hstu/ranking.h"
+#include "parallel/embedding/row_sharded_table.h"
 
 namespace tessera::hstu {
 
@@ -51,6 +52,13 @@ absl::StatusOr<LastRows> LastOutputs(Hstu& model, Arena& arena, const HstuBatch&
 // similarity is (rows scaled to unit length, one GEMM).
 std::vector<float> CosineScores(Arena& arena, std::span<const float> queries, const float* rows,
                                 int64_t num_rows, int64_t dim);
+
+// The rows of `ids` [ids.size(), D] in the arena's memory, looked up from
+// the (host, possibly row-sharded) item table: each distinct id's row
+// travels to the device once and is gathered there. Collective over the
+// table's group.
+absl::StatusOr<Tensor> LookupRows(parallel::RowShardedTable& table, Arena& arena,
+                                  std::span<const int64_t> ids);
 
 // Which event of each history is the held-out target: leave-one-out's
 // validation (the second-to-last event) or test (the last).

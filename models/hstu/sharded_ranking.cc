@@ -5,7 +5,6 @@
 
 #include "runtime/base/errors.h"
 #include "runtime/base/status.h"
-#include "runtime/tensor/host_access.h"
 
 namespace tessera::hstu {
 namespace {
@@ -131,10 +130,7 @@ absl::Status RankTargets(Hstu& model, Arena& arena, parallel::RowShardedTable& t
   // This rank's tokens (under sp a share of them).
   const parallel::TokenRange mine = model.Tokens(batch);
   const std::vector<int64_t> ids(batch.items.begin() + mine.begin, batch.items.begin() + mine.end);
-  Tensor inputs = arena.AllocateUninitialized(DType::kF32, Shape{mine.size(), dim});  // [n, D]
-  const Tensor host_inputs = HostWritable(inputs);  // the table is host memory
-  TESSERA_RETURN_IF_ERROR(table.Lookup(ids, host_inputs.data<float>()));
-  WriteBack(host_inputs, inputs);
+  TESSERA_ASSIGN_OR_RETURN(const Tensor inputs, LookupRows(table, arena, ids));  // [n, D]
   TESSERA_ASSIGN_OR_RETURN(LastRows last, LastOutputs(model, arena, batch, inputs));
   // Each user is scored once in the group: by the sp rank holding its last
   // token (LastOutputs), and of the tp ranks holding the same users, by tp

@@ -72,42 +72,55 @@ absl::StatusOr<MicroBatchResult> HstuTask::RunMicroBatch(Arena& arena, int64_t s
   const parallel::TokenRange mine = model_.Tokens(batch);
   const Candidates candidates =
       SampleCandidates(batch, mine, m.num_negatives(), model_.num_items(), seed, step);
-  // One lookup for the input items and the loss's candidates:
-  // rows [T + T (1 + K), D], the inputs' first (T: this rank's tokens).
+  // One lookup for the input items and the loss's candidates (T: this
+  // rank's tokens): each distinct item's row once, [U, D], and where each of
+  // the T + T (1 + K) positions finds its row, the inputs' first. The table
+  // is host memory: only the distinct rows travel to the device and their
+  // gradient back; the model and the loss gather from them there.
   const int64_t tokens = mine.size(), dim = model_.dim();
   std::vector<int64_t> ids(batch.items.begin() + mine.begin, batch.items.begin() + mine.end);
   ids.insert(ids.end(), candidates.ids.begin(), candidates.ids.end());
-  const int64_t looked_up = static_cast<int64_t>(ids.size());
-  // The table is host memory: its rows go to the device (on the CPU they
-  // are written in place).
-  Tensor rows = arena.AllocateUninitialized(DType::kF32, Shape{looked_up, dim});
-  const Tensor host_rows = HostWritable(rows);
+  std::vector<float> host_distinct;
+  std::vector<int32_t> host_slots;
   lap(step_phases_.data);
-  TESSERA_RETURN_IF_ERROR(table_.Lookup(ids, host_rows.data<float>()));
-  WriteBack(host_rows, rows);
+  TESSERA_RETURN_IF_ERROR(table_.LookupDistinct(ids, &host_distinct, &host_slots));
+  Backend& backend = arena.backend();
+  const int64_t distinct_count = static_cast<int64_t>(host_distinct.size()) / dim;
+  Tensor distinct = arena.AllocateUninitialized(DType::kF32, Shape{distinct_count, dim});
+  Tensor slots = arena.AllocateUninitialized(DType::kI32, Shape{static_cast<int64_t>(ids.size())});
+  backend.CopyToDevice(distinct.address(), host_distinct.data(), distinct.bytes());
+  backend.CopyToDevice(slots.address(), host_slots.data(), slots.bytes());
+  const Tensor input_slots = slots.Slice(0, tokens), candidate_slots = slots.Slice(tokens, slots.dim(0));
+  Tensor inputs = arena.AllocateUninitialized(DType::kF32, Shape{tokens, dim});
+  backend.EmbeddingForward(input_slots.ptr<int32_t>(), distinct.ptr<float>(), inputs.ptr<float>(),
+                           tokens, dim);
   lap(step_phases_.table);
   const DropoutDraw dropout{m.dropout(), seed, step};
   TESSERA_ASSIGN_OR_RETURN(const Tensor outputs,
-                           model_.Forward(arena, batch, rows.ptr<float>(), &dropout));
+                           model_.Forward(arena, batch, inputs.ptr<float>(), &dropout));
   lap(step_phases_.layers);
   MicroBatchResult result;
-  result.loss = loss_.Forward(arena, outputs, rows.ptr<float>() + tokens * dim, candidates);
+  result.loss = loss_.Forward(arena, outputs, distinct, candidate_slots, candidates);
   result.samples = micro_batch_;
   result.elements = static_cast<double>(tokens);
   BeforeBackward();
-  Tensor drows = arena.AllocateUninitialized(DType::kF32, Shape{looked_up, dim});
-  const Tensor doutputs = loss_.Backward(arena, drows.ptr<float>() + tokens * dim, loss_scale);
+  Tensor ddistinct = arena.Allocate(DType::kF32, distinct.shape());  // zeros
+  const Tensor doutputs = loss_.Backward(arena, ddistinct, loss_scale);
   lap(step_phases_.loss);
-  TESSERA_RETURN_IF_ERROR(model_.Backward(doutputs, drows.ptr<float>()));
+  Tensor dinputs = arena.AllocateUninitialized(DType::kF32, Shape{tokens, dim});
+  TESSERA_RETURN_IF_ERROR(model_.Backward(doutputs, dinputs.ptr<float>()));
+  backend.EmbeddingBackward(input_slots.ptr<int32_t>(), dinputs.ptr<float>(),
+                            ddistinct.ptr<float>(), tokens, dim);
   lap(step_phases_.layers);
   // The tp ranks of a replica hold the same rows' gradients: one of them
   // sends them (the others send zeros for the same rows, which the owners'
   // sums leave unchanged and which touch the same rows). sp ranks hold
   // different tokens' rows: each sends its own.
-  const Tensor host_drows = model_.tp().rank() != 0 ? HostWritable(drows) : HostReadable(drows);
-  if (model_.tp().rank() != 0) std::fill_n(host_drows.data<float>(), drows.numel(), 0.0f);
+  const Tensor host_ddistinct =
+      model_.tp().rank() != 0 ? HostWritable(ddistinct) : HostReadable(ddistinct);
+  if (model_.tp().rank() != 0) std::fill_n(host_ddistinct.data<float>(), ddistinct.numel(), 0.0f);
   // The owners accumulate the rows' gradients; the trainer's Step updates them.
-  TESSERA_RETURN_IF_ERROR(table_.Backward(host_drows.data<float>()));
+  TESSERA_RETURN_IF_ERROR(table_.BackwardDistinct(host_ddistinct.data<float>()));
   lap(step_phases_.table);
   step_tokens_ += tokens;
   return result;
@@ -132,11 +145,16 @@ double ActivationBytesPerUser(const HstuConfig& m) {
   const double fused = m.num_heads() * 2.0 * (m.attention_dim() + m.linear_dim());
   const double gated = m.num_heads() * static_cast<double>(m.linear_dim());
   // Per block: the norm and projection outputs, SiLU, attention, gate, mask,
-  // output; the loss: candidate rows twice and their gradients twice; the
-  // table's looked-up rows (inputs and candidates) and their gradients.
+  // output; the loss: the normalised candidate rows and their gradient; the
+  // inputs' rows and their gradient; the distinct rows looked up (at most
+  // one per position, at most the table) five times: the rows, normalised,
+  // their gradient before and after the norm, and its sum.
   const double block = 3.0 * d + 2.0 * fused + 4.0 * gated;
-  const double loss = 4.0 * (1.0 + m.num_negatives()) * d + 2.0 * (2.0 + m.num_negatives()) * d;
-  return 4.0 * m.max_len() * (m.num_blocks() * block + loss + 4.0 * d);
+  const double positions = m.max_len() * (2.0 + m.num_negatives());
+  const double distinct = std::min(positions, static_cast<double>(m.num_items()));
+  const double loss = 2.0 * (1.0 + m.num_negatives()) * d * m.max_len() + 2.0 * d * m.max_len() +
+                      5.0 * distinct * d;
+  return 4.0 * (m.max_len() * (m.num_blocks() * block + 4.0 * d) + loss);
 }
 
 size_t HstuTask::PredictActivationBytes() const {

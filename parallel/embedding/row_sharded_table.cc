@@ -103,20 +103,30 @@ absl::Status RowShardedTable::Route(std::span<const int64_t> ids) {
   return absl::OkStatus();
 }
 
-absl::Status RowShardedTable::Lookup(std::span<const int64_t> ids, float* out) {
+absl::Status RowShardedTable::LookupDistinct(std::span<const int64_t> ids,
+                                             std::vector<float>* rows,
+                                             std::vector<int32_t>* slots) {
   TESSERA_RETURN_IF_ERROR(Route(ids));
   const Routing& r = routing_;
   std::vector<float> served(r.received.size() * dim_);  // rows this rank owns, as asked
   for (size_t i = 0; i < r.received.size(); ++i) {
     std::copy_n(rows_.data() + (r.received[i] - first_) * dim_, dim_, served.data() + i * dim_);
   }
-  std::vector<float> unique_rows(r.unique.size() * dim_);
-  TESSERA_RETURN_IF_ERROR(Exchange(served.data(), r.recv_counts, unique_rows.data(),
-                                   r.send_counts, DType::kF32, dim_));
-  const int64_t n = static_cast<int64_t>(r.slot.size());
+  rows->resize(r.unique.size() * dim_);
+  TESSERA_RETURN_IF_ERROR(Exchange(served.data(), r.recv_counts, rows->data(), r.send_counts,
+                                   DType::kF32, dim_));
+  if (slots != nullptr) *slots = r.slot;
+  return absl::OkStatus();
+}
+
+absl::Status RowShardedTable::Lookup(std::span<const int64_t> ids, float* out) {
+  std::vector<float> distinct;
+  TESSERA_RETURN_IF_ERROR(LookupDistinct(ids, &distinct, nullptr));
+  const std::vector<int32_t>& slot = routing_.slot;
+  const int64_t n = static_cast<int64_t>(slot.size());
 #pragma omp parallel for schedule(static) if (n * dim_ > (int64_t{1} << 18))
   for (int64_t i = 0; i < n; ++i) {
-    std::copy_n(unique_rows.data() + int64_t{r.slot[i]} * dim_, dim_, out + i * dim_);
+    std::copy_n(distinct.data() + int64_t{slot[i]} * dim_, dim_, out + i * dim_);
   }
   return absl::OkStatus();
 }
@@ -132,9 +142,14 @@ absl::Status RowShardedTable::Backward(const float* dout) {
     float* dst = summed.data() + int64_t{r.slot[i]} * dim_;
     for (int64_t d = 0; d < dim_; ++d) dst[d] += dout[i * dim_ + d];
   }
+  return BackwardDistinct(summed.data());
+}
+
+absl::Status RowShardedTable::BackwardDistinct(const float* ddistinct) {
+  const Routing& r = routing_;
   std::vector<float> received(r.received.size() * dim_);
-  TESSERA_RETURN_IF_ERROR(Exchange(summed.data(), r.send_counts, received.data(),
-                                   r.recv_counts, DType::kF32, dim_));
+  TESSERA_RETURN_IF_ERROR(Exchange(ddistinct, r.send_counts, received.data(), r.recv_counts,
+                                   DType::kF32, dim_));
   // Senders in rank order: the sum over ranks has a fixed order.
   for (size_t i = 0; i < r.received.size(); ++i) {
     float* g = TouchedGradient(r.received[i]);

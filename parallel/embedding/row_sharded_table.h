@@ -79,6 +79,16 @@ class RowShardedTable : public SparseParameters {
   // summed gradient of every touched row (over any number of Lookup /
   // Backward pairs until the next step: micro-batches).
   absl::Status Backward(const float* dout);
+  // The same lookup without expanding duplicates: `rows` [distinct, dim]
+  // holds the rows of the distinct ids (ascending), and `slots` (when not
+  // null) [ids.size()] where each position's row is among them. Lookup is
+  // this followed by rows[slots[i]] for every i.
+  absl::Status LookupDistinct(std::span<const int64_t> ids, std::vector<float>* rows,
+                              std::vector<int32_t>* slots);
+  // The gradient of the last lookup's distinct rows [distinct, dim], each
+  // the sum over the positions holding it (Backward sums in position order,
+  // then calls this).
+  absl::Status BackwardDistinct(const float* ddistinct);
   // Updates the rows touched since the last step with the gradients
   // multiplied by `grad_scale` (step t counts from 1 for Adam's bias
   // correction) and forgets them. Sums over the replicas first.

@@ -92,19 +92,32 @@ struct TinyModel {
     }
     return rows;
   }
+  // The whole table as a tensor: the loss's distinct rows.
+  Tensor Table() const {
+    Tensor t = Tensor::Empty(DType::kF32, Shape{model->num_items(), model->dim()});
+    std::copy(table.begin(), table.end(), t.data<float>());
+    return t;
+  }
   ParameterStore store;
   std::unique_ptr<Hstu> model;
   std::vector<float> table;  // [num_items, D]
 };
 
+// The candidates' slots in the whole table: their ids.
+Tensor Slots(const Candidates& c) {
+  Tensor t = Tensor::Empty(DType::kI32, Shape{static_cast<int64_t>(c.ids.size())});
+  std::copy(c.ids.begin(), c.ids.end(), t.data<int32_t>());
+  return t;
+}
+
 // Sum of the per-token losses at the store's and the table's current values.
 double LossSum(TinyModel& s, const HstuBatch& batch, const Candidates& c, float temperature) {
   Arena arena;
   const DropoutDraw dropout{0.3f, 5, 2};
-  const std::vector<float> inputs = s.Rows(batch.items), rows = s.Rows(c.ids);
+  const std::vector<float> inputs = s.Rows(batch.items);
   Tensor out = *s.model->Forward(arena, batch, inputs.data(), &dropout, /*record=*/false);
   SampledSoftmax loss(s.model->dim(), temperature);
-  return loss.Forward(arena, out, rows.data(), c) * batch.tokens();
+  return loss.Forward(arena, out, s.Table(), Slots(c), c) * batch.tokens();
 }
 
 // The gradient of LossSum: the store's in its grads, the table's returned.
@@ -112,23 +125,22 @@ std::vector<float> Gradients(TinyModel& s, const HstuBatch& batch, const Candida
                              float temperature) {
   Arena arena;
   const DropoutDraw dropout{0.3f, 5, 2};
-  const std::vector<float> inputs = s.Rows(batch.items), rows = s.Rows(c.ids);
+  const std::vector<float> inputs = s.Rows(batch.items);
   Tensor out = *s.model->Forward(arena, batch, inputs.data(), &dropout);
   SampledSoftmax loss(s.model->dim(), temperature);
-  loss.Forward(arena, out, rows.data(), c);
+  const Tensor table = s.Table();
+  loss.Forward(arena, out, table, Slots(c), c);
   s.store.ZeroGrads();
-  std::vector<float> dinputs(inputs.size(), NAN), drows(rows.size(), NAN);
-  Tensor dout = loss.Backward(arena, drows.data(), 1.0f);
+  std::vector<float> dinputs(inputs.size(), NAN);
+  Tensor dtable = Tensor::Empty(DType::kF32, table.shape());  // the candidates' part
+  Tensor dout = loss.Backward(arena, dtable, 1.0f);
   EXPECT_TRUE(s.model->Backward(dout, dinputs.data()).ok());
   const int64_t d = s.model->dim();
-  std::vector<float> dtable(s.table.size(), 0.0f);
-  auto scatter = [&](const std::vector<int32_t>& ids, const std::vector<float>& g) {
-    for (size_t i = 0; i < ids.size(); ++i)
-      for (int64_t k = 0; k < d; ++k) dtable[ids[i] * d + k] += g[i * d + k];
-  };
-  scatter(batch.items, dinputs);
-  scatter(c.ids, drows);
-  return dtable;
+  std::vector<float> grads(dtable.data<float>(), dtable.data<float>() + dtable.numel());
+  for (size_t i = 0; i < batch.items.size(); ++i) {  // the inputs' part
+    for (int64_t k = 0; k < d; ++k) grads[batch.items[i] * d + k] += dinputs[i * d + k];
+  }
+  return grads;
 }
 
 // Central differences in fp32 on a sample of `n` values (error of order

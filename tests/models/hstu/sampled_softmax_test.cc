@@ -90,24 +90,24 @@ TEST(SampledSoftmax, MatchesTheDoubleReferenceAndFiniteDifferences) {
   Arena arena;
   Tensor outputs = Tensor::Empty(DType::kF32, Shape{tokens, kD});
   std::copy(u.begin(), u.end(), outputs.data<float>());
-  // The candidates' rows, as the item table's lookup returns them.
-  std::vector<float> rows(c.ids.size() * kD);
-  for (size_t i = 0; i < c.ids.size(); ++i) {
-    std::copy_n(table.data() + c.ids[i] * kD, kD, rows.data() + i * kD);
-  }
+  // The whole table as the distinct rows, each candidate's slot its item.
+  Tensor distinct = Tensor::Empty(DType::kF32, Shape{kItems, kD});
+  std::copy(table.begin(), table.end(), distinct.data<float>());
+  const auto count = static_cast<int64_t>(c.ids.size());
+  Tensor slots = Tensor::Empty(DType::kI32, Shape{count});
+  std::copy(c.ids.begin(), c.ids.end(), slots.data<int32_t>());
   SampledSoftmax loss(kD, kTemperature);
-  const double mean = loss.Forward(arena, outputs, rows.data(), c);
+  const double mean = loss.Forward(arena, outputs, distinct, slots, c);
   const std::vector<double> ud(u.begin(), u.end()), td(table.begin(), table.end());
   EXPECT_NEAR(mean, ReferenceLossSum(ud, td, c) / tokens, 1e-5);
 
-  std::vector<float> drows(rows.size(), NAN);  // overwritten
+  // Backward adds to the distinct rows' gradient: start it at 1 to see that.
+  Tensor ddistinct = Tensor::Empty(DType::kF32, Shape{kItems, kD});
+  std::fill_n(ddistinct.data<float>(), ddistinct.numel(), 1.0f);
   const float scale = 0.75f;
-  Tensor du = loss.Backward(arena, drows.data(), scale);
-  // The table's gradient: each candidate's row gradient added to its item.
-  std::vector<float> dtable(table.size(), 0.0f);
-  for (size_t i = 0; i < c.ids.size(); ++i) {
-    for (int64_t d = 0; d < kD; ++d) dtable[c.ids[i] * kD + d] += drows[i * kD + d];
-  }
+  Tensor du = loss.Backward(arena, ddistinct, scale);
+  std::vector<float> dtable(ddistinct.data<float>(), ddistinct.data<float>() + table.size());
+  for (float& g : dtable) g -= 1.0f;
   const auto want_du = NumericalGradient(
       [&](const std::vector<double>& v) { return scale * ReferenceLossSum(v, td, c); }, ud);
   EXPECT_LT(MaxRelativeError(du.data<float>(), want_du.data(), tokens * kD), 1e-4);

@@ -13,10 +13,12 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <memory>
 #include <random>
+#include <set>
 #include <vector>
 
 #include "absl/time/time.h"
@@ -91,24 +93,60 @@ struct WholeTable {
   }
 };
 
+// Lookup, or with `distinct` LookupDistinct (checked: the distinct ids
+// ascending, each once, every position's slot holding its id's row) and
+// the rows expanded by the slots.
+std::vector<float> LookupRows(RowShardedTable& table, const std::vector<int64_t>& ids,
+                              bool distinct, std::vector<int32_t>* slots) {
+  std::vector<float> out(ids.size() * kDim, NAN);
+  if (!distinct) {
+    EXPECT_TRUE(table.Lookup(ids, out.data()).ok());
+    return out;
+  }
+  std::vector<float> rows;
+  EXPECT_TRUE(table.LookupDistinct(ids, &rows, slots).ok());
+  std::vector<int64_t> unique(ids.begin(), ids.end());
+  std::sort(unique.begin(), unique.end());
+  unique.erase(std::unique(unique.begin(), unique.end()), unique.end());
+  EXPECT_EQ(rows.size(), unique.size() * kDim);
+  EXPECT_EQ(slots->size(), ids.size());
+  for (size_t i = 0; i < ids.size() && i < slots->size(); ++i) {
+    const int32_t slot = (*slots)[i];
+    EXPECT_EQ(unique[slot], ids[i]) << "position " << i;
+    std::copy_n(rows.data() + slot * kDim, kDim, out.data() + i * kDim);
+  }
+  return out;
+}
+
 // `rows`: kRows dedupes a lookup by marking rows; a table of many more rows
-// than ids looked up (> 8 per id) by sorting the ids.
-void RunSteps(const SparseOptimizerOptions& options, int64_t rows = kRows) {
+// than ids looked up (> 8 per id) by sorting the ids. `distinct`: through
+// LookupDistinct and BackwardDistinct (the gradients summed per distinct id
+// by the caller, as HSTU does on its device).
+void RunSteps(const SparseOptimizerOptions& options, int64_t rows = kRows,
+              bool distinct = false) {
   auto world = World();
   const int p = world->size(), me = world->rank();
   RowShardedTable table(*world, "items", rows, kDim, kStd);
   WholeTable whole(rows);
   for (int step = 1; step <= 4; ++step) {
     const std::vector<int64_t> ids = Ids(me, step);
-    std::vector<float> out(ids.size() * kDim, NAN);
-    ASSERT_TRUE(table.Lookup(ids, out.data()).ok());
+    std::vector<int32_t> slots;
+    const std::vector<float> out = LookupRows(table, ids, distinct, &slots);
     for (size_t i = 0; i < ids.size(); ++i)
       for (int64_t d = 0; d < kDim; ++d) {
         ASSERT_NEAR(out[i * kDim + d], whole.values[ids[i] * kDim + d], 1e-5)
             << "step " << step << " id " << ids[i];
       }
     const std::vector<float> dout = Dout(me, step, ids.size());
-    ASSERT_TRUE(table.Backward(dout.data()).ok());
+    if (distinct) {
+      const std::set<int64_t> distinct_ids(ids.begin(), ids.end());
+      std::vector<float> summed(distinct_ids.size() * kDim, 0.0f);
+      for (size_t i = 0; i < ids.size(); ++i)
+        for (int64_t d = 0; d < kDim; ++d) summed[slots[i] * kDim + d] += dout[i * kDim + d];
+      ASSERT_TRUE(table.BackwardDistinct(summed.data()).ok());
+    } else {
+      ASSERT_TRUE(table.Backward(dout.data()).ok());
+    }
     std::map<int64_t, std::vector<double>> grads;
     for (int q = 0; q < p; ++q) {
       const std::vector<int64_t> qids = Ids(q, step);
@@ -154,6 +192,13 @@ TEST(RowShardedTable, ATableOfManyMoreRowsThanIdsDedupesBySortingToTheSameResult
   SparseOptimizerOptions options;
   options.lr = 0.05;
   RunSteps(options, /*rows=*/20000);
+}
+
+TEST(RowShardedTable, TheDistinctLookupAndBackwardMatchOneTable) {
+  SparseOptimizerOptions adam;
+  adam.lr = 0.05;
+  RunSteps(adam, kRows, /*distinct=*/true);
+  RunSteps(adam, 1000, /*distinct=*/true);  // dedupe by sorting
 }
 
 TEST(RowShardedTable, RowwiseAdagradMatchesOneTable) {
