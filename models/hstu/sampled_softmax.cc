@@ -70,15 +70,13 @@ double SampledSoftmax::Forward(Arena& arena, const Tensor& outputs, const Tensor
   rstd_ = arena.AllocateUninitialized(DType::kF32, Shape{distinct.dim(0)});
   backend.RmsNormForward(distinct.ptr<float>(), nullptr, unit_distinct_.ptr<float>(),
                          rstd_.ptr<float>(), distinct.dim(0), dim_, RowNormEps(dim_));
-  unit_rows_ = arena.AllocateUninitialized(DType::kF32, Shape{rows, dim_});
-  backend.EmbeddingForward(slots.ptr<int32_t>(), unit_distinct_.ptr<float>(),
-                           unit_rows_.ptr<float>(), rows, dim_);
-  // logits[t, c] = u_t . row_tc / (sqrt(D) temperature): one [1, D] x [D, 1 + K] per token.
+  // logits[t, c] = u_t . row_tc / (sqrt(D) temperature), each token against
+  // its candidates' normalised rows where they lie (no [T (1 + K), D] copy).
   Tensor logits = UploadVector(arena, candidates.mask);  // the mask, then += the scores
   const float alpha = 1.0f / (std::sqrt(static_cast<float>(dim_)) * temperature_);
-  backend.GemmBatched(false, true, tokens_, 1, per_token_, dim_, alpha, outputs.ptr<float>(),
-                      dim_, dim_, unit_rows_.ptr<float>(), dim_, per_token_ * dim_, 1.0f,
-                      logits.ptr<float>(), per_token_, per_token_);
+  backend.GatherDotForward(outputs.ptr<float>(), unit_distinct_.ptr<float>(),
+                           slots.ptr<int32_t>(), tokens_, per_token_, dim_, alpha, 1.0f,
+                           logits.ptr<float>());
   probs_ = arena.AllocateUninitialized(DType::kF32, Shape{tokens_, per_token_});
   return backend.CrossEntropyForward(logits.ptr<float>(), targets_.ptr<int32_t>(),
                                      probs_.ptr<float>(), tokens_, per_token_);
@@ -88,7 +86,7 @@ Tensor SampledSoftmax::Backward(Arena& arena, const Tensor& ddistinct, float sca
   Backend& backend = arena.backend();
   Tensor doutputs = arena.Allocate(DType::kF32, Shape{tokens_, dim_});
   if (tokens_ == 0) return doutputs;
-  const int64_t rows = tokens_ * per_token_, distinct = distinct_.dim(0);
+  const int64_t distinct = distinct_.dim(0);
   TESSERA_CHECK(ddistinct.numel() == distinct * dim_);
   // dlogits = scale (p - onehot): CrossEntropyBackward divides by the rows.
   Tensor dlogits = arena.AllocateUninitialized(DType::kF32, Shape{tokens_, per_token_});
@@ -96,25 +94,19 @@ Tensor SampledSoftmax::Backward(Arena& arena, const Tensor& ddistinct, float sca
                                dlogits.ptr<float>(), tokens_, per_token_,
                                scale * static_cast<float>(tokens_));
   const float alpha = 1.0f / (std::sqrt(static_cast<float>(dim_)) * temperature_);
-  // d u_t = alpha dlogits_t [1, 1 + K] x unit_rows_t [1 + K, D]
-  backend.GemmBatched(false, false, tokens_, 1, dim_, per_token_, alpha, dlogits.ptr<float>(),
-                      per_token_, per_token_, unit_rows_.ptr<float>(), dim_, per_token_ * dim_,
-                      0.0f, doutputs.ptr<float>(), dim_, dim_);
-  // d unit_rows_t = alpha dlogits_t^T [1 + K, 1] x u_t [1, D]
-  Tensor dunit = arena.AllocateUninitialized(DType::kF32, Shape{rows, dim_});
-  backend.GemmBatched(true, false, tokens_, per_token_, dim_, 1, alpha, dlogits.ptr<float>(),
-                      per_token_, per_token_, outputs_.ptr<float>(), dim_, dim_, 0.0f,
-                      dunit.ptr<float>(), dim_, per_token_ * dim_);
-  // Summed per distinct row (in candidate order), then through its norm.
+  // d u_t = alpha sum_c dlogits_tc row_tc; the normalised distinct rows'
+  // gradient summed over their candidates (in candidate order), then
+  // through their norm.
   Tensor dunit_distinct = arena.Allocate(DType::kF32, Shape{distinct, dim_});
-  backend.EmbeddingBackward(slots_.ptr<int32_t>(), dunit.ptr<float>(),
-                            dunit_distinct.ptr<float>(), rows, dim_);
+  backend.GatherDotBackward(outputs_.ptr<float>(), unit_distinct_.ptr<float>(),
+                            slots_.ptr<int32_t>(), tokens_, per_token_, dim_, alpha,
+                            dlogits.ptr<float>(), doutputs.ptr<float>(),
+                            dunit_distinct.ptr<float>());
   Tensor d = arena.AllocateUninitialized(DType::kF32, Shape{distinct, dim_});
   backend.RmsNormBackward(dunit_distinct.ptr<float>(), distinct_.ptr<float>(), nullptr,
                           rstd_.ptr<float>(), d.ptr<float>(), nullptr, distinct, dim_);
   backend.AddInPlace(ddistinct.ptr<float>(), d.ptr<float>(), distinct * dim_);
-  outputs_ = targets_ = distinct_ = slots_ = unit_distinct_ = unit_rows_ = rstd_ = probs_ =
-      Tensor();
+  outputs_ = targets_ = distinct_ = slots_ = unit_distinct_ = rstd_ = probs_ = Tensor();
   return doutputs;
 }
 

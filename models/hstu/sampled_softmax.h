@@ -60,7 +60,6 @@ class SampledSoftmax {
   Tensor outputs_, targets_;
   Tensor distinct_, slots_;       // [U, D], [T (1 + K)]
   Tensor unit_distinct_, rstd_;   // normalised, [U, D] and [U]
-  Tensor unit_rows_;              // [T (1 + K), D] in candidate order
   Tensor probs_;                  // [T, 1 + K]
 };
 

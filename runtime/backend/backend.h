@@ -175,6 +175,16 @@ class Backend {
   // dtable[ids[i], :] += dout[i, :]
   virtual void EmbeddingBackward(const int32_t* ids, const float* dout, float* dtable, int64_t n,
                                  int64_t dim) = 0;
+  // out[t, c] = alpha q[t] . rows[slots[t per_token + c]] + beta out[t, c]:
+  // each of `tokens` queries [dim] against its `per_token` gathered rows,
+  // without gathering them (HSTU's sampled softmax). Backward: dq
+  // overwritten, drows accumulated (runtime/kernels/cpu/embedding.h).
+  virtual void GatherDotForward(const float* q, const float* rows, const int32_t* slots,
+                                int64_t tokens, int64_t per_token, int64_t dim, float alpha,
+                                float beta, float* out) = 0;
+  virtual void GatherDotBackward(const float* q, const float* rows, const int32_t* slots,
+                                 int64_t tokens, int64_t per_token, int64_t dim, float alpha,
+                                 const float* dout, float* dq, float* drows) = 0;
   // mean((pred - target)^2); the backward writes scale * d(mean)/dpred.
   virtual double MseForward(const float* pred, const float* target, int64_t n) = 0;
   virtual void MseBackward(const float* pred, const float* target, float* dpred, int64_t n,

@@ -205,6 +205,18 @@ void CpuBackend::EmbeddingBackward(const int32_t* ids, const float* dout, float*
   cpu::EmbeddingBackward(ids, dout, dtable, n, dim);
 }
 
+void CpuBackend::GatherDotForward(const float* q, const float* rows, const int32_t* slots,
+                                  int64_t tokens, int64_t per_token, int64_t dim, float alpha,
+                                  float beta, float* out) {
+  cpu::GatherDotForward(q, rows, slots, tokens, per_token, dim, alpha, beta, out);
+}
+
+void CpuBackend::GatherDotBackward(const float* q, const float* rows, const int32_t* slots,
+                                   int64_t tokens, int64_t per_token, int64_t dim, float alpha,
+                                   const float* dout, float* dq, float* drows) {
+  cpu::GatherDotBackward(q, rows, slots, tokens, per_token, dim, alpha, dout, dq, drows);
+}
+
 double CpuBackend::MseForward(const float* pred, const float* target, int64_t n) {
   return cpu::MseForward(pred, target, n);
 }

@@ -367,6 +367,20 @@ void CudaBackend::EmbeddingBackward(const int32_t* ids, const float* dout, float
   Check("EmbeddingBackward", cuda::EmbeddingBackward(ids, dout, dtable, n, dim, stream_));
 }
 
+void CudaBackend::GatherDotForward(const float* q, const float* rows, const int32_t* slots,
+                                   int64_t tokens, int64_t per_token, int64_t dim, float alpha,
+                                   float beta, float* out) {
+  Check("GatherDotForward", cuda::GatherDotForward(q, rows, slots, tokens, per_token, dim, alpha,
+                                                   beta, out, stream_));
+}
+
+void CudaBackend::GatherDotBackward(const float* q, const float* rows, const int32_t* slots,
+                                    int64_t tokens, int64_t per_token, int64_t dim, float alpha,
+                                    const float* dout, float* dq, float* drows) {
+  Check("GatherDotBackward", cuda::GatherDotBackward(q, rows, slots, tokens, per_token, dim,
+                                                     alpha, dout, dq, drows, stream_));
+}
+
 double CudaBackend::MseForward(const float* pred, const float* target, int64_t n) {
   void* partials = Scratch("MseForward", sizeof(double) * cuda::kLossPartials);
   if (partials == nullptr) return std::numeric_limits<double>::quiet_NaN();

@@ -109,6 +109,12 @@ class CudaBackend final : public Backend {
                         int64_t dim) override;
   void EmbeddingBackward(const int32_t* ids, const float* dout, float* dtable, int64_t n,
                          int64_t dim) override;
+  void GatherDotForward(const float* q, const float* rows, const int32_t* slots, int64_t tokens,
+                        int64_t per_token, int64_t dim, float alpha, float beta,
+                        float* out) override;
+  void GatherDotBackward(const float* q, const float* rows, const int32_t* slots, int64_t tokens,
+                         int64_t per_token, int64_t dim, float alpha, const float* dout, float* dq,
+                         float* drows) override;
   double MseForward(const float* pred, const float* target, int64_t n) override;
   void MseBackward(const float* pred, const float* target, float* dpred, int64_t n,
                    float scale) override;

@@ -90,7 +90,80 @@ __global__ void EmbeddingBackwardKernel(const int32_t* __restrict__ ids,
   TESSERA_CUDA_FOR(i, n * dim) { atomicAdd(dtable + int64_t{ids[i / dim]} * dim + i % dim, dout[i]); }
 }
 
+// One warp per (token, candidate): the dot product over dim.
+__global__ void GatherDotForwardKernel(const float* __restrict__ q, const float* __restrict__ rows,
+                                       const int32_t* __restrict__ slots, int64_t pairs,
+                                       int64_t per_token, int64_t dim, float alpha, float beta,
+                                       float* __restrict__ out) {
+  const int64_t pair = int64_t{blockIdx.x} * kRowsPerBlock + threadIdx.x / kWarpSize;
+  const int lane = threadIdx.x % kWarpSize;
+  if (pair >= pairs) return;
+  const float* qt = q + (pair / per_token) * dim;
+  const float* row = rows + int64_t{slots[pair]} * dim;
+  float dot = 0.0f;
+  for (int64_t d = lane; d < dim; d += kWarpSize) dot += qt[d] * row[d];
+  dot = WarpSum(dot);
+  if (lane == 0) out[pair] = alpha * dot + (beta == 0.0f ? 0.0f : beta * out[pair]);
+}
+
+// One warp per token: dq[t] = alpha sum_c dout[t, c] rows[slot] (overwritten).
+__global__ void GatherDotQueryGradKernel(const float* __restrict__ rows,
+                                         const int32_t* __restrict__ slots, int64_t tokens,
+                                         int64_t per_token, int64_t dim, float alpha,
+                                         const float* __restrict__ dout, float* __restrict__ dq) {
+  const int64_t t = int64_t{blockIdx.x} * kRowsPerBlock + threadIdx.x / kWarpSize;
+  const int lane = threadIdx.x % kWarpSize;
+  if (t >= tokens) return;
+  for (int64_t d = lane; d < dim; d += kWarpSize) {
+    float sum = 0.0f;
+    for (int64_t c = 0; c < per_token; ++c) {
+      sum += dout[t * per_token + c] * rows[int64_t{slots[t * per_token + c]} * dim + d];
+    }
+    dq[t * dim + d] = alpha * sum;
+  }
+}
+
+// drows[slot] += alpha dout[t, c] q[t]: one thread per element, atomic adds
+// (rows repeat across tokens; the order of the adds is not fixed).
+__global__ void GatherDotRowGradKernel(const float* __restrict__ q,
+                                       const int32_t* __restrict__ slots, int64_t pairs,
+                                       int64_t per_token, int64_t dim, float alpha,
+                                       const float* __restrict__ dout, float* drows) {
+  TESSERA_CUDA_FOR(i, pairs * dim) {
+    const int64_t pair = i / dim, d = i % dim;
+    atomicAdd(drows + int64_t{slots[pair]} * dim + d,
+              alpha * dout[pair] * q[(pair / per_token) * dim + d]);
+  }
+}
+
 }  // namespace
+
+absl::Status GatherDotForward(const float* q, const float* rows, const int32_t* slots,
+                              int64_t tokens, int64_t per_token, int64_t dim, float alpha,
+                              float beta, float* out, cudaStream_t stream) {
+  TESSERA_RETURN_IF_ERROR(internal::CheckNonNegative("GatherDotForward", tokens, per_token));
+  TESSERA_RETURN_IF_ERROR(internal::CheckNonNegative("GatherDotForward", dim));
+  const int64_t pairs = tokens * per_token;
+  if (pairs == 0) return absl::OkStatus();
+  GatherDotForwardKernel<<<internal::RowBlocks(pairs), kRowsPerBlock * kWarpSize, 0, stream>>>(
+      q, rows, slots, pairs, per_token, dim, alpha, beta, out);
+  TESSERA_CUDA_LAUNCH();
+  return absl::OkStatus();
+}
+
+absl::Status GatherDotBackward(const float* q, const float* rows, const int32_t* slots,
+                               int64_t tokens, int64_t per_token, int64_t dim, float alpha,
+                               const float* dout, float* dq, float* drows, cudaStream_t stream) {
+  TESSERA_RETURN_IF_ERROR(internal::CheckNonNegative("GatherDotBackward", tokens, per_token));
+  TESSERA_RETURN_IF_ERROR(internal::CheckNonNegative("GatherDotBackward", dim));
+  if (tokens == 0 || dim == 0) return absl::OkStatus();
+  GatherDotQueryGradKernel<<<internal::RowBlocks(tokens), kRowsPerBlock * kWarpSize, 0,
+                             stream>>>(rows, slots, tokens, per_token, dim, alpha, dout, dq);
+  TESSERA_CUDA_LAUNCH();
+  if (per_token == 0) return absl::OkStatus();
+  return LaunchFlat("GatherDotBackward", tokens * per_token * dim, stream, GatherDotRowGradKernel,
+                    q, slots, tokens * per_token, per_token, dim, alpha, dout, drows);
+}
 
 absl::Status MseForward(const float* pred, const float* target, int64_t n, double* scratch,
                         double* result, cudaStream_t stream) {

@@ -38,4 +38,15 @@ absl::Status EmbeddingForward(const int32_t* ids, const float* table, float* out
 absl::Status EmbeddingBackward(const int32_t* ids, const float* dout, float* dtable, int64_t n,
                                int64_t dim, cudaStream_t stream);
 
+// runtime/kernels/cpu/embedding.h's GatherDot: out[t, c] = alpha q[t] .
+// rows[slots[t per_token + c]] + beta out[t, c] (one warp per pair); the
+// backward overwrites dq (one warp per token) and adds into drows (atomic
+// adds: repeated rows sum in any order).
+absl::Status GatherDotForward(const float* q, const float* rows, const int32_t* slots,
+                              int64_t tokens, int64_t per_token, int64_t dim, float alpha,
+                              float beta, float* out, cudaStream_t stream);
+absl::Status GatherDotBackward(const float* q, const float* rows, const int32_t* slots,
+                               int64_t tokens, int64_t per_token, int64_t dim, float alpha,
+                               const float* dout, float* dq, float* drows, cudaStream_t stream);
+
 }  // namespace tessera::cuda

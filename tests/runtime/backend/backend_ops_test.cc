@@ -475,6 +475,49 @@ TEST_P(BackendOps, EmbeddingForwardAndBackwardWithRepeatedIds) {
   ExpectClose(Download<float>(dt), want_dt, kTolerance, "embedding backward");
 }
 
+// Each of 3 tokens against 4 gathered rows of a 6-row table (rows repeat
+// within and across tokens; dim 37: not a multiple of a warp or a band):
+// the scores against the double reference with beta 1 onto existing
+// values, and both gradients (dq overwritten, drows added to a non-zero
+// start) by finite differences of <w, scores>.
+TEST_P(BackendOps, GatherDotScoresEachQueryAgainstItsGatheredRows) {
+  const int64_t tokens = 3, per_token = 4, rows = 6, dim = 37;
+  const std::vector<int32_t> slots = {2, 0, 2, 5, 1, 1, 4, 2, 5, 0, 3, 2};
+  const float alpha = 0.7f, beta = 1.0f;
+  const auto q = RandomFloats(tokens * dim, 31), table = RandomFloats(rows * dim, 32);
+  const auto start = RandomFloats(tokens * per_token, 33);
+  const auto w = RandomFloats(tokens * per_token, 34);
+  const auto scores = [&](const std::vector<double>& qd, const std::vector<double>& td) {
+    std::vector<double> out(tokens * per_token);
+    for (int64_t t = 0; t < tokens; ++t)
+      for (int64_t c = 0; c < per_token; ++c) {
+        double dot = 0;
+        for (int64_t d = 0; d < dim; ++d) dot += qd[t * dim + d] * td[slots[t * per_token + c] * dim + d];
+        out[t * per_token + c] = alpha * dot + beta * start[t * per_token + c];
+      }
+    return out;
+  };
+  Tensor slot_t = Upload(slots), q_t = Upload(q), table_t = Upload(table);
+  Tensor out = Upload(start);
+  backend().GatherDotForward(q_t.ptr<float>(), table_t.ptr<float>(), slot_t.ptr<int32_t>(), tokens,
+                             per_token, dim, alpha, beta, out.ptr<float>());
+  ExpectClose(Download<float>(out), scores(ToDouble(q), ToDouble(table)), kTolerance,
+              "gather-dot");
+  Tensor dq = Poisoned<float>(tokens * dim);
+  const std::vector<float> ones(rows * dim, 1.0f);
+  Tensor drows = Upload(ones);
+  backend().GatherDotBackward(q_t.ptr<float>(), table_t.ptr<float>(), slot_t.ptr<int32_t>(),
+                              tokens, per_token, dim, alpha, Upload(w).ptr<float>(),
+                              dq.ptr<float>(), drows.ptr<float>());
+  ExpectGradient(Download<float>(dq), [&](const std::vector<double>& v) {
+    return scores(v, ToDouble(table));
+  }, q, w, "gather-dot dq");
+  std::vector<float> dtable = Download<float>(drows);
+  for (float& g : dtable) g -= 1.0f;  // added to the start
+  ExpectGradient(dtable, [&](const std::vector<double>& v) { return scores(ToDouble(q), v); },
+                 table, w, "gather-dot drows");
+}
+
 TEST_P(BackendOps, MseAndCrossEntropyForwardAndBackward) {
   const int64_t n = 33;
   const auto pred = RandomFloats(n, 26), target = RandomFloats(n, 27);
