@@ -8,17 +8,32 @@
 // Softmax exponentials are not counted.
 //
 // Usage: bench_attention [threads]   (default: OpenMP's default)
+//        bench_attention --cuda      (CUDA builds, on a GPU: the bf16 tensor-core
+//                                     and the fp32 kernels against the bf16 GEMM rate)
 #include "runtime/kernels/cpu/attention.h"
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <memory>
 #include <random>
 #include <vector>
 
 #include "bench/timing.h"
 #include "absl/strings/str_format.h"
 #include "runtime/kernels/cpu/gemm.h"
+
+#ifdef TESSERA_BENCH_CUDA
+#include <cuda_runtime_api.h>
+
+#include "runtime/kernels/cuda/attention.h"
+#include "runtime/kernels/cuda/attention_bf16.h"
+#include "runtime/kernels/cuda/check.h"
+#include "runtime/kernels/cuda/device.h"
+#include "runtime/kernels/cuda/gemm.h"
+#endif
 
 namespace {
 
@@ -62,9 +77,142 @@ void BenchShape(int64_t batch, int64_t seq, int64_t heads, int64_t head_dim, dou
       backward_s * 1e3, backward_gflops, backward_gflops / gemm_gflops);
 }
 
+
+#ifdef TESSERA_BENCH_CUDA
+namespace cuda = tessera::cuda;
+
+void OrDie(const absl::Status& status) {
+  if (status.ok()) return;
+  std::fprintf(stderr, "bench_attention: %s\n", status.ToString().c_str());
+  std::exit(1);
+}
+
+// Best of `reps` timings (CUDA events on `stream`) of fn(), seconds, after a warm-up.
+template <typename Fn>
+double GpuBestSeconds(cudaStream_t stream, int reps, Fn&& fn) {
+  OrDie(fn());
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  double best = 1e30;
+  for (int r = 0; r < reps; ++r) {
+    cudaEventRecord(start, stream);
+    OrDie(fn());
+    cudaEventRecord(stop, stream);
+    OrDie(cuda::CudaStatus(cudaEventSynchronize(stop), "cudaEventSynchronize", __FILE__, __LINE__));
+    float ms = 0.0f;
+    cudaEventElapsedTime(&ms, start, stop);
+    best = std::min(best, ms * 1e-3);
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return best;
+}
+
+cuda::DeviceBuffer DeviceRandom(int64_t n, uint32_t seed) {
+  absl::StatusOr<cuda::DeviceBuffer> buffer = cuda::DeviceBuffer::Create(sizeof(float) * n);
+  OrDie(buffer.status());
+  std::vector<float> host(n);
+  uint32_t state = seed * 2654435761u + 1;  // a cheap generator: 10^8 values in well under 1 s
+  for (float& x : host) {
+    state = state * 1664525u + 1013904223u;
+    x = static_cast<float>(state >> 8) * (2.0f / 16777216.0f) - 1.0f;
+  }
+  OrDie(buffer->CopyFromHost(host.data(), sizeof(float) * n));
+  return *std::move(buffer);
+}
+
+// The rate a bf16 run's GEMMs get: cuda::Gemm with bf16 inputs (their
+// rounding into scratch included) on square n = 8192 matrices, TFLOP/s.
+double CudaGemmBf16Tflops(cudaStream_t stream) {
+  constexpr int64_t n = 8192;
+  absl::StatusOr<std::unique_ptr<cuda::GemmContext>> context = cuda::GemmContext::Create();
+  OrDie(context.status());
+  cuda::DeviceBuffer a = DeviceRandom(n * n, 1), b = DeviceRandom(n * n, 2), c = DeviceRandom(n * n, 3);
+  const double seconds = GpuBestSeconds(stream, 5, [&] {
+    return cuda::Gemm(**context, false, false, n, n, n, 1.0f, a.as<float>(), n, b.as<float>(), n,
+                      0.0f, c.as<float>(), n, stream, cuda::GemmInputs::kBf16);
+  });
+  return 2.0 * n * n * n / seconds * 1e-12;
+}
+
+// Forward + backward of one non-causal shape (fused QKV, 16384 tokens of
+// width 1024) with the bf16 tensor-core kernels and the fp32 kernels.
+void BenchCudaShape(cudaStream_t stream, int64_t seq, int64_t head_dim, double gemm_tflops) {
+  constexpr int64_t kTokens = 16384, kWidth = 1024;
+  const int64_t batch = kTokens / seq, heads = kWidth / head_dim;
+  const AttentionShape shape{batch, seq, heads, head_dim, 3 * kWidth, false};
+  cuda::DeviceBuffer qkv = DeviceRandom(kTokens * 3 * kWidth, 5);
+  cuda::DeviceBuffer dqkv = DeviceRandom(kTokens * 3 * kWidth, 6);
+  cuda::DeviceBuffer dout = DeviceRandom(kTokens * kWidth, 7);
+  cuda::DeviceBuffer out = DeviceRandom(kTokens * kWidth, 8);
+  cuda::DeviceBuffer lse = DeviceRandom(batch * heads * seq, 9);
+  cuda::DeviceBuffer scratch = DeviceRandom(batch * heads * seq, 10);
+  const float* q = qkv.as<float>();
+  float* dq = dqkv.as<float>();
+  struct Times {
+    double forward, backward;
+  };
+  auto time = [&](bool bf16) {
+    Times t;
+    const int reps = bf16 ? 10 : 3;
+    t.forward = GpuBestSeconds(stream, reps, [&] {
+      return bf16 ? cuda::AttentionForwardBf16(shape, q, q + kWidth, q + 2 * kWidth,
+                                               out.as<float>(), lse.as<float>(), stream)
+                  : cuda::AttentionForward(shape, q, q + kWidth, q + 2 * kWidth, out.as<float>(),
+                                           lse.as<float>(), stream);
+    });
+    t.backward = GpuBestSeconds(stream, reps, [&] {
+      return bf16 ? cuda::AttentionBackwardBf16(shape, q, q + kWidth, q + 2 * kWidth,
+                                                out.as<float>(), dout.as<float>(), lse.as<float>(),
+                                                dq, dq + kWidth, dq + 2 * kWidth,
+                                                scratch.as<float>(), stream)
+                  : cuda::AttentionBackward(shape, q, q + kWidth, q + 2 * kWidth, out.as<float>(),
+                                            dout.as<float>(), lse.as<float>(), dq, dq + kWidth,
+                                            dq + 2 * kWidth, scratch.as<float>(), stream);
+    });
+    return t;
+  };
+  const Times bf16 = time(true), fp32 = time(false);
+  const double core = static_cast<double>(batch * heads) * seq * seq * head_dim;
+  auto tflops = [&](const Times& t) { return 14.0 * core / (t.forward + t.backward) * 1e-12; };
+  absl::PrintF(
+      "cuda attention S=%d Dh=%d B=%d H=%d: bf16 forward %.3f ms backward %.3f ms, "
+      "fwd+bwd %.1f TFLOP/s = %.1f%% of the bf16 GEMM; fp32 kernel fwd+bwd %.2f TFLOP/s "
+      "(%.1fx slower)\n",
+      seq, head_dim, batch, heads, bf16.forward * 1e3, bf16.backward * 1e3, tflops(bf16),
+      100.0 * tflops(bf16) / gemm_tflops, tflops(fp32), tflops(bf16) / tflops(fp32));
+}
+
+int RunCuda() {
+  if (cuda::DeviceCount() == 0) {
+    std::fprintf(stderr, "bench_attention --cuda: no CUDA device\n");
+    return 1;
+  }
+  OrDie(cuda::SetDevice(0));
+  cudaStream_t stream = nullptr;
+  OrDie(cuda::CudaStatus(cudaStreamCreate(&stream), "cudaStreamCreate", __FILE__, __LINE__));
+  const double gemm_tflops = CudaGemmBf16Tflops(stream);
+  absl::PrintF("cuda bf16 GEMM n=8192 (cuda::Gemm, bf16 inputs): %.1f TFLOP/s\n", gemm_tflops);
+  for (int64_t head_dim : {64, 128}) {
+    for (int64_t seq : {256, 1024, 4096}) BenchCudaShape(stream, seq, head_dim, gemm_tflops);
+  }
+  cudaStreamDestroy(stream);
+  return 0;
+}
+#endif  // TESSERA_BENCH_CUDA
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc > 1 && std::strcmp(argv[1], "--cuda") == 0) {
+#ifdef TESSERA_BENCH_CUDA
+    return RunCuda();
+#else
+    std::fprintf(stderr, "bench_attention --cuda: this build has no CUDA\n");
+    return 2;
+#endif
+  }
   if (argc > 1) tessera::cpu::SetNumThreads(std::atoi(argv[1]));
   const double gemm_gflops = tessera::bench::GemmGflops(10);
   absl::PrintF("threads %d, oneDNN sgemm n=1024: %.1f GFLOP/s\n", tessera::cpu::NumThreads(),

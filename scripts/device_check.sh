@@ -25,7 +25,10 @@
 #      singleton, so no mpirun is needed);
 #   4. DiT-MoE-B/2 (fp32 and bf16) and XL/2-8E2A (bf16) training steps on the
 #      GPU: step time, tokens/s and the fraction of the GEMM rate (at the run's
-#      precision) measured by the same run;
+#      precision) measured by the same run; and the fused attention's forward +
+#      backward (bf16 tensor-core kernels, non-causal, head_dim 64 and 128,
+#      S = 256, 1024, 4096) in TFLOP/s against the bf16 GEMM rate measured by
+#      the same run (bench_attention --cuda);
 # and prints one table last. Exit status: 0 when every check that ran passed.
 set -uo pipefail
 
@@ -57,12 +60,13 @@ prepare() {
   export CCACHE_BASEDIR=/work CCACHE_NOHASHDIR=1
   cmake -S "$ROOT" -B "$build" -DTESSERA_ENABLE_CUDA=ON -DCMAKE_CXX_COMPILER_LAUNCHER=ccache \
     -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache >/dev/null || return 1
-  local targets="tessera runtime_backend_test runtime_kernels_cuda_test parallel_comm_nccl_test"
+  local targets="tessera runtime_backend_test runtime_kernels_cuda_test parallel_comm_nccl_test bench_attention"
   # shellcheck disable=SC2086
   cmake --build "$build" -j"${JOBS:-2}" --target $targets || return 1
   rm -rf "$bundle" && mkdir -p "$bundle/bin" "$bundle/lib"
   cp "$build/bin/tessera" "$build/tests/runtime_backend_test" \
-    "$build/tests/runtime_kernels_cuda_test" "$build/tests/parallel_comm_nccl_test" "$bundle/bin/"
+    "$build/tests/runtime_kernels_cuda_test" "$build/tests/parallel_comm_nccl_test" \
+    "$build/bench/bench_attention" "$bundle/bin/"
   for b in "$bundle"/bin/*; do bundle_libs_of "$b" "$bundle/lib"; done
   # Open MPI's components, relocated with OPAL_PREFIX (Debian's layout).
   local ompi=$bundle/ompi/lib/x86_64-linux-gnu/openmpi/lib
@@ -252,6 +256,25 @@ check_model_speed() {  # name hidden depth heads precision
     'BEGIN {printf "%.1f ms/step, %.0f tokens/s, %.1f%% of the run'"'"'s GEMM rate", 64000 / s, t, 100 * p}')"
 }
 
+# The fused attention's speed: one row per (S, head_dim) of bench_attention --cuda.
+check_attention_speed() {
+  local log=$WORK/attention_speed.log
+  if ! timeout 150 "$BIN/bench_attention" --cuda >"$log" 2>&1; then
+    fail "4 attention bf16 fwd+bwd" "bench_attention --cuda failed: $(tail -1 "$log" | cut -c1-80)"
+    return
+  fi
+  local gemm; gemm=$(grep -o 'bf16 GEMM n=8192[^:]*: [0-9.]* TFLOP/s' "$log" | grep -o '[0-9.]* TFLOP/s')
+  result "4 bf16 GEMM n=8192 (attention's reference)" "$gemm"
+  local line
+  while read -r line; do
+    local shape rate fp32
+    shape=$(echo "$line" | grep -o 'S=[0-9]* Dh=[0-9]*')
+    rate=$(echo "$line" | grep -o 'fwd+bwd [0-9.]* TFLOP/s = [0-9.]*% of the bf16 GEMM' | head -1)
+    fp32=$(echo "$line" | grep -o 'fp32 kernel fwd+bwd [0-9.]* TFLOP/s' | grep -o '[0-9.]* TFLOP/s')
+    result "4 attention bf16 fwd+bwd $shape" "${rate#fwd+bwd }; fp32 kernel $fp32"
+  done < <(grep '^cuda attention ' "$log")
+}
+
 run() {
   local bundle=${1:-build-cuda/device_bundle}
   [ -f "$bundle/bundle.tgz" ] || { echo "no $bundle/bundle.tgz: run '$0 prepare' first"; exit 2; }
@@ -263,6 +286,7 @@ run() {
     echo "dry run: MPI singleton from the bundle: $(gtest_counts "$WORK/nccl_dry.log") (rc $?)"
     "$BIN/tessera" data synth --schema images --out "$WORK/tiny_data" --samples 64 --channels 1 \
       --size 8 >/dev/null && echo "dry run: synthetic data written"
+    echo "dry run: bench_attention --cuda without a GPU: $("$BIN/bench_attention" --cuda 2>&1 | tail -1)"
     echo "dry run: stopping before check 1 (its first call needs the GPU)"
     exit 0
   fi
@@ -274,6 +298,7 @@ run() {
   check_model_speed "DiT-MoE-B/2-8E2A" 768 12 12 fp32
   check_model_speed "DiT-MoE-B/2-8E2A" 768 12 12 bf16
   check_model_speed "DiT-MoE-XL/2-8E2A" 1152 28 16 bf16
+  check_attention_speed
   echo
   printf '%-44s %s\n' "check" "result"
   printf '%s\n' "${RESULTS[@]}"

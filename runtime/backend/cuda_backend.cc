@@ -11,6 +11,7 @@
 #include "runtime/base/status.h"
 #include "runtime/kernels/cuda/activation.h"
 #include "runtime/kernels/cuda/attention.h"
+#include "runtime/kernels/cuda/attention_bf16.h"
 #include "runtime/kernels/cuda/causal_conv1d.h"
 #include "runtime/kernels/cuda/check.h"
 #include "runtime/kernels/cuda/device.h"
@@ -340,17 +341,39 @@ void CudaBackend::SoftmaxBackward(const float* dy, const float* y, float* dx, in
   Check("SoftmaxBackward", cuda::SoftmaxBackward(dy, y, dx, rows, dim, stream_));
 }
 
+// A bf16 run's attention runs on the tensor cores (attention_bf16.h) when
+// the shape and the operands' alignment allow (head_dim 16..128, multiples
+// of 4; 16-byte aligned views, which the arena's and the fused projections'
+// offsets are); every other call, and every fp32 run, takes the fp32 kernel.
+// Forward and backward decide alike; were only the backward's gradient
+// buffers misaligned, its fp32 kernel would recompute P from the bf16
+// forward's lse (rows summing to 1 within the scores' bf16 rounding).
 void CudaBackend::AttentionForward(const AttentionShape& shape, const float* q, const float* k,
                                    const float* v, float* out, float* lse) {
+  if (gemm_precision() == MathPrecision::kBf16 &&
+      cuda::Bf16AttentionSupports(shape, {q, k, v, out})) {
+    Check("AttentionForward", cuda::AttentionForwardBf16(shape, q, k, v, out, lse, stream_));
+    return;
+  }
   Check("AttentionForward", cuda::AttentionForward(shape, q, k, v, out, lse, stream_));
 }
 
 void CudaBackend::AttentionBackward(const AttentionShape& shape, const float* q, const float* k,
                                     const float* v, const float* out, const float* dout,
                                     const float* lse, float* dq, float* dk, float* dv) {
-  const size_t bytes = sizeof(float) * static_cast<size_t>(cuda::AttentionBackwardScratch(shape));
+  const bool bf16 = gemm_precision() == MathPrecision::kBf16 &&
+                    cuda::Bf16AttentionSupports(shape, {q, k, v, out, dout, dq, dk, dv});
+  const size_t bytes =
+      sizeof(float) * static_cast<size_t>(bf16 ? cuda::AttentionBackwardBf16Scratch(shape)
+                                                : cuda::AttentionBackwardScratch(shape));
   void* scratch = Scratch("AttentionBackward", bytes);
   if (scratch == nullptr) return;
+  if (bf16) {
+    Check("AttentionBackward",
+          cuda::AttentionBackwardBf16(shape, q, k, v, out, dout, lse, dq, dk, dv,
+                                      static_cast<float*>(scratch), stream_));
+    return;
+  }
   Check("AttentionBackward", cuda::AttentionBackward(shape, q, k, v, out, dout, lse, dq, dk, dv,
                                                      static_cast<float*>(scratch), stream_));
 }
