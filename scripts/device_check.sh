@@ -263,7 +263,7 @@ check_attention_speed() {
     fail "4 attention bf16 fwd+bwd" "bench_attention --cuda failed: $(tail -1 "$log" | cut -c1-80)"
     return
   fi
-  local gemm; gemm=$(grep -o 'bf16 GEMM n=8192[^:]*: [0-9.]* TFLOP/s' "$log" | grep -o '[0-9.]* TFLOP/s')
+  local gemm; gemm=$(grep '^cuda bf16 GEMM ' "$log" | grep -o '[0-9.]* TFLOP/s')
   result "4 bf16 GEMM n=8192 (attention's reference)" "$gemm"
   local line
   while read -r line; do
