@@ -59,30 +59,9 @@ HstuLayer::HstuLayer(ParameterStore& store, parallel::Communicator& tp,
       attend_(dims.Local(tp.size() * sp.size())),
       input_norm_(store, name + ".input_norm", dims.dim, /*affine=*/false, kNormEps) {}
 
-absl::StatusOr<Tensor> HstuLayer::GatherHeads(Arena& arena, Columns local, int64_t rows,
-                                              int64_t cols) {
-  const int tp = tp_.size();
-  Backend& backend = arena.backend();
-  const size_t row_bytes = cols * sizeof(float);
-  Tensor mine = arena.AllocateUninitialized(DType::kF32, Shape{rows, cols});
-  backend.Copy2D(mine.ptr<float>(), row_bytes, local.data, local.stride * sizeof(float), row_bytes,
-                 rows);
-  Tensor blocks = arena.AllocateUninitialized(DType::kF32, Shape{tp, rows, cols});
-  TESSERA_RETURN_IF_ERROR(tp_.CompleteOnDevice(
-      tp_.AllGather(mine.ptr<float>(), blocks.ptr<float>(), mine.numel(), DType::kF32)));
-  Tensor whole = arena.AllocateUninitialized(DType::kF32, Shape{rows, tp * cols});
-  for (int p = 0; p < tp; ++p) {
-    backend.Copy2D(whole.ptr<float>() + p * cols, tp * row_bytes,
-                   blocks.ptr<float>() + p * rows * cols, row_bytes, row_bytes, rows);
-  }
-  return whole;
-}
-
-void HstuLayer::KeepHeads(Arena& arena, Columns whole, Columns local, int64_t rows, int64_t cols) {
-  const size_t row_bytes = cols * sizeof(float);
-  arena.backend().Copy2D(local.data, local.stride * sizeof(float),
-                         whole.data + tp_.rank() * cols, whole.stride * sizeof(float), row_bytes,
-                         rows);
+absl::Status HstuLayer::SumOverTp(const Tensor& t) {
+  return tp_.CompleteOnDevice(
+      tp_.AllReduce(t.ptr<float>(), t.numel(), DType::kF32, parallel::ReduceOp::kSum));
 }
 
 absl::StatusOr<Tensor> HstuLayer::Forward(Arena& arena, const Tensor& x,
@@ -98,30 +77,40 @@ absl::StatusOr<Tensor> HstuLayer::Forward(Arena& arena, const Tensor& x,
   backend.SiluForward(projected_.ptr<float>(), fused_.ptr<float>(), total * width);
   float* f = fused_.ptr<float>();  // row = [U | V | Q | K] of this rank's heads
   TESSERA_RETURN_IF_ERROR(Attend(arena, f + hv, f + 2 * hv, f + 2 * hv + hqk, width));
-  // The norm spans every head: the gate is computed on whole rows.
-  const int64_t all_gated = dims_.gated();
-  all_attention_ = {attention_.ptr<float>(), gated};
-  all_u_ = {f, width};
-  if (tp_.size() > 1) {
-    TESSERA_ASSIGN_OR_RETURN(const Tensor a, GatherHeads(arena, all_attention_, total, gated));
-    TESSERA_ASSIGN_OR_RETURN(const Tensor u, GatherHeads(arena, all_u_, total, gated));
-    all_attention_ = {a.ptr<float>(), all_gated};
-    all_u_ = {u.ptr<float>(), all_gated};
-  }
-  Tensor gate = arena.AllocateUninitialized(DType::kF32, Shape{total, all_gated});
+  // The norm spans every head: under tp its row statistics are summed over
+  // the tp ranks' columns (two all-reduces of one float per token).
+  Tensor gate = arena.AllocateUninitialized(DType::kF32, Shape{total, gated});
   gate_mean_ = arena.AllocateUninitialized(DType::kF32, Shape{total});
   gate_rstd_ = arena.AllocateUninitialized(DType::kF32, Shape{total});
-  backend.HstuNormGateForward(all_attention_.data, all_u_.data, all_u_.stride, gate.ptr<float>(),
-                              gate_mean_.ptr<float>(), gate_rstd_.ptr<float>(), total, all_gated,
-                              kNormEps);
-  dropout_mask_ = dropout_mask;
-  if (dropout_mask.defined()) gate = ApplyDropout(arena, gate, dropout_mask);
-  Tensor local_gate = gate;  // [total, H dv / tp]
-  if (tp_.size() > 1) {
-    local_gate = arena.AllocateUninitialized(DType::kF32, Shape{total, gated});
-    KeepHeads(arena, {gate.ptr<float>(), all_gated}, {local_gate.ptr<float>(), gated}, total,
-              gated);
+  if (tp_.size() == 1) {
+    backend.HstuNormGateForward(attention_.ptr<float>(), f, width, gate.ptr<float>(),
+                                gate_mean_.ptr<float>(), gate_rstd_.ptr<float>(), total, gated,
+                                kNormEps);
+  } else {
+    const int64_t all_gated = dims_.gated();
+    backend.HstuNormGateSums(attention_.ptr<float>(), total, gated, nullptr,
+                             gate_mean_.ptr<float>());
+    TESSERA_RETURN_IF_ERROR(SumOverTp(gate_mean_));
+    backend.Scale(gate_mean_.ptr<float>(), total, 1.0f / static_cast<float>(all_gated));
+    Tensor squares = arena.AllocateUninitialized(DType::kF32, Shape{total});
+    backend.HstuNormGateSums(attention_.ptr<float>(), total, gated, gate_mean_.ptr<float>(),
+                             squares.ptr<float>());
+    TESSERA_RETURN_IF_ERROR(SumOverTp(squares));
+    backend.HstuNormGateApply(attention_.ptr<float>(), f, width, gate_mean_.ptr<float>(),
+                              squares.ptr<float>(), all_gated, kNormEps, gate.ptr<float>(),
+                              gate_rstd_.ptr<float>(), total, gated);
   }
+  // The mask is drawn over all heads (as on one process): this rank's columns.
+  dropout_mask_ = dropout_mask;
+  if (dropout_mask.defined() && tp_.size() > 1) {
+    dropout_mask_ = arena.AllocateUninitialized(DType::kF32, Shape{total, gated});
+    const size_t row_bytes = gated * sizeof(float);
+    backend.Copy2D(dropout_mask_.ptr<float>(), row_bytes,
+                   dropout_mask.ptr<float>() + tp_.rank() * gated, tp_.size() * row_bytes,
+                   row_bytes, total);
+  }
+  if (dropout_mask_.defined()) gate = ApplyDropout(arena, gate, dropout_mask_);
+  const Tensor& local_gate = gate;  // [total, H dv / tp]
   TESSERA_ASSIGN_OR_RETURN(Tensor y, o_->Forward(arena, local_gate));  // [total, D]
   backend.AddInPlace(y.ptr<float>(), x.ptr<float>(), total * dims_.dim);
   return y;
@@ -131,29 +120,27 @@ absl::StatusOr<Tensor> HstuLayer::Backward(Arena& arena, const Tensor& dy) {
   Backend& backend = arena.backend();
   const int64_t total = tokens_.mine.size(), width = local_.fused(), gated = local_.gated();
   const int64_t hv = gated, hqk = local_.heads * local_.attention_dim;
-  const int64_t all_gated = dims_.gated();
   TESSERA_ASSIGN_OR_RETURN(Tensor dgate, o_->Backward(arena, dy));  // [total, H dv / tp]
-  if (tp_.size() > 1) {
-    TESSERA_ASSIGN_OR_RETURN(dgate, GatherHeads(arena, {dgate.ptr<float>(), gated}, total, gated));
-  }
   if (dropout_mask_.defined()) dgate = ApplyDropout(arena, dgate, dropout_mask_);
   // Every column of dfused is written: U by the gate, V, Q, K by attention.
   Tensor dfused = arena.AllocateUninitialized(DType::kF32, Shape{total, width});
   Tensor dattention = arena.AllocateUninitialized(DType::kF32, Shape{total, gated});
   float* df = dfused.ptr<float>();
-  Columns all_dattention{dattention.ptr<float>(), gated}, all_du{df, width};
-  if (tp_.size() > 1) {
-    all_dattention = {arena.AllocateUninitialized(DType::kF32, Shape{total, all_gated}).ptr<float>(),
-                      all_gated};
-    all_du = {arena.AllocateUninitialized(DType::kF32, Shape{total, all_gated}).ptr<float>(),
-              all_gated};
-  }
-  backend.HstuNormGateBackward(dgate.ptr<float>(), all_attention_.data, all_u_.data,
-                               all_u_.stride, gate_mean_.ptr<float>(), gate_rstd_.ptr<float>(),
-                               all_dattention.data, all_du.data, total, all_gated);
-  if (tp_.size() > 1) {
-    KeepHeads(arena, all_dattention, {dattention.ptr<float>(), gated}, total, gated);
-    KeepHeads(arena, all_du, {df, width}, total, gated);
+  const float* f = fused_.ptr<float>();
+  if (tp_.size() == 1) {
+    backend.HstuNormGateBackward(dgate.ptr<float>(), attention_.ptr<float>(), f, width,
+                                 gate_mean_.ptr<float>(), gate_rstd_.ptr<float>(),
+                                 dattention.ptr<float>(), df, total, gated);
+  } else {
+    Tensor sums = arena.AllocateUninitialized(DType::kF32, Shape{total, 2});
+    backend.HstuNormGateBackwardSums(dgate.ptr<float>(), attention_.ptr<float>(), f, width,
+                                     gate_mean_.ptr<float>(), gate_rstd_.ptr<float>(), total,
+                                     gated, sums.ptr<float>());
+    TESSERA_RETURN_IF_ERROR(SumOverTp(sums));
+    backend.HstuNormGateBackwardApply(dgate.ptr<float>(), attention_.ptr<float>(), f, width,
+                                      gate_mean_.ptr<float>(), gate_rstd_.ptr<float>(),
+                                      sums.ptr<float>(), dims_.gated(), dattention.ptr<float>(),
+                                      df, total, gated);
   }
   TESSERA_RETURN_IF_ERROR(
       AttendBackward(arena, dattention, df + hv, df + 2 * hv, df + 2 * hv + hqk, width));
@@ -165,7 +152,6 @@ absl::StatusOr<Tensor> HstuLayer::Backward(Arena& arena, const Tensor& dy) {
   projected_ = fused_ = attention_ = gate_mean_ = gate_rstd_ = dropout_mask_ = Tensor();
   heads_vqk_ = Tensor();
   exchange_.reset();
-  all_attention_ = all_u_ = Columns();
   return dx;
 }
 

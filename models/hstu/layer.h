@@ -15,10 +15,11 @@
 // code): W_uvqk is column-parallel, rank r holding the U, V, Q and K columns
 // of heads [r H/tp, (r+1) H/tp), and runs attention on those heads; W_o is
 // row-parallel (partial sums all-reduced over tp, b_o added once). The
-// LayerNorm of A V spans every head's output, so under tp the layer
-// all-gathers A V and U over tp (columns in head order), computes the
-// norm-gate on the whole row as one process does, and keeps its heads'
-// columns; backward all-gathers the gate's gradient likewise. The relative
+// LayerNorm of A V spans every head's output, so under tp its row
+// statistics are sums over the tp ranks' columns: forward all-reduces each
+// token's sum and then its sum of squares about the mean, backward the two
+// sums of the norm's gradient (one or two floats per token, not the rows);
+// each rank gates its own heads' columns. The relative
 // attention bias is shared across heads: each tp rank's gradient covers its
 // heads only (ParallelSpec::TensorPartial, summed over tp by the reduction).
 //
@@ -120,16 +121,8 @@ class HstuLayer {
   // Its backward: dattention_ -> dv, dq, dk (overwritten, same layout).
   absl::Status AttendBackward(Arena& arena, const Tensor& dattention, float* dv, float* dq,
                               float* dk, int64_t stride);
-  // Rows of columns `stride` floats apart (a view into a wider matrix).
-  struct Columns {
-    float* data = nullptr;
-    int64_t stride = 0;
-  };
-  // [rows, cols] of this rank's heads -> [rows, tp * cols] of every head, in
-  // head order (an all-gather over tp; tp > 1).
-  absl::StatusOr<Tensor> GatherHeads(Arena& arena, Columns local, int64_t rows, int64_t cols);
-  // This rank's [rows, cols] of `whole` [rows, tp * cols] into `local`.
-  void KeepHeads(Arena& arena, Columns whole, Columns local, int64_t rows, int64_t cols);
+  // t (device memory, every element) summed over tp in place.
+  absl::Status SumOverTp(const Tensor& t);
 
   ParameterStore& store_;
   parallel::Communicator& tp_;
@@ -149,9 +142,8 @@ class HstuLayer {
   Tensor projected_;  // [rows, fused / tp] before SiLU
   Tensor fused_;      // [rows, fused / tp] = SiLU(projected_): [U | V | Q | K] of local heads
   Tensor attention_;  // [rows, H dv / tp] = A V of local heads
-  Columns all_attention_, all_u_;  // [rows, H dv] of every head (into the above at tp 1)
-  Tensor gate_mean_, gate_rstd_;  // [rows]
-  Tensor dropout_mask_;
+  Tensor gate_mean_, gate_rstd_;  // [rows]: the norm's statistics over every head
+  Tensor dropout_mask_;  // [rows, H dv / tp]: this rank's columns of the mask
 };
 
 }  // namespace tessera::hstu

@@ -263,6 +263,22 @@ class Backend {
   virtual void HstuNormGateBackward(const float* dy, const float* x, const float* u,
                                     int64_t u_stride, const float* mean, const float* rstd,
                                     float* dx, float* du, int64_t rows, int64_t dim) = 0;
+  // The norm-gate with each row's columns split over ranks (tp over heads):
+  // partial row sums the caller all-reduces, then the gate from the summed
+  // statistics (runtime/kernels/cpu/hstu.h has the sequence). `count`: the
+  // columns of the whole row.
+  virtual void HstuNormGateSums(const float* x, int64_t rows, int64_t dim, const float* mean,
+                                float* out) = 0;
+  virtual void HstuNormGateApply(const float* x, const float* u, int64_t u_stride, const float* mean,
+                                 const float* squares, int64_t count, float eps, float* y, float* rstd,
+                                 int64_t rows, int64_t dim) = 0;
+  virtual void HstuNormGateBackwardSums(const float* dy, const float* x, const float* u,
+                                        int64_t u_stride, const float* mean, const float* rstd,
+                                        int64_t rows, int64_t dim, float* sums) = 0;
+  virtual void HstuNormGateBackwardApply(const float* dy, const float* x, const float* u,
+                                         int64_t u_stride, const float* mean, const float* rstd,
+                                         const float* sums, int64_t count, float* dx, float* du,
+                                         int64_t rows, int64_t dim) = 0;
 
   // ---- Mixture-of-experts routing (assignment a = token * k + slot) ---------
   virtual void TopKForward(const float* probs, int32_t* expert_index, float* weights,

@@ -317,6 +317,30 @@ void CpuBackend::HstuNormGateBackward(const float* dy, const float* x, const flo
   cpu::HstuNormGateBackward(dy, x, u, u_stride, mean, rstd, dx, du, rows, dim);
 }
 
+void CpuBackend::HstuNormGateSums(const float* x, int64_t rows, int64_t dim, const float* mean,
+                        float* out) {
+  cpu::HstuNormGateSums(x, rows, dim, mean, out);
+}
+
+void CpuBackend::HstuNormGateApply(const float* x, const float* u, int64_t u_stride, const float* mean,
+                         const float* squares, int64_t count, float eps, float* y, float* rstd,
+                         int64_t rows, int64_t dim) {
+  cpu::HstuNormGateApply(x, u, u_stride, mean, squares, count, eps, y, rstd, rows, dim);
+}
+
+void CpuBackend::HstuNormGateBackwardSums(const float* dy, const float* x, const float* u,
+                                int64_t u_stride, const float* mean, const float* rstd,
+                                int64_t rows, int64_t dim, float* sums) {
+  cpu::HstuNormGateBackwardSums(dy, x, u, u_stride, mean, rstd, rows, dim, sums);
+}
+
+void CpuBackend::HstuNormGateBackwardApply(const float* dy, const float* x, const float* u,
+                                 int64_t u_stride, const float* mean, const float* rstd,
+                                 const float* sums, int64_t count, float* dx, float* du,
+                                 int64_t rows, int64_t dim) {
+  cpu::HstuNormGateBackwardApply(dy, x, u, u_stride, mean, rstd, sums, count, dx, du, rows, dim);
+}
+
 void CpuBackend::TopKForward(const float* probs, int32_t* expert_index, float* weights,
                              int64_t tokens, int64_t experts, int64_t k) {
   cpu::TopKForward(probs, expert_index, weights, tokens, experts, k);

@@ -553,6 +553,30 @@ void CudaBackend::HstuNormGateBackward(const float* dy, const float* x, const fl
                                                            rows, dim, stream_));
 }
 
+void CudaBackend::HstuNormGateSums(const float* x, int64_t rows, int64_t dim, const float* mean,
+                        float* out) {
+  Check("HstuNormGateSums", cuda::HstuNormGateSums(x, rows, dim, mean, out, stream_));
+}
+
+void CudaBackend::HstuNormGateApply(const float* x, const float* u, int64_t u_stride, const float* mean,
+                         const float* squares, int64_t count, float eps, float* y, float* rstd,
+                         int64_t rows, int64_t dim) {
+  Check("HstuNormGateApply", cuda::HstuNormGateApply(x, u, u_stride, mean, squares, count, eps, y, rstd, rows, dim, stream_));
+}
+
+void CudaBackend::HstuNormGateBackwardSums(const float* dy, const float* x, const float* u,
+                                int64_t u_stride, const float* mean, const float* rstd,
+                                int64_t rows, int64_t dim, float* sums) {
+  Check("HstuNormGateBackwardSums", cuda::HstuNormGateBackwardSums(dy, x, u, u_stride, mean, rstd, rows, dim, sums, stream_));
+}
+
+void CudaBackend::HstuNormGateBackwardApply(const float* dy, const float* x, const float* u,
+                                 int64_t u_stride, const float* mean, const float* rstd,
+                                 const float* sums, int64_t count, float* dx, float* du,
+                                 int64_t rows, int64_t dim) {
+  Check("HstuNormGateBackwardApply", cuda::HstuNormGateBackwardApply(dy, x, u, u_stride, mean, rstd, sums, count, dx, du, rows, dim, stream_));
+}
+
 // ---- Routing -------------------------------------------------------------------
 
 void CudaBackend::TopKForward(const float* probs, int32_t* expert_index, float* weights,

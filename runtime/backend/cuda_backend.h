@@ -159,6 +159,18 @@ class CudaBackend final : public Backend {
   void HstuNormGateBackward(const float* dy, const float* x, const float* u, int64_t u_stride,
                             const float* mean, const float* rstd, float* dx, float* du,
                             int64_t rows, int64_t dim) override;
+  void HstuNormGateSums(const float* x, int64_t rows, int64_t dim, const float* mean,
+                        float* out) override;
+  void HstuNormGateApply(const float* x, const float* u, int64_t u_stride, const float* mean,
+                         const float* squares, int64_t count, float eps, float* y, float* rstd,
+                         int64_t rows, int64_t dim) override;
+  void HstuNormGateBackwardSums(const float* dy, const float* x, const float* u,
+                                int64_t u_stride, const float* mean, const float* rstd,
+                                int64_t rows, int64_t dim, float* sums) override;
+  void HstuNormGateBackwardApply(const float* dy, const float* x, const float* u,
+                                 int64_t u_stride, const float* mean, const float* rstd,
+                                 const float* sums, int64_t count, float* dx, float* du,
+                                 int64_t rows, int64_t dim) override;
   void TopKForward(const float* probs, int32_t* expert_index, float* weights, int64_t tokens,
                    int64_t experts, int64_t k) override;
   void TopKBackward(const float* dweights, const int32_t* expert_index, float* dprobs,

@@ -318,23 +318,63 @@ void HstuAttentionBackward(const int64_t* offsets, int64_t users, int64_t max_le
   }
 }
 
+namespace {
+
+// One row of the norm-gate (x, u, y, dy, dx, du: that row's columns).
+float RowSum(const float* x, int64_t dim) {
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t c = 0; c < dim; ++c) sum += x[c];
+  return sum;
+}
+
+float CenteredSquares(const float* x, float mu, int64_t dim) {
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t c = 0; c < dim; ++c) sum += (x[c] - mu) * (x[c] - mu);
+  return sum;
+}
+
+void GateRow(const float* x, const float* u, float mu, float rs, float* y, int64_t dim) {
+#pragma omp simd
+  for (int64_t c = 0; c < dim; ++c) y[c] = u[c] * ((x[c] - mu) * rs);
+}
+
+// g = dy * u reaches LayerNorm(x) = xhat: sums of g and g * xhat.
+void GradientSums(const float* dy, const float* x, const float* u, float mu, float rs, int64_t dim,
+                  float* sum_g, float* sum_g_xhat) {
+  float sg = 0.0f, sgx = 0.0f;
+#pragma omp simd reduction(+ : sg, sgx)
+  for (int64_t c = 0; c < dim; ++c) {
+    const float g = dy[c] * u[c];
+    sg += g;
+    sgx += g * ((x[c] - mu) * rs);
+  }
+  *sum_g = sg;
+  *sum_g_xhat = sgx;
+}
+
+void GradientRow(const float* dy, const float* x, const float* u, float mu, float rs,
+                 float mean_g, float mean_g_xhat, float* dx, float* du, int64_t dim) {
+#pragma omp simd
+  for (int64_t c = 0; c < dim; ++c) {
+    const float xhat = (x[c] - mu) * rs;
+    du[c] = dy[c] * xhat;
+    dx[c] = rs * (dy[c] * u[c] - mean_g - xhat * mean_g_xhat);
+  }
+}
+
+}  // namespace
+
 void HstuNormGateForward(const float* x, const float* u, int64_t u_stride, float* y, float* mean,
                          float* rstd, int64_t rows, int64_t dim, float eps) {
 #pragma omp parallel for schedule(static) if (ShouldParallelize(rows * dim))
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * dim;
-    const float* ur = u + r * u_stride;
-    float* yr = y + r * dim;
-    float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t c = 0; c < dim; ++c) sum += xr[c];
-    const float mu = sum / static_cast<float>(dim);
-    float var = 0.0f;
-#pragma omp simd reduction(+ : var)
-    for (int64_t c = 0; c < dim; ++c) var += (xr[c] - mu) * (xr[c] - mu);
+    const float mu = RowSum(xr, dim) / static_cast<float>(dim);
+    const float var = CenteredSquares(xr, mu, dim);
     const float rs = 1.0f / std::sqrt(var / static_cast<float>(dim) + eps);
-#pragma omp simd
-    for (int64_t c = 0; c < dim; ++c) yr[c] = ur[c] * ((xr[c] - mu) * rs);
+    GateRow(xr, u + r * u_stride, mu, rs, y + r * dim, dim);
     mean[r] = mu;
     rstd[r] = rs;
   }
@@ -348,26 +388,50 @@ void HstuNormGateBackward(const float* dy, const float* x, const float* u, int64
     const float* dyr = dy + r * dim;
     const float* xr = x + r * dim;
     const float* ur = u + r * u_stride;
-    float* dxr = dx + r * dim;
-    float* dur = du + r * u_stride;
     const float mu = mean[r], rs = rstd[r];
-    // g = dy * u is the gradient reaching LayerNorm(x) = xhat.
     float sum_g = 0.0f, sum_g_xhat = 0.0f;
-#pragma omp simd reduction(+ : sum_g, sum_g_xhat)
-    for (int64_t c = 0; c < dim; ++c) {
-      const float xhat = (xr[c] - mu) * rs;
-      const float g = dyr[c] * ur[c];
-      sum_g += g;
-      sum_g_xhat += g * xhat;
-    }
-    const float mean_g = sum_g / static_cast<float>(dim);
-    const float mean_g_xhat = sum_g_xhat / static_cast<float>(dim);
-#pragma omp simd
-    for (int64_t c = 0; c < dim; ++c) {
-      const float xhat = (xr[c] - mu) * rs;
-      dur[c] = dyr[c] * xhat;
-      dxr[c] = rs * (dyr[c] * ur[c] - mean_g - xhat * mean_g_xhat);
-    }
+    GradientSums(dyr, xr, ur, mu, rs, dim, &sum_g, &sum_g_xhat);
+    GradientRow(dyr, xr, ur, mu, rs, sum_g / static_cast<float>(dim),
+                sum_g_xhat / static_cast<float>(dim), dx + r * dim, du + r * u_stride, dim);
+  }
+}
+
+void HstuNormGateSums(const float* x, int64_t rows, int64_t dim, const float* mean, float* out) {
+#pragma omp parallel for schedule(static) if (ShouldParallelize(rows * dim))
+  for (int64_t r = 0; r < rows; ++r) {
+    out[r] = mean == nullptr ? RowSum(x + r * dim, dim) : CenteredSquares(x + r * dim, mean[r], dim);
+  }
+}
+
+void HstuNormGateApply(const float* x, const float* u, int64_t u_stride, const float* mean,
+                       const float* squares, int64_t count, float eps, float* y, float* rstd,
+                       int64_t rows, int64_t dim) {
+#pragma omp parallel for schedule(static) if (ShouldParallelize(rows * dim))
+  for (int64_t r = 0; r < rows; ++r) {
+    const float rs = 1.0f / std::sqrt(squares[r] / static_cast<float>(count) + eps);
+    GateRow(x + r * dim, u + r * u_stride, mean[r], rs, y + r * dim, dim);
+    rstd[r] = rs;
+  }
+}
+
+void HstuNormGateBackwardSums(const float* dy, const float* x, const float* u, int64_t u_stride,
+                              const float* mean, const float* rstd, int64_t rows, int64_t dim,
+                              float* sums) {
+#pragma omp parallel for schedule(static) if (ShouldParallelize(rows * dim))
+  for (int64_t r = 0; r < rows; ++r) {
+    GradientSums(dy + r * dim, x + r * dim, u + r * u_stride, mean[r], rstd[r], dim,
+                 &sums[2 * r], &sums[2 * r + 1]);
+  }
+}
+
+void HstuNormGateBackwardApply(const float* dy, const float* x, const float* u, int64_t u_stride,
+                               const float* mean, const float* rstd, const float* sums,
+                               int64_t count, float* dx, float* du, int64_t rows, int64_t dim) {
+#pragma omp parallel for schedule(static) if (ShouldParallelize(rows * dim))
+  for (int64_t r = 0; r < rows; ++r) {
+    GradientRow(dy + r * dim, x + r * dim, u + r * u_stride, mean[r], rstd[r],
+                sums[2 * r] / static_cast<float>(count), sums[2 * r + 1] / static_cast<float>(count),
+                dx + r * dim, du + r * u_stride, dim);
   }
 }
 

@@ -76,4 +76,26 @@ void HstuNormGateBackward(const float* dy, const float* x, const float* u, int64
                           const float* mean, const float* rstd, float* dx, float* du, int64_t rows,
                           int64_t dim);
 
+// The same norm-gate when each row's columns are split over ranks (tensor
+// parallelism over heads): this rank holds `dim` of the row's `count`
+// columns, and the row statistics are sums over every rank's columns (the
+// caller all-reduces them between the calls):
+//   HstuNormGateSums(x, mean = null)   out[r] = sum of x[r]      -> mean = sum / count
+//   HstuNormGateSums(x, mean)          out[r] = sum of (x[r] - mean[r])^2
+//   HstuNormGateApply                  rstd = 1 / sqrt(squares / count + eps), y as above
+//   HstuNormGateBackwardSums           sums[r] = (sum g, sum g xhat), g = dy u
+//   HstuNormGateBackwardApply          dx, du OVERWRITTEN, from the summed sums
+// With one rank (count = dim) they compute what HstuNormGateForward and
+// HstuNormGateBackward do, with the same per-row arithmetic.
+void HstuNormGateSums(const float* x, int64_t rows, int64_t dim, const float* mean, float* out);
+void HstuNormGateApply(const float* x, const float* u, int64_t u_stride, const float* mean,
+                       const float* squares, int64_t count, float eps, float* y, float* rstd,
+                       int64_t rows, int64_t dim);
+void HstuNormGateBackwardSums(const float* dy, const float* x, const float* u, int64_t u_stride,
+                              const float* mean, const float* rstd, int64_t rows, int64_t dim,
+                              float* sums);
+void HstuNormGateBackwardApply(const float* dy, const float* x, const float* u, int64_t u_stride,
+                               const float* mean, const float* rstd, const float* sums,
+                               int64_t count, float* dx, float* du, int64_t rows, int64_t dim);
+
 }  // namespace tessera::cpu

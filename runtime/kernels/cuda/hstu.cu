@@ -306,6 +306,87 @@ __global__ void NormGateBackwardKernel(const float* __restrict__ dy, const float
   }
 }
 
+// The split-row norm-gate (hstu.h), one warp per row: partial sums ...
+__global__ void NormGateSumsKernel(const float* __restrict__ x, int64_t rows, int64_t dim,
+                                   const float* __restrict__ mean, float* __restrict__ out) {
+  const int64_t r = int64_t{blockIdx.x} * kRowsPerBlock + threadIdx.x / kWarpSize;
+  const int lane = threadIdx.x % kWarpSize;
+  if (r >= rows) return;
+  const float* xr = x + r * dim;
+  const float mu = mean != nullptr ? mean[r] : 0.0f;
+  float sum = 0.0f;
+  for (int64_t c = lane; c < dim; c += kWarpSize) {
+    sum += mean != nullptr ? (xr[c] - mu) * (xr[c] - mu) : xr[c];
+  }
+  sum = WarpSum(sum);
+  if (lane == 0) out[r] = sum;
+}
+
+// ... the gate from the summed statistics ...
+__global__ void NormGateApplyKernel(const float* __restrict__ x, const float* __restrict__ u,
+                                    int64_t u_stride, const float* __restrict__ mean,
+                                    const float* __restrict__ squares, int64_t count, float eps,
+                                    float* __restrict__ y, float* __restrict__ rstd, int64_t rows,
+                                    int64_t dim) {
+  const int64_t r = int64_t{blockIdx.x} * kRowsPerBlock + threadIdx.x / kWarpSize;
+  const int lane = threadIdx.x % kWarpSize;
+  if (r >= rows) return;
+  const float mu = mean[r], rs = rsqrtf(squares[r] / static_cast<float>(count) + eps);
+  for (int64_t c = lane; c < dim; c += kWarpSize) {
+    y[r * dim + c] = u[r * u_stride + c] * ((x[r * dim + c] - mu) * rs);
+  }
+  if (lane == 0) rstd[r] = rs;
+}
+
+// ... the backward's partial sums (g = dy u: sum g, sum g xhat) ...
+__global__ void NormGateBackwardSumsKernel(const float* __restrict__ dy,
+                                           const float* __restrict__ x,
+                                           const float* __restrict__ u, int64_t u_stride,
+                                           const float* __restrict__ mean,
+                                           const float* __restrict__ rstd, int64_t rows,
+                                           int64_t dim, float* __restrict__ sums) {
+  const int64_t r = int64_t{blockIdx.x} * kRowsPerBlock + threadIdx.x / kWarpSize;
+  const int lane = threadIdx.x % kWarpSize;
+  if (r >= rows) return;
+  const float mu = mean[r], rs = rstd[r];
+  const float *dyr = dy + r * dim, *xr = x + r * dim, *ur = u + r * u_stride;
+  float sum_g = 0.0f, sum_g_xhat = 0.0f;
+  for (int64_t c = lane; c < dim; c += kWarpSize) {
+    const float g = dyr[c] * ur[c];
+    sum_g += g;
+    sum_g_xhat += g * (xr[c] - mu) * rs;
+  }
+  sum_g = WarpSum(sum_g);
+  sum_g_xhat = WarpSum(sum_g_xhat);
+  if (lane == 0) {
+    sums[2 * r] = sum_g;
+    sums[2 * r + 1] = sum_g_xhat;
+  }
+}
+
+// ... and dx, du from the summed ones.
+__global__ void NormGateBackwardApplyKernel(const float* __restrict__ dy,
+                                            const float* __restrict__ x,
+                                            const float* __restrict__ u, int64_t u_stride,
+                                            const float* __restrict__ mean,
+                                            const float* __restrict__ rstd,
+                                            const float* __restrict__ sums, int64_t count,
+                                            float* __restrict__ dx, float* __restrict__ du,
+                                            int64_t rows, int64_t dim) {
+  const int64_t r = int64_t{blockIdx.x} * kRowsPerBlock + threadIdx.x / kWarpSize;
+  const int lane = threadIdx.x % kWarpSize;
+  if (r >= rows) return;
+  const float mu = mean[r], rs = rstd[r];
+  const float mean_g = sums[2 * r] / static_cast<float>(count);
+  const float mean_g_xhat = sums[2 * r + 1] / static_cast<float>(count);
+  for (int64_t c = lane; c < dim; c += kWarpSize) {
+    const float xhat = (x[r * dim + c] - mu) * rs;
+    const float dyc = dy[r * dim + c];
+    du[r * u_stride + c] = dyc * xhat;
+    dx[r * dim + c] = rs * (dyc * u[r * u_stride + c] - mean_g - xhat * mean_g_xhat);
+  }
+}
+
 absl::Status CheckArgs(const char* name, const HstuArgs& a) {
   if (a.users < 0 || a.max_len < 0 || a.heads <= 0 || a.qk_dim < 0 || a.v_dim < 0 ||
       a.qk_dim > kMaxHstuDim || a.v_dim > kMaxHstuDim || a.num_buckets < 0 ||
@@ -391,6 +472,50 @@ absl::Status HstuNormGateBackward(const float* dy, const float* x, const float* 
       dy, x, u, u_stride, mean, rstd, dx, du, rows, dim);
   TESSERA_CUDA_LAUNCH();
   return absl::OkStatus();
+}
+
+namespace {
+
+// One warp per row of `rows`, after the common argument checks.
+template <typename Kernel, typename... Args>
+absl::Status LaunchRows(const char* name, int64_t rows, int64_t dim, cudaStream_t stream,
+                        Kernel kernel, Args... args) {
+  TESSERA_RETURN_IF_ERROR(internal::CheckRows(name, rows, dim));
+  if (rows == 0) return absl::OkStatus();
+  kernel<<<internal::RowBlocks(rows), kRowsPerBlock * kWarpSize, 0, stream>>>(args...);
+  TESSERA_CUDA_LAUNCH();
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status HstuNormGateSums(const float* x, int64_t rows, int64_t dim, const float* mean,
+                              float* out, cudaStream_t stream) {
+  return LaunchRows("HstuNormGateSums", rows, dim, stream, NormGateSumsKernel, x, rows, dim, mean,
+                    out);
+}
+
+absl::Status HstuNormGateApply(const float* x, const float* u, int64_t u_stride, const float* mean,
+                               const float* squares, int64_t count, float eps, float* y,
+                               float* rstd, int64_t rows, int64_t dim, cudaStream_t stream) {
+  return LaunchRows("HstuNormGateApply", rows, dim, stream, NormGateApplyKernel, x, u, u_stride,
+                    mean, squares, count, eps, y, rstd, rows, dim);
+}
+
+absl::Status HstuNormGateBackwardSums(const float* dy, const float* x, const float* u,
+                                      int64_t u_stride, const float* mean, const float* rstd,
+                                      int64_t rows, int64_t dim, float* sums,
+                                      cudaStream_t stream) {
+  return LaunchRows("HstuNormGateBackwardSums", rows, dim, stream, NormGateBackwardSumsKernel, dy,
+                    x, u, u_stride, mean, rstd, rows, dim, sums);
+}
+
+absl::Status HstuNormGateBackwardApply(const float* dy, const float* x, const float* u,
+                                       int64_t u_stride, const float* mean, const float* rstd,
+                                       const float* sums, int64_t count, float* dx, float* du,
+                                       int64_t rows, int64_t dim, cudaStream_t stream) {
+  return LaunchRows("HstuNormGateBackwardApply", rows, dim, stream, NormGateBackwardApplyKernel,
+                    dy, x, u, u_stride, mean, rstd, sums, count, dx, du, rows, dim);
 }
 
 }  // namespace tessera::cuda

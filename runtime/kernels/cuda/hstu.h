@@ -44,4 +44,22 @@ absl::Status HstuNormGateBackward(const float* dy, const float* x, const float* 
                                   float* dx, float* du, int64_t rows, int64_t dim,
                                   cudaStream_t stream);
 
+// The split-row norm-gate of runtime/kernels/cpu/hstu.h, one warp per row.
+absl::Status HstuNormGateSums(const float* x, int64_t rows, int64_t dim, const float* mean,
+                        float* out,
+    cudaStream_t stream);
+absl::Status HstuNormGateApply(const float* x, const float* u, int64_t u_stride, const float* mean,
+                         const float* squares, int64_t count, float eps, float* y, float* rstd,
+                         int64_t rows, int64_t dim,
+    cudaStream_t stream);
+absl::Status HstuNormGateBackwardSums(const float* dy, const float* x, const float* u,
+                                int64_t u_stride, const float* mean, const float* rstd,
+                                int64_t rows, int64_t dim, float* sums,
+    cudaStream_t stream);
+absl::Status HstuNormGateBackwardApply(const float* dy, const float* x, const float* u,
+                                 int64_t u_stride, const float* mean, const float* rstd,
+                                 const float* sums, int64_t count, float* dx, float* du,
+                                 int64_t rows, int64_t dim,
+    cudaStream_t stream);
+
 }  // namespace tessera::cuda

@@ -902,6 +902,101 @@ TEST_P(BackendOps, HstuNormGateIsUTimesLayerNorm) {
                  u, dy, "norm gate du");
 }
 
+// The norm-gate of rows split over two "ranks" (columns [0, 5) and [5, 8),
+// unequal shares) through the partial sums, summed here as the tp
+// all-reduce sums them: the gate, dx and du equal the whole rows'.
+TEST_P(BackendOps, HstuNormGateSplitOverRanksEqualsTheWholeRow) {
+  const int64_t rows = 3, dim = 8, u_stride = 20, cut = 5;
+  const float eps = 1e-6f;
+  const auto x = RandomFloats(rows * dim, 63), u = RandomFloats(rows * u_stride, 64);
+  const auto dy = RandomFloats(rows * dim, 65);
+  // The whole rows, as one process computes them.
+  Tensor xt = Upload(x), ut = Upload(u), dyt = Upload(dy);
+  Tensor y = Poisoned<float>(rows * dim), mean = Poisoned<float>(rows), rstd = Poisoned<float>(rows);
+  backend().HstuNormGateForward(xt.ptr<float>(), ut.ptr<float>(), u_stride, y.ptr<float>(),
+                                mean.ptr<float>(), rstd.ptr<float>(), rows, dim, eps);
+  Tensor dx = Poisoned<float>(rows * dim), du = Poisoned<float>(rows * u_stride);
+  backend().HstuNormGateBackward(dyt.ptr<float>(), xt.ptr<float>(), ut.ptr<float>(), u_stride,
+                                 mean.ptr<float>(), rstd.ptr<float>(), dx.ptr<float>(),
+                                 du.ptr<float>(), rows, dim);
+  const std::vector<float> want_y = Download<float>(y), want_dx = Download<float>(dx);
+  const std::vector<float> want_du = Download<float>(du);
+  // Each part's columns as a rank holds them: x and dy contiguous, u in place.
+  struct Part {
+    int64_t first, width;
+    Tensor x, dy;
+  };
+  std::vector<Part> parts;
+  for (const auto& [first, width] : {std::pair<int64_t, int64_t>{0, cut}, {cut, dim - cut}}) {
+    std::vector<float> px, pdy;
+    for (int64_t r = 0; r < rows; ++r) {
+      px.insert(px.end(), x.begin() + r * dim + first, x.begin() + r * dim + first + width);
+      pdy.insert(pdy.end(), dy.begin() + r * dim + first, dy.begin() + r * dim + first + width);
+    }
+    parts.push_back({first, width, Upload(px), Upload(pdy)});
+  }
+  // Sums over the parts of a per-row partial (`per_row` floats a row).
+  auto summed = [&](int64_t per_row, const std::function<void(const Part&, float*)>& partial) {
+    std::vector<float> total(rows * per_row, 0.0f);
+    for (const Part& part : parts) {
+      Tensor out = Poisoned<float>(rows * per_row);
+      partial(part, out.ptr<float>());
+      const std::vector<float> got = Download<float>(out);
+      for (size_t i = 0; i < total.size(); ++i) total[i] += got[i];
+    }
+    return total;
+  };
+  std::vector<float> sums = summed(1, [&](const Part& p, float* out) {
+    backend().HstuNormGateSums(p.x.ptr<float>(), rows, p.width, nullptr, out);
+  });
+  for (float& s : sums) s /= static_cast<float>(dim);
+  Tensor split_mean = Upload(sums), split_rstd = Poisoned<float>(rows);
+  Tensor squares = Upload(summed(1, [&](const Part& p, float* out) {
+    backend().HstuNormGateSums(p.x.ptr<float>(), rows, p.width, split_mean.ptr<float>(), out);
+  }));
+  std::vector<double> got_y(rows * dim), got_dx(rows * dim), got_du(rows * dim);
+  for (const Part& p : parts) {
+    Tensor py = Poisoned<float>(rows * p.width);
+    backend().HstuNormGateApply(p.x.ptr<float>(), ut.ptr<float>() + p.first, u_stride,
+                                split_mean.ptr<float>(), squares.ptr<float>(), dim, eps,
+                                py.ptr<float>(), split_rstd.ptr<float>(), rows, p.width);
+    const std::vector<float> v = Download<float>(py);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < p.width; ++c) got_y[r * dim + p.first + c] = v[r * p.width + c];
+  }
+  ExpectClose(Download<float>(split_rstd), ToDouble(Download<float>(rstd)), kTolerance, "rstd");
+  std::vector<double> want_yd = ToDouble(want_y);
+  ExpectClose(std::vector<float>(got_y.begin(), got_y.end()), want_yd, kTolerance, "split gate");
+  Tensor grad_sums = Upload(summed(2, [&](const Part& p, float* out) {
+    backend().HstuNormGateBackwardSums(p.dy.ptr<float>(), p.x.ptr<float>(),
+                                       ut.ptr<float>() + p.first, u_stride,
+                                       split_mean.ptr<float>(), split_rstd.ptr<float>(), rows,
+                                       p.width, out);
+  }));
+  for (const Part& p : parts) {
+    Tensor pdx = Poisoned<float>(rows * p.width), pdu = Poisoned<float>(rows * u_stride);
+    backend().HstuNormGateBackwardApply(p.dy.ptr<float>(), p.x.ptr<float>(),
+                                        ut.ptr<float>() + p.first, u_stride,
+                                        split_mean.ptr<float>(), split_rstd.ptr<float>(),
+                                        grad_sums.ptr<float>(), dim, pdx.ptr<float>(),
+                                        pdu.ptr<float>() + p.first, rows, p.width);
+    const std::vector<float> vx = Download<float>(pdx), vu = Download<float>(pdu);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < p.width; ++c) {
+        got_dx[r * dim + p.first + c] = vx[r * p.width + c];
+        got_du[r * dim + p.first + c] = vu[r * u_stride + p.first + c];
+      }
+  }
+  ExpectClose(std::vector<float>(got_dx.begin(), got_dx.end()), ToDouble(want_dx), kTolerance,
+              "split gate dx");
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < dim; ++c) {
+      EXPECT_NEAR(got_du[r * dim + c], want_du[r * u_stride + c],
+                  kTolerance * std::max(1.0f, std::abs(want_du[r * u_stride + c])))
+          << "split gate du[" << r << ", " << c << "]";
+    }
+}
+
 // ---- State-space models (Mamba-2) ----------------------------------------------------------
 
 TEST_P(BackendOps, SsdScanForwardBackwardAndStepMatchTheRecurrence) {
