@@ -258,22 +258,63 @@ __global__ void QueryTimestampsKernel(const int64_t* offsets, int64_t users,
   }
 }
 
-// y = u * (x - mean) * rstd, one warp per row.
+// The norm-gate, one warp per row; these are one lane's part of a row.
+// Its share of the row's sum (`centre` null) or of its squares about *centre.
+__device__ __forceinline__ float LaneRowSum(const float* xr, const float* centre, int64_t dim,
+                                            int lane) {
+  float sum = 0.0f;
+  for (int64_t c = lane; c < dim; c += kWarpSize) {
+    sum += centre != nullptr ? (xr[c] - *centre) * (xr[c] - *centre) : xr[c];
+  }
+  return sum;
+}
+
+// y = u * (x - mean) * rstd.
+__device__ __forceinline__ void LaneGate(const float* xr, const float* ur, float mu, float rs,
+                                         float* yr, int64_t dim, int lane) {
+  for (int64_t c = lane; c < dim; c += kWarpSize) yr[c] = ur[c] * ((xr[c] - mu) * rs);
+}
+
+// Its share of sum g and sum g xhat, g = dy * u.
+__device__ __forceinline__ void LaneGradientSums(const float* dyr, const float* xr,
+                                                 const float* ur, float mu, float rs,
+                                                 int64_t dim, int lane, float* sum_g,
+                                                 float* sum_g_xhat) {
+  float sg = 0.0f, sgx = 0.0f;
+  for (int64_t c = lane; c < dim; c += kWarpSize) {
+    const float g = dyr[c] * ur[c];
+    sg += g;
+    sgx += g * (xr[c] - mu) * rs;
+  }
+  *sum_g = sg;
+  *sum_g_xhat = sgx;
+}
+
+// dx, du given the means of g and g xhat over the whole row.
+__device__ __forceinline__ void LaneGradient(const float* dyr, const float* xr, const float* ur,
+                                             float mu, float rs, float mean_g, float mean_g_xhat,
+                                             float* dxr, float* dur, int64_t dim, int lane) {
+  for (int64_t c = lane; c < dim; c += kWarpSize) {
+    const float xhat = (xr[c] - mu) * rs;
+    dur[c] = dyr[c] * xhat;
+    dxr[c] = rs * (dyr[c] * ur[c] - mean_g - xhat * mean_g_xhat);
+  }
+}
+
+#define TESSERA_NORM_GATE_ROW                                                 \
+  const int64_t r = int64_t{blockIdx.x} * kRowsPerBlock + threadIdx.x / kWarpSize; \
+  const int lane = threadIdx.x % kWarpSize;                                   \
+  if (r >= rows) return
+
 __global__ void NormGateForwardKernel(const float* __restrict__ x, const float* __restrict__ u,
                                       int64_t u_stride, float* __restrict__ y,
                                       float* __restrict__ mean, float* __restrict__ rstd,
                                       int64_t rows, int64_t dim, float eps) {
-  const int64_t r = int64_t{blockIdx.x} * kRowsPerBlock + threadIdx.x / kWarpSize;
-  const int lane = threadIdx.x % kWarpSize;
-  if (r >= rows) return;
+  TESSERA_NORM_GATE_ROW;
   const float* xr = x + r * dim;
-  float sum = 0.0f;
-  for (int64_t c = lane; c < dim; c += kWarpSize) sum += xr[c];
-  const float mu = WarpSum(sum) / static_cast<float>(dim);
-  float var = 0.0f;
-  for (int64_t c = lane; c < dim; c += kWarpSize) var += (xr[c] - mu) * (xr[c] - mu);
-  const float rs = rsqrtf(WarpSum(var) / static_cast<float>(dim) + eps);
-  for (int64_t c = lane; c < dim; c += kWarpSize) y[r * dim + c] = u[r * u_stride + c] * ((xr[c] - mu) * rs);
+  const float mu = WarpSum(LaneRowSum(xr, nullptr, dim, lane)) / static_cast<float>(dim);
+  const float rs = rsqrtf(WarpSum(LaneRowSum(xr, &mu, dim, lane)) / static_cast<float>(dim) + eps);
+  LaneGate(xr, u + r * u_stride, mu, rs, y + r * dim, dim, lane);
   if (lane == 0) {
     mean[r] = mu;
     rstd[r] = rs;
@@ -285,77 +326,46 @@ __global__ void NormGateBackwardKernel(const float* __restrict__ dy, const float
                                        const float* __restrict__ mean,
                                        const float* __restrict__ rstd, float* __restrict__ dx,
                                        float* __restrict__ du, int64_t rows, int64_t dim) {
-  const int64_t r = int64_t{blockIdx.x} * kRowsPerBlock + threadIdx.x / kWarpSize;
-  const int lane = threadIdx.x % kWarpSize;
-  if (r >= rows) return;
-  const float mu = mean[r], rs = rstd[r];
+  TESSERA_NORM_GATE_ROW;
   const float *dyr = dy + r * dim, *xr = x + r * dim, *ur = u + r * u_stride;
-  float sum_g = 0.0f, sum_g_xhat = 0.0f;
-  for (int64_t c = lane; c < dim; c += kWarpSize) {
-    const float g = dyr[c] * ur[c];
-    sum_g += g;
-    sum_g_xhat += g * (xr[c] - mu) * rs;
-  }
-  const float mean_g = WarpSum(sum_g) / static_cast<float>(dim);
-  const float mean_g_xhat = WarpSum(sum_g_xhat) / static_cast<float>(dim);
-  for (int64_t c = lane; c < dim; c += kWarpSize) {
-    const float xhat = (xr[c] - mu) * rs;
-    const float g = dyr[c] * ur[c];
-    du[r * u_stride + c] = dyr[c] * xhat;
-    dx[r * dim + c] = rs * (g - mean_g - xhat * mean_g_xhat);
-  }
+  float sum_g, sum_g_xhat;
+  LaneGradientSums(dyr, xr, ur, mean[r], rstd[r], dim, lane, &sum_g, &sum_g_xhat);
+  LaneGradient(dyr, xr, ur, mean[r], rstd[r], WarpSum(sum_g) / static_cast<float>(dim),
+               WarpSum(sum_g_xhat) / static_cast<float>(dim), dx + r * dim, du + r * u_stride,
+               dim, lane);
 }
 
-// The split-row norm-gate (hstu.h), one warp per row: partial sums ...
+// The split-row norm-gate (hstu.h): partial sums, the gate from the summed
+// statistics, the backward's partial sums, and dx, du from the summed ones.
 __global__ void NormGateSumsKernel(const float* __restrict__ x, int64_t rows, int64_t dim,
                                    const float* __restrict__ mean, float* __restrict__ out) {
-  const int64_t r = int64_t{blockIdx.x} * kRowsPerBlock + threadIdx.x / kWarpSize;
-  const int lane = threadIdx.x % kWarpSize;
-  if (r >= rows) return;
-  const float* xr = x + r * dim;
-  const float mu = mean != nullptr ? mean[r] : 0.0f;
-  float sum = 0.0f;
-  for (int64_t c = lane; c < dim; c += kWarpSize) {
-    sum += mean != nullptr ? (xr[c] - mu) * (xr[c] - mu) : xr[c];
-  }
-  sum = WarpSum(sum);
+  TESSERA_NORM_GATE_ROW;
+  const float sum = WarpSum(LaneRowSum(x + r * dim, mean != nullptr ? mean + r : nullptr, dim,
+                                       lane));
   if (lane == 0) out[r] = sum;
 }
 
-// ... the gate from the summed statistics ...
 __global__ void NormGateApplyKernel(const float* __restrict__ x, const float* __restrict__ u,
                                     int64_t u_stride, const float* __restrict__ mean,
                                     const float* __restrict__ squares, int64_t count, float eps,
                                     float* __restrict__ y, float* __restrict__ rstd, int64_t rows,
                                     int64_t dim) {
-  const int64_t r = int64_t{blockIdx.x} * kRowsPerBlock + threadIdx.x / kWarpSize;
-  const int lane = threadIdx.x % kWarpSize;
-  if (r >= rows) return;
-  const float mu = mean[r], rs = rsqrtf(squares[r] / static_cast<float>(count) + eps);
-  for (int64_t c = lane; c < dim; c += kWarpSize) {
-    y[r * dim + c] = u[r * u_stride + c] * ((x[r * dim + c] - mu) * rs);
-  }
+  TESSERA_NORM_GATE_ROW;
+  const float rs = rsqrtf(squares[r] / static_cast<float>(count) + eps);
+  LaneGate(x + r * dim, u + r * u_stride, mean[r], rs, y + r * dim, dim, lane);
   if (lane == 0) rstd[r] = rs;
 }
 
-// ... the backward's partial sums (g = dy u: sum g, sum g xhat) ...
 __global__ void NormGateBackwardSumsKernel(const float* __restrict__ dy,
                                            const float* __restrict__ x,
                                            const float* __restrict__ u, int64_t u_stride,
                                            const float* __restrict__ mean,
                                            const float* __restrict__ rstd, int64_t rows,
                                            int64_t dim, float* __restrict__ sums) {
-  const int64_t r = int64_t{blockIdx.x} * kRowsPerBlock + threadIdx.x / kWarpSize;
-  const int lane = threadIdx.x % kWarpSize;
-  if (r >= rows) return;
-  const float mu = mean[r], rs = rstd[r];
-  const float *dyr = dy + r * dim, *xr = x + r * dim, *ur = u + r * u_stride;
-  float sum_g = 0.0f, sum_g_xhat = 0.0f;
-  for (int64_t c = lane; c < dim; c += kWarpSize) {
-    const float g = dyr[c] * ur[c];
-    sum_g += g;
-    sum_g_xhat += g * (xr[c] - mu) * rs;
-  }
+  TESSERA_NORM_GATE_ROW;
+  float sum_g, sum_g_xhat;
+  LaneGradientSums(dy + r * dim, x + r * dim, u + r * u_stride, mean[r], rstd[r], dim, lane,
+                   &sum_g, &sum_g_xhat);
   sum_g = WarpSum(sum_g);
   sum_g_xhat = WarpSum(sum_g_xhat);
   if (lane == 0) {
@@ -364,7 +374,6 @@ __global__ void NormGateBackwardSumsKernel(const float* __restrict__ dy,
   }
 }
 
-// ... and dx, du from the summed ones.
 __global__ void NormGateBackwardApplyKernel(const float* __restrict__ dy,
                                             const float* __restrict__ x,
                                             const float* __restrict__ u, int64_t u_stride,
@@ -373,19 +382,13 @@ __global__ void NormGateBackwardApplyKernel(const float* __restrict__ dy,
                                             const float* __restrict__ sums, int64_t count,
                                             float* __restrict__ dx, float* __restrict__ du,
                                             int64_t rows, int64_t dim) {
-  const int64_t r = int64_t{blockIdx.x} * kRowsPerBlock + threadIdx.x / kWarpSize;
-  const int lane = threadIdx.x % kWarpSize;
-  if (r >= rows) return;
-  const float mu = mean[r], rs = rstd[r];
-  const float mean_g = sums[2 * r] / static_cast<float>(count);
-  const float mean_g_xhat = sums[2 * r + 1] / static_cast<float>(count);
-  for (int64_t c = lane; c < dim; c += kWarpSize) {
-    const float xhat = (x[r * dim + c] - mu) * rs;
-    const float dyc = dy[r * dim + c];
-    du[r * u_stride + c] = dyc * xhat;
-    dx[r * dim + c] = rs * (dyc * u[r * u_stride + c] - mean_g - xhat * mean_g_xhat);
-  }
+  TESSERA_NORM_GATE_ROW;
+  LaneGradient(dy + r * dim, x + r * dim, u + r * u_stride, mean[r], rstd[r],
+               sums[2 * r] / static_cast<float>(count), sums[2 * r + 1] / static_cast<float>(count),
+               dx + r * dim, du + r * u_stride, dim, lane);
 }
+
+#undef TESSERA_NORM_GATE_ROW
 
 absl::Status CheckArgs(const char* name, const HstuArgs& a) {
   if (a.users < 0 || a.max_len < 0 || a.heads <= 0 || a.qk_dim < 0 || a.v_dim < 0 ||
