@@ -83,13 +83,26 @@ absl::StatusOr<MicroBatchResult> DitMoeTask::RunMicroBatch(Arena& arena, int64_t
   std::vector<int32_t> labels(micro_batch_);
   std::vector<int64_t> positions(micro_batch_);
   Backend& backend = arena.backend();
+  // On a device the rows are gathered into a pinned buffer and go up in one
+  // asynchronous copy; on the CPU they are copied straight into place.
+  char* staging = static_cast<char*>(images.address());
+  if (!images.on_host()) {
+    if (upload_ == nullptr || &upload_->backend() != &backend) {
+      upload_ = std::make_unique<PinnedBufferPool>(backend, /*count=*/2);
+    }
+    TESSERA_ASSIGN_OR_RETURN(void* pinned, upload_->Acquire(images.bytes()));
+    staging = static_cast<char*>(pinned);
+  }
   for (int64_t k = 0; k < micro_batch_; ++k) {
     const int64_t i = k * micro_batches + micro;
-    backend.CopyToDevice(static_cast<char*>(images.address()) + k * image_bytes,
-                         static_cast<const char*>(batch_.images.raw()) + i * image_bytes,
-                         image_bytes);
+    std::memcpy(staging + k * image_bytes,
+                static_cast<const char*>(batch_.images.raw()) + i * image_bytes, image_bytes);
     labels[k] = batch_.labels.data<int32_t>()[i];
     positions[k] = i * num_replicas_ + replica_;
+  }
+  if (!images.on_host()) {
+    backend.CopyToDeviceAsync(images.address(), staging, images.bytes());
+    upload_->Release();
   }
   const DitMoeConfig& c = config_.dit_moe();
   DiffusionExample ex = diffusion_.MakeExample(

@@ -83,6 +83,27 @@ class Backend {
   // Blocks until the bytes are on the host.
   virtual void CopyToHost(void* host_dst, const void* src, size_t bytes) = 0;
   virtual void Copy(void* dst, const void* src, size_t bytes) = 0;
+  // Pinned host memory: `bytes` of host memory (64-byte aligned) that the
+  // device's copy engine reads and writes directly: page-locked on CUDA
+  // (cudaHostAlloc), ordinary aligned host memory on the CPU (the default
+  // here). Page-locking is slow and takes memory the OS cannot swap:
+  // allocate staging buffers once and reuse them (PinnedBufferPool in
+  // runtime/backend/pinned_pool.h).
+  virtual absl::Status AllocatePinnedHost(size_t bytes, void** out);
+  virtual void FreePinnedHost(void* ptr);
+  // Copies queued on the compute stream in order with its ops; they may
+  // return before the bytes have moved. The host side must stay untouched
+  // (and CopyToHostAsync's unread) until an event recorded after the copy
+  // has passed: Record(event), then HostWait(event) before reusing it. From
+  // and to pinned memory the copy overlaps the host's work; the defaults are
+  // the blocking copies (the CPU backend, where nothing is asynchronous).
+  virtual void CopyToDeviceAsync(void* dst, const void* host_src, size_t bytes) {
+    CopyToDevice(dst, host_src, bytes);
+  }
+  virtual void CopyToHostAsync(void* host_dst, const void* src, size_t bytes) {
+    CopyToHost(host_dst, src, bytes);
+  }
+
   // `rows` rows of `row_bytes` each, from src (rows `src_pitch` bytes apart)
   // to dst (rows `dst_pitch` bytes apart), within this backend's memory: the
   // strided copy behind chunk reorders and gathers of column blocks.

@@ -155,6 +155,33 @@ void CudaBackend::CopyToHost(void* host_dst, const void* src, size_t bytes) {
   Check("CopyToHost", CUDA_CALL(cudaStreamSynchronize(stream_)));
 }
 
+absl::Status CudaBackend::AllocatePinnedHost(size_t bytes, void** out) {
+  const cudaError_t error = cudaHostAlloc(out, bytes == 0 ? 1 : bytes, cudaHostAllocDefault);
+  if (error == cudaSuccess) return absl::OkStatus();
+  cudaGetLastError();  // not sticky
+  const std::string what = absl::StrFormat(
+      "CUDA device %d: cannot allocate %s (%d bytes) of pinned host memory (cudaHostAlloc): %s",
+      device_, HumanBytes(bytes), bytes, cudaGetErrorString(error));
+  if (error == cudaErrorMemoryAllocation) return absl::ResourceExhaustedError(what);
+  return absl::InternalError(what);
+}
+
+void CudaBackend::FreePinnedHost(void* ptr) {
+  if (ptr != nullptr) Check("FreePinnedHost", CUDA_CALL(cudaFreeHost(ptr)));
+}
+
+void CudaBackend::CopyToDeviceAsync(void* dst, const void* host_src, size_t bytes) {
+  if (bytes == 0) return;
+  Check("CopyToDeviceAsync",
+        CUDA_CALL(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, stream_)));
+}
+
+void CudaBackend::CopyToHostAsync(void* host_dst, const void* src, size_t bytes) {
+  if (bytes == 0) return;
+  Check("CopyToHostAsync",
+        CUDA_CALL(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, stream_)));
+}
+
 void CudaBackend::Copy(void* dst, const void* src, size_t bytes) {
   if (bytes == 0 || dst == src) return;
   Check("Copy", CUDA_CALL(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_)));

@@ -55,6 +55,13 @@ class CudaBackend final : public Backend {
   // The host buffer may be reused as soon as the call returns.
   void CopyToDevice(void* dst, const void* host_src, size_t bytes) override;
   void CopyToHost(void* host_dst, const void* src, size_t bytes) override;
+  // Page-locked (cudaHostAlloc), so the asynchronous copies below run on
+  // the copy engine without staging; freeing (cudaFreeHost) waits for the device.
+  absl::Status AllocatePinnedHost(size_t bytes, void** out) override;
+  void FreePinnedHost(void* ptr) override;
+  // cudaMemcpyAsync on the compute stream; no wait (see Backend).
+  void CopyToDeviceAsync(void* dst, const void* host_src, size_t bytes) override;
+  void CopyToHostAsync(void* host_dst, const void* src, size_t bytes) override;
   void Copy(void* dst, const void* src, size_t bytes) override;
   void Copy2D(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t row_bytes,
               size_t rows) override;

@@ -1,7 +1,11 @@
 #include "runtime/train/checkpointing.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <functional>
+#include <memory>
+#include <new>
+#include <string>
 
 namespace tessera {
 namespace {
@@ -67,23 +71,69 @@ float* Source(const TrainingState& state, const PieceDesc& desc, const AdamW* ad
 
 }  // namespace
 
+HostStateMirror::~HostStateMirror() {
+  for (Copy& copy : copies_) copy.device.backend().FreePinnedHost(copy.host);
+}
+
+HostStateMirror::Copy* HostStateMirror::Find(const Tensor& buffer) {
+  for (Copy& copy : copies_) {
+    if (copy.device.address() == buffer.address()) return &copy;
+  }
+  return nullptr;
+}
+
+void HostStateMirror::WaitForCopies(const std::vector<Backend*>& backends) {
+  for (Backend* backend : backends) {
+    std::unique_ptr<Event> done = backend->CreateEvent();
+    backend->Record(*done);
+    backend->HostWait(*done);
+  }
+}
+
+void HostStateMirror::Fetch(const std::vector<Tensor>& buffers, bool refresh) {
+  std::vector<Backend*> queued;
+  for (const Tensor& buffer : buffers) {
+    if (buffer.on_host()) continue;
+    Copy* copy = Find(buffer);
+    if (copy == nullptr) {
+      void* host = nullptr;
+      // The host being out of memory: reported as Storage::Allocate does.
+      if (const absl::Status status = buffer.backend().AllocatePinnedHost(buffer.bytes(), &host);
+          !status.ok()) {
+        std::fprintf(stderr, "tessera: checkpoint host copy: %s\n",
+                     std::string(status.message()).c_str());
+        throw std::bad_alloc();
+      }
+      copies_.push_back(Copy{buffer, host});
+      copy = &copies_.back();
+    } else if (!refresh) {
+      continue;
+    }
+    Backend& backend = buffer.backend();
+    backend.CopyToHostAsync(copy->host, buffer.address(), buffer.bytes());
+    if (std::find(queued.begin(), queued.end(), &backend) == queued.end()) {
+      queued.push_back(&backend);
+    }
+  }
+  WaitForCopies(queued);
+}
+
 float* HostStateMirror::Host(const Tensor& buffer, bool refresh) {
   if (buffer.on_host()) return buffer.data<float>();
-  for (auto& [device, host] : copies_) {
-    if (device.address() != buffer.address()) continue;
-    if (refresh) buffer.backend().CopyToHost(host.address(), buffer.address(), buffer.bytes());
-    return host.data<float>();
-  }
-  Tensor host = Tensor::Empty(buffer.dtype(), buffer.shape());
-  buffer.backend().CopyToHost(host.address(), buffer.address(), buffer.bytes());
-  copies_.emplace_back(buffer, host);
-  return host.data<float>();
+  Fetch({buffer}, refresh);
+  return static_cast<float*>(Find(buffer)->host);
 }
 
 void HostStateMirror::WriteBack() {
-  for (auto& [device, host] : copies_) {
-    device.backend().CopyToDevice(device.address(), host.address(), host.bytes());
+  std::vector<Backend*> queued;
+  for (Copy& copy : copies_) {
+    Backend& backend = copy.device.backend();
+    backend.CopyToDeviceAsync(copy.device.address(), copy.host, copy.device.bytes());
+    if (std::find(queued.begin(), queued.end(), &backend) == queued.end()) {
+      queued.push_back(&backend);
+    }
   }
+  WaitForCopies(queued);
 }
 
 void SnapshotPieces(const TrainingState& state, std::vector<SavePiece>* pieces) {

@@ -22,17 +22,38 @@
 namespace tessera {
 
 // Host copies of a device run's flat buffers: checkpoints are written from,
-// and loaded into, host memory. Host(buffer, refresh) gives the copy of a
-// buffer (made on first use; copied from the device when `refresh`);
-// WriteBack() copies every one back to its buffer. A host buffer is its own
-// copy (nothing is copied).
+// and loaded into, host memory. The copies are pinned host memory
+// (Backend::AllocatePinnedHost), made on first use and kept for the run, so
+// a snapshot's device-to-host copies run on the copy engine at full speed
+// with no staging. A host buffer is its own copy (nothing is copied).
 class HostStateMirror {
  public:
+  HostStateMirror() = default;
+  ~HostStateMirror();  // frees the pinned copies (the backends outlive it)
+  HostStateMirror(const HostStateMirror&) = delete;
+  HostStateMirror& operator=(const HostStateMirror&) = delete;
+
+  // Makes the copies of `buffers` that do not exist yet (filled from the
+  // device) and, with `refresh`, refills the others: every copy is queued
+  // asynchronously on its backend's compute stream, then the host waits
+  // once per backend, on an event recorded after the last of them.
+  void Fetch(const std::vector<Tensor>& buffers, bool refresh);
+  // The copy of one buffer: Fetch({buffer}, refresh), then its host pointer.
   float* Host(const Tensor& buffer, bool refresh);
+  // Copies every copy back to its buffer (asynchronously, then one wait, so
+  // the host copies may be changed again when it returns).
   void WriteBack();
 
  private:
-  std::vector<std::pair<Tensor, Tensor>> copies_;  // (device buffer, host copy)
+  struct Copy {
+    Tensor device;
+    void* host = nullptr;  // pinned, device.bytes() long
+  };
+  Copy* Find(const Tensor& buffer);
+  // Records an event on each backend that queued copies and waits for it.
+  static void WaitForCopies(const std::vector<Backend*>& backends);
+
+  std::vector<Copy> copies_;
 };
 
 struct TrainingState {

@@ -134,13 +134,16 @@ TrainingState Trainer::HostState(bool refresh) {
   TrainingState state{&store_, nullptr, sync_->optimizers(), options_.tp_rank};
   if (!store_.values().on_host()) {
     state.mirror = &mirror_;
-    mirror_.Host(store_.values(), refresh);
+    // Every copy queued at once into pinned memory, then one wait.
+    std::vector<Tensor> buffers{store_.values()};
     for (AdamW* adam : state.optimizers) {
-      mirror_.Host(adam->m(), refresh);
-      mirror_.Host(adam->v(), refresh);
+      buffers.push_back(adam->m());
+      buffers.push_back(adam->v());
     }
+    if (ema_) buffers.push_back(ema_->values());
+    mirror_.Fetch(buffers, refresh);
   }
-  if (ema_) state.ema = mirror_.Host(ema_->values(), refresh);
+  if (ema_) state.ema = mirror_.Host(ema_->values(), /*refresh=*/false);
   return state;
 }
 

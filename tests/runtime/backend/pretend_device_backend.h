@@ -56,6 +56,37 @@ class PretendDeviceBackend : public CpuBackend {
     CpuBackend::CopyToHost(host_dst, src, bytes);
   }
 
+  // Pinned host memory is host memory (never one of the device buffers);
+  // counted, with the asynchronous copies, so tests see the pinned paths used.
+  absl::Status AllocatePinnedHost(size_t bytes, void** out) override {
+    TESSERA_RETURN_IF_ERROR(CpuBackend::AllocatePinnedHost(bytes, out));
+    absl::MutexLock lock(&mu_);
+    ++pinned_allocations_;
+    return absl::OkStatus();
+  }
+  void CopyToDeviceAsync(void* dst, const void* host_src, size_t bytes) override {
+    {
+      absl::MutexLock lock(&mu_);
+      ++async_copies_;
+    }
+    CopyToDevice(dst, host_src, bytes);
+  }
+  void CopyToHostAsync(void* host_dst, const void* src, size_t bytes) override {
+    {
+      absl::MutexLock lock(&mu_);
+      ++async_copies_;
+    }
+    CopyToHost(host_dst, src, bytes);
+  }
+  int64_t pinned_allocations() const {
+    absl::MutexLock lock(&mu_);
+    return pinned_allocations_;
+  }
+  int64_t async_copies() const {
+    absl::MutexLock lock(&mu_);
+    return async_copies_;
+  }
+
   // Whether [ptr, ptr + bytes) lies inside one buffer of this backend.
   bool Owns(const void* ptr, size_t bytes) const {
     const uintptr_t at = reinterpret_cast<uintptr_t>(ptr);
@@ -85,6 +116,8 @@ class PretendDeviceBackend : public CpuBackend {
   mutable absl::Mutex mu_;
   std::map<uintptr_t, size_t> buffers_ ABSL_GUARDED_BY(mu_);
   size_t bytes_to_host_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t pinned_allocations_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t async_copies_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace tessera
