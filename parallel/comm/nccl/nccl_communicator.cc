@@ -65,7 +65,7 @@ absl::Status CheckRank(int rank, int size, const char* what) {
 }
 
 absl::Status CheckUsable(const NcclGroup& group) {
-  if (group.aborted) {
+  if (group.aborted.load()) {
     return CommunicationError(absl::StrFormat(
         "NCCL communicator of group '%s' was aborted after an earlier failure", group.name));
   }
@@ -83,6 +83,37 @@ absl::Status Prepare(NcclGroup& group) {
   TESSERA_CUDA(cudaStreamWaitEvent(group.stream, group.ready, 0));
   return absl::OkStatus();
 }
+
+// An operation the compute stream waits for, as the collective watchdog
+// polls it: its event, and the communicator's asynchronous error. Owns the
+// event from StreamWait on.
+class NcclPendingWork final : public DeviceWork {
+ public:
+  NcclPendingWork(NcclGroup* group, cudaEvent_t done) : group_(group), done_(done) {}
+  ~NcclPendingWork() override { cudaEventDestroy(done_); }
+
+  absl::StatusOr<bool> Poll() override {
+    const cudaError_t query = cudaEventQuery(done_);
+    if (query == cudaSuccess) return true;
+    if (query != cudaErrorNotReady) {
+      return cuda::CudaStatus(query, "cudaEventQuery", __FILE__, __LINE__);
+    }
+    if (group_->aborted.load()) return false;  // its comm is gone; the deadline still runs
+    ncclResult_t async = ncclSuccess;
+    const ncclResult_t result = ncclCommGetAsyncError(group_->comm, &async);
+    if (result != ncclSuccess) {
+      return NcclStatus(result, "ncclCommGetAsyncError", __FILE__, __LINE__);
+    }
+    if (async != ncclSuccess && async != ncclInProgress) {
+      return NcclStatus(async, "ncclCommGetAsyncError", __FILE__, __LINE__);
+    }
+    return false;
+  }
+
+ private:
+  NcclGroup* group_;  // Forget()s this work before it is destroyed
+  cudaEvent_t done_;
+};
 
 class NcclWork final : public Work {
  public:
@@ -103,7 +134,8 @@ class NcclWork final : public Work {
     error_ = cuda::CudaStatus(cudaStreamWaitEvent(group_->compute, event_, 0),
                               "cudaStreamWaitEvent", __FILE__, __LINE__);
     if (!error_.ok()) return error_;
-    group_->pending.push_back({event_, Describe(), absl::Now() + timeout});
+    CollectiveWatchdog::Process().Watch(*group_, Describe(), info_.seq, info_.peer, timeout,
+                                        std::make_unique<NcclPendingWork>(group_.get(), event_));
     event_ = nullptr;
     return absl::OkStatus();
   }
@@ -148,7 +180,7 @@ class NcclWork final : public Work {
 
   bool Poll() {
     if (done_) return true;
-    if (group_->aborted) {
+    if (group_->aborted.load()) {
       error_ = CommunicationError(absl::StrCat(Describe(), ": ", CheckUsable(*group_).message()));
       done_ = true;
       return true;
@@ -230,37 +262,22 @@ absl::Status ExchangeAll(const NcclGroup& group, const char* send, const size_t*
 }  // namespace
 
 absl::Status NcclGroup::Abort() {
-  if (aborted || comm == nullptr) return absl::OkStatus();
-  aborted = true;
+  if (aborted.exchange(true) || comm == nullptr) return absl::OkStatus();
   TESSERA_NCCL(ncclCommAbort(comm));
   return absl::OkStatus();
 }
 
-absl::Status NcclGroup::CheckPending() {
-  while (!pending.empty()) {
-    const Pending& first = pending.front();
-    const cudaError_t query = cudaEventQuery(first.done);
-    if (query == cudaErrorNotReady && absl::Now() < first.deadline) return absl::OkStatus();
-    if (query != cudaSuccess) {
-      const std::string cause =
-          query == cudaErrorNotReady
-              ? absl::StrCat("did not complete within ", absl::FormatDuration(timeout))
-              : absl::StrCat("failed: ", cudaGetErrorString(query));
-      Abort().IgnoreError();  // the operation's failure is the error to report
-      return CommunicationError(absl::StrCat("watchdog: ", first.what,
-                                             " (the compute stream waits for it) ", cause,
-                                             "; the NCCL communicator was aborted"));
-    }
-    cudaEventDestroy(first.done);
-    pending.erase(pending.begin());
-  }
-  return absl::OkStatus();
+absl::Status NcclGroup::AbortGroup() { return Abort(); }
+
+std::string NcclGroup::DescribeOthers(int64_t seq, int peer) const {
+  return peer >= 0 ? watchdog->DescribePeer(*counter, world_ranks[static_cast<size_t>(peer)])
+                   : watchdog->DescribeLateRanks(*counter, world_ranks, seq);
 }
 
 NcclGroup::~NcclGroup() {
-  for (const Pending& p : pending) cudaEventDestroy(p.done);
+  CollectiveWatchdog::Process().Forget(*this);  // destroys the pending events
   if (ready != nullptr) cudaEventDestroy(ready);
-  if (comm != nullptr && !aborted) ncclCommDestroy(comm);
+  if (comm != nullptr && !aborted.load()) ncclCommDestroy(comm);
   if (barrier_word != nullptr) cudaFree(barrier_word);
   if (stream != nullptr) cudaStreamDestroy(stream);
 }

@@ -12,10 +12,14 @@
 // every operation first makes the NCCL stream wait for the work queued on
 // the compute stream so far (an event recorded there), and
 // Work::StreamWait makes the compute stream wait for the operation's event,
-// so neither side blocks the host. A Work finished that way stays watched:
-// each later operation of the group, and each Wait, checks the ones still
-// pending, and one past its deadline aborts the communicator with the
-// CommunicationError (exit 5) naming it.
+// so neither side blocks the host. A Work finished that way stays watched
+// by the process's CollectiveWatchdog (parallel/comm/watchdog_thread.h): its
+// thread polls the operation's event and the communicator's asynchronous
+// error, and one past the group's timeout (or failed) aborts the
+// communicator (ncclCommAbort) and ends the job with the CommunicationError
+// (exit 5) naming the collective, the group and the rank, even while the
+// host is blocked in the step's Synchronize. Each later operation of the
+// group, and each Wait, runs the same check first and returns that error.
 //
 // Differences from the MPI backend, all NCCL's own:
 //  - every dtype reduces, bf16 and f16 included (kAvg is ncclAvg, f32/bf16/f16
@@ -38,6 +42,7 @@
 #include <cuda_runtime_api.h>
 #include <nccl.h>
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <vector>
@@ -46,12 +51,14 @@
 #include "parallel/comm/communicator.h"
 #include "parallel/comm/mpi_communicator.h"
 #include "parallel/comm/watchdog.h"
+#include "parallel/comm/watchdog_thread.h"
 #include "runtime/backend/backend.h"
 
 namespace tessera::parallel {
 
-// What the communicator and its pending Work share.
-struct NcclGroup {
+// What the communicator and its pending Work share; the unit the
+// collective watchdog watches and aborts.
+struct NcclGroup final : WatchedGroup {
   ncclComm_t comm = nullptr;
   cudaStream_t stream = nullptr;
   int device = 0;
@@ -62,23 +69,24 @@ struct NcclGroup {
   absl::Duration timeout;
   std::shared_ptr<Watchdog> watchdog;
   std::shared_ptr<WatchdogGroup> counter;
-  bool aborted = false;
+  // Set by Abort, from the host thread or the watchdog thread.
+  std::atomic<bool> aborted{false};
   // The compute stream the operations are ordered with (null: none), and
   // the event each operation records there first.
   cudaStream_t compute = nullptr;
   cudaEvent_t ready = nullptr;
-  // Operations the compute stream waits for, not yet seen complete.
-  struct Pending {
-    cudaEvent_t done;
-    std::string what;  // the operation, for the timeout message
-    absl::Time deadline;
-  };
-  std::vector<Pending> pending;
+
   absl::Status Abort();  // ncclCommAbort once
-  // Drops the pending operations that completed; aborts with a
-  // CommunicationError naming the first one past its deadline.
-  absl::Status CheckPending();
-  ~NcclGroup();
+  // The watchdog's check of this group's operations the compute stream
+  // waits for: the CommunicationError naming the first one past its
+  // deadline or failed (the communicator is then aborted).
+  absl::Status CheckPending() { return CollectiveWatchdog::Process().Check(*this); }
+
+  const std::string& group_name() const override { return name; }
+  int world_rank() const override { return world_ranks[static_cast<size_t>(rank)]; }
+  absl::Status AbortGroup() override;
+  std::string DescribeOthers(int64_t seq, int peer) const override;
+  ~NcclGroup() override;
 };
 
 class NcclCommunicator final : public Communicator {
