@@ -88,6 +88,9 @@ ExpertParallelMoe::ExpertParallelMoe(ParameterStore& store, Communicator& ep,
                                                    dim, options.expert_hidden,
                                                    ParallelSpec::Expert(static_cast<int>(e))));
   }
+  std::vector<SwigluMlp*> local;
+  for (const auto& e : experts_) local.push_back(e.get());
+  grouped_ = std::make_unique<GroupedSwigluExperts>(std::move(local));
   if (options.shared_expert_hidden > 0) {
     shared_ = std::make_unique<SwigluMlp>(store, name + ".shared_expert", dim,
                                           options.shared_expert_hidden, groups.dense_spec);
@@ -309,13 +312,13 @@ absl::StatusOr<Tensor> ExpertParallelMoe::RunRemoteExperts(Arena& arena, const T
   Regroup(received, expert_in, /*to_expert_order=*/true);
   watch.Lap();
   Tensor expert_out = arena.AllocateUninitialized(DType::kF32, Shape{R, dim_});
-  int64_t begin = 0;
+  // Local expert e owns the rows every rank sent it, contiguous after Regroup.
+  std::vector<int64_t> offsets(L + 1, 0);
   for (int64_t e = 0; e < L; ++e) {
-    int64_t end = begin;
-    for (int64_t q = 0; q < P; ++q) end += recv_counts_[q * L + e];
-    experts_[e]->ForwardInto(arena, expert_in.Slice(begin, end), expert_out.Slice(begin, end));
-    begin = end;
+    offsets[e + 1] = offsets[e];
+    for (int64_t q = 0; q < P; ++q) offsets[e + 1] += recv_counts_[q * L + e];
   }
+  grouped_->Forward(arena, expert_in, offsets, expert_out);
   expert_seconds_ = watch.Lap();
   Tensor back = arena.AllocateUninitialized(DType::kF32, Shape{R, dim_});
   Regroup(expert_out, back, /*to_expert_order=*/false);
@@ -335,7 +338,6 @@ absl::StatusOr<Tensor> ExpertParallelMoe::Backward(Arena& arena, const Tensor& d
                      probs_.defined() ? absl::StrCat(tokens_, " tokens") : "none", ")"));
   }
   const int64_t T = tokens_, E = options_.num_experts, k = options_.top_k;
-  const int64_t P = ep_.size(), L = local_experts_;
   Backend& backend = arena.backend();
 
   // Adjoint of combine: gradients of the returned expert outputs (home,
@@ -355,13 +357,7 @@ absl::StatusOr<Tensor> ExpertParallelMoe::Backward(Arena& arena, const Tensor& d
   Tensor dexpert_out = arena.AllocateUninitialized(DType::kF32, Shape{R, dim_});
   Regroup(dreceived, dexpert_out, /*to_expert_order=*/true);
   Tensor dexpert_in = arena.AllocateUninitialized(DType::kF32, Shape{R, dim_});
-  int64_t begin = 0;
-  for (int64_t e = 0; e < L; ++e) {
-    int64_t end = begin;
-    for (int64_t q = 0; q < P; ++q) end += recv_counts_[q * L + e];
-    experts_[e]->BackwardInto(arena, dexpert_out.Slice(begin, end), dexpert_in.Slice(begin, end));
-    begin = end;
-  }
+  grouped_->Backward(arena, dexpert_out, dexpert_in);
   Tensor dback = arena.AllocateUninitialized(DType::kF32, Shape{R, dim_});
   Regroup(dexpert_in, dback, /*to_expert_order=*/false);
   expert_seconds_ += watch.Lap();

@@ -57,6 +57,7 @@
 
 #include "absl/status/statusor.h"
 #include "parallel/comm/communicator.h"
+#include "runtime/nn/grouped_experts.h"
 #include "runtime/nn/linear.h"
 #include "runtime/nn/moe.h"
 #include "runtime/nn/swiglu_mlp.h"
@@ -149,6 +150,7 @@ class ExpertParallelMoe {
   int64_t local_experts_, first_expert_;
   Linear router_;
   std::vector<std::unique_ptr<SwigluMlp>> experts_;  // the local ones
+  std::unique_ptr<GroupedSwigluExperts> grouped_;    // runs experts_ together
   std::unique_ptr<SwigluMlp> shared_;
 
   // Saved by Forward for Backward.

@@ -46,6 +46,19 @@ constexpr const char* PrecisionName(MathPrecision p) {
   return p == MathPrecision::kFp32 ? "fp32" : "bf16";
 }
 
+// One GEMM of a grouped call (Backend::GemmGrouped): Gemm's row-major
+// contract with sizes and operands of its own. The operands live in the
+// backend's memory; the descriptors themselves are host values.
+struct GemmProblem {
+  int64_t m = 0, n = 0, k = 0;
+  const float* a = nullptr;
+  int64_t lda = 0;
+  const float* b = nullptr;
+  int64_t ldb = 0;
+  float* c = nullptr;
+  int64_t ldc = 0;
+};
+
 // Orders work between streams of one backend (and, for communicators,
 // between the compute stream and a communication stream).
 class Event {
@@ -133,6 +146,23 @@ class Backend {
                            int64_t k, float alpha, const float* a, int64_t lda, int64_t stride_a,
                            const float* b, int64_t ldb, int64_t stride_b, float beta, float* c,
                            int64_t ldc, int64_t stride_c) = 0;
+
+  // Independent GEMMs with their own sizes and pointers (an MoE layer's
+  // experts: m or k is each expert's row count), the transposes, alpha and
+  // beta shared: C_g = alpha op(A_g) op(B_g) + beta C_g for every g. A
+  // problem with m == 0 or n == 0 does nothing; k == 0 gives C_g = beta C_g.
+  // At gemm_precision(). Every C_g must be disjoint from the others and
+  // from every A and B. The result of each problem equals Gemm's on it at
+  // the same thread count; the device may run the problems together (CPU:
+  // small ones one per thread; CUDA: cublasGemmGroupedBatchedEx). The
+  // default runs them one by one through Gemm.
+  virtual void GemmGrouped(bool trans_a, bool trans_b, float alpha, float beta,
+                           std::span<const GemmProblem> problems) {
+    for (const GemmProblem& p : problems) {
+      if (p.m == 0 || p.n == 0) continue;
+      Gemm(trans_a, trans_b, p.m, p.n, p.k, alpha, p.a, p.lda, p.b, p.ldb, beta, p.c, p.ldc);
+    }
+  }
 
   // ---- Norms over the last dimension of [rows, dim] ------------------------
   // y = (x - mean) * rstd [* gamma + beta]; gamma/beta may be null.

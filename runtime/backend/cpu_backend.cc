@@ -1,7 +1,9 @@
 #include "runtime/backend/cpu_backend.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #include "absl/strings/str_format.h"
 #include "runtime/kernels/cpu/activation.h"
@@ -100,6 +102,41 @@ void CpuBackend::GemmBatched(bool trans_a, bool trans_b, int64_t batch, int64_t 
   }
   cpu::GemmBatched(trans_a, trans_b, batch, m, n, k, alpha, a, lda, stride_a, b, ldb, stride_b,
                    beta, c, ldc, stride_c);
+}
+
+void CpuBackend::GemmGrouped(bool trans_a, bool trans_b, float alpha, float beta,
+                             std::span<const GemmProblem> problems) {
+  if (gemm_precision() == MathPrecision::kBf16) {
+    Backend::GemmGrouped(trans_a, trans_b, alpha, beta, problems);
+    return;
+  }
+  // Largest first, so the dynamic schedule ends with the small ones and the
+  // threads finish together; empty problems are dropped.
+  std::vector<const GemmProblem*> order;
+  order.reserve(problems.size());
+  int64_t total = 0, largest = 0;
+  for (const GemmProblem& p : problems) {
+    if (p.m == 0 || p.n == 0) continue;
+    order.push_back(&p);
+    const int64_t work = p.m * p.n * std::max<int64_t>(p.k, 1);
+    total += work;
+    largest = std::max(largest, work);
+  }
+  std::stable_sort(order.begin(), order.end(), [](const GemmProblem* x, const GemmProblem* y) {
+    return x->m * x->n * x->k > y->m * y->n * y->k;
+  });
+  const int64_t threads = cpu::NumThreads();
+  const int64_t count = static_cast<int64_t>(order.size());
+  // One per thread pays off when there are enough problems to share out and
+  // none dominates (each thread then runs whole GEMMs with no fork/join
+  // inside them); otherwise each GEMM uses every thread.
+  const bool per_thread = threads > 1 && count >= 2 * threads &&
+                          largest * threads <= 2 * total && cpu::ShouldParallelize(total);
+#pragma omp parallel for schedule(dynamic, 1) if (per_thread)
+  for (int64_t i = 0; i < count; ++i) {
+    const GemmProblem& p = *order[static_cast<size_t>(i)];
+    cpu::Gemm(trans_a, trans_b, p.m, p.n, p.k, alpha, p.a, p.lda, p.b, p.ldb, beta, p.c, p.ldc);
+  }
 }
 
 void CpuBackend::LayerNormForward(const float* x, const float* gamma, const float* beta, float* y,

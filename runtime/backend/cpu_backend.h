@@ -36,6 +36,11 @@ class CpuBackend : public Backend {
                    float alpha, const float* a, int64_t lda, int64_t stride_a, const float* b,
                    int64_t ldb, int64_t stride_b, float beta, float* c, int64_t ldc,
                    int64_t stride_c) override;
+  // fp32: several problems go one per thread, largest first (oneDNN runs
+  // single-threaded inside the region), unless one alone is large enough to
+  // use every thread; bf16: one by one.
+  void GemmGrouped(bool trans_a, bool trans_b, float alpha, float beta,
+                   std::span<const GemmProblem> problems) override;
   void LayerNormForward(const float* x, const float* gamma, const float* beta, float* y,
                         float* mean, float* rstd, int64_t rows, int64_t dim, float eps) override;
   void LayerNormBackward(const float* dy, const float* x, const float* gamma, const float* mean,

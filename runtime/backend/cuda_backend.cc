@@ -17,6 +17,7 @@
 #include "runtime/kernels/cuda/device.h"
 #include "runtime/kernels/cuda/flat.h"
 #include "runtime/kernels/cuda/gemm.h"
+#include "runtime/kernels/cuda/gemm_grouped.h"
 #include "runtime/kernels/cuda/hstu.h"
 #include "runtime/kernels/cuda/layer_norm.h"
 #include "runtime/kernels/cuda/loss.h"
@@ -68,6 +69,7 @@ CudaBackend::~CudaBackend() {
   if (scratch_ != nullptr) cudaFree(scratch_);
   if (reduce_result_ != nullptr) cudaFree(reduce_result_);
   if (host_result_ != nullptr) cudaFreeHost(host_result_);
+  grouped_.reset();
   gemm_.reset();
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
 }
@@ -261,6 +263,26 @@ void CudaBackend::GemmBatched(bool trans_a, bool trans_b, int64_t batch, int64_t
   Check("GemmBatched", cuda::GemmBatched(*gemm_, trans_a, trans_b, batch, m, n, k, alpha, a, lda,
                                          stride_a, b, ldb, stride_b, beta, c, ldc, stride_c,
                                          stream_, InputsFor(gemm_precision())));
+}
+
+void CudaBackend::GemmGrouped(bool trans_a, bool trans_b, float alpha, float beta,
+                              std::span<const GemmProblem> problems) {
+  if (grouped_ == nullptr) {
+    absl::StatusOr<std::unique_ptr<cuda::GroupedGemmContext>> created =
+        cuda::GroupedGemmContext::Create();
+    if (!created.ok()) {
+      Check("GemmGrouped", created.status());
+      return;
+    }
+    grouped_ = *std::move(created);
+  }
+  std::vector<cuda::GroupedGemmProblem> converted(problems.size());
+  for (size_t i = 0; i < problems.size(); ++i) {
+    const GemmProblem& p = problems[i];
+    converted[i] = {p.m, p.n, p.k, p.a, p.lda, p.b, p.ldb, p.c, p.ldc};
+  }
+  Check("GemmGrouped", cuda::GemmGrouped(*grouped_, *gemm_, trans_a, trans_b, alpha, beta,
+                                         converted, stream_, InputsFor(gemm_precision())));
 }
 
 // ---- Norms ---------------------------------------------------------------------

@@ -31,6 +31,7 @@
 namespace tessera {
 namespace cuda {
 class GemmContext;
+class GroupedGemmContext;
 }
 
 class CudaBackend final : public Backend {
@@ -79,6 +80,10 @@ class CudaBackend final : public Backend {
                    float alpha, const float* a, int64_t lda, int64_t stride_a, const float* b,
                    int64_t ldb, int64_t stride_b, float beta, float* c, int64_t ldc,
                    int64_t stride_c) override;
+  // fp32: one cublasGemmGroupedBatchedEx call; bf16 and k == 0 problems one
+  // by one (runtime/kernels/cuda/gemm_grouped.h).
+  void GemmGrouped(bool trans_a, bool trans_b, float alpha, float beta,
+                   std::span<const GemmProblem> problems) override;
   void LayerNormForward(const float* x, const float* gamma, const float* beta, float* y,
                         float* mean, float* rstd, int64_t rows, int64_t dim, float eps) override;
   void LayerNormBackward(const float* dy, const float* x, const float* gamma, const float* mean,
@@ -244,6 +249,7 @@ class CudaBackend final : public Backend {
   cudaStream_t stream_ = nullptr;
   cudaMemPool_t pool_ = nullptr;
   std::unique_ptr<cuda::GemmContext> gemm_;
+  std::unique_ptr<cuda::GroupedGemmContext> grouped_;  // made by the first GemmGrouped
   void* scratch_ = nullptr;
   size_t scratch_bytes_ = 0;
   double* reduce_result_ = nullptr;  // device: one double

@@ -29,6 +29,9 @@ MoeLayer::MoeLayer(ParameterStore& store, const std::string& name, int64_t dim,
         store, name + ".experts." + std::to_string(e), dim, options.expert_hidden,
         ParallelSpec::Expert(static_cast<int>(e))));
   }
+  std::vector<SwigluMlp*> experts;
+  for (const auto& e : experts_) experts.push_back(e.get());
+  grouped_ = std::make_unique<GroupedSwigluExperts>(std::move(experts));
   if (options.shared_expert_hidden > 0) {
     shared_ = std::make_unique<SwigluMlp>(store, name + ".shared_expert", dim,
                                           options.shared_expert_hidden);
@@ -81,10 +84,7 @@ absl::StatusOr<Tensor> MoeLayer::Forward(Arena& arena, const Tensor& x) {
   backend.PermuteForward(x.ptr<float>(), assignment_of_row.ptr<int32_t>(), permuted.ptr<float>(),
                       rows, dim_, k);
   expert_out_ = arena.AllocateUninitialized(DType::kF32, Shape{rows, dim_});
-  for (int64_t e = 0; e < E; ++e) {
-    experts_[e]->ForwardInto(arena, permuted.Slice(offsets[e], offsets[e + 1]),
-                             expert_out_.Slice(offsets[e], offsets[e + 1]));
-  }
+  grouped_->Forward(arena, permuted, std::span<const int64_t>(offsets, E + 1), expert_out_);
 
   Tensor y = shared_ ? shared_->Forward(arena, x) : arena.Allocate(DType::kF32, Shape{T, dim_});
   backend.UnpermuteCombineForward(expert_out_.ptr<float>(), row_of_assignment_.ptr<int32_t>(),
@@ -140,10 +140,7 @@ Tensor MoeLayer::Backward(Arena& arena, const Tensor& dy, float loss_scale) {
                                 row_of_assignment_.ptr<int32_t>(), weights_.ptr<float>(),
                                 dexpert_out.ptr<float>(), dweights.ptr<float>(), T, dim_, k);
   Tensor dpermuted = arena.AllocateUninitialized(DType::kF32, Shape{rows, dim_});
-  for (int64_t e = 0; e < E; ++e) {
-    experts_[e]->BackwardInto(arena, dexpert_out.Slice(offsets[e], offsets[e + 1]),
-                              dpermuted.Slice(offsets[e], offsets[e + 1]));
-  }
+  grouped_->Backward(arena, dexpert_out, dpermuted);
   Tensor dx = arena.AllocateUninitialized(DType::kF32, Shape{T, dim_});
   backend.PermuteBackward(dpermuted.ptr<float>(), row_of_assignment_.ptr<int32_t>(),
                        dx.ptr<float>(), T, dim_, k);

@@ -11,8 +11,9 @@
 // f_i carries no gradient (as in the reference code).
 //
 // Dispatch: assignments are sorted by expert (stable), token rows gathered
-// into expert-contiguous order, each expert runs one GEMM chain over its rows,
-// and the results are scattered back weighted. With a capacity factor c > 0
+// into expert-contiguous order, the experts run their GEMM chains over their
+// rows together (GroupedSwigluExperts: one grouped GEMM call per link of the
+// chain), and the results are scattered back weighted. With a capacity factor c > 0
 // each expert keeps at most ceil(c * tokens * k / E) assignments; the drop
 // policy is "first come, first served" in token order, and a dropped
 // assignment contributes nothing (its token still gets the shared expert and
@@ -27,6 +28,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
+#include "runtime/nn/grouped_experts.h"
 #include "runtime/nn/linear.h"
 #include "runtime/nn/swiglu_mlp.h"
 
@@ -169,6 +171,7 @@ class MoeLayer {
   GlobalBalanceCounts::Totals balance_totals_;
   Linear router_;
   std::vector<std::unique_ptr<SwigluMlp>> experts_;
+  std::unique_ptr<GroupedSwigluExperts> grouped_;  // runs experts_ together
   std::unique_ptr<SwigluMlp> shared_;
 
   // Saved by Forward for Backward.

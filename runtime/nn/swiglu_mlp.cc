@@ -14,6 +14,12 @@ SwigluMlp::SwigluMlp(ParameterStore& store, const std::string& name, int64_t dim
                            ParamInit::XavierUniform(hidden, dim), true, spec);
 }
 
+SwigluMlp::Weights SwigluMlp::weights() const {
+  return Weights{store_.param(w_gate_).ptr<float>(), store_.param(w_up_).ptr<float>(),
+                 store_.param(w_down_).ptr<float>(), store_.grad(w_gate_).ptr<float>(),
+                 store_.grad(w_up_).ptr<float>(),   store_.grad(w_down_).ptr<float>()};
+}
+
 Tensor SwigluMlp::Forward(Arena& arena, const Tensor& x) {
   Tensor y = arena.AllocateUninitialized(DType::kF32, Shape{x.dim(0), dim_});
   ForwardInto(arena, x, y);

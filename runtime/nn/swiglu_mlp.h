@@ -23,6 +23,15 @@ class SwigluMlp {
   void BackwardInto(Arena& arena, const Tensor& dy, const Tensor& dx);
 
   int64_t hidden() const { return hidden_; }
+  int64_t dim() const { return dim_; }
+  // The weights ([hidden, dim], [hidden, dim], [dim, hidden]) and their
+  // gradients, for GroupedSwigluExperts, which runs several experts' GEMMs
+  // in one call each.
+  struct Weights {
+    const float *gate, *up, *down;
+    float *dgate, *dup, *ddown;
+  };
+  Weights weights() const;
   double ForwardFlops(int64_t rows) const { return 6.0 * rows * dim_ * hidden_; }
 
  private:

@@ -228,6 +228,118 @@ TEST_P(BackendOps, GemmInBf16MultipliesRoundedInputsAndAccumulatesInFp32) {
   ExpectClose(Download<float>(c), want, kTolerance, "bf16 batched gemm");
 }
 
+// The grouped GEMM as the MoE experts call it: groups of their own sizes
+// (m_g = 0 among them) in every transpose, C rows of one buffer, A and B
+// buffers of their own with padded leading dimensions; then groups that
+// differ in k (the weight gradients: k_g = rows, one of them 0, which must
+// leave beta C). Against a double reference and against per-group Gemm.
+struct GroupedCase {
+  std::vector<int64_t> m, n, k;
+};
+
+TEST_P(BackendOps, GemmGroupedIsPerGroupGemmsWithEmptyGroups) {
+  const std::vector<GroupedCase> cases = {
+      // forward / data gradient: m_g varies (enough work to share out over threads)
+      {{13, 0, 1, 17, 9, 0, 22, 6}, {24, 24, 24, 24, 24, 24, 24, 24}, {21, 21, 21, 21, 21, 21, 21, 21}},
+      // weight gradients: k_g varies, one 0
+      {{12, 12, 12, 12, 12}, {10, 10, 10, 10, 10}, {7, 0, 31, 1, 16}},
+  };
+  int seed = 100;
+  for (const GroupedCase& gc : cases)
+    for (bool ta : {false, true})
+      for (bool tb : {false, true})
+        for (float beta : {0.0f, 0.5f}) {
+          const size_t groups = gc.m.size();
+          std::vector<Tensor> as, bs;
+          std::vector<std::vector<float>> a_host, b_host;
+          std::vector<int64_t> lda(groups), ldb(groups), c_row(groups + 1, 0);
+          int64_t ldc = 0;
+          for (size_t g = 0; g < groups; ++g) {
+            const int64_t m = gc.m[g], n = gc.n[g], k = gc.k[g];
+            lda[g] = (ta ? m : k) + 2;
+            ldb[g] = (tb ? k : n) + 3;
+            a_host.push_back(RandomFloats(std::max<int64_t>(1, (ta ? k : m) * lda[g]), ++seed));
+            b_host.push_back(RandomFloats(std::max<int64_t>(1, (tb ? n : k) * ldb[g]), ++seed));
+            as.push_back(Upload(a_host.back()));
+            bs.push_back(Upload(b_host.back()));
+            c_row[g + 1] = c_row[g] + m;
+            ldc = std::max(ldc, n + 1);
+          }
+          const auto c0 = RandomFloats(std::max<int64_t>(1, c_row[groups] * ldc), ++seed);
+          Tensor grouped = beta == 0 ? Poisoned<float>(static_cast<int64_t>(c0.size())) : Upload(c0);
+          Tensor single = beta == 0 ? Poisoned<float>(static_cast<int64_t>(c0.size())) : Upload(c0);
+          std::vector<GemmProblem> problems;
+          for (size_t g = 0; g < groups; ++g) {
+            problems.push_back({gc.m[g], gc.n[g], gc.k[g], as[g].ptr<float>(), lda[g],
+                                bs[g].ptr<float>(), ldb[g], grouped.ptr<float>() + c_row[g] * ldc,
+                                ldc});
+            backend().Gemm(ta, tb, gc.m[g], gc.n[g], gc.k[g], 1.25f, as[g].ptr<float>(), lda[g],
+                           bs[g].ptr<float>(), ldb[g], beta,
+                           single.ptr<float>() + c_row[g] * ldc, ldc);
+          }
+          backend().GemmGrouped(ta, tb, 1.25f, beta, problems);
+          const std::string what = "grouped gemm ta=" + std::to_string(ta) +
+                                   " tb=" + std::to_string(tb) + " beta=" + std::to_string(beta) +
+                                   " k0=" + std::to_string(gc.k[0]);
+          const std::vector<float> got = Download<float>(grouped);
+          const std::vector<float> per_group = Download<float>(single);
+          std::vector<double> want = ToDouble(c0);
+          for (size_t g = 0; g < groups; ++g) {
+            const int64_t m = gc.m[g], n = gc.n[g];
+            std::vector<double> cg(want.begin() + c_row[g] * ldc, want.begin() + c_row[g + 1] * ldc);
+            cg = ReferenceGemm(ta, tb, m, n, gc.k[g], 1.25, ToDouble(a_host[g]), lda[g],
+                               ToDouble(b_host[g]), ldb[g], beta, cg, ldc);
+            std::copy(cg.begin(), cg.end(), want.begin() + c_row[g] * ldc);
+          }
+          // Only the n columns of each C row are outputs; the padding is untouched.
+          std::vector<float> got_cols, per_group_cols;
+          std::vector<double> want_cols;
+          for (size_t g = 0; g < groups; ++g)
+            for (int64_t r = c_row[g]; r < c_row[g + 1]; ++r)
+              for (int64_t j = 0; j < gc.n[g]; ++j) {
+                got_cols.push_back(got[r * ldc + j]);
+                per_group_cols.push_back(per_group[r * ldc + j]);
+                want_cols.push_back(want[r * ldc + j]);
+              }
+          ExpectClose(got_cols, want_cols, kTolerance, what + " (double reference)");
+          ExpectClose(got_cols, ToDouble(per_group_cols), 1e-6, what + " (per-group Gemm)");
+        }
+}
+
+// bf16: the grouped call rounds its inputs as Gemm does.
+TEST_P(BackendOps, GemmGroupedInBf16RoundsLikeGemm) {
+  std::string note;
+  if (!backend().CheckPrecision(MathPrecision::kBf16, &note).ok()) {
+    GTEST_SKIP() << DeviceName(backend().device()) << " backend has no bf16 GEMMs here";
+  }
+  ScopedGemmPrecision bf16(backend(), MathPrecision::kBf16);
+  const std::vector<int64_t> rows = {9, 0, 30, 4};
+  const int64_t n = 20, k = 40;
+  std::vector<GemmProblem> problems;
+  std::vector<Tensor> keep;
+  std::vector<double> want;
+  int64_t total = 0;
+  for (int64_t m : rows) total += m;
+  Tensor c = Poisoned<float>(total * n);
+  int64_t row = 0, seed = 300;
+  for (int64_t m : rows) {
+    const auto a = RandomFloats(std::max<int64_t>(1, m * k), ++seed);
+    const auto b = RandomFloats(n * k, ++seed);
+    keep.push_back(Upload(a));
+    keep.push_back(Upload(b));
+    problems.push_back({m, n, k, keep[keep.size() - 2].ptr<float>(), k, keep.back().ptr<float>(),
+                        k, c.ptr<float>() + row * n, n});
+    const std::vector<double> rounded = RoundedBf16(a);
+    const std::vector<double> ar(rounded.begin(), rounded.begin() + m * k);
+    const auto cg = ReferenceGemm(false, true, m, n, k, 1, ar, k, RoundedBf16(b), k, 0,
+                                  std::vector<double>(m * n), n);
+    want.insert(want.end(), cg.begin(), cg.end());
+    row += m;
+  }
+  backend().GemmGrouped(false, true, 1.0f, 0.0f, problems);
+  ExpectClose(Download<float>(c), want, kTolerance, "bf16 grouped gemm");
+}
+
 // ---- Norms --------------------------------------------------------------------
 
 std::vector<double> ReferenceNorm(const std::vector<double>& x, const std::vector<float>& gamma,

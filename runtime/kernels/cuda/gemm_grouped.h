@@ -1,0 +1,64 @@
+// Grouped GEMM on the GPU: `count` independent row-major GEMMs with sizes
+// and operands of their own, the transposes, alpha and beta shared (the
+// experts of an MoE layer), with tessera::cuda::Gemm's contract for each.
+//
+// fp32: one cublasGemmGroupedBatchedEx_64 call (cuBLAS >= 12.5) for every
+// problem with m, n, k > 0 — one launch schedules them all — in strict fp32
+// (CUBLAS_COMPUTE_32F, no TF32, as Gemm). The pointer arrays it reads are
+// uploaded to device scratch on the stream. Problems with k == 0 (C = beta
+// C), bf16 inputs (Gemm rounds them to bf16 first) and a cuBLAS without the
+// grouped call for this GPU (CUBLAS_STATUS_NOT_SUPPORTED / ARCH_MISMATCH,
+// remembered) go one by one through Gemm. m == 0 or n == 0 does nothing.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <memory>
+#include <span>
+
+#include "absl/status/statusor.h"
+#include "runtime/kernels/cuda/gemm.h"
+
+namespace tessera::cuda {
+
+struct GroupedGemmProblem {
+  int64_t m = 0, n = 0, k = 0;
+  const float* a = nullptr;
+  int64_t lda = 0;
+  const float* b = nullptr;
+  int64_t ldb = 0;
+  float* c = nullptr;
+  int64_t ldc = 0;
+};
+
+// A cuBLAS handle and the device arrays of operand pointers, on the device
+// current at Create. Calls sharing one must be ordered on one stream.
+class GroupedGemmContext {
+ public:
+  static absl::StatusOr<std::unique_ptr<GroupedGemmContext>> Create();
+  ~GroupedGemmContext();
+  GroupedGemmContext(const GroupedGemmContext&) = delete;
+  GroupedGemmContext& operator=(const GroupedGemmContext&) = delete;
+
+  cublasHandle_t handle() const { return handle_; }
+  // Device room for `pointers` pointers (grow-only; growing waits for the device).
+  absl::StatusOr<void**> PointerArrays(size_t pointers);
+  // False once the grouped call reported it cannot run here.
+  bool grouped_supported() const { return grouped_supported_; }
+  void set_grouped_unsupported() { grouped_supported_ = false; }
+
+ private:
+  GroupedGemmContext() = default;
+  cublasHandle_t handle_ = nullptr;
+  void** pointers_ = nullptr;
+  size_t pointer_capacity_ = 0;
+  bool grouped_supported_ = true;
+};
+
+absl::Status GemmGrouped(GroupedGemmContext& grouped, GemmContext& gemm, bool trans_a, bool trans_b,
+                         float alpha, float beta, std::span<const GroupedGemmProblem> problems,
+                         cudaStream_t stream, GemmInputs inputs = GemmInputs::kFp32);
+
+}  // namespace tessera::cuda
