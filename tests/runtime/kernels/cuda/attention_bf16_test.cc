@@ -56,7 +56,9 @@ TEST(CudaAttentionBf16Plan, TakesHeadDimsUpTo128InStepsOf4OnThe64_96_128Kernels)
     // The smallest kernel that holds the head: 64, 96 or 128 columns.
     EXPECT_GE(plan->padded_head_dim, dh);
     for (int smaller : {64, 96, 128}) {
-      if (smaller < plan->padded_head_dim) EXPECT_LT(smaller, dh) << smaller;
+      if (smaller < plan->padded_head_dim) {
+        EXPECT_LT(smaller, dh) << smaller;
+      }
     }
     EXPECT_TRUE(plan->padded_head_dim == 64 || plan->padded_head_dim == 96 ||
                 plan->padded_head_dim == 128);
