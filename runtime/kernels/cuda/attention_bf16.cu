@@ -1,7 +1,8 @@
 // FlashAttention-2 on the tensor cores (mma.sync m16n8k16, bf16 inputs,
 // fp32 accumulation); attention_bf16.h says what is rounded, and
-// attention_bf16_kernels.cuh holds the kernels. This file supplies the two
-// primitives they need from the hardware, the launch plan and the launches.
+// attention_bf16_kernels.cuh holds the kernels. This file supplies the
+// primitives they need from the hardware (mma.sync, ldmatrix, the dynamic
+// shared memory), the launch plan and the launches.
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -26,6 +27,20 @@ __device__ __forceinline__ void Mma(float (&c)[4], const FragA& a, const FragB& 
       "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a.x[0]), "r"(a.x[1]), "r"(a.x[2]), "r"(a.x[3]), "r"(b.x[0]), "r"(b.x[1]));
+}
+
+__device__ __forceinline__ void LoadMatrices4(const Bf16* row, uint32_t (&r)[4]) {
+  const uint32_t address = static_cast<uint32_t>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(address));
+}
+
+__device__ __forceinline__ void LoadMatrices2(const Bf16* row, uint32_t (&r)[2]) {
+  const uint32_t address = static_cast<uint32_t>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n"
+               : "=r"(r[0]), "=r"(r[1])
+               : "r"(address));
 }
 
 __device__ __forceinline__ unsigned char* SharedMemory() {

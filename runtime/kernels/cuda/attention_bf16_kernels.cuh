@@ -23,9 +23,10 @@
 // (ToA), so probabilities never go through shared memory.
 //
 // Shared-memory tiles are bf16, either row-major [rows][cols + 8] or
-// transposed [cols][rows + 8]: the 8 extra columns make the row pitch 4 (or
-// 20) words modulo 32 banks, so the fragment loads of a warp (lane g reads
-// row g, word t) hit 32 different banks. A product's B operand must be
+// transposed [cols][rows + 8], and fragments come out of them by ldmatrix:
+// the 8 extra columns make the row pitch 4 (or 20) words modulo 32 banks, so
+// the 8 rows of 16 bytes of each 8 x 8 matrix it reads hit 32 different
+// banks. A product's B operand must be
 // stored [n][k] (each n's k values contiguous): K for Q K^T, V^T for P V,
 // Q for K Q^T, dO for V dO^T, dO^T for P^T dO, Q^T for dS^T Q, K^T for dS K.
 // Tiles are converted from the fp32 operands as they are staged.
@@ -89,28 +90,32 @@ __device__ __forceinline__ uint32_t Pack(float lo, float hi) {
          static_cast<uint32_t>(__bfloat16_as_ushort(v.y)) << 16;  // lo in the low half
 }
 
-// The word holding elements (row, col) and (row, col + 1) of a bf16 tile.
-__device__ __forceinline__ uint32_t Word(const Bf16* tile, int ld, int row, int col) {
-  return *reinterpret_cast<const uint32_t*>(tile + row * ld + col);
-}
+// Defined by the includer: ldmatrix.sync.aligned.m8n8.x4 / .x2 .shared.b16.
+// Lane i gives the address of row i % 8 of 8 x 8 matrix i / 8 (16 contiguous
+// bytes, 16-byte aligned); register m of lane l receives the word holding
+// row l / 4, columns 2 (l % 4) and 2 (l % 4) + 1 of matrix m. That is the
+// fragment layout of mma.m16n8k16, so one instruction loads a whole A (x4)
+// or B (x2) fragment.
+__device__ __forceinline__ void LoadMatrices4(const Bf16* row, uint32_t (&r)[4]);
+__device__ __forceinline__ void LoadMatrices2(const Bf16* row, uint32_t (&r)[2]);
 
-// A fragment of rows [r0, r0 + 16) x columns [c0, c0 + 16) of a row-major tile.
+// A fragment of rows [r0, r0 + 16) x columns [c0, c0 + 16) of a row-major
+// tile: matrices (rows 0-7, cols 0-7), (8-15, 0-7), (0-7, 8-15), (8-15, 8-15)
+// are a.x[0..3].
 __device__ __forceinline__ FragA LoadA(const Bf16* tile, int ld, int r0, int c0) {
-  const int lane = threadIdx.x % kWarpSize, g = lane / 4, t = lane % 4;
+  const int lane = threadIdx.x % kWarpSize;
   FragA a;
-  a.x[0] = Word(tile, ld, r0 + g, c0 + 2 * t);
-  a.x[1] = Word(tile, ld, r0 + g + 8, c0 + 2 * t);
-  a.x[2] = Word(tile, ld, r0 + g, c0 + 2 * t + 8);
-  a.x[3] = Word(tile, ld, r0 + g + 8, c0 + 2 * t + 8);
+  LoadMatrices4(tile + (r0 + lane % 16) * ld + c0 + lane / 16 * 8, a.x);
   return a;
 }
 
-// B fragment (k in [k0, k0 + 16), n in [n0, n0 + 8)) of a tile stored [n][k].
+// B fragment (k in [k0, k0 + 16), n in [n0, n0 + 8)) of a tile stored [n][k]:
+// matrices (n 0-7, k 0-7) and (n 0-7, k 8-15) are b.x[0], b.x[1]. Lanes
+// 16-31's addresses are not read (x2); they repeat lanes 0-15's.
 __device__ __forceinline__ FragB LoadB(const Bf16* tile, int ld, int n0, int k0) {
-  const int lane = threadIdx.x % kWarpSize, g = lane / 4, t = lane % 4;
+  const int lane = threadIdx.x % kWarpSize;
   FragB b;
-  b.x[0] = Word(tile, ld, n0 + g, k0 + 2 * t);
-  b.x[1] = Word(tile, ld, n0 + g, k0 + 2 * t + 8);
+  LoadMatrices2(tile + (n0 + lane % 8) * ld + k0 + lane / 8 % 2 * 8, b.x);
   return b;
 }
 

@@ -14,9 +14,10 @@
 // bound as the GPU test (attention_bf16_test_util.h). What it cannot check:
 // timing, the real hardware's accumulation order, races the emulation's
 // stricter synchronization hides, and whatever the emulation of mma.sync
-// gets wrong the same way as the kernels (the layout is written here from
-// the PTX ISA's tables, independently of the kernels' loaders, and
-// MmaFromSharedTilesEqualsTheProduct checks the loaders against it).
+// gets wrong the same way as the kernels (mma.sync's and ldmatrix's layouts
+// are written here from the PTX ISA's tables, independently of the kernels'
+// loaders, and MmaFromSharedTilesEqualsTheProduct checks the loaders against
+// them).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
@@ -57,6 +58,7 @@ struct Warp {
   Barrier barrier{32};
   float values[32];
   uint32_t a[32][4], b[32][2];
+  const __nv_bfloat16* rows[32];
 };
 
 struct Fiber {
@@ -126,6 +128,22 @@ int min(int a, int b) { return a < b ? a : b; }
 #pragma GCC diagnostic pop
 
 unsigned char* SharedMemory() { return current_block->smem; }
+
+// ldmatrix .x4 / .x2: lane i's address is row i % 8 of matrix i / 8; register
+// m of lane l is the word at row l / 4, columns 2 (l % 4), +1 of matrix m.
+template <int kMatrices>
+void LoadMatrices(const Bf16* row, uint32_t (&r)[kMatrices]) {
+  Warp& warp = MyWarp();
+  const int lane = Lane();
+  warp.rows[lane] = row;
+  Arrive(warp.barrier);
+  for (int m = 0; m < kMatrices; ++m) {
+    std::memcpy(&r[m], warp.rows[m * 8 + lane / 4] + 2 * (lane % 4), sizeof(uint32_t));
+  }
+  Arrive(warp.barrier);
+}
+void LoadMatrices4(const Bf16* row, uint32_t (&r)[4]) { LoadMatrices<4>(row, r); }
+void LoadMatrices2(const Bf16* row, uint32_t (&r)[2]) { LoadMatrices<2>(row, r); }
 
 float Half(uint32_t word, int high) {
   const uint32_t bits = (high ? word >> 16 : word & 0xffffu) << 16;
