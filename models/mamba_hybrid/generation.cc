@@ -1,16 +1,20 @@
 #include "models/mamba_hybrid/generation.h"
 
+#include <vector>
+
 #include "runtime/base/status.h"
-#include "runtime/tensor/host_access.h"
 
 namespace tessera::mamba_hybrid {
 namespace {
 
-// The index of the largest of the last row's logits (the first on ties).
+// The index of the largest of the last row's logits (the first on ties);
+// only that row is copied to the host.
 int32_t ArgmaxOfLastRow(const Tensor& logits) {
-  const Tensor host = HostReadable(logits);
-  const int64_t vocab = host.dim(1);
-  const float* row = host.data<float>() + (host.dim(0) - 1) * vocab;
+  const int64_t vocab = logits.dim(1);
+  std::vector<float> last(static_cast<size_t>(vocab));
+  logits.backend().CopyToHost(last.data(), logits.ptr<float>() + (logits.dim(0) - 1) * vocab,
+                              last.size() * sizeof(float));
+  const float* row = last.data();
   int64_t best = 0;
   for (int64_t v = 1; v < vocab; ++v)
     if (row[v] > row[best]) best = v;

@@ -92,8 +92,8 @@ absl::StatusOr<Tensor> SequenceToHeads(Arena& arena, parallel::Communicator& sp,
   }
   // Block r received: rank r's positions (shard r of every sample), our parts.
   Tensor received = arena.AllocateUninitialized(DType::kF32, send.shape());
-  TESSERA_RETURN_IF_ERROR(sp.Complete(sp.AllToAll(send.ptr<float>(), received.ptr<float>(),
-                                                  rows * share, DType::kF32)));
+  TESSERA_RETURN_IF_ERROR(sp.CompleteOnDevice(sp.AllToAll(
+      send.ptr<float>(), received.ptr<float>(), rows * share, DType::kF32)));
   return ReorderChunks(arena, received, R, batch, /*to_sample_major=*/true);
 }
 
@@ -105,8 +105,8 @@ absl::StatusOr<Tensor> HeadsToSequence(Arena& arena, parallel::Communicator& sp,
   // Block r of the send buffer: shard r of every sample, our parts.
   const Tensor send = ReorderChunks(arena, x, R, batch, /*to_sample_major=*/false);
   Tensor received = arena.AllocateUninitialized(DType::kF32, send.shape());
-  TESSERA_RETURN_IF_ERROR(sp.Complete(sp.AllToAll(send.ptr<float>(), received.ptr<float>(),
-                                                  rows * share, DType::kF32)));
+  TESSERA_RETURN_IF_ERROR(sp.CompleteOnDevice(sp.AllToAll(
+      send.ptr<float>(), received.ptr<float>(), rows * share, DType::kF32)));
   // Block r received: our positions, rank r's part of every block.
   Tensor out = arena.AllocateUninitialized(DType::kF32, Shape{rows, R * share});
   for (int r = 0; r < R; ++r) {

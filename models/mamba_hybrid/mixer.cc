@@ -6,7 +6,6 @@
 #include "absl/strings/str_cat.h"
 #include "runtime/base/status.h"
 #include "runtime/nn/linear.h"
-#include "runtime/tensor/host_access.h"
 
 namespace tessera::mamba_hybrid {
 namespace {
@@ -120,22 +119,14 @@ SsdShape Mamba2Mixer::ScanShape() const {
 
 Tensor Mamba2Mixer::DecayRates(Arena& arena) const {
   Tensor a = arena.AllocateUninitialized(DType::kF32, Shape{dims_.heads});
-  const Tensor a_log = HostReadable(store_.param(a_log_));
-  Tensor host = HostReadable(a);
-  for (int64_t h = 0; h < dims_.heads; ++h)
-    host.data<float>()[h] = -std::exp(a_log.data<float>()[first_head_ + h]);
-  WriteBack(host, a);
+  arena.backend().SsmDecayRatesForward(Heads(store_.param(a_log_)), a.ptr<float>(), dims_.heads);
   return a;
 }
 
 void Mamba2Mixer::AccumulateDecayGradient(const Tensor& dA, const Tensor& A) const {
-  const Tensor da = HostReadable(dA), a = HostReadable(A);
-  const Tensor grad = store_.grad(a_log_);
-  Tensor host = HostReadable(grad);
   // d A / d A_log = -exp(A_log) = A.
-  for (int64_t h = 0; h < dims_.heads; ++h)
-    host.data<float>()[first_head_ + h] += da.data<float>()[h] * a.data<float>()[h];
-  WriteBack(host, grad);
+  store_.backend().SsmDecayRatesBackward(dA.ptr<float>(), A.ptr<float>(),
+                                         Heads(store_.grad(a_log_)), dims_.heads);
 }
 
 std::vector<std::pair<int64_t, int64_t>> Mamba2Mixer::ConvChannels() const {
@@ -217,34 +208,16 @@ absl::Status Mamba2Mixer::ReturnHaloGradient(Arena& arena, const Tensor& dhalo, 
 }
 
 Tensor Mamba2Mixer::ShardDecay(Arena& arena) const {
-  // decay[b, h] = exp(A_h * sum over the shard of dt[b, t, h]), in double.
   Tensor decay = arena.AllocateUninitialized(DType::kF32, Shape{batch_, dims_.heads});
-  const Tensor dt = HostReadable(dt_), a = HostReadable(a_);
-  Tensor host = HostReadable(decay);
-  for (int64_t b = 0; b < batch_; ++b) {
-    for (int64_t h = 0; h < dims_.heads; ++h) {
-      double sum = 0;
-      for (int64_t t = 0; t < seq_; ++t) sum += dt.data<float>()[(b * seq_ + t) * dims_.heads + h];
-      host.data<float>()[b * dims_.heads + h] =
-          static_cast<float>(std::exp(sum * a.data<float>()[h]));
-    }
-  }
-  WriteBack(host, decay);
+  arena.backend().SsdShardDecay(dt_.ptr<float>(), a_.ptr<float>(), decay.ptr<float>(), batch_,
+                                seq_, dims_.heads);
   return decay;
 }
 
 void Mamba2Mixer::AddDecayed(const Tensor& target, const Tensor& decay, const Tensor& state) const {
-  // target[b, h] += decay[b, h] * state[b, h]: blocks of P x N.
-  const int64_t block = dims_.head_dim * dims_.state_dim;
-  Tensor out = HostReadable(target);
-  const Tensor d = HostReadable(decay), in = HostReadable(state);
-  for (int64_t bh = 0; bh < batch_ * dims_.heads; ++bh) {
-    const float scale = d.data<float>()[bh];
-    for (int64_t i = 0; i < block; ++i) {
-      out.data<float>()[bh * block + i] += scale * in.data<float>()[bh * block + i];
-    }
-  }
-  WriteBack(out, target);
+  // target[b, h] += decay[b, h] * state[b, h]: rows of P x N.
+  store_.backend().AddScaledRows(target.ptr<float>(), decay.ptr<float>(), state.ptr<float>(),
+                                 batch_ * dims_.heads, dims_.head_dim * dims_.state_dim);
 }
 
 absl::Status Mamba2Mixer::Scan(Arena& arena) {

@@ -12,10 +12,12 @@
 // vocabulary (the first rank in order whose maximum is M) comes for free.
 //
 // Every rank of `tp` calls Forward (one all-gather of the statistics, in
-// rank order, so every rank gets the same bits) with the same rows. The
-// statistics are computed on the host (the logits are copied there on a
-// device backend: no device kernel yet). Targets outside [0, V) are a
-// programmer error (the data reader checks them).
+// rank order, so every rank gets the same bits) with the same rows. Every
+// step runs where the logits live, through the backend's VocabCrossEntropy*
+// ops: the statistics are gathered over tp's device communicator, and only
+// the loss sum and the count of argmax hits (two doubles) come back to the
+// host. Targets outside [0, V) are a programmer error (the data reader
+// checks them).
 #pragma once
 
 #include <cstdint>
@@ -46,8 +48,9 @@ class VocabParallelCrossEntropy {
  private:
   Communicator* tp_;
   int64_t vocab_begin_;
-  Tensor probs_;  // [rows, V/tp]: the global softmax's columns of this rank (host)
-  std::vector<int32_t> targets_;
+  // In the logits' memory: [rows, V/tp] the global softmax's columns of this
+  // rank, and the rows' global target ids.
+  Tensor probs_, targets_;
 };
 
 }  // namespace tessera::parallel

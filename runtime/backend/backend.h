@@ -199,6 +199,9 @@ class Backend {
   virtual void SumRowsAccumulate(const float* dy, float* dbias, int64_t rows, int64_t dim) = 0;
   // x *= scale
   virtual void Scale(float* x, int64_t n, float scale) = 0;
+  // y[r, :] += scale[r] * x[r, :] for rows of `dim`.
+  virtual void AddScaledRows(float* y, const float* scale, const float* x, int64_t rows,
+                             int64_t dim) = 0;
   // sum of x[i]^2 in double, in an order independent of the thread count.
   virtual double SumSquares(const float* x, int64_t n) = 0;
   // out[i] = in[index[i]] (a permutation or gather of elements)
@@ -245,6 +248,28 @@ class Backend {
                                      int64_t rows, int64_t classes) = 0;
   virtual void CrossEntropyBackward(const float* probs, const int32_t* targets, float* dlogits,
                                     int64_t rows, int64_t classes, float scale) = 0;
+  // Cross-entropy over a vocabulary split in rank order over tp ranks
+  // (parallel/tensor_parallel/vocab_parallel_cross_entropy.h): logits
+  // [rows, columns] are this rank's columns, global ids column_offset +
+  // [0, columns); targets [rows] are global ids. `stats` [rows, 4] (double)
+  // per row: this rank's maximum, sum of exp(x - maximum), the target's logit
+  // (0 where this rank does not hold the target) and the global id of the
+  // row's first maximum.
+  virtual void VocabCrossEntropyStats(const float* logits, const int32_t* targets, int64_t rows,
+                                      int64_t columns, int64_t column_offset, double* stats) = 0;
+  // From every rank's stats, [ranks, rows, 4] in rank order: probs [rows,
+  // columns] = this rank's columns of the whole vocabulary's softmax;
+  // totals[0] = the sum over rows of -log p(target), totals[1] = the rows
+  // whose first maximum over the whole vocabulary is the target. Rows and
+  // ranks are combined in a fixed order.
+  virtual void VocabCrossEntropyCombine(const float* logits, const double* all_stats,
+                                        int64_t ranks, const int32_t* targets, float* probs,
+                                        int64_t rows, int64_t columns, double* totals) = 0;
+  // dlogits = scale * (probs - onehot(target)) on this rank's columns (only
+  // scale * probs in rows whose target another rank holds); overwritten.
+  virtual void VocabCrossEntropyBackward(const float* probs, const int32_t* targets,
+                                         float* dlogits, int64_t rows, int64_t columns,
+                                         int64_t column_offset, float scale) = 0;
 
   // ---- adaLN modulation (x, y: [B, S, D]; conditions one row per sample,
   // `cond_stride` apart) -------------------------------------------------------
@@ -411,6 +436,15 @@ class Backend {
                                     int64_t z_stride, const float* weight, const float* rstd,
                                     float* dx, float* dz, float* dweight, int64_t rows,
                                     int64_t dim, int64_t group_size) = 0;
+  // The decay rates A [heads] = -exp(A_log); backward: dA_log += dA * A.
+  virtual void SsmDecayRatesForward(const float* a_log, float* a, int64_t heads) = 0;
+  virtual void SsmDecayRatesBackward(const float* da, const float* a, float* da_log,
+                                     int64_t heads) = 0;
+  // A sequence shard's decay [B, H] = exp(A[h] * sum over its L positions of
+  // dt[b, t, h]), the sum in double in position order (state passing
+  // across sequence shards).
+  virtual void SsdShardDecay(const float* dt, const float* A, float* decay, int64_t batch,
+                             int64_t seq, int64_t heads) = 0;
 
   // ---- Optimizer and EMA over flat buffers -----------------------------------
   // One AdamW step over the segments (disjoint, covering the buffers).

@@ -202,6 +202,11 @@ void CpuBackend::SumRowsAccumulate(const float* dy, float* dbias, int64_t rows, 
 
 void CpuBackend::Scale(float* x, int64_t n, float scale) { cpu::Scale(x, n, scale); }
 
+void CpuBackend::AddScaledRows(float* y, const float* scale, const float* x, int64_t rows,
+                               int64_t dim) {
+  cpu::AddScaledRows(y, scale, x, rows, dim);
+}
+
 double CpuBackend::SumSquares(const float* x, int64_t n) { return cpu::SumSquares(x, n); }
 
 void CpuBackend::GatherElements(const float* in, const int32_t* index, float* out, int64_t n) {
@@ -271,6 +276,23 @@ double CpuBackend::CrossEntropyForward(const float* logits, const int32_t* targe
 void CpuBackend::CrossEntropyBackward(const float* probs, const int32_t* targets, float* dlogits,
                                       int64_t rows, int64_t classes, float scale) {
   cpu::CrossEntropyBackward(probs, targets, dlogits, rows, classes, scale);
+}
+
+void CpuBackend::VocabCrossEntropyStats(const float* logits, const int32_t* targets, int64_t rows,
+                                        int64_t columns, int64_t column_offset, double* stats) {
+  cpu::VocabCrossEntropyStats(logits, targets, rows, columns, column_offset, stats);
+}
+
+void CpuBackend::VocabCrossEntropyCombine(const float* logits, const double* all_stats,
+                                          int64_t ranks, const int32_t* targets, float* probs,
+                                          int64_t rows, int64_t columns, double* totals) {
+  cpu::VocabCrossEntropyCombine(logits, all_stats, ranks, targets, probs, rows, columns, totals);
+}
+
+void CpuBackend::VocabCrossEntropyBackward(const float* probs, const int32_t* targets,
+                                           float* dlogits, int64_t rows, int64_t columns,
+                                           int64_t column_offset, float scale) {
+  cpu::VocabCrossEntropyBackward(probs, targets, dlogits, rows, columns, column_offset, scale);
 }
 
 void CpuBackend::LayerNormModulateForward(const float* x, const float* shift, const float* scale,
@@ -479,6 +501,20 @@ void CpuBackend::GatedRmsNormBackward(const float* dy, const float* x, const flo
                                       int64_t dim, int64_t group_size) {
   cpu::GatedRmsNormBackward(dy, x, z, z_stride, weight, rstd, dx, dz, dweight, rows, dim,
                             group_size);
+}
+
+void CpuBackend::SsmDecayRatesForward(const float* a_log, float* a, int64_t heads) {
+  cpu::SsmDecayRatesForward(a_log, a, heads);
+}
+
+void CpuBackend::SsmDecayRatesBackward(const float* da, const float* a, float* da_log,
+                                       int64_t heads) {
+  cpu::SsmDecayRatesBackward(da, a, da_log, heads);
+}
+
+void CpuBackend::SsdShardDecay(const float* dt, const float* A, float* decay, int64_t batch,
+                               int64_t seq, int64_t heads) {
+  cpu::SsdShardDecay(dt, A, decay, batch, seq, heads);
 }
 
 void CpuBackend::AdamWUpdate(const AdamWScalars& scalars, std::span<const AdamWSegment> segments,

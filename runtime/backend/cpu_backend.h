@@ -63,6 +63,8 @@ class CpuBackend : public Backend {
   void AddBiasRows(float* y, const float* bias, int64_t rows, int64_t dim) override;
   void SumRowsAccumulate(const float* dy, float* dbias, int64_t rows, int64_t dim) override;
   void Scale(float* x, int64_t n, float scale) override;
+  void AddScaledRows(float* y, const float* scale, const float* x, int64_t rows,
+                     int64_t dim) override;
   double SumSquares(const float* x, int64_t n) override;
   void GatherElements(const float* in, const int32_t* index, float* out, int64_t n) override;
   void ScatterElements(const float* in, const int32_t* index, float* out, int64_t n) override;
@@ -91,6 +93,14 @@ class CpuBackend : public Backend {
                              int64_t rows, int64_t classes) override;
   void CrossEntropyBackward(const float* probs, const int32_t* targets, float* dlogits,
                             int64_t rows, int64_t classes, float scale) override;
+  void VocabCrossEntropyStats(const float* logits, const int32_t* targets, int64_t rows,
+                              int64_t columns, int64_t column_offset, double* stats) override;
+  void VocabCrossEntropyCombine(const float* logits, const double* all_stats, int64_t ranks,
+                                const int32_t* targets, float* probs, int64_t rows,
+                                int64_t columns, double* totals) override;
+  void VocabCrossEntropyBackward(const float* probs, const int32_t* targets, float* dlogits,
+                                 int64_t rows, int64_t columns, int64_t column_offset,
+                                 float scale) override;
   void LayerNormModulateForward(const float* x, const float* shift, const float* scale, float* y,
                                 float* mean, float* rstd, int64_t batch, int64_t seq, int64_t dim,
                                 int64_t cond_stride, float eps) override;
@@ -188,6 +198,11 @@ class CpuBackend : public Backend {
                             const float* weight, const float* rstd, float* dx, float* dz,
                             float* dweight, int64_t rows, int64_t dim,
                             int64_t group_size) override;
+  void SsmDecayRatesForward(const float* a_log, float* a, int64_t heads) override;
+  void SsmDecayRatesBackward(const float* da, const float* a, float* da_log,
+                             int64_t heads) override;
+  void SsdShardDecay(const float* dt, const float* A, float* decay, int64_t batch, int64_t seq,
+                     int64_t heads) override;
   void AdamWUpdate(const AdamWScalars& scalars, std::span<const AdamWSegment> segments,
                    float* params, const float* grads, float* m, float* v) override;
   void EmaUpdate(float* ema, const float* params, int64_t n, float blend) override;

@@ -363,6 +363,11 @@ void CudaBackend::Scale(float* x, int64_t n, float scale) {
   Check("Scale", cuda::Scale(x, n, scale, stream_));
 }
 
+void CudaBackend::AddScaledRows(float* y, const float* scale, const float* x, int64_t rows,
+                                int64_t dim) {
+  Check("AddScaledRows", cuda::AddScaledRows(y, scale, x, rows, dim, stream_));
+}
+
 double CudaBackend::SumSquares(const float* x, int64_t n) {
   void* partials = Scratch("SumSquares", sizeof(double) * cuda::kSumSquaresBlocks);
   if (partials == nullptr) return std::numeric_limits<double>::quiet_NaN();
@@ -480,6 +485,32 @@ void CudaBackend::CrossEntropyBackward(const float* probs, const int32_t* target
                                        int64_t rows, int64_t classes, float scale) {
   Check("CrossEntropyBackward",
         cuda::CrossEntropyBackward(probs, targets, dlogits, rows, classes, scale, stream_));
+}
+
+void CudaBackend::VocabCrossEntropyStats(const float* logits, const int32_t* targets,
+                                         int64_t rows, int64_t columns, int64_t column_offset,
+                                         double* stats) {
+  Check("VocabCrossEntropyStats", cuda::VocabCrossEntropyStats(logits, targets, rows, columns,
+                                                               column_offset, stats, stream_));
+}
+
+void CudaBackend::VocabCrossEntropyCombine(const float* logits, const double* all_stats,
+                                           int64_t ranks, const int32_t* targets, float* probs,
+                                           int64_t rows, int64_t columns, double* totals) {
+  void* row_terms =
+      Scratch("VocabCrossEntropyCombine", sizeof(double) * static_cast<size_t>(2 * rows + 1));
+  if (row_terms == nullptr) return;
+  Check("VocabCrossEntropyCombine",
+        cuda::VocabCrossEntropyCombine(logits, all_stats, ranks, targets, probs, rows, columns,
+                                       static_cast<double*>(row_terms), totals, stream_));
+}
+
+void CudaBackend::VocabCrossEntropyBackward(const float* probs, const int32_t* targets,
+                                            float* dlogits, int64_t rows, int64_t columns,
+                                            int64_t column_offset, float scale) {
+  Check("VocabCrossEntropyBackward",
+        cuda::VocabCrossEntropyBackward(probs, targets, dlogits, rows, columns, column_offset,
+                                        scale, stream_));
 }
 
 // ---- adaLN modulation ----------------------------------------------------------
@@ -756,6 +787,20 @@ void CudaBackend::GatedRmsNormBackward(const float* dy, const float* x, const fl
   Check("GatedRmsNormBackward", cuda::GatedRmsNormBackward(dy, x, z, z_stride, weight, rstd, dx,
                                                            dz, dweight, rows, dim, group_size,
                                                            stream_));
+}
+
+void CudaBackend::SsmDecayRatesForward(const float* a_log, float* a, int64_t heads) {
+  Check("SsmDecayRatesForward", cuda::SsmDecayRatesForward(a_log, a, heads, stream_));
+}
+
+void CudaBackend::SsmDecayRatesBackward(const float* da, const float* a, float* da_log,
+                                        int64_t heads) {
+  Check("SsmDecayRatesBackward", cuda::SsmDecayRatesBackward(da, a, da_log, heads, stream_));
+}
+
+void CudaBackend::SsdShardDecay(const float* dt, const float* A, float* decay, int64_t batch,
+                                int64_t seq, int64_t heads) {
+  Check("SsdShardDecay", cuda::SsdShardDecay(dt, A, decay, batch, seq, heads, stream_));
 }
 
 void CudaBackend::AdamWUpdate(const AdamWScalars& scalars, std::span<const AdamWSegment> segments,

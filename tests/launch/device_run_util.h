@@ -1,7 +1,11 @@
 // Helpers of the tests that train on the pretend device against the CPU
-// (device_run_test.cc, hstu_device_run_test.cc).
+// (device_run_test.cc, hstu_device_run_test.cc, mamba_device_run_test.cc,
+// mpi/device_collectives_test.cc).
 #pragma once
 
+#include <gtest/gtest.h>
+
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <initializer_list>
@@ -10,6 +14,8 @@
 
 #include "launch/distributed.h"
 #include "launch/train_command.h"
+#include "runtime/checkpoint/checkpoint_tools.h"
+#include "runtime/checkpoint/sharded_checkpoint.h"
 #include "runtime/config/config.h"
 
 namespace tessera::testing {
@@ -52,6 +58,30 @@ inline RunConfig ResumingFrom(RunConfig config, const std::string& from,
                         std::filesystem::copy_options::recursive);
   config.mutable_checkpoint()->set_resume(into + "/" + step_dir);
   return config;
+}
+
+// Every tensor of two checkpoint directories (parameters, optimizer
+// moments, EMA) equal bit for bit.
+inline void ExpectSameCheckpoint(const std::string& want_dir, const std::string& got_dir) {
+  const absl::StatusOr<CheckpointManifest> want = ReadCheckpointManifest(want_dir);
+  const absl::StatusOr<CheckpointManifest> got = ReadCheckpointManifest(got_dir);
+  ASSERT_TRUE(want.ok()) << want.status();
+  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_EQ(want->tensors_size(), got->tensors_size()) << got_dir;
+  ASSERT_GT(want->tensors_size(), 0) << want_dir;
+  for (int i = 0; i < want->tensors_size(); ++i) {
+    const CheckpointTensor& tensor = want->tensors(i);
+    ASSERT_EQ(got->tensors(i).name(), tensor.name());
+    ASSERT_EQ(got->tensors(i).kind(), tensor.kind());
+    const absl::StatusOr<std::vector<float>> a = ReadGlobalTensor(want_dir, *want, tensor);
+    const absl::StatusOr<std::vector<float>> b = ReadGlobalTensor(got_dir, *got, got->tensors(i));
+    ASSERT_TRUE(a.ok()) << a.status();
+    ASSERT_TRUE(b.ok()) << b.status();
+    ASSERT_EQ(a->size(), b->size()) << tensor.name();
+    EXPECT_EQ(std::memcmp(a->data(), b->data(), a->size() * sizeof(float)), 0)
+        << tensor.name() << " (" << tensor.kind() << ") of " << got_dir << " differs from "
+        << want_dir;
+  }
 }
 
 }  // namespace tessera::testing

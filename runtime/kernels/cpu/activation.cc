@@ -96,6 +96,16 @@ void AddInPlace(float* y, const float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += x[i];
 }
 
+void AddScaledRows(float* y, const float* scale, const float* x, int64_t rows, int64_t dim) {
+#pragma omp parallel for schedule(static) if (ShouldParallelize(rows * dim))
+  for (int64_t r = 0; r < rows; ++r) {
+    const float s = scale[r];
+    float* yr = y + r * dim;
+    const float* xr = x + r * dim;
+    for (int64_t j = 0; j < dim; ++j) yr[j] += s * xr[j];
+  }
+}
+
 void AddBiasRows(float* y, const float* bias, int64_t rows, int64_t dim) {
 #pragma omp parallel for schedule(static) if (ShouldParallelize(rows * dim))
   for (int64_t r = 0; r < rows; ++r) {

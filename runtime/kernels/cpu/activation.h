@@ -31,5 +31,7 @@ void AddInPlace(float* y, const float* x, int64_t n);
 void AddBiasRows(float* y, const float* bias, int64_t rows, int64_t dim);
 // dbias[:] += sum_r dy[r, :]
 void SumRowsAccumulate(const float* dy, float* dbias, int64_t rows, int64_t dim);
+// y[r, :] += scale[r] * x[r, :] for r < rows
+void AddScaledRows(float* y, const float* scale, const float* x, int64_t rows, int64_t dim);
 
 }  // namespace tessera::cpu

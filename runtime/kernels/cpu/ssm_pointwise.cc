@@ -110,4 +110,23 @@ void GatedRmsNormBackward(const float* dy, const float* x, const float* z, int64
   });
 }
 
+void SsmDecayRatesForward(const float* a_log, float* a, int64_t heads) {
+  for (int64_t h = 0; h < heads; ++h) a[h] = -std::exp(a_log[h]);
+}
+
+void SsmDecayRatesBackward(const float* da, const float* a, float* da_log, int64_t heads) {
+  for (int64_t h = 0; h < heads; ++h) da_log[h] += da[h] * a[h];
+}
+
+void SsdShardDecay(const float* dt, const float* A, float* decay, int64_t batch, int64_t seq,
+                   int64_t heads) {
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t h = 0; h < heads; ++h) {
+      double sum = 0;
+      for (int64_t t = 0; t < seq; ++t) sum += dt[(b * seq + t) * heads + h];
+      decay[b * heads + h] = static_cast<float>(std::exp(sum * A[h]));
+    }
+  }
+}
+
 }  // namespace tessera::cpu

@@ -35,4 +35,14 @@ void GatedRmsNormBackward(const float* dy, const float* x, const float* z, int64
                           const float* weight, const float* rstd, float* dx, float* dz,
                           float* dweight, int64_t rows, int64_t dim, int64_t group_size);
 
+// The decay rates a[h] = -exp(a_log[h]); backward: da_log[h] += da[h] * a[h]
+// (d a / d a_log = a).
+void SsmDecayRatesForward(const float* a_log, float* a, int64_t heads);
+void SsmDecayRatesBackward(const float* da, const float* a, float* da_log, int64_t heads);
+// decay[b, h] = exp(A[h] * sum_t dt[b, t, h]) over t < seq (dt [batch, seq,
+// heads]), the sum and the product in double: a sequence shard's decay of
+// the state it receives.
+void SsdShardDecay(const float* dt, const float* A, float* decay, int64_t batch, int64_t seq,
+                   int64_t heads);
+
 }  // namespace tessera::cpu

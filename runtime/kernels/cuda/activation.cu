@@ -103,6 +103,12 @@ __global__ void AddBiasRowsKernel(float* __restrict__ y, const float* __restrict
   TESSERA_GRID_STRIDE(i, rows * dim) { y[i] += bias[i % dim]; }
 }
 
+// y: [rows, dim], scale: [rows]
+__global__ void AddScaledRowsKernel(float* __restrict__ y, const float* __restrict__ scale,
+                                    const float* __restrict__ x, int64_t rows, int64_t dim) {
+  TESSERA_GRID_STRIDE(i, rows * dim) { y[i] += scale[i / dim] * x[i]; }
+}
+
 // dbias[j] += sum_r dy[r, j]. Block (32, kRowGroups): threadIdx.x picks the
 // column, threadIdx.y a strided subset of rows; partials are then added in
 // index order, so the sum is the same on every run.
@@ -199,6 +205,13 @@ absl::Status SumRowsAccumulate(const float* dy, float* dbias, int64_t rows, int6
   SumRowsAccumulateKernel<<<blocks, dim3(kWarpSize, kRowGroups), 0, stream>>>(dy, dbias, rows, dim);
   TESSERA_CUDA_LAUNCH();
   return absl::OkStatus();
+}
+
+absl::Status AddScaledRows(float* y, const float* scale, const float* x, int64_t rows,
+                           int64_t dim, cudaStream_t stream) {
+  TESSERA_RETURN_IF_ERROR(internal::CheckNonNegative("AddScaledRows", rows, dim));
+  return LaunchElementwise("AddScaledRows", rows * dim, stream, AddScaledRowsKernel, y, scale, x,
+                           rows, dim);
 }
 
 }  // namespace tessera::cuda

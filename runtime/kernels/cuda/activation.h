@@ -42,5 +42,8 @@ absl::Status AddBiasRows(float* y, const float* bias, int64_t rows, int64_t dim,
 // dbias[:] += sum_r dy[r, :], summed in a fixed order (deterministic).
 absl::Status SumRowsAccumulate(const float* dy, float* dbias, int64_t rows, int64_t dim,
                                cudaStream_t stream);
+// y[r, :] += scale[r] * x[r, :] for r < rows
+absl::Status AddScaledRows(float* y, const float* scale, const float* x, int64_t rows,
+                           int64_t dim, cudaStream_t stream);
 
 }  // namespace tessera::cuda

@@ -78,6 +78,119 @@ __global__ void CrossEntropyBackwardKernel(const float* __restrict__ probs,
   }
 }
 
+__device__ __forceinline__ double WarpSumDouble(double value) {
+  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
+    value += __shfl_xor_sync(0xffffffffu, value, offset);
+  }
+  return value;
+}
+
+// One warp per row: [max, sum exp(x - max), target logit, global argmax].
+// Each lane walks its columns in increasing order keeping its first
+// maximum; lanes then combine (larger value, or the lower column on a tie),
+// so the argmax is the row's first maximum, as on the CPU.
+__global__ void VocabStatsKernel(const float* __restrict__ logits,
+                                 const int32_t* __restrict__ targets, int64_t rows,
+                                 int64_t columns, int64_t column_offset, double* stats) {
+  const int64_t row = int64_t{blockIdx.x} * kRowsPerBlock + threadIdx.x / kWarpSize;
+  const int lane = threadIdx.x % kWarpSize;
+  if (row >= rows) return;
+  const float* xr = logits + row * columns;
+  float max_value = -INFINITY;
+  int64_t argmax = columns;  // none yet
+  for (int64_t j = lane; j < columns; j += kWarpSize) {
+    if (xr[j] > max_value) {
+      max_value = xr[j];
+      argmax = j;
+    }
+  }
+  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
+    const float other = __shfl_xor_sync(0xffffffffu, max_value, offset);
+    const int64_t other_index = __shfl_xor_sync(0xffffffffu, argmax, offset);
+    if (other > max_value || (other == max_value && other_index < argmax)) {
+      max_value = other;
+      argmax = other_index;
+    }
+  }
+  const double max = max_value;
+  double sum = 0;
+  for (int64_t j = lane; j < columns; j += kWarpSize) sum += exp(static_cast<double>(xr[j]) - max);
+  sum = WarpSumDouble(sum);
+  if (lane == 0) {
+    const int64_t local = targets[row] - column_offset;
+    double* out = stats + row * 4;
+    out[0] = max;
+    out[1] = sum;
+    out[2] = local >= 0 && local < columns ? static_cast<double>(xr[local]) : 0.0;
+    out[3] = static_cast<double>(column_offset + (argmax < columns ? argmax : 0));
+  }
+}
+
+// One warp per row: every lane combines the ranks' statistics (a few
+// numbers each), then the lanes write the row's softmax columns; lane 0
+// keeps the row's loss and hit for the fixed-order sum.
+__global__ void VocabCombineKernel(const float* __restrict__ logits,
+                                   const double* __restrict__ all_stats, int64_t ranks,
+                                   const int32_t* __restrict__ targets, float* __restrict__ probs,
+                                   int64_t rows, int64_t columns, double* row_loss,
+                                   double* row_hit) {
+  const int64_t row = int64_t{blockIdx.x} * kRowsPerBlock + threadIdx.x / kWarpSize;
+  const int lane = threadIdx.x % kWarpSize;
+  if (row >= rows) return;
+  double max = -INFINITY, argmax = -1;
+  for (int64_t k = 0; k < ranks; ++k) {
+    const double* s = all_stats + (k * rows + row) * 4;
+    if (s[0] > max) {
+      max = s[0];
+      argmax = s[3];
+    }
+  }
+  double sum = 0, target = 0;
+  for (int64_t k = 0; k < ranks; ++k) {
+    const double* s = all_stats + (k * rows + row) * 4;
+    sum += s[1] * exp(s[0] - max);
+    target += s[2];
+  }
+  const double log_sum = log(sum) + max;
+  const float* xr = logits + row * columns;
+  float* pr = probs + row * columns;
+  for (int64_t j = lane; j < columns; j += kWarpSize) {
+    pr[j] = static_cast<float>(exp(static_cast<double>(xr[j]) - log_sum));
+  }
+  if (lane == 0) {
+    row_loss[row] = log_sum - target;
+    row_hit[row] = argmax == static_cast<double>(targets[row]) ? 1.0 : 0.0;
+  }
+}
+
+// totals[0] = sum of row_loss, totals[1] = sum of row_hit; one block, a fixed order.
+__global__ void RowTotalsKernel(const double* row_loss, const double* row_hit, int64_t rows,
+                                double* totals) {
+  __shared__ double scratch[32];
+  double loss = 0, hits = 0;
+  for (int64_t i = threadIdx.x; i < rows; i += blockDim.x) {
+    loss += row_loss[i];
+    hits += row_hit[i];
+  }
+  loss = BlockSum(loss, scratch);
+  hits = BlockSum(hits, scratch);
+  if (threadIdx.x == 0) {
+    totals[0] = loss;
+    totals[1] = hits;
+  }
+}
+
+__global__ void VocabBackwardKernel(const float* __restrict__ probs,
+                                    const int32_t* __restrict__ targets,
+                                    float* __restrict__ dlogits, int64_t rows, int64_t columns,
+                                    int64_t column_offset, float scale) {
+  TESSERA_CUDA_FOR(i, rows * columns) {
+    const int64_t r = i / columns, c = i % columns;
+    const bool target = int64_t{targets[r]} - column_offset == c;
+    dlogits[i] = target ? scale * (probs[i] - 1.0f) : scale * probs[i];
+  }
+}
+
 __global__ void EmbeddingForwardKernel(const int32_t* __restrict__ ids,
                                        const float* __restrict__ table, float* __restrict__ out,
                                        int64_t n, int64_t dim) {
@@ -219,6 +332,44 @@ absl::Status EmbeddingBackward(const int32_t* ids, const float* dout, float* dta
   TESSERA_RETURN_IF_ERROR(internal::CheckNonNegative("EmbeddingBackward", n, dim));
   return LaunchFlat("EmbeddingBackward", n * dim, stream, EmbeddingBackwardKernel, ids, dout,
                     dtable, n, dim);
+}
+
+absl::Status VocabCrossEntropyStats(const float* logits, const int32_t* targets, int64_t rows,
+                                    int64_t columns, int64_t column_offset, double* stats,
+                                    cudaStream_t stream) {
+  TESSERA_RETURN_IF_ERROR(internal::CheckRows("VocabCrossEntropyStats", rows, columns));
+  if (rows == 0) return absl::OkStatus();
+  if (columns == 0) {
+    return absl::InvalidArgumentError("cuda::VocabCrossEntropyStats: a row of 0 columns");
+  }
+  VocabStatsKernel<<<internal::RowBlocks(rows), kRowsPerBlock * kWarpSize, 0, stream>>>(
+      logits, targets, rows, columns, column_offset, stats);
+  TESSERA_CUDA_LAUNCH();
+  return absl::OkStatus();
+}
+
+absl::Status VocabCrossEntropyCombine(const float* logits, const double* all_stats,
+                                      int64_t ranks, const int32_t* targets, float* probs,
+                                      int64_t rows, int64_t columns, double* scratch,
+                                      double* totals, cudaStream_t stream) {
+  TESSERA_RETURN_IF_ERROR(internal::CheckRows("VocabCrossEntropyCombine", rows, columns));
+  TESSERA_RETURN_IF_ERROR(internal::CheckNonNegative("VocabCrossEntropyCombine", ranks));
+  if (rows > 0) {
+    VocabCombineKernel<<<internal::RowBlocks(rows), kRowsPerBlock * kWarpSize, 0, stream>>>(
+        logits, all_stats, ranks, targets, probs, rows, columns, scratch, scratch + rows);
+    TESSERA_CUDA_LAUNCH();
+  }
+  RowTotalsKernel<<<1, kThreads, 0, stream>>>(scratch, scratch + rows, rows, totals);
+  TESSERA_CUDA_LAUNCH();
+  return absl::OkStatus();
+}
+
+absl::Status VocabCrossEntropyBackward(const float* probs, const int32_t* targets, float* dlogits,
+                                       int64_t rows, int64_t columns, int64_t column_offset,
+                                       float scale, cudaStream_t stream) {
+  TESSERA_RETURN_IF_ERROR(internal::CheckNonNegative("VocabCrossEntropyBackward", rows, columns));
+  return LaunchFlat("VocabCrossEntropyBackward", rows * columns, stream, VocabBackwardKernel,
+                    probs, targets, dlogits, rows, columns, column_offset, scale);
 }
 
 }  // namespace tessera::cuda

@@ -31,6 +31,22 @@ absl::Status CrossEntropyForward(const float* logits, const int32_t* targets, fl
 absl::Status CrossEntropyBackward(const float* probs, const int32_t* targets, float* dlogits,
                                   int64_t rows, int64_t classes, float scale, cudaStream_t stream);
 
+// The vocabulary-parallel cross-entropy's pieces (cpu/loss.h). Stats: one
+// warp per row, the maximum's first occurrence and the sum of exponentials
+// in double. Combine: one warp per row for the softmax columns; `scratch`
+// (2 * rows doubles) holds each row's loss and hit, summed in a fixed order
+// into totals[0], totals[1] (device memory).
+absl::Status VocabCrossEntropyStats(const float* logits, const int32_t* targets, int64_t rows,
+                                    int64_t columns, int64_t column_offset, double* stats,
+                                    cudaStream_t stream);
+absl::Status VocabCrossEntropyCombine(const float* logits, const double* all_stats,
+                                      int64_t ranks, const int32_t* targets, float* probs,
+                                      int64_t rows, int64_t columns, double* scratch,
+                                      double* totals, cudaStream_t stream);
+absl::Status VocabCrossEntropyBackward(const float* probs, const int32_t* targets, float* dlogits,
+                                       int64_t rows, int64_t columns, int64_t column_offset,
+                                       float scale, cudaStream_t stream);
+
 // out[i, :] = table[ids[i], :]
 absl::Status EmbeddingForward(const int32_t* ids, const float* table, float* out, int64_t n,
                               int64_t dim, cudaStream_t stream);

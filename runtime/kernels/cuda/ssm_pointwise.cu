@@ -50,6 +50,29 @@ __global__ void StridedColumnSumKernel(const float* __restrict__ values, int64_t
   if (threadIdx.x == 0) out[h] += sum;
 }
 
+__global__ void SsmDecayRatesForwardKernel(const float* __restrict__ a_log,
+                                           float* __restrict__ a, int64_t heads) {
+  TESSERA_CUDA_FOR(h, heads) { a[h] = -expf(a_log[h]); }
+}
+
+__global__ void SsmDecayRatesBackwardKernel(const float* __restrict__ da,
+                                            const float* __restrict__ a,
+                                            float* __restrict__ da_log, int64_t heads) {
+  TESSERA_CUDA_FOR(h, heads) { da_log[h] += da[h] * a[h]; }
+}
+
+// One thread per (b, h), walking the positions in order: the CPU's sum.
+__global__ void SsdShardDecayKernel(const float* __restrict__ dt, const float* __restrict__ A,
+                                    float* __restrict__ decay, int64_t batch, int64_t seq,
+                                    int64_t heads) {
+  TESSERA_CUDA_FOR(i, batch * heads) {
+    const int64_t b = i / heads, h = i % heads;
+    double sum = 0;
+    for (int64_t t = 0; t < seq; ++t) sum += dt[(b * seq + t) * heads + h];
+    decay[i] = static_cast<float>(exp(sum * static_cast<double>(A[h])));
+  }
+}
+
 // One warp per (row, group).
 __global__ void GatedRmsNormForwardKernel(const float* __restrict__ x, const float* __restrict__ z,
                                           int64_t z_stride, const float* __restrict__ weight,
@@ -169,6 +192,26 @@ absl::Status GatedRmsNormBackward(const float* dy, const float* x, const float* 
   return internal::LaunchFlat("GatedRmsNormBackward(dweight)", dim, stream,
                               GatedRmsNormWeightKernel, dy, x, z, z_stride, rstd, dweight, rows,
                               dim, group_size);
+}
+
+absl::Status SsmDecayRatesForward(const float* a_log, float* a, int64_t heads,
+                                  cudaStream_t stream) {
+  return internal::LaunchFlat("SsmDecayRatesForward", heads, stream, SsmDecayRatesForwardKernel,
+                              a_log, a, heads);
+}
+
+absl::Status SsmDecayRatesBackward(const float* da, const float* a, float* da_log, int64_t heads,
+                                   cudaStream_t stream) {
+  return internal::LaunchFlat("SsmDecayRatesBackward", heads, stream, SsmDecayRatesBackwardKernel,
+                              da, a, da_log, heads);
+}
+
+absl::Status SsdShardDecay(const float* dt, const float* A, float* decay, int64_t batch,
+                           int64_t seq, int64_t heads, cudaStream_t stream) {
+  TESSERA_RETURN_IF_ERROR(internal::CheckNonNegative("SsdShardDecay", batch, heads));
+  TESSERA_RETURN_IF_ERROR(internal::CheckNonNegative("SsdShardDecay", seq));
+  return internal::LaunchFlat("SsdShardDecay", batch * heads, stream, SsdShardDecayKernel, dt, A,
+                              decay, batch, seq, heads);
 }
 
 }  // namespace tessera::cuda

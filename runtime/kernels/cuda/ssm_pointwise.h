@@ -23,4 +23,14 @@ absl::Status GatedRmsNormBackward(const float* dy, const float* x, const float* 
                                   float* dx, float* dz, float* dweight, int64_t rows, int64_t dim,
                                   int64_t group_size, cudaStream_t stream);
 
+// a[h] = -exp(a_log[h]); da_log[h] += da[h] * a[h].
+absl::Status SsmDecayRatesForward(const float* a_log, float* a, int64_t heads,
+                                  cudaStream_t stream);
+absl::Status SsmDecayRatesBackward(const float* da, const float* a, float* da_log, int64_t heads,
+                                   cudaStream_t stream);
+// decay[b, h] = exp(A[h] * sum_t dt[b, t, h]), the sum in double in position
+// order (one thread per (b, h)).
+absl::Status SsdShardDecay(const float* dt, const float* A, float* decay, int64_t batch,
+                           int64_t seq, int64_t heads, cudaStream_t stream);
+
 }  // namespace tessera::cuda

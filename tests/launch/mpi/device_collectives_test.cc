@@ -3,10 +3,13 @@
 // device (host memory that calls itself a GPU's and checks the side of
 // every host/device copy), where launch gives every group the MPI
 // collectives staged through host memory: the tiny DiT-MoE at dp2, dp2 with
-// ZeRO-1, tp2 and ep2, and the tiny HSTU (its item table in host memory over
-// the MPI groups) at dp2, tp2 and sp2. Each layout must log the same
-// losses and gradient norms, bit for bit, as the plain CPU run of the same
-// layout (whose equality with one process the e2e oracles check), and the
+// ZeRO-1, tp2 and ep2, the tiny HSTU (its item table in host memory over
+// the MPI groups) at dp2, tp2 and sp2, and the tiny Mamba-2 hybrid at tp2
+// (the vocabulary-parallel loss across ranks), sp2 in both Mamba modes
+// (state passing and all-to-all; Ulysses attention) and ep2. Each layout
+// must log the same losses and gradient norms, bit for bit, as the plain
+// CPU run of the same layout (whose equality with one process the e2e
+// oracles check), the Mamba runs must end on the same checkpoint, and the
 // CPU run must use the MPI groups themselves.
 #include <gtest/gtest.h>
 #include <mpi.h>
@@ -14,11 +17,13 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <string>
 #include <vector>
 
 #include "data/synthetic_images.h"
 #include "data/synthetic_interactions.h"
+#include "data/synthetic_tokens.h"
 #include "launch/distributed.h"
 #include "launch/train_command.h"
 #include "runtime/config/config.h"
@@ -79,7 +84,8 @@ absl::Status TrainOn(const RunConfig& config, Backend& backend) {
 
 void ExpectDeviceRunEqualsCpuRun(const std::string& name, const RunConfig& cpu_config,
                                  const RunConfig& device_config) {
-  ASSERT_TRUE(TrainOn(cpu_config, HostBackend()).ok());
+  const absl::Status on_cpu = TrainOn(cpu_config, HostBackend());
+  ASSERT_TRUE(on_cpu.ok()) << on_cpu;
   EXPECT_EQ(g_distributed->device_comm, DeviceComm::kHost);
   EXPECT_EQ(g_distributed->dense_device, nullptr);  // the MPI group itself, no staging
   PretendDeviceBackend device;
@@ -142,6 +148,60 @@ TEST(DeviceCollectives, HstuOnAPretendDeviceEqualsTheCpuRunAtDpTpAndSp) {
   }
 }
 
+// The tiny Mamba-2 hybrid (M*-ME: Mamba-2, attention, MLP, MoE), 3 steps
+// of two micro-batches, a checkpoint at the end.
+RunConfig TinyMambaConfig(const std::string& run) {
+  RunConfig config = *LoadRunConfig(TESSERA_SOURCE_DIR "/configs/mamba_hybrid_tiny.textproto");
+  config.mutable_data()->set_dir(Base() + "/tokens");
+  config.mutable_train()->set_run_dir(Base() + "/" + run);
+  config.mutable_train()->set_steps(3);
+  config.mutable_train()->set_threads(1);
+  config.mutable_train()->set_micro_batch(2);
+  config.mutable_checkpoint()->set_every(3);
+  return config;
+}
+
+void ExpectMambaLayoutEqualsCpu(const std::string& name,
+                                const std::function<void(RunConfig&)>& layout) {
+  int world = 0;  // the mesh (g_distributed->size()) exists only after a first run
+  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  if (world % 2 != 0) GTEST_SKIP() << name << " needs an even number of ranks";
+  RunConfig cpu = TinyMambaConfig("mamba_" + name + "_cpu");
+  RunConfig device = TinyMambaConfig("mamba_" + name + "_device");
+  layout(cpu);
+  layout(device);
+  ExpectDeviceRunEqualsCpuRun("mamba " + name, cpu, device);
+  if (::testing::Test::HasFatalFailure() || g_distributed->rank() != 0) return;
+  testing::ExpectSameCheckpoint(cpu.train().run_dir() + "/checkpoints/step_00000003",
+                                device.train().run_dir() + "/checkpoints/step_00000003");
+}
+
+// Megatron-style tp: heads and groups split, the vocabulary-parallel
+// embedding and loss (statistics all-gathered on device buffers).
+TEST(DeviceCollectives, MambaHybridTensorParallelOnAPretendDeviceEqualsTheCpuRun) {
+  ExpectMambaLayoutEqualsCpu("tp2", [](RunConfig& c) { c.mutable_parallel()->set_tp(2); });
+}
+
+// The conv halo, the SSM states and their gradients along the sp chain.
+TEST(DeviceCollectives, MambaHybridStatePassingSequenceParallelOnAPretendDeviceEqualsTheCpuRun) {
+  ExpectMambaLayoutEqualsCpu("sp2_state_passing", [](RunConfig& c) {
+    c.mutable_parallel()->set_sp(2);
+    c.mutable_mamba_hybrid()->set_mamba_sp_mode(MambaHybridConfig::STATE_PASSING);
+  });
+}
+
+// The head exchange around the Mamba layers' conv and scan.
+TEST(DeviceCollectives, MambaHybridAllToAllSequenceParallelOnAPretendDeviceEqualsTheCpuRun) {
+  ExpectMambaLayoutEqualsCpu("sp2_all_to_all", [](RunConfig& c) {
+    c.mutable_parallel()->set_sp(2);
+    c.mutable_mamba_hybrid()->set_mamba_sp_mode(MambaHybridConfig::ALL_TO_ALL);
+  });
+}
+
+TEST(DeviceCollectives, MambaHybridExpertParallelOnAPretendDeviceEqualsTheCpuRun) {
+  ExpectMambaLayoutEqualsCpu("ep2", [](RunConfig& c) { c.mutable_parallel()->set_ep(2); });
+}
+
 }  // namespace
 }  // namespace tessera
 
@@ -166,6 +226,12 @@ int main(int argc, char** argv) {
     spec.num_items = 200;
     spec.max_length = 30;
     if (!tessera::SynthesizeInteractions(tessera::Base() + "/interactions", spec).ok()) return 1;
+    tessera::MarkovLanguageSpec language;
+    language.num_documents = 64;
+    language.min_length = 24;
+    language.max_length = 96;
+    language.seed = 3;
+    if (!tessera::SynthesizeMarkovLanguage(tessera::Base() + "/tokens", language).ok()) return 1;
   }
   MPI_Barrier(MPI_COMM_WORLD);
   auto& listeners = ::testing::UnitTest::GetInstance()->listeners();

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <memory>
 #include <functional>
 #include <numeric>
@@ -661,6 +662,114 @@ TEST_P(BackendOps, MseAndCrossEntropyForwardAndBackward) {
   backend().CrossEntropyBackward(probs.ptr<float>(), lab.ptr<int32_t>(), dl.ptr<float>(), rows,
                                  classes, 0.5f);
   ExpectGradient(Download<float>(dl), ce, logits, {0.5f}, "cross entropy dlogits");
+}
+
+// The vocabulary split over 3 "ranks" by columns: each rank's statistics,
+// gathered in rank order, give each rank its columns of the whole softmax,
+// the summed loss and the argmax hits; ties across ranks go to the first.
+TEST_P(BackendOps, VocabCrossEntropyOverColumnSlicesEqualsTheWholeVocabulary) {
+  const int64_t rows = 4, ranks = 3, columns = 5, vocab = ranks * columns;
+  std::vector<float> logits = RandomFloats(rows * vocab, 99, -4, 4);
+  // Row 1: its maximum twice, in rank 0 and rank 2; the target is the first
+  // (a hit). Row 2: the same tie, the target the second (not a hit).
+  for (int64_t r : {1, 2}) {
+    logits[r * vocab + 3] = 9.0f;
+    logits[r * vocab + 12] = 9.0f;
+  }
+  logits[0 * vocab + 7] = -5.0f;  // row 0: the target is not the maximum
+  logits[3 * vocab + 14] = 8.0f;  // row 3: the target is the maximum, in the last column
+  const std::vector<int32_t> labels = {7, 3, 12, 14};
+  const float scale = 0.5f;
+  // The reference: the whole row's softmax in double.
+  auto row_losses = [&](const std::vector<double>& v) {
+    std::vector<double> loss(rows);
+    for (int64_t r = 0; r < rows; ++r) {
+      double max = v[r * vocab], sum = 0;
+      for (int64_t j = 0; j < vocab; ++j) max = std::max(max, v[r * vocab + j]);
+      for (int64_t j = 0; j < vocab; ++j) sum += std::exp(v[r * vocab + j] - max);
+      loss[r] = std::log(sum) + max - v[r * vocab + labels[r]];
+    }
+    return loss;
+  };
+  const std::vector<double> whole = ToDouble(logits);
+  double want_loss = 0;
+  for (double l : row_losses(whole)) want_loss += l;
+  int64_t want_hits = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    int64_t best = 0;
+    for (int64_t j = 1; j < vocab; ++j)
+      if (logits[r * vocab + j] > logits[r * vocab + best]) best = j;
+    want_hits += best == labels[r];
+  }
+  EXPECT_EQ(want_hits, 2);  // rows 1 and 3
+  auto slice = [&](const std::vector<float>& v, int64_t k) {
+    std::vector<float> out(rows * columns);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = 0; j < columns; ++j) out[r * columns + j] = v[r * vocab + k * columns + j];
+    return out;
+  };
+  Tensor lab = Upload(labels);
+  std::vector<Tensor> pieces;
+  std::vector<double> all_stats;
+  for (int64_t k = 0; k < ranks; ++k) {
+    pieces.push_back(Upload(slice(logits, k)));
+    Tensor stats = Poisoned<int64_t>(rows * 4);
+    backend().VocabCrossEntropyStats(pieces[k].ptr<float>(), lab.ptr<int32_t>(), rows, columns,
+                                     k * columns, reinterpret_cast<double*>(stats.ptr<int64_t>()));
+    const std::vector<int64_t> bits = Download<int64_t>(stats);
+    const double* got = reinterpret_cast<const double*>(bits.data());
+    for (int64_t r = 0; r < rows; ++r) {
+      double max = -INFINITY, sum = 0, target = 0;
+      int64_t argmax = 0;
+      for (int64_t j = 0; j < columns; ++j) {
+        const double x = whole[r * vocab + k * columns + j];
+        if (x > max) max = x, argmax = k * columns + j;
+      }
+      for (int64_t j = 0; j < columns; ++j) sum += std::exp(whole[r * vocab + k * columns + j] - max);
+      if (labels[r] / columns == k) target = whole[r * vocab + labels[r]];
+      EXPECT_EQ(got[r * 4 + 0], max) << "rank " << k << " row " << r;
+      EXPECT_NEAR(got[r * 4 + 1], sum, 1e-12 * sum) << "rank " << k << " row " << r;
+      EXPECT_EQ(got[r * 4 + 2], target) << "rank " << k << " row " << r;
+      EXPECT_EQ(got[r * 4 + 3], static_cast<double>(argmax)) << "rank " << k << " row " << r;
+    }
+    all_stats.insert(all_stats.end(), got, got + rows * 4);
+  }
+  std::vector<int64_t> all_bits(all_stats.size());
+  std::memcpy(all_bits.data(), all_stats.data(), all_stats.size() * sizeof(double));
+  Tensor all = Upload(all_bits);
+  for (int64_t k = 0; k < ranks; ++k) {
+    Tensor probs = Poisoned<float>(rows * columns), totals = Poisoned<int64_t>(2);
+    backend().VocabCrossEntropyCombine(pieces[k].ptr<float>(),
+                                       reinterpret_cast<const double*>(all.ptr<int64_t>()), ranks,
+                                       lab.ptr<int32_t>(), probs.ptr<float>(), rows, columns,
+                                       reinterpret_cast<double*>(totals.ptr<int64_t>()));
+    const std::vector<int64_t> total_bits = Download<int64_t>(totals);
+    double got_totals[2];
+    std::memcpy(got_totals, total_bits.data(), sizeof(got_totals));
+    EXPECT_NEAR(got_totals[0], want_loss, 1e-9 * std::abs(want_loss)) << "rank " << k;
+    EXPECT_EQ(got_totals[1], static_cast<double>(want_hits)) << "rank " << k;
+    const std::vector<double> softmax = ReferenceSoftmax(whole, rows, vocab);
+    std::vector<double> want_probs(rows * columns);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = 0; j < columns; ++j)
+        want_probs[r * columns + j] = softmax[r * vocab + k * columns + j];
+    ExpectClose(Download<float>(probs), want_probs, kTolerance, "vocab softmax columns");
+    // The gradient of scale * (summed loss) in this rank's columns.
+    Tensor dl = Poisoned<float>(rows * columns);
+    backend().VocabCrossEntropyBackward(probs.ptr<float>(), lab.ptr<int32_t>(), dl.ptr<float>(),
+                                        rows, columns, k * columns, scale);
+    ExpectGradient(
+        Download<float>(dl),
+        [&](const std::vector<double>& mine) {
+          std::vector<double> v = whole;
+          for (int64_t r = 0; r < rows; ++r)
+            for (int64_t j = 0; j < columns; ++j) v[r * vocab + k * columns + j] = mine[r * columns + j];
+          double sum = 0;
+          for (double l : row_losses(v)) sum += l;
+          return std::vector<double>{sum};
+        },
+        slice(logits, k), {scale}, "vocab cross entropy dlogits");
+  }
 }
 
 // ---- adaLN modulation --------------------------------------------------------------------
@@ -1345,6 +1454,52 @@ TEST_P(BackendOps, GatedRmsNormNormalizesEachGroupOfTheGatedInput) {
   ExpectGradient(Download<float>(dw),
                  [&](const std::vector<double>& v) { return reference(xd, zd, v); }, w, dy,
                  "gated rmsnorm dweight");
+}
+
+TEST_P(BackendOps, SsmDecayRatesShardDecayAndScaledRows) {
+  const int64_t heads = 5, batch = 2, seq = 7;
+  const auto a_log = RandomFloats(heads, 100, -2, 2), da = RandomFloats(heads, 101);
+  auto rates = [&](const std::vector<double>& v) {
+    std::vector<double> a(v.size());
+    for (size_t h = 0; h < v.size(); ++h) a[h] = -std::exp(v[h]);
+    return a;
+  };
+  Tensor alog = Upload(a_log), a = Poisoned<float>(heads);
+  backend().SsmDecayRatesForward(alog.ptr<float>(), a.ptr<float>(), heads);
+  const std::vector<float> got_a = Download<float>(a);
+  ExpectClose(got_a, rates(ToDouble(a_log)), kTolerance, "A = -exp(A_log)");
+  const std::vector<float> dalog0 = {0.25f, -1.0f, 0.0f, 2.0f, 0.5f};  // accumulates onto these
+  Tensor dalog = Upload(dalog0);
+  backend().SsmDecayRatesBackward(Upload(da).ptr<float>(), a.ptr<float>(), dalog.ptr<float>(),
+                                  heads);
+  std::vector<float> got_dalog = Download<float>(dalog);
+  for (int64_t h = 0; h < heads; ++h) got_dalog[h] -= dalog0[h];
+  ExpectGradient(got_dalog, rates, a_log, da, "dA_log");
+
+  const auto dt = RandomFloats(batch * seq * heads, 102, 0.01f, 0.5f);
+  Tensor decay = Poisoned<float>(batch * heads);
+  backend().SsdShardDecay(Upload(dt).ptr<float>(), a.ptr<float>(), decay.ptr<float>(), batch, seq,
+                          heads);
+  std::vector<double> want_decay(batch * heads);
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t h = 0; h < heads; ++h) {
+      double sum = 0;
+      for (int64_t t = 0; t < seq; ++t) sum += dt[(b * seq + t) * heads + h];
+      want_decay[b * heads + h] = std::exp(sum * got_a[h]);
+    }
+  ExpectClose(Download<float>(decay), want_decay, kTolerance, "shard decay");
+
+  const int64_t rows = 3, dim = 37;
+  const auto y0 = RandomFloats(rows * dim, 103), x = RandomFloats(rows * dim, 104);
+  const auto row_scale = RandomFloats(rows, 105, -2, 2);
+  Tensor y = Upload(y0);
+  backend().AddScaledRows(y.ptr<float>(), Upload(row_scale).ptr<float>(), Upload(x).ptr<float>(),
+                          rows, dim);
+  std::vector<double> want_y(rows * dim);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < dim; ++j)
+      want_y[r * dim + j] = y0[r * dim + j] + static_cast<double>(row_scale[r]) * x[r * dim + j];
+  ExpectClose(Download<float>(y), want_y, kTolerance, "y += scale[r] x");
 }
 
 INSTANTIATE_TEST_SUITE_P(EveryBackend, BackendOps, ::testing::ValuesIn(BackendsPresent()),
