@@ -20,7 +20,9 @@
 #      CPU, loss by loss: fp32 (relative difference <= 1e-4), and bf16 against
 #      the CPU's bf16 run (<= 1e-2) and the CPU's fp32 run (<= 2e-2); the tiny
 #      HSTU likewise in fp32 (its item table in host memory), with its
-#      leave-one-out metrics at the end (absolute difference <= 1e-3);
+#      leave-one-out metrics at the end (absolute difference <= 1e-3); the
+#      tiny Mamba-2 hybrid likewise in fp32 (losses and its held-out
+#      evaluation after steps 2 and 4, relative difference <= 1e-4);
 #   3. the NCCL communicator on a group of one GPU (MPI started as an isolated
 #      singleton, so no mpirun is needed);
 #   4. DiT-MoE-B/2 (fp32 and bf16) and XL/2-8E2A (bf16) training steps on the
@@ -222,6 +224,30 @@ check_hstu_oracle() {
   fi
 }
 
+# The tiny Mamba-2 hybrid (M*-ME: SSD scan, causal conv1d, attention, MLP,
+# MoE, the vocabulary-parallel loss), 5 steps of two micro-batches with the
+# held-out evaluation after steps 2 and 4, GPU against CPU in fp32: the
+# step losses and the val_loss records.
+check_mamba_oracle() {
+  local data=$WORK/mamba_data name="2 Mamba-2 hybrid tiny oracle fp32, 5 steps"
+  "$BIN/tessera" data synth --schema tokens --out "$data" --samples 256 --vocab 64 --seed 1 \
+    >/dev/null || { fail "$name" "data synth failed"; return; }
+  cpu_and_gpu "$name" mamba --config "$ROOT/configs/mamba_hybrid_tiny.textproto" \
+    --set "data.dir=$data" --set "data.eval_dir=$data" --set train.eval_every=2 \
+    --set train.eval_samples=16 --set train.micro_batch=4 || return
+  local worst val
+  worst=$(worst_relative "$WORK/mamba_cpu/metrics.jsonl" "$WORK/mamba_gpu/metrics.jsonl")
+  val=$(paste <(grep -o '"val_loss":[^,]*' "$WORK/mamba_cpu/metrics.jsonl" | cut -d: -f2) \
+              <(grep -o '"val_loss":[^,]*' "$WORK/mamba_gpu/metrics.jsonl" | cut -d: -f2) |
+    awk '{d = $1 - $2; if (d < 0) d = -d; r = d / $1; if (r > w) w = r; n++}
+         END {if (n < 2) w = 1; printf "%.2e", w}')
+  if awk -v w="$worst" -v v="$val" 'BEGIN {exit !(w <= 1e-4 && v <= 1e-4)}'; then
+    result "$name" "PASS: max relative loss difference $worst, val_loss $val"
+  else
+    fail "$name" "max relative loss difference $worst, val_loss $val (both <= 1e-4)"
+  fi
+}
+
 check_nccl() {
   local log=$WORK/nccl.log
   timeout 60 "$BIN/parallel_comm_nccl_test" >"$log" 2>&1
@@ -294,6 +320,7 @@ run() {
   check_backend_ops
   check_tiny_oracle
   check_hstu_oracle
+  check_mamba_oracle
   check_nccl
   check_model_speed "DiT-MoE-B/2-8E2A" 768 12 12 fp32
   check_model_speed "DiT-MoE-B/2-8E2A" 768 12 12 bf16
