@@ -303,7 +303,7 @@ absl::StatusOr<MambaHybrid::LossSum> MambaHybrid::ForwardLoss(Arena& arena, cons
   }
   if (selected_ > 0) {
     const Tensor logits = HeadLogits(arena, selected_hidden_);
-    TESSERA_ASSIGN_OR_RETURN(loss.sum, loss_.Forward(logits, targets, &loss.correct));
+    TESSERA_ASSIGN_OR_RETURN(loss.sum, loss_.Forward(arena, logits, targets, &loss.correct));
   }
   if (record) RecordHeadBackward();
   // The balance losses' weight: the micro-batch's targets in every shard.

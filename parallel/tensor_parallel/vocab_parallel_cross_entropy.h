@@ -21,10 +21,12 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "parallel/comm/communicator.h"
+#include "runtime/tensor/arena.h"
 #include "runtime/tensor/tensor.h"
 
 namespace tessera::parallel {
@@ -42,10 +44,20 @@ class VocabParallelCrossEntropy {
   // process would find it) is the target.
   absl::StatusOr<double> Forward(const Tensor& logits, const std::vector<int32_t>& targets,
                                  int64_t* correct = nullptr);
+  // The same, its buffers (the softmax columns kept for Backward, the
+  // targets, the statistics) taken from `arena` instead of fresh zeroed
+  // allocations: the arena must keep them until Backward.
+  absl::StatusOr<double> Forward(Arena& arena, const Tensor& logits,
+                                 const std::vector<int32_t>& targets, int64_t* correct = nullptr);
   // dlogits [rows, V/tp] = scale * (softmax - onehot(target)), overwritten.
   void Backward(const Tensor& dlogits, float scale) const;
 
  private:
+  // Buffers of `dtype` and `shape` in the logits' memory.
+  using Allocator = std::function<Tensor(DType dtype, Shape shape)>;
+  absl::StatusOr<double> Run(const Allocator& allocate, const Tensor& logits,
+                             const std::vector<int32_t>& targets, int64_t* correct);
+
   Communicator* tp_;
   int64_t vocab_begin_;
   // In the logits' memory: [rows, V/tp] the global softmax's columns of this
