@@ -68,6 +68,15 @@ RunConfig TinyHstuConfig(const std::string& run) {
   return config;
 }
 
+// Whether the world holds an even number of ranks, from MPI itself (the
+// mesh behind g_distributed->size() exists only after a first run, so a
+// test run alone would see 1).
+bool EvenWorld() {
+  int world = 0;
+  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  return world % 2 == 0;
+}
+
 // One run on `backend` with this process's MPI; the groups of the previous
 // run go first (device communicators before the MPI groups they use).
 absl::Status TrainOn(const RunConfig& config, Backend& backend) {
@@ -114,7 +123,7 @@ TEST(DeviceCollectives, ZeroOneOnAPretendDeviceEqualsTheCpuRun) {
 // Tensor and expert parallelism move activations and expert tokens over the
 // device communicators, and their MoE backward works on device memory.
 TEST(DeviceCollectives, TensorParallelOnAPretendDeviceEqualsTheCpuRun) {
-  if (g_distributed->size() % 2 != 0) GTEST_SKIP() << "tp2 needs an even number of ranks";
+  if (!EvenWorld()) GTEST_SKIP() << "tp2 needs an even number of ranks";
   RunConfig cpu = TinyDitConfig("tp_cpu"), device = TinyDitConfig("tp_device");
   cpu.mutable_parallel()->set_tp(2);
   device.mutable_parallel()->set_tp(2);
@@ -122,7 +131,7 @@ TEST(DeviceCollectives, TensorParallelOnAPretendDeviceEqualsTheCpuRun) {
 }
 
 TEST(DeviceCollectives, ExpertParallelOnAPretendDeviceEqualsTheCpuRun) {
-  if (g_distributed->size() % 2 != 0) GTEST_SKIP() << "ep2 needs an even number of ranks";
+  if (!EvenWorld()) GTEST_SKIP() << "ep2 needs an even number of ranks";
   RunConfig cpu = TinyDitConfig("ep_cpu"), device = TinyDitConfig("ep_device");
   cpu.mutable_parallel()->set_ep(2);
   device.mutable_parallel()->set_ep(2);
@@ -134,9 +143,7 @@ TEST(DeviceCollectives, ExpertParallelOnAPretendDeviceEqualsTheCpuRun) {
 // groups), tp2 (heads: the norm-gate's all-gathers and W_o's all-reduce on
 // device buffers) and sp2 (Ulysses: the all-to-alls on device buffers).
 TEST(DeviceCollectives, HstuOnAPretendDeviceEqualsTheCpuRunAtDpTpAndSp) {
-  int world = 0;  // the mesh (g_distributed->size()) exists only after a first run
-  MPI_Comm_size(MPI_COMM_WORLD, &world);
-  if (world % 2 != 0) GTEST_SKIP() << "the layouts need an even number of ranks";
+  if (!EvenWorld()) GTEST_SKIP() << "the layouts need an even number of ranks";
   for (const char* layout : {"dp", "tp", "sp"}) {
     RunConfig cpu = TinyHstuConfig(std::string("hstu_") + layout + "_cpu");
     RunConfig device = TinyHstuConfig(std::string("hstu_") + layout + "_device");
@@ -163,9 +170,7 @@ RunConfig TinyMambaConfig(const std::string& run) {
 
 void ExpectMambaLayoutEqualsCpu(const std::string& name,
                                 const std::function<void(RunConfig&)>& layout) {
-  int world = 0;  // the mesh (g_distributed->size()) exists only after a first run
-  MPI_Comm_size(MPI_COMM_WORLD, &world);
-  if (world % 2 != 0) GTEST_SKIP() << name << " needs an even number of ranks";
+  if (!EvenWorld()) GTEST_SKIP() << name << " needs an even number of ranks";
   RunConfig cpu = TinyMambaConfig("mamba_" + name + "_cpu");
   RunConfig device = TinyMambaConfig("mamba_" + name + "_device");
   layout(cpu);
