@@ -27,19 +27,12 @@ Tensor UploadVector(Arena& arena, const std::vector<T>& values) {
 }  // namespace
 
 Tensor DropoutMask(Arena& arena, const DropoutDraw& draw, uint64_t site,
-                   std::span<const uint64_t> token_keys, int64_t width) {
-  const int64_t tokens = static_cast<int64_t>(token_keys.size());
-  std::vector<float> mask(static_cast<size_t>(tokens * width));
-  const uint64_t key = DropoutKey(draw, site);
-  const float keep = 1.0f / (1.0f - draw.rate);
-  for (int64_t t = 0; t < tokens; ++t) {
-    for (int64_t d = 0; d < width; ++d) {
-      const float u = CounterUniform(key, token_keys[t] * static_cast<uint64_t>(width) + d);
-      mask[t * width + d] = u < draw.rate ? 0.0f : keep;
-    }
-  }
-  Tensor t = UploadVector(arena, mask);
-  return t.Reshape(Shape{tokens, width});
+                   const Tensor& token_keys, int64_t width) {
+  const int64_t tokens = token_keys.numel();
+  Tensor mask = arena.AllocateUninitialized(DType::kF32, Shape{tokens, width});
+  arena.backend().CounterDropoutMask(token_keys.ptr<int64_t>(), tokens, width,
+                                     DropoutKey(draw, site), draw.rate, mask.ptr<float>());
+  return mask;
 }
 
 absl::StatusOr<std::unique_ptr<Hstu>> Hstu::Create(const HstuConfig& config,
@@ -166,8 +159,11 @@ absl::StatusOr<Tensor> Hstu::Forward(Arena& arena, const HstuBatch& batch,
   empty_ = batch.tokens() == 0;
   const bool drop = dropout != nullptr && dropout->rate > 0 && !empty_;
   const JaggedTokens tokens = Upload(arena, batch);
-  const std::span<const uint64_t> keys =
-      std::span<const uint64_t>(batch.token_keys).subspan(tokens.mine.begin, tokens.mine.size());
+  // This rank's tokens' keys, on the device once for every site's mask.
+  const Tensor keys = drop ? UploadVector(arena, std::vector<int64_t>(
+                                                     batch.token_keys.begin() + tokens.mine.begin,
+                                                     batch.token_keys.begin() + tokens.mine.end))
+                           : Tensor();
   input_mask_ = drop ? DropoutMask(arena, *dropout, 0, keys, dim_) : Tensor();
   Tensor x = empty_ ? arena.AllocateUninitialized(DType::kF32, Shape{0, dim_})
                     : Embed(arena, tokens.mine.size(), item_rows, input_mask_);

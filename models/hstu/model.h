@@ -114,7 +114,9 @@ class Hstu {
 };
 
 // The dropout mask of one site, [tokens, width]: 0 or 1 / (1 - rate).
-Tensor DropoutMask(Arena& arena, const DropoutDraw& draw, uint64_t site,
-                   std::span<const uint64_t> token_keys, int64_t width);
+// `token_keys`: i64 [tokens] in the arena's memory; the mask is drawn there
+// (Backend::CounterDropoutMask).
+Tensor DropoutMask(Arena& arena, const DropoutDraw& draw, uint64_t site, const Tensor& token_keys,
+                   int64_t width);
 
 }  // namespace tessera::hstu

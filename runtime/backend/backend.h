@@ -453,6 +453,13 @@ class Backend {
   // ema += (1 - decay) * (params - ema)
   virtual void EmaUpdate(float* ema, const float* params, int64_t n, float blend) = 0;
 
+  // ---- Random masks ------------------------------------------------------------
+  // A counter-based dropout mask [rows, width] from each row's key
+  // (runtime/kernels/cpu/flat.h): the same bits on every backend and for
+  // any shard of the rows.
+  virtual void CounterDropoutMask(const int64_t* row_keys, int64_t rows, int64_t width,
+                                  uint64_t key, float rate, float* mask) = 0;
+
  private:
   MathPrecision gemm_precision_ = MathPrecision::kFp32;
 };

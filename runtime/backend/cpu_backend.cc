@@ -526,6 +526,11 @@ void CpuBackend::EmaUpdate(float* ema, const float* params, int64_t n, float ble
   cpu::EmaUpdate(ema, params, n, blend);
 }
 
+void CpuBackend::CounterDropoutMask(const int64_t* row_keys, int64_t rows, int64_t width,
+                                    uint64_t key, float rate, float* mask) {
+  cpu::CounterDropoutMask(row_keys, rows, width, key, rate, mask);
+}
+
 void SetHostThreads(int threads) { cpu::SetNumThreads(threads); }
 int HostThreads() { return cpu::NumThreads(); }
 

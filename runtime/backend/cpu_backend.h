@@ -206,6 +206,8 @@ class CpuBackend : public Backend {
   void AdamWUpdate(const AdamWScalars& scalars, std::span<const AdamWSegment> segments,
                    float* params, const float* grads, float* m, float* v) override;
   void EmaUpdate(float* ema, const float* params, int64_t n, float blend) override;
+  void CounterDropoutMask(const int64_t* row_keys, int64_t rows, int64_t width, uint64_t key,
+                          float rate, float* mask) override;
 };
 
 // Threads of the CPU kernels (oneDNN and our OpenMP loops) in this process.

@@ -823,4 +823,10 @@ void CudaBackend::EmaUpdate(float* ema, const float* params, int64_t n, float bl
   Check("EmaUpdate", cuda::EmaUpdate(ema, params, n, blend, stream_));
 }
 
+void CudaBackend::CounterDropoutMask(const int64_t* row_keys, int64_t rows, int64_t width,
+                                     uint64_t key, float rate, float* mask) {
+  Check("CounterDropoutMask",
+        cuda::CounterDropoutMask(row_keys, rows, width, key, rate, mask, stream_));
+}
+
 }  // namespace tessera

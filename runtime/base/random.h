@@ -9,10 +9,18 @@
 #include <cstdint>
 #include <string_view>
 
+// The draws below are also compiled into CUDA kernels (the device's dropout
+// masks equal the host's bit for bit).
+#if defined(__CUDACC__)
+#define TESSERA_HOST_DEVICE __host__ __device__
+#else
+#define TESSERA_HOST_DEVICE
+#endif
+
 namespace tessera {
 
 // SplitMix64 finalizer: a bijective 64-bit mix.
-constexpr uint64_t Mix64(uint64_t x) {
+TESSERA_HOST_DEVICE constexpr uint64_t Mix64(uint64_t x) {
   x += 0x9e3779b97f4a7c15ull;
   x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
   x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
@@ -30,13 +38,13 @@ constexpr uint64_t HashName(std::string_view name) {
 }
 
 // Uniform in [0, 1) from 64 random bits (24 bits of mantissa).
-inline float BitsToUniform(uint64_t bits) {
+TESSERA_HOST_DEVICE inline float BitsToUniform(uint64_t bits) {
   return static_cast<float>(bits >> 40) * (1.0f / 16777216.0f);
 }
 
 // Counter-based draws: the value at `counter` of stream `key`, independent of
 // any other draw, so a shard of a tensor can be generated without the rest.
-inline float CounterUniform(uint64_t key, uint64_t counter) {
+TESSERA_HOST_DEVICE inline float CounterUniform(uint64_t key, uint64_t counter) {
   return BitsToUniform(Mix64(key ^ Mix64(counter)));
 }
 inline float CounterNormal(uint64_t key, uint64_t counter) {

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "runtime/base/random.h"
 #include "runtime/kernels/cpu/parallel_loops.h"
 
 namespace tessera::cpu {
@@ -43,6 +44,18 @@ void GatherElements(const float* in, const int32_t* index, float* out, int64_t n
 void ScatterElements(const float* in, const int32_t* index, float* out, int64_t n) {
 #pragma omp parallel for schedule(static) if (ShouldParallelize(n))
   for (int64_t i = 0; i < n; ++i) out[index[i]] = in[i];
+}
+
+void CounterDropoutMask(const int64_t* row_keys, int64_t rows, int64_t width, uint64_t key,
+                        float rate, float* mask) {
+  const float keep = 1.0f / (1.0f - rate);
+#pragma omp parallel for schedule(static) if (ShouldParallelize(rows * width))
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint64_t first = static_cast<uint64_t>(row_keys[r]) * static_cast<uint64_t>(width);
+    for (int64_t d = 0; d < width; ++d) {
+      mask[r * width + d] = CounterUniform(key, first + d) < rate ? 0.0f : keep;
+    }
+  }
 }
 
 }  // namespace tessera::cpu

@@ -18,4 +18,10 @@ void GatherElements(const float* in, const int32_t* index, float* out, int64_t n
 // out[index[i]] = in[i]
 void ScatterElements(const float* in, const int32_t* index, float* out, int64_t n);
 
+// A counter-based dropout mask [rows, width]: element (r, d) is 0 when
+// CounterUniform(key, row_keys[r] * width + d) < rate, else 1 / (1 - rate),
+// so any shard of the rows draws what the whole would (runtime/base/random.h).
+void CounterDropoutMask(const int64_t* row_keys, int64_t rows, int64_t width, uint64_t key,
+                        float rate, float* mask);
+
 }  // namespace tessera::cpu

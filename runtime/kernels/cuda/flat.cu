@@ -1,5 +1,6 @@
 // Flat-buffer loops. SumSquares is a two-pass reduction with a fixed grid,
 // so its result does not depend on timing.
+#include "runtime/base/random.h"
 #include "runtime/kernels/cuda/check.h"
 #include "runtime/kernels/cuda/common.cuh"
 #include "runtime/kernels/cuda/flat.h"
@@ -61,7 +62,24 @@ __global__ void EmaKernel(float* __restrict__ ema, const float* __restrict__ par
   TESSERA_CUDA_FOR(i, n) { ema[i] += blend * (params[i] - ema[i]); }
 }
 
+__global__ void CounterDropoutMaskKernel(const int64_t* __restrict__ row_keys, int64_t rows,
+                                         int64_t width, uint64_t key, float rate, float keep,
+                                         float* __restrict__ mask) {
+  TESSERA_CUDA_FOR(i, rows * width) {
+    const uint64_t counter =
+        static_cast<uint64_t>(row_keys[i / width]) * static_cast<uint64_t>(width) + i % width;
+    mask[i] = CounterUniform(key, counter) < rate ? 0.0f : keep;
+  }
+}
+
 }  // namespace
+
+absl::Status CounterDropoutMask(const int64_t* row_keys, int64_t rows, int64_t width, uint64_t key,
+                                float rate, float* mask, cudaStream_t stream) {
+  TESSERA_RETURN_IF_ERROR(internal::CheckNonNegative("CounterDropoutMask", rows, width));
+  return LaunchFlat("CounterDropoutMask", rows * width, stream, CounterDropoutMaskKernel, row_keys,
+                    rows, width, key, rate, 1.0f / (1.0f - rate), mask);
+}
 
 absl::Status Scale(float* x, int64_t n, float scale, cudaStream_t stream) {
   return LaunchFlat("Scale", n, stream, ScaleKernel, x, n, scale);

@@ -37,6 +37,9 @@ absl::Status AdamWUpdateRange(const AdamWScalars& scalars, int64_t begin, int64_
                               cudaStream_t stream);
 
 // ema += blend * (params - ema)
+// runtime/kernels/cpu/flat.h's CounterDropoutMask, one thread per element.
+absl::Status CounterDropoutMask(const int64_t* row_keys, int64_t rows, int64_t width, uint64_t key,
+                                float rate, float* mask, cudaStream_t stream);
 absl::Status EmaUpdate(float* ema, const float* params, int64_t n, float blend,
                        cudaStream_t stream);
 

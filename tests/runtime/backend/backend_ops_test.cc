@@ -21,6 +21,7 @@
 
 #include "runtime/backend/backend.h"
 #include "runtime/backend/device_select.h"
+#include "runtime/base/random.h"
 #include "runtime/tensor/tensor.h"
 #include "tests/runtime/kernels/cpu/attention_reference.h"
 #include "tests/runtime/kernels/cpu/ssd_reference.h"
@@ -960,6 +961,37 @@ TEST_P(BackendOps, TopKSortPermuteAndCombineMatchAHandWrittenRouting) {
 }
 
 // ---- Optimizer ------------------------------------------------------------------------------
+
+// The counter-based dropout mask equals the host's draws bit for bit (rows
+// keyed out of order, width 37), keeps about 1 - rate, and a shard of the
+// rows draws what the whole does.
+TEST_P(BackendOps, CounterDropoutMaskIsTheHostsCounterDraws) {
+  const int64_t width = 37;
+  const std::vector<int64_t> keys = {5, 0, 123456789, 7, 7, 40000};
+  const auto rows = static_cast<int64_t>(keys.size());
+  const uint64_t key = Mix64(99);
+  const float rate = 0.3f;
+  Tensor mask = Poisoned<float>(rows * width);
+  backend().CounterDropoutMask(Upload(keys).ptr<int64_t>(), rows, width, key, rate,
+                               mask.ptr<float>());
+  const std::vector<float> got = Download<float>(mask);
+  int64_t kept = 0;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t d = 0; d < width; ++d) {
+      const float u = CounterUniform(key, static_cast<uint64_t>(keys[r]) * width + d);
+      const float want = u < rate ? 0.0f : 1.0f / (1.0f - rate);
+      ASSERT_EQ(got[r * width + d], want) << "row " << r << ", column " << d;
+      kept += want != 0.0f;
+    }
+  EXPECT_NEAR(static_cast<double>(kept) / (rows * width), 0.7, 0.1);
+  // Rows 3..5 alone.
+  Tensor shard = Poisoned<float>(3 * width);
+  backend().CounterDropoutMask(Upload(std::vector<int64_t>(keys.begin() + 3, keys.end()))
+                                   .ptr<int64_t>(),
+                               3, width, key, rate, shard.ptr<float>());
+  const std::vector<float> part = Download<float>(shard);
+  EXPECT_TRUE(std::equal(part.begin(), part.end(), got.begin() + 3 * width));
+}
 
 TEST_P(BackendOps, AdamWUpdateAndEmaFollowTheirFormulas) {
   const int64_t n = 40;
