@@ -95,17 +95,27 @@ int main(int argc, char** argv) {
   std::vector<int32_t> labels(kBatch);
   std::vector<int64_t> ids(kBatch);
   for (int64_t b = 0; b < kBatch; ++b) labels[b] = static_cast<int32_t>(b % 10), ids[b] = b;
-  Arena arena;
+  // The arenas sized as the trainer sizes them (DitMoeTask): the step arena
+  // to the model's prediction, the block-wise scratch reserved up front. An
+  // arena that outgrows its block replaces it at the next Reset, and the
+  // fresh pages cost a fault each; unreserved, that happened most steps here
+  // (the MoE's routed row counts change from step to step).
+  Arena arena(backend, model->PlanActivations(kBatch).step_arena);
+  model->ReserveScratch(kBatch);
   int64_t step = 0;
   auto train_step = [&] {
     arena.Reset();
     store.ZeroGrads();
-    auto ex = diffusion.MakeExample(arena, images, labels.data(), ids.data(), 0.1f, 10, 0, ++step);
-    Tensor out = *model->Forward(arena, ex.noisy, ex.t.data(), ex.labels.data());
-    Tensor dout = arena.AllocateUninitialized(DType::kF32, out.shape());
-    backend.MseBackward(out.ptr<float>(), ex.target.ptr<float>(), dout.ptr<float>(), out.numel(),
-                        1.0f);
-    if (!model->Backward(arena, dout, 1.0f).ok()) std::abort();
+    {
+      // As Trainer::Step: a bf16 run's GEMMs read weight copies made once here.
+      ParameterStore::ScopedBf16Values bf16_weights(store);
+      auto ex = diffusion.MakeExample(arena, images, labels.data(), ids.data(), 0.1f, 10, 0, ++step);
+      Tensor out = *model->Forward(arena, ex.noisy, ex.t.data(), ex.labels.data());
+      Tensor dout = arena.AllocateUninitialized(DType::kF32, out.shape());
+      backend.MseBackward(out.ptr<float>(), ex.target.ptr<float>(), dout.ptr<float>(),
+                          out.numel(), 1.0f);
+      if (!model->Backward(arena, dout, 1.0f).ok()) std::abort();
+    }
     const double norm = std::sqrt(backend.SumSquares(store.grads().ptr<float>(), store.numel()));
     backend.Scale(store.grads().ptr<float>(), store.numel(), static_cast<float>(ClipScale(norm, 1.0)));
     adam.Step(1e-4f, store.values().data<float>(), store.grads().data<float>());

@@ -57,6 +57,9 @@ struct GemmProblem {
   int64_t ldb = 0;
   float* c = nullptr;
   int64_t ldc = 0;
+  // bf16 copies of A and B (GemmOperand), or null: used in a bf16 run.
+  const uint16_t* a16 = nullptr;
+  const uint16_t* b16 = nullptr;
 };
 
 // Orders work between streams of one backend (and, for communicators,
@@ -64,6 +67,17 @@ struct GemmProblem {
 class Event {
  public:
   virtual ~Event() = default;
+};
+
+// A GEMM input: the fp32 matrix and, optionally, the same matrix already
+// rounded to bf16 (Backend::RoundToBf16, same leading dimension), as bf16
+// bit patterns. A bf16 GEMM multiplies the copy instead of rounding the fp32
+// matrix again (a weight read by several GEMMs of a step, see
+// ParameterStore::ScopedBf16Values; an activation read by several GEMMs); an
+// fp32 GEMM reads only `values`. The product is the same either way.
+struct GemmOperand {
+  const float* values = nullptr;
+  const uint16_t* bf16 = nullptr;  // may be null
 };
 
 class Backend {
@@ -155,14 +169,26 @@ class Backend {
   // from every A and B. The result of each problem equals Gemm's on it at
   // the same thread count; the device may run the problems together (CPU:
   // small ones one per thread; CUDA: cublasGemmGroupedBatchedEx). The
-  // default runs them one by one through Gemm.
+  // default runs them one by one through GemmOperands (a bf16 run uses the
+  // problems' bf16 copies).
   virtual void GemmGrouped(bool trans_a, bool trans_b, float alpha, float beta,
                            std::span<const GemmProblem> problems) {
     for (const GemmProblem& p : problems) {
       if (p.m == 0 || p.n == 0) continue;
-      Gemm(trans_a, trans_b, p.m, p.n, p.k, alpha, p.a, p.lda, p.b, p.ldb, beta, p.c, p.ldc);
+      GemmOperands(trans_a, trans_b, p.m, p.n, p.k, alpha, {p.a, p.a16}, p.lda, {p.b, p.b16},
+                   p.ldb, beta, p.c, p.ldc);
     }
   }
+
+  // Gemm with operands that may carry bf16 copies (GemmOperand): the same
+  // result as Gemm(a.values, b.values) at either precision, without
+  // rounding an operand whose copy is given.
+  virtual void GemmOperands(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
+                            float alpha, GemmOperand a, int64_t lda, GemmOperand b, int64_t ldb,
+                            float beta, float* c, int64_t ldc) = 0;
+  // y[i] = x[i] rounded to bf16 (nearest even, NaN stays NaN) as bf16 bit
+  // patterns: the copies GemmOperand carries, rounded as the bf16 GEMMs round.
+  virtual void RoundToBf16(const float* x, uint16_t* y, int64_t n) = 0;
 
   // ---- Norms over the last dimension of [rows, dim] ------------------------
   // y = (x - mean) * rstd [* gamma + beta]; gamma/beta may be null.

@@ -106,10 +106,7 @@ void CpuBackend::GemmBatched(bool trans_a, bool trans_b, int64_t batch, int64_t 
 
 void CpuBackend::GemmGrouped(bool trans_a, bool trans_b, float alpha, float beta,
                              std::span<const GemmProblem> problems) {
-  if (gemm_precision() == MathPrecision::kBf16) {
-    Backend::GemmGrouped(trans_a, trans_b, alpha, beta, problems);
-    return;
-  }
+  const bool bf16 = gemm_precision() == MathPrecision::kBf16;
   // Largest first, so the dynamic schedule ends with the small ones and the
   // threads finish together; empty problems are dropped.
   std::vector<const GemmProblem*> order;
@@ -135,9 +132,27 @@ void CpuBackend::GemmGrouped(bool trans_a, bool trans_b, float alpha, float beta
 #pragma omp parallel for schedule(dynamic, 1) if (per_thread)
   for (int64_t i = 0; i < count; ++i) {
     const GemmProblem& p = *order[static_cast<size_t>(i)];
-    cpu::Gemm(trans_a, trans_b, p.m, p.n, p.k, alpha, p.a, p.lda, p.b, p.ldb, beta, p.c, p.ldc);
+    if (bf16) {
+      cpu::GemmBf16(trans_a, trans_b, p.m, p.n, p.k, alpha, p.a, p.a16, p.lda, p.b, p.b16, p.ldb,
+                    beta, p.c, p.ldc);
+    } else {
+      cpu::Gemm(trans_a, trans_b, p.m, p.n, p.k, alpha, p.a, p.lda, p.b, p.ldb, beta, p.c, p.ldc);
+    }
   }
 }
+
+void CpuBackend::GemmOperands(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
+                              float alpha, GemmOperand a, int64_t lda, GemmOperand b, int64_t ldb,
+                              float beta, float* c, int64_t ldc) {
+  if (gemm_precision() == MathPrecision::kBf16) {
+    cpu::GemmBf16(trans_a, trans_b, m, n, k, alpha, a.values, a.bf16, lda, b.values, b.bf16, ldb,
+                  beta, c, ldc);
+    return;
+  }
+  cpu::Gemm(trans_a, trans_b, m, n, k, alpha, a.values, lda, b.values, ldb, beta, c, ldc);
+}
+
+void CpuBackend::RoundToBf16(const float* x, uint16_t* y, int64_t n) { cpu::RoundToBf16(x, y, n); }
 
 void CpuBackend::LayerNormForward(const float* x, const float* gamma, const float* beta, float* y,
                                   float* mean, float* rstd, int64_t rows, int64_t dim, float eps) {

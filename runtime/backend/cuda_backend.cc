@@ -276,6 +276,16 @@ void CudaBackend::GemmGrouped(bool trans_a, bool trans_b, float alpha, float bet
     }
     grouped_ = *std::move(created);
   }
+  if (gemm_precision() == MathPrecision::kBf16) {
+    // The grouped bf16 path runs problem by problem anyway (cuda/gemm.h);
+    // through GemmWithCopies the problems' bf16 copies are not rounded again.
+    for (const GemmProblem& p : problems) {
+      if (p.m == 0 || p.n == 0) continue;
+      GemmOperands(trans_a, trans_b, p.m, p.n, p.k, alpha, {p.a, p.a16}, p.lda, {p.b, p.b16},
+                   p.ldb, beta, p.c, p.ldc);
+    }
+    return;
+  }
   std::vector<cuda::GroupedGemmProblem> converted(problems.size());
   for (size_t i = 0; i < problems.size(); ++i) {
     const GemmProblem& p = problems[i];
@@ -283,6 +293,19 @@ void CudaBackend::GemmGrouped(bool trans_a, bool trans_b, float alpha, float bet
   }
   Check("GemmGrouped", cuda::GemmGrouped(*grouped_, *gemm_, trans_a, trans_b, alpha, beta,
                                          converted, stream_, InputsFor(gemm_precision())));
+}
+
+void CudaBackend::GemmOperands(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
+                               float alpha, GemmOperand a, int64_t lda, GemmOperand b, int64_t ldb,
+                               float beta, float* c, int64_t ldc) {
+  Check("GemmOperands",
+        cuda::GemmWithCopies(*gemm_, trans_a, trans_b, m, n, k, alpha, a.values, a.bf16, lda,
+                             b.values, b.bf16, ldb, beta, c, ldc, stream_,
+                             InputsFor(gemm_precision())));
+}
+
+void CudaBackend::RoundToBf16(const float* x, uint16_t* y, int64_t n) {
+  Check("RoundToBf16", cuda::RoundToBf16(x, y, n, stream_));
 }
 
 // ---- Norms ---------------------------------------------------------------------

@@ -84,6 +84,11 @@ class CudaBackend final : public Backend {
   // by one (runtime/kernels/cuda/gemm_grouped.h).
   void GemmGrouped(bool trans_a, bool trans_b, float alpha, float beta,
                    std::span<const GemmProblem> problems) override;
+
+  void GemmOperands(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                    GemmOperand a, int64_t lda, GemmOperand b, int64_t ldb, float beta, float* c,
+                    int64_t ldc) override;
+  void RoundToBf16(const float* x, uint16_t* y, int64_t n) override;
   void LayerNormForward(const float* x, const float* gamma, const float* beta, float* y,
                         float* mean, float* rstd, int64_t rows, int64_t dim, float eps) override;
   void LayerNormBackward(const float* dy, const float* x, const float* gamma, const float* mean,

@@ -40,6 +40,8 @@ class GroupedSwigluExperts {
   Tensor saved_x_;
   Tensor saved_gate_up_;  // [rows, 2*hidden]: [gate | up]
   Tensor saved_act_;      // [rows, hidden]
+  // bf16 copies of x and act in a bf16 run (undefined in fp32).
+  Tensor saved_x_bf16_, saved_act_bf16_;
 };
 
 }  // namespace tessera

@@ -20,6 +20,22 @@ void LinearForward(Backend& backend, const Tensor& x, const float* weight, const
 //   dx[rows, in] = dy W (overwritten; skipped when dx is undefined).
 void LinearBackward(Backend& backend, const Tensor& dy, const Tensor& x, const float* weight,
                     float* dweight, float* dbias, const Tensor& dx);
+// The same with bf16 copies of the GEMM inputs for a bf16 run (GemmOperand;
+// any copy may be null): x_bf16 of x, dy_bf16 of dy, weight.bf16 of W.
+void LinearForward(Backend& backend, const Tensor& x, const uint16_t* x_bf16, GemmOperand weight,
+                   const float* bias, const Tensor& y);
+void LinearBackward(Backend& backend, const Tensor& dy, const uint16_t* dy_bf16, const Tensor& x,
+                    const uint16_t* x_bf16, GemmOperand weight, float* dweight, float* dbias,
+                    const Tensor& dx);
+
+// An activation that several GEMMs read, rounded to bf16 once into `arena`
+// when the arena's backend computes its GEMMs in bf16 (a bf16 run), so that
+// no GEMM rounds it again; undefined in an fp32 run. Bf16Data gives the
+// copy's bits, or null for an undefined tensor (GemmOperand's "no copy").
+Tensor Bf16Copy(Arena& arena, const Tensor& x);
+inline const uint16_t* Bf16Data(const Tensor& copy) {
+  return copy.defined() ? static_cast<const uint16_t*>(copy.address()) : nullptr;
+}
 
 class Linear {
  public:
@@ -66,6 +82,7 @@ class Linear {
   ParameterStore::Id weight_ = -1;
   ParameterStore::Id bias_ = -1;
   Tensor saved_x_;
+  Tensor saved_x_bf16_;  // x's bf16 copy in a bf16 run (read again by dW's GEMM)
 };
 
 }  // namespace tessera

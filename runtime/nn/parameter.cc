@@ -161,4 +161,26 @@ absl::StatusOr<ParameterStore::Id> ParameterStore::Find(absl::string_view name) 
 
 void ParameterStore::ZeroGrads() { backend_->Memset(grads_.address(), 0, grads_.bytes()); }
 
+ParameterStore::ScopedBf16Values::ScopedBf16Values(ParameterStore& store) : store_(store) {
+  TESSERA_CHECK(store.finalized_);
+  if (store.bf16_scopes_++ > 0) return;
+  Backend& backend = *store.backend_;
+  if (backend.gemm_precision() != MathPrecision::kBf16) return;
+  if (!store.values_bf16_.defined()) {
+    store.values_bf16_ = Tensor::Empty(DType::kBF16, Shape{store.numel_}, backend);
+  }
+  backend.RoundToBf16(store.values_.ptr<float>(),
+                      static_cast<uint16_t*>(store.values_bf16_.address()), store.numel_);
+  store.bf16_valid_ = true;
+}
+
+ParameterStore::ScopedBf16Values::~ScopedBf16Values() {
+  if (--store_.bf16_scopes_ == 0) store_.bf16_valid_ = false;
+}
+
+const uint16_t* ParameterStore::param_bf16(Id id) const {
+  if (!bf16_valid_) return nullptr;
+  return static_cast<const uint16_t*>(values_bf16_.address()) + infos_[id].offset;
+}
+
 }  // namespace tessera

@@ -149,11 +149,36 @@ class ParameterStore {
   int64_t numel() const { return numel_; }
   void ZeroGrads();
 
+  // bf16 copies of the values for the GEMMs of a bf16 run
+  // (train.precision=bf16), made once per optimizer step instead of once per
+  // GEMM call: a ScopedBf16Values around a step's forward and backward
+  // passes rounds every value once (Backend::RoundToBf16) and the layers
+  // hand param_bf16 to their GEMMs with the fp32 weight (GemmOperand). The
+  // copies are valid only inside the scope, where nothing writes the values;
+  // outside it (optimizer, checkpoints, sampling) and in an fp32 run
+  // param_bf16 is null and the GEMMs round the fp32 weights themselves.
+  // Scopes nest; the outermost one makes and drops the copies.
+  class ScopedBf16Values {
+   public:
+    explicit ScopedBf16Values(ParameterStore& store);
+    ~ScopedBf16Values();
+    ScopedBf16Values(const ScopedBf16Values&) = delete;
+    ScopedBf16Values& operator=(const ScopedBf16Values&) = delete;
+
+   private:
+    ParameterStore& store_;
+  };
+  // Parameter `id`'s bf16 copy (bf16 bit patterns, its layout), or null.
+  const uint16_t* param_bf16(Id id) const;
+
  private:
   std::vector<ParamInfo> infos_;
   std::vector<GradBucket> buckets_;
   Tensor values_;
   Tensor grads_;
+  Tensor values_bf16_;  // [numel] bf16, allocated by the first bf16 scope
+  int bf16_scopes_ = 0;
+  bool bf16_valid_ = false;
   int64_t numel_ = 0;
   bool finalized_ = false;
   Backend* backend_;

@@ -4,6 +4,7 @@
 
 #include <string>
 
+#include "runtime/nn/linear.h"
 #include "runtime/nn/parameter.h"
 #include "runtime/tensor/arena.h"
 
@@ -30,17 +31,25 @@ class SwigluMlp {
   struct Weights {
     const float *gate, *up, *down;
     float *dgate, *dup, *ddown;
+    // The bf16 copies inside a bf16 step (ParameterStore::param_bf16), or null.
+    const uint16_t *gate16, *up16, *down16;
   };
   Weights weights() const;
   double ForwardFlops(int64_t rows) const { return 6.0 * rows * dim_ * hidden_; }
 
  private:
+  // A weight and its bf16 copy (null outside a bf16 step).
+  GemmOperand Weight(ParameterStore::Id id) const;
+
   ParameterStore& store_;
   int64_t dim_, hidden_;
   ParameterStore::Id w_gate_, w_up_, w_down_;
   Tensor saved_x_;
   Tensor saved_gate_up_;  // [rows, 2*hidden]: [gate | up]
   Tensor saved_act_;      // [rows, hidden]
+  // bf16 copies of x and act in a bf16 run (undefined in fp32): each feeds
+  // a forward GEMM and a weight-gradient GEMM, x two of each.
+  Tensor saved_x_bf16_, saved_act_bf16_;
 };
 
 }  // namespace tessera

@@ -637,14 +637,19 @@ absl::Status Trainer::Step(int64_t step) {
   // per-element loss sum, and every sum is divided by the global batch's
   // element count once the replicas have agreed on it.
   double loss_sum = 0, aux_sum = 0, elements = 0;
-  for (int micro = 0; micro < options_.micro_batches; ++micro) {
-    arena_.Reset();
-    sync_->BeginMicroBatch(micro + 1 == options_.micro_batches);
-    TESSERA_ASSIGN_OR_RETURN(MicroBatchResult result,
-                             task_.RunMicroBatch(arena_, step, micro, /*loss_scale=*/1.0f));
-    loss_sum += result.elements * result.loss;
-    aux_sum += result.elements * result.aux_loss;
-    elements += result.elements;
+  {
+    // A bf16 run's GEMMs read bf16 copies of the weights made here, once per
+    // step, rather than rounding each weight in every GEMM call.
+    ParameterStore::ScopedBf16Values bf16_weights(store_);
+    for (int micro = 0; micro < options_.micro_batches; ++micro) {
+      arena_.Reset();
+      sync_->BeginMicroBatch(micro + 1 == options_.micro_batches);
+      TESSERA_ASSIGN_OR_RETURN(MicroBatchResult result,
+                               task_.RunMicroBatch(arena_, step, micro, /*loss_scale=*/1.0f));
+      loss_sum += result.elements * result.loss;
+      aux_sum += result.elements * result.aux_loss;
+      elements += result.elements;
+    }
   }
   arena_.Reset();
   task_.EndStep();

@@ -286,11 +286,14 @@ GemmContext::~GemmContext() {
   }
 }
 
-absl::Status GemmBatched(GemmContext& context, bool trans_a, bool trans_b, int64_t batch, int64_t m,
-                         int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
-                         int64_t stride_a, const float* b, int64_t ldb, int64_t stride_b,
-                         float beta, float* c, int64_t ldc, int64_t stride_c, cudaStream_t stream,
-                         GemmInputs inputs) {
+namespace {
+// GemmBatched with optional bf16 copies of A and B (used by kBf16 inputs).
+absl::Status GemmBatchedWithCopies(GemmContext& context, bool trans_a, bool trans_b, int64_t batch,
+                                   int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+                                   const uint16_t* a_copy, int64_t lda, int64_t stride_a,
+                                   const float* b, const uint16_t* b_copy, int64_t ldb,
+                                   int64_t stride_b, float beta, float* c, int64_t ldc,
+                                   int64_t stride_c, cudaStream_t stream, GemmInputs inputs) {
   TESSERA_RETURN_IF_ERROR(CheckShape(trans_a, trans_b, batch, m, n, k, lda, ldb, ldc));
   if (batch == 0 || m == 0 || n == 0) return absl::OkStatus();
   if (k == 0) return ScaleC(batch, m, n, beta, c, ldc, stride_c, stream);
@@ -306,13 +309,24 @@ absl::Status GemmBatched(GemmContext& context, bool trans_a, bool trans_b, int64
     const int64_t span_b = Span(batch, stride_b, trans_b ? n : k, trans_b ? k : n, ldb);
     const size_t bytes_a = (static_cast<size_t>(span_a) * sizeof(__nv_bfloat16) + 255) / 256 * 256;
     const size_t bytes_b = static_cast<size_t>(span_b) * sizeof(__nv_bfloat16);
-    TESSERA_ASSIGN_OR_RETURN(void* scratch, context.Bf16Scratch(bytes_a + bytes_b));
-    auto* a16 = static_cast<__nv_bfloat16*>(scratch);
-    auto* b16 = reinterpret_cast<__nv_bfloat16*>(static_cast<char*>(scratch) + bytes_a);
-    TESSERA_RETURN_IF_ERROR(PackBf16(a, a16, span_a, stream));
-    TESSERA_RETURN_IF_ERROR(PackBf16(b, b16, span_b, stream));
-    operand_a = a16;
-    operand_b = b16;
+    // An operand that comes with its copy takes no scratch and no rounding.
+    const size_t scratch_a = a_copy != nullptr ? 0 : bytes_a;
+    const size_t scratch_b = b_copy != nullptr ? 0 : bytes_b;
+    if (scratch_a + scratch_b > 0) {
+      TESSERA_ASSIGN_OR_RETURN(void* scratch, context.Bf16Scratch(scratch_a + scratch_b));
+      if (a_copy == nullptr) {
+        auto* a16 = static_cast<__nv_bfloat16*>(scratch);
+        TESSERA_RETURN_IF_ERROR(PackBf16(a, a16, span_a, stream));
+        operand_a = a16;
+      }
+      if (b_copy == nullptr) {
+        auto* b16 = reinterpret_cast<__nv_bfloat16*>(static_cast<char*>(scratch) + scratch_a);
+        TESSERA_RETURN_IF_ERROR(PackBf16(b, b16, span_b, stream));
+        operand_b = b16;
+      }
+    }
+    if (a_copy != nullptr) operand_a = a_copy;
+    if (b_copy != nullptr) operand_b = b_copy;
     element_bytes = sizeof(__nv_bfloat16);
   }
 
@@ -346,6 +360,32 @@ absl::Status GemmBatched(GemmContext& context, bool trans_a, bool trans_b, int64
                                 plan.out.desc, &plan.algo, context.workspace(),
                                 context.workspace_bytes(), stream));
   return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status GemmBatched(GemmContext& context, bool trans_a, bool trans_b, int64_t batch, int64_t m,
+                         int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+                         int64_t stride_a, const float* b, int64_t ldb, int64_t stride_b,
+                         float beta, float* c, int64_t ldc, int64_t stride_c, cudaStream_t stream,
+                         GemmInputs inputs) {
+  return GemmBatchedWithCopies(context, trans_a, trans_b, batch, m, n, k, alpha, a, nullptr, lda,
+                               stride_a, b, nullptr, ldb, stride_b, beta, c, ldc, stride_c, stream,
+                               inputs);
+}
+
+absl::Status GemmWithCopies(GemmContext& context, bool trans_a, bool trans_b, int64_t m, int64_t n,
+                            int64_t k, float alpha, const float* a, const uint16_t* a16,
+                            int64_t lda, const float* b, const uint16_t* b16, int64_t ldb,
+                            float beta, float* c, int64_t ldc, cudaStream_t stream,
+                            GemmInputs inputs) {
+  return GemmBatchedWithCopies(context, trans_a, trans_b, /*batch=*/1, m, n, k, alpha, a, a16, lda,
+                               0, b, b16, ldb, 0, beta, c, ldc, 0, stream, inputs);
+}
+
+absl::Status RoundToBf16(const float* x, uint16_t* y, int64_t n, cudaStream_t stream) {
+  if (n == 0) return absl::OkStatus();
+  return PackBf16(x, reinterpret_cast<__nv_bfloat16*>(y), n, stream);
 }
 
 absl::Status Gemm(GemmContext& context, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,

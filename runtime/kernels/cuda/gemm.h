@@ -76,6 +76,20 @@ absl::Status Gemm(GemmContext& context, bool trans_a, bool trans_b, int64_t m, i
                   float* c, int64_t ldc, cudaStream_t stream,
                   GemmInputs inputs = GemmInputs::kFp32);
 
+// Gemm whose A and/or B come with bf16 copies (bf16 bit patterns of the same
+// matrix, same leading dimension: RoundToBf16): kBf16 inputs multiply a copy
+// instead of rounding that operand into the scratch (the same product); a
+// null copy is rounded as in Gemm. kFp32 inputs read only a and b.
+absl::Status GemmWithCopies(GemmContext& context, bool trans_a, bool trans_b, int64_t m, int64_t n,
+                            int64_t k, float alpha, const float* a, const uint16_t* a16,
+                            int64_t lda, const float* b, const uint16_t* b16, int64_t ldb,
+                            float beta, float* c, int64_t ldc, cudaStream_t stream,
+                            GemmInputs inputs);
+
+// y[i] = the bf16 bit pattern of x[i] rounded to nearest even, i < n: the
+// rounding of the bf16 GEMMs.
+absl::Status RoundToBf16(const float* x, uint16_t* y, int64_t n, cudaStream_t stream);
+
 // `batch` independent GEMMs; matrix i starts at a + i*stride_a (etc.).
 absl::Status GemmBatched(GemmContext& context, bool trans_a, bool trans_b, int64_t batch, int64_t m,
                          int64_t n, int64_t k, float alpha, const float* a, int64_t lda,

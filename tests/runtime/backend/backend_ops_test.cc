@@ -10,6 +10,9 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <bit>
+#include <cstring>
+#include <limits>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -340,6 +343,100 @@ TEST_P(BackendOps, GemmGroupedInBf16RoundsLikeGemm) {
   }
   backend().GemmGrouped(false, true, 1.0f, 0.0f, problems);
   ExpectClose(Download<float>(c), want, kTolerance, "bf16 grouped gemm");
+}
+
+// RoundToBf16 writes the bits of RoundBf16 (nearest, ties to even), keeps
+// infinities and NaNs, and is the rounding the bf16 GEMMs apply.
+TEST_P(BackendOps, RoundToBf16RoundsToNearestEven) {
+  std::vector<float> x = RandomFloats(1000, 21, -3, 3);
+  const float tie_down = std::bit_cast<float>(uint32_t{0x3f808000});  // 1 + 2^-8: to 1 (even)
+  const float tie_up = std::bit_cast<float>(uint32_t{0x3f818000});    // to 1 + 2^-6 (even)
+  const float above = std::bit_cast<float>(uint32_t{0x3f808001});     // just past a tie: up
+  x.insert(x.end(), {0.0f, -0.0f, tie_down, tie_up, above, 1e30f, -1e-30f, std::numeric_limits<float>::max(),
+                     std::numeric_limits<float>::infinity(),
+                     -std::numeric_limits<float>::infinity(),
+                     std::numeric_limits<float>::quiet_NaN()});
+  Tensor y = Poisoned<uint8_t>(static_cast<int64_t>(2 * x.size()));
+  backend().RoundToBf16(Upload(x).ptr<float>(), static_cast<uint16_t*>(y.address()),
+                        static_cast<int64_t>(x.size()));
+  const std::vector<uint8_t> bytes = Download<uint8_t>(y);
+  for (size_t i = 0; i < x.size(); ++i) {
+    uint16_t bits;
+    std::memcpy(&bits, bytes.data() + 2 * i, 2);
+    const float got = std::bit_cast<float>(uint32_t{bits} << 16);
+    if (std::isnan(x[i])) {
+      EXPECT_TRUE(std::isnan(got)) << "NaN at " << i;
+      continue;
+    }
+    // The largest float rounds past the largest bf16 to infinity, as IEEE
+    // rounding does (the double reference would give 2^128).
+    const double want = x[i] == std::numeric_limits<float>::max()
+                            ? std::numeric_limits<double>::infinity()
+                            : RoundBf16(x[i]);
+    ASSERT_EQ(static_cast<double>(got), want) << "x[" << i << "] = " << x[i];
+  }
+}
+
+// GemmOperands with bf16 copies of A and/or B (RoundToBf16 of the padded
+// buffers, keeping their leading dimensions) gives the bf16 Gemm's result
+// bit for bit: the double product of the rounded inputs. In an fp32 run the
+// copies are ignored (they hold garbage here) and the fp32 product results.
+TEST_P(BackendOps, GemmOperandsMultiplyTheBf16CopiesAsGemmRoundsItsInputs) {
+  std::string note;
+  if (!backend().CheckPrecision(MathPrecision::kBf16, &note).ok()) {
+    GTEST_SKIP() << DeviceName(backend().device()) << " backend has no bf16 GEMMs here";
+  }
+  const int64_t m = 33, n = 40, k = 70;
+  for (bool ta : {false, true})
+    for (bool tb : {false, true})
+      for (float beta : {0.0f, 1.0f}) {
+        const int64_t lda = (ta ? m : k) + 3, ldb = (tb ? k : n) + 2, ldc = n + 1;
+        const auto a = RandomFloats((ta ? k : m) * lda, 31), b = RandomFloats((tb ? n : k) * ldb, 32);
+        const auto c0 = RandomFloats(m * ldc, 33);
+        const std::string what = "ta=" + std::to_string(ta) + " tb=" + std::to_string(tb) +
+                                 " beta=" + std::to_string(beta);
+        Tensor a_dev = Upload(a), b_dev = Upload(b);
+        Tensor a16 = Poisoned<uint8_t>(2 * static_cast<int64_t>(a.size()));
+        Tensor b16 = Poisoned<uint8_t>(2 * static_cast<int64_t>(b.size()));
+        backend().RoundToBf16(a_dev.ptr<float>(), static_cast<uint16_t*>(a16.address()),
+                              static_cast<int64_t>(a.size()));
+        backend().RoundToBf16(b_dev.ptr<float>(), static_cast<uint16_t*>(b16.address()),
+                              static_cast<int64_t>(b.size()));
+        const auto* a_bits = static_cast<const uint16_t*>(a16.address());
+        const auto* b_bits = static_cast<const uint16_t*>(b16.address());
+        std::vector<float> rounded_in_gemm;
+        {
+          ScopedGemmPrecision bf16(backend(), MathPrecision::kBf16);
+          Tensor c = Upload(c0);
+          backend().Gemm(ta, tb, m, n, k, 0.75f, a_dev.ptr<float>(), lda, b_dev.ptr<float>(), ldb,
+                         beta, c.ptr<float>(), ldc);
+          rounded_in_gemm = Download<float>(c);
+          ExpectClose(rounded_in_gemm,
+                      ReferenceGemm(ta, tb, m, n, k, 0.75, RoundedBf16(a), lda, RoundedBf16(b),
+                                    ldb, beta, ToDouble(c0), ldc),
+                      kTolerance, "bf16 gemm " + what);
+          // Both copies, A's only, B's only.
+          for (int which = 0; which < 3; ++which) {
+            Tensor c2 = Upload(c0);
+            backend().GemmOperands(ta, tb, m, n, k, 0.75f,
+                                   {a_dev.ptr<float>(), which != 2 ? a_bits : nullptr}, lda,
+                                   {b_dev.ptr<float>(), which != 1 ? b_bits : nullptr}, ldb, beta,
+                                   c2.ptr<float>(), ldc);
+            EXPECT_EQ(Download<float>(c2), rounded_in_gemm)
+                << what << " copies of " << (which == 0 ? "A and B" : which == 1 ? "A" : "B");
+          }
+        }
+        // fp32: the copies are not read (poison them to be sure).
+        backend().Memset(a16.address(), 0xff, a16.bytes());
+        backend().Memset(b16.address(), 0xff, b16.bytes());
+        Tensor c3 = Upload(c0);
+        backend().GemmOperands(ta, tb, m, n, k, 0.75f, {a_dev.ptr<float>(), a_bits}, lda,
+                               {b_dev.ptr<float>(), b_bits}, ldb, beta, c3.ptr<float>(), ldc);
+        ExpectClose(Download<float>(c3),
+                    ReferenceGemm(ta, tb, m, n, k, 0.75, ToDouble(a), lda, ToDouble(b), ldb, beta,
+                                  ToDouble(c0), ldc),
+                    kTolerance, "fp32 gemm with copies " + what);
+      }
 }
 
 // ---- Norms --------------------------------------------------------------------

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <string>
 #include <functional>
+#include <optional>
 #include <vector>
 
 #include "runtime/nn/attention.h"
@@ -117,6 +118,95 @@ TEST(Linear, Fp32GemmOptionKeepsFp32InsideABf16Run) {
   EXPECT_EQ(HostBackend().gemm_precision(), MathPrecision::kFp32) << "scope not restored";
   EXPECT_EQ(fp32_bf16, fp32_reference);
   EXPECT_NE(plain_bf16, fp32_reference);
+}
+
+// Inside a bf16 step (ParameterStore::ScopedBf16Values) Linear and
+// SwigluMlp multiply the store's bf16 weight copies and their activations'
+// copies (rounded once per activation): outputs, input gradients and weight
+// gradients equal, bit for bit, those of rounding every input in each GEMM
+// (no scope), and differ from fp32 (the rounding happened).
+TEST(Linear, Bf16StepCopiesGiveTheResultsOfRoundingInEachGemm) {
+  std::string note;
+  if (!HostBackend().CheckPrecision(MathPrecision::kBf16, &note).ok()) {
+    GTEST_SKIP() << "no bf16 GEMMs on this CPU";
+  }
+  ParameterStore store;
+  Linear linear(store, "linear", 24, 40);
+  SwigluMlp mlp(store, "mlp", 40, 56);
+  store.Finalize(1);
+  RandomizeParameters(store, 7);
+  const Tensor x = RandomTensor(Shape{37, 24}, 8), dy = RandomTensor(Shape{37, 40}, 9);
+  struct Result {
+    std::vector<float> y, dx, grads;
+  };
+  auto run = [&](bool scoped) {
+    std::optional<ParameterStore::ScopedBf16Values> copies;
+    if (scoped) copies.emplace(store);
+    EXPECT_EQ(store.param_bf16(linear.weight_id()) != nullptr,
+              scoped && HostBackend().gemm_precision() == MathPrecision::kBf16);
+    store.ZeroGrads();
+    Arena arena;
+    const Tensor h = linear.Forward(arena, x);
+    const Tensor y = mlp.Forward(arena, h);
+    const Tensor dh = mlp.Backward(arena, dy);
+    const Tensor dx = linear.Backward(arena, dh);
+    return Result{{y.data<float>(), y.data<float>() + y.numel()},
+                  {dx.data<float>(), dx.data<float>() + dx.numel()},
+                  {store.grads().data<float>(), store.grads().data<float>() + store.numel()}};
+  };
+  const Result fp32 = run(true);
+  ScopedGemmPrecision bf16(HostBackend(), MathPrecision::kBf16);
+  const Result per_gemm = run(false), copies = run(true);
+  EXPECT_EQ(copies.y, per_gemm.y);
+  EXPECT_EQ(copies.dx, per_gemm.dx);
+  EXPECT_EQ(copies.grads, per_gemm.grads);
+  EXPECT_NE(copies.y, fp32.y);
+  EXPECT_NE(copies.grads, fp32.grads);
+  // Still the same function: within bf16's rounding of the output's scale.
+  double diff = 0, norm = 0;
+  for (size_t i = 0; i < copies.y.size(); ++i) {
+    diff += (copies.y[i] - fp32.y[i]) * static_cast<double>(copies.y[i] - fp32.y[i]);
+    norm += fp32.y[i] * static_cast<double>(fp32.y[i]);
+  }
+  EXPECT_LT(std::sqrt(diff / norm), 0.02);
+}
+
+// The same for the MoE layer, whose routed experts run as grouped GEMMs
+// (GroupedSwigluExperts, Backend::GemmGrouped with the problems' copies)
+// and whose router stays fp32.
+TEST(MoeLayer, Bf16StepCopiesGiveTheResultsOfRoundingInEachGemm) {
+  std::string note;
+  if (!HostBackend().CheckPrecision(MathPrecision::kBf16, &note).ok()) {
+    GTEST_SKIP() << "no bf16 GEMMs on this CPU";
+  }
+  ParameterStore store;
+  MoeLayer::Options options;
+  options.num_experts = 4;
+  options.top_k = 2;
+  options.expert_hidden = 24;
+  options.shared_expert_hidden = 16;
+  MoeLayer moe(store, "moe", 20, options);
+  store.Finalize(1);
+  RandomizeParameters(store, 11);
+  const Tensor x = RandomTensor(Shape{45, 20}, 12), dy = RandomTensor(Shape{45, 20}, 13);
+  auto run = [&](bool scoped) {
+    std::optional<ParameterStore::ScopedBf16Values> copies;
+    if (scoped) copies.emplace(store);
+    store.ZeroGrads();
+    Arena arena;
+    const Tensor y = *moe.Forward(arena, x);
+    const Tensor dx = moe.Backward(arena, dy, 1.0f);
+    std::vector<float> all(y.data<float>(), y.data<float>() + y.numel());
+    all.insert(all.end(), dx.data<float>(), dx.data<float>() + dx.numel());
+    all.insert(all.end(), store.grads().data<float>(),
+               store.grads().data<float>() + store.numel());
+    return all;
+  };
+  const std::vector<float> fp32 = run(true);
+  ScopedGemmPrecision bf16(HostBackend(), MathPrecision::kBf16);
+  const std::vector<float> per_gemm = run(false), copies = run(true);
+  EXPECT_EQ(copies, per_gemm);
+  EXPECT_NE(copies, fp32);
 }
 
 TEST(LayerNorm, AffineBackwardMatchesFiniteDifferences) {

@@ -2,8 +2,11 @@
 // (seed, name, element) only.
 #include "runtime/nn/parameter.h"
 
+#include "runtime/kernels/cpu/gemm_bf16.h"
+
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cmath>
 #include <cstring>
 
@@ -111,6 +114,47 @@ TEST(ParameterStore, APieceStartsAsItsSliceOfTheWholeParameter) {
   for (int r = 0; r < 4; ++r)
     for (int c = 0; c < 2; ++c) EXPECT_EQ(p[r * 2 + c], w[r * 6 + 4 + c]);
   EXPECT_EQ(piece.info(0).global_shape, (Shape{4, 6}));
+}
+
+// ScopedBf16Values: in a bf16 run the outermost scope rounds every value to
+// bf16 once (what the bf16 GEMMs would multiply); param_bf16 is null outside
+// the scopes and in an fp32 run; a new scope sees values changed in between.
+TEST(ParameterStore, ScopedBf16ValuesHoldTheRoundedValuesOnlyInsideTheScope) {
+  ParameterStore store;
+  const auto w = store.Register("w", Shape{5, 7}, ParamInit::Normal(1.0f), true);
+  const auto b = store.Register("b", Shape{3}, ParamInit::Normal(1.0f), false);
+  store.Finalize(3);
+  auto expect_copies = [&](const char* what) {
+    for (auto id : {w, b}) {
+      const uint16_t* bits = store.param_bf16(id);
+      ASSERT_NE(bits, nullptr) << what;
+      const Tensor p = store.param(id);
+      for (int64_t i = 0; i < p.numel(); ++i) {
+        const float got = std::bit_cast<float>(uint32_t{bits[i]} << 16);
+        ASSERT_EQ(got, cpu::RoundToBf16(p.data<float>()[i])) << what << " " << id << "[" << i << "]";
+      }
+    }
+  };
+  {
+    ParameterStore::ScopedBf16Values fp32_run(store);  // the backend computes in fp32
+    EXPECT_EQ(store.param_bf16(w), nullptr);
+  }
+  ScopedGemmPrecision bf16(store.backend(), MathPrecision::kBf16);
+  EXPECT_EQ(store.param_bf16(w), nullptr);
+  {
+    ParameterStore::ScopedBf16Values step(store);
+    expect_copies("first scope");
+    {
+      ParameterStore::ScopedBf16Values nested(store);
+      expect_copies("nested scope");
+    }
+    EXPECT_NE(store.param_bf16(w), nullptr) << "the inner scope dropped the outer one's copies";
+  }
+  EXPECT_EQ(store.param_bf16(w), nullptr);
+  store.param(w).data<float>()[4] = 1.2345678f;  // an optimizer step between two scopes
+  ParameterStore::ScopedBf16Values next(store);
+  expect_copies("after an update");
+  EXPECT_EQ(std::bit_cast<float>(uint32_t{store.param_bf16(w)[4]} << 16), 1.234375f);
 }
 
 }  // namespace
