@@ -110,8 +110,7 @@ absl::StatusOr<Tensor> HstuLayer::Forward(Arena& arena, const Tensor& x,
                    row_bytes, total);
   }
   if (dropout_mask_.defined()) gate = ApplyDropout(arena, gate, dropout_mask_);
-  const Tensor& local_gate = gate;  // [total, H dv / tp]
-  TESSERA_ASSIGN_OR_RETURN(Tensor y, o_->Forward(arena, local_gate));  // [total, D]
+  TESSERA_ASSIGN_OR_RETURN(Tensor y, o_->Forward(arena, gate));  // [total, H dv / tp] -> [total, D]
   backend.AddInPlace(y.ptr<float>(), x.ptr<float>(), total * dims_.dim);
   return y;
 }

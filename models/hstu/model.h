@@ -12,7 +12,6 @@
 
 #include <functional>
 #include <memory>
-#include <span>
 #include <vector>
 
 #include "absl/status/statusor.h"
