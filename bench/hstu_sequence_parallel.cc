@@ -139,6 +139,13 @@ absl::Status Main(int argc, char** argv, parallel::MpiRuntime& mpi) {
       run.layers < 1) {
     return UsageError("users, length, dim, heads, head_dim and layers must be at least 1");
   }
+  // Far above what two cores time in minutes, so that a typo is a message,
+  // not an allocation of the machine's memory.
+  if (run.length > (int64_t{1} << 22) || run.users > (int64_t{1} << 22) / run.length || run.dim > 65536 ||
+      run.heads * run.head_dim > 65536 || run.layers > 1024 || run.steps > 1000) {
+    return UsageError("users * length must be <= 4194304, dim and heads * head_dim <= 65536, "
+                      "layers <= 1024 and steps <= 1000");
+  }
   if (run.heads % mpi.world_size() != 0) {
     return UsageError(absl::StrFormat("heads = %d must be divisible by the world size %d (sp)",
                                       run.heads, mpi.world_size()));
