@@ -141,8 +141,10 @@ absl::Status Main(int argc, char** argv, parallel::MpiRuntime& mpi) {
   }
   // Far above what two cores time in minutes, so that a typo is a message,
   // not an allocation of the machine's memory.
-  if (run.length > (int64_t{1} << 22) || run.users > (int64_t{1} << 22) / run.length || run.dim > 65536 ||
-      run.heads * run.head_dim > 65536 || run.layers > 1024 || run.steps > 1000) {
+  constexpr int64_t kMaxTokens = int64_t{1} << 22;
+  if (run.length > kMaxTokens || run.users > kMaxTokens / run.length || run.dim > 65536 ||
+      run.heads > 65536 || run.heads * run.head_dim > 65536 || run.layers > 1024 ||
+      run.steps > 1000) {
     return UsageError("users * length must be <= 4194304, dim and heads * head_dim <= 65536, "
                       "layers <= 1024 and steps <= 1000");
   }
