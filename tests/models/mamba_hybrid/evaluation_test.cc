@@ -18,6 +18,7 @@
 
 #include "data/synthetic_tokens.h"
 #include "models/mamba_hybrid/family.h"
+#include "tests/data/test_util.h"
 
 namespace tessera::mamba_hybrid {
 namespace {
@@ -35,11 +36,10 @@ AssociativeRecallSpec Spec(int64_t documents, uint64_t seed) {
   return spec;
 }
 
-std::string Dir(const std::string& name) {
-  const std::string dir = ::testing::TempDir() + "tessera_mamba_eval_" + name;
-  std::filesystem::remove_all(dir);
-  return dir;
-}
+// Folders of the running test only: CTest runs this file's tests as
+// concurrent processes, and a folder shared between tests raced (one test's
+// SetUp removed another's data).
+std::string Dir(const std::string& name) { return testing_util::FreshDir(name); }
 
 RunConfig Config(const std::string& train, const std::string& eval) {
   RunConfig config;
