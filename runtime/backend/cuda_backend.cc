@@ -44,6 +44,11 @@ cudaEvent_t Handle(const Event& event) { return static_cast<const CudaEvent&>(ev
 
 #define CUDA_CALL(expr) ::tessera::cuda::CudaStatus((expr), #expr, __FILE__, __LINE__)
 
+// Pinned host memory staging CopyToDevice's sources (allocated by the first
+// copy): copies up to a quarter of it (16 MiB) go through it without a host
+// wait; a step's inputs are far below that.
+constexpr size_t kStagingRingBytes = size_t{64} << 20;
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(int device) {
@@ -59,12 +64,14 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(int device) {
   TESSERA_ASSIGN_OR_RETURN(backend->gemm_, cuda::GemmContext::Create());
   TESSERA_CUDA(cudaMalloc(reinterpret_cast<void**>(&backend->reduce_result_), sizeof(double)));
   TESSERA_CUDA(cudaMallocHost(reinterpret_cast<void**>(&backend->host_result_), sizeof(double)));
+  backend->staging_ = std::make_unique<StagingRing>(*backend, kStagingRingBytes);
   const char* each = std::getenv("TESSERA_CUDA_SYNC_EACH_OP");
   backend->sync_each_op_ = each != nullptr && std::string(each) == "1";
   return backend;
 }
 
 CudaBackend::~CudaBackend() {
+  staging_.reset();  // waits for its queued copies; its events die before the stream
   if (stream_ != nullptr) cudaStreamSynchronize(stream_);
   if (scratch_ != nullptr) cudaFree(scratch_);
   if (reduce_result_ != nullptr) cudaFree(reduce_result_);
@@ -138,10 +145,14 @@ void CudaBackend::Memset(void* dst, int value, size_t bytes) {
 
 void CudaBackend::CopyToDevice(void* dst, const void* host_src, size_t bytes) {
   if (bytes == 0) return;
+  // The usual case, a step's small inputs: copied into the pinned staging
+  // ring and queued; the host goes on without waiting for the stream.
+  if (staging_ != nullptr && staging_->Upload(dst, host_src, bytes)) return;
+  // Large copies (loads, set-up). A pageable source is staged by the driver
+  // before the call returns; a pinned one is not, so wait to keep "reusable
+  // on return" true for both.
   Check("CopyToDevice",
         CUDA_CALL(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, stream_)));
-  // A pageable source is staged before the call returns; a pinned one is not,
-  // so wait to keep "reusable on return" true for both.
   cudaPointerAttributes attributes{};
   if (cudaPointerGetAttributes(&attributes, host_src) == cudaSuccess &&
       attributes.type == cudaMemoryTypeHost) {

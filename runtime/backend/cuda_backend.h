@@ -27,6 +27,7 @@
 
 #include "absl/status/statusor.h"
 #include "runtime/backend/backend.h"
+#include "runtime/backend/staging_ring.h"
 
 namespace tessera {
 namespace cuda {
@@ -272,6 +273,9 @@ class CudaBackend final : public Backend {
   cudaMemPool_t pool_ = nullptr;
   std::unique_ptr<cuda::GemmContext> gemm_;
   std::unique_ptr<cuda::GroupedGemmContext> grouped_;  // made by the first GemmGrouped
+  // Stages CopyToDevice's sources so that the host does not wait for the
+  // stream (runtime/backend/staging_ring.h).
+  std::unique_ptr<StagingRing> staging_;
   void* scratch_ = nullptr;
   size_t scratch_bytes_ = 0;
   double* reduce_result_ = nullptr;  // device: one double
