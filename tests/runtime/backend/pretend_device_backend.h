@@ -25,6 +25,7 @@ class PretendDeviceBackend : public CpuBackend {
     TESSERA_RETURN_IF_ERROR(CpuBackend::Allocate(bytes, out));
     absl::MutexLock lock(&mu_);
     buffers_[reinterpret_cast<uintptr_t>(*out)] = bytes;
+    ++allocations_;
     return absl::OkStatus();
   }
   void Free(void* ptr) override {
@@ -87,6 +88,12 @@ class PretendDeviceBackend : public CpuBackend {
     return async_copies_;
   }
 
+  // Device allocations so far (a steady-state step makes none).
+  int64_t allocations() const {
+    absl::MutexLock lock(&mu_);
+    return allocations_;
+  }
+
   // Whether [ptr, ptr + bytes) lies inside one buffer of this backend.
   bool Owns(const void* ptr, size_t bytes) const {
     const uintptr_t at = reinterpret_cast<uintptr_t>(ptr);
@@ -118,6 +125,7 @@ class PretendDeviceBackend : public CpuBackend {
   size_t bytes_to_host_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t pinned_allocations_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t async_copies_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t allocations_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace tessera
