@@ -369,4 +369,13 @@ void AbortJob(const absl::Status& status) {
   std::_Exit(code);
 }
 
+void ExitJobFromThread(const absl::Status& status, int world_rank) {
+  int code = ExitCodeFor(status);
+  if (code == kExitOk) code = kExitInternal;  // asked to end without an error
+  std::fprintf(stderr, "[rank %d] %s\n", world_rank, std::string(status.message()).c_str());
+  std::fflush(stdout);
+  std::fflush(stderr);
+  _exit(code);
+}
+
 }  // namespace tessera::parallel

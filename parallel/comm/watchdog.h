@@ -155,4 +155,16 @@ class Watchdog {
 // library code returns statuses.
 [[noreturn]] void AbortJob(const absl::Status& status);
 
+// AbortJob for a thread other than the one that initialised MPI (the
+// collective watchdog's): MPI runs at MPI_THREAD_FUNNELED, which allows MPI
+// calls from the main thread only, so this makes none. It prints
+// "[rank R] <message>" to stderr (R = `world_rank`, the caller's cached
+// rank), flushes stdout and stderr and ends the process with _exit(code),
+// code = ExitCodeFor(status) (5 for a CommunicationError): no destructors,
+// no atexit handlers, nothing that could block behind the main thread.
+// mpirun sees a rank end with a non-zero code without MPI_Finalize, tears
+// the job down and itself exits with that code (Open MPI, measured:
+// docs/reliability.md).
+[[noreturn]] void ExitJobFromThread(const absl::Status& status, int world_rank);
+
 }  // namespace tessera::parallel

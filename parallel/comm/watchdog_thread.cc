@@ -10,9 +10,7 @@
 namespace tessera::parallel {
 
 CollectiveWatchdog::CollectiveWatchdog(absl::Duration poll_period, OnFailure on_failure)
-    : poll_period_(poll_period),
-      on_failure_(on_failure ? std::move(on_failure)
-                             : OnFailure([](const absl::Status& status) { AbortJob(status); })) {}
+    : poll_period_(poll_period), on_failure_(std::move(on_failure)) {}
 
 CollectiveWatchdog::~CollectiveWatchdog() {
   {
@@ -59,7 +57,8 @@ int64_t CollectiveWatchdog::reported() const {
   return reported_;
 }
 
-absl::Status CollectiveWatchdog::SweepLocked(WatchedGroup* only, const char* who) {
+absl::Status CollectiveWatchdog::SweepLocked(WatchedGroup* only, const char* who,
+                                             int* failed_rank) {
   const absl::Time now = absl::Now();
   for (size_t i = 0; i < entries_.size();) {
     Entry& entry = entries_[i];
@@ -78,6 +77,7 @@ absl::Status CollectiveWatchdog::SweepLocked(WatchedGroup* only, const char* who
     }
     // Past its deadline, or failed: this group is finished.
     WatchedGroup* group = entry.group;
+    if (failed_rank != nullptr) *failed_rank = group->world_rank();
     std::string message =
         absl::StrCat("watchdog: ", entry.what, " on world rank ", group->world_rank(),
                      " (the compute stream waits for it; ", "caught by ", who, ") ");
@@ -112,10 +112,15 @@ void CollectiveWatchdog::Loop() {
   while (true) {
     mu_.AwaitWithTimeout(absl::Condition(&stop_), poll_period_);
     if (stop_) return;
-    const absl::Status failure = SweepLocked(nullptr, "the watchdog thread");
+    int world_rank = -1;
+    const absl::Status failure = SweepLocked(nullptr, "the watchdog thread", &world_rank);
     if (failure.ok()) continue;
     ++reported_;
-    // Without the lock: the default ends the process, a test's records.
+    // The default ends the process from this thread without an MPI call
+    // (MPI_THREAD_FUNNELED), with the rank the group cached (asking MPI for
+    // it would be a call too).
+    if (!on_failure_) ExitJobFromThread(failure, world_rank);
+    // Without the lock: a test's callback records.
     mu_.Unlock();
     on_failure_(failure);
     mu_.Lock();

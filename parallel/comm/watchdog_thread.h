@@ -12,8 +12,13 @@
 //   2. ends the job through `on_failure` with a CommunicationError (exit 5)
 //      naming the collective (operation, bytes, sequence number), the group,
 //      the world rank and what the rank records say about the others.
-// The default `on_failure` is AbortJob (MPI_Abort, code 5). It is called
-// from the watchdog thread: the host thread may be blocked in the driver.
+// The default `on_failure` is ExitJobFromThread (parallel/comm/watchdog.h):
+// it prints the message and ends the process with _exit(5), making no MPI
+// call, because it runs on the watchdog thread and MPI is initialised at
+// MPI_THREAD_FUNNELED (only the main thread may call it; MPI_Abort from here
+// is not promised to work). mpirun then ends the other ranks and exits 5.
+// The host thread cannot be asked to do it instead: it may be blocked in the
+// driver, which is what the watchdog is for.
 //
 // The thread driving a group still learns of a failure first when it uses
 // the group again: Check(group) runs the same test there and returns the
@@ -70,12 +75,12 @@ class CollectiveWatchdog {
 
   // Nothing runs until the first Watch (then the thread starts).
   explicit CollectiveWatchdog(absl::Duration poll_period = absl::Milliseconds(50),
-                              OnFailure on_failure = nullptr);  // null: AbortJob
+                              OnFailure on_failure = nullptr);  // null: ExitJobFromThread
   ~CollectiveWatchdog();  // stops the thread; watches left are dropped
   CollectiveWatchdog(const CollectiveWatchdog&) = delete;
   CollectiveWatchdog& operator=(const CollectiveWatchdog&) = delete;
 
-  // The process's watchdog for device collectives (AbortJob on failure).
+  // The process's watchdog for device collectives (ExitJobFromThread on failure).
   static CollectiveWatchdog& Process();
 
   // Watches `work` of `group` from now until it completes: `timeout` from
@@ -109,12 +114,14 @@ class CollectiveWatchdog {
   };
   // Polls `entries` of `group` (or all, group null): drops completed ones;
   // returns the error for the first expired or failed one, after aborting
-  // its group and dropping that group's entries.
-  absl::Status SweepLocked(WatchedGroup* group, const char* who) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // its group and dropping that group's entries (and, when `failed_rank` is
+  // not null, sets it to the world rank the group gave).
+  absl::Status SweepLocked(WatchedGroup* group, const char* who, int* failed_rank = nullptr)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Loop();
 
   const absl::Duration poll_period_;
-  const OnFailure on_failure_;
+  const OnFailure on_failure_;  // null: ExitJobFromThread
   mutable absl::Mutex mu_;
   std::vector<Entry> entries_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;

@@ -276,8 +276,10 @@ TEST(CollectiveWatchdog, ForgottenGroupsAreNotWatched) {
   EXPECT_EQ(watchdog.reported(), 0);
 }
 
-// The real exit path: the default on_failure is AbortJob, which without MPI
-// prints "[rank -1] <message>" and exits with the status's code.
+// The real exit path: the default on_failure is ExitJobFromThread, which
+// makes no MPI call (the watchdog thread may not call MPI under
+// MPI_THREAD_FUNNELED), prints "[rank R] <message>" with the group's world
+// rank and _exits with the status's code, 5.
 TEST(CollectiveWatchdogDeathTest, TheDefaultEndsTheProcessWithExit5NamingTheCollective) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   EXPECT_EXIT(
@@ -292,7 +294,7 @@ TEST(CollectiveWatchdogDeathTest, TheDefaultEndsTheProcessWithExit5NamingTheColl
         std::_Exit(0);
       },
       ::testing::ExitedWithCode(5),
-      "watchdog: AllReduce\\(sum\\) of 16 x f32 \\(64 bytes\\) on group 'dp'.* on world rank 3 "
+      "\\[rank 3\\] watchdog: AllReduce\\(sum\\) of 16 x f32 \\(64 bytes\\) on group 'dp'.* on world rank 3 "
       ".*did not complete within 50ms.*the communicator of group 'dp' was aborted");
 }
 
