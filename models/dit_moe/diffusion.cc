@@ -28,9 +28,10 @@ DiffusionExample Diffusion::MakeExample(Arena& arena, const Tensor& images, cons
   ex.t.resize(B);
   ex.labels.resize(B);
   // Inputs are made on the host (counter-based draws), then moved to the
-  // arena's memory (no copy when that is host memory).
+  // arena's memory (no copy when that is host memory; on a device two
+  // CopyToDevice calls, which do not wait for the device).
   const Tensor host_images = HostReadable(images);
-  const Tensor host_noisy = HostReadable(ex.noisy), host_target = HostReadable(ex.target);
+  const Tensor host_noisy = HostWritable(ex.noisy), host_target = HostWritable(ex.target);
   const float* x = host_images.data<float>();
   float* z = host_noisy.data<float>();
   float* target = host_target.data<float>();

@@ -35,7 +35,9 @@ class Diffusion {
   // Draws timesteps, noise and label drops for clean images [B, C, H, W] in
   // [-1, 1]. Sample b's draws come from a stream keyed by (seed, step,
   // sample_ids[b]) alone, so any split of the batch over micro-batches or
-  // ranks draws the same numbers for the same sample.
+  // ranks draws the same numbers for the same sample. The draws are made on
+  // the host: pass host `images` (the batch as read), or a device run reads
+  // them back, waiting for the device.
   DiffusionExample MakeExample(Arena& arena, const Tensor& images, const int32_t* labels,
                                const int64_t* sample_ids, float class_dropout,
                                int32_t null_label, uint64_t seed, int64_t step,

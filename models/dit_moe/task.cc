@@ -76,33 +76,28 @@ absl::StatusOr<MicroBatchResult> DitMoeTask::RunMicroBatch(Arena& arena, int64_t
   const int64_t share = batch_.images.dim(0);
   const int64_t micro_batches = share / micro_batch_;
   TESSERA_CHECK(micro_batches * micro_batch_ == share && micro < micro_batches);
-  Tensor images = arena.AllocateUninitialized(
-      DType::kF32, Shape{micro_batch_, batch_.images.dim(1), batch_.images.dim(2),
-                         batch_.images.dim(3)});
+  // The clean images stay on the host: the noising draws are made there
+  // (Diffusion::MakeExample), and only the noisy input and the target go to
+  // a device. On the CPU the rows are gathered straight into the arena.
+  const Shape image_shape{micro_batch_, batch_.images.dim(1), batch_.images.dim(2),
+                          batch_.images.dim(3)};
+  Tensor images;
+  if (arena.backend().host_accessible()) {
+    images = arena.AllocateUninitialized(DType::kF32, image_shape);
+  } else {
+    if (host_images_.shape() != image_shape) host_images_ = Tensor::Empty(DType::kF32, image_shape);
+    images = host_images_;
+  }
   const size_t image_bytes = images.bytes() / static_cast<size_t>(micro_batch_);
   std::vector<int32_t> labels(micro_batch_);
   std::vector<int64_t> positions(micro_batch_);
   Backend& backend = arena.backend();
-  // On a device the rows are gathered into a pinned buffer and go up in one
-  // asynchronous copy; on the CPU they are copied straight into place.
-  char* staging = static_cast<char*>(images.address());
-  if (!images.on_host()) {
-    if (upload_ == nullptr || &upload_->backend() != &backend) {
-      upload_ = std::make_unique<PinnedBufferPool>(backend, /*count=*/2);
-    }
-    TESSERA_ASSIGN_OR_RETURN(void* pinned, upload_->Acquire(images.bytes()));
-    staging = static_cast<char*>(pinned);
-  }
   for (int64_t k = 0; k < micro_batch_; ++k) {
     const int64_t i = k * micro_batches + micro;
-    std::memcpy(staging + k * image_bytes,
+    std::memcpy(static_cast<char*>(images.raw()) + k * image_bytes,
                 static_cast<const char*>(batch_.images.raw()) + i * image_bytes, image_bytes);
     labels[k] = batch_.labels.data<int32_t>()[i];
     positions[k] = i * num_replicas_ + replica_;
-  }
-  if (!images.on_host()) {
-    backend.CopyToDeviceAsync(images.address(), staging, images.bytes());
-    upload_->Release();
   }
   const DitMoeConfig& c = config_.dit_moe();
   DiffusionExample ex = diffusion_.MakeExample(

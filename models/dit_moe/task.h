@@ -7,7 +7,6 @@
 #include "data/reader.h"
 #include "models/dit_moe/diffusion.h"
 #include "models/dit_moe/model.h"
-#include "runtime/backend/pinned_pool.h"
 #include "runtime/train/train_task.h"
 
 namespace tessera::dit_moe {
@@ -47,10 +46,9 @@ class DitMoeTask : public TrainTask {
   int replica_, num_replicas_;
   int64_t micro_batch_;
   ImageBatch batch_;  // this step's share of the global batch
-  // Pinned staging for the micro-batches' images on a device: each is
-  // gathered there and uploaded in one asynchronous copy (two buffers, so
-  // the host fills the next while the device reads one). Made on first use.
-  std::unique_ptr<PinnedBufferPool> upload_;
+  // A device run's micro-batch of clean images, gathered on the host (the
+  // noising reads them there; they never go to the device).
+  Tensor host_images_;
   SamplerState position_;  // after the last batch read
   // Means over the micro-batches of the last step.
   double balance_loss_ = 0;

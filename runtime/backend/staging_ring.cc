@@ -41,7 +41,9 @@ void StagingRing::Reclaim(size_t begin, size_t end) {
 }
 
 bool StagingRing::Upload(void* dst, const void* host_src, size_t bytes) {
-  if (off_ || bytes > max_copy_bytes()) return false;
+  if (bytes > max_copy_bytes()) return false;
+  std::lock_guard<std::mutex> lock(mu_);
+  if (off_) return false;
   if (bytes == 0) return true;
   if (data_ == nullptr) {
     void* buffer = nullptr;

@@ -23,13 +23,15 @@
 //  - The pinned buffer is allocated by the first Upload; if that fails the
 //    ring stays off and every Upload returns false.
 //  - The destructor waits for every queued copy, then frees.
-// Used by one thread at a time (the one driving the backend).
+// Thread-safe (a mutex around each Upload): a backend is driven by one
+// thread, but a staged collective's completion may upload from another.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 #include "runtime/backend/backend.h"
@@ -51,9 +53,15 @@ class StagingRing {
   size_t capacity() const { return capacity_; }
   size_t max_copy_bytes() const { return capacity_ / 4; }
   // Times the host waited for the device to free a region (tests, reports).
-  int64_t host_waits() const { return host_waits_; }
+  int64_t host_waits() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return host_waits_;
+  }
   // Copies queued whose region is not yet known to be free.
-  size_t in_flight() const { return queued_.size(); }
+  size_t in_flight() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return queued_.size();
+  }
 
  private:
   struct Region {
@@ -63,6 +71,7 @@ class StagingRing {
   // Waits until [begin, end) is free of queued copies.
   void Reclaim(size_t begin, size_t end);
 
+  mutable std::mutex mu_;
   Backend& backend_;
   size_t capacity_;
   char* data_ = nullptr;

@@ -13,6 +13,7 @@
 
 #include "absl/synchronization/mutex.h"
 #include "runtime/backend/cpu_backend.h"
+#include "runtime/backend/staging_ring.h"
 #include "runtime/base/status.h"
 
 namespace tessera {
@@ -44,8 +45,12 @@ class PretendDeviceBackend : public CpuBackend {
     if (m >= 8192 && n >= 8192 && k >= 8192) return;
     CpuBackend::Gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
   }
+  // Through a staging ring, as CudaBackend's (its copies and events are the
+  // CPU's, so they have passed at once; what this checks is that the bytes
+  // a run uploads arrive through it intact).
   void CopyToDevice(void* dst, const void* host_src, size_t bytes) override {
     CheckSides(dst, host_src, bytes, "CopyToDevice");
+    if (staging_.Upload(dst, host_src, bytes)) return;
     CpuBackend::CopyToDevice(dst, host_src, bytes);
   }
   void CopyToHost(void* host_dst, const void* src, size_t bytes) override {
@@ -70,7 +75,8 @@ class PretendDeviceBackend : public CpuBackend {
       absl::MutexLock lock(&mu_);
       ++async_copies_;
     }
-    CopyToDevice(dst, host_src, bytes);
+    CheckSides(dst, host_src, bytes, "CopyToDeviceAsync");
+    CpuBackend::CopyToDevice(dst, host_src, bytes);
   }
   void CopyToHostAsync(void* host_dst, const void* src, size_t bytes) override {
     {
@@ -126,6 +132,8 @@ class PretendDeviceBackend : public CpuBackend {
   int64_t pinned_allocations_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t async_copies_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t allocations_ ABSL_GUARDED_BY(mu_) = 0;
+  // Declared last: destroyed first, while the backend it calls is whole.
+  StagingRing staging_{*this, size_t{1} << 20};
 };
 
 }  // namespace tessera
