@@ -8,7 +8,6 @@
 #include "absl/strings/str_cat.h"
 #include "runtime/base/errors.h"
 #include "runtime/base/status.h"
-#include "runtime/tensor/host_access.h"
 
 namespace tessera::parallel {
 namespace {
@@ -145,14 +144,16 @@ absl::StatusOr<Tensor> ExpertParallelMoe::Forward(Arena& arena, const Tensor& x)
   const int64_t T = x.dim(0), k = options_.top_k;
   tokens_ = T;
   Route(arena, x);
-  // Routing bookkeeping runs on the host (it sizes the all-to-all).
-  Tensor index_host = HostReadable(expert_index_);
-  const std::vector<int64_t> stats = LocalBalanceStatistics(index_host);
-  ApplyCapacityDrops(arena, index_host);
-  TESSERA_ASSIGN_OR_RETURN(const std::vector<int64_t> all_rows, ExchangeCounts(index_host, stats));
+  // The routing bookkeeping runs on the backend; what sizes the all-to-all
+  // and the balance statistics come to the host in one read (Sort).
+  const std::vector<int64_t> sorted = Sort(arena);
+  const int64_t E = options_.num_experts;
+  const std::vector<int64_t> stats(sorted.begin() + E + 1, sorted.end() - 1);
+  dropped_ = sorted.back();
+  TESSERA_ASSIGN_OR_RETURN(const std::vector<int64_t> all_rows, ExchangeCounts(sorted, stats));
   TESSERA_RETURN_IF_ERROR(ComputeGroupBalance(stats, all_rows));
   weights_ = CombineWeights(arena, raw_weights_, T, k, options_.renormalize_topk);
-  TESSERA_ASSIGN_OR_RETURN(Tensor permuted, Dispatch(arena, x, all_rows));
+  TESSERA_ASSIGN_OR_RETURN(Tensor permuted, Dispatch(arena, x, sorted, all_rows));
   TESSERA_ASSIGN_OR_RETURN(returned_out_, RunRemoteExperts(arena, permuted));  // [kept, dim]
 
   Tensor y = shared_ ? shared_->Forward(arena, x) : arena.Allocate(DType::kF32, Shape{T, dim_});
@@ -176,47 +177,47 @@ void ExpertParallelMoe::Route(Arena& arena, const Tensor& x) {
   chosen_index_ = expert_index_;
 }
 
-std::vector<int64_t> ExpertParallelMoe::LocalBalanceStatistics(const Tensor& index_host) const {
-  // Over the router's choice before drops: [E assignment counts | E
-  // probability sums (double, bit-copied) | tokens].
+std::vector<int64_t> ExpertParallelMoe::Sort(Arena& arena) {
   const int64_t T = tokens_, E = options_.num_experts, k = options_.top_k;
-  const int32_t* index = index_host.data<int32_t>();
-  const Tensor probs_host = HostReadable(probs_);
-  const float* probs = probs_host.data<float>();
-  std::vector<int64_t> stats(2 * E + 1, 0);
-  for (int64_t a = 0; a < T * k; ++a) ++stats[index[a]];
-  for (int64_t e = 0; e < E; ++e) {
-    double sum = 0;
-    for (int64_t t = 0; t < T; ++t) sum += probs[t * E + e];
-    std::memcpy(&stats[E + e], &sum, sizeof(double));
-  }
-  stats[2 * E] = T;
-  return stats;
-}
-
-void ExpertParallelMoe::ApplyCapacityDrops(Arena& arena, Tensor& index_host) {
+  Backend& backend = arena.backend();
+  // [offsets E+1 | assignment counts E | probability sums E (double,
+  // bit-copied) | tokens | dropped]: one block, one read.
+  Tensor block = arena.Allocate(DType::kI64, Shape{3 * E + 3});
+  int64_t* values = block.ptr<int64_t>();
+  // Over the router's choice before drops.
+  backend.MoeRoutingStatistics(chosen_index_.ptr<int32_t>(), probs_.ptr<float>(), T, E, k,
+                               values + E + 1, reinterpret_cast<double*>(values + 2 * E + 1));
   // Per source rank, first come first served in token order.
-  dropped_ = 0;
-  if (options_.capacity_factor <= 0) return;
-  const int64_t T = tokens_, E = options_.num_experts, k = options_.top_k;
-  chosen_index_ = arena.AllocateUninitialized(DType::kI32, Shape{T * k});
-  arena.backend().Copy(chosen_index_.address(), expert_index_.address(), expert_index_.bytes());
-  dropped_ = ApplyCapacity(options_.capacity_factor, T, k, E, index_host.data<int32_t>());
-  WriteBack(index_host, expert_index_);
+  if (options_.capacity_factor > 0) {
+    const int64_t capacity = ExpertCapacity(options_.capacity_factor, T, k, E);
+    expert_index_ = arena.AllocateUninitialized(DType::kI32, Shape{T * k});
+    // The slots themselves are not used here: the rows are exchanged compact.
+    Tensor slot_of = arena.AllocateUninitialized(DType::kI32, Shape{T * k});
+    Tensor assignment_of_slot = arena.AllocateUninitialized(DType::kI32, Shape{E * capacity});
+    backend.MoeCapacitySlots(chosen_index_.ptr<int32_t>(), T * k, E, capacity,
+                             expert_index_.ptr<int32_t>(), slot_of.ptr<int32_t>(),
+                             assignment_of_slot.ptr<int32_t>(), values + 3 * E + 2);
+  }
+  // Expert order: the rows bound for rank r (its experts) are contiguous.
+  row_of_assignment_ = arena.AllocateUninitialized(DType::kI32, Shape{T * k});
+  assignment_of_row_ = arena.AllocateUninitialized(DType::kI32, Shape{T * k});
+  backend.SortByExpert(expert_index_.ptr<int32_t>(), T * k, E, values,
+                       row_of_assignment_.ptr<int32_t>(), assignment_of_row_.ptr<int32_t>());
+  std::vector<int64_t> host(3 * E + 3);
+  backend.CopyToHost(host.data(), values, block.bytes());
+  host[3 * E + 1] = T;
+  return host;
 }
 
 absl::StatusOr<std::vector<int64_t>> ExpertParallelMoe::ExchangeCounts(
-    const Tensor& index_host, const std::vector<int64_t>& stats) {
+    const std::vector<int64_t>& sorted, const std::vector<int64_t>& stats) {
   // One all-gather over ep of [rows this rank sends to each expert | balance
   // stats] tells every owner what it receives and, when the balance group is
   // ep, gives the balance statistics too.
-  const int64_t T = tokens_, E = options_.num_experts, k = options_.top_k, P = ep_.size();
+  const int64_t E = options_.num_experts, P = ep_.size();
   const int64_t row_width = E + static_cast<int64_t>(stats.size());
-  const int32_t* index = index_host.data<int32_t>();
   std::vector<int64_t> row(row_width, 0), all_rows(P * row_width);
-  for (int64_t a = 0; a < T * k; ++a) {
-    if (index[a] >= 0) ++row[index[a]];
-  }
+  for (int64_t e = 0; e < E; ++e) row[e] = sorted[e + 1] - sorted[e];  // kept, from the offsets
   std::copy(stats.begin(), stats.end(), row.begin() + E);
   Communicator& ep = ep_.host();  // counts on the host
   TESSERA_RETURN_IF_ERROR(ep.Complete(
@@ -271,19 +272,13 @@ absl::Status ExpertParallelMoe::ComputeGroupBalance(const std::vector<int64_t>& 
 }
 
 absl::StatusOr<Tensor> ExpertParallelMoe::Dispatch(Arena& arena, const Tensor& x,
+                                                   const std::vector<int64_t>& sorted,
                                                    const std::vector<int64_t>& all_rows) {
-  // Expert order: the rows bound for rank r (its experts) are contiguous.
-  const int64_t T = tokens_, E = options_.num_experts, k = options_.top_k;
+  const int64_t E = options_.num_experts, k = options_.top_k;
   const int64_t P = ep_.size(), L = local_experts_,
                 row_width = static_cast<int64_t>(all_rows.size()) / P;
   Backend& backend = arena.backend();
-  Tensor expert_offsets = arena.AllocateUninitialized(DType::kI64, Shape{E + 1});
-  row_of_assignment_ = arena.AllocateUninitialized(DType::kI32, Shape{T * k});
-  Tensor assignment_of_row = arena.AllocateUninitialized(DType::kI32, Shape{T * k});
-  backend.SortByExpert(expert_index_.ptr<int32_t>(), T * k, E, expert_offsets.ptr<int64_t>(),
-                       row_of_assignment_.ptr<int32_t>(), assignment_of_row.ptr<int32_t>());
-  const Tensor offsets_host = HostReadable(expert_offsets);
-  const int64_t* offsets = offsets_host.data<int64_t>();
+  const int64_t* offsets = sorted.data();  // the expert offsets [E + 1]
   send_rows_.assign(P, 0);
   recv_rows_.assign(P, 0);
   recv_counts_.assign(P * L, 0);
@@ -295,8 +290,9 @@ absl::StatusOr<Tensor> ExpertParallelMoe::Dispatch(Arena& arena, const Tensor& x
     }
   const int64_t kept = offsets[E];  // T*k less the dropped assignments
   Tensor permuted = arena.AllocateUninitialized(DType::kF32, Shape{kept, dim_});  // [kept, dim]
-  backend.PermuteForward(x.ptr<float>(), assignment_of_row.ptr<int32_t>(), permuted.ptr<float>(),
+  backend.PermuteForward(x.ptr<float>(), assignment_of_row_.ptr<int32_t>(), permuted.ptr<float>(),
                          kept, dim_, k);
+  assignment_of_row_ = Tensor();
   return permuted;
 }
 
@@ -367,12 +363,15 @@ absl::StatusOr<Tensor> ExpertParallelMoe::Backward(Arena& arena, const Tensor& d
   Tensor dx = arena.AllocateUninitialized(DType::kF32, Shape{T, dim_});
   backend.PermuteBackward(dpermuted.ptr<float>(), row_of_assignment_.ptr<int32_t>(),
                           dx.ptr<float>(), T, dim_, k);
-  // Balance loss over the group's tokens: d/dp[t, i] = alpha * f_i / T_group.
+  // Balance loss over the group's tokens: d/dp[t, i] = alpha * f_i / T_group
+  // (f_i, formed on the host from the exchanged counts, uploaded).
+  Tensor balance_f = arena.AllocateUninitialized(DType::kI64, Shape{E});
+  backend.CopyToDevice(balance_f.address(), balance_f_.data(), balance_f.bytes());
   RouterGradientInputs router{raw_weights_.ptr<float>(),
                               weights_.ptr<float>(),
                               chosen_index_.ptr<int32_t>(),
                               probs_.ptr<float>(),
-                              &balance_f_,
+                              reinterpret_cast<const double*>(balance_f.ptr<int64_t>()),
                               T,
                               E,
                               k,

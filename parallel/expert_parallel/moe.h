@@ -129,13 +129,17 @@ class ExpertParallelMoe {
   // the received [sum recv_rows, dim].
   // The steps of Forward, in order.
   void Route(Arena& arena, const Tensor& x);
-  std::vector<int64_t> LocalBalanceStatistics(const Tensor& index_host) const;
-  void ApplyCapacityDrops(Arena& arena, Tensor& index_host);
-  absl::StatusOr<std::vector<int64_t>> ExchangeCounts(const Tensor& index_host,
+  // Balance statistics, capacity drops and the sort by expert on the
+  // backend, then one read: [offsets E+1 | counts E | probability sums E
+  // (double bits) | tokens | dropped]. Sets expert_index_,
+  // row_of_assignment_ and assignment_of_row_.
+  std::vector<int64_t> Sort(Arena& arena);
+  absl::StatusOr<std::vector<int64_t>> ExchangeCounts(const std::vector<int64_t>& sorted,
                                                       const std::vector<int64_t>& stats);
   absl::Status ComputeGroupBalance(const std::vector<int64_t>& stats,
                                    const std::vector<int64_t>& all_rows);
   absl::StatusOr<Tensor> Dispatch(Arena& arena, const Tensor& x,
+                                  const std::vector<int64_t>& sorted,
                                   const std::vector<int64_t>& all_rows);
   absl::StatusOr<Tensor> RunRemoteExperts(Arena& arena, const Tensor& permuted);
 
@@ -161,6 +165,7 @@ class ExpertParallelMoe {
   Tensor raw_weights_;        // [T*k]
   Tensor weights_;            // [T*k]
   Tensor row_of_assignment_;  // i32 [T*k]
+  Tensor assignment_of_row_;  // i32 [T*k], until Dispatch
   Tensor returned_out_;       // [T*k, dim] expert outputs, back home, in expert order
   std::vector<int64_t> send_rows_, recv_rows_;  // per ep rank
   // recv_counts_[q * local + e]: rows from rank q for local expert e.

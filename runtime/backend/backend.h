@@ -403,6 +403,32 @@ class Backend {
                                         const int32_t* row_of_assignment, const float* weights,
                                         float* dexpert_out, float* dweights, int64_t tokens,
                                         int64_t dim, int64_t k) = 0;
+  // The routing bookkeeping, in the backend's memory so that a step reads
+  // no routing data on the host but the expert offsets of a dropless layer
+  // (runtime/kernels/cpu/routing.h defines each; docs/cuda.md). Doubles
+  // live in kI64 tensors (8 bytes each, bit-copied).
+  // counts [E] and prob_sums [E] (double) of one routing (balance statistics).
+  virtual void MoeRoutingStatistics(const int32_t* expert_index, const float* probs,
+                                    int64_t tokens, int64_t experts, int64_t k, int64_t* counts,
+                                    double* prob_sums) = 0;
+  // out [2E + 1] doubles = [f_e | balance loss | load_e] (ComputeBalance).
+  virtual void MoeBalance(const int64_t* counts, int64_t count_tokens, const double* prob_sums,
+                          int64_t prob_tokens, int64_t experts, int64_t k, double coef,
+                          double* out) = 0;
+  // The capacity rule (first come, first served in assignment order) in a
+  // fixed-slot layout: expert e owns rows [e * capacity, (e + 1) * capacity).
+  virtual void MoeCapacitySlots(const int32_t* chosen, int64_t assignments, int64_t experts,
+                                int64_t capacity, int32_t* expert_index,
+                                int32_t* row_of_assignment, int32_t* assignment_of_row,
+                                int64_t* dropped) = 0;
+  // Top-k renormalization per token, and its backward (dweights in place).
+  virtual void MoeRenormalizeForward(const float* raw, float* weights, int64_t tokens,
+                                     int64_t k) = 0;
+  virtual void MoeRenormalizeBackward(const float* raw, const float* weights, float* dweights,
+                                      int64_t tokens, int64_t k) = 0;
+  // dprobs[t, e] += float(scale * f[e] / divisor) (f: double, device memory).
+  virtual void MoeBalanceGradient(const double* f, double scale, double divisor, float* dprobs,
+                                  int64_t tokens, int64_t experts) = 0;
 
   // ---- State-space models (Mamba-2) -------------------------------------------
   // runtime/kernels/cpu/ssd.h and causal_conv1d.h define the shapes and the

@@ -456,6 +456,41 @@ void CpuBackend::UnpermuteCombineBackward(const float* dout, const float* expert
                                 tokens, dim, k);
 }
 
+void CpuBackend::MoeRoutingStatistics(const int32_t* expert_index, const float* probs,
+                                      int64_t tokens, int64_t experts, int64_t k, int64_t* counts,
+                                      double* prob_sums) {
+  cpu::MoeRoutingStatistics(expert_index, probs, tokens, experts, k, counts, prob_sums);
+}
+
+void CpuBackend::MoeBalance(const int64_t* counts, int64_t count_tokens, const double* prob_sums,
+                            int64_t prob_tokens, int64_t experts, int64_t k, double coef,
+                            double* out) {
+  cpu::MoeBalance(counts, count_tokens, prob_sums, prob_tokens, experts, k, coef, out);
+}
+
+void CpuBackend::MoeCapacitySlots(const int32_t* chosen, int64_t assignments, int64_t experts,
+                                  int64_t capacity, int32_t* expert_index,
+                                  int32_t* row_of_assignment, int32_t* assignment_of_row,
+                                  int64_t* dropped) {
+  cpu::MoeCapacitySlots(chosen, assignments, experts, capacity, expert_index, row_of_assignment,
+                        assignment_of_row, dropped);
+}
+
+void CpuBackend::MoeRenormalizeForward(const float* raw, float* weights, int64_t tokens,
+                                       int64_t k) {
+  cpu::MoeRenormalizeForward(raw, weights, tokens, k);
+}
+
+void CpuBackend::MoeRenormalizeBackward(const float* raw, const float* weights, float* dweights,
+                                        int64_t tokens, int64_t k) {
+  cpu::MoeRenormalizeBackward(raw, weights, dweights, tokens, k);
+}
+
+void CpuBackend::MoeBalanceGradient(const double* f, double scale, double divisor,
+                                    float* dprobs, int64_t tokens, int64_t experts) {
+  cpu::MoeBalanceGradient(f, scale, divisor, dprobs, tokens, experts);
+}
+
 void CpuBackend::SsdScanForward(const SsdShape& shape, const float* x, const float* dt,
                                 const float* A, const float* B, const float* C, const float* D,
                                 const float* initial_state, float* y, float* final_state) {

@@ -173,6 +173,21 @@ class CpuBackend : public Backend {
                                 const int32_t* row_of_assignment, const float* weights,
                                 float* dexpert_out, float* dweights, int64_t tokens, int64_t dim,
                                 int64_t k) override;
+  void MoeRoutingStatistics(const int32_t* expert_index, const float* probs, int64_t tokens,
+                            int64_t experts, int64_t k, int64_t* counts,
+                            double* prob_sums) override;
+  void MoeBalance(const int64_t* counts, int64_t count_tokens, const double* prob_sums,
+                  int64_t prob_tokens, int64_t experts, int64_t k, double coef,
+                  double* out) override;
+  void MoeCapacitySlots(const int32_t* chosen, int64_t assignments, int64_t experts,
+                        int64_t capacity, int32_t* expert_index, int32_t* row_of_assignment,
+                        int32_t* assignment_of_row, int64_t* dropped) override;
+  void MoeRenormalizeForward(const float* raw, float* weights, int64_t tokens,
+                             int64_t k) override;
+  void MoeRenormalizeBackward(const float* raw, const float* weights, float* dweights,
+                              int64_t tokens, int64_t k) override;
+  void MoeBalanceGradient(const double* f, double scale, double divisor, float* dprobs,
+                          int64_t tokens, int64_t experts) override;
   void SsdScanForward(const SsdShape& shape, const float* x, const float* dt, const float* A,
                       const float* B, const float* C, const float* D, const float* initial_state,
                       float* y, float* final_state) override;

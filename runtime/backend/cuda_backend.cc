@@ -287,20 +287,11 @@ void CudaBackend::GemmGrouped(bool trans_a, bool trans_b, float alpha, float bet
     }
     grouped_ = *std::move(created);
   }
-  if (gemm_precision() == MathPrecision::kBf16) {
-    // The grouped bf16 path runs problem by problem anyway (cuda/gemm.h);
-    // through GemmWithCopies the problems' bf16 copies are not rounded again.
-    for (const GemmProblem& p : problems) {
-      if (p.m == 0 || p.n == 0) continue;
-      GemmOperands(trans_a, trans_b, p.m, p.n, p.k, alpha, {p.a, p.a16}, p.lda, {p.b, p.b16},
-                   p.ldb, beta, p.c, p.ldc);
-    }
-    return;
-  }
   std::vector<cuda::GroupedGemmProblem> converted(problems.size());
   for (size_t i = 0; i < problems.size(); ++i) {
     const GemmProblem& p = problems[i];
-    converted[i] = {p.m, p.n, p.k, p.a, p.lda, p.b, p.ldb, p.c, p.ldc};
+    // A bf16 run multiplies the problems' bf16 copies in one grouped call.
+    converted[i] = {p.m, p.n, p.k, p.a, p.lda, p.b, p.ldb, p.c, p.ldc, p.a16, p.b16};
   }
   Check("GemmGrouped", cuda::GemmGrouped(*grouped_, *gemm_, trans_a, trans_b, alpha, beta,
                                          converted, stream_, InputsFor(gemm_precision())));
@@ -740,6 +731,46 @@ void CudaBackend::UnpermuteCombineBackward(const float* dout, const float* exper
   Check("UnpermuteCombineBackward",
         cuda::UnpermuteCombineBackward(dout, expert_out, row_of_assignment, weights, dexpert_out,
                                        dweights, tokens, dim, k, stream_));
+}
+
+void CudaBackend::MoeRoutingStatistics(const int32_t* expert_index, const float* probs,
+                                       int64_t tokens, int64_t experts, int64_t k,
+                                       int64_t* counts, double* prob_sums) {
+  Check("MoeRoutingStatistics", cuda::MoeRoutingStatistics(expert_index, probs, tokens, experts,
+                                                           k, counts, prob_sums, stream_));
+}
+
+void CudaBackend::MoeBalance(const int64_t* counts, int64_t count_tokens,
+                             const double* prob_sums, int64_t prob_tokens, int64_t experts,
+                             int64_t k, double coef, double* out) {
+  Check("MoeBalance", cuda::MoeBalance(counts, count_tokens, prob_sums, prob_tokens, experts, k,
+                                       coef, out, stream_));
+}
+
+void CudaBackend::MoeCapacitySlots(const int32_t* chosen, int64_t assignments, int64_t experts,
+                                   int64_t capacity, int32_t* expert_index,
+                                   int32_t* row_of_assignment, int32_t* assignment_of_row,
+                                   int64_t* dropped) {
+  Check("MoeCapacitySlots",
+        cuda::MoeCapacitySlots(chosen, assignments, experts, capacity, expert_index,
+                               row_of_assignment, assignment_of_row, dropped, stream_));
+}
+
+void CudaBackend::MoeRenormalizeForward(const float* raw, float* weights, int64_t tokens,
+                                        int64_t k) {
+  Check("MoeRenormalizeForward", cuda::MoeRenormalizeForward(raw, weights, tokens, k, stream_));
+}
+
+void CudaBackend::MoeRenormalizeBackward(const float* raw, const float* weights,
+                                         float* dweights, int64_t tokens, int64_t k) {
+  Check("MoeRenormalizeBackward",
+        cuda::MoeRenormalizeBackward(raw, weights, dweights, tokens, k, stream_));
+}
+
+void CudaBackend::MoeBalanceGradient(const double* f, double scale, double divisor,
+                                     float* dprobs, int64_t tokens, int64_t experts) {
+  Check("MoeBalanceGradient",
+        cuda::MoeBalanceGradient(f, scale, divisor, dprobs, tokens, experts, stream_));
 }
 
 // ---- State-space models ----------------------------------------------------------

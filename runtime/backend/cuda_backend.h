@@ -81,8 +81,8 @@ class CudaBackend final : public Backend {
                    float alpha, const float* a, int64_t lda, int64_t stride_a, const float* b,
                    int64_t ldb, int64_t stride_b, float beta, float* c, int64_t ldc,
                    int64_t stride_c) override;
-  // fp32: one cublasGemmGroupedBatchedEx call; bf16 and k == 0 problems one
-  // by one (runtime/kernels/cuda/gemm_grouped.h).
+  // One cublasGemmGroupedBatchedEx call, fp32 or (a bf16 run) bf16 A and B
+  // with fp32 C; k == 0 problems one by one (runtime/kernels/cuda/gemm_grouped.h).
   void GemmGrouped(bool trans_a, bool trans_b, float alpha, float beta,
                    std::span<const GemmProblem> problems) override;
 
@@ -217,6 +217,21 @@ class CudaBackend final : public Backend {
                                 const int32_t* row_of_assignment, const float* weights,
                                 float* dexpert_out, float* dweights, int64_t tokens, int64_t dim,
                                 int64_t k) override;
+  void MoeRoutingStatistics(const int32_t* expert_index, const float* probs, int64_t tokens,
+                            int64_t experts, int64_t k, int64_t* counts,
+                            double* prob_sums) override;
+  void MoeBalance(const int64_t* counts, int64_t count_tokens, const double* prob_sums,
+                  int64_t prob_tokens, int64_t experts, int64_t k, double coef,
+                  double* out) override;
+  void MoeCapacitySlots(const int32_t* chosen, int64_t assignments, int64_t experts,
+                        int64_t capacity, int32_t* expert_index, int32_t* row_of_assignment,
+                        int32_t* assignment_of_row, int64_t* dropped) override;
+  void MoeRenormalizeForward(const float* raw, float* weights, int64_t tokens,
+                             int64_t k) override;
+  void MoeRenormalizeBackward(const float* raw, const float* weights, float* dweights,
+                              int64_t tokens, int64_t k) override;
+  void MoeBalanceGradient(const double* f, double scale, double divisor, float* dprobs,
+                          int64_t tokens, int64_t experts) override;
   void SsdScanForward(const SsdShape& shape, const float* x, const float* dt, const float* A,
                       const float* B, const float* C, const float* D, const float* initial_state,
                       float* y, float* final_state) override;

@@ -4,7 +4,6 @@
 #include <vector>
 
 #include "runtime/base/status.h"
-#include "runtime/tensor/host_access.h"
 
 
 namespace tessera {
@@ -46,70 +45,101 @@ absl::StatusOr<Tensor> MoeLayer::Forward(Arena& arena, const Tensor& x) {
   Tensor logits = router_.Forward(arena, x);
   probs_ = arena.AllocateUninitialized(DType::kF32, Shape{T, E});
   backend.SoftmaxForward(logits.ptr<float>(), probs_.ptr<float>(), T, E);
-  expert_index_ = arena.AllocateUninitialized(DType::kI32, Shape{T * k});
+  chosen_index_ = arena.AllocateUninitialized(DType::kI32, Shape{T * k});
   raw_weights_ = arena.AllocateUninitialized(DType::kF32, Shape{T * k});
-  backend.TopKForward(probs_.ptr<float>(), expert_index_.ptr<int32_t>(), raw_weights_.ptr<float>(),
-                   T, E, k);
-  // Routing bookkeeping (counts, capacity) runs on the host.
-  Tensor index_host = HostReadable(expert_index_);
-  int32_t* index = index_host.data<int32_t>();
-  const Tensor probs_host = HostReadable(probs_);
-  const float* probs = probs_host.data<float>();
-
+  backend.TopKForward(probs_.ptr<float>(), chosen_index_.ptr<int32_t>(), raw_weights_.ptr<float>(),
+                      T, E, k);
   // Balance loss and load over the greedy top-k choice (before any drop).
-  TESSERA_RETURN_IF_ERROR(ComputeLayerBalance(index, probs, T));
-
+  TESSERA_RETURN_IF_ERROR(ComputeLayerBalance(arena, T));
   weights_ = CombineWeights(arena, raw_weights_, T, k, options_.renormalize_topk);
 
-  // Capacity: first come, first served in token order.
-  dropped_ = 0;
-  chosen_index_ = expert_index_;
-  if (options_.capacity_factor > 0) {
-    chosen_index_ = arena.AllocateUninitialized(DType::kI32, Shape{T * k});
-    backend.Copy(chosen_index_.address(), expert_index_.address(), expert_index_.bytes());
-    dropped_ = ApplyCapacity(options_.capacity_factor, T, k, E, index);
-    WriteBack(index_host, expert_index_);
-  }
-
   // Permute token rows into expert order and run each expert on its rows.
-  expert_offsets_ = arena.AllocateUninitialized(DType::kI64, Shape{E + 1});
-  row_of_assignment_ = arena.AllocateUninitialized(DType::kI32, Shape{T * k});
-  Tensor assignment_of_row = arena.AllocateUninitialized(DType::kI32, Shape{T * k});
-  backend.SortByExpert(expert_index_.ptr<int32_t>(), T * k, E, expert_offsets_.ptr<int64_t>(),
-                    row_of_assignment_.ptr<int32_t>(), assignment_of_row.ptr<int32_t>());
-  expert_offsets_ = HostReadable(expert_offsets_);
-  const int64_t* offsets = expert_offsets_.data<int64_t>();
-  const int64_t rows = offsets[E];
+  Tensor assignment_of_row = LayOutRows(arena, T);
+  const int64_t rows = offsets_[E];
   Tensor permuted = arena.AllocateUninitialized(DType::kF32, Shape{rows, dim_});  // [rows, dim]
   backend.PermuteForward(x.ptr<float>(), assignment_of_row.ptr<int32_t>(), permuted.ptr<float>(),
-                      rows, dim_, k);
+                         rows, dim_, k);
   expert_out_ = arena.AllocateUninitialized(DType::kF32, Shape{rows, dim_});
-  grouped_->Forward(arena, permuted, std::span<const int64_t>(offsets, E + 1), expert_out_);
+  grouped_->Forward(arena, permuted, offsets_, expert_out_);
 
   Tensor y = shared_ ? shared_->Forward(arena, x) : arena.Allocate(DType::kF32, Shape{T, dim_});
   backend.UnpermuteCombineForward(expert_out_.ptr<float>(), row_of_assignment_.ptr<int32_t>(),
-                               weights_.ptr<float>(), y.ptr<float>(), T, dim_, k);
+                                  weights_.ptr<float>(), y.ptr<float>(), T, dim_, k);
+
+  // [loss | load | dropped] into memory that outlives the arena, for the
+  // accessors (read only when one asks).
+  if (!report_.defined() || &report_.backend() != &backend) {
+    report_ = Tensor::Empty(DType::kI64, Shape{E + 2}, backend);
+  }
+  backend.Copy(report_.address(), bookkeeping_.ptr<int64_t>() + 3 * E, report_.bytes());
+  report_read_ = false;
   return y;
 }
 
-absl::Status MoeLayer::ComputeLayerBalance(const int32_t* index, const float* probs, int64_t T) {
+absl::Status MoeLayer::ComputeLayerBalance(Arena& arena, int64_t T) {
   const int64_t E = options_.num_experts, k = options_.top_k;
-  std::vector<int64_t> counts(E, 0);
-  for (int64_t a = 0; a < T * k; ++a) ++counts[index[a]];
-  std::vector<double> prob_sums(E, 0.0);
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t e = 0; e < E; ++e) prob_sums[e] += probs[t * E + e];
+  Backend& backend = arena.backend();
+  // Zero-filled: the dropped count (last) stays 0 unless capacity drops some.
+  bookkeeping_ = arena.Allocate(DType::kI64, Shape{4 * E + 2});
+  int64_t* counts = bookkeeping_.ptr<int64_t>();
+  double* prob_sums = reinterpret_cast<double*>(counts + E);
+  double* balance = reinterpret_cast<double*>(counts + 2 * E);  // [f | loss | load]
+  backend.MoeRoutingStatistics(chosen_index_.ptr<int32_t>(), probs_.ptr<float>(), T, E, k, counts,
+                               prob_sums);
   int64_t count_tokens = T;
   GlobalBalanceCounts* global = options_.global_balance;
   if (global != nullptr && global->active()) {
-    TESSERA_RETURN_IF_ERROR(global->Accumulate(balance_totals_, counts, count_tokens));
+    // The sum over replicas is a host collective: the E counts go to the
+    // host and their running totals come back.
+    std::vector<int64_t> host_counts(E);
+    backend.CopyToHost(host_counts.data(), counts, sizeof(int64_t) * static_cast<size_t>(E));
+    TESSERA_RETURN_IF_ERROR(global->Accumulate(balance_totals_, host_counts, count_tokens));
+    backend.CopyToDevice(counts, host_counts.data(), sizeof(int64_t) * static_cast<size_t>(E));
   }
-  BalanceStatistics balance =
-      ComputeBalance(counts, count_tokens, prob_sums, T, k, options_.balance_loss_coef);
-  balance_f_ = std::move(balance.f);
-  expert_load_ = std::move(balance.load);
-  balance_loss_ = balance.loss;
+  backend.MoeBalance(counts, count_tokens, prob_sums, T, E, k, options_.balance_loss_coef,
+                     balance);
   return absl::OkStatus();
+}
+
+Tensor MoeLayer::LayOutRows(Arena& arena, int64_t T) {
+  const int64_t E = options_.num_experts, k = options_.top_k;
+  Backend& backend = arena.backend();
+  row_of_assignment_ = arena.AllocateUninitialized(DType::kI32, Shape{T * k});
+  offsets_.assign(E + 1, 0);
+  if (options_.capacity_factor > 0) {
+    // Fixed slots: expert e owns rows [e * capacity, (e + 1) * capacity),
+    // sizes the host knows without reading the routing.
+    const int64_t capacity = ExpertCapacity(options_.capacity_factor, T, k, E);
+    for (int64_t e = 0; e <= E; ++e) offsets_[e] = e * capacity;
+    expert_index_ = arena.AllocateUninitialized(DType::kI32, Shape{T * k});
+    Tensor assignment_of_row = arena.AllocateUninitialized(DType::kI32, Shape{E * capacity});
+    backend.MoeCapacitySlots(chosen_index_.ptr<int32_t>(), T * k, E, capacity,
+                             expert_index_.ptr<int32_t>(), row_of_assignment_.ptr<int32_t>(),
+                             assignment_of_row.ptr<int32_t>(),
+                             bookkeeping_.ptr<int64_t>() + 4 * E + 1);
+    return assignment_of_row;
+  }
+  // Dropless: each expert's row count is the routing's, read on the host
+  // (the grouped GEMM's sizes), as Megatron-Core's dropless dispatcher does.
+  expert_index_ = chosen_index_;
+  Tensor expert_offsets = arena.AllocateUninitialized(DType::kI64, Shape{E + 1});
+  Tensor assignment_of_row = arena.AllocateUninitialized(DType::kI32, Shape{T * k});
+  backend.SortByExpert(expert_index_.ptr<int32_t>(), T * k, E, expert_offsets.ptr<int64_t>(),
+                       row_of_assignment_.ptr<int32_t>(), assignment_of_row.ptr<int32_t>());
+  backend.CopyToHost(offsets_.data(), expert_offsets.address(), expert_offsets.bytes());
+  return assignment_of_row;
+}
+
+void MoeLayer::ReadReport() const {
+  if (report_read_) return;
+  const int64_t E = options_.num_experts;
+  std::vector<int64_t> values(E + 2);
+  report_.backend().CopyToHost(values.data(), report_.address(), report_.bytes());
+  const double* doubles = reinterpret_cast<const double*>(values.data());
+  balance_loss_ = doubles[0];
+  expert_load_.assign(doubles + 1, doubles + 1 + E);
+  dropped_ = values[E + 1];
+  report_read_ = true;
 }
 
 absl::Status GlobalBalanceCounts::Accumulate(Totals& totals, std::vector<int64_t>& counts,
@@ -131,34 +161,42 @@ absl::Status GlobalBalanceCounts::Accumulate(Totals& totals, std::vector<int64_t
 Tensor MoeLayer::Backward(Arena& arena, const Tensor& dy, float loss_scale) {
   const int64_t T = tokens_, E = options_.num_experts, k = options_.top_k;
   Backend& backend = arena.backend();
-  const int64_t* offsets = expert_offsets_.data<int64_t>();
-  const int64_t rows = offsets[E];
+  const int64_t rows = offsets_[E];
 
-  Tensor dexpert_out = arena.AllocateUninitialized(DType::kF32, Shape{rows, dim_});
+  // Unused capacity slots get no gradient from the combine: zero, so that
+  // they add nothing to the experts' weight gradients.
+  Tensor dexpert_out = options_.capacity_factor > 0
+                           ? arena.Allocate(DType::kF32, Shape{rows, dim_})
+                           : arena.AllocateUninitialized(DType::kF32, Shape{rows, dim_});
   Tensor dweights = arena.AllocateUninitialized(DType::kF32, Shape{T * k});
   backend.UnpermuteCombineBackward(dy.ptr<float>(), expert_out_.ptr<float>(),
-                                row_of_assignment_.ptr<int32_t>(), weights_.ptr<float>(),
-                                dexpert_out.ptr<float>(), dweights.ptr<float>(), T, dim_, k);
+                                   row_of_assignment_.ptr<int32_t>(), weights_.ptr<float>(),
+                                   dexpert_out.ptr<float>(), dweights.ptr<float>(), T, dim_, k);
   Tensor dpermuted = arena.AllocateUninitialized(DType::kF32, Shape{rows, dim_});
   grouped_->Backward(arena, dexpert_out, dpermuted);
   Tensor dx = arena.AllocateUninitialized(DType::kF32, Shape{T, dim_});
   backend.PermuteBackward(dpermuted.ptr<float>(), row_of_assignment_.ptr<int32_t>(),
-                       dx.ptr<float>(), T, dim_, k);
+                          dx.ptr<float>(), T, dim_, k);
+  const double* balance_f = reinterpret_cast<const double*>(bookkeeping_.ptr<int64_t>() + 2 * E);
   RouterGradientInputs router{raw_weights_.ptr<float>(), weights_.ptr<float>(),
-                              chosen_index_.ptr<int32_t>(), probs_.ptr<float>(), &balance_f_,
+                              chosen_index_.ptr<int32_t>(), probs_.ptr<float>(), balance_f,
                               T, E, k, T, options_.renormalize_topk && k > 1,
                               options_.balance_loss_coef, loss_scale};
   AddSharedAndRouterGradients(arena, dy, shared_.get(), router_, router, dweights.ptr<float>(),
                               dx);
-  probs_ = expert_index_ = chosen_index_ = raw_weights_ = weights_ = expert_offsets_ =
-      row_of_assignment_ = expert_out_ = Tensor();
+  probs_ = expert_index_ = chosen_index_ = raw_weights_ = weights_ = row_of_assignment_ =
+      expert_out_ = bookkeeping_ = Tensor();
   return dx;
+}
+
+int64_t ExpertCapacity(float capacity_factor, int64_t tokens, int64_t k, int64_t experts) {
+  return static_cast<int64_t>(std::ceil(capacity_factor * static_cast<double>(tokens * k) /
+                                        static_cast<double>(experts)));
 }
 
 int64_t ApplyCapacity(float capacity_factor, int64_t tokens, int64_t k, int64_t experts,
                       int32_t* index) {
-  const int64_t capacity = static_cast<int64_t>(std::ceil(
-      capacity_factor * static_cast<double>(tokens * k) / static_cast<double>(experts)));
+  const int64_t capacity = ExpertCapacity(capacity_factor, tokens, k, experts);
   std::vector<int64_t> taken(experts, 0);
   int64_t dropped = 0;
   for (int64_t a = 0; a < tokens * k; ++a) {
@@ -196,60 +234,23 @@ Tensor CombineWeights(Arena& arena, const Tensor& raw_weights, int64_t tokens, i
                       bool renormalize) {
   if (!renormalize || k <= 1) return raw_weights;
   Tensor weights = arena.AllocateUninitialized(DType::kF32, Shape{tokens * k});
-  // A few values per token, on the host.
-  const Tensor raw_host = HostReadable(raw_weights);
-  Tensor host = HostReadable(weights);
-  const float* raw = raw_host.data<float>();
-  float* w = host.data<float>();
-  for (int64_t t = 0; t < tokens; ++t) {
-    float sum = 1e-20f;
-    for (int64_t s = 0; s < k; ++s) sum += raw[t * k + s];
-    for (int64_t s = 0; s < k; ++s) w[t * k + s] = raw[t * k + s] / sum;
-  }
-  WriteBack(host, weights);
+  arena.backend().MoeRenormalizeForward(raw_weights.ptr<float>(), weights.ptr<float>(), tokens, k);
   return weights;
 }
-
-namespace {
-// dw (backend memory) through w = r / sum(r) per token, on host copies.
-void RenormalizationGradient(Backend& backend, const RouterGradientInputs& in, float* dw) {
-  const int64_t T = in.tokens, k = in.top_k;
-  const size_t bytes = sizeof(float) * static_cast<size_t>(T * k);
-  std::vector<float> raw(T * k), w(T * k), g(T * k);
-  backend.CopyToHost(raw.data(), in.raw_weights, bytes);
-  backend.CopyToHost(w.data(), in.weights, bytes);
-  backend.CopyToHost(g.data(), dw, bytes);
-  for (int64_t t = 0; t < T; ++t) {
-    float sum = 1e-20f, dot = 0;
-    for (int64_t s = 0; s < k; ++s) {
-      sum += raw[t * k + s];
-      dot += g[t * k + s] * w[t * k + s];
-    }
-    for (int64_t s = 0; s < k; ++s) g[t * k + s] = (g[t * k + s] - dot) / sum;
-  }
-  backend.CopyToDevice(dw, g.data(), bytes);
-}
-}  // namespace
 
 Tensor RouterLogitsGradient(Arena& arena, const RouterGradientInputs& in, float* dw) {
   const int64_t T = in.tokens, E = in.experts, k = in.top_k;
   Backend& backend = arena.backend();
   // Through the renormalization: w = r / s  =>  dr = (dw - sum(dw * w)) / s.
-  if (in.renormalize) RenormalizationGradient(backend, in, dw);
+  if (in.renormalize) backend.MoeRenormalizeBackward(in.raw_weights, in.weights, dw, T, k);
   // Top-k weights were read from the probabilities of the router's choice
   // (dropped assignments included: their weight got zero gradient before).
   Tensor dprobs = arena.Allocate(DType::kF32, Shape{T, E});
   backend.TopKBackward(dw, in.chosen, dprobs.ptr<float>(), T, E, k);
   // Balance loss: d/dp[t, i] of alpha * sum_i f_i * mean_t p[t, i] = alpha f_i / T.
   if (in.balance_coef > 0 && in.balance_tokens > 0) {
-    std::vector<float> g(E);
-    for (int64_t e = 0; e < E; ++e) {
-      g[e] = static_cast<float>(in.loss_scale * in.balance_coef * (*in.balance_f)[e] /
-                                static_cast<double>(in.balance_tokens));
-    }
-    Tensor bias = arena.AllocateUninitialized(DType::kF32, Shape{E});
-    backend.CopyToDevice(bias.address(), g.data(), bias.bytes());
-    backend.AddBiasRows(dprobs.ptr<float>(), bias.ptr<float>(), T, E);
+    backend.MoeBalanceGradient(in.balance_f, in.loss_scale * in.balance_coef,
+                               static_cast<double>(in.balance_tokens), dprobs.ptr<float>(), T, E);
   }
   Tensor dlogits = arena.AllocateUninitialized(DType::kF32, Shape{T, E});
   backend.SoftmaxBackward(dprobs.ptr<float>(), in.probs, dlogits.ptr<float>(), T, E);

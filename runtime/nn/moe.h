@@ -89,7 +89,7 @@ class GlobalBalanceCounts {
 };
 
 // The combine weights [T*k]: the raw top-k probabilities, or (renormalize,
-// k > 1) those divided by their sum per token.
+// k > 1) those divided by their sum per token (Backend::MoeRenormalizeForward).
 Tensor CombineWeights(Arena& arena, const Tensor& raw_weights, int64_t tokens, int64_t k,
                       bool renormalize);
 
@@ -105,7 +105,7 @@ struct RouterGradientInputs {
   const float* weights;      // [T*k] combine weights (renormalized or raw)
   const int32_t* chosen;     // [T*k] the router's top-k experts
   const float* probs;        // [T, E] router softmax
-  const std::vector<double>* balance_f;  // f_i
+  const double* balance_f;   // [E] f_i (backend memory: Backend::MoeBalance's output)
   int64_t tokens, experts, top_k, balance_tokens;
   bool renormalize;
   double balance_coef;
@@ -120,10 +120,15 @@ void AddSharedAndRouterGradients(Arena& arena, const Tensor& dy, SwigluMlp* shar
                                  Linear& router, const RouterGradientInputs& in, float* dweights,
                                  const Tensor& dx);
 
-// The capacity drop policy (capacity_factor c > 0): each expert takes at most
-// ceil(c * tokens * k / E) of these tokens' assignments, first come, first
-// served in token order (then in top-k rank); the others are set to -1 in
-// `index` [tokens * k]. Returns how many were dropped.
+// The capacity of each expert under capacity_factor c > 0:
+// ceil(c * tokens * k / E) assignments.
+int64_t ExpertCapacity(float capacity_factor, int64_t tokens, int64_t k, int64_t experts);
+
+// The capacity drop policy (capacity_factor c > 0) on host memory: each
+// expert takes at most ExpertCapacity of these tokens' assignments, first
+// come, first served in token order (then in top-k rank); the others are set
+// to -1 in `index` [tokens * k]. Returns how many were dropped. (MoeLayer
+// applies the same rule on the backend, Backend::MoeCapacitySlots.)
 int64_t ApplyCapacity(float capacity_factor, int64_t tokens, int64_t k, int64_t experts,
                       int32_t* index);
 
@@ -152,19 +157,34 @@ class MoeLayer {
   // (1/micro-batches); applied to the balance loss gradient.
   Tensor Backward(Arena& arena, const Tensor& dy, float loss_scale);
 
-  // Of the last Forward.
-  double balance_loss() const { return balance_loss_; }
+  // Of the last Forward; the first of these calls after a Forward reads
+  // the values from the backend's memory (E + 2 of them, once).
+  double balance_loss() const {
+    ReadReport();
+    return balance_loss_;
+  }
   // Fraction of assignments routed to each expert (sums to 1), before drops.
-  const std::vector<double>& expert_load() const { return expert_load_; }
-  int64_t dropped_assignments() const { return dropped_; }
+  const std::vector<double>& expert_load() const {
+    ReadReport();
+    return expert_load_;
+  }
+  int64_t dropped_assignments() const {
+    ReadReport();
+    return dropped_;
+  }
 
   double ForwardFlops(int64_t tokens) const;
   int64_t num_experts() const { return options_.num_experts; }
 
  private:
-  // The balance loss and load of the router's choice `index` [T*k] (before
-  // drops) and `probs` [T, E].
-  absl::Status ComputeLayerBalance(const int32_t* index, const float* probs, int64_t T);
+  // The balance statistics of the router's choice (before drops) into
+  // bookkeeping_ (backend memory).
+  absl::Status ComputeLayerBalance(Arena& arena, int64_t T);
+  // The rows in expert order: dropless (SortByExpert; reads the offsets) or
+  // in capacity slots (no read). Sets offsets_, row_of_assignment_ and
+  // returns assignment_of_row.
+  Tensor LayOutRows(Arena& arena, int64_t T);
+  void ReadReport() const;
 
   int64_t dim_;
   Options options_;
@@ -181,13 +201,19 @@ class MoeLayer {
   Tensor expert_index_;      // i32 [T*k] the same, -1 where capacity dropped it
   Tensor raw_weights_;       // [T*k] top-k probabilities
   Tensor weights_;           // [T*k] combine weights (renormalized if asked)
-  Tensor expert_offsets_;    // i64 [E+1]
+  std::vector<int64_t> offsets_;  // [E+1] host: rows of expert e
   Tensor row_of_assignment_; // i32 [T*k]
   Tensor expert_out_;        // [rows, dim]
-  std::vector<double> balance_f_;  // f_i
-  double balance_loss_ = 0;
-  std::vector<double> expert_load_;
-  int64_t dropped_ = 0;
+  // i64 [4E + 2] in backend memory: [counts E | probability sums E (double)
+  // | f E (double) | loss (double) | load E (double) | dropped].
+  Tensor bookkeeping_;
+  // i64 [E + 2] in backend memory that outlives the step's arena: the
+  // [loss | load | dropped] of the last Forward, read on demand.
+  Tensor report_;
+  mutable bool report_read_ = true;
+  mutable double balance_loss_ = 0;
+  mutable std::vector<double> expert_load_;
+  mutable int64_t dropped_ = 0;
 };
 
 }  // namespace tessera

@@ -78,6 +78,10 @@ void PermuteForward(const float* x, const int32_t* assignment_of_row, float* out
                     int64_t dim, int64_t k) {
 #pragma omp parallel for schedule(static) if (ShouldParallelize(rows * dim))
   for (int64_t r = 0; r < rows; ++r) {
+    if (assignment_of_row[r] < 0) {  // an unused slot
+      std::fill(out + r * dim, out + (r + 1) * dim, 0.0f);
+      continue;
+    }
     const float* src = x + (assignment_of_row[r] / k) * dim;
     std::copy(src, src + dim, out + r * dim);
   }
@@ -141,6 +145,94 @@ void UnpermuteCombineBackward(const float* dout, const float* expert_out,
       }
       dweights[a] = dot;
     }
+  }
+}
+
+void MoeRoutingStatistics(const int32_t* expert_index, const float* probs, int64_t tokens,
+                          int64_t experts, int64_t k, int64_t* counts, double* prob_sums) {
+  std::fill(counts, counts + experts, int64_t{0});
+  for (int64_t a = 0; a < tokens * k; ++a) {
+    const int32_t e = expert_index[a];
+    TESSERA_CHECK(e < experts);
+    if (e >= 0) ++counts[e];
+  }
+  // Token order per expert: the sums of the host bookkeeping this replaces.
+  std::fill(prob_sums, prob_sums + experts, 0.0);
+  for (int64_t t = 0; t < tokens; ++t)
+    for (int64_t e = 0; e < experts; ++e) prob_sums[e] += probs[t * experts + e];
+}
+
+void MoeBalance(const int64_t* counts, int64_t count_tokens, const double* prob_sums,
+                int64_t prob_tokens, int64_t experts, int64_t k, double coef, double* out) {
+  double loss = 0;
+  for (int64_t e = 0; e < experts; ++e) {
+    const double share = count_tokens == 0 ? 0.0
+                                           : static_cast<double>(counts[e]) /
+                                                 static_cast<double>(count_tokens * k);
+    const double f = share * static_cast<double>(experts);
+    const double mean_prob =
+        prob_tokens > 0 ? prob_sums[e] / static_cast<double>(prob_tokens) : prob_sums[e];
+    out[e] = f;
+    out[experts + 1 + e] = share;
+    loss += coef * f * mean_prob;
+  }
+  out[experts] = loss;
+}
+
+void MoeCapacitySlots(const int32_t* chosen, int64_t assignments, int64_t experts,
+                      int64_t capacity, int32_t* expert_index, int32_t* row_of_assignment,
+                      int32_t* assignment_of_row, int64_t* dropped) {
+  TESSERA_CHECK(capacity >= 0);
+  std::fill(assignment_of_row, assignment_of_row + experts * capacity, -1);
+  std::vector<int64_t> taken(experts, 0);
+  int64_t count = 0;
+  for (int64_t a = 0; a < assignments; ++a) {
+    const int32_t e = chosen[a];
+    TESSERA_CHECK(e >= 0 && e < experts);
+    if (taken[e] >= capacity) {
+      expert_index[a] = -1;
+      row_of_assignment[a] = -1;
+      ++count;
+      continue;
+    }
+    const int64_t row = e * capacity + taken[e]++;
+    expert_index[a] = e;
+    row_of_assignment[a] = static_cast<int32_t>(row);
+    assignment_of_row[row] = static_cast<int32_t>(a);
+  }
+  *dropped = count;
+}
+
+void MoeRenormalizeForward(const float* raw, float* weights, int64_t tokens, int64_t k) {
+#pragma omp parallel for schedule(static) if (ShouldParallelize(tokens * k))
+  for (int64_t t = 0; t < tokens; ++t) {
+    float sum = 1e-20f;
+    for (int64_t s = 0; s < k; ++s) sum += raw[t * k + s];
+    for (int64_t s = 0; s < k; ++s) weights[t * k + s] = raw[t * k + s] / sum;
+  }
+}
+
+void MoeRenormalizeBackward(const float* raw, const float* weights, float* dweights,
+                            int64_t tokens, int64_t k) {
+#pragma omp parallel for schedule(static) if (ShouldParallelize(tokens * k))
+  for (int64_t t = 0; t < tokens; ++t) {
+    float sum = 1e-20f, dot = 0;
+    for (int64_t s = 0; s < k; ++s) {
+      sum += raw[t * k + s];
+      dot += dweights[t * k + s] * weights[t * k + s];
+    }
+    for (int64_t s = 0; s < k; ++s) dweights[t * k + s] = (dweights[t * k + s] - dot) / sum;
+  }
+}
+
+void MoeBalanceGradient(const double* f, double scale, double divisor, float* dprobs,
+                        int64_t tokens, int64_t experts) {
+  std::vector<float> g(experts);
+  for (int64_t e = 0; e < experts; ++e) g[e] = static_cast<float>(scale * f[e] / divisor);
+#pragma omp parallel for schedule(static) if (ShouldParallelize(tokens * experts))
+  for (int64_t t = 0; t < tokens; ++t) {
+    float* row = dprobs + t * experts;
+    for (int64_t e = 0; e < experts; ++e) row[e] += g[e];
   }
 }
 

@@ -28,7 +28,8 @@ void SortByExpert(const int32_t* expert_index, int64_t assignments, int64_t expe
                   int32_t* assignment_of_row);
 
 // out[r, :] = x[assignment_of_row[r] / k, :] for r < rows  (token rows gathered
-// into expert order).
+// into expert order); a row whose assignment_of_row is negative (an unused
+// slot of the fixed-capacity layout, MoeCapacitySlots) is zero.
 void PermuteForward(const float* x, const int32_t* assignment_of_row, float* out, int64_t rows,
                     int64_t dim, int64_t k);
 // dx[t, :] = sum over kept slots of dout[row_of_assignment[t*k+s], :]; dx overwritten.
@@ -47,5 +48,46 @@ void UnpermuteCombineBackward(const float* dout, const float* expert_out,
                               const int32_t* row_of_assignment, const float* weights,
                               float* dexpert_out, float* dweights, int64_t tokens, int64_t dim,
                               int64_t k);
+
+// ---- Routing bookkeeping (the balance statistics, the capacity rule, the
+// combine weights), so that a device keeps it in its memory --------------
+
+// The balance statistics of one routing: counts[e] = assignments to expert e
+// (negative experts skipped), prob_sums[e] = sum over tokens of probs[t, e],
+// in double, summed in token order. Both [experts], overwritten.
+void MoeRoutingStatistics(const int32_t* expert_index, const float* probs, int64_t tokens,
+                          int64_t experts, int64_t k, int64_t* counts, double* prob_sums);
+
+// The balance loss of runtime/nn/moe.h's ComputeBalance from counts (over
+// count_tokens tokens) and probability sums (over prob_tokens), all in
+// double: out [2 * experts + 1] = [f_e | loss | load_e], where
+// load_e = counts_e / (count_tokens * k) (0 when count_tokens == 0),
+// f_e = experts * load_e, P_e = prob_sums_e / prob_tokens (the sum itself
+// when prob_tokens == 0) and loss = sum_e coef * f_e * P_e in expert order.
+void MoeBalance(const int64_t* counts, int64_t count_tokens, const double* prob_sums,
+                int64_t prob_tokens, int64_t experts, int64_t k, double coef, double* out);
+
+// The capacity rule (first come, first served in assignment order: token
+// order, then top-k rank) laid out in fixed slots: expert e owns rows
+// [e * capacity, (e + 1) * capacity). From the router's choice `chosen`
+// [assignments]: expert_index = chosen, or -1 past the expert's capacity;
+// row_of_assignment = e * capacity + (the assignment's rank among e's), or
+// -1 when dropped; assignment_of_row [experts * capacity] the inverse, -1 on
+// the unused slots; *dropped = the dropped count.
+void MoeCapacitySlots(const int32_t* chosen, int64_t assignments, int64_t experts,
+                      int64_t capacity, int32_t* expert_index, int32_t* row_of_assignment,
+                      int32_t* assignment_of_row, int64_t* dropped);
+
+// Top-k renormalization per token: w[t*k+s] = raw[t*k+s] / (1e-20 + sum_s raw)
+// (the sum in slot order, fp32).
+void MoeRenormalizeForward(const float* raw, float* weights, int64_t tokens, int64_t k);
+// Its backward, in place: dw <- (dw - sum_s dw * w) / (1e-20 + sum_s raw).
+void MoeRenormalizeBackward(const float* raw, const float* weights, float* dweights,
+                            int64_t tokens, int64_t k);
+
+// The balance loss's gradient on the router probabilities:
+// dprobs[t, e] += float(scale * f[e] / divisor) (the factor in double).
+void MoeBalanceGradient(const double* f, double scale, double divisor, float* dprobs,
+                        int64_t tokens, int64_t experts);
 
 }  // namespace tessera::cpu

@@ -35,9 +35,19 @@ absl::StatusOr<void**> GroupedGemmContext::PointerArrays(size_t pointers) {
   return pointers_;
 }
 
+namespace {
+
+// Elements of a row-major rows x cols matrix with leading dimension ld.
+int64_t Span(int64_t rows, int64_t cols, int64_t ld) {
+  return rows == 0 || cols == 0 ? 0 : (rows - 1) * ld + cols;
+}
+
+}  // namespace
+
 absl::Status GemmGrouped(GroupedGemmContext& grouped, GemmContext& gemm, bool trans_a, bool trans_b,
                          float alpha, float beta, std::span<const GroupedGemmProblem> problems,
                          cudaStream_t stream, GemmInputs inputs) {
+  const bool bf16 = inputs == GemmInputs::kBf16;
   std::vector<const GroupedGemmProblem*> together, alone;
   for (const GroupedGemmProblem& p : problems) {
     if (p.m < 0 || p.n < 0 || p.k < 0) {
@@ -45,7 +55,7 @@ absl::Status GemmGrouped(GroupedGemmContext& grouped, GemmContext& gemm, bool tr
           absl::StrFormat("GemmGrouped: negative size in problem m=%d n=%d k=%d", p.m, p.n, p.k));
     }
     if (p.m == 0 || p.n == 0) continue;
-    const bool grouped_call = inputs == GemmInputs::kFp32 && p.k > 0 && grouped.grouped_supported();
+    const bool grouped_call = p.k > 0 && grouped.grouped_supported(inputs);
     (grouped_call ? together : alone).push_back(&p);
   }
   if (together.size() == 1) {  // nothing to group: the cuBLASLt plan cache serves it
@@ -62,6 +72,31 @@ absl::Status GemmGrouped(GroupedGemmContext& grouped, GemmContext& gemm, bool tr
     std::vector<int64_t> m(g), n(g), k(g), ld_first(g), ld_second(g), ldc(g), sizes(g, 1);
     std::vector<float> alphas(g, alpha), betas(g, beta);
     std::vector<const void*> pointers(3 * g);
+    // bf16: operands without a copy are rounded into one scratch, each at a
+    // 256-byte boundary (cuBLAS's preferred alignment).
+    std::vector<size_t> scratch_a(g, 0), scratch_b(g, 0);
+    size_t scratch_bytes = 0;
+    auto carve = [&](int64_t elements) {
+      const size_t at = scratch_bytes;
+      scratch_bytes += (static_cast<size_t>(elements) * sizeof(uint16_t) + 255) / 256 * 256;
+      return at;
+    };
+    if (bf16) {
+      for (size_t i = 0; i < g; ++i) {
+        const GroupedGemmProblem& p = *together[i];
+        if (p.a16 == nullptr) {
+          scratch_a[i] = carve(Span(trans_a ? p.k : p.m, trans_a ? p.m : p.k, p.lda));
+        }
+        if (p.b16 == nullptr) {
+          scratch_b[i] = carve(Span(trans_b ? p.n : p.k, trans_b ? p.k : p.n, p.ldb));
+        }
+      }
+    }
+    char* scratch = nullptr;
+    if (scratch_bytes > 0) {
+      TESSERA_ASSIGN_OR_RETURN(void* memory, gemm.Bf16Scratch(scratch_bytes));
+      scratch = static_cast<char*>(memory);
+    }
     for (size_t i = 0; i < g; ++i) {
       const GroupedGemmProblem& p = *together[i];
       m[i] = p.n;
@@ -73,6 +108,23 @@ absl::Status GemmGrouped(GroupedGemmContext& grouped, GemmContext& gemm, bool tr
       pointers[i] = p.b;
       pointers[g + i] = p.a;
       pointers[2 * g + i] = p.c;
+      if (!bf16) continue;
+      if (p.b16 != nullptr) {
+        pointers[i] = p.b16;
+      } else {
+        auto* copy = reinterpret_cast<uint16_t*>(scratch + scratch_b[i]);
+        TESSERA_RETURN_IF_ERROR(RoundToBf16(
+            p.b, copy, Span(trans_b ? p.n : p.k, trans_b ? p.k : p.n, p.ldb), stream));
+        pointers[i] = copy;
+      }
+      if (p.a16 != nullptr) {
+        pointers[g + i] = p.a16;
+      } else {
+        auto* copy = reinterpret_cast<uint16_t*>(scratch + scratch_a[i]);
+        TESSERA_RETURN_IF_ERROR(RoundToBf16(
+            p.a, copy, Span(trans_a ? p.k : p.m, trans_a ? p.m : p.k, p.lda), stream));
+        pointers[g + i] = copy;
+      }
     }
     TESSERA_ASSIGN_OR_RETURN(void** device_pointers, grouped.PointerArrays(3 * g));
     // From pageable memory: staged before the call returns, so `pointers`
@@ -81,14 +133,18 @@ absl::Status GemmGrouped(GroupedGemmContext& grouped, GemmContext& gemm, bool tr
                                  cudaMemcpyHostToDevice, stream));
     TESSERA_CUBLAS(cublasSetStream(grouped.handle(), stream));
     TESSERA_CUBLAS(cublasSetPointerMode(grouped.handle(), CUBLAS_POINTER_MODE_HOST));
+    // bf16 inputs may use the tensor cores (their products are exact in the
+    // fp32 accumulator); fp32 stays pedantic, never TF32.
+    TESSERA_CUBLAS(
+        cublasSetMathMode(grouped.handle(), bf16 ? CUBLAS_DEFAULT_MATH : CUBLAS_PEDANTIC_MATH));
+    const cudaDataType_t operand_type = bf16 ? CUDA_R_16BF : CUDA_R_32F;
     const cublasStatus_t status = cublasGemmGroupedBatchedEx_64(
         grouped.handle(), first_ops.data(), second_ops.data(), m.data(), n.data(), k.data(),
-        alphas.data(), device_pointers, CUDA_R_32F, ld_first.data(), device_pointers + g,
-        CUDA_R_32F, ld_second.data(), betas.data(),
-        device_pointers + 2 * g, CUDA_R_32F, ldc.data(),
-        static_cast<int64_t>(g), sizes.data(), CUBLAS_COMPUTE_32F);
+        alphas.data(), device_pointers, operand_type, ld_first.data(), device_pointers + g,
+        operand_type, ld_second.data(), betas.data(), device_pointers + 2 * g, CUDA_R_32F,
+        ldc.data(), static_cast<int64_t>(g), sizes.data(), CUBLAS_COMPUTE_32F);
     if (status == CUBLAS_STATUS_NOT_SUPPORTED || status == CUBLAS_STATUS_ARCH_MISMATCH) {
-      grouped.set_grouped_unsupported();  // from now on, and these, one by one
+      grouped.set_grouped_unsupported(inputs);  // from now on, and these, one by one
       alone.insert(alone.end(), together.begin(), together.end());
     } else {
       TESSERA_RETURN_IF_ERROR(
@@ -96,8 +152,9 @@ absl::Status GemmGrouped(GroupedGemmContext& grouped, GemmContext& gemm, bool tr
     }
   }
   for (const GroupedGemmProblem* p : alone) {
-    TESSERA_RETURN_IF_ERROR(Gemm(gemm, trans_a, trans_b, p->m, p->n, p->k, alpha, p->a, p->lda,
-                                 p->b, p->ldb, beta, p->c, p->ldc, stream, inputs));
+    TESSERA_RETURN_IF_ERROR(GemmWithCopies(gemm, trans_a, trans_b, p->m, p->n, p->k, alpha, p->a,
+                                           p->a16, p->lda, p->b, p->b16, p->ldb, beta, p->c,
+                                           p->ldc, stream, inputs));
   }
   return absl::OkStatus();
 }

@@ -84,7 +84,8 @@ __global__ void PermuteForwardKernel(const float* __restrict__ x,
                                      float* __restrict__ out, int64_t rows, int64_t dim,
                                      int64_t k) {
   TESSERA_CUDA_FOR(i, rows * dim) {
-    out[i] = x[(assignment_of_row[i / dim] / k) * dim + i % dim];
+    const int32_t a = assignment_of_row[i / dim];
+    out[i] = a < 0 ? 0.0f : x[(a / k) * dim + i % dim];  // a < 0: an unused slot
   }
 }
 
@@ -148,6 +149,146 @@ __global__ void CombineBackwardWeightsKernel(const float* __restrict__ dout,
   }
   dot = WarpSum(dot);
   if (lane == 0) dweights[a] = dot;
+}
+
+// ---- Routing bookkeeping -----------------------------------------------------
+
+constexpr int kBookkeepingThreads = 256;
+
+// One block per expert: the assignments to it and the sum of its router
+// probabilities over the tokens, each thread a strided share, then a
+// fixed-order block sum (deterministic run to run).
+__global__ void RoutingStatisticsKernel(const int32_t* __restrict__ expert_index,
+                                        const float* __restrict__ probs, int64_t tokens,
+                                        int64_t experts, int64_t k, int64_t* __restrict__ counts,
+                                        double* __restrict__ prob_sums) {
+  __shared__ double scratch[32];
+  __shared__ long long count_scratch[32];
+  const int64_t e = blockIdx.x;
+  long long count = 0;
+  for (int64_t a = threadIdx.x; a < tokens * k; a += blockDim.x) count += expert_index[a] == e;
+  double sum = 0;
+  for (int64_t t = threadIdx.x; t < tokens; t += blockDim.x) sum += probs[t * experts + e];
+  count = internal::BlockSum(count, count_scratch);
+  sum = internal::BlockSum(sum, scratch);
+  if (threadIdx.x == 0) {
+    counts[e] = count;
+    prob_sums[e] = sum;
+  }
+}
+
+// One thread: E is small, and the loss adds its terms in expert order as the CPU.
+__global__ void BalanceKernel(const int64_t* __restrict__ counts, int64_t count_tokens,
+                              const double* __restrict__ prob_sums, int64_t prob_tokens,
+                              int64_t experts, int64_t k, double coef, double* __restrict__ out) {
+  double loss = 0;
+  for (int64_t e = 0; e < experts; ++e) {
+    const double share = count_tokens == 0 ? 0.0
+                                           : static_cast<double>(counts[e]) /
+                                                 static_cast<double>(count_tokens * k);
+    const double f = share * static_cast<double>(experts);
+    const double mean_prob =
+        prob_tokens > 0 ? prob_sums[e] / static_cast<double>(prob_tokens) : prob_sums[e];
+    out[e] = f;
+    out[experts + 1 + e] = share;
+    loss += coef * f * mean_prob;
+  }
+  out[experts] = loss;
+}
+
+// One block per expert walks the assignments in order, kBookkeepingThreads at
+// a time: an exclusive scan of "is mine" gives each assignment its rank
+// among the expert's (first come, first served), the rank its slot or its
+// drop. *dropped (zeroed before) += the expert's assignments past its
+// capacity (an integer atomic: the total does not depend on the order).
+__global__ void CapacitySlotsKernel(const int32_t* __restrict__ chosen, int64_t assignments,
+                                    int64_t capacity, int32_t* __restrict__ expert_index,
+                                    int32_t* __restrict__ row_of_assignment,
+                                    int32_t* __restrict__ assignment_of_row,
+                                    int64_t* __restrict__ dropped) {
+  __shared__ int32_t scan[kBookkeepingThreads];
+  const int32_t e = static_cast<int32_t>(blockIdx.x);
+  const int tid = threadIdx.x;
+  int64_t taken = 0;  // the expert's assignments before this chunk
+  for (int64_t start = 0; start < assignments; start += kBookkeepingThreads) {
+    const int64_t a = start + tid;
+    const int32_t mine = a < assignments && chosen[a] == e ? 1 : 0;
+    scan[tid] = mine;
+    __syncthreads();
+    // Hillis-Steele inclusive scan over the block.
+    for (int offset = 1; offset < kBookkeepingThreads; offset *= 2) {
+      const int32_t add = tid >= offset ? scan[tid - offset] : 0;
+      __syncthreads();
+      scan[tid] += add;
+      __syncthreads();
+    }
+    if (mine) {
+      const int64_t rank = taken + scan[tid] - 1;
+      if (rank < capacity) {
+        const int64_t row = int64_t{e} * capacity + rank;
+        expert_index[a] = e;
+        row_of_assignment[a] = static_cast<int32_t>(row);
+        assignment_of_row[row] = static_cast<int32_t>(a);
+      } else {
+        expert_index[a] = -1;
+        row_of_assignment[a] = -1;
+      }
+    }
+    taken += scan[kBookkeepingThreads - 1];
+    __syncthreads();  // scan[] is rewritten by the next chunk
+  }
+  const int64_t used = taken < capacity ? taken : capacity;
+  for (int64_t r = used + tid; r < capacity; r += kBookkeepingThreads) {
+    assignment_of_row[int64_t{e} * capacity + r] = -1;
+  }
+  if (tid == 0 && taken > used) {
+    atomicAdd(reinterpret_cast<unsigned long long*>(dropped),
+              static_cast<unsigned long long>(taken - used));
+  }
+}
+
+// Choices of an expert outside [0, experts) (the CPU kernel checks them):
+// dropped, so that no slot is written out of bounds.
+__global__ void CapacityOutOfRangeKernel(const int32_t* __restrict__ chosen, int64_t assignments,
+                                         int64_t experts, int32_t* __restrict__ expert_index,
+                                         int32_t* __restrict__ row_of_assignment) {
+  TESSERA_CUDA_FOR(a, assignments) {
+    if (chosen[a] < 0 || chosen[a] >= experts) {
+      expert_index[a] = -1;
+      row_of_assignment[a] = -1;
+    }
+  }
+}
+
+__global__ void RenormalizeForwardKernel(const float* __restrict__ raw, float* __restrict__ weights,
+                                         int64_t tokens, int64_t k) {
+  TESSERA_CUDA_FOR(t, tokens) {
+    float sum = 1e-20f;
+    for (int64_t s = 0; s < k; ++s) sum += raw[t * k + s];
+    for (int64_t s = 0; s < k; ++s) weights[t * k + s] = raw[t * k + s] / sum;
+  }
+}
+
+__global__ void RenormalizeBackwardKernel(const float* __restrict__ raw,
+                                          const float* __restrict__ weights,
+                                          float* __restrict__ dweights, int64_t tokens,
+                                          int64_t k) {
+  TESSERA_CUDA_FOR(t, tokens) {
+    float sum = 1e-20f, dot = 0;
+    for (int64_t s = 0; s < k; ++s) {
+      sum += raw[t * k + s];
+      dot += dweights[t * k + s] * weights[t * k + s];
+    }
+    for (int64_t s = 0; s < k; ++s) dweights[t * k + s] = (dweights[t * k + s] - dot) / sum;
+  }
+}
+
+__global__ void BalanceGradientKernel(const double* __restrict__ f, double scale, double divisor,
+                                      float* __restrict__ dprobs, int64_t tokens,
+                                      int64_t experts) {
+  TESSERA_CUDA_FOR(i, tokens * experts) {
+    dprobs[i] += static_cast<float>(scale * f[i % experts] / divisor);
+  }
 }
 
 }  // namespace
@@ -218,6 +359,72 @@ absl::Status UnpermuteCombineBackward(const float* dout, const float* expert_out
                                            tokens * k, dim, k);
   TESSERA_CUDA_LAUNCH();
   return absl::OkStatus();
+}
+
+absl::Status MoeRoutingStatistics(const int32_t* expert_index, const float* probs, int64_t tokens,
+                                  int64_t experts, int64_t k, int64_t* counts, double* prob_sums,
+                                  cudaStream_t stream) {
+  TESSERA_RETURN_IF_ERROR(internal::CheckNonNegative("MoeRoutingStatistics", tokens, experts));
+  if (experts == 0) return absl::OkStatus();
+  RoutingStatisticsKernel<<<static_cast<unsigned>(experts), kBookkeepingThreads, 0, stream>>>(
+      expert_index, probs, tokens, experts, k, counts, prob_sums);
+  TESSERA_CUDA_LAUNCH();
+  return absl::OkStatus();
+}
+
+absl::Status MoeBalance(const int64_t* counts, int64_t count_tokens, const double* prob_sums,
+                        int64_t prob_tokens, int64_t experts, int64_t k, double coef, double* out,
+                        cudaStream_t stream) {
+  TESSERA_RETURN_IF_ERROR(internal::CheckNonNegative("MoeBalance", experts, k));
+  BalanceKernel<<<1, 1, 0, stream>>>(counts, count_tokens, prob_sums, prob_tokens, experts, k,
+                                     coef, out);
+  TESSERA_CUDA_LAUNCH();
+  return absl::OkStatus();
+}
+
+absl::Status MoeCapacitySlots(const int32_t* chosen, int64_t assignments, int64_t experts,
+                              int64_t capacity, int32_t* expert_index, int32_t* row_of_assignment,
+                              int32_t* assignment_of_row, int64_t* dropped, cudaStream_t stream) {
+  TESSERA_RETURN_IF_ERROR(internal::CheckNonNegative("MoeCapacitySlots", assignments, experts));
+  TESSERA_RETURN_IF_ERROR(internal::CheckNonNegative("MoeCapacitySlots", capacity));
+  if (experts * capacity > INT32_MAX || assignments > INT32_MAX) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "cuda::MoeCapacitySlots: %d experts x capacity %d slots or %d assignments exceed int32 "
+        "row indices",
+        experts, capacity, assignments));
+  }
+  if (experts == 0) {
+    TESSERA_CUDA(cudaMemsetAsync(dropped, 0, sizeof(int64_t), stream));
+    return LaunchFlat("MoeCapacitySlots(range)", assignments, stream, CapacityOutOfRangeKernel,
+                      chosen, assignments, experts, expert_index, row_of_assignment);
+  }
+  TESSERA_CUDA(cudaMemsetAsync(dropped, 0, sizeof(int64_t), stream));
+  CapacitySlotsKernel<<<static_cast<unsigned>(experts), kBookkeepingThreads, 0, stream>>>(
+      chosen, assignments, capacity, expert_index, row_of_assignment, assignment_of_row, dropped);
+  TESSERA_CUDA_LAUNCH();
+  return LaunchFlat("MoeCapacitySlots(range)", assignments, stream, CapacityOutOfRangeKernel,
+                    chosen, assignments, experts, expert_index, row_of_assignment);
+}
+
+absl::Status MoeRenormalizeForward(const float* raw, float* weights, int64_t tokens, int64_t k,
+                                   cudaStream_t stream) {
+  TESSERA_RETURN_IF_ERROR(internal::CheckNonNegative("MoeRenormalizeForward", tokens, k));
+  return LaunchFlat("MoeRenormalizeForward", tokens, stream, RenormalizeForwardKernel, raw,
+                    weights, tokens, k);
+}
+
+absl::Status MoeRenormalizeBackward(const float* raw, const float* weights, float* dweights,
+                                    int64_t tokens, int64_t k, cudaStream_t stream) {
+  TESSERA_RETURN_IF_ERROR(internal::CheckNonNegative("MoeRenormalizeBackward", tokens, k));
+  return LaunchFlat("MoeRenormalizeBackward", tokens, stream, RenormalizeBackwardKernel, raw,
+                    weights, dweights, tokens, k);
+}
+
+absl::Status MoeBalanceGradient(const double* f, double scale, double divisor, float* dprobs,
+                                int64_t tokens, int64_t experts, cudaStream_t stream) {
+  TESSERA_RETURN_IF_ERROR(internal::CheckNonNegative("MoeBalanceGradient", tokens, experts));
+  return LaunchFlat("MoeBalanceGradient", tokens * experts, stream, BalanceGradientKernel, f,
+                    scale, divisor, dprobs, tokens, experts);
 }
 
 }  // namespace tessera::cuda

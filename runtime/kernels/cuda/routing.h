@@ -33,4 +33,24 @@ absl::Status UnpermuteCombineBackward(const float* dout, const float* expert_out
                                       float* dexpert_out, float* dweights, int64_t tokens,
                                       int64_t dim, int64_t k, cudaStream_t stream);
 
+
+// The routing bookkeeping of runtime/kernels/cpu/routing.h. The probability
+// sums are double, in a fixed tree per expert (deterministic; equal to the
+// CPU's token-order sums up to rounding).
+absl::Status MoeRoutingStatistics(const int32_t* expert_index, const float* probs, int64_t tokens,
+                                  int64_t experts, int64_t k, int64_t* counts, double* prob_sums,
+                                  cudaStream_t stream);
+absl::Status MoeBalance(const int64_t* counts, int64_t count_tokens, const double* prob_sums,
+                        int64_t prob_tokens, int64_t experts, int64_t k, double coef, double* out,
+                        cudaStream_t stream);
+absl::Status MoeCapacitySlots(const int32_t* chosen, int64_t assignments, int64_t experts,
+                              int64_t capacity, int32_t* expert_index, int32_t* row_of_assignment,
+                              int32_t* assignment_of_row, int64_t* dropped, cudaStream_t stream);
+absl::Status MoeRenormalizeForward(const float* raw, float* weights, int64_t tokens, int64_t k,
+                                   cudaStream_t stream);
+absl::Status MoeRenormalizeBackward(const float* raw, const float* weights, float* dweights,
+                                    int64_t tokens, int64_t k, cudaStream_t stream);
+absl::Status MoeBalanceGradient(const double* f, double scale, double divisor, float* dprobs,
+                                int64_t tokens, int64_t experts, cudaStream_t stream);
+
 }  // namespace tessera::cuda

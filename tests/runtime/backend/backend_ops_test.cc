@@ -1057,6 +1057,133 @@ TEST_P(BackendOps, TopKSortPermuteAndCombineMatchAHandWrittenRouting) {
   ExpectClose(Download<float>(dx), want_dx, kTolerance, "permute backward");
 }
 
+// The routing bookkeeping ops (statistics, balance, capacity slots,
+// renormalization, balance gradient) against double references written
+// here, on a routing with a capacity that drops; the renormalization's
+// backward against central differences.
+TEST_P(BackendOps, RoutingBookkeepingMatchesItsReference) {
+  const int64_t T = 7, E = 4, k = 2;
+  const auto logits = RandomFloats(T * E, 41);
+  std::vector<float> probs(T * E);
+  for (int64_t t = 0; t < T; ++t) {
+    double sum = 0;
+    for (int64_t e = 0; e < E; ++e) sum += std::exp(double(logits[t * E + e]));
+    for (int64_t e = 0; e < E; ++e)
+      probs[t * E + e] = static_cast<float>(std::exp(double(logits[t * E + e])) / sum);
+  }
+  // Expert 1 is the favourite of every token, so a capacity of 3 drops.
+  std::vector<int32_t> chosen(T * k);
+  for (int64_t t = 0; t < T; ++t) {
+    chosen[t * k] = 1;
+    chosen[t * k + 1] = static_cast<int32_t>((t % 3 == 0) ? 0 : (t % 3 == 1 ? 2 : 3));
+  }
+  Tensor chosen_t = Upload(chosen), probs_t = Upload(probs);
+
+  // Statistics.
+  Tensor counts = Poisoned<int64_t>(E), sums = Poisoned<int64_t>(E);
+  backend().MoeRoutingStatistics(chosen_t.ptr<int32_t>(), probs_t.ptr<float>(), T, E, k,
+                                 counts.ptr<int64_t>(), reinterpret_cast<double*>(sums.ptr<int64_t>()));
+  std::vector<int64_t> want_counts(E, 0);
+  std::vector<double> want_sums(E, 0.0);
+  for (int64_t a = 0; a < T * k; ++a) ++want_counts[chosen[a]];
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t e = 0; e < E; ++e) want_sums[e] += probs[t * E + e];
+  EXPECT_EQ(Download<int64_t>(counts), want_counts);
+  const auto sums_bits = Download<int64_t>(sums);
+  for (int64_t e = 0; e < E; ++e) {
+    EXPECT_NEAR(std::bit_cast<double>(sums_bits[e]), want_sums[e], 1e-12) << "prob sum " << e;
+  }
+
+  // Balance: f, loss, load over 5 counted tokens (as GLOBAL_BATCH's other
+  // token count) and T probability tokens, coefficient 0.3.
+  const int64_t count_tokens = 5;
+  Tensor balance = Poisoned<int64_t>(2 * E + 1);
+  backend().MoeBalance(counts.ptr<int64_t>(), count_tokens,
+                       reinterpret_cast<const double*>(sums.ptr<int64_t>()), T, E, k, 0.3,
+                       reinterpret_cast<double*>(balance.ptr<int64_t>()));
+  const auto balance_bits = Download<int64_t>(balance);
+  double want_loss = 0;
+  for (int64_t e = 0; e < E; ++e) {
+    const double load = double(want_counts[e]) / double(count_tokens * k);
+    const double f = E * load;
+    want_loss += 0.3 * f * want_sums[e] / T;
+    EXPECT_NEAR(std::bit_cast<double>(balance_bits[e]), f, 1e-15) << "f " << e;
+    EXPECT_NEAR(std::bit_cast<double>(balance_bits[E + 1 + e]), load, 1e-15) << "load " << e;
+  }
+  EXPECT_NEAR(std::bit_cast<double>(balance_bits[E]), want_loss, 1e-12) << "loss";
+
+  // Capacity 3 in fixed slots: first come, first served in assignment order.
+  const int64_t capacity = 3;
+  Tensor index = Poisoned<int32_t>(T * k), row_of = Poisoned<int32_t>(T * k),
+         assignment_of = Poisoned<int32_t>(E * capacity), dropped = Poisoned<int64_t>(1);
+  backend().MoeCapacitySlots(chosen_t.ptr<int32_t>(), T * k, E, capacity, index.ptr<int32_t>(),
+                             row_of.ptr<int32_t>(), assignment_of.ptr<int32_t>(),
+                             dropped.ptr<int64_t>());
+  std::vector<int32_t> want_index(T * k), want_row(T * k), want_assignment(E * capacity, -1);
+  std::vector<int64_t> taken(E, 0);
+  int64_t want_dropped = 0;
+  for (int64_t a = 0; a < T * k; ++a) {
+    const int32_t e = chosen[a];
+    if (taken[e] == capacity) {
+      want_index[a] = want_row[a] = -1;
+      ++want_dropped;
+      continue;
+    }
+    want_index[a] = e;
+    want_row[a] = static_cast<int32_t>(e * capacity + taken[e]++);
+    want_assignment[want_row[a]] = static_cast<int32_t>(a);
+  }
+  ASSERT_EQ(want_dropped, T - capacity);  // the test's routing drops expert 1's late tokens
+  EXPECT_EQ(Download<int32_t>(index), want_index);
+  EXPECT_EQ(Download<int32_t>(row_of), want_row);
+  EXPECT_EQ(Download<int32_t>(assignment_of), want_assignment);
+  EXPECT_EQ(Download<int64_t>(dropped), std::vector<int64_t>{want_dropped});
+
+  // PermuteForward over the slots: unused ones are zero rows.
+  const int64_t D = 3, rows = E * capacity;
+  const auto x = RandomFloats(T * D, 42);
+  Tensor permuted = Poisoned<float>(rows * D);
+  backend().PermuteForward(Upload(x).ptr<float>(), assignment_of.ptr<int32_t>(),
+                           permuted.ptr<float>(), rows, D, k);
+  const auto p = Download<float>(permuted);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < D; ++c) {
+      const float want = want_assignment[r] < 0 ? 0.0f : x[(want_assignment[r] / k) * D + c];
+      ASSERT_EQ(p[r * D + c], want) << "slot row " << r;
+    }
+
+  // Renormalization forward, and its backward by central differences.
+  const auto raw = RandomFloats(T * k, 43, 0.05f, 1.0f);
+  auto renormalize = [&](const std::vector<double>& r) {
+    std::vector<double> w(r.size());
+    for (int64_t t = 0; t < T; ++t) {
+      double sum = 1e-20;
+      for (int64_t s = 0; s < k; ++s) sum += r[t * k + s];
+      for (int64_t s = 0; s < k; ++s) w[t * k + s] = r[t * k + s] / sum;
+    }
+    return w;
+  };
+  Tensor raw_t = Upload(raw), w_t = Poisoned<float>(T * k);
+  backend().MoeRenormalizeForward(raw_t.ptr<float>(), w_t.ptr<float>(), T, k);
+  const auto w = Download<float>(w_t);
+  ExpectClose(w, renormalize(ToDouble(raw)), kTolerance, "renormalized weights");
+  const auto dw = RandomFloats(T * k, 44);
+  Tensor dw_t = Upload(dw);
+  backend().MoeRenormalizeBackward(raw_t.ptr<float>(), w_t.ptr<float>(), dw_t.ptr<float>(), T, k);
+  ExpectGradient(Download<float>(dw_t), renormalize, raw, dw, "renormalization backward");
+
+  // Balance gradient: the f of the balance above, scale 0.5 * 0.3, over T.
+  const auto dp0 = RandomFloats(T * E, 45);
+  Tensor dprobs = Upload(dp0);
+  backend().MoeBalanceGradient(reinterpret_cast<const double*>(balance.ptr<int64_t>()), 0.5 * 0.3,
+                               static_cast<double>(T), dprobs.ptr<float>(), T, E);
+  std::vector<double> want_dp(T * E);
+  for (int64_t i = 0; i < T * E; ++i) {
+    want_dp[i] = dp0[i] + 0.5 * 0.3 * std::bit_cast<double>(balance_bits[i % E]) / T;
+  }
+  ExpectClose(Download<float>(dprobs), want_dp, kTolerance, "balance gradient");
+}
+
 // ---- Optimizer ------------------------------------------------------------------------------
 
 // The counter-based dropout mask equals the host's draws bit for bit (rows
