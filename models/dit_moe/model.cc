@@ -1,5 +1,7 @@
 #include "models/dit_moe/model.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_format.h"
 #include "models/dit_moe/config_rules.h"
 #include "runtime/base/errors.h"
@@ -21,6 +23,7 @@ DitMoeDims ResolveDims(const DitMoeConfig& c) {
   d.expert_hidden = ResolvedExpertHidden(c.moe(), MoeDefaults(c));
   d.shared_expert_hidden = ResolvedSharedExpertHidden(c.moe(), MoeDefaults(c));
   d.frequency_dim = c.frequency_embedding_size();
+  d.capacity_factor = c.moe().capacity_factor();
   return d;
 }
 
@@ -276,7 +279,12 @@ DitMoe::ActivationPlan DitMoe::PlanActivations(int64_t batch) const {
   // (logits, probs, routing ints, permuted rows, expert gate/up/act and
   // outputs, shared expert, combine output).
   const double attention = R * 3 * D + R * D + B * dims_.heads * T + R * D;
-  const double moe = R * E * 2 + R * k * 6 + R * k * D * 2 + R * k * He * 3 + R * Hs * 3 +
+  // Expert rows: the R k assignments dropless; with a capacity factor c the
+  // single-rank layer's fixed slots, E ceil(c R k / E) <= c R k + E of them
+  // (docs/architecture.md), counted here as at least R k.
+  const double c = dims_.capacity_factor;
+  const double rows = c > 0 ? std::max(R * k, c * R * k + E) : R * k;
+  const double moe = R * E * 2 + R * k * 6 + rows * D * 2 + rows * He * 3 + R * Hs * 3 +
                      (Hs > 0 ? R * D : 0) + R * D;
   const double block = B * 6 * D + 2 * (2 * R) + 2 * R * D + attention + R * D + moe;
   // The largest block backward (scratch arena): roughly its forward again.

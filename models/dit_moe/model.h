@@ -26,6 +26,7 @@ namespace tessera::dit_moe {
 struct DitMoeDims {
   int64_t input_size, channels, patch, hidden, depth, heads, num_classes;
   int64_t num_experts, top_k, expert_hidden, shared_expert_hidden, frequency_dim;
+  double capacity_factor = 0;  // 0: dropless
   int64_t tokens() const { return (input_size / patch) * (input_size / patch); }
   int64_t patch_dim() const { return channels * patch * patch; }
 };

@@ -40,8 +40,9 @@
 // Dropless by default. With capacity_factor c > 0 the drop policy is
 // per source rank (GShard's per-group capacity): each rank's assignments to
 // an expert beyond ceil(c * T_local * k / E) are dropped, first come, first
-// served in its token order (ApplyCapacity, runtime/nn/moe.h), before
-// dispatch. A rank's outputs thus equal the single-rank layer with the same
+// served in its token order (Backend::MoeCapacitySlots, the rule of
+// runtime/nn/moe.h's ApplyCapacity), before dispatch; the rows stay in the
+// compact layout the all-to-all-v sends. A rank's outputs thus equal the single-rank layer with the same
 // c applied to that rank's tokens alone. The balance loss and the load
 // count the router's choice before drops, as in the single-rank layer.
 //
