@@ -110,31 +110,42 @@ void Run(const Case& c, int reps) {
       "speed-up %.2fx\n",
       c.name, ta * 1e3, flops / ta / 1e9, tb * 1e3, flops / tb / 1e9, ta / tb);
 
-  // The whole layer (grouped experts), for the experts' share of it.
-  ParameterStore layer_store;
-  MoeLayer::Options o;
-  o.num_experts = E;
-  o.top_k = c.top_k;
-  o.expert_hidden = c.hidden;
-  o.shared_expert_hidden = c.shared_hidden;
-  MoeLayer moe(layer_store, "moe", c.dim, o);
-  layer_store.Finalize(1);
-  const int64_t tokens = R / c.top_k;
-  Tensor lx = Random(Shape{tokens, c.dim}, 3), ldy = Random(Shape{tokens, c.dim}, 4);
-  auto layer = [&] {
-    arena.Reset();
-    (void)moe.Forward(arena, lx).value();
-    moe.Backward(arena, ldy, 1.0f);
-  };
-  layer();
-  std::vector<double> l;
-  for (int r = 0; r < reps; ++r) {
-    auto t0 = Clock::now();
+  // The whole layer (grouped experts), for the experts' share of it:
+  // dropless, and with capacity factors, whose fixed expert slots (E
+  // ceil(c T k / E) rows, docs/architecture.md) cost rows the routing leaves
+  // unused.
+  for (const float capacity_factor : {0.0f, 1.0f, 1.25f, 2.0f}) {
+    ParameterStore layer_store;
+    MoeLayer::Options o;
+    o.num_experts = E;
+    o.top_k = c.top_k;
+    o.expert_hidden = c.hidden;
+    o.shared_expert_hidden = c.shared_hidden;
+    o.capacity_factor = capacity_factor;
+    MoeLayer moe(layer_store, "moe", c.dim, o);
+    layer_store.Finalize(1);
+    const int64_t tokens = R / c.top_k;
+    Tensor lx = Random(Shape{tokens, c.dim}, 3), ldy = Random(Shape{tokens, c.dim}, 4);
+    auto layer = [&] {
+      arena.Reset();
+      (void)moe.Forward(arena, lx).value();
+      moe.Backward(arena, ldy, 1.0f);
+    };
     layer();
-    l.push_back(Seconds(t0, Clock::now()));
+    std::vector<double> l;
+    for (int r = 0; r < reps; ++r) {
+      auto t0 = Clock::now();
+      layer();
+      l.push_back(Seconds(t0, Clock::now()));
+    }
+    const int64_t expert_rows =
+        capacity_factor > 0 ? E * ExpertCapacity(capacity_factor, tokens, c.top_k, E) : R;
+    std::printf(
+        "%-44s whole MoeLayer fwd+bwd (%lld tokens, router + shared expert), capacity %.2f: "
+        "%8.2f ms, %lld expert rows (%lld dropped)\n",
+        "", static_cast<long long>(tokens), capacity_factor, Median(l) * 1e3,
+        static_cast<long long>(expert_rows), static_cast<long long>(moe.dropped_assignments()));
   }
-  std::printf("%-44s whole MoeLayer fwd+bwd (%lld tokens, router + shared expert) %8.2f ms\n", "",
-              static_cast<long long>(tokens), Median(l) * 1e3);
 }
 
 }  // namespace
