@@ -67,6 +67,33 @@ TEST(DeviceRun, APretendDeviceTrainsSavesAndResumesLikeTheCpu) {
   EXPECT_EQ(tail, std::vector<std::string>(cpu.begin() + 2, cpu.end()));
 }
 
+// Everything a training run reads on the host besides its MoE layers' expert
+// offsets is the same with and without a capacity factor, and a capacity
+// layer reads no offsets (fixed slots, docs/cuda.md): the two runs' host
+// traffic differs by exactly (E + 1) int64 per MoE layer per micro-batch.
+TEST(DeviceRun, ADroplessMoeLayerReadsItsExpertOffsetsAndACapacityLayerNothing) {
+  const std::string base = ::testing::TempDir() + "/tessera_device_moe_reads";
+  std::filesystem::remove_all(base);
+  ASSERT_TRUE(SynthesizeImages(base + "/data", 64, 1, 8, 8, 10, 3, 64).ok());
+  size_t traffic[2] = {0, 0};
+  RunConfig config;
+  for (int i = 0; i < 2; ++i) {
+    config = TinyDitConfig(base, i == 0 ? "dropless" : "capacity");
+    config.mutable_checkpoint()->set_every(0);
+    config.mutable_train()->set_steps(2);
+    config.mutable_train()->set_micro_batch(4);  // two micro-batches per step
+    if (i == 1) config.mutable_dit_moe()->mutable_moe()->set_capacity_factor(1.5f);
+    PretendDeviceBackend device;
+    const absl::Status status = TrainAlone(config, device);
+    ASSERT_TRUE(status.ok()) << status;
+    traffic[i] = device.bytes_to_host();
+  }
+  const int64_t micro_batches = 2 * 2, layers = config.dit_moe().depth(),
+                experts = config.dit_moe().moe().num_experts();
+  EXPECT_EQ(traffic[0] - traffic[1],
+            static_cast<size_t>(micro_batches * layers * (experts + 1)) * sizeof(int64_t));
+}
+
 TEST(DeviceRun, CudaWithoutAUsableGpuIsAUsageErrorNamingTheField) {
   if (VisibleCudaDevices() > 0) GTEST_SKIP() << "a CUDA device is present";
   RunConfig config;
