@@ -11,6 +11,7 @@
 //        bench_attention --cuda      (CUDA builds, on a GPU: the bf16 tensor-core
 //                                     and the fp32 kernels against the bf16 GEMM rate)
 #include "runtime/kernels/cpu/attention.h"
+#include "runtime/kernels/cpu/attention_bf16.h"
 
 #include <algorithm>
 #include <chrono>
@@ -67,6 +68,13 @@ void BenchShape(int64_t batch, int64_t seq, int64_t heads, int64_t head_dim, dou
     tessera::cpu::AttentionBackward(shape, q, k, v, out.data(), dout.data(), lse.data(),
                                     dqkv.data(), dqkv.data() + width, dqkv.data() + 2 * width);
   });
+  // The bf16 kernel (attention_bf16.h) of a bf16 run, same shape.
+  const double forward16_s = BestSeconds(
+      20, [&] { tessera::cpu::AttentionForwardBf16(shape, q, k, v, out.data(), lse.data()); });
+  const double backward16_s = BestSeconds(20, [&] {
+    tessera::cpu::AttentionBackwardBf16(shape, q, k, v, out.data(), dout.data(), lse.data(),
+                                        dqkv.data(), dqkv.data() + width, dqkv.data() + 2 * width);
+  });
   const double core = static_cast<double>(batch * heads) * seq * seq * head_dim;
   const double forward_gflops = 4.0 * core / forward_s * 1e-9;
   const double backward_gflops = 10.0 * core / backward_s * 1e-9;
@@ -75,6 +83,10 @@ void BenchShape(int64_t batch, int64_t seq, int64_t heads, int64_t head_dim, dou
       "backward %7.3f ms %6.1f GFLOP/s (%.2f of sgemm)\n",
       batch, seq, heads, head_dim, forward_s * 1e3, forward_gflops, forward_gflops / gemm_gflops,
       backward_s * 1e3, backward_gflops, backward_gflops / gemm_gflops);
+  absl::PrintF("  bf16 (%s)  forward %7.3f ms (%.2fx fp32)  backward %7.3f ms (%.2fx fp32)\n",
+               tessera::cpu::Bf16AttentionUsesDotInstructions() ? "avx512_bf16" : "portable",
+               forward16_s * 1e3, forward_s / forward16_s, backward16_s * 1e3,
+               backward_s / backward16_s);
 }
 
 
@@ -174,6 +186,13 @@ void BenchCudaShape(cudaStream_t stream, int64_t seq, int64_t head_dim, double g
     return t;
   };
   const Times bf16 = time(true), fp32 = time(false);
+  // The bf16 kernel (attention_bf16.h) of a bf16 run, same shape.
+  const double forward16_s = BestSeconds(
+      20, [&] { tessera::cpu::AttentionForwardBf16(shape, q, k, v, out.data(), lse.data()); });
+  const double backward16_s = BestSeconds(20, [&] {
+    tessera::cpu::AttentionBackwardBf16(shape, q, k, v, out.data(), dout.data(), lse.data(),
+                                        dqkv.data(), dqkv.data() + width, dqkv.data() + 2 * width);
+  });
   const double core = static_cast<double>(batch * heads) * seq * seq * head_dim;
   auto tflops = [&](const Times& t) { return 14.0 * core / (t.forward + t.backward) * 1e-12; };
   absl::PrintF(
@@ -218,6 +237,7 @@ int main(int argc, char** argv) {
   absl::PrintF("threads %d, oneDNN sgemm n=1024: %.1f GFLOP/s\n", tessera::cpu::NumThreads(),
                gemm_gflops);
   BenchShape(8, 256, 6, 64, gemm_gflops);  // DiT-MoE-S/2 at 256x256 latents
+  BenchShape(2, 1024, 6, 64, gemm_gflops);  // a long sequence: four key blocks
   BenchShape(8, 196, 6, 64, gemm_gflops);
   BenchShape(8, 64, 6, 32, gemm_gflops);
   BenchShape(8, 196, 6, 32, gemm_gflops);

@@ -8,6 +8,7 @@
 #include "absl/strings/str_format.h"
 #include "runtime/kernels/cpu/activation.h"
 #include "runtime/kernels/cpu/attention.h"
+#include "runtime/kernels/cpu/attention_bf16.h"
 #include "runtime/kernels/cpu/causal_conv1d.h"
 #include "runtime/kernels/cpu/embedding.h"
 #include "runtime/kernels/cpu/flat.h"
@@ -243,12 +244,20 @@ void CpuBackend::SoftmaxBackward(const float* dy, const float* y, float* dx, int
 
 void CpuBackend::AttentionForward(const AttentionShape& shape, const float* q, const float* k,
                                   const float* v, float* out, float* lse) {
+  if (gemm_precision() == MathPrecision::kBf16 && cpu::Bf16AttentionTakes(shape)) {
+    cpu::AttentionForwardBf16(shape, q, k, v, out, lse);
+    return;
+  }
   cpu::AttentionForward(shape, q, k, v, out, lse);
 }
 
 void CpuBackend::AttentionBackward(const AttentionShape& shape, const float* q, const float* k,
                                    const float* v, const float* out, const float* dout,
                                    const float* lse, float* dq, float* dk, float* dv) {
+  if (gemm_precision() == MathPrecision::kBf16 && cpu::Bf16AttentionTakes(shape)) {
+    cpu::AttentionBackwardBf16(shape, q, k, v, out, dout, lse, dq, dk, dv);
+    return;
+  }
   cpu::AttentionBackward(shape, q, k, v, out, dout, lse, dq, dk, dv);
 }
 
