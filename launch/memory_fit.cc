@@ -14,11 +14,7 @@
 namespace tessera {
 namespace {
 
-struct Term {
-  std::string name;
-  double bytes;
-  std::string why;  // which config values make it
-};
+using Term = MemoryTerm;
 
 absl::Status CheckFits(const std::vector<Term>& terms, double processes) {
   const size_t available = AvailableMemoryBytes();
@@ -44,24 +40,34 @@ double MicroBatchOf(const RunConfig& config, int world_size) {
 }
 
 // The model state and activations of one rank: the same terms for host
-// memory (a CPU run) and device memory (a GPU run).
+// memory (a CPU run) and device memory (a GPU run). A bf16 run adds two:
+// the weights' bf16 copy and the activations' bf16 copies (terms 2 and 3).
 std::vector<Term> ModelTerms(const RunConfig& config, const ModelSizeEstimate& e, int world_size) {
   // fp32 values, gradients, AdamW m and v (and the EMA), shared over at most
   // the world's ranks.
   const double copies = 4 + (config.optim().ema_decay() > 0 ? 1 : 0);
   const double ranks = std::max(1, world_size);
   const double micro = MicroBatchOf(config, world_size);
-  return {{"parameters, gradients and optimizer state", 4.0 * copies * e.parameters / ranks,
-           e.parameters_why},
-          {"activations", micro * e.activation_bytes_per_sample / ranks,
-           absl::StrFormat("micro-batch %.0f x %s", micro, e.activations_why)}};
+  std::vector<Term> terms = {
+      {"parameters, gradients and optimizer state", 4.0 * copies * e.parameters / ranks,
+       e.parameters_why},
+      {"activations", micro * e.activation_bytes_per_sample / ranks,
+       absl::StrFormat("micro-batch %.0f x %s", micro, e.activations_why)}};
+  if (config.train().precision() == "bf16") {
+    terms.push_back({"bf16 weight copy", e.bf16_weight_bytes / ranks,
+                     absl::StrCat("train.precision=bf16: ", e.bf16_weight_why)});
+    terms.push_back({"bf16 activation copies", micro * e.bf16_activation_bytes_per_sample / ranks,
+                     absl::StrFormat("train.precision=bf16: micro-batch %.0f x %s", micro,
+                                     e.bf16_activation_why)});
+  }
+  return terms;
 }
 
 }  // namespace
 
-absl::Status CheckTrainingMemoryFits(const RunConfig& config, int world_size, int local_ranks) {
+std::vector<MemoryTerm> TrainingMemoryTerms(const RunConfig& config, int world_size) {
   absl::StatusOr<const ModelFamily*> family = FindModelFamily(config);
-  if (!family.ok() || !(*family)->estimate) return absl::OkStatus();
+  if (!family.ok() || !(*family)->estimate) return {};
   const ModelSizeEstimate e = (*family)->estimate(config);
   std::vector<Term> terms = ModelTerms(config, e, world_size);
   const double micro = MicroBatchOf(config, world_size);
@@ -69,6 +75,12 @@ absl::Status CheckTrainingMemoryFits(const RunConfig& config, int world_size, in
       {"prefetched batches", (config.data().prefetch() + 1.0) * micro * e.input_bytes_per_sample,
        absl::StrFormat("(data.prefetch %d + 1) x micro-batch %.0f x %s", config.data().prefetch(),
                        micro, e.input_why)});
+  return terms;
+}
+
+absl::Status CheckTrainingMemoryFits(const RunConfig& config, int world_size, int local_ranks) {
+  const std::vector<Term> terms = TrainingMemoryTerms(config, world_size);
+  if (terms.empty()) return absl::OkStatus();
   return CheckFits(terms, std::max(1, local_ranks));
 }
 
@@ -82,6 +94,11 @@ DeviceMemoryPlan PlanDeviceMemory(const RunConfig& config, int world_size) {
   plan.state_why = terms[0].why;
   plan.activations = terms[1].bytes;
   plan.activations_why = terms[1].why;
+  if (terms.size() > 3) {
+    plan.bf16 = terms[2].bytes + terms[3].bytes;
+    plan.bf16_why = absl::StrCat(HumanBytes(terms[2].bytes), " weights (", terms[2].why, ") + ",
+                                 HumanBytes(terms[3].bytes), " activations (", terms[3].why, ")");
+  }
   // One micro-batch of inputs staged on the device.
   plan.inputs = MicroBatchOf(config, world_size) * e.input_bytes_per_sample;
   return plan;
@@ -89,11 +106,14 @@ DeviceMemoryPlan PlanDeviceMemory(const RunConfig& config, int world_size) {
 
 std::string FormatDeviceMemoryPlan(const DeviceMemoryPlan& plan, size_t free_bytes,
                                    size_t total_bytes) {
+  const std::string bf16 =
+      plan.bf16 > 0 ? absl::StrFormat(" + bf16 copies %s (%s)", HumanBytes(plan.bf16), plan.bf16_why)
+                    : std::string();
   return absl::StrFormat(
-      "GPU memory plan: %s = model state %s (%s) + activations %s (%s) + inputs %s + "
+      "GPU memory plan: %s = model state %s (%s) + activations %s (%s)%s + inputs %s + "
       "workspace %s; the device has %s free of %s",
       HumanBytes(plan.total()), HumanBytes(plan.state), plan.state_why,
-      HumanBytes(plan.activations), plan.activations_why, HumanBytes(plan.inputs),
+      HumanBytes(plan.activations), plan.activations_why, bf16, HumanBytes(plan.inputs),
       HumanBytes(plan.workspace), HumanBytes(static_cast<double>(free_bytes)),
       HumanBytes(static_cast<double>(total_bytes)));
 }

@@ -9,11 +9,24 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "runtime/config/config.h"
 
 namespace tessera {
+
+// One term of a plan: what it is, its bytes, and which config values make it.
+struct MemoryTerm {
+  std::string name;
+  double bytes = 0;
+  std::string why;
+};
+
+// The host check's terms for one rank: model state, activations, (in a bf16
+// run) "bf16 weight copy" and "bf16 activation copies", prefetched batches.
+// Empty when the model family has no estimate.
+std::vector<MemoryTerm> TrainingMemoryTerms(const RunConfig& config, int world_size);
 
 // Training: one rank's share of the model state and its activations and data,
 // times the `local_ranks` processes that share this host.
@@ -22,11 +35,13 @@ absl::Status CheckTrainingMemoryFits(const RunConfig& config, int world_size, in
 // A GPU run's share of its device (one rank per GPU): the same model-state
 // and activation terms as the host check, one staged micro-batch of inputs
 // and the backend's fixed workspace (cuBLASLt's 32 MiB and the scratch).
+// In a bf16 run (train.precision=bf16) `bf16` adds the weights' bf16 copy
+// and the activations' bf16 copies (ModelSizeEstimate's bf16 terms).
 struct DeviceMemoryPlan {
-  double state = 0, activations = 0, inputs = 0;
+  double state = 0, activations = 0, inputs = 0, bf16 = 0;
   double workspace = 64.0 * (1 << 20);
-  std::string state_why, activations_why;
-  double total() const { return state + activations + inputs + workspace; }
+  std::string state_why, activations_why, bf16_why;
+  double total() const { return state + activations + inputs + bf16 + workspace; }
 };
 DeviceMemoryPlan PlanDeviceMemory(const RunConfig& config, int world_size);
 // One line for the log.

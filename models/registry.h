@@ -91,6 +91,15 @@ struct ModelSizeEstimate {
   // One sample as the data reader delivers it (prefetched batches).
   double input_bytes_per_sample = 0;
   std::string input_why;
+  // A bf16 run's (train.precision=bf16) extra memory, lower bounds too: the
+  // bf16 copy of the dense weights the GEMMs read (ParameterStore::
+  // ScopedBf16Values, 2 bytes per parameter), and per sample the bf16 copies
+  // of the activations the GEMMs read again in backward (Bf16Copy,
+  // runtime/nn/linear.h).
+  double bf16_weight_bytes = 0;
+  std::string bf16_weight_why;
+  double bf16_activation_bytes_per_sample = 0;
+  std::string bf16_activation_why;
 };
 
 struct ModelFamily {

@@ -47,6 +47,13 @@ ModelSizeEstimate EstimateSize(const RunConfig& config) {
   e.activation_bytes_per_sample = 4.0 * TokensPerImage(m) * d * m.depth();
   e.activations_why = absl::StrFormat("%.0f tokens x hidden_size %d x depth %d",
                                       TokensPerImage(m), m.hidden_size(), m.depth());
+  e.bf16_weight_bytes = 2.0 * e.parameters;
+  e.bf16_weight_why = absl::StrFormat("2 bytes x %.3g parameters", e.parameters);
+  // At least the inputs of each block's qkv and output projections.
+  e.bf16_activation_bytes_per_sample = 2.0 * 2.0 * TokensPerImage(m) * d * m.depth();
+  e.bf16_activation_why =
+      absl::StrFormat("2 bf16 copies of %.0f tokens x hidden_size %d x depth %d",
+                      TokensPerImage(m), m.hidden_size(), m.depth());
   e.inference_bytes_per_sample = 4.0 * TokensPerImage(m) * d;
   e.inference_why =
       absl::StrFormat("%.0f tokens x hidden_size %d", TokensPerImage(m), m.hidden_size());

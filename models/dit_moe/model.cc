@@ -293,13 +293,33 @@ DitMoe::ActivationPlan DitMoe::PlanActivations(int64_t batch) const {
   const double final_layer = B * 2 * D + 2 * R + R * D * 2 + R * P * 2;
   int64_t recomputed = 0;
   for (bool r : recompute_) recomputed += r;
-  const double saved = static_cast<double>(dims_.depth - recomputed) * block +
+  // A bf16 run also keeps bf16 copies of the GEMM inputs that backward reads
+  // again (Bf16Copy, runtime/nn/linear.h: a Linear's x, the experts' and the
+  // shared expert's x and act), and makes copies of the output gradients in
+  // each block's backward (a Linear's dy, the experts' dy and dgate_up).
+  // Counted in floats too (one bf16 is half a float). The router's GEMM is
+  // fp32 and makes none.
+  const bool bf16 = backend().gemm_precision() == MathPrecision::kBf16;
+  const double half = 0.5;
+  const double block_bf16 =
+      bf16 ? half * (B * D + R * D + R * D + R * k * D + R * k * He + (Hs > 0 ? R * D + R * Hs : 0))
+           : 0;
+  const double block_backward_bf16 =
+      bf16 ? half * (B * 6 * D + R * 3 * D + R * D + R * k * D + R * k * 2 * He +
+                     (Hs > 0 ? R * D + R * 2 * Hs : 0))
+           : 0;
+  const double embed_bf16 = bf16 ? half * (R * P + B * dims_.frequency_dim + B * D) : 0;
+  const double final_bf16 = bf16 ? half * (B * D + R * D) : 0;
+  const double saved = static_cast<double>(dims_.depth - recomputed) * (block + block_bf16) +
                        static_cast<double>(recomputed) * R * D;
   ActivationPlan plan;
   plan.step_arena = static_cast<size_t>(
-      (embed + saved + final_layer + R * D * 2) * sizeof(float));
-  plan.scratch_arena = static_cast<size_t>(block_backward * (recomputed > 0 ? 2 : 1) *
-                                           sizeof(float));
+      (embed + embed_bf16 + saved + final_layer + final_bf16 + R * D * 2) * sizeof(float));
+  // A recomputed block's forward (and its bf16 copies) runs in the scratch arena.
+  plan.scratch_arena = static_cast<size_t>(
+      (block_backward * (recomputed > 0 ? 2 : 1) + block_backward_bf16 +
+       (recomputed > 0 ? block_bf16 : 0)) *
+      sizeof(float));
   return plan;
 }
 

@@ -28,6 +28,15 @@ ModelSizeEstimate EstimateSize(const RunConfig& config) {
       e.parameters, m.num_items(), m.embedding_dim(), m.num_blocks(), m.num_heads(),
       m.attention_dim(), m.linear_dim(), m.max_len());
   e.activation_bytes_per_sample = ActivationBytesPerUser(m);
+  // The item table is a sparse parameter its lookups read, not a GEMM
+  // weight: only the dense part is copied.
+  const double dense = static_cast<double>(m.max_len()) * d + m.num_blocks() * block;
+  e.bf16_weight_bytes = 2.0 * dense;
+  e.bf16_weight_why = absl::StrFormat("2 bytes x %.3g dense parameters", dense);
+  // At least each block's input to its fused projection.
+  e.bf16_activation_bytes_per_sample = 2.0 * m.max_len() * d * m.num_blocks();
+  e.bf16_activation_why = absl::StrFormat("max_len %d x embedding_dim %d x num_blocks %d bf16",
+                                          m.max_len(), m.embedding_dim(), m.num_blocks());
   e.activations_why = absl::StrFormat(
       "max_len %d positions x (num_blocks %d blocks + num_negatives %d candidates) fp32",
       m.max_len(), m.num_blocks(), m.num_negatives());

@@ -73,6 +73,13 @@ ModelSizeEstimate EstimateSize(const RunConfig& config) {
   e.activations_why = absl::StrFormat(
       "seq_len %d x (the layers' saved activations + logits and probabilities over vocab_size %d)",
       m.seq_len(), m.vocab_size());
+  e.bf16_weight_bytes = 2.0 * e.parameters;
+  e.bf16_weight_why = absl::StrFormat("2 bytes x %.4g parameters", e.parameters);
+  // At least each layer's input to its first projection.
+  e.bf16_activation_bytes_per_sample = 2.0 * L * D * static_cast<double>(pattern.size());
+  e.bf16_activation_why = absl::StrFormat("seq_len %d x hidden_size %d x %d layers bf16",
+                                          m.seq_len(), m.hidden_size(),
+                                          static_cast<int>(pattern.size()));
   e.inference_bytes_per_sample = 4.0 * L * (4 * D + V);
   e.inference_why = absl::StrFormat("seq_len %d x (4 x hidden_size %d + vocab_size %d)",
                                     m.seq_len(), m.hidden_size(), m.vocab_size());

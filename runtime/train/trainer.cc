@@ -111,6 +111,9 @@ Trainer::Trainer(const RunConfig& config, ParameterStore& store, TrainTask& task
   plan_.communication = sync_->CommunicationBufferBytes();
   plan_.ema = ema_ ? static_cast<size_t>(ema_->size()) * sizeof(float) : 0;
   plan_.activations = task.PredictActivationBytes();
+  if (store.backend().gemm_precision() == MathPrecision::kBf16) {
+    plan_.bf16_weights = static_cast<size_t>(store.numel()) * sizeof(uint16_t);
+  }
   // At most this rank's parameters, EMA and optimizer state (replicas that
   // another rank writes are copied too).
   if (config.checkpoint().every() > 0) {
@@ -226,11 +229,12 @@ absl::Status Trainer::OpenMetrics(int64_t first_step) {
 void Trainer::PrintMemoryPlan() const {
   if (!sync_->is_logging_rank()) return;
   std::printf("memory plan: baseline %s, parameters %s, gradients %s, optimizer %s, ema %s, "
-              "activations %s, communication %s, checkpoint snapshot %s = %s\n",
+              "activations %s, communication %s, checkpoint snapshot %s, bf16 weight copy %s = %s\n",
               HumanBytes(plan_.baseline).c_str(), HumanBytes(plan_.parameters).c_str(),
               HumanBytes(plan_.gradients).c_str(), HumanBytes(plan_.optimizer).c_str(),
               HumanBytes(plan_.ema).c_str(), HumanBytes(plan_.activations).c_str(),
               HumanBytes(plan_.communication).c_str(), HumanBytes(plan_.checkpoint).c_str(),
+              HumanBytes(plan_.bf16_weights).c_str(),
               HumanBytes(plan_.total()).c_str());
   std::printf("training FLOPs: %.6g GFLOP per sample (forward + backward, the whole model)\n",
               flops_per_sample_ / 1e9);

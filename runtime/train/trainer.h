@@ -30,9 +30,13 @@ struct MemoryPlan {
   size_t baseline = 0, parameters = 0, gradients = 0, optimizer = 0, ema = 0, activations = 0;
   size_t communication = 0;  // reduction buffers besides the gradients (ZeRO-1 shards)
   size_t checkpoint = 0;     // the host snapshot saves copy into (kept between saves)
+  // A bf16 run's copy of the weights (ParameterStore::ScopedBf16Values, 2
+  // bytes per parameter) while a step runs; 0 in an fp32 run. The rounded
+  // activation copies are in `activations` (the model's plan counts them).
+  size_t bf16_weights = 0;
   size_t total() const {
     return baseline + parameters + gradients + optimizer + ema + activations + communication +
-           checkpoint;
+           checkpoint + bf16_weights;
   }
 };
 

@@ -47,6 +47,47 @@ TEST(DeviceMemoryPlan, ActivationsAndInputsGrowWithTheMicroBatch) {
                    eight.state + eight.activations + eight.inputs + eight.workspace);
 }
 
+// A bf16 run holds the weights' bf16 copy (2 bytes per parameter) and bf16
+// copies of activations besides everything an fp32 run holds; both plans
+// (the device's and the host check's) count them, named.
+TEST(DeviceMemoryPlan, Bf16RunsCountTheWeightAndActivationCopies) {
+  RunConfig config = TinyDit();
+  const ModelSizeEstimate estimate = (*FindModelFamily(config))->estimate(config);
+  const DeviceMemoryPlan fp32 = PlanDeviceMemory(config, 1);
+  EXPECT_EQ(fp32.bf16, 0);
+  EXPECT_EQ(FormatDeviceMemoryPlan(fp32, 1, 1).find("bf16"), std::string::npos);
+  config.mutable_train()->set_precision("bf16");
+  const DeviceMemoryPlan bf16 = PlanDeviceMemory(config, 1);
+  const double micro = static_cast<double>(config.train().global_batch());
+  EXPECT_GT(estimate.bf16_activation_bytes_per_sample, 0);
+  EXPECT_DOUBLE_EQ(bf16.bf16,
+                   2 * estimate.parameters + micro * estimate.bf16_activation_bytes_per_sample);
+  EXPECT_DOUBLE_EQ(bf16.total(), fp32.total() + bf16.bf16);
+  EXPECT_DOUBLE_EQ(bf16.state, fp32.state);
+  const std::string line = FormatDeviceMemoryPlan(bf16, size_t{2} << 30, size_t{4} << 30);
+  EXPECT_NE(line.find("+ bf16 copies"), std::string::npos) << line;
+  EXPECT_NE(line.find("weights (train.precision=bf16: 2 bytes x"), std::string::npos) << line;
+  // Two ranks: a half of the weights each, as the state; the activations'
+  // copies as the activations (half the micro-batch, a half of that).
+  EXPECT_DOUBLE_EQ(PlanDeviceMemory(config, 2).bf16,
+                   estimate.parameters + micro / 4 * estimate.bf16_activation_bytes_per_sample);
+
+  // The host check: the same two terms, by name, and only in a bf16 run.
+  auto term = [](const std::vector<MemoryTerm>& terms, const std::string& name) {
+    for (const MemoryTerm& t : terms) {
+      if (t.name == name) return t.bytes;
+    }
+    return -1.0;
+  };
+  const std::vector<MemoryTerm> host = TrainingMemoryTerms(config, 1);
+  EXPECT_DOUBLE_EQ(term(host, "bf16 weight copy"), 2 * estimate.parameters);
+  EXPECT_DOUBLE_EQ(term(host, "bf16 activation copies"),
+                   micro * estimate.bf16_activation_bytes_per_sample);
+  config.mutable_train()->set_precision("fp32");
+  EXPECT_EQ(term(TrainingMemoryTerms(config, 1), "bf16 weight copy"), -1.0);
+  EXPECT_EQ(TrainingMemoryTerms(config, 1).size() + 2, host.size());
+}
+
 TEST(DeviceMemoryPlan, ARunThatDoesNotFitIsAUsageErrorNamingTheDeviceAndLargestTerm) {
   DeviceMemoryPlan plan;
   plan.state = 3e9;

@@ -1,8 +1,10 @@
 // The activation memory the model predicts at start-up against what its
-// arenas actually reach in a training step, across shapes.
+// arenas actually reach in a training step, across shapes, in fp32 and in
+// bf16 (whose layers also keep bf16 copies of GEMM inputs, Bf16Copy).
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <optional>
 #include <vector>
 
 #include "models/dit_moe/diffusion.h"
@@ -15,6 +17,7 @@ struct Case {
   const char* name;
   int64_t input_size, patch, hidden, depth, heads, experts, expert_hidden, batch;
   bool recompute;
+  bool bf16 = false;
 };
 
 class ActivationMemory : public ::testing::TestWithParam<Case> {};
@@ -31,6 +34,8 @@ TEST_P(ActivationMemory, PredictionIsWithinTenPercentOfTheMeasuredPeak) {
   c.mutable_moe()->set_expert_hidden(k.expert_hidden);
   c.set_recompute(k.recompute);
   ParameterStore store;
+  std::optional<ScopedGemmPrecision> precision;
+  if (k.bf16) precision.emplace(store.backend(), MathPrecision::kBf16);
   auto model = *DitMoe::Create(c, store);
   store.Finalize(0);
   Diffusion diffusion(c);
@@ -60,7 +65,11 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(Case{"quickstart", 32, 4, 128, 4, 4, 4, 256, 32, false},
                       Case{"quickstart_recompute", 32, 4, 128, 4, 4, 4, 256, 32, true},
                       Case{"s2_8e2a_depth4_batch2", 32, 2, 384, 4, 6, 8, 1536, 2, false},
-                      Case{"tiny", 8, 2, 32, 2, 4, 4, 64, 8, false}),
+                      Case{"tiny", 8, 2, 32, 2, 4, 4, 64, 8, false},
+                      Case{"quickstart_bf16", 32, 4, 128, 4, 4, 4, 256, 32, false, true},
+                      Case{"quickstart_recompute_bf16", 32, 4, 128, 4, 4, 4, 256, 32, true, true},
+                      Case{"s2_8e2a_depth4_batch2_bf16", 32, 2, 384, 4, 6, 8, 1536, 2, false,
+                           true}),
     [](const ::testing::TestParamInfo<Case>& info) { return std::string(info.param.name); });
 
 }  // namespace
