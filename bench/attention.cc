@@ -7,6 +7,11 @@
 //            i.e. 2.5x the forward.
 // Softmax exponentials are not counted.
 //
+// Each shape also times the CPU's bf16 kernel (attention_bf16.h, what a bf16
+// run uses) against the fp32 one, in wall time and in CPU time (best of 10;
+// run with 1 thread on a shared machine, where wall times of a parallel
+// region stretch whenever a core is taken away).
+//
 // Usage: bench_attention [threads]   (default: OpenMP's default)
 //        bench_attention --cuda      (CUDA builds, on a GPU: the bf16 tensor-core
 //                                     and the fp32 kernels against the bf16 GEMM rate)
@@ -68,13 +73,26 @@ void BenchShape(int64_t batch, int64_t seq, int64_t heads, int64_t head_dim, dou
     tessera::cpu::AttentionBackward(shape, q, k, v, out.data(), dout.data(), lse.data(),
                                     dqkv.data(), dqkv.data() + width, dqkv.data() + 2 * width);
   });
-  // The bf16 kernel (attention_bf16.h) of a bf16 run, same shape.
-  const double forward16_s = BestSeconds(
-      20, [&] { tessera::cpu::AttentionForwardBf16(shape, q, k, v, out.data(), lse.data()); });
-  const double backward16_s = BestSeconds(20, [&] {
+  // The bf16 kernel (attention_bf16.h) of a bf16 run, same shape; and both
+  // kernels' CPU time (BestCpuSeconds: what compares on a loaded machine).
+  auto forward32 = [&] { tessera::cpu::AttentionForward(shape, q, k, v, out.data(), lse.data()); };
+  auto backward32 = [&] {
+    tessera::cpu::AttentionBackward(shape, q, k, v, out.data(), dout.data(), lse.data(),
+                                    dqkv.data(), dqkv.data() + width, dqkv.data() + 2 * width);
+  };
+  auto forward16 = [&] {
+    tessera::cpu::AttentionForwardBf16(shape, q, k, v, out.data(), lse.data());
+  };
+  auto backward16 = [&] {
     tessera::cpu::AttentionBackwardBf16(shape, q, k, v, out.data(), dout.data(), lse.data(),
                                         dqkv.data(), dqkv.data() + width, dqkv.data() + 2 * width);
-  });
+  };
+  const double forward16_s = BestSeconds(20, forward16);
+  const double backward16_s = BestSeconds(20, backward16);
+  const double cpu_forward32 = tessera::bench::BestCpuSeconds(10, forward32);
+  const double cpu_forward16 = tessera::bench::BestCpuSeconds(10, forward16);
+  const double cpu_backward32 = tessera::bench::BestCpuSeconds(10, backward32);
+  const double cpu_backward16 = tessera::bench::BestCpuSeconds(10, backward16);
   const double core = static_cast<double>(batch * heads) * seq * seq * head_dim;
   const double forward_gflops = 4.0 * core / forward_s * 1e-9;
   const double backward_gflops = 10.0 * core / backward_s * 1e-9;
@@ -87,6 +105,10 @@ void BenchShape(int64_t batch, int64_t seq, int64_t heads, int64_t head_dim, dou
                tessera::cpu::Bf16AttentionUsesDotInstructions() ? "avx512_bf16" : "portable",
                forward16_s * 1e3, forward_s / forward16_s, backward16_s * 1e3,
                backward_s / backward16_s);
+  absl::PrintF("  CPU time, fp32 -> bf16: forward %.3f -> %.3f ms (%.2fx)  backward %.3f -> %.3f ms "
+               "(%.2fx)\n",
+               cpu_forward32 * 1e3, cpu_forward16 * 1e3, cpu_forward32 / cpu_forward16,
+               cpu_backward32 * 1e3, cpu_backward16 * 1e3, cpu_backward32 / cpu_backward16);
 }
 
 

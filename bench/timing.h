@@ -1,6 +1,8 @@
 // Timing helpers shared by the benchmarks.
 #pragma once
 
+#include <time.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -20,6 +22,27 @@ double BestSeconds(int reps, Fn&& fn) {
     fn();
     const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
     best = std::min(best, elapsed.count());
+  }
+  return best;
+}
+
+// Best of `reps` of the CPU time fn() takes (all of the process's threads),
+// in seconds, after one warm-up call. On a shared machine the wall time of
+// a call stretches whenever another process takes the core; its CPU time
+// does not (much), so with one thread this compares two kernels' work.
+template <typename Fn>
+double BestCpuSeconds(int reps, Fn&& fn) {
+  auto now = [] {
+    timespec t{};
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
+  };
+  fn();
+  double best = 1e30;
+  for (int r = 0; r < reps; ++r) {
+    const double start = now();
+    fn();
+    best = std::min(best, now() - start);
   }
   return best;
 }

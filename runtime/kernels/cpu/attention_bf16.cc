@@ -19,6 +19,8 @@
 // than fp32 (docs/precision.md).
 #include "runtime/kernels/cpu/attention_bf16.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <atomic>
 #include <bit>
@@ -305,6 +307,109 @@ namespace internal {
 void ForcePortableBf16Attention(bool portable) { force_portable.store(portable); }
 }  // namespace internal
 
+namespace {
+
+// Packs one head's Q (rows), K (column pairs) and V (pair rows) at `packed`.
+void PackForwardHead(const AttentionShape& s, const Extents& e, const float* q, const float* k,
+                     const float* v, int64_t bh, Word* packed) {
+  const int64_t in = HeadOffset(s, bh / s.heads, bh % s.heads, s.row_stride);
+  Word* qa = packed;
+  Word* kb = qa + e.rows();
+  Word* vp = kb + e.column_pairs();
+  PackRows(q + in, s.row_stride, s.seq, s.head_dim, qa, e.dh_pairs);
+  PackColumnPairs(k + in, s.row_stride, s.seq, s.head_dim, kb, e.seq16);
+  PackPairRows(v + in, s.row_stride, s.seq, s.head_dim, vp, e.dh16, e.seq16 / 2);
+}
+
+// Per-thread scratch of the forward's query blocks.
+struct ForwardScratch {
+  float* scores;    // [kQueryBlock, key_block16]
+  float* acc;       // [kQueryBlock, dh16]
+  float* row_max;   // [kQueryBlock], of the scaled scores
+  float* row_sum;   // [kQueryBlock]
+  uint16_t* probs;  // P rounded, [kQueryBlock, key_block16]
+  static ForwardScratch Get(const Extents& e, int64_t key_block16) {
+    thread_local std::vector<float> float_buffer;
+    thread_local std::vector<uint16_t> probs_buffer;
+    ForwardScratch f;
+    f.scores = Grow(float_buffer, kQueryBlock * (key_block16 + e.dh16 + 2));
+    f.acc = f.scores + kQueryBlock * key_block16;
+    f.row_max = f.acc + kQueryBlock * e.dh16;
+    f.row_sum = f.row_max + kQueryBlock;
+    f.probs = Grow(probs_buffer, kQueryBlock * key_block16);
+    return f;
+  }
+};
+
+// Query rows [q0, q0 + bq) of head bh from its packed operands: out rows and lse.
+void ForwardQueryBlock(const AttentionShape& s, const Extents& e, const Word* packed, int64_t bh,
+                       int64_t q0, const ForwardScratch& f, bool dot, float* out, float* lse) {
+  const int64_t bq = std::min(kQueryBlock, s.seq - q0);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));
+  const Word* qa = packed;
+  const Word* kb = qa + e.rows();
+  const Word* vp = kb + e.column_pairs();
+  const int64_t key_end = s.causal ? q0 + bq : s.seq;
+  float* scores = f.scores;
+  float* acc = f.acc;
+  float* row_max = f.row_max;
+  float* row_sum = f.row_sum;
+  uint16_t* probs = f.probs;
+  std::fill(row_max, row_max + bq, -std::numeric_limits<float>::infinity());
+  std::fill(row_sum, row_sum + bq, 0.0f);
+  for (int64_t k0 = 0; k0 < key_end; k0 += kKeyBlock) {
+    const int64_t bk = std::min(kKeyBlock, key_end - k0);
+    const int64_t bk16 = RoundUp(bk, 16);
+    // scores [bq, bk16] = Q_blk K_blk^T (unscaled, as the GPU's mma)
+    Multiply({qa + q0 * e.dh_pairs, e.dh_pairs, kb + k0, e.seq16, bq, bk16, e.dh_pairs, scores,
+              bk16, false},
+             dot);
+    for (int64_t i = 0; i < bq; ++i) {
+      const float* row = scores + i * bk16;
+      const int64_t visible = VisibleKeys(s.causal, q0 + i, k0, bk);
+      float raw_max = -std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(max : raw_max)
+      for (int64_t j = 0; j < visible; ++j) raw_max = row[j] > raw_max ? row[j] : raw_max;
+      // The scale is positive: the max of the scaled scores is the scaled max.
+      const float block_max = std::max(row_max[i], raw_max * scale);
+      float sum = 0.0f;
+      uint16_t* p = probs + i * bk16;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t j = 0; j < visible; ++j) {
+        const float x = FastExp(row[j] * scale - block_max);
+        sum += x;  // the row sum adds P unrounded, as the GPU's
+        p[j] = static_cast<uint16_t>(Bf16Bits(x));
+      }
+      std::fill(p + visible, p + bk16, uint16_t{0});
+      // The first key block sees key 0, so row_max is finite from then on.
+      const float correction = k0 == 0 ? 0.0f : std::exp(row_max[i] - block_max);
+      row_sum[i] = row_sum[i] * correction + sum;
+      row_max[i] = block_max;
+      if (k0 > 0 && correction != 1.0f) {
+        float* o = acc + i * e.dh16;
+#pragma omp simd
+        for (int64_t d = 0; d < e.dh16; ++d) o[d] *= correction;
+      }
+    }
+    // acc [bq, dh16] (+)= bf16(P) [bq, bk16] V_blk [bk16, dh16]
+    Multiply({reinterpret_cast<const Word*>(probs), bk16 / 2, vp + k0 / 2 * e.dh16, e.dh16, bq,
+              e.dh16, bk16 / 2, acc, e.dh16, k0 > 0},
+             dot);
+  }
+  const int64_t out_stride = s.heads * s.head_dim;
+  float* out_blk = out + HeadOffset(s, bh / s.heads, bh % s.heads, out_stride) + q0 * out_stride;
+  for (int64_t i = 0; i < bq; ++i) {
+    const float inv = 1.0f / row_sum[i];
+    const float* a = acc + i * e.dh16;
+    float* o = out_blk + i * out_stride;
+#pragma omp simd
+    for (int64_t d = 0; d < s.head_dim; ++d) o[d] = a[d] * inv;
+    lse[bh * s.seq + q0 + i] = row_max[i] + std::log(row_sum[i]);
+  }
+}
+
+}  // namespace
+
 void AttentionForwardBf16(const AttentionShape& shape, const float* q, const float* k,
                           const float* v, float* out, float* lse) {
   const AttentionShape& s = shape;
@@ -312,100 +417,44 @@ void AttentionForwardBf16(const AttentionShape& shape, const float* q, const flo
   const Extents e(s);
   const int64_t heads = s.batch * s.heads;
   const int64_t per_head = e.rows() + e.column_pairs() + e.pair_rows();
-  // The caller's thread keeps the packed operands between calls (grown, not
-  // freed): B*H*S*Dh*6 bytes, half of Q, K and V in fp32.
+  const bool dot = UseDot();
+  const int64_t query_blocks = (s.seq + kQueryBlock - 1) / kQueryBlock;
+  const int64_t key_block16 = RoundUp(std::min(kKeyBlock, s.seq), 16);
+
+  // With enough heads for every thread, a thread packs a head and runs all
+  // its query blocks at once, while the packed head is in its cache.
+  if (heads >= 4 * static_cast<int64_t>(omp_get_max_threads())) {
+#pragma omp parallel
+    {
+      thread_local std::vector<Word> head_buffer;
+      Word* packed = Grow(head_buffer, per_head);
+      const ForwardScratch f = ForwardScratch::Get(e, key_block16);
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t bh = 0; bh < heads; ++bh) {
+        PackForwardHead(s, e, q, k, v, bh, packed);
+        for (int64_t q0 = 0; q0 < s.seq; q0 += kQueryBlock) {
+          ForwardQueryBlock(s, e, packed, bh, q0, f, dot, out, lse);
+        }
+      }
+    }
+    return;
+  }
+  // Few heads (one long sequence): pack every head first (the caller's
+  // thread keeps the buffer, B*H*S*Dh*6 bytes), then share out the query
+  // blocks, so every thread has work.
   thread_local std::vector<Word> packed_buffer;
   Word* packed = Grow(packed_buffer, heads * per_head);
-  const bool dot = UseDot();
-  const float scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));
-  const int64_t out_stride = s.heads * s.head_dim;
-  const int64_t query_blocks = (s.seq + kQueryBlock - 1) / kQueryBlock;
-
 #pragma omp parallel
   {
 #pragma omp for schedule(static)
-    for (int64_t bh = 0; bh < heads; ++bh) {
-      const int64_t in = HeadOffset(s, bh / s.heads, bh % s.heads, s.row_stride);
-      Word* qa = packed + bh * per_head;
-      Word* kb = qa + e.rows();
-      Word* vp = kb + e.column_pairs();
-      PackRows(q + in, s.row_stride, s.seq, s.head_dim, qa, e.dh_pairs);
-      PackColumnPairs(k + in, s.row_stride, s.seq, s.head_dim, kb, e.seq16);
-      PackPairRows(v + in, s.row_stride, s.seq, s.head_dim, vp, e.dh16, e.seq16 / 2);
-    }
+    for (int64_t bh = 0; bh < heads; ++bh) PackForwardHead(s, e, q, k, v, bh, packed + bh * per_head);
     // (the implicit barrier: every head is packed)
-
-    const int64_t key_block16 = RoundUp(std::min(kKeyBlock, s.seq), 16);
-    thread_local std::vector<float> scores_buffer, acc_buffer, stats_buffer;
-    thread_local std::vector<uint16_t> probs_buffer;
-    float* scores = Grow(scores_buffer, kQueryBlock * key_block16);
-    float* acc = Grow(acc_buffer, kQueryBlock * e.dh16);
-    float* row_max = Grow(stats_buffer, 2 * kQueryBlock);
-    float* row_sum = row_max + kQueryBlock;
-    // P rounded, rows of key_block16 bf16 (= key_block16 / 2 words).
-    uint16_t* probs = Grow(probs_buffer, kQueryBlock * key_block16);
-
+    const ForwardScratch f = ForwardScratch::Get(e, key_block16);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < heads * query_blocks; ++task) {
       const int64_t bh = task / query_blocks;
-      const int64_t q0 = (task % query_blocks) * kQueryBlock;
-      const int64_t bq = std::min(kQueryBlock, s.seq - q0);
-      const Word* qa = packed + bh * per_head;
-      const Word* kb = qa + e.rows();
-      const Word* vp = kb + e.column_pairs();
-      const int64_t key_end = s.causal ? q0 + bq : s.seq;
-      std::fill(row_max, row_max + bq, -std::numeric_limits<float>::infinity());
-      std::fill(row_sum, row_sum + bq, 0.0f);
-      for (int64_t k0 = 0; k0 < key_end; k0 += kKeyBlock) {
-        const int64_t bk = std::min(kKeyBlock, key_end - k0);
-        const int64_t bk16 = RoundUp(bk, 16);
-        // scores [bq, bk16] = Q_blk K_blk^T (unscaled, as the GPU's mma)
-        Multiply({qa + q0 * e.dh_pairs, e.dh_pairs, kb + k0, e.seq16, bq, bk16, e.dh_pairs, scores,
-                  bk16, false},
-                 dot);
-        for (int64_t i = 0; i < bq; ++i) {
-          float* row = scores + i * bk16;
-          const int64_t visible = VisibleKeys(s.causal, q0 + i, k0, bk);
-          float block_max = row_max[i];
-#pragma omp simd reduction(max : block_max)
-          for (int64_t j = 0; j < visible; ++j) {
-            row[j] *= scale;
-            block_max = row[j] > block_max ? row[j] : block_max;
-          }
-          float sum = 0.0f;
-          uint16_t* p = probs + i * bk16;
-#pragma omp simd reduction(+ : sum)
-          for (int64_t j = 0; j < visible; ++j) {
-            const float x = FastExp(row[j] - block_max);
-            sum += x;  // the row sum adds P unrounded, as the GPU's
-            p[j] = static_cast<uint16_t>(Bf16Bits(x));
-          }
-          std::fill(p + visible, p + bk16, uint16_t{0});
-          // The first key block sees key 0, so row_max is finite from then on.
-          const float correction = k0 == 0 ? 0.0f : std::exp(row_max[i] - block_max);
-          row_sum[i] = row_sum[i] * correction + sum;
-          row_max[i] = block_max;
-          if (k0 > 0 && correction != 1.0f) {
-            float* o = acc + i * e.dh16;
-#pragma omp simd
-            for (int64_t d = 0; d < e.dh16; ++d) o[d] *= correction;
-          }
-        }
-        // acc [bq, dh16] (+)= bf16(P) [bq, bk16] V_blk [bk16, dh16]
-        Multiply({reinterpret_cast<const Word*>(probs), bk16 / 2, vp + k0 / 2 * e.dh16, e.dh16, bq,
-                  e.dh16, bk16 / 2, acc, e.dh16, k0 > 0},
-                 dot);
-      }
-      const int64_t b = bh / s.heads, h = bh % s.heads;
-      float* out_blk = out + HeadOffset(s, b, h, out_stride) + q0 * out_stride;
-      for (int64_t i = 0; i < bq; ++i) {
-        const float inv = 1.0f / row_sum[i];
-        const float* a = acc + i * e.dh16;
-        float* o = out_blk + i * out_stride;
-#pragma omp simd
-        for (int64_t d = 0; d < s.head_dim; ++d) o[d] = a[d] * inv;
-        lse[bh * s.seq + q0 + i] = row_max[i] + std::log(row_sum[i]);
-      }
+      ForwardQueryBlock(s, e, packed + bh * per_head, bh, (task % query_blocks) * kQueryBlock, f,
+                        dot, out, lse);
     }
   }
 }
