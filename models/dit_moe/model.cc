@@ -296,16 +296,16 @@ DitMoe::ActivationPlan DitMoe::PlanActivations(int64_t batch) const {
   // A bf16 run also keeps bf16 copies of the GEMM inputs that backward reads
   // again (Bf16Copy, runtime/nn/linear.h: a Linear's x, the experts' and the
   // shared expert's x and act), and makes copies of the output gradients in
-  // each block's backward (a Linear's dy, the experts' dy and dgate_up).
-  // Counted in floats too (one bf16 is half a float). The router's GEMM is
+  // each block's backward (a Linear's dy, the experts' dy and dgate_up; the
+  // experts' over their `rows`). Counted in floats too (one bf16 is half a float). The router's GEMM is
   // fp32 and makes none.
   const bool bf16 = backend().gemm_precision() == MathPrecision::kBf16;
   const double half = 0.5;
   const double block_bf16 =
-      bf16 ? half * (B * D + R * D + R * D + R * k * D + R * k * He + (Hs > 0 ? R * D + R * Hs : 0))
+      bf16 ? half * (B * D + R * D + R * D + rows * D + rows * He + (Hs > 0 ? R * D + R * Hs : 0))
            : 0;
   const double block_backward_bf16 =
-      bf16 ? half * (B * 6 * D + R * 3 * D + R * D + R * k * D + R * k * 2 * He +
+      bf16 ? half * (B * 6 * D + R * 3 * D + R * D + rows * D + rows * 2 * He +
                      (Hs > 0 ? R * D + R * 2 * Hs : 0))
            : 0;
   const double embed_bf16 = bf16 ? half * (R * P + B * dims_.frequency_dim + B * D) : 0;
