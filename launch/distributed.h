@@ -38,6 +38,9 @@ struct Distributed {
   // model is built. owned_backend holds it unless it is the host's.
   Backend* backend = nullptr;
   std::unique_ptr<Backend> owned_backend;
+  // A device run's sparse parameters (HSTU's item table) stay in host
+  // memory (launch/run_device.h decides, every rank alike).
+  bool sparse_on_host = false;
   // How device buffers travel (launch/device_comm.h), and the groups above
   // for them: null where the MPI group itself carries them (a CPU run).
   // Declared after the MPI groups, which they use: destroyed before them.

@@ -88,10 +88,20 @@ DeviceMemoryPlan PlanDeviceMemory(const RunConfig& config, int world_size) {
   DeviceMemoryPlan plan;
   absl::StatusOr<const ModelFamily*> family = FindModelFamily(config);
   if (!family.ok() || !(*family)->estimate) return plan;
-  const ModelSizeEstimate e = (*family)->estimate(config);
+  ModelSizeEstimate e = (*family)->estimate(config);
+  // The sparse parameters are a term of their own, over the ranks of their
+  // table's group (one process: all of them).
+  const double sparse = e.sparse_parameters;
+  e.parameters -= sparse;
   const std::vector<Term> terms = ModelTerms(config, e, world_size);
   plan.state = terms[0].bytes;
   plan.state_why = terms[0].why;
+  if (sparse > 0) {
+    const int shards = (*family)->table_shards ? (*family)->table_shards(config, world_size) : 0;
+    plan.sparse = sparse * e.sparse_bytes_per_parameter / std::max(1, shards);
+    plan.sparse_why = shards > 1 ? absl::StrFormat("%s, 1/%d of it", e.sparse_why, shards)
+                                 : e.sparse_why;
+  }
   plan.activations = terms[1].bytes;
   plan.activations_why = terms[1].why;
   if (terms.size() > 3) {
@@ -104,15 +114,45 @@ DeviceMemoryPlan PlanDeviceMemory(const RunConfig& config, int world_size) {
   return plan;
 }
 
+std::string PlaceSparseParameters(const RunConfig& config, DeviceMemoryPlan& plan,
+                                  size_t free_bytes) {
+  if (plan.sparse <= 0) return std::string();
+  const HstuConfig::TablePlacement placement = config.hstu().table_placement();
+  if (placement == HstuConfig::HOST) {
+    plan.sparse_on_device = false;
+    return "the item table stays in host memory (model.hstu.table_placement=HOST)";
+  }
+  plan.sparse_on_device = true;
+  if (placement == HstuConfig::DEVICE) {
+    return "the item table lives on the device (model.hstu.table_placement=DEVICE)";
+  }
+  if (plan.total() <= static_cast<double>(free_bytes)) {
+    return "the item table lives on the device (model.hstu.table_placement=AUTO: the plan fits)";
+  }
+  plan.sparse_on_device = false;
+  return absl::StrFormat(
+      "the item table stays in host memory (model.hstu.table_placement=AUTO: with its %s the "
+      "plan would need %s of the %s free; its rows are copied to the device per micro-batch)",
+      HumanBytes(plan.sparse), HumanBytes(plan.total() + plan.sparse),
+      HumanBytes(static_cast<double>(free_bytes)));
+}
+
 std::string FormatDeviceMemoryPlan(const DeviceMemoryPlan& plan, size_t free_bytes,
                                    size_t total_bytes) {
   const std::string bf16 =
       plan.bf16 > 0 ? absl::StrFormat(" + bf16 copies %s (%s)", HumanBytes(plan.bf16), plan.bf16_why)
                     : std::string();
+  std::string sparse;
+  if (plan.sparse > 0) {
+    sparse =
+        plan.sparse_on_device
+            ? absl::StrFormat(" + item table %s (%s)", HumanBytes(plan.sparse), plan.sparse_why)
+            : absl::StrFormat(" (item table %s in host memory)", HumanBytes(plan.sparse));
+  }
   return absl::StrFormat(
-      "GPU memory plan: %s = model state %s (%s) + activations %s (%s)%s + inputs %s + "
+      "GPU memory plan: %s = model state %s (%s)%s + activations %s (%s)%s + inputs %s + "
       "workspace %s; the device has %s free of %s",
-      HumanBytes(plan.total()), HumanBytes(plan.state), plan.state_why,
+      HumanBytes(plan.total()), HumanBytes(plan.state), plan.state_why, sparse,
       HumanBytes(plan.activations), plan.activations_why, bf16, HumanBytes(plan.inputs),
       HumanBytes(plan.workspace), HumanBytes(static_cast<double>(free_bytes)),
       HumanBytes(static_cast<double>(total_bytes)));
@@ -120,14 +160,22 @@ std::string FormatDeviceMemoryPlan(const DeviceMemoryPlan& plan, size_t free_byt
 
 absl::Status CheckDeviceMemoryFits(const DeviceMemoryPlan& plan, size_t free_bytes, int device) {
   if (plan.total() <= static_cast<double>(free_bytes)) return absl::OkStatus();
-  const bool state_larger = plan.state >= plan.activations;
+  const double sparse = plan.sparse_on_device ? plan.sparse : 0;
+  std::string name = "parameters, gradients and optimizer state";
+  double bytes = plan.state;
+  std::string why = plan.state_why;
+  if (plan.activations > bytes) {
+    name = "activations", bytes = plan.activations, why = plan.activations_why;
+  }
+  if (sparse > bytes) {
+    name = "the item table (model.hstu.table_placement=HOST keeps it in host memory)";
+    bytes = sparse, why = plan.sparse_why;
+  }
   return UsageError(absl::StrFormat(
       "the run cannot fit on CUDA device %d: at least %s planned > %s free; largest term: %s %s "
       "(%s)",
-      device, HumanBytes(plan.total()), HumanBytes(static_cast<double>(free_bytes)),
-      state_larger ? "parameters, gradients and optimizer state" : "activations",
-      HumanBytes(state_larger ? plan.state : plan.activations),
-      state_larger ? plan.state_why : plan.activations_why));
+      device, HumanBytes(plan.total()), HumanBytes(static_cast<double>(free_bytes)), name,
+      HumanBytes(bytes), why));
 }
 
 absl::Status CheckSamplingMemoryFits(const RunConfig& config, int64_t samples) {

@@ -37,13 +37,27 @@ absl::Status CheckTrainingMemoryFits(const RunConfig& config, int world_size, in
 // and the backend's fixed workspace (cuBLASLt's 32 MiB and the scratch).
 // In a bf16 run (train.precision=bf16) `bf16` adds the weights' bf16 copy
 // and the activations' bf16 copies (ModelSizeEstimate's bf16 terms).
+// Sparse parameters (HSTU's item table: its rows, optimizer state and at
+// most one gradient per row, this rank's share of the table's group) are a
+// term of their own, `sparse`, counted in the total only while they are
+// planned on the device (`sparse_on_device`).
 struct DeviceMemoryPlan {
-  double state = 0, activations = 0, inputs = 0, bf16 = 0;
+  double state = 0, activations = 0, inputs = 0, bf16 = 0, sparse = 0;
   double workspace = 64.0 * (1 << 20);
-  std::string state_why, activations_why, bf16_why;
-  double total() const { return state + activations + inputs + bf16 + workspace; }
+  std::string state_why, activations_why, bf16_why, sparse_why;
+  bool sparse_on_device = true;
+  double total() const {
+    return state + activations + inputs + bf16 + workspace + (sparse_on_device ? sparse : 0);
+  }
 };
 DeviceMemoryPlan PlanDeviceMemory(const RunConfig& config, int world_size);
+// Where the sparse parameters go (model.hstu.table_placement): HOST keeps
+// them in host memory, DEVICE on the device, AUTO on the device when the
+// whole plan fits in `free_bytes` and else in host memory. Sets
+// plan.sparse_on_device and returns a sentence for the log saying where
+// they went and why (empty for a model without them).
+std::string PlaceSparseParameters(const RunConfig& config, DeviceMemoryPlan& plan,
+                                  size_t free_bytes);
 // One line for the log.
 std::string FormatDeviceMemoryPlan(const DeviceMemoryPlan& plan, size_t free_bytes,
                                    size_t total_bytes);

@@ -12,18 +12,35 @@ namespace tessera {
 
 namespace {
 
-// Prints the GPU memory plan (rank 0) and refuses a run that cannot fit,
-// before the backend takes any device memory.
-absl::Status CheckGpuPlan(const RunConfig& config, int world_size, int device, bool leader) {
+// Places the sparse parameters (this rank's plan; AgreeOnSparsePlacement
+// makes every rank's the same), prints the GPU memory plan (rank 0) and
+// refuses a run that cannot fit, before the backend takes any device memory.
+absl::Status CheckGpuPlan(const RunConfig& config, Distributed& distributed, int world_size,
+                          int device, bool leader) {
   TESSERA_ASSIGN_OR_RETURN(const auto memory, CudaMemoryInfo(device));
-  const DeviceMemoryPlan plan = PlanDeviceMemory(config, world_size);
+  DeviceMemoryPlan plan = PlanDeviceMemory(config, world_size);
+  const std::string placed = PlaceSparseParameters(config, plan, memory.first);
+  distributed.sparse_on_host = plan.sparse > 0 && !plan.sparse_on_device;
   if (leader) {
     std::printf("%s\n", FormatDeviceMemoryPlan(plan, memory.first, memory.second).c_str());
+    if (!placed.empty()) std::printf("%s\n", placed.c_str());
   }
   return CheckDeviceMemoryFits(plan, memory.first, device);
 }
 
 }  // namespace
+
+absl::Status AgreeOnSparsePlacement(Distributed& distributed) {
+  if (distributed.world == nullptr) return absl::OkStatus();
+  int64_t on_host = distributed.sparse_on_host ? 1 : 0;
+  TESSERA_RETURN_IF_ERROR(distributed.world->Complete(
+      distributed.world->AllReduce(&on_host, 1, DType::kI64, parallel::ReduceOp::kMax)));
+  if (on_host != 0 && !distributed.sparse_on_host && distributed.rank() == 0) {
+    std::printf("the item table stays in host memory: another rank's device has no room for it\n");
+  }
+  distributed.sparse_on_host = on_host != 0;
+  return absl::OkStatus();
+}
 
 bool RunUsesGpu(const RunConfig& config) {
   const auto device =
@@ -42,7 +59,8 @@ absl::Status SelectRunBackend(const RunConfig& config, Distributed& distributed)
   }
   const int world = distributed.mpi ? distributed.mpi->world_size() : 1;
   const int cuda_device = distributed.device >= 0 ? distributed.device : 0;
-  TESSERA_RETURN_IF_ERROR(CheckGpuPlan(config, world, cuda_device, distributed.rank() == 0));
+  TESSERA_RETURN_IF_ERROR(
+      CheckGpuPlan(config, distributed, world, cuda_device, distributed.rank() == 0));
   TESSERA_ASSIGN_OR_RETURN(distributed.owned_backend, CreateCudaBackend(cuda_device));
   distributed.backend = distributed.owned_backend.get();
   distributed.device = cuda_device;

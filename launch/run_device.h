@@ -23,4 +23,9 @@ bool RunUsesGpu(const RunConfig& config);
 // communicators (launch/device_comm.h).
 absl::Status SelectRunBackend(const RunConfig& config, Distributed& distributed);
 
+// After BuildGroups: sparse parameters (HSTU's item table) stay in host
+// memory on every rank if SelectRunBackend's plan kept them there on any
+// (the table's collectives need one placement). A no-op without MPI.
+absl::Status AgreeOnSparsePlacement(Distributed& distributed);
+
 }  // namespace tessera

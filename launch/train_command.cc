@@ -157,6 +157,7 @@ absl::Status CheckAndConnect(const RunConfig& config, Distributed& distributed,
   TESSERA_RETURN_IF_ERROR(
       CheckTrainingMemoryFits(config, setup.world_size, distributed.local_size));
   if (distributed.mpi) TESSERA_RETURN_IF_ERROR(BuildGroups(config, distributed));
+  TESSERA_RETURN_IF_ERROR(AgreeOnSparsePlacement(distributed));
   if (distributed.mesh && NeedsModelParallel(config, distributed.mesh->shape())) {
     TESSERA_ASSIGN_OR_RETURN(setup.model_parallel,
                              BuildModelParallelGroups(config, distributed));
@@ -198,6 +199,7 @@ absl::Status MeasureBaseline(Distributed& distributed, Trainer::Options& options
 ParameterLayout GradientLayout(const Distributed& distributed, const TrainSetup& setup) {
   ParameterLayout layout;
   layout.backend = distributed.backend;
+  layout.sparse_on_host = distributed.sparse_on_host;
   if (!distributed.dense) return layout;
   layout.bucket_elements = kBucketElements;
   // ZeRO shards of dense and expert buckets must both come out even.

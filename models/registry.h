@@ -100,6 +100,13 @@ struct ModelSizeEstimate {
   std::string bf16_weight_why;
   double bf16_activation_bytes_per_sample = 0;
   std::string bf16_activation_why;
+  // Of `parameters`, the elements of sparse parameters (HSTU's item table),
+  // which a GPU run keeps on the device or in host memory as a whole
+  // (launch/memory_fit.h), and the bytes each takes there with its
+  // optimizer state and, at most, its gradient.
+  double sparse_parameters = 0;
+  double sparse_bytes_per_parameter = 0;
+  std::string sparse_why;
 };
 
 struct ModelFamily {

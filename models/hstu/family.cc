@@ -1,8 +1,10 @@
 #include "models/hstu/family.h"
 
-#include "absl/strings/str_format.h"
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
+
+#include "absl/strings/str_format.h"
 
 #include "models/hstu/config_rules.h"
 #include "models/hstu/evaluation.h"
@@ -47,6 +49,15 @@ ModelSizeEstimate EstimateSize(const RunConfig& config) {
   e.input_bytes_per_sample = 20.0 * (m.max_len() + 1.0 + m.holdout());
   e.input_why = absl::StrFormat("max_len %d + 1 + holdout %d events of 20 bytes", m.max_len(),
                                 m.holdout());
+  // The item table: its rows, Adam's two moments (row-wise Adagrad: one
+  // float per row) and at most one summed gradient per row (the rows a step
+  // touched).
+  const bool adam = m.table_optimizer() == HstuConfig::ADAM;
+  e.sparse_parameters = static_cast<double>(m.num_items()) * d;
+  e.sparse_bytes_per_parameter = adam ? 16.0 : 8.0 + 4.0 / std::max(1.0, d);
+  e.sparse_why = absl::StrFormat("num_items %d x embedding_dim %d: rows, %s and gradients",
+                                 m.num_items(), m.embedding_dim(),
+                                 adam ? "Adam's m and v" : "row-wise Adagrad's sums");
   return e;
 }
 
@@ -90,8 +101,10 @@ absl::StatusOr<std::unique_ptr<HstuModel>> HstuModel::Build(
     const parallel::ModelParallel* model_parallel) {
   auto built = std::unique_ptr<HstuModel>(new HstuModel(config));
   const HstuConfig& m = built->config_.hstu();
-  // The encoder's parameters live on the run's device; the item table in
-  // host memory (row_sharded_table.h), its rows copied over per batch.
+  // The encoder's parameters live on the run's device; the item table too
+  // (row_sharded_table.h, device-resident), unless model.hstu.table_placement
+  // says HOST or the run's memory plan found no room for it there
+  // (layout.sparse_on_host): then host memory, its rows copied over per batch.
   built->store_ = std::make_unique<ParameterStore>(layout.backend != nullptr ? *layout.backend
                                                                              : HostBackend());
   parallel::Communicator* tp = model_parallel ? model_parallel->tp : nullptr;
@@ -100,17 +113,30 @@ absl::StatusOr<std::unique_ptr<HstuModel>> HstuModel::Build(
   built->store_->Finalize(config.train().seed(), layout);
   parallel::Communicator* group = model_parallel ? model_parallel->table : nullptr;
   parallel::Communicator* replicas = model_parallel ? model_parallel->table_replicas : nullptr;
+  Backend* device = layout.backend;
+  if (device != nullptr && (device->device() == Device::kCpu || layout.sparse_on_host ||
+                            m.table_placement() == HstuConfig::HOST)) {
+    device = nullptr;
+  }
   built->table_ = std::make_unique<parallel::RowShardedTable>(
       group, replicas, Hstu::kItemTable, m.num_items(), m.embedding_dim(), Hstu::kItemInitStd,
-      config.train().seed());
+      config.train().seed(), device);
   built->table_->set_options(TableOptimizer(config), config.optim().lr());
   return built;
 }
 
 std::vector<WholeTensor> HstuModel::SparseWeights() {
   const HstuConfig& m = config_.hstu();
-  return {WholeTensor{Hstu::kItemTable, Shape{m.num_items(), m.embedding_dim()},
-                      table_->local_rows().data()}};
+  // A device-resident table is read through a host copy (the weights a run
+  // ends with; a load into it would not reach the device).
+  float* rows = nullptr;
+  if (table_->device() != nullptr) {
+    host_rows_ = table_->HostRows();
+    rows = host_rows_.data();
+  } else {
+    rows = table_->local_rows().data();
+  }
+  return {WholeTensor{Hstu::kItemTable, Shape{m.num_items(), m.embedding_dim()}, rows}};
 }
 
 absl::StatusOr<std::unique_ptr<TrainTask>> HstuModel::CreateTask(const TaskOptions& options) {

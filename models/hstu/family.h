@@ -59,6 +59,7 @@ class HstuModel : public Model {
   std::unique_ptr<ParameterStore> store_;
   std::unique_ptr<Hstu> model_;
   std::unique_ptr<parallel::RowShardedTable> table_;
+  std::vector<float> host_rows_;  // SparseWeights' copy of a device-resident table
 };
 
 }  // namespace tessera::hstu

@@ -69,7 +69,7 @@ std::vector<float> CosineScores(Arena& arena, std::span<const float> queries, co
   // Rows scaled to length sqrt(D) (RmsNorm without gamma), as the loss does.
   Tensor unit = arena.AllocateUninitialized(DType::kF32, Shape{num_rows, dim});
   Tensor rstd = arena.AllocateUninitialized(DType::kF32, Shape{num_rows});
-  backend.RmsNormForward(OnBackend(arena, rows, num_rows, dim), nullptr, unit.ptr<float>(), rstd.ptr<float>(), num_rows, dim,
+  backend.RmsNormForward(rows, nullptr, unit.ptr<float>(), rstd.ptr<float>(), num_rows, dim,
                          1e-12f / static_cast<float>(dim));
   Tensor scores = arena.AllocateUninitialized(DType::kF32, Shape{count, num_rows});
   backend.Gemm(false, true, count, num_rows, dim, 1.0f / std::sqrt(static_cast<float>(dim)),
@@ -87,31 +87,28 @@ absl::StatusOr<std::vector<float>> ScoreItems(Hstu& model, Arena& arena, const f
   Backend& backend = arena.backend();
   Tensor ids = arena.AllocateUninitialized(DType::kI32, Shape{total});
   Tensor inputs = arena.AllocateUninitialized(DType::kF32, Shape{total, dim});  // [T, D]
+  const float* rows = OnBackend(arena, table, model.num_items(), dim);  // copied over once
   if (total > 0) {
     backend.CopyToDevice(ids.address(), batch.items.data(), ids.bytes());
-    backend.EmbeddingForward(ids.ptr<int32_t>(), OnBackend(arena, table, model.num_items(), dim),
-                             inputs.ptr<float>(), total, dim);
+    backend.EmbeddingForward(ids.ptr<int32_t>(), rows, inputs.ptr<float>(), total, dim);
   }
   TESSERA_ASSIGN_OR_RETURN(const LastRows queries, LastOutputs(model, arena, batch, inputs));
   TESSERA_CHECK(queries.users.size() == users.size());  // one process: every user
-  return CosineScores(arena, queries.rows, table, model.num_items(), dim);
+  return CosineScores(arena, queries.rows, rows, model.num_items(), dim);
 }
 
 absl::StatusOr<Tensor> LookupRows(parallel::RowShardedTable& table, Arena& arena,
                                   std::span<const int64_t> ids) {
-  std::vector<float> distinct;
+  Tensor distinct;
   std::vector<int32_t> slots;
-  TESSERA_RETURN_IF_ERROR(table.LookupDistinct(ids, &distinct, &slots));
+  TESSERA_RETURN_IF_ERROR(table.LookupDistinctOn(arena, ids, &distinct, &slots));
   const int64_t n = static_cast<int64_t>(ids.size()), dim = table.dim();
   Tensor rows = arena.AllocateUninitialized(DType::kF32, Shape{n, dim});
   if (n == 0) return rows;
   Backend& backend = arena.backend();
   Tensor slot = arena.AllocateUninitialized(DType::kI32, Shape{n});
   backend.CopyToDevice(slot.address(), slots.data(), slot.bytes());
-  backend.EmbeddingForward(slot.ptr<int32_t>(),
-                           OnBackend(arena, distinct.data(),
-                                     static_cast<int64_t>(distinct.size()) / dim, dim),
-                           rows.ptr<float>(), n, dim);
+  backend.EmbeddingForward(slot.ptr<int32_t>(), distinct.ptr<float>(), rows.ptr<float>(), n, dim);
   return rows;
 }
 

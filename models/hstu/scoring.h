@@ -47,16 +47,16 @@ absl::StatusOr<LastRows> LastOutputs(Hstu& model, Arena& arena, const HstuBatch&
                                      const Tensor& inputs);
 
 // [Q, num_rows] on the host: cos(query, row) for `queries` [Q, D] (host) and
-// `rows` [num_rows, D] (host memory: a whole table or one rank's rows of it;
-// copied to the arena's device when it has one), computed as the loss's
+// `rows` [num_rows, D] in memory the arena's backend reads (a whole table or
+// one rank's rows of it: RowShardedTable::RowsOn), computed as the loss's
 // similarity is (rows scaled to unit length, one GEMM).
 std::vector<float> CosineScores(Arena& arena, std::span<const float> queries, const float* rows,
                                 int64_t num_rows, int64_t dim);
 
 // The rows of `ids` [ids.size(), D] in the arena's memory, looked up from
-// the (host, possibly row-sharded) item table: each distinct id's row
-// travels to the device once and is gathered there. Collective over the
-// table's group.
+// the (possibly row-sharded) item table: each distinct id's row once (from
+// the device-resident table's rows, or copied over from the host table's),
+// gathered on the arena's device. Collective over the table's group.
 absl::StatusOr<Tensor> LookupRows(parallel::RowShardedTable& table, Arena& arena,
                                   std::span<const int64_t> ids);
 

@@ -149,7 +149,7 @@ absl::Status RankTargets(Hstu& model, Arena& arena, parallel::RowShardedTable& t
   TESSERA_ASSIGN_OR_RETURN(const GroupUsers all,
                            GatherUsers(table.group(), std::move(last.rows),
                                        std::move(scored_targets), scored, dim));
-  const std::vector<float> scores = CosineScores(arena, all.queries, table.local_rows().data(),
+  const std::vector<float> scores = CosineScores(arena, all.queries, table.RowsOn(arena),
                                                  table.end_row() - table.first_row(), dim);
   TESSERA_ASSIGN_OR_RETURN(const std::vector<int64_t> ranks, GroupRanks(table, all, scores));
   // The sums count each user on the sp rank that scored it (they are summed

@@ -6,7 +6,6 @@
 #include "absl/strings/str_format.h"
 #include "runtime/base/errors.h"
 #include "runtime/base/status.h"
-#include "runtime/tensor/host_access.h"
 
 namespace tessera::hstu {
 
@@ -73,22 +72,20 @@ absl::StatusOr<MicroBatchResult> HstuTask::RunMicroBatch(Arena& arena, int64_t s
   const Candidates candidates =
       SampleCandidates(batch, mine, m.num_negatives(), model_.num_items(), seed, step);
   // One lookup for the input items and the loss's candidates (T: this
-  // rank's tokens): each distinct item's row once, [U, D], and where each of
-  // the T + T (1 + K) positions finds its row, the inputs' first. The table
-  // is host memory: only the distinct rows travel to the device and their
-  // gradient back; the model and the loss gather from them there.
+  // rank's tokens): each distinct item's row once, [U, D], in the arena's
+  // memory, and where each of the T + T (1 + K) positions finds its row, the
+  // inputs' first. A device-resident table gathers the rows on the device;
+  // a host table copies only the distinct rows over (and their gradient
+  // back). The model and the loss gather from them.
   const int64_t tokens = mine.size(), dim = model_.dim();
   std::vector<int64_t> ids(batch.items.begin() + mine.begin, batch.items.begin() + mine.end);
   ids.insert(ids.end(), candidates.ids.begin(), candidates.ids.end());
-  std::vector<float> host_distinct;
   std::vector<int32_t> host_slots;
   lap(step_phases_.data);
-  TESSERA_RETURN_IF_ERROR(table_.LookupDistinct(ids, &host_distinct, &host_slots));
+  Tensor distinct;
+  TESSERA_RETURN_IF_ERROR(table_.LookupDistinctOn(arena, ids, &distinct, &host_slots));
   Backend& backend = arena.backend();
-  const int64_t distinct_count = static_cast<int64_t>(host_distinct.size()) / dim;
-  Tensor distinct = arena.AllocateUninitialized(DType::kF32, Shape{distinct_count, dim});
   Tensor slots = arena.AllocateUninitialized(DType::kI32, Shape{static_cast<int64_t>(ids.size())});
-  backend.CopyToDevice(distinct.address(), host_distinct.data(), distinct.bytes());
   backend.CopyToDevice(slots.address(), host_slots.data(), slots.bytes());
   const Tensor input_slots = slots.Slice(0, tokens), candidate_slots = slots.Slice(tokens, slots.dim(0));
   Tensor inputs = arena.AllocateUninitialized(DType::kF32, Shape{tokens, dim});
@@ -116,11 +113,9 @@ absl::StatusOr<MicroBatchResult> HstuTask::RunMicroBatch(Arena& arena, int64_t s
   // sends them (the others send zeros for the same rows, which the owners'
   // sums leave unchanged and which touch the same rows). sp ranks hold
   // different tokens' rows: each sends its own.
-  const Tensor host_ddistinct =
-      model_.tp().rank() != 0 ? HostWritable(ddistinct) : HostReadable(ddistinct);
-  if (model_.tp().rank() != 0) std::fill_n(host_ddistinct.data<float>(), ddistinct.numel(), 0.0f);
+  if (model_.tp().rank() != 0) backend.Memset(ddistinct.address(), 0, ddistinct.bytes());
   // The owners accumulate the rows' gradients; the trainer's Step updates them.
-  TESSERA_RETURN_IF_ERROR(table_.BackwardDistinct(host_ddistinct.data<float>()));
+  TESSERA_RETURN_IF_ERROR(table_.BackwardDistinctOn(arena, ddistinct));
   lap(step_phases_.table);
   step_tokens_ += tokens;
   return result;

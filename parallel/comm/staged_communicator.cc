@@ -183,11 +183,17 @@ absl::StatusOr<std::unique_ptr<Work>> StagedCommunicator::AllToAllV(
     const std::vector<size_t>& recv_counts, DType dtype) {
   const size_t send_bytes = Sum(send_counts) * DTypeSize(dtype);
   const size_t recv_bytes = Sum(recv_counts) * DTypeSize(dtype);
-  StagingPool::Buffer buffer = pool_->Take(send_bytes + recv_bytes);  // [send | recv]
+  // [send | recv], the two at different addresses even when this rank sends
+  // nothing: Open MPI takes an all-to-all-v whose send and receive buffers
+  // coincide for an in-place one, the ranks' schedules then differ, and the
+  // group's next collective hangs (a row-sharded table's rank that nobody
+  // asks for rows and that asks for none did exactly that).
+  const size_t recv_at = std::max<size_t>(send_bytes, 1);
+  StagingPool::Buffer buffer = pool_->Take(recv_at + recv_bytes);
   char* host = buffer->data();
   CopyIn(backend_, host, send, send_bytes);
-  return Staged(group_.AllToAllV(host, send_counts, host + send_bytes, recv_counts, dtype),
-                backend_, pool_, std::move(buffer), recv, send_bytes, recv_bytes);
+  return Staged(group_.AllToAllV(host, send_counts, host + recv_at, recv_counts, dtype), backend_,
+                pool_, std::move(buffer), recv, recv_at, recv_bytes);
 }
 
 // Only the root's bytes travel out, and only the others' come back.

@@ -15,8 +15,19 @@
 // same update. A null group is this process alone (the whole table, no
 // communication): the single-process case of the same code.
 //
-// The rows, their gradients and optimizer state live in host memory, so the
-// table talks over the groups' host() communicators.
+// Placement. By default the rows, their gradients and optimizer state live
+// in host memory and the table talks over the groups' host() communicators.
+// Given a `device` backend, they live in that backend's memory instead
+// (device-resident: the rows, Adam's moments or Adagrad's sums, and the
+// touched rows' summed gradients); the ids, their routing and the set of
+// touched rows stay host values (the ids come from the batch, so routing
+// them needs no device read; counts and ids travel over host()), while the
+// rows and their gradients travel over the groups' device communicators
+// (NCCL on a GPU, MPI staged through host memory otherwise) and the sparse
+// update is a backend op (Backend::SparseRowUpdate). Both placements make
+// the same arithmetic in the same order, so they give the same bits on a
+// CPU backend, and their checkpoints are the same pieces: a checkpoint
+// written with one placement loads with the other.
 //
 // As SparseParameters (runtime/train/sparse_parameters.h) the table saves
 // its rows as box pieces of the global [num_rows, dim] tensor `name`
@@ -25,7 +36,9 @@
 //
 // Collective contract: every rank of the group calls Lookup, Backward, Step
 // and Gather in the same order (a rank with no ids passes an empty list).
-// Host memory only (the MPI communicator's buffers).
+// Lookup, Backward, LookupDistinct, BackwardDistinct and local_rows() are the
+// host table's (host buffers); LookupDistinctOn / BackwardDistinctOn work
+// with either placement and take and give the arena's memory.
 #pragma once
 
 #include <cstdint>
@@ -37,6 +50,10 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "parallel/comm/communicator.h"
+#include "runtime/backend/backend.h"
+#include "runtime/base/status.h"
+#include "runtime/tensor/arena.h"
+#include "runtime/tensor/tensor.h"
 #include "runtime/train/sparse_parameters.h"
 
 namespace tessera::parallel {
@@ -53,8 +70,10 @@ class RowShardedTable : public SparseParameters {
   // HashName(name), global index)` (ParameterStore's normal init), so any
   // number of shards starts from the same table. `group` (null: this
   // process alone) splits the rows; `replicas` (null: none) joins the copies.
+  // `device` (null: host memory) holds the rows and their state; the groups
+  // are then the device communicators for that backend's buffers.
   RowShardedTable(Communicator* group, Communicator* replicas, std::string name, int64_t num_rows,
-                  int64_t dim, float init_std, uint64_t seed = 0);
+                  int64_t dim, float init_std, uint64_t seed = 0, Backend* device = nullptr);
   // The whole table on one group (tests).
   RowShardedTable(Communicator& group, std::string name, int64_t num_rows, int64_t dim,
                   float init_std)
@@ -67,10 +86,31 @@ class RowShardedTable : public SparseParameters {
   int64_t first_row() const { return first_; }
   int64_t end_row() const { return end_; }
   int Owner(int64_t row) const { return static_cast<int>(row / block_); }
-  // The ranks the rows are split over (null: this process alone).
+  // The ranks the rows are split over (null: this process alone); host().
   Communicator* group() const { return group_; }
-  // [end_row() - first_row(), dim], row-major.
-  std::vector<float>& local_rows() { return rows_; }
+  // The backend holding the rows; null: host memory.
+  Backend* device() const { return device_; }
+  // [end_row() - first_row(), dim], row-major: the host table's rows.
+  std::vector<float>& local_rows() {
+    TESSERA_CHECK(device_ == nullptr);
+    return rows_;
+  }
+  // A host copy of this rank's rows, either placement (tests, weights).
+  std::vector<float> HostRows() const;
+  // This rank's rows where `arena`'s backend reads them: the device table's
+  // own buffer, or the host table's rows (copied into the arena on a device).
+  const float* RowsOn(Arena& arena);
+
+  // LookupDistinct with the rows [distinct, dim] in `arena`'s memory
+  // (`arena`'s backend must be the table's device when it has one): the
+  // device table gathers and exchanges them on the device, the host table
+  // copies them over. `slots` as LookupDistinct's.
+  absl::Status LookupDistinctOn(Arena& arena, std::span<const int64_t> ids, Tensor* rows,
+                                std::vector<int32_t>* slots);
+  // BackwardDistinct of `ddistinct` [distinct, dim] in `arena`'s memory:
+  // the device table exchanges and accumulates it on the device (no host
+  // read), the host table reads it back first.
+  absl::Status BackwardDistinctOn(Arena& arena, const Tensor& ddistinct);
 
   // out [ids.size(), dim] = table[ids]; ids in [0, num_rows) (checked: an
   // error names the id and the table). Keeps the ids for Backward.
@@ -113,6 +153,7 @@ class RowShardedTable : public SparseParameters {
   absl::Status Step(double lr, double global_elements, int64_t step) override;
   void AppendSnapshot(std::vector<SavePiece>* pieces) const override;
   std::vector<LoadPiece> LoadTargets(bool parameters_only) override;
+  absl::Status FinishLoad() override;
   size_t StateBytes() const override;
 
  private:
@@ -135,8 +176,18 @@ class RowShardedTable : public SparseParameters {
   void Dedupe(std::span<const int64_t> ids, Routing* r);
   absl::Status Exchange(const void* send, const std::vector<size_t>& send_counts, void* recv,
                         const std::vector<size_t>& recv_counts, DType dtype, int64_t width);
+  // Exchange of device rows [*, dim] over the group's device communicator.
+  absl::Status DeviceExchange(const float* send, const std::vector<size_t>& send_counts,
+                              float* recv, const std::vector<size_t>& recv_counts);
   // Sums the touched rows' gradients over the replicas (their union).
   absl::Status SumOverReplicas();
+  // The union of the touched rows over the replicas, added to this rank's
+  // (host values: an all-gather of row ids).
+  absl::Status TouchUnionOfReplicas();
+  // `values` (host int32) in a fresh buffer of `backend`'s memory.
+  static Tensor Upload(Backend& backend, const std::vector<int32_t>& values);
+  // The device state of the optimizer kind, allocated (zeros) when missing.
+  void EnsureDeviceState();
   // The box [first_row, 0] + [rows, dim] (or [rows] with `per_row`) of `kind`.
   PieceDesc Box(const std::string& kind, bool per_row) const;
 
@@ -154,12 +205,28 @@ class RowShardedTable : public SparseParameters {
   std::vector<int64_t> touched_rows_;
   std::vector<float> touched_grads_;
   std::vector<int32_t> slot_of_row_;
-  // touched_rows_'s slot for `row` (owned by this rank), added when new.
-  float* TouchedGradient(int64_t row);
+  // touched_rows_'s slot for `row` (owned by this rank), added when new
+  // (with a zero gradient, on the host or in device_grads_).
+  int32_t TouchedSlot(int64_t row);
+  float* TouchedGradient(int64_t row) {
+    const int32_t slot = TouchedSlot(row);
+    return touched_grads_.data() + int64_t{slot} * dim_;
+  }
   std::vector<float> m_, v_;                     // Adam moments
   std::vector<float> sums_;                      // row-wise Adagrad: one sum per row
   SparseOptimizerOptions options_;
   double base_lr_ = 0;
+
+  // Device placement (null device_: none). The groups' device
+  // communicators; the rows [rows, dim], Adam's m and v [rows, dim] or
+  // Adagrad's sums [rows] (allocated at the first step or load); the
+  // touched rows' gradients by slot, [capacity, dim], grown as rows are
+  // touched (zeros beyond the touched ones). The host vectors rows_, m_,
+  // v_, sums_ are empty then, except as a load's staging until FinishLoad.
+  Backend* device_ = nullptr;
+  Communicator* device_group_ = nullptr;
+  Communicator* device_replicas_ = nullptr;
+  Tensor device_rows_, device_m_, device_v_, device_sums_, device_grads_;
 };
 
 }  // namespace tessera::parallel

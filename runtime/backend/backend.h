@@ -504,6 +504,12 @@ class Backend {
                            float* params, const float* grads, float* m, float* v) = 0;
   // ema += (1 - decay) * (params - ema)
   virtual void EmaUpdate(float* ema, const float* params, int64_t n, float blend) = 0;
+  // A row-sharded table's sparse Adam or row-wise Adagrad on `count`
+  // distinct rows (runtime/kernels/cpu/optimizer.h): row rows[k] of params
+  // [*, dim] and its state take the gradient grads[k] * grad_scale.
+  virtual void SparseRowUpdate(const SparseRowScalars& scalars, const int32_t* rows,
+                               int64_t count, int64_t dim, const float* grads, float* params,
+                               float* m, float* v, float* sums) = 0;
 
   // ---- Random masks ------------------------------------------------------------
   // A counter-based dropout mask [rows, width] from each row's key

@@ -585,6 +585,12 @@ void CpuBackend::EmaUpdate(float* ema, const float* params, int64_t n, float ble
   cpu::EmaUpdate(ema, params, n, blend);
 }
 
+void CpuBackend::SparseRowUpdate(const SparseRowScalars& scalars, const int32_t* rows,
+                                 int64_t count, int64_t dim, const float* grads, float* params,
+                                 float* m, float* v, float* sums) {
+  cpu::SparseRowUpdate(scalars, rows, count, dim, grads, params, m, v, sums);
+}
+
 void CpuBackend::CounterDropoutMask(const int64_t* row_keys, int64_t rows, int64_t width,
                                     uint64_t key, float rate, float* mask) {
   cpu::CounterDropoutMask(row_keys, rows, width, key, rate, mask);

@@ -888,6 +888,13 @@ void CudaBackend::EmaUpdate(float* ema, const float* params, int64_t n, float bl
   Check("EmaUpdate", cuda::EmaUpdate(ema, params, n, blend, stream_));
 }
 
+void CudaBackend::SparseRowUpdate(const SparseRowScalars& scalars, const int32_t* rows,
+                                  int64_t count, int64_t dim, const float* grads, float* params,
+                                  float* m, float* v, float* sums) {
+  Check("SparseRowUpdate",
+        cuda::SparseRowUpdate(scalars, rows, count, dim, grads, params, m, v, sums, stream_));
+}
+
 void CudaBackend::CounterDropoutMask(const int64_t* row_keys, int64_t rows, int64_t width,
                                      uint64_t key, float rate, float* mask) {
   Check("CounterDropoutMask",

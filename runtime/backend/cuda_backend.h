@@ -270,6 +270,9 @@ class CudaBackend final : public Backend {
   void AdamWUpdate(const AdamWScalars& scalars, std::span<const AdamWSegment> segments,
                    float* params, const float* grads, float* m, float* v) override;
   void EmaUpdate(float* ema, const float* params, int64_t n, float blend) override;
+  void SparseRowUpdate(const SparseRowScalars& scalars, const int32_t* rows, int64_t count,
+                       int64_t dim, const float* grads, float* params, float* m, float* v,
+                       float* sums) override;
   void CounterDropoutMask(const int64_t* row_keys, int64_t rows, int64_t width, uint64_t key,
                           float rate, float* mask) override;
 

@@ -36,6 +36,18 @@ struct AdamWScalars {
   float decay_keep = 1;  // 1 - lr * weight_decay, for decayed segments
 };
 
+// One step of a row-sharded table's sparse optimizer
+// (parallel/embedding/row_sharded_table.h) over the rows a step touched.
+// Unlike AdamW's, its arithmetic is double, rounded to float where the
+// table's values are stored: the formula every backend follows, so a table
+// on any device makes the host table's updates bit for bit.
+struct SparseRowScalars {
+  bool adam = true;  // else row-wise Adagrad (one accumulator per row)
+  double lr = 0, beta1 = 0, beta2 = 0, eps = 0;
+  double bias1 = 1, bias2 = 1;  // Adam's 1 - beta1^t and 1 - beta2^t
+  float grad_scale = 1;         // each gradient is multiplied by it first (in float)
+};
+
 
 // Geometry of one SSD scan. `chunk` only changes the order of the arithmetic
 // (and the cost), never the result beyond rounding.

@@ -105,6 +105,9 @@ struct ParameterLayout {
   // Where a model builds its store (parameters, gradients, optimizer state
   // and the layers' constant buffers): the run's device. Null: host memory.
   Backend* backend = nullptr;
+  // Sparse parameters (HSTU's item table) stay in host memory even when
+  // `backend` is a device: the run's device memory plan has no room for them.
+  bool sparse_on_host = false;
 };
 
 // Owns the flat parameter and gradient buffers.

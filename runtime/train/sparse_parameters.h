@@ -41,8 +41,12 @@ class SparseParameters {
   virtual void AppendSnapshot(std::vector<SavePiece>* pieces) const = 0;
   // The pieces a load fills (all, or with `parameters_only` the values).
   virtual std::vector<LoadPiece> LoadTargets(bool parameters_only) = 0;
+  // After a load filled LoadTargets' buffers: parameters kept outside host
+  // memory copy them in (host staging, as HostStateMirror's WriteBack).
+  virtual absl::Status FinishLoad() { return absl::OkStatus(); }
 
-  // Bytes of values and optimizer state on this rank (the memory plan).
+  // Bytes of host memory its values and optimizer state take on this rank
+  // (the trainer's memory plan; device memory is launch's GPU plan's).
   virtual size_t StateBytes() const = 0;
 };
 

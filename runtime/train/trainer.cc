@@ -535,6 +535,7 @@ absl::StatusOr<int64_t> Trainer::Restore(const std::string& dir, bool parameters
     }
     TESSERA_RETURN_IF_ERROR(LoadPieces(dir, manifest, targets, load));
     if (state.mirror != nullptr) state.mirror->WriteBack();
+    if (options_.sparse) TESSERA_RETURN_IF_ERROR(options_.sparse->FinishLoad());
     return manifest.step();
   }();
   // Every rank must know if any failed, or the others would wait for it in

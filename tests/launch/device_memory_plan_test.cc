@@ -105,5 +105,50 @@ TEST(DeviceMemoryPlan, ARunThatDoesNotFitIsAUsageErrorNamingTheDeviceAndLargestT
   EXPECT_NE(line.find("2.0 GiB free of 4.0 GiB"), std::string::npos) << line;
 }
 
+// HSTU's item table is a term of its own: rows, Adam's m and v and at
+// most one gradient per row (16 bytes per element, Adagrad 8 + 4 / D), over
+// the ranks of the table's group, outside "model state"; the placement
+// rule puts it on the device when the whole plan fits (AUTO), always
+// (DEVICE) or never (HOST), and a plan that does not fit with it names it.
+TEST(DeviceMemoryPlan, HstusItemTableIsATermOfItsOwnPlacedWhereItFits) {
+  RunConfig config = *LoadRunConfig(TESSERA_SOURCE_DIR "/configs/hstu_tiny.textproto");
+  config.mutable_hstu()->set_num_items(1000000);  // 16 M elements of D = 16
+  const ModelSizeEstimate estimate = (*FindModelFamily(config))->estimate(config);
+  const double table = 1000000.0 * 16;
+  EXPECT_DOUBLE_EQ(estimate.sparse_parameters, table);
+  const DeviceMemoryPlan one = PlanDeviceMemory(config, 1);
+  EXPECT_DOUBLE_EQ(one.sparse, 16 * table);
+  EXPECT_DOUBLE_EQ(one.state, 16 * (estimate.parameters - table));
+  EXPECT_DOUBLE_EQ(PlanDeviceMemory(config, 4).sparse, 4 * table);  // a quarter of the rows
+  config.mutable_hstu()->set_table_shards(2);
+  EXPECT_DOUBLE_EQ(PlanDeviceMemory(config, 4).sparse, 8 * table);  // two copies over 2 ranks
+  config.mutable_hstu()->set_table_shards(0);
+  config.mutable_hstu()->set_table_optimizer(HstuConfig::ROWWISE_ADAGRAD);
+  EXPECT_DOUBLE_EQ(PlanDeviceMemory(config, 1).sparse, (8 + 4.0 / 16) * table);
+  config.mutable_hstu()->set_table_optimizer(HstuConfig::ADAM);
+
+  const size_t roomy = static_cast<size_t>(one.total()) + 1;
+  const size_t tight = static_cast<size_t>(one.total() - one.sparse) + 1;  // all but the table
+  DeviceMemoryPlan plan = one;
+  EXPECT_NE(PlaceSparseParameters(config, plan, roomy).find("on the device"), std::string::npos);
+  EXPECT_TRUE(plan.sparse_on_device);
+  const std::string kept = PlaceSparseParameters(config, plan, tight);
+  EXPECT_FALSE(plan.sparse_on_device);
+  EXPECT_NE(kept.find("host memory"), std::string::npos) << kept;
+  EXPECT_TRUE(CheckDeviceMemoryFits(plan, tight, 0).ok());  // without the table it fits
+  EXPECT_NE(FormatDeviceMemoryPlan(plan, tight, tight).find("in host memory"), std::string::npos);
+  config.mutable_hstu()->set_table_placement(HstuConfig::HOST);
+  PlaceSparseParameters(config, plan, roomy);
+  EXPECT_FALSE(plan.sparse_on_device);
+  config.mutable_hstu()->set_table_placement(HstuConfig::DEVICE);
+  PlaceSparseParameters(config, plan, tight);
+  EXPECT_TRUE(plan.sparse_on_device);
+  EXPECT_NE(FormatDeviceMemoryPlan(plan, tight, tight).find("+ item table"), std::string::npos);
+  const absl::Status status = CheckDeviceMemoryFits(plan, tight, 1);
+  EXPECT_EQ(ExitCodeFor(status), 2) << status;
+  EXPECT_NE(status.message().find("item table"), std::string::npos) << status;
+  EXPECT_NE(status.message().find("table_placement=HOST"), std::string::npos) << status;
+}
+
 }  // namespace
 }  // namespace tessera

@@ -13,6 +13,16 @@ namespace tessera::cpu {
 void AdamWUpdate(const AdamWScalars& s, std::span<const AdamWSegment> segments, float* params,
                  const float* grads, float* m, float* v);
 
+// The row-wise sparse optimizer of a row-sharded table on `count` distinct
+// rows: row rows[k] of params [*, dim] takes the gradient grads[k] [dim]
+// times s.grad_scale, with Adam (the same rows of m and v) or row-wise
+// Adagrad (the accumulator sums[rows[k]] gains the mean square of the
+// gradient, summed in column order). Rows are independent: any thread
+// count gives the same bits. m, v (Adam) or sums (Adagrad) may be null
+// when the other kind runs.
+void SparseRowUpdate(const SparseRowScalars& s, const int32_t* rows, int64_t count, int64_t dim,
+                     const float* grads, float* params, float* m, float* v, float* sums);
+
 // ema += blend * (params - ema), blend = 1 - decay.
 void EmaUpdate(float* ema, const float* params, int64_t n, float blend);
 

@@ -57,6 +57,62 @@ __global__ void AdamWKernel(AdamWScalars s, float keep, float* __restrict__ para
   }
 }
 
+// The table's sparse Adam (runtime/kernels/cpu/optimizer.h), one thread per
+// element of the touched rows. Explicitly rounded double operations: nvcc
+// would otherwise contract a * b + c into one fma, which the host's formula
+// does not round the same way.
+__global__ void SparseAdamKernel(SparseRowScalars s, const int32_t* __restrict__ rows,
+                                 int64_t count, int64_t dim, const float* __restrict__ grads,
+                                 float* __restrict__ params, float* __restrict__ m,
+                                 float* __restrict__ v) {
+  TESSERA_CUDA_FOR(i, count * dim) {
+    const int64_t k = i / dim, d = i % dim;
+    const int64_t at = int64_t{rows[k]} * dim + d;
+    const float g = __fmul_rn(grads[i], s.grad_scale);
+    const double gd = g;
+    const float mi = __double2float_rn(
+        __dadd_rn(__dmul_rn(s.beta1, m[at]), __dmul_rn(__dsub_rn(1.0, s.beta1), gd)));
+    const float vi = __double2float_rn(__dadd_rn(
+        __dmul_rn(s.beta2, v[at]), __dmul_rn(__dmul_rn(__dsub_rn(1.0, s.beta2), gd), gd)));
+    m[at] = mi;
+    v[at] = vi;
+    const double step = __ddiv_rn(__dmul_rn(s.lr, __ddiv_rn(mi, s.bias1)),
+                                  __dadd_rn(__dsqrt_rn(__ddiv_rn(vi, s.bias2)), s.eps));
+    params[at] = __fsub_rn(params[at], __double2float_rn(step));
+  }
+}
+
+// Row-wise Adagrad: one block per touched row; thread 0 sums the row's mean
+// square in column order (the host's order), then every thread updates its
+// columns.
+constexpr int kAdagradThreads = 128;
+__global__ void SparseAdagradKernel(SparseRowScalars s, const int32_t* __restrict__ rows,
+                                    int64_t dim, const float* __restrict__ grads,
+                                    float* __restrict__ params, float* __restrict__ sums) {
+  __shared__ float root;
+  const int64_t k = blockIdx.x;
+  const float* gk = grads + k * dim;
+  const int64_t row = rows[k];
+  if (threadIdx.x == 0) {
+    const double n = static_cast<double>(dim);
+    double mean_square = 0;
+    for (int64_t d = 0; d < dim; ++d) {
+      const double g = __fmul_rn(gk[d], s.grad_scale);
+      mean_square = __dadd_rn(mean_square, __ddiv_rn(__dmul_rn(g, g), n));
+    }
+    const float sum = __double2float_rn(__dadd_rn(sums[row], mean_square));
+    sums[row] = sum;
+    root = __fsqrt_rn(sum);
+  }
+  __syncthreads();
+  const double denominator = __dadd_rn(root, s.eps);
+  for (int64_t d = threadIdx.x; d < dim; d += blockDim.x) {
+    const double g = __fmul_rn(gk[d], s.grad_scale);
+    const double step = __ddiv_rn(__dmul_rn(s.lr, g), denominator);
+    params[row * dim + d] = __fsub_rn(params[row * dim + d], __double2float_rn(step));
+  }
+}
+
 __global__ void EmaKernel(float* __restrict__ ema, const float* __restrict__ params, int64_t n,
                           float blend) {
   TESSERA_CUDA_FOR(i, n) { ema[i] += blend * (params[i] - ema[i]); }
@@ -111,6 +167,25 @@ absl::Status AdamWUpdateRange(const AdamWScalars& scalars, int64_t begin, int64_
   const float keep = decay ? scalars.decay_keep : 1.0f;
   return LaunchFlat("AdamWUpdate", end - begin, stream, AdamWKernel, scalars, keep,
                     params + begin, grads + begin, m + begin, v + begin, end - begin);
+}
+
+absl::Status SparseRowUpdate(const SparseRowScalars& s, const int32_t* rows, int64_t count,
+                             int64_t dim, const float* grads, float* params, float* m, float* v,
+                             float* sums, cudaStream_t stream) {
+  TESSERA_RETURN_IF_ERROR(internal::CheckNonNegative("SparseRowUpdate", count, dim));
+  if (count == 0 || dim == 0) return absl::OkStatus();
+  if (s.adam) {
+    return LaunchFlat("SparseRowUpdate", count * dim, stream, SparseAdamKernel, s, rows, count,
+                      dim, grads, params, m, v);
+  }
+  if (count >= INT32_MAX) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "cuda::SparseRowUpdate: %d rows is too many for one launch", count));
+  }
+  SparseAdagradKernel<<<static_cast<unsigned>(count), kAdagradThreads, 0, stream>>>(
+      s, rows, dim, grads, params, sums);
+  TESSERA_CUDA_LAUNCH();
+  return absl::OkStatus();
 }
 
 absl::Status EmaUpdate(float* ema, const float* params, int64_t n, float blend,

@@ -36,6 +36,13 @@ absl::Status AdamWUpdateRange(const AdamWScalars& scalars, int64_t begin, int64_
                               float* params, const float* grads, float* m, float* v,
                               cudaStream_t stream);
 
+// runtime/kernels/cpu/optimizer.h's SparseRowUpdate (a row-sharded table's
+// sparse Adam or row-wise Adagrad on `count` distinct rows), the same
+// double arithmetic rounded the same way: the CPU's bits.
+absl::Status SparseRowUpdate(const SparseRowScalars& s, const int32_t* rows, int64_t count,
+                             int64_t dim, const float* grads, float* params, float* m, float* v,
+                             float* sums, cudaStream_t stream);
+
 // ema += blend * (params - ema)
 // runtime/kernels/cpu/flat.h's CounterDropoutMask, one thread per element.
 absl::Status CounterDropoutMask(const int64_t* row_keys, int64_t rows, int64_t width, uint64_t key,

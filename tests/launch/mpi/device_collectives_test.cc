@@ -138,20 +138,26 @@ TEST(DeviceCollectives, ExpertParallelOnAPretendDeviceEqualsTheCpuRun) {
   ExpectDeviceRunEqualsCpuRun("ep2", cpu, device);
 }
 
-// HSTU: the encoder on the device, the item table row-sharded over both
-// ranks in host memory; dp2 (the table's lookups and gradients over the MPI
-// groups), tp2 (heads: the norm-gate's all-gathers and W_o's all-reduce on
-// device buffers) and sp2 (Ulysses: the all-to-alls on device buffers).
+// HSTU: the encoder and the item table on the device, the table
+// row-sharded over both ranks (its rows and gradients exchanged over the
+// staged device groups, its ids over the MPI groups); dp2, tp2 (heads: the
+// norm-gate's all-gathers and W_o's all-reduce on device buffers) and sp2
+// (Ulysses: the all-to-alls on device buffers); dp2 with two copies of the
+// table (model.hstu.table_shards=1: the copies' gradients summed on the
+// device), and dp2 with the table kept in host memory
+// (model.hstu.table_placement=HOST).
 TEST(DeviceCollectives, HstuOnAPretendDeviceEqualsTheCpuRunAtDpTpAndSp) {
   if (!EvenWorld()) GTEST_SKIP() << "the layouts need an even number of ranks";
-  for (const char* layout : {"dp", "tp", "sp"}) {
-    RunConfig cpu = TinyHstuConfig(std::string("hstu_") + layout + "_cpu");
-    RunConfig device = TinyHstuConfig(std::string("hstu_") + layout + "_device");
+  for (const std::string layout : {"dp", "tp", "sp", "dp_copies", "dp_host"}) {
+    RunConfig cpu = TinyHstuConfig("hstu_" + layout + "_cpu");
+    RunConfig device = TinyHstuConfig("hstu_" + layout + "_device");
     for (RunConfig* config : {&cpu, &device}) {
-      if (layout[0] == 't') config->mutable_parallel()->set_tp(2);
-      if (layout[0] == 's') config->mutable_parallel()->set_sp(2);
+      if (layout == "tp") config->mutable_parallel()->set_tp(2);
+      if (layout == "sp") config->mutable_parallel()->set_sp(2);
+      if (layout == "dp_copies") config->mutable_hstu()->set_table_shards(1);
     }
-    ExpectDeviceRunEqualsCpuRun(std::string("hstu ") + layout + "2", cpu, device);
+    if (layout == "dp_host") device.mutable_hstu()->set_table_placement(HstuConfig::HOST);
+    ExpectDeviceRunEqualsCpuRun("hstu " + layout, cpu, device);
   }
 }
 

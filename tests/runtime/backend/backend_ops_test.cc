@@ -1246,6 +1246,76 @@ TEST_P(BackendOps, AdamWUpdateAndEmaFollowTheirFormulas) {
   ExpectClose(Download<float>(ema), want_ema, kTolerance, "ema");
 }
 
+// The row-sharded table's sparse optimizer (Adam and row-wise Adagrad) on a
+// few touched rows, out of order: against a double-precision reference of
+// its formula (within the rounding of its float state), untouched rows and
+// their state unchanged bit for bit, and equal bit for bit to the CPU
+// kernel (on a GPU: the same rounding of every operation).
+TEST_P(BackendOps, SparseRowUpdateFollowsTheTablesFormulaOnTouchedRowsOnly) {
+  const int64_t rows = 6, dim = 7;
+  const std::vector<int32_t> touched = {4, 1, 5};
+  const auto count = static_cast<int64_t>(touched.size());
+  const auto p0 = RandomFloats(rows * dim, 50), m0 = RandomFloats(rows * dim, 51),
+             v0 = RandomFloats(rows * dim, 52, 0.0f, 1.0f), g = RandomFloats(count * dim, 53),
+             sums0 = RandomFloats(rows, 54, 0.0f, 1.0f);
+  for (const bool adam : {true, false}) {
+    SparseRowScalars s;
+    s.adam = adam;
+    s.lr = 0.05, s.beta1 = 0.9, s.beta2 = 0.98, s.eps = 1e-8;
+    s.bias1 = 1 - std::pow(0.9, 3), s.bias2 = 1 - std::pow(0.98, 3);
+    s.grad_scale = 0.5f;
+    Tensor p = Upload(p0), m = Upload(m0), v = Upload(v0), sums = Upload(sums0);
+    backend().SparseRowUpdate(s, Upload(touched).ptr<int32_t>(), count, dim,
+                              Upload(g).ptr<float>(), p.ptr<float>(), m.ptr<float>(),
+                              v.ptr<float>(), sums.ptr<float>());
+    std::vector<double> want_p = ToDouble(p0), want_m = ToDouble(m0), want_v = ToDouble(v0),
+                        want_sums = ToDouble(sums0);
+    for (int64_t k = 0; k < count; ++k) {
+      const int64_t row = touched[k];
+      double mean_square = 0;
+      for (int64_t d = 0; d < dim; ++d) {
+        const double gd = 0.5 * g[k * dim + d];
+        mean_square += gd * gd / dim;
+      }
+      if (!adam) want_sums[row] += mean_square;
+      for (int64_t d = 0; d < dim; ++d) {
+        const int64_t i = row * dim + d;
+        const double gd = 0.5 * g[k * dim + d];
+        if (adam) {
+          want_m[i] = 0.9 * want_m[i] + 0.1 * gd;
+          want_v[i] = 0.98 * want_v[i] + 0.02 * gd * gd;
+          want_p[i] -= 0.05 * (want_m[i] / s.bias1) / (std::sqrt(want_v[i] / s.bias2) + 1e-8);
+        } else {
+          want_p[i] -= 0.05 * gd / (std::sqrt(want_sums[row]) + 1e-8);
+        }
+      }
+    }
+    const std::string what = adam ? "sparse adam " : "sparse adagrad ";
+    const std::vector<float> got_p = Download<float>(p), got_m = Download<float>(m),
+                             got_v = Download<float>(v), got_sums = Download<float>(sums);
+    ExpectClose(got_p, want_p, kTolerance, what + "params");
+    ExpectClose(got_m, want_m, kTolerance, what + "m");
+    ExpectClose(got_v, want_v, kTolerance, what + "v");
+    ExpectClose(got_sums, want_sums, kTolerance, what + "sums");
+    for (int64_t row : {0, 2, 3}) {  // untouched
+      for (int64_t d = 0; d < dim; ++d) {
+        const int64_t i = row * dim + d;
+        ASSERT_EQ(got_p[i], p0[i]) << what << "row " << row;
+        ASSERT_EQ(got_m[i], m0[i]) << what << "row " << row;
+        ASSERT_EQ(got_v[i], v0[i]) << what << "row " << row;
+      }
+      ASSERT_EQ(got_sums[row], sums0[row]) << what << "row " << row;
+    }
+    std::vector<float> cpu_p = p0, cpu_m = m0, cpu_v = v0, cpu_sums = sums0;
+    HostBackend().SparseRowUpdate(s, touched.data(), count, dim, g.data(), cpu_p.data(),
+                                  cpu_m.data(), cpu_v.data(), cpu_sums.data());
+    EXPECT_EQ(got_p, cpu_p) << what;
+    EXPECT_EQ(got_m, cpu_m) << what;
+    EXPECT_EQ(got_v, cpu_v) << what;
+    EXPECT_EQ(got_sums, cpu_sums) << what;
+  }
+}
+
 TEST_P(BackendOps, EventsOrderWorkAndSynchronizeReportsSuccess) {
   auto event = backend().CreateEvent();
   ASSERT_NE(event, nullptr);
