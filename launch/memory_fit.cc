@@ -99,8 +99,8 @@ DeviceMemoryPlan PlanDeviceMemory(const RunConfig& config, int world_size) {
   if (sparse > 0) {
     const int shards = (*family)->table_shards ? (*family)->table_shards(config, world_size) : 0;
     plan.sparse = sparse * e.sparse_bytes_per_parameter / std::max(1, shards);
-    plan.sparse_why = shards > 1 ? absl::StrFormat("%s, 1/%d of it", e.sparse_why, shards)
-                                 : e.sparse_why;
+    plan.sparse_why =
+        shards > 1 ? absl::StrFormat("%s, 1/%d of it", e.sparse_why, shards) : e.sparse_why;
   }
   plan.activations = terms[1].bytes;
   plan.activations_why = terms[1].why;

@@ -5,7 +5,6 @@
 #include <fstream>
 
 #include "absl/strings/str_format.h"
-
 #include "models/hstu/config_rules.h"
 #include "models/hstu/evaluation.h"
 #include "models/hstu/task.h"
@@ -55,9 +54,9 @@ ModelSizeEstimate EstimateSize(const RunConfig& config) {
   const bool adam = m.table_optimizer() == HstuConfig::ADAM;
   e.sparse_parameters = static_cast<double>(m.num_items()) * d;
   e.sparse_bytes_per_parameter = adam ? 16.0 : 8.0 + 4.0 / std::max(1.0, d);
-  e.sparse_why = absl::StrFormat("num_items %d x embedding_dim %d: rows, %s and gradients",
-                                 m.num_items(), m.embedding_dim(),
-                                 adam ? "Adam's m and v" : "row-wise Adagrad's sums");
+  e.sparse_why =
+      absl::StrFormat("num_items %d x embedding_dim %d: rows, %s and gradients", m.num_items(),
+                      m.embedding_dim(), adam ? "Adam's m and v" : "row-wise Adagrad's sums");
   return e;
 }
 

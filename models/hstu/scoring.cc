@@ -87,7 +87,8 @@ absl::StatusOr<std::vector<float>> ScoreItems(Hstu& model, Arena& arena, const f
   Backend& backend = arena.backend();
   Tensor ids = arena.AllocateUninitialized(DType::kI32, Shape{total});
   Tensor inputs = arena.AllocateUninitialized(DType::kF32, Shape{total, dim});  // [T, D]
-  const float* rows = OnBackend(arena, table, model.num_items(), dim);  // copied over once
+  // The table copied over once, for the lookup and the scores.
+  const float* rows = OnBackend(arena, table, model.num_items(), dim);
   if (total > 0) {
     backend.CopyToDevice(ids.address(), batch.items.data(), ids.bytes());
     backend.EmbeddingForward(ids.ptr<int32_t>(), rows, inputs.ptr<float>(), total, dim);

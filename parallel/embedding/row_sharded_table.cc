@@ -40,10 +40,14 @@ RowShardedTable::RowShardedTable(Communicator* group, Communicator* replicas, st
   }
 }
 
-Tensor RowShardedTable::Upload(Backend& backend, const std::vector<int32_t>& values) {
-  Tensor t = Tensor::Empty(DType::kI32, Shape{static_cast<int64_t>(values.size())}, backend);
-  if (!values.empty()) backend.CopyToDevice(t.address(), values.data(), t.bytes());
-  return t;
+const int32_t* RowShardedTable::UploadIndex(const std::vector<int32_t>& values) {
+  const auto n = static_cast<int64_t>(values.size());
+  if (!device_index_.defined() || device_index_.numel() < n) {
+    device_index_ = Tensor::Empty(DType::kI32,
+                                  Shape{std::max<int64_t>(n, 2 * device_index_.numel())}, *device_);
+  }
+  if (n > 0) device_->CopyToDevice(device_index_.address(), values.data(), n * sizeof(int32_t));
+  return device_index_.ptr<int32_t>();
 }
 
 void RowShardedTable::EnsureDeviceState() {
@@ -100,8 +104,7 @@ absl::Status RowShardedTable::DeviceExchange(const float* send,
     if (s[0] > 0) device_->Copy(recv, send, s[0] * sizeof(float));
     return absl::OkStatus();
   }
-  return device_group_->CompleteOnDevice(
-      device_group_->AllToAllV(send, s, recv, r, DType::kF32));
+  return device_group_->CompleteOnDevice(device_group_->AllToAllV(send, s, recv, r, DType::kF32));
 }
 
 // Rows per looked-up id below which Dedupe marks rows instead of sorting.
@@ -187,8 +190,8 @@ absl::Status RowShardedTable::LookupDistinctOn(Arena& arena, std::span<const int
   if (device_ == nullptr) {
     std::vector<float> host;
     TESSERA_RETURN_IF_ERROR(LookupDistinct(ids, &host, slots));
-    *rows = arena.AllocateUninitialized(
-        DType::kF32, Shape{static_cast<int64_t>(host.size()) / dim_, dim_});
+    *rows = arena.AllocateUninitialized(DType::kF32,
+                                        Shape{static_cast<int64_t>(host.size()) / dim_, dim_});
     if (!host.empty()) backend.CopyToDevice(rows->address(), host.data(), rows->bytes());
     return absl::OkStatus();
   }
@@ -196,8 +199,8 @@ absl::Status RowShardedTable::LookupDistinctOn(Arena& arena, std::span<const int
   TESSERA_RETURN_IF_ERROR(Route(ids));
   const Routing& r = routing_;
   const auto asked = static_cast<int64_t>(r.received.size());
-  *rows = arena.AllocateUninitialized(DType::kF32,
-                                      Shape{static_cast<int64_t>(r.unique.size()), dim_});
+  *rows =
+      arena.AllocateUninitialized(DType::kF32, Shape{static_cast<int64_t>(r.unique.size()), dim_});
   // The rows asked of this rank, gathered on the device by local index (the
   // indices are host values: they come from the ids), then sent back.
   std::vector<int32_t> local(r.received.size());
@@ -210,12 +213,12 @@ absl::Status RowShardedTable::LookupDistinctOn(Arena& arena, std::span<const int
                       ? *rows
                       : arena.AllocateUninitialized(DType::kF32, Shape{asked, dim_});
   if (asked > 0) {
-    backend.EmbeddingForward(index.ptr<int32_t>(), device_rows_.ptr<float>(),
-                             served.ptr<float>(), asked, dim_);
+    backend.EmbeddingForward(index.ptr<int32_t>(), device_rows_.ptr<float>(), served.ptr<float>(),
+                             asked, dim_);
   }
   if (device_group_ != nullptr) {
-    TESSERA_RETURN_IF_ERROR(DeviceExchange(served.ptr<float>(), r.recv_counts, rows->ptr<float>(),
-                                           r.send_counts));
+    TESSERA_RETURN_IF_ERROR(
+        DeviceExchange(served.ptr<float>(), r.recv_counts, rows->ptr<float>(), r.send_counts));
   }
   if (slots != nullptr) *slots = r.slot;
   return absl::OkStatus();
@@ -245,8 +248,8 @@ absl::Status RowShardedTable::BackwardDistinctOn(Arena& arena, const Tensor& ddi
   if (asked == 0) return absl::OkStatus();
   Tensor index = arena.AllocateUninitialized(DType::kI32, Shape{asked});
   backend.CopyToDevice(index.address(), slot.data(), index.bytes());
-  backend.EmbeddingBackward(index.ptr<int32_t>(), received.ptr<float>(),
-                            device_grads_.ptr<float>(), asked, dim_);
+  backend.EmbeddingBackward(index.ptr<int32_t>(), received.ptr<float>(), device_grads_.ptr<float>(),
+                            asked, dim_);
   return absl::OkStatus();
 }
 
@@ -301,8 +304,7 @@ int32_t RowShardedTable::TouchedSlot(int64_t row) {
       // Grown by doubling up to the rows this rank owns; the new rows are
       // zeros, the touched ones copied over (on the device).
       const int64_t capacity = std::min(
-          end_ - first_,
-          std::max<int64_t>({int64_t{64}, 2 * int64_t{slot}, int64_t{slot} + 1}));
+          end_ - first_, std::max<int64_t>({int64_t{64}, 2 * int64_t{slot}, int64_t{slot} + 1}));
       Tensor grown = Tensor::Empty(DType::kF32, Shape{capacity, dim_}, *device_);
       if (slot > 0) {
         device_->Copy(grown.address(), device_grads_.address(),
@@ -359,15 +361,17 @@ absl::Status RowShardedTable::SumOverReplicas() {
     std::vector<int32_t> slots(order.size());
     for (size_t k = 0; k < order.size(); ++k) slots[k] = slot_of_row_[order[k] - first_];
     const auto n = static_cast<int64_t>(order.size());
-    Tensor packed = Tensor::Empty(DType::kF32, Shape{n, dim_}, *device_);
+    if (!device_packed_.defined() || device_packed_.dim(0) < n) {
+      device_packed_ = Tensor::Empty(DType::kF32, Shape{std::max<int64_t>(n, 1), dim_}, *device_);
+    }
+    const size_t bytes = static_cast<size_t>(n * dim_) * sizeof(float);
     if (n > 0) {
-      const Tensor index = Upload(*device_, slots);
-      device_->EmbeddingForward(index.ptr<int32_t>(), device_grads_.ptr<float>(),
-                                packed.ptr<float>(), n, dim_);
+      device_->EmbeddingForward(UploadIndex(slots), device_grads_.ptr<float>(),
+                                device_packed_.ptr<float>(), n, dim_);
     }
     TESSERA_RETURN_IF_ERROR(device_replicas_->CompleteOnDevice(device_replicas_->AllReduce(
-        packed.address(), static_cast<size_t>(n * dim_), DType::kF32, ReduceOp::kSum)));
-    if (n > 0) device_->Copy(device_grads_.address(), packed.address(), packed.bytes());
+        device_packed_.address(), static_cast<size_t>(n * dim_), DType::kF32, ReduceOp::kSum)));
+    if (n > 0) device_->Copy(device_grads_.address(), device_packed_.address(), bytes);
     touched_rows_ = order;
     for (size_t k = 0; k < order.size(); ++k) {
       slot_of_row_[order[k] - first_] = static_cast<int32_t>(k);
@@ -407,10 +411,8 @@ absl::Status RowShardedTable::Step(const SparseOptimizerOptions& o, int64_t t, d
   if (device_ != nullptr) {
     EnsureDeviceState();
     if (touched > 0) {
-      const Tensor index = Upload(*device_, local);
-      device_->SparseRowUpdate(s, index.ptr<int32_t>(), touched, dim_, device_grads_.ptr<float>(),
-                               device_rows_.ptr<float>(),
-                               adam ? device_m_.ptr<float>() : nullptr,
+      device_->SparseRowUpdate(s, UploadIndex(local), touched, dim_, device_grads_.ptr<float>(),
+                               device_rows_.ptr<float>(), adam ? device_m_.ptr<float>() : nullptr,
                                adam ? device_v_.ptr<float>() : nullptr,
                                adam ? nullptr : device_sums_.ptr<float>());
       // The next step's gradients start from zero.

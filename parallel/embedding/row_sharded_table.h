@@ -184,8 +184,10 @@ class RowShardedTable : public SparseParameters {
   // The union of the touched rows over the replicas, added to this rank's
   // (host values: an all-gather of row ids).
   absl::Status TouchUnionOfReplicas();
-  // `values` (host int32) in a fresh buffer of `backend`'s memory.
-  static Tensor Upload(Backend& backend, const std::vector<int32_t>& values);
+  // `values` (host int32) in device_index_ (grown when too small: a step
+  // of the steady state allocates no device memory); valid until the next
+  // call (later device work is ordered after this copy).
+  const int32_t* UploadIndex(const std::vector<int32_t>& values);
   // The device state of the optimizer kind, allocated (zeros) when missing.
   void EnsureDeviceState();
   // The box [first_row, 0] + [rows, dim] (or [rows] with `per_row`) of `kind`.
@@ -227,6 +229,7 @@ class RowShardedTable : public SparseParameters {
   Communicator* device_group_ = nullptr;
   Communicator* device_replicas_ = nullptr;
   Tensor device_rows_, device_m_, device_v_, device_sums_, device_grads_;
+  Tensor device_index_, device_packed_;  // Step's and SumOverReplicas' scratch, grow-only
 };
 
 }  // namespace tessera::parallel

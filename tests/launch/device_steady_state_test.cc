@@ -11,6 +11,7 @@
 #include <string>
 
 #include "data/synthetic_images.h"
+#include "data/synthetic_interactions.h"
 #include "data/synthetic_tokens.h"
 #include "runtime/config/config.h"
 #include "tests/launch/device_run_util.h"
@@ -61,6 +62,31 @@ TEST(DeviceSteadyState, MambaHybridStepsAllocateNoDeviceMemory) {
   config.mutable_data()->set_dir(base + "/tokens");
   config.mutable_train()->set_micro_batch(4);
   config.mutable_train()->set_eval_every(0);
+  const int64_t four = AllocationsOfRun(config, 4, base + "/four");
+  const int64_t eight = AllocationsOfRun(config, 8, base + "/eight");
+  EXPECT_GT(four, 0);
+  EXPECT_EQ(eight, four) << "steps 5-8 allocated device memory";
+}
+
+// HSTU with its item table on the device (the table's step scratch is
+// grow-only): histories longer than max_len, so every batch has the same
+// tokens, and every micro-batch's candidates cover the 200 items.
+TEST(DeviceSteadyState, HstuStepsWithTheTableOnTheDeviceAllocateNoDeviceMemory) {
+  const std::string base = ::testing::TempDir() + "/tessera_steady_hstu";
+  std::filesystem::remove_all(base);
+  ClusteredInteractionsSpec spec;
+  spec.num_users = 64;
+  spec.num_items = 200;
+  spec.min_length = 30;
+  spec.max_length = 30;
+  spec.seed = 3;
+  ASSERT_TRUE(SynthesizeInteractions(base + "/data", spec).ok());
+  RunConfig config = *LoadRunConfig(TESSERA_SOURCE_DIR "/configs/hstu_tiny.textproto");
+  config.mutable_data()->set_dir(base + "/data");
+  config.mutable_train()->set_global_batch(16);
+  config.mutable_train()->set_micro_batch(8);
+  config.mutable_train()->set_eval_every(0);
+  config.mutable_hstu()->set_table_placement(HstuConfig::DEVICE);
   const int64_t four = AllocationsOfRun(config, 4, base + "/four");
   const int64_t eight = AllocationsOfRun(config, 8, base + "/eight");
   EXPECT_GT(four, 0);

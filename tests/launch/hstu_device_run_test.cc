@@ -76,7 +76,6 @@ TEST(HstuDeviceRun, APretendDeviceTrainsEvaluatesSavesAndResumesLikeTheCpu) {
             ReadFile(base + "/cpu/final_metrics.json"));
   EXPECT_FALSE(ReadFile(base + "/cpu/final_metrics.json").empty());
 
-
   // The table kept in host memory on the device run: the same numbers.
   RunConfig host_table = TinyHstuConfig(base, "host_table");
   host_table.mutable_hstu()->set_table_placement(HstuConfig::HOST);
@@ -95,13 +94,12 @@ TEST(HstuDeviceRun, APretendDeviceTrainsEvaluatesSavesAndResumesLikeTheCpu) {
   for (const Resume& r : {Resume{"resumed", "device", HstuConfig::AUTO},
                           Resume{"resumed_host_table", "device", HstuConfig::HOST},
                           Resume{"resumed_from_cpu", "cpu", HstuConfig::DEVICE}}) {
-    RunConfig config = ResumingFrom(TinyHstuConfig(base, r.run), base + "/" + r.from,
-                                    "step_00000002");
+    RunConfig config =
+        ResumingFrom(TinyHstuConfig(base, r.run), base + "/" + r.from, "step_00000002");
     config.mutable_hstu()->set_table_placement(r.placement);
     const absl::Status resumed = TrainAlone(config, device);
     ASSERT_TRUE(resumed.ok()) << r.run << ": " << resumed;
-    const std::vector<std::string> tail =
-        LoggedNumbers(base + "/" + r.run + "/metrics.jsonl");
+    const std::vector<std::string> tail = LoggedNumbers(base + "/" + r.run + "/metrics.jsonl");
     ASSERT_FALSE(tail.empty()) << r.run;
     EXPECT_EQ(tail.back(), cpu.back()) << r.run;
     EXPECT_EQ(ReadFile(base + "/" + r.run + "/final_metrics.json"),
@@ -151,8 +149,7 @@ TEST(HstuDeviceRun, TheDeviceResidentTableReadsNothingOnTheHost) {
     per_micro_batch[placement] = static_cast<double>(traffic[1] - traffic[0]) / (2 * 2);
   }
   const double row_bytes = 16 * sizeof(float);  // embedding_dim 16
-  RecordProperty("host_bytes_per_micro_batch_device_table",
-                 static_cast<int>(per_micro_batch[0]));
+  RecordProperty("host_bytes_per_micro_batch_device_table", static_cast<int>(per_micro_batch[0]));
   RecordProperty("host_bytes_per_micro_batch_host_table", static_cast<int>(per_micro_batch[1]));
   EXPECT_LT(per_micro_batch[0], row_bytes) << "bytes read on the host per micro-batch";
   EXPECT_GT(per_micro_batch[1] - per_micro_batch[0], 10 * row_bytes);
