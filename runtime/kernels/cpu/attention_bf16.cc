@@ -9,11 +9,13 @@
 // adds both products of a pair into 16 fp32 sums. n is padded to a multiple
 // of 16 and k to an even count, with zeros, in every buffer.
 //
-// The operands are rounded once per call: the forward pass first packs every
-// head's Q, K and V (a parallel loop over heads), then runs the query blocks
-// (a second parallel loop, so one long sequence still fills every core); the
-// backward pass packs one head's Q, K, V and dO into the thread's scratch when
-// it starts that head. Only P and dS are rounded inside the block loops, once
+// The operands are rounded once per call. The forward pass, with at least 4
+// heads per thread, packs a head's Q, K and V into the thread's scratch and
+// runs all its query blocks while they are in cache; with fewer (one long
+// sequence) it packs every head first (a parallel loop over heads) and then
+// shares out the query blocks (a second one), so every core has work. The
+// backward pass packs one head's Q, K, V and dO (seven layouts) into the
+// thread's scratch when it starts that head. Only P and dS are rounded inside the block loops, once
 // per block, as the GPU rounds them once per tile. Converting inside the
 // products instead (oneDNN bf16 matmuls on fp32 tiles) made the op slower
 // than fp32 (docs/precision.md).

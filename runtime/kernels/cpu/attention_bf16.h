@@ -18,8 +18,8 @@
 // word, the layout of the AVX-512 BF16 dot product `vdpbf16ps`); the products
 // then run on those instructions where the CPU has them (Zen 4, Cooper Lake,
 // Sapphire Rapids and later; detected at run time) and on portable code that
-// rounds at the same points elsewhere (slower than the fp32 kernel: such a
-// CPU has no fast bf16 anyway).
+// rounds at the same points elsewhere (plain loops the compiler vectorizes
+// for the build's target; its speed on such CPUs has not been measured).
 #pragma once
 
 #include <cstdint>
