@@ -241,15 +241,23 @@ absl::Status RowShardedTable::BackwardDistinctOn(Arena& arena, const Tensor& ddi
                                            received.ptr<float>(), r.recv_counts));
   }
   // Each received row's slot among the touched rows (host values); the sum
-  // then runs on the device in the host table's order (senders in rank
-  // order: Backend::EmbeddingBackward adds in position order).
+  // then runs on the device in the host table's order: one
+  // EmbeddingBackward per sender, in rank order. A sender sends each row
+  // once, so no call adds twice to one slot, and even a GPU's atomic adds
+  // make the host table's sums bit for bit.
   std::vector<int32_t> slot(r.received.size());
   for (size_t i = 0; i < slot.size(); ++i) slot[i] = TouchedSlot(r.received[i]);
   if (asked == 0) return absl::OkStatus();
   Tensor index = arena.AllocateUninitialized(DType::kI32, Shape{asked});
   backend.CopyToDevice(index.address(), slot.data(), index.bytes());
-  backend.EmbeddingBackward(index.ptr<int32_t>(), received.ptr<float>(), device_grads_.ptr<float>(),
-                            asked, dim_);
+  int64_t at = 0;
+  for (const size_t count : r.recv_counts) {
+    if (count > 0) {
+      backend.EmbeddingBackward(index.ptr<int32_t>() + at, received.ptr<float>() + at * dim_,
+                                device_grads_.ptr<float>(), static_cast<int64_t>(count), dim_);
+    }
+    at += static_cast<int64_t>(count);
+  }
   return absl::OkStatus();
 }
 
