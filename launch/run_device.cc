@@ -31,7 +31,11 @@ absl::Status CheckGpuPlan(const RunConfig& config, Distributed& distributed, int
 }  // namespace
 
 absl::Status AgreeOnSparsePlacement(Distributed& distributed) {
-  if (distributed.world == nullptr) return absl::OkStatus();
+  // A CPU run (every rank's: BuildGroups refuses a mixed one) has nothing to agree on.
+  if (distributed.world == nullptr || distributed.backend == nullptr ||
+      distributed.backend->device() == Device::kCpu) {
+    return absl::OkStatus();
+  }
   int64_t on_host = distributed.sparse_on_host ? 1 : 0;
   TESSERA_RETURN_IF_ERROR(distributed.world->Complete(
       distributed.world->AllReduce(&on_host, 1, DType::kI64, parallel::ReduceOp::kMax)));

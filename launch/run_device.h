@@ -25,7 +25,8 @@ absl::Status SelectRunBackend(const RunConfig& config, Distributed& distributed)
 
 // After BuildGroups: sparse parameters (HSTU's item table) stay in host
 // memory on every rank if SelectRunBackend's plan kept them there on any
-// (the table's collectives need one placement). A no-op without MPI.
+// (the table's collectives need one placement). A no-op without MPI and
+// on a CPU run.
 absl::Status AgreeOnSparsePlacement(Distributed& distributed);
 
 }  // namespace tessera
