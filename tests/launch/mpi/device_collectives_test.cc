@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -35,8 +36,15 @@ namespace tessera {
 namespace {
 
 Distributed* g_distributed = nullptr;
+// One folder per MPI job (every rank of a job sees the same namespace):
+// rank 0 removes it at the start and the end, which a fixed name let a job
+// of another checkout on the same machine do under this one's runs.
 const std::string& Base() {
-  static const std::string base = "/tmp/tessera_device_collectives";
+  static const std::string base = [] {
+    const char* job = std::getenv("PMIX_NAMESPACE");
+    if (job == nullptr) job = std::getenv("OMPI_MCA_ess_base_jobid");
+    return std::string("/tmp/tessera_device_collectives") + (job ? std::string("_") + job : "");
+  }();
   return base;
 }
 
