@@ -94,7 +94,7 @@ int main(int argc, char** argv) {
     double latest_end = end;
     MPI_Allreduce(&end, &latest_end, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
     const double skew = std::min(exposed, latest_end - end);
-    if (!dp->Step(1e-4f, 1.0f).ok()) return 1;
+    if (!dp->Step(1e-4f, /*grad_scale=*/nullptr).ok()) return 1;
     const double total = Since(start);
     if (step > 0) {  // the first step warms up arenas and caches
       step_sum += total;

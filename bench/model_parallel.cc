@@ -340,9 +340,10 @@ absl::StatusOr<Result> RunLayout(parallel::MpiRuntime& mpi, const Layout& l, int
                      prediction.numel(), static_cast<float>(model->loss_share()));
     TESSERA_RETURN_IF_ERROR(model->BackwardRows(arena, dprediction, 1.0f));
     TESSERA_RETURN_IF_ERROR(data_parallel->FinishBackward());
-    TESSERA_ASSIGN_OR_RETURN(const double norm_squared, data_parallel->GradNormSquared());
+    double norm_squared = 0;  // host memory: the CPU backend's
+    TESSERA_RETURN_IF_ERROR(data_parallel->GradNormSquared(&loss, 1, &norm_squared));
     const float clip = static_cast<float>(ClipScale(std::sqrt(norm_squared), 1.0));
-    TESSERA_RETURN_IF_ERROR(data_parallel->Step(1e-4f, clip));
+    TESSERA_RETURN_IF_ERROR(data_parallel->Step(1e-4f, &clip));
     const double seconds =
         MaxOverRanks(std::chrono::duration<double>(Clock::now() - start).count());
     if (step > 0) times.push_back(seconds);  // step 0 warms up arenas and caches

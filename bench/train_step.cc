@@ -116,10 +116,11 @@ int main(int argc, char** argv) {
                           out.numel(), 1.0f);
       if (!model->Backward(arena, dout, 1.0f).ok()) std::abort();
     }
-    const double norm = std::sqrt(backend.SumSquares(store.grads().ptr<float>(), store.numel()));
-    backend.Scale(store.grads().ptr<float>(), store.numel(), static_cast<float>(ClipScale(norm, 1.0)));
-    adam.Step(1e-4f, store.values().data<float>(), store.grads().data<float>());
-    ema.Update(store.values().data<float>(), 0.9999);
+    double norm_squared = 0;  // host memory: the CPU backend's
+    backend.SumSquares(store.grads().ptr<float>(), store.numel(), &norm_squared);
+    const float scale = static_cast<float>(ClipScale(std::sqrt(norm_squared), 1.0));
+    adam.Step(1e-4f, store.values().data<float>(), store.grads().data<float>(), &scale);
+    ema.Update(store.values().data<float>(), 0.9999, &scale);
   };
   const double step_seconds = MedianSeconds(train_step, steps);
   const double flops = 3 * model->ForwardFlops(kBatch);
@@ -179,8 +180,8 @@ int main(int argc, char** argv) {
   }
   {
     const double t = MedianSeconds([&] {
-      const double norm = std::sqrt(backend.SumSquares(store.grads().ptr<float>(), store.numel()));
-      (void)norm;
+      double norm_squared = 0;
+      backend.SumSquares(store.grads().ptr<float>(), store.numel(), &norm_squared);
       adam.Step(1e-4f, store.values().data<float>(), store.grads().data<float>());
       ema.Update(store.values().data<float>(), 0.9999);
     }, steps);

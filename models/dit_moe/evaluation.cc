@@ -100,8 +100,13 @@ absl::StatusOr<double> DitMoeEvaluation::BatchLossSum(Arena& arena, const ImageB
   if (valid > 0) {
     // Output rows are sample-major: the valid images' rows come first.
     const int64_t n = prediction.numel() / m * valid;
-    loss = model_.loss_share() * static_cast<double>(valid) *
-           backend.MseForward(prediction.ptr<float>(), target.ptr<float>(), n);
+    // Evaluation reads its loss (it is no training step).
+    const Tensor mse = arena.AllocateUninitialized(DType::kI64, Shape{1});
+    backend.MseForward(prediction.ptr<float>(), target.ptr<float>(), n,
+                       reinterpret_cast<double*>(mse.ptr<int64_t>()));
+    double mean = 0;
+    backend.CopyToHost(&mean, mse.address(), sizeof(double));
+    loss = model_.loss_share() * static_cast<double>(valid) * mean;
   }
   // Under Megatron SP each tp rank holds its share of the images' tokens.
   TESSERA_RETURN_IF_ERROR(model_.SumLossOverTensorGroup(&loss));

@@ -217,6 +217,21 @@ absl::Status DitMoe::SumLossOverTensorGroup(double* loss) const {
   return absl::OkStatus();
 }
 
+absl::Status DitMoe::SumDeviceLossOverTensorGroup(Arena& arena, double* loss) const {
+  if (loss_share_ == 1) return absl::OkStatus();
+  Backend& backend = arena.backend();
+  const auto doubles = [](const Tensor& t) { return reinterpret_cast<double*>(t.ptr<int64_t>()); };
+  const Tensor share = arena.Allocate(DType::kI64, Shape{1});  // 0, then += share * loss
+  backend.AccumulateScalars(loss, 1, loss_share_, doubles(share));
+  parallel::Communicator& tp = *mp_.tp;
+  const Tensor all = arena.AllocateUninitialized(DType::kI64, Shape{tp.size()});
+  TESSERA_RETURN_IF_ERROR(
+      tp.CompleteOnDevice(tp.AllGather(share.address(), all.address(), sizeof(double), DType::kU8)));
+  backend.Memset(loss, 0, sizeof(double));
+  backend.AccumulateScalars(doubles(all), tp.size(), 1.0, loss);  // rank order
+  return absl::OkStatus();
+}
+
 absl::StatusOr<Tensor> DitMoe::Forward(Arena& arena, const Tensor& x, const float* t,
                                        const int32_t* labels, bool record) {
   if (local_tokens_ != dims_.tokens()) {

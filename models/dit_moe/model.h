@@ -69,7 +69,13 @@ class DitMoe {
   // same samples: each rank's loss is its share (1/tp) of the replica's, and
   // the replica's is their sum. 1 and no-op otherwise.
   double loss_share() const { return loss_share_; }
+  // A host loss (the evaluation's): replaced by its sum over the tensor group.
   absl::Status SumLossOverTensorGroup(double* loss) const;
+  // A training loss in device memory: *loss, this rank's mean (one double),
+  // becomes the replica's, the sum over the tensor group of loss_share()
+  // times each rank's (the host version's arithmetic, in rank order), over
+  // the tp device communicator; the buffers come from `arena`.
+  absl::Status SumDeviceLossOverTensorGroup(Arena& arena, double* loss) const;
 
   // Before an optimizer step's first micro-batch: the MoE balance counts of
   // MoeConfig's GLOBAL_BATCH scope start again.

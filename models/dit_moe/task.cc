@@ -59,7 +59,7 @@ DitMoeTask::DitMoeTask(const RunConfig& config, DitMoe& model,
 }
 
 absl::StatusOr<MicroBatchResult> DitMoeTask::RunMicroBatch(Arena& arena, int64_t step, int micro,
-                                                           float loss_scale) {
+                                                           float loss_scale, double* loss) {
   if (micro == 0) {
     model_.BeginStep();
     TESSERA_ASSIGN_OR_RETURN(batch_, reader_->Next());
@@ -115,11 +115,12 @@ absl::StatusOr<MicroBatchResult> DitMoeTask::RunMicroBatch(Arena& arena, int64_t
                         positions, ex, prediction);
   }
   const int64_t n = prediction.numel();
-  // Under Megatron SP this rank's loss is its share of the replica's.
+  // Under Megatron SP this rank's loss is its share of the replica's. The
+  // loss stays in device memory (the trainer reads it at log steps).
   const double loss_share = model_.loss_share();
   MicroBatchResult result;
-  result.loss = loss_share * backend.MseForward(prediction.ptr<float>(), target.ptr<float>(), n);
-  TESSERA_RETURN_IF_ERROR(model_.SumLossOverTensorGroup(&result.loss));
+  backend.MseForward(prediction.ptr<float>(), target.ptr<float>(), n, loss);
+  TESSERA_RETURN_IF_ERROR(model_.SumDeviceLossOverTensorGroup(arena, loss));
   result.aux_loss = model_.balance_loss();
   result.samples = micro_batch_;
   // The loss is a mean over samples (every sample has the same pixels): the

@@ -22,7 +22,7 @@ class DitMoeTask : public TrainTask {
                                                             SamplerState start = {});
 
   absl::StatusOr<MicroBatchResult> RunMicroBatch(Arena& arena, int64_t step, int micro,
-                                                 float loss_scale) override;
+                                                 float loss_scale, double* loss) override;
   double TrainingFlopsPerSample() const override;
   int64_t TokensPerSample() const override { return model_.dims().tokens(); }
   size_t PredictActivationBytes() const override;

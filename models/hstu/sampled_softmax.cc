@@ -53,12 +53,15 @@ Candidates SampleCandidates(const HstuBatch& batch, parallel::TokenRange range,
   return c;
 }
 
-double SampledSoftmax::Forward(Arena& arena, const Tensor& outputs, const Tensor& distinct,
-                               const Tensor& slots, const Candidates& candidates) {
+void SampledSoftmax::Forward(Arena& arena, const Tensor& outputs, const Tensor& distinct,
+                             const Tensor& slots, const Candidates& candidates, double* loss) {
   Backend& backend = arena.backend();
   tokens_ = outputs.dim(0);
   per_token_ = candidates.per_token;
-  if (tokens_ == 0) return 0;
+  if (tokens_ == 0) {
+    backend.Memset(loss, 0, sizeof(double));
+    return;
+  }
   const int64_t rows = tokens_ * per_token_;
   TESSERA_CHECK(slots.numel() == rows && distinct.rank() == 2 && distinct.dim(1) == dim_);
   outputs_ = outputs;
@@ -78,8 +81,8 @@ double SampledSoftmax::Forward(Arena& arena, const Tensor& outputs, const Tensor
                            slots.ptr<int32_t>(), tokens_, per_token_, dim_, alpha, 1.0f,
                            logits.ptr<float>());
   probs_ = arena.AllocateUninitialized(DType::kF32, Shape{tokens_, per_token_});
-  return backend.CrossEntropyForward(logits.ptr<float>(), targets_.ptr<int32_t>(),
-                                     probs_.ptr<float>(), tokens_, per_token_);
+  backend.CrossEntropyForward(logits.ptr<float>(), targets_.ptr<int32_t>(), probs_.ptr<float>(),
+                              tokens_, per_token_, loss);
 }
 
 Tensor SampledSoftmax::Backward(Arena& arena, const Tensor& ddistinct, float scale) {

@@ -45,10 +45,11 @@ class SampledSoftmax {
   // [U, D] (each distinct item once, looked up from the item table, which
   // may be row-sharded) and `slots` i32 [T (1 + K)] (candidate i's row is
   // distinct[slots[i]]), all in the backend's memory and alive until
-  // Backward. Each distinct row is normalised once. The mean loss over the T
-  // tokens (0 when T = 0). Keeps what Backward needs.
-  double Forward(Arena& arena, const Tensor& outputs, const Tensor& distinct, const Tensor& slots,
-                 const Candidates& candidates);
+  // Backward. Each distinct row is normalised once. Writes the mean loss
+  // over the T tokens (0 when T = 0) to *loss, one double in the backend's
+  // memory (the host does not wait for it). Keeps what Backward needs.
+  void Forward(Arena& arena, const Tensor& outputs, const Tensor& distinct, const Tensor& slots,
+               const Candidates& candidates, double* loss);
   // Returns d outputs [T, D] and adds to `ddistinct` [U, D] the distinct
   // rows' gradient, both of scale * (the sum of the T per-token losses).
   Tensor Backward(Arena& arena, const Tensor& ddistinct, float scale);

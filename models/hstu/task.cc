@@ -45,7 +45,7 @@ HstuTask::HstuTask(const RunConfig& config, Hstu& model, parallel::RowShardedTab
       micro_batch_(micro_batch) {}
 
 absl::StatusOr<MicroBatchResult> HstuTask::RunMicroBatch(Arena& arena, int64_t step, int micro,
-                                                         float loss_scale) {
+                                                         float loss_scale, double* loss) {
   using Clock = std::chrono::steady_clock;
   auto mark = Clock::now();
   // Adds the time since the last mark to `phase`.
@@ -97,7 +97,7 @@ absl::StatusOr<MicroBatchResult> HstuTask::RunMicroBatch(Arena& arena, int64_t s
                            model_.Forward(arena, batch, inputs.ptr<float>(), &dropout));
   lap(step_phases_.layers);
   MicroBatchResult result;
-  result.loss = loss_.Forward(arena, outputs, distinct, candidate_slots, candidates);
+  loss_.Forward(arena, outputs, distinct, candidate_slots, candidates, loss);
   result.samples = micro_batch_;
   result.elements = static_cast<double>(tokens);
   BeforeBackward();

@@ -27,7 +27,7 @@ class HstuTask : public TrainTask {
                                                           SamplerState start = {});
 
   absl::StatusOr<MicroBatchResult> RunMicroBatch(Arena& arena, int64_t step, int micro,
-                                                 float loss_scale) override;
+                                                 float loss_scale, double* loss) override;
   double TrainingFlopsPerSample() const override;
   int64_t TokensPerSample() const override { return model_.max_len(); }
   size_t PredictActivationBytes() const override;

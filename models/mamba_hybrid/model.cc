@@ -254,8 +254,21 @@ absl::StatusOr<Tensor> MambaHybrid::Embed(Arena& arena, const std::vector<int32_
   return ExitTpRegion(arena, layout_, partial, batch);
 }
 
-absl::StatusOr<MambaHybrid::LossSum> MambaHybrid::ForwardLoss(Arena& arena, const LmInputs& whole,
+absl::StatusOr<MambaHybrid::LossSum> MambaHybrid::ForwardLoss(Arena& arena, const LmInputs& in,
                                                               bool record) {
+  TESSERA_ASSIGN_OR_RETURN(LossSum loss, ForwardLossTotals(arena, in, record));
+  if (loss.totals.defined()) {
+    double host[2];  // the loss sum and the hits
+    arena.backend().CopyToHost(host, loss.totals.address(), sizeof(host));
+    loss.sum = host[0];
+    loss.correct = static_cast<int64_t>(host[1]);
+  }
+  return loss;
+}
+
+absl::StatusOr<MambaHybrid::LossSum> MambaHybrid::ForwardLossTotals(Arena& arena,
+                                                                    const LmInputs& whole,
+                                                                    bool record) {
   TESSERA_CHECK(static_cast<int64_t>(whole.inputs.size()) == whole.batch * whole.seq &&
                 whole.targets.size() == whole.inputs.size() &&
                 whole.mask.size() == whole.inputs.size());
@@ -303,7 +316,7 @@ absl::StatusOr<MambaHybrid::LossSum> MambaHybrid::ForwardLoss(Arena& arena, cons
   }
   if (selected_ > 0) {
     const Tensor logits = HeadLogits(arena, selected_hidden_);
-    TESSERA_ASSIGN_OR_RETURN(loss.sum, loss_.Forward(arena, logits, targets, &loss.correct));
+    TESSERA_ASSIGN_OR_RETURN(loss.totals, loss_.ForwardTotals(arena, logits, targets));
   }
   if (record) RecordHeadBackward();
   // The balance losses' weight: the micro-batch's targets in every shard.

@@ -63,8 +63,17 @@ class MambaHybrid {
     int64_t correct = 0;
     double balance_loss = 0;
     int64_t balance_weight = 0;
+    // The loss sum and the hits as two doubles in device memory (an i64
+    // tensor [2]; undefined when count is 0), which ForwardLoss reads into
+    // `sum` and `correct`.
+    Tensor totals;
   };
   absl::StatusOr<LossSum> ForwardLoss(Arena& arena, const LmInputs& in, bool record = true);
+  // The training forward: ForwardLoss with `sum` and `correct` left in
+  // `totals` (0 on the host), so that the host does not wait for the loss.
+  absl::StatusOr<LossSum> ForwardLossOnDevice(Arena& arena, const LmInputs& in) {
+    return ForwardLossTotals(arena, in, /*record=*/true);
+  }
   // Accumulates the parameter gradients of
   // scale * (LossSum::sum + balance_weight * balance_loss).
   absl::Status Backward(Arena& arena, float scale);
@@ -121,6 +130,8 @@ class MambaHybrid {
   size_t PredictActivationBytes(int64_t batch, int64_t seq) const;
 
  private:
+  // ForwardLoss without the read.
+  absl::StatusOr<LossSum> ForwardLossTotals(Arena& arena, const LmInputs& whole, bool record);
   MambaHybrid(const MambaHybridConfig& config, std::string pattern, ParameterStore& store,
               const parallel::ModelParallel* mp);
   absl::Status Build();

@@ -63,12 +63,17 @@ LmInputs LanguageModelTask::MicroBatchInputs(int micro, std::vector<int64_t>* po
 }
 
 absl::StatusOr<MicroBatchResult> LanguageModelTask::RunMicroBatch(Arena& arena, int64_t /*step*/,
-                                                                  int micro, float loss_scale) {
+                                                                  int micro, float loss_scale,
+                                                                  double* loss_out) {
   if (micro == 0) {
     model_.BeginStep();
     TESSERA_ASSIGN_OR_RETURN(batch_, reader_->Next());
     position_ = batch_.state_after;
-    step_loss_sum_ = step_targets_ = 0;
+    if (!step_loss_sum_.defined()) {
+      step_loss_sum_ = Tensor::Empty(DType::kI64, Shape{1}, arena.backend());
+    }
+    arena.backend().Memset(step_loss_sum_.address(), 0, sizeof(double));
+    step_targets_ = 0;
     step_assignments_.clear();
   }
   const int64_t share = batch_.tokens.dim(0);
@@ -76,7 +81,7 @@ absl::StatusOr<MicroBatchResult> LanguageModelTask::RunMicroBatch(Arena& arena, 
   std::vector<int64_t> positions;
   const LmInputs in = MicroBatchInputs(micro, &positions);
   model_.keep_activations(step_recorder() != nullptr);
-  TESSERA_ASSIGN_OR_RETURN(MambaHybrid::LossSum loss, model_.ForwardLoss(arena, in));
+  TESSERA_ASSIGN_OR_RETURN(MambaHybrid::LossSum loss, model_.ForwardLossOnDevice(arena, in));
   if (step_recorder() != nullptr) {
     RecordLanguageModelStep(*step_recorder(), model_, arena, global_batch_, in, positions);
   }
@@ -84,14 +89,22 @@ absl::StatusOr<MicroBatchResult> LanguageModelTask::RunMicroBatch(Arena& arena, 
   MicroBatchResult result;
   result.samples = micro_batch_;
   result.elements = static_cast<double>(loss.count);
-  result.loss = loss.count > 0 ? loss.sum / static_cast<double>(loss.count) : 0.0;
+  // The loss sum stays on the device: the trainer divides it by the count.
+  Backend& backend = arena.backend();
+  if (loss.totals.defined()) {
+    backend.Copy(loss_out, loss.totals.address(), sizeof(double));
+  } else {
+    backend.Memset(loss_out, 0, sizeof(double));
+  }
+  backend.AccumulateScalars(loss_out, 1, 1.0,
+                            reinterpret_cast<double*>(step_loss_sum_.ptr<int64_t>()));
+  result.loss_divisor = loss.count > 0 ? static_cast<double>(loss.count) : 1.0;
   // Weighted by this shard's targets, the shards' sum is the micro-batch's
   // targets times the balance loss: the term Backward's gradient holds.
   result.aux_loss = loss.balance_loss;
   BeforeBackward();
   // The gradient of loss_scale * (the sum of the per-token losses).
   TESSERA_RETURN_IF_ERROR(model_.Backward(arena, loss_scale));
-  step_loss_sum_ += loss.sum;
   step_targets_ += static_cast<double>(loss.count);
   return result;
 }
@@ -107,8 +120,14 @@ void LanguageModelTask::CountExpertAssignments() {
 }
 
 void LanguageModelTask::EndStep() {
-  bits_per_token_ = step_targets_ > 0 ? step_loss_sum_ / step_targets_ / std::log(2.0) : 0;
   assignments_ = step_assignments_;
+}
+
+double LanguageModelTask::BitsPerToken() const {
+  if (!(step_targets_ > 0)) return 0;
+  double sum = 0;  // a log step's read
+  step_loss_sum_.backend().CopyToHost(&sum, step_loss_sum_.address(), sizeof(double));
+  return sum / step_targets_ / std::log(2.0);
 }
 
 double LanguageModelTask::TrainingFlopsPerSample() const {
@@ -145,7 +164,7 @@ double MaxExpertLoad(const std::vector<std::vector<int64_t>>& assignments) {
 std::string LanguageModelTask::MetricsJsonFields() const {
   // This replica's targets of the last step (the logged loss is over all replicas).
   std::string fields = absl::StrFormat("\"replica_bits_per_token\":%.6g,\"replica_targets\":%.0f",
-                                       bits_per_token_, step_targets_);
+                                       BitsPerToken(), step_targets_);
   if (assignments_.empty()) return fields;
   // This replica's assignments per E layer and expert, and their shares.
   std::string counts = "[", load = "[";
@@ -169,7 +188,7 @@ std::string LanguageModelTask::MetricsJsonFields() const {
 }
 
 std::string LanguageModelTask::LogSuffix() const {
-  std::string suffix = absl::StrFormat(" | %.3f bits/token (this replica)", bits_per_token_);
+  std::string suffix = absl::StrFormat(" | %.3f bits/token (this replica)", BitsPerToken());
   if (!assignments_.empty()) {
     absl::StrAppend(&suffix,
                     absl::StrFormat(" | max expert load %.2fx", MaxExpertLoad(assignments_)));

@@ -19,7 +19,7 @@ class LanguageModelTask : public TrainTask {
       int64_t micro_batch, SamplerState start = {});
 
   absl::StatusOr<MicroBatchResult> RunMicroBatch(Arena& arena, int64_t step, int micro,
-                                                 float loss_scale) override;
+                                                 float loss_scale, double* loss) override;
   double TrainingFlopsPerSample() const override;
   int64_t TokensPerSample() const override { return seq_len_; }
   size_t PredictActivationBytes() const override;
@@ -47,9 +47,12 @@ class LanguageModelTask : public TrainTask {
   int64_t global_batch_;
   TokenBatch batch_;
   SamplerState position_;
-  // Of the step in progress, and of the last finished step.
-  double step_loss_sum_ = 0, step_targets_ = 0;
-  double bits_per_token_ = 0;
+  // This replica's loss sum over the step's micro-batches (one double in
+  // device memory, read only for the log) and its targets.
+  Tensor step_loss_sum_;
+  double step_targets_ = 0;
+  // The last step's bits per token on this replica (reads step_loss_sum_).
+  double BitsPerToken() const;
   // Per E layer, assignments to each expert over the replica's tokens of
   // the step in progress, and of the last finished step.
   std::vector<std::vector<int64_t>> step_assignments_, assignments_;

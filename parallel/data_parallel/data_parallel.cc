@@ -81,6 +81,8 @@ DataParallel::DataParallel(ParameterStore& store, const OptimConfig& optim, int 
     norm_weight_[id] = 1.0 / copies;
   }
   if (zero_stage == 0) optimizer_ = std::make_unique<AdamW>(store, optim);
+  const int largest = std::max({world, dense_->size(), expert_->size()});
+  norm_scratch_ = Tensor::Empty(DType::kI64, Shape{kGathered + largest}, store.backend());
 }
 
 void DataParallel::AllocateShards(const OptimConfig& optim) {
@@ -161,9 +163,10 @@ absl::Status DataParallel::FinishBackward(double global_elements) {
   return absl::OkStatus();
 }
 
-double DataParallel::WeightedNormSquared() const {
+void DataParallel::AccumulateWeightedNormSquared(double* total) {
+  Backend& backend = store_.backend();
+  double* one = NormScratch(kOneSum);
   const float* grads = store_.grads().ptr<float>();
-  double total = 0;
   for (const Bucket& bucket : buckets_) {
     // Zero 0: the whole bucket; ZeRO-1: this rank's shard, one of the
     // group's size() disjoint parts, so each holds 1/size of the copies.
@@ -176,64 +179,73 @@ double DataParallel::WeightedNormSquared() const {
       const int64_t lo = std::max(begin, info.offset);
       const int64_t hi = std::min(end, info.offset + info.local_shape.numel());
       if (lo >= hi) continue;
-      total += norm_weight_[id] * group * store_.backend().SumSquares(base + lo, hi - lo);
+      backend.SumSquares(base + lo, hi - lo, one);
+      backend.AccumulateScalars(one, 1, norm_weight_[id] * group, total);
     }
   }
-  return total;
 }
 
-absl::StatusOr<double> DataParallel::GradNormSquared() {
+absl::Status DataParallel::GradNormSquared(const double* losses, int64_t count,
+                                           double* norm_squared) {
+  Backend& backend = store_.backend();
+  double* gathered = NormScratch(kGathered);
+  // Sums every rank's double (gathered over `comm` on the device) in rank
+  // order into *norm_squared: exact and the same everywhere.
+  const auto sum_over = [&](Communicator* comm, const double* partial) -> absl::Status {
+    TESSERA_RETURN_IF_ERROR(comm->CompleteOnDevice(
+        comm->AllGather(partial, gathered, sizeof(double), DType::kU8)));
+    backend.AccumulateScalars(gathered, comm->size(), 1.0, norm_squared);
+    return absl::OkStatus();
+  };
   if (groups_.world) {
-    // Model parallelism: every rank's weighted part, summed over the world
-    // in rank order (exact and the same everywhere).
-    double partial = WeightedNormSquared();
-    Communicator* world = &groups_.world->host();  // norm partials on the host
-    std::vector<double> all(world->size());
-    TESSERA_RETURN_IF_ERROR(
-        world->Complete(world->AllGather(&partial, all.data(), sizeof(double), DType::kU8)));
-    double total = 0;
-    for (double value : all) total += value;
-    return total;
+    // Model parallelism: every rank's weighted part, summed over the world.
+    double* partial = NormScratch(kPartials);
+    backend.Memset(partial, 0, sizeof(double));
+    AccumulateWeightedNormSquared(partial);
+    backend.AccumulateScalars(losses, count, 0.0, partial);
+    backend.Memset(norm_squared, 0, sizeof(double));
+    return sum_over(groups_.world, partial);
   }
   if (zero_stage_ == 0) {
-    // Every rank holds the same averaged gradient.
-    return store_.backend().SumSquares(store_.grads().ptr<float>(), store_.numel());
+    // Every rank holds the same averaged gradient, but only its own losses:
+    // they join over the dense group (the replicas), adding zeros in rank
+    // order, or NaN on every rank.
+    backend.SumSquares(store_.grads().ptr<float>(), store_.numel(), norm_squared);
+    double* partial = NormScratch(kPartials);
+    backend.Memset(partial, 0, sizeof(double));
+    backend.AccumulateScalars(losses, count, 0.0, partial);
+    if (dense_->size() == 1) {
+      backend.AccumulateScalars(partial, 1, 1.0, norm_squared);
+      return absl::OkStatus();
+    }
+    return sum_over(dense_, partial);
   }
   // Shards partition each group's buckets: sum the partial norms per group.
-  double partial[2] = {0, 0};  // dense, expert
+  double* partial = NormScratch(kPartials);  // dense, expert
+  double* one = NormScratch(kOneSum);
+  backend.Memset(partial, 0, 2 * sizeof(double));
   for (const Bucket& bucket : buckets_) {
-    partial[bucket.comm == dense_ ? 0 : 1] +=
-        store_.backend().SumSquares(bucket.shard_grads.ptr<float>(), bucket.shard_size());
+    backend.SumSquares(bucket.shard_grads.ptr<float>(), bucket.shard_size(), one);
+    backend.AccumulateScalars(one, 1, 1.0, partial + (bucket.comm == dense_ ? 0 : 1));
   }
-  if (expert_ == dense_) {
-    partial[0] += partial[1];
-    partial[1] = 0;
-  }
-  double total = 0;
-  for (int g = 0; g < (expert_ == dense_ ? 1 : 2); ++g) {
-    Communicator* comm = &(g == 0 ? dense_ : expert_)->host();
-    // Exact and order-independent: gather every rank's double, sum in rank order.
-    std::vector<double> all(comm->size());
-    TESSERA_RETURN_IF_ERROR(
-        comm->Complete(comm->AllGather(&partial[g], all.data(), sizeof(double), DType::kU8)));
-    for (double value : all) total += value;
-  }
-  return total;
+  if (expert_ == dense_) backend.AccumulateScalars(partial + 1, 1, 1.0, partial);
+  // The dense group holds every replica: its partial carries the losses.
+  backend.AccumulateScalars(losses, count, 0.0, partial);
+  backend.Memset(norm_squared, 0, sizeof(double));
+  TESSERA_RETURN_IF_ERROR(sum_over(dense_, partial));
+  if (expert_ != dense_) TESSERA_RETURN_IF_ERROR(sum_over(expert_, partial + 1));
+  return absl::OkStatus();
 }
 
-absl::Status DataParallel::Step(float lr, float grad_scale) {
+absl::Status DataParallel::Step(float lr, const float* grad_scale) {
   if (zero_stage_ == 0) {
-    float* grads = store_.grads().ptr<float>();
-    if (grad_scale != 1.0f) store_.backend().Scale(grads, store_.numel(), grad_scale);
-    optimizer_->Step(lr, store_.values().ptr<float>(), grads);
+    optimizer_->Step(lr, store_.values().ptr<float>(), store_.grads().ptr<float>(), grad_scale);
     return absl::OkStatus();
   }
   std::vector<std::unique_ptr<Work>> gathers;
   for (Bucket& bucket : buckets_) {
-    float* shard_grads = bucket.shard_grads.ptr<float>();
-    if (grad_scale != 1.0f) store_.backend().Scale(shard_grads, bucket.shard_size(), grad_scale);
     float* shard_values = store_.values().ptr<float>() + bucket.shard_begin();
-    bucket.shard_optimizer->Step(lr, shard_values, shard_grads);
+    bucket.shard_optimizer->Step(lr, shard_values, bucket.shard_grads.ptr<float>(), grad_scale);
     // In place: this rank's shard already sits at its block of the bucket.
     TESSERA_ASSIGN_OR_RETURN(
         auto work,

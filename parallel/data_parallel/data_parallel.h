@@ -20,8 +20,10 @@
 // The groups are the run's device communicators: gradient buckets, ZeRO
 // shards and the gathered parameters live on the store's backend, and the
 // compute stream (not the host) waits for their collectives (StreamWait).
-// Norm partials and the replica sums and averages are host values and go
-// over each group's host().
+// So do the gradient norm's partials: computed, gathered over the groups and
+// summed in rank order on the device (nothing read by the host in a step).
+// The replica sums and averages are host values and go over each group's
+// host().
 #pragma once
 
 #include <memory>
@@ -79,8 +81,9 @@ class DataParallel : public GradientSync {
   void OnGradientsReady(int first_param, int end_param) override;
   using GradientSync::FinishBackward;
   absl::Status FinishBackward(double global_elements) override;
-  absl::StatusOr<double> GradNormSquared() override;
-  absl::Status Step(float lr, float grad_scale) override;
+  absl::Status GradNormSquared(const double* losses, int64_t count,
+                               double* norm_squared) override;
+  absl::Status Step(float lr, const float* grad_scale) override;
   absl::Status AverageOverReplicas(std::vector<double>* values) override;
   absl::Status SumOverReplicas(std::vector<double>* values) override;
   size_t OptimizerStateBytes() const override;
@@ -108,9 +111,16 @@ class DataParallel : public GradientSync {
   Communicator* GroupOf(ParallelSpec::ReduceGroup group) const;
   void AllocateShards(const OptimConfig& optim);
   absl::Status Launch(Bucket& bucket);
-  // Squared norm of this rank's (shard of the) reduced gradients, each
-  // parameter weighted by 1 / (its copies among the ranks that sum it).
-  double WeightedNormSquared() const;
+  // Adds to *total (device) the squared norm of this rank's (shard of the)
+  // reduced gradients, each parameter weighted by 1 / (its copies among the
+  // ranks that sum it).
+  void AccumulateWeightedNormSquared(double* total);
+  // The gradient norm's device doubles (norm_scratch_): one SumSquares, the
+  // dense and expert partials, and a group's gathered partials.
+  double* NormScratch(int index) {
+    return reinterpret_cast<double*>(norm_scratch_.ptr<int64_t>()) + index;
+  }
+  static constexpr int kOneSum = 0, kPartials = 1, kGathered = 3;
 
   ParameterStore& store_;
   int zero_stage_;
@@ -122,6 +132,7 @@ class DataParallel : public GradientSync {
   std::vector<Bucket> buckets_;
   std::vector<int> bucket_of_param_;
   std::unique_ptr<AdamW> optimizer_;  // zero_stage 0: the whole buffer
+  Tensor norm_scratch_;  // doubles as i64, in the store's backend memory
   bool last_micro_batch_ = false;
   absl::Status launch_status_;
   double last_wait_seconds_ = 0;

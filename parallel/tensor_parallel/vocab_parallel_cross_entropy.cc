@@ -13,24 +13,39 @@ absl::StatusOr<double> VocabParallelCrossEntropy::Forward(const Tensor& logits,
                                                           const std::vector<int32_t>& targets,
                                                           int64_t* correct) {
   Backend& backend = logits.backend();
-  return Run([&backend](DType dtype, Shape shape) { return Tensor::Empty(dtype, shape, backend); },
-             logits, targets, correct);
+  TESSERA_ASSIGN_OR_RETURN(
+      const Tensor totals,
+      Run([&backend](DType dtype, Shape shape) { return Tensor::Empty(dtype, shape, backend); },
+          logits, targets));
+  return Read(totals, correct);
 }
 
 absl::StatusOr<double> VocabParallelCrossEntropy::Forward(Arena& arena, const Tensor& logits,
                                                           const std::vector<int32_t>& targets,
                                                           int64_t* correct) {
+  TESSERA_ASSIGN_OR_RETURN(const Tensor totals, ForwardTotals(arena, logits, targets));
+  return Read(totals, correct);
+}
+
+absl::StatusOr<Tensor> VocabParallelCrossEntropy::ForwardTotals(
+    Arena& arena, const Tensor& logits, const std::vector<int32_t>& targets) {
   TESSERA_CHECK(&arena.backend() == &logits.backend());
   return Run([&arena](DType dtype, Shape shape) {
                return arena.AllocateUninitialized(dtype, shape);
              },
-             logits, targets, correct);
+             logits, targets);
 }
 
-absl::StatusOr<double> VocabParallelCrossEntropy::Run(const Allocator& allocate,
+double VocabParallelCrossEntropy::Read(const Tensor& totals, int64_t* correct) {
+  double host[2];  // the loss sum and the hits
+  totals.backend().CopyToHost(host, totals.address(), sizeof(host));
+  if (correct != nullptr) *correct = static_cast<int64_t>(host[1]);
+  return host[0];
+}
+
+absl::StatusOr<Tensor> VocabParallelCrossEntropy::Run(const Allocator& allocate,
                                                       const Tensor& logits,
-                                                      const std::vector<int32_t>& targets,
-                                                      int64_t* correct) {
+                                                      const std::vector<int32_t>& targets) {
   const int64_t rows = logits.dim(0), columns = logits.dim(1);
   TESSERA_CHECK(static_cast<int64_t>(targets.size()) == rows);
   Backend& backend = logits.backend();
@@ -55,10 +70,7 @@ absl::StatusOr<double> VocabParallelCrossEntropy::Run(const Allocator& allocate,
   backend.VocabCrossEntropyCombine(logits.ptr<float>(), doubles(all), ranks,
                                    targets_.ptr<int32_t>(), probs_.ptr<float>(), rows, columns,
                                    doubles(totals));
-  double host[2];  // the loss sum and the hits: all the host needs
-  backend.CopyToHost(host, totals.address(), sizeof(host));
-  if (correct != nullptr) *correct = static_cast<int64_t>(host[1]);
-  return host[0];
+  return totals;
 }
 
 void VocabParallelCrossEntropy::Backward(const Tensor& dlogits, float scale) const {

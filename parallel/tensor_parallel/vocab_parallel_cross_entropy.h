@@ -14,9 +14,10 @@
 // Every rank of `tp` calls Forward (one all-gather of the statistics, in
 // rank order, so every rank gets the same bits) with the same rows. Every
 // step runs where the logits live, through the backend's VocabCrossEntropy*
-// ops: the statistics are gathered over tp's device communicator, and only
-// the loss sum and the count of argmax hits (two doubles) come back to the
-// host. Targets outside [0, V) are a programmer error (the data reader
+// ops: the statistics are gathered over tp's device communicator, and the
+// loss sum and the count of argmax hits (two doubles) are left in device
+// memory (ForwardTotals, a training step's) or copied to the host (Forward,
+// the evaluation's and the tests'). Targets outside [0, V) are a programmer error (the data reader
 // checks them).
 #pragma once
 
@@ -49,14 +50,21 @@ class VocabParallelCrossEntropy {
   // allocations: the arena must keep them until Backward.
   absl::StatusOr<double> Forward(Arena& arena, const Tensor& logits,
                                  const std::vector<int32_t>& targets, int64_t* correct = nullptr);
+  // The same without a host read: returns the totals in the logits' memory,
+  // an i64 tensor [2] holding two doubles: the loss sum and the argmax hits.
+  absl::StatusOr<Tensor> ForwardTotals(Arena& arena, const Tensor& logits,
+                                       const std::vector<int32_t>& targets);
   // dlogits [rows, V/tp] = scale * (softmax - onehot(target)), overwritten.
   void Backward(const Tensor& dlogits, float scale) const;
 
  private:
   // Buffers of `dtype` and `shape` in the logits' memory.
   using Allocator = std::function<Tensor(DType dtype, Shape shape)>;
-  absl::StatusOr<double> Run(const Allocator& allocate, const Tensor& logits,
-                             const std::vector<int32_t>& targets, int64_t* correct);
+  // The totals of ForwardTotals.
+  absl::StatusOr<Tensor> Run(const Allocator& allocate, const Tensor& logits,
+                             const std::vector<int32_t>& targets);
+  // The loss sum and, with `correct`, the hits, read from `totals`.
+  static double Read(const Tensor& totals, int64_t* correct);
 
   Communicator* tp_;
   int64_t vocab_begin_;

@@ -10,9 +10,12 @@
 // Memory contract: every pointer passed to an op lives in this backend's
 // memory (host memory for the CPU backend, device memory for CUDA). Ops are
 // ordered on the backend's own compute stream; they may return before the
-// work is done. Host code may read device memory only through CopyToHost;
-// `Synchronize()` at step boundaries is where a device's asynchronous
-// errors surface, as a Status naming the kernel.
+// work is done. Host code may read device memory only through CopyToHost.
+// No op returns a value computed on the device: losses, norms and the step's
+// guard are written to device memory (a training step reads them only at log
+// steps, docs/cuda.md). A device's asynchronous errors surface as a Status
+// naming the kernel, from `PollErrors()` at step boundaries (without
+// waiting) and from `Synchronize()`.
 //
 // Op conventions (the same as runtime/kernels/cpu): gradients of inputs are
 // OVERWRITTEN, gradients of parameters ACCUMULATE (+=) so micro-batches add
@@ -147,6 +150,10 @@ class Backend {
   virtual void HostWait(const Event& event) = 0;
   // Waits for all queued work; reports asynchronous errors.
   virtual absl::Status Synchronize() = 0;
+  // Reports an asynchronous error that has already surfaced (a failed kernel
+  // launch, a fault the device reported) without waiting for queued work:
+  // the step boundary's check between the log steps' Synchronize calls.
+  virtual absl::Status PollErrors() { return absl::OkStatus(); }
 
   // ---- GEMM (row-major) ----------------------------------------------------
   //   C[m, n] = alpha * op(A) @ op(B) + beta * C
@@ -228,8 +235,22 @@ class Backend {
   // y[r, :] += scale[r] * x[r, :] for rows of `dim`.
   virtual void AddScaledRows(float* y, const float* scale, const float* x, int64_t rows,
                              int64_t dim) = 0;
-  // sum of x[i]^2 in double, in an order independent of the thread count.
-  virtual double SumSquares(const float* x, int64_t n) = 0;
+  // *sum (one double, this backend's memory) = the sum of x[i]^2 in double,
+  // in an order independent of the thread count.
+  virtual void SumSquares(const float* x, int64_t n, double* sum) = 0;
+  // *acc += weight * x[i] for i = 0, 1, ..., n - 1 in that order (doubles in
+  // this backend's memory): the gradient norm's weighted partials and their
+  // sums over ranks, combined on the device in the order the host would.
+  virtual void AccumulateScalars(const double* x, int64_t n, double weight, double* acc) = 0;
+  // The step's guard and clip scale from the squared global gradient norm
+  // (device memory throughout): when *diverged_step is 0 and the norm is
+  // finite, *scale = max_norm / norm if max_norm > 0 and norm > max_norm,
+  // else 1 (runtime/optim/clip.h's ClipScale, rounded to float); otherwise
+  // *scale = 0, which makes AdamWUpdate and EmaUpdate leave every buffer
+  // unchanged, and a non-finite norm records `step` in *diverged_step (the
+  // first step that diverged, kept for the trainer's next read).
+  virtual void StepGuard(const double* norm_squared, double max_norm, int64_t step,
+                         double* diverged_step, float* scale) = 0;
   // out[i] = in[index[i]] (a permutation or gather of elements)
   virtual void GatherElements(const float* in, const int32_t* index, float* out, int64_t n) = 0;
   // out[index[i]] = in[i] (the inverse of GatherElements for a permutation)
@@ -265,13 +286,15 @@ class Backend {
   virtual void GatherDotBackward(const float* q, const float* rows, const int32_t* slots,
                                  int64_t tokens, int64_t per_token, int64_t dim, float alpha,
                                  const float* dout, float* dq, float* drows) = 0;
-  // mean((pred - target)^2); the backward writes scale * d(mean)/dpred.
-  virtual double MseForward(const float* pred, const float* target, int64_t n) = 0;
+  // *loss (one double, this backend's memory) = mean((pred - target)^2); the
+  // backward writes scale * d(mean)/dpred.
+  virtual void MseForward(const float* pred, const float* target, int64_t n, double* loss) = 0;
   virtual void MseBackward(const float* pred, const float* target, float* dpred, int64_t n,
                            float scale) = 0;
-  // Mean over rows of -log softmax(logits[r])[targets[r]]; probs receives the softmax.
-  virtual double CrossEntropyForward(const float* logits, const int32_t* targets, float* probs,
-                                     int64_t rows, int64_t classes) = 0;
+  // *loss (one double, this backend's memory) = the mean over rows of
+  // -log softmax(logits[r])[targets[r]]; probs receives the softmax.
+  virtual void CrossEntropyForward(const float* logits, const int32_t* targets, float* probs,
+                                   int64_t rows, int64_t classes, double* loss) = 0;
   virtual void CrossEntropyBackward(const float* probs, const int32_t* targets, float* dlogits,
                                     int64_t rows, int64_t classes, float scale) = 0;
   // Cross-entropy over a vocabulary split in rank order over tp ranks
@@ -499,11 +522,17 @@ class Backend {
                              int64_t seq, int64_t heads) = 0;
 
   // ---- Optimizer and EMA over flat buffers -----------------------------------
-  // One AdamW step over the segments (disjoint, covering the buffers).
+  // One AdamW step over the segments (disjoint, covering the buffers), of
+  // the gradients times *grad_scale (one float in this backend's memory,
+  // StepGuard's clip scale; null: 1). *grad_scale = 0 leaves params, m and
+  // v unchanged (a step whose gradient norm is not finite).
   virtual void AdamWUpdate(const AdamWScalars& scalars, std::span<const AdamWSegment> segments,
-                           float* params, const float* grads, float* m, float* v) = 0;
-  // ema += (1 - decay) * (params - ema)
-  virtual void EmaUpdate(float* ema, const float* params, int64_t n, float blend) = 0;
+                           float* params, const float* grads, float* m, float* v,
+                           const float* grad_scale) = 0;
+  // ema += blend * (params - ema), blend = 1 - decay; nothing when *guard
+  // (StepGuard's scale, this backend's memory; null: always update) is 0.
+  virtual void EmaUpdate(float* ema, const float* params, int64_t n, float blend,
+                         const float* guard) = 0;
   // A row-sharded table's sparse Adam or row-wise Adagrad on `count`
   // distinct rows (runtime/kernels/cpu/optimizer.h): row rows[k] of params
   // [*, dim] and its state take the gradient grads[k] * grad_scale.

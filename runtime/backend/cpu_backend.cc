@@ -223,7 +223,18 @@ void CpuBackend::AddScaledRows(float* y, const float* scale, const float* x, int
   cpu::AddScaledRows(y, scale, x, rows, dim);
 }
 
-double CpuBackend::SumSquares(const float* x, int64_t n) { return cpu::SumSquares(x, n); }
+void CpuBackend::SumSquares(const float* x, int64_t n, double* sum) {
+  *sum = cpu::SumSquares(x, n);
+}
+
+void CpuBackend::AccumulateScalars(const double* x, int64_t n, double weight, double* acc) {
+  cpu::AccumulateScalars(x, n, weight, acc);
+}
+
+void CpuBackend::StepGuard(const double* norm_squared, double max_norm, int64_t step,
+                           double* diverged_step, float* scale) {
+  cpu::StepGuard(norm_squared, max_norm, step, diverged_step, scale);
+}
 
 void CpuBackend::GatherElements(const float* in, const int32_t* index, float* out, int64_t n) {
   cpu::GatherElements(in, index, out, n);
@@ -283,8 +294,8 @@ void CpuBackend::GatherDotBackward(const float* q, const float* rows, const int3
   cpu::GatherDotBackward(q, rows, slots, tokens, per_token, dim, alpha, dout, dq, drows);
 }
 
-double CpuBackend::MseForward(const float* pred, const float* target, int64_t n) {
-  return cpu::MseForward(pred, target, n);
+void CpuBackend::MseForward(const float* pred, const float* target, int64_t n, double* loss) {
+  *loss = cpu::MseForward(pred, target, n);
 }
 
 void CpuBackend::MseBackward(const float* pred, const float* target, float* dpred, int64_t n,
@@ -292,9 +303,9 @@ void CpuBackend::MseBackward(const float* pred, const float* target, float* dpre
   cpu::MseBackward(pred, target, dpred, n, scale);
 }
 
-double CpuBackend::CrossEntropyForward(const float* logits, const int32_t* targets, float* probs,
-                                       int64_t rows, int64_t classes) {
-  return cpu::CrossEntropyForward(logits, targets, probs, rows, classes);
+void CpuBackend::CrossEntropyForward(const float* logits, const int32_t* targets, float* probs,
+                                     int64_t rows, int64_t classes, double* loss) {
+  *loss = cpu::CrossEntropyForward(logits, targets, probs, rows, classes);
 }
 
 void CpuBackend::CrossEntropyBackward(const float* probs, const int32_t* targets, float* dlogits,
@@ -577,11 +588,16 @@ void CpuBackend::SsdShardDecay(const float* dt, const float* A, float* decay, in
 }
 
 void CpuBackend::AdamWUpdate(const AdamWScalars& scalars, std::span<const AdamWSegment> segments,
-                             float* params, const float* grads, float* m, float* v) {
-  cpu::AdamWUpdate(scalars, segments, params, grads, m, v);
+                             float* params, const float* grads, float* m, float* v,
+                             const float* grad_scale) {
+  const float scale = grad_scale != nullptr ? *grad_scale : 1.0f;
+  if (scale == 0.0f) return;  // StepGuard skipped the step
+  cpu::AdamWUpdate(scalars, segments, params, grads, m, v, scale);
 }
 
-void CpuBackend::EmaUpdate(float* ema, const float* params, int64_t n, float blend) {
+void CpuBackend::EmaUpdate(float* ema, const float* params, int64_t n, float blend,
+                           const float* guard) {
+  if (guard != nullptr && *guard == 0.0f) return;
   cpu::EmaUpdate(ema, params, n, blend);
 }
 

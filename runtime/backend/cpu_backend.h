@@ -70,7 +70,10 @@ class CpuBackend : public Backend {
   void Scale(float* x, int64_t n, float scale) override;
   void AddScaledRows(float* y, const float* scale, const float* x, int64_t rows,
                      int64_t dim) override;
-  double SumSquares(const float* x, int64_t n) override;
+  void SumSquares(const float* x, int64_t n, double* sum) override;
+  void AccumulateScalars(const double* x, int64_t n, double weight, double* acc) override;
+  void StepGuard(const double* norm_squared, double max_norm, int64_t step, double* diverged_step,
+                 float* scale) override;
   void GatherElements(const float* in, const int32_t* index, float* out, int64_t n) override;
   void ScatterElements(const float* in, const int32_t* index, float* out, int64_t n) override;
   void SoftmaxForward(const float* x, float* y, int64_t rows, int64_t dim) override;
@@ -91,11 +94,11 @@ class CpuBackend : public Backend {
   void GatherDotBackward(const float* q, const float* rows, const int32_t* slots, int64_t tokens,
                          int64_t per_token, int64_t dim, float alpha, const float* dout, float* dq,
                          float* drows) override;
-  double MseForward(const float* pred, const float* target, int64_t n) override;
+  void MseForward(const float* pred, const float* target, int64_t n, double* loss) override;
   void MseBackward(const float* pred, const float* target, float* dpred, int64_t n,
                    float scale) override;
-  double CrossEntropyForward(const float* logits, const int32_t* targets, float* probs,
-                             int64_t rows, int64_t classes) override;
+  void CrossEntropyForward(const float* logits, const int32_t* targets, float* probs,
+                           int64_t rows, int64_t classes, double* loss) override;
   void CrossEntropyBackward(const float* probs, const int32_t* targets, float* dlogits,
                             int64_t rows, int64_t classes, float scale) override;
   void VocabCrossEntropyStats(const float* logits, const int32_t* targets, int64_t rows,
@@ -224,8 +227,10 @@ class CpuBackend : public Backend {
   void SsdShardDecay(const float* dt, const float* A, float* decay, int64_t batch, int64_t seq,
                      int64_t heads) override;
   void AdamWUpdate(const AdamWScalars& scalars, std::span<const AdamWSegment> segments,
-                   float* params, const float* grads, float* m, float* v) override;
-  void EmaUpdate(float* ema, const float* params, int64_t n, float blend) override;
+                   float* params, const float* grads, float* m, float* v,
+                   const float* grad_scale) override;
+  void EmaUpdate(float* ema, const float* params, int64_t n, float blend,
+                 const float* guard) override;
   void SparseRowUpdate(const SparseRowScalars& scalars, const int32_t* rows, int64_t count,
                        int64_t dim, const float* grads, float* params, float* m, float* v,
                        float* sums) override;

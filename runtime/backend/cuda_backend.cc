@@ -2,7 +2,6 @@
 
 #include <cstdint>
 #include <cstdlib>
-#include <limits>
 #include <string>
 #include <vector>
 
@@ -62,8 +61,6 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(int device) {
   TESSERA_CUDA(
       cudaMemPoolSetAttribute(backend->pool_, cudaMemPoolAttrReleaseThreshold, &keep_everything));
   TESSERA_ASSIGN_OR_RETURN(backend->gemm_, cuda::GemmContext::Create());
-  TESSERA_CUDA(cudaMalloc(reinterpret_cast<void**>(&backend->reduce_result_), sizeof(double)));
-  TESSERA_CUDA(cudaMallocHost(reinterpret_cast<void**>(&backend->host_result_), sizeof(double)));
   backend->staging_ = std::make_unique<StagingRing>(*backend, kStagingRingBytes);
   const char* each = std::getenv("TESSERA_CUDA_SYNC_EACH_OP");
   backend->sync_each_op_ = each != nullptr && std::string(each) == "1";
@@ -74,8 +71,6 @@ CudaBackend::~CudaBackend() {
   staging_.reset();  // waits for its queued copies; its events die before the stream
   if (stream_ != nullptr) cudaStreamSynchronize(stream_);
   if (scratch_ != nullptr) cudaFree(scratch_);
-  if (reduce_result_ != nullptr) cudaFree(reduce_result_);
-  if (host_result_ != nullptr) cudaFreeHost(host_result_);
   grouped_.reset();
   gemm_.reset();
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
@@ -111,11 +106,12 @@ void* CudaBackend::Scratch(const char* op, size_t bytes) {
   return scratch_;
 }
 
-double CudaBackend::ReadResult(const char* op) {
-  Check(op, CUDA_CALL(cudaMemcpyAsync(host_result_, reduce_result_, sizeof(double),
-                                      cudaMemcpyDeviceToHost, stream_)));
-  Check(op, CUDA_CALL(cudaStreamSynchronize(stream_)));
-  return error_.ok() ? *host_result_ : std::numeric_limits<double>::quiet_NaN();
+void CudaBackend::NoteAsynchronousError(cudaError_t error) {
+  if (error == cudaSuccess || !error_.ok()) return;
+  error_ = absl::InternalError(absl::StrFormat(
+      "CUDA device %d: asynchronous error %s (%s) in one of the %d ops queued since the last "
+      "synchronize, the last of them %s (TESSERA_CUDA_SYNC_EACH_OP=1 names the failing op)",
+      device_, cudaGetErrorString(error), cudaGetErrorName(error), ops_since_sync_, last_op_));
 }
 
 // ---- Memory ------------------------------------------------------------------
@@ -228,14 +224,17 @@ void CudaBackend::HostWait(const Event& event) {
 }
 
 absl::Status CudaBackend::Synchronize() {
-  const cudaError_t error = cudaStreamSynchronize(stream_);
-  if (error != cudaSuccess && error_.ok()) {
-    error_ = absl::InternalError(absl::StrFormat(
-        "CUDA device %d: asynchronous error %s (%s) in one of the %d ops queued since the last "
-        "synchronize, the last of them %s (TESSERA_CUDA_SYNC_EACH_OP=1 names the failing op)",
-        device_, cudaGetErrorString(error), cudaGetErrorName(error), ops_since_sync_, last_op_));
-  }
+  NoteAsynchronousError(cudaStreamSynchronize(stream_));
   ops_since_sync_ = 0;
+  return error_;
+}
+
+absl::Status CudaBackend::PollErrors() {
+  // A launch error still pending, then the stream's state: cudaErrorNotReady
+  // only says work is queued (the host is at most a step ahead of it).
+  cudaError_t error = cudaPeekAtLastError();
+  if (error == cudaSuccess) error = cudaStreamQuery(stream_);
+  if (error != cudaErrorNotReady) NoteAsynchronousError(error);
   return error_;
 }
 
@@ -393,12 +392,19 @@ void CudaBackend::AddScaledRows(float* y, const float* scale, const float* x, in
   Check("AddScaledRows", cuda::AddScaledRows(y, scale, x, rows, dim, stream_));
 }
 
-double CudaBackend::SumSquares(const float* x, int64_t n) {
+void CudaBackend::SumSquares(const float* x, int64_t n, double* sum) {
   void* partials = Scratch("SumSquares", sizeof(double) * cuda::kSumSquaresBlocks);
-  if (partials == nullptr) return std::numeric_limits<double>::quiet_NaN();
-  Check("SumSquares",
-        cuda::SumSquares(x, n, static_cast<double*>(partials), reduce_result_, stream_));
-  return ReadResult("SumSquares");
+  if (partials == nullptr) return;
+  Check("SumSquares", cuda::SumSquares(x, n, static_cast<double*>(partials), sum, stream_));
+}
+
+void CudaBackend::AccumulateScalars(const double* x, int64_t n, double weight, double* acc) {
+  Check("AccumulateScalars", cuda::AccumulateScalars(x, n, weight, acc, stream_));
+}
+
+void CudaBackend::StepGuard(const double* norm_squared, double max_norm, int64_t step,
+                            double* diverged_step, float* scale) {
+  Check("StepGuard", cuda::StepGuard(norm_squared, max_norm, step, diverged_step, scale, stream_));
 }
 
 void CudaBackend::GatherElements(const float* in, const int32_t* index, float* out, int64_t n) {
@@ -483,12 +489,11 @@ void CudaBackend::GatherDotBackward(const float* q, const float* rows, const int
                                                      alpha, dout, dq, drows, stream_));
 }
 
-double CudaBackend::MseForward(const float* pred, const float* target, int64_t n) {
+void CudaBackend::MseForward(const float* pred, const float* target, int64_t n, double* loss) {
   void* partials = Scratch("MseForward", sizeof(double) * cuda::kLossPartials);
-  if (partials == nullptr) return std::numeric_limits<double>::quiet_NaN();
-  Check("MseForward", cuda::MseForward(pred, target, n, static_cast<double*>(partials),
-                                       reduce_result_, stream_));
-  return ReadResult("MseForward");
+  if (partials == nullptr) return;
+  Check("MseForward",
+        cuda::MseForward(pred, target, n, static_cast<double*>(partials), loss, stream_));
 }
 
 void CudaBackend::MseBackward(const float* pred, const float* target, float* dpred, int64_t n,
@@ -496,14 +501,13 @@ void CudaBackend::MseBackward(const float* pred, const float* target, float* dpr
   Check("MseBackward", cuda::MseBackward(pred, target, dpred, n, scale, stream_));
 }
 
-double CudaBackend::CrossEntropyForward(const float* logits, const int32_t* targets, float* probs,
-                                        int64_t rows, int64_t classes) {
+void CudaBackend::CrossEntropyForward(const float* logits, const int32_t* targets, float* probs,
+                                      int64_t rows, int64_t classes, double* loss) {
   void* row_loss = Scratch("CrossEntropyForward", sizeof(double) * static_cast<size_t>(rows + 1));
-  if (row_loss == nullptr) return std::numeric_limits<double>::quiet_NaN();
+  if (row_loss == nullptr) return;
   Check("CrossEntropyForward",
         cuda::CrossEntropyForward(logits, targets, probs, rows, classes,
-                                  static_cast<double*>(row_loss), reduce_result_, stream_));
-  return ReadResult("CrossEntropyForward");
+                                  static_cast<double*>(row_loss), loss, stream_));
 }
 
 void CudaBackend::CrossEntropyBackward(const float* probs, const int32_t* targets, float* dlogits,
@@ -869,7 +873,8 @@ void CudaBackend::SsdShardDecay(const float* dt, const float* A, float* decay, i
 }
 
 void CudaBackend::AdamWUpdate(const AdamWScalars& scalars, std::span<const AdamWSegment> segments,
-                              float* params, const float* grads, float* m, float* v) {
+                              float* params, const float* grads, float* m, float* v,
+                              const float* grad_scale) {
   // Adjacent segments with the same decay flag run as one launch.
   size_t i = 0;
   while (i < segments.size()) {
@@ -879,13 +884,15 @@ void CudaBackend::AdamWUpdate(const AdamWScalars& scalars, std::span<const AdamW
       ++j;
     }
     Check("AdamWUpdate", cuda::AdamWUpdateRange(scalars, segments[i].begin, segments[j].end,
-                                                segments[i].decay, params, grads, m, v, stream_));
+                                                segments[i].decay, params, grads, m, v,
+                                                grad_scale, stream_));
     i = j + 1;
   }
 }
 
-void CudaBackend::EmaUpdate(float* ema, const float* params, int64_t n, float blend) {
-  Check("EmaUpdate", cuda::EmaUpdate(ema, params, n, blend, stream_));
+void CudaBackend::EmaUpdate(float* ema, const float* params, int64_t n, float blend,
+                            const float* guard) {
+  Check("EmaUpdate", cuda::EmaUpdate(ema, params, n, blend, guard, stream_));
 }
 
 void CudaBackend::SparseRowUpdate(const SparseRowScalars& scalars, const int32_t* rows,

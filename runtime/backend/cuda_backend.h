@@ -10,9 +10,11 @@
 // checkpoints) is one grow-only buffer.
 //
 // Ops return nothing (the Backend contract): a failed launch or argument
-// check is recorded, the first one wins, and Synchronize() returns it naming
-// the op. Asynchronous faults surface at the next Synchronize() as a Status
-// naming the last op queued; TESSERA_CUDA_SYNC_EACH_OP=1 synchronizes after
+// check is recorded, the first one wins, and Synchronize() and PollErrors()
+// return it naming the op. Asynchronous faults surface at the next
+// Synchronize() or PollErrors() (cudaStreamQuery: the fault is reported
+// once the stream has reached it, without waiting) as a Status naming the
+// last op queued; TESSERA_CUDA_SYNC_EACH_OP=1 synchronizes after
 // every op so the faulting one is named exactly (slow; for debugging). An
 // error is sticky: a CUDA context that faulted stays unusable.
 //
@@ -73,6 +75,7 @@ class CudaBackend final : public Backend {
   void StreamWait(const Event& event) override;
   void HostWait(const Event& event) override;
   absl::Status Synchronize() override;
+  absl::Status PollErrors() override;
 
   void Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
             const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
@@ -114,7 +117,10 @@ class CudaBackend final : public Backend {
   void Scale(float* x, int64_t n, float scale) override;
   void AddScaledRows(float* y, const float* scale, const float* x, int64_t rows,
                      int64_t dim) override;
-  double SumSquares(const float* x, int64_t n) override;
+  void SumSquares(const float* x, int64_t n, double* sum) override;
+  void AccumulateScalars(const double* x, int64_t n, double weight, double* acc) override;
+  void StepGuard(const double* norm_squared, double max_norm, int64_t step, double* diverged_step,
+                 float* scale) override;
   void GatherElements(const float* in, const int32_t* index, float* out, int64_t n) override;
   void ScatterElements(const float* in, const int32_t* index, float* out, int64_t n) override;
   void SoftmaxForward(const float* x, float* y, int64_t rows, int64_t dim) override;
@@ -135,11 +141,11 @@ class CudaBackend final : public Backend {
   void GatherDotBackward(const float* q, const float* rows, const int32_t* slots, int64_t tokens,
                          int64_t per_token, int64_t dim, float alpha, const float* dout, float* dq,
                          float* drows) override;
-  double MseForward(const float* pred, const float* target, int64_t n) override;
+  void MseForward(const float* pred, const float* target, int64_t n, double* loss) override;
   void MseBackward(const float* pred, const float* target, float* dpred, int64_t n,
                    float scale) override;
-  double CrossEntropyForward(const float* logits, const int32_t* targets, float* probs,
-                             int64_t rows, int64_t classes) override;
+  void CrossEntropyForward(const float* logits, const int32_t* targets, float* probs,
+                           int64_t rows, int64_t classes, double* loss) override;
   void CrossEntropyBackward(const float* probs, const int32_t* targets, float* dlogits,
                             int64_t rows, int64_t classes, float scale) override;
   void VocabCrossEntropyStats(const float* logits, const int32_t* targets, int64_t rows,
@@ -268,8 +274,10 @@ class CudaBackend final : public Backend {
   void SsdShardDecay(const float* dt, const float* A, float* decay, int64_t batch, int64_t seq,
                      int64_t heads) override;
   void AdamWUpdate(const AdamWScalars& scalars, std::span<const AdamWSegment> segments,
-                   float* params, const float* grads, float* m, float* v) override;
-  void EmaUpdate(float* ema, const float* params, int64_t n, float blend) override;
+                   float* params, const float* grads, float* m, float* v,
+                   const float* grad_scale) override;
+  void EmaUpdate(float* ema, const float* params, int64_t n, float blend,
+                 const float* guard) override;
   void SparseRowUpdate(const SparseRowScalars& scalars, const int32_t* rows, int64_t count,
                        int64_t dim, const float* grads, float* params, float* m, float* v,
                        float* sums) override;
@@ -283,8 +291,9 @@ class CudaBackend final : public Backend {
   void Check(const char* op, absl::Status status);
   // Device scratch of at least `bytes` (grow-only), or null after recording an error.
   void* Scratch(const char* op, size_t bytes);
-  // Reads one double the last op left at reduce_result_ (waits for the stream).
-  double ReadResult(const char* op);
+  // The Status of an asynchronous error `error` (cudaSuccess: none), recorded
+  // as the first error if none is yet.
+  void NoteAsynchronousError(cudaError_t error);
 
   int device_ = 0;
   cudaStream_t stream_ = nullptr;
@@ -296,8 +305,6 @@ class CudaBackend final : public Backend {
   std::unique_ptr<StagingRing> staging_;
   void* scratch_ = nullptr;
   size_t scratch_bytes_ = 0;
-  double* reduce_result_ = nullptr;  // device: one double
-  double* host_result_ = nullptr;    // pinned host: one double
   absl::Status error_;
   const char* last_op_ = "none";
   int64_t ops_since_sync_ = 0;

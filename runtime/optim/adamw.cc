@@ -49,7 +49,7 @@ AdamW::AdamW(const ParameterStore& store, const OptimConfig& config, int64_t beg
   if (position < size()) segments_.push_back({position, size(), false});
 }
 
-void AdamW::Step(float lr, float* params, const float* grads) {
+void AdamW::Step(float lr, float* params, const float* grads, const float* grad_scale) {
   ++step_;
   // Scalars in double, then rounded once: the per-element loop stays fp32.
   const double t = static_cast<double>(step_);
@@ -62,7 +62,8 @@ void AdamW::Step(float lr, float* params, const float* grads) {
   scalars.one_minus_beta2 = static_cast<float>(1.0 - beta2_);
   scalars.eps = static_cast<float>(eps_);
   scalars.decay_keep = static_cast<float>(1.0 - static_cast<double>(lr) * weight_decay_);
-  backend_->AdamWUpdate(scalars, segments_, params, grads, m_.ptr<float>(), v_.ptr<float>());
+  backend_->AdamWUpdate(scalars, segments_, params, grads, m_.ptr<float>(), v_.ptr<float>(),
+                        grad_scale);
 }
 
 }  // namespace tessera

@@ -38,7 +38,11 @@ class AdamW {
 
   // One update with learning rate `lr`. `params` and `grads` point at the
   // range's first element (flat element `begin()`) and hold size() floats.
-  void Step(float lr, float* params, const float* grads);
+  // `grad_scale`: null, or one float in the parameters' memory the
+  // gradients are multiplied by (the clip scale, Backend::StepGuard), where
+  // 0 leaves the parameters and moments unchanged (a diverged step; the
+  // step count still advances, and the trainer stops at its next read).
+  void Step(float lr, float* params, const float* grads, const float* grad_scale = nullptr);
 
   int64_t begin() const { return begin_; }
   int64_t end() const { return end_; }

@@ -1,9 +1,11 @@
 // Global gradient-norm clipping (optim.grad_clip).
 //
 // The global norm is sqrt(sum over ranks of Backend::SumSquares(local
-// grads)), so a parallel run all-reduces one double per rank (counting each
-// replicated gradient once) and then every rank applies the same ClipScale
-// (Backend::Scale).
+// grads)), so a parallel run gathers one double per rank (counting each
+// replicated gradient once) and then every rank applies the same ClipScale.
+// The trainer does all of it on the device (GradientSync::GradNormSquared,
+// Backend::StepGuard, the scale read by the AdamW kernels); ClipScale is the
+// formula StepGuard computes, for host code (benchmarks, tests).
 #pragma once
 
 #include <cstdint>

@@ -9,8 +9,8 @@ Ema::Ema(Backend& backend, const float* params, int64_t n) : backend_(&backend) 
   backend.Copy(values_.address(), params, static_cast<size_t>(n) * sizeof(float));
 }
 
-void Ema::Update(const float* params, double decay) {
-  backend_->EmaUpdate(values_.ptr<float>(), params, size(), static_cast<float>(1.0 - decay));
+void Ema::Update(const float* params, double decay, const float* guard) {
+  backend_->EmaUpdate(values_.ptr<float>(), params, size(), static_cast<float>(1.0 - decay), guard);
 }
 
 }  // namespace tessera

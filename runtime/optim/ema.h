@@ -19,8 +19,10 @@ class Ema {
   // there too).
   Ema(Backend& backend, const float* params, int64_t n);
 
-  // Blends `params` (n floats, the same layout as at construction) in.
-  void Update(const float* params, double decay);
+  // Blends `params` (n floats, the same layout as at construction) in;
+  // nothing when `guard` (null, or one float in the backend's memory: the
+  // step's clip scale, Backend::StepGuard) is 0.
+  void Update(const float* params, double decay, const float* guard = nullptr);
 
   Tensor values() const { return values_; }  // [n] fp32
   int64_t size() const { return values_.numel(); }

@@ -13,15 +13,16 @@ absl::Status LocalGradientSync::FinishBackward(double global_elements) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<double> LocalGradientSync::GradNormSquared() {
-  return store_.backend().SumSquares(store_.grads().ptr<float>(), store_.numel());
+absl::Status LocalGradientSync::GradNormSquared(const double* losses, int64_t count,
+                                                double* norm_squared) {
+  Backend& backend = store_.backend();
+  backend.SumSquares(store_.grads().ptr<float>(), store_.numel(), norm_squared);
+  backend.AccumulateScalars(losses, count, 0.0, norm_squared);
+  return absl::OkStatus();
 }
 
-absl::Status LocalGradientSync::Step(float lr, float grad_scale) {
-  Backend& backend = store_.backend();
-  float* grads = store_.grads().ptr<float>();
-  if (grad_scale != 1.0f) backend.Scale(grads, store_.numel(), grad_scale);
-  optimizer_.Step(lr, store_.values().ptr<float>(), grads);
+absl::Status LocalGradientSync::Step(float lr, const float* grad_scale) {
+  optimizer_.Step(lr, store_.values().ptr<float>(), store_.grads().ptr<float>(), grad_scale);
   return absl::OkStatus();
 }
 

@@ -41,11 +41,20 @@ class GradientSync {
   // per-replica means).
   virtual absl::Status FinishBackward(double global_elements) = 0;
   absl::Status FinishBackward() { return FinishBackward(0.0); }
-  // Squared L2 norm of the averaged gradient, the same on every rank.
-  virtual absl::StatusOr<double> GradNormSquared() = 0;
-  // Multiplies the gradients by `grad_scale` (clipping), applies AdamW with
-  // `lr`, and leaves every rank with the full updated parameters.
-  virtual absl::Status Step(float lr, float grad_scale) = 0;
+  // Writes the squared L2 norm of the averaged gradient, the same on every
+  // rank, to *norm_squared (one double in the store's backend memory): the
+  // partials are combined over the groups with the device communicators, so
+  // nothing is read by the host. `losses` (`count` doubles, device memory:
+  // this rank's micro-batch losses) join the partials times 0, so the norm
+  // is NaN on every rank when any rank's loss is not finite (and exact
+  // otherwise: x + 0 = x) without a collective of its own.
+  virtual absl::Status GradNormSquared(const double* losses, int64_t count,
+                                       double* norm_squared) = 0;
+  // Applies AdamW with `lr` to the gradients times *grad_scale (one float in
+  // the store's backend memory, Backend::StepGuard's clip scale; 0 leaves
+  // the parameters and the optimizer state unchanged), and leaves every rank
+  // with the full updated parameters.
+  virtual absl::Status Step(float lr, const float* grad_scale) = 0;
   // Replaces each value by its mean over the replicas.
   virtual absl::Status AverageOverReplicas(std::vector<double>* values) = 0;
   // Replaces each value by its sum over the replicas (the same on every rank).
@@ -70,8 +79,9 @@ class LocalGradientSync : public GradientSync {
   void OnGradientsReady(int, int) override {}
   using GradientSync::FinishBackward;
   absl::Status FinishBackward(double global_elements) override;
-  absl::StatusOr<double> GradNormSquared() override;
-  absl::Status Step(float lr, float grad_scale) override;
+  absl::Status GradNormSquared(const double* losses, int64_t count,
+                               double* norm_squared) override;
+  absl::Status Step(float lr, const float* grad_scale) override;
   absl::Status AverageOverReplicas(std::vector<double>*) override { return absl::OkStatus(); }
   absl::Status SumOverReplicas(std::vector<double>*) override { return absl::OkStatus(); }
   size_t OptimizerStateBytes() const override { return optimizer_.StateBytes(); }

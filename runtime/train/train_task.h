@@ -17,7 +17,12 @@
 namespace tessera {
 
 struct MicroBatchResult {
-  double loss = 0;      // the objective's loss: the mean over `elements`
+  // The objective's loss, the mean over `elements`, is the double the task
+  // wrote to RunMicroBatch's `loss` (device memory, which the trainer reads
+  // only at log steps, saves and the run's end) divided by this host value:
+  // 1 when the task writes the mean, the element count when it writes the
+  // sum (0 elements: 1; the sum is then 0).
+  double loss_divisor = 1;
   double aux_loss = 0;  // auxiliary losses included in the gradient (e.g. MoE balance)
   int64_t samples = 0;
   // The elements `loss` averages over (images: samples; a language model:
@@ -36,9 +41,11 @@ class TrainTask {
   // (the sum of the per-element losses, auxiliary losses weighted the same
   // way); the trainer divides by the global batch's elements once they are
   // known. Activations come from `arena`, which the caller resets between
-  // micro-batches.
+  // micro-batches. The loss goes to `loss`, one double in the arena's
+  // backend memory (see MicroBatchResult::loss_divisor), without the host
+  // waiting for it.
   virtual absl::StatusOr<MicroBatchResult> RunMicroBatch(Arena& arena, int64_t step, int micro,
-                                                         float loss_scale) = 0;
+                                                         float loss_scale, double* loss) = 0;
 
   // Training FLOPs (forward + backward) this rank computes for one sample
   // of its replica's batch: under tp its columns and heads, under sp its

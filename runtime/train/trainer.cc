@@ -22,7 +22,6 @@
 #include "runtime/base/human_units.h"
 #include "runtime/checkpoint/manifest_checks.h"
 #include "runtime/backend/cpu_backend.h"
-#include "runtime/optim/clip.h"
 #include "runtime/optim/schedule.h"
 #include "runtime/config/config.h"
 #include "runtime/train/checkpointing.h"
@@ -99,6 +98,10 @@ Trainer::Trainer(const RunConfig& config, ParameterStore& store, TrainTask& task
       sync_(options.sync ? options.sync : local_sync_.get()),
       group_(options.group ? options.group : &local_group_),
       arena_(store.backend(), task.PredictStepArenaBytes()) {
+  // Zeros: no step has diverged.
+  step_scalars_ =
+      Tensor::Empty(DType::kI64, Shape{kLosses + std::max(1, options.micro_batches)}, store.backend());
+  grad_scale_ = Tensor::Empty(DType::kF32, Shape{1}, store.backend());
   if (config.optim().ema_decay() > 0) {
     ema_ = std::make_unique<Ema>(store.backend(), store.values().ptr<float>(), store.numel());
   }
@@ -270,6 +273,8 @@ absl::Status Trainer::EvaluateIfDue(int64_t step) {
 }
 
 absl::Status Trainer::Evaluate(int64_t step) {
+  // Never evaluate (or stop early on) weights a diverged step left.
+  TESSERA_RETURN_IF_ERROR(ReadStep());
   const auto start = Clock::now();
   // The weights a user keeps (weights.h5, the samples) are the inference
   // weights: evaluate those, then put the trained parameters back.
@@ -464,6 +469,8 @@ absl::Status Trainer::SaveIfDue(int64_t step, bool stop) {
 }
 
 absl::Status Trainer::FinishRun(absl::Status status, int64_t first_step) {
+  // The last step's loss and guard, when no log step or save read them.
+  if (status.ok()) status = ReadStep();
   // A run resumed at (or past) its last step still leaves that step saved.
   const int64_t final_step = std::max(first_step - 1, config_.train().steps());
   if (status.ok() && config_.checkpoint().every() > 0 && last_saved_step_ != final_step &&
@@ -567,6 +574,9 @@ absl::Status Trainer::WaitForSave() {
 
 absl::Status Trainer::Save(int64_t step, bool blocking) {
   if (step == last_saved_step_) return absl::OkStatus();  // a signal right after a save
+  // A checkpoint never holds the weights of a diverged run: the guard is
+  // read first (and the step's loss with it).
+  TESSERA_RETURN_IF_ERROR(ReadStep());
   // At most one save in flight: the previous one finishes first.
   TESSERA_RETURN_IF_ERROR(WaitForSave());
   const auto start = Clock::now();
@@ -637,11 +647,15 @@ absl::Status Trainer::Step(int64_t step) {
   current_step_ = step;
   MaybeInjectFault(step, "forward");
   const auto start = Clock::now();
+  Backend& backend = store_.backend();
   store_.ZeroGrads();
   // Per-element weighting: each micro-batch accumulates the gradient of its
   // per-element loss sum, and every sum is divided by the global batch's
-  // element count once the replicas have agreed on it.
-  double loss_sum = 0, aux_sum = 0, elements = 0;
+  // element count once the replicas have agreed on it. The losses stay in
+  // device memory (step_scalars_) until a read; the counts are host values.
+  QueuedStep queued;
+  queued.step = step;
+  double elements = 0;
   {
     // A bf16 run's GEMMs read bf16 copies of the weights made here, once per
     // step, rather than rounding each weight in every GEMM call.
@@ -650,72 +664,147 @@ absl::Status Trainer::Step(int64_t step) {
       arena_.Reset();
       sync_->BeginMicroBatch(micro + 1 == options_.micro_batches);
       TESSERA_ASSIGN_OR_RETURN(MicroBatchResult result,
-                               task_.RunMicroBatch(arena_, step, micro, /*loss_scale=*/1.0f));
-      loss_sum += result.elements * result.loss;
-      aux_sum += result.elements * result.aux_loss;
+                               task_.RunMicroBatch(arena_, step, micro, /*loss_scale=*/1.0f,
+                                                   StepScalar(kLosses + micro)));
+      queued.elements.push_back(result.elements);
+      queued.divisors.push_back(result.loss_divisor);
+      queued.aux_sum += result.elements * result.aux_loss;
       elements += result.elements;
     }
   }
   arena_.Reset();
   task_.EndStep();
   MaybeInjectFault(step, "reduce");
-  // Every replica sees the same sums, so all stop together on a NaN.
-  std::vector<double> sums = {loss_sum, aux_sum, elements};
-  TESSERA_RETURN_IF_ERROR(sync_->SumOverReplicas(&sums));
-  if (!(sums[2] > 0)) {
+  std::vector<double> counts = {elements};
+  TESSERA_RETURN_IF_ERROR(sync_->SumOverReplicas(&counts));
+  if (!(counts[0] > 0)) {
     return NumericalError(absl::StrFormat(
         "step %d: the global batch holds no elements for the loss to average over", step));
   }
-  TESSERA_RETURN_IF_ERROR(sync_->FinishBackward(sums[2]));
-  double loss = sums[0] / sums[2];
-  double aux = sums[1] / sums[2];
-  // The step trained the global batch, however the ranks split it (dp
-  // replicas split the samples; sp and tp ranks share theirs).
-  const int64_t samples = config_.train().global_batch();
-  if (!std::isfinite(loss) || !std::isfinite(aux)) {
-    return NumericalError(absl::StrFormat(
-        "loss is %s at step %d: training diverged; lower optim.lr or check the data",
-        std::isnan(loss + aux) ? "NaN" : "Inf", step));
-  }
-
-  TESSERA_ASSIGN_OR_RETURN(const double norm_squared, sync_->GradNormSquared());
-  const double grad_norm = std::sqrt(norm_squared);
-  if (!std::isfinite(grad_norm)) {
-    return NumericalError(absl::StrFormat(
-        "gradient norm is %s at step %d: training diverged; lower optim.lr or check the data",
-        std::isnan(grad_norm) ? "NaN" : "Inf", step));
-  }
-  double scale = 1;
-  if (config_.optim().grad_clip() > 0) scale = ClipScale(grad_norm, config_.optim().grad_clip());
+  TESSERA_RETURN_IF_ERROR(sync_->FinishBackward(counts[0]));
+  // The norm, the guard and the clip scale on the device: a loss or
+  // gradient norm that is not finite (on any rank: the losses join the
+  // norm) skips this update and every later one, weights, moments and EMA
+  // alike, and records the step for the next read to report.
+  TESSERA_RETURN_IF_ERROR(sync_->GradNormSquared(StepScalar(kLosses), options_.micro_batches,
+                                                 StepScalar(kNormSquared)));
+  backend.StepGuard(StepScalar(kNormSquared), config_.optim().grad_clip(), step,
+                    StepScalar(kDivergedStep), grad_scale_.ptr<float>());
   const double lr = LearningRate(config_.optim(), step - 1, config_.train().steps());
   MaybeInjectFault(step, "optimizer");
-  TESSERA_RETURN_IF_ERROR(sync_->Step(static_cast<float>(lr), static_cast<float>(scale)));
+  TESSERA_RETURN_IF_ERROR(sync_->Step(static_cast<float>(lr), grad_scale_.ptr<float>()));
   if (options_.sparse) {
-    const auto sparse_start = Clock::now();
-    TESSERA_RETURN_IF_ERROR(options_.sparse->Step(lr, sums[2], step));
-    sparse_step_seconds_ = Seconds(sparse_start, Clock::now());
+    // Sparse parameters (HSTU's item table) are stepped on the host: they
+    // read the guard (HSTU's task reads the table's gradients on the host
+    // in every micro-batch anyway).
+    float scale = 0;
+    backend.CopyToHost(&scale, grad_scale_.address(), sizeof(float));
+    if (scale != 0) {
+      const auto sparse_start = Clock::now();
+      TESSERA_RETURN_IF_ERROR(options_.sparse->Step(lr, counts[0], step));
+      sparse_step_seconds_ = Seconds(sparse_start, Clock::now());
+    }
   }
   if (ema_) {
     double decay = config_.optim().ema_decay();
     if (config_.optim().ema_warmup()) {
       decay = std::min(decay, (1.0 + static_cast<double>(step)) / (10.0 + static_cast<double>(step)));
     }
-    ema_->Update(store_.values().ptr<float>(), decay);
+    ema_->Update(store_.values().ptr<float>(), decay, grad_scale_.ptr<float>());
   }
-  // The step boundary: a device's queued work ends here (so the step time
-  // includes it) and its asynchronous errors surface, naming the op.
-  TESSERA_RETURN_IF_ERROR(store_.backend().Synchronize());
-
-  const double seconds = Seconds(start, Clock::now());
-  if (summary_.steps == 0) summary_.first_loss = loss;  // the first step this process ran
-  summary_.last_loss = loss;
+  TESSERA_RETURN_IF_ERROR(EndStepOnDevice());
+  queued_ = std::move(queued);
   ++summary_.steps;  // steps this process ran (fewer than `step` after a resume)
+  // The step trained the global batch, however the ranks split it (dp
+  // replicas split the samples; sp and tp ranks share theirs).
+  const int64_t samples = config_.train().global_batch();
   summary_.samples += samples;
-  return Report(step, loss, aux, lr, grad_norm, seconds, samples);
+  // Reads at log steps, and at the first step this process runs (the
+  // summary's first loss). A log step waits for the device first, so the
+  // window's time is the device's (the host runs at most a step ahead).
+  const bool read = IsLogStep(step) || summary_.steps == 1;
+  if (read) TESSERA_RETURN_IF_ERROR(backend.Synchronize());
+  const double seconds = Seconds(start, Clock::now());
+  if (read) TESSERA_RETURN_IF_ERROR(ReadStep());
+  return Report(step, lr, seconds, samples);
 }
 
-absl::Status Trainer::Report(int64_t step, double loss, double aux, double lr, double grad_norm,
-                             double step_seconds, int64_t samples) {
+bool Trainer::IsLogStep(int64_t step) const {
+  const TrainConfig& train = config_.train();
+  return step == 1 || step % train.log_every() == 0 || step == train.steps();
+}
+
+absl::Status Trainer::EndStepOnDevice() {
+  Backend& backend = store_.backend();
+  if (!step_end_[0]) {
+    step_end_[0] = backend.CreateEvent();
+    step_end_[1] = backend.CreateEvent();
+  }
+  // The step's end, then the previous step's: the device works on this step
+  // while the host queues the next, and no further (the queue and the
+  // memory the steps free back stay bounded).
+  backend.Record(*step_end_[step_ends_ % 2]);
+  if (step_ends_ > 0) backend.HostWait(*step_end_[(step_ends_ - 1) % 2]);
+  ++step_ends_;
+  // Asynchronous errors surface here, naming the op, without a wait.
+  return backend.PollErrors();
+}
+
+absl::Status Trainer::ReadStep() {
+  if (queued_.step == 0) return absl::OkStatus();
+  const int64_t step = queued_.step;
+  std::vector<double> scalars(static_cast<size_t>(step_scalars_.numel()));
+  store_.backend().CopyToHost(scalars.data(), step_scalars_.address(), step_scalars_.bytes());
+  double loss_sum = 0, elements = 0;
+  for (size_t m = 0; m < queued_.elements.size(); ++m) {
+    loss_sum += queued_.elements[m] * (scalars[kLosses + m] / queued_.divisors[m]);
+    elements += queued_.elements[m];
+  }
+  // Every replica sees the same sums and the same guard, so all stop together.
+  std::vector<double> sums = {loss_sum, queued_.aux_sum, elements};
+  queued_ = QueuedStep();
+  TESSERA_RETURN_IF_ERROR(sync_->SumOverReplicas(&sums));
+  const double loss = sums[0] / sums[2];
+  const double aux = sums[1] / sums[2];
+  const double grad_norm = std::sqrt(scalars[kNormSquared]);
+  const auto diverged = static_cast<int64_t>(scalars[kDivergedStep]);
+  const auto what = [](double value) { return std::isnan(value) ? "NaN" : "Inf"; };
+  if (diverged == step && !std::isfinite(loss + aux)) {
+    return NumericalError(absl::StrFormat(
+        "loss is %s at step %d: training diverged; lower optim.lr or check the data (the step's "
+        "update was skipped: the weights are those of step %d)",
+        what(loss + aux), step, step - 1));
+  }
+  if (diverged == step) {
+    return NumericalError(absl::StrFormat(
+        "gradient norm is %s at step %d: training diverged; lower optim.lr or check the data "
+        "(the step's update was skipped: the weights are those of step %d)",
+        what(grad_norm), step, step - 1));
+  }
+  if (diverged != 0) {
+    return NumericalError(absl::StrFormat(
+        "the loss or the gradient norm is NaN or Inf at step %d (found at step %d): training "
+        "diverged; lower optim.lr or check the data (the updates from step %d on were skipped: "
+        "the weights are those of step %d)",
+        diverged, step, diverged, diverged - 1));
+  }
+  if (!std::isfinite(loss) || !std::isfinite(aux)) {
+    // Only a rank's own loss joins the guard under data parallelism without
+    // a gathered norm; the sums over the replicas still stop every rank.
+    return NumericalError(absl::StrFormat(
+        "loss is %s at step %d: training diverged; lower optim.lr or check the data",
+        what(loss + aux), step));
+  }
+  loss_ = loss;
+  aux_ = aux;
+  grad_norm_ = grad_norm;
+  if (step == first_step_) summary_.first_loss = loss;  // the first step this process ran
+  summary_.last_loss = loss;
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::Report(int64_t step, double lr, double step_seconds, int64_t samples) {
+  const double loss = loss_, aux = aux_, grad_norm = grad_norm_;
   const TrainConfig& train = config_.train();
   // The first step this process runs pays one-time costs (arena growth, page
   // faults); leave it out of the throughput and the ETA unless it is the only one.
@@ -729,8 +818,7 @@ absl::Status Trainer::Report(int64_t step, double loss, double aux, double lr, d
   eta_seconds_ = seconds_per_step * static_cast<double>(train.steps() - step);
   window_seconds_ += step_seconds;
   window_samples_ += samples;
-  const bool log = sync_->is_logging_rank() &&
-                   (step == 1 || step % train.log_every() == 0 || step == train.steps());
+  const bool log = sync_->is_logging_rank() && IsLogStep(step);
   if (log) {
     const double samples_per_s = static_cast<double>(window_samples_) / window_seconds_;
     const double tokens_per_s = samples_per_s * static_cast<double>(task_.TokensPerSample());

@@ -126,6 +126,19 @@ class Trainer {
   absl::Status FinishRun(absl::Status status, int64_t first_step);
 
   absl::Status Step(int64_t step);
+  // Whether `step` writes a log line (train.log_every, the first and the
+  // last step); the same on every rank.
+  bool IsLogStep(int64_t step) const;
+  // The step boundary without a full wait: records the step's end event and
+  // waits for the previous step's (the host runs at most one step ahead of
+  // the device), then reports asynchronous device errors without waiting.
+  absl::Status EndStepOnDevice();
+  // Reads the last queued step's device scalars (at a log step, a save, an
+  // evaluation and the run's end): its loss and auxiliary loss over the
+  // replicas and its gradient norm into loss_, aux_ and grad_norm_, and a
+  // NumericalError naming the first step that diverged, if one did.
+  // Collective over the replicas; nothing when that step was read already.
+  absl::Status ReadStep();
   // The evaluation after `step` when one is due (train.eval_every, the last step).
   absl::Status EvaluateIfDue(int64_t step);
   // Runs options_.eval with the inference weights in the parameters, sums
@@ -167,8 +180,9 @@ class Trainer {
   void MaybeInjectFault(int64_t step, const char* phase) const;
   // Logs the step (line, metrics.jsonl, progress bar); a failed metrics
   // write is an error.
-  absl::Status Report(int64_t step, double loss, double aux, double lr, double grad_norm,
-                      double step_seconds, int64_t samples);
+  // Reports the values of the last read step (loss_, aux_, grad_norm_): at a
+  // log step that is `step` itself.
+  absl::Status Report(int64_t step, double lr, double step_seconds, int64_t samples);
 
   const RunConfig& config_;
   ParameterStore& store_;
@@ -194,6 +208,33 @@ class Trainer {
   bool stop_early_ = false;
   int64_t current_step_ = 0;
   Arena arena_;
+  // The step's scalars in the store's backend memory, which the host reads
+  // only at ReadStep (docs/cuda.md): doubles, held in an i64 tensor —
+  // [kNormSquared] the global squared gradient norm, [kDivergedStep] the
+  // first step whose loss or gradient norm was not finite (0: none; from
+  // then on every update is skipped), [kLosses + m] micro-batch m's loss —
+  // and the float clip scale Backend::StepGuard leaves for the optimizer
+  // and the EMA (0: skip).
+  static constexpr int kNormSquared = 0, kDivergedStep = 1, kLosses = 2;
+  Tensor step_scalars_;
+  Tensor grad_scale_;
+  double* StepScalar(int index) {
+    return reinterpret_cast<double*>(step_scalars_.ptr<int64_t>()) + index;
+  }
+  // What the host knows of the last step it queued without reading the
+  // device: each micro-batch's elements and loss divisor, and the
+  // auxiliary losses' sum (host values).
+  struct QueuedStep {
+    int64_t step = 0;  // 0: none, or already read
+    std::vector<double> elements, divisors;
+    double aux_sum = 0;
+  };
+  QueuedStep queued_;
+  // The last read step's values.
+  double loss_ = 0, aux_ = 0, grad_norm_ = 0;
+  // Step-end events, used in turn: the host waits for the one before.
+  std::unique_ptr<Event> step_end_[2];
+  int64_t step_ends_ = 0;
   MemoryPlan plan_;
   TrainSummary summary_;
   double gemm_peak_ = 0;

@@ -89,10 +89,11 @@ TEST(MambaDeviceRun, ThePretendDeviceTrainsSavesAndResumesLikeTheCpu) {
 
 // What a device run reads on the host per micro-batch, from the traffic of
 // a 4-step and a 2-step run (their difference leaves out start-up and the
-// final weights): the loss sum and hits (16 bytes) and the MoE layer's
-// routing (expert choices, probabilities and offsets: 3.1 KB for 128 tokens,
-// top-2 of 4 experts) — under a quarter of one micro-batch's logits (32 KB:
-// 128 positions x 64 entries), which a host-side loss copies out and back.
+// final weights): the MoE layer's routing (expert choices, probabilities and
+// offsets: 3.1 KB for 128 tokens, top-2 of 4 experts) and, at each log step
+// (every step here), the step's scalars and the bits per token (tens of
+// bytes) — under a quarter of one micro-batch's logits (32 KB: 128
+// positions x 64 entries), which a host-side loss copies out and back.
 TEST(MambaDeviceRun, OnlyTheLossAndTheRoutingAreReadOnTheHost) {
   const std::string base = ::testing::TempDir() + "/tessera_mamba_device_traffic";
   std::filesystem::remove_all(base);

@@ -36,6 +36,10 @@ double SumSquares(const float* x, int64_t n) {
   return total;
 }
 
+void AccumulateScalars(const double* x, int64_t n, double weight, double* acc) {
+  for (int64_t i = 0; i < n; ++i) *acc += weight * x[i];
+}
+
 void GatherElements(const float* in, const int32_t* index, float* out, int64_t n) {
 #pragma omp parallel for schedule(static) if (ShouldParallelize(n))
   for (int64_t i = 0; i < n; ++i) out[i] = in[index[i]];

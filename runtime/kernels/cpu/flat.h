@@ -13,6 +13,9 @@ void Scale(float* x, int64_t n, float scale);
 // whatever the thread count (fixed blocks, summed in a fixed order).
 double SumSquares(const float* x, int64_t n);
 
+// *acc += weight * x[i], i in order.
+void AccumulateScalars(const double* x, int64_t n, double weight, double* acc);
+
 // out[i] = in[index[i]]
 void GatherElements(const float* in, const int32_t* index, float* out, int64_t n);
 // out[index[i]] = in[i]

@@ -9,9 +9,17 @@
 namespace tessera::cpu {
 
 // One AdamW step (decoupled weight decay) over disjoint segments of the
-// buffers; each element's update depends only on that element.
+// buffers, of the gradients times grad_scale (the clip scale: each gradient
+// rounded to float after the product, as scaling the buffer first would);
+// each element's update depends only on that element.
 void AdamWUpdate(const AdamWScalars& s, std::span<const AdamWSegment> segments, float* params,
-                 const float* grads, float* m, float* v);
+                 const float* grads, float* m, float* v, float grad_scale);
+
+// The step's guard (Backend::StepGuard): *scale = 0 once *diverged_step is
+// set or the norm sqrt(*norm_squared) is not finite (which sets it to
+// `step`), else the clip scale of runtime/optim/clip.h rounded to float.
+void StepGuard(const double* norm_squared, double max_norm, int64_t step, double* diverged_step,
+               float* scale);
 
 // The row-wise sparse optimizer of a row-sharded table on `count` distinct
 // rows: row rows[k] of params [*, dim] takes the gradient grads[k] [dim]

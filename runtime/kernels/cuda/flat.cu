@@ -34,6 +34,24 @@ __global__ void SumPartialsKernel(const double* partials, int count, double* res
   if (threadIdx.x == 0) *result = sum;
 }
 
+// One thread: the order of the additions is the host's.
+__global__ void AccumulateScalarsKernel(const double* x, int64_t n, double weight, double* acc) {
+  double sum = *acc;
+  for (int64_t i = 0; i < n; ++i) sum += weight * x[i];
+  *acc = sum;
+}
+
+__global__ void StepGuardKernel(const double* norm_squared, double max_norm, int64_t step,
+                                double* diverged_step, float* scale) {
+  const double norm = sqrt(*norm_squared);
+  if (*diverged_step == 0 && !isfinite(norm)) *diverged_step = static_cast<double>(step);
+  if (*diverged_step != 0) {
+    *scale = 0.0f;
+    return;
+  }
+  *scale = max_norm > 0 && norm > max_norm ? static_cast<float>(max_norm / norm) : 1.0f;
+}
+
 __global__ void GatherKernel(const float* __restrict__ in, const int32_t* __restrict__ index,
                              float* __restrict__ out, int64_t n) {
   TESSERA_CUDA_FOR(i, n) { out[i] = in[index[i]]; }
@@ -46,9 +64,11 @@ __global__ void ScatterKernel(const float* __restrict__ in, const int32_t* __res
 
 __global__ void AdamWKernel(AdamWScalars s, float keep, float* __restrict__ params,
                             const float* __restrict__ grads, float* __restrict__ m,
-                            float* __restrict__ v, int64_t n) {
+                            float* __restrict__ v, int64_t n, const float* grad_scale) {
+  const float scale = grad_scale != nullptr ? *grad_scale : 1.0f;
+  if (scale == 0.0f) return;  // StepGuard skipped the step
   TESSERA_CUDA_FOR(i, n) {
-    const float g = grads[i];
+    const float g = grads[i] * scale;
     const float mi = s.beta1 * m[i] + s.one_minus_beta1 * g;
     const float vi = s.beta2 * v[i] + s.one_minus_beta2 * (g * g);
     m[i] = mi;
@@ -114,7 +134,8 @@ __global__ void SparseAdagradKernel(SparseRowScalars s, const int32_t* __restric
 }
 
 __global__ void EmaKernel(float* __restrict__ ema, const float* __restrict__ params, int64_t n,
-                          float blend) {
+                          float blend, const float* guard) {
+  if (guard != nullptr && *guard == 0.0f) return;
   TESSERA_CUDA_FOR(i, n) { ema[i] += blend * (params[i] - ema[i]); }
 }
 
@@ -151,6 +172,21 @@ absl::Status SumSquares(const float* x, int64_t n, double* partials, double* res
   return absl::OkStatus();
 }
 
+absl::Status AccumulateScalars(const double* x, int64_t n, double weight, double* acc,
+                               cudaStream_t stream) {
+  TESSERA_RETURN_IF_ERROR(internal::CheckNonNegative("AccumulateScalars", n));
+  AccumulateScalarsKernel<<<1, 1, 0, stream>>>(x, n, weight, acc);
+  TESSERA_CUDA_LAUNCH();
+  return absl::OkStatus();
+}
+
+absl::Status StepGuard(const double* norm_squared, double max_norm, int64_t step,
+                       double* diverged_step, float* scale, cudaStream_t stream) {
+  StepGuardKernel<<<1, 1, 0, stream>>>(norm_squared, max_norm, step, diverged_step, scale);
+  TESSERA_CUDA_LAUNCH();
+  return absl::OkStatus();
+}
+
 absl::Status GatherElements(const float* in, const int32_t* index, float* out, int64_t n,
                             cudaStream_t stream) {
   return LaunchFlat("GatherElements", n, stream, GatherKernel, in, index, out, n);
@@ -163,10 +199,10 @@ absl::Status ScatterElements(const float* in, const int32_t* index, float* out, 
 
 absl::Status AdamWUpdateRange(const AdamWScalars& scalars, int64_t begin, int64_t end, bool decay,
                               float* params, const float* grads, float* m, float* v,
-                              cudaStream_t stream) {
+                              const float* grad_scale, cudaStream_t stream) {
   const float keep = decay ? scalars.decay_keep : 1.0f;
   return LaunchFlat("AdamWUpdate", end - begin, stream, AdamWKernel, scalars, keep,
-                    params + begin, grads + begin, m + begin, v + begin, end - begin);
+                    params + begin, grads + begin, m + begin, v + begin, end - begin, grad_scale);
 }
 
 absl::Status SparseRowUpdate(const SparseRowScalars& s, const int32_t* rows, int64_t count,
@@ -189,8 +225,8 @@ absl::Status SparseRowUpdate(const SparseRowScalars& s, const int32_t* rows, int
 }
 
 absl::Status EmaUpdate(float* ema, const float* params, int64_t n, float blend,
-                       cudaStream_t stream) {
-  return LaunchFlat("EmaUpdate", n, stream, EmaKernel, ema, params, n, blend);
+                       const float* guard, cudaStream_t stream) {
+  return LaunchFlat("EmaUpdate", n, stream, EmaKernel, ema, params, n, blend, guard);
 }
 
 }  // namespace tessera::cuda

@@ -117,7 +117,9 @@ double LossSum(TinyModel& s, const HstuBatch& batch, const Candidates& c, float 
   const std::vector<float> inputs = s.Rows(batch.items);
   Tensor out = *s.model->Forward(arena, batch, inputs.data(), &dropout, /*record=*/false);
   SampledSoftmax loss(s.model->dim(), temperature);
-  return loss.Forward(arena, out, s.Table(), Slots(c), c) * batch.tokens();
+  double mean = 0;  // host memory: the CPU backend's
+  loss.Forward(arena, out, s.Table(), Slots(c), c, &mean);
+  return mean * batch.tokens();
 }
 
 // The gradient of LossSum: the store's in its grads, the table's returned.
@@ -129,7 +131,8 @@ std::vector<float> Gradients(TinyModel& s, const HstuBatch& batch, const Candida
   Tensor out = *s.model->Forward(arena, batch, inputs.data(), &dropout);
   SampledSoftmax loss(s.model->dim(), temperature);
   const Tensor table = s.Table();
-  loss.Forward(arena, out, table, Slots(c), c);
+  double mean = 0;
+  loss.Forward(arena, out, table, Slots(c), c, &mean);
   s.store.ZeroGrads();
   std::vector<float> dinputs(inputs.size(), NAN);
   Tensor dtable = Tensor::Empty(DType::kF32, table.shape());  // the candidates' part

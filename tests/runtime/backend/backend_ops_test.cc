@@ -92,6 +92,19 @@ class BackendOps : public ::testing::TestWithParam<Backend*> {
     EXPECT_TRUE(backend().Synchronize().ok());
     return out;
   }
+  // Doubles in device memory (the ops' scalar outputs), held in i64 tensors.
+  Tensor Doubles(const std::vector<double>& values) {
+    Tensor t = Tensor::Empty(DType::kI64, Shape{static_cast<int64_t>(values.size())}, backend());
+    backend().CopyToDevice(t.address(), values.data(), t.bytes());
+    return t;
+  }
+  static double* DoublePtr(const Tensor& t) { return reinterpret_cast<double*>(t.ptr<int64_t>()); }
+  std::vector<double> DownloadDoubles(const Tensor& t) {
+    std::vector<double> out(static_cast<size_t>(t.numel()));
+    backend().CopyToHost(out.data(), t.address(), t.bytes());
+    EXPECT_TRUE(backend().Synchronize().ok());
+    return out;
+  }
 };
 
 // got (fp32) against want (double), relative to max(1, |want|); NaN fails.
@@ -577,8 +590,42 @@ TEST_P(BackendOps, AddBiasSumRowsScaleAndSumSquares) {
     const auto g = RandomFloats(len, 17, -3, 3);
     double want_sum = 0;
     for (float v : g) want_sum += double(v) * v;
-    const double got = backend().SumSquares(len ? Upload(g).ptr<float>() : nullptr, len);
+    const Tensor sum = Doubles({-1.0});  // overwritten
+    backend().SumSquares(len ? Upload(g).ptr<float>() : nullptr, len, DoublePtr(sum));
+    const double got = DownloadDoubles(sum)[0];
     EXPECT_NEAR(got, want_sum, 1e-12 * std::max(1.0, want_sum)) << "sum of squares n=" << len;
+  }
+}
+
+// The gradient norm's pieces: weighted sums in the host's order (exact
+// here: small integers), and the guard's clip scale and divergence record.
+TEST_P(BackendOps, AccumulateScalarsAndStepGuard) {
+  const Tensor acc = Doubles({0.5});
+  backend().AccumulateScalars(DoublePtr(Doubles({1, 2, 3})), 3, 2.0, DoublePtr(acc));
+  EXPECT_EQ(DownloadDoubles(acc)[0], 12.5);
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  backend().AccumulateScalars(DoublePtr(Doubles({7, nan})), 2, 0.0, DoublePtr(acc));
+  EXPECT_TRUE(std::isnan(DownloadDoubles(acc)[0])) << "0 * NaN must reach the sum";
+
+  struct Case {
+    double norm_squared, max_norm, diverged_before;
+    float scale;
+    double diverged_after;
+  };
+  const double inf = std::numeric_limits<double>::infinity();
+  for (const Case& c : {Case{0.25, 1.0, 0, 1.0f, 0},          // under the limit
+                        Case{16.0, 2.0, 0, 0.5f, 0},          // clipped to the limit
+                        Case{16.0, 0.0, 0, 1.0f, 0},          // clipping off
+                        Case{nan, 1.0, 0, 0.0f, 7},           // diverges at this step
+                        Case{inf, 0.0, 0, 0.0f, 7},           // even without clipping
+                        Case{0.25, 1.0, 3, 0.0f, 3},          // diverged before: still skipped
+                        Case{nan, 1.0, 3, 0.0f, 3}}) {        // the first step is kept
+    const Tensor norm = Doubles({c.norm_squared}), diverged = Doubles({c.diverged_before});
+    Tensor scale = Poisoned<float>(1);
+    backend().StepGuard(DoublePtr(norm), c.max_norm, /*step=*/7, DoublePtr(diverged),
+                        scale.ptr<float>());
+    EXPECT_EQ(Download<float>(scale)[0], c.scale) << c.norm_squared << " " << c.max_norm;
+    EXPECT_EQ(DownloadDoubles(diverged)[0], c.diverged_after) << c.norm_squared;
   }
 }
 
@@ -738,8 +785,9 @@ TEST_P(BackendOps, MseAndCrossEntropyForwardAndBackward) {
     return std::vector<double>{sum};
   };
   Tensor p = Upload(pred), t = Upload(target), dp = Poisoned<float>(n);
-  EXPECT_NEAR(backend().MseForward(p.ptr<float>(), t.ptr<float>(), n), mse(ToDouble(pred))[0],
-              1e-6);
+  const Tensor loss = Doubles({-1.0});
+  backend().MseForward(p.ptr<float>(), t.ptr<float>(), n, DoublePtr(loss));
+  EXPECT_NEAR(DownloadDoubles(loss)[0], mse(ToDouble(pred))[0], 1e-6);
   backend().MseBackward(p.ptr<float>(), t.ptr<float>(), dp.ptr<float>(), n, 2.0f);
   ExpectGradient(Download<float>(dp), mse, pred, {2.0f}, "mse dpred");
 
@@ -754,9 +802,9 @@ TEST_P(BackendOps, MseAndCrossEntropyForwardAndBackward) {
   };
   Tensor lt = Upload(logits), lab = Upload(labels), probs = Poisoned<float>(rows * classes),
          dl = Poisoned<float>(rows * classes);
-  EXPECT_NEAR(backend().CrossEntropyForward(lt.ptr<float>(), lab.ptr<int32_t>(), probs.ptr<float>(),
-                                            rows, classes),
-              ce(ToDouble(logits))[0], 1e-5);
+  backend().CrossEntropyForward(lt.ptr<float>(), lab.ptr<int32_t>(), probs.ptr<float>(), rows,
+                                classes, DoublePtr(loss));
+  EXPECT_NEAR(DownloadDoubles(loss)[0], ce(ToDouble(logits))[0], 1e-5);
   backend().CrossEntropyBackward(probs.ptr<float>(), lab.ptr<int32_t>(), dl.ptr<float>(), rows,
                                  classes, 0.5f);
   ExpectGradient(Download<float>(dl), ce, logits, {0.5f}, "cross entropy dlogits");
@@ -1227,7 +1275,7 @@ TEST_P(BackendOps, AdamWUpdateAndEmaFollowTheirFormulas) {
   const std::vector<AdamWSegment> segments = {{0, 10, false}, {10, 25, true}, {25, 40, false}};
   Tensor p = Upload(p0), m = Upload(m0), v = Upload(v0);
   backend().AdamWUpdate(s, segments, p.ptr<float>(), Upload(g).ptr<float>(), m.ptr<float>(),
-                        v.ptr<float>());
+                        v.ptr<float>(), /*grad_scale=*/nullptr);
   std::vector<double> want_p(n), want_m(n), want_v(n);
   for (int64_t i = 0; i < n; ++i) {
     want_m[i] = 0.9 * m0[i] + 0.1 * g[i];
@@ -1240,10 +1288,33 @@ TEST_P(BackendOps, AdamWUpdateAndEmaFollowTheirFormulas) {
   ExpectClose(Download<float>(p), want_p, kTolerance, "adamw params");
 
   Tensor ema = Upload(m0);
-  backend().EmaUpdate(ema.ptr<float>(), Upload(p0).ptr<float>(), n, 0.25f);
+  backend().EmaUpdate(ema.ptr<float>(), Upload(p0).ptr<float>(), n, 0.25f, /*guard=*/nullptr);
   std::vector<double> want_ema(n);
   for (int64_t i = 0; i < n; ++i) want_ema[i] = m0[i] + 0.25 * (double(p0[i]) - m0[i]);
   ExpectClose(Download<float>(ema), want_ema, kTolerance, "ema");
+
+  // A device scale: the update of the gradients scaled first, bit for bit;
+  // a scale of 0 (StepGuard's skip) changes nothing, EMA included.
+  std::vector<float> scaled(g);
+  for (float& x : scaled) x *= 0.375f;
+  Tensor p1 = Upload(p0), m1 = Upload(m0), v1 = Upload(v0);
+  backend().AdamWUpdate(s, segments, p1.ptr<float>(), Upload(scaled).ptr<float>(), m1.ptr<float>(),
+                        v1.ptr<float>(), nullptr);
+  Tensor p2 = Upload(p0), m2 = Upload(m0), v2 = Upload(v0);
+  backend().AdamWUpdate(s, segments, p2.ptr<float>(), Upload(g).ptr<float>(), m2.ptr<float>(),
+                        v2.ptr<float>(), Upload(std::vector<float>{0.375f}).ptr<float>());
+  EXPECT_EQ(Download<float>(p2), Download<float>(p1));
+  EXPECT_EQ(Download<float>(m2), Download<float>(m1));
+  EXPECT_EQ(Download<float>(v2), Download<float>(v1));
+  const Tensor skip = Upload(std::vector<float>{0.0f});
+  backend().AdamWUpdate(s, segments, p2.ptr<float>(), Upload(g).ptr<float>(), m2.ptr<float>(),
+                        v2.ptr<float>(), skip.ptr<float>());
+  EXPECT_EQ(Download<float>(p2), Download<float>(p1));
+  EXPECT_EQ(Download<float>(m2), Download<float>(m1));
+  EXPECT_EQ(Download<float>(v2), Download<float>(v1));
+  const std::vector<float> before = Download<float>(ema);
+  backend().EmaUpdate(ema.ptr<float>(), Upload(p0).ptr<float>(), n, 0.25f, skip.ptr<float>());
+  EXPECT_EQ(Download<float>(ema), before);
 }
 
 // The row-sharded table's sparse optimizer (Adam and row-wise Adagrad) on a

@@ -58,8 +58,25 @@ class PretendDeviceBackend : public CpuBackend {
     {
       absl::MutexLock lock(&mu_);
       bytes_to_host_ += bytes;
+      ++reads_.copies_to_host;
     }
     CpuBackend::CopyToHost(host_dst, src, bytes);
+  }
+  // The host's waits for the device, counted: on a GPU each one stalls the
+  // host until the stream gets there.
+  void HostWait(const Event& event) override {
+    {
+      absl::MutexLock lock(&mu_);
+      ++reads_.host_waits;
+    }
+    CpuBackend::HostWait(event);
+  }
+  absl::Status Synchronize() override {
+    {
+      absl::MutexLock lock(&mu_);
+      ++reads_.synchronizes;
+    }
+    return CpuBackend::Synchronize();
   }
 
   // Pinned host memory is host memory (never one of the device buffers);
@@ -114,6 +131,15 @@ class PretendDeviceBackend : public CpuBackend {
     absl::MutexLock lock(&mu_);
     return bytes_to_host_;
   }
+  // Every way the host waits on the device, counted so far (copies to the
+  // host, asynchronous ones included, block until the bytes arrive).
+  struct HostWaits {
+    int64_t copies_to_host = 0, host_waits = 0, synchronizes = 0;
+  };
+  HostWaits host_waits() const {
+    absl::MutexLock lock(&mu_);
+    return reads_;
+  }
 
  private:
   void CheckSides(const void* device, const void* host, size_t bytes, const char* what) const {
@@ -132,6 +158,7 @@ class PretendDeviceBackend : public CpuBackend {
   int64_t pinned_allocations_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t async_copies_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t allocations_ ABSL_GUARDED_BY(mu_) = 0;
+  HostWaits reads_ ABSL_GUARDED_BY(mu_);
   // Declared last: destroyed first, while the backend it calls is whole.
   StagingRing staging_{*this, size_t{1} << 20};
 };

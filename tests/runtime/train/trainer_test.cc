@@ -42,7 +42,7 @@ class RegressionTask : public TrainTask {
       : linear_(store, "linear", kIn, kOut), sizes_(std::move(sizes)), first_(first) {}
 
   absl::StatusOr<MicroBatchResult> RunMicroBatch(Arena& arena, int64_t step, int micro,
-                                                 float loss_scale) override {
+                                                 float loss_scale, double* loss) override {
     if (on_micro_batch_) on_micro_batch_(step, micro);
     int64_t count = micro_batch_, start = first_ + micro * micro_batch_;
     if (!sizes_.empty()) {
@@ -63,13 +63,14 @@ class RegressionTask : public TrainTask {
     }
     Tensor y = linear_.Forward(arena, x);
     MicroBatchResult result;
-    result.loss = cpu::MseForward(y.data<float>(), target.data<float>(), y.numel());
-    if (poison_at_step_ == step) result.loss = std::numeric_limits<double>::quiet_NaN();
+    *loss = cpu::MseForward(y.data<float>(), target.data<float>(), y.numel());  // host memory
+    if (poison_at_step_ == step) *loss = std::numeric_limits<double>::quiet_NaN();
     result.samples = count;
     result.elements = static_cast<double>(count);  // a mean over samples
     Tensor dy = arena.AllocateUninitialized(DType::kF32, y.shape());
     cpu::MseBackward(y.data<float>(), target.data<float>(), dy.data<float>(), y.numel(),
                      loss_scale * static_cast<float>(count));
+    if (poison_gradient_at_step_ == step) dy.data<float>()[0] = std::numeric_limits<float>::infinity();
     linear_.Backward(arena, dy, false);
     return result;
   }
@@ -79,7 +80,8 @@ class RegressionTask : public TrainTask {
   std::string MetricsJsonFields() const override { return "\"toy\":1"; }
 
   static constexpr int64_t kIn = 6, kOut = 3, kGlobalBatch = 8;
-  int64_t poison_at_step_ = -1;
+  int64_t poison_at_step_ = -1;           // a NaN loss (finite gradients)
+  int64_t poison_gradient_at_step_ = -1;  // an Inf in the output's gradient
   std::function<void(int64_t step, int micro)> on_micro_batch_;
 
  private:
@@ -155,17 +157,69 @@ TEST(Trainer, UnequalMicroBatchCountsGiveTheMeanOverTheGlobalBatchsElements) {
     EXPECT_NEAR(whole[i], split[i], 1e-6 * (std::fabs(whole[i]) + 1e-3)) << i;
 }
 
-TEST(Trainer, NanLossStopsWithTheNumericalExitCode) {
-  RunConfig config = ToyConfig(TempRunDir("nan"));
+// The weights and EMA after `steps` steps of the toy run (or after a run
+// that failed), and the run's status.
+struct ToyRun {
+  absl::Status status;
+  std::vector<float> weights, ema;
+};
+ToyRun RunToy(const std::string& name, int64_t steps, int64_t poison_loss,
+              int64_t poison_gradient, int64_t checkpoint_every = 0) {
+  RunConfig config = ToyConfig(TempRunDir(name));
+  config.mutable_train()->set_steps(steps);
+  config.mutable_checkpoint()->set_every(checkpoint_every);
   ParameterStore store;
   RegressionTask task(store, 8);
-  task.poison_at_step_ = 3;
+  task.poison_at_step_ = poison_loss;
+  task.poison_gradient_at_step_ = poison_gradient;
   store.Finalize(3);
   Trainer trainer(config, store, task, MicroBatches(1));
-  const absl::Status status = trainer.Run();
-  ASSERT_FALSE(status.ok());
-  EXPECT_EQ(ExitCodeFor(status), 6);
-  EXPECT_NE(status.message().find("loss is NaN at step 3"), std::string::npos) << status;
+  ToyRun run;
+  run.status = trainer.Run();
+  run.weights.assign(store.values().data<float>(), store.values().data<float>() + store.numel());
+  run.ema.assign(trainer.inference_weights(), trainer.inference_weights() + store.numel());
+  return run;
+}
+
+// Step 3's loss is NaN (its gradients finite) and step 3 logs nothing
+// (log_every 2): the device guard skips its update, and the run stops at
+// step 4's read naming step 3, its weights and EMA those of step 2.
+TEST(Trainer, NanLossStopsWithTheNumericalExitCode) {
+  const ToyRun two_steps = RunToy("nan_reference", 2, -1, -1);
+  ASSERT_TRUE(two_steps.status.ok()) << two_steps.status;
+  const ToyRun run = RunToy("nan", 6, /*poison_loss=*/3, -1);
+  ASSERT_FALSE(run.status.ok());
+  EXPECT_EQ(ExitCodeFor(run.status), 6);
+  EXPECT_NE(run.status.message().find("NaN or Inf at step 3 (found at step 4)"),
+            std::string::npos) << run.status;
+  EXPECT_NE(run.status.message().find("training diverged"), std::string::npos) << run.status;
+  EXPECT_EQ(run.weights, two_steps.weights) << "a diverged step changed the weights";
+  EXPECT_EQ(run.ema, two_steps.ema) << "a diverged step changed the EMA";
+}
+
+// An Inf in step 4's gradient (a log step): found at once, by name.
+TEST(Trainer, NonFiniteGradientNormSkipsTheUpdateAndStopsAtTheRead) {
+  const ToyRun three_steps = RunToy("inf_reference", 3, -1, -1);
+  ASSERT_TRUE(three_steps.status.ok()) << three_steps.status;
+  const ToyRun run = RunToy("inf_gradient", 6, -1, /*poison_gradient=*/4);
+  ASSERT_FALSE(run.status.ok());
+  EXPECT_EQ(ExitCodeFor(run.status), 6);
+  EXPECT_EQ(run.status.message().rfind("gradient norm is ", 0), 0u) << run.status;
+  EXPECT_NE(run.status.message().find(" at step 4: training diverged"), std::string::npos)
+      << run.status;
+  EXPECT_EQ(run.weights, three_steps.weights);
+  EXPECT_EQ(run.ema, three_steps.ema);
+}
+
+// A save reads the guard first: no checkpoint of a diverged step is written.
+TEST(Trainer, NoCheckpointHoldsTheWeightsOfADivergedStep) {
+  const ToyRun run = RunToy("nan_checkpoint", 6, /*poison_loss=*/3, -1, /*checkpoint_every=*/1);
+  ASSERT_FALSE(run.status.ok());
+  EXPECT_EQ(ExitCodeFor(run.status), 6);
+  EXPECT_NE(run.status.message().find("loss is NaN at step 3"), std::string::npos) << run.status;
+  const std::string checkpoints = ::testing::TempDir() + "/tessera_trainer_nan_checkpoint/checkpoints";
+  EXPECT_TRUE(IsCommittedCheckpoint(checkpoints + "/step_00000002"));
+  EXPECT_FALSE(std::filesystem::exists(checkpoints + "/step_00000003"));
 }
 
 TEST(Trainer, WritesOneMetricsLinePerLoggedStepWithTheDocumentedFields) {
