@@ -132,13 +132,20 @@ class PretendDeviceBackend : public CpuBackend {
     return bytes_to_host_;
   }
   // Every way the host waits on the device, counted so far (copies to the
-  // host, asynchronous ones included, block until the bytes arrive).
+  // host, asynchronous ones included, block until the bytes arrive), and
+  // how many of the event waits were the upload ring's reuse of a region
+  // (StagingRing: for a copy queued long before, as a rule).
   struct HostWaits {
-    int64_t copies_to_host = 0, host_waits = 0, synchronizes = 0;
+    int64_t copies_to_host = 0, host_waits = 0, synchronizes = 0, staging_waits = 0;
   };
   HostWaits host_waits() const {
+    // The ring's count first, outside mu_: the ring holds its lock while it
+    // calls HostWait, which takes mu_.
+    const int64_t staging_waits = staging_.host_waits();
     absl::MutexLock lock(&mu_);
-    return reads_;
+    HostWaits waits = reads_;
+    waits.staging_waits = staging_waits;
+    return waits;
   }
 
  private:
