@@ -694,9 +694,9 @@ absl::Status Trainer::Step(int64_t step) {
   MaybeInjectFault(step, "optimizer");
   TESSERA_RETURN_IF_ERROR(sync_->Step(static_cast<float>(lr), grad_scale_.ptr<float>()));
   if (options_.sparse) {
-    // Sparse parameters (HSTU's item table) are stepped on the host: they
-    // read the guard (HSTU's task reads the table's gradients on the host
-    // in every micro-batch anyway).
+    // Sparse parameters (HSTU's item table) take no device guard yet: the
+    // host reads it (one float a step) and skips their step after a
+    // divergence, so the table is never updated by a diverged step either.
     float scale = 0;
     backend.CopyToHost(&scale, grad_scale_.address(), sizeof(float));
     if (scale != 0) {
