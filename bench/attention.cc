@@ -208,13 +208,6 @@ void BenchCudaShape(cudaStream_t stream, int64_t seq, int64_t head_dim, double g
     return t;
   };
   const Times bf16 = time(true), fp32 = time(false);
-  // The bf16 kernel (attention_bf16.h) of a bf16 run, same shape.
-  const double forward16_s = BestSeconds(
-      20, [&] { tessera::cpu::AttentionForwardBf16(shape, q, k, v, out.data(), lse.data()); });
-  const double backward16_s = BestSeconds(20, [&] {
-    tessera::cpu::AttentionBackwardBf16(shape, q, k, v, out.data(), dout.data(), lse.data(),
-                                        dqkv.data(), dqkv.data() + width, dqkv.data() + 2 * width);
-  });
   const double core = static_cast<double>(batch * heads) * seq * seq * head_dim;
   auto tflops = [&](const Times& t) { return 14.0 * core / (t.forward + t.backward) * 1e-12; };
   absl::PrintF(

@@ -152,16 +152,18 @@ absl::StatusOr<std::vector<std::pair<std::string, double>>> RunOneMicroBatch(Dum
   run.task->set_step_recorder(&rec);
   run.sync->BeginMicroBatch(/*last=*/true);
   // The micro-batch's loss, in the store's memory, read as the trainer reads it.
-  const Tensor device_loss = Tensor::Empty(DType::kI64, Shape{1}, store.backend());
+  // [loss | auxiliary losses the task adds on the device], the second from 0.
+  const Tensor device_loss = Tensor::Empty(DType::kI64, Shape{2}, store.backend());
+  store.backend().Memset(device_loss.address(), 0, device_loss.bytes());
   TESSERA_ASSIGN_OR_RETURN(
       const MicroBatchResult result,
       run.task->RunMicroBatch(arena, /*step=*/1, /*micro=*/0, 1.0f,
                               reinterpret_cast<double*>(device_loss.ptr<int64_t>())));
   run.task->set_step_recorder(nullptr);
-  double loss = 0;
-  store.backend().CopyToHost(&loss, device_loss.address(), sizeof(double));
-  std::vector<double> sums = {result.elements * (loss / result.loss_divisor),
-                              result.elements * result.aux_loss, result.elements};
+  double losses[2] = {0, 0};
+  store.backend().CopyToHost(losses, device_loss.address(), sizeof(losses));
+  std::vector<double> sums = {result.elements * (losses[0] / result.loss_divisor),
+                              result.elements * (result.aux_loss + losses[1]), result.elements};
   TESSERA_RETURN_IF_ERROR(run.sync->SumOverReplicas(&sums));
   if (!(sums[2] > 0)) return DataError("the global batch holds no elements to average over");
   TESSERA_RETURN_IF_ERROR(run.sync->FinishBackward(sums[2]));

@@ -258,6 +258,67 @@ double DitMoe::balance_loss() const {
   return total;
 }
 
+double DitMoe::KeepReports(Backend& backend, int micro, double* device_aux) {
+  const int64_t depth = static_cast<int64_t>(blocks_.size());
+  if (depth == 0) return 0;
+  if (blocks_[0]->moe().device_report() == nullptr) {
+    // Host values already: keep them as they are.
+    if (kept_host_.size() <= static_cast<size_t>(micro)) kept_host_.resize(micro + 1);
+    kept_host_[micro] = RoutingReport{balance_loss(), expert_load(), dropped_assignments()};
+    return kept_host_[micro].balance_loss;
+  }
+  const int64_t width = dims_.num_experts + 2;
+  const int64_t slots = (micro + 1) * depth * width;
+  if (!kept_reports_.defined() || kept_reports_.numel() < slots ||
+      &kept_reports_.backend() != &backend) {
+    // Grown (with what earlier micro-batches of this step kept) to the
+    // step's micro-batches: the first step only, as the arena.
+    Tensor grown = Tensor::Empty(DType::kI64, Shape{slots}, backend);
+    if (kept_reports_.defined() && &kept_reports_.backend() == &backend) {
+      backend.Copy(grown.address(), kept_reports_.address(), kept_reports_.bytes());
+    }
+    kept_reports_ = grown;
+  }
+  for (int64_t l = 0; l < depth; ++l) {
+    const Tensor& report = *blocks_[l]->moe().device_report();
+    int64_t* slot = kept_reports_.ptr<int64_t>() + (micro * depth + l) * width;
+    backend.Copy(slot, report.address(), report.bytes());
+    // The balance loss is the report's first double.
+    backend.AccumulateScalars(reinterpret_cast<const double*>(report.ptr<int64_t>()), 1, 1.0,
+                              device_aux);
+  }
+  return 0;
+}
+
+std::vector<DitMoe::RoutingReport> DitMoe::ReadReports(int micro_batches) const {
+  std::vector<RoutingReport> reports(static_cast<size_t>(micro_batches));
+  const int64_t depth = static_cast<int64_t>(blocks_.size());
+  if (depth == 0 || micro_batches == 0) return reports;
+  if (blocks_[0]->moe().device_report() == nullptr) {
+    for (int m = 0; m < micro_batches && static_cast<size_t>(m) < kept_host_.size(); ++m) {
+      reports[m] = kept_host_[m];
+    }
+    return reports;
+  }
+  const int64_t E = dims_.num_experts, width = E + 2;
+  std::vector<int64_t> values(static_cast<size_t>(micro_batches * depth * width));
+  TESSERA_CHECK(kept_reports_.defined() &&
+                kept_reports_.numel() >= static_cast<int64_t>(values.size()));
+  kept_reports_.backend().CopyToHost(values.data(), kept_reports_.address(),
+                                     values.size() * sizeof(int64_t));
+  for (int m = 0; m < micro_batches; ++m) {
+    RoutingReport& report = reports[m];
+    for (int64_t l = 0; l < depth; ++l) {
+      const int64_t* slot = values.data() + (m * depth + l) * width;
+      const double* doubles = reinterpret_cast<const double*>(slot);
+      report.balance_loss += doubles[0];
+      report.load.emplace_back(doubles + 1, doubles + 1 + E);
+      report.dropped += slot[E + 1];
+    }
+  }
+  return reports;
+}
+
 std::vector<std::vector<double>> DitMoe::expert_load() const {
   std::vector<std::vector<double>> load;
   for (const auto& block : blocks_) load.push_back(block->moe().expert_load());

@@ -85,6 +85,22 @@ class DitMoe {
   double balance_loss() const;
   std::vector<std::vector<double>> expert_load() const;  // [depth][experts]
   int64_t dropped_assignments() const;
+  // The routing reports of every MoE layer over a step's micro-batches,
+  // without a host read inside the step: KeepReports, after micro-batch
+  // `micro`'s forward, copies each layer's report (MoeLayer::report()) into
+  // the step's slot in backend memory and adds the balance losses kept
+  // there to *device_aux (one double in that memory); it returns the
+  // balance losses that are host values already (expert-parallel layers).
+  // ReadReports reads the slots of micro-batches [0, micro_batches) once (a
+  // log step's read) and returns per micro-batch the balance loss, the
+  // load [depth][experts] and the dropped assignments.
+  struct RoutingReport {
+    double balance_loss = 0;
+    std::vector<std::vector<double>> load;
+    int64_t dropped = 0;
+  };
+  double KeepReports(Backend& backend, int micro, double* device_aux);
+  std::vector<RoutingReport> ReadReports(int micro_batches) const;
 
   // Called during Backward as each layer's parameter gradients are complete
   // (parameter ids [first, end)): data parallelism starts reducing them.
@@ -132,6 +148,11 @@ class DitMoe {
   TimestepEmbedder t_embedder_;
   LabelEmbedder y_embedder_;
   std::vector<std::unique_ptr<DitBlock>> blocks_;
+  // KeepReports' slots: i64 [micro-batches][depth][experts + 2] in backend
+  // memory (grown to the step's micro-batches), and the host reports of the
+  // layers that have no device report.
+  Tensor kept_reports_;
+  std::vector<RoutingReport> kept_host_;  // [micro], when the layers report on the host
   std::unique_ptr<FinalLayer> final_layer_;
   // Parameter ids of each tape entry, for gradient-ready notifications:
   // [0] embedders, [1 + i] block i, [1 + depth] the final layer.

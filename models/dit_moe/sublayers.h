@@ -59,6 +59,10 @@ class FfnSublayer {
   virtual double balance_loss() const = 0;
   virtual const std::vector<double>& expert_load() const = 0;
   virtual int64_t dropped_assignments() const = 0;
+  // MoeLayer::report() of a layer whose routing report stays in the
+  // backend's memory; null when the three values above are host values
+  // already (the expert-parallel layer reads its routing block anyway).
+  virtual const Tensor* device_report() const { return nullptr; }
   virtual double ForwardFlops(int64_t rows) const = 0;
 };
 

@@ -61,6 +61,7 @@ class LocalMoe : public FfnSublayer {
   double balance_loss() const override { return moe_.balance_loss(); }
   const std::vector<double>& expert_load() const override { return moe_.expert_load(); }
   int64_t dropped_assignments() const override { return moe_.dropped_assignments(); }
+  const Tensor* device_report() const override { return &moe_.report(); }
   double ForwardFlops(int64_t rows) const override { return moe_.ForwardFlops(rows); }
 
  private:

@@ -64,10 +64,7 @@ absl::StatusOr<MicroBatchResult> DitMoeTask::RunMicroBatch(Arena& arena, int64_t
     model_.BeginStep();
     TESSERA_ASSIGN_OR_RETURN(batch_, reader_->Next());
     position_ = batch_.state_after;
-    step_load_sum_.clear();
     step_micro_batches_ = 0;
-    step_dropped_ = 0;
-    balance_loss_ = 0;
   }
   // Micro-batch m takes this replica's rows i with i % M == m, and replica r
   // holds global positions j = i * R + r: so the forward passes of any layout
@@ -121,7 +118,9 @@ absl::StatusOr<MicroBatchResult> DitMoeTask::RunMicroBatch(Arena& arena, int64_t
   MicroBatchResult result;
   backend.MseForward(prediction.ptr<float>(), target.ptr<float>(), n, loss);
   TESSERA_RETURN_IF_ERROR(model_.SumDeviceLossOverTensorGroup(arena, loss));
-  result.aux_loss = model_.balance_loss();
+  // The MoE layers' balance losses join loss[1] on the device; their
+  // reports are kept there for the log step that reads them.
+  result.aux_loss = model_.KeepReports(backend, micro, loss + 1);
   result.samples = micro_batch_;
   // The loss is a mean over samples (every sample has the same pixels): the
   // gradient is that of the per-sample sum (TrainTask::RunMicroBatch).
@@ -133,26 +132,37 @@ absl::StatusOr<MicroBatchResult> DitMoeTask::RunMicroBatch(Arena& arena, int64_t
   BeforeBackward();
   TESSERA_RETURN_IF_ERROR(model_.BackwardRows(arena, dprediction, element_scale));
 
-  // Per-step statistics for the log.
-  const auto load = model_.expert_load();
-  if (step_load_sum_.empty()) {
-    step_load_sum_ = load;
-  } else {
-    for (size_t l = 0; l < load.size(); ++l)
-      for (size_t e = 0; e < load[l].size(); ++e) step_load_sum_[l][e] += load[l][e];
-  }
-  balance_loss_ += result.aux_loss;
-  step_dropped_ += model_.dropped_assignments();
   ++step_micro_batches_;
   return result;
 }
 
 void DitMoeTask::EndStep() {
-  expert_load_ = step_load_sum_;
+  report_micro_batches_ = step_micro_batches_;
+  report_read_ = false;
+}
+
+void DitMoeTask::ReadStepReport() const {
+  if (report_read_) return;
+  report_read_ = true;
+  // Means over the last step's micro-batches (a log line's read).
+  const std::vector<DitMoe::RoutingReport> reports = model_.ReadReports(report_micro_batches_);
+  const double micro_batches = std::max(1, report_micro_batches_);
+  balance_loss_ = 0;
+  dropped_ = 0;
+  expert_load_.clear();
+  for (const DitMoe::RoutingReport& report : reports) {
+    balance_loss_ += report.balance_loss;
+    dropped_ += report.dropped;
+    if (expert_load_.empty()) {
+      expert_load_ = report.load;
+    } else {
+      for (size_t l = 0; l < report.load.size(); ++l)
+        for (size_t e = 0; e < report.load[l].size(); ++e) expert_load_[l][e] += report.load[l][e];
+    }
+  }
   for (auto& layer : expert_load_)
-    for (double& share : layer) share /= std::max(1, step_micro_batches_);
-  balance_loss_ /= std::max(1, step_micro_batches_);
-  dropped_ = step_dropped_;
+    for (double& share : layer) share /= micro_batches;
+  balance_loss_ /= micro_batches;
 }
 
 double DitMoeTask::TrainingFlopsPerSample() const {
@@ -169,6 +179,7 @@ size_t DitMoeTask::PredictStepArenaBytes() const {
 }
 
 std::string DitMoeTask::MetricsJsonFields() const {
+  ReadStepReport();
   std::string load = "[";
   double max_share = 0;
   for (size_t l = 0; l < expert_load_.size(); ++l) {
@@ -188,6 +199,7 @@ std::string DitMoeTask::MetricsJsonFields() const {
 }
 
 std::string DitMoeTask::LogSuffix() const {
+  ReadStepReport();
   double max_share = 0;
   for (const auto& layer : expert_load_)
     for (double share : layer) max_share = std::max(max_share, share);

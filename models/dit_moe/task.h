@@ -50,12 +50,16 @@ class DitMoeTask : public TrainTask {
   // noising reads them there; they never go to the device).
   Tensor host_images_;
   SamplerState position_;  // after the last batch read
-  // Means over the micro-batches of the last step.
-  double balance_loss_ = 0;
-  std::vector<std::vector<double>> expert_load_;
-  std::vector<std::vector<double>> step_load_sum_;
   int step_micro_batches_ = 0;
-  int64_t dropped_ = 0, step_dropped_ = 0;
+  // The last step's routing statistics, read from the model's kept reports
+  // only when a log line asks (ReadStepReport): means over its micro-batches
+  // of the balance loss and the load, and the assignments dropped.
+  void ReadStepReport() const;
+  int report_micro_batches_ = 0;
+  mutable bool report_read_ = true;
+  mutable double balance_loss_ = 0;
+  mutable std::vector<std::vector<double>> expert_load_;
+  mutable int64_t dropped_ = 0;
 };
 
 }  // namespace tessera::dit_moe

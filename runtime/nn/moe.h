@@ -172,6 +172,11 @@ class MoeLayer {
     ReadReport();
     return dropped_;
   }
+  // The same values of the last Forward where they lie, in the backend's
+  // memory, without a read: i64 [E + 2] holding [balance loss (double bits) |
+  // load E (double bits) | dropped]. Rewritten by the next Forward; a caller
+  // that keeps them copies them (DitMoe::KeepReports).
+  const Tensor& report() const { return report_; }
 
   double ForwardFlops(int64_t tokens) const;
   int64_t num_experts() const { return options_.num_experts; }

@@ -23,7 +23,10 @@ struct MicroBatchResult {
   // 1 when the task writes the mean, the element count when it writes the
   // sum (0 elements: 1; the sum is then 0).
   double loss_divisor = 1;
-  double aux_loss = 0;  // auxiliary losses included in the gradient (e.g. MoE balance)
+  // Auxiliary losses included in the gradient (e.g. MoE balance) that are
+  // host values already; those computed on the device go to loss[1] instead
+  // (RunMicroBatch). The step's auxiliary loss is the sum of both.
+  double aux_loss = 0;
   int64_t samples = 0;
   // The elements `loss` averages over (images: samples; a language model:
   // target tokens; HSTU: supervised positions). The trainer weights each
@@ -41,9 +44,11 @@ class TrainTask {
   // (the sum of the per-element losses, auxiliary losses weighted the same
   // way); the trainer divides by the global batch's elements once they are
   // known. Activations come from `arena`, which the caller resets between
-  // micro-batches. The loss goes to `loss`, one double in the arena's
-  // backend memory (see MicroBatchResult::loss_divisor), without the host
-  // waiting for it.
+  // micro-batches. `loss` is two doubles in the arena's backend memory,
+  // written without the host waiting for them: loss[0] the objective's loss
+  // (see MicroBatchResult::loss_divisor), and loss[1], 0 on entry, to which
+  // the task adds the auxiliary losses it computes on the device (the mean
+  // per element, as MicroBatchResult::aux_loss).
   virtual absl::StatusOr<MicroBatchResult> RunMicroBatch(Arena& arena, int64_t step, int micro,
                                                          float loss_scale, double* loss) = 0;
 

@@ -100,7 +100,8 @@ Trainer::Trainer(const RunConfig& config, ParameterStore& store, TrainTask& task
       arena_(store.backend(), task.PredictStepArenaBytes()) {
   // Zeros: no step has diverged.
   step_scalars_ =
-      Tensor::Empty(DType::kI64, Shape{kLosses + std::max(1, options.micro_batches)}, store.backend());
+      Tensor::Empty(DType::kI64, Shape{kLosses + 2 * std::max(1, options.micro_batches)},
+                    store.backend());
   grad_scale_ = Tensor::Empty(DType::kF32, Shape{1}, store.backend());
   if (config.optim().ema_decay() > 0) {
     ema_ = std::make_unique<Ema>(store.backend(), store.values().ptr<float>(), store.numel());
@@ -660,12 +661,14 @@ absl::Status Trainer::Step(int64_t step) {
     // A bf16 run's GEMMs read bf16 copies of the weights made here, once per
     // step, rather than rounding each weight in every GEMM call.
     ParameterStore::ScopedBf16Values bf16_weights(store_);
+    // The micro-batches' auxiliary slots start at 0 (tasks add into them).
+    backend.Memset(StepScalar(kLosses), 0, 2 * options_.micro_batches * sizeof(double));
     for (int micro = 0; micro < options_.micro_batches; ++micro) {
       arena_.Reset();
       sync_->BeginMicroBatch(micro + 1 == options_.micro_batches);
       TESSERA_ASSIGN_OR_RETURN(MicroBatchResult result,
                                task_.RunMicroBatch(arena_, step, micro, /*loss_scale=*/1.0f,
-                                                   StepScalar(kLosses + micro)));
+                                                   StepScalar(kLosses + 2 * micro)));
       queued.elements.push_back(result.elements);
       queued.divisors.push_back(result.loss_divisor);
       queued.aux_sum += result.elements * result.aux_loss;
@@ -686,8 +689,8 @@ absl::Status Trainer::Step(int64_t step) {
   // gradient norm that is not finite (on any rank: the losses join the
   // norm) skips this update and every later one, weights, moments and EMA
   // alike, and records the step for the next read to report.
-  TESSERA_RETURN_IF_ERROR(sync_->GradNormSquared(StepScalar(kLosses), options_.micro_batches,
-                                                 StepScalar(kNormSquared)));
+  TESSERA_RETURN_IF_ERROR(sync_->GradNormSquared(
+      StepScalar(kLosses), 2 * options_.micro_batches, StepScalar(kNormSquared)));
   backend.StepGuard(StepScalar(kNormSquared), config_.optim().grad_clip(), step,
                     StepScalar(kDivergedStep), grad_scale_.ptr<float>());
   const double lr = LearningRate(config_.optim(), step - 1, config_.train().steps());
@@ -755,13 +758,16 @@ absl::Status Trainer::ReadStep() {
   const int64_t step = queued_.step;
   std::vector<double> scalars(static_cast<size_t>(step_scalars_.numel()));
   store_.backend().CopyToHost(scalars.data(), step_scalars_.address(), step_scalars_.bytes());
-  double loss_sum = 0, elements = 0;
+  double loss_sum = 0, aux_sum = queued_.aux_sum, elements = 0;
   for (size_t m = 0; m < queued_.elements.size(); ++m) {
-    loss_sum += queued_.elements[m] * (scalars[kLosses + m] / queued_.divisors[m]);
+    loss_sum += queued_.elements[m] * (scalars[kLosses + 2 * m] / queued_.divisors[m]);
+    // The auxiliary losses a task left on the device (the host's part is
+    // already in aux_sum).
+    aux_sum += queued_.elements[m] * scalars[kLosses + 2 * m + 1];
     elements += queued_.elements[m];
   }
   // Every replica sees the same sums and the same guard, so all stop together.
-  std::vector<double> sums = {loss_sum, queued_.aux_sum, elements};
+  std::vector<double> sums = {loss_sum, aux_sum, elements};
   queued_ = QueuedStep();
   TESSERA_RETURN_IF_ERROR(sync_->SumOverReplicas(&sums));
   const double loss = sums[0] / sums[2];

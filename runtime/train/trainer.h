@@ -212,7 +212,8 @@ class Trainer {
   // only at ReadStep (docs/cuda.md): doubles, held in an i64 tensor —
   // [kNormSquared] the global squared gradient norm, [kDivergedStep] the
   // first step whose loss or gradient norm was not finite (0: none; from
-  // then on every update is skipped), [kLosses + m] micro-batch m's loss —
+  // then on every update is skipped), [kLosses + 2m] micro-batch m's loss
+  // and [kLosses + 2m + 1] the auxiliary losses its task left on the device —
   // and the float clip scale Backend::StepGuard leaves for the optimizer
   // and the EMA (0: skip).
   static constexpr int kNormSquared = 0, kDivergedStep = 1, kLosses = 2;
