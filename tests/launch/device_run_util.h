@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "data/synthetic_interactions.h"
+#include "data/synthetic_tokens.h"
 #include "launch/distributed.h"
 #include "launch/train_command.h"
 #include "runtime/checkpoint/checkpoint_tools.h"
@@ -39,6 +41,31 @@ inline std::vector<std::string> LoggedFields(const std::string& path,
     out.push_back(kept);
   }
   return out;
+}
+
+// The tiny Mamba-2 hybrid's language in `dir`: a Markov language of 64
+// tokens (about 3800 tokens in 64 documents).
+inline absl::Status SynthesizeTinyLanguage(const std::string& dir) {
+  MarkovLanguageSpec language;
+  language.num_documents = 64;
+  language.vocab_size = 64;
+  language.min_length = 24;
+  language.max_length = 96;
+  language.seed = 3;
+  return SynthesizeMarkovLanguage(dir, language);
+}
+
+// Tiny HSTU interactions in `dir`: `users` users over 200 items, histories
+// of min_length to max_length events.
+inline absl::Status SynthesizeTinyInteractions(const std::string& dir, int users, int min_length,
+                                               int max_length) {
+  ClusteredInteractionsSpec spec;
+  spec.num_users = users;
+  spec.num_items = 200;
+  spec.min_length = min_length;
+  spec.max_length = max_length;
+  spec.seed = 3;
+  return SynthesizeInteractions(dir, spec);
 }
 
 // `config` as one process on `backend`.

@@ -11,8 +11,6 @@
 #include <string>
 
 #include "data/synthetic_images.h"
-#include "data/synthetic_interactions.h"
-#include "data/synthetic_tokens.h"
 #include "runtime/config/config.h"
 #include "tests/launch/device_run_util.h"
 #include "tests/runtime/backend/pretend_device_backend.h"
@@ -51,13 +49,7 @@ TEST(DeviceSteadyState, DitMoeStepsAllocateNoDeviceMemory) {
 TEST(DeviceSteadyState, MambaHybridStepsAllocateNoDeviceMemory) {
   const std::string base = ::testing::TempDir() + "/tessera_steady_mamba";
   std::filesystem::remove_all(base);
-  MarkovLanguageSpec language;
-  language.num_documents = 64;
-  language.vocab_size = 64;
-  language.min_length = 24;
-  language.max_length = 96;
-  language.seed = 3;
-  ASSERT_TRUE(SynthesizeMarkovLanguage(base + "/tokens", language).ok());
+  ASSERT_TRUE(testing::SynthesizeTinyLanguage(base + "/tokens").ok());
   RunConfig config = *LoadRunConfig(TESSERA_SOURCE_DIR "/configs/mamba_hybrid_tiny.textproto");
   config.mutable_data()->set_dir(base + "/tokens");
   config.mutable_train()->set_micro_batch(4);
@@ -74,13 +66,7 @@ TEST(DeviceSteadyState, MambaHybridStepsAllocateNoDeviceMemory) {
 TEST(DeviceSteadyState, HstuStepsWithTheTableOnTheDeviceAllocateNoDeviceMemory) {
   const std::string base = ::testing::TempDir() + "/tessera_steady_hstu";
   std::filesystem::remove_all(base);
-  ClusteredInteractionsSpec spec;
-  spec.num_users = 64;
-  spec.num_items = 200;
-  spec.min_length = 30;
-  spec.max_length = 30;
-  spec.seed = 3;
-  ASSERT_TRUE(SynthesizeInteractions(base + "/data", spec).ok());
+  ASSERT_TRUE(testing::SynthesizeTinyInteractions(base + "/data", 64, 30, 30).ok());
   RunConfig config = *LoadRunConfig(TESSERA_SOURCE_DIR "/configs/hstu_tiny.textproto");
   config.mutable_data()->set_dir(base + "/data");
   config.mutable_train()->set_global_batch(16);

@@ -16,7 +16,6 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "data/synthetic_interactions.h"
 #include "runtime/backend/cpu_backend.h"
 #include "runtime/config/config.h"
 #include "tests/launch/device_run_util.h"
@@ -57,13 +56,7 @@ RunConfig TinyHstuConfig(const std::string& base, const std::string& run) {
 TEST(HstuDeviceRun, APretendDeviceTrainsEvaluatesSavesAndResumesLikeTheCpu) {
   const std::string base = ::testing::TempDir() + "/tessera_hstu_device_run";
   std::filesystem::remove_all(base);
-  ClusteredInteractionsSpec spec;
-  spec.num_users = 120;
-  spec.num_items = 200;
-  spec.min_length = 4;
-  spec.max_length = 30;
-  spec.seed = 3;
-  ASSERT_TRUE(SynthesizeInteractions(base + "/data", spec).ok());
+  ASSERT_TRUE(testing::SynthesizeTinyInteractions(base + "/data", 120, 4, 30).ok());
   ASSERT_TRUE(TrainAlone(TinyHstuConfig(base, "cpu"), HostBackend()).ok());
   PretendDeviceBackend device;
   const absl::Status on_device = TrainAlone(TinyHstuConfig(base, "device"), device);
@@ -122,13 +115,7 @@ TEST(HstuDeviceRun, APretendDeviceTrainsEvaluatesSavesAndResumesLikeTheCpu) {
 TEST(HstuDeviceRun, TheDeviceResidentTableReadsNothingOnTheHost) {
   const std::string base = ::testing::TempDir() + "/tessera_hstu_device_traffic";
   std::filesystem::remove_all(base);
-  ClusteredInteractionsSpec spec;
-  spec.num_users = 120;
-  spec.num_items = 200;
-  spec.min_length = 4;
-  spec.max_length = 30;
-  spec.seed = 3;
-  ASSERT_TRUE(SynthesizeInteractions(base + "/data", spec).ok());
+  ASSERT_TRUE(testing::SynthesizeTinyInteractions(base + "/data", 120, 4, 30).ok());
   double per_micro_batch[2] = {0, 0};  // the table on the device, in host memory
   for (int placement = 0; placement < 2; ++placement) {
     size_t traffic[2] = {0, 0};

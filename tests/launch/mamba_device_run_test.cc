@@ -11,7 +11,6 @@
 #include <string>
 #include <vector>
 
-#include "data/synthetic_tokens.h"
 #include "runtime/backend/cpu_backend.h"
 #include "runtime/config/config.h"
 #include "tests/launch/device_run_util.h"
@@ -29,17 +28,6 @@ using testing::TrainAlone;
 std::vector<std::string> LoggedNumbers(const std::string& path) {
   return LoggedFields(path, {"\"step\":", "\"loss\":", "\"aux_loss\":", "\"grad_norm\":",
                              "\"val_"});
-}
-
-// A Markov language of 64 tokens (about 3800 tokens in 64 documents).
-void SynthesizeTokens(const std::string& dir) {
-  MarkovLanguageSpec language;
-  language.num_documents = 64;
-  language.vocab_size = 64;
-  language.min_length = 24;
-  language.max_length = 96;
-  language.seed = 3;
-  ASSERT_TRUE(SynthesizeMarkovLanguage(dir, language).ok());
 }
 
 // 4 steps of two micro-batches of 4 windows, EMA on (the checkpoints then
@@ -62,7 +50,7 @@ RunConfig TinyMambaConfig(const std::string& base, const std::string& run) {
 TEST(MambaDeviceRun, ThePretendDeviceTrainsSavesAndResumesLikeTheCpu) {
   const std::string base = ::testing::TempDir() + "/tessera_mamba_device_run";
   std::filesystem::remove_all(base);
-  SynthesizeTokens(base + "/tokens");
+  ASSERT_TRUE(testing::SynthesizeTinyLanguage(base + "/tokens").ok());
   const absl::Status on_cpu = TrainAlone(TinyMambaConfig(base, "cpu"), HostBackend());
   ASSERT_TRUE(on_cpu.ok()) << on_cpu;
   PretendDeviceBackend device;
@@ -97,7 +85,7 @@ TEST(MambaDeviceRun, ThePretendDeviceTrainsSavesAndResumesLikeTheCpu) {
 TEST(MambaDeviceRun, OnlyTheLossAndTheRoutingAreReadOnTheHost) {
   const std::string base = ::testing::TempDir() + "/tessera_mamba_device_traffic";
   std::filesystem::remove_all(base);
-  SynthesizeTokens(base + "/tokens");
+  ASSERT_TRUE(testing::SynthesizeTinyLanguage(base + "/tokens").ok());
   size_t traffic[2] = {0, 0};
   for (int i = 0; i < 2; ++i) {
     RunConfig config = TinyMambaConfig(base, i == 0 ? "two" : "four");

@@ -15,10 +15,10 @@
 #include <vector>
 
 #include "data/synthetic_images.h"
-#include "data/synthetic_tokens.h"
 #include "models/registry.h"
 #include "runtime/config/config.h"
 #include "runtime/train/trainer.h"
+#include "tests/launch/device_run_util.h"
 #include "tests/runtime/backend/pretend_device_backend.h"
 
 namespace tessera {
@@ -121,13 +121,7 @@ void ExpectNoReadsOutsideLogSteps(RunConfig config, const std::string& run_dir) 
 TEST(StepHostReads, NoHostReadInsideATrainingStepExceptAtLogSteps) {
   const std::string base = ::testing::TempDir() + "/tessera_step_host_reads";
   std::filesystem::remove_all(base);
-  MarkovLanguageSpec language;
-  language.num_documents = 64;
-  language.vocab_size = 64;
-  language.min_length = 24;
-  language.max_length = 96;
-  language.seed = 3;
-  ASSERT_TRUE(SynthesizeMarkovLanguage(base + "/tokens", language).ok());
+  ASSERT_TRUE(testing::SynthesizeTinyLanguage(base + "/tokens").ok());
 
   RunConfig config = *LoadRunConfig(TESSERA_SOURCE_DIR "/configs/mamba_hybrid_tiny.textproto");
   config.mutable_mamba_hybrid()->set_pattern("M*-M");  // no MoE layer: no routing reads
