@@ -49,22 +49,6 @@ constexpr const char* PrecisionName(MathPrecision p) {
   return p == MathPrecision::kFp32 ? "fp32" : "bf16";
 }
 
-// One GEMM of a grouped call (Backend::GemmGrouped): Gemm's row-major
-// contract with sizes and operands of its own. The operands live in the
-// backend's memory; the descriptors themselves are host values.
-struct GemmProblem {
-  int64_t m = 0, n = 0, k = 0;
-  const float* a = nullptr;
-  int64_t lda = 0;
-  const float* b = nullptr;
-  int64_t ldb = 0;
-  float* c = nullptr;
-  int64_t ldc = 0;
-  // bf16 copies of A and B (GemmOperand), or null: used in a bf16 run.
-  const uint16_t* a16 = nullptr;
-  const uint16_t* b16 = nullptr;
-};
-
 // Orders work between streams of one backend (and, for communicators,
 // between the compute stream and a communication stream).
 class Event {

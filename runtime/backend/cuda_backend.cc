@@ -286,14 +286,9 @@ void CudaBackend::GemmGrouped(bool trans_a, bool trans_b, float alpha, float bet
     }
     grouped_ = *std::move(created);
   }
-  std::vector<cuda::GroupedGemmProblem> converted(problems.size());
-  for (size_t i = 0; i < problems.size(); ++i) {
-    const GemmProblem& p = problems[i];
-    // A bf16 run multiplies the problems' bf16 copies in one grouped call.
-    converted[i] = {p.m, p.n, p.k, p.a, p.lda, p.b, p.ldb, p.c, p.ldc, p.a16, p.b16};
-  }
+  // A bf16 run multiplies the problems' bf16 copies in one grouped call.
   Check("GemmGrouped", cuda::GemmGrouped(*grouped_, *gemm_, trans_a, trans_b, alpha, beta,
-                                         converted, stream_, InputsFor(gemm_precision())));
+                                         problems, stream_, InputsFor(gemm_precision())));
 }
 
 void CudaBackend::GemmOperands(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,

@@ -19,6 +19,22 @@ struct AttentionShape {
   bool causal = false;     // query i attends to keys j <= i
 };
 
+// One GEMM of a grouped call (Backend::GemmGrouped): Gemm's row-major
+// contract with sizes and operands of its own. The operands live in the
+// backend's memory; the descriptors themselves are host values.
+struct GemmProblem {
+  int64_t m = 0, n = 0, k = 0;
+  const float* a = nullptr;
+  int64_t lda = 0;
+  const float* b = nullptr;
+  int64_t ldb = 0;
+  float* c = nullptr;
+  int64_t ldc = 0;
+  // bf16 copies of A and B (same leading dimension, GemmOperand), or null: used in a bf16 run.
+  const uint16_t* a16 = nullptr;
+  const uint16_t* b16 = nullptr;
+};
+
 // One contiguous range [begin, end) of the flat optimizer buffers and
 // whether decoupled weight decay applies to it.
 struct AdamWSegment {

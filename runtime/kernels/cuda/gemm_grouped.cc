@@ -45,11 +45,11 @@ int64_t Span(int64_t rows, int64_t cols, int64_t ld) {
 }  // namespace
 
 absl::Status GemmGrouped(GroupedGemmContext& grouped, GemmContext& gemm, bool trans_a, bool trans_b,
-                         float alpha, float beta, std::span<const GroupedGemmProblem> problems,
+                         float alpha, float beta, std::span<const GemmProblem> problems,
                          cudaStream_t stream, GemmInputs inputs) {
   const bool bf16 = inputs == GemmInputs::kBf16;
-  std::vector<const GroupedGemmProblem*> together, alone;
-  for (const GroupedGemmProblem& p : problems) {
+  std::vector<const GemmProblem*> together, alone;
+  for (const GemmProblem& p : problems) {
     if (p.m < 0 || p.n < 0 || p.k < 0) {
       return absl::InvalidArgumentError(
           absl::StrFormat("GemmGrouped: negative size in problem m=%d n=%d k=%d", p.m, p.n, p.k));
@@ -83,7 +83,7 @@ absl::Status GemmGrouped(GroupedGemmContext& grouped, GemmContext& gemm, bool tr
     };
     if (bf16) {
       for (size_t i = 0; i < g; ++i) {
-        const GroupedGemmProblem& p = *together[i];
+        const GemmProblem& p = *together[i];
         if (p.a16 == nullptr) {
           scratch_a[i] = carve(Span(trans_a ? p.k : p.m, trans_a ? p.m : p.k, p.lda));
         }
@@ -98,7 +98,7 @@ absl::Status GemmGrouped(GroupedGemmContext& grouped, GemmContext& gemm, bool tr
       scratch = static_cast<char*>(memory);
     }
     for (size_t i = 0; i < g; ++i) {
-      const GroupedGemmProblem& p = *together[i];
+      const GemmProblem& p = *together[i];
       m[i] = p.n;
       n[i] = p.m;
       k[i] = p.k;
@@ -151,7 +151,7 @@ absl::Status GemmGrouped(GroupedGemmContext& grouped, GemmContext& gemm, bool tr
           CublasStatus(status, "cublasGemmGroupedBatchedEx_64", __FILE__, __LINE__));
     }
   }
-  for (const GroupedGemmProblem* p : alone) {
+  for (const GemmProblem* p : alone) {
     TESSERA_RETURN_IF_ERROR(GemmWithCopies(gemm, trans_a, trans_b, p->m, p->n, p->k, alpha, p->a,
                                            p->a16, p->lda, p->b, p->b16, p->ldb, beta, p->c,
                                            p->ldc, stream, inputs));

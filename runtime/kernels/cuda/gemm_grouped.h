@@ -26,21 +26,9 @@
 
 #include "absl/status/statusor.h"
 #include "runtime/kernels/cuda/gemm.h"
+#include "runtime/kernels/kernel_args.h"
 
 namespace tessera::cuda {
-
-struct GroupedGemmProblem {
-  int64_t m = 0, n = 0, k = 0;
-  const float* a = nullptr;
-  int64_t lda = 0;
-  const float* b = nullptr;
-  int64_t ldb = 0;
-  float* c = nullptr;
-  int64_t ldc = 0;
-  // bf16 copies of A and B (same leading dimension), or null.
-  const uint16_t* a16 = nullptr;
-  const uint16_t* b16 = nullptr;
-};
 
 // A cuBLAS handle and the device arrays of operand pointers, on the device
 // current at Create. Calls sharing one must be ordered on one stream.
@@ -73,7 +61,7 @@ class GroupedGemmContext {
 };
 
 absl::Status GemmGrouped(GroupedGemmContext& grouped, GemmContext& gemm, bool trans_a, bool trans_b,
-                         float alpha, float beta, std::span<const GroupedGemmProblem> problems,
+                         float alpha, float beta, std::span<const GemmProblem> problems,
                          cudaStream_t stream, GemmInputs inputs = GemmInputs::kFp32);
 
 }  // namespace tessera::cuda
